@@ -1,0 +1,1 @@
+"""Cluster configs (``*.yaml``) and launch helpers for local and remote Ray clusters."""

@@ -1,0 +1,151 @@
+"""Connect to Ray the same way everywhere: join a cluster if one is named, else start one.
+
+A driver (``raymedic train``, the demo, a ``ray job submit`` entrypoint) joins the
+cluster in ``RAY_ADDRESS`` when set — ``ray job submit`` sets it for the job — and
+otherwise starts an embedded local cluster for its own lifetime. ``raymedic up``
+instead starts a *persistent* head with ``ray start`` so the service outlives the
+command; :func:`start_head` and :func:`stop_head` do that and remember it in the run
+file so ``raymedic down`` stops only a cluster that ``up`` started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from raymedic.errors import ConfigError, RaymedicError
+
+__all__ = [
+    "LOCAL_LOGICAL_CPUS",
+    "RunState",
+    "connect_or_start",
+    "raymedic_home",
+    "read_run_state",
+    "write_run_state",
+    "clear_run_state",
+    "start_head",
+    "stop_head",
+]
+
+log = logging.getLogger(__name__)
+
+LOCAL_LOGICAL_CPUS = 8
+"""Logical CPUs for a local cluster: more than a laptop's cores, so fractional-CPU
+replicas of the whole ensemble, the controller and a Ray Train worker all fit."""
+
+
+def raymedic_home() -> Path:
+    """Per-user state (run file, default storage); ``RAYMEDIC_HOME`` overrides ``~/.raymedic``."""
+    home = Path(os.environ.get("RAYMEDIC_HOME", "~/.raymedic")).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What ``raymedic up`` started, so later commands can find and stop it."""
+
+    ray_address: str
+    dashboard_url: str
+    http_url: str
+    started_cluster: bool
+    config_path: str
+    model: str
+    storage_path: str
+
+
+def _run_file() -> Path:
+    return raymedic_home() / "run.json"
+
+
+def write_run_state(state: RunState) -> None:
+    _run_file().write_text(json.dumps(asdict(state), indent=2))
+
+
+def read_run_state() -> RunState | None:
+    try:
+        return RunState(**json.loads(_run_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def clear_run_state() -> None:
+    _run_file().unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def connect_or_start(*, num_cpus: int | None = None) -> Iterator[None]:
+    """Join ``RAY_ADDRESS`` (or an already-initialised Ray) or run an embedded cluster."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus or LOCAL_LOGICAL_CPUS, include_dashboard=True,
+                 configure_logging=True, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _ray_bin() -> str:
+    exe = Path(sys.executable).with_name("ray")
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("ray")
+    if not found:
+        raise ConfigError("the `ray` command is not on PATH: install raymedic's dependencies (pip install -e .)")
+    return found
+
+
+def start_head(*, port: int, dashboard_port: int, num_cpus: int = LOCAL_LOGICAL_CPUS,
+               num_gpus: int | None = None, timeout_s: float = 120.0) -> str:
+    """Start a persistent local head node with ``ray start``; returns its GCS address."""
+    cmd = [
+        _ray_bin(), "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
+        f"--dashboard-port={dashboard_port}", "--include-dashboard=true", "--disable-usage-stats",
+    ]
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RaymedicError(
+            "could not start a local Ray cluster (`ray start --head`):\n  " + "\n  ".join(tail)
+            + f"\nIf a cluster already runs, join it with RAY_ADDRESS=127.0.0.1:{port} raymedic up, "
+            "or stop it with `ray stop`."
+        )
+    return f"127.0.0.1:{port}"
+
+
+def stop_head(timeout_s: float = 60.0) -> None:
+    """Stop the local Ray processes started by :func:`start_head` (``ray stop``)."""
+    subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, text=True, timeout=timeout_s)
+
+
+def wait_until(predicate, *, timeout_s: float, interval_s: float = 0.25, what: str = "condition") -> None:
+    """Poll ``predicate`` until true or raise ``TimeoutError`` naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:  # the condition may fail while the service starts
+            last_exc = exc
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}"
+                       + (f" (last error: {last_exc})" if last_exc else ""))

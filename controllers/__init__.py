@@ -1,0 +1,1 @@
+"""The healing controller: observe Ray/Serve state, decide with pure policies, act, record."""

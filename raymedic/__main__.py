@@ -1,0 +1,5 @@
+import sys
+
+from raymedic.cli import main
+
+sys.exit(main())

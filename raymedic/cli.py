@@ -1,0 +1,270 @@
+"""The ``raymedic`` command line.
+
+Each sub-command is a thin function over :mod:`raymedic.service`, the registry and
+the gateway's HTTP API; every failure the user can fix prints ``error: ...`` with
+the fix and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from raymedic.config import APP_NAME, ServeFile, load_config
+from raymedic.errors import ConfigError, RaymedicError
+from raymedic.http import request_json
+
+__all__ = ["main"]
+
+log = logging.getLogger("raymedic")
+
+
+def _progress(msg: str) -> None:
+    print(f"[raymedic] {msg}", flush=True)
+
+
+def _config_from(args: argparse.Namespace) -> tuple[ServeFile, Any]:
+    sf = load_config(args.config)
+    cfg = sf.config
+    if getattr(args, "storage_path", None):
+        cfg = cfg.model_copy(update={"storage_path": args.storage_path})
+    if getattr(args, "chaos", False):
+        cfg = cfg.model_copy(update={"chaos": cfg.chaos.model_copy(update={"enabled": True})})
+    return sf, cfg.resolved()
+
+
+def _service_url(args: argparse.Namespace) -> str:
+    from cluster.local import read_run_state
+
+    if getattr(args, "url", None):
+        return args.url.rstrip("/")
+    state = read_run_state()
+    if state:
+        return state.http_url
+    sf = load_config(args.config)
+    return f"http://{sf.http_host}:{sf.http_port}"
+
+
+# ---- up / down ----------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import ray
+
+    from cluster.local import RunState, read_run_state, start_head, write_run_state
+    from raymedic import service
+
+    sf, cfg = _config_from(args)
+    port = args.port or sf.http_port
+    host = sf.http_host
+    previous = read_run_state()
+    started = False
+    if os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+        _progress(f"joining the Ray cluster at {address}")
+    elif previous and previous.started_cluster and _ray_alive(previous.ray_address):
+        address, started = previous.ray_address, True
+        _progress(f"reusing the local Ray cluster raymedic started at {address}")
+    else:
+        _progress(f"starting a local Ray cluster (ray start --head, port {args.ray_port}, "
+                  f"dashboard :{args.dashboard_port})")
+        address, started = start_head(port=args.ray_port, dashboard_port=args.dashboard_port), True
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        cfg = service.choose_model(cfg, args.model)
+        service.ensure_trained(cfg, _progress)
+        service.deploy(cfg, host=host, port=port, progress=_progress)
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        waited = service.wait_ready(url, cfg.model, timeout_s=args.timeout, progress=_progress)
+        dashboard = _dashboard_url()
+    finally:
+        ray.shutdown()
+    write_run_state(RunState(ray_address=address, dashboard_url=dashboard, http_url=url,
+                             started_cluster=started, config_path=str(sf.path), model=cfg.model,
+                             storage_path=cfg.storage_path))
+    _progress(f"service answers at {url} (ready after {waited:.1f} s)")
+    print(f"  model:      {cfg.model}\n  predict:    curl -X POST {url}/v1/models/{cfg.model}:predict "
+          f"-d '{{\"instances\": [...]}}'\n  schema:     curl {url}/v1/models/{cfg.model}\n"
+          f"  status:     raymedic status\n  dashboard:  {dashboard}\n  stop:       raymedic down")
+    return 0
+
+
+def _ray_alive(address: str) -> bool:
+    import subprocess
+
+    from cluster.local import _ray_bin
+
+    try:
+        return subprocess.run([_ray_bin(), "status", f"--address={address}"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _dashboard_url() -> str:
+    import ray
+
+    try:
+        ctx = ray.get_runtime_context()
+        addr = ctx.dashboard_url if hasattr(ctx, "dashboard_url") else None
+        addr = addr or ray._private.worker.global_worker.node.address_info.get("webui_url")
+    except Exception:
+        addr = None
+    return f"http://{addr}" if addr and not str(addr).startswith("http") else (addr or "unknown")
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    import ray
+
+    from cluster.local import clear_run_state, read_run_state, stop_head
+
+    state = read_run_state()
+    address = os.environ.get("RAY_ADDRESS") or (state.ray_address if state else None)
+    if not address:
+        _progress("nothing to stop: no service started by `raymedic up` was found")
+        return 0
+    if _ray_alive(address):
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            from ray import serve
+
+            _progress(f"deleting Serve application {APP_NAME!r}")
+            serve.delete(APP_NAME)
+        finally:
+            ray.shutdown()
+    if state and state.started_cluster and not os.environ.get("RAY_ADDRESS"):
+        _progress("stopping the local Ray cluster raymedic started (ray stop)")
+        stop_head()
+    clear_run_state()
+    _progress("down")
+    return 0
+
+
+# ---- status ---------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    url = _service_url(args)
+    try:
+        reply = request_json("GET", f"{url}/v1/status", timeout_s=args.timeout)
+    except OSError as exc:
+        raise RaymedicError(f"no raymedic service answers at {url} ({exc}); start it with `raymedic up`") from None
+    if reply.status != 200:
+        raise RaymedicError(f"{url}/v1/status answered {reply.status}: {reply.body}")
+    st = reply.body
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"model {st['model']}  ({st['model_version']})  application {st['application']['status']}")
+    print(f"{'member':<14}{'version':<10}{'weight':>8}  {'state':<10}replicas")
+    for m in st["members"]:
+        reps = ", ".join(f"{r['id']}:{r['state']}" for r in m["replicas"]) or "-"
+        tag = " (fallback)" if m.get("fallback") else ""
+        print(f"{m['name'] + tag:<14}{m['version']:<10}{m['weight']:>8.3f}  {m['state']:<10}{reps}")
+    gw = st["gateway"]
+    print(f"{'gateway':<14}{'':<10}{'':>8}  {gw['state']:<10}"
+          + ", ".join(f"{r['id']}:{r['state']}" for r in gw["replicas"]))
+    print(f"incidents: {len(st['incidents'])}   actions: {len(st['actions'])}   "
+          f"controller: {st['controller']['state']}")
+    return 0
+
+
+# ---- train ----------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cluster.local import connect_or_start, read_run_state
+    from train_jobs.train import report_json, resolve_cli_inputs, train_ensemble
+
+    config, table, target, model = resolve_cli_inputs(args)
+    state = read_run_state()
+    if not os.environ.get("RAY_ADDRESS") and state and _ray_alive(state.ray_address):
+        os.environ["RAY_ADDRESS"] = state.ray_address  # train on the running cluster
+    out = (lambda s: print(s, file=sys.stderr)) if args.json else _progress
+    with connect_or_start():
+        report = train_ensemble(config, table, target=target, model=model, members=args.members,
+                                promote=not args.no_promote, progress=out)
+    if args.json:
+        print(json.dumps(report_json(report), indent=2))
+    else:
+        _progress(f"trained {len(report.versions)} member(s) of {report.model!r} in {report.wall_s:.1f} s; "
+                  f"serve them with `raymedic up --model {report.model}`")
+    return 0
+
+
+# ---- demo -----------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from raymedic.demo import run_demo
+
+    return run_demo(config_path=args.config, port=args.port, requests=args.requests, progress=_progress)
+
+
+# ---- parser ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raymedic", description="Self-healing ensemble serving on Ray.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--config", help="raymedic/Serve YAML config (default: cluster/raymedic.yaml)")
+        return sp
+
+    up = add("up", cmd_up, "Start or join Ray, deploy the service, return once it answers.")
+    up.add_argument("--model", help="Model to serve (default: the config's, else the registry's only one).")
+    up.add_argument("--storage-path", help="Override the config's storage_path.")
+    up.add_argument("--chaos", action="store_true", help="Enable the chaos admin routes.")
+    up.add_argument("--port", type=int, help="HTTP port (default: the config's http_options.port).")
+    up.add_argument("--ray-port", type=int, default=6379, help="GCS port of a local cluster (default 6379).")
+    up.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard port (default 8265).")
+    up.add_argument("--timeout", type=float, default=300.0, help="Seconds to wait for the service.")
+
+    add("down", cmd_down, "Delete the service and stop the local cluster `up` started.")
+
+    st = add("status", cmd_status, "Members, versions, weights, replica states, incidents.")
+    st.add_argument("--json", action="store_true", help="Print GET /v1/status as JSON.")
+    st.add_argument("--url", help="Gateway URL (default: from `raymedic up`, else the config).")
+    st.add_argument("--timeout", type=float, default=10.0)
+
+    tr = add("train", cmd_train, "Train every member on a table with Ray Train and register champions.")
+    src = tr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="Parquet or CSV table.")
+    src.add_argument("--synthetic", action="store_true", help="Use the built-in synthetic table.")
+    tr.add_argument("--target", help="Target column of --data.")
+    tr.add_argument("--model", help="Model name (default: the file's stem).")
+    tr.add_argument("--storage-path", help="Override the config's storage_path.")
+    tr.add_argument("--members", nargs="+", help="Train only these members.")
+    tr.add_argument("--no-promote", action="store_true", help="Register without moving the champion alias.")
+    tr.add_argument("--json", action="store_true", help="Print the training report as JSON.")
+
+    de = add("demo", cmd_demo, "The main job: an embedded local cluster, training, serving, live traffic.")
+    de.add_argument("--port", type=int, default=8000, help="HTTP port for the demo service.")
+    de.add_argument("--requests", type=int, default=300, help="Requests of demo traffic.")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("RAYMEDIC_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except RaymedicError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

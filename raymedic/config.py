@@ -1,0 +1,231 @@
+"""Typed configuration, read once at the boundary.
+
+One YAML file serves two readers: it is a valid Ray Serve config (``serve deploy
+cluster/raymedic.yaml`` works) and ``raymedic up --config`` reads the same file.
+raymedic's own settings live in ``applications[<name>].args``, which Serve hands to
+the app builder :func:`serve_apps.app.build_app`; validating them here means both
+paths fail the same way on a bad value, with a message that says the fix.
+
+Defaults are declared once, below, each with the reason for its value.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raymedic.errors import ConfigError
+
+__all__ = [
+    "APP_NAME",
+    "DEFAULT_CONFIG_PATH",
+    "MemberConfig",
+    "GatewayConfig",
+    "TrainingConfig",
+    "ChaosConfig",
+    "RaymedicConfig",
+    "ServeFile",
+    "load_config",
+    "parse_config",
+]
+
+APP_NAME = "raymedic"
+"""Serve application name (ARCHITECTURE.md contract)."""
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "cluster" / "raymedic.yaml"
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MemberKind = Literal["logistic", "mlp", "tabresnet"]
+
+
+class _Strict(BaseModel):
+    # A misspelt key is a silent misconfiguration otherwise; refuse it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MemberConfig(_Strict):
+    """One ensemble member: an architecture served as its own Serve deployment."""
+
+    name: str = Field(pattern=_NAME, description="Deployment name, also the registry key.")
+    kind: MemberKind = Field(description="Architecture: logistic (simple fallback), mlp or tabresnet.")
+    fallback: bool = Field(False, description="Answers alone, flagged degraded, when too few members answer.")
+    replicas: int = Field(2, ge=1, le=64, description="Two, so a replica fault never takes a member down.")
+    num_cpus: float = Field(0.25, gt=0, description="Fractional so a 2-core laptop fits the whole ensemble.")
+    num_gpus: float = Field(0.0, ge=0, description="Set >0 on GPU clusters; fractional shares a GPU.")
+    max_ongoing_requests: int = Field(8, ge=1, description="Low, so a hung replica fills up and is routed around.")
+    max_replicas_per_node: int | None = Field(None, ge=1, description="Spread replicas across nodes.")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, description="Architecture knobs.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v == "gateway":
+            raise ValueError("'gateway' is the ingress deployment's name; choose another member name")
+        return v
+
+
+def _default_members() -> list[MemberConfig]:
+    # Three diverse architectures; the linear one is cheap and robust, so it is the fallback.
+    return [
+        MemberConfig(name="logistic", kind="logistic", fallback=True),
+        MemberConfig(name="mlp", kind="mlp"),
+        MemberConfig(name="tabresnet", kind="tabresnet"),
+    ]
+
+
+class GatewayConfig(_Strict):
+    """The HTTP ingress: validation, fan-out, combination, logging."""
+
+    replicas: int = Field(2, ge=1, le=64, description="Two, so the ingress survives a replica loss.")
+    num_cpus: float = Field(0.25, gt=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    member_timeout_s: float = Field(
+        1.0, gt=0, le=60, description="Per-member deadline; a late member is retried once on another replica."
+    )
+    min_members: int = Field(
+        2, ge=1, description="Members that must answer for a non-degraded answer (a majority of three)."
+    )
+    max_batch_size: int = Field(1024, ge=1, description="Instances per request; larger batches get 413.")
+    reject_out_of_range: bool = Field(
+        False, description="Reject numeric values outside the training range instead of serving them."
+    )
+    log_flush_s: float = Field(
+        0.5, gt=0, le=30, description="Prediction log flush period; feedback is written before its 2xx."
+    )
+
+
+class TrainingConfig(_Strict):
+    """How members are trained (Ray Train ``TorchTrainer``)."""
+
+    use_gpu: bool = Field(False, description="ScalingConfig(use_gpu=...); True on GPU clusters.")
+    num_workers: int = Field(1, ge=1, description="Data-parallel workers; one is plenty for small tables.")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    epochs: int = Field(40, ge=1, le=10_000)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(3e-3, gt=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    val_fraction: float = Field(0.2, gt=0, lt=0.9, description="Held out for metrics and golden probes.")
+    seed: int = 0
+    synthetic_rows: int = Field(6000, ge=200, description="Rows of the built-in synthetic table.")
+
+
+class ChaosConfig(_Strict):
+    """Fault injection routes (admin only); on in the demo's and tests' configs."""
+
+    enabled: bool = False
+
+
+class RaymedicConfig(_Strict):
+    """Everything raymedic needs to serve, train and heal one model."""
+
+    model: str = Field("synthetic", pattern=_NAME, description="Name in /v1/models/{model}.")
+    storage_path: str = Field(
+        "~/.raymedic/storage", description="Local directory or pyarrow.fs URI (s3://...) for all state."
+    )
+    members: list[MemberConfig] = Field(default_factory=_default_members, min_length=1)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    chaos: ChaosConfig = Field(default_factory=ChaosConfig)
+
+    @model_validator(mode="after")
+    def _check_members(self) -> "RaymedicConfig":
+        names = [m.name for m in self.members]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"member names must be unique; {dupes} appear more than once")
+        fallbacks = [m.name for m in self.members if m.fallback]
+        if len(fallbacks) > 1:
+            raise ValueError(f"at most one member may be the fallback; got {fallbacks}")
+        if self.gateway.min_members > len(self.members):
+            raise ValueError(
+                f"gateway.min_members ({self.gateway.min_members}) must be <= the number of members "
+                f"({len(self.members)}): lower min_members or add members"
+            )
+        return self
+
+    @property
+    def fallback_member(self) -> str:
+        """The fallback member's name: the one marked, else the first."""
+        return next((m.name for m in self.members if m.fallback), self.members[0].name)
+
+    def member(self, name: str) -> MemberConfig:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise ConfigError(f"no member named {name!r}; members are {[m.name for m in self.members]}")
+
+    def resolved(self) -> "RaymedicConfig":
+        """A copy whose local ``storage_path`` is absolute, so every process agrees on it."""
+        if "://" in self.storage_path:
+            return self
+        return self.model_copy(update={"storage_path": str(Path(self.storage_path).expanduser().resolve())})
+
+
+def _explain(exc: ValidationError, where: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else ""
+        lines.append(f"  {loc}: {msg}{got}")
+    return ConfigError(f"invalid raymedic config in {where}:\n" + "\n".join(lines))
+
+
+def parse_config(args: dict[str, Any], *, where: str = "application args") -> RaymedicConfig:
+    """Validate raymedic settings (a Serve application's ``args``)."""
+    try:
+        return RaymedicConfig.model_validate(args or {})
+    except ValidationError as exc:
+        raise _explain(exc, where) from None
+
+
+class ServeFile(BaseModel):
+    """A parsed config file: the Serve document as written, and raymedic's part of it."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    path: Path
+    serve: dict[str, Any]
+    app_index: int
+    config: RaymedicConfig
+
+    @property
+    def http_host(self) -> str:
+        return str(self.serve.get("http_options", {}).get("host", "127.0.0.1"))
+
+    @property
+    def http_port(self) -> int:
+        return int(self.serve.get("http_options", {}).get("port", 8000))
+
+    def serve_document(self, config: RaymedicConfig | None = None) -> dict[str, Any]:
+        """The Serve config with raymedic's args replaced by ``config`` (resolved paths, flags)."""
+        doc = {k: v for k, v in self.serve.items()}
+        apps = [dict(a) for a in doc["applications"]]
+        apps[self.app_index]["args"] = (config or self.config).model_dump(mode="json")
+        doc["applications"] = apps
+        return doc
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> ServeFile:
+    """Read a raymedic/Serve YAML file; ``None`` means the shipped default."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist: pass --config with a path to a YAML file")
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("applications"), list):
+        raise ConfigError(
+            f"config file {str(p)!r} needs an 'applications' list (it is a Ray Serve config); "
+            f"start from {DEFAULT_CONFIG_PATH}"
+        )
+    idx = next((i for i, a in enumerate(doc["applications"]) if a.get("name") == APP_NAME), None)
+    if idx is None:
+        raise ConfigError(f"config file {str(p)!r} has no application named {APP_NAME!r}; add one")
+    cfg = parse_config(doc["applications"][idx].get("args") or {}, where=str(p))
+    return ServeFile(path=p.resolve(), serve=doc, app_index=idx, config=cfg)

@@ -1,0 +1,96 @@
+"""One exception hierarchy for everything raymedic raises on purpose.
+
+Every message names what is wrong, the offending value and the fix, because these
+messages reach users verbatim: the CLI prints them and the gateway returns them as
+``{"error": ...}`` bodies. ``http_status`` lets the gateway map an error to a 4xx
+without a table of special cases.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RaymedicError",
+    "ConfigError",
+    "DataError",
+    "SchemaError",
+    "InvalidRequest",
+    "PayloadTooLarge",
+    "UnknownModel",
+    "RegistryError",
+    "VersionNotFound",
+    "IntegrityError",
+    "ServiceUnavailable",
+]
+
+
+class RaymedicError(Exception):
+    """Base class: a failure whose message is fit to show a user as is."""
+
+    http_status: int = 500
+
+
+class ConfigError(RaymedicError):
+    """The configuration (YAML file, CLI flags) is invalid."""
+
+    http_status = 400
+
+
+class DataError(RaymedicError):
+    """A training table cannot be used (missing target, single class, mixed types...)."""
+
+    http_status = 400
+
+
+class SchemaError(RaymedicError):
+    """A stored schema or preprocessor is malformed or does not match the data."""
+
+    http_status = 500
+
+
+class InvalidRequest(RaymedicError):
+    """A client request does not match the model's schema or the API's shape."""
+
+    http_status = 422
+
+    def __init__(self, message: str, *, status: int = 422) -> None:
+        super().__init__(message)
+        self.http_status = status
+
+
+class PayloadTooLarge(InvalidRequest):
+    """A batch has more instances than the gateway accepts."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=413)
+
+
+class UnknownModel(RaymedicError):
+    """The model named in the URL is not served here."""
+
+    http_status = 404
+
+
+class RegistryError(RaymedicError):
+    """The model registry cannot satisfy a request."""
+
+    http_status = 500
+
+
+class VersionNotFound(RegistryError):
+    """No such model, member, version or alias in the registry."""
+
+    http_status = 404
+
+
+class IntegrityError(RegistryError):
+    """A stored artifact does not match its recorded sha256: refuse to load it."""
+
+
+class ServiceUnavailable(RaymedicError):
+    """The service cannot answer right now; the client should retry later."""
+
+    http_status = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,118 @@
+"""Bring the service up and down: the steps behind ``raymedic up`` / ``down`` / ``demo``.
+
+Kept apart from argument parsing so the demo and tests drive the very same steps.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from raymedic.config import APP_NAME, RaymedicConfig
+from raymedic.errors import ConfigError, RaymedicError
+from raymedic.http import request_json
+from raymedic.storage import Storage
+from train_jobs.registry import ModelRegistry
+
+__all__ = ["choose_model", "ensure_trained", "deploy", "wait_ready", "undeploy"]
+
+Progress = Callable[[str], None]
+
+
+def _has_champions(registry: ModelRegistry, config: RaymedicConfig, model: str) -> bool:
+    try:
+        return all("champion" in registry.aliases(model, m.name) for m in config.members)
+    except RaymedicError:
+        return False
+
+
+def choose_model(config: RaymedicConfig, requested: str | None) -> RaymedicConfig:
+    """The config with ``model`` set to what the registry can serve.
+
+    An explicit ``--model`` wins; else the config's model if it has champions; else
+    the only model in the registry (what ``raymedic train --data`` just registered);
+    an empty registry keeps the config's model, to be trained from synthetic data.
+    """
+    registry = ModelRegistry(Storage(config.storage_path))
+    if requested:
+        return config.model_copy(update={"model": requested})
+    if _has_champions(registry, config, config.model):
+        return config
+    servable = [m for m in registry.models() if _has_champions(registry, config, m)]
+    if len(servable) == 1:
+        return config.model_copy(update={"model": servable[0]})
+    if len(servable) > 1:
+        raise ConfigError(f"the registry at {config.storage_path} holds models {servable}; "
+                          "choose one with --model NAME")
+    return config
+
+
+def ensure_trained(config: RaymedicConfig, progress: Progress) -> None:
+    """Train the built-in synthetic model when the registry has no champions for it."""
+    registry = ModelRegistry(Storage(config.storage_path))
+    if _has_champions(registry, config, config.model):
+        return
+    from train_jobs.train import synthetic_table, train_ensemble
+
+    progress(f"registry at {config.storage_path} has no champions for {config.model!r}: "
+             "training the built-in synthetic model with Ray Train (about a minute)")
+    train_ensemble(config, synthetic_table(config), target="label", model=config.model, progress=progress)
+
+
+def deploy(config: RaymedicConfig, *, host: str, port: int, progress: Progress) -> None:
+    """Deploy (or update) the Serve application on the connected cluster."""
+    from ray import serve
+
+    from serve_apps.app import build_app
+
+    serve.start(http_options={"host": host, "port": port})
+    progress(f"deploying Serve application {APP_NAME!r}: gateway + members "
+             f"{[m.name for m in config.members]}")
+    serve.run(build_app(config.model_dump(mode="json")), name=APP_NAME, route_prefix="/", blocking=False)
+
+
+def wait_ready(url: str, model: str, *, timeout_s: float, progress: Progress) -> float:
+    """Block until a real prediction succeeds over HTTP; returns the seconds waited."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout_s
+    last = "no answer yet"
+    next_note = t0 + 10
+    while time.monotonic() < deadline:
+        try:
+            info = request_json("GET", f"{url}/v1/models/{model}", timeout_s=5)
+            if info.status == 200:
+                probe = request_json("POST", f"{url}/v1/models/{model}:predict",
+                                     {"instances": [_example_row(info.body["schema"])]}, timeout_s=10)
+                if probe.status == 200 and not probe.body.get("degraded"):
+                    return time.monotonic() - t0
+                last = f"predict answered {probe.status}: {probe.body}"
+            else:
+                last = f"GET /v1/models/{model} answered {info.status}"
+        except OSError as exc:
+            last = str(exc)
+        if time.monotonic() > next_note:
+            progress(f"  still waiting for the service ({last})")
+            next_note += 10
+        time.sleep(0.5)
+    raise RaymedicError(f"the service did not answer predictions within {timeout_s:.0f} s ({last}); "
+                        "check `ray status` and the Serve logs in the Ray dashboard")
+
+
+def _example_row(schema: dict) -> dict:
+    """A valid instance built from the schema alone (what any client could do)."""
+    row = {}
+    for f in schema["features"]:
+        if f["type"] == "categorical":
+            row[f["name"]] = f["levels"][0]
+        elif f["type"] == "int":
+            row[f["name"]] = int(round(((f["min"] or 0) + (f["max"] or 0)) / 2))
+        else:
+            row[f["name"]] = ((f["min"] or 0.0) + (f["max"] or 0.0)) / 2
+    return row
+
+
+def undeploy() -> None:
+    """Delete the Serve application (the cluster keeps running)."""
+    from ray import serve
+
+    serve.delete(APP_NAME)

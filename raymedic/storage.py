@@ -1,0 +1,143 @@
+"""Everything raymedic persists goes through one ``storage_path``.
+
+``storage_path`` is a local directory by default and any ``pyarrow.fs`` URI
+(``s3://bucket/prefix``, ``gs://...``) on a cluster, so the registry, the
+prediction and feedback logs and the controller's checkpoints work the same on a
+laptop and on a multi-node cluster. Paths given to :class:`Storage` are relative,
+``/``-separated keys below the root.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raymedic.errors import ConfigError
+
+__all__ = ["Storage"]
+
+
+class Storage:
+    """A root on a ``pyarrow.fs`` filesystem with atomic, durable writes where possible.
+
+    On the local filesystem a write goes to a temporary file, is fsynced and renamed
+    into place, so a reader never sees half a file and a crash right after a
+    ``write_*(durable=True)`` call returns cannot lose the data. Object stores give
+    atomic whole-object puts by themselves.
+    """
+
+    def __init__(self, uri: str) -> None:
+        if not uri:
+            raise ConfigError("storage_path is empty: give a directory or a URI such as s3://bucket/raymedic")
+        if "://" not in uri:
+            uri = str(Path(uri).expanduser().resolve())
+            Path(uri).mkdir(parents=True, exist_ok=True)
+        try:
+            self._fs, self._root = pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, ValueError, OSError) as exc:
+            raise ConfigError(
+                f"storage_path {uri!r} cannot be opened ({exc}); use a local directory "
+                "or a pyarrow.fs URI such as s3://bucket/prefix"
+            ) from exc
+        self._local = isinstance(self._fs, pafs.LocalFileSystem)
+        self.uri = uri
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        return self._fs
+
+    def path(self, key: str) -> str:
+        """The filesystem path for ``key`` (for pyarrow readers)."""
+        key = key.strip("/")
+        return f"{self._root.rstrip('/')}/{key}" if key else self._root
+
+    def local_path(self, key: str) -> Path | None:
+        """A local ``Path`` for ``key``, or None on remote storage."""
+        return Path(self.path(key)) if self._local else None
+
+    def exists(self, key: str) -> bool:
+        return self._fs.get_file_info(self.path(key)).type != pafs.FileType.NotFound
+
+    def is_dir(self, key: str) -> bool:
+        return self._fs.get_file_info(self.path(key)).type == pafs.FileType.Directory
+
+    def listdir(self, key: str) -> list[str]:
+        """Names (not paths) directly below ``key``; empty when it does not exist."""
+        sel = pafs.FileSelector(self.path(key), allow_not_found=True, recursive=False)
+        return sorted(info.base_name for info in self._fs.get_file_info(sel))
+
+    def list_files(self, key: str, *, suffix: str = "") -> list[str]:
+        """Keys of every file below ``key`` (recursive), relative to the root."""
+        sel = pafs.FileSelector(self.path(key), allow_not_found=True, recursive=True)
+        root = self._root.rstrip("/") + "/"
+        return sorted(
+            info.path[len(root):] if info.path.startswith(root) else info.path
+            for info in self._fs.get_file_info(sel)
+            if info.type == pafs.FileType.File and info.path.endswith(suffix)
+        )
+
+    def makedirs(self, key: str) -> None:
+        self._fs.create_dir(self.path(key), recursive=True)
+
+    def read_bytes(self, key: str) -> bytes:
+        with self._fs.open_input_stream(self.path(key)) as f:
+            return f.read()
+
+    def read_text(self, key: str) -> str:
+        return self.read_bytes(key).decode("utf-8")
+
+    def write_bytes(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        parent = key.rsplit("/", 1)[0] if "/" in key else ""
+        if parent:
+            self.makedirs(parent)
+        if self._local:
+            final = self.path(key)
+            tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, data)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            if durable:
+                dfd = os.open(os.path.dirname(final), os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            return
+        with self._fs.open_output_stream(self.path(key)) as f:
+            f.write(data)
+
+    def write_text(self, key: str, text: str, *, durable: bool = True) -> None:
+        self.write_bytes(key, text.encode("utf-8"), durable=durable)
+
+    def write_parquet(self, key: str, table: pa.Table, *, durable: bool = True) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.write_bytes(key, buf.getvalue(), durable=durable)
+
+    def read_parquet(self, key: str, *, columns: list[str] | None = None) -> pa.Table:
+        """Read one file or every ``.parquet`` file below a directory key."""
+        if self.is_dir(key):
+            files = [self.path(k) for k in self.list_files(key, suffix=".parquet")]
+            if not files:
+                return pa.table({})
+            tables = [pq.read_table(p, filesystem=self._fs, columns=columns) for p in files]
+            return pa.concat_tables(tables, promote_options="default")
+        return pq.read_table(self.path(key), filesystem=self._fs, columns=columns)
+
+    def delete(self, key: str) -> None:
+        info = self._fs.get_file_info(self.path(key))
+        if info.type == pafs.FileType.Directory:
+            self._fs.delete_dir(self.path(key))
+        elif info.type == pafs.FileType.File:
+            self._fs.delete_file(self.path(key))

@@ -1,0 +1,76 @@
+"""The Serve application builder: ``import_path: serve_apps.app:build_app``.
+
+Both ``raymedic up`` and ``serve deploy cluster/raymedic.yaml`` go through
+:func:`build_app`, so the two deploy paths cannot drift apart. The builder resolves
+each member's champion to a concrete version once, checks that all members share
+one schema, and wires the gateway to one deployment per member.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
+
+from raymedic.config import RaymedicConfig, parse_config
+from raymedic.errors import ConfigError, RaymedicError
+from raymedic.storage import Storage
+from serve_apps.gateway import Gateway
+from serve_apps.member import Member
+from serve_apps.routing import AvoidingRouter
+from train_jobs.registry import ModelRegistry
+
+__all__ = ["build_app", "resolve_versions"]
+
+
+def resolve_versions(config: RaymedicConfig) -> tuple[dict[str, str], dict[str, Any]]:
+    """Each member's champion version and the schema they share."""
+    registry = ModelRegistry(Storage(config.storage_path))
+    versions: dict[str, str] = {}
+    schemas: dict[str, str] = {}
+    schema: dict[str, Any] = {}
+    for m in config.members:
+        try:
+            info = registry.info(config.model, m.name, "champion")
+        except RaymedicError as exc:
+            raise ConfigError(
+                f"member {m.name!r} of model {config.model!r} has no champion version in the registry at "
+                f"{config.storage_path} ({exc}). Train it first: `raymedic train --data TABLE --target COL "
+                f"--model {config.model}` (or `raymedic up`, which trains the built-in model when the "
+                "registry is empty)"
+            ) from None
+        versions[m.name] = info.version
+        schema = info.metadata["schema"]
+        schemas[m.name] = json.dumps({"f": schema["features"], "c": schema["classes"]}, sort_keys=True)
+    if len(set(schemas.values())) > 1:
+        raise ConfigError(
+            f"members of model {config.model!r} were trained on different schemas ({sorted(schemas)}); "
+            "retrain all members on one table with `raymedic train`"
+        )
+    return versions, schema
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Build the raymedic Serve application from the config's ``args``."""
+    config = parse_config(args).resolved()
+    versions, schema = resolve_versions(config)
+    router = RequestRouterConfig(request_router_class=AvoidingRouter)
+    members = {
+        m.name: Member.options(
+            name=m.name,
+            num_replicas=m.replicas,
+            max_ongoing_requests=m.max_ongoing_requests,
+            max_replicas_per_node=m.max_replicas_per_node,
+            ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
+            request_router_config=router,
+        ).bind(model=config.model, member=m.name, version=versions[m.name], storage_path=config.storage_path,
+               use_gpu=m.num_gpus > 0)
+        for m in config.members
+    }
+    return Gateway.options(
+        num_replicas=config.gateway.replicas,
+        max_ongoing_requests=config.gateway.max_ongoing_requests,
+        ray_actor_options={"num_cpus": config.gateway.num_cpus},
+    ).bind(config.model_dump(mode="json"), members, versions, schema)

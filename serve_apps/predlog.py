@@ -1,0 +1,187 @@
+"""Durable prediction and feedback logs (Parquet under ``storage_path``).
+
+Layout: ``logs/<model>/{predictions,feedback}/hour=YYYYMMDDHH/part-*.parquet``.
+Hour partitions keep lookups of an id cheap: inference ids are time-ordered, so an
+id names the partition its prediction lives in.
+
+Durability contract:
+- feedback is written (and fsynced on local disks) *before* the 2xx is sent, so a
+  label that was acknowledged is never lost;
+- predictions are buffered and flushed every ``flush_s`` and on shutdown, because
+  a write per request would cost more than the inference itself; a crash can lose
+  at most the last ``flush_s`` of prediction records, never a client's answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Iterable, Sequence
+
+import pyarrow as pa
+
+from raymedic.storage import Storage
+
+__all__ = ["new_inference_id", "inference_time", "PredictionLog", "FeedbackLog", "KnownIds"]
+
+log = logging.getLogger(__name__)
+
+_ID_LEN = 32
+
+
+def new_inference_id(now: float | None = None) -> str:
+    """A 32-hex id whose first 12 digits are the creation time in ms (sortable, partitionable)."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{secrets.token_hex(10)}"
+
+
+def inference_time(inference_id: str) -> float | None:
+    """Creation time (Unix s) encoded in an id, or None if it is not one of ours."""
+    if len(inference_id) != _ID_LEN:
+        return None
+    try:
+        int(inference_id, 16)
+        return int(inference_id[:12], 16) / 1000.0
+    except ValueError:
+        return None
+
+
+def _hour(ts: float) -> str:
+    return time.strftime("%Y%m%d%H", time.gmtime(ts))
+
+
+def _part_name(tag: str) -> str:
+    return f"part-{int(time.time() * 1000):013d}-{tag}-{secrets.token_hex(4)}.parquet"
+
+
+PREDICTION_SCHEMA = pa.schema([
+    ("inference_id", pa.string()),
+    ("ts", pa.float64()),
+    ("model", pa.string()),
+    ("model_version", pa.string()),
+    ("features", pa.string()),        # JSON list in schema order
+    ("member_outputs", pa.string()),  # JSON {member: {"probabilities": [...], "replica": id, "version": v}}
+    ("prediction", pa.string()),      # JSON label
+    ("probabilities", pa.list_(pa.float64())),
+    ("degraded", pa.bool_()),
+])
+
+FEEDBACK_SCHEMA = pa.schema([
+    ("inference_id", pa.string()),
+    ("label", pa.string()),           # JSON label, in the schema's own form
+    ("received_at", pa.float64()),
+])
+
+
+class PredictionLog:
+    """Buffers prediction records and writes them as Parquet parts, one per flush."""
+
+    def __init__(self, storage: Storage, model: str, *, tag: str) -> None:
+        self._storage = storage
+        self._prefix = f"logs/{model}/predictions"
+        self._tag = tag
+        self._rows: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        with self._lock:
+            self._rows.extend(rows)
+
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def flush(self) -> int:
+        """Write buffered records; returns how many. Records stay buffered if the write fails."""
+        with self._lock:
+            rows, self._rows = self._rows, []
+        if not rows:
+            return 0
+        by_hour: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_hour.setdefault(_hour(r["ts"]), []).append(r)
+        written = 0
+        try:
+            for hour, part in by_hour.items():
+                table = pa.Table.from_pylist(part, schema=PREDICTION_SCHEMA)
+                self._storage.write_parquet(f"{self._prefix}/hour={hour}/{_part_name(self._tag)}", table,
+                                            durable=False)
+                written += len(part)
+        except Exception:
+            log.exception("prediction log flush failed; keeping %d records for the next flush",
+                          len(rows) - written)
+            with self._lock:
+                self._rows[:0] = rows[written:]
+        return written
+
+
+class FeedbackLog:
+    """Writes each accepted batch of labels durably before the request is acknowledged."""
+
+    def __init__(self, storage: Storage, model: str, *, tag: str) -> None:
+        self._storage = storage
+        self._prefix = f"logs/{model}/feedback"
+        self._tag = tag
+
+    def write(self, inference_ids: Sequence[str], labels: Sequence[Any]) -> None:
+        now = time.time()
+        table = pa.Table.from_pylist(
+            [{"inference_id": i, "label": json.dumps(label), "received_at": now}
+             for i, label in zip(inference_ids, labels)],
+            schema=FEEDBACK_SCHEMA,
+        )
+        self._storage.write_parquet(f"{self._prefix}/hour={_hour(now)}/{_part_name(self._tag)}", table,
+                                    durable=True)
+
+
+class KnownIds:
+    """Which inference ids exist, across every gateway replica.
+
+    Ids this replica issued are remembered in memory; others are found in the
+    flushed prediction log, reading only new part files of the hours the ids name.
+    """
+
+    def __init__(self, storage: Storage, model: str, *, capacity: int = 500_000) -> None:
+        self._storage = storage
+        self._prefix = f"logs/{model}/predictions"
+        self._ids: "OrderedDict[str, None]" = OrderedDict()
+        self._capacity = capacity
+        self._read_parts: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, ids: Iterable[str]) -> None:
+        with self._lock:
+            for i in ids:
+                self._ids[i] = None
+            while len(self._ids) > self._capacity:
+                self._ids.popitem(last=False)
+
+    def _missing(self, ids: Iterable[str]) -> list[str]:
+        with self._lock:
+            return [i for i in ids if i not in self._ids]
+
+    def _scan(self, hours: set[str]) -> None:
+        for hour in sorted(hours):
+            for key in self._storage.list_files(f"{self._prefix}/hour={hour}", suffix=".parquet"):
+                if key in self._read_parts:
+                    continue
+                try:
+                    table = self._storage.read_parquet(key, columns=["inference_id"])
+                except Exception:
+                    log.warning("could not read prediction log part %s; skipping it", key)
+                    continue
+                self._read_parts.add(key)
+                self.add(table.column("inference_id").to_pylist())
+
+    def unknown(self, ids: Sequence[str]) -> list[str]:
+        """The ids among ``ids`` that were never issued (as far as the durable log shows)."""
+        missing = self._missing(ids)
+        if not missing:
+            return []
+        hours = {_hour(t) for t in (inference_time(i) for i in missing) if t is not None}
+        if hours:
+            self._scan(hours)
+        return self._missing(missing)

@@ -1,0 +1,167 @@
+"""Turn a client's JSON into rows the members can trust, or say exactly what to fix.
+
+Pure functions over plain data (no Ray, no FastAPI), so every error class is unit
+tested in milliseconds. Errors are collected per request rather than stopping at
+the first, because a client fixing a batch wants to see all of its problems.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from raymedic.errors import InvalidRequest, PayloadTooLarge
+from train_jobs.schema import Feature, FeatureType, Label, ModelSchema
+
+__all__ = ["parse_instances", "parse_feedback", "Feedback"]
+
+MAX_REPORTED = 10
+"""Problems listed in one error message; the rest are counted."""
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.extra = 0
+
+    def add(self, msg: str) -> None:
+        if len(self.items) < MAX_REPORTED:
+            self.items.append(msg)
+        else:
+            self.extra += 1
+
+    def raise_if_any(self, hint: str) -> None:
+        if not self.items:
+            return
+        more = f"; and {self.extra} more problem(s)" if self.extra else ""
+        raise InvalidRequest("; ".join(self.items) + more + f". {hint}")
+
+
+def _describe(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_value(feat: Feature, v: Any, where: str, problems: _Problems, *, reject_out_of_range: bool) -> Any:
+    """Validate one value; returns it normalised (integral floats → int for INT features)."""
+    if v is None:
+        problems.add(f"{where}: feature {feat.name!r} is null; send a value (missing values are rejected)")
+        return None
+    if feat.type is FeatureType.CATEGORICAL:
+        if isinstance(v, (str, int, bool)) or (isinstance(v, float) and math.isfinite(v)):
+            return v
+        problems.add(f"{where}: feature {feat.name!r} is categorical and got {_describe(v)}; "
+                     f"send one of its levels, e.g. {_describe(list((feat.levels or ())[:5]))}")
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        kind = "an integer" if feat.type is FeatureType.INT else "a number"
+        problems.add(f"{where}: feature {feat.name!r} must be {kind}, got {_describe(v)}")
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        problems.add(f"{where}: feature {feat.name!r} is {v}; send a finite number")
+        return None
+    if feat.type is FeatureType.INT and isinstance(v, float):
+        if not v.is_integer():
+            problems.add(f"{where}: feature {feat.name!r} must be an integer, got {v}")
+            return None
+        v = int(v)
+    if reject_out_of_range and feat.min is not None and feat.max is not None and not feat.min <= v <= feat.max:
+        problems.add(f"{where}: feature {feat.name!r} = {v} is outside the training range "
+                     f"[{feat.min:g}, {feat.max:g}]")
+        return None
+    return v
+
+
+def parse_instances(body: Any, schema: ModelSchema, *, max_batch: int,
+                    reject_out_of_range: bool = False) -> list[list[Any]]:
+    """Validate a ``{"instances": [...]}`` body; returns rows in schema feature order.
+
+    Raises:
+        InvalidRequest: 400 for a malformed body, 422 for values that do not fit the schema.
+        PayloadTooLarge: 413 for more than ``max_batch`` instances.
+    """
+    names = schema.feature_names
+    example = "{" + ", ".join(f'"{n}": ...' for n in names[:3]) + (", ..." if len(names) > 3 else "") + "}"
+    if not isinstance(body, dict) or "instances" not in body:
+        raise InvalidRequest(f'the body must be a JSON object like {{"instances": [{example}]}}', status=400)
+    extra_keys = sorted(set(body) - {"instances", "parameters"})
+    if extra_keys:
+        raise InvalidRequest(f"unknown top-level keys {extra_keys}; send only \"instances\"", status=400)
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise InvalidRequest(f'"instances" must be a list of objects like {example}', status=400)
+    if not instances:
+        raise InvalidRequest('"instances" is empty; send at least one instance', status=400)
+    if len(instances) > max_batch:
+        raise PayloadTooLarge(f"{len(instances)} instances in one request; the limit is {max_batch}: "
+                              "split the batch into smaller requests")
+    problems = _Problems()
+    rows: list[list[Any]] = []
+    for i, inst in enumerate(instances):
+        where = f"instance {i}"
+        if isinstance(inst, dict):
+            missing = [n for n in names if n not in inst]
+            unknown = sorted(k for k in inst if schema.index_of(k) is None)
+            if missing:
+                problems.add(f"{where}: missing feature(s) {missing}")
+            if unknown:
+                problems.add(f"{where}: unknown feature(s) {unknown}; the model's features are {names}")
+            if missing or unknown:
+                continue
+            values = [inst[n] for n in names]
+        elif isinstance(inst, list):
+            if len(inst) != len(names):
+                problems.add(f"{where}: has {len(inst)} values but the schema has {len(names)} features "
+                             f"in this order: {names}")
+                continue
+            values = inst
+        else:
+            problems.add(f"{where}: must be an object keyed by feature name or a list of "
+                         f"{len(names)} values in schema order, got {_describe(inst)}")
+            continue
+        rows.append([_check_value(f, v, where, problems, reject_out_of_range=reject_out_of_range)
+                     for f, v in zip(schema.features, values)])
+    problems.raise_if_any("GET /v1/models/{model} shows the schema")
+    return rows
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Validated labels for earlier predictions, labels in the schema's own form."""
+
+    inference_ids: list[str]
+    labels: list[Label]
+
+
+def parse_feedback(body: Any, schema: ModelSchema, *, max_batch: int) -> Feedback:
+    """Validate a ``{"inference_ids": [...], "labels": [...]}`` body."""
+    shape = '{"inference_ids": ["..."], "labels": [...]}'
+    if not isinstance(body, dict) or "inference_ids" not in body or "labels" not in body:
+        raise InvalidRequest(f"the body must be a JSON object like {shape}", status=400)
+    ids, labels = body["inference_ids"], body["labels"]
+    if not isinstance(ids, list) or not isinstance(labels, list):
+        raise InvalidRequest(f'"inference_ids" and "labels" must both be lists: {shape}', status=400)
+    if not ids:
+        raise InvalidRequest('"inference_ids" is empty; send at least one id with its label', status=400)
+    if len(ids) != len(labels):
+        raise InvalidRequest(f"{len(ids)} inference_ids but {len(labels)} labels; send one label per id",
+                             status=400)
+    if len(ids) > max_batch:
+        raise PayloadTooLarge(f"{len(ids)} labels in one request; the limit is {max_batch}: split it")
+    problems = _Problems()
+    out_labels: list[Label] = []
+    for i, (iid, label) in enumerate(zip(ids, labels)):
+        if not isinstance(iid, str) or not iid:
+            problems.add(f"inference_ids[{i}] must be a non-empty string, got {_describe(iid)}")
+        k = schema.class_index(label) if isinstance(label, (str, int, bool)) else None
+        if k is None:
+            problems.add(f"labels[{i}] = {_describe(label)} is not a class of this model; "
+                         f"use one of {list(schema.classes)}")
+        else:
+            out_labels.append(schema.classes[k])
+    problems.raise_if_any("Send the ids returned by :predict with the true labels")
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise InvalidRequest(f"inference_ids {dupes[:5]} appear more than once; send each id once", status=400)
+    return Feedback(inference_ids=list(ids), labels=out_labels)

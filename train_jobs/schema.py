@@ -1,0 +1,159 @@
+"""The feature schema stored with every model version.
+
+A schema is what a client needs to build a valid request (names, kinds, the range
+seen in training, categorical levels) and what the gateway validates against. It
+is plain data: JSON in, JSON out, so it can be checksummed with the artifact and
+served from ``GET /v1/models/{model}`` unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from raymedic.errors import SchemaError
+
+__all__ = ["FeatureType", "Feature", "ModelSchema", "Label"]
+
+Label = int | str | bool
+"""A class label in the user's own form (``0``, ``"prepaid_card"``, ``True``)."""
+
+
+class FeatureType(str, enum.Enum):
+    """The kinds of feature the gateway accepts (the HTTP contract's ``type``)."""
+
+    FLOAT = "float"
+    INT = "int"
+    CATEGORICAL = "categorical"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input column.
+
+    Attributes:
+        name: Column name, as the client sends it.
+        type: Kind of values accepted.
+        min: Smallest value seen in training (numeric kinds only).
+        max: Largest value seen in training (numeric kinds only).
+        levels: Values seen in training (categorical only), in a stable order.
+    """
+
+    name: str
+    type: FeatureType
+    min: float | None = None
+    max: float | None = None
+    levels: tuple[Label, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise SchemaError("a feature has an empty name: give every column a name")
+        if self.type is FeatureType.CATEGORICAL:
+            if not self.levels:
+                raise SchemaError(f"categorical feature {self.name!r} has no levels")
+        else:
+            for bound in (self.min, self.max):
+                if bound is not None and not math.isfinite(bound):
+                    raise SchemaError(f"feature {self.name!r} has a non-finite bound {bound!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type.value}
+        if self.type is FeatureType.CATEGORICAL:
+            out["levels"] = list(self.levels or ())
+        else:
+            out["min"] = self.min
+            out["max"] = self.max
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Feature":
+        try:
+            ftype = FeatureType(data["type"])
+            levels = data.get("levels")
+            return cls(
+                name=str(data["name"]),
+                type=ftype,
+                min=None if data.get("min") is None else float(data["min"]),
+                max=None if data.get("max") is None else float(data["max"]),
+                levels=None if levels is None else tuple(levels),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SchemaError(f"malformed feature entry {dict(data)!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ModelSchema:
+    """Features in request order, the target's name and the class labels.
+
+    Invariant: ``classes`` is in the order of the model's probability columns, so
+    ``probabilities[i][k]`` is the probability of ``classes[k]``.
+    """
+
+    features: tuple[Feature, ...]
+    target: str
+    classes: tuple[Label, ...]
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.features]
+        if not names:
+            raise SchemaError("a schema needs at least one feature")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise SchemaError(f"duplicate feature names {dupes}: rename the columns")
+        if len(self.classes) < 2:
+            raise SchemaError(f"a classifier needs at least two classes, got {list(self.classes)}")
+        object.__setattr__(self, "_index", {n: i for i, n in enumerate(names)})
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def index_of(self, name: str) -> int | None:
+        """Position of feature ``name`` in request order, or None if unknown."""
+        return self._index.get(name)
+
+    def class_index(self, label: Any) -> int | None:
+        """Column of ``label`` in the probabilities, tolerant of JSON's int/str mix-ups.
+
+        A label that was an int in training may come back from a client as ``"1"``;
+        a label ``True`` must not match ``1``. Exact matches win over string matches.
+        """
+        for i, c in enumerate(self.classes):
+            if type(c) is type(label) and c == label:
+                return i
+        text = str(label)
+        for i, c in enumerate(self.classes):
+            if str(c) == text and not isinstance(label, bool) and not isinstance(c, bool):
+                return i
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": [f.to_dict() for f in self.features],
+            "target": self.target,
+            "classes": list(self.classes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSchema":
+        try:
+            return cls(
+                features=tuple(Feature.from_dict(f) for f in data["features"]),
+                target=str(data["target"]),
+                classes=tuple(data["classes"]),
+            )
+        except KeyError as exc:
+            raise SchemaError(f"schema is missing the key {exc}") from exc
+
+    @classmethod
+    def numeric(cls, names: Sequence[str], *, target: str, classes: Sequence[Label],
+                mins: Sequence[float], maxs: Sequence[float]) -> "ModelSchema":
+        """Shorthand for an all-float schema (synthetic data, tests)."""
+        feats = tuple(
+            Feature(name=n, type=FeatureType.FLOAT, min=float(lo), max=float(hi))
+            for n, lo, hi in zip(names, mins, maxs, strict=True)
+        )
+        return cls(features=feats, target=target, classes=tuple(classes))
