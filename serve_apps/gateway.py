@@ -7,7 +7,7 @@ retried once on another replica (see :mod:`serve_apps.routing`), so one bad repl
 costs latency, not a failed request.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see real types on Serve ingress methods.
 
 import asyncio
 import json
