@@ -26,6 +26,8 @@ from raymedic.errors import ConfigError, RaymedicError
 
 __all__ = [
     "LOCAL_LOGICAL_CPUS",
+    "join",
+    "use_token_auth",
     "RunState",
     "connect_or_start",
     "raymedic_home",
@@ -63,6 +65,25 @@ class RunState:
     storage_path: str
 
 
+def use_token_auth() -> None:
+    """Make this process speak token auth to clusters raymedic starts.
+
+    ``ray start`` enables token auth when a token exists, but a driver given an
+    explicit address never auto-enables it (Ray 2.60), so both sides say it outright.
+    An operator's own ``RAY_AUTH_MODE`` is respected.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def join(address: str, *, ours: bool, log_to_driver: bool = False) -> None:
+    """``ray.init`` on an existing cluster; ``ours`` marks one started by :func:`start_head`."""
+    import ray
+
+    if ours:
+        use_token_auth()
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+
+
 def _run_file() -> Path:
     return raymedic_home() / "run.json"
 
@@ -83,17 +104,20 @@ def clear_run_state() -> None:
 
 
 @contextlib.contextmanager
-def connect_or_start(*, num_cpus: int | None = None) -> Iterator[None]:
-    """Join ``RAY_ADDRESS`` (or an already-initialised Ray) or run an embedded cluster."""
+def connect_or_start(*, num_cpus: int | None = None, log_to_driver: bool = True) -> Iterator[None]:
+    """Join ``RAY_ADDRESS`` (or an already-initialised Ray) or run an embedded cluster.
+
+    ``log_to_driver=False`` keeps worker output off this process's stdout (for ``--json``).
+    """
     import ray
 
     if ray.is_initialized():
         yield
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
     else:
-        ray.init(num_cpus=num_cpus or LOCAL_LOGICAL_CPUS, include_dashboard=True,
+        ray.init(num_cpus=num_cpus or LOCAL_LOGICAL_CPUS, include_dashboard=True, log_to_driver=log_to_driver,
                  configure_logging=True, logging_level=logging.WARNING)
     try:
         yield
@@ -120,7 +144,11 @@ def start_head(*, port: int, dashboard_port: int, num_cpus: int = LOCAL_LOGICAL_
     ]
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    use_token_auth()
+    # Job entrypoints say `python -m train_jobs...`: put this interpreter first on the
+    # cluster's PATH so they run with the environment raymedic is installed in.
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise RaymedicError(

@@ -54,9 +54,8 @@ def _service_url(args: argparse.Namespace) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    import ray
-
-    from cluster.local import RunState, read_run_state, start_head, write_run_state
+    # No `import ray` before join(): Ray reads RAY_AUTH_MODE when it is imported.
+    from cluster.local import RunState, join, read_run_state, start_head, write_run_state
     from raymedic import service
 
     sf, cfg = _config_from(args)
@@ -74,7 +73,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         _progress(f"starting a local Ray cluster (ray start --head, port {args.ray_port}, "
                   f"dashboard :{args.dashboard_port})")
         address, started = start_head(port=args.ray_port, dashboard_port=args.dashboard_port), True
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    join(address, ours=started)
+    import ray
+
     try:
         cfg = service.choose_model(cfg, args.model)
         service.ensure_trained(cfg, _progress)
@@ -97,8 +98,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _ray_alive(address: str) -> bool:
     import subprocess
 
-    from cluster.local import _ray_bin
+    from cluster.local import _ray_bin, use_token_auth
 
+    use_token_auth()
     try:
         return subprocess.run([_ray_bin(), "status", f"--address={address}"], capture_output=True,
                               timeout=30).returncode == 0
@@ -119,9 +121,7 @@ def _dashboard_url() -> str:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    import ray
-
-    from cluster.local import clear_run_state, read_run_state, stop_head
+    from cluster.local import clear_run_state, join, read_run_state, stop_head
 
     state = read_run_state()
     address = os.environ.get("RAY_ADDRESS") or (state.ray_address if state else None)
@@ -129,7 +129,9 @@ def cmd_down(args: argparse.Namespace) -> int:
         _progress("nothing to stop: no service started by `raymedic up` was found")
         return 0
     if _ray_alive(address):
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        join(address, ours=bool(state and state.started_cluster))
+        import ray
+
         try:
             from ray import serve
 
@@ -178,15 +180,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cluster.local import connect_or_start, read_run_state
+    from cluster.local import connect_or_start, read_run_state, use_token_auth
     from train_jobs.train import report_json, resolve_cli_inputs, train_ensemble
 
     config, table, target, model = resolve_cli_inputs(args)
     state = read_run_state()
     if not os.environ.get("RAY_ADDRESS") and state and _ray_alive(state.ray_address):
         os.environ["RAY_ADDRESS"] = state.ray_address  # train on the running cluster
+        if state.started_cluster:
+            use_token_auth()
     out = (lambda s: print(s, file=sys.stderr)) if args.json else _progress
-    with connect_or_start():
+    with connect_or_start(log_to_driver=not args.json):
         report = train_ensemble(config, table, target=target, model=model, members=args.members,
                                 promote=not args.no_promote, progress=out)
     if args.json:

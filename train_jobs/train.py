@@ -329,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config, table, target, model = resolve_cli_inputs(args)
-        with connect_or_start(num_cpus=None):
+        with connect_or_start(log_to_driver=not args.json):
             report = train_ensemble(config, table, target=target, model=model, members=args.members,
                                     promote=not args.no_promote,
                                     progress=(lambda s: print(s, file=sys.stderr)) if args.json else print)

@@ -1,0 +1,67 @@
+"""Shared test helpers: deadlines instead of sleeps, free ports, per-test configs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
+    """Poll until ``predicate()`` is truthy; fail with ``what`` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the condition may raise while things start
+            last = exc
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(path: Path, *, storage: Path, port: int, **overrides: Any) -> Path:
+    """A small, fast test config (few epochs, two replicas per member, chaos on)."""
+    args: dict[str, Any] = {
+        "model": "synthetic",
+        "storage_path": str(storage),
+        "members": [
+            {"name": "logistic", "kind": "logistic", "fallback": True, "replicas": 2, "num_cpus": 0.2},
+            {"name": "mlp", "kind": "mlp", "replicas": 2, "num_cpus": 0.2},
+            {"name": "tabresnet", "kind": "tabresnet", "replicas": 2, "num_cpus": 0.2},
+        ],
+        "gateway": {"replicas": 1, "num_cpus": 0.2, "max_batch_size": 64},
+        "training": {"epochs": 12, "synthetic_rows": 3000},
+        "chaos": {"enabled": True},
+    }
+    args.update(overrides)
+    doc = {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [{"name": "raymedic", "route_prefix": "/", "import_path": "serve_apps.app:build_app",
+                          "args": args}],
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Each test sees its own RAYMEDIC_HOME so no run file leaks between tests or from the user."""
+    monkeypatch.setenv("RAYMEDIC_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    yield

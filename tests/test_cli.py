@@ -1,0 +1,130 @@
+"""The command line for real: `raymedic train/up/status/down` and `ray job submit`.
+
+A user's own mixed-type table (float, int, string and bool columns, string labels)
+goes from CSV to predictions over HTTP. `up` starts a persistent local cluster with
+`ray start`, so this module owns that cluster and `down` must stop it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raymedic.http import request_json
+from tests.conftest import REPO, free_port, wait_for, write_config
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+RAYMEDIC = [sys.executable, "-m", "raymedic"]
+
+
+def run(args, *, env, timeout=600, check=True):
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def churn_table(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    amount = rng.gamma(2.0, 30.0, n)
+    visits = rng.integers(0, 20, n)
+    channel = rng.choice(["web", "store", "app"], n, p=[0.5, 0.3, 0.2])
+    member = rng.random(n) < 0.4
+    score = 0.04 * (amount - 60) - 0.25 * (visits - 10) + np.where(channel == "app", 1.5, 0) - 1.2 * member
+    label = np.where(score + rng.logistic(0, 0.5, n) > 0, "churn", "stay")
+    return pd.DataFrame({"amount": amount.round(2), "visits": visits, "channel": channel, "member": member,
+                         "label": label})
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    port = free_port()
+    cfg = write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port)
+    e = dict(os.environ, RAYMEDIC_HOME=str(tmp / "home"), PYTHONUNBUFFERED="1")
+    e.pop("RAY_ADDRESS", None)
+    table = tmp / "churn.csv"
+    churn_table(1500, seed=1).to_csv(table, index=False)
+    ctx = {"env": e, "config": str(cfg), "port": port, "csv": str(table), "tmp": tmp,
+           "ray_port": free_port(), "dash_port": free_port()}
+    yield ctx
+    subprocess.run(RAYMEDIC + ["down"], cwd=REPO, env=e, capture_output=True, timeout=300)
+
+
+def test_bad_tables_fail_before_training_with_the_fix(env):
+    bad = env["tmp"] / "bad.csv"
+    pd.DataFrame({"x": [1.0, 2.0], "y": [1, 1]}).to_csv(bad, index=False)
+    p = run(RAYMEDIC + ["train", "--config", env["config"], "--data", str(bad), "--target", "y"],
+            env=env["env"], check=False)
+    assert p.returncode == 2 and "single class" in p.stderr and "Traceback" not in p.stderr
+    p = run(RAYMEDIC + ["train", "--config", env["config"], "--data", str(bad), "--target", "label"],
+            env=env["env"], check=False)
+    assert p.returncode == 2 and "pass --target with one of ['x', 'y']" in p.stderr
+
+
+def test_train_up_status_predict_feedback_down(env):
+    e, cfg = env["env"], env["config"]
+    p = run(RAYMEDIC + ["train", "--config", cfg, "--data", env["csv"], "--target", "label", "--json"], env=e)
+    report = json.loads(p.stdout)
+    assert report["model"] == "churn" and set(report["versions"]) == {"logistic", "mlp", "tabresnet"}
+    for m in report["metrics"].values():
+        assert m["val_accuracy"] >= report["baseline_accuracy"] + 0.1, report
+
+    run(RAYMEDIC + ["up", "--config", cfg, "--ray-port", str(env["ray_port"]),
+                    "--dashboard-port", str(env["dash_port"])], env=e)
+    url = f"http://127.0.0.1:{env['port']}"
+    st = json.loads(run(RAYMEDIC + ["status", "--json"], env=e).stdout)
+    assert st["model"] == "churn"
+    assert {m["name"]: m["version"] for m in st["members"]} == {"logistic": "v0001", "mlp": "v0001",
+                                                                "tabresnet": "v0001"}
+    assert all(len(m["replicas"]) == 2 for m in st["members"])
+    human = run(RAYMEDIC + ["status"], env=e).stdout
+    assert "logistic (fallback)" in human and "v0001" in human
+
+    schema = request_json("GET", f"{url}/v1/models/churn").body["schema"]
+    kinds = {f["name"]: f["type"] for f in schema["features"]}
+    assert kinds == {"amount": "float", "visits": "int", "channel": "categorical", "member": "categorical"}
+    assert schema["classes"] == ["churn", "stay"]
+    test = churn_table(200, seed=7)
+    inst = test.drop(columns="label").to_dict(orient="records")
+    inst = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in inst]
+    r = request_json("POST", f"{url}/v1/models/churn:predict", {"instances": inst[:64]})
+    assert r.status == 200, r.body
+    assert set(r.body["predictions"]) <= {"churn", "stay"}
+    accuracy = np.mean(np.asarray(r.body["predictions"]) == test["label"].to_numpy()[:64])
+    assert accuracy > 0.7, accuracy
+    unseen = dict(inst[0], channel="kiosk")  # unseen category → the "other" bucket, still answered
+    assert request_json("POST", f"{url}/v1/models/churn:predict", {"instances": [unseen]}).status == 200
+    fb = request_json("POST", f"{url}/v1/models/churn:feedback",
+                      {"inference_ids": r.body["inference_ids"][:3], "labels": ["churn", "stay", "churn"]})
+    assert fb.status == 200 and fb.body["accepted"] == 3
+
+    # The same training as a Ray job on the running cluster (what an operator would submit).
+    job_env = dict(e, RAY_AUTH_MODE="token")
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    storage = str(env["tmp"] / "storage")
+    p = run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{env['dash_port']}",
+             "--working-dir", ".", "--", "python", "-m", "train_jobs.train", "--config", cfg,
+             "--storage-path", storage, "--data", env["csv"], "--target", "label", "--members", "logistic",
+             "--no-promote"], env=job_env, timeout=600)
+    assert "succeeded" in (p.stdout + p.stderr).lower(), p.stdout[-2000:]
+    from raymedic.storage import Storage
+    from train_jobs.registry import ModelRegistry
+
+    reg = ModelRegistry(Storage(storage))
+    assert [v.version for v in reg.versions("churn", "logistic")] == ["v0001", "v0002"]
+    assert reg.aliases("churn", "logistic")["champion"] == "v0001"  # --no-promote kept the champion
+
+    run(RAYMEDIC + ["down"], env=e)
+    wait_for(lambda: subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{env['ray_port']}"],
+                                    capture_output=True, env=e, timeout=60).returncode != 0,
+             timeout_s=60, what="the local cluster to stop")
+    p = run(RAYMEDIC + ["status"], env=e, check=False)
+    assert p.returncode == 2 and "raymedic up" in p.stderr

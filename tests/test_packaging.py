@@ -1,0 +1,35 @@
+"""The shipped configs and the two README commands stay true (no Ray cluster needed)."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from raymedic.config import load_config
+from tests.conftest import REPO
+
+
+def test_cluster_launcher_config_passes_rays_own_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(yaml.safe_load((REPO / "ray-cluster.yaml").read_text()))
+    validate_config(config)
+    assert config["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"].startswith("g")
+
+
+def test_default_config_is_a_valid_serve_config_and_raymedic_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    serve_file = load_config(REPO / "cluster" / "raymedic.yaml")
+    ServeDeploySchema.model_validate(serve_file.serve)  # what `serve deploy` checks
+    assert serve_file.config.fallback_member == "logistic" and len(serve_file.config.members) >= 3
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    readme = (REPO / "README.md").read_text()
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    commands = [ln.split("#")[0].strip() for ln in re.findall(r"```bash\n(.*?)```", setup, re.S)[0].splitlines()]
+    assert [c for c in commands if c] == ["make demo", "make test"]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.M)

@@ -1,0 +1,198 @@
+"""End to end on a real local Ray cluster: Ray Train → registry → Serve → HTTP.
+
+One cluster and one deployment for the module (starting them dominates the cost);
+every test talks to the service over real HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from raymedic.config import load_config
+from raymedic.http import request_json
+from raymedic.storage import Storage
+from tests.conftest import free_port, wait_for, write_config
+from train_jobs.registry import ModelRegistry
+from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
+
+pytestmark = pytest.mark.ray
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    from ray import serve
+
+    from raymedic import service
+
+    tmp = tmp_path_factory.mktemp("serving")
+    port = free_port()
+    cfg = load_config(write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port)).config.resolved()
+    ray.init(num_cpus=8, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        service.ensure_trained(cfg, print)
+        service.deploy(cfg, host="127.0.0.1", port=port, progress=print)
+        url = f"http://127.0.0.1:{port}"
+        service.wait_ready(url, cfg.model, timeout_s=240, progress=print)
+        yield {"url": url, "cfg": cfg, "predict": f"{url}/v1/models/{cfg.model}:predict",
+               "feedback": f"{url}/v1/models/{cfg.model}:feedback"}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _labelled(n: int, seed: int):
+    df = SyntheticGenerator(SyntheticSpec(seed=0)).sample(n, seed=seed)
+    feats = [c for c in df.columns if c != "label"]
+    return [{f: float(r[f]) for f in feats} for _, r in df.iterrows()], df["label"].tolist()
+
+
+def test_predict_answers_every_contract_field(svc):
+    rows, _ = _labelled(3, seed=11)
+    listed = [list(rows[2].values())]
+    r = request_json("POST", svc["predict"], {"instances": rows[:2] + listed})
+    assert r.status == 200, r.body
+    body = r.body
+    assert len(body["predictions"]) == len(body["probabilities"]) == len(body["inference_ids"]) == 3
+    assert len(set(body["inference_ids"])) == 3
+    for p, probs in zip(body["predictions"], body["probabilities"]):
+        assert p in (0, 1)
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+        assert p == int(np.argmax(probs))
+    assert body["model_version"] == "logistic:v0001,mlp:v0001,tabresnet:v0001"
+    assert body["degraded"] is False
+
+
+def test_trained_ensemble_beats_the_majority_baseline_by_a_clear_margin(svc):
+    cfg = svc["cfg"]
+    registry = ModelRegistry(Storage(cfg.storage_path))
+    for m in cfg.members:
+        meta = registry.info(cfg.model, m.name, "champion").metadata
+        assert meta["metrics"]["val_accuracy"] >= meta["metrics"]["baseline_accuracy"] + 0.2, (m.name, meta["metrics"])
+        assert meta["ray_train_run"].startswith("raymedic-train-")
+    rows, labels = _labelled(400, seed=99)  # fresh held-out data, through the live service
+    r = request_json("POST", svc["predict"], {"instances": rows[:64]})
+    preds = list(r.body["predictions"])
+    for start in range(64, 400, 64):
+        preds += request_json("POST", svc["predict"], {"instances": rows[start:start + 64]}).body["predictions"]
+    accuracy = float(np.mean(np.asarray(preds) == np.asarray(labels)))
+    majority = max(np.mean(labels), 1 - np.mean(labels))
+    assert accuracy >= majority + 0.2, (accuracy, majority)
+
+
+def test_feedback_is_durable_and_reports_unknown_ids(svc):
+    rows, labels = _labelled(4, seed=5)
+    ids = request_json("POST", svc["predict"], {"instances": rows}).body["inference_ids"]
+    bogus = "f" * 32
+    r = request_json("POST", svc["feedback"], {"inference_ids": ids + [bogus], "labels": labels + [1]})
+    assert r.status == 200, r.body
+    assert r.body == {"accepted": 4, "unknown_ids": [bogus]}
+    storage = Storage(svc["cfg"].storage_path)
+    table = storage.read_parquet(f"logs/{svc['cfg'].model}/feedback")  # written before the 2xx
+    stored = dict(zip(table.column("inference_id").to_pylist(), table.column("label").to_pylist()))
+    assert all(json.loads(stored[i]) == lab for i, lab in zip(ids, labels))
+    assert bogus not in stored
+
+
+def test_every_prediction_is_logged_with_member_outputs(svc):
+    rows, _ = _labelled(2, seed=6)
+    ids = request_json("POST", svc["predict"], {"instances": rows}).body["inference_ids"]
+    storage = Storage(svc["cfg"].storage_path)
+
+    def logged():
+        t = storage.read_parquet(f"logs/{svc['cfg'].model}/predictions")
+        if t.num_rows == 0:
+            return None
+        recs = {r["inference_id"]: r for r in t.to_pylist()}
+        return [recs[i] for i in ids] if all(i in recs for i in ids) else None
+
+    recs = wait_for(logged, timeout_s=15, what="predictions flushed to Parquet")
+    outputs = json.loads(recs[0]["member_outputs"])
+    assert set(outputs) == {"logistic", "mlp", "tabresnet"}
+    assert json.loads(recs[0]["features"]) == list(rows[0].values())
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "fragment"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"", 400, "body is empty"),
+        (b'{"rows": []}', 400, '{"instances"'),
+        (b'{"instances": []}', 400, "is empty"),
+        (json.dumps({"instances": [[0.0] * 10] * 65}).encode(), 413, "limit is 64"),
+        (json.dumps({"instances": [{"f0": 1.0}]}).encode(), 422, "missing feature(s)"),
+        (json.dumps({"instances": [dict({f"f{i}": 0.0 for i in range(10)}, extra=1)]}).encode(), 422,
+         "unknown feature(s) ['extra']"),
+        (json.dumps({"instances": [["a"] + [0.0] * 9]}).encode(), 422, "'f0' must be a number"),
+        (b'{"instances": [[NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0]]}', 422, "finite number"),
+        (json.dumps({"instances": [[0.0] * 3]}).encode(), 422, "has 3 values but the schema has 10"),
+    ],
+)
+def test_bad_input_gets_a_4xx_that_says_what_to_fix(svc, raw, status, fragment):
+    r = request_json("POST", svc["predict"], raw=raw)
+    assert r.status == status, r.body
+    assert set(r.body) == {"error"} and fragment in r.body["error"]
+
+
+def test_routing_errors_are_json_too(svc):
+    r = request_json("POST", f"{svc['url']}/v1/models/nosuch:predict", {"instances": [[0.0] * 10]})
+    assert r.status == 404 and "not served here" in r.body["error"]
+    r = request_json("GET", f"{svc['url']}/v2/nothing")
+    assert r.status == 404 and "no route" in r.body["error"]
+    r = request_json("POST", svc["feedback"], {"inference_ids": ["x"], "labels": [7]})
+    assert r.status == 422 and "use one of [0, 1]" in r.body["error"]
+
+
+def test_model_metadata_is_enough_to_build_a_valid_request(svc):
+    assert request_json("GET", f"{svc['url']}/v1/models").body == {"models": ["synthetic"]}
+    info = request_json("GET", f"{svc['url']}/v1/models/synthetic").body
+    assert info["ready"] is True and info["schema"]["classes"] == [0, 1]
+    inst = {f["name"]: (f["min"] + f["max"]) / 2 for f in info["schema"]["features"]}
+    assert all(f["type"] == "float" and f["min"] < f["max"] for f in info["schema"]["features"])
+    assert request_json("POST", svc["predict"], {"instances": [inst]}).status == 200
+    assert request_json("GET", f"{svc['url']}/healthz").status == 200
+    assert request_json("GET", f"{svc['url']}/readyz").status == 200
+
+
+def test_status_lists_members_versions_weights_and_replicas(svc):
+    st = request_json("GET", f"{svc['url']}/v1/status").body
+    assert st["model"] == "synthetic"
+    assert [m["name"] for m in st["members"]] == ["logistic", "mlp", "tabresnet"]
+    for m in st["members"]:
+        assert m["version"] == "v0001" and m["weight"] == pytest.approx(1 / 3, abs=1e-5)
+        assert len(m["replicas"]) == 2 and all(r["state"] == "RUNNING" for r in m["replicas"])
+    assert {"drift", "incidents", "actions"} <= set(st)
+
+
+def test_a_killed_member_replica_costs_no_failed_request(svc):
+    """SIGKILL one replica of a member mid-traffic: calls routed to it are retried on the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    st = request_json("GET", f"{svc['url']}/v1/status").body
+    victim = next(m for m in st["members"] if m["name"] == "mlp")["replicas"][0]
+    rows, _ = _labelled(8, seed=3)
+
+    def call(i):
+        return request_json("POST", svc["predict"], {"instances": [rows[i % 8]]}, timeout_s=15)
+
+    with ThreadPoolExecutor(8) as pool:
+        warm = list(pool.map(call, range(16)))
+        os.kill(victim["pid"], signal.SIGKILL)
+        during = list(pool.map(call, range(200)))
+    assert all(r.status == 200 for r in warm + during), [r.body for r in during if r.status != 200][:3]
+    assert not any(r.body["degraded"] for r in during)
+
+    def replaced():
+        s = request_json("GET", f"{svc['url']}/v1/status").body
+        reps = next(m for m in s["members"] if m["name"] == "mlp")["replicas"]
+        ids = {r["id"] for r in reps if r["state"] == "RUNNING"}
+        return len(ids) == 2 and victim["id"] not in ids
+
+    wait_for(replaced, timeout_s=90, what="Serve to replace the killed mlp replica")
