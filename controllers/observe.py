@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ReplicaView", "DeploymentView", "AppView", "read_app_view"]
+__all__ = ["ReplicaView", "DeploymentView", "AppView", "read_app_view", "alive_replica_actors",
+           "crash_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class ReplicaView:
     node_id: str | None = None
     actor_name: str | None = None
     start_time_s: float | None = None
+    actor_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ def read_app_view(app_name: str) -> AppView | None:
                 node_id=_get(r, "node_id"),
                 actor_name=_get(r, "actor_name"),
                 start_time_s=_get(r, "start_time_s"),
+                actor_id=_get(r, "actor_id"),
             )
             for r in _get(dep, "replicas", []) or []
         )
@@ -93,3 +96,51 @@ def read_app_view(app_name: str) -> AppView | None:
         message=str(_get(app, "message", "") or ""),
         deployments=deployments,
     )
+
+
+_warned = False
+
+
+def alive_replica_actors() -> set[str] | None:
+    """Names of the Serve replica actors Ray's GCS reports ALIVE (None if the state API is unavailable).
+
+    A SIGKILLed replica is DEAD here within a fraction of a second, while Serve
+    keeps reporting it RUNNING until its next health check.
+    """
+    from ray.util.state import list_actors
+
+    try:
+        actors = list_actors(filters=[("ray_namespace", "=", "serve"), ("state", "=", "ALIVE")], limit=10_000,
+                             raise_on_missing_output=False, timeout=5)
+    except Exception as exc:
+        global _warned
+        if not _warned:
+            _warned = True
+            log.warning("Ray state API unavailable (%r); replica liveness comes from probes only", exc)
+        return None
+    return {a.name for a in actors if a.name}
+
+
+INTENDED_EXITS = ("RAY_KILL", "INTENDED_USER_EXIT", "INTENDED_SYSTEM_EXIT")
+
+
+def crash_reason(actor_id: str) -> str | None:
+    """Why a dead actor died, if it crashed (None if alive, unknown, or stopped on purpose).
+
+    Serve drops a replica whose process died from its view within a second, often
+    before a poll sees it; the actor's death cause tells a crash (e.g. SIGKILL,
+    "WORKER_DIED") from a replica Serve or raymedic stopped on purpose ("RAY_KILL").
+    """
+    from ray.util.state import get_actor
+
+    try:
+        actor = get_actor(id=actor_id, timeout=5)
+    except Exception:
+        return None
+    if actor is None or actor.state != "DEAD":
+        return None
+    ctx = (actor.death_cause or {}).get("actor_died_error_context") or {}
+    reason = str(ctx.get("reason", "UNKNOWN"))
+    if reason in INTENDED_EXITS:
+        return None
+    return f"{reason}: {str(ctx.get('error_message', ''))[:160]}"

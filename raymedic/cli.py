@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from raymedic.config import APP_NAME, ServeFile, load_config
+from raymedic.config import ADMIN_TOKEN_ENV, APP_NAME, ServeFile, load_config
 from raymedic.errors import ConfigError, RaymedicError
 from raymedic.http import request_json
 
@@ -73,6 +73,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         _progress(f"starting a local Ray cluster (ray start --head, port {args.ray_port}, "
                   f"dashboard :{args.dashboard_port})")
         address, started = start_head(port=args.ray_port, dashboard_port=args.dashboard_port), True
+    token_note = _ensure_admin_token()
     join(address, ours=started)
     import ray
 
@@ -92,7 +93,57 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  model:      {cfg.model}\n  predict:    curl -X POST {url}/v1/models/{cfg.model}:predict "
           f"-d '{{\"instances\": [...]}}'\n  schema:     curl {url}/v1/models/{cfg.model}\n"
           f"  status:     raymedic status\n  dashboard:  {dashboard}\n  stop:       raymedic down")
+    if token_note:
+        print(f"  admin:      {token_note}")
     return 0
+
+
+def _token_file():
+    from cluster.local import raymedic_home
+
+    return raymedic_home() / "admin_token"
+
+
+def _ensure_admin_token() -> str | None:
+    """Make sure the deploy carries an admin token: $RAYMEDIC_ADMIN_TOKEN, else a generated one."""
+    if os.environ.get(ADMIN_TOKEN_ENV):
+        return None
+    path = _token_file()
+    if not path.is_file():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24))
+    os.environ[ADMIN_TOKEN_ENV] = path.read_text().strip()
+    return f"token in {path} (the CLI reads it; set {ADMIN_TOKEN_ENV} to choose your own)"
+
+
+def _admin_token() -> str:
+    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    if token:
+        return token
+    path = _token_file()
+    if path.is_file():
+        return path.read_text().strip()
+    raise RaymedicError(f"no admin token: set {ADMIN_TOKEN_ENV} to the token the service was deployed with")
+
+
+def _admin(args: argparse.Namespace, route: str, body: Any = None) -> Any:
+    url = _service_url(args)
+    try:
+        reply = request_json("POST", f"{url}/v1/admin/{route}", body if body is not None else {},
+                             headers={"Authorization": f"Bearer {_admin_token()}"}, timeout_s=30)
+    except OSError as exc:
+        raise RaymedicError(f"no raymedic service answers at {url} ({exc}); start it with `raymedic up`") from None
+    if reply.status == 404 and route.startswith("chaos"):
+        raise RaymedicError(f"{reply.body.get('error', reply.body)} — chaos routes exist only when chaos is "
+                            "enabled: `raymedic up --chaos` or chaos.enabled: true in the config")
+    if reply.status >= 400:
+        raise RaymedicError(str(reply.body.get("error", reply.body)) if isinstance(reply.body, dict)
+                            else str(reply.body))
+    return reply.body
 
 
 def _ray_alive(address: str) -> bool:
@@ -133,10 +184,10 @@ def cmd_down(args: argparse.Namespace) -> int:
         import ray
 
         try:
-            from ray import serve
+            from raymedic import service
 
-            _progress(f"deleting Serve application {APP_NAME!r}")
-            serve.delete(APP_NAME)
+            _progress(f"deleting Serve application {APP_NAME!r} and its healing controller")
+            service.undeploy()
         finally:
             ray.shutdown()
     if state and state.started_cluster and not os.environ.get("RAY_ADDRESS"):
@@ -171,9 +222,81 @@ def cmd_status(args: argparse.Namespace) -> int:
     gw = st["gateway"]
     print(f"{'gateway':<14}{'':<10}{'':>8}  {gw['state']:<10}"
           + ", ".join(f"{r['id']}:{r['state']}" for r in gw["replicas"]))
-    print(f"incidents: {len(st['incidents'])}   actions: {len(st['actions'])}   "
-          f"controller: {st['controller']['state']}")
+    ctl = st["controller"]
+    print(f"controller: {ctl['state']}" + (f" (pid {ctl['pid']}, step p50 {ctl.get('step_ms_p50')} ms)"
+                                             if ctl.get("pid") else ""))
+    incidents = st["incidents"]
+    print(f"incidents: {len(incidents)}" + (" (latest first)" if incidents else ""))
+    for inc in list(reversed(incidents))[: args.incidents]:
+        ttr = inc.get("time_to_recover_s")
+        print(f"  {inc['id']}  {inc['kind']:<6} {inc['member']}/{inc['replica']}  {inc['status']:<9} "
+              f"detect {inc['time_to_detect_s']:.2f} s  recover {'-' if ttr is None else f'{ttr:.1f} s'}  "
+              f"action {inc.get('action') or '-'}: {inc.get('action_outcome') or '-'}")
     return 0
+
+
+# ---- operator controls ---------------------------------------------------------------
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    out = _admin(args, "pause")
+    print(json.dumps(out) if args.json else "controller paused: it detects and records, but takes no action")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    out = _admin(args, "resume")
+    print(json.dumps(out) if args.json else "controller resumed")
+    return 0
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    if args.fault == "clear":
+        out = _admin(args, "chaos/clear")
+    else:
+        if args.member is None:
+            raise RaymedicError("--member is required: which ensemble member to hurt (see `raymedic status`)")
+        if args.fault == "slow" and args.delay_ms is None:
+            raise RaymedicError("slow needs --delay-ms N (e.g. --delay-ms 500)")
+        out = _admin(args, "chaos", {"fault": args.fault, "member": args.member, "replica": args.replica,
+                                     "delay_ms": args.delay_ms})
+    if args.json:
+        print(json.dumps(out))
+    elif args.fault == "clear":
+        print(f"cleared faults on {len(out['cleared'])} replica(s)")
+    else:
+        print(f"injected {out['fault']} into {out['member']}/{out['replica']}; watch it heal with `raymedic status`")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from controllers.audit import read_audit
+    from raymedic.storage import Storage
+
+    state = _run_state_or_config(args)
+    since = time.time() - args.since if args.since else None
+    records = read_audit(Storage(state["storage_path"]), state["model"], since=since)[-args.limit:]
+    for r in records:
+        if args.json:
+            print(json.dumps(r, default=str))
+        else:
+            when = time.strftime("%H:%M:%S", time.localtime(r["ts"])) + f".{int(r['ts'] % 1 * 1000):03d}"
+            ev = json.dumps(r.get("evidence"), default=str)
+            print(f"{when}  {r['kind']:<18} {r['target']:<28} {r.get('action', ''):<10} "
+                  f"{r.get('outcome', '')}  {ev[:120]}")
+    if not records and not args.json:
+        print("no audit records yet")
+    return 0
+
+
+def _run_state_or_config(args: argparse.Namespace) -> dict[str, str]:
+    from cluster.local import read_run_state
+
+    state = read_run_state()
+    if state and not args.config:
+        return {"storage_path": state.storage_path, "model": state.model}
+    _, cfg = _config_from(args)
+    return {"storage_path": cfg.storage_path, "model": args.model or cfg.model}
 
 
 # ---- train ----------------------------------------------------------------------------
@@ -210,6 +333,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config_path=args.config, port=args.port, requests=args.requests, progress=_progress)
 
 
+# ---- bench ----------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from raymedic import bench
+
+    if args.scenario == "controller-step":
+        out = bench.run_controller_step(members=args.members, replicas=args.replicas)
+        print(json.dumps(out, indent=2) if args.json else
+              f"controller step over {out['members']} members × {out['replicas_per_member']} replicas: "
+              f"p50 {out['step_ms_p50']} ms, max {out['step_ms_max']} ms ({out['steps']} steps)")
+        return 0
+    faults = tuple(args.faults.split(","))
+    bad = [f for f in faults if f not in ("kill", "hang", "slow", "wrong")]
+    if bad:
+        raise RaymedicError(f"unknown fault(s) {bad}: --faults takes a comma list of kill,hang,slow,wrong")
+    settings = bench.BenchSettings(rps=args.rps, deadline_s=args.deadline, fault_s=args.fault_seconds,
+                                   slow_ms=args.slow_ms, faults=faults)
+    report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
+                                      progress=(lambda m: print(m, file=sys.stderr)) if args.json else _progress)
+    if args.json:
+        print(bench.dumps(report))
+    else:
+        print()
+        print(bench.format_table(report))
+        print()
+        print(bench.dumps(report))
+    return 0
+
+
 # ---- parser ---------------------------------------------------------------------------
 
 
@@ -239,6 +392,29 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--url", help="Gateway URL (default: from `raymedic up`, else the config).")
     st.add_argument("--timeout", type=float, default=10.0)
 
+    st.add_argument("--incidents", type=int, default=10, help="Incidents to list (default 10).")
+
+    def admin(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--url", help="Gateway URL (default: from `raymedic up`, else the config).")
+        sp.add_argument("--json", action="store_true", help="Print the answer as JSON.")
+        return sp
+
+    admin(add("pause", cmd_pause, "Pause automatic healing (detection and audit go on)."))
+    admin(add("resume", cmd_resume, "Resume automatic healing."))
+    ch = admin(add("chaos", cmd_chaos, "Inject a replica fault (needs chaos enabled and the admin token)."))
+    ch.add_argument("fault", choices=["kill", "hang", "slow", "wrong", "clear"],
+                    help="kill: SIGKILL; hang: block inference; slow: add latency; wrong: wrong answers; "
+                         "clear: remove all injected faults")
+    ch.add_argument("--member", help="Ensemble member to hurt.")
+    ch.add_argument("--replica", help="Replica id (default: the member's first running replica).")
+    ch.add_argument("--delay-ms", type=float, help="Added latency for slow.")
+
+    au = add("audit", cmd_audit, "The controller's audit trail (what it saw, decided and did).")
+    au.add_argument("--json", action="store_true", help="One JSON object per line.")
+    au.add_argument("--model", help="Model (default: the running service's).")
+    au.add_argument("--since", type=float, help="Only records from the last N seconds.")
+    au.add_argument("--limit", type=int, default=200, help="At most this many (newest).")
+
     tr = add("train", cmd_train, "Train every member on a table with Ray Train and register champions.")
     src = tr.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="Parquet or CSV table.")
@@ -249,6 +425,20 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--members", nargs="+", help="Train only these members.")
     tr.add_argument("--no-promote", action="store_true", help="Register without moving the champion alias.")
     tr.add_argument("--json", action="store_true", help="Print the training report as JSON.")
+
+    be = add("bench", cmd_bench, "Recovery and speed figures, raymedic against plain Ray Serve in the same run.")
+    be.add_argument("scenario", choices=["replica-faults", "controller-step"])
+    be.add_argument("--rps", type=float, default=10.0,
+                    help="Open-loop request rate (default 10: either system saturates a 2-core laptop near 25 "
+                         "req/s, and a fault on a saturated machine measures the machine; use 50+ on a cluster).")
+    be.add_argument("--deadline", type=float, default=2.0, help="Client deadline in seconds (default 2).")
+    be.add_argument("--fault-seconds", type=float, default=20.0, help="Load after each injection (default 20).")
+    be.add_argument("--slow-ms", type=float, default=500.0, help="Latency added by the slow fault.")
+    be.add_argument("--faults", default="kill,hang,slow,wrong", help="Comma list of faults to run.")
+    be.add_argument("--port", type=int, default=8011, help="HTTP port for the benchmark's service.")
+    be.add_argument("--members", type=int, default=50, help="controller-step: members.")
+    be.add_argument("--replicas", type=int, default=10, help="controller-step: replicas per member.")
+    be.add_argument("--json", action="store_true", help="Print only the JSON report.")
 
     de = add("demo", cmd_demo, "The main job: an embedded local cluster, training, serving, live traffic.")
     de.add_argument("--port", type=int, default=8000, help="HTTP port for the demo service.")

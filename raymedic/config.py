@@ -22,10 +22,14 @@ from raymedic.errors import ConfigError
 
 __all__ = [
     "APP_NAME",
+    "CONTROLLER_NAME",
+    "CONTROLLER_NAMESPACE",
+    "ADMIN_TOKEN_ENV",
     "DEFAULT_CONFIG_PATH",
     "MemberConfig",
     "GatewayConfig",
     "TrainingConfig",
+    "ControllerConfig",
     "ChaosConfig",
     "RaymedicConfig",
     "ServeFile",
@@ -35,6 +39,12 @@ __all__ = [
 
 APP_NAME = "raymedic"
 """Serve application name (ARCHITECTURE.md contract)."""
+
+CONTROLLER_NAME = "raymedic-controller"
+CONTROLLER_NAMESPACE = "raymedic"
+"""The healing controller actor's name and namespace (ARCHITECTURE.md contract)."""
+
+ADMIN_TOKEN_ENV = "RAYMEDIC_ADMIN_TOKEN"
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "cluster" / "raymedic.yaml"
 
@@ -58,6 +68,9 @@ class MemberConfig(_Strict):
     num_gpus: float = Field(0.0, ge=0, description="Set >0 on GPU clusters; fractional shares a GPU.")
     max_ongoing_requests: int = Field(8, ge=1, description="Low, so a hung replica fills up and is routed around.")
     max_replicas_per_node: int | None = Field(None, ge=1, description="Spread replicas across nodes.")
+    health_check_period_s: float = Field(
+        2.0, gt=0, le=60, description="Serve's liveness check; short so a dead replica is replaced quickly."
+    )
     hyperparameters: dict[str, Any] = Field(default_factory=dict, description="Architecture knobs.")
 
     @field_validator("name")
@@ -96,6 +109,18 @@ class GatewayConfig(_Strict):
     log_flush_s: float = Field(
         0.5, gt=0, le=30, description="Prediction log flush period; feedback is written before its 2xx."
     )
+    hedge_after_s: float = Field(
+        0.25, gt=0, le=60, description="A member call still unanswered after this is hedged on another replica."
+    )
+    hedge_budget: float = Field(
+        0.1, ge=0, le=1, description="Hedged calls may add at most this share of extra member calls.")
+    eject_s: float = Field(
+        3.0, ge=0, le=600, description="A replica that failed or timed out a call is avoided locally this long."
+    )
+    sync_period_s: float = Field(
+        0.5, gt=0, le=10, description="Telemetry to / weights from the controller, one batched call per period "
+        "(weights reach every gateway within one period plus a controller step)."
+    )
 
 
 class TrainingConfig(_Strict):
@@ -119,6 +144,34 @@ class ChaosConfig(_Strict):
     enabled: bool = False
 
 
+class ControllerConfig(_Strict):
+    """The healing controller: how it probes, what it calls a fault, how often it may act."""
+
+    enabled: bool = True
+    tick_s: float = Field(0.25, gt=0, le=10, description="One observe → decide → act → record step.")
+    probe_interval_s: float = Field(
+        1.0, gt=0, le=60, description="Golden probe period per replica (a probe costs a real inference; after a "
+        "timeout the next probe goes at once).")
+    view_period_s: float = Field(
+        1.0, gt=0, le=60, description="How often Serve's replica view and Ray's actor liveness are read; gateway "
+        "telemetry and probes see a dead replica sooner under traffic.")
+    probe_timeout_s: float = Field(0.8, gt=0, le=60, description="A probe unanswered this long counts as hung.")
+    hang_probe_timeouts: int = Field(2, ge=1, description="Consecutive probe timeouts that mean hung.")
+    slow_factor: float = Field(3.0, gt=1, description="Slow: median latency above this × its peers' ...")
+    slow_min_excess_s: float = Field(0.2, ge=0, description="... and at least this much above them.")
+    slow_probes: int = Field(4, ge=1, description="Recent ok probes (all but one slow) that decide slowness.")
+    wrong_tolerance: float = Field(0.02, gt=0, le=1, description="Max |Δ probability| on golden inputs.")
+    window_s: float = Field(5.0, gt=0, description="Window of gateway-reported call statistics.")
+    member_cooldown_s: float = Field(3.0, ge=0, description="Minimum gap between restarts in one member.")
+    max_restarts: int = Field(10, ge=1, description="Restarts allowed per restart_window_s (no storms).")
+    restart_window_s: float = Field(300.0, gt=0)
+    confirm_timeout_s: float = Field(90.0, gt=0, description="A restart not confirmed by then is a failure.")
+    weight_eta: float = Field(0.5, gt=0, description="Hedge learning rate on feedback losses.")
+    weight_decay: float = Field(0.99, gt=0, le=1, description="Per-sample forgetting of old losses.")
+    min_weight: float = Field(0.05, ge=0, lt=0.5, description="Floor for each healthy member.")
+    max_weight: float = Field(0.7, gt=0, le=1, description="Cap while another member is healthy.")
+
+
 class RaymedicConfig(_Strict):
     """Everything raymedic needs to serve, train and heal one model."""
 
@@ -130,6 +183,10 @@ class RaymedicConfig(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     chaos: ChaosConfig = Field(default_factory=ChaosConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    access_log: bool = Field(
+        False, description="Serve's per-request access log lines; off by default: raymedic logs every "
+        "prediction to Parquet already, and a log line per hop costs real CPU on small machines.")
 
     @model_validator(mode="after")
     def _check_members(self) -> "RaymedicConfig":

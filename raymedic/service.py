@@ -112,7 +112,10 @@ def _example_row(schema: dict) -> dict:
 
 
 def undeploy() -> None:
-    """Delete the Serve application (the cluster keeps running)."""
+    """Delete the Serve application and its controller (the cluster keeps running)."""
     from ray import serve
 
+    from controllers.client import remove_controller
+
     serve.delete(APP_NAME)
+    remove_controller()

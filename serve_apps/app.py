@@ -8,13 +8,15 @@ one schema, and wires the gateway to one deployment per member.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from typing import Any
 
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from raymedic.config import RaymedicConfig, parse_config
+from raymedic.config import ADMIN_TOKEN_ENV, RaymedicConfig, parse_config
 from raymedic.errors import ConfigError, RaymedicError
 from raymedic.storage import Storage
 from serve_apps.gateway import Gateway
@@ -52,25 +54,42 @@ def resolve_versions(config: RaymedicConfig) -> tuple[dict[str, str], dict[str, 
     return versions, schema
 
 
+def admin_token_sha256() -> str | None:
+    """The admin token's sha256 from the deployer's environment (only the hash is shipped)."""
+    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    return hashlib.sha256(token.encode()).hexdigest() if token else None
+
+
 def build_app(args: dict[str, Any]) -> Application:
-    """Build the raymedic Serve application from the config's ``args``."""
+    """Build the raymedic Serve application from the config's ``args``.
+
+    Also makes sure the healing controller exists (``serve deploy`` has no other hook).
+    """
     config = parse_config(args).resolved()
     versions, schema = resolve_versions(config)
+    if config.controller.enabled:
+        from controllers.client import ensure_controller
+
+        ensure_controller(config, versions)
     router = RequestRouterConfig(request_router_class=AvoidingRouter)
+    logging_config = {"enable_access_log": config.access_log}
     members = {
         m.name: Member.options(
             name=m.name,
             num_replicas=m.replicas,
             max_ongoing_requests=m.max_ongoing_requests,
             max_replicas_per_node=m.max_replicas_per_node,
+            health_check_period_s=m.health_check_period_s,
+            logging_config=logging_config,
             ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
             request_router_config=router,
         ).bind(model=config.model, member=m.name, version=versions[m.name], storage_path=config.storage_path,
-               use_gpu=m.num_gpus > 0)
+               use_gpu=m.num_gpus > 0, chaos=config.chaos.enabled)
         for m in config.members
     }
     return Gateway.options(
         num_replicas=config.gateway.replicas,
         max_ongoing_requests=config.gateway.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.gateway.num_cpus},
-    ).bind(config.model_dump(mode="json"), members, versions, schema)
+        logging_config=logging_config,
+    ).bind(config.model_dump(mode="json"), members, versions, schema, admin_token_sha256())

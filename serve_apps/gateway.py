@@ -2,14 +2,24 @@
 
 KServe V1 routes (ARCHITECTURE.md). Every client mistake becomes a 4xx with
 ``{"error": ...}`` that says what to fix; an unexpected failure becomes a 500 with
-an error id and never a traceback. Member calls carry a per-member deadline and are
-retried once on another replica (see :mod:`serve_apps.routing`), so one bad replica
-costs latency, not a failed request.
+an error id and never a traceback. Member calls carry a per-member deadline; a call
+that fails is retried at once on another replica and a call still unanswered after
+``hedge_after_s`` is hedged on another replica (see :mod:`serve_apps.routing`), so
+one bad replica costs a little latency, not a failed request. Replicas the
+controller flags, and replicas that just failed this gateway, are routed around.
+
+Once per sync period the gateway sends its call statistics and feedback losses to
+the healing controller in one call and takes back the ensemble weights and the
+avoid list; if the controller is down it keeps serving with the last it knew.
+Admin routes (``/v1/admin/...``) need ``Authorization: Bearer $RAYMEDIC_ADMIN_TOKEN``;
+the chaos routes exist only when chaos is enabled in the config.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types on Serve ingress methods.
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -26,12 +36,14 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controllers.observe import read_app_view
-from raymedic.config import APP_NAME, RaymedicConfig
+from raymedic.config import APP_NAME, CONTROLLER_NAME, CONTROLLER_NAMESPACE, RaymedicConfig
 from raymedic.errors import InvalidRequest, RaymedicError, ServiceUnavailable, UnknownModel
 from raymedic.storage import Storage
+from serve_apps.chaos import FAULTS, sigkill_replica
 from serve_apps.combine import combine, equal_weights
 from serve_apps.predlog import FeedbackLog, KnownIds, PredictionLog, inference_time, new_inference_id
 from serve_apps.routing import routed_replica
+from serve_apps.telemetry import CallRecorder, HedgeBudget, LocalEjector, RecentOutputs
 from serve_apps.validation import parse_feedback, parse_instances
 from train_jobs.schema import ModelSchema
 
@@ -83,6 +95,19 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return _error(500, f"internal error {error_id}; the service logged it, please retry or report the id")
 
 
+class AdminDenied(InvalidRequest):
+    """401 without a valid admin token; 403 when admin routes are disabled."""
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        super().__init__(message, status=status)
+
+
+def _dead_error(exc: BaseException) -> bool:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError))
+
+
 @dataclass
 class _MemberAnswer:
     probabilities: np.ndarray
@@ -90,6 +115,10 @@ class _MemberAnswer:
     version: str
     latency_s: float
     attempts: int
+
+
+async def _await(response: Any) -> Any:
+    return await response
 
 
 async def _json_body(request: Request) -> Any:
@@ -111,7 +140,7 @@ class Gateway:
     """Serve ingress for one model. Only the event loop mutates its state."""
 
     def __init__(self, config: dict[str, Any], members: dict[str, Any], versions: dict[str, str],
-                 schema: dict[str, Any]) -> None:
+                 schema: dict[str, Any], admin_token_sha256: str | None = None) -> None:
         self._cfg = RaymedicConfig.model_validate(config)
         self._members = members
         self._versions = dict(versions)
@@ -127,7 +156,20 @@ class Gateway:
         self._feedback = FeedbackLog(storage, self._cfg.model, tag=tag)
         self._known = KnownIds(storage, self._cfg.model)
         self._status_cache: tuple[float, Any] = (0.0, None)
-        self._flusher = asyncio.get_event_loop().create_task(self._flush_forever())
+        self._tag = tag
+        self._admin_sha = admin_token_sha256
+        self._calls = CallRecorder()
+        self._ejector = LocalEjector(self._cfg.gateway.eject_s)
+        self._hedges = HedgeBudget(self._cfg.gateway.hedge_budget)
+        self._recent = RecentOutputs()
+        self._avoid: dict[str, list[str]] = {}
+        self._epoch = -1
+        self._controller: Any = None
+        self._controller_seen: float | None = None
+        self._paused = False
+        loop = asyncio.get_event_loop()
+        self._flusher = loop.create_task(self._flush_forever())
+        self._syncer = loop.create_task(self._sync_forever()) if self._cfg.controller.enabled else None
 
     # ---- background ----------------------------------------------------------------
 
@@ -139,9 +181,36 @@ class Gateway:
             except Exception:
                 log.exception("prediction log flush failed; retrying next period")
 
+    async def _sync_forever(self) -> None:
+        """Telemetry out, weights and avoid list in: one controller call per period."""
+        import ray
+
+        period = self._cfg.gateway.sync_period_s
+        while True:
+            await asyncio.sleep(period)
+            batch = self._calls.drain()
+            try:
+                if self._controller is None:
+                    self._controller = await asyncio.to_thread(
+                        ray.get_actor, CONTROLLER_NAME, namespace=CONTROLLER_NAMESPACE)
+                reply = await asyncio.wait_for(self._controller.sync.remote(self._tag, batch, self._epoch),
+                                               timeout=max(1.0, 4 * period))
+                self._controller_seen = time.time()
+                if reply:
+                    self._weights = {m: float(reply["weights"].get(m, 0.0)) for m in self._order}
+                    self._avoid = {m: list(v) for m, v in reply.get("avoid", {}).items()}
+                    self._paused = bool(reply.get("paused"))
+                    self._epoch = int(reply["epoch"])
+            except Exception as exc:  # controller down or restarting: keep the last weights
+                if not isinstance(exc, (ValueError, asyncio.TimeoutError)):
+                    log.debug("controller sync failed: %r", exc)
+                self._controller = None
+
     async def __del__(self) -> None:
         # Graceful shutdown: write what is buffered so no accepted prediction goes unlogged.
         self._flusher.cancel()
+        if self._syncer is not None:
+            self._syncer.cancel()
         self._predlog.flush()
 
     # ---- helpers -------------------------------------------------------------------
@@ -151,29 +220,87 @@ class Gateway:
             raise UnknownModel(f"model {model!r} is not served here; GET /v1/models lists "
                                f"{[self._cfg.model]}")
 
+    def _avoid_for(self, name: str, now: float) -> list[str]:
+        return sorted(set(self._avoid.get(name, ())) | set(self._ejector.ejected(name, now)))
+
     async def _call_member(self, name: str, rows: list[list[Any]]) -> _MemberAnswer | None:
-        """One member's answer within its deadline, retried once on another replica."""
+        """One member's answer within its deadline.
+
+        A failed call is retried at once on another replica; a call still unanswered
+        after ``hedge_after_s`` is hedged on another replica and the first good answer
+        wins. At most two calls per member per request.
+        """
         handle = self._members[name]
-        timeout = self._cfg.gateway.member_timeout_s
-        avoid: list[str] = []
-        for attempt in (1, 2):
+        gw = self._cfg.gateway
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + gw.member_timeout_s
+        avoid = self._avoid_for(name, time.time())
+        attempts: dict[asyncio.Future, tuple[str, float, Any]] = {}
+
+        def launch(extra: list[str]) -> None:
             call_id = uuid.uuid4().hex
-            t0 = time.monotonic()
-            response = handle.predict.remote(rows, call_id=call_id, avoid=list(avoid))
-            try:
-                out = await asyncio.wait_for(response, timeout)
-                return _MemberAnswer(np.asarray(out["probabilities"]), out["replica"], out["version"],
-                                     time.monotonic() - t0, attempt)
-            except asyncio.TimeoutError:
-                response.cancel()
-                outcome = f"timed out after {timeout:.2f} s"
-            except Exception as exc:  # a dead replica, an app error in the member: retry elsewhere
-                outcome = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
-            replica = routed_replica(call_id)
+            response = handle.predict.remote(rows, call_id=call_id, avoid=sorted(set(avoid) | set(extra)))
+            fut = asyncio.ensure_future(_await(response))
+            attempts[fut] = (call_id, loop.time(), response)
+
+        def replica_of(fut: asyncio.Future) -> str | None:
+            return routed_replica(attempts[fut][0])
+
+        launch([])
+        self._hedges.on_call()
+        pending = set(attempts)
+        tried: list[str] = []
+        failed = False
+        while pending:
+            now = loop.time()
+            if now >= deadline:
+                break
+            hedge_at = start + gw.hedge_after_s
+            wait_until = deadline if len(attempts) >= 2 or now >= hedge_at else min(deadline, hedge_at)
+            done, pending = await asyncio.wait(pending, timeout=max(0.0, wait_until - now),
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                call_id, t0, _ = attempts[fut]
+                exc = fut.exception()
+                if exc is None:
+                    out = fut.result()
+                    latency = loop.time() - t0
+                    self._calls.finished(name, out["replica"], "ok", latency, was_started=False)
+                    for other in pending:  # the hedge lost: that replica was slower than this one
+                        other.cancel()
+                        attempts[other][2].cancel()
+                        slow = replica_of(other)
+                        if slow and slow != out["replica"]:
+                            self._calls.finished(name, slow, "hedged", loop.time() - attempts[other][1],
+                                                 was_started=False)
+                            self._ejector.eject(name, slow, time.time())
+                    return _MemberAnswer(np.asarray(out["probabilities"]), out["replica"], out["version"],
+                                         latency, len(attempts))
+                failed = True
+                replica = replica_of(fut)
+                outcome = "dead" if _dead_error(exc) else "error"
+                if replica:
+                    tried.append(replica)
+                    self._calls.finished(name, replica, outcome, loop.time() - t0, was_started=False)
+                    self._ejector.eject(name, replica, time.time())
+                log.warning("member %s replica %s failed: %s: %s", name, replica or "?", type(exc).__name__,
+                            str(exc)[:200])
+            first = replica_of(next(iter(attempts)))
+            # Hedge only a call that reached a replica: one not yet routed is stuck in this
+            # process's own queue (overload), and a second call would only deepen it.
+            if len(attempts) < 2 and loop.time() < deadline and (
+                    failed or (first is not None and self._hedges.try_hedge())):
+                launch([r for r in tried + ([first] if first else []) if r])
+                pending = {f for f in attempts if not f.done()}
+        for fut in pending:  # past the deadline
+            fut.cancel()
+            attempts[fut][2].cancel()
+            replica = replica_of(fut)
             if replica:
-                avoid.append(replica)
-            log.warning("member %s replica %s %s (attempt %d)%s", name, replica or "?", outcome, attempt,
-                        "; retrying on another replica" if attempt == 1 else "; giving up on this member")
+                self._calls.finished(name, replica, "timeout", gw.member_timeout_s, was_started=False)
+                self._ejector.eject(name, replica, time.time())
+            log.warning("member %s replica %s timed out after %.2f s", name, replica or "?", gw.member_timeout_s)
         return None
 
     # ---- routes --------------------------------------------------------------------
@@ -244,6 +371,7 @@ class Gateway:
             for i in range(len(rows))
         ]
         self._known.add(ids)
+        self._recent.add(ids, {m: a.probabilities for m, a in answers.items()})
         self._predlog.append(
             {"inference_id": ids[i], "ts": now, "model": self._cfg.model, "model_version": version,
              "features": json.dumps(rows[i]), "member_outputs": outputs[i], "prediction": json.dumps(labels[i]),
@@ -269,36 +397,172 @@ class Gateway:
         keep = [(i, lab) for i, lab in zip(fb.inference_ids, fb.labels) if i not in unknown_set]
         if keep:
             await asyncio.to_thread(self._feedback.write, [i for i, _ in keep], [lab for _, lab in keep])
+            classes = [self._schema.class_index(lab) for _, lab in keep]
+            self._calls.add_losses(self._recent.losses([i for i, _ in keep], classes))
         return {"accepted": len(keep), "unknown_ids": unknown}
 
     @api.get("/v1/status")
     async def status(self) -> dict[str, Any]:
         view = await self._app_view()
+        ctl = await self._controller_status()
+        weights = (ctl or {}).get("weights") or self._weights
+        quarantined = set((ctl or {}).get("quarantined") or ())
+        avoid = (ctl or {}).get("avoid") or self._avoid
         members = []
         for name in self._order:
             dep = view.deployments.get(name) if view else None
+            flagged = set(avoid.get(name, ()))
             members.append({
                 "name": name,
                 "version": self._versions[name],
-                "weight": round(self._weights.get(name, 0.0), 6),
+                "weight": round(float(weights.get(name, 0.0)), 6),
                 "fallback": name == self._cfg.fallback_member,
-                "state": dep.status if dep else "UNKNOWN",
-                "replicas": [{"id": r.id, "state": r.state, "pid": r.pid, "node_id": r.node_id}
+                "state": "QUARANTINED" if name in quarantined else (dep.status if dep else "UNKNOWN"),
+                "replicas": [{"id": r.id, "state": "AVOIDED" if r.id in flagged and r.state == "RUNNING"
+                              else r.state, "pid": r.pid, "node_id": r.node_id}
                              for r in (dep.replicas if dep else ())],
             })
         gw = view.deployments.get("gateway") if view else None
+        if ctl is None:
+            controller = {"state": "unreachable" if self._cfg.controller.enabled else "disabled",
+                          "last_sync_age_s": None if self._controller_seen is None
+                          else round(time.time() - self._controller_seen, 2),
+                          "note": "serving with the last weights received"}
+        else:
+            controller = {k: v for k, v in ctl.items() if k not in ("incidents", "actions", "weights")}
         return {
             "model": self._cfg.model,
             "model_version": self._model_version(self._order),
             "application": {"name": APP_NAME, "status": view.status if view else "UNKNOWN"},
             "gateway": {"state": gw.status if gw else "UNKNOWN",
-                        "replicas": [{"id": r.id, "state": r.state} for r in (gw.replicas if gw else ())]},
+                        "replicas": [{"id": r.id, "state": r.state} for r in (gw.replicas if gw else ())],
+                        "answered_by": {"id": self._tag, "weights": {m: round(w, 6) for m, w in self._weights.items()},
+                                        "epoch": self._epoch, "avoid": self._avoid,
+                                        "last_sync_age_s": None if self._controller_seen is None
+                                        else round(time.time() - self._controller_seen, 2)}},
             "members": members,
             "drift": {},
-            "incidents": [],
-            "actions": [],
-            "controller": {"state": "not running", "note": "the healing controller is not deployed yet"},
+            "incidents": (ctl or {}).get("incidents", []),
+            "actions": (ctl or {}).get("actions", []),
+            "controller": controller,
         }
+
+    async def _controller_status(self) -> dict[str, Any] | None:
+        if not self._cfg.controller.enabled:
+            return None
+        try:
+            ctl = self._controller or await asyncio.to_thread(self._lookup_controller)
+            return await asyncio.wait_for(ctl.status.remote(), timeout=2.0)
+        except Exception:
+            return None
+
+    @staticmethod
+    def _lookup_controller() -> Any:
+        import ray
+
+        return ray.get_actor(CONTROLLER_NAME, namespace=CONTROLLER_NAMESPACE)
+
+    # ---- admin ---------------------------------------------------------------------
+
+    def _check_admin(self, request: Request) -> None:
+        if not self._admin_sha:
+            raise AdminDenied("admin routes are disabled: deploy with RAYMEDIC_ADMIN_TOKEN set "
+                              "(raymedic up sets one) and send Authorization: Bearer <token>", status=403)
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        if not token:
+            raise AdminDenied("missing admin token: send Authorization: Bearer $RAYMEDIC_ADMIN_TOKEN")
+        if not hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), self._admin_sha):
+            raise AdminDenied("wrong admin token: use the RAYMEDIC_ADMIN_TOKEN the service was deployed with")
+
+    async def _controller_call(self, method: str, *args: Any) -> Any:
+        try:
+            ctl = self._controller or await asyncio.to_thread(self._lookup_controller)
+            return await asyncio.wait_for(getattr(ctl, method).remote(*args), timeout=10.0)
+        except Exception as exc:
+            raise ServiceUnavailable(f"the healing controller is not reachable ({type(exc).__name__}); "
+                                     "it is restarted automatically, retry shortly", retry_after_s=2) from None
+
+    @api.post("/v1/admin/pause")
+    async def admin_pause(self, request: Request) -> dict[str, Any]:
+        self._check_admin(request)
+        return await self._controller_call("set_paused", True, "admin route")
+
+    @api.post("/v1/admin/resume")
+    async def admin_resume(self, request: Request) -> dict[str, Any]:
+        self._check_admin(request)
+        return await self._controller_call("set_paused", False, "admin route")
+
+    def _chaos_enabled(self, request: Request) -> None:
+        if not self._cfg.chaos.enabled:  # the route does not exist without chaos
+            raise StarletteHTTPException(404)
+        self._check_admin(request)
+
+    async def _running_replicas(self, member: str) -> list[Any]:
+        if member not in self._members:
+            raise InvalidRequest(f"unknown member {member!r}; members are {self._order}", status=404)
+        self._status_cache = (0.0, self._status_cache[1])  # fresh view: chaos targets must exist now
+        view = await self._app_view()
+        dep = view.deployments.get(member) if view else None
+        return sorted((r for r in (dep.replicas if dep else ()) if r.state == "RUNNING"), key=lambda r: r.id)
+
+    @api.post("/v1/admin/chaos")
+    async def admin_chaos(self, request: Request) -> dict[str, Any]:
+        self._chaos_enabled(request)
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidRequest('send {"fault": "kill|hang|slow|wrong", "member": NAME, '
+                                 '"replica": ID (optional), "delay_ms": N (slow)}')
+        fault, member = body.get("fault"), body.get("member")
+        if fault not in FAULTS:
+            raise InvalidRequest(f"fault must be one of {list(FAULTS)}, got {fault!r}")
+        if not isinstance(member, str):
+            raise InvalidRequest(f"member is required: one of {self._order}")
+        delay_ms = body.get("delay_ms")
+        if delay_ms is not None and (isinstance(delay_ms, bool) or not isinstance(delay_ms, (int, float))):
+            raise InvalidRequest("delay_ms must be a number of milliseconds")
+        replicas = await self._running_replicas(member)
+        wanted = body.get("replica")
+        if wanted is None:
+            if not replicas:
+                raise ServiceUnavailable(f"member {member!r} has no running replica right now", retry_after_s=2)
+            target = replicas[0]
+        else:
+            target = next((r for r in replicas if r.id == wanted), None)
+            if target is None:
+                raise InvalidRequest(f"member {member!r} has no running replica {wanted!r}; running: "
+                                     f"{[r.id for r in replicas]}", status=404)
+        if fault == "kill":
+            if not target.pid:
+                raise ServiceUnavailable("Serve has not reported that replica's process id yet", retry_after_s=1)
+            out = await asyncio.to_thread(sigkill_replica, int(target.pid), target.node_id)
+        else:
+            out = await asyncio.wait_for(
+                self._members[member].chaos.remote(fault, delay_ms, target=target.id), timeout=10.0)
+        result = {"fault": fault, "member": member, "replica": target.id, "at": time.time(), **out}
+        await self._note("chaos-injected", f"{member}/{target.id}", result)
+        return result
+
+    @api.post("/v1/admin/chaos/clear")
+    async def admin_chaos_clear(self, request: Request) -> dict[str, Any]:
+        self._chaos_enabled(request)
+        cleared = []
+        for member in self._order:
+            for r in await self._running_replicas(member):
+                try:
+                    await asyncio.wait_for(self._members[member].chaos.remote(None, target=r.id), timeout=3.0)
+                    cleared.append(f"{member}/{r.id}")
+                except Exception:
+                    pass  # a hung or dying replica: the controller replaces it anyway
+        await self._note("chaos-cleared", self._cfg.model, {"replicas": cleared})
+        return {"cleared": cleared}
+
+    async def _note(self, kind: str, target: str, evidence: dict[str, Any]) -> None:
+        try:
+            ctl = self._controller or await asyncio.to_thread(self._lookup_controller)
+            await asyncio.wait_for(ctl.note.remote(kind, target, evidence), timeout=2.0)
+        except Exception:
+            log.warning("could not record %s in the audit log (controller unreachable)", kind)
 
     async def _app_view(self):
         ts, view = self._status_cache

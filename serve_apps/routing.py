@@ -7,6 +7,10 @@ the member call:
 
 - ``avoid=[replica_id, ...]`` removes those replicas from the candidates (unless
   that would leave none);
+- ``target="replica_id"`` sends the call to that replica only (the controller's
+  golden probes and chaos injection address one replica through the same request
+  path as user traffic; a call whose target is gone waits until its caller's
+  deadline);
 - ``call_id="..."`` records which replica the call was routed to, so the gateway
   can attribute a timeout to a replica even though the replica never answered.
 
@@ -21,7 +25,7 @@ import threading
 from collections import OrderedDict
 from typing import List, Optional
 
-from ray.serve.request_router import PendingRequest, ReplicaID, RunningReplica
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 
 __all__ = ["AvoidingRouter", "routed_replica"]
@@ -45,16 +49,33 @@ def _record(call_id: str, replica: str) -> None:
 
 
 class AvoidingRouter(PowerOfTwoChoicesRequestRouter):
-    """Power of two choices over the candidates not named in the call's ``avoid``."""
+    """Power of two choices over the candidates not named in the call's ``avoid``.
+
+    A call without ``avoid`` or ``target`` is routed as Serve's default router does,
+    with one difference that the keywords require: the replica chosen for a call is
+    given to that call. (The default router hands a chosen replica to the oldest
+    waiting call instead — fine when every call may go anywhere, wrong when a probe
+    must reach one replica or a retry must not return to the one that failed.)
+    """
+
+    _fulfill_next_pending_request = RequestRouter._fulfill_next_pending_request
 
     async def choose_replicas(
         self,
         candidate_replicas: List[RunningReplica],
         pending_request: Optional[PendingRequest] = None,
     ) -> List[List[RunningReplica]]:
-        avoid = (pending_request.kwargs.get("avoid") if pending_request is not None else None) or ()
-        if not avoid:
+        kwargs = pending_request.kwargs if pending_request is not None else {}
+        target = kwargs.get("target")
+        avoid = kwargs.get("avoid") or ()
+        if not target and not avoid:
             return await super().choose_replicas(candidate_replicas, pending_request)
+        # Our own choice: make the base router sleep (back off) between attempts. Without
+        # this, a target that is gone or full makes it retry in a tight loop that never
+        # yields, freezing every handle in the process.
+        pending_request.routing_context.should_backoff = True
+        if target:
+            return [[r for r in candidate_replicas if r.replica_id.unique_id == target]]
         keep = [r for r in candidate_replicas if r.replica_id.unique_id not in avoid]
         pool = keep or list(candidate_replicas)
         if not pool:

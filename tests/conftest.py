@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
+import logging
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
@@ -57,6 +58,34 @@ def write_config(path: Path, *, storage: Path, port: int, **overrides: Any) -> P
     }
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+@contextlib.contextmanager
+def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
+    """An embedded Ray cluster with the service trained, deployed and answering: (url, config).
+
+    One per test module: starting Ray, training and deploying dominate a test's cost.
+    Everything started here is shut down on exit.
+    """
+    import ray
+    from ray import serve
+
+    from raymedic import service
+    from raymedic.config import load_config
+
+    port = free_port()
+    cfg = load_config(write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port,
+                                   **overrides)).config.resolved()
+    ray.init(num_cpus=8, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        service.ensure_trained(cfg, print)
+        service.deploy(cfg, host="127.0.0.1", port=port, progress=print)
+        url = f"http://127.0.0.1:{port}"
+        service.wait_ready(url, cfg.model, timeout_s=240, progress=print)
+        yield url, cfg
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 @pytest.fixture(autouse=True)

@@ -7,17 +7,15 @@ every test talks to the service over real HTTP.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 
 import numpy as np
 import pytest
 
-from raymedic.config import load_config
 from raymedic.http import request_json
 from raymedic.storage import Storage
-from tests.conftest import free_port, wait_for, write_config
+from tests.conftest import local_service, wait_for
 from train_jobs.registry import ModelRegistry
 from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
 
@@ -28,24 +26,9 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    from ray import serve
-
-    from raymedic import service
-
-    tmp = tmp_path_factory.mktemp("serving")
-    port = free_port()
-    cfg = load_config(write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port)).config.resolved()
-    ray.init(num_cpus=8, logging_level=logging.WARNING, log_to_driver=False)
-    try:
-        service.ensure_trained(cfg, print)
-        service.deploy(cfg, host="127.0.0.1", port=port, progress=print)
-        url = f"http://127.0.0.1:{port}"
-        service.wait_ready(url, cfg.model, timeout_s=240, progress=print)
+    with local_service(tmp_path_factory.mktemp("serving")) as (url, cfg):
         yield {"url": url, "cfg": cfg, "predict": f"{url}/v1/models/{cfg.model}:predict",
                "feedback": f"{url}/v1/models/{cfg.model}:feedback"}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _labelled(n: int, seed: int):

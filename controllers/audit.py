@@ -1,0 +1,77 @@
+"""The append-only audit trail of everything the controller saw and did.
+
+Records are JSON objects (ARCHITECTURE.md: ``ts``, ``kind``, ``target``,
+``evidence``, ``action``, ``outcome``; incident records add ``detected_at`` and
+``recovered_at``). They are buffered and flushed as a new, never-rewritten JSONL
+file per flush under ``audit/<model>/``: appends work the same on a local disk and
+on object stores (which cannot append to a file), and a crash loses at most the
+records of one flush period, never an earlier file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from typing import Any
+
+from raymedic.storage import Storage
+
+__all__ = ["AuditLog", "read_audit"]
+
+
+def _prefix(model: str) -> str:
+    return f"audit/{model}"
+
+
+class AuditLog:
+    """Buffered writer plus a bounded in-memory tail for status pages."""
+
+    def __init__(self, storage: Storage, model: str, *, writer: str, tail: int = 200) -> None:
+        self._storage = storage
+        self._model = model
+        self._writer = writer
+        self._buf: list[dict[str, Any]] = []
+        self._tail: deque[dict[str, Any]] = deque(maxlen=tail)
+        self._seq = 0
+        for rec in read_audit(storage, model)[-tail:]:
+            self._tail.append(rec)
+
+    def record(self, kind: str, target: str, *, evidence: Any = None, action: str = "", outcome: str = "",
+               ts: float | None = None, **extra: Any) -> dict[str, Any]:
+        rec = {"ts": time.time() if ts is None else ts, "kind": kind, "target": target,
+               "evidence": evidence if evidence is not None else {}, "action": action, "outcome": outcome,
+               "model": self._model, **extra}
+        self._buf.append(rec)
+        self._tail.append(rec)
+        return rec
+
+    def flush(self) -> int:
+        """Write buffered records as one new file; returns how many."""
+        if not self._buf:
+            return 0
+        batch, self._buf = self._buf, []
+        self._seq += 1
+        key = f"{_prefix(self._model)}/{int(batch[0]['ts'] * 1e6):020d}-{self._writer}-{self._seq:06d}.jsonl"
+        try:
+            self._storage.write_text(key, "".join(json.dumps(r, default=str) + "\n" for r in batch))
+        except Exception:
+            self._buf = batch + self._buf  # keep them for the next flush
+            raise
+        return len(batch)
+
+    def tail(self, n: int = 50) -> list[dict[str, Any]]:
+        return list(self._tail)[-n:]
+
+
+def read_audit(storage: Storage, model: str, *, since: float | None = None) -> list[dict[str, Any]]:
+    """Every flushed record of ``model`` in time order (optionally those at or after ``since``)."""
+    out: list[dict[str, Any]] = []
+    for f in storage.list_files(_prefix(model), suffix=".jsonl"):
+        for line in storage.read_text(f).splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if since is None or rec.get("ts", 0) >= since:
+                    out.append(rec)
+    out.sort(key=lambda r: r.get("ts", 0))
+    return out

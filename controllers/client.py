@@ -1,0 +1,72 @@
+"""Finding, creating and removing the healing controller actor.
+
+``raymedic up`` and the Serve app builder both call :func:`ensure_controller`, so
+whichever deploy path is used the controller exists. Its configuration is written
+to ``storage_path`` first and read by the actor itself, so a controller that Ray
+restarts after a crash reads the latest config, not the arguments it was first
+created with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from controllers.controller import HealingController, config_key
+from raymedic.config import CONTROLLER_NAME, CONTROLLER_NAMESPACE, RaymedicConfig
+from raymedic.storage import Storage
+
+__all__ = ["ensure_controller", "get_controller", "remove_controller"]
+
+log = logging.getLogger(__name__)
+
+
+def get_controller():
+    """The controller's handle, or None when it does not exist."""
+    import ray
+
+    try:
+        return ray.get_actor(CONTROLLER_NAME, namespace=CONTROLLER_NAMESPACE)
+    except ValueError:
+        return None
+
+
+def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, timeout_s: float = 120.0) -> Any:
+    """Create the controller if missing (else reconfigure it) and wait until it answers."""
+    import ray
+
+    storage = Storage(config.storage_path)
+    storage.write_text(config_key(config.model),
+                       json.dumps({"config": config.model_dump(mode="json"), "versions": versions}))
+    existing = get_controller()
+    if existing is not None:
+        info = ray.get(existing.ping.remote(), timeout=timeout_s)
+        if (info.get("model"), info.get("storage_path")) != (config.model, config.storage_path):
+            remove_controller()  # it heals another model: one controller per Serve app
+    actor = ray.remote(HealingController).options(
+        name=CONTROLLER_NAME,
+        namespace=CONTROLLER_NAMESPACE,
+        lifetime="detached",
+        max_restarts=-1,  # Ray restarts it after a crash or SIGKILL; it resumes from its checkpoint
+        max_task_retries=-1,
+        num_cpus=0,
+        get_if_exists=True,
+    ).remote(config.storage_path, config.model)
+    ray.get(actor.reload.remote(), timeout=timeout_s)
+    return actor
+
+
+def remove_controller() -> bool:
+    """Kill the controller for good (``raymedic down``); True if there was one."""
+    import ray
+
+    actor = get_controller()
+    if actor is None:
+        return False
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + 30.0
+    while get_controller() is not None and time.monotonic() < deadline:
+        time.sleep(0.1)  # the name is released once the actor is dead
+    return True

@@ -1,0 +1,469 @@
+"""The healing controller: a detached, named, self-restarting Ray actor.
+
+Its loop is observe → decide → act → record, every ``controller.tick_s``:
+
+- **observe**: Serve's replica list (:mod:`controllers.observe`), golden-input
+  probes sent to each replica through the member's real inference path (the
+  router's ``target`` keyword), and the gateways' batched call statistics and
+  feedback losses (pushed by :meth:`sync`, one call per gateway per period);
+- **decide**: :class:`controllers.policy.HealingPolicy` (pure) and the bounded
+  Hedge weights (:mod:`controllers.weighting`);
+- **act**: kill a faulty replica's actor so Serve replaces it; the avoid list and
+  weights travel back to the gateways on their next sync (within 1 s);
+- **record**: the audit trail (:mod:`controllers.audit`) and a checkpoint of the
+  policy memory, weights and action ledger written *before* any action runs, so a
+  controller killed mid-step is restarted by Ray, reloads the checkpoint and does
+  not repeat what it already did.
+
+Gateways keep serving with the last weights they received if this actor is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from controllers.audit import AuditLog
+from controllers.observe import AppView, alive_replica_actors, crash_reason, read_app_view
+from controllers.policy import (CallStats, HealingPolicy, Observation, Probe, ReplicaSnapshot, RestartReplica,
+                                StepResult)
+from controllers.weighting import HedgeWeights, WeightingConfig
+from raymedic.config import APP_NAME, RaymedicConfig
+from raymedic.storage import Storage
+from train_jobs.artifacts import GOLDEN, GoldenSet
+from train_jobs.registry import ModelRegistry
+
+__all__ = ["HealingController", "config_key", "state_key"]
+
+log = logging.getLogger(__name__)
+
+PROBES_KEPT = 12
+
+
+def config_key(model: str) -> str:
+    return f"controller/{model}/config.json"
+
+
+def state_key(model: str) -> str:
+    return f"controller/{model}/state.json"
+
+
+def _dead_error(exc: BaseException) -> bool:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError))
+
+
+class HealingController:
+    """One per model; created by :func:`controllers.client.ensure_controller`."""
+
+    def __init__(self, storage_path: str, model: str) -> None:
+        self._storage = Storage(storage_path)
+        self._model = model
+        self._started_at = time.time()
+        self._task: asyncio.Task | None = None
+        self._load_config()
+        state = self._load_state()
+        self._resumed = state is not None
+        state = state or {}
+        self._policy = HealingPolicy(self.cfg.controller, state.get("policy"))
+        self._hedge = self._new_hedge(state.get("weights"))
+        self._epoch = int(state.get("epoch", 0)) + 1  # a new epoch so every gateway takes our state
+        self._audit = AuditLog(self._storage, model, writer=f"ctl{os.getpid()}")
+        self._probes: dict[str, deque[Probe]] = {}
+        self._probe_task: dict[str, asyncio.Task] = {}
+        self._last_probe: dict[str, float] = {}
+        self._calls: dict[str, deque[tuple[float, str, float]]] = {}
+        self._inflight: dict[str, dict[str, int]] = {}  # gateway → "member/replica" → calls
+        self._gateways: dict[str, float] = {}
+        self._view: AppView | None = None
+        self._alive: set[str] | None = None
+        self._dead_since: dict[str, float] = {}
+        self._was_running: dict[str, tuple[str, str | None]] = {}
+        self._vanished: dict[str, tuple[str, float, str]] = {}
+        self._view_at = 0.0
+        self._handles: dict[str, Any] = {}
+        self._last: StepResult | None = None
+        self._published: tuple[Any, ...] | None = None
+        self._step_ms: deque[float] = deque(maxlen=200)
+        self._dirty = True
+        self._published_before = False
+        self._avoid_now: dict[str, tuple[str, ...]] = {}
+        self._weights_now: dict[str, float] = self._hedge.weights([m.name for m in self.cfg.members])
+        self._audit.record("controller-started", self._model,
+                           evidence={"pid": os.getpid(), "resumed_from_checkpoint": self._resumed,
+                                     "open_incidents": [i.id for i in self._policy.incidents if i.status == "open"]},
+                           action="resume" if self._resumed else "start", outcome="ok")
+        self._ensure_running()
+
+    # ---- configuration and persistence ---------------------------------------------------
+
+    def _load_config(self) -> None:
+        doc = json.loads(self._storage.read_text(config_key(self._model)))
+        self.cfg = RaymedicConfig.model_validate(doc["config"])
+        self._versions: dict[str, str] = dict(doc["versions"])
+        self._golden: dict[str, GoldenSet] = {}
+        registry = ModelRegistry(self._storage)
+        for member, version in self._versions.items():
+            files = registry.load(self._model, member, version).files
+            if GOLDEN in files:
+                self._golden[member] = GoldenSet.from_dict(json.loads(files[GOLDEN]))
+        self._handles = {}
+
+    def _new_hedge(self, data: dict[str, Any] | None) -> HedgeWeights:
+        c = self.cfg.controller
+        wc = WeightingConfig(eta=c.weight_eta, decay=c.weight_decay, min_weight=c.min_weight,
+                             max_weight=c.max_weight)
+        members = [m.name for m in self.cfg.members]
+        if data:
+            try:
+                hw = HedgeWeights.from_dict(data, wc)
+                if sorted(hw.weights(members)) == sorted(members):
+                    return hw
+            except Exception:
+                log.exception("ignoring an unreadable weights checkpoint")
+        return HedgeWeights(members, wc)
+
+    def _load_state(self) -> dict[str, Any] | None:
+        try:
+            if self._storage.exists(state_key(self._model)):
+                return json.loads(self._storage.read_text(state_key(self._model)))
+        except Exception:
+            log.exception("controller checkpoint unreadable; starting fresh")
+        return None
+
+    def _checkpoint(self) -> None:
+        state = {"policy": self._policy.to_dict(), "weights": self._hedge.to_dict(), "epoch": self._epoch,
+                 "saved_at": time.time()}
+        self._storage.write_text(state_key(self._model), json.dumps(state))
+        self._dirty = False
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _ensure_running(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not inside the actor's event loop yet: the next call starts it
+        self._task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        # Restarts requested before a crash and never confirmed: finish them (idempotently).
+        for act in self._policy.pending_actions():
+            await self._execute(act)
+        while True:
+            t0 = time.monotonic()
+            try:
+                await self._tick()
+            except Exception:
+                log.exception("controller step failed; continuing")
+            elapsed = time.monotonic() - t0
+            await asyncio.sleep(max(0.0, self.cfg.controller.tick_s - elapsed))
+
+    async def _tick(self) -> None:
+        now = time.time()
+        if now - self._view_at >= self.cfg.controller.view_period_s:
+            try:
+                self._view, self._alive = await asyncio.to_thread(self._read_state)
+                await self._find_vanished(now)
+            except Exception:
+                log.exception("could not read Serve state")
+            self._view_at = now
+        if self._view is None:
+            return
+        self._schedule_probes(now)
+        t0 = time.perf_counter()
+        obs = self._observation(now)
+        result = self._policy.step(obs)
+        weights = self._weights(result)
+        avoid = result.avoid
+        if self._policy.paused:  # an operator holds the wheel: keep routing and weights as they are
+            weights, avoid = self._weights_now, {}
+        self._step_ms.append((time.perf_counter() - t0) * 1000)
+        self._last = result
+        for ev in result.events:
+            self._record_event(ev)
+        published = (tuple(sorted((k, round(v, 4)) for k, v in weights.items())),
+                     tuple(sorted(avoid.items())), self._policy.paused)
+        if published != self._published:
+            self._published = published
+            self._epoch += 1
+            self._weights_now = weights
+            self._avoid_now = avoid
+            self._dirty = True
+            if self._published_before:
+                self._audit.record("weights", self._model, evidence={"avoid": avoid},
+                                   action="publish", outcome="ok", weights=weights, epoch=self._epoch)
+            self._published_before = True
+        if result.events or result.actions or self._dirty:
+            await asyncio.to_thread(self._checkpoint)  # intent is durable before any action runs
+        for act in result.actions:
+            await self._execute(act)
+        if result.actions:
+            await asyncio.to_thread(self._checkpoint)
+        await asyncio.to_thread(self._audit.flush)
+
+    async def _find_vanished(self, now: float) -> None:
+        """Replicas that were RUNNING and left Serve's view because their process died."""
+        assert self._view is not None
+        running: dict[str, tuple[str, str | None]] = {}
+        present = set()
+        for m in self.cfg.members:
+            dep = self._view.deployments.get(m.name)
+            for r in (dep.replicas if dep else ()):
+                present.add(r.id)
+                if r.state == "RUNNING":
+                    running[r.id] = (m.name, r.actor_id)
+        for rid, (member, actor_id) in self._was_running.items():
+            if rid in present or not actor_id or self._policy.open_incident(rid):
+                continue
+            if any(i.replica == rid for i in self._policy.incidents):
+                continue  # we already handled it (e.g. we restarted it ourselves)
+            reason = await asyncio.to_thread(crash_reason, actor_id)
+            if reason:
+                self._vanished[rid] = (member, now, reason)
+        self._was_running = running
+
+    @staticmethod
+    def _read_state() -> tuple[AppView | None, set[str] | None]:
+        view = read_app_view(APP_NAME)  # first: a RUNNING replica in it is then in the live set unless dead
+        return view, alive_replica_actors()
+
+    def _observation(self, now: float) -> Observation:
+        assert self._view is not None
+        window = self.cfg.controller.window_s
+        snaps = []
+        targets: dict[str, int] = {}
+        for m in self.cfg.members:
+            dep = self._view.deployments.get(m.name)
+            if dep is None:
+                continue
+            targets[m.name] = int(dep.target_replicas or m.replicas)
+            for r in dep.replicas:
+                key = f"{m.name}/{r.id}"
+                events = self._calls.get(key, ())
+                recent = [e for e in events if now - e[0] <= window]
+                alive = None
+                if self._alive is not None and r.actor_name and r.state == "RUNNING":
+                    alive = r.actor_name in self._alive
+                    if not alive:
+                        self._dead_since.setdefault(r.id, now)
+                snaps.append(ReplicaSnapshot(
+                    member=m.name, replica=r.id, state=r.state, alive=alive,
+                    seen_dead_at=self._dead_since.get(r.id),
+                    probes=tuple(self._probes.get(r.id, ())),
+                    calls=CallStats(
+                        ok=sum(1 for e in recent if e[1] == "ok"),
+                        errors=sum(1 for e in recent if e[1] == "error"),
+                        dead=sum(1 for e in recent if e[1] == "dead"),
+                        timeouts=sum(1 for e in recent if e[1] in ("timeout", "hedged")),
+                        latencies_s=tuple(e[2] for e in recent if e[1] == "ok"),
+                        inflight=sum(g.get(key, 0) for g in self._inflight.values()),
+                    )))
+        for rid, (member, seen, reason) in list(self._vanished.items()):
+            del self._vanished[rid]  # one observation is enough to open the incident
+            snaps.append(ReplicaSnapshot(member=member, replica=rid, state="GONE", alive=False, seen_dead_at=seen,
+                                         probes=tuple(self._probes.get(rid, ()))))
+        return Observation(now=now, replicas=tuple(snaps), targets=targets)
+
+    def _weights(self, result: StepResult) -> dict[str, float]:
+        members = [m.name for m in self.cfg.members]
+        probed = any(self._probes.values())
+        healthy = [m for m in members if result.healthy.get(m)] if probed else members
+        return self._hedge.weights(healthy)
+
+    # ---- probes --------------------------------------------------------------------------
+
+    def _handle(self, member: str):
+        if member not in self._handles:
+            from ray import serve
+
+            self._handles[member] = serve.get_deployment_handle(member, app_name=APP_NAME)
+        return self._handles[member]
+
+    def _schedule_probes(self, now: float) -> None:
+        assert self._view is not None
+        live = set()
+        for m in self.cfg.members:
+            dep = self._view.deployments.get(m.name)
+            if dep is None or m.name not in self._golden:
+                continue
+            for r in dep.replicas:
+                live.add(r.id)
+                if r.state != "RUNNING":
+                    continue
+                task = self._probe_task.get(r.id)
+                if task is not None and not task.done():
+                    continue
+                last = self._probes.get(r.id)
+                retry = bool(last) and last[-1].outcome == "timeout"  # confirm a possible hang at once
+                if not retry and now - self._last_probe.get(r.id, 0.0) < self.cfg.controller.probe_interval_s:
+                    continue
+                inc = self._policy.open_incident(r.id)
+                if inc is not None and inc.action is not None:
+                    continue  # being replaced: no point probing it
+                self._last_probe[r.id] = now
+                self._probe_task[r.id] = asyncio.get_running_loop().create_task(self._probe(m.name, r.id))
+        for rid in [k for k in self._dead_since if k not in live]:
+            del self._dead_since[rid]
+        for rid in [k for k in self._probes if k not in live]:  # forget replicas Serve dropped
+            self._probes.pop(rid, None)
+            self._last_probe.pop(rid, None)
+            self._probe_task.pop(rid, None)
+
+    async def _probe(self, member: str, replica: str) -> None:
+        golden = self._golden[member]
+        timeout = self.cfg.controller.probe_timeout_s
+        ts = time.time()
+        t0 = time.monotonic()
+        response = self._handle(member).predict.remote(golden.rows, target=replica)
+        detail = ""
+        try:
+            out = await asyncio.wait_for(response, timeout)
+            got = np.asarray(out["probabilities"], dtype=float)
+            want = np.asarray(golden.probabilities, dtype=float)
+            diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
+            outcome = "ok" if diff <= self.cfg.controller.wrong_tolerance else "wrong"
+            if outcome == "wrong":
+                flipped = int((got.argmax(1) != want.argmax(1)).sum()) if got.shape == want.shape else len(want)
+                detail = f"max |Δp| {diff:.3f} on {len(want)} golden rows, {flipped} predictions differ"
+        except asyncio.TimeoutError:
+            response.cancel()
+            outcome, detail = "timeout", f"no answer within {timeout:.2f} s"
+        except Exception as exc:
+            outcome = "dead" if _dead_error(exc) else "error"
+            detail = f"{type(exc).__name__}: {str(exc)[:160]}"
+        probe = Probe(ts=ts, outcome=outcome, latency_s=time.monotonic() - t0, detail=detail)
+        self._probes.setdefault(replica, deque(maxlen=PROBES_KEPT)).append(probe)
+
+    # ---- actions -------------------------------------------------------------------------
+
+    def _actor_name(self, member: str, replica: str) -> str:
+        if self._view is not None and member in self._view.deployments:
+            for r in self._view.deployments[member].replicas:
+                if r.id == replica and r.actor_name:
+                    return r.actor_name
+        return f"SERVE_REPLICA::{APP_NAME}#{member}#{replica}"
+
+    async def _execute(self, act: RestartReplica) -> None:
+        t0 = time.monotonic()
+        name = self._actor_name(act.member, act.replica)
+
+        def kill() -> str:
+            import ray
+
+            try:
+                handle = ray.get_actor(name, namespace="serve")
+            except ValueError:
+                return "ok: already gone"
+            ray.kill(handle, no_restart=True)
+            return "ok"
+
+        try:
+            outcome = await asyncio.to_thread(kill)
+        except Exception as exc:
+            outcome = f"error: {type(exc).__name__}: {exc}"
+        ev = self._policy.action_done(act.incident_id, outcome)
+        if ev is not None:
+            self._record_event(ev, duration_s=round(time.monotonic() - t0, 4), action_id=act.action_id)
+        self._dirty = True
+
+    def _record_event(self, ev: Any, **extra: Any) -> None:
+        fields: dict[str, Any] = {"incident": ev.incident, **extra}
+        if ev.incident:
+            inc = next((i for i in self._policy.incidents if i.id == ev.incident), None)
+            if inc is not None:
+                fields.update(detected_at=inc.detected_at, recovered_at=inc.recovered_at,
+                              first_evidence_at=inc.first_evidence_at, fault=inc.kind)
+        self._audit.record(ev.kind, ev.target, evidence=ev.evidence, action=ev.action, outcome=ev.outcome,
+                           **fields)
+
+    # ---- the actor's API ------------------------------------------------------------------
+
+    async def sync(self, gateway: str, batch: dict[str, Any], epoch: int) -> dict[str, Any] | None:
+        """A gateway's period: take its telemetry, answer with weights/avoid if they changed."""
+        self._ensure_running()
+        now = time.time()
+        self._gateways[gateway] = now
+        inflight = {}
+        for key, s in (batch.get("replicas") or {}).items():
+            events = self._calls.setdefault(key, deque(maxlen=2000))
+            for outcome in ("error", "dead", "timeout", "hedged"):
+                events.extend((now, outcome, 0.0) for _ in range(int(s.get(outcome, 0))))
+            lat = s.get("latencies") or []
+            events.extend((now, "ok", float(x)) for x in lat)
+            events.extend((now, "ok", 0.0) for _ in range(max(0, int(s.get("ok", 0)) - len(lat))))
+            if s.get("inflight"):
+                inflight[key] = int(s["inflight"])
+        self._inflight[gateway] = inflight
+        losses = batch.get("losses") or {}
+        if losses:
+            self._hedge.update(losses)
+        if epoch == self._epoch or self._published is None:
+            return None
+        return self.control_state()
+
+    def control_state(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "weights": dict(self._weights_now),
+                "avoid": {k: list(v) for k, v in self._avoid_now.items()}, "paused": self._policy.paused}
+
+    async def status(self) -> dict[str, Any]:
+        self._ensure_running()
+        incidents = [i.to_dict() for i in self._policy.incidents][-50:]
+        actions = [r for r in self._audit.tail(200) if r.get("kind") in ("restart", "quarantine", "unquarantine",
+                                                                          "suppressed", "pause", "resume")][-50:]
+        steps = sorted(self._step_ms)
+        return {
+            "state": "paused" if self._policy.paused else "running",
+            "pid": os.getpid(),
+            "started_at": self._started_at,
+            "resumed_from_checkpoint": self._resumed,
+            "epoch": self._epoch,
+            "weights": dict(self._weights_now),
+            "quarantined": self._policy.quarantined,
+            "avoid": {k: list(v) for k, v in self._avoid_now.items()},
+            "healthy": {k: list(v) for k, v in (self._last.healthy if self._last else {}).items()},
+            "gateways": sorted(self._gateways),
+            "step_ms_p50": round(steps[len(steps) // 2], 3) if steps else None,
+            "incidents": incidents,
+            "actions": actions,
+        }
+
+    async def set_paused(self, paused: bool, who: str = "operator") -> dict[str, Any]:
+        self._ensure_running()
+        if self._policy.paused != paused:
+            self._policy.paused = paused
+            self._audit.record("pause" if paused else "resume", self._model, evidence={"by": who},
+                               action="pause" if paused else "resume", outcome="ok")
+            await asyncio.to_thread(self._checkpoint)
+            await asyncio.to_thread(self._audit.flush)
+        return {"paused": self._policy.paused}
+
+    async def note(self, kind: str, target: str, evidence: dict[str, Any]) -> None:
+        """Record something done to the service from outside (e.g. an injected fault)."""
+        self._audit.record(kind, target, evidence=evidence, action="external", outcome="ok")
+        await asyncio.to_thread(self._audit.flush)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config and versions (after ``raymedic up`` redeploys)."""
+        self._load_config()
+        self._ensure_running()
+        return {"model": self._model, "versions": self._versions}
+
+    async def ping(self) -> dict[str, Any]:
+        self._ensure_running()
+        return {"pid": os.getpid(), "epoch": self._epoch, "model": self._model,
+                "storage_path": self.cfg.storage_path,
+                "running": self._task is not None and not self._task.done()}
+
+    async def flush(self) -> int:
+        return await asyncio.to_thread(self._audit.flush)

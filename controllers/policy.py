@@ -1,0 +1,439 @@
+"""The healing policy: pure decisions over observed replica state (no Ray here).
+
+The controller feeds :meth:`HealingPolicy.step` a frozen :class:`Observation`
+(Serve's replica list, recent golden probes per replica, the gateways' call
+statistics per replica) and gets back the actions to take and the audit events to
+record. Everything that decides lives here so it can be tested exhaustively
+without a cluster; the actor only observes and executes.
+
+Faults and their evidence (ARCHITECTURE.md table):
+
+- **dead**: a probe or a user call failed because the replica's actor died;
+- **hung**: consecutive probes timed out, or probes and user calls time out with
+  nothing completing (the process still answers Serve's health pings);
+- **wrong**: a probe with golden inputs came back with probabilities that differ
+  from the ones stored with the version (HTTP 200, wrong answer);
+- **slow**: the replica's recent latency is a multiple of its peers' (gray failure).
+
+Every fault opens one incident per replica (idempotent: a second finding on the
+same replica does not open another), the replica goes on the avoid list at once
+(gateways route around it within a sync period), and a restart is requested
+subject to a per-member cooldown, a cap per window and at most one restart in
+flight per member — no restart storms. A paused policy still detects and records,
+but requests nothing.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from raymedic.config import ControllerConfig
+
+__all__ = [
+    "Probe", "CallStats", "ReplicaSnapshot", "Observation", "Finding", "Incident", "RestartReplica",
+    "AuditEvent", "StepResult", "assess", "systemic_timeouts", "HealingPolicy",
+]
+
+PROBE_OUTCOMES = ("ok", "wrong", "timeout", "dead", "error")
+KEEP_CLOSED = 200
+"""Closed incidents remembered (and checkpointed); the audit log keeps them all."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One golden-input request sent through the member's real inference path."""
+
+    ts: float
+    outcome: str  # one of PROBE_OUTCOMES
+    latency_s: float
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CallStats:
+    """User-traffic outcomes for one replica over the recent window, as reported by gateways."""
+
+    ok: int = 0
+    errors: int = 0
+    dead: int = 0
+    timeouts: int = 0
+    latencies_s: tuple[float, ...] = ()
+    inflight: int = 0
+
+
+@dataclass(frozen=True)
+class ReplicaSnapshot:
+    member: str
+    replica: str
+    state: str  # Serve's replica state: RUNNING, STARTING, STOPPING, ...
+    probes: tuple[Probe, ...] = ()  # oldest first
+    calls: CallStats = CallStats()
+    alive: bool | None = None  # the actor's liveness per Ray's GCS; None when unknown
+    seen_dead_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: float
+    replicas: tuple[ReplicaSnapshot, ...]
+    targets: Mapping[str, int]  # member → target number of replicas
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # dead | hung | wrong | slow
+    member: str
+    replica: str
+    evidence: dict[str, Any]
+    first_evidence_at: float
+
+
+@dataclass
+class Incident:
+    """One fault on one replica, from detection to confirmed recovery."""
+
+    id: str
+    kind: str
+    member: str
+    replica: str
+    detected_at: float
+    first_evidence_at: float
+    evidence: dict[str, Any]
+    status: str = "open"  # open | recovered | failed
+    action: str | None = None  # "restart" once requested
+    action_at: float | None = None
+    action_outcome: str | None = None  # None while in flight, then "ok" or an error
+    recovered_at: float | None = None
+    suppressed: bool = False  # seen while paused
+
+    @property
+    def time_to_detect_s(self) -> float:
+        return self.detected_at - self.first_evidence_at
+
+    @property
+    def time_to_recover_s(self) -> float | None:
+        return None if self.recovered_at is None else self.recovered_at - self.detected_at
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["time_to_detect_s"] = round(self.time_to_detect_s, 3)
+        ttr = self.time_to_recover_s
+        d["time_to_recover_s"] = None if ttr is None else round(ttr, 3)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Incident":
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class RestartReplica:
+    """Kill the replica's actor so Serve replaces it. ``action_id`` makes it idempotent."""
+
+    action_id: str
+    incident_id: str
+    member: str
+    replica: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    kind: str
+    target: str
+    evidence: dict[str, Any]
+    action: str
+    outcome: str
+    incident: str | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    actions: tuple[RestartReplica, ...]
+    events: tuple[AuditEvent, ...]
+    avoid: dict[str, tuple[str, ...]]  # member → replicas gateways must route around
+    healthy: dict[str, tuple[str, ...]]  # member → replicas with no open incident and no failed check
+
+
+def _median(xs: Iterable[float]) -> float | None:
+    xs = list(xs)
+    return statistics.median(xs) if xs else None
+
+
+def _peer_latency(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: ControllerConfig) -> float | None:
+    lat = [p.latency_s for r in peers if r.replica != snap.replica and r.state == "RUNNING" and r.probes
+           and r.probes[-1].outcome == "ok" for p in r.probes[-cfg.slow_probes:] if p.outcome == "ok"]
+    return _median(lat)
+
+
+def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: ControllerConfig, *,
+           baseline_latency_s: float | None = None) -> Finding | None:
+    """The worst fault the evidence shows for one replica, or None if it looks healthy.
+
+    ``peers`` are the member's replicas (this one may be among them). Slowness is
+    judged against peers that answer probes; ``baseline_latency_s`` (the member's
+    usual latency) stands in only for a member with no other replica at all — when
+    a peer is merely down, the survivor carries its load and is slower for a good
+    reason, and flagging it would take the whole member down.
+    """
+    probes = snap.probes
+    calls = snap.calls
+
+    def found(kind: str, evidence: dict[str, Any], since: Sequence[Probe] = ()) -> Finding:
+        first = min((p.ts for p in since), default=probes[-1].ts if probes else 0.0)
+        return Finding(kind, snap.member, snap.replica, evidence, first)
+
+    if snap.alive is False:  # Ray already knows the process is gone; Serve's view lags seconds
+        return Finding("dead", snap.member, snap.replica, {"actor": "DEAD per Ray GCS"},
+                       snap.seen_dead_at if snap.seen_dead_at is not None else (probes[-1].ts if probes else 0.0))
+    if probes and probes[-1].outcome == "dead":
+        return found("dead", {"probe": probes[-1].detail}, probes[-1:])
+    if calls.dead and not (probes and probes[-1].outcome == "ok"):
+        return found("dead", {"failed_calls": calls.dead})
+
+    tail: list[Probe] = []
+    for p in reversed(probes):
+        if p.outcome != "timeout":
+            break
+        tail.append(p)
+    if len(tail) >= cfg.hang_probe_timeouts:
+        return found("hung", {"probe_timeouts": len(tail), "probe_timeout_s": cfg.probe_timeout_s,
+                              "call_timeouts": calls.timeouts}, tail)
+    if tail and calls.timeouts >= 2 and calls.ok == 0:
+        return found("hung", {"probe_timeouts": len(tail), "call_timeouts": calls.timeouts,
+                              "calls_ok": 0}, tail)
+
+    if probes and probes[-1].outcome == "wrong":
+        return found("wrong", {"probe": probes[-1].detail}, probes[-1:])
+
+    ok = [p for p in probes if p.outcome == "ok"][-cfg.slow_probes:]
+    if len(ok) >= cfg.slow_probes:
+        mine = _median(p.latency_s for p in ok)
+        ref = _peer_latency(snap, peers, cfg)
+        if ref is None and all(r.replica == snap.replica for r in peers):
+            ref = baseline_latency_s
+        if mine is not None and ref is not None:
+            limit = max(ref * cfg.slow_factor, ref + cfg.slow_min_excess_s)
+            slow = [p for p in ok if p.latency_s > limit]
+            if mine > limit and len(slow) >= max(1, len(ok) - 1):
+                return found("slow", {"median_latency_s": round(mine, 4), "peer_latency_s": round(ref, 4),
+                                      "limit_s": round(limit, 4)}, slow)
+    return None
+
+
+def _healthy(snap: ReplicaSnapshot) -> bool:
+    """Strict: the latest probe passed (what confirming a recovery needs)."""
+    return snap.state == "RUNNING" and bool(snap.probes) and snap.probes[-1].outcome == "ok"
+
+
+def _serving(snap: ReplicaSnapshot) -> bool:
+    """Lenient: nothing says it is broken (a lone late probe is not proof; weights use this)."""
+    return snap.state == "RUNNING" and bool(snap.probes) and snap.probes[-1].outcome in ("ok", "timeout")
+
+
+def systemic_timeouts(replicas: Sequence[ReplicaSnapshot], *, share: float = 0.5, minimum: int = 3) -> bool:
+    """Whether probes time out on so many replicas at once that the cause is shared.
+
+    One hung replica is a replica fault; half the fleet timing out together is CPU
+    starvation, a stalled controller or a network problem, and restarting
+    everything would only make it worse (a restart storm).
+    """
+    running = [r for r in replicas if r.state == "RUNNING" and r.probes]
+    late = [r for r in running if r.probes[-1].outcome == "timeout"]
+    return len(running) >= minimum and len(late) >= max(2, share * len(running))
+
+
+@dataclass
+class _Memory:
+    """What the policy remembers between steps; checkpointed by the controller."""
+
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    restarts: list[float] = field(default_factory=list)  # times of requested restarts (rate limit)
+    last_restart: dict[str, float] = field(default_factory=dict)  # member → time
+    baseline_latency: dict[str, float] = field(default_factory=dict)  # member → EWMA of healthy probe latency
+    quarantined: list[str] = field(default_factory=list)  # members with no healthy replica
+    seq: int = 0
+    systemic: bool = False
+
+
+class HealingPolicy:
+    """Stateful but pure: same observations in, same decisions out."""
+
+    def __init__(self, config: ControllerConfig, memory: Mapping[str, Any] | None = None) -> None:
+        self.cfg = config
+        self.paused = False
+        self._m = _Memory()
+        if memory:
+            self._m = _Memory(
+                incidents={k: Incident.from_dict(v) for k, v in memory.get("incidents", {}).items()},
+                restarts=list(memory.get("restarts", [])),
+                last_restart=dict(memory.get("last_restart", {})),
+                baseline_latency=dict(memory.get("baseline_latency", {})),
+                quarantined=list(memory.get("quarantined", [])),
+                seq=int(memory.get("seq", 0)),
+            )
+            self.paused = bool(memory.get("paused", False))
+
+    # ---- persistence ----------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"incidents": {k: asdict(v) for k, v in self._m.incidents.items()},
+                "restarts": self._m.restarts, "last_restart": self._m.last_restart,
+                "baseline_latency": self._m.baseline_latency, "quarantined": self._m.quarantined,
+                "seq": self._m.seq, "paused": self.paused}
+
+    @property
+    def incidents(self) -> list[Incident]:
+        return sorted(self._m.incidents.values(), key=lambda i: i.detected_at)
+
+    def open_incident(self, replica: str) -> Incident | None:
+        return next((i for i in self._m.incidents.values() if i.replica == replica and i.status == "open"), None)
+
+    @property
+    def quarantined(self) -> list[str]:
+        return list(self._m.quarantined)
+
+    # ---- the step ----------------------------------------------------------------------
+
+    def step(self, obs: Observation) -> StepResult:
+        now, cfg, m = obs.now, self.cfg, self._m
+        events: list[AuditEvent] = []
+        actions: list[RestartReplica] = []
+        by_member: dict[str, list[ReplicaSnapshot]] = {}
+        for snap in obs.replicas:
+            by_member.setdefault(snap.member, []).append(snap)
+        present = {s.replica for s in obs.replicas}
+
+        # Learn each member's normal latency from replicas that look fine.
+        for member, snaps in by_member.items():
+            ok = [p.latency_s for s in snaps if _healthy(s) and not self.open_incident(s.replica)
+                  for p in s.probes[-cfg.slow_probes:] if p.outcome == "ok"]
+            if ok:
+                med = statistics.median(ok)
+                old = m.baseline_latency.get(member)
+                m.baseline_latency[member] = med if old is None else 0.9 * old + 0.1 * med
+
+        # Detect: at most one open incident per replica.
+        systemic = systemic_timeouts(obs.replicas)
+        if systemic and not m.systemic:
+            events.append(AuditEvent("systemic-timeouts", "cluster",
+                                     {"replicas_late": sum(1 for r in obs.replicas if r.probes
+                                                           and r.probes[-1].outcome == "timeout")},
+                                     "hold restarts for hangs", "ok"))
+        m.systemic = systemic
+        # Latency is only comparable when nothing is starting up: a replica loading its model
+        # steals CPU from its neighbours (on small machines, a lot), so slowness measured
+        # during a replacement says nothing about the replica measured.
+        settling = any(s.state == "STARTING" for s in obs.replicas) or any(
+            i.status == "open" and i.action == "restart" for i in m.incidents.values())
+        findings: list[Finding] = []
+        for snap in obs.replicas:
+            if snap.state not in ("RUNNING", "GONE") or self.open_incident(snap.replica):
+                continue
+            finding = assess(snap, by_member[snap.member], cfg,
+                             baseline_latency_s=m.baseline_latency.get(snap.member))
+            if finding is None or (systemic and finding.kind == "hung"):
+                continue
+            findings.append(finding)
+        slow_members = {f.member for f in findings if f.kind == "slow"}
+        if len(slow_members) > 1 or settling:
+            findings = [f for f in findings if f.kind != "slow"]  # shared slowness: contention, not a replica
+        for finding in findings:
+            m.seq += 1
+            inc = Incident(id=f"inc-{m.seq:06d}", kind=finding.kind, member=finding.member,
+                           replica=finding.replica, detected_at=now,
+                           first_evidence_at=min(finding.first_evidence_at, now), evidence=finding.evidence)
+            m.incidents[inc.id] = inc
+            events.append(AuditEvent(f"detected-{finding.kind}", f"{finding.member}/{finding.replica}",
+                                     finding.evidence, "avoid", "ok", inc.id))
+
+        # Act: restart under cooldown, cap and one-in-flight-per-member limits.
+        m.restarts = [t for t in m.restarts if now - t < cfg.restart_window_s]
+        for inc in self.incidents:
+            if inc.status != "open" or inc.action is not None:
+                continue
+            target = f"{inc.member}/{inc.replica}"
+            if self.paused:
+                if not inc.suppressed:
+                    inc.suppressed = True
+                    events.append(AuditEvent("suppressed", target, {"incident": inc.kind}, "restart",
+                                             "paused by operator", inc.id))
+                continue
+            gone = next((s.state == "GONE" for s in obs.replicas if s.replica == inc.replica), True)
+            if gone and inc.kind == "dead":  # Serve replaces a crashed replica itself: confirm it
+                inc.action, inc.action_at, inc.action_outcome = "await-replacement", now, "ok: Serve replaces it"
+                events.append(AuditEvent("await-replacement", target, {"incident": inc.kind}, inc.action,
+                                         inc.action_outcome, inc.id))
+                continue
+            if inc.replica not in present:
+                continue  # already gone; recovery check below closes it
+            # One replacement at a time per member: until the last one is confirmed serving, the
+            # member is short of a replica and the survivors carry its load.
+            in_flight = any(o.member == inc.member and o.status == "open" and o.action == "restart"
+                            for o in m.incidents.values())
+            since_last = now - m.last_restart.get(inc.member, float("-inf"))
+            if in_flight or since_last < cfg.member_cooldown_s or len(m.restarts) >= cfg.max_restarts:
+                continue
+            inc.action, inc.action_at = "restart", now
+            m.restarts.append(now)
+            m.last_restart[inc.member] = now
+            actions.append(RestartReplica(f"restart:{inc.member}:{inc.replica}", inc.id, inc.member, inc.replica,
+                                          f"{inc.kind}: {inc.evidence}"))
+
+        # Confirm: the faulty replica is gone and the member is back at strength with healthy replicas.
+        for inc in self.incidents:
+            if inc.status != "open":
+                continue
+            snaps = by_member.get(inc.member, [])
+            fresh = [s for s in snaps if s.replica != inc.replica and _healthy(s) and not self.open_incident(s.replica)]
+            gone = inc.replica not in present or next(s for s in obs.replicas if s.replica == inc.replica).state != "RUNNING"
+            # At strength apart from replicas with faults of their own (each has its incident).
+            others = sum(1 for o in m.incidents.values() if o.member == inc.member and o.status == "open"
+                         and o.id != inc.id and o.replica in present)
+            need = max(1, obs.targets.get(inc.member, 1) - others)
+            if gone and len(fresh) >= need:
+                inc.status, inc.recovered_at = "recovered", now
+                events.append(AuditEvent("recovered", f"{inc.member}/{inc.replica}",
+                                         {"healthy_replicas": sorted(s.replica for s in fresh)},
+                                         inc.action or "none", "ok", inc.id))
+            elif inc.action_at is not None and now - inc.action_at > cfg.confirm_timeout_s:
+                inc.status = "failed"
+                events.append(AuditEvent("recovery-failed", f"{inc.member}/{inc.replica}",
+                                         {"waited_s": round(now - inc.action_at, 1)}, inc.action or "none",
+                                         "not confirmed in time", inc.id))
+
+        avoid = {mem: tuple(sorted(i.replica for i in m.incidents.values() if i.member == mem and i.status == "open"))
+                 for mem in by_member}
+        healthy = {mem: tuple(sorted(s.replica for s in snaps if _serving(s) and not self.open_incident(s.replica)))
+                   for mem, snaps in by_member.items()}
+        for mem in sorted(obs.targets):
+            down = not healthy.get(mem)
+            if down and mem not in m.quarantined and by_member.get(mem) is not None and any(
+                    s.probes for s in by_member[mem]):
+                m.quarantined.append(mem)
+                events.append(AuditEvent("quarantine", mem, {"healthy_replicas": 0}, "weight 0", "ok"))
+            elif not down and mem in m.quarantined:
+                m.quarantined.remove(mem)
+                events.append(AuditEvent("unquarantine", mem, {"healthy_replicas": list(healthy[mem])},
+                                         "weight restored", "ok"))
+        closed = [i for i in self.incidents if i.status != "open"]
+        for old in closed[:-KEEP_CLOSED]:  # bounded memory and checkpoint
+            del m.incidents[old.id]
+        return StepResult(tuple(actions), tuple(events), avoid, healthy)
+
+    def action_done(self, incident_id: str, outcome: str) -> AuditEvent | None:
+        """Record how a requested restart went (``"ok"`` or an error text)."""
+        inc = self._m.incidents.get(incident_id)
+        if inc is None:
+            return None
+        inc.action_outcome = outcome
+        return AuditEvent("restart", f"{inc.member}/{inc.replica}", {"incident": inc.kind}, "restart", outcome,
+                          inc.id)
+
+    def pending_actions(self) -> list[RestartReplica]:
+        """Restarts requested but never confirmed executed (a controller killed mid-action)."""
+        return [RestartReplica(f"restart:{i.member}:{i.replica}", i.id, i.member, i.replica, "resume")
+                for i in self.incidents if i.status == "open" and i.action and i.action_outcome is None]

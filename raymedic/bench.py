@@ -1,0 +1,383 @@
+"""``raymedic bench``: recovery figures measured against plain Ray Serve in the same run.
+
+``replica-faults``: for each fault (kill, hang, slow, wrong) drive open-loop load
+at ``--rps`` with a client deadline, inject the fault into one replica, and
+measure what clients saw — failures (errors and answers past the deadline), wrong
+answers (final answers that differ from the fault-free service's answer for the
+same input), p50/p99 latency from injection on — plus the time to detect and the
+time until a replacement serves. The same scenarios run on raymedic and on the
+plain Serve baseline (:mod:`serve_apps.baseline`) of the same trained members.
+
+``controller-step``: the healing policy's step time over synthetic observations
+of 50 members × 10 replicas (pure code, no cluster).
+
+Figures, not assertions: they depend on the machine, and are printed as a table
+and as JSON for the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from raymedic.config import ADMIN_TOKEN_ENV, APP_NAME, RaymedicConfig, load_config
+from raymedic.http import request_json
+from raymedic.loadgen import Sample, open_loop, summarize
+
+__all__ = ["run_replica_faults", "run_controller_step"]
+
+Progress = Callable[[str], None]
+FAULT_MEMBER = {"kill": "mlp", "hang": "tabresnet", "slow": "mlp", "wrong": "tabresnet"}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    rps: float = 10.0  # a 3-member ensemble saturates 2 cores near 25 req/s (4 Serve hops per request)
+    deadline_s: float = 2.0
+    warmup_s: float = 3.0
+    fault_s: float = 20.0
+    slow_ms: float = 500.0
+    faults: tuple[str, ...] = ("kill", "hang", "slow", "wrong")
+
+
+# ---- controller-step --------------------------------------------------------------------------
+
+
+def run_controller_step(*, members: int = 50, replicas: int = 10, steps: int = 50) -> dict[str, Any]:
+    """Time :meth:`HealingPolicy.step` (plus weighting) over a synthetic fleet."""
+    from controllers.policy import HealingPolicy, Observation, Probe, ReplicaSnapshot
+    from controllers.weighting import HedgeWeights
+    from raymedic.config import ControllerConfig
+
+    cfg = ControllerConfig()
+    policy = HealingPolicy(cfg)
+    names = [f"m{i}" for i in range(members)]
+    hedge = HedgeWeights(names)
+    probes = tuple(Probe(100.0 + k * 0.5, "ok", 0.01, "") for k in range(12))
+    snaps = tuple(ReplicaSnapshot(member=m, replica=f"{m}-r{r}", state="RUNNING", probes=probes)
+                  for m in names for r in range(replicas))
+    # One faulty replica per ten members keeps the incident path exercised.
+    bad = tuple(ReplicaSnapshot(member=s.member, replica=s.replica, state="RUNNING",
+                                probes=probes[:-1] + (Probe(106.0, "wrong", 0.01, ""),))
+                if i % (10 * replicas) == 0 else s for i, s in enumerate(snaps))
+    times = []
+    for k in range(steps):
+        obs = Observation(now=200.0 + k * 0.25, replicas=bad if k == steps // 2 else snaps,
+                          targets={m: replicas for m in names})
+        t0 = time.perf_counter()
+        result = policy.step(obs)
+        hedge.weights([m for m, v in result.healthy.items() if v])
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return {"members": members, "replicas_per_member": replicas, "steps": steps,
+            "step_ms_p50": round(statistics.median(times), 2), "step_ms_max": round(times[-1], 2),
+            "incidents_opened": len(policy.incidents)}
+
+
+# ---- replica-faults ---------------------------------------------------------------------------
+
+
+def _inputs(config: RaymedicConfig, n: int = 200) -> list[dict[str, Any]]:
+    from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
+
+    df = SyntheticGenerator(SyntheticSpec(seed=config.training.seed)).sample(n, seed=4242)
+    feats = [c for c in df.columns if c != "label"]
+    return [{f: float(r[f]) for f in feats} for _, r in df.iterrows()]
+
+
+def _reference(url: str, inputs: Sequence[dict[str, Any]]) -> list[Any]:
+    r = request_json("POST", url, {"instances": list(inputs)}, timeout_s=60)
+    if r.status != 200:
+        raise RuntimeError(f"reference answers failed: {r.status} {r.body}")
+    return list(r.body["predictions"])
+
+
+def _replicas(app: str, member: str) -> list[Any]:
+    from controllers.observe import read_app_view
+
+    view = read_app_view(app)
+    dep = view.deployments.get(member) if view else None
+    return sorted((r for r in (dep.replicas if dep else ()) if r.state == "RUNNING"), key=lambda r: r.id)
+
+
+def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            v = predicate()
+            if v:
+                return v
+        except Exception:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+class _System:
+    """What differs between raymedic and the baseline: deploy, inject, observe, clean up."""
+
+    name: str
+    app: str
+
+    def __init__(self, config: RaymedicConfig, url: str) -> None:
+        self.config, self.url = config, url
+        self.predict_url = f"{url}/v1/models/{config.model}:predict"
+
+    def full_strength(self) -> bool:
+        return all(len(_replicas(self.app, m.name)) == m.replicas for m in self.config.members)
+
+
+class _Raymedic(_System):
+    name, app = "raymedic", APP_NAME
+
+    def deploy(self, progress: Progress) -> None:
+        from raymedic import service
+
+        service.deploy(self.config, host="127.0.0.1", port=int(self.url.rsplit(":", 1)[1]), progress=progress)
+        service.wait_ready(self.url, self.config.model, timeout_s=300, progress=progress)
+
+    def ready(self) -> bool:
+        st = request_json("GET", f"{self.url}/v1/status", timeout_s=10).body
+        healthy = st["controller"].get("healthy", {})
+        return self.full_strength() and all(len(healthy.get(m.name, ())) == m.replicas
+                                            for m in self.config.members) and not any(
+            st["controller"].get("avoid", {}).values())
+
+    def inject(self, fault: str, member: str, slow_ms: float) -> dict[str, Any]:
+        r = request_json("POST", f"{self.url}/v1/admin/chaos",
+                         {"fault": fault, "member": member, "delay_ms": slow_ms if fault == "slow" else None},
+                         headers={"Authorization": f"Bearer {os.environ[ADMIN_TOKEN_ENV]}"}, timeout_s=30)
+        if r.status != 200:
+            raise RuntimeError(f"chaos {fault} failed: {r.status} {r.body}")
+        return r.body
+
+    def outcome(self, replica: str, injected_at: float, member: str) -> dict[str, Any]:
+        def incident() -> dict[str, Any] | None:
+            st = request_json("GET", f"{self.url}/v1/status", timeout_s=10).body
+            return next((i for i in st["incidents"] if i["replica"] == replica), None)
+
+        try:  # a replacement may still be starting when the load window ends: give it a minute
+            inc = _wait(lambda: (i := incident()) and i["status"] != "open" and i, 60, "the incident to close")
+        except TimeoutError:
+            inc = incident()
+        if inc is None:
+            return {"detect_s": None, "recover_s": None}
+        return {"detect_s": round(inc["detected_at"] - injected_at, 2),
+                "recover_s": None if inc["recovered_at"] is None else round(inc["recovered_at"] - injected_at, 2)}
+
+    def clear(self) -> None:
+        request_json("POST", f"{self.url}/v1/admin/chaos/clear", {},
+                     headers={"Authorization": f"Bearer {os.environ[ADMIN_TOKEN_ENV]}"}, timeout_s=60)
+
+    def remove(self) -> None:
+        from raymedic import service
+
+        service.undeploy()
+
+
+class _Baseline(_System):
+    name = "plain Serve"
+    app = "baseline"
+
+    def deploy(self, progress: Progress) -> None:
+        from ray import serve
+
+        from serve_apps.baseline import build_baseline
+
+        progress("deploying the plain Ray Serve baseline (same members, default router and health checks)")
+        serve.run(build_baseline(self.config), name=self.app, route_prefix="/", blocking=False)
+        _wait(lambda: request_json("POST", self.predict_url, {"instances": _inputs(self.config, 1)},
+                                   timeout_s=10).status == 200, 300, "the baseline to answer")
+
+    def ready(self) -> bool:
+        return self.full_strength()
+
+    def _handle(self, member: str) -> Any:
+        from ray import serve
+
+        return serve.get_deployment_handle(member, app_name=self.app)
+
+    def inject(self, fault: str, member: str, slow_ms: float) -> dict[str, Any]:
+        target = _replicas(self.app, member)[0]
+        if fault == "kill":
+            from serve_apps.chaos import sigkill_replica
+
+            return {"replica": target.id, **sigkill_replica(int(target.pid), target.node_id)}
+        handle = self._handle(member)
+        for _ in range(200):  # Serve's router picks the replica; `only` makes the others decline
+            out = handle.chaos.remote(fault, slow_ms if fault == "slow" else None, only=target.id).result(
+                timeout_s=10)
+            if out.get("applied"):
+                return out
+        raise RuntimeError(f"could not reach replica {target.id} of {member}")
+
+    def outcome(self, replica: str, injected_at: float, member: str) -> dict[str, Any]:
+        return dict(self._seen)
+
+    def watch(self, replica: str, member: str, injected_at: float, until: float, keep: bool = False) -> None:
+        """Poll Serve's own view: when did it notice, when was a replacement running?"""
+        if not keep:
+            self._seen: dict[str, Any] = {"detect_s": None, "recover_s": None}
+        target = next(m.replicas for m in self.config.members if m.name == member)
+        while time.time() < until:
+            try:
+                running = [r.id for r in _replicas(self.app, member)]
+            except Exception:
+                running = None
+            if running is not None:
+                now = round(time.time() - injected_at, 2)
+                if replica not in running and self._seen["detect_s"] is None:
+                    self._seen["detect_s"] = now
+                if replica not in running and len(running) >= target and self._seen["recover_s"] is None:
+                    self._seen["recover_s"] = now
+                    return
+            time.sleep(0.25)
+
+    def clear(self) -> None:
+        for m in self.config.members:
+            handle = self._handle(m.name)
+            pending = {r.id for r in _replicas(self.app, m.name)}
+            for _ in range(200):
+                if not pending:
+                    break
+                try:
+                    out = handle.chaos.remote(None, only=sorted(pending)[0]).result(timeout_s=5)
+                    if out.get("applied"):
+                        pending.discard(out["replica"])
+                except Exception:
+                    pending = {r.id for r in _replicas(self.app, m.name)} & pending
+
+    def remove(self) -> None:
+        from ray import serve
+
+        serve.delete(self.app)
+
+
+def _scenario(system: _System, fault: str, s: BenchSettings, inputs: list[dict[str, Any]], reference: list[Any],
+              progress: Progress) -> dict[str, Any]:
+    member = FAULT_MEMBER[fault]
+    _wait(system.ready, 180, f"{system.name} to be at full strength before {fault}")
+    injected: dict[str, Any] = {}
+
+    async def drive() -> list[Sample]:
+        load = asyncio.ensure_future(open_loop(system.predict_url, inputs, rps=s.rps,
+                                               duration_s=s.warmup_s + s.fault_s, deadline_s=s.deadline_s))
+        await asyncio.sleep(s.warmup_s)
+        injected["at"] = time.time()
+        injected.update(await asyncio.to_thread(system.inject, fault, member, s.slow_ms))
+        if isinstance(system, _Baseline):
+            await asyncio.to_thread(system.watch, injected["replica"], member, injected["at"],
+                                    injected["at"] + s.fault_s)
+        out = await load
+        if isinstance(system, _Baseline) and fault == "kill" and system.outcome("", 0, member)["recover_s"] is None:
+            await asyncio.to_thread(system.watch, injected["replica"], member, injected["at"],
+                                    time.time() + 60, keep=True)
+        return out
+
+    samples = asyncio.run(drive())
+    result = summarize(samples, reference, since=injected["at"])
+    before = summarize([x for x in samples if x.sent_at < injected["at"]], reference)
+    result.update(before_failed=before["failed"], before_p99_ms=before["p99_ms"])
+    result.update(system.outcome(injected["replica"], injected["at"], member))
+    result.update({"system": system.name, "fault": fault, "member": member, "replica": injected["replica"]})
+    progress(f"  {system.name:<12} {fault:<6} failed {result['failed']:>4}/{result['requests']:<5} "
+             f"wrong {result['wrong']:>4}  p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  "
+             f"detect {result['detect_s']} s  recover {result['recover_s']} s")
+    system.clear()
+    try:  # the next fault starts from a whole service (plain Serve: the fault was cleared above)
+        _wait(system.ready, 120, f"{system.name} to be whole again")
+    except TimeoutError:
+        progress(f"  ({system.name} did not reach full strength within 120 s)")
+    return result
+
+
+def run_replica_faults(*, config_path: str | None, port: int, settings: BenchSettings,
+                       progress: Progress) -> dict[str, Any]:
+    """Both systems, every fault, one embedded cluster; returns the figures."""
+    import ray
+
+    from raymedic import service
+
+    os.environ.setdefault(ADMIN_TOKEN_ENV, os.urandom(16).hex())
+    from cluster.local import LOCAL_LOGICAL_CPUS, raymedic_home
+
+    cfg = load_config(config_path).config
+    storage = str(raymedic_home() / "bench-storage")
+    cfg = cfg.model_copy(update={"storage_path": storage,
+                                 "chaos": cfg.chaos.model_copy(update={"enabled": True})}).resolved()
+    url = f"http://127.0.0.1:{port}"
+    results: list[dict[str, Any]] = []
+    from raymedic.storage import Storage
+
+    for stale in (f"controller/{cfg.model}", f"audit/{cfg.model}", f"logs/{cfg.model}"):
+        Storage(storage).delete(stale)  # keep the trained registry, start the controller from scratch
+    progress(f"starting an embedded local Ray cluster ({LOCAL_LOGICAL_CPUS} logical CPUs)")
+    ray.init(num_cpus=LOCAL_LOGICAL_CPUS, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        from ray import serve
+
+        service.ensure_trained(cfg, progress)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        inputs = _inputs(cfg)
+        for system in (_Baseline(cfg, url), _Raymedic(cfg, url)):
+            system.deploy(progress)
+            reference = _reference(system.predict_url, inputs)
+            _wait(system.ready, 180, f"{system.name} to be whole")
+            asyncio.run(open_loop(system.predict_url, inputs, rps=settings.rps, duration_s=10,
+                                  deadline_s=settings.deadline_s))  # warm-up, not measured
+            progress(f"{system.name}: {len(settings.faults)} faults, {settings.rps:.0f} req/s open loop, "
+                     f"client deadline {settings.deadline_s:.1f} s, {settings.fault_s:.0f} s after each fault")
+            for fault in settings.faults:
+                results.append(_scenario(system, fault, settings, inputs, reference, progress))
+            system.remove()
+        step = run_controller_step()
+    finally:
+        try:
+            from ray import serve
+
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+    return {"settings": settings.__dict__, "results": results, "controller_step": step}
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if a is None or b is None:
+        return "-"
+    if b == 0:
+        return "=" if a == 0 else "∞"
+    return f"{a / b:.2f}×"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = report["results"]
+    by = {(r["system"], r["fault"]): r for r in rows}
+    st = report["settings"]
+    lines = [f"{st['rps']:.0f} req/s open loop, client deadline {st['deadline_s']} s, figures from the injection on "
+             f"({st['fault_s']:.0f} s)",
+             f"{'fault':<6} {'metric':<18} {'plain Serve':>12} {'raymedic':>10} {'raymedic/plain':>15}"]
+    for fault in report["settings"]["faults"]:
+        b, r = by.get(("plain Serve", fault)), by.get(("raymedic", fault))
+        if not b or not r:
+            continue
+        for key, label in (("before_p99_ms", "p99 before (ms)"), ("failed", "failed requests"), ("wrong", "wrong answers"),
+                           ("last_wrong_after_s", "last wrong at (s)"), ("p50_ms", "p50 (ms)"),
+                           ("p99_ms", "p99 (ms)"), ("detect_s", "detected at (s)"), ("recover_s", "serving again (s)")):
+            bv, rv = b.get(key), r.get(key)
+            show = (lambda v: "never" if v is None and key in ("detect_s", "recover_s") else ("-" if v is None else v))
+            lines.append(f"{fault:<6} {label:<18} {str(show(bv)):>12} {str(show(rv)):>10} {_ratio(rv, bv):>15}")
+        lines.append("")
+    st = report["controller_step"]
+    lines.append(f"controller step, {st['members']} members × {st['replicas_per_member']} replicas: "
+                 f"p50 {st['step_ms_p50']} ms, max {st['step_ms_max']} ms")
+    return "\n".join(lines)
+
+
+def dumps(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, default=str)

@@ -1,0 +1,137 @@
+"""Gateway-side bookkeeping for healing: call outcomes, local ejection, feedback joins.
+
+Nothing here talks to Ray. The gateway records every member call's outcome per
+replica and ships the batch to the controller once per sync period (never one RPC
+per request); it ejects a replica that just failed, timed out or lost a hedge for
+a few seconds on its own, so it reacts within one request even while the
+controller is away; and it remembers each recent answer's member probabilities so
+feedback labels turn into per-member losses for the ensemble weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, defaultdict
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["CallRecorder", "LocalEjector", "RecentOutputs", "HedgeBudget", "OUTCOMES"]
+
+OUTCOMES = ("ok", "error", "dead", "timeout", "hedged")
+MAX_LATENCIES = 256
+"""Per replica per batch: enough for percentiles, bounded under any load."""
+
+
+class CallRecorder:
+    """Counts per (member, replica) since the last :meth:`drain`, plus in-flight calls."""
+
+    def __init__(self) -> None:
+        self._stats: dict[tuple[str, str], dict[str, Any]] = {}
+        self._inflight: dict[tuple[str, str], int] = defaultdict(int)
+        self._losses: dict[str, list[float]] = defaultdict(list)
+
+    def _slot(self, member: str, replica: str) -> dict[str, Any]:
+        return self._stats.setdefault((member, replica), {**{o: 0 for o in OUTCOMES}, "latencies": []})
+
+    def started(self, member: str, replica: str) -> None:
+        self._inflight[(member, replica)] += 1
+
+    def finished(self, member: str, replica: str, outcome: str, latency_s: float, *, was_started: bool = True
+                 ) -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")
+        key = (member, replica)
+        if was_started and self._inflight.get(key, 0) > 0:
+            self._inflight[key] -= 1
+        slot = self._slot(member, replica)
+        slot[outcome] += 1
+        if outcome == "ok" and len(slot["latencies"]) < MAX_LATENCIES:
+            slot["latencies"].append(round(latency_s, 5))
+
+    def add_losses(self, losses: Mapping[str, Sequence[float]]) -> None:
+        for member, values in losses.items():
+            self._losses[member].extend(values)
+
+    def drain(self) -> dict[str, Any]:
+        """The batch for the controller; resets counts (in-flight counts carry on)."""
+        replicas = {f"{m}/{r}": {**s, "inflight": self._inflight.get((m, r), 0)} for (m, r), s in self._stats.items()}
+        for (m, r), n in self._inflight.items():
+            if n and f"{m}/{r}" not in replicas:
+                replicas[f"{m}/{r}"] = {**{o: 0 for o in OUTCOMES}, "latencies": [], "inflight": n}
+        batch = {"replicas": replicas, "losses": dict(self._losses)}
+        self._stats = {}
+        self._losses = defaultdict(list)
+        self._inflight = defaultdict(int, {k: v for k, v in self._inflight.items() if v > 0})
+        return batch
+
+
+class LocalEjector:
+    """Replicas this gateway avoids for ``eject_s`` after a bad call (outlier ejection)."""
+
+    def __init__(self, eject_s: float) -> None:
+        self.eject_s = eject_s
+        self._until: dict[tuple[str, str], float] = {}
+
+    def eject(self, member: str, replica: str, now: float) -> None:
+        if self.eject_s > 0:
+            self._until[(member, replica)] = now + self.eject_s
+
+    def ejected(self, member: str, now: float) -> list[str]:
+        expired = [k for k, t in self._until.items() if t <= now]
+        for k in expired:
+            del self._until[k]
+        return sorted(r for (m, r) in self._until if m == member)
+
+
+class RecentOutputs:
+    """inference_id → each member's probability vector, for the most recent answers."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._d: OrderedDict[str, dict[str, list[float]]] = OrderedDict()
+
+    def add(self, ids: Sequence[str], member_probs: Mapping[str, np.ndarray]) -> None:
+        for i, inference_id in enumerate(ids):
+            self._d[inference_id] = {m: np.asarray(p[i], dtype=float).tolist() for m, p in member_probs.items()}
+        while len(self._d) > self.capacity:
+            self._d.popitem(last=False)
+
+    def losses(self, ids: Sequence[str], class_indices: Sequence[int]) -> dict[str, list[float]]:
+        """Per member, the log-loss (natural log, scaled to [0, 1] by log(1/ε)) of each labelled answer."""
+        eps = 1e-4
+        scale = math.log(1.0 / eps)
+        out: dict[str, list[float]] = defaultdict(list)
+        for inference_id, k in zip(ids, class_indices):
+            members = self._d.get(inference_id)
+            if not members:
+                continue
+            for m, probs in members.items():
+                p = min(max(probs[k], eps), 1.0)
+                out[m].append(min(1.0, -math.log(p) / scale))
+        return dict(out)
+
+
+class HedgeBudget:
+    """Token bucket: hedged calls may add at most ``ratio`` extra load (plus a small burst).
+
+    Hedging a late call is cheap insurance against one slow or hung replica, but
+    when everything is late because the service is overloaded, hedging every call
+    doubles the load and turns overload into collapse. Each primary call earns
+    ``ratio`` of a token; a hedge spends one.
+    """
+
+    def __init__(self, ratio: float = 0.1, burst: float = 10.0) -> None:
+        if not 0 <= ratio <= 1 or burst < 1:
+            raise ValueError("hedge budget needs 0 <= ratio <= 1 and burst >= 1")
+        self.ratio, self.burst = ratio, burst
+        self._tokens = burst
+
+    def on_call(self) -> None:
+        self._tokens = min(self.burst, self._tokens + self.ratio)
+
+    def try_hedge(self) -> bool:
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False

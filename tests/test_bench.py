@@ -1,0 +1,42 @@
+"""The benchmark commands run end to end and report figures (their values are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, free_port
+
+
+def _bench(args, tmp_path, timeout):
+    env = dict(os.environ, RAYMEDIC_HOME=str(tmp_path / "home"))
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.run([sys.executable, "-m", "raymedic", "bench", *args, "--json"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout)
+
+
+def test_controller_step_bench_reports_its_figures(tmp_path):
+    out = _bench(["controller-step", "--members", "5", "--replicas", "3"], tmp_path, 120)
+    assert out["members"] == 5 and out["replicas_per_member"] == 3
+    assert out["step_ms_p50"] > 0 and out["incidents_opened"] >= 1
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_replica_fault_bench_runs_both_systems(tmp_path):
+    out = _bench(["replica-faults", "--faults", "wrong", "--rps", "5", "--fault-seconds", "6",
+                  "--port", str(free_port())], tmp_path, 900)
+    rows = {r["system"]: r for r in out["results"]}
+    assert set(rows) == {"plain Serve", "raymedic"}
+    for r in rows.values():
+        assert r["fault"] == "wrong" and r["requests"] >= 20
+        assert {"failed", "wrong", "p50_ms", "p99_ms", "detect_s", "recover_s"} <= set(r)
+    assert rows["plain Serve"]["detect_s"] is None  # Serve never notices a replica answering wrongly
+    assert rows["raymedic"]["detect_s"] is not None  # the golden probes do
+    assert out["controller_step"]["members"] == 50

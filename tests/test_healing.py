@@ -1,0 +1,263 @@
+"""The healing controller on a real local Ray cluster, under real load.
+
+Each fault is injected through the admin chaos route exactly as an operator would
+(``kill`` is a real SIGKILL of the replica's worker process), while client threads
+keep sending predictions. Each test then waits — with a deadline, never a sleep —
+for the controller to detect, act and confirm recovery, and asserts that no client
+request failed and that the audit log holds the incident.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from raymedic.config import ADMIN_TOKEN_ENV
+from raymedic.http import request_json
+from raymedic.storage import Storage
+from tests.conftest import local_service, wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ray = pytest.importorskip("ray")
+
+TOKEN = "test-admin-token"
+ROW = {f"f{i}": 0.1 * i for i in range(10)}
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    old = os.environ.get(ADMIN_TOKEN_ENV)
+    os.environ[ADMIN_TOKEN_ENV] = TOKEN  # read by the app builder: the admin routes' token
+    try:
+        with local_service(tmp_path_factory.mktemp("healing")) as (url, cfg):
+            s = Service(url, cfg)
+            wait_for(lambda: s.controller().get("state") == "running" and all(
+                len(v) == 2 for v in s.controller().get("healthy", {}).values()) and len(
+                s.controller().get("healthy", {})) == 3, timeout_s=120,
+                what="the controller to see 3 healthy members")
+            yield s
+    finally:
+        if old is None:
+            os.environ.pop(ADMIN_TOKEN_ENV, None)
+        else:
+            os.environ[ADMIN_TOKEN_ENV] = old
+
+
+class Service:
+    def __init__(self, url: str, cfg) -> None:
+        self.url, self.cfg = url, cfg
+        self.predict_url = f"{url}/v1/models/{cfg.model}:predict"
+
+    def status(self) -> dict:
+        r = request_json("GET", f"{self.url}/v1/status", timeout_s=10)
+        assert r.status == 200, r.body
+        return r.body
+
+    def controller(self) -> dict:
+        return self.status()["controller"] | {"healthy": self.status()["controller"].get("healthy", {})}
+
+    def admin(self, route: str, body: dict | None = None, token: str = TOKEN):
+        return request_json("POST", f"{self.url}/v1/admin/{route}", body or {},
+                            headers={"Authorization": f"Bearer {token}"}, timeout_s=30)
+
+    def chaos(self, fault: str, member: str, **kw) -> dict:
+        r = self.admin("chaos", {"fault": fault, "member": member, **kw})
+        assert r.status == 200, r.body
+        return r.body
+
+    def incident(self, replica: str) -> dict | None:
+        return next((i for i in self.status()["incidents"] if i["replica"] == replica), None)
+
+    def running(self, member: str) -> list[str]:
+        m = next(m for m in self.status()["members"] if m["name"] == member)
+        return [r["id"] for r in m["replicas"] if r["state"] == "RUNNING"]
+
+    def audit(self) -> list[dict]:
+        from controllers.audit import read_audit
+
+        return read_audit(Storage(self.cfg.storage_path), self.cfg.model)
+
+
+class Load:
+    """Client threads sending single-row predictions with a client deadline; counts failures."""
+
+    def __init__(self, url: str, *, threads: int = 2, deadline_s: float = 5.0) -> None:
+        self.url, self.deadline_s = url, deadline_s
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                r = request_json("POST", self.url, {"instances": [ROW]}, timeout_s=self.deadline_s)
+                if r.status != 200:
+                    self.failures.append(f"HTTP {r.status}: {r.body}")
+                elif time.monotonic() - t0 > self.deadline_s:
+                    self.failures.append("past the client deadline")
+                else:
+                    self.ok += 1
+            except OSError as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.02)
+
+    def __enter__(self) -> "Load":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+
+def heal_and_check(svc: Service, fault: str, member: str, **kw) -> dict:
+    """Inject under load; wait for a confirmed recovery; check the load and the audit trail."""
+    with Load(svc.predict_url) as load:
+        wait_for(lambda: load.ok >= 5, timeout_s=60, what="load to flow")
+        injected = svc.chaos(fault, member, **kw)
+        replica = injected["replica"]
+        inc = wait_for(lambda: (i := svc.incident(replica)) and i["status"] == "recovered" and i,
+                       timeout_s=120, what=f"the {fault} fault on {member}/{replica} to heal")
+        served = load.ok
+        wait_for(lambda: load.ok >= served + 10, timeout_s=60, what="load to flow after recovery")
+    assert load.failures == [], load.failures[:5]
+    assert inc["kind"] == ("dead" if fault == "kill" else "hung" if fault == "hang" else fault)
+    # A crashed replica may already be gone from Serve's view (Serve replaces it); otherwise we kill it.
+    actions = ("restart", "await-replacement") if fault == "kill" else ("restart",)
+    assert inc["action"] in actions and inc["action_outcome"].startswith("ok"), inc
+    # /v1/status reuses a Serve view for up to a second: wait for it to show the replacement.
+    wait_for(lambda: replica not in (r := svc.running(member)) and len(r) == 2, timeout_s=30,
+             what=f"{member} to show two running replicas without {replica}")
+    records = [r for r in svc.audit() if r.get("incident") == inc["id"]]
+    kinds = [r["kind"] for r in records]
+    assert kinds[:1] == [f"detected-{inc['kind']}"] and inc["action"] in kinds and "recovered" in kinds, kinds
+    assert all(r["detected_at"] == inc["detected_at"] for r in records)
+    assert next(r for r in records if r["kind"] == "recovered")["recovered_at"] == inc["recovered_at"]
+    return inc
+
+
+def test_admin_routes_need_the_token(svc):
+    assert svc.admin("pause", token="nope").status == 401
+    r = request_json("POST", f"{svc.url}/v1/admin/pause", {}, timeout_s=10)
+    assert r.status == 401 and "Bearer" in r.body["error"]
+    r = svc.admin("chaos", {"fault": "explode", "member": "mlp"})
+    assert r.status == 422 and "kill" in r.body["error"]
+    r = svc.admin("chaos", {"fault": "hang", "member": "nope"})
+    assert r.status == 404 and "members are" in r.body["error"]
+    r = svc.admin("chaos", {"fault": "slow", "member": "mlp"})
+    assert r.status == 422 and "delay-ms" in r.body["error"]
+
+
+def _member_outputs(svc: Service, ids: list[str]) -> dict[str, dict]:
+    import json as _json
+
+    storage = Storage(svc.cfg.storage_path)
+    out = {}
+    for key in storage.list_files(f"logs/{svc.cfg.model}/predictions", suffix=".parquet"):
+        t = storage.read_parquet(key, columns=["inference_id", "member_outputs"]).to_pylist()
+        out.update({r["inference_id"]: _json.loads(r["member_outputs"]) for r in t})
+    return {i: out[i] for i in ids if i in out}
+
+
+def test_feedback_reweights_the_ensemble_and_every_gateway_follows(svc):
+    from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
+
+    df = SyntheticGenerator(SyntheticSpec(seed=0)).sample(640, seed=77)
+    rows = [{f"f{i}": float(r[f"f{i}"]) for i in range(10)} for _, r in df.iterrows()]
+    ids = []
+    for start in range(0, len(rows), 64):
+        r = request_json("POST", svc.predict_url, {"instances": rows[start:start + 64]}, timeout_s=30)
+        assert r.status == 200, r.body
+        ids += r.body["inference_ids"]
+    outputs = wait_for(lambda: (o := _member_outputs(svc, ids)) and len(o) == len(ids) and o, timeout_s=30,
+                       what="the prediction log to hold the member outputs")
+
+    def vote(o: dict, member: str) -> int:
+        p = o[member]["probabilities"]
+        return int(p[1] > p[0])
+
+    # Feedback only where the logistic member disagrees with both others, labelled its way: it earns weight.
+    picked = [(i, vote(o, "logistic")) for i, o in outputs.items()
+              if vote(o, "logistic") != vote(o, "mlp") and vote(o, "logistic") != vote(o, "tabresnet")]
+    assert len(picked) >= 5, len(picked)
+    picked = picked[:60]  # one feedback request (the test config allows 64)
+    fb = request_json("POST", f"{svc.url}/v1/models/{svc.cfg.model}:feedback",
+                      {"inference_ids": [i for i, _ in picked], "labels": [lab for _, lab in picked]}, timeout_s=30)
+    assert fb.status == 200 and fb.body["accepted"] == len(picked)
+
+    def reweighted():
+        st = svc.status()
+        w = {m["name"]: m["weight"] for m in st["members"]}
+        gw = st["gateway"]["answered_by"]["weights"]
+        return w["logistic"] > max(w["mlp"], w["tabresnet"]) and gw == w and st
+
+    st = wait_for(reweighted, timeout_s=30, what="the controller to re-weight and the gateway to follow")
+    w = {m["name"]: m["weight"] for m in st["members"]}
+    assert w["logistic"] <= svc.cfg.controller.max_weight + 1e-6  # bounded: no silent takeover
+    assert min(w.values()) >= svc.cfg.controller.min_weight - 1e-6
+    assert abs(sum(w.values()) - 1) < 1e-4
+
+
+def test_wrong_answers_are_caught_by_golden_probes_and_the_replica_replaced(svc):
+    heal_and_check(svc, "wrong", "mlp")
+
+
+def test_hung_replica_is_replaced_with_no_failed_request(svc):
+    heal_and_check(svc, "hang", "tabresnet")
+
+
+def test_slow_replica_is_replaced(svc):
+    inc = heal_and_check(svc, "slow", "logistic", delay_ms=500)
+    assert inc["evidence"]["median_latency_s"] > inc["evidence"]["peer_latency_s"]
+
+
+def test_sigkilled_replica_is_replaced_with_no_failed_request(svc):
+    heal_and_check(svc, "kill", "mlp")
+
+
+def test_pause_stops_actions_and_resume_heals(svc):
+    assert svc.admin("pause").body == {"paused": True}
+    try:
+        injected = svc.chaos("wrong", "tabresnet")
+        replica = injected["replica"]
+        wait_for(lambda: any(r["kind"] == "suppressed" and r["target"].endswith(replica) for r in svc.audit()),
+                 timeout_s=60, what="the paused controller to record the fault it may not act on")
+        inc = svc.incident(replica)
+        assert inc["status"] == "open" and inc["action"] is None and inc["suppressed"]
+        assert replica in svc.running("tabresnet")  # nothing was restarted
+    finally:
+        assert svc.admin("resume").body == {"paused": False}
+    wait_for(lambda: (i := svc.incident(replica)) and i["status"] == "recovered", timeout_s=120,
+             what="the resumed controller to heal the replica")
+
+
+def test_controller_sigkill_resumes_from_checkpoint_without_repeating_actions(svc):
+    from controllers.client import get_controller
+
+    before = svc.status()["controller"]
+    healed = [i["id"] for i in svc.status()["incidents"] if i["status"] == "recovered"]
+    assert healed, "earlier tests healed faults"
+    os.kill(before["pid"], signal.SIGKILL)
+    after = wait_for(lambda: (c := svc.status()["controller"]).get("pid") not in (None, before["pid"]) and c,
+                     timeout_s=90, what="Ray to restart the controller")
+    assert after["resumed_from_checkpoint"] is True
+    ctl = get_controller()
+    assert ctl is not None and ray.get(ctl.ping.remote(), timeout=30)["running"]
+    st = svc.status()
+    assert {i["id"] for i in st["incidents"]} >= set(healed)  # its memory came back
+    # It keeps healing after the restart ...
+    heal_and_check(svc, "wrong", "logistic")
+    # ... and never repeated a restart it had already done.
+    restarts = [r["incident"] for r in svc.audit() if r["kind"] == "restart"]
+    assert len(restarts) == len(set(restarts)), restarts
+    started = [r for r in svc.audit() if r["kind"] == "controller-started"]
+    assert started[-1]["evidence"]["resumed_from_checkpoint"] is True

@@ -1,0 +1,265 @@
+"""The healing policy as pure code: what counts as dead, hung, wrong and slow; one
+incident per replica; restarts under cooldown, caps and pause; recovery only when
+the member is back at strength; memory survives a checkpoint round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from controllers.policy import CallStats, HealingPolicy, Observation, Probe, ReplicaSnapshot, assess
+from raymedic.config import ControllerConfig
+
+CFG = ControllerConfig()
+
+
+def probes(*outcomes: str, latency: float = 0.01, t0: float = 100.0, step: float = 0.5) -> tuple[Probe, ...]:
+    return tuple(Probe(t0 + i * step, o, latency if o == "ok" else 0.8, "") for i, o in enumerate(outcomes))
+
+
+def snap(replica: str, ps: tuple[Probe, ...] = (), member: str = "mlp", state: str = "RUNNING",
+         calls: CallStats = CallStats()) -> ReplicaSnapshot:
+    return ReplicaSnapshot(member=member, replica=replica, state=state, probes=ps, calls=calls)
+
+
+def healthy(replica: str, member: str = "mlp", latency: float = 0.01) -> ReplicaSnapshot:
+    return snap(replica, probes("ok", "ok", "ok", latency=latency), member=member)
+
+
+# ---- assess ------------------------------------------------------------------------------
+
+
+def test_healthy_replica_has_no_finding():
+    a, b = healthy("a"), healthy("b")
+    assert assess(a, [a, b], CFG) is None
+
+
+def test_dead_probe_or_dead_calls_mean_dead():
+    s = snap("a", probes("ok", "dead"))
+    f = assess(s, [s], CFG)
+    assert f.kind == "dead" and f.first_evidence_at == s.probes[-1].ts
+    s2 = snap("a", probes("ok", "ok"), calls=CallStats(dead=2))
+    assert assess(s2, [s2], CFG) is None  # the latest probe succeeded after those calls: not dead
+    s3 = snap("a", probes("timeout"), calls=CallStats(dead=1))
+    assert assess(s3, [s3], CFG).kind == "dead"
+
+
+def test_consecutive_probe_timeouts_mean_hung_but_one_is_not_enough_alone():
+    one = snap("a", probes("ok", "timeout"))
+    assert assess(one, [one], CFG) is None
+    two = snap("a", probes("ok", "timeout", "timeout"))
+    f = assess(two, [two], CFG)
+    assert f.kind == "hung" and f.evidence["probe_timeouts"] == 2
+    assert f.first_evidence_at == two.probes[1].ts  # detection time is measured from the first timeout
+
+
+def test_one_probe_timeout_plus_user_timeouts_with_nothing_completing_is_hung():
+    s = snap("a", probes("ok", "timeout"), calls=CallStats(timeouts=3, ok=0))
+    assert assess(s, [s], CFG).kind == "hung"
+    busy = snap("a", probes("ok", "timeout"), calls=CallStats(timeouts=3, ok=20))
+    assert assess(busy, [busy], CFG) is None  # it still completes work: a blip, not a hang
+
+
+def test_wrong_golden_answer_is_wrong_even_with_good_latency():
+    s = snap("a", probes("ok", "wrong"))
+    assert assess(s, [s, healthy("b")], CFG).kind == "wrong"
+
+
+def test_slow_is_relative_to_peers_and_needs_repeated_evidence():
+    slow = snap("a", probes("ok", "ok", "ok", "ok", latency=0.5))
+    peers = [slow, healthy("b"), healthy("c")]
+    f = assess(slow, peers, CFG)
+    assert f.kind == "slow" and f.evidence["median_latency_s"] == 0.5
+    once = snap("a", probes("ok", "ok", "ok", latency=0.01) + probes("ok", latency=0.5, t0=200))
+    assert assess(once, [once, healthy("b")], CFG) is None  # a single slow probe is noise
+    short = snap("a", probes("ok", "ok", latency=0.5))
+    assert assess(short, [short, healthy("b")], CFG) is None  # not enough evidence yet
+    # Everyone equally slow (load, not a gray failure): no finding.
+    all_slow = [snap(r, probes("ok", "ok", "ok", "ok", latency=0.5)) for r in "abc"]
+    assert all(assess(s, all_slow, CFG) is None for s in all_slow)
+
+
+def test_slow_without_peers_uses_the_member_baseline():
+    s = snap("a", probes("ok", "ok", "ok", "ok", latency=0.5))
+    assert assess(s, [s], CFG) is None
+    assert assess(s, [s], CFG, baseline_latency_s=0.01).kind == "slow"
+
+
+def test_slowness_is_not_judged_while_replicas_start_or_across_members():
+    slow = snap("a", probes("ok", "ok", "ok", "ok", latency=0.5))
+    pol = HealingPolicy(CFG)
+    r = pol.step(obs(101.0, slow, healthy("b"), snap("c", state="STARTING")))
+    assert r.actions == () and pol.incidents == []  # a replica is starting: latency is not comparable
+    other = snap("x", probes("ok", "ok", "ok", "ok", latency=0.5), member="lr")
+    r = pol.step(obs(102.0, slow, healthy("b"), other, healthy("y", member="lr")))
+    assert pol.incidents == []  # two members slow at once: shared contention
+    r = pol.step(obs(103.0, slow, healthy("b"), healthy("x", member="lr"), healthy("y", member="lr")))
+    assert [i.kind for i in pol.incidents] == ["slow"]
+
+
+def test_a_survivor_carrying_a_down_peers_load_is_not_slow():
+    survivor = snap("a", probes("ok", "ok", "ok", "ok", latency=0.25))
+    down = snap("b", probes("ok", "timeout", "timeout"))
+    assert assess(survivor, [survivor, down], CFG, baseline_latency_s=0.05) is None
+
+
+def test_small_absolute_differences_are_not_slow():
+    s = snap("a", probes("ok", "ok", "ok", "ok", latency=0.004))
+    fast_peer = snap("b", probes("ok", "ok", "ok", "ok", latency=0.001))
+    assert assess(s, [s, fast_peer], CFG) is None  # 4× but only 3 ms: below slow_min_excess_s
+
+
+# ---- step: incidents, actions, limits ------------------------------------------------------
+
+
+def obs(now: float, *snaps: ReplicaSnapshot, targets: dict[str, int] | None = None) -> Observation:
+    members = {s.member for s in snaps}
+    return Observation(now=now, replicas=tuple(snaps), targets=targets or {m: 2 for m in members})
+
+
+def test_fault_opens_one_incident_avoids_the_replica_and_requests_one_restart():
+    pol = HealingPolicy(CFG)
+    bad = snap("a", probes("ok", "wrong"))
+    r1 = pol.step(obs(101.0, bad, healthy("b")))
+    assert [a.replica for a in r1.actions] == ["a"] and r1.avoid["mlp"] == ("a",)
+    assert [e.kind for e in r1.events] == ["detected-wrong"]
+    assert r1.healthy["mlp"] == ("b",)
+    r2 = pol.step(obs(101.5, bad, healthy("b")))
+    assert r2.actions == () and not [e for e in r2.events if e.kind.startswith("detected")]
+    assert len(pol.incidents) == 1
+
+
+def test_recovery_needs_the_replica_gone_and_the_member_back_at_strength():
+    pol = HealingPolicy(CFG)
+    pol.step(obs(101.0, snap("a", probes("ok", "dead")), healthy("b")))
+    inc = pol.incidents[0]
+    pol.action_done(inc.id, "ok")
+    r = pol.step(obs(103.0, healthy("b"), snap("c", state="STARTING")))
+    assert inc.status == "open" and r.avoid["mlp"] == ("a",)
+    r = pol.step(obs(104.0, healthy("b"), snap("c")))  # running but not yet probed
+    assert inc.status == "open"
+    r = pol.step(obs(105.0, healthy("b"), healthy("c")))
+    assert inc.status == "recovered" and inc.recovered_at == 105.0
+    assert [e.kind for e in r.events] == ["recovered"] and r.avoid["mlp"] == ()
+    assert inc.to_dict()["time_to_recover_s"] == pytest.approx(4.0)
+
+
+def test_one_restart_in_flight_per_member_and_a_cooldown_between_them():
+    cfg = ControllerConfig(member_cooldown_s=5.0)
+    pol = HealingPolicy(cfg)
+    a, b = snap("a", probes("ok", "wrong")), snap("b", probes("ok", "wrong"))
+    r = pol.step(obs(100.0, a, b, healthy("c"), targets={"mlp": 3}))
+    assert len(r.actions) == 1
+    first = pol.incidents[0]
+    r = pol.step(obs(100.5, a, b, healthy("c"), targets={"mlp": 3}))
+    assert r.actions == ()  # the first restart is still in flight
+    pol.action_done(first.id, "ok")
+    r = pol.step(obs(101.0, b, healthy("c"), snap("d", state="STARTING"), targets={"mlp": 3}))
+    assert r.actions == ()  # a's replacement is not serving yet: b waits
+    r = pol.step(obs(102.0, b, healthy("c"), healthy("d"), targets={"mlp": 3}))
+    assert first.status == "recovered" and r.actions == ()  # confirmed, but the cooldown holds b
+    r = pol.step(obs(105.5, b, healthy("c"), healthy("d"), targets={"mlp": 3}))
+    assert [x.replica for x in r.actions] == ["b"]
+
+
+def test_restart_cap_per_window_prevents_storms():
+    cfg = ControllerConfig(max_restarts=2, restart_window_s=60, member_cooldown_s=0)
+    pol = HealingPolicy(cfg)
+    bad = [snap(f"r{i}", probes("ok", "wrong"), member=f"m{i}") for i in range(5)]
+    done = 0
+    for i in range(5):  # a fault appears in one more member every second; all stay in Serve's view
+        r = pol.step(obs(100.0 + i, *bad[: i + 1], *(healthy(f"h{k}", member=f"m{k}") for k in range(5))))
+        for a in r.actions:
+            pol.action_done(a.incident_id, "ok")
+            done += 1
+    assert done == 2 and len(pol.incidents) == 5
+    r = pol.step(obs(170.0, *bad, *(healthy(f"h{k}", member=f"m{k}") for k in range(5))))
+    assert len(r.actions) == 2  # the window moved on
+
+
+def test_paused_policy_detects_and_records_but_does_not_act():
+    pol = HealingPolicy(CFG)
+    pol.paused = True
+    r = pol.step(obs(101.0, snap("a", probes("ok", "timeout", "timeout")), healthy("b")))
+    assert r.actions == () and [e.kind for e in r.events] == ["detected-hung", "suppressed"]
+    r = pol.step(obs(102.0, snap("a", probes("ok", "timeout", "timeout")), healthy("b")))
+    assert r.actions == () and r.events == ()  # suppressed once, not every step
+    pol.paused = False
+    r = pol.step(obs(103.0, snap("a", probes("ok", "timeout", "timeout")), healthy("b")))
+    assert [a.replica for a in r.actions] == ["a"]
+
+
+def test_member_without_healthy_replicas_is_quarantined_then_restored():
+    pol = HealingPolicy(CFG)
+    r = pol.step(obs(101.0, snap("a", probes("ok", "wrong")), snap("b", probes("ok", "wrong"))))
+    assert pol.quarantined == ["mlp"] and "quarantine" in [e.kind for e in r.events]
+    r = pol.step(obs(110.0, healthy("c"), healthy("d")))
+    assert pol.quarantined == [] and "unquarantine" in [e.kind for e in r.events]
+
+
+def test_unconfirmed_restart_fails_after_the_confirm_timeout():
+    cfg = ControllerConfig(confirm_timeout_s=10)
+    pol = HealingPolicy(cfg)
+    bad = snap("a", probes("ok", "wrong"))
+    pol.step(obs(100.0, bad, healthy("b")))
+    pol.action_done(pol.incidents[0].id, "ok")
+    r = pol.step(obs(111.0, bad, healthy("b")))
+    assert pol.incidents[0].status == "failed" and r.events[-1].kind == "recovery-failed"
+
+
+def test_memory_round_trip_keeps_incidents_and_does_not_repeat_actions():
+    pol = HealingPolicy(CFG)
+    bad = snap("a", probes("ok", "wrong"))
+    r = pol.step(obs(100.0, bad, healthy("b")))
+    assert len(r.actions) == 1  # requested; the controller "crashes" before reporting the outcome
+    restored = HealingPolicy(CFG, json.loads(json.dumps(pol.to_dict())))
+    assert [a.replica for a in restored.pending_actions()] == ["a"]  # re-executed idempotently, once
+    r2 = restored.step(obs(100.5, bad, healthy("b")))
+    assert r2.actions == () and len(restored.incidents) == 1
+    restored.action_done(restored.incidents[0].id, "ok: already gone")
+    assert restored.pending_actions() == []
+
+
+def test_step_handles_fifty_members_by_ten_replicas():
+    pol = HealingPolicy(CFG)
+    snaps = [snap(f"m{m}-r{r}", probes("ok", "ok", "ok", latency=0.01 + r * 1e-4), member=f"m{m}")
+             for m in range(50) for r in range(10)]
+    observation = obs(200.0, *snaps, targets={f"m{m}": 10 for m in range(50)})
+    pol.step(observation)
+    r = pol.step(observation)  # (its speed is measured by `raymedic bench controller-step`)
+    assert r.actions == () and len(r.healthy) == 50 and all(len(v) == 10 for v in r.healthy.values())
+
+
+def test_timeouts_across_most_of_the_fleet_are_systemic_and_restart_nothing():
+    pol = HealingPolicy(CFG)
+    late = [snap(r, probes("ok", "timeout", "timeout"), member=m) for m, r in
+            [("mlp", "a"), ("mlp", "b"), ("lr", "c"), ("lr", "d")]]
+    r = pol.step(obs(101.0, *late, healthy("e", member="tree")))
+    assert r.actions == () and [e.kind for e in r.events] == ["systemic-timeouts"]
+    assert pol.incidents == [] and set(r.healthy["mlp"]) == {"a", "b"}  # a late probe alone is no proof
+    one = pol.step(obs(102.0, late[0], healthy("b"), healthy("c", member="lr"), healthy("d", member="lr")))
+    assert [a.replica for a in one.actions] == ["a"]  # a single hung replica is a replica fault
+
+
+def test_a_replica_ray_reports_dead_is_dead_before_serve_notices():
+    s = ReplicaSnapshot(member="mlp", replica="a", state="RUNNING", probes=probes("ok", "ok"), alive=False,
+                        seen_dead_at=100.7)
+    f = assess(s, [s], CFG)
+    assert f.kind == "dead" and f.first_evidence_at == 100.7
+    pol = HealingPolicy(CFG)
+    r = pol.step(obs(101.0, s, healthy("b")))
+    assert [a.replica for a in r.actions] == ["a"] and pol.incidents[0].time_to_detect_s == pytest.approx(0.3)
+
+
+def test_a_crashed_replica_serve_already_dropped_is_recorded_and_its_replacement_confirmed():
+    gone = ReplicaSnapshot(member="mlp", replica="a", state="GONE", alive=False, seen_dead_at=100.2)
+    pol = HealingPolicy(CFG)
+    r = pol.step(obs(100.5, gone, healthy("b")))
+    inc = pol.incidents[0]
+    assert inc.kind == "dead" and r.actions == () and inc.action == "await-replacement"
+    assert [e.kind for e in r.events] == ["detected-dead", "await-replacement"]
+    pol.step(obs(101.0, healthy("b"), snap("c", state="STARTING")))
+    assert inc.status == "open"
+    pol.step(obs(106.0, healthy("b"), healthy("c")))
+    assert inc.status == "recovered" and inc.time_to_recover_s == pytest.approx(5.5)

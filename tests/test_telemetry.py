@@ -1,0 +1,104 @@
+"""Gateway-side healing bookkeeping and the audit trail, as pure code (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from controllers.audit import AuditLog, read_audit
+from raymedic.storage import Storage
+from serve_apps.telemetry import CallRecorder, LocalEjector, RecentOutputs
+
+
+def test_call_recorder_batches_per_replica_and_resets():
+    rec = CallRecorder()
+    rec.started("mlp", "a")
+    rec.finished("mlp", "a", "ok", 0.01)
+    rec.finished("mlp", "a", "timeout", 1.0, was_started=False)
+    rec.finished("mlp", "b", "dead", 0.0, was_started=False)
+    rec.started("lr", "c")  # still in flight at drain time
+    rec.add_losses({"mlp": [0.1, 0.2]})
+    batch = rec.drain()
+    assert batch["replicas"]["mlp/a"]["ok"] == 1 and batch["replicas"]["mlp/a"]["timeout"] == 1
+    assert batch["replicas"]["mlp/a"]["latencies"] == [0.01] and batch["replicas"]["mlp/b"]["dead"] == 1
+    assert batch["replicas"]["lr/c"]["inflight"] == 1 and batch["losses"] == {"mlp": [0.1, 0.2]}
+    again = rec.drain()
+    assert again["losses"] == {} and set(again["replicas"]) == {"lr/c"}  # only the call still in flight
+    with pytest.raises(ValueError):
+        rec.finished("mlp", "a", "exploded", 0.0)
+    json.dumps(batch)  # it crosses a Ray call: plain data only
+
+
+def test_latencies_per_batch_are_bounded():
+    rec = CallRecorder()
+    for _ in range(10_000):
+        rec.finished("mlp", "a", "ok", 0.01, was_started=False)
+    slot = rec.drain()["replicas"]["mlp/a"]
+    assert slot["ok"] == 10_000 and len(slot["latencies"]) <= 256
+
+
+def test_local_ejection_expires():
+    ej = LocalEjector(eject_s=3.0)
+    ej.eject("mlp", "a", now=100.0)
+    assert ej.ejected("mlp", now=101.0) == ["a"] and ej.ejected("lr", now=101.0) == []
+    assert ej.ejected("mlp", now=103.5) == []
+    off = LocalEjector(eject_s=0)
+    off.eject("mlp", "a", now=100.0)
+    assert off.ejected("mlp", now=100.0) == []
+
+
+def test_recent_outputs_turn_labels_into_bounded_member_losses():
+    ro = RecentOutputs(capacity=2)
+    ro.add(["i1", "i2"], {"good": np.array([[0.9, 0.1], [0.2, 0.8]]), "bad": np.array([[0.1, 0.9], [0.99, 0.01]])})
+    losses = ro.losses(["i1", "i2", "unknown"], [0, 1, 0])
+    assert losses["good"][0] == pytest.approx(-math.log(0.9) / math.log(1e4))
+    assert all(0 <= x <= 1 for v in losses.values() for x in v) and len(losses["bad"]) == 2
+    assert sum(losses["bad"]) > sum(losses["good"])
+    ro.add(["i3"], {"good": np.array([[0.5, 0.5]])})
+    assert "i1" not in ro.losses(["i1"], [0]).get("good", [])  # evicted beyond capacity
+    assert ro.losses(["i1"], [0]) == {}
+
+
+def test_audit_log_appends_files_and_reads_back_in_order(tmp_path):
+    storage = Storage(str(tmp_path))
+    log = AuditLog(storage, "m", writer="t")
+    log.record("detected-hung", "mlp/a", evidence={"probe_timeouts": 2}, action="avoid", outcome="ok", ts=10.0,
+               incident="inc-1", detected_at=10.0)
+    log.record("restart", "mlp/a", action="restart", outcome="ok", ts=10.5, incident="inc-1")
+    assert log.flush() == 2 and log.flush() == 0
+    log.record("recovered", "mlp/a", action="restart", outcome="ok", ts=12.0, incident="inc-1", recovered_at=12.0)
+    log.flush()
+    recs = read_audit(storage, "m")
+    assert [r["kind"] for r in recs] == ["detected-hung", "restart", "recovered"]
+    assert {"ts", "kind", "target", "evidence", "action", "outcome"} <= set(recs[0])
+    assert len(storage.list_files("audit/m")) == 2  # one new file per flush, never rewritten
+    assert [r["kind"] for r in read_audit(storage, "m", since=11.0)] == ["recovered"]
+    reopened = AuditLog(storage, "m", writer="t2")
+    assert [r["kind"] for r in reopened.tail()] == ["detected-hung", "restart", "recovered"]
+
+
+def test_audit_records_survive_a_failed_flush(tmp_path, monkeypatch):
+    storage = Storage(str(tmp_path))
+    log = AuditLog(storage, "m", writer="t")
+    log.record("restart", "mlp/a", ts=1.0)
+    monkeypatch.setattr(storage, "write_text", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        log.flush()
+    monkeypatch.undo()
+    assert log.flush() == 1 and [r["kind"] for r in read_audit(storage, "m")] == ["restart"]
+
+
+def test_hedge_budget_caps_extra_load_under_overload():
+    from serve_apps.telemetry import HedgeBudget
+
+    b = HedgeBudget(ratio=0.1, burst=5)
+    granted = 0
+    for _ in range(1000):  # everything is late: every call asks to hedge
+        b.on_call()
+        granted += b.try_hedge()
+    assert 95 <= granted <= 105 + 5  # about 10% extra load, plus the initial burst
+    with pytest.raises(ValueError):
+        HedgeBudget(ratio=2)
