@@ -351,15 +351,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise RaymedicError(f"unknown fault(s) {bad}: --faults takes a comma list of kill,hang,slow,wrong")
     settings = bench.BenchSettings(rps=args.rps, deadline_s=args.deadline, fault_s=args.fault_seconds,
                                    slow_ms=args.slow_ms, faults=faults)
-    report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
-                                      progress=(lambda m: print(m, file=sys.stderr)) if args.json else _progress)
     if args.json:
+        # Ray's own workers print notices to this process's stdout (e.g. while Serve shuts
+        # down); keep stdout for the JSON alone by pointing fd 1 at stderr during the run.
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+        try:
+            report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
+                                              progress=lambda m: print(m, file=sys.stderr))
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
         print(bench.dumps(report))
-    else:
-        print()
-        print(bench.format_table(report))
-        print()
-        print(bench.dumps(report))
+        return 0
+    report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
+                                      progress=_progress)
+    print()
+    print(bench.format_table(report))
+    print()
+    print(bench.dumps(report))
     return 0
 
 
