@@ -31,14 +31,17 @@ from typing import Any
 import numpy as np
 
 from controllers.audit import AuditLog
+from controllers.datamonitor import DataAlerts, DataMonitor, DataReport
 from controllers.observe import AppView, alive_replica_actors, crash_reason, read_app_view
 from controllers.policy import (CallStats, HealingPolicy, Observation, Probe, ReplicaSnapshot, RestartReplica,
                                 StepResult)
 from controllers.weighting import HedgeWeights, WeightingConfig
 from raymedic.config import APP_NAME, RaymedicConfig
 from raymedic.storage import Storage
-from train_jobs.artifacts import GOLDEN, GoldenSet
+from train_jobs.artifacts import GOLDEN, PREPROCESS, REFERENCE, GoldenSet
+from train_jobs.reference import Reference
 from train_jobs.registry import ModelRegistry
+from train_jobs.schema import ModelSchema
 
 __all__ = ["HealingController", "config_key", "state_key"]
 
@@ -75,6 +78,9 @@ class HealingController:
         state = state or {}
         self._policy = HealingPolicy(self.cfg.controller, state.get("policy"))
         self._hedge = self._new_hedge(state.get("weights"))
+        self._data_alerts = DataAlerts(self.cfg.data, state.get("data_alerts"))
+        self._data_report: DataReport | None = None
+        self._data_at = 0.0
         self._epoch = int(state.get("epoch", 0)) + 1  # a new epoch so every gateway takes our state
         self._audit = AuditLog(self._storage, model, writer=f"ctl{os.getpid()}")
         self._probes: dict[str, deque[Probe]] = {}
@@ -111,10 +117,17 @@ class HealingController:
         self._versions: dict[str, str] = dict(doc["versions"])
         self._golden: dict[str, GoldenSet] = {}
         registry = ModelRegistry(self._storage)
+        schema, reference = None, None
         for member, version in self._versions.items():
             files = registry.load(self._model, member, version).files
             if GOLDEN in files:
                 self._golden[member] = GoldenSet.from_dict(json.loads(files[GOLDEN]))
+            if schema is None and PREPROCESS in files:
+                schema = ModelSchema.from_dict(json.loads(files[PREPROCESS])["schema"])
+            if reference is None and REFERENCE in files:  # members share one training split
+                reference = Reference.from_dict(json.loads(files[REFERENCE]))
+        # Versions trained before references existed still get data-quality checks, just no drift tests.
+        self._monitor = DataMonitor(schema, reference, self.cfg.data) if schema is not None else None
         self._handles = {}
 
     def _new_hedge(self, data: dict[str, Any] | None) -> HedgeWeights:
@@ -141,7 +154,7 @@ class HealingController:
 
     def _checkpoint(self) -> None:
         state = {"policy": self._policy.to_dict(), "weights": self._hedge.to_dict(), "epoch": self._epoch,
-                 "saved_at": time.time()}
+                 "data_alerts": self._data_alerts.to_dict(), "saved_at": time.time()}
         self._storage.write_text(state_key(self._model), json.dumps(state))
         self._dirty = False
 
@@ -169,8 +182,31 @@ class HealingController:
             elapsed = time.monotonic() - t0
             await asyncio.sleep(max(0.0, self.cfg.controller.tick_s - elapsed))
 
+    async def _check_data(self, now: float) -> None:
+        """Data quality and drift over the window; alerts are recorded, not acted on (yet)."""
+        if self._monitor is None:
+            return
+        batches, rows = self._monitor.window()
+        report = await asyncio.to_thread(self._monitor.check_window, batches, rows, now)
+        if report is None:
+            return
+        self._data_report = report
+        events = self._data_alerts.update(report)
+        for what, alert in events:
+            self._audit.record(f"data-{alert.kind}", alert.feature, evidence=alert.evidence, action="warn",
+                               outcome=what, incident=alert.id, severity=alert.severity,
+                               detected_at=alert.detected_at, recovered_at=alert.recovered_at)
+        if events:
+            await asyncio.to_thread(self._checkpoint)
+
     async def _tick(self) -> None:
         now = time.time()
+        if now - self._data_at >= self.cfg.data.check_period_s:
+            self._data_at = now
+            try:
+                await self._check_data(now)
+            except Exception:
+                log.exception("data check failed; continuing")
         if now - self._view_at >= self.cfg.controller.view_period_s:
             try:
                 self._view, self._alive = await asyncio.to_thread(self._read_state)
@@ -405,6 +441,8 @@ class HealingController:
             if s.get("inflight"):
                 inflight[key] = int(s["inflight"])
         self._inflight[gateway] = inflight
+        if batch.get("data") and self._monitor is not None:
+            self._monitor.add(batch["data"])
         losses = batch.get("losses") or {}
         if losses:
             self._hedge.update(losses)
@@ -418,7 +456,8 @@ class HealingController:
 
     async def status(self) -> dict[str, Any]:
         self._ensure_running()
-        incidents = [i.to_dict() for i in self._policy.incidents][-50:]
+        incidents = sorted([i.to_dict() for i in self._policy.incidents][-50:]
+                           + [a.to_dict() for a in self._data_alerts.alerts][-50:], key=lambda d: d["detected_at"])
         actions = [r for r in self._audit.tail(200) if r.get("kind") in ("restart", "quarantine", "unquarantine",
                                                                           "suppressed", "pause", "resume")][-50:]
         steps = sorted(self._step_ms)
@@ -436,6 +475,11 @@ class HealingController:
             "step_ms_p50": round(steps[len(steps) // 2], 3) if steps else None,
             "incidents": incidents,
             "actions": actions,
+            "data": {**(self._data_report.to_dict() if self._data_report else
+                        {"window_rows": self._monitor.rows if self._monitor else 0,
+                         "note": f"no verdict before {self.cfg.data.min_rows} rows"}),
+                     "drift_tests": self._monitor is not None and self._monitor.reference is not None,
+                     "alerts": [a.to_dict() for a in self._data_alerts.open()]},
         }
 
     async def set_paused(self, paused: bool, who: str = "operator") -> dict[str, Any]:

@@ -5,11 +5,14 @@ at ``--rps`` with a client deadline, inject the fault into one replica, and
 measure what clients saw — failures (errors and answers past the deadline), wrong
 answers (final answers that differ from the fault-free service's answer for the
 same input), p50/p99 latency from injection on — plus the time to detect and the
-time until a replacement serves. The same scenarios run on raymedic and on the
+time until a replacement serves, both from the injection and ("replacement took")
+from the system's reaction, which is mostly a new Ray worker importing Serve and
+PyTorch (5 s on an idle 2-core machine, about 11 s under load). The same scenarios run on raymedic and on the
 plain Serve baseline (:mod:`serve_apps.baseline`) of the same trained members.
 
 ``controller-step``: the healing policy's step time over synthetic observations
-of 50 members × 10 replicas (pure code, no cluster).
+of 50 members × 10 replicas, and one data-quality + drift check of a 2000-row
+window of 50 features (pure code, no cluster).
 
 Figures, not assertions: they depend on the machine, and are printed as a table
 and as JSON for the record.
@@ -77,7 +80,43 @@ def run_controller_step(*, members: int = 50, replicas: int = 10, steps: int = 5
     times.sort()
     return {"members": members, "replicas_per_member": replicas, "steps": steps,
             "step_ms_p50": round(statistics.median(times), 2), "step_ms_max": round(times[-1], 2),
-            "incidents_opened": len(policy.incidents)}
+            "incidents_opened": len(policy.incidents), **run_data_check()}
+
+
+def run_data_check(*, features: int = 50, rows: int = 2000, checks: int = 10) -> dict[str, Any]:
+    """Time one data-quality + drift check of a window (half numeric, half categorical features)."""
+    import numpy as np
+    import pandas as pd
+
+    from controllers.datamonitor import DataMonitor
+    from raymedic.config import DataConfig
+    from serve_apps.quality import InputTally
+    from train_jobs.reference import Reference
+    from train_jobs.tables import infer_schema
+
+    rng = np.random.default_rng(0)
+
+    def frame(n: int, shift: float) -> pd.DataFrame:
+        cols = {f"x{i}": rng.normal(shift, 1, n) for i in range(features // 2)}
+        cols.update({f"c{i}": rng.choice(["a", "b", "c", "d", "e"], n) for i in range(features - features // 2)})
+        return pd.DataFrame({**cols, "label": rng.integers(0, 2, n)})
+
+    train = frame(5000, 0.0)
+    schema = infer_schema(train, target="label")
+    cfg = DataConfig(window_rows=rows, min_rows=min(rows, 200))
+    monitor = DataMonitor(schema, Reference.build(train, schema), cfg)
+    tally = InputTally(schema, sample_per_batch=cfg.sample_per_batch)
+    live = frame(rows, 0.5)[schema.feature_names].astype(object).values.tolist()
+    for i in range(0, rows, 50):  # batches as a gateway sends them
+        tally.add(live[i:i + 50])
+        monitor.add(tally.drain())
+    times = []
+    for _ in range(checks):
+        report = monitor.check()
+        times.append(report.check_ms)
+    return {"data_check_features": features, "data_check_rows": report.rows,
+            "data_check_ms_p50": round(statistics.median(times), 2),
+            "data_check_drifting": sum(f.drift != "none" for f in report.features)}
 
 
 # ---- replica-faults ---------------------------------------------------------------------------
@@ -285,6 +324,9 @@ def _scenario(system: _System, fault: str, s: BenchSettings, inputs: list[dict[s
     before = summarize([x for x in samples if x.sent_at < injected["at"]], reference)
     result.update(before_failed=before["failed"], before_p99_ms=before["p99_ms"])
     result.update(system.outcome(injected["replica"], injected["at"], member))
+    # From the system's reaction (restart or Serve noticing) to a replacement serving: the replica start itself.
+    result["replace_s"] = (None if result["recover_s"] is None or result["detect_s"] is None
+                           else round(result["recover_s"] - result["detect_s"], 2))
     result.update({"system": system.name, "fault": fault, "member": member, "replica": injected["replica"]})
     progress(f"  {system.name:<12} {fault:<6} failed {result['failed']:>4}/{result['requests']:<5} "
              f"wrong {result['wrong']:>4}  p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  "
@@ -361,21 +403,25 @@ def format_table(report: dict[str, Any]) -> str:
     st = report["settings"]
     lines = [f"{st['rps']:.0f} req/s open loop, client deadline {st['deadline_s']} s, figures from the injection on "
              f"({st['fault_s']:.0f} s)",
-             f"{'fault':<6} {'metric':<18} {'plain Serve':>12} {'raymedic':>10} {'raymedic/plain':>15}"]
+             f"{'fault':<6} {'metric':<20} {'plain Serve':>12} {'raymedic':>10} {'raymedic/plain':>15}"]
     for fault in report["settings"]["faults"]:
         b, r = by.get(("plain Serve", fault)), by.get(("raymedic", fault))
         if not b or not r:
             continue
         for key, label in (("before_p99_ms", "p99 before (ms)"), ("failed", "failed requests"), ("wrong", "wrong answers"),
                            ("last_wrong_after_s", "last wrong at (s)"), ("p50_ms", "p50 (ms)"),
-                           ("p99_ms", "p99 (ms)"), ("detect_s", "detected at (s)"), ("recover_s", "serving again (s)")):
+                           ("p99_ms", "p99 (ms)"), ("detect_s", "detected at (s)"), ("recover_s", "serving again (s)"),
+                           ("replace_s", "replacement took (s)")):
             bv, rv = b.get(key), r.get(key)
-            show = (lambda v: "never" if v is None and key in ("detect_s", "recover_s") else ("-" if v is None else v))
-            lines.append(f"{fault:<6} {label:<18} {str(show(bv)):>12} {str(show(rv)):>10} {_ratio(rv, bv):>15}")
+            show = (lambda v: "never" if v is None and key in ("detect_s", "recover_s", "replace_s") else ("-" if v is None else v))
+            lines.append(f"{fault:<6} {label:<20} {str(show(bv)):>12} {str(show(rv)):>10} {_ratio(rv, bv):>15}")
         lines.append("")
     st = report["controller_step"]
     lines.append(f"controller step, {st['members']} members × {st['replicas_per_member']} replicas: "
                  f"p50 {st['step_ms_p50']} ms, max {st['step_ms_max']} ms")
+    if "data_check_ms_p50" in st:
+        lines.append(f"data check, {st['data_check_features']} features × {st['data_check_rows']} rows: "
+                     f"p50 {st['data_check_ms_p50']} ms")
     return "\n".join(lines)
 
 

@@ -229,6 +229,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"incidents: {len(incidents)}" + (" (latest first)" if incidents else ""))
     for inc in list(reversed(incidents))[: args.incidents]:
         ttr = inc.get("time_to_recover_s")
+        if inc.get("replica") is None:  # a data incident: a feature, not a replica
+            ev = {k: v for k, v in inc.get("evidence", {}).items() if k != "window_rows"}
+            print(f"  {inc['id']}  {inc['kind']:<14} feature {inc.get('feature')!r}  {inc['status']:<9} "
+                  f"{inc.get('severity', '')}  {json.dumps(ev)}")
+            continue
         print(f"  {inc['id']}  {inc['kind']:<6} {inc['member']}/{inc['replica']}  {inc['status']:<9} "
               f"detect {inc['time_to_detect_s']:.2f} s  recover {'-' if ttr is None else f'{ttr:.1f} s'}  "
               f"action {inc.get('action') or '-'}: {inc.get('action_outcome') or '-'}")
@@ -343,7 +348,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out = bench.run_controller_step(members=args.members, replicas=args.replicas)
         print(json.dumps(out, indent=2) if args.json else
               f"controller step over {out['members']} members × {out['replicas_per_member']} replicas: "
-              f"p50 {out['step_ms_p50']} ms, max {out['step_ms_max']} ms ({out['steps']} steps)")
+              f"p50 {out['step_ms_p50']} ms, max {out['step_ms_max']} ms ({out['steps']} steps)\n"
+              f"data check over {out['data_check_features']} features × {out['data_check_rows']} rows: "
+              f"p50 {out['data_check_ms_p50']} ms ({out['data_check_drifting']} features drifting)")
         return 0
     faults = tuple(args.faults.split(","))
     bad = [f for f in faults if f not in ("kill", "hang", "slow", "wrong")]

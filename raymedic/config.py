@@ -31,6 +31,8 @@ __all__ = [
     "TrainingConfig",
     "ControllerConfig",
     "ChaosConfig",
+    "DataConfig",
+    "FeaturePolicy",
     "RaymedicConfig",
     "ServeFile",
     "load_config",
@@ -172,6 +174,51 @@ class ControllerConfig(_Strict):
     max_weight: float = Field(0.7, gt=0, le=1, description="Cap while another member is healthy.")
 
 
+MissingPolicy = Literal["auto", "impute", "reject"]
+UnseenPolicy = Literal["unknown", "reject"]
+
+
+class FeaturePolicy(_Strict):
+    """One feature's override of the table-wide input policies."""
+
+    missing: MissingPolicy | None = Field(None, description="None: use data.missing.")
+    unseen: UnseenPolicy | None = Field(None, description="None: use data.unseen (categorical features only).")
+
+
+class DataConfig(_Strict):
+    """What the gateway does with holes and new categories, and what data quality it watches for."""
+
+    missing: MissingPolicy = Field(
+        "auto", description="impute: fill with the training mean/mode and warn in the answer; reject: 422 "
+        "naming the feature; auto: impute features that had missing values in training (the model has "
+        "seen holes there), reject the others (a hole there is more likely a client bug).")
+    unseen: UnseenPolicy = Field(
+        "unknown", description="A categorical level never seen in training: unknown = the model's 'other' "
+        "bucket, with a warning in the answer; reject = 422 listing the known levels.")
+    features: dict[str, FeaturePolicy] = Field(default_factory=dict, description="Per-feature overrides.")
+    window_rows: int = Field(1000, ge=50, description="Sliding window of recent rows that is checked.")
+    min_rows: int = Field(200, ge=20, description="No verdict on fewer rows: tests need data.")
+    check_period_s: float = Field(2.0, gt=0, description="How often the controller checks the window.")
+    sample_per_batch: int = Field(256, ge=8, description="Numeric values per gateway batch kept for tests.")
+    missing_rate_max: float = Field(
+        0.05, ge=0, le=1, description="Alert when a feature's missing rate exceeds its training share by this.")
+    out_of_range_max: float = Field(0.05, ge=0, le=1, description="Alert above this share outside the training "
+                                    "range (a numeric feature).")
+    unseen_max: float = Field(0.05, ge=0, le=1, description="Alert above this share of unseen levels.")
+    drift_alpha: float = Field(0.01, gt=0, lt=1, description="False discovery rate across features "
+                               "(Benjamini-Hochberg over the per-feature KS and chi-squared p-values).")
+    psi_warn: float = Field(0.1, gt=0, description="Population stability index: warn (common practice 0.1).")
+    psi_act: float = Field(0.25, gt=0, description="... and act (common practice 0.25).")
+    js_warn: float = Field(0.1, gt=0, le=1, description="Jensen-Shannon distance (base 2) for categorical "
+                           "features: warn ...")
+    js_act: float = Field(0.2, gt=0, le=1, description="... and act.")
+    clear_after: int = Field(2, ge=1, description="Checks in a row without the condition that close an alert.")
+
+    def policy(self, feature: str) -> FeaturePolicy:
+        """The override for ``feature`` (empty if none)."""
+        return self.features.get(feature) or FeaturePolicy()
+
+
 class RaymedicConfig(_Strict):
     """Everything raymedic needs to serve, train and heal one model."""
 
@@ -184,6 +231,7 @@ class RaymedicConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     chaos: ChaosConfig = Field(default_factory=ChaosConfig)
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
     access_log: bool = Field(
         False, description="Serve's per-request access log lines; off by default: raymedic logs every "
         "prediction to Parquet already, and a log line per hop costs real CPU on small machines.")

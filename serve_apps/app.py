@@ -22,7 +22,9 @@ from raymedic.storage import Storage
 from serve_apps.gateway import Gateway
 from serve_apps.member import Member
 from serve_apps.routing import AvoidingRouter
+from serve_apps.validation import input_policies
 from train_jobs.registry import ModelRegistry
+from train_jobs.schema import ModelSchema
 
 __all__ = ["build_app", "resolve_versions"]
 
@@ -67,6 +69,7 @@ def build_app(args: dict[str, Any]) -> Application:
     """
     config = parse_config(args).resolved()
     versions, schema = resolve_versions(config)
+    input_policies(ModelSchema.from_dict(schema), config.data)  # a bad override fails the deploy, not each replica
     if config.controller.enabled:
         from controllers.client import ensure_controller
 

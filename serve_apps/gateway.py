@@ -44,7 +44,8 @@ from serve_apps.combine import combine, equal_weights
 from serve_apps.predlog import FeedbackLog, KnownIds, PredictionLog, inference_time, new_inference_id
 from serve_apps.routing import routed_replica
 from serve_apps.telemetry import CallRecorder, HedgeBudget, LocalEjector, RecentOutputs
-from serve_apps.validation import parse_feedback, parse_instances
+from serve_apps.quality import InputTally
+from serve_apps.validation import input_policies, parse_feedback, parse_instances
 from train_jobs.schema import ModelSchema
 
 __all__ = ["Gateway", "api"]
@@ -145,6 +146,8 @@ class Gateway:
         self._members = members
         self._versions = dict(versions)
         self._schema = ModelSchema.from_dict(schema)
+        self._policies = input_policies(self._schema, self._cfg.data)
+        self._tally = InputTally(self._schema, sample_per_batch=self._cfg.data.sample_per_batch)
         self._order = [m.name for m in self._cfg.members]
         self._weights = equal_weights(self._order)
         storage = Storage(self._cfg.storage_path)
@@ -189,6 +192,7 @@ class Gateway:
         while True:
             await asyncio.sleep(period)
             batch = self._calls.drain()
+            batch["data"] = self._tally.drain()
             try:
                 if self._controller is None:
                     self._controller = await asyncio.to_thread(
@@ -337,8 +341,9 @@ class Gateway:
             "schema": {"features": [f.to_dict() for f in self._schema.features],
                        "classes": list(self._schema.classes), "target": self._schema.target},
             "limits": {"max_batch_size": self._cfg.gateway.max_batch_size,
-                       "reject_out_of_range": self._cfg.gateway.reject_out_of_range,
-                       "missing_values": "reject"},
+                       "reject_out_of_range": self._cfg.gateway.reject_out_of_range},
+            "policies": {f.name: p.to_dict() if not f.numeric else {"missing": p.missing}
+                         for f, p in zip(self._schema.features, self._policies)},
         }
 
     def _model_version(self, members: list[str] | tuple[str, ...]) -> str:
@@ -348,8 +353,9 @@ class Gateway:
     async def predict(self, model: str, request: Request) -> dict[str, Any]:
         self._check_model(model)
         body = await _json_body(request)
-        rows = parse_instances(body, self._schema, max_batch=self._cfg.gateway.max_batch_size,
-                               reject_out_of_range=self._cfg.gateway.reject_out_of_range)
+        parsed = parse_instances(body, self._schema, max_batch=self._cfg.gateway.max_batch_size,
+                                 reject_out_of_range=self._cfg.gateway.reject_out_of_range, policies=self._policies)
+        rows = parsed.rows
         results = await asyncio.gather(*(self._call_member(m, rows) for m in self._order))
         answers = {m: r for m, r in zip(self._order, results) if r is not None}
         combo = combine({m: a.probabilities for m, a in answers.items()}, self._weights,
@@ -378,8 +384,12 @@ class Gateway:
              "probabilities": probs[i].tolist(), "degraded": combo.degraded}
             for i in range(len(rows))
         )
-        return {"predictions": labels, "probabilities": probs.round(6).tolist(), "inference_ids": ids,
-                "model_version": version, "degraded": combo.degraded}
+        self._tally.add(rows)
+        out = {"predictions": labels, "probabilities": probs.round(6).tolist(), "inference_ids": ids,
+               "model_version": version, "degraded": combo.degraded}
+        if parsed.warnings:
+            out["warnings"] = parsed.warnings
+        return out
 
     @api.post("/v1/models/{model}:feedback")
     async def feedback(self, model: str, request: Request) -> dict[str, Any]:
@@ -429,7 +439,7 @@ class Gateway:
                           else round(time.time() - self._controller_seen, 2),
                           "note": "serving with the last weights received"}
         else:
-            controller = {k: v for k, v in ctl.items() if k not in ("incidents", "actions", "weights")}
+            controller = {k: v for k, v in ctl.items() if k not in ("incidents", "actions", "weights", "data")}
         return {
             "model": self._cfg.model,
             "model_version": self._model_version(self._order),
@@ -441,7 +451,7 @@ class Gateway:
                                         "last_sync_age_s": None if self._controller_seen is None
                                         else round(time.time() - self._controller_seen, 2)}},
             "members": members,
-            "drift": {},
+            "drift": (ctl or {}).get("data", {}),
             "incidents": (ctl or {}).get("incidents", []),
             "actions": (ctl or {}).get("actions", []),
             "controller": controller,

@@ -11,13 +11,75 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from raymedic.errors import InvalidRequest, PayloadTooLarge
-from train_jobs.schema import Feature, FeatureType, Label, ModelSchema
+from raymedic.errors import ConfigError, InvalidRequest, PayloadTooLarge
+from train_jobs.schema import Feature, FeatureType, Label, ModelSchema, is_missing
 
-__all__ = ["parse_instances", "parse_feedback", "Feedback"]
+__all__ = ["parse_instances", "parse_feedback", "Feedback", "Instances", "InputPolicy", "input_policies"]
 
 MAX_REPORTED = 10
 """Problems listed in one error message; the rest are counted."""
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """One feature's effective policies (``auto`` already resolved)."""
+
+    missing: str  # "impute" | "reject"
+    unseen: str  # "unknown" | "reject" (categorical features only)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"missing": self.missing, "unseen": self.unseen}
+
+
+def input_policies(schema: ModelSchema, data: Any) -> tuple[InputPolicy, ...]:
+    """Resolve ``data`` (a :class:`raymedic.config.DataConfig`) against ``schema``, in feature order.
+
+    Raises:
+        ConfigError: an override names a feature the model does not have, or sets
+            an unseen-level policy on a numeric feature.
+    """
+    unknown = sorted(set(data.features) - set(schema.feature_names))
+    if unknown:
+        raise ConfigError(f"data.features names {unknown}, which the model does not have; its features are "
+                          f"{schema.feature_names}: fix or remove those entries")
+    out = []
+    for f in schema.features:
+        over = data.policy(f.name)
+        if over.unseen is not None and f.numeric:
+            raise ConfigError(f"data.features.{f.name}.unseen is set but {f.name!r} is numeric: unseen-level "
+                              "policies apply to categorical features only; remove it")
+        missing = over.missing or data.missing
+        if missing == "auto":
+            missing = "impute" if f.missing_share > 0 else "reject"
+        out.append(InputPolicy(missing=missing, unseen=over.unseen or data.unseen))
+    return tuple(out)
+
+
+@dataclass
+class Instances:
+    """Validated rows in schema order, and what was done to them on the client's behalf."""
+
+    rows: list[list[Any]]
+    warnings: list[str]
+
+
+class _Warnings:
+    """Warnings grouped per (feature, kind) so a big batch gets a short answer."""
+
+    def __init__(self) -> None:
+        self._by: dict[tuple[str, str], list[int]] = {}
+
+    def add(self, feature: str, kind: str, instance: int) -> None:
+        self._by.setdefault((feature, kind), []).append(instance)
+
+    def render(self) -> list[str]:
+        out = []
+        for (feature, kind), idx in self._by.items():
+            shown = ", ".join(map(str, idx[:MAX_REPORTED])) + (", ..." if len(idx) > MAX_REPORTED else "")
+            what = ("was missing; imputed with its training mean/mode" if kind == "missing"
+                    else "has a level never seen in training; encoded as 'other'")
+            out.append(f"feature {feature!r} {what} in {len(idx)} instance(s) [{shown}]")
+        return out
 
 
 class _Problems:
@@ -45,9 +107,6 @@ def _describe(v: Any) -> str:
 
 def _check_value(feat: Feature, v: Any, where: str, problems: _Problems, *, reject_out_of_range: bool) -> Any:
     """Validate one value; returns it normalised (integral floats → int for INT features)."""
-    if v is None:
-        problems.add(f"{where}: feature {feat.name!r} is null; send a value (missing values are rejected)")
-        return None
     if feat.type is FeatureType.CATEGORICAL:
         if isinstance(v, (str, int, bool)) or (isinstance(v, float) and math.isfinite(v)):
             return v
@@ -73,9 +132,14 @@ def _check_value(feat: Feature, v: Any, where: str, problems: _Problems, *, reje
     return v
 
 
-def parse_instances(body: Any, schema: ModelSchema, *, max_batch: int,
-                    reject_out_of_range: bool = False) -> list[list[Any]]:
+def parse_instances(body: Any, schema: ModelSchema, *, max_batch: int, reject_out_of_range: bool = False,
+                    policies: Sequence[InputPolicy] | None = None) -> Instances:
     """Validate a ``{"instances": [...]}`` body; returns rows in schema feature order.
+
+    A missing value (JSON null, or an absent key) and an unseen categorical level
+    follow each feature's :class:`InputPolicy` (default: reject missing, accept
+    unseen): accepted ones stay ``None`` / as sent for the members' preprocessor
+    and are listed in ``warnings``.
 
     Raises:
         InvalidRequest: 400 for a malformed body, 422 for values that do not fit the schema.
@@ -96,20 +160,24 @@ def parse_instances(body: Any, schema: ModelSchema, *, max_batch: int,
     if len(instances) > max_batch:
         raise PayloadTooLarge(f"{len(instances)} instances in one request; the limit is {max_batch}: "
                               "split the batch into smaller requests")
+    pols = tuple(policies) if policies is not None else tuple(
+        InputPolicy(missing="reject", unseen="unknown") for _ in names)
     problems = _Problems()
+    warnings = _Warnings()
     rows: list[list[Any]] = []
     for i, inst in enumerate(instances):
         where = f"instance {i}"
         if isinstance(inst, dict):
-            missing = [n for n in names if n not in inst]
+            absent = [n for n, p in zip(names, pols) if n not in inst and p.missing == "reject"]
             unknown = sorted(k for k in inst if schema.index_of(k) is None)
-            if missing:
-                problems.add(f"{where}: missing feature(s) {missing}")
+            if absent:
+                problems.add(f"{where}: missing feature(s) {absent}; send a value for each "
+                             "(their missing-value policy is reject)")
             if unknown:
                 problems.add(f"{where}: unknown feature(s) {unknown}; the model's features are {names}")
-            if missing or unknown:
+            if absent or unknown:
                 continue
-            values = [inst[n] for n in names]
+            values = [inst.get(n) for n in names]
         elif isinstance(inst, list):
             if len(inst) != len(names):
                 problems.add(f"{where}: has {len(inst)} values but the schema has {len(names)} features "
@@ -120,10 +188,28 @@ def parse_instances(body: Any, schema: ModelSchema, *, max_batch: int,
             problems.add(f"{where}: must be an object keyed by feature name or a list of "
                          f"{len(names)} values in schema order, got {_describe(inst)}")
             continue
-        rows.append([_check_value(f, v, where, problems, reject_out_of_range=reject_out_of_range)
-                     for f, v in zip(schema.features, values)])
-    problems.raise_if_any("GET /v1/models/{model} shows the schema")
-    return rows
+        row: list[Any] = []
+        for f, p, v in zip(schema.features, pols, values):
+            if v is None or (is_missing(v) and not f.numeric):
+                if p.missing == "reject":
+                    problems.add(f"{where}: feature {f.name!r} is null; send a value (its missing-value policy "
+                                 "is reject)")
+                else:
+                    warnings.add(f.name, "missing", i)
+                row.append(None)
+                continue
+            v = _check_value(f, v, where, problems, reject_out_of_range=reject_out_of_range)
+            if v is not None and not f.numeric and f.level_index(v) is None:
+                if p.unseen == "reject":
+                    known = list((f.levels or ())[:20])
+                    problems.add(f"{where}: feature {f.name!r} = {_describe(v)} was never seen in training; "
+                                 f"send one of {known}" + (" ..." if len(f.levels or ()) > 20 else ""))
+                else:
+                    warnings.add(f.name, "unseen", i)
+            row.append(v)
+        rows.append(row)
+    problems.raise_if_any("GET /v1/models/{model} shows the schema and each feature's policy")
+    return Instances(rows=rows, warnings=warnings.render())
 
 
 @dataclass(frozen=True)

@@ -31,23 +31,36 @@ def run(args, *, env, timeout=600, check=True):
     return proc
 
 
-def churn_table(n: int, seed: int) -> pd.DataFrame:
+def churn_table(n: int, seed: int, *, channel_p=(0.5, 0.3, 0.2)) -> pd.DataFrame:
+    """Float with holes (5 % missing), int, string and bool features, a string label."""
     rng = np.random.default_rng(seed)
     amount = rng.gamma(2.0, 30.0, n)
     visits = rng.integers(0, 20, n)
-    channel = rng.choice(["web", "store", "app"], n, p=[0.5, 0.3, 0.2])
+    channel = rng.choice(["web", "store", "app"], n, p=list(channel_p))
+    plan = rng.choice(["basic", "plus", "pro"], n)
     member = rng.random(n) < 0.4
     score = 0.04 * (amount - 60) - 0.25 * (visits - 10) + np.where(channel == "app", 1.5, 0) - 1.2 * member
     label = np.where(score + rng.logistic(0, 0.5, n) > 0, "churn", "stay")
-    return pd.DataFrame({"amount": amount.round(2), "visits": visits, "channel": channel, "member": member,
+    amount = amount.round(2)
+    amount[rng.random(n) < 0.05] = np.nan
+    return pd.DataFrame({"amount": amount, "visits": visits, "channel": channel, "plan": plan, "member": member,
                          "label": label})
+
+
+def records(df: pd.DataFrame) -> list[dict]:
+    """JSON-ready instances: numpy scalars → Python, NaN → null."""
+    out = df.drop(columns="label").astype(object).to_dict(orient="records")
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else v.item() if hasattr(v, "item") else v)
+             for k, v in r.items()} for r in out]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     port = free_port()
-    cfg = write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port)
+    cfg = write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port,
+                       data={"features": {"channel": {"unseen": "reject"}},
+                             "window_rows": 300, "min_rows": 100, "check_period_s": 1.0})
     e = dict(os.environ, RAYMEDIC_HOME=str(tmp / "home"), PYTHONUNBUFFERED="1")
     e.pop("RAY_ADDRESS", None)
     table = tmp / "churn.csv"
@@ -90,18 +103,54 @@ def test_train_up_status_predict_feedback_down(env):
 
     schema = request_json("GET", f"{url}/v1/models/churn").body["schema"]
     kinds = {f["name"]: f["type"] for f in schema["features"]}
-    assert kinds == {"amount": "float", "visits": "int", "channel": "categorical", "member": "categorical"}
+    assert kinds == {"amount": "float", "visits": "int", "channel": "categorical", "plan": "categorical",
+                     "member": "categorical"}
     assert schema["classes"] == ["churn", "stay"]
+    assert 0.02 < schema["features"][0]["missing_share"] < 0.08
+    policies = request_json("GET", f"{url}/v1/models/churn").body["policies"]
+    assert policies == {"amount": {"missing": "impute"}, "visits": {"missing": "reject"},
+                        "channel": {"missing": "reject", "unseen": "reject"},
+                        "plan": {"missing": "reject", "unseen": "unknown"},
+                        "member": {"missing": "reject", "unseen": "unknown"}}
     test = churn_table(200, seed=7)
-    inst = test.drop(columns="label").to_dict(orient="records")
-    inst = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in inst]
+    inst = records(test)
     r = request_json("POST", f"{url}/v1/models/churn:predict", {"instances": inst[:64]})
     assert r.status == 200, r.body
     assert set(r.body["predictions"]) <= {"churn", "stay"}
     accuracy = np.mean(np.asarray(r.body["predictions"]) == test["label"].to_numpy()[:64])
     assert accuracy > 0.7, accuracy
-    unseen = dict(inst[0], channel="kiosk")  # unseen category → the "other" bucket, still answered
-    assert request_json("POST", f"{url}/v1/models/churn:predict", {"instances": [unseen]}).status == 200
+
+    # Policies over HTTP: impute (auto: amount had holes in training) with a warning; reject where configured.
+    holes = request_json("POST", f"{url}/v1/models/churn:predict", {"instances": [dict(inst[0], amount=None)]})
+    assert holes.status == 200 and "'amount' was missing; imputed" in holes.body["warnings"][0], holes.body
+    no_visits = request_json("POST", f"{url}/v1/models/churn:predict", {"instances": [dict(inst[0], visits=None)]})
+    assert no_visits.status == 422 and "'visits' is null" in no_visits.body["error"]
+    kiosk = request_json("POST", f"{url}/v1/models/churn:predict", {"instances": [dict(inst[0], channel="kiosk")]})
+    assert kiosk.status == 422 and "'channel' = 'kiosk' was never seen in training" in kiosk.body["error"]
+    gold = request_json("POST", f"{url}/v1/models/churn:predict", {"instances": [dict(inst[0], plan="gold")]})
+    assert gold.status == 200 and "'plan' has a level never seen" in gold.body["warnings"][0]
+
+    # Data quality and categorical drift raise incidents: amount mostly missing, channel mostly "app".
+    shifted = records(churn_table(400, seed=8, channel_p=(0.1, 0.1, 0.8)))
+    for row in shifted[:300]:
+        row["amount"] = None
+    for i in range(0, len(shifted), 50):
+        assert request_json("POST", f"{url}/v1/models/churn:predict",
+                            {"instances": shifted[i:i + 50]}).status == 200
+
+    def data_incidents():
+        st = json.loads(run(RAYMEDIC + ["status", "--json"], env=e).stdout)
+        found = {(i["kind"], i["feature"]) for i in st["incidents"] if i.get("feature")}
+        return st if {("missing_values", "amount"), ("drift", "channel")} <= found else None
+
+    st = wait_for(data_incidents, timeout_s=60, what="data-quality and drift incidents in status")
+    channel = st["drift"]["features"]["channel"]
+    assert channel["test"] == "chi2" and channel["drift"] in ("warn", "act") and channel["p_adjusted"] < 0.01
+    assert st["drift"]["features"]["amount"]["test"] == "ks"
+    assert "drift" in run(RAYMEDIC + ["status"], env=e).stdout
+    audit = run(RAYMEDIC + ["audit", "--json"], env=e).stdout
+    assert '"data-drift"' in audit and '"data-missing_values"' in audit
+
     fb = request_json("POST", f"{url}/v1/models/churn:feedback",
                       {"inference_ids": r.body["inference_ids"][:3], "labels": ["churn", "stay", "churn"]})
     assert fb.status == 200 and fb.body["accepted"] == 3

@@ -178,11 +178,25 @@ def test_rows_and_frames_encode_identically_and_survive_json():
     assert abs(x[:, 0].mean()) < 1e-5 and x[:, 0].std() == pytest.approx(1.0, abs=1e-4)
 
 
-def test_unknown_category_and_missing_values_use_the_other_bucket_and_mean():
+def test_unseen_level_uses_the_other_bucket_and_missing_values_the_training_statistic():
     pre, df = fitted()
     x = pre.transform_rows([[None, float("nan"), "kiosk", None]])
     assert x[0, 0] == 0.0 and x[0, 1] == 0.0  # the training mean standardises to 0
-    assert x[0, 2:6].tolist() == [0, 0, 0, 1] and x[0, 6:9].tolist() == [0, 0, 1]
+    assert x[0, 2:6].tolist() == [0, 0, 0, 1]  # unseen "kiosk" → other
+    mode = df["member"].value_counts().idxmax()
+    assert x[0, 6:9].tolist() == pre.transform_rows([[50.0, 3, "web", mode]])[0, 6:9].tolist()  # missing → mode
+
+
+def test_schema_records_the_training_missing_share():
+    df = mixed(100)
+    df.loc[:9, "amount"] = np.nan
+    df["channel"] = df["channel"].astype(object)
+    df.loc[:4, "channel"] = None
+    schema = infer_schema(df, target="label")
+    share = {f.name: f.missing_share for f in schema.features}
+    assert share == {"amount": 0.1, "visits": 0.0, "channel": 0.05, "member": 0.0}
+    again = type(schema).from_dict(json.loads(json.dumps(schema.to_dict())))
+    assert [f.missing_share for f in again.features] == [0.1, 0.0, 0.05, 0.0]
 
 
 def test_absurd_numbers_are_clipped():
@@ -205,3 +219,17 @@ def test_categorical_keys_keep_bool_apart_from_ints():
     x = pre.transform_rows([[1, "1"]])  # 1 is not True; "1" equals the code 1
     flag_cols, code_cols = x[0, :3], x[0, 3:]
     assert flag_cols[-1] == 1.0 and code_cols[:2].sum() == 1.0
+
+
+@pytest.mark.parametrize(("labels", "classes"), [
+    ([True, False] * 20, (False, True)),
+    ([3, 1, 2, 1] * 10, (1, 2, 3)),
+    (["prepaid_card", "wire", "cash", "wire"] * 10, ("cash", "prepaid_card", "wire")),
+])
+def test_boolean_integer_and_string_targets_keep_their_own_labels(labels, classes):
+    df = pd.DataFrame({"x": np.arange(len(labels), dtype=float), "y": labels})
+    schema = infer_schema(df, target="y")
+    assert schema.classes == classes and all(type(c) is type(classes[0]) for c in schema.classes)
+    pre = Preprocessor.fit(df, schema)
+    idx = pre.encode_labels(df["y"])
+    assert pre.decode_labels(idx) == list(labels)

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from raymedic.errors import InvalidRequest, PayloadTooLarge
-from serve_apps.validation import parse_feedback, parse_instances
+from raymedic.config import DataConfig
+from raymedic.errors import ConfigError, InvalidRequest, PayloadTooLarge
+from serve_apps.validation import input_policies, parse_feedback, parse_instances
 from train_jobs.schema import Feature, FeatureType, ModelSchema
 
 SCHEMA = ModelSchema(
@@ -22,7 +23,7 @@ SCHEMA = ModelSchema(
 
 
 def parse(body, **kw):
-    return parse_instances(body, SCHEMA, max_batch=kw.pop("max_batch", 4), **kw)
+    return parse_instances(body, SCHEMA, max_batch=kw.pop("max_batch", 4), **kw).rows
 
 
 def test_objects_and_lists_give_rows_in_schema_order():
@@ -102,3 +103,61 @@ def test_feedback_accepts_json_forms_of_int_labels():
     assert fb.labels == [1, 0]
     with pytest.raises(InvalidRequest):
         parse_feedback({"inference_ids": ["a"], "labels": [True]}, schema, max_batch=10)
+
+
+# ---- missing values and unseen levels, by policy -----------------------------------------
+
+HOLEY = ModelSchema(
+    features=(
+        Feature("amount", FeatureType.FLOAT, min=0.0, max=100.0, missing_share=0.1),  # had holes in training
+        Feature("count", FeatureType.INT, min=0, max=10),
+        Feature("channel", FeatureType.CATEGORICAL, levels=("web", "store")),
+    ),
+    target="label",
+    classes=("no", "yes"),
+)
+
+
+def holey(body, **data):
+    return parse_instances(body, HOLEY, max_batch=8, policies=input_policies(HOLEY, DataConfig(**data)))
+
+
+def test_auto_imputes_features_that_had_holes_in_training_and_rejects_the_others():
+    assert [p.missing for p in input_policies(HOLEY, DataConfig())] == ["impute", "reject", "reject"]
+    out = holey({"instances": [{"amount": None, "count": 1, "channel": "web"}, {"count": 2, "channel": "store"}]})
+    assert out.rows == [[None, 1, "web"], [None, 2, "store"]]  # None: the members' preprocessor fills the mean
+    assert out.warnings == ["feature 'amount' was missing; imputed with its training mean/mode in 2 instance(s) "
+                            "[0, 1]"]
+    with pytest.raises(InvalidRequest, match="'count' is null; send a value") as err:
+        holey({"instances": [{"amount": 1.0, "count": None, "channel": "web"}]})
+    assert err.value.http_status == 422
+    with pytest.raises(InvalidRequest, match=r"missing feature\(s\) \['count'\]"):
+        holey({"instances": [{"amount": 1.0, "channel": "web"}]})
+
+
+def test_per_feature_overrides_win_over_the_default():
+    out = holey({"instances": [[1.0, None, None]]}, missing="reject",
+                features={"count": {"missing": "impute"}, "channel": {"missing": "impute"}})
+    assert out.rows == [[1.0, None, None]] and len(out.warnings) == 2
+    with pytest.raises(InvalidRequest, match="'amount' is null"):
+        holey({"instances": [[None, 1, "web"]]}, missing="reject")
+    assert holey({"instances": [[None, None, None]]}, missing="impute").rows == [[None, None, None]]
+
+
+def test_unseen_level_is_bucketed_with_a_warning_or_rejected_with_the_known_levels():
+    out = holey({"instances": [[1.0, 1, "kiosk"], [1.0, 1, "web"]]})
+    assert out.rows[0][2] == "kiosk" and out.warnings == [
+        "feature 'channel' has a level never seen in training; encoded as 'other' in 1 instance(s) [0]"]
+    with pytest.raises(InvalidRequest, match=r"'channel' = 'kiosk' was never seen in training; send one of "
+                                              r"\['web', 'store'\]") as err:
+        holey({"instances": [[1.0, 1, "kiosk"]]}, features={"channel": {"unseen": "reject"}})
+    assert err.value.http_status == 422
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    ({"features": {"zip": {"missing": "impute"}}}, "names ['zip'], which the model does not have"),
+    ({"features": {"amount": {"unseen": "reject"}}}, "'amount' is numeric"),
+])
+def test_policy_overrides_that_do_not_fit_the_model_are_config_errors(data, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        input_policies(HOLEY, DataConfig(**data))

@@ -22,12 +22,14 @@ from train_jobs.models import ArchSpec, build_model
 from train_jobs.preprocess import Preprocessor
 from train_jobs.schema import ModelSchema
 
-__all__ = ["WEIGHTS", "ARCHITECTURE", "PREPROCESS", "GOLDEN", "GoldenSet", "MemberModel", "pack", "unpack"]
+__all__ = ["WEIGHTS", "ARCHITECTURE", "PREPROCESS", "GOLDEN", "REFERENCE", "GoldenSet", "MemberModel", "pack", "unpack"]
 
 WEIGHTS = "weights.safetensors"
 ARCHITECTURE = "architecture.json"
 PREPROCESS = "preprocess.json"
 GOLDEN = "golden.json"
+REFERENCE = "reference.json"
+"""Training-data summary for drift and data-quality monitoring (:mod:`train_jobs.reference`)."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,12 @@ class MemberModel:
 
 
 def pack(*, network: nn.Module, spec: ArchSpec, preprocessor: Preprocessor,
-         golden: GoldenSet) -> dict[str, bytes]:
+         golden: GoldenSet, reference: Mapping[str, Any] | None = None) -> dict[str, bytes]:
     """The files of one member version, ready for ``ModelRegistry.register``."""
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(network).state_dict().items()}
+    extra = {} if reference is None else {REFERENCE: json.dumps(reference).encode()}
     return {
+        **extra,
         WEIGHTS: st_save(state),
         ARCHITECTURE: json.dumps(spec.to_dict(), sort_keys=True).encode(),
         PREPROCESS: json.dumps(preprocessor.to_dict(), sort_keys=True).encode(),

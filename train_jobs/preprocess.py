@@ -9,8 +9,12 @@ ones it learnt on.
   values become the training mean; clipped to ±``CLIP`` so an absurd input
   cannot blow up activations;
 - categorical: one-hot over the ``max_onehot`` most frequent training levels plus
-  one "other" column for rarer levels, levels never seen in training and missing
-  values (copes with many levels at a fixed width).
+  one "other" column for rarer levels and levels never seen in training (copes
+  with many levels at a fixed width); a missing value becomes the training mode.
+
+Missing values are imputed here with the training statistic (mean, mode) so that
+training, serving and retraining agree; whether the gateway lets a missing value
+through at all is its per-feature policy (``data.missing`` in the config).
 """
 
 from __future__ import annotations
@@ -23,24 +27,15 @@ import numpy as np
 import pandas as pd
 
 from raymedic.errors import DataError, SchemaError
-from train_jobs.schema import FeatureType, Label, ModelSchema
+from train_jobs.schema import FeatureType, Label, ModelSchema, is_missing, level_key
 
 __all__ = ["Preprocessor"]
 
 CLIP = 10.0
 
 
-def _key(v: Any) -> tuple[str, Any]:
-    """Comparison key for categorical values: True never equals 1; 3 equals "3"."""
-    if isinstance(v, (bool, np.bool_)):
-        return ("b", bool(v))
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    return ("s", str(v))
-
-
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT
+_key = level_key
+_missing = is_missing
 
 
 @dataclass(frozen=True)
@@ -136,7 +131,8 @@ class Preprocessor:
                 at += 1
             else:
                 other = len(spec.levels)
-                idx = [other if _missing(v) else lookup.get(_key(v), other) for v in values]
+                # Levels are ordered by training frequency: index 0 is the mode.
+                idx = [0 if _missing(v) else lookup.get(_key(v), other) for v in values]
                 out[np.arange(n), at + np.asarray(idx, dtype=np.int64)] = 1.0
                 at += spec.width
         return out

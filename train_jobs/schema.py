@@ -15,10 +15,39 @@ from typing import Any, Mapping, Sequence
 
 from raymedic.errors import SchemaError
 
-__all__ = ["FeatureType", "Feature", "ModelSchema", "Label"]
+__all__ = ["FeatureType", "Feature", "ModelSchema", "Label", "level_key", "is_missing"]
 
 Label = int | str | bool
 """A class label in the user's own form (``0``, ``"prepaid_card"``, ``True``)."""
+
+
+def level_key(v: Any) -> tuple[str, Any]:
+    """Comparison key for categorical values: True never equals 1; 3, 3.0 and "3" are one level.
+
+    JSON and CSV blur ints and strings, so a level is matched by its text; booleans
+    stay apart because ``True == 1`` in Python but not in the user's data.
+    """
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):  # numpy scalar
+        v = v.item()
+    if isinstance(v, bool):
+        return ("b", v)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return ("s", str(v))
+
+
+def is_missing(v: Any) -> bool:
+    """None, NaN, pandas' NA/NaT: what a table or a JSON null means by "no value"."""
+    if v is None:
+        return True
+    if isinstance(v, float):
+        return math.isnan(v)
+    try:
+        import pandas as pd
+
+        return v is pd.NA or v is pd.NaT
+    except ImportError:  # pragma: no cover
+        return False
 
 
 class FeatureType(str, enum.Enum):
@@ -39,6 +68,9 @@ class Feature:
         min: Smallest value seen in training (numeric kinds only).
         max: Largest value seen in training (numeric kinds only).
         levels: Values seen in training (categorical only), in a stable order.
+        missing_share: Share of training rows where the value was missing; the
+            ``auto`` missing-value policy imputes only features that had holes in
+            training, and data-quality monitoring compares live rates with it.
     """
 
     name: str
@@ -46,6 +78,8 @@ class Feature:
     min: float | None = None
     max: float | None = None
     levels: tuple[Label, ...] | None = None
+    missing_share: float = 0.0
+    _levels: dict[tuple[str, Any], int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -57,6 +91,17 @@ class Feature:
             for bound in (self.min, self.max):
                 if bound is not None and not math.isfinite(bound):
                     raise SchemaError(f"feature {self.name!r} has a non-finite bound {bound!r}")
+        if not 0.0 <= self.missing_share <= 1.0:
+            raise SchemaError(f"feature {self.name!r} has missing_share {self.missing_share!r} outside [0, 1]")
+        object.__setattr__(self, "_levels", {level_key(v): i for i, v in enumerate(self.levels or ())})
+
+    @property
+    def numeric(self) -> bool:
+        return self.type is not FeatureType.CATEGORICAL
+
+    def level_index(self, value: Any) -> int | None:
+        """Position of ``value`` among the training levels, None if never seen."""
+        return self._levels.get(level_key(value))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type.value}
@@ -65,6 +110,7 @@ class Feature:
         else:
             out["min"] = self.min
             out["max"] = self.max
+        out["missing_share"] = self.missing_share
         return out
 
     @classmethod
@@ -78,6 +124,7 @@ class Feature:
                 min=None if data.get("min") is None else float(data["min"]),
                 max=None if data.get("max") is None else float(data["max"]),
                 levels=None if levels is None else tuple(levels),
+                missing_share=float(data.get("missing_share", 0.0)),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise SchemaError(f"malformed feature entry {dict(data)!r}: {exc}") from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,8 @@ def infer_schema(df: pd.DataFrame, *, target: str, max_levels: int = 1000) -> Mo
     if not names:
         raise DataError(f"the table has only the target column {target!r}: add feature columns")
     classes = _classes(df[target], target)
-    features = tuple(_feature(df[c], str(c), max_levels) for c in df.columns if c != target)
+    features = tuple(replace(_feature(df[c], str(c), max_levels), missing_share=round(float(df[c].isna().mean()), 6))
+                     for c in df.columns if c != target)
     return ModelSchema(features=features, target=target, classes=classes)
 
 

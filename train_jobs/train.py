@@ -32,6 +32,7 @@ from raymedic.storage import Storage
 from train_jobs import artifacts
 from train_jobs.models import ArchSpec, build_model
 from train_jobs.preprocess import Preprocessor
+from train_jobs.reference import Reference
 from train_jobs.registry import ModelRegistry, VersionInfo
 from train_jobs.schema import ModelSchema
 from train_jobs.tables import fingerprint, infer_schema, load_table, split
@@ -231,6 +232,7 @@ def train_ensemble(
     baseline = float(np.bincount(y_va, minlength=len(schema.classes)).max() / len(y_va))
     data_fp = fingerprint(table)
     golden_raw = [_json_row(r) for r in val_df[schema.feature_names].head(GOLDEN_ROWS).itertuples(index=False)]
+    reference = Reference.build(train_df, schema, seed=config.training.seed).to_dict()
     versions: dict[str, VersionInfo] = {}
     all_metrics: dict[str, dict[str, float]] = {}
     for m in chosen:
@@ -240,7 +242,8 @@ def train_ensemble(
         metrics = _evaluate(served.predict_proba_matrix(x_va), y_va)
         metrics["baseline_accuracy"] = baseline
         golden = artifacts.GoldenSet(rows=golden_raw, probabilities=served.predict_proba(golden_raw).tolist())
-        files = artifacts.pack(network=network, spec=specs[m.name], preprocessor=pre, golden=golden)
+        files = artifacts.pack(network=network, spec=specs[m.name], preprocessor=pre, golden=golden,
+                               reference=reference)
         try:
             parent = registry.resolve(model, m.name, "champion")
         except RaymedicError:

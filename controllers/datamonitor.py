@@ -1,0 +1,291 @@
+"""Data quality and input drift over a sliding window of live rows (pure: NumPy/SciPy, no Ray).
+
+The gateway ships per-period tallies (:mod:`serve_apps.quality`); the monitor keeps
+the most recent ``window_rows`` rows' worth of them and, on :meth:`DataMonitor.check`,
+compares the window with the model version's training reference
+(:mod:`train_jobs.reference`):
+
+- data quality per feature: missing rate (against the training share), share of
+  numeric values outside the training range, share of categorical levels never
+  seen in training;
+- drift per feature, with a test made for the kind of feature: two-sample
+  Kolmogorov–Smirnov, PSI on the reference's decile bins and the Wasserstein
+  distance (in reference standard deviations) for numeric features;
+  chi-squared goodness of fit and the Jensen–Shannon distance for categorical
+  ones. The p-values of all features are corrected together
+  (Benjamini–Hochberg), and a feature drifts only when its corrected p-value is
+  below ``drift_alpha`` *and* its effect size (PSI or JS) passes the warn level,
+  so a large window does not alarm on a shift too small to matter.
+
+:class:`DataAlerts` turns checks into incidents that open once and close after
+``clear_after`` clean checks in a row, and survives a controller restart through
+``to_dict``/``from_dict``, so a restarted controller does not raise the same alert twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from raymedic.config import DataConfig
+from train_jobs.reference import FeatureReference, Reference
+from train_jobs.schema import ModelSchema
+
+__all__ = ["DataMonitor", "DataReport", "FeatureCheck", "DataAlerts", "numeric_drift", "categorical_drift"]
+
+PSI_BINS = 10
+MIN_EXPECTED = 5.0
+"""Chi-squared needs expected counts of about 5 per cell; rarer training levels are pooled."""
+
+
+def numeric_drift(reference: np.ndarray, window: np.ndarray) -> dict[str, float]:
+    """KS test, PSI on reference deciles and Wasserstein distance in reference sds."""
+    ks = stats.ks_2samp(window, reference)
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, PSI_BINS + 1)[1:-1]))
+    ref_h = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1) + 0.5
+    win_h = np.bincount(np.searchsorted(edges, window, side="right"), minlength=len(edges) + 1) + 0.5
+    p, q = ref_h / ref_h.sum(), win_h / win_h.sum()
+    sd = float(np.std(reference)) or 1.0
+    return {"test": "ks", "statistic": float(ks.statistic), "p_value": float(ks.pvalue),
+            "psi": float(np.sum((q - p) * np.log(q / p))),
+            "wasserstein_sd": float(stats.wasserstein_distance(window, reference) / sd)}
+
+
+def categorical_drift(reference: FeatureReference, counts: np.ndarray) -> dict[str, float]:
+    """Chi-squared goodness of fit (rare training levels pooled) and Jensen–Shannon distance."""
+    probs = reference.probabilities
+    n = float(counts.sum())
+    expected = probs * n
+    keep = expected >= MIN_EXPECTED
+    if not keep.all():  # pool cells too rare for the chi-squared approximation into one
+        obs = np.append(counts[keep], counts[~keep].sum())
+        exp = np.append(expected[keep], expected[~keep].sum())
+    else:
+        obs, exp = counts.astype(float), expected
+    if len(obs) < 2:
+        chi = (0.0, 1.0)
+    else:
+        r = stats.chisquare(obs, exp * (obs.sum() / exp.sum()))
+        chi = (float(r.statistic), float(r.pvalue))
+    return {"test": "chi2", "statistic": chi[0], "p_value": chi[1],
+            "js": float(jensenshannon(counts / n, probs, base=2))}
+
+
+@dataclass
+class FeatureCheck:
+    """One feature's figures over the window."""
+
+    name: str
+    kind: str  # "numeric" | "categorical"
+    rows: int
+    missing_rate: float
+    out_of_range: float | None = None  # numeric
+    unseen: float | None = None  # categorical
+    test: str | None = None
+    statistic: float | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    psi: float | None = None
+    wasserstein_sd: float | None = None
+    js: float | None = None
+    drift: str = "none"  # none | warn | act
+    breaches: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class DataReport:
+    """One check of the window."""
+
+    at: float
+    rows: int
+    features: list[FeatureCheck]
+    check_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checked_at": self.at, "window_rows": self.rows, "check_ms": round(self.check_ms, 3),
+                "features": {f.name: f.to_dict() for f in self.features}}
+
+
+class DataMonitor:
+    """Sliding window of gateway tallies, checked against the training reference."""
+
+    def __init__(self, schema: ModelSchema, reference: Reference | None, cfg: DataConfig) -> None:
+        if reference is not None and [f.name for f in reference.features] != schema.feature_names:
+            reference = None  # a reference from another schema would compare the wrong columns
+        self.schema, self.reference, self.cfg = schema, reference, cfg
+        self._batches: deque[dict[str, Any]] = deque()
+        self._rows = 0
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    def add(self, tally: Mapping[str, Any]) -> None:
+        """Take one gateway tally; forget the oldest ones beyond ``window_rows``."""
+        n = int(tally.get("rows") or 0)
+        if n <= 0:
+            return
+        self._batches.append(dict(tally))
+        self._rows += n
+        while self._batches and self._rows - int(self._batches[0]["rows"]) >= self.cfg.window_rows:
+            self._rows -= int(self._batches.popleft()["rows"])
+
+    def window(self) -> tuple[list[dict[str, Any]], int]:
+        """A copy of the window (tallies, rows), to check off the thread that keeps adding."""
+        return list(self._batches), self._rows
+
+    def check(self, now: float | None = None) -> DataReport | None:
+        """Figures for every feature, or None while the window holds fewer than ``min_rows`` rows."""
+        return self.check_window(*self.window(), now=now)
+
+    def check_window(self, batches: list[dict[str, Any]], total: int, now: float | None = None
+                     ) -> DataReport | None:
+        """:meth:`check` over a copy taken with :meth:`window`."""
+        if total < self.cfg.min_rows:
+            return None
+        t0 = time.perf_counter()
+        c = self.cfg
+        refs = {f.name: f for f in self.reference.features} if self.reference else {}
+        checks: list[FeatureCheck] = []
+        for f in self.schema.features:
+            parts = [b["features"].get(f.name) or {} for b in batches]
+            rows = total
+            missing = sum(int(p.get("missing", 0)) for p in parts)
+            present = max(rows - missing, 0)
+            fc = FeatureCheck(name=f.name, kind="numeric" if f.numeric else "categorical", rows=rows,
+                              missing_rate=missing / rows)
+            if fc.missing_rate > f.missing_share + c.missing_rate_max:
+                fc.breaches.append("missing_values")
+            ref = refs.get(f.name)
+            if f.numeric:
+                out = sum(int(p.get("out_of_range", 0)) for p in parts)
+                fc.out_of_range = out / present if present else 0.0
+                if fc.out_of_range > c.out_of_range_max:
+                    fc.breaches.append("out_of_range")
+                values = np.fromiter((v for p in parts for v in p.get("values", ())), dtype=float)
+                if ref is not None and len(values) >= 20 and len(ref.sample) >= 20:
+                    for k, v in numeric_drift(ref.sample, values).items():
+                        setattr(fc, k, v)
+            else:
+                unseen = sum(int(p.get("unseen", 0)) for p in parts)
+                fc.unseen = unseen / present if present else 0.0
+                if fc.unseen > c.unseen_max:
+                    fc.breaches.append("unseen_levels")
+                width = len(f.levels or ()) + 1
+                counts = np.zeros(width)
+                for p in parts:
+                    pc = p.get("counts")
+                    if pc is not None and len(pc) == width:
+                        counts += np.asarray(pc, dtype=float)
+                if ref is not None and counts.sum() >= 20 and len(ref.counts) == width:
+                    for k, v in categorical_drift(ref, counts).items():
+                        setattr(fc, k, v)
+            checks.append(fc)
+        tested = [fc for fc in checks if fc.p_value is not None]
+        if tested:
+            adjusted = stats.false_discovery_control([fc.p_value for fc in tested], method="bh")
+            for fc, pa in zip(tested, adjusted):
+                fc.p_adjusted = float(pa)
+                effect, warn, act = ((fc.psi, c.psi_warn, c.psi_act) if fc.kind == "numeric"
+                                     else (fc.js, c.js_warn, c.js_act))
+                if fc.p_adjusted < c.drift_alpha and effect is not None and effect >= warn:
+                    fc.drift = "act" if effect >= act else "warn"
+                    fc.breaches.append("drift")
+        return DataReport(at=time.time() if now is None else now, rows=total, features=checks,
+                          check_ms=(time.perf_counter() - t0) * 1000)
+
+
+@dataclass
+class DataAlert:
+    """An open (or closed) data incident: one kind of problem on one feature."""
+
+    id: str
+    kind: str  # missing_values | out_of_range | unseen_levels | drift
+    feature: str
+    detected_at: float
+    evidence: dict[str, Any]
+    status: str = "open"  # open | cleared
+    severity: str = "warn"  # warn | act (drift)
+    recovered_at: float | None = None
+    clean_checks: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("clean_checks")
+        d.update(member=None, replica=None, target=self.feature, action="warn",
+                 time_to_detect_s=None,
+                 time_to_recover_s=None if self.recovered_at is None else round(self.recovered_at - self.detected_at, 3))
+        return d
+
+
+def _evidence(fc: FeatureCheck, kind: str, cfg: DataConfig) -> dict[str, Any]:
+    base = {"window_rows": fc.rows}
+    if kind == "missing_values":
+        return {**base, "missing_rate": round(fc.missing_rate, 4), "limit": cfg.missing_rate_max}
+    if kind == "out_of_range":
+        return {**base, "out_of_range": round(fc.out_of_range or 0.0, 4), "limit": cfg.out_of_range_max}
+    if kind == "unseen_levels":
+        return {**base, "unseen": round(fc.unseen or 0.0, 4), "limit": cfg.unseen_max}
+    return {**base, **{k: v for k, v in fc.to_dict().items()
+                       if k in ("test", "statistic", "p_value", "p_adjusted", "psi", "wasserstein_sd", "js", "drift")}}
+
+
+class DataAlerts:
+    """Incidents from data checks: opened once, cleared after ``clear_after`` clean checks."""
+
+    def __init__(self, cfg: DataConfig, data: Mapping[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self._alerts: list[DataAlert] = []
+        self._seq = 0
+        if data:
+            self._seq = int(data.get("seq", 0))
+            names = DataAlert.__dataclass_fields__.keys()
+            self._alerts = [DataAlert(**{k: v for k, v in a.items() if k in names}) for a in data.get("alerts", ())]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self._seq, "alerts": [asdict(a) for a in self._alerts[-200:]]}
+
+    @property
+    def alerts(self) -> list[DataAlert]:
+        return list(self._alerts)
+
+    def open(self) -> list[DataAlert]:
+        return [a for a in self._alerts if a.status == "open"]
+
+    def update(self, report: DataReport) -> list[tuple[str, DataAlert]]:
+        """Apply one check; returns ("opened"|"escalated"|"cleared", alert) events to record."""
+        events: list[tuple[str, DataAlert]] = []
+        current = {(kind, fc.name): fc for fc in report.features for kind in fc.breaches}
+        by_key = {(a.kind, a.feature): a for a in self.open()}
+        for key, fc in current.items():
+            kind, feature = key
+            sev = fc.drift if kind == "drift" else "warn"
+            alert = by_key.get(key)
+            if alert is None:
+                self._seq += 1
+                alert = DataAlert(id=f"d{self._seq:04d}", kind=kind, feature=feature, detected_at=report.at,
+                                  evidence=_evidence(fc, kind, self.cfg), severity=sev)
+                self._alerts.append(alert)
+                events.append(("opened", alert))
+            else:
+                alert.clean_checks = 0
+                if sev == "act" and alert.severity != "act":
+                    alert.severity, alert.evidence = "act", _evidence(fc, kind, self.cfg)
+                    events.append(("escalated", alert))
+        for key, alert in by_key.items():
+            if key in current:
+                continue
+            alert.clean_checks += 1
+            if alert.clean_checks >= self.cfg.clear_after:
+                alert.status, alert.recovered_at = "cleared", report.at
+                events.append(("cleared", alert))
+        return events

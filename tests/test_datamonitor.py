@@ -1,0 +1,137 @@
+"""Data quality and drift checks, pure: gateway tally → monitor window → alerts (no Ray)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from controllers.datamonitor import DataAlerts, DataMonitor, categorical_drift, numeric_drift
+from raymedic.config import DataConfig
+from serve_apps.quality import InputTally
+from train_jobs.reference import Reference
+from train_jobs.schema import is_missing
+from train_jobs.tables import infer_schema
+
+CFG = DataConfig(window_rows=600, min_rows=200)
+
+
+def table(n: int, seed: int, *, shift: float = 0.0, channel_p=(0.5, 0.3, 0.2), missing: float = 0.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    amount = rng.normal(50 + 10 * shift, 10, n)
+    if missing:
+        amount[rng.random(n) < missing] = np.nan
+    return pd.DataFrame({
+        "amount": amount,
+        "visits": rng.integers(0, 10, n),
+        "channel": rng.choice(["web", "store", "app"], n, p=list(channel_p)),
+        "member": rng.random(n) < 0.4,
+        "label": rng.choice(["churn", "stay"], n),
+    })
+
+
+TRAIN = table(3000, seed=0)
+SCHEMA = infer_schema(TRAIN, target="label")
+REF = Reference.from_dict(json.loads(json.dumps(Reference.build(TRAIN, SCHEMA).to_dict())))
+
+
+def rows(df: pd.DataFrame) -> list[list]:
+    out = df[SCHEMA.feature_names].astype(object).values.tolist()
+    return [[None if is_missing(v) else v for v in r] for r in out]
+
+
+def monitor_with(df: pd.DataFrame, batch: int = 50, **cfg) -> DataMonitor:
+    mon = DataMonitor(SCHEMA, REF, CFG.model_copy(update=cfg))
+    tally = InputTally(SCHEMA, sample_per_batch=64, seed=1)
+    r = rows(df)
+    for i in range(0, len(r), batch):
+        tally.add(r[i:i + batch])
+        mon.add(json.loads(json.dumps(tally.drain())))  # through JSON, as over the wire
+    return mon
+
+
+def test_reference_summarises_the_training_split():
+    amount, channel = REF.features[0], REF.features[2]
+    assert amount.numeric and len(amount.sample) == 2000 and np.all(np.diff(amount.sample) >= 0)
+    assert not channel.numeric and channel.counts.sum() == 3000 and channel.counts[-1] == 0  # no "other" in training
+    assert abs(channel.probabilities[list(SCHEMA.features[2].levels).index("web")] - 0.5) < 0.03
+
+
+def test_tally_counts_missing_out_of_range_unseen_and_bounds_its_sample():
+    tally = InputTally(SCHEMA, sample_per_batch=8, seed=0)
+    tally.add([[None, 3, "web", True], [1e6, 3, "kiosk", False]] + [[50.0, 1, "app", True]] * 20)
+    out = tally.drain()
+    assert out["rows"] == 22
+    assert out["features"]["amount"]["missing"] == 1 and out["features"]["amount"]["out_of_range"] == 1
+    assert len(out["features"]["amount"]["values"]) == 8 and out["features"]["amount"]["sampled_from"] == 21
+    assert out["features"]["channel"]["unseen"] == 1 and sum(out["features"]["channel"]["counts"]) == 22
+    assert tally.drain() is None  # drained
+
+
+def test_no_verdict_below_min_rows_and_the_window_slides():
+    mon = monitor_with(table(150, seed=1))
+    assert mon.check() is None
+    mon = monitor_with(table(2000, seed=1))
+    assert 600 <= mon.rows < 650  # the newest window_rows (plus at most one batch)
+
+
+def test_same_distribution_raises_nothing():
+    for seed in range(1, 6):
+        report = monitor_with(table(600, seed=seed)).check()
+        assert all(not f.breaches for f in report.features), [f.to_dict() for f in report.features if f.breaches]
+
+
+def test_categorical_drift_is_found_by_the_categorical_test():
+    report = monitor_with(table(600, seed=2, channel_p=(0.2, 0.2, 0.6))).check()
+    ch = next(f for f in report.features if f.name == "channel")
+    assert ch.test == "chi2" and ch.p_adjusted < 1e-6 and ch.js > CFG.js_warn and ch.drift in ("warn", "act")
+    others = [f.name for f in report.features if f.breaches and f.name != "channel"]
+    assert others == []
+
+
+def test_numeric_shift_is_found_by_ks_and_psi_and_sized_by_wasserstein():
+    report = monitor_with(table(600, seed=3, shift=1.0)).check()
+    amount = report.features[0]
+    assert amount.test == "ks" and amount.p_adjusted < 1e-6 and amount.psi > CFG.psi_act and amount.drift == "act"
+    assert amount.wasserstein_sd == pytest.approx(1.0, abs=0.25)
+
+
+def test_quality_breaches_missing_out_of_range_unseen():
+    df = table(600, seed=4, missing=0.3)
+    df.loc[:99, "visits"] = 1000  # far outside the training range
+    df.loc[:99, "channel"] = "kiosk"
+    report = monitor_with(df).check()
+    by = {f.name: f for f in report.features}
+    assert "missing_values" in by["amount"].breaches and by["amount"].missing_rate == pytest.approx(0.3, abs=0.06)
+    assert "out_of_range" in by["visits"].breaches and "unseen_levels" in by["channel"].breaches
+
+
+def test_alerts_open_once_escalate_and_clear_after_clean_checks_and_survive_a_restart():
+    alerts = DataAlerts(CFG)
+    bad = monitor_with(table(600, seed=5, channel_p=(0.35, 0.3, 0.35))).check()  # JS ≈ 0.17: warn
+    events = alerts.update(bad)
+    assert [(e, a.kind, a.feature) for e, a in events] == [("opened", "drift", "channel")]
+    assert alerts.update(bad) == []  # still open, not raised twice
+    worse = monitor_with(table(600, seed=6, channel_p=(0.05, 0.05, 0.9))).check()
+    assert [e for e, _ in alerts.update(worse)] == ["escalated"]
+    restarted = DataAlerts(CFG, json.loads(json.dumps(alerts.to_dict())))
+    assert restarted.update(worse) == []
+    good = monitor_with(table(600, seed=7)).check()
+    assert restarted.update(good) == []  # one clean check is not enough
+    events = restarted.update(good)
+    assert [(e, a.status) for e, a in events] == [("cleared", "cleared")]
+    assert restarted.alerts[0].recovered_at is not None and restarted.alerts[0].to_dict()["target"] == "channel"
+
+
+def test_drift_statistics_on_known_inputs():
+    rng = np.random.default_rng(0)
+    ref = np.sort(rng.normal(0, 1, 2000))
+    same, moved = numeric_drift(ref, rng.normal(0, 1, 500)), numeric_drift(ref, rng.normal(0.5, 1, 500))
+    assert same["p_value"] > 0.01 and same["psi"] < 0.1
+    assert moved["p_value"] < 1e-6 and moved["wasserstein_sd"] == pytest.approx(0.5, abs=0.15)
+    r = REF.features[2]
+    expected = r.counts / r.counts.sum() * 600
+    assert categorical_drift(r, np.round(expected))["js"] < 0.05
+    assert categorical_drift(r, np.array([0.0, 0.0, 600.0, 0.0]))["p_value"] < 1e-12
