@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from controllers.audit import AuditLog
-from controllers.datamonitor import DataAlerts, DataMonitor, DataReport
+from controllers.datamonitor import MODEL_KINDS, DataAlerts, DataMonitor, DataReport
+from controllers.performance import PerformanceMonitor, PerformanceReport
 from controllers.observe import AppView, alive_replica_actors, crash_reason, read_app_view
 from controllers.policy import (CallStats, HealingPolicy, Observation, Probe, ReplicaSnapshot, RestartReplica,
                                 StepResult)
@@ -80,6 +81,9 @@ class HealingController:
         self._hedge = self._new_hedge(state.get("weights"))
         self._data_alerts = DataAlerts(self.cfg.data, state.get("data_alerts"))
         self._data_report: DataReport | None = None
+        self._perf = PerformanceMonitor(self._n_classes or 2, self.cfg.performance,
+                                        reference_accuracy=self._reference_accuracy, state=state.get("performance"))
+        self._perf_report: PerformanceReport | None = None
         self._data_at = 0.0
         self._epoch = int(state.get("epoch", 0)) + 1  # a new epoch so every gateway takes our state
         self._audit = AuditLog(self._storage, model, writer=f"ctl{os.getpid()}")
@@ -118,8 +122,13 @@ class HealingController:
         self._golden: dict[str, GoldenSet] = {}
         registry = ModelRegistry(self._storage)
         schema, reference = None, None
+        val_acc: list[float] = []
         for member, version in self._versions.items():
-            files = registry.load(self._model, member, version).files
+            loaded = registry.load(self._model, member, version)
+            files = loaded.files
+            acc = (loaded.info.metadata.get("metrics") or {}).get("val_accuracy")
+            if acc is not None:
+                val_acc.append(float(acc))
             if GOLDEN in files:
                 self._golden[member] = GoldenSet.from_dict(json.loads(files[GOLDEN]))
             if schema is None and PREPROCESS in files:
@@ -128,6 +137,9 @@ class HealingController:
                 reference = Reference.from_dict(json.loads(files[REFERENCE]))
         # Versions trained before references existed still get data-quality checks, just no drift tests.
         self._monitor = DataMonitor(schema, reference, self.cfg.data) if schema is not None else None
+        # The ensemble should do at least as well live as its best member did on held-out data.
+        self._reference_accuracy = max(val_acc) if val_acc else None
+        self._n_classes = len(schema.classes) if schema is not None else None
         self._handles = {}
 
     def _new_hedge(self, data: dict[str, Any] | None) -> HedgeWeights:
@@ -154,7 +166,8 @@ class HealingController:
 
     def _checkpoint(self) -> None:
         state = {"policy": self._policy.to_dict(), "weights": self._hedge.to_dict(), "epoch": self._epoch,
-                 "data_alerts": self._data_alerts.to_dict(), "saved_at": time.time()}
+                 "data_alerts": self._data_alerts.to_dict(), "performance": self._perf.to_dict(),
+                 "saved_at": time.time()}
         self._storage.write_text(state_key(self._model), json.dumps(state))
         self._dirty = False
 
@@ -183,15 +196,17 @@ class HealingController:
             await asyncio.sleep(max(0.0, self.cfg.controller.tick_s - elapsed))
 
     async def _check_data(self, now: float) -> None:
-        """Data quality and drift over the window; alerts are recorded, not acted on (yet)."""
-        if self._monitor is None:
-            return
-        batches, rows = self._monitor.window()
-        report = await asyncio.to_thread(self._monitor.check_window, batches, rows, now)
-        if report is None:
-            return
-        self._data_report = report
-        events = self._data_alerts.update(report)
+        """Data quality, drift and model performance; alerts are recorded, not acted on (yet)."""
+        events = []
+        if self._monitor is not None:
+            batches, rows = self._monitor.window()
+            report = await asyncio.to_thread(self._monitor.check_window, batches, rows, now)
+            if report is not None:
+                self._data_report = report
+                events += self._data_alerts.update(report)
+        perf = await asyncio.to_thread(self._perf.check, now)
+        self._perf_report = perf
+        events += self._data_alerts.apply(perf.breaches, now, kinds=MODEL_KINDS)
         for what, alert in events:
             self._audit.record(f"data-{alert.kind}", alert.feature, evidence=alert.evidence, action="warn",
                                outcome=what, incident=alert.id, severity=alert.severity,
@@ -443,6 +458,11 @@ class HealingController:
         self._inflight[gateway] = inflight
         if batch.get("data") and self._monitor is not None:
             self._monitor.add(batch["data"])
+        if batch.get("labelled") and self._n_classes:
+            if self._perf.add_labelled(batch["labelled"], now):
+                self._dirty = True  # the error-stream test fired: its state goes into the next checkpoint
+        if batch.get("confidence"):
+            self._perf.add_confidence(batch["confidence"])
         losses = batch.get("losses") or {}
         if losses:
             self._hedge.update(losses)
@@ -480,6 +500,8 @@ class HealingController:
                          "note": f"no verdict before {self.cfg.data.min_rows} rows"}),
                      "drift_tests": self._monitor is not None and self._monitor.reference is not None,
                      "alerts": [a.to_dict() for a in self._data_alerts.open()]},
+            "performance": {**(self._perf_report.to_dict() if self._perf_report else {}),
+                            "reference_accuracy": self._reference_accuracy},
         }
 
     async def set_paused(self, paused: bool, who: str = "operator") -> dict[str, Any]:
@@ -500,6 +522,7 @@ class HealingController:
     async def reload(self) -> dict[str, Any]:
         """Re-read the config and versions (after ``raymedic up`` redeploys)."""
         self._load_config()
+        self._perf.reference_accuracy = self._reference_accuracy
         self._ensure_running()
         return {"model": self._model, "versions": self._versions}
 

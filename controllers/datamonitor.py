@@ -37,7 +37,11 @@ from raymedic.config import DataConfig
 from train_jobs.reference import FeatureReference, Reference
 from train_jobs.schema import ModelSchema
 
-__all__ = ["DataMonitor", "DataReport", "FeatureCheck", "DataAlerts", "numeric_drift", "categorical_drift"]
+__all__ = ["DataMonitor", "DataReport", "FeatureCheck", "DataAlerts", "numeric_drift", "categorical_drift",
+           "DATA_KINDS", "MODEL_KINDS"]
+
+DATA_KINDS = frozenset({"missing_values", "out_of_range", "unseen_levels", "drift"})
+MODEL_KINDS = frozenset({"accuracy_decay", "concept_drift"})
 
 PSI_BINS = 10
 MIN_EXPECTED = 5.0
@@ -209,8 +213,8 @@ class DataAlert:
     """An open (or closed) data incident: one kind of problem on one feature."""
 
     id: str
-    kind: str  # missing_values | out_of_range | unseen_levels | drift
-    feature: str
+    kind: str  # missing_values | out_of_range | unseen_levels | drift, or accuracy_decay | concept_drift
+    feature: str  # the feature; for the model-level kinds the source ("ensemble")
     detected_at: float
     evidence: dict[str, Any]
     status: str = "open"  # open | cleared
@@ -221,6 +225,8 @@ class DataAlert:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("clean_checks")
+        if self.kind not in DATA_KINDS:
+            d["feature"] = None
         d.update(member=None, replica=None, target=self.feature, action="warn",
                  time_to_detect_s=None,
                  time_to_recover_s=None if self.recovered_at is None else round(self.recovered_at - self.detected_at, 3))
@@ -262,30 +268,36 @@ class DataAlerts:
         return [a for a in self._alerts if a.status == "open"]
 
     def update(self, report: DataReport) -> list[tuple[str, DataAlert]]:
-        """Apply one check; returns ("opened"|"escalated"|"cleared", alert) events to record."""
+        """Apply one data check; returns ("opened"|"escalated"|"cleared", alert) events to record."""
+        current = {(kind, fc.name): (fc.drift if kind == "drift" else "warn", _evidence(fc, kind, self.cfg))
+                   for fc in report.features for kind in fc.breaches}
+        return self.apply(current, report.at, kinds=DATA_KINDS)
+
+    def apply(self, current: Mapping[tuple[str, str], tuple[str, dict[str, Any]]], at: float, *,
+              kinds: frozenset[str]) -> list[tuple[str, DataAlert]]:
+        """Open/escalate the (kind, target) breaches in ``current``; count clean checks for the
+        open alerts of ``kinds`` that are not in it (other kinds are checked elsewhere)."""
         events: list[tuple[str, DataAlert]] = []
-        current = {(kind, fc.name): fc for fc in report.features for kind in fc.breaches}
-        by_key = {(a.kind, a.feature): a for a in self.open()}
-        for key, fc in current.items():
-            kind, feature = key
-            sev = fc.drift if kind == "drift" else "warn"
+        by_key = {(a.kind, a.feature): a for a in self.open() if a.kind in kinds}
+        for key, (sev, evidence) in current.items():
+            kind, target = key
             alert = by_key.get(key)
             if alert is None:
                 self._seq += 1
-                alert = DataAlert(id=f"d{self._seq:04d}", kind=kind, feature=feature, detected_at=report.at,
-                                  evidence=_evidence(fc, kind, self.cfg), severity=sev)
+                alert = DataAlert(id=f"d{self._seq:04d}", kind=kind, feature=target, detected_at=at,
+                                  evidence=evidence, severity=sev)
                 self._alerts.append(alert)
                 events.append(("opened", alert))
             else:
                 alert.clean_checks = 0
                 if sev == "act" and alert.severity != "act":
-                    alert.severity, alert.evidence = "act", _evidence(fc, kind, self.cfg)
+                    alert.severity, alert.evidence = "act", evidence
                     events.append(("escalated", alert))
         for key, alert in by_key.items():
             if key in current:
                 continue
             alert.clean_checks += 1
             if alert.clean_checks >= self.cfg.clear_after:
-                alert.status, alert.recovered_at = "cleared", report.at
+                alert.status, alert.recovered_at = "cleared", at
                 events.append(("cleared", alert))
         return events

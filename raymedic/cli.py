@@ -229,9 +229,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"incidents: {len(incidents)}" + (" (latest first)" if incidents else ""))
     for inc in list(reversed(incidents))[: args.incidents]:
         ttr = inc.get("time_to_recover_s")
-        if inc.get("replica") is None:  # a data incident: a feature, not a replica
+        if inc.get("replica") is None:  # a data or model incident: a feature or the ensemble, not a replica
             ev = {k: v for k, v in inc.get("evidence", {}).items() if k != "window_rows"}
-            print(f"  {inc['id']}  {inc['kind']:<14} feature {inc.get('feature')!r}  {inc['status']:<9} "
+            what = f"feature {inc['feature']!r}" if inc.get("feature") else inc.get("target", "")
+            print(f"  {inc['id']}  {inc['kind']:<14} {what}  {inc['status']:<9} "
                   f"{inc.get('severity', '')}  {json.dumps(ev)}")
             continue
         print(f"  {inc['id']}  {inc['kind']:<6} {inc['member']}/{inc['replica']}  {inc['status']:<9} "

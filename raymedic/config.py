@@ -33,6 +33,7 @@ __all__ = [
     "ChaosConfig",
     "DataConfig",
     "FeaturePolicy",
+    "PerformanceSettings",
     "RaymedicConfig",
     "ServeFile",
     "load_config",
@@ -80,6 +81,9 @@ class MemberConfig(_Strict):
     def _not_reserved(cls, v: str) -> str:
         if v == "gateway":
             raise ValueError("'gateway' is the ingress deployment's name; choose another member name")
+        if v == "ensemble":
+            raise ValueError("'ensemble' names the combined model in performance reports; choose another "
+                             "member name")
         return v
 
 
@@ -219,6 +223,23 @@ class DataConfig(_Strict):
         return self.features.get(feature) or FeaturePolicy()
 
 
+class PerformanceSettings(_Strict):
+    """Model performance from feedback labels, and the label-free estimate."""
+
+    label_window: int = Field(1000, ge=20, description="Most recent labelled answers per member and ensemble.")
+    min_labels: int = Field(100, ge=10, description="Labels needed before accuracy can raise an incident "
+                            "and before the label-free estimate is recalibrated.")
+    confidence_window: int = Field(2000, ge=50, description="Recent answers behind the label-free estimate.")
+    accuracy_drop: float = Field(0.05, gt=0, lt=1, description="Incident when the ensemble's windowed "
+                                 "accuracy falls this far below the champions' validation accuracy.")
+    ph_delta: float = Field(0.05, ge=0, description="Page-Hinkley tolerance: error-rate rises below about "
+                            "this are ignored.")
+    ph_lambda: float = Field(15.0, gt=0, description="Page-Hinkley threshold: a rise of r in the error rate "
+                             "alarms after about ph_lambda / (r - ph_delta) labels. Simulated: 0-0.3 false "
+                             "alarms per 10,000 labels at 12-30 % base error; +20 points found after ~100-125.")
+    ph_min_samples: int = Field(50, ge=1, description="Labels before the error-stream test may alarm.")
+
+
 class RaymedicConfig(_Strict):
     """Everything raymedic needs to serve, train and heal one model."""
 
@@ -232,6 +253,7 @@ class RaymedicConfig(_Strict):
     chaos: ChaosConfig = Field(default_factory=ChaosConfig)
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     access_log: bool = Field(
         False, description="Serve's per-request access log lines; off by default: raymedic logs every "
         "prediction to Parquet already, and a log line per hop costs real CPU on small machines.")

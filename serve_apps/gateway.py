@@ -377,7 +377,8 @@ class Gateway:
             for i in range(len(rows))
         ]
         self._known.add(ids)
-        self._recent.add(ids, {m: a.probabilities for m, a in answers.items()})
+        self._recent.add(ids, {m: a.probabilities for m, a in answers.items()}, ensemble=probs)
+        self._calls.add_confidence(probs.max(axis=1).tolist())
         self._predlog.append(
             {"inference_id": ids[i], "ts": now, "model": self._cfg.model, "model_version": version,
              "features": json.dumps(rows[i]), "member_outputs": outputs[i], "prediction": json.dumps(labels[i]),
@@ -408,7 +409,9 @@ class Gateway:
         if keep:
             await asyncio.to_thread(self._feedback.write, [i for i, _ in keep], [lab for _, lab in keep])
             classes = [self._schema.class_index(lab) for _, lab in keep]
-            self._calls.add_losses(self._recent.losses([i for i, _ in keep], classes))
+            kept_ids = [i for i, _ in keep]
+            self._calls.add_losses(self._recent.losses(kept_ids, classes))
+            self._calls.add_labelled(self._recent.labelled(kept_ids, classes))
         return {"accepted": len(keep), "unknown_ids": unknown}
 
     @api.get("/v1/status")
@@ -439,7 +442,8 @@ class Gateway:
                           else round(time.time() - self._controller_seen, 2),
                           "note": "serving with the last weights received"}
         else:
-            controller = {k: v for k, v in ctl.items() if k not in ("incidents", "actions", "weights", "data")}
+            controller = {k: v for k, v in ctl.items()
+                          if k not in ("incidents", "actions", "weights", "data", "performance")}
         return {
             "model": self._cfg.model,
             "model_version": self._model_version(self._order),
@@ -452,6 +456,7 @@ class Gateway:
                                         else round(time.time() - self._controller_seen, 2)}},
             "members": members,
             "drift": (ctl or {}).get("data", {}),
+            "performance": (ctl or {}).get("performance", {}),
             "incidents": (ctl or {}).get("incidents", []),
             "actions": (ctl or {}).get("actions", []),
             "controller": controller,

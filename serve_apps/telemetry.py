@@ -21,6 +21,10 @@ __all__ = ["CallRecorder", "LocalEjector", "RecentOutputs", "HedgeBudget", "OUTC
 OUTCOMES = ("ok", "error", "dead", "timeout", "hedged")
 MAX_LATENCIES = 256
 """Per replica per batch: enough for percentiles, bounded under any load."""
+MAX_LABELLED = 2000
+MAX_CONFIDENCE = 512
+"""Labelled answers and answer confidences per batch: the controller's windows need no more."""
+ENSEMBLE_KEY = "__ensemble__"  # not a valid member name, so it cannot collide with one
 
 
 class CallRecorder:
@@ -30,6 +34,16 @@ class CallRecorder:
         self._stats: dict[tuple[str, str], dict[str, Any]] = {}
         self._inflight: dict[tuple[str, str], int] = defaultdict(int)
         self._losses: dict[str, list[float]] = defaultdict(list)
+        self._labelled: list[dict[str, Any]] = []
+        self._confidence: list[float] = []
+
+    def add_labelled(self, pairs: Sequence[dict[str, Any]]) -> None:
+        room = MAX_LABELLED - len(self._labelled)
+        self._labelled.extend(pairs[:max(room, 0)])
+
+    def add_confidence(self, values: Sequence[float]) -> None:
+        room = MAX_CONFIDENCE - len(self._confidence)
+        self._confidence.extend(round(float(v), 5) for v in values[:max(room, 0)])
 
     def _slot(self, member: str, replica: str) -> dict[str, Any]:
         return self._stats.setdefault((member, replica), {**{o: 0 for o in OUTCOMES}, "latencies": []})
@@ -59,9 +73,11 @@ class CallRecorder:
         for (m, r), n in self._inflight.items():
             if n and f"{m}/{r}" not in replicas:
                 replicas[f"{m}/{r}"] = {**{o: 0 for o in OUTCOMES}, "latencies": [], "inflight": n}
-        batch = {"replicas": replicas, "losses": dict(self._losses)}
+        batch = {"replicas": replicas, "losses": dict(self._losses), "labelled": self._labelled,
+                 "confidence": self._confidence}
         self._stats = {}
         self._losses = defaultdict(list)
+        self._labelled, self._confidence = [], []
         self._inflight = defaultdict(int, {k: v for k, v in self._inflight.items() if v > 0})
         return batch
 
@@ -91,9 +107,12 @@ class RecentOutputs:
         self.capacity = capacity
         self._d: OrderedDict[str, dict[str, list[float]]] = OrderedDict()
 
-    def add(self, ids: Sequence[str], member_probs: Mapping[str, np.ndarray]) -> None:
+    def add(self, ids: Sequence[str], member_probs: Mapping[str, np.ndarray],
+            ensemble: np.ndarray | None = None) -> None:
         for i, inference_id in enumerate(ids):
             self._d[inference_id] = {m: np.asarray(p[i], dtype=float).tolist() for m, p in member_probs.items()}
+            if ensemble is not None:
+                self._d[inference_id][ENSEMBLE_KEY] = np.asarray(ensemble[i], dtype=float).tolist()
         while len(self._d) > self.capacity:
             self._d.popitem(last=False)
 
@@ -107,9 +126,22 @@ class RecentOutputs:
             if not members:
                 continue
             for m, probs in members.items():
+                if m == ENSEMBLE_KEY:
+                    continue
                 p = min(max(probs[k], eps), 1.0)
                 out[m].append(min(1.0, -math.log(p) / scale))
         return dict(out)
+
+
+    def labelled(self, ids: Sequence[str], class_indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Each known answer with its label: {"y": k, "p": {member or "ensemble": probabilities}}."""
+        out = []
+        for inference_id, k in zip(ids, class_indices):
+            members = self._d.get(inference_id)
+            if members:
+                out.append({"y": int(k), "p": {("ensemble" if m == ENSEMBLE_KEY else m): p
+                                               for m, p in members.items()}})
+        return out
 
 
 class HedgeBudget:

@@ -31,9 +31,24 @@ def wait_for(predicate: Callable[[], Any], *, timeout_s: float, what: str, inter
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that is free now and unlikely to be taken before the test binds it.
+
+    The kernel's ``bind(0)`` hands out ports from the ephemeral range, the same
+    range every outgoing connection of Ray's many processes draws from, so such a
+    port can be grabbed between now and when Serve binds it. Ray's own workers
+    use 10002-19999; the ephemeral range starts at 32768. Between them is ours.
+    """
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def write_config(path: Path, *, storage: Path, port: int, **overrides: Any) -> Path:

@@ -182,3 +182,42 @@ def test_a_killed_member_replica_costs_no_failed_request(svc):
         return len(ids) == 2 and victim["id"] not in ids
 
     wait_for(replaced, timeout_s=90, what="Serve to replace the killed mlp replica")
+
+
+def test_labels_give_live_accuracy_and_a_flipped_concept_raises_decay_and_drift(svc):
+    """Delayed labels → per-member and ensemble accuracy; labels that stop matching → incidents.
+
+    Last in the module: the flipped labels also move the ensemble weights.
+    """
+    def send(rows, labels):
+        r = request_json("POST", svc["predict"], {"instances": rows})
+        assert r.status == 200, r.body
+        fb = request_json("POST", svc["feedback"], {"inference_ids": r.body["inference_ids"], "labels": labels})
+        assert fb.status == 200 and fb.body["accepted"] == len(rows), fb.body
+
+    rows, labels = _labelled(200, seed=21)
+    for i in range(0, 200, 50):
+        send(rows[i:i + 50], labels[i:i + 50])
+
+    def measured():
+        perf = request_json("GET", f"{svc['url']}/v1/status").body["performance"]
+        ens = (perf.get("labelled") or {}).get("ensemble")
+        return perf if ens and ens["labels"] >= 200 else None
+
+    perf = wait_for(measured, timeout_s=30, what="ensemble accuracy from 200 labels")
+    assert perf["labelled"]["ensemble"]["accuracy"] > 0.75 and perf["labelled"]["ensemble"]["roc_auc"] > 0.8
+    assert {"logistic", "mlp", "tabresnet"} <= set(perf["labelled"])
+    assert 0.6 < perf["estimated"]["accuracy"] <= 1.0 and perf["estimated"]["reliability"] == "calibrated on labels"
+
+    rows, labels = _labelled(300, seed=22)
+    flipped = [1 - y for y in labels]  # the world changed: same inputs, opposite answers
+    for i in range(0, 300, 50):
+        send(rows[i:i + 50], flipped[i:i + 50])
+
+    def incidents():
+        st = request_json("GET", f"{svc['url']}/v1/status").body
+        kinds = {i["kind"] for i in st["incidents"] if i.get("target") == "ensemble"}
+        return st if {"accuracy_decay", "concept_drift"} <= kinds else None
+
+    st = wait_for(incidents, timeout_s=30, what="accuracy-decay and concept-drift incidents")
+    assert st["performance"]["labelled"]["ensemble"]["accuracy"] < 0.6

@@ -1,0 +1,214 @@
+"""Model performance from delayed labels, and a label-free estimate before they arrive (pure).
+
+Replicas can be perfectly healthy while the model is wrong for today's data. The
+gateway joins each feedback label to the answer it gave (every member's and the
+ensemble's probabilities, by ``inference_id``) and ships the pairs with its
+telemetry; this module keeps the most recent ``label_window`` of them per source
+and computes:
+
+- accuracy, macro F1, ROC AUC (one-vs-rest, macro over classes) and expected
+  calibration error per member and for the ensemble;
+- a Page–Hinkley test on the ensemble's 0/1 error stream: a sustained rise in the
+  error rate (concept drift: same inputs, new answers) alarms after a number of
+  labels inversely proportional to the rise, without waiting for a full window;
+- a label-free accuracy estimate from the ensemble's confidence on *all* recent
+  answers (confidence-based performance estimation): each answer's top
+  probability, recalibrated by histogram binning on the labelled window when
+  there are enough labels, averaged. Its reliability is reported with it: how
+  many labels calibrated it, the calibration error it corrected, its standard
+  error, and how far it was from the realised accuracy on the labelled window.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+from raymedic.config import PerformanceSettings
+
+__all__ = ["PerformanceConfig", "PerformanceMonitor", "PageHinkley", "classification_metrics",
+           "ENSEMBLE"]
+
+ENSEMBLE = "ensemble"
+CAL_BINS = 10
+
+
+PerformanceConfig = PerformanceSettings
+
+
+def _auc_ovr(y: np.ndarray, probs: np.ndarray) -> float | None:
+    """Macro one-vs-rest ROC AUC from ranks (Mann–Whitney U); None if no class has both outcomes."""
+    aucs = []
+    for k in range(probs.shape[1]):
+        pos = y == k
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        if n_pos == 0 or n_neg == 0:
+            continue
+        ranks = stats.rankdata(probs[:, k])
+        aucs.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else None
+
+
+def _ece(correct: np.ndarray, confidence: np.ndarray) -> float:
+    """Expected calibration error of the top-class confidence, equal-width bins."""
+    bins = np.minimum((confidence * CAL_BINS).astype(int), CAL_BINS - 1)
+    total = 0.0
+    for b in range(CAL_BINS):
+        m = bins == b
+        if m.any():
+            total += m.sum() * abs(correct[m].mean() - confidence[m].mean())
+    return float(total / len(correct))
+
+
+def classification_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Accuracy, macro F1, macro OvR ROC AUC and ECE for labels ``y`` and probability rows ``probs``."""
+    pred = probs.argmax(axis=1)
+    correct = (pred == y).astype(float)
+    f1s = []
+    for k in range(probs.shape[1]):
+        tp = float(((pred == k) & (y == k)).sum())
+        fp = float(((pred == k) & (y != k)).sum())
+        fn = float(((pred != k) & (y == k)).sum())
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {"labels": int(len(y)), "accuracy": float(correct.mean()), "f1_macro": float(np.mean(f1s)) if f1s else 0.0,
+            "roc_auc": _auc_ovr(y, probs), "ece": _ece(correct, probs.max(axis=1))}
+
+
+class PageHinkley:
+    """Page–Hinkley test for an increase in the mean of a stream (here: the error indicator)."""
+
+    def __init__(self, delta: float, threshold: float, min_samples: int) -> None:
+        self.delta, self.threshold, self.min_samples = delta, threshold, min_samples
+        self.reset()
+
+    def reset(self) -> None:
+        self.n, self.mean, self.cum, self.low = 0, 0.0, 0.0, 0.0
+
+    def update(self, x: float) -> bool:
+        """Add one observation; True when the mean has risen (the test then restarts)."""
+        self.n += 1
+        self.mean += (x - self.mean) / self.n
+        self.cum += x - self.mean - self.delta
+        self.low = min(self.low, self.cum)
+        if self.n >= self.min_samples and self.cum - self.low > self.threshold:
+            self.reset()
+            return True
+        return False
+
+    def to_dict(self) -> dict[str, float]:
+        return {"n": self.n, "mean": self.mean, "cum": self.cum, "low": self.low}
+
+    def load(self, d: Mapping[str, float]) -> None:
+        self.n, self.mean, self.cum, self.low = int(d["n"]), float(d["mean"]), float(d["cum"]), float(d["low"])
+
+
+@dataclass
+class PerformanceReport:
+    at: float
+    sources: dict[str, dict[str, Any]]
+    estimate: dict[str, Any] | None
+    concept_drift_at: float | None
+    breaches: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checked_at": self.at, "labelled": self.sources, "estimated": self.estimate,
+                "concept_drift_at": self.concept_drift_at}
+
+
+class PerformanceMonitor:
+    """Windows of labelled answers per source, a confidence window, and the error-stream test."""
+
+    def __init__(self, n_classes: int, cfg: PerformanceConfig, *, reference_accuracy: float | None = None,
+                 state: Mapping[str, Any] | None = None) -> None:
+        self.n_classes, self.cfg, self.reference_accuracy = n_classes, cfg, reference_accuracy
+        self._y: dict[str, deque[int]] = {}
+        self._p: dict[str, deque[np.ndarray]] = {}
+        self._conf: deque[float] = deque(maxlen=cfg.confidence_window)
+        self._ph = PageHinkley(cfg.ph_delta, cfg.ph_lambda, cfg.ph_min_samples)
+        self._drift_at: float | None = None
+        if state:
+            self._ph.load(state["page_hinkley"])
+            self._drift_at = state.get("concept_drift_at")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"page_hinkley": self._ph.to_dict(), "concept_drift_at": self._drift_at}
+
+    def add_labelled(self, pairs: Sequence[Mapping[str, Any]], now: float) -> bool:
+        """``pairs``: {"y": class index, "p": {source: probabilities}}; True if concept drift fired."""
+        fired = False
+        for pair in pairs:
+            y = int(pair["y"])
+            if not 0 <= y < self.n_classes:
+                continue
+            for source, probs in pair["p"].items():
+                p = np.asarray(probs, dtype=float)
+                if p.shape != (self.n_classes,):
+                    continue
+                self._y.setdefault(source, deque(maxlen=self.cfg.label_window)).append(y)
+                self._p.setdefault(source, deque(maxlen=self.cfg.label_window)).append(p)
+                if source == ENSEMBLE and self._ph.update(float(p.argmax() != y)):
+                    self._drift_at, fired = now, True
+        return fired
+
+    def add_confidence(self, values: Sequence[float]) -> None:
+        self._conf.extend(float(v) for v in values)
+
+    def labels(self, source: str = ENSEMBLE) -> int:
+        return len(self._y.get(source, ()))
+
+    def _estimate(self, y: np.ndarray | None, probs: np.ndarray | None) -> dict[str, Any] | None:
+        if not self._conf:
+            return None
+        conf = np.asarray(self._conf)
+        out: dict[str, Any] = {"answers": int(len(conf)), "raw_confidence": float(conf.mean())}
+        calibrated = conf
+        if y is not None and len(y) >= self.cfg.min_labels:
+            top = probs.max(axis=1)
+            correct = (probs.argmax(axis=1) == y).astype(float)
+            edges = np.linspace(0, 1, CAL_BINS + 1)
+            lab_bins = np.clip(np.digitize(top, edges) - 1, 0, CAL_BINS - 1)
+            # Histogram binning: each bin's observed accuracy, shrunk to its mean confidence when thin.
+            table = np.empty(CAL_BINS)
+            for b in range(CAL_BINS):
+                m = lab_bins == b
+                k = float(m.sum())
+                mid = (edges[b] + edges[b + 1]) / 2
+                table[b] = (correct[m].sum() + 5 * (top[m].mean() if k else mid)) / (k + 5)
+            calibrated = table[np.clip(np.digitize(conf, edges) - 1, 0, CAL_BINS - 1)]
+            in_sample = table[lab_bins].mean()
+            out["calibration"] = {"method": "histogram binning", "labels": int(len(y)),
+                                  "ece_before": _ece(correct, top),
+                                  "estimate_error_on_labelled": float(abs(in_sample - correct.mean()))}
+            out["reliability"] = "calibrated on labels"
+        else:
+            out["reliability"] = (f"uncalibrated: fewer than {self.cfg.min_labels} labels; the raw confidence "
+                                  "is only as good as the model's calibration at training")
+        out["accuracy"] = float(calibrated.mean())
+        out["stderr"] = float(np.sqrt(np.sum(calibrated * (1 - calibrated))) / len(calibrated))
+        return out
+
+    def check(self, now: float) -> PerformanceReport:
+        sources: dict[str, dict[str, Any]] = {}
+        for source, ys in self._y.items():
+            if len(ys) >= 1:
+                sources[source] = classification_metrics(np.asarray(ys), np.stack(self._p[source]))
+        ey = np.asarray(self._y[ENSEMBLE]) if ENSEMBLE in self._y else None
+        ep = np.stack(self._p[ENSEMBLE]) if ENSEMBLE in self._p else None
+        report = PerformanceReport(at=now, sources=sources, estimate=self._estimate(ey, ep),
+                                   concept_drift_at=self._drift_at)
+        ens = sources.get(ENSEMBLE)
+        if (ens and ens["labels"] >= self.cfg.min_labels and self.reference_accuracy is not None
+                and ens["accuracy"] < self.reference_accuracy - self.cfg.accuracy_drop):
+            report.breaches[("accuracy_decay", ENSEMBLE)] = ("act", {
+                "accuracy": round(ens["accuracy"], 4), "reference_accuracy": round(self.reference_accuracy, 4),
+                "labels": ens["labels"], "limit_drop": self.cfg.accuracy_drop})
+        if self._drift_at is not None and now - self._drift_at < 60.0:
+            report.breaches[("concept_drift", ENSEMBLE)] = ("act", {
+                "test": "page-hinkley", "fired_at": self._drift_at, "delta": self.cfg.ph_delta,
+                "threshold": self.cfg.ph_lambda, **({"accuracy": round(ens["accuracy"], 4)} if ens else {})})
+        return report

@@ -1,0 +1,104 @@
+"""Performance from labels, the error-stream change detector and the label-free estimate (pure)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from controllers.performance import ENSEMBLE, PageHinkley, PerformanceMonitor, classification_metrics
+from raymedic.config import PerformanceSettings
+from serve_apps.telemetry import CallRecorder, RecentOutputs
+
+
+def calibrated_stream(n: int, accuracy: float, seed: int, classes: int = 2):
+    """Answers whose top probability equals their chance of being right (a calibrated model)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    conf = np.clip(rng.normal(accuracy, 0.05, n), 1 / classes + 0.01, 0.999)
+    right = rng.random(n) < conf
+    pred = np.where(right, y, (y + rng.integers(1, classes, n)) % classes)
+    probs = np.full((n, classes), 0.0)
+    probs[np.arange(n), pred] = conf
+    rest = (1 - conf) / (classes - 1)
+    for k in range(classes):
+        probs[:, k] = np.where(pred == k, conf, rest)
+    return y, probs
+
+
+def test_metrics_on_known_answers():
+    y = np.array([0, 0, 1, 1])
+    perfect = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
+    m = classification_metrics(y, perfect)
+    assert m["accuracy"] == 1.0 and m["f1_macro"] == 1.0 and m["roc_auc"] == 1.0
+    assert m["ece"] == pytest.approx(np.mean([0.1, 0.2, 0.3, 0.1]))
+    flipped = classification_metrics(y, perfect[:, ::-1])
+    assert flipped["accuracy"] == 0.0 and flipped["roc_auc"] == 0.0
+    y3 = np.array([0, 1, 2, 2])
+    p3 = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7], [0.5, 0.1, 0.4]])
+    m3 = classification_metrics(y3, p3)
+    assert m3["accuracy"] == 0.75 and m3["f1_macro"] == pytest.approx(np.mean([2 / 3, 1.0, 2 / 3]))
+
+
+def test_page_hinkley_is_quiet_on_a_steady_error_rate_and_fires_soon_after_a_rise():
+    rng = np.random.default_rng(0)
+    cfg = PerformanceSettings()
+    ph = PageHinkley(delta=cfg.ph_delta, threshold=cfg.ph_lambda, min_samples=cfg.ph_min_samples)
+    assert not any(ph.update(float(x)) for x in rng.random(5000) < 0.12)  # steady 12 % errors
+    fired_after = next(i for i, x in enumerate(rng.random(2000) < 0.45, 1) if ph.update(float(x)))
+    assert fired_after < 150  # 12 % → 45 %: about threshold / (0.33 - delta) ≈ 55 labels
+
+
+def feed(mon: PerformanceMonitor, y, probs, member_probs=None):
+    pairs = [{"y": int(k), "p": {ENSEMBLE: p.tolist(), **({"mlp": member_probs[i].tolist()} if member_probs is not None
+                                                          else {})}} for i, (k, p) in enumerate(zip(y, probs))]
+    return mon.add_labelled(pairs, now=100.0)
+
+
+def test_accuracy_decay_and_concept_drift_raise_breaches_and_healthy_labels_do_not():
+    cfg = PerformanceSettings(label_window=300, min_labels=100)
+    mon = PerformanceMonitor(2, cfg, reference_accuracy=0.9)
+    y, p = calibrated_stream(300, 0.9, seed=1)
+    assert not feed(mon, y, p)
+    report = mon.check(now=101.0)
+    assert report.breaches == {} and report.sources[ENSEMBLE]["accuracy"] == pytest.approx(0.9, abs=0.05)
+    y, p = calibrated_stream(300, 0.9, seed=2)
+    p = p[:, ::-1]  # the concept flipped: same confidence, now mostly wrong
+    assert feed(mon, y, p)  # the error-stream test fired
+    report = mon.check(now=102.0)
+    assert set(report.breaches) == {("accuracy_decay", ENSEMBLE), ("concept_drift", ENSEMBLE)}
+    assert report.breaches[("accuracy_decay", ENSEMBLE)][1]["accuracy"] < 0.5
+    state = mon.to_dict()
+    again = PerformanceMonitor(2, cfg, reference_accuracy=0.9, state=state)
+    assert again.check(now=103.0).concept_drift_at == 100.0  # survives a controller restart
+
+
+def test_label_free_estimate_tracks_accuracy_and_says_how_reliable_it_is():
+    cfg = PerformanceSettings(min_labels=100)
+    mon = PerformanceMonitor(2, cfg)
+    y, p = calibrated_stream(1000, 0.8, seed=3)
+    mon.add_confidence(p.max(axis=1))
+    est = mon.check(now=1.0).estimate
+    assert est["reliability"].startswith("uncalibrated") and est["accuracy"] == pytest.approx(0.8, abs=0.02)
+    # An overconfident model: says 0.95, is right 70 % of the time; labels recalibrate the estimate.
+    y, p = calibrated_stream(400, 0.7, seed=4)
+    over = np.where(p == p.max(axis=1, keepdims=True), 0.95, 0.05)
+    feed(mon, y, over)
+    mon.add_confidence(np.full(2000, 0.95))
+    est = mon.check(now=2.0).estimate
+    assert est["raw_confidence"] == pytest.approx(0.95)
+    assert est["accuracy"] == pytest.approx(0.7, abs=0.06) and est["reliability"] == "calibrated on labels"
+    assert est["calibration"]["ece_before"] > 0.2 and est["stderr"] < 0.02
+
+
+def test_gateway_joins_labels_to_every_member_and_the_ensemble():
+    recent, calls = RecentOutputs(), CallRecorder()
+    recent.add(["a", "b"], {"mlp": np.array([[0.9, 0.1], [0.2, 0.8]])}, ensemble=np.array([[0.7, 0.3], [0.4, 0.6]]))
+    pairs = recent.labelled(["a", "b", "unknown"], [0, 0])
+    assert pairs == [{"y": 0, "p": {"mlp": [0.9, 0.1], "ensemble": [0.7, 0.3]}},
+                     {"y": 0, "p": {"mlp": [0.2, 0.8], "ensemble": [0.4, 0.6]}}]
+    assert set(recent.losses(["a"], [0])) == {"mlp"}  # the ensemble is not a member to weight
+    calls.add_labelled(pairs)
+    calls.add_confidence([0.7, 0.6])
+    batch = calls.drain()
+    assert batch["labelled"] == pairs and batch["confidence"] == [0.7, 0.6]
+    assert calls.drain()["labelled"] == []
