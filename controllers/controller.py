@@ -37,6 +37,7 @@ from controllers.observe import AppView, alive_replica_actors, crash_reason, rea
 from controllers.policy import (CallStats, HealingPolicy, Observation, Probe, ReplicaSnapshot, RestartReplica,
                                 StepResult)
 from controllers.weighting import HedgeWeights, WeightingConfig
+from raymedic import metrics
 from raymedic.config import APP_NAME, RaymedicConfig
 from raymedic.storage import Storage
 from train_jobs.artifacts import GOLDEN, PREPROCESS, REFERENCE, GoldenSet
@@ -207,12 +208,35 @@ class HealingController:
         perf = await asyncio.to_thread(self._perf.check, now)
         self._perf_report = perf
         events += self._data_alerts.apply(perf.breaches, now, kinds=MODEL_KINDS)
+        self._export_checks()
         for what, alert in events:
+            if what == "opened":
+                metrics.inc("raymedic_incidents_total", model=self._model, kind=alert.kind)
             self._audit.record(f"data-{alert.kind}", alert.feature, evidence=alert.evidence, action="warn",
                                outcome=what, incident=alert.id, severity=alert.severity,
                                detected_at=alert.detected_at, recovered_at=alert.recovered_at)
         if events:
             await asyncio.to_thread(self._checkpoint)
+
+    def _export_checks(self) -> None:
+        """Gauges for dashboards: drift and quality per feature, accuracy per source, open incidents."""
+        m = self._model
+        if self._data_report is not None:
+            for f in self._data_report.features:
+                metrics.set_gauge("raymedic_feature_missing_rate", f.missing_rate, model=m, feature=f.name)
+                if f.psi is not None:
+                    metrics.set_gauge("raymedic_drift_psi", f.psi, model=m, feature=f.name)
+                if f.js is not None:
+                    metrics.set_gauge("raymedic_drift_js", f.js, model=m, feature=f.name)
+                if f.p_adjusted is not None:
+                    metrics.set_gauge("raymedic_drift_p_adjusted", f.p_adjusted, model=m, feature=f.name)
+        if self._perf_report is not None:
+            for source, v in self._perf_report.sources.items():
+                metrics.set_gauge("raymedic_accuracy", v["accuracy"], model=m, source=source)
+            if self._perf_report.estimate:
+                metrics.set_gauge("raymedic_estimated_accuracy", self._perf_report.estimate["accuracy"], model=m)
+        open_now = sum(i.status == "open" for i in self._policy.incidents) + len(self._data_alerts.open())
+        metrics.set_gauge("raymedic_open_incidents", open_now, model=m)
 
     async def _tick(self) -> None:
         now = time.time()
@@ -240,6 +264,7 @@ class HealingController:
         if self._policy.paused:  # an operator holds the wheel: keep routing and weights as they are
             weights, avoid = self._weights_now, {}
         self._step_ms.append((time.perf_counter() - t0) * 1000)
+        metrics.observe("raymedic_controller_step_seconds", time.perf_counter() - t0, model=self._model)
         self._last = result
         for ev in result.events:
             self._record_event(ev)
@@ -250,6 +275,8 @@ class HealingController:
             self._epoch += 1
             self._weights_now = weights
             self._avoid_now = avoid
+            for member, w in weights.items():
+                metrics.set_gauge("raymedic_member_weight", w, model=self._model, member=member)
             self._dirty = True
             if self._published_before:
                 self._audit.record("weights", self._model, evidence={"avoid": avoid},
@@ -430,9 +457,19 @@ class HealingController:
 
     def _record_event(self, ev: Any, **extra: Any) -> None:
         fields: dict[str, Any] = {"incident": ev.incident, **extra}
+        if ev.action:
+            metrics.inc("raymedic_healing_actions_total", model=self._model, action=ev.kind,
+                        outcome=metrics.outcome_label(ev.outcome))
         if ev.incident:
             inc = next((i for i in self._policy.incidents if i.id == ev.incident), None)
             if inc is not None:
+                if ev.kind.startswith("detected-"):
+                    metrics.inc("raymedic_incidents_total", model=self._model, kind=inc.kind)
+                    metrics.observe("raymedic_incident_detect_seconds", inc.time_to_detect_s, model=self._model,
+                                    kind=inc.kind)
+                elif ev.kind == "recovered" and inc.time_to_recover_s is not None:
+                    metrics.observe("raymedic_incident_recover_seconds", inc.time_to_recover_s,
+                                    model=self._model, kind=inc.kind)
                 fields.update(detected_at=inc.detected_at, recovered_at=inc.recovered_at,
                               first_evidence_at=inc.first_evidence_at, fault=inc.kind)
         self._audit.record(ev.kind, ev.target, evidence=ev.evidence, action=ev.action, outcome=ev.outcome,

@@ -36,6 +36,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controllers.observe import read_app_view
+from raymedic import metrics
 from raymedic.config import APP_NAME, CONTROLLER_NAME, CONTROLLER_NAMESPACE, RaymedicConfig
 from raymedic.errors import InvalidRequest, RaymedicError, ServiceUnavailable, UnknownModel
 from raymedic.storage import Storage
@@ -69,9 +70,18 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def _count(request: Request, code: int) -> None:
+    """raymedic_requests_total for an answered model route (predict/feedback), any status."""
+    path = request.url.path
+    if path.startswith("/v1/models/") and ":" in path:
+        model, _, route = path[len("/v1/models/"):].partition(":")
+        metrics.inc("raymedic_requests_total", model=model[:64], route=route[:16], code=code)
+
+
 @api.exception_handler(RaymedicError)
-async def _raymedic_error(_: Request, exc: RaymedicError) -> JSONResponse:
+async def _raymedic_error(request: Request, exc: RaymedicError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ServiceUnavailable) else None
+    _count(request, exc.http_status)
     return _error(exc.http_status, str(exc), headers)
 
 
@@ -193,6 +203,7 @@ class Gateway:
             await asyncio.sleep(period)
             batch = self._calls.drain()
             batch["data"] = self._tally.drain()
+            self._export(batch)
             try:
                 if self._controller is None:
                     self._controller = await asyncio.to_thread(
@@ -209,6 +220,17 @@ class Gateway:
                 if not isinstance(exc, (ValueError, asyncio.TimeoutError)):
                     log.debug("controller sync failed: %r", exc)
                 self._controller = None
+
+    def _export(self, batch: dict[str, Any]) -> None:
+        """Member-call metrics from the drained batch: one export per period, not per call."""
+        model = self._cfg.model
+        for key, st in (batch.get("replicas") or {}).items():
+            member, _, replica = key.partition("/")
+            for outcome in ("ok", "error", "dead", "timeout", "hedged"):
+                metrics.inc("raymedic_member_calls_total", st.get(outcome, 0), model=model, member=member,
+                            replica=replica, outcome=outcome)
+            for x in st.get("latencies") or ():
+                metrics.observe("raymedic_member_call_seconds", x, model=model, member=member, replica=replica)
 
     async def __del__(self) -> None:
         # Graceful shutdown: write what is buffered so no accepted prediction goes unlogged.
@@ -351,6 +373,7 @@ class Gateway:
 
     @api.post("/v1/models/{model}:predict")
     async def predict(self, model: str, request: Request) -> dict[str, Any]:
+        started = time.perf_counter()
         self._check_model(model)
         body = await _json_body(request)
         parsed = parse_instances(body, self._schema, max_batch=self._cfg.gateway.max_batch_size,
@@ -390,6 +413,8 @@ class Gateway:
                "model_version": version, "degraded": combo.degraded}
         if parsed.warnings:
             out["warnings"] = parsed.warnings
+        metrics.inc("raymedic_requests_total", model=model, route="predict", code=200)
+        metrics.observe("raymedic_request_seconds", time.perf_counter() - started, model=model)
         return out
 
     @api.post("/v1/models/{model}:feedback")
@@ -412,6 +437,7 @@ class Gateway:
             kept_ids = [i for i, _ in keep]
             self._calls.add_losses(self._recent.losses(kept_ids, classes))
             self._calls.add_labelled(self._recent.labelled(kept_ids, classes))
+        metrics.inc("raymedic_requests_total", model=model, route="feedback", code=200)
         return {"accepted": len(keep), "unknown_ids": unknown}
 
     @api.get("/v1/status")

@@ -184,6 +184,42 @@ def test_a_killed_member_replica_costs_no_failed_request(svc):
     wait_for(replaced, timeout_s=90, what="Serve to replace the killed mlp replica")
 
 
+def _scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Ray's Prometheus endpoint on this node, parsed: name → [(labels, value)]."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name.startswith("ray_raymedic_"):
+                out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def test_raymedic_metrics_reach_rays_metrics_endpoint_with_sane_values(svc):
+    rows, labels = _labelled(40, seed=31)
+    for i in range(0, 40, 4):
+        assert request_json("POST", svc["predict"], {"instances": rows[i:i + 4]}).status == 200
+    assert request_json("POST", svc["predict"], {"instances": [{"f0": "x"}]}).status == 422
+
+    want = {"ray_raymedic_requests_total", "ray_raymedic_request_seconds_bucket", "ray_raymedic_member_calls_total",
+            "ray_raymedic_member_call_seconds_count", "ray_raymedic_member_weight",
+            "ray_raymedic_controller_step_seconds_count", "ray_raymedic_open_incidents"}
+    found = wait_for(lambda: (m := _scrape()) and want <= set(m) and m, timeout_s=90,
+                     what=f"{sorted(want)} on Ray's metrics endpoint")
+    codes = {(s["route"], s["code"]): v for s, v in found["ray_raymedic_requests_total"]}
+    assert codes[("predict", "200")] >= 10 and codes[("predict", "422")] >= 1
+    calls = [(s, v) for s, v in found["ray_raymedic_member_calls_total"] if s["outcome"] == "ok"]
+    assert {s["member"] for s, _ in calls} == {"logistic", "mlp", "tabresnet"} and all(v >= 0 for _, v in calls)
+    weights = {s["member"]: v for s, v in found["ray_raymedic_member_weight"] if s["model"] == "synthetic"}
+    assert set(weights) == {"logistic", "mlp", "tabresnet"} and sum(weights.values()) == pytest.approx(1.0, abs=0.01)
+    assert all(s["model"] == "synthetic" and v >= 1 for s, v in found["ray_raymedic_controller_step_seconds_count"])
+
+
 def test_labels_give_live_accuracy_and_a_flipped_concept_raises_decay_and_drift(svc):
     """Delayed labels → per-member and ensemble accuracy; labels that stop matching → incidents.
 

@@ -1,0 +1,109 @@
+"""raymedic's Prometheus metrics, exported the Ray way (``ray.util.metrics``).
+
+Metrics recorded in any Ray worker (gateway replicas, the controller actor) go
+through the node's metrics agent to Ray's metrics endpoint on every node (Ray
+adds the ``ray_`` prefix: ``raymedic_member_weight`` is scraped as
+``ray_raymedic_member_weight``), which is what the Ray dashboard's Grafana
+integration reads. ``prometheus_client`` would need a port per replica and a
+scrape target per process; Ray's exporter already aggregates them per node.
+
+Names follow ARCHITECTURE.md: prefix ``raymedic_``, ``_total`` counters,
+``_seconds`` histograms, labels model/member/replica/action/outcome. Recording
+never raises: a metrics hiccup must not fail a request or a healing step.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+__all__ = ["inc", "observe", "set_gauge", "outcome_label", "SPECS"]
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+RECOVERY_BUCKETS = [0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0]
+
+# name → (kind, description, tag keys, buckets)
+SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
+    "raymedic_requests_total": ("counter", "HTTP requests answered by the gateway, by route and status code.",
+                                ("model", "route", "code"), None),
+    "raymedic_request_seconds": ("histogram", "Gateway time per predict request.", ("model",), LATENCY_BUCKETS),
+    "raymedic_member_calls_total": ("counter", "Gateway calls to member replicas, by outcome "
+                                    "(ok, error, dead, timeout, hedged).", ("model", "member", "replica", "outcome"),
+                                    None),
+    "raymedic_member_call_seconds": ("histogram", "Latency of successful member calls.",
+                                     ("model", "member", "replica"), LATENCY_BUCKETS),
+    "raymedic_member_weight": ("gauge", "Ensemble weight the controller published.", ("model", "member"), None),
+    "raymedic_healing_actions_total": ("counter", "Controller actions and what came of them.",
+                                       ("model", "action", "outcome"), None),
+    "raymedic_incidents_total": ("counter", "Incidents opened, by kind.", ("model", "kind"), None),
+    "raymedic_open_incidents": ("gauge", "Incidents open now.", ("model",), None),
+    "raymedic_incident_detect_seconds": ("histogram", "Time from first evidence to detection.", ("model", "kind"),
+                                         RECOVERY_BUCKETS),
+    "raymedic_incident_recover_seconds": ("histogram", "Time from detection to confirmed recovery.",
+                                          ("model", "kind"), RECOVERY_BUCKETS),
+    "raymedic_controller_step_seconds": ("histogram", "One observe-decide-act-record step of the controller.",
+                                         ("model",), [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+    "raymedic_drift_psi": ("gauge", "Population stability index of a numeric feature's window.",
+                           ("model", "feature"), None),
+    "raymedic_drift_js": ("gauge", "Jensen-Shannon distance of a categorical feature's window.",
+                          ("model", "feature"), None),
+    "raymedic_drift_p_adjusted": ("gauge", "Drift test p-value after Benjamini-Hochberg.", ("model", "feature"),
+                                  None),
+    "raymedic_feature_missing_rate": ("gauge", "Share of missing values in the window.", ("model", "feature"), None),
+    "raymedic_accuracy": ("gauge", "Accuracy on the recent labelled window.", ("model", "source"), None),
+    "raymedic_estimated_accuracy": ("gauge", "Label-free accuracy estimate from the ensemble's confidence.",
+                                    ("model",), None),
+}
+
+_objects: dict[str, Any] = {}
+
+
+def _metric(name: str) -> Any:
+    m = _objects.get(name)
+    if m is None:
+        from ray.util import metrics
+
+        kind, desc, tags, buckets = SPECS[name]
+        if kind == "counter":
+            m = metrics.Counter(name, description=desc, tag_keys=tags)
+        elif kind == "gauge":
+            m = metrics.Gauge(name, description=desc, tag_keys=tags)
+        else:
+            m = metrics.Histogram(name, description=desc, boundaries=buckets, tag_keys=tags)
+        _objects[name] = m
+    return m
+
+
+def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in tags.items()}
+
+
+def inc(name: str, value: float = 1.0, **tags: Any) -> None:
+    try:
+        if value:
+            _metric(name).inc(value, tags=_tags(tags))
+    except Exception:  # never let metrics break the caller
+        log.debug("metric %s not recorded", name, exc_info=True)
+
+
+def observe(name: str, value: float, **tags: Any) -> None:
+    try:
+        _metric(name).observe(float(value), tags=_tags(tags))
+    except Exception:
+        log.debug("metric %s not recorded", name, exc_info=True)
+
+
+def set_gauge(name: str, value: float, **tags: Any) -> None:
+    try:
+        _metric(name).set(float(value), tags=_tags(tags))
+    except Exception:
+        log.debug("metric %s not recorded", name, exc_info=True)
+
+
+def outcome_label(outcome: str | None) -> str:
+    """``"error: ActorDiedError: ..."`` → ``"error"``: a bounded label set for Prometheus."""
+    if not outcome:
+        return "none"
+    return outcome.split(":", 1)[0].strip().lower().replace(" ", "_")[:32]
