@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from raymedic.config import ADMIN_TOKEN_ENV, APP_NAME, ServeFile, load_config
@@ -275,6 +276,22 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """The gateway's OpenAPI document (V1 and V2 routes), without a running service."""
+    from serve_apps.gateway import api
+
+    text = json.dumps(api.openapi(), indent=2)
+    if args.out:
+        try:
+            Path(args.out).write_text(text + "\n")
+        except OSError as exc:
+            raise RaymedicError(f"cannot write {args.out!r}: {exc.strerror}; pass --out with a writable path") from None
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from controllers.audit import read_audit
     from raymedic.storage import Storage
@@ -429,6 +446,8 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--replica", help="Replica id (default: the member's first running replica).")
     ch.add_argument("--delay-ms", type=float, help="Added latency for slow.")
 
+    oa = add("openapi", cmd_openapi, "Print the gateway's OpenAPI document (also served at GET /openapi.json).")
+    oa.add_argument("--out", help="Write it to this file instead of stdout.")
     au = add("audit", cmd_audit, "The controller's audit trail (what it saw, decided and did).")
     au.add_argument("--json", action="store_true", help="One JSON object per line.")
     au.add_argument("--model", help="Model (default: the running service's).")

@@ -46,6 +46,7 @@ from serve_apps.predlog import FeedbackLog, KnownIds, PredictionLog, inference_t
 from serve_apps.routing import routed_replica
 from serve_apps.telemetry import CallRecorder, HedgeBudget, LocalEjector, RecentOutputs
 from serve_apps.quality import InputTally
+from serve_apps.v2 import answer_to_v2, instances_from_v2, model_metadata
 from serve_apps.validation import input_policies, parse_feedback, parse_instances
 from train_jobs.schema import ModelSchema
 
@@ -76,6 +77,9 @@ def _count(request: Request, code: int) -> None:
     if path.startswith("/v1/models/") and ":" in path:
         model, _, route = path[len("/v1/models/"):].partition(":")
         metrics.inc("raymedic_requests_total", model=model[:64], route=route[:16], code=code)
+    elif path.startswith("/v2/models/") and path.endswith("/infer"):
+        model = path[len("/v2/models/"):-len("/infer")]
+        metrics.inc("raymedic_requests_total", model=model[:64], route="infer", code=code)
 
 
 @api.exception_handler(RaymedicError)
@@ -347,6 +351,28 @@ class Gateway:
                           {"Retry-After": "1"})
         return JSONResponse({"status": "ready"})
 
+    # ---- Open Inference Protocol (V2) ---------------------------------------------------
+
+    @api.get("/v2/health/live")
+    async def v2_live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready")
+    async def v2_ready(self) -> JSONResponse:
+        ready = (await self.readyz()).status_code == 200
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @api.get("/v2/models/{model}")
+    async def v2_model(self, model: str) -> dict[str, Any]:
+        self._check_model(model)
+        return model_metadata(self._schema, model, self._model_version(self._order))
+
+    @api.get("/v2/models/{model}/ready")
+    async def v2_model_ready(self, model: str) -> JSONResponse:
+        self._check_model(model)
+        ready = (await self.readyz()).status_code == 200
+        return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
+
     @api.get("/v1/models")
     async def list_models(self) -> dict[str, list[str]]:
         return {"models": [self._cfg.model]}
@@ -375,7 +401,24 @@ class Gateway:
     async def predict(self, model: str, request: Request) -> dict[str, Any]:
         started = time.perf_counter()
         self._check_model(model)
+        out = await self._predict_body(await _json_body(request))
+        metrics.inc("raymedic_requests_total", model=model, route="predict", code=200)
+        metrics.observe("raymedic_request_seconds", time.perf_counter() - started, model=model)
+        return out
+
+    @api.post("/v2/models/{model}/infer")
+    async def infer_v2(self, model: str, request: Request) -> dict[str, Any]:
+        """Open Inference Protocol (V2): typed tensors in and out, the same path as :predict."""
+        started = time.perf_counter()
+        self._check_model(model)
         body = await _json_body(request)
+        out = await self._predict_body(instances_from_v2(body, self._schema))
+        metrics.inc("raymedic_requests_total", model=model, route="infer", code=200)
+        metrics.observe("raymedic_request_seconds", time.perf_counter() - started, model=model)
+        return answer_to_v2(out, self._schema, model, body.get("id") if isinstance(body.get("id"), str) else None)
+
+    async def _predict_body(self, body: Any) -> dict[str, Any]:
+        """Validate, fan out, combine, log: the one prediction path behind V1 and V2."""
         parsed = parse_instances(body, self._schema, max_batch=self._cfg.gateway.max_batch_size,
                                  reject_out_of_range=self._cfg.gateway.reject_out_of_range, policies=self._policies)
         rows = parsed.rows
@@ -413,8 +456,6 @@ class Gateway:
                "model_version": version, "degraded": combo.degraded}
         if parsed.warnings:
             out["warnings"] = parsed.warnings
-        metrics.inc("raymedic_requests_total", model=model, route="predict", code=200)
-        metrics.observe("raymedic_request_seconds", time.perf_counter() - started, model=model)
         return out
 
     @api.post("/v1/models/{model}:feedback")

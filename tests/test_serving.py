@@ -184,6 +184,37 @@ def test_a_killed_member_replica_costs_no_failed_request(svc):
     wait_for(replaced, timeout_s=90, what="Serve to replace the killed mlp replica")
 
 
+def test_open_inference_protocol_v2_routes(svc):
+    url, model = svc["url"], svc["cfg"].model
+    assert request_json("GET", f"{url}/v2/health/live").body == {"live": True}
+    assert request_json("GET", f"{url}/v2/health/ready").body == {"ready": True}
+    assert request_json("GET", f"{url}/v2/models/{model}/ready").body == {"name": model, "ready": True}
+    meta = request_json("GET", f"{url}/v2/models/{model}").body
+    names = [i["name"] for i in meta["inputs"]]
+    assert names == [f"f{i}" for i in range(10)] and all(i["datatype"] == "FP64" for i in meta["inputs"])
+
+    rows, _ = _labelled(3, seed=41)
+    v1 = request_json("POST", svc["predict"], {"instances": rows}).body
+    per_feature = {"id": "r1", "inputs": [{"name": n, "shape": [3], "datatype": "FP64", "data": [r[n] for r in rows]}
+                                          for n in names]}
+    v2 = request_json("POST", f"{url}/v2/models/{model}/infer", per_feature)
+    assert v2.status == 200, v2.body
+    out = {o["name"]: o for o in v2.body["outputs"]}
+    assert v2.body["id"] == "r1" and out["predictions"]["data"] == v1["predictions"]
+    assert out["probabilities"]["shape"] == [3, 2] and len(out["inference_ids"]["data"]) == 3
+    matrix = {"inputs": [{"name": "input-0", "shape": [3, 10], "datatype": "FP32",
+                          "data": [[r[n] for n in names] for r in rows]}]}
+    v2m = request_json("POST", f"{url}/v2/models/{model}/infer", matrix)
+    assert v2m.status == 200 and v2m.body["outputs"][0]["data"] == v1["predictions"]
+    bad = request_json("POST", f"{url}/v2/models/{model}/infer", {"inputs": [{"name": "f0"}]})
+    assert bad.status == 400 and "lacks" in bad.body["error"]
+    # Feedback works with ids from V2 answers.
+    fb = request_json("POST", svc["feedback"], {"inference_ids": out["inference_ids"]["data"][:1], "labels": [1]})
+    assert fb.status == 200 and fb.body["accepted"] == 1
+    assert request_json("GET", f"{url}/openapi.json").body["paths"].keys() >= {
+        "/v2/models/{model}/infer", "/v1/models/{model}:predict"}
+
+
 def _scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
     """Ray's Prometheus endpoint on this node, parsed: name → [(labels, value)]."""
     import urllib.request
