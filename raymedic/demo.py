@@ -4,8 +4,9 @@ Trains the ensemble with Ray Train, deploys it on Ray Serve with the healing
 controller, drives real HTTP traffic with labelled synthetic data, sends the
 labels back as feedback, then breaks replicas on purpose — a SIGKILL, a hang, a
 wrong-answering replica — under live load and shows the controller detect and
-heal each one while clients keep getting answers. Every figure printed is
-measured in this run.
+heal each one while clients keep getting answers; then shifts one feature of
+the live inputs and shows the drift being detected. It ends with an incident
+report table. Every figure printed is measured in this run.
 """
 
 from __future__ import annotations
@@ -65,6 +66,36 @@ def _drill(url: str, model: str, fault: str, member: str, inputs: list[dict], *,
 
     samples = asyncio.run(run())
     out["load"] = summarize(samples, since=out.get("at"))
+    return out
+
+
+DRIFT_SD = 1.0
+
+
+def _drift_drill(url: str, model: str, gen, features: list[str], *, seed: int, budget_s: float = 60.0) -> dict:
+    """Send covariate-shifted traffic (f0 + DRIFT_SD sd) until the controller reports drift on f0."""
+    from train_jobs.synthetic import Drift
+
+    shifted = gen.sample(3000, seed=seed, drift=Drift(mean_shift={"f0": DRIFT_SD}))
+    rows = [{f: float(r[f]) for f in features} for _, r in shifted.iterrows()]
+    out: dict = {"budget_s": budget_s, "rows_sent": 0, "requests": 0, "failed": 0}
+    t0 = time.time()
+    i = 0
+    while time.time() - t0 < budget_s and i < len(rows):
+        r = request_json("POST", f"{url}/v1/models/{model}:predict", {"instances": rows[i:i + 20]}, timeout_s=10)
+        out["requests"] += 1
+        out["failed"] += r.status != 200
+        i += 20
+        out["rows_sent"] = i
+        st = request_json("GET", f"{url}/v1/status", timeout_s=10).body
+        inc = next((x for x in st.get("incidents", []) if x.get("kind") == "drift" and x.get("feature") == "f0"
+                    and x["detected_at"] >= t0), None)
+        if inc:
+            out.update(incident=inc, detected_s=inc["detected_at"] - t0, evidence={
+                k: (round(v, 4) if isinstance(v, float) else v) for k, v in inc["evidence"].items()
+                if k in ("test", "p_adjusted", "psi", "wasserstein_sd", "drift")})
+            break
+        time.sleep(0.25)
     return out
 
 
@@ -131,7 +162,9 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
         print(f"  feedback            {fb.body}")
         print()
         progress(f"self-healing drills: break one replica at a time under {DRILL_RPS:.0f} req/s of live traffic")
-        inputs = [{f: float(r[f]) for f in features} for _, r in traffic.head(100).iterrows()]
+        # Fresh rows for the drills: a small set replayed over and over would itself look like drift.
+        fresh = gen.sample(2000, seed=cfg.training.seed + 2)
+        inputs = [{f: float(r[f]) for f in features} for _, r in fresh.iterrows()]
         drills = []
         for fault, member in DRILLS:
             if not any(m.name == member for m in cfg.members):
@@ -150,7 +183,27 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
                          f"(clients: {load['failed']} failed of {load['requests']})")
         healed = sum(1 for *_, d in drills if d.get("incident"))
         drill_failures = sum(d["load"]["failed"] for *_, d in drills)
+        progress(f"data drift: feature f0 shifts by {DRIFT_SD:g} sd in live traffic")
+        drift = _drift_drill(url, cfg.model, gen, features, seed=cfg.training.seed + 3)
+        if drift.get("incident"):
+            progress(f"  drift on f0 detected after {drift['detected_s']:.1f} s / {drift['rows_sent']} rows: "
+                     f"{drift['evidence']}")
+        else:
+            progress(f"  drift on f0 not reported within {drift['budget_s']:.0f} s")
         status = request_json("GET", f"{url}/v1/status").body
+        print()
+        print("incident report (measured in this run):")
+        print(f"  {'fault':<20}{'detected after':>15}{'recovered after':>17}{'requests failed':>17}  action taken")
+        for fault, member, d in drills:
+            inc = d.get("incident")
+            det = f"{inc['detected_at'] - d['at']:.1f} s" if inc else "not seen"
+            rec = f"{inc['recovered_at'] - d['at']:.1f} s" if inc else "-"
+            act = f"restart replica ({inc['kind']})" if inc else "-"
+            print(f"  {fault + ' ' + member:<20}{det:>15}{rec:>17}{d['load']['failed']:>10} / {d['load']['requests']:<5}"
+                  f"  {act}")
+        det = f"{drift['detected_s']:.1f} s" if drift.get("incident") else "not seen"
+        print(f"  {'drift f0 +' + format(DRIFT_SD, 'g') + ' sd':<20}{det:>15}{'-':>17}"
+              f"{drift['failed']:>10} / {drift['requests']:<5}  recorded + warned (retraining: not yet)")
         print()
         print(f"healing: {healed}/{len(drills)} injected faults healed automatically, "
               f"{drill_failures} client requests failed during them")
@@ -170,7 +223,9 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
         print(f"registry, prediction and feedback logs: {storage}")
         if dashboard:
             print(f"Ray dashboard (while the demo runs): http://{dashboard}")
-        print("next: `raymedic up` keeps the service running; `raymedic status` shows it.")
+        print(f"audit log (JSONL, append-only): {storage}/audit  (`raymedic audit --config ...` reads it)")
+        print("next: `raymedic up` keeps the service running; `raymedic status` shows it, `raymedic chaos` "
+              "breaks it on purpose, `raymedic audit` shows what the controller did.")
         return 0 if failures == 0 and healed == len(drills) else 1
     finally:
         from ray import serve
