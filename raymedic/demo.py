@@ -223,7 +223,7 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
         print(f"registry, prediction and feedback logs: {storage}")
         if dashboard:
             print(f"Ray dashboard (while the demo runs): http://{dashboard}")
-        print(f"audit log (JSONL, append-only): {storage}/audit  (`raymedic audit --config ...` reads it)")
+        print(f"audit log (JSONL, append-only): {storage}/audit/{cfg.model}")
         print("next: `raymedic up` keeps the service running; `raymedic status` shows it, `raymedic chaos` "
               "breaks it on purpose, `raymedic audit` shows what the controller did.")
         return 0 if failures == 0 and healed == len(drills) else 1
