@@ -102,6 +102,12 @@ class GatewayConfig(_Strict):
     replicas: int = Field(2, ge=1, le=64, description="Two, so the ingress survives a replica loss.")
     num_cpus: float = Field(0.25, gt=0)
     max_ongoing_requests: int = Field(64, ge=1)
+    max_inflight: int = Field(
+        48, ge=1, description="Predict requests one gateway replica works on at once; more get a fast 503 with "
+        "Retry-After (load shedding) instead of queueing behind work the machine cannot finish in time.")
+    max_queued_requests: int = Field(
+        100, ge=-1, description="Requests Serve queues for the gateway beyond max_ongoing_requests; past it Serve "
+        "itself answers 503 (-1: unbounded).")
     member_timeout_s: float = Field(
         1.0, gt=0, le=60, description="Per-member deadline; a late member is retried once on another replica."
     )
@@ -127,6 +133,14 @@ class GatewayConfig(_Strict):
         0.5, gt=0, le=10, description="Telemetry to / weights from the controller, one batched call per period "
         "(weights reach every gateway within one period plus a controller step)."
     )
+
+
+    @model_validator(mode="after")
+    def _shed_before_queueing(self) -> "GatewayConfig":
+        if self.max_inflight > self.max_ongoing_requests:
+            raise ValueError(f"gateway.max_inflight ({self.max_inflight}) must be <= max_ongoing_requests "
+                             f"({self.max_ongoing_requests}), or requests queue before they can be shed")
+        return self
 
 
 class TrainingConfig(_Strict):

@@ -93,6 +93,7 @@ def build_app(args: dict[str, Any]) -> Application:
     return Gateway.options(
         num_replicas=config.gateway.replicas,
         max_ongoing_requests=config.gateway.max_ongoing_requests,
+        max_queued_requests=config.gateway.max_queued_requests,
         ray_actor_options={"num_cpus": config.gateway.num_cpus},
         logging_config=logging_config,
     ).bind(config.model_dump(mode="json"), members, versions, schema, admin_token_sha256())

@@ -44,7 +44,7 @@ from serve_apps.chaos import FAULTS, sigkill_replica
 from serve_apps.combine import combine, equal_weights
 from serve_apps.predlog import FeedbackLog, KnownIds, PredictionLog, inference_time, new_inference_id
 from serve_apps.routing import routed_replica
-from serve_apps.telemetry import CallRecorder, HedgeBudget, LocalEjector, RecentOutputs
+from serve_apps.telemetry import Admission, CallRecorder, HedgeBudget, LocalEjector, RecentOutputs
 from serve_apps.quality import InputTally
 from serve_apps.v2 import answer_to_v2, instances_from_v2, model_metadata
 from serve_apps.validation import input_policies, parse_feedback, parse_instances
@@ -176,6 +176,7 @@ class Gateway:
         self._tag = tag
         self._admin_sha = admin_token_sha256
         self._calls = CallRecorder()
+        self._admission = Admission(self._cfg.gateway.max_inflight)
         self._ejector = LocalEjector(self._cfg.gateway.eject_s)
         self._hedges = HedgeBudget(self._cfg.gateway.hedge_budget)
         self._recent = RecentOutputs()
@@ -401,7 +402,8 @@ class Gateway:
     async def predict(self, model: str, request: Request) -> dict[str, Any]:
         started = time.perf_counter()
         self._check_model(model)
-        out = await self._predict_body(await _json_body(request))
+        with self._admission.enter():
+            out = await self._predict_body(await _json_body(request))
         metrics.inc("raymedic_requests_total", model=model, route="predict", code=200)
         metrics.observe("raymedic_request_seconds", time.perf_counter() - started, model=model)
         return out
@@ -411,8 +413,9 @@ class Gateway:
         """Open Inference Protocol (V2): typed tensors in and out, the same path as :predict."""
         started = time.perf_counter()
         self._check_model(model)
-        body = await _json_body(request)
-        out = await self._predict_body(instances_from_v2(body, self._schema))
+        with self._admission.enter():
+            body = await _json_body(request)
+            out = await self._predict_body(instances_from_v2(body, self._schema))
         metrics.inc("raymedic_requests_total", model=model, route="infer", code=200)
         metrics.observe("raymedic_request_seconds", time.perf_counter() - started, model=model)
         return answer_to_v2(out, self._schema, model, body.get("id") if isinstance(body.get("id"), str) else None)

@@ -10,13 +10,16 @@ feedback labels turn into per-member losses for the ensemble weights.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict, defaultdict
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["CallRecorder", "LocalEjector", "RecentOutputs", "HedgeBudget", "OUTCOMES"]
+from raymedic.errors import ServiceUnavailable
+
+__all__ = ["CallRecorder", "LocalEjector", "RecentOutputs", "HedgeBudget", "Admission", "OUTCOMES"]
 
 OUTCOMES = ("ok", "error", "dead", "timeout", "hedged")
 MAX_LATENCIES = 256
@@ -167,3 +170,31 @@ class HedgeBudget:
             self._tokens -= 1.0
             return True
         return False
+
+
+class Admission:
+    """Load shedding: past ``limit`` requests in flight, a fast 503 with Retry-After.
+
+    On a saturated machine every admitted request slows all the others; queueing
+    more only turns overload into timeouts for everyone (and hides the overload
+    from clients that could back off). Shedding keeps the admitted ones fast.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the in-flight limit must be at least 1")
+        self.limit = limit
+        self.inflight = 0
+        self.shed = 0
+
+    @contextlib.contextmanager
+    def enter(self) -> Iterator[None]:
+        if self.inflight >= self.limit:
+            self.shed += 1
+            raise ServiceUnavailable(f"overloaded: {self.inflight} predictions in flight on this gateway replica "
+                                     f"(limit {self.limit}); retry after the Retry-After delay", retry_after_s=1)
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1

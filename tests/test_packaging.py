@@ -33,3 +33,20 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert [c for c in commands if c] == ["make demo", "make test"]
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)
+
+
+def test_config_mistakes_are_refused_with_the_fix():
+    import pytest
+
+    from raymedic.config import parse_config
+    from raymedic.errors import ConfigError
+
+    for args, fragment in [
+        ({"gateway": {"max_inflight": 100, "max_ongoing_requests": 64}}, "must be <= max_ongoing_requests"),
+        ({"members": [{"name": "ensemble", "kind": "mlp"}], "gateway": {"min_members": 1}}, "'ensemble' names"),
+        ({"data": {"missing": "drop"}}, "data.missing"),
+        ({"data": {"window": 10}}, "data.window"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_config(args)
+        assert fragment in str(err.value), str(err.value)

@@ -102,3 +102,22 @@ def test_hedge_budget_caps_extra_load_under_overload():
     assert 95 <= granted <= 105 + 5  # about 10% extra load, plus the initial burst
     with pytest.raises(ValueError):
         HedgeBudget(ratio=2)
+
+
+def test_admission_sheds_past_the_limit_with_a_retry_after_and_recovers():
+    from raymedic.errors import ServiceUnavailable
+    from serve_apps.telemetry import Admission
+
+    adm = Admission(2)
+    with adm.enter(), adm.enter():
+        with pytest.raises(ServiceUnavailable, match=r"overloaded: 2 predictions in flight .*limit 2") as err:
+            with adm.enter():
+                pass
+        assert err.value.http_status == 503 and err.value.retry_after_s == 1
+    assert adm.inflight == 0 and adm.shed == 1
+    with pytest.raises(RuntimeError):
+        with adm.enter():
+            raise RuntimeError("a failing request still leaves")
+    assert adm.inflight == 0
+    with adm.enter():
+        assert adm.inflight == 1
