@@ -36,6 +36,7 @@ from controllers.performance import PerformanceMonitor, PerformanceReport
 from controllers.observe import AppView, alive_replica_actors, crash_reason, read_app_view
 from controllers.policy import (CallStats, HealingPolicy, Observation, Probe, ReplicaSnapshot, RestartReplica,
                                 StepResult)
+from controllers.webhook import WebhookNotifier
 from controllers.weighting import HedgeWeights, WeightingConfig
 from raymedic import metrics
 from raymedic.config import APP_NAME, RaymedicConfig
@@ -81,6 +82,8 @@ class HealingController:
         self._policy = HealingPolicy(self.cfg.controller, state.get("policy"))
         self._hedge = self._new_hedge(state.get("weights"))
         self._data_alerts = DataAlerts(self.cfg.data, state.get("data_alerts"))
+        url = self.cfg.controller.webhook_url
+        self._webhook = WebhookNotifier(url) if url else None
         self._data_report: DataReport | None = None
         self._perf = PerformanceMonitor(self._n_classes or 2, self.cfg.performance,
                                         reference_accuracy=self._reference_accuracy, state=state.get("performance"))
@@ -210,6 +213,8 @@ class HealingController:
         events += self._data_alerts.apply(perf.breaches, now, kinds=MODEL_KINDS)
         self._export_checks()
         for what, alert in events:
+            self._alert(f"data-{alert.kind}-{what}", alert.feature, alert.id, alert.evidence,
+                        severity=alert.severity)
             if what == "opened":
                 metrics.inc("raymedic_incidents_total", model=self._model, kind=alert.kind)
             self._audit.record(f"data-{alert.kind}", alert.feature, evidence=alert.evidence, action="warn",
@@ -455,8 +460,22 @@ class HealingController:
             self._record_event(ev, duration_s=round(time.monotonic() - t0, 4), action_id=act.action_id)
         self._dirty = True
 
+    ALERTED = ("proposed", "approved", "rejected", "recovered", "recovery-failed")
+
+    def _alert(self, event: str, target: str, incident: str | None, evidence: Any, **extra: Any) -> None:
+        """One webhook alert (if configured); never blocks or raises into the loop."""
+        if self._webhook is None:
+            return
+        try:
+            self._webhook.notify({"source": "raymedic", "model": self._model, "event": event, "target": target,
+                                  "incident": incident, "evidence": evidence, "ts": time.time(), **extra})
+        except Exception:
+            log.exception("could not queue a webhook alert")
+
     def _record_event(self, ev: Any, **extra: Any) -> None:
         fields: dict[str, Any] = {"incident": ev.incident, **extra}
+        if ev.kind.startswith("detected-") or ev.kind in self.ALERTED:
+            self._alert(ev.kind, ev.target, ev.incident, ev.evidence, outcome=ev.outcome)
         if ev.action:
             metrics.inc("raymedic_healing_actions_total", model=self._model, action=ev.kind,
                         outcome=metrics.outcome_label(ev.outcome))
@@ -515,11 +534,16 @@ class HealingController:
         self._ensure_running()
         incidents = sorted([i.to_dict() for i in self._policy.incidents][-50:]
                            + [a.to_dict() for a in self._data_alerts.alerts][-50:], key=lambda d: d["detected_at"])
-        actions = [r for r in self._audit.tail(200) if r.get("kind") in ("restart", "quarantine", "unquarantine",
-                                                                          "suppressed", "pause", "resume")][-50:]
+        actions = [r for r in self._audit.tail(200) if r.get("kind") in (
+            "restart", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
+            "rejected", "mode")][-50:]
         steps = sorted(self._step_ms)
         return {
             "state": "paused" if self._policy.paused else "running",
+            "mode": "approve" if self._policy.approval else "auto",
+            "proposals": [{"incident": i.id, "target": f"{i.member}/{i.replica}", "fault": i.kind,
+                           "action": "restart", "detected_at": i.detected_at} for i in self._policy.proposals()],
+            "webhook": self._webhook.stats() if self._webhook else None,
             "pid": os.getpid(),
             "started_at": self._started_at,
             "resumed_from_checkpoint": self._resumed,
@@ -551,6 +575,33 @@ class HealingController:
             await asyncio.to_thread(self._audit.flush)
         return {"paused": self._policy.paused}
 
+    async def decide(self, incident_id: str, approve: bool, who: str = "operator") -> dict[str, Any]:
+        """Approve or reject a proposed restart (approval mode). Errors come back as {"error": ...}."""
+        self._ensure_running()
+        try:
+            ev = self._policy.decide(incident_id, approve, who, time.time())
+        except KeyError:
+            pending = [i.id for i in self._policy.proposals()]
+            return {"error": f"no incident {incident_id!r}; pending proposals: {pending}", "status": 404}
+        except ValueError as exc:
+            return {"error": f"{exc}; `raymedic status` lists the pending proposals", "status": 409}
+        self._record_event(ev)
+        await asyncio.to_thread(self._checkpoint)
+        await asyncio.to_thread(self._audit.flush)
+        return {"incident": incident_id, "approval": "approved" if approve else "rejected"}
+
+    async def set_mode(self, mode: str, who: str = "operator") -> dict[str, Any]:
+        """auto: heal on its own; approve: propose restarts and wait for an operator."""
+        self._ensure_running()
+        if mode not in ("auto", "approve"):
+            return {"error": f"mode must be 'auto' or 'approve', got {mode!r}", "status": 422}
+        if self._policy.approval != (mode == "approve"):
+            self._policy.approval = mode == "approve"
+            self._audit.record("mode", self._model, evidence={"by": who}, action=mode, outcome="ok")
+            await asyncio.to_thread(self._checkpoint)
+            await asyncio.to_thread(self._audit.flush)
+        return {"mode": mode}
+
     async def note(self, kind: str, target: str, evidence: dict[str, Any]) -> None:
         """Record something done to the service from outside (e.g. an injected fault)."""
         self._audit.record(kind, target, evidence=evidence, action="external", outcome="ok")
@@ -560,6 +611,9 @@ class HealingController:
         """Re-read the config and versions (after ``raymedic up`` redeploys)."""
         self._load_config()
         self._perf.reference_accuracy = self._reference_accuracy
+        url = self.cfg.controller.webhook_url
+        if (self._webhook.url if self._webhook else None) != url:
+            self._webhook = WebhookNotifier(url) if url else None
         self._ensure_running()
         return {"model": self._model, "versions": self._versions}
 

@@ -101,12 +101,13 @@ class Incident:
     detected_at: float
     first_evidence_at: float
     evidence: dict[str, Any]
-    status: str = "open"  # open | recovered | failed
+    status: str = "open"  # open | recovered | failed | rejected
     action: str | None = None  # "restart" once requested
     action_at: float | None = None
     action_outcome: str | None = None  # None while in flight, then "ok" or an error
     recovered_at: float | None = None
     suppressed: bool = False  # seen while paused
+    approval: str | None = None  # approval mode: "pending" → "approved" | "rejected"
 
     @property
     def time_to_detect_s(self) -> float:
@@ -265,6 +266,7 @@ class HealingPolicy:
     def __init__(self, config: ControllerConfig, memory: Mapping[str, Any] | None = None) -> None:
         self.cfg = config
         self.paused = False
+        self.approval = config.mode == "approve"
         self._m = _Memory()
         if memory:
             self._m = _Memory(
@@ -276,6 +278,7 @@ class HealingPolicy:
                 seq=int(memory.get("seq", 0)),
             )
             self.paused = bool(memory.get("paused", False))
+            self.approval = bool(memory.get("approval", self.approval))
 
     # ---- persistence ----------------------------------------------------------------
 
@@ -283,7 +286,7 @@ class HealingPolicy:
         return {"incidents": {k: asdict(v) for k, v in self._m.incidents.items()},
                 "restarts": self._m.restarts, "last_restart": self._m.last_restart,
                 "baseline_latency": self._m.baseline_latency, "quarantined": self._m.quarantined,
-                "seq": self._m.seq, "paused": self.paused}
+                "seq": self._m.seq, "paused": self.paused, "approval": self.approval}
 
     @property
     def incidents(self) -> list[Incident]:
@@ -370,6 +373,12 @@ class HealingPolicy:
                 continue
             if inc.replica not in present:
                 continue  # already gone; recovery check below closes it
+            if self.approval and inc.approval != "approved":
+                if inc.approval is None:  # propose once; the operator decides (`raymedic approve|reject`)
+                    inc.approval = "pending"
+                    events.append(AuditEvent("proposed", target, {"incident": inc.kind, "evidence": inc.evidence},
+                                             "restart", "awaiting approval", inc.id))
+                continue
             # One replacement at a time per member: until the last one is confirmed serving, the
             # member is short of a replica and the survivors carry its load.
             in_flight = any(o.member == inc.member and o.status == "open" and o.action == "restart"
@@ -423,6 +432,31 @@ class HealingPolicy:
         for old in closed[:-KEEP_CLOSED]:  # bounded memory and checkpoint
             del m.incidents[old.id]
         return StepResult(tuple(actions), tuple(events), avoid, healthy)
+
+    def decide(self, incident_id: str, approve: bool, who: str, now: float) -> AuditEvent:
+        """An operator's answer to a proposed restart. Approved: it runs on the next step (cooldowns
+        and caps still apply). Rejected: the incident closes as rejected and the replica is no
+        longer avoided; if the fault persists it is detected, and proposed, again.
+
+        Raises:
+            KeyError: no incident with that id.
+            ValueError: the incident has no pending proposal.
+        """
+        inc = self._m.incidents.get(incident_id)
+        if inc is None:
+            raise KeyError(incident_id)
+        if inc.status != "open" or inc.approval != "pending":
+            raise ValueError(f"incident {incident_id} has no pending proposal (status {inc.status}, "
+                             f"approval {inc.approval})")
+        target = f"{inc.member}/{inc.replica}"
+        if approve:
+            inc.approval = "approved"
+            return AuditEvent("approved", target, {"by": who}, "restart", "approved", inc.id)
+        inc.approval, inc.status = "rejected", "rejected"
+        return AuditEvent("rejected", target, {"by": who}, "none", "rejected", inc.id)
+
+    def proposals(self) -> list[Incident]:
+        return [i for i in self.incidents if i.status == "open" and i.approval == "pending"]
 
     def action_done(self, incident_id: str, outcome: str) -> AuditEvent | None:
         """Record how a requested restart went (``"ok"`` or an error text)."""

@@ -226,6 +226,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     ctl = st["controller"]
     print(f"controller: {ctl['state']}" + (f" (pid {ctl['pid']}, step p50 {ctl.get('step_ms_p50')} ms)"
                                              if ctl.get("pid") else ""))
+    if ctl.get("mode") == "approve":
+        props = ctl.get("proposals") or []
+        print(f"approval mode: {len(props)} proposal(s) waiting" + ("".join(
+            f"\n  {p['incident']}  restart {p['target']} ({p['fault']})  → raymedic approve|reject {p['incident']}"
+            for p in props)))
     incidents = st["incidents"]
     print(f"incidents: {len(incidents)}" + (" (latest first)" if incidents else ""))
     for inc in list(reversed(incidents))[: args.incidents]:
@@ -248,6 +253,26 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_pause(args: argparse.Namespace) -> int:
     out = _admin(args, "pause")
     print(json.dumps(out) if args.json else "controller paused: it detects and records, but takes no action")
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    out = _admin(args, "approve", {"incident": args.incident})
+    print(json.dumps(out) if args.json else f"{args.incident}: approved; the restart runs on the next step")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    out = _admin(args, "reject", {"incident": args.incident})
+    print(json.dumps(out) if args.json else f"{args.incident}: rejected; the replica is no longer avoided")
+    return 0
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    out = _admin(args, "mode", {"mode": args.mode})
+    print(json.dumps(out) if args.json else
+          {"auto": "controller heals on its own", "approve": "controller proposes restarts; approve them with "
+           "`raymedic approve ID`"}[args.mode])
     return 0
 
 
@@ -438,6 +463,12 @@ def _parser() -> argparse.ArgumentParser:
 
     admin(add("pause", cmd_pause, "Pause automatic healing (detection and audit go on)."))
     admin(add("resume", cmd_resume, "Resume automatic healing."))
+    ap = admin(add("approve", cmd_approve, "Approve a restart the controller proposed (approval mode)."))
+    ap.add_argument("incident", help="Incident id, from `raymedic status`.")
+    rj = admin(add("reject", cmd_reject, "Reject a proposed restart (approval mode)."))
+    rj.add_argument("incident", help="Incident id, from `raymedic status`.")
+    mo = admin(add("mode", cmd_mode, "auto: heal on its own; approve: propose restarts for an operator."))
+    mo.add_argument("mode", choices=["auto", "approve"])
     ch = admin(add("chaos", cmd_chaos, "Inject a replica fault (needs chaos enabled and the admin token)."))
     ch.add_argument("fault", choices=["kill", "hang", "slow", "wrong", "clear"],
                     help="kill: SIGKILL; hang: block inference; slow: add latency; wrong: wrong answers; "

@@ -168,6 +168,12 @@ class ControllerConfig(_Strict):
     """The healing controller: how it probes, what it calls a fault, how often it may act."""
 
     enabled: bool = True
+    mode: Literal["auto", "approve"] = Field(
+        "auto", description="auto: heal on its own; approve: propose each restart and wait for an operator's "
+        "`raymedic approve|reject ID` (switchable at run time with `raymedic mode`).")
+    webhook_url: str | None = Field(
+        None, pattern=r"^https?://", description="POST a JSON alert here on every incident opened, proposed, "
+        "recovered, failed or rejected (and data incidents opened/cleared).")
     tick_s: float = Field(0.25, gt=0, le=10, description="One observe → decide → act → record step.")
     probe_interval_s: float = Field(
         1.0, gt=0, le=60, description="Golden probe period per replica (a probe costs a real inference; after a "

@@ -573,6 +573,37 @@ class Gateway:
         self._check_admin(request)
         return await self._controller_call("set_paused", True, "admin route")
 
+    @api.post("/v1/admin/approve")
+    async def admin_approve(self, request: Request) -> dict[str, Any]:
+        return await self._decide(request, True)
+
+    @api.post("/v1/admin/reject")
+    async def admin_reject(self, request: Request) -> dict[str, Any]:
+        return await self._decide(request, False)
+
+    async def _decide(self, request: Request, approve: bool) -> dict[str, Any]:
+        self._check_admin(request)
+        body = await _json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("incident"), str):
+            raise InvalidRequest('send {"incident": "<id>"}; `raymedic status` lists the pending proposals',
+                                 status=400)
+        return self._controller_reply(await self._controller_call("decide", body["incident"], approve,
+                                                                  "admin route"))
+
+    @api.post("/v1/admin/mode")
+    async def admin_mode(self, request: Request) -> dict[str, Any]:
+        self._check_admin(request)
+        body = await _json_body(request)
+        if not isinstance(body, dict) or body.get("mode") not in ("auto", "approve"):
+            raise InvalidRequest('send {"mode": "auto"} or {"mode": "approve"}', status=400)
+        return self._controller_reply(await self._controller_call("set_mode", body["mode"], "admin route"))
+
+    @staticmethod
+    def _controller_reply(reply: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(reply, dict) and "error" in reply:
+            raise InvalidRequest(reply["error"], status=int(reply.get("status", 409)))
+        return reply
+
     @api.post("/v1/admin/resume")
     async def admin_resume(self, request: Request) -> dict[str, Any]:
         self._check_admin(request)

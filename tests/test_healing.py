@@ -9,10 +9,12 @@ request failed and that the audit log holds the incident.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -29,19 +31,50 @@ TOKEN = "test-admin-token"
 ROW = {f"f{i}": 0.1 * i for i in range(10)}
 
 
+class Alerts:
+    """A local webhook receiver: what an operator's chat or pager endpoint would get."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/alerts"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def events(self, incident: str) -> list[str]:
+        return [a["event"] for a in list(self.received) if a.get("incident") == incident]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
     old = os.environ.get(ADMIN_TOKEN_ENV)
     os.environ[ADMIN_TOKEN_ENV] = TOKEN  # read by the app builder: the admin routes' token
+    alerts = Alerts()
     try:
-        with local_service(tmp_path_factory.mktemp("healing")) as (url, cfg):
+        with local_service(tmp_path_factory.mktemp("healing"),
+                           controller={"webhook_url": alerts.url}) as (url, cfg):
             s = Service(url, cfg)
+            s.alerts = alerts
             wait_for(lambda: s.controller().get("state") == "running" and all(
                 len(v) == 2 for v in s.controller().get("healthy", {}).values()) and len(
                 s.controller().get("healthy", {})) == 3, timeout_s=120,
                 what="the controller to see 3 healthy members")
             yield s
     finally:
+        alerts.close()
         if old is None:
             os.environ.pop(ADMIN_TOKEN_ENV, None)
         else:
@@ -238,6 +271,43 @@ def test_pause_stops_actions_and_resume_heals(svc):
         assert svc.admin("resume").body == {"paused": False}
     wait_for(lambda: (i := svc.incident(replica)) and i["status"] == "recovered", timeout_s=120,
              what="the resumed controller to heal the replica")
+
+
+def test_approval_mode_proposes_a_restart_and_waits_for_the_operator(svc):
+    assert svc.admin("mode", {"mode": "approve"}).body == {"mode": "approve"}
+    try:
+        with Load(svc.predict_url) as load:
+            wait_for(lambda: load.ok >= 5, timeout_s=60, what="load to flow")
+            replica = svc.chaos("wrong", "mlp")["replica"]
+            prop = wait_for(lambda: next((p for p in svc.controller()["proposals"] if p["target"].endswith(replica)),
+                                         None), timeout_s=60, what="the controller to propose a restart")
+            assert prop["fault"] == "wrong" and prop["action"] == "restart"
+            inc = svc.incident(replica)
+            assert inc["status"] == "open" and inc["approval"] == "pending" and inc["action"] is None
+            # Avoided by the router while it waits, but nothing restarted without the operator.
+            mlp = next(m for m in svc.status()["members"] if m["name"] == "mlp")
+            assert {"id": replica, "state": "AVOIDED"} in [{k: r[k] for k in ("id", "state")}
+                                                           for r in mlp["replicas"]], mlp
+            # Wrong ids and double answers are clear 4xx, not 500s.
+            missing = svc.admin("approve", {"incident": "inc-999999"})
+            assert missing.status == 404 and "pending proposals" in missing.body["error"], missing.body
+            assert svc.admin("approve", {}).status == 400
+            assert svc.admin("mode", {"mode": "yolo"}).status == 400
+            assert svc.admin("approve", {"incident": prop["incident"]}).body == {
+                "incident": prop["incident"], "approval": "approved"}
+            again = svc.admin("reject", {"incident": prop["incident"]})
+            assert again.status == 409 and "no pending proposal" in again.body["error"], again.body
+            inc = wait_for(lambda: (i := svc.incident(replica)) and i["status"] == "recovered" and i,
+                           timeout_s=120, what="the approved restart to heal the replica")
+        assert load.failures == [], load.failures[:5]  # the replica was avoided while it waited
+        assert inc["action"] == "restart" and inc["approval"] == "approved"
+        kinds = [r["kind"] for r in svc.audit() if r.get("incident") == inc["id"]]
+        assert kinds.index("proposed") < kinds.index("approved") < kinds.index("restart") < kinds.index("recovered")
+        wait_for(lambda: {"detected-wrong", "proposed", "approved", "recovered"} <= set(svc.alerts.events(inc["id"])),
+                 timeout_s=30, what="the webhook to receive the incident's alerts")
+        assert svc.controller()["webhook"]["failed"] == 0
+    finally:
+        assert svc.admin("mode", {"mode": "auto"}).body == {"mode": "auto"}
 
 
 def test_controller_sigkill_resumes_from_checkpoint_without_repeating_actions(svc):

@@ -263,3 +263,35 @@ def test_a_crashed_replica_serve_already_dropped_is_recorded_and_its_replacement
     assert inc.status == "open"
     pol.step(obs(106.0, healthy("b"), healthy("c")))
     assert inc.status == "recovered" and inc.time_to_recover_s == pytest.approx(5.5)
+
+
+# ---- approval mode (human in the loop) ----------------------------------------------------------
+
+
+def test_approval_mode_proposes_once_and_restarts_only_after_approval():
+    pol = HealingPolicy(CFG.model_copy(update={"mode": "approve"}))
+    bad = snap("a", probes("ok", "wrong"))
+    r = pol.step(obs(101.0, bad, healthy("b")))
+    assert r.actions == () and r.avoid["mlp"] == ("a",)  # avoided at once, restarted only when approved
+    assert [e.kind for e in r.events] == ["detected-wrong", "proposed"]
+    assert pol.step(obs(101.5, bad, healthy("b"))).events == ()  # proposed once
+    inc = pol.proposals()[0]
+    with pytest.raises(KeyError):
+        pol.decide("inc-nope", True, "ops", 102.0)
+    ev = pol.decide(inc.id, True, "ops", 102.0)
+    assert ev.kind == "approved" and ev.evidence == {"by": "ops"}
+    r = pol.step(obs(102.5, bad, healthy("b")))
+    assert [a.replica for a in r.actions] == ["a"] and pol.proposals() == []
+    with pytest.raises(ValueError, match="no pending proposal"):
+        pol.decide(inc.id, True, "ops", 103.0)
+
+
+def test_a_rejected_proposal_closes_the_incident_and_stops_avoiding_the_replica():
+    pol = HealingPolicy(CFG.model_copy(update={"mode": "approve"}))
+    pol.step(obs(101.0, snap("a", probes("ok", "wrong")), healthy("b")))
+    inc = pol.proposals()[0]
+    assert pol.decide(inc.id, False, "ops", 102.0).kind == "rejected"
+    r = pol.step(obs(102.5, healthy("a"), healthy("b")))
+    assert inc.status == "rejected" and r.actions == () and r.avoid["mlp"] == ()
+    restored = HealingPolicy(CFG, json.loads(json.dumps(pol.to_dict())))
+    assert restored.approval and restored.incidents[0].approval == "rejected"  # survives a restart
