@@ -63,6 +63,9 @@ class RunState:
     config_path: str
     model: str
     storage_path: str
+    cluster: dict | None = None
+    """A multi-node cluster from ``up --nodes`` (:class:`cluster.multinode.LocalCluster` as a dict):
+    ``down`` stops exactly its processes. None for a single ``ray start --head`` or a joined cluster."""
 
 
 def use_token_auth() -> None:

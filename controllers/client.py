@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from controllers.controller import HealingController, config_key
-from raymedic.config import CONTROLLER_NAME, CONTROLLER_NAMESPACE, RaymedicConfig
+from raymedic.config import CONTROLLER_NAME, CONTROLLER_NAMESPACE, HEAD_NODE_RESOURCE, RaymedicConfig
 from raymedic.storage import Storage
 
 __all__ = ["ensure_controller", "get_controller", "remove_controller"]
@@ -33,13 +33,15 @@ def get_controller():
         return None
 
 
-def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, timeout_s: float = 120.0) -> Any:
+def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, admin_sha: str | None = None,
+                      timeout_s: float = 120.0) -> Any:
     """Create the controller if missing (else reconfigure it) and wait until it answers."""
     import ray
 
     storage = Storage(config.storage_path)
     storage.write_text(config_key(config.model),
-                       json.dumps({"config": config.model_dump(mode="json"), "versions": versions}))
+                       json.dumps({"config": config.model_dump(mode="json"), "versions": versions,
+                                   "admin_token_sha256": admin_sha}))
     existing = get_controller()
     if existing is not None:
         info = ray.get(existing.ping.remote(), timeout=timeout_s)
@@ -52,6 +54,9 @@ def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, timeo
         max_restarts=-1,  # Ray restarts it after a crash or SIGKILL; it resumes from its checkpoint
         max_task_retries=-1,
         num_cpus=0,
+        # On the head, which holds the GCS anyway: a worker node's loss must not take the
+        # one component that detects and records that loss with it.
+        resources={HEAD_NODE_RESOURCE: 0.001},
         get_if_exists=True,
     ).remote(config.storage_path, config.model)
     ray.get(actor.reload.remote(), timeout=timeout_s)

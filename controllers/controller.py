@@ -32,7 +32,9 @@ import numpy as np
 
 from controllers.audit import AuditLog
 from controllers.datamonitor import MODEL_KINDS, DataAlerts, DataMonitor, DataReport
+from controllers.modelheal import ModelHealer
 from controllers.performance import PerformanceMonitor, PerformanceReport
+from controllers.playbook import Playbook, Trigger
 from controllers.observe import AppView, alive_replica_actors, crash_reason, read_app_view
 from controllers.policy import (CallStats, HealingPolicy, Observation, Probe, ReplicaSnapshot, RestartReplica,
                                 StepResult)
@@ -82,6 +84,8 @@ class HealingController:
         self._policy = HealingPolicy(self.cfg.controller, state.get("policy"))
         self._hedge = self._new_hedge(state.get("weights"))
         self._data_alerts = DataAlerts(self.cfg.data, state.get("data_alerts"))
+        self._playbook = Playbook(self.cfg.retraining, state.get("playbook"))
+        self._healer = ModelHealer(self.cfg, self._storage, self._playbook, self._record_model, self._admin_sha)
         url = self.cfg.controller.webhook_url
         self._webhook = WebhookNotifier(url) if url else None
         self._data_report: DataReport | None = None
@@ -122,6 +126,7 @@ class HealingController:
     def _load_config(self) -> None:
         doc = json.loads(self._storage.read_text(config_key(self._model)))
         self.cfg = RaymedicConfig.model_validate(doc["config"])
+        self._admin_sha: str | None = doc.get("admin_token_sha256")
         self._versions: dict[str, str] = dict(doc["versions"])
         self._golden: dict[str, GoldenSet] = {}
         registry = ModelRegistry(self._storage)
@@ -171,6 +176,7 @@ class HealingController:
     def _checkpoint(self) -> None:
         state = {"policy": self._policy.to_dict(), "weights": self._hedge.to_dict(), "epoch": self._epoch,
                  "data_alerts": self._data_alerts.to_dict(), "performance": self._perf.to_dict(),
+                 "playbook": self._playbook.to_dict(),
                  "saved_at": time.time()}
         self._storage.write_text(state_key(self._model), json.dumps(state))
         self._dirty = False
@@ -220,8 +226,28 @@ class HealingController:
             self._audit.record(f"data-{alert.kind}", alert.feature, evidence=alert.evidence, action="warn",
                                outcome=what, incident=alert.id, severity=alert.severity,
                                detected_at=alert.detected_at, recovered_at=alert.recovered_at)
-        if events:
+        if await self._heal_model(now) or events:
             await asyncio.to_thread(self._checkpoint)
+            await asyncio.to_thread(self._audit.flush)
+
+    async def _heal_model(self, now: float) -> bool:
+        """The model-level playbook: retrain on material drift or decay, promote what passes the gate."""
+        if self._policy.paused:
+            return False
+        triggers = [Trigger(a.id, a.kind, a.feature, a.severity) for a in self._data_alerts.open()
+                    if a.kind == "drift" or a.kind in MODEL_KINDS]
+        sources = (self._perf_report.sources if self._perf_report else {})
+        live = {m: (float(v["accuracy"]), int(v["labels"])) for m, v in sources.items()}
+        return await self._healer.step(now, triggers, self._perf.labels(), live, self._perf.reset)
+
+    def _record_model(self, kind: str, target: str, *, evidence: Any, action: str, outcome: str,
+                      incident: str | None = None, **extra: Any) -> None:
+        """Audit (and alert on) a model-level action."""
+        self._audit.record(kind, target, evidence=evidence, action=action, outcome=outcome, incident=incident,
+                           **extra)
+        metrics.inc("raymedic_healing_actions_total", model=self._model, action=kind,
+                    outcome=metrics.outcome_label(outcome))
+        self._alert(kind, target, incident, evidence, outcome=outcome)
 
     def _export_checks(self) -> None:
         """Gauges for dashboards: drift and quality per feature, accuracy per source, open incidents."""
@@ -536,11 +562,13 @@ class HealingController:
                            + [a.to_dict() for a in self._data_alerts.alerts][-50:], key=lambda d: d["detected_at"])
         actions = [r for r in self._audit.tail(200) if r.get("kind") in (
             "restart", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
-            "rejected", "mode")][-50:]
+            "rejected", "mode", "retrain-submitted", "retrain-submit-failed", "retrain-finished", "promote",
+            "rollback")][-50:]
         steps = sorted(self._step_ms)
         return {
             "state": "paused" if self._policy.paused else "running",
             "mode": "approve" if self._policy.approval else "auto",
+            "retraining": self._healer.status(),
             "proposals": [{"incident": i.id, "target": f"{i.member}/{i.replica}", "fault": i.kind,
                            "action": "restart", "detected_at": i.detected_at} for i in self._policy.proposals()],
             "webhook": self._webhook.stats() if self._webhook else None,
@@ -602,6 +630,32 @@ class HealingController:
             await asyncio.to_thread(self._audit.flush)
         return {"mode": mode}
 
+    async def request_retrain(self, reason: str = "", who: str = "operator") -> dict[str, Any]:
+        """Retrain now (gated like an automatic one); answered at once, the job runs in the background."""
+        self._ensure_running()
+        out = self._healer.request(f"{reason} (by {who})" if reason else f"requested by {who}")
+        if "error" not in out:
+            self._data_at = 0.0  # the next step runs the playbook
+        return out
+
+    async def rollback(self, members: list[str] | None = None, who: str = "operator") -> dict[str, Any]:
+        """Champion back to the previous version (all members, or ``members``) and redeploy."""
+        self._ensure_running()
+        known = [m.name for m in self.cfg.members]
+        bad = [m for m in members or () if m not in known]
+        if bad:
+            return {"error": f"unknown member(s) {bad}; members are {known}", "status": 404}
+        registry = ModelRegistry(self._storage)
+        names = members or known
+        missing = [m for m in names if "previous" not in registry.aliases(self._model, m)]
+        if missing:
+            return {"error": f"no previous version to roll back to for {missing}", "status": 409}
+        if not self._healer.spawn(self._healer.rollback(names, f"operator: {who}", self._perf.reset)):
+            return {"error": "a promotion or rollback is already being deployed; retry when `raymedic status` "
+                             "shows it done", "status": 409}
+        return {"rollback": "started", "members": names,
+                "champion_now": {m: registry.aliases(self._model, m)["previous"] for m in names}}
+
     async def note(self, kind: str, target: str, evidence: dict[str, Any]) -> None:
         """Record something done to the service from outside (e.g. an injected fault)."""
         self._audit.record(kind, target, evidence=evidence, action="external", outcome="ok")
@@ -611,6 +665,8 @@ class HealingController:
         """Re-read the config and versions (after ``raymedic up`` redeploys)."""
         self._load_config()
         self._perf.reference_accuracy = self._reference_accuracy
+        self._healer.cfg, self._healer.admin_sha = self.cfg, self._admin_sha
+        self._playbook.cfg = self.cfg.retraining
         url = self.cfg.controller.webhook_url
         if (self._webhook.url if self._webhook else None) != url:
             self._webhook = WebhookNotifier(url) if url else None

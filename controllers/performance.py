@@ -155,6 +155,15 @@ class PerformanceMonitor:
                     self._drift_at, fired = now, True
         return fired
 
+    def reset(self) -> None:
+        """New versions serve: their windows, the confidence window and the error-stream test start over
+        (an old version's errors say nothing about the new one's)."""
+        self._y.clear()
+        self._p.clear()
+        self._conf.clear()
+        self._ph.reset()
+        self._drift_at = None
+
     def add_confidence(self, values: Sequence[float]) -> None:
         self._conf.extend(float(v) for v in values)
 

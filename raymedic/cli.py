@@ -64,24 +64,46 @@ def cmd_up(args: argparse.Namespace) -> int:
     host = sf.http_host
     previous = read_run_state()
     started = False
+    local: dict | None = None  # the multi-node cluster `up --nodes` started (or reuses)
+    if args.nodes is not None:
+        _check_nodes_request(args)
     if os.environ.get("RAY_ADDRESS"):
         address = os.environ["RAY_ADDRESS"]
         _progress(f"joining the Ray cluster at {address}")
     elif previous and previous.started_cluster and _ray_alive(previous.ray_address):
-        address, started = previous.ray_address, True
+        running = len((previous.cluster or {}).get("nodes", ())) or 1
+        if args.nodes is not None and (previous.cluster is None or running != args.nodes):
+            raise ConfigError(f"a local Ray cluster raymedic started ({running} node(s)) still runs at "
+                              f"{previous.ray_address}: stop it with `raymedic down`, then run "
+                              f"`raymedic up --nodes {args.nodes}`")
+        address, started, local = previous.ray_address, True, previous.cluster
         _progress(f"reusing the local Ray cluster raymedic started at {address}")
+    elif args.nodes is not None:
+        local = _start_nodes(args, previous, sf, cfg,
+                             url=f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
+        address, started = local["address"], True
     else:
-        _progress(f"starting a local Ray cluster (ray start --head, port {args.ray_port}, "
-                  f"dashboard :{args.dashboard_port})")
-        address, started = start_head(port=args.ray_port, dashboard_port=args.dashboard_port), True
+        ray_port, dashboard_port = args.ray_port or 6379, args.dashboard_port or 8265
+        _progress(f"starting a local Ray cluster (ray start --head, port {ray_port}, "
+                  f"dashboard :{dashboard_port})")
+        address, started = start_head(port=ray_port, dashboard_port=dashboard_port), True
     token_note = _ensure_admin_token()
     join(address, ours=started)
     import ray
 
     try:
+        proxy_location = None
+        if local is not None:
+            from cluster.multinode import spread_over_nodes, wait_for_nodes
+
+            nodes = len(local["nodes"])
+            if previous is None or previous.cluster is not local:  # just started (a reused one may
+                wait_for_nodes(nodes, timeout_s=120)               # have lost a node: redeploy anyway)
+            cfg = spread_over_nodes(cfg, nodes)
+            proxy_location = "HeadOnly"  # every node's proxy would bind the same port on one machine
         cfg = service.choose_model(cfg, args.model)
         service.ensure_trained(cfg, _progress)
-        service.deploy(cfg, host=host, port=port, progress=_progress)
+        service.deploy(cfg, host=host, port=port, progress=_progress, proxy_location=proxy_location)
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         waited = service.wait_ready(url, cfg.model, timeout_s=args.timeout, progress=_progress)
         dashboard = _dashboard_url()
@@ -89,14 +111,50 @@ def cmd_up(args: argparse.Namespace) -> int:
         ray.shutdown()
     write_run_state(RunState(ray_address=address, dashboard_url=dashboard, http_url=url,
                              started_cluster=started, config_path=str(sf.path), model=cfg.model,
-                             storage_path=cfg.storage_path))
+                             storage_path=cfg.storage_path, cluster=local))
     _progress(f"service answers at {url} (ready after {waited:.1f} s)")
+    if local is not None:
+        from cluster.multinode import LocalCluster, describe
+
+        print(f"  nodes:\n{describe(LocalCluster.from_dict(local))}")
     print(f"  model:      {cfg.model}\n  predict:    curl -X POST {url}/v1/models/{cfg.model}:predict "
           f"-d '{{\"instances\": [...]}}'\n  schema:     curl {url}/v1/models/{cfg.model}\n"
           f"  status:     raymedic status\n  dashboard:  {dashboard}\n  stop:       raymedic down")
     if token_note:
         print(f"  admin:      {token_note}")
     return 0
+
+
+def _check_nodes_request(args: argparse.Namespace) -> None:
+    """Refuse ``up --nodes`` requests that cannot work, before anything starts."""
+    from cluster.multinode import check_shape
+
+    if os.environ.get("RAY_ADDRESS"):
+        raise ConfigError(f"--nodes starts a new local cluster, but RAY_ADDRESS={os.environ['RAY_ADDRESS']} "
+                          "names one to join: drop --nodes to deploy onto that cluster, or unset RAY_ADDRESS "
+                          f"(env -u RAY_ADDRESS raymedic up --nodes {args.nodes})")
+    check_shape(args.nodes, cpus_per_node=args.cpus_per_node, gpu_nodes=args.gpu_nodes,
+                gpus_per_node=args.gpus_per_node)
+
+
+def _start_nodes(args: argparse.Namespace, previous: Any, sf: ServeFile, cfg: Any, *, url: str) -> dict:
+    """Start a head and ``--nodes - 1`` workers on this machine; recorded at once so ``down`` can stop them."""
+    from cluster.local import RunState, write_run_state
+    from cluster.multinode import LocalCluster, plan_cluster, start_cluster, stop_cluster
+
+    if previous is not None and previous.cluster:
+        stop_cluster(LocalCluster.from_dict(previous.cluster))  # leftovers of one that died
+    plan = plan_cluster(args.nodes, cpus_per_node=args.cpus_per_node, gpu_nodes=args.gpu_nodes,
+                        gpus_per_node=args.gpus_per_node, gcs_port=args.ray_port,
+                        dashboard_port=args.dashboard_port)
+    _progress(f"starting a local {args.nodes}-node Ray cluster (GCS :{plan.head.ports['gcs']}, dashboard "
+              f"{plan.dashboard_url}, state in {plan.root})")
+    local = start_cluster(plan, progress=_progress).to_dict()
+    # Written before the deploy: should anything below fail, `raymedic down` still stops these nodes.
+    write_run_state(RunState(ray_address=local["address"], dashboard_url=local["dashboard_url"], http_url=url,
+                             started_cluster=True, config_path=str(sf.path), model=cfg.model,
+                             storage_path=cfg.storage_path, cluster=local))
+    return local
 
 
 def _token_file():
@@ -188,10 +246,23 @@ def cmd_down(args: argparse.Namespace) -> int:
             from raymedic import service
 
             _progress(f"deleting Serve application {APP_NAME!r} and its healing controller")
-            service.undeploy()
+            try:
+                service.undeploy()
+            except Exception as exc:  # e.g. an `up` interrupted before Serve started
+                if not (state and state.started_cluster and not os.environ.get("RAY_ADDRESS")):
+                    raise RaymedicError(f"could not delete the Serve application ({exc}); check "
+                                        "`ray status` and the Serve logs") from None
+                _progress(f"  nothing to delete ({str(exc).splitlines()[0]}); stopping the cluster anyway")
         finally:
             ray.shutdown()
-    if state and state.started_cluster and not os.environ.get("RAY_ADDRESS"):
+    if state and state.started_cluster and not os.environ.get("RAY_ADDRESS") and state.cluster:
+        from cluster.multinode import LocalCluster, stop_cluster
+
+        local = LocalCluster.from_dict(state.cluster)
+        _progress(f"stopping the {len(local.nodes)}-node local Ray cluster raymedic started (its own "
+                  "processes only)")
+        stop_cluster(local)
+    elif state and state.started_cluster and not os.environ.get("RAY_ADDRESS"):
         _progress("stopping the local Ray cluster raymedic started (ray stop)")
         stop_head()
     clear_run_state()
@@ -231,6 +302,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"approval mode: {len(props)} proposal(s) waiting" + ("".join(
             f"\n  {p['incident']}  restart {p['target']} ({p['fault']})  → raymedic approve|reject {p['incident']}"
             for p in props)))
+    rt = ctl.get("retraining") or {}
+    if rt.get("job"):
+        print(f"retraining: job {rt['job'].get('job_id')} running ({rt['job']['reason']})")
+    elif rt.get("deploying"):
+        print("retraining: deploying new versions")
+    if rt.get("probation"):
+        print(f"probation: {rt['probation']['versions']} (rolled back automatically if live accuracy drops)")
+    for h in (rt.get("history") or [])[-3:]:
+        print(f"  retrain {h.get('record')}: {h.get('result')}" + "".join(
+            f"\n    {m}: {'pass' if g['passed'] else 'reject'} " + (
+                f"{g['challenger_accuracy']:.3f} vs champion {g['champion_accuracy']:.3f}"
+                if g.get("challenger_accuracy") is not None else "") + (
+                f" — {'; '.join(g['reasons'])}" if g.get("reasons") else "")
+            for m, g in (h.get("gate") or {}).items()))
     incidents = st["incidents"]
     print(f"incidents: {len(incidents)}" + (" (latest first)" if incidents else ""))
     for inc in list(reversed(incidents))[: args.incidents]:
@@ -273,6 +358,22 @@ def cmd_mode(args: argparse.Namespace) -> int:
     print(json.dumps(out) if args.json else
           {"auto": "controller heals on its own", "approve": "controller proposes restarts; approve them with "
            "`raymedic approve ID`"}[args.mode])
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    out = _admin(args, "retrain", {"reason": args.reason or ""})
+    print(json.dumps(out) if args.json else
+          "retrain requested: the controller submits a Ray job (see the dashboard's Jobs view), gates the "
+          "challengers and promotes those that pass; follow it with `raymedic status`")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    out = _admin(args, "rollback", {"members": args.member} if args.member else {})
+    print(json.dumps(out) if args.json else
+          "rolling back: " + ", ".join(f"{m} → {v}" for m, v in out["champion_now"].items())
+          + " (the service redeploys in place; `raymedic status` shows the versions)")
     return 0
 
 
@@ -350,16 +451,23 @@ def _run_state_or_config(args: argparse.Namespace) -> dict[str, str]:
 # ---- train ----------------------------------------------------------------------------
 
 
+def _use_running_cluster() -> None:
+    """Point RAY_ADDRESS at the cluster `raymedic up` started, if it runs, so work goes there."""
+    from cluster.local import read_run_state, use_token_auth
+
+    state = read_run_state()
+    if not os.environ.get("RAY_ADDRESS") and state and _ray_alive(state.ray_address):
+        os.environ["RAY_ADDRESS"] = state.ray_address
+        if state.started_cluster:
+            use_token_auth()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from cluster.local import connect_or_start, read_run_state, use_token_auth
+    from cluster.local import connect_or_start
     from train_jobs.train import report_json, resolve_cli_inputs, train_ensemble
 
     config, table, target, model = resolve_cli_inputs(args)
-    state = read_run_state()
-    if not os.environ.get("RAY_ADDRESS") and state and _ray_alive(state.ray_address):
-        os.environ["RAY_ADDRESS"] = state.ray_address  # train on the running cluster
-        if state.started_cluster:
-            use_token_auth()
+    _use_running_cluster()  # train on the running cluster
     out = (lambda s: print(s, file=sys.stderr)) if args.json else _progress
     with connect_or_start(log_to_driver=not args.json):
         report = train_ensemble(config, table, target=target, model=model, members=args.members,
@@ -369,6 +477,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         _progress(f"trained {len(report.versions)} member(s) of {report.model!r} in {report.wall_s:.1f} s; "
                   f"serve them with `raymedic up --model {report.model}`")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from cluster.local import connect_or_start
+    from train_jobs.search import format_report, report_json, resolve_search_inputs, search_member
+
+    config, table, target, model = resolve_search_inputs(args)  # bad flags fail here, before Ray starts
+    _use_running_cluster()
+    out = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else _progress
+    with connect_or_start(log_to_driver=False):  # trials' own output would bury the progress lines
+        report = search_member(config, table, target=target, model=model, member=args.member,
+                               num_samples=args.trials, max_epochs=args.max_epochs, progress=out)
+    print(json.dumps(report_json(report), indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -443,8 +565,17 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--storage-path", help="Override the config's storage_path.")
     up.add_argument("--chaos", action="store_true", help="Enable the chaos admin routes.")
     up.add_argument("--port", type=int, help="HTTP port (default: the config's http_options.port).")
-    up.add_argument("--ray-port", type=int, default=6379, help="GCS port of a local cluster (default 6379).")
-    up.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard port (default 8265).")
+    up.add_argument("--ray-port", type=int, help="GCS port of a local cluster (default 6379; with --nodes a "
+                    "free port).")
+    up.add_argument("--dashboard-port", type=int, help="Ray dashboard port (default 8265; with --nodes a free "
+                    "port).")
+    up.add_argument("--nodes", type=int, help="Start a real N-node Ray cluster on this machine (a head and N-1 "
+                    "workers, each its own raylet) and spread the members over it; `down` stops exactly it.")
+    up.add_argument("--cpus-per-node", type=int, default=4, help="With --nodes: logical CPUs per node (default 4).")
+    up.add_argument("--gpu-nodes", type=int, default=0, help="With --nodes: how many workers are GPU workers "
+                    "(default 0); members with num_gpus > 0 land only there.")
+    up.add_argument("--gpus-per-node", type=int, default=1, help="With --nodes: logical GPUs per GPU worker "
+                    "(default 1).")
     up.add_argument("--timeout", type=float, default=300.0, help="Seconds to wait for the service.")
 
     add("down", cmd_down, "Delete the service and stop the local cluster `up` started.")
@@ -469,6 +600,11 @@ def _parser() -> argparse.ArgumentParser:
     rj.add_argument("incident", help="Incident id, from `raymedic status`.")
     mo = admin(add("mode", cmd_mode, "auto: heal on its own; approve: propose restarts for an operator."))
     mo.add_argument("mode", choices=["auto", "approve"])
+    rt = admin(add("retrain", cmd_retrain, "Retrain on recent labelled data now (a Ray job), gated like "
+                   "an automatic retrain."))
+    rt.add_argument("--reason", help="Why (recorded in the audit log and the versions' metadata).")
+    rb = admin(add("rollback", cmd_rollback, "Serve the previous version again (every member, or --member)."))
+    rb.add_argument("--member", action="append", help="Only this member (repeatable).")
     ch = admin(add("chaos", cmd_chaos, "Inject a replica fault (needs chaos enabled and the admin token)."))
     ch.add_argument("fault", choices=["kill", "hang", "slow", "wrong", "clear"],
                     help="kill: SIGKILL; hang: block inference; slow: add latency; wrong: wrong answers; "
@@ -495,6 +631,11 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--members", nargs="+", help="Train only these members.")
     tr.add_argument("--no-promote", action="store_true", help="Register without moving the champion alias.")
     tr.add_argument("--json", action="store_true", help="Print the training report as JSON.")
+
+    from train_jobs.search import add_arguments as search_arguments
+
+    search_arguments(add("search", cmd_search, "Search one member's hyperparameters with Ray Tune (Optuna + "
+                         "ASHA); register the best as its 'challenger', not promoted."))
 
     be = add("bench", cmd_bench, "Recovery and speed figures, raymedic against plain Ray Serve in the same run.")
     be.add_argument("scenario", choices=["replica-faults", "controller-step"])

@@ -25,7 +25,9 @@ __all__ = [
     "CONTROLLER_NAME",
     "CONTROLLER_NAMESPACE",
     "ADMIN_TOKEN_ENV",
+    "ADMIN_TOKEN_SHA_ENV",
     "DEFAULT_CONFIG_PATH",
+    "HEAD_NODE_RESOURCE",
     "MemberConfig",
     "GatewayConfig",
     "TrainingConfig",
@@ -48,8 +50,14 @@ CONTROLLER_NAMESPACE = "raymedic"
 """The healing controller actor's name and namespace (ARCHITECTURE.md contract)."""
 
 ADMIN_TOKEN_ENV = "RAYMEDIC_ADMIN_TOKEN"
+ADMIN_TOKEN_SHA_ENV = "RAYMEDIC_ADMIN_TOKEN_SHA256"
+"""Set by the controller when it redeploys: it has only the token's hash, never the token."""
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "cluster" / "raymedic.yaml"
+
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+"""Ray's built-in custom resource of the head node (any Ray cluster, KubeRay included): asking for a
+sliver of it pins an actor to the head, which holds the GCS and outlives any worker node."""
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MemberKind = Literal["logistic", "mlp", "tabresnet"]
@@ -133,6 +141,11 @@ class GatewayConfig(_Strict):
         0.5, gt=0, le=10, description="Telemetry to / weights from the controller, one batched call per period "
         "(weights reach every gateway within one period plus a controller step)."
     )
+    on_head: bool = Field(
+        False, description="Place gateway replicas on the Ray head node (custom resource "
+        "node:__internal_head__). Where the HTTP proxy runs on the head only (`raymedic up --nodes N` turns "
+        "this on), a worker node's loss then never drops a request in flight through a gateway; off where "
+        "proxies run on every node and gateways should spread with them.")
 
 
     @model_validator(mode="after")
@@ -156,6 +169,12 @@ class TrainingConfig(_Strict):
     val_fraction: float = Field(0.2, gt=0, lt=0.9, description="Held out for metrics and golden probes.")
     seed: int = 0
     synthetic_rows: int = Field(6000, ge=200, description="Rows of the built-in synthetic table.")
+    search_cpus_per_trial: float = Field(
+        0.5, gt=0, description="CPUs one hyperparameter-search trial reserves (`raymedic search`): a small "
+        "tabular model on one torch thread rarely keeps a core busy, so two trials share one.")
+    search_max_concurrent_trials: int = Field(
+        4, ge=1, description="Search trials run at once; a few, so ASHA can compare trials at each rung "
+        "and Optuna still learns from finished ones.")
 
 
 class ChaosConfig(_Strict):
@@ -260,6 +279,33 @@ class PerformanceSettings(_Strict):
     ph_min_samples: int = Field(50, ge=1, description="Labels before the error-stream test may alarm.")
 
 
+class RetrainingConfig(_Strict):
+    """Model-level healing: retrain on recent labels after material drift or decay, gated."""
+
+    enabled: bool = Field(True, description="Submit retraining jobs on material drift or accuracy decay.")
+    min_labeled_rows: int = Field(300, ge=20, description="Recent labelled rows needed before a retrain is "
+                                  "worth running (fewer: the alert stays open and the controller waits).")
+    holdout_fraction: float = Field(0.3, gt=0.05, lt=0.9, description="Newest share of the recent labelled "
+                                    "rows kept out of training; the gate judges champion and challenger on it.")
+    reference_share: float = Field(0.2, ge=0, lt=1, description="Share of the training rows drawn from the "
+                                   "champion's stored training sample, so a retrain does not forget.")
+    lookback_s: float = Field(3600.0, gt=0, description="Labelled rows predicted this far back are 'recent'.")
+    gate_margin: float = Field(0.01, ge=0, lt=1, description="The challenger's holdout accuracy must beat the "
+                               "champion's by at least this much.")
+    max_ece_increase: float = Field(0.05, ge=0, le=1, description="Guardrail: expected calibration error may "
+                                    "not rise by more than this.")
+    max_latency_ratio: float = Field(2.0, ge=1, description="Guardrail: the challenger's per-batch inference "
+                                     "time may not exceed the champion's by more than this factor.")
+    cooldown_s: float = Field(120.0, ge=0, description="After a retrain finishes (promoted or not), wait this "
+                              "long before another.")
+    backoff_s: float = Field(30.0, gt=0, description="First wait after a failed job; doubles per failure.")
+    max_backoff_s: float = Field(1800.0, gt=0)
+    job_timeout_s: float = Field(1800.0, gt=0, description="A job running longer is stopped and counted failed.")
+    probation_labels: int = Field(100, ge=10, description="After a promotion, labels on the new version's "
+                                  "answers before it is confirmed; a drop below the gate's holdout accuracy "
+                                  "by more than accuracy_drop rolls it back.")
+
+
 class RaymedicConfig(_Strict):
     """Everything raymedic needs to serve, train and heal one model."""
 
@@ -274,6 +320,7 @@ class RaymedicConfig(_Strict):
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
+    retraining: RetrainingConfig = Field(default_factory=RetrainingConfig)
     access_log: bool = Field(
         False, description="Serve's per-request access log lines; off by default: raymedic logs every "
         "prediction to Parquet already, and a log line per hop costs real CPU on small machines.")

@@ -59,13 +59,18 @@ def ensure_trained(config: RaymedicConfig, progress: Progress) -> None:
     train_ensemble(config, synthetic_table(config), target="label", model=config.model, progress=progress)
 
 
-def deploy(config: RaymedicConfig, *, host: str, port: int, progress: Progress) -> None:
-    """Deploy (or update) the Serve application on the connected cluster."""
+def deploy(config: RaymedicConfig, *, host: str, port: int, progress: Progress,
+           proxy_location: str | None = None) -> None:
+    """Deploy (or update) the Serve application on the connected cluster.
+
+    ``proxy_location="HeadOnly"`` where several nodes share one machine (``up --nodes``):
+    every node's proxy would bind the same host and port there. None keeps Serve's default.
+    """
     from ray import serve
 
     from serve_apps.app import build_app
 
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
     progress(f"deploying Serve application {APP_NAME!r}: gateway + members "
              f"{[m.name for m in config.members]}")
     serve.run(build_app(config.model_dump(mode="json")), name=APP_NAME, route_prefix="/", blocking=False)

@@ -16,7 +16,8 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from raymedic.config import ADMIN_TOKEN_ENV, RaymedicConfig, parse_config
+from raymedic.config import (ADMIN_TOKEN_ENV, ADMIN_TOKEN_SHA_ENV, HEAD_NODE_RESOURCE, RaymedicConfig,
+                             parse_config)
 from raymedic.errors import ConfigError, RaymedicError
 from raymedic.storage import Storage
 from serve_apps.gateway import Gateway
@@ -59,7 +60,9 @@ def resolve_versions(config: RaymedicConfig) -> tuple[dict[str, str], dict[str, 
 def admin_token_sha256() -> str | None:
     """The admin token's sha256 from the deployer's environment (only the hash is shipped)."""
     token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
-    return hashlib.sha256(token.encode()).hexdigest() if token else None
+    if token:
+        return hashlib.sha256(token.encode()).hexdigest()
+    return os.environ.get(ADMIN_TOKEN_SHA_ENV) or None
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -73,7 +76,7 @@ def build_app(args: dict[str, Any]) -> Application:
     if config.controller.enabled:
         from controllers.client import ensure_controller
 
-        ensure_controller(config, versions)
+        ensure_controller(config, versions, admin_sha=admin_token_sha256())
     router = RequestRouterConfig(request_router_class=AvoidingRouter)
     logging_config = {"enable_access_log": config.access_log}
     members = {
@@ -94,6 +97,7 @@ def build_app(args: dict[str, Any]) -> Application:
         num_replicas=config.gateway.replicas,
         max_ongoing_requests=config.gateway.max_ongoing_requests,
         max_queued_requests=config.gateway.max_queued_requests,
-        ray_actor_options={"num_cpus": config.gateway.num_cpus},
+        ray_actor_options={"num_cpus": config.gateway.num_cpus,
+                           **({"resources": {HEAD_NODE_RESOURCE: 0.001}} if config.gateway.on_head else {})},
         logging_config=logging_config,
     ).bind(config.model_dump(mode="json"), members, versions, schema, admin_token_sha256())

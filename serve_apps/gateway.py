@@ -598,6 +598,25 @@ class Gateway:
             raise InvalidRequest('send {"mode": "auto"} or {"mode": "approve"}', status=400)
         return self._controller_reply(await self._controller_call("set_mode", body["mode"], "admin route"))
 
+    @api.post("/v1/admin/retrain")
+    async def admin_retrain(self, request: Request) -> dict[str, Any]:
+        self._check_admin(request)
+        body = await _json_body(request) if await request.body() else {}
+        if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
+            raise InvalidRequest('send {} or {"reason": "<why>"}', status=400)
+        return self._controller_reply(await self._controller_call("request_retrain", body.get("reason", ""),
+                                                                  "admin route"))
+
+    @api.post("/v1/admin/rollback")
+    async def admin_rollback(self, request: Request) -> dict[str, Any]:
+        self._check_admin(request)
+        body = await _json_body(request) if await request.body() else {}
+        members = body.get("members") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not (members is None or (
+                isinstance(members, list) and all(isinstance(m, str) for m in members))):
+            raise InvalidRequest('send {} to roll back every member, or {"members": ["<name>", ...]}', status=400)
+        return self._controller_reply(await self._controller_call("rollback", members, "admin route"))
+
     @staticmethod
     def _controller_reply(reply: dict[str, Any]) -> dict[str, Any]:
         if isinstance(reply, dict) and "error" in reply:

@@ -30,10 +30,13 @@ from typing import Any, Callable, Mapping
 from raymedic.errors import ConfigError, IntegrityError, RegistryError, VersionNotFound
 from raymedic.storage import Storage
 
-__all__ = ["ModelRegistry", "VersionInfo", "LoadedVersion", "AliasMove", "CHAMPION", "PREVIOUS", "LATEST"]
+__all__ = ["ModelRegistry", "VersionInfo", "LoadedVersion", "AliasMove", "CHAMPION", "PREVIOUS", "CHALLENGER",
+           "LATEST"]
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
+# A candidate registered for comparison (a search's or a retrain's best); never served until promoted.
+CHALLENGER = "challenger"
 # A pseudo-ref, never stored: the newest complete version.
 LATEST = "latest"
 

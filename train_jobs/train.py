@@ -23,26 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import pandas as pd
 
 from raymedic.config import RaymedicConfig, load_config
 from raymedic.errors import ConfigError, RaymedicError
 from raymedic.storage import Storage
-from train_jobs import artifacts
+from train_jobs._fit import fit_epoch, prepare_data, register_member, snapshot, validate
 from train_jobs.models import ArchSpec, build_model
-from train_jobs.preprocess import Preprocessor
-from train_jobs.reference import Reference
 from train_jobs.registry import ModelRegistry, VersionInfo
 from train_jobs.schema import ModelSchema
-from train_jobs.tables import fingerprint, infer_schema, load_table, split
+from train_jobs.tables import load_table
 
 __all__ = ["TrainReport", "TrainingFailed", "train_ensemble", "main"]
 
 log = logging.getLogger(__name__)
-
-GOLDEN_ROWS = 16
-"""Probe inputs stored per version: enough to catch a wrong-answering replica, cheap to replay."""
 
 PATIENCE_EPOCHS = 8
 """Stop a member once validation loss has not improved for this many epochs."""
@@ -95,23 +89,12 @@ def _train_loop(config: dict[str, Any]) -> None:
                                 weight_decay=config["weight_decay"])
         best_loss, best_state, stale, epochs_run = math.inf, None, 0, 0
         for epoch in range(config["epochs"]):
-            model.train()
-            perm = torch.randperm(len(x_tr), generator=gen).to(device)
-            for start in range(0, len(perm), config["batch_size"]):
-                idx = perm[start:start + config["batch_size"]]
-                opt.zero_grad()
-                loss_fn(model(x_tr[idx]), y_tr[idx]).backward()
-                opt.step()
-            model.eval()
-            with torch.no_grad():
-                logits = model(x_va)
-                val_loss = float(loss_fn(logits, y_va))
-                val_acc = float((logits.argmax(1) == y_va).float().mean())
+            fit_epoch(model, opt, x_tr, y_tr, batch_size=config["batch_size"], generator=gen, loss_fn=loss_fn)
+            val_loss, val_acc = validate(model, x_va, y_va, loss_fn)
             epochs_run = epoch + 1
             if val_loss < best_loss - 1e-4:
                 best_loss, stale = val_loss, 0
-                net = getattr(model, "module", model)
-                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                best_state = snapshot(model)
             else:
                 stale += 1
             if rank == 0 and (epoch % 10 == 0 or stale >= PATIENCE_EPOCHS or epoch + 1 == config["epochs"]):
@@ -130,29 +113,6 @@ def _train_loop(config: dict[str, Any]) -> None:
                 save_file(state, str(Path(tmp) / f"{name}.safetensors"))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(summary, checkpoint=checkpoint)
-
-
-def _json_row(values: Sequence[Any]) -> list[Any]:
-    """Plain-JSON values (numpy scalars → Python, NaN → None) for a golden row."""
-    out = []
-    for v in values:
-        if isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, float) and math.isnan(v):
-            v = None
-        out.append(v)
-    return out
-
-
-def _evaluate(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    eps = 1e-12
-    pred = probs.argmax(1)
-    onehot = np.eye(probs.shape[1])[y]
-    return {
-        "val_accuracy": float((pred == y).mean()),
-        "val_log_loss": float(-np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0)).mean()),
-        "val_brier": float(((probs - onehot) ** 2).sum(1).mean()),
-    }
 
 
 def _run_trainer(config: RaymedicConfig, storage: Storage, loop_config: dict[str, Any],
@@ -187,6 +147,28 @@ def _run_trainer(config: RaymedicConfig, storage: Storage, loop_config: dict[str
                 for m in loop_config["members"]}
 
 
+TRAIN_SAMPLE_ROWS = 5000
+"""Labelled training rows kept per training table: what a retrain mixes back in so the
+new version does not forget the reference distribution."""
+
+
+def _save_train_sample(storage: Storage, model: str, train_df: pd.DataFrame, data_fp: str, *,
+                       seed: int) -> str | None:
+    """Store a seeded sample of the labelled training rows; None (and a warning) if it cannot be."""
+    import pyarrow as pa
+
+    key = f"samples/{model}/{data_fp[:16]}.parquet"
+    try:
+        if not storage.exists(key):
+            sample = train_df.sample(n=min(TRAIN_SAMPLE_ROWS, len(train_df)), random_state=seed)
+            storage.write_parquet(key, pa.Table.from_pandas(sample.reset_index(drop=True), preserve_index=False))
+    except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
+        log.warning("could not store a training sample for later retrains (%s); retrains will use recent "
+                    "labels only", exc)
+        return None
+    return key
+
+
 def train_ensemble(
     config: RaymedicConfig,
     table: pd.DataFrame,
@@ -196,8 +178,16 @@ def train_ensemble(
     members: Sequence[str] | None = None,
     promote: bool = True,
     progress: Callable[[str], None] = print,
+    schema: ModelSchema | None = None,
+    alias: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> TrainReport:
     """Train ``members`` (default: all) on ``table`` and register one version each.
+
+    ``schema`` pins the feature schema (a retrain must keep serving the same
+    request format, whatever the new rows happen to contain); ``alias`` points an
+    extra alias (e.g. ``challenger``) at each new version; ``metadata`` is merged
+    into every version's metadata.
 
     With ``promote`` the new versions become champions (the previous ones stay
     reachable through the ``previous`` alias). Requires a connected Ray cluster.
@@ -208,20 +198,15 @@ def train_ensemble(
     registry = ModelRegistry(storage)
     chosen = [config.member(n) for n in members] if members else list(config.members)
 
-    schema: ModelSchema = infer_schema(table, target=target)
-    train_df, val_df = split(table, val_fraction=config.training.val_fraction, seed=config.training.seed,
-                             stratify_col=target)
-    pre = Preprocessor.fit(train_df, schema)
-    x_tr, y_tr = pre.transform_frame(train_df), pre.encode_labels(train_df[target])
-    x_va, y_va = pre.transform_frame(val_df), pre.encode_labels(val_df[target])
-    specs = {m.name: ArchSpec.create(m.kind, input_dim=pre.output_dim, n_classes=len(schema.classes),
-                                     hyperparameters=m.hyperparameters) for m in chosen}
+    data = prepare_data(config, table, target=target, schema=schema)
+    schema, train_df, val_df = data.schema, data.train_df, data.val_df
+    specs = {m.name: data.spec(m.kind, m.hyperparameters) for m in chosen}
     progress(f"training {len(chosen)} member(s) of model {model!r} with Ray Train on "
              f"{len(train_df)} rows ({len(val_df)} held out), {len(schema.features)} features, "
              f"{len(schema.classes)} classes")
     loop_config = {
         "members": [{"name": m.name, "arch": specs[m.name].to_dict()} for m in chosen],
-        "x_train": x_tr, "y_train": y_tr, "x_val": x_va, "y_val": y_va,
+        "x_train": data.x_train, "y_train": data.y_train, "x_val": data.x_val, "y_val": data.y_val,
         "epochs": config.training.epochs, "batch_size": config.training.batch_size,
         "learning_rate": config.training.learning_rate, "weight_decay": config.training.weight_decay,
         "seed": config.training.seed,
@@ -229,38 +214,22 @@ def train_ensemble(
     run_name = f"raymedic-train-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     states = _run_trainer(config, storage, loop_config, run_name)
 
-    baseline = float(np.bincount(y_va, minlength=len(schema.classes)).max() / len(y_va))
-    data_fp = fingerprint(table)
-    golden_raw = [_json_row(r) for r in val_df[schema.feature_names].head(GOLDEN_ROWS).itertuples(index=False)]
-    reference = Reference.build(train_df, schema, seed=config.training.seed).to_dict()
+    baseline = data.baseline_accuracy
+    sample_key = _save_train_sample(storage, model, train_df, data.data_fingerprint, seed=config.training.seed)
     versions: dict[str, VersionInfo] = {}
     all_metrics: dict[str, dict[str, float]] = {}
     for m in chosen:
-        network = build_model(specs[m.name])
-        network.load_state_dict(states[m.name])
-        served = artifacts.MemberModel(spec=specs[m.name], preprocessor=pre, network=network, golden=None)
-        metrics = _evaluate(served.predict_proba_matrix(x_va), y_va)
-        metrics["baseline_accuracy"] = baseline
-        golden = artifacts.GoldenSet(rows=golden_raw, probabilities=served.predict_proba(golden_raw).tolist())
-        files = artifacts.pack(network=network, spec=specs[m.name], preprocessor=pre, golden=golden,
-                               reference=reference)
-        try:
-            parent = registry.resolve(model, m.name, "champion")
-        except RaymedicError:
-            parent = None
-        info = registry.register(model, m.name, files=files, parent_version=parent, metadata={
-            "kind": m.kind,
-            "hyperparameters": specs[m.name].hyperparameters,
+        info, metrics = register_member(registry, data, model=model, member=m, spec=specs[m.name],
+                                        state=states[m.name], metadata={
             "training": config.training.model_dump(),
-            "metrics": metrics,
-            "data_fingerprint": data_fp,
-            "schema": schema.to_dict(),
-            "train_rows": len(train_df),
-            "val_rows": len(val_df),
             "ray_train_run": run_name,
+            "train_sample": sample_key,
+            **(metadata or {}),
         })
         if promote:
             registry.promote(model, m.name, info.version)
+        if alias:
+            registry.set_alias(model, m.name, alias, info.version)
         versions[m.name] = info
         all_metrics[m.name] = metrics
         progress(f"  {m.name}: {info.version} val_accuracy {metrics['val_accuracy']:.3f} "

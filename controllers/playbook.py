@@ -1,0 +1,229 @@
+"""The model-level healing playbook: when to retrain, what to do with the verdict.
+
+Pure decisions over what the controller observed; the controller performs them
+(Ray Jobs submission, registry alias moves, a Serve redeploy). Rules:
+
+- Minor drift only warns. Material drift (an ``act`` drift alert) or accuracy
+  decay / concept drift with enough recent labels triggers one retraining job.
+- At most one job at a time; after a job, a cooldown; after a failed job, an
+  exponential backoff. A job that runs past its timeout counts as failed.
+- A gated job promotes exactly the members whose challenger passed; a rejected
+  challenger is recorded with the gate's reasons and the champion keeps serving.
+- After a promotion the new versions are on probation: if their live accuracy on
+  ``probation_labels`` fresh labels falls more than ``accuracy_drop`` below the
+  holdout accuracy the gate saw, they are rolled back automatically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from raymedic.config import RetrainingConfig
+
+__all__ = ["Playbook", "SubmitRetrain", "Promote", "Rollback", "Trigger"]
+
+HISTORY_KEPT = 20
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """An open alert that may justify a retrain: ``kind`` drift (severity act), accuracy_decay, concept_drift."""
+
+    alert: str
+    kind: str
+    target: str
+    severity: str = "act"
+
+
+@dataclass(frozen=True)
+class SubmitRetrain:
+    record: str
+    reason: str
+    alerts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Promote:
+    record: str
+    versions: dict[str, str]  # member → challenger version
+    holdout_accuracy: dict[str, float]
+    champion_accuracy: dict[str, float] = field(default_factory=dict)  # the replaced versions, same holdout
+    holdout_labels: int = 0
+
+
+@dataclass(frozen=True)
+class Rollback:
+    members: tuple[str, ...]
+    reason: str
+
+
+@dataclass
+class _State:
+    job: dict[str, Any] | None = None  # {"record", "job_id", "submitted_at", "reason", "alerts"}
+    failures: int = 0
+    not_before: float = 0.0
+    seq: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    probation: dict[str, Any] | None = None  # {"record", "since", "versions", "holdout_accuracy"}
+
+
+def wilson_upper(p: float, n: int, z: float = 1.96) -> float:
+    """Upper end of the Wilson score interval for a proportion ``p`` seen on ``n`` trials."""
+    if n <= 0:
+        return 1.0
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z * z / n))
+
+
+def wilson_lower(p: float, n: int, z: float = 1.96) -> float:
+    """Lower end of the Wilson score interval."""
+    return 1.0 - wilson_upper(1.0 - p, n, z)
+
+
+class Playbook:
+    def __init__(self, cfg: RetrainingConfig, memory: Mapping[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self._s = _State(**{k: v for k, v in (memory or {}).items() if k in _State.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self._s)
+
+    @property
+    def job(self) -> dict[str, Any] | None:
+        return self._s.job
+
+    @property
+    def probation(self) -> dict[str, Any] | None:
+        return self._s.probation
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return list(self._s.history)
+
+    def waiting(self) -> dict[str, Any]:
+        return {"not_before": self._s.not_before, "failures": self._s.failures}
+
+    def _remember(self, entry: dict[str, Any]) -> None:
+        self._s.history = (self._s.history + [entry])[-HISTORY_KEPT:]
+
+    # ---- deciding to retrain ---------------------------------------------------------
+
+    def step(self, now: float, triggers: Sequence[Trigger], labels: int, *, manual: str | None = None
+             ) -> SubmitRetrain | None:
+        """A retrain to submit now, or None. ``manual`` (an operator's reason) skips the triggers,
+        not the one-job-at-a-time rule."""
+        if self._s.job is not None:
+            return None
+        if manual is None:
+            if not self.cfg.enabled or now < self._s.not_before or self._s.probation is not None:
+                return None
+            acting = [t for t in triggers if t.kind != "drift" or t.severity == "act"]
+            if not acting or labels < self.cfg.min_labeled_rows:
+                return None
+            reason = "; ".join(f"{t.kind} on {t.target}" for t in acting)
+            alerts = tuple(t.alert for t in acting)
+        else:
+            reason, alerts = f"operator: {manual}", ()
+        self._s.seq += 1
+        record = f"r{self._s.seq:04d}-{int(now)}"
+        self._s.job = {"record": record, "job_id": None, "submitted_at": now, "reason": reason,
+                       "alerts": list(alerts)}
+        return SubmitRetrain(record, reason, alerts)
+
+    def submitted(self, job_id: str) -> None:
+        if self._s.job is not None:
+            self._s.job["job_id"] = job_id
+
+    def timed_out(self, now: float) -> bool:
+        job = self._s.job
+        return job is not None and now - job["submitted_at"] > self.cfg.job_timeout_s
+
+    # ---- the job's outcome -----------------------------------------------------------
+
+    def finished(self, now: float, status: str, outcome: Mapping[str, Any] | None) -> Promote | None:
+        """Record a finished job (``status``: Ray's SUCCEEDED/FAILED/STOPPED, or TIMEOUT/SUBMIT_FAILED).
+
+        ``outcome`` is the job's record file (None if it wrote none)."""
+        job, self._s.job = self._s.job, None
+        if job is None:
+            return None
+        entry = {**job, "finished_at": now, "job_status": status,
+                 "outcome": (outcome or {}).get("status", "none")}
+        gated = status == "SUCCEEDED" and outcome is not None and outcome.get("status") == "gated"
+        if outcome is not None and outcome.get("status") == "skipped":
+            entry["result"] = "skipped: " + str(outcome.get("error", ""))
+            self._s.not_before = now + self.cfg.cooldown_s
+            self._remember(entry)
+            return None
+        if not gated:
+            self._s.failures += 1
+            wait = min(self.cfg.max_backoff_s, self.cfg.backoff_s * 2 ** (self._s.failures - 1))
+            self._s.not_before = now + wait
+            entry.update(result="failed", error=(outcome or {}).get("error"), retry_after_s=wait)
+            self._remember(entry)
+            return None
+        self._s.failures = 0
+        self._s.not_before = now + self.cfg.cooldown_s
+        members = outcome.get("members", {})
+        passed = {m: v["challenger_version"] for m, v in members.items() if v.get("passed")}
+        entry.update(result="promoted" if passed else "rejected",
+                     gate={m: {"passed": bool(v.get("passed")), "reasons": v.get("reasons", []),
+                               "challenger": v.get("challenger_version"),
+                               "champion_accuracy": (v.get("champion_metrics") or {}).get("accuracy"),
+                               "challenger_accuracy": (v.get("challenger_metrics") or {}).get("accuracy")}
+                           for m, v in members.items()})
+        self._remember(entry)
+        if not passed:
+            return None
+        acc = {m: float(members[m]["challenger_metrics"]["accuracy"]) for m in passed}
+        old = {m: float(members[m]["champion_metrics"]["accuracy"]) for m in passed}
+        n = min(int(members[m]["challenger_metrics"].get("labels", 0)) for m in passed)
+        return Promote(job["record"], passed, acc, old, n)
+
+    def promoted(self, now: float, promote: Promote) -> None:
+        self._s.probation = {"record": promote.record, "since": now, "versions": dict(promote.versions),
+                             "holdout_accuracy": dict(promote.holdout_accuracy),
+                             "champion_accuracy": dict(promote.champion_accuracy),
+                             "holdout_labels": promote.holdout_labels}
+
+    # ---- probation -------------------------------------------------------------------
+
+    def bar(self, member: str, accuracy_drop: float) -> float:
+        """The live accuracy a promoted version must keep: what its gate holdout surely promised (the
+        lower 95 % Wilson bound: a holdout of a hundred rows is noisy, and the best of several
+        challengers is flattered by it), less the usual drop, and never less than what the version it
+        replaced scored on the same holdout."""
+        p = self._s.probation or {}
+        promised = p.get("holdout_accuracy", {}).get(member, 0.0)
+        n = int(p.get("holdout_labels") or 0)
+        return max(p.get("champion_accuracy", {}).get(member, 0.0),
+                   (wilson_lower(promised, n) if n else promised) - accuracy_drop)
+
+    def check_probation(self, live: Mapping[str, tuple[float, int]], accuracy_drop: float) -> Rollback | None:
+        """``live``: member → (accuracy, labels) on answers since the promotion.
+
+        A member is rolled back only when it is *significantly* below its bar (the upper
+        95 % Wilson bound of its live accuracy is under it): a holdout of a hundred rows
+        and a live window of a hundred labels are both noisy, and flapping between
+        versions on noise is worse than either version."""
+        p = self._s.probation
+        if p is None:
+            return None
+        judged = {m: live[m] for m in p["versions"] if m in live and live[m][1] >= self.cfg.probation_labels}
+        worse = sorted(m for m, (acc, n) in judged.items() if wilson_upper(acc, n) < self.bar(m, accuracy_drop))
+        if worse:
+            detail = ", ".join(f"{m} {judged[m][0]:.3f} on {judged[m][1]} labels vs bar "
+                               f"{self.bar(m, accuracy_drop):.3f}" for m in worse)
+            self._s.probation = None
+            return Rollback(tuple(worse), f"probation failed: live accuracy {detail}")
+        if len(judged) == len(p["versions"]):
+            self._s.probation = None  # confirmed
+            self._remember({"record": p["record"], "result": "confirmed",
+                            "live_accuracy": {m: round(a, 4) for m, (a, _) in judged.items()}})
+        return None
+
+    def rolled_back(self) -> None:
+        self._s.probation = None

@@ -1,0 +1,128 @@
+"""The cluster configs say what the code expects, without starting Ray.
+
+The KubeRay manifest embeds its own copy of the Serve application; these tests keep
+it equal to ``cluster/raymedic.yaml`` (what `raymedic up` and the tests deploy), so
+the service on Kubernetes is the one that was tested. The local multi-node launcher's
+plan and placement rules are pure and checked here too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cluster.multinode import (NODE_LABEL, NODE_TYPE_LABEL, LocalCluster, StartedNode, check_shape, plan_cluster,
+                               spread_over_nodes, start_command)
+from raymedic.config import load_config, parse_config
+from raymedic.errors import ConfigError
+from tests.conftest import REPO
+
+LOCAL_ONLY = {"storage_path"}  # pods share no local disk: the manifest points at s3:// or a PVC
+
+
+def _manifest() -> dict:
+    return yaml.safe_load((REPO / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+
+
+def _app(serve_doc: dict) -> dict:
+    return next(a for a in serve_doc["applications"] if a["name"] == "raymedic")
+
+
+def test_rayservice_serves_the_same_application_as_the_local_config():
+    doc = _manifest()
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayService"
+    serve = yaml.safe_load(doc["spec"]["serveConfigV2"])  # a YAML document inside a string
+    local = yaml.safe_load((REPO / "cluster" / "raymedic.yaml").read_text())
+    k8s_app, local_app = _app(serve), _app(local)
+    assert k8s_app["import_path"] == local_app["import_path"] == "serve_apps.app:build_app"
+    assert k8s_app["route_prefix"] == local_app["route_prefix"]
+    strip = lambda args: {k: v for k, v in args.items() if k not in LOCAL_ONLY}  # noqa: E731
+    assert strip(k8s_app["args"]) == strip(local_app["args"])
+    # Both validate, and to the same config once storage_path is set aside.
+    k8s_cfg, local_cfg = parse_config(k8s_app["args"]), load_config(REPO / "cluster" / "raymedic.yaml").config
+    assert k8s_cfg.model_copy(update={"storage_path": ""}) == local_cfg.model_copy(update={"storage_path": ""})
+    assert k8s_cfg.storage_path.startswith(("s3://", "gs://", "/mnt/")), k8s_cfg.storage_path
+    assert serve["http_options"]["host"] == "0.0.0.0"  # reachable through the pod's Service
+
+
+def test_rayservice_has_head_cpu_and_gpu_worker_groups():
+    spec = _manifest()["spec"]["rayClusterConfig"]
+    assert spec["rayVersion"].startswith("2.")
+    assert spec["headGroupSpec"]["template"]["spec"]["containers"]
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert set(groups) == {"cpu-worker", "gpu-worker"}
+    gpu = groups["gpu-worker"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu.get("nvidia.com/gpu") == "1"
+    cpu = groups["cpu-worker"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in cpu
+    assert groups["gpu-worker"]["minReplicas"] == 0 and spec["enableInTreeAutoscaling"] is True
+    # Enough CPU workers that losing one leaves room for every member's two replicas.
+    assert groups["cpu-worker"]["minReplicas"] >= 3
+
+
+def test_ray_cluster_launcher_config_has_head_cpu_and_gpu_workers():
+    doc = yaml.safe_load((REPO / "ray-cluster.yaml").read_text())
+    types = doc["available_node_types"]
+    assert doc["head_node_type"] in types
+    assert {"cpu_worker", "gpu_worker"} <= set(types)
+    assert types["gpu_worker"]["node_config"]["InstanceType"].startswith(("g", "p"))  # an AWS GPU family
+    assert not types["cpu_worker"]["node_config"]["InstanceType"].startswith(("g", "p"))
+    assert types["gpu_worker"]["min_workers"] == 0  # GPUs only when something asks for them
+
+
+def test_local_plan_gives_every_node_its_own_ports_dirs_and_labels(tmp_path):
+    plan = plan_cluster(4, cpus_per_node=3, gpu_nodes=1, root=str(tmp_path / "raymedic-x"))
+    assert [(n.name, n.node_type, n.num_cpus, n.num_gpus) for n in plan.nodes] == [
+        ("head", "head", 3, 0), ("worker-1", "cpu-worker", 3, 0), ("worker-2", "cpu-worker", 3, 0),
+        ("worker-3", "gpu-worker", 3, 1)]
+    singles = [p for n in plan.nodes for k, p in n.ports.items() if k not in ("min_worker", "max_worker")]
+    ranges = [range(n.ports["min_worker"], n.ports["max_worker"] + 1) for n in plan.nodes]
+    every = singles + [p for r in ranges for p in r]
+    assert len(every) == len(set(every)), "two nodes (or two roles) share a port"
+    assert all(20000 <= p < 32768 for p in every)  # never Ray's defaults, never the kernel's ephemeral range
+    assert len({n.temp_dir for n in plan.nodes}) == 4
+    head = start_command(plan, plan.head)
+    assert "--head" in head and f"--port={plan.head.ports['gcs']}" in head and "--num-gpus=0" in head
+    assert f"--labels={NODE_LABEL}=head,{NODE_TYPE_LABEL}=head" in head
+    gpu = start_command(plan, plan.nodes[3])
+    assert f"--address={plan.address}" in gpu and "--num-gpus=1" in gpu and "--head" not in gpu
+    for cmd in (head, gpu):  # nothing left to Ray's machine-wide defaults
+        for flag in ("--temp-dir=", "--dashboard-agent-listen-port=", "--metrics-export-port=",
+                     "--min-worker-port=", "--max-worker-port=", "--object-store-memory="):
+            assert any(a.startswith(flag) for a in cmd), (flag, cmd)
+    assert any(a.startswith("--ray-client-server-port=") for a in head)
+
+
+@pytest.mark.parametrize("kw, fix", [
+    ({"nodes": 0}, "--nodes 3 starts a head and two workers"),
+    ({"nodes": 3, "gpu_nodes": 3}, "the head never has GPUs"),
+    ({"nodes": 2, "cpus_per_node": 0}, "--cpus-per-node must be at least 1"),
+])
+def test_impossible_shapes_are_refused_with_the_fix(kw, fix):
+    nodes = kw.pop("nodes")
+    with pytest.raises(ConfigError, match=fix):
+        check_shape(nodes, **kw)
+
+
+def test_spreading_leaves_room_for_every_replica_after_one_node_is_lost():
+    cfg = parse_config({"members": [
+        {"name": "a", "kind": "mlp", "replicas": 2},
+        {"name": "b", "kind": "mlp", "replicas": 5},
+        {"name": "c", "kind": "mlp", "replicas": 2, "max_replicas_per_node": 2},
+    ], "gateway": {"min_members": 2}})
+    assert spread_over_nodes(cfg, 1) == cfg
+    three = spread_over_nodes(cfg, 3)
+    assert {m.name: m.max_replicas_per_node for m in three.members} == {"a": 1, "b": 3, "c": 2}
+    assert three.gateway.on_head is True
+    for m in three.members:  # the two survivors of a node loss can hold every replica
+        assert m.max_replicas_per_node * (3 - 1) >= m.replicas
+
+
+def test_run_file_round_trip():
+    cluster = LocalCluster(address="127.0.0.1:21000", dashboard_url="http://127.0.0.1:21001", root="/tmp/raymedic-a",
+                           nodes=(StartedNode(name="head", node_type="head", session_id=123,
+                                              temp_dir="/tmp/raymedic-a/head", metrics_port=21002),))
+    assert LocalCluster.from_dict(cluster.to_dict()) == cluster
+    assert cluster.node("head").session_id == 123
+    with pytest.raises(ConfigError, match="nodes are"):
+        cluster.node("worker-9")

@@ -1,0 +1,151 @@
+"""The model-level playbook and the champion/challenger gate: pure decisions, no Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from controllers.playbook import Playbook, Promote, SubmitRetrain, Trigger, wilson_lower, wilson_upper
+from raymedic.config import RetrainingConfig
+from train_jobs.gate import judge, measure
+
+CFG = RetrainingConfig(min_labeled_rows=100, cooldown_s=60, backoff_s=10, max_backoff_s=40, probation_labels=50)
+DRIFT_ACT = Trigger("d0001", "drift", "f0", "act")
+DRIFT_WARN = Trigger("d0002", "drift", "f1", "warn")
+DECAY = Trigger("d0003", "accuracy_decay", "ensemble")
+
+
+def m(acc, ece=0.05, lat=1.0):
+    return {"accuracy": acc, "ece": ece, "latency_ms": lat}
+
+
+def gated(passed: dict[str, bool], acc: float = 0.9) -> dict:
+    return {"status": "gated", "members": {
+        k: {"passed": ok, "reasons": [] if ok else ["too weak"], "champion_version": "v0001",
+            "challenger_version": "v0002", "champion_metrics": m(0.7),
+            "challenger_metrics": m(acc if ok else 0.6) | {"labels": 400}}
+        for k, ok in passed.items()}}
+
+
+# ---- gate ------------------------------------------------------------------------------
+
+def test_gate_needs_the_margin_and_both_guardrails():
+    assert judge(m(0.70), m(0.75), CFG).passed
+    v = judge(m(0.70), m(0.705), CFG)
+    assert not v.passed and "below the margin" in v.reasons[0]
+    v = judge(m(0.70, ece=0.02), m(0.80, ece=0.20), CFG)
+    assert not v.passed and "calibration" in v.reasons[0]
+    v = judge(m(0.70, lat=2.0), m(0.80, lat=9.0), CFG)
+    assert not v.passed and "latency" in v.reasons[0]
+    assert judge(m(0.70, lat=0.1), m(0.80, lat=0.5), CFG).passed  # sub-ms noise is not a regression
+
+
+class _Fixed:
+    """A 'model' whose answers are known: class 1 with probability p for every row."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def predict_proba(self, rows):
+        return np.tile([1 - self.p, self.p], (len(rows), 1))
+
+
+def test_measure_scores_a_model_on_the_holdout():
+    y = np.array([1] * 80 + [0] * 20)
+    out = measure(_Fixed(0.8), [[0.0]] * 100, y, batch=16)
+    assert out["accuracy"] == 0.8 and out["labels"] == 100
+    assert abs(out["ece"]) < 1e-9  # confidence 0.8, right 80 % of the time: calibrated
+    assert out["latency_ms"] >= 0
+
+
+# ---- playbook --------------------------------------------------------------------------
+
+def test_minor_drift_only_warns_and_material_drift_waits_for_labels():
+    pb = Playbook(CFG)
+    assert pb.step(0, [DRIFT_WARN], labels=1000) is None
+    assert pb.step(0, [DRIFT_ACT], labels=50) is None  # not enough labels to learn from yet
+    sub = pb.step(0, [DRIFT_ACT, DRIFT_WARN], labels=150)
+    assert isinstance(sub, SubmitRetrain) and sub.alerts == ("d0001",) and "drift on f0" in sub.reason
+
+
+def test_one_job_at_a_time_and_a_passing_gate_promotes_only_the_winners():
+    pb = Playbook(CFG)
+    sub = pb.step(0, [DECAY], labels=500)
+    pb.submitted("raymedic-retrain-x")
+    assert pb.step(1, [DECAY], labels=500) is None
+    assert pb.step(2, [], labels=0, manual="op") is None  # even an operator waits for the running job
+    promote = pb.finished(100, "SUCCEEDED", gated({"mlp": True, "logistic": False}))
+    assert isinstance(promote, Promote) and promote.versions == {"mlp": "v0002"} and promote.record == sub.record
+    last = pb.history[-1]
+    assert last["result"] == "promoted" and last["gate"]["logistic"]["reasons"] == ["too weak"]
+    pb.promoted(101, promote)
+    assert pb.step(500, [DECAY], labels=500) is None  # on probation: no new retrain
+
+
+def test_rejected_challengers_keep_the_champion_and_cool_down():
+    pb = Playbook(CFG)
+    pb.step(0, [DECAY], labels=500)
+    assert pb.finished(10, "SUCCEEDED", gated({"mlp": False})) is None
+    assert pb.history[-1]["result"] == "rejected"
+    assert pb.step(30, [DECAY], labels=500) is None  # cooldown (60 s)
+    assert pb.step(71, [DECAY], labels=500) is not None
+
+
+def test_failed_jobs_back_off_exponentially_up_to_the_cap():
+    pb = Playbook(CFG)
+    waits = []
+    t = 0.0
+    for _ in range(4):
+        assert pb.step(t, [DECAY], labels=500) is not None
+        pb.finished(t, "FAILED", None)
+        waits.append(pb.history[-1]["retry_after_s"])
+        assert pb.step(t + waits[-1] - 1, [DECAY], labels=500) is None
+        t += waits[-1]
+    assert waits == [10, 20, 40, 40]
+    pb.step(t, [DECAY], labels=500)
+    pb.finished(t, "SUCCEEDED", gated({"mlp": True}))
+    assert pb.waiting()["failures"] == 0  # a job that ran resets the backoff
+
+
+def test_a_skipped_job_is_not_a_failure():
+    pb = Playbook(CFG)
+    pb.step(0, [DECAY], labels=500)
+    pb.finished(5, "FAILED", {"status": "skipped", "error": "20 labelled rows"})
+    assert pb.waiting()["failures"] == 0 and pb.history[-1]["result"].startswith("skipped")
+
+
+def test_job_timeout_and_restart_from_memory():
+    pb = Playbook(CFG.model_copy(update={"job_timeout_s": 100}))
+    pb.step(0, [DECAY], labels=500)
+    pb.submitted("j1")
+    again = Playbook(pb.cfg, pb.to_dict())  # the controller restarted mid-job: it keeps polling the same job
+    assert again.job["job_id"] == "j1" and not again.timed_out(50) and again.timed_out(101)
+
+
+def test_probation_confirms_or_rolls_back():
+    pb = Playbook(CFG)
+    pb.step(0, [DECAY], labels=500)
+    pb.promoted(1, pb.finished(1, "SUCCEEDED", gated({"mlp": True, "tabresnet": True}, acc=0.9)))
+    assert pb.check_probation({"mlp": (0.5, 10)}, 0.05) is None  # too few labels to judge
+    # Below the bar (0.85) but within noise on 60 labels: no flapping.
+    assert pb.check_probation({"mlp": (0.80, 60), "tabresnet": (0.89, 30)}, 0.05) is None
+    assert pb.probation is not None  # tabresnet not judged yet
+    rb = pb.check_probation({"mlp": (0.60, 60), "tabresnet": (0.89, 60)}, 0.05)
+    assert rb is not None and rb.members == ("mlp",) and "probation failed" in rb.reason
+    assert pb.probation is None
+
+    pb2 = Playbook(CFG)
+    pb2.step(0, [DECAY], labels=500)
+    pb2.promoted(1, pb2.finished(1, "SUCCEEDED", gated({"mlp": True}, acc=0.9)))
+    assert pb2.check_probation({"mlp": (0.88, 60)}, 0.05) is None
+    assert pb2.probation is None and pb2.history[-1]["result"] == "confirmed"
+
+
+def test_probation_bar_is_never_below_the_replaced_version():
+    pb = Playbook(CFG)
+    pb.step(0, [DECAY], labels=500)
+    pb.promoted(1, pb.finished(1, "SUCCEEDED", gated({"mlp": True}, acc=0.72)))  # champion scored 0.70
+    assert pb.bar("mlp", 0.05) == 0.70
+    pb.promoted(1, pb.finished(1, "SUCCEEDED", gated({"mlp": True}, acc=0.95))) if pb.step(2, [], 0, manual="x") else None
+    assert 0.85 < pb.bar("mlp", 0.05) < 0.90  # the holdout's lower bound (400 rows), less the drop
+    assert 0.80 < wilson_upper(0.75, 100) < 0.85 and wilson_upper(0.0, 0) == 1.0
+    assert 0.65 < wilson_lower(0.75, 100) < 0.70

@@ -1,0 +1,145 @@
+"""Model-level healing on a real local Ray cluster: concept drift → Ray job → gate → promotion.
+
+The drift comes in through the HTTP API exactly as a user's traffic would: rows
+from a rotated concept are predicted, and their true labels sent as feedback.
+The controller must notice the decay, submit a retraining job through the Ray
+Jobs API, gate the challengers on the newest labels, promote the winners with a
+rolling redeploy — and an operator must be able to roll back.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from raymedic.config import ADMIN_TOKEN_ENV
+from raymedic.http import request_json
+from raymedic.storage import Storage
+from tests.conftest import local_service, wait_for
+from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ray = pytest.importorskip("ray")
+
+TOKEN = "test-admin-token"
+GEN = SyntheticGenerator(SyntheticSpec(seed=0))  # the concept the built-in model was trained on
+DRIFT = Drift(concept_rotation_deg=150)
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    old = os.environ.get(ADMIN_TOKEN_ENV)
+    os.environ[ADMIN_TOKEN_ENV] = TOKEN
+    try:
+        with local_service(tmp_path_factory.mktemp("retrain"),
+                           retraining={"min_labeled_rows": 240, "cooldown_s": 5, "probation_labels": 60},
+                           performance={"min_labels": 60}) as (url, cfg):
+            yield Svc(url, cfg)
+    finally:
+        if old is None:
+            os.environ.pop(ADMIN_TOKEN_ENV, None)
+        else:
+            os.environ[ADMIN_TOKEN_ENV] = old
+
+
+class Svc:
+    def __init__(self, url: str, cfg) -> None:
+        self.url, self.cfg = url, cfg
+
+    def status(self) -> dict:
+        r = request_json("GET", f"{self.url}/v1/status", timeout_s=10)
+        assert r.status == 200, r.body
+        return r.body
+
+    def versions(self) -> dict[str, str]:
+        return {m["name"]: m["version"] for m in self.status()["members"]}
+
+    def retraining(self) -> dict:
+        return self.status()["controller"].get("retraining") or {}
+
+    def admin(self, route: str, body: dict | None = None):
+        return request_json("POST", f"{self.url}/v1/admin/{route}", body or {},
+                            headers={"Authorization": f"Bearer {TOKEN}"}, timeout_s=30)
+
+    def traffic(self, n: int, seed: int, *, feedback: bool = True) -> float:
+        """Predict ``n`` drifted rows in batches, send their true labels; the service's accuracy on them."""
+        rows = GEN.sample(n, seed=seed, drift=DRIFT)
+        features = [c for c in rows.columns if c != "label"]
+        right = 0
+        for i in range(0, n, 50):
+            part = rows.iloc[i:i + 50]
+            r = request_json("POST", f"{self.url}/v1/models/{self.cfg.model}:predict",
+                             {"instances": part[features].to_dict("records")}, timeout_s=30)
+            assert r.status == 200, r.body
+            right += int((np.array(r.body["predictions"]) == part["label"].to_numpy()).sum())
+            if feedback:
+                f = request_json("POST", f"{self.url}/v1/models/{self.cfg.model}:feedback",
+                                 {"inference_ids": r.body["inference_ids"], "labels": part["label"].tolist()},
+                                 timeout_s=30)
+                assert f.status == 200 and f.body["accepted"] == len(part), f.body
+        return right / n
+
+    def audit_kinds(self) -> list[str]:
+        from controllers.audit import read_audit
+
+        return [r["kind"] for r in read_audit(Storage(self.cfg.storage_path), self.cfg.model)]
+
+
+def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
+    before = svc.versions()
+    acc_drifted = svc.traffic(400, seed=11)
+    assert acc_drifted < 0.5, acc_drifted  # the old concept's model is now mostly wrong
+    job = wait_for(lambda: (svc.retraining().get("job") or {}).get("job_id") or None, timeout_s=120,
+                   what="the controller to submit a retraining job")
+    # The job is a real Ray job, named and tagged for the dashboard's Jobs view.
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(ray.get_runtime_context().gcs_address)
+    info = client.get_job_info(job)
+    assert job.startswith(f"raymedic-retrain-{svc.cfg.model}-") and info.metadata["kind"] == "retrain"
+    done = wait_for(lambda: next((h for h in svc.retraining().get("history", []) if h.get("job_id") == job), None),
+                    timeout_s=420, what="the retraining job to finish and be gated")
+    assert client.get_job_status(job).value == "SUCCEEDED"
+    assert done["result"] == "promoted", done
+    passed = {m for m, g in done["gate"].items() if g["passed"]}
+    assert passed and all(done["gate"][m]["challenger_accuracy"] > done["gate"][m]["champion_accuracy"]
+                          for m in passed)
+    # The rolling redeploy serves the promoted versions; the others keep theirs.
+    wait_for(lambda: all((svc.versions()[m] != before[m]) == (m in passed) for m in before), timeout_s=240,
+             what=f"the service to serve the promoted versions of {sorted(passed)}")
+    acc_after = svc.traffic(300, seed=12)
+    assert acc_after > acc_drifted + 0.2, (acc_drifted, acc_after)
+    wait_for(lambda: {"retrain-submitted", "retrain-finished", "promote"} <= set(svc.audit_kinds())
+             and not svc.retraining().get("deploying"), timeout_s=120,
+             what=f"the promotion to be audited (retraining: {svc.retraining()})")
+    svc.passed, svc.before = passed, before
+
+
+def test_a_bad_challenger_is_rejected_by_the_gate(svc):
+    from train_jobs.registry import ModelRegistry
+    from train_jobs.retrain import retrain
+
+    # Deliberately bad: one epoch at a negligible learning rate is an untrained network.
+    cfg = svc.cfg.model_copy(update={"training": svc.cfg.training.model_copy(
+        update={"epochs": 1, "learning_rate": 1e-7})})
+    registry = ModelRegistry(Storage(cfg.storage_path))
+    champions = {m: registry.resolve(cfg.model, m, "champion") for m in sorted(svc.passed)}
+    out = retrain(cfg, reason="test: bad challenger", members=sorted(svc.passed), progress=lambda s: None)
+    assert out["passed"] == [] and out["rejected"] == sorted(svc.passed), out
+    assert all("below the margin" in r for m in out["members"].values() for r in m["reasons"][:1])
+    assert {m: registry.resolve(cfg.model, m, "champion") for m in champions} == champions
+
+
+def test_operator_rollback_serves_the_previous_versions(svc):
+    bad = svc.admin("rollback", {"members": ["nope"]})
+    assert bad.status == 404 and "unknown member" in bad.body["error"], bad.body
+    member = sorted(svc.passed)[0]
+    r = svc.admin("rollback", {"members": [member]})
+    assert r.status == 200 and r.body["champion_now"] == {member: svc.before[member]}, r.body
+    wait_for(lambda: svc.versions()[member] == svc.before[member], timeout_s=240,
+             what=f"{member} to serve its previous version again")
+    wait_for(lambda: "rollback" in svc.audit_kinds(), timeout_s=60, what="the rollback to be audited")
+    assert svc.admin("rollback", {"members": "mlp"}).status == 400

@@ -1,0 +1,193 @@
+"""What every way of fitting a member shares: the data, the epoch, the registration.
+
+:mod:`train_jobs.train` (Ray Train, all members at once) and
+:mod:`train_jobs.search` (Ray Tune, one member, many hyperparameters) both go
+through these helpers, so the two agree on the split, the preprocessing, the
+gradient steps and every field a registered version carries; a searched version
+is served, probed and monitored exactly like a trained one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from raymedic.config import MemberConfig, RaymedicConfig
+from raymedic.errors import RaymedicError
+from train_jobs import artifacts
+from train_jobs.models import ArchSpec, build_model
+from train_jobs.preprocess import Preprocessor
+from train_jobs.reference import Reference
+from train_jobs.registry import CHAMPION, ModelRegistry, VersionInfo
+from train_jobs.schema import ModelSchema
+from train_jobs.tables import fingerprint, infer_schema, split
+
+if TYPE_CHECKING:
+    import torch
+
+GOLDEN_ROWS = 16
+"""Probe inputs stored per version: enough to catch a wrong-answering replica, cheap to replay."""
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A table made ready to fit: schema, seeded split, preprocessing fitted on the train split.
+
+    Only :func:`prepare_data` builds one, so every trainer sees the same rows in
+    the same encoding for the same config seed.
+    """
+
+    schema: ModelSchema
+    train_df: pd.DataFrame
+    val_df: pd.DataFrame
+    preprocessor: Preprocessor
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    data_fingerprint: str
+    seed: int
+
+    @property
+    def baseline_accuracy(self) -> float:
+        """Validation accuracy of always answering the majority class: the bar a model must clear."""
+        counts = np.bincount(self.y_val, minlength=len(self.schema.classes))
+        return float(counts.max() / len(self.y_val))
+
+    def spec(self, kind: str, hyperparameters: Mapping[str, Any] | None = None) -> ArchSpec:
+        """The architecture of a ``kind`` member on these inputs (validates ``hyperparameters``)."""
+        return ArchSpec.create(kind, input_dim=self.preprocessor.output_dim, n_classes=len(self.schema.classes),
+                               hyperparameters=hyperparameters)
+
+    @cached_property
+    def golden_rows(self) -> list[list[Any]]:
+        """Raw validation rows (schema order, plain JSON) replayed by the controller's probes."""
+        head = self.val_df[self.schema.feature_names].head(GOLDEN_ROWS)
+        return [_json_row(r) for r in head.itertuples(index=False)]
+
+    @cached_property
+    def reference(self) -> dict[str, Any]:
+        """The training split's summary that drift monitoring compares live traffic against."""
+        return Reference.build(self.train_df, self.schema, seed=self.seed).to_dict()
+
+
+def prepare_data(config: RaymedicConfig, table: pd.DataFrame, *, target: str,
+                 schema: ModelSchema | None = None) -> PreparedData:
+    """Infer the schema (unless pinned), split with the config's seed, fit preprocessing on the train split.
+
+    A pinned ``schema`` keeps the request format of an earlier version, whatever
+    the new rows happen to contain.
+    """
+    schema = schema or infer_schema(table, target=target)
+    train_df, val_df = split(table, val_fraction=config.training.val_fraction, seed=config.training.seed,
+                             stratify_col=target)
+    pre = Preprocessor.fit(train_df, schema)
+    return PreparedData(
+        schema=schema, train_df=train_df, val_df=val_df, preprocessor=pre,
+        x_train=pre.transform_frame(train_df), y_train=pre.encode_labels(train_df[target]),
+        x_val=pre.transform_frame(val_df), y_val=pre.encode_labels(val_df[target]),
+        data_fingerprint=fingerprint(table), seed=config.training.seed,
+    )
+
+
+def fit_epoch(model: "torch.nn.Module", optimizer: "torch.optim.Optimizer", x: "torch.Tensor", y: "torch.Tensor",
+              *, batch_size: int, generator: "torch.Generator", loss_fn: "torch.nn.Module") -> None:
+    """One pass over ``(x, y)`` in a seeded random order, one optimiser step per batch."""
+    import torch
+
+    model.train()
+    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    for start in range(0, len(perm), batch_size):
+        idx = perm[start:start + batch_size]
+        optimizer.zero_grad()
+        loss_fn(model(x[idx]), y[idx]).backward()
+        optimizer.step()
+
+
+def validate(model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor",
+             loss_fn: "torch.nn.Module") -> tuple[float, float]:
+    """``(loss, accuracy)`` of ``model`` on held-out ``(x, y)``, in eval mode."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        return float(loss_fn(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+
+def snapshot(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
+    """A detached CPU copy of the plain network's weights (unwrapping DistributedDataParallel)."""
+    net = getattr(model, "module", model)
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def _json_row(values: Sequence[Any]) -> list[Any]:
+    """Plain-JSON values (numpy scalars → Python, NaN → None) for a golden row."""
+    out = []
+    for v in values:
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and math.isnan(v):
+            v = None
+        out.append(v)
+    return out
+
+
+def evaluate(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Validation accuracy, log loss and Brier score of class probabilities ``probs``."""
+    eps = 1e-12
+    pred = probs.argmax(1)
+    onehot = np.eye(probs.shape[1])[y]
+    return {
+        "val_accuracy": float((pred == y).mean()),
+        "val_log_loss": float(-np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0)).mean()),
+        "val_brier": float(((probs - onehot) ** 2).sum(1).mean()),
+    }
+
+
+def register_member(
+    registry: ModelRegistry,
+    data: PreparedData,
+    *,
+    model: str,
+    member: MemberConfig,
+    spec: ArchSpec,
+    state: Mapping[str, "torch.Tensor"],
+    metadata: Mapping[str, Any],
+) -> tuple[VersionInfo, dict[str, float]]:
+    """Evaluate trained weights ``state`` and register them as a new, unpromoted version.
+
+    The version carries everything serving and the controller read (architecture,
+    preprocessing, golden probes with their expected answers, training reference,
+    schema, metrics); ``metadata`` adds the caller's own keys (how it was fitted).
+    Its parent is the current champion, if any.
+    """
+    network = build_model(spec)
+    network.load_state_dict(dict(state))
+    served = artifacts.MemberModel(spec=spec, preprocessor=data.preprocessor, network=network, golden=None)
+    metrics = evaluate(served.predict_proba_matrix(data.x_val), data.y_val)
+    metrics["baseline_accuracy"] = data.baseline_accuracy
+    golden = artifacts.GoldenSet(rows=data.golden_rows,
+                                 probabilities=served.predict_proba(data.golden_rows).tolist())
+    files = artifacts.pack(network=network, spec=spec, preprocessor=data.preprocessor, golden=golden,
+                           reference=data.reference)
+    try:
+        parent = registry.resolve(model, member.name, CHAMPION)
+    except RaymedicError:
+        parent = None
+    info = registry.register(model, member.name, files=files, parent_version=parent, metadata={
+        "kind": member.kind,
+        "hyperparameters": spec.hyperparameters,
+        "metrics": metrics,
+        "data_fingerprint": data.data_fingerprint,
+        "schema": data.schema.to_dict(),
+        "train_rows": len(data.train_df),
+        "val_rows": len(data.val_df),
+        **metadata,
+    })
+    return info, metrics

@@ -1,0 +1,64 @@
+"""Recent labelled data: the prediction log joined with the feedback log.
+
+Retraining after drift must learn from what the service sees *now*, and the only
+place that pairs today's inputs with their true labels is the durable logs under
+``storage_path``: predictions (features as served) joined by ``inference_id`` to
+the labels clients sent later. Rows come back time-ordered, so the newest slice
+can be held out to judge a challenger on the most recent behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from raymedic.storage import Storage
+from train_jobs.schema import ModelSchema
+
+__all__ = ["recent_labeled", "TS_COLUMN"]
+
+TS_COLUMN = "__ts__"
+"""Prediction time of each row (Unix s); not a feature."""
+
+
+def _read(storage: Storage, key: str, columns: list[str]) -> pd.DataFrame:
+    if not storage.exists(key):
+        return pd.DataFrame(columns=columns)
+    table = storage.read_parquet(key, columns=columns)
+    return table.to_pandas() if table.num_columns else pd.DataFrame(columns=columns)
+
+
+def recent_labeled(storage: Storage, model: str, schema: ModelSchema, *, since: float | None = None,
+                   max_rows: int = 50_000) -> pd.DataFrame:
+    """Labelled rows of ``model`` predicted at or after ``since``, oldest first.
+
+    Columns: the schema's features (raw, as served), the target column in the
+    user's own label form, and :data:`TS_COLUMN`. When an id got several labels the
+    latest wins (a client correcting itself). Labels that are not one of the
+    schema's classes are dropped: a model cannot learn a class it does not have.
+    """
+    preds = _read(storage, f"logs/{model}/predictions", ["inference_id", "ts", "features"])
+    labels = _read(storage, f"logs/{model}/feedback", ["inference_id", "label", "received_at"])
+    if since is not None and len(preds):
+        preds = preds[preds["ts"] >= since]
+    if not len(preds) or not len(labels):
+        return pd.DataFrame(columns=[*schema.feature_names, schema.target, TS_COLUMN])
+    labels = labels.sort_values("received_at").drop_duplicates("inference_id", keep="last")
+    joined = preds.drop_duplicates("inference_id").merge(labels, on="inference_id", how="inner")
+    joined = joined.sort_values("ts").tail(max_rows)
+    rows: list[list[Any]] = [json.loads(f) for f in joined["features"]]
+    frame = pd.DataFrame(rows, columns=schema.feature_names)
+    idx = [schema.class_index(json.loads(v)) for v in joined["label"]]
+    keep = [i is not None for i in idx]
+    # Each label in the schema's own form ("1" from a client becomes the int class 1).
+    frame[schema.target] = pd.Series([schema.classes[i] if i is not None else None for i in idx], dtype=object)
+    frame[TS_COLUMN] = joined["ts"].to_numpy()
+    frame = frame[keep].reset_index(drop=True)
+    for f in schema.features:  # JSON lost the dtypes: give numeric features theirs back
+        if f.numeric:
+            frame[f.name] = pd.to_numeric(frame[f.name], errors="coerce")
+    if len(frame) and all(type(c) is type(schema.classes[0]) for c in schema.classes):
+        frame[schema.target] = frame[schema.target].astype(type(schema.classes[0]))
+    return frame

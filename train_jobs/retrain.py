@@ -1,0 +1,177 @@
+"""Retrain the ensemble on recent labelled data and gate the challengers: a Ray job.
+
+The healing controller submits this through the Ray Jobs API when drift is
+material or accuracy decays; operators can run the same thing by hand::
+
+    ray job submit --working-dir . -- python -m train_jobs.retrain --model synthetic --storage-path DIR
+
+Steps: read the labelled rows of the last ``lookback_s`` from the prediction and
+feedback logs; keep the newest ``holdout_fraction`` out; train every member with
+Ray Train on the rest, mixed with ``reference_share`` of the champion's stored
+training sample (the schema stays the champion's, so requests keep their
+format); judge each challenger against its champion on the holdout
+(:mod:`train_jobs.gate`); point the ``challenger`` alias at those that pass. It
+never moves ``champion``: promotion is the controller's decision. The outcome is
+written to ``retrain/<model>/<record>.json`` under ``storage_path`` and printed.
+
+Exit codes: 0 ran (whatever the verdict), 2 bad input or failure, 3 not enough
+labelled rows yet (nothing trained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from raymedic.config import RaymedicConfig
+from raymedic.errors import DataError, RaymedicError
+from raymedic.storage import Storage
+from train_jobs.artifacts import unpack
+from train_jobs.gate import judge, measure
+from train_jobs.labeled import TS_COLUMN, recent_labeled
+from train_jobs.registry import ModelRegistry
+from train_jobs.schema import ModelSchema
+
+__all__ = ["retrain", "record_key", "main", "NotEnoughLabels"]
+
+log = logging.getLogger(__name__)
+
+EXIT_NOT_ENOUGH = 3
+
+
+class NotEnoughLabels(DataError):
+    """Too few recent labelled rows to retrain on and judge fairly."""
+
+
+def record_key(model: str, record: str) -> str:
+    return f"retrain/{model}/{record}.json"
+
+
+def _reference_rows(storage: Storage, registry: ModelRegistry, model: str, member: str, n: int,
+                    seed: int) -> pd.DataFrame | None:
+    key = registry.info(model, member, "champion").metadata.get("train_sample")
+    if not key or n <= 0 or not storage.exists(key):
+        return None
+    sample = storage.read_parquet(key).to_pandas()
+    return sample.sample(n=min(n, len(sample)), random_state=seed)
+
+
+def retrain(config: RaymedicConfig, *, reason: str = "manual", members: Sequence[str] | None = None,
+            now: float | None = None, progress=print) -> dict[str, Any]:
+    """Train challengers on recent labels and gate them; returns the outcome record."""
+    from train_jobs.train import train_ensemble
+
+    t0 = time.monotonic()
+    now = time.time() if now is None else now
+    rc = config.retraining
+    storage = Storage(config.storage_path)
+    registry = ModelRegistry(storage)
+    model = config.model
+    chosen = list(members) if members else [m.name for m in config.members]
+    champions = {m: registry.info(model, m, "champion") for m in chosen}
+    schema = ModelSchema.from_dict(next(iter(champions.values())).metadata["schema"])
+
+    recent = recent_labeled(storage, model, schema, since=now - rc.lookback_s)
+    if len(recent) < rc.min_labeled_rows:
+        raise NotEnoughLabels(f"{len(recent)} labelled rows in the last {rc.lookback_s:.0f} s; a retrain needs "
+                              f"retraining.min_labeled_rows={rc.min_labeled_rows} (send more feedback, or lower it)")
+    n_hold = max(1, int(round(len(recent) * rc.holdout_fraction)))
+    train_recent, holdout = recent.iloc[:-n_hold], recent.iloc[-n_hold:]
+    n_ref = int(round(len(train_recent) * rc.reference_share / (1 - rc.reference_share)))
+    ref = _reference_rows(storage, registry, model, chosen[0], n_ref, config.training.seed)
+    cols = [*schema.feature_names, schema.target]
+    table = pd.concat([train_recent[cols]] + ([ref[cols]] if ref is not None else []), ignore_index=True)
+    progress(f"retraining {chosen} of {model!r} ({reason}): {len(train_recent)} recent labelled rows + "
+             f"{0 if ref is None else len(ref)} reference rows; gate holdout {len(holdout)} newest rows")
+    report = train_ensemble(config, table, target=schema.target, model=model, members=chosen, promote=False,
+                            schema=schema, progress=progress,
+                            metadata={"retrain": {"reason": reason, "recent_rows": len(train_recent),
+                                                  "reference_rows": 0 if ref is None else len(ref),
+                                                  "holdout_rows": len(holdout),
+                                                  "window": [float(recent[TS_COLUMN].min()),
+                                                             float(recent[TS_COLUMN].max())]}})
+
+    rows = holdout[schema.feature_names].astype(object).where(holdout[schema.feature_names].notna(), None)
+    rows = rows.values.tolist()
+    y = np.array([schema.class_index(v) for v in holdout[schema.target]])
+    verdicts: dict[str, Any] = {}
+    for m in chosen:
+        champ = unpack(registry.load(model, m, champions[m].version).files)
+        chall = unpack(registry.load(model, m, report.versions[m].version).files)
+        verdict = judge(measure(champ, rows, y), measure(chall, rows, y), rc)
+        if verdict.passed:
+            registry.set_alias(model, m, "challenger", report.versions[m].version)
+        verdicts[m] = {"champion_version": champions[m].version, "challenger_version": report.versions[m].version,
+                       "passed": verdict.passed, "reasons": list(verdict.reasons),
+                       "champion_metrics": verdict.champion, "challenger_metrics": verdict.challenger}
+        progress(f"  gate {m}: {'PASS' if verdict.passed else 'REJECT'} — holdout accuracy "
+                 f"{verdict.challenger['accuracy']:.3f} vs champion {verdict.champion['accuracy']:.3f}"
+                 + ("" if verdict.passed else f" ({'; '.join(verdict.reasons)})"))
+    return {"model": model, "reason": reason, "members": verdicts,
+            "passed": sorted(m for m, v in verdicts.items() if v["passed"]),
+            "rejected": sorted(m for m, v in verdicts.items() if not v["passed"]),
+            "ray_train_run": next(iter(report.versions.values())).metadata.get("ray_train_run"),
+            "wall_s": round(time.monotonic() - t0, 2)}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train_jobs.retrain",
+                                description="Retrain on recent labelled data and gate the challengers "
+                                            "(never moves the champion alias).")
+    p.add_argument("--model", required=True, help="Model whose logs and champions to use.")
+    p.add_argument("--storage-path", required=True, help="The service's storage_path.")
+    p.add_argument("--members", nargs="+", help="Only these members (default: all).")
+    p.add_argument("--reason", default="manual", help="Why (recorded in the versions' metadata).")
+    p.add_argument("--record", help="Write the outcome to retrain/<model>/<record>.json (default: a timestamp).")
+    return p
+
+
+def _config(storage_path: str, model: str) -> RaymedicConfig:
+    """The running service's config, as the controller stored it."""
+    from controllers.controller import config_key
+
+    storage = Storage(storage_path)
+    if not storage.exists(config_key(model)):
+        raise RaymedicError(f"no deployed config for model {model!r} under {storage_path}; deploy it first "
+                            "with `raymedic up`")
+    return RaymedicConfig.model_validate(json.loads(storage.read_text(config_key(model)))["config"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cluster.local import connect_or_start
+
+    args = _parser().parse_args(argv)
+    record = args.record or time.strftime("%Y%m%d-%H%M%S")
+    storage = Storage(args.storage_path)
+    outcome: dict[str, Any]
+    code = 0
+    try:
+        config = _config(args.storage_path, args.model)
+        with connect_or_start():
+            outcome = retrain(config, reason=args.reason, members=args.members)
+        outcome["status"] = "gated"
+    except NotEnoughLabels as exc:
+        outcome, code = {"status": "skipped", "error": str(exc)}, EXIT_NOT_ENOUGH
+    except RaymedicError as exc:
+        outcome, code = {"status": "failed", "error": str(exc)}, 2
+    outcome.update(model=args.model, record=record, finished_at=time.time())
+    try:
+        storage.write_text(record_key(args.model, record), json.dumps(outcome, default=str))
+    except OSError as exc:
+        print(f"error: could not write the outcome record: {exc}", file=sys.stderr)
+        code = code or 2
+    if code:
+        print(f"error: {outcome['error']}", file=sys.stderr)
+    print(json.dumps(outcome, indent=2, default=str))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

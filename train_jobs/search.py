@@ -1,0 +1,635 @@
+"""Hyperparameter search for one ensemble member: Ray Tune with Optuna and ASHA.
+
+Entry point for both ``raymedic search`` and the cluster path::
+
+    ray job submit --working-dir . -- python -m train_jobs.search --synthetic --member mlp --trials 8
+
+Every trial trains the member's network on the same seeded split and fitted
+preprocessing as ``raymedic train`` (:mod:`train_jobs._fit`) and reports
+validation loss and accuracy after each epoch. Optuna's TPE sampler (seeded)
+proposes each new configuration from the finished ones; ASHA stops trials that
+fall behind at a rung, so the epochs go to promising configurations. The first
+trial is the member's current configuration whenever it lies inside the search
+space, so a report always says what the search gained over the default.
+
+The best trial's best-epoch weights become a new version of the member with the
+same files and metadata as a trained one (plus ``search``), under the alias
+``challenger``. It is never promoted: serving it is a separate, deliberate step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from raymedic.config import MemberConfig, RaymedicConfig
+from raymedic.errors import ConfigError, RaymedicError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from train_jobs._fit import PreparedData
+    from train_jobs.registry import VersionInfo
+
+# torch, pandas and Ray load inside the functions that use them: `raymedic --help` builds
+# its parser from this module and must stay instant.
+
+__all__ = [
+    "Param",
+    "search_space",
+    "split_params",
+    "TrialOutcome",
+    "SearchReport",
+    "SearchFailed",
+    "check_search_args",
+    "choose_best",
+    "search_member",
+    "report_json",
+    "format_report",
+    "main",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRIALS = 8
+"""Enough for TPE to move past its first random guesses on a laptop in a few minutes."""
+
+DEFAULT_MAX_EPOCHS = 20
+"""Epochs a trial may run if ASHA never stops it; small tables converge well within it."""
+
+GRACE_EPOCHS = 2
+"""ASHA judges no trial before this many epochs: the first epoch's loss says little about the last."""
+
+REDUCTION_FACTOR = 2
+"""ASHA keeps the best 1/2 at each rung (rungs at 2, 4, 8 … epochs): with a handful of trials a
+larger factor would leave rungs too sparse to stop anything."""
+
+WEIGHTS_FILE = "weights.safetensors"
+OPTIMIZER_PARAMS = ("learning_rate", "weight_decay")
+
+
+class SearchFailed(RaymedicError):
+    """The search produced no usable trial; nothing was registered."""
+
+
+# ---- the search space (pure: no Ray) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched hyperparameter: a float or integer range, optionally log-scaled.
+
+    >>> Param("dropout", 0.0, 0.5).contains(0.1), Param("layers", 1, 4, integer=True).contains(5)
+    (True, False)
+    """
+
+    name: str
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ConfigError(f"search range for {self.name!r} is empty: low ({self.low}) must be < high "
+                              f"({self.high})")
+        if self.log and self.low <= 0:
+            raise ConfigError(f"log-scaled search range for {self.name!r} must be positive, got low={self.low}")
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` can be proposed by this range (the type matters for integers)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not float(value).is_integer():
+            return False
+        return self.low <= value <= self.high
+
+    def to_tune(self) -> Any:
+        """The Ray Tune domain (bounds inclusive, as Optuna sees them)."""
+        from ray import tune
+
+        if self.integer:
+            low, high = int(self.low), int(self.high) + 1  # Tune's integer upper bound is exclusive
+            return tune.lograndint(low, high) if self.log else tune.randint(low, high)
+        return tune.loguniform(self.low, self.high) if self.log else tune.uniform(self.low, self.high)
+
+    def describe(self) -> str:
+        kind = "int" if self.integer else "float"
+        return f"{kind} [{self.low:g}, {self.high:g}]" + (" log" if self.log else "")
+
+
+_OPTIMIZER_SPACE = (
+    Param("learning_rate", 1e-4, 3e-2, log=True),
+    Param("weight_decay", 1e-6, 1e-2, log=True),
+)
+
+# Per member kind: exactly the hyperparameters ArchSpec accepts for that kind.
+_ARCH_SPACE: dict[str, tuple[Param, ...]] = {
+    "logistic": (),
+    "mlp": (
+        Param("hidden", 16, 256, log=True, integer=True),
+        Param("layers", 1, 4, integer=True),
+        Param("dropout", 0.0, 0.5),
+    ),
+    "tabresnet": (
+        Param("hidden", 16, 128, log=True, integer=True),
+        Param("blocks", 1, 4, integer=True),
+        Param("dropout", 0.0, 0.5),
+    ),
+}
+
+
+def search_space(kind: str) -> dict[str, Param]:
+    """The searched hyperparameters of a ``kind`` member: optimiser first, then architecture.
+
+    >>> list(search_space("mlp"))
+    ['learning_rate', 'weight_decay', 'hidden', 'layers', 'dropout']
+    """
+    if kind not in _ARCH_SPACE:
+        raise ConfigError(f"no search space for member kind {kind!r}: use one of {sorted(_ARCH_SPACE)}")
+    return {p.name: p for p in (*_OPTIMIZER_SPACE, *_ARCH_SPACE[kind])}
+
+
+def split_params(kind: str, params: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """``(optimiser settings, architecture hyperparameters)`` of one sampled ``kind`` configuration.
+
+    Values come back as plain ``int``/``float`` (Optuna may hand back numpy scalars).
+
+    >>> split_params("mlp", {"learning_rate": 0.01, "weight_decay": 1e-4, "hidden": 64.0, "layers": 2,
+    ...                      "dropout": 0.0})
+    ({'learning_rate': 0.01, 'weight_decay': 0.0001}, {'hidden': 64, 'layers': 2, 'dropout': 0.0})
+    """
+    space = search_space(kind)
+    missing = sorted(set(space) - set(params))
+    if missing:
+        raise ConfigError(f"a {kind} search point lacks {missing}; it needs every one of {list(space)}")
+    optimizer = {k: float(params[k]) for k in OPTIMIZER_PARAMS}
+    arch = {k: int(params[k]) if p.integer else float(params[k])
+            for k, p in space.items() if k not in OPTIMIZER_PARAMS}
+    return optimizer, arch
+
+
+def default_point(config: RaymedicConfig, member: MemberConfig) -> dict[str, Any] | None:
+    """The member's current configuration as a search point, or None if it lies outside the space."""
+    from train_jobs.models import ArchSpec
+
+    space = search_space(member.kind)
+    defaults = ArchSpec.create(member.kind, input_dim=1, n_classes=2,
+                               hyperparameters=member.hyperparameters).hyperparameters
+    point = {"learning_rate": config.training.learning_rate, "weight_decay": config.training.weight_decay,
+             **defaults}
+    if set(point) != set(space) or not all(space[k].contains(v) for k, v in point.items()):
+        return None
+    return point
+
+
+# ---- outcomes (pure: plain data in, plain data out) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What one trial achieved: its best epoch on the validation split, or its error."""
+
+    config: dict[str, Any]
+    epochs: int
+    best_val_loss: float | None
+    best_val_accuracy: float | None
+    best_epoch: int | None
+    stopped_early: bool
+    error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None and self.best_val_loss is not None and math.isfinite(self.best_val_loss)
+
+
+def choose_best(outcomes: Sequence[TrialOutcome], *, run: str, where: str) -> int:
+    """Index of the trial with the lowest validation loss; ``SearchFailed`` if none is usable."""
+    if not outcomes:
+        raise SearchFailed(f"search {run!r} ran no trials; check the cluster has free CPUs "
+                           f"(`ray status`) and see the Tune logs under {where}")
+    usable = [i for i, o in enumerate(outcomes) if o.usable]
+    if usable:
+        return min(usable, key=lambda i: (outcomes[i].best_val_loss, i))
+    errors = [o.error for o in outcomes if o.error]
+    if len(errors) == len(outcomes):
+        raise SearchFailed(f"all {len(outcomes)} trials of search {run!r} failed; the first error: {errors[0]}. "
+                           f"Fix its cause and search again (trial logs under {where})")
+    raise SearchFailed(f"no trial of search {run!r} reached a finite validation loss (every one diverged): "
+                       "check the table for extreme values, or lower the learning rate range")
+
+
+# ---- the report ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchReport:
+    """A finished search: every trial, the best configuration and the version registered from it."""
+
+    model: str
+    member: str
+    kind: str
+    version: VersionInfo
+    alias: str
+    champion: str | None
+    best_config: dict[str, Any]
+    best_val_loss: float
+    best_val_accuracy: float
+    metrics: dict[str, float]
+    baseline_accuracy: float
+    trials: tuple[TrialOutcome, ...]
+    default_trial: TrialOutcome | None
+    tune_run: str
+    tune_path: str
+    wall_s: float
+    space: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def trials_run(self) -> int:
+        return len(self.trials)
+
+    @property
+    def trials_stopped_early(self) -> int:
+        return sum(o.stopped_early for o in self.trials)
+
+    @property
+    def trials_errored(self) -> int:
+        return sum(o.error is not None for o in self.trials)
+
+
+def report_json(report: SearchReport) -> dict[str, Any]:
+    return {
+        "model": report.model,
+        "member": report.member,
+        "kind": report.kind,
+        "version": report.version.version,
+        "alias": report.alias,
+        "champion": report.champion,
+        "best_config": report.best_config,
+        "best_val_loss": report.best_val_loss,
+        "best_val_accuracy": report.best_val_accuracy,
+        "metrics": report.metrics,
+        "baseline_accuracy": report.baseline_accuracy,
+        "default_trial": asdict(report.default_trial) if report.default_trial else None,
+        "trials": [asdict(o) for o in report.trials],
+        "trials_run": report.trials_run,
+        "trials_stopped_early": report.trials_stopped_early,
+        "trials_errored": report.trials_errored,
+        "space": report.space,
+        "tune_run": report.tune_run,
+        "tune_path": report.tune_path,
+        "wall_s": round(report.wall_s, 2),
+    }
+
+
+def _fmt_config(config: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+
+
+def format_report(report: SearchReport) -> str:
+    """The human summary ``raymedic search`` prints."""
+    lines = [
+        f"best configuration: {_fmt_config(report.best_config)}",
+        f"  val_loss {report.best_val_loss:.4f}  val_accuracy {report.best_val_accuracy:.3f}  "
+        f"(majority baseline {report.baseline_accuracy:.3f})",
+    ]
+    if report.default_trial is not None and report.default_trial.usable:
+        d = report.default_trial
+        lines.append(f"  default configuration: val_loss {d.best_val_loss:.4f}  "
+                     f"val_accuracy {d.best_val_accuracy:.3f}")
+    lines.append(f"trials: {report.trials_run} run, {report.trials_stopped_early} stopped early by ASHA, "
+                 f"{report.trials_errored} failed ({report.wall_s:.1f} s; Tune run {report.tune_path})")
+    champion = f"the champion stays {report.champion}" if report.champion else "no champion is set"
+    lines.append(f"registered {report.member} {report.version.version} as {report.alias!r}, not promoted "
+                 f"({champion}); ModelRegistry.promote({report.model!r}, {report.member!r}, "
+                 f"{report.version.version!r}) makes it serve")
+    return "\n".join(lines)
+
+
+# ---- the search (needs a connected Ray cluster) -------------------------------------------
+
+
+def check_search_args(config: RaymedicConfig, *, member: str, num_samples: int, max_epochs: int) -> MemberConfig:
+    """Validate a search request before any Ray work; returns the member's config."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"the number of trials (--trials) must be a whole number >= 1, got {num_samples!r}: "
+                          f"ask for a few, e.g. --trials {DEFAULT_TRIALS}")
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or not 1 <= max_epochs <= 10_000:
+        raise ConfigError(f"--max-epochs must be a whole number in [1, 10000], got {max_epochs!r}: "
+                          f"e.g. --max-epochs {DEFAULT_MAX_EPOCHS}")
+    names = [m.name for m in config.members]
+    if member not in names:
+        raise ConfigError(f"no ensemble member named {member!r}: pass --member with one of {names} "
+                          "(the `members` of the config)")
+    return config.member(member)
+
+
+def _trial(params: dict[str, Any], data: dict[str, Any]) -> None:
+    """One Tune trial: train the member with ``params``, report every epoch, checkpoint improvements."""
+    import torch
+    from ray import tune
+    from safetensors.torch import save_file
+
+    from train_jobs._fit import fit_epoch, snapshot, validate
+    from train_jobs.models import ArchSpec, build_model
+
+    torch.manual_seed(data["seed"])
+    torch.set_num_threads(1)  # fractional-CPU trials share cores; more threads only contend
+    optimizer, arch = split_params(data["kind"], params)
+    spec = ArchSpec.create(data["kind"], input_dim=data["input_dim"], n_classes=data["n_classes"],
+                           hyperparameters=arch)
+    model = build_model(spec)
+    opt = torch.optim.AdamW(model.parameters(), lr=optimizer["learning_rate"],
+                            weight_decay=optimizer["weight_decay"])
+    # torch.tensor copies: the arrays arrive read-only from the object store.
+    x_tr, y_tr = torch.tensor(data["x_train"]), torch.tensor(data["y_train"])
+    x_va, y_va = torch.tensor(data["x_val"]), torch.tensor(data["y_val"])
+    gen = torch.Generator().manual_seed(data["seed"])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    best: dict[str, float] = {"best_val_loss": math.inf, "best_val_accuracy": 0.0, "best_epoch": 0}
+    for epoch in range(1, data["max_epochs"] + 1):
+        fit_epoch(model, opt, x_tr, y_tr, batch_size=data["batch_size"], generator=gen, loss_fn=loss_fn)
+        val_loss, val_acc = validate(model, x_va, y_va, loss_fn)
+        if not math.isfinite(val_loss):
+            val_loss = math.inf  # a diverged trial ranks last instead of poisoning ASHA's rung statistics
+        improved = val_loss < best["best_val_loss"]
+        if improved:
+            best = {"best_val_loss": val_loss, "best_val_accuracy": val_acc, "best_epoch": epoch}
+        metrics = {"val_loss": val_loss, "val_accuracy": val_acc, "epoch": epoch, **best}
+        if not improved:
+            tune.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            save_file(snapshot(model), str(Path(tmp) / WEIGHTS_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _error_line(error: BaseException) -> str:
+    """The last meaningful line of a (possibly remote) trial error: usually ``Type: message``."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _outcome(result: Any, max_epochs: int) -> TrialOutcome:
+    metrics = result.metrics or {}
+    epochs = int(metrics.get("training_iteration") or 0)
+    loss = metrics.get("best_val_loss")
+    return TrialOutcome(
+        config={k: v for k, v in sorted((result.config or {}).items())},
+        epochs=epochs,
+        best_val_loss=float(loss) if loss is not None else None,
+        best_val_accuracy=float(metrics["best_val_accuracy"]) if "best_val_accuracy" in metrics else None,
+        best_epoch=int(metrics["best_epoch"]) if metrics.get("best_epoch") else None,
+        stopped_early=result.error is None and 0 < epochs < max_epochs,
+        error=_error_line(result.error) if result.error is not None else None,
+    )
+
+
+def _progress_callback(progress: Callable[[str], None], *, total: int, max_epochs: int) -> Any:
+    """A Tune callback that reports each trial as it ends (Tune's own table is switched off)."""
+    from ray.tune import Callback
+
+    class _Progress(Callback):
+        def __init__(self) -> None:
+            self.done = 0
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.done += 1
+            r = trial.last_result or {}
+            epochs = int(r.get("training_iteration") or 0)
+            how = "stopped early by ASHA" if epochs < max_epochs else "ran every epoch"
+            progress(f"  trial {self.done}/{total} {_fmt_config(trial.config)}: best val_loss "
+                     f"{r.get('best_val_loss', math.nan):.4f} val_accuracy {r.get('best_val_accuracy', math.nan):.3f}"
+                     f" after {epochs} epoch(s), {how}")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.done += 1
+            progress(f"  trial {self.done}/{total} {_fmt_config(trial.config)}: failed (see its error.txt "
+                     f"under {trial.path})")
+
+    return _Progress()
+
+
+def _run_tuner(config: RaymedicConfig, data: PreparedData, *, member: MemberConfig, num_samples: int,
+               max_epochs: int, run_name: str, storage_root: str, points: list[dict[str, Any]],
+               progress: Callable[[str], None]) -> tuple[list[TrialOutcome], list[Any], str]:
+    """One ``Tuner.fit()``; returns each trial's outcome, its Result and the experiment path."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    # Keeping only each trial's best checkpoint forces an experiment snapshot per improving
+    # epoch; that is cheap at this size, and Tune's warning about it would drown the progress lines.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    space = search_space(member.kind)
+    payload = {
+        "x_train": data.x_train, "y_train": data.y_train, "x_val": data.x_val, "y_val": data.y_val,
+        "kind": member.kind, "input_dim": data.preprocessor.output_dim, "n_classes": len(data.schema.classes),
+        "batch_size": config.training.batch_size, "seed": config.training.seed, "max_epochs": max_epochs,
+    }
+    trainable = tune.with_resources(tune.with_parameters(_trial, data=payload),
+                                    {"cpu": config.training.search_cpus_per_trial})
+    # TPE's default waits for 10 random trials before modelling; with a small budget it would never start.
+    sampler = optuna.samplers.TPESampler(seed=config.training.seed,
+                                         n_startup_trials=max(2, min(10, num_samples // 2)))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={name: p.to_tune() for name, p in space.items()},
+        tune_config=tune.TuneConfig(
+            metric="val_loss", mode="min", num_samples=num_samples,
+            search_alg=OptunaSearch(sampler=sampler, points_to_evaluate=points or None),
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+                                    grace_period=min(GRACE_EPOCHS, max_epochs), reduction_factor=REDUCTION_FACTOR),
+            max_concurrent_trials=min(num_samples, config.training.search_max_concurrent_trials),
+            reuse_actors=True,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",  # short and stable for operators
+        ),
+        run_config=tune.RunConfig(
+            name=run_name, storage_path=storage_root, verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
+                                                    checkpoint_score_order="min"),
+            failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[_progress_callback(progress, total=num_samples, max_epochs=max_epochs)],
+        ),
+    )
+    where = f"{storage_root}/{run_name}"
+    try:
+        grid = tuner.fit()
+    except Exception as exc:  # Tune wraps driver-side failures; the user needs the cause, not our stack.
+        raise SearchFailed(f"Ray Tune run {run_name!r} failed: {_error_line(exc)} (logs under {where})") from exc
+    results = list(grid)
+    return [_outcome(r, max_epochs) for r in results], results, grid.experiment_path
+
+
+def _best_state(result: Any, run: str) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    try:
+        checkpoint = result.get_best_checkpoint("val_loss", "min")
+    except RuntimeError:
+        checkpoint = None
+    if checkpoint is None:
+        raise SearchFailed(f"the best trial of search {run!r} left no checkpoint under {result.path}; "
+                           "check the storage path is writable and search again")
+    with checkpoint.as_directory() as d:
+        return load_file(str(Path(d) / WEIGHTS_FILE))
+
+
+def search_member(
+    config: RaymedicConfig,
+    table: pd.DataFrame,
+    *,
+    target: str,
+    model: str | None = None,
+    member: str,
+    num_samples: int = DEFAULT_TRIALS,
+    max_epochs: int = DEFAULT_MAX_EPOCHS,
+    progress: Callable[[str], None] = print,
+) -> SearchReport:
+    """Search hyperparameters of ``member`` on ``table``; register the best as its ``challenger``.
+
+    Runs ``num_samples`` trials of up to ``max_epochs`` epochs each on the
+    connected Ray cluster. The champion alias never moves. Raises ``ConfigError``
+    for bad arguments (before any Ray work), ``DataError`` for an unusable table
+    and ``SearchFailed`` when no trial produced a usable model.
+    """
+    from raymedic.storage import Storage
+    from train_jobs._fit import prepare_data, register_member
+    from train_jobs.registry import CHALLENGER, CHAMPION, ModelRegistry
+
+    t0 = time.monotonic()
+    member_cfg = check_search_args(config, member=member, num_samples=num_samples, max_epochs=max_epochs)
+    model = model or config.model
+    storage = Storage(config.resolved().storage_path)
+    registry = ModelRegistry(storage)
+    data = prepare_data(config, table, target=target)
+    space = search_space(member_cfg.kind)
+    default = default_point(config, member_cfg)
+    run_name = f"raymedic-search-{model}-{member}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage_root = f"{storage.uri.rstrip('/')}/ray_tune"
+    progress(f"searching {num_samples} configuration(s) of member {member!r} ({member_cfg.kind}) of model "
+             f"{model!r} with Ray Tune (Optuna TPE, ASHA), up to {max_epochs} epoch(s) each, on "
+             f"{len(data.train_df)} rows ({len(data.val_df)} held out); run {run_name!r} under {storage_root}")
+    if default is None:
+        progress("  the member's current configuration lies outside the search space: not tried as a baseline")
+
+    outcomes, results, tune_path = _run_tuner(config, data, member=member_cfg, num_samples=num_samples,
+                                              max_epochs=max_epochs, run_name=run_name, storage_root=storage_root,
+                                              points=[default] if default else [], progress=progress)
+    best_i = choose_best(outcomes, run=run_name, where=tune_path)
+    best = outcomes[best_i]
+    state = _best_state(results[best_i], run_name)
+    optimizer, arch = split_params(member_cfg.kind, best.config)
+    best_config = {**optimizer, **arch}
+    default_trial = next((o for o in outcomes if default is not None and _same_point(o.config, default)), None)
+    search_wall_s = time.monotonic() - t0
+
+    search_meta = {
+        "best_config": best_config,
+        "best_val_loss": best.best_val_loss,
+        "best_val_accuracy": best.best_val_accuracy,
+        "best_epoch": best.best_epoch,
+        "trials": len(outcomes),
+        "trials_stopped_early": sum(o.stopped_early for o in outcomes),
+        "trials_errored": sum(o.error is not None for o in outcomes),
+        "max_epochs": max_epochs,
+        "space": {n: p.describe() for n, p in space.items()},
+        "default": asdict(default_trial) if default_trial else None,
+        "searcher": f"optuna TPE (seed {config.training.seed})",
+        "scheduler": f"ASHA (grace {min(GRACE_EPOCHS, max_epochs)}, reduction {REDUCTION_FACTOR})",
+        "tune_run": run_name,
+        "tune_path": tune_path,
+        "wall_s": round(search_wall_s, 2),
+    }
+    training = {**config.training.model_dump(), **optimizer, "epochs": best.best_epoch or best.epochs}
+    spec = data.spec(member_cfg.kind, arch)
+    info, metrics = register_member(registry, data, model=model, member=member_cfg, spec=spec, state=state,
+                                    metadata={"training": training, "search": search_meta})
+    registry.set_alias(model, member, CHALLENGER, info.version)
+    champion = registry.aliases(model, member).get(CHAMPION)
+    progress(f"  {member}: {info.version} val_accuracy {metrics['val_accuracy']:.3f} (majority baseline "
+             f"{data.baseline_accuracy:.3f}) → {CHALLENGER}, not promoted")
+    return SearchReport(
+        model=model, member=member, kind=member_cfg.kind, version=info, alias=CHALLENGER, champion=champion,
+        best_config=best_config, best_val_loss=float(best.best_val_loss), best_val_accuracy=float(best.best_val_accuracy),
+        metrics=metrics, baseline_accuracy=data.baseline_accuracy, trials=tuple(outcomes), default_trial=default_trial,
+        tune_run=run_name, tune_path=tune_path, wall_s=time.monotonic() - t0,
+        space={n: p.describe() for n, p in space.items()},
+    )
+
+
+def _same_point(config: Mapping[str, Any], point: Mapping[str, Any]) -> bool:
+    return set(config) == set(point) and all(math.isclose(float(config[k]), float(point[k]), rel_tol=1e-9)
+                                             for k in point)
+
+
+# ---- command line (also the `ray job submit` entry point) ----------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The search flags, shared by ``python -m train_jobs.search`` and ``raymedic search``."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", help="Parquet or CSV table (default: the built-in synthetic table).")
+    src.add_argument("--synthetic", action="store_true", help="Use the built-in synthetic table (the default).")
+    p.add_argument("--target", help="Target column of --data (class labels).")
+    p.add_argument("--member", required=True, help="Ensemble member to search, e.g. mlp.")
+    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                   help=f"Configurations to try (default {DEFAULT_TRIALS}).")
+    p.add_argument("--max-epochs", type=int, default=DEFAULT_MAX_EPOCHS,
+                   help=f"Epochs per trial unless ASHA stops it sooner (default {DEFAULT_MAX_EPOCHS}).")
+    p.add_argument("--model", help="Model name to register under (default: the config's, or --data's stem).")
+    p.add_argument("--storage-path", help="Override the config's storage_path.")
+    p.add_argument("--json", action="store_true", help="Print the report as JSON.")
+
+
+def resolve_search_inputs(args: argparse.Namespace) -> tuple[RaymedicConfig, pd.DataFrame, str, str]:
+    """Config, table, target and model from the flags, every argument checked before Ray starts."""
+    from train_jobs.train import resolve_cli_inputs
+
+    args.synthetic = not args.data
+    config, table, target, model = resolve_cli_inputs(args)
+    check_search_args(config, member=args.member, num_samples=args.trials, max_epochs=args.max_epochs)
+    return config, table, target, model
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train_jobs.search",
+        description="Search one member's hyperparameters with Ray Tune (Optuna + ASHA) and register the best "
+                    "as its 'challenger' version, without promoting it. Runs on the cluster in RAY_ADDRESS "
+                    "(or inside `ray job submit`), else on an embedded local cluster.",
+    )
+    p.add_argument("--config", help="raymedic YAML config (default: cluster/raymedic.yaml).")
+    add_arguments(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cluster.local import connect_or_start
+
+    args = _parser().parse_args(argv)
+    out = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else print
+    try:
+        config, table, target, model = resolve_search_inputs(args)
+        with connect_or_start(log_to_driver=False):  # trials' own output would bury the progress lines
+            report = search_member(config, table, target=target, model=model, member=args.member,
+                                   num_samples=args.trials, max_epochs=args.max_epochs, progress=out)
+    except RaymedicError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report_json(report), indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
