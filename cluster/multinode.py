@@ -22,7 +22,8 @@ here is built to never touch a process it did not start:
 Placement (why replicas survive a node loss): members get Serve's
 ``max_replicas_per_node`` (see :func:`spread_over_nodes`) — a hard cap, where Serve's
 default SPREAD is only a preference — sized so that after any one node is lost the
-remaining nodes still have room for every replica. The Serve proxy runs on the
+remaining nodes a member may use (GPU workers for a GPU member) still have room for
+every replica. The Serve proxy runs on the
 head only (every node's proxy would bind the same host and port here), and the
 gateway joins it there, so losing a worker never drops a request in flight
 through a gateway; member calls lost with the node are retried by the gateway.
@@ -204,7 +205,9 @@ def plan_cluster(nodes: int, *, cpus_per_node: int = DEFAULT_CPUS_PER_NODE, gpu_
     The head declares no GPU (as in ``ray-cluster.yaml``), so members with ``num_gpus > 0``
     can only land on the ``gpu_nodes`` GPU workers; the rest are CPU workers. GPUs here are
     logical: on a machine without one, a member asking for a GPU is placed on a GPU
-    worker and runs on the CPU (the member falls back when CUDA is unavailable).
+    worker and runs on the CPU (the member falls back when CUDA is unavailable); on
+    a machine with GPUs, Ray numbers each node's GPUs from 0, so GPU workers share
+    the first ``gpus_per_node`` devices.
     """
     check_shape(nodes, cpus_per_node=cpus_per_node, gpu_nodes=gpu_nodes, gpus_per_node=gpus_per_node)
     named = [p for p in (gcs_port, dashboard_port) if p]
@@ -257,23 +260,30 @@ def start_command(plan: ClusterPlan, node: NodePlan, ray_bin: str = "ray") -> li
     return cmd
 
 
-def spread_over_nodes(config, nodes: int):
-    """``config`` laid out for a local cluster of ``nodes`` nodes: members spread, gateway on the head.
+def spread_over_nodes(config, nodes: int, *, gpu_nodes: int = 0):
+    """``config`` laid out for a local cluster: members spread, gateway on the head.
 
-    Each member without its own cap gets ``max_replicas_per_node = ceil(replicas / (nodes - 1))``:
-    spread enough that a node holds few replicas of a member, loose enough that the
-    ``nodes - 1`` survivors of a node loss can host every replica again. Serve enforces
-    the cap strictly (its default SPREAD is only a preference), and a replica with
-    nowhere to go would stay pending. The gateway goes to the head, next to the only
-    HTTP proxy, so no request in flight is lost with a worker (``gateway.on_head``).
-    On one node there is nothing to spread.
+    A member may run on ``eligible`` nodes: the GPU workers if it asks for a GPU, else
+    all of them. Without its own cap it gets ``max_replicas_per_node =
+    ceil(replicas / (eligible - 1))``: spread enough that a node holds few replicas of
+    a member, loose enough that the survivors of one node's loss can host every
+    replica again. Serve enforces the cap strictly (its default SPREAD is only a
+    preference), and a replica with nowhere to go stays pending — as would every
+    replica past the first if the cap counted nodes the member cannot use. With one
+    eligible node there is nothing to spread (and no room after losing it). The
+    gateway goes to the head, next to the only HTTP proxy, so no request in flight
+    is lost with a worker (``gateway.on_head``).
     """
     if nodes < 2:
         return config
-    members = [m if m.max_replicas_per_node is not None else
-               m.model_copy(update={"max_replicas_per_node": math.ceil(m.replicas / (nodes - 1))})
-               for m in config.members]
-    return config.model_copy(update={"members": members,
+
+    def cap(member):
+        eligible = gpu_nodes if member.num_gpus > 0 else nodes
+        if member.max_replicas_per_node is not None or eligible < 2:
+            return member
+        return member.model_copy(update={"max_replicas_per_node": math.ceil(member.replicas / (eligible - 1))})
+
+    return config.model_copy(update={"members": [cap(m) for m in config.members],
                                      "gateway": config.gateway.model_copy(update={"on_head": True})})
 
 
@@ -363,18 +373,20 @@ def start_cluster(plan: ClusterPlan, *, timeout_s: float = 180.0, progress: Prog
     """
     say = progress or (lambda _m: None)
     started: list[StartedNode] = []
-    cluster = LocalCluster(address=plan.address, dashboard_url=plan.dashboard_url, root=plan.root)
+
+    def so_far() -> LocalCluster:
+        return LocalCluster(address=plan.address, dashboard_url=plan.dashboard_url, root=plan.root,
+                            nodes=tuple(started))
+
     try:
         for node in plan.nodes:
             say(f"  ray start: {node.name} ({node.num_cpus} CPUs"
                 + (f", {node.num_gpus} GPUs" if node.num_gpus else "") + ")")
             started.append(_start_node(plan, node, timeout_s=timeout_s))
     except BaseException:
-        stop_cluster(LocalCluster(address=plan.address, dashboard_url=plan.dashboard_url, root=plan.root,
-                                  nodes=tuple(started)), remove_dir=False)
+        stop_cluster(so_far(), remove_dir=False)  # keep the logs the error message points at
         raise
-    return LocalCluster(address=cluster.address, dashboard_url=cluster.dashboard_url, root=cluster.root,
-                        nodes=tuple(started))
+    return so_far()
 
 
 def wait_for_nodes(expected: int, *, timeout_s: float = 60.0) -> list[dict]:

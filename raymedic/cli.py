@@ -99,7 +99,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             nodes = len(local["nodes"])
             if previous is None or previous.cluster is not local:  # just started (a reused one may
                 wait_for_nodes(nodes, timeout_s=120)               # have lost a node: redeploy anyway)
-            cfg = spread_over_nodes(cfg, nodes)
+            cfg = spread_over_nodes(cfg, nodes, gpu_nodes=sum(n["node_type"] == "gpu-worker"
+                                                              for n in local["nodes"]))
             proxy_location = "HeadOnly"  # every node's proxy would bind the same port on one machine
         cfg = service.choose_model(cfg, args.model)
         service.ensure_trained(cfg, _progress)

@@ -118,6 +118,18 @@ def test_spreading_leaves_room_for_every_replica_after_one_node_is_lost():
         assert m.max_replicas_per_node * (3 - 1) >= m.replicas
 
 
+def test_gpu_members_are_spread_over_gpu_workers_only():
+    cfg = parse_config({"members": [
+        {"name": "a", "kind": "mlp", "replicas": 2, "num_gpus": 0.25},
+        {"name": "b", "kind": "mlp", "replicas": 2},
+    ], "gateway": {"min_members": 2}})
+    # One GPU worker: a cap of 1 would leave the second GPU replica pending forever.
+    one = {m.name: m.max_replicas_per_node for m in spread_over_nodes(cfg, 3, gpu_nodes=1).members}
+    assert one == {"a": None, "b": 1}
+    three = {m.name: m.max_replicas_per_node for m in spread_over_nodes(cfg, 4, gpu_nodes=3).members}
+    assert three == {"a": 1, "b": 1}
+
+
 def test_run_file_round_trip():
     cluster = LocalCluster(address="127.0.0.1:21000", dashboard_url="http://127.0.0.1:21001", root="/tmp/raymedic-a",
                            nodes=(StartedNode(name="head", node_type="head", session_id=123,

@@ -20,6 +20,7 @@ same files and metadata as a trained one (plus ``search``), under the alias
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -305,7 +306,9 @@ def format_report(report: SearchReport) -> str:
     if report.default_trial is not None and report.default_trial.usable:
         d = report.default_trial
         lines.append(f"  default configuration: val_loss {d.best_val_loss:.4f}  "
-                     f"val_accuracy {d.best_val_accuracy:.3f}")
+                     f"val_accuracy {d.best_val_accuracy:.3f}"
+                     + ("  (the current configuration scored best)" if _same_point(d.config, report.best_config)
+                        else ""))
     lines.append(f"trials: {report.trials_run} run, {report.trials_stopped_early} stopped early by ASHA, "
                  f"{report.trials_errored} failed ({report.wall_s:.1f} s; Tune run {report.tune_path})")
     champion = f"the champion stays {report.champion}" if report.champion else "no champion is set"
@@ -463,8 +466,11 @@ def _run_tuner(config: RaymedicConfig, data: PreparedData, *, member: MemberConf
         ),
     )
     where = f"{storage_root}/{run_name}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial otherwise
     try:
-        grid = tuner.fit()
+        # Tune prints its banner to stdout whatever `verbose` says; stdout may be carrying --json.
+        with contextlib.redirect_stdout(sys.stderr):
+            grid = tuner.fit()
     except Exception as exc:  # Tune wraps driver-side failures; the user needs the cause, not our stack.
         raise SearchFailed(f"Ray Tune run {run_name!r} failed: {_error_line(exc)} (logs under {where})") from exc
     results = list(grid)

@@ -1,0 +1,155 @@
+"""A worker node dies for real under load on a local multi-node Ray cluster.
+
+`raymedic up --nodes 3` starts a head and two workers on this machine (each its own
+raylet, 4 logical CPUs, its own ports and temp dir) and deploys the service with
+each member's two replicas on two different nodes. While client threads send
+predictions, every process of one worker node — raylet, agents, replica workers —
+is SIGKILLed, as when a machine disappears. The test then waits, with deadlines,
+for each member to be back at two running replicas on the surviving nodes and for
+the controller's incidents; no client request may fail. `raymedic down` must then
+stop exactly the processes `up` started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cluster.multinode import LocalCluster, kill_node, node_id, node_pids, stop_cluster
+from raymedic.config import ADMIN_TOKEN_ENV
+from raymedic.http import request_json
+from raymedic.storage import Storage
+from tests.conftest import REPO, free_port, wait_for, write_config
+from tests.test_healing import Load
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+RAYMEDIC = [sys.executable, "-m", "raymedic"]
+MEMBERS = ("logistic", "mlp", "tabresnet")
+
+
+def _raymedic(args: list[str], *, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.run(RAYMEDIC + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"raymedic {args} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                    f"stderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("multinode")
+    port = free_port()
+    members = [{"name": m, "kind": m, "replicas": 2, "num_cpus": 0.2, "max_replicas_per_node": 1,
+                **({"fallback": True} if m == "logistic" else {})} for m in MEMBERS]
+    cfg = write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port, members=members)
+    env = dict(os.environ, RAYMEDIC_HOME=str(tmp / "home"), PYTHONUNBUFFERED="1",
+               **{ADMIN_TOKEN_ENV: "test-admin-token"})
+    env.pop("RAY_ADDRESS", None)
+    t0 = time.monotonic()
+    proc = subprocess.run(RAYMEDIC + ["up", "--config", str(cfg), "--nodes", "3", "--cpus-per-node", "4"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    run_file = tmp / "home" / "run.json"
+    state = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    cluster = LocalCluster.from_dict(state["cluster"]) if state.get("cluster") else None
+    try:
+        if proc.returncode != 0:
+            pytest.fail(f"raymedic up --nodes 3 exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                        f"stderr:\n{proc.stderr[-3000:]}")
+        print(f"\nup --nodes 3 (3 raylets, training, deploy) took {time.monotonic() - t0:.1f} s")
+        yield {"url": f"http://127.0.0.1:{port}", "env": env, "cluster": cluster, "storage": tmp / "storage"}
+    finally:
+        down = subprocess.run(RAYMEDIC + ["down"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+        if cluster is not None and any(node_pids(n) for n in cluster.nodes):
+            stop_cluster(cluster)  # a safety net only: the test below asserts `down` did it
+            pytest.fail(f"`raymedic down` left processes of the cluster running:\n{down.stdout}\n{down.stderr}")
+
+
+def _status(url: str) -> dict:
+    r = request_json("GET", f"{url}/v1/status", timeout_s=10)
+    assert r.status == 200, r.body
+    return r.body
+
+
+def _running(st: dict) -> dict[str, list[dict]]:
+    return {m["name"]: [r for r in m["replicas"] if r["state"] == "RUNNING"] for m in st["members"]}
+
+
+def test_members_spread_and_survive_a_worker_node_loss(svc):
+    url, cluster = svc["url"], svc["cluster"]
+    assert [n.name for n in cluster.nodes] == ["head", "worker-1", "worker-2"]
+    ids = {n.name: node_id(n) for n in cluster.nodes}
+    assert all(ids.values()) and len(set(ids.values())) == 3, ids
+
+    # Spread: every member's two replicas on two different nodes (max_replicas_per_node: 1).
+    st = wait_for(lambda: (s := _status(url)) and all(len(v) == 2 for v in _running(s).values()) and s,
+                  timeout_s=120, what="two running replicas per member")
+    before = _running(st)
+    for member, reps in before.items():
+        assert len({r["node_id"] for r in reps}) == 2, (member, reps)
+    # The victim: the worker holding the most member replicas (never the head: it holds the GCS).
+    victim = max((n for n in cluster.nodes if n.name != "head"),
+                 key=lambda n: sum(r["node_id"] == ids[n.name] for reps in before.values() for r in reps))
+    lost = {r["id"]: m for m, reps in before.items() for r in reps if r["node_id"] == ids[victim.name]}
+    assert lost, f"no member replica on {victim.name}: {before}"
+    pids = node_pids(victim)
+    # Serve's view and the launcher agree on which processes belong to the node.
+    assert {r["pid"] for m, reps in before.items() for r in reps if r["id"] in lost} <= set(pids)
+
+    with Load(f"{url}/v1/models/synthetic:predict", threads=2, deadline_s=5.0) as load:
+        wait_for(lambda: load.ok >= 10, timeout_s=60, what="load to flow")
+        t_kill, t_kill_wall = time.monotonic(), time.time()
+        killed = kill_node(victim, signal.SIGKILL)
+        assert set(pids) <= set(killed), (pids, killed)
+        wait_for(lambda: not node_pids(victim), timeout_s=30, what=f"every process of {victim.name} to die")
+
+        def back_at_strength():
+            running = _running(_status(url))
+            return all(len(running[m]) == 2 and all(r["node_id"] != ids[victim.name] and r["id"] not in lost
+                                                    for r in running[m]) for m in MEMBERS) and running
+
+        after = wait_for(back_at_strength, timeout_s=150,
+                         what=f"every member back at two running replicas off {victim.name}")
+        t_back = time.monotonic() - t_kill
+        # One incident per lost replica, each closed once Serve's replacement is confirmed.
+        incidents = wait_for(lambda: (inc := {i["replica"]: i for i in _status(url)["incidents"]
+                                              if i.get("replica") in lost}) and set(inc) == set(lost) and all(
+                                 i["status"] == "recovered" for i in inc.values()) and inc,
+                             timeout_s=90, what=f"recovered incidents for the lost replicas {sorted(lost)}")
+        served = load.ok
+        wait_for(lambda: load.ok >= served + 10, timeout_s=60, what="load to flow after recovery")
+    print(f"\nnode {victim.name} killed ({len(killed)} processes, {len(lost)} member replicas): members back "
+          f"at 2 running replicas {t_back:.1f} s after the kill; {load.ok} requests ok, {len(load.failures)} "
+          "failed; incidents: " + ", ".join(
+              f"{i['member']}/{r} {i['kind']} detected +{i['detected_at'] - t_kill_wall:.1f} s, recovered "
+              f"+{i['recovered_at'] - t_kill_wall:.1f} s" for r, i in incidents.items()))
+    assert load.failures == [], load.failures[:5]
+    for member, reps in after.items():  # still spread over the two surviving nodes
+        assert len({r["node_id"] for r in reps}) == 2, (member, reps)
+    for replica, inc in incidents.items():
+        # Until Ray declares the node dead, calls to its actors wait rather than fail, so the
+        # controller's probes may see a lost replica as hung before its actor shows as dead.
+        assert inc["member"] == lost[replica] and inc["kind"] in ("dead", "hung"), inc
+
+    from controllers.audit import read_audit
+
+    audit = read_audit(Storage(str(svc["storage"])), "synthetic")
+    for inc in incidents.values():
+        kinds = [r["kind"] for r in audit if r.get("incident") == inc["id"]]
+        assert kinds[:1] == [f"detected-{inc['kind']}"] and "recovered" in kinds, kinds
+
+
+def test_down_stops_exactly_the_cluster_it_started(svc):
+    cluster = svc["cluster"]
+    assert node_pids(cluster.node("head")), "the head should still run"
+    _raymedic(["down"], env=svc["env"], timeout=300)
+    assert not any(node_pids(n) for n in cluster.nodes)
+    assert not os.path.exists(cluster.root)
+    assert not os.path.exists(os.path.join(svc["env"]["RAYMEDIC_HOME"], "run.json"))
