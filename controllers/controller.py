@@ -85,7 +85,8 @@ class HealingController:
         self._hedge = self._new_hedge(state.get("weights"))
         self._data_alerts = DataAlerts(self.cfg.data, state.get("data_alerts"))
         self._playbook = Playbook(self.cfg.retraining, state.get("playbook"))
-        self._healer = ModelHealer(self.cfg, self._storage, self._playbook, self._record_model, self._admin_sha)
+        self._healer = ModelHealer(self.cfg, self._storage, self._playbook, self._record_model, self._admin_sha,
+                                   on_new_versions=lambda: self._perf.reset())
         url = self.cfg.controller.webhook_url
         self._webhook = WebhookNotifier(url) if url else None
         self._data_report: DataReport | None = None
@@ -238,7 +239,7 @@ class HealingController:
                     if a.kind == "drift" or a.kind in MODEL_KINDS]
         sources = (self._perf_report.sources if self._perf_report else {})
         live = {m: (float(v["accuracy"]), int(v["labels"])) for m, v in sources.items()}
-        return await self._healer.step(now, triggers, self._perf.labels(), live, self._perf.reset)
+        return await self._healer.step(now, triggers, self._perf.labels(), live)
 
     def _record_model(self, kind: str, target: str, *, evidence: Any, action: str, outcome: str,
                       incident: str | None = None, **extra: Any) -> None:
@@ -650,7 +651,7 @@ class HealingController:
         missing = [m for m in names if "previous" not in registry.aliases(self._model, m)]
         if missing:
             return {"error": f"no previous version to roll back to for {missing}", "status": 409}
-        if not self._healer.spawn(self._healer.rollback(names, f"operator: {who}", self._perf.reset)):
+        if not self._healer.spawn(self._healer.rollback(names, f"operator: {who}")):
             return {"error": "a promotion or rollback is already being deployed; retry when `raymedic status` "
                              "shows it done", "status": 409}
         return {"rollback": "started", "members": names,

@@ -43,8 +43,9 @@ Record = Callable[..., None]  # (kind, target, evidence=..., action=..., outcome
 
 class ModelHealer:
     def __init__(self, cfg: RaymedicConfig, storage: Storage, playbook: Playbook, record: Record,
-                 admin_sha: str | None) -> None:
+                 admin_sha: str | None, on_new_versions: Callable[[], None]) -> None:
         self.cfg, self.storage, self.playbook, self._record = cfg, storage, playbook, record
+        self._on_new_versions = on_new_versions  # new versions serve: start their performance windows afresh
         self.admin_sha = admin_sha
         self._manual: str | None = None
         self._client: Any = None
@@ -95,7 +96,7 @@ class ModelHealer:
         return {"retrain": "requested", "reason": self._manual}
 
     async def step(self, now: float, triggers: Sequence[Trigger], labels: int,
-                   live: dict[str, tuple[float, int]], on_new_versions: Callable[[], None]) -> bool:
+                   live: dict[str, tuple[float, int]]) -> bool:
         """Advance the playbook; True if anything changed (checkpoint it). Never blocks on a redeploy:
         that runs as a background task so replica healing goes on meanwhile."""
         pb = self.playbook
@@ -124,7 +125,7 @@ class ModelHealer:
                 "gate": last.get("gate"), "error": last.get("error"), "retry_after_s": last.get("retry_after_s")},
                 action="gate", outcome=last.get("result", "?"), incident=job["record"])
             if promote is not None:
-                self.spawn(self.promote(now, promote, on_new_versions))
+                self.spawn(self.promote(now, promote))
             return True
         if job is not None:
             return False
@@ -133,7 +134,7 @@ class ModelHealer:
         if sub is None:
             rb = pb.check_probation(live, self.cfg.performance.accuracy_drop)
             if rb is not None:
-                self.spawn(self.rollback(list(rb.members), rb.reason, on_new_versions))
+                self.spawn(self.rollback(list(rb.members), rb.reason))
                 return True
             return False
         try:
@@ -179,7 +180,7 @@ class ModelHealer:
             os.environ[ADMIN_TOKEN_SHA_ENV] = self.admin_sha
         serve.run(build_app(self.cfg.model_dump(mode="json")), name=APP_NAME, route_prefix="/", blocking=False)
 
-    async def promote(self, now: float, promote: Promote, on_new_versions: Callable[[], None]) -> None:
+    async def promote(self, now: float, promote: Promote) -> None:
         registry = ModelRegistry(self.storage)
         t0 = time.monotonic()
         try:
@@ -192,14 +193,13 @@ class ModelHealer:
             return
         self.playbook.promoted(now, promote)
         self._changed = True
-        on_new_versions()
+        self._on_new_versions()
         self._record("promote", self.cfg.model, evidence={"versions": promote.versions,
                                                             "holdout_accuracy": promote.holdout_accuracy},
                      action="promote", outcome="ok", incident=promote.record,
                      duration_s=round(time.monotonic() - t0, 3))
 
-    async def rollback(self, members: Sequence[str] | None, reason: str,
-                       on_new_versions: Callable[[], None]) -> dict[str, Any]:
+    async def rollback(self, members: Sequence[str] | None, reason: str) -> dict[str, Any]:
         registry = ModelRegistry(self.storage)
         names = list(members) if members else [m.name for m in self.cfg.members]
         moved: dict[str, str] = {}
@@ -217,7 +217,7 @@ class ModelHealer:
                 errors["redeploy"] = str(exc)
             self.playbook.rolled_back()
             self._changed = True
-            on_new_versions()
+            self._on_new_versions()
         self._record("rollback", self.cfg.model, evidence={"reason": reason, "champion_now": moved,
                                                              "errors": errors},
                      action="rollback", outcome="ok" if moved and not errors else f"errors: {errors}")

@@ -145,7 +145,40 @@ def test_probation_bar_is_never_below_the_replaced_version():
     pb.step(0, [DECAY], labels=500)
     pb.promoted(1, pb.finished(1, "SUCCEEDED", gated({"mlp": True}, acc=0.72)))  # champion scored 0.70
     assert pb.bar("mlp", 0.05) == 0.70
-    pb.promoted(1, pb.finished(1, "SUCCEEDED", gated({"mlp": True}, acc=0.95))) if pb.step(2, [], 0, manual="x") else None
+    assert pb.step(2, [], 0, manual="operator") is not None  # an operator may retrain during probation
+    pb.promoted(3, pb.finished(3, "SUCCEEDED", gated({"mlp": True}, acc=0.95)))
     assert 0.85 < pb.bar("mlp", 0.05) < 0.90  # the holdout's lower bound (400 rows), less the drop
     assert 0.80 < wilson_upper(0.75, 100) < 0.85 and wilson_upper(0.0, 0) == 1.0
     assert 0.65 < wilson_lower(0.75, 100) < 0.70
+
+
+# ---- recent labelled data (the retrain job's input) ------------------------------------
+
+def test_recent_labeled_joins_logs_and_reads_only_recent_hours(tmp_path):
+    import json
+    import time
+
+    from raymedic.storage import Storage
+    from serve_apps.predlog import FeedbackLog, PredictionLog, new_inference_id
+    from train_jobs.labeled import TS_COLUMN, recent_labeled
+    from train_jobs.schema import ModelSchema
+
+    storage = Storage(str(tmp_path))
+    schema = ModelSchema.numeric(["a", "b"], target="y", classes=[0, 1], mins=[0, 0], maxs=[1, 1])
+    now = time.time()  # feedback is stamped with the real clock
+    preds, ids = PredictionLog(storage, "m", tag="t"), []
+    for i, ts in enumerate([now - 7200, now - 30, now - 20, now - 10, now - 5]):  # the first: 2 hours ago
+        ids.append(new_inference_id(ts))
+        preds.append([{"inference_id": ids[-1], "ts": ts, "model": "m", "model_version": "v", "features":
+                       json.dumps([0.1 * i, None if i == 3 else 0.5]), "member_outputs": "{}",
+                       "prediction": "0", "probabilities": [0.5, 0.5], "degraded": False}])
+    preds.flush()
+    feedback = FeedbackLog(storage, "m", tag="t")
+    feedback.write(ids[:3], [1, 0, 1])
+    feedback.write([ids[2], ids[3], ids[4]], ["0", 1, 7])  # a corrected label as text; 7 is no class
+    rows = recent_labeled(storage, "m", schema, since=now - 60)
+    assert list(rows.columns) == ["a", "b", "y", TS_COLUMN]
+    assert rows["y"].tolist() == [0, 0, 1]  # oldest first; id 2 corrected to 0; the unknown class dropped
+    assert rows[TS_COLUMN].tolist() == [now - 30, now - 20, now - 10]
+    assert rows["b"].isna().tolist() == [False, False, True] and rows["a"].dtype.kind == "f"
+    assert len(recent_labeled(storage, "m", schema)) == 4  # no bound: the old hour too

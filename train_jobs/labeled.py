@@ -10,6 +10,7 @@ can be held out to judge a challenger on the most recent behaviour.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pandas as pd
@@ -23,11 +24,14 @@ TS_COLUMN = "__ts__"
 """Prediction time of each row (Unix s); not a feature."""
 
 
-def _read(storage: Storage, key: str, columns: list[str]) -> pd.DataFrame:
-    if not storage.exists(key):
-        return pd.DataFrame(columns=columns)
-    table = storage.read_parquet(key, columns=columns)
-    return table.to_pandas() if table.num_columns else pd.DataFrame(columns=columns)
+def _read(storage: Storage, key: str, columns: list[str], since: float | None) -> pd.DataFrame:
+    """Read the ``hour=YYYYMMDDHH`` partitions of ``key`` from the hour of ``since`` on (all if None):
+    a retrain after hours of traffic must not re-read the whole history."""
+    first = None if since is None else f"hour={time.strftime('%Y%m%d%H', time.gmtime(since))}"
+    parts = [h for h in storage.listdir(key) if h.startswith("hour=") and (first is None or h >= first)]
+    tables = [storage.read_parquet(f"{key}/{h}", columns=columns) for h in parts]
+    frames = [t.to_pandas() for t in tables if t.num_columns]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def recent_labeled(storage: Storage, model: str, schema: ModelSchema, *, since: float | None = None,
@@ -39,8 +43,9 @@ def recent_labeled(storage: Storage, model: str, schema: ModelSchema, *, since: 
     latest wins (a client correcting itself). Labels that are not one of the
     schema's classes are dropped: a model cannot learn a class it does not have.
     """
-    preds = _read(storage, f"logs/{model}/predictions", ["inference_id", "ts", "features"])
-    labels = _read(storage, f"logs/{model}/feedback", ["inference_id", "label", "received_at"])
+    # Labels arrive after their predictions, so the same hours bound both logs.
+    preds = _read(storage, f"logs/{model}/predictions", ["inference_id", "ts", "features"], since)
+    labels = _read(storage, f"logs/{model}/feedback", ["inference_id", "label", "received_at"], since)
     if since is not None and len(preds):
         preds = preds[preds["ts"] >= since]
     if not len(preds) or not len(labels):
