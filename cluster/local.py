@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -63,6 +64,8 @@ class RunState:
     config_path: str
     model: str
     storage_path: str
+    head_session: int | None = None
+    """Session id of the single head ``up`` started (its processes; see :func:`stop_head`)."""
     cluster: dict | None = None
     """A multi-node cluster from ``up --nodes`` (:class:`cluster.multinode.LocalCluster` as a dict):
     ``down`` stops exactly its processes. None for a single ``ray start --head`` or a joined cluster."""
@@ -120,7 +123,7 @@ def connect_or_start(*, num_cpus: int | None = None, log_to_driver: bool = True)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
     else:
-        ray.init(num_cpus=num_cpus or LOCAL_LOGICAL_CPUS, include_dashboard=True, log_to_driver=log_to_driver,
+        ray.init(address="local", num_cpus=num_cpus or LOCAL_LOGICAL_CPUS, include_dashboard=True, log_to_driver=log_to_driver,
                  configure_logging=True, logging_level=logging.WARNING)
     try:
         yield
@@ -139,8 +142,14 @@ def _ray_bin() -> str:
 
 
 def start_head(*, port: int, dashboard_port: int, num_cpus: int = LOCAL_LOGICAL_CPUS,
-               num_gpus: int | None = None, timeout_s: float = 120.0) -> str:
-    """Start a persistent local head node with ``ray start``; returns its GCS address."""
+               num_gpus: int | None = None, timeout_s: float = 120.0) -> tuple[str, int]:
+    """Start a persistent local head node with ``ray start`` in a session of its own.
+
+    Returns its GCS address and the session id that names its processes, so
+    :func:`stop_head` stops exactly this cluster and never another one of the user's.
+    """
+    from cluster.multinode import _signal_session
+
     cmd = [
         _ray_bin(), "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
         f"--dashboard-port={dashboard_port}", "--include-dashboard=true", "--disable-usage-stats",
@@ -151,20 +160,50 @@ def start_head(*, port: int, dashboard_port: int, num_cpus: int = LOCAL_LOGICAL_
     # Job entrypoints say `python -m train_jobs...`: put this interpreter first on the
     # cluster's PATH so they run with the environment raymedic is installed in.
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        _signal_session(proc.pid, signal.SIGKILL)
+        raise RaymedicError(f"`ray start --head` did not finish within {timeout_s:.0f} s") from None
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        _signal_session(proc.pid, signal.SIGKILL)
+        tail = out.strip().splitlines()[-5:]
         raise RaymedicError(
             "could not start a local Ray cluster (`ray start --head`):\n  " + "\n  ".join(tail)
             + f"\nIf a cluster already runs, join it with RAY_ADDRESS=127.0.0.1:{port} raymedic up, "
             "or stop it with `ray stop`."
         )
-    return f"127.0.0.1:{port}"
+    return f"127.0.0.1:{port}", proc.pid
 
 
-def stop_head(timeout_s: float = 60.0) -> None:
-    """Stop the local Ray processes started by :func:`start_head` (``ray stop``)."""
-    subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, text=True, timeout=timeout_s)
+def stop_head(session_id: int | None, address: str | None = None, timeout_s: float = 10.0) -> None:
+    """Stop the head :func:`start_head` started: its own processes only (SIGTERM, then SIGKILL).
+
+    A run file from before session ids were recorded (``session_id`` None) falls back
+    to ``ray stop``, which stops every Ray cluster of this user on the machine.
+    """
+    from cluster.multinode import _session_pids, _signal_session
+
+    if session_id is None:
+        subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, text=True, timeout=60)
+        return
+    _signal_session(session_id, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _session_pids(session_id):
+        time.sleep(0.2)
+    _signal_session(session_id, signal.SIGKILL)
+    if address:  # as `ray stop` does: forget it as "the" local cluster, or ray.init() would try to join it
+        from ray._common.utils import reset_ray_address
+        from ray._private.utils import read_ray_address
+
+        current = read_ray_address()
+        if current and current.rsplit(":", 1)[-1] == address.rsplit(":", 1)[-1]:
+            reset_ray_address()
 
 
 def wait_until(predicate, *, timeout_s: float, interval_s: float = 0.25, what: str = "condition") -> None:

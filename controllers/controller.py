@@ -35,9 +35,10 @@ from controllers.datamonitor import MODEL_KINDS, DataAlerts, DataMonitor, DataRe
 from controllers.modelheal import ModelHealer
 from controllers.performance import PerformanceMonitor, PerformanceReport
 from controllers.playbook import Playbook, Trigger
-from controllers.observe import AppView, alive_replica_actors, crash_reason, read_app_view
+from controllers.observe import AppView, alive_replica_actors, read_app_view, vanish_cause
 from controllers.policy import (CallStats, HealingPolicy, Observation, Probe, ReplicaSnapshot, RestartReplica,
                                 StepResult)
+from controllers.rollout import CHALLENGER_SUFFIX, challenger_source
 from controllers.webhook import WebhookNotifier
 from controllers.weighting import HedgeWeights, WeightingConfig
 from raymedic import metrics
@@ -53,6 +54,9 @@ __all__ = ["HealingController", "config_key", "state_key"]
 log = logging.getLogger(__name__)
 
 PROBES_KEPT = 12
+VANISH_SETTLE_S = 45.0  # how long a replica that left Serve's view may take to show why (a lost
+# node is declared dead after the GCS's health checks give up on its raylet: ~15-30 s)
+VANISH_RECHECK_S = 3.0  # between two looks at one such replica's death record
 
 
 def config_key(model: str) -> str:
@@ -107,6 +111,10 @@ class HealingController:
         self._dead_since: dict[str, float] = {}
         self._was_running: dict[str, tuple[str, str | None]] = {}
         self._vanished: dict[str, tuple[str, float, str]] = {}
+        # Replicas that left Serve's view while their cause is not known yet:
+        # rid → (member, actor id, first missed at, last probe outcome before it left).
+        self._vanish_pending: dict[str, tuple[str, str, float, str | None]] = {}
+        self._vanish_next: dict[str, float] = {}
         self._view_at = 0.0
         self._handles: dict[str, Any] = {}
         self._last: StepResult | None = None
@@ -301,7 +309,8 @@ class HealingController:
         for ev in result.events:
             self._record_event(ev)
         published = (tuple(sorted((k, round(v, 4)) for k, v in weights.items())),
-                     tuple(sorted(avoid.items())), self._policy.paused)
+                     tuple(sorted(avoid.items())), self._policy.paused,
+                     json.dumps(self._healer.trial_view(), sort_keys=True))
         if published != self._published:
             self._published = published
             self._epoch += 1
@@ -323,7 +332,13 @@ class HealingController:
         await asyncio.to_thread(self._audit.flush)
 
     async def _find_vanished(self, now: float) -> None:
-        """Replicas that were RUNNING and left Serve's view because their process died."""
+        """Replicas that were RUNNING and left Serve's view because their process (or node) died.
+
+        The cause comes from the actor's death record; while the GCS has not settled it
+        (a lost node is declared dead seconds after Serve gives up on its replicas), the
+        replica is asked about again every few seconds for a while; one whose death is
+        never recorded but whose last probe failed is a fault too.
+        """
         assert self._view is not None
         running: dict[str, tuple[str, str | None]] = {}
         present = set()
@@ -334,14 +349,35 @@ class HealingController:
                 if r.state == "RUNNING":
                     running[r.id] = (m.name, r.actor_id)
         for rid, (member, actor_id) in self._was_running.items():
-            if rid in present or not actor_id or self._policy.open_incident(rid):
+            if rid not in present and actor_id and rid not in self._vanish_pending:
+                last = self._probes.get(rid)
+                self._vanish_pending[rid] = (member, actor_id, now, last[-1].outcome if last else None)
+        # A replica stays tracked through STOPPING until it is gone: Serve stops one whose health
+        # checks fail (or whose node is unreachable) before it leaves the view.
+        self._was_running = {rid: v for rid, v in self._was_running.items() if rid in present} | running
+        for rid, (member, actor_id, since, last_probe) in list(self._vanish_pending.items()):
+            if rid in present or self._policy.open_incident(rid) or any(
+                    i.replica == rid for i in self._policy.incidents):
+                del self._vanish_pending[rid]  # back, or already handled (e.g. we restarted it ourselves)
                 continue
-            if any(i.replica == rid for i in self._policy.incidents):
-                continue  # we already handled it (e.g. we restarted it ourselves)
-            reason = await asyncio.to_thread(crash_reason, actor_id)
-            if reason:
-                self._vanished[rid] = (member, now, reason)
-        self._was_running = running
+            if now < self._vanish_next.get(rid, 0.0):
+                continue
+            self._vanish_next[rid] = now + VANISH_RECHECK_S
+            cause = await asyncio.to_thread(vanish_cause, actor_id)
+            failing = last_probe not in (None, "ok", "wrong")
+            if cause.verdict == "crash":
+                reason = cause.reason
+            elif now - since < VANISH_SETTLE_S:
+                continue  # ask again later: the GCS may not have declared its node dead yet
+            elif failing and cause.verdict == "unknown":
+                reason = f"gone from Serve after a failed probe ({last_probe}); {cause.reason}"
+            else:
+                del self._vanish_pending[rid]  # stopped on purpose (scale-down, redeploy, our restart)
+                continue
+            del self._vanish_pending[rid]
+            self._vanished[rid] = (member, now, reason)
+        for rid in [k for k in self._vanish_next if k not in self._vanish_pending]:
+            del self._vanish_next[rid]
 
     @staticmethod
     def _read_state() -> tuple[AppView | None, set[str] | None]:
@@ -541,8 +577,14 @@ class HealingController:
         self._inflight[gateway] = inflight
         if batch.get("data") and self._monitor is not None:
             self._monitor.add(batch["data"])
+        trial = self._playbook.trial_members()
+        for member, calls in (batch.get("challenger_calls") or {}).items():
+            if member in trial:
+                self._playbook.observe_rollout(member, calls_ok=int(calls.get("ok", 0)),
+                                               calls_failed=int(calls.get("failed", 0)))
         if batch.get("labelled") and self._n_classes:
-            if self._perf.add_labelled(batch["labelled"], now):
+            labelled = self._trial_pairs(batch["labelled"], trial)
+            if self._perf.add_labelled(labelled, now):
                 self._dirty = True  # the error-stream test fired: its state goes into the next checkpoint
         if batch.get("confidence"):
             self._perf.add_confidence(batch["confidence"])
@@ -553,9 +595,25 @@ class HealingController:
             return None
         return self.control_state()
 
+    def _trial_pairs(self, labelled: list[dict[str, Any]], trial: dict[str, str]) -> list[dict[str, Any]]:
+        """Feed paired answers (champion and challenger on one labelled request) to the trial; return
+        the pairs without the challengers' answers, which are not ensemble sources."""
+        out = []
+        for pair in labelled:
+            p = pair.get("p") or {}
+            y = int(pair["y"])
+            for member in trial:
+                chal = p.get(challenger_source(member))
+                if chal is not None and p.get(member) is not None:
+                    self._playbook.observe_rollout(member, champion_correct=int(np.argmax(p[member])) == y,
+                                                   challenger_correct=int(np.argmax(chal)) == y)
+            out.append({"y": y, "p": {k: v for k, v in p.items() if CHALLENGER_SUFFIX not in k}})
+        return out
+
     def control_state(self) -> dict[str, Any]:
         return {"epoch": self._epoch, "weights": dict(self._weights_now),
-                "avoid": {k: list(v) for k, v in self._avoid_now.items()}, "paused": self._policy.paused}
+                "avoid": {k: list(v) for k, v in self._avoid_now.items()}, "paused": self._policy.paused,
+                "trial": self._healer.trial_view()}
 
     async def status(self) -> dict[str, Any]:
         self._ensure_running()
@@ -564,7 +622,8 @@ class HealingController:
         actions = [r for r in self._audit.tail(200) if r.get("kind") in (
             "restart", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
             "rejected", "mode", "retrain-submitted", "retrain-submit-failed", "retrain-finished", "promote",
-            "rollback")][-50:]
+            "rollback", "trial-started", "trial-promote", "trial-reject", "trial-finished", "trial-abandoned",
+            "trial-requested")][-50:]
         steps = sorted(self._step_ms)
         return {
             "state": "paused" if self._policy.paused else "running",
@@ -646,6 +705,13 @@ class HealingController:
         bad = [m for m in members or () if m not in known]
         if bad:
             return {"error": f"unknown member(s) {bad}; members are {known}", "status": 404}
+        trial = self._playbook.rollout
+        if trial is not None:  # a challenger on trial: rolling back ends the trial, the champion stays
+            if not self._healer.spawn(self._healer.rollback(members, f"operator: {who}")):
+                return {"error": "a deployment is in progress; retry when `raymedic status` shows it done",
+                        "status": 409}
+            return {"rollback": "trial ended", "trial": trial["record"], "champion_kept": True,
+                    "members": sorted(trial["versions"])}
         registry = ModelRegistry(self._storage)
         names = members or known
         missing = [m for m in names if "previous" not in registry.aliases(self._model, m)]
@@ -656,6 +722,16 @@ class HealingController:
                              "shows it done", "status": 409}
         return {"rollback": "started", "members": names,
                 "champion_now": {m: registry.aliases(self._model, m)["previous"] for m in names}}
+
+    async def trial(self, member: str, version: str = "challenger", who: str = "operator",
+                    mode: str | None = None) -> dict[str, Any]:
+        """Put a registered version of a member on live trial (canary/shadow) next to its champion."""
+        self._ensure_running()
+        out = self._healer.request_trial(member, version, mode)
+        if "error" not in out:
+            self._audit.record("trial-requested", f"{self._model}/{member}", evidence={"by": who, "ref": version},
+                               action="trial", outcome="ok")
+        return out
 
     async def note(self, kind: str, target: str, evidence: dict[str, Any]) -> None:
         """Record something done to the service from outside (e.g. an injected fault)."""

@@ -6,6 +6,11 @@ The controller owns one :class:`ModelHealer`. Decisions come from
 - a retrain is a Ray job (``train_jobs.retrain``) submitted through
   ``JobSubmissionClient`` with a name and metadata an operator recognises in the
   dashboard's Jobs view, polled until it ends, its outcome read from storage;
+- a challenger that passed the gate goes on a live trial first (``rollout.mode``
+  canary/shadow): each is deployed as its own small Serve application, the
+  gateways call it on a share of requests, and the playbook's verdict promotes or
+  drops it; an operator can put any registered version on trial
+  (``raymedic trial``);
 - a promotion moves the ``champion`` alias of the members that passed the gate
   and redeploys the Serve application (a rolling update: the builder resolves
   the new champions, old replicas serve until new ones are up);
@@ -25,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from controllers.playbook import Playbook, Promote, SubmitRetrain, Trigger
-from raymedic.config import ADMIN_TOKEN_SHA_ENV, APP_NAME, RaymedicConfig
+from controllers.playbook import Playbook, Promote, RolloutDone, SubmitRetrain, Trigger
+from raymedic.config import ADMIN_TOKEN_SHA_ENV, APP_NAME, RaymedicConfig, canary_app_name
 from raymedic.storage import Storage
 from train_jobs.registry import ModelRegistry
 from train_jobs.retrain import record_key
@@ -51,6 +56,7 @@ class ModelHealer:
         self._client: Any = None
         self._bg: asyncio.Task | None = None  # a promotion or rollback (a redeploy takes tens of seconds)
         self._changed = False
+        self._trial_ready = False  # set once this controller has (re)deployed the trial's challengers
 
     # ---- Ray Jobs ------------------------------------------------------------------
 
@@ -92,6 +98,9 @@ class ModelHealer:
         if self.playbook.job is not None:
             return {"error": f"retrain {self.playbook.job['record']} is still running; one at a time",
                     "status": 409}
+        if self.playbook.rollout is not None:
+            return {"error": f"trial {self.playbook.rollout['record']} is running; wait for its verdict or end it "
+                             "with `raymedic rollback`", "status": 409}
         self._manual = reason or "requested"
         return {"retrain": "requested", "reason": self._manual}
 
@@ -125,10 +134,15 @@ class ModelHealer:
                 "gate": last.get("gate"), "error": last.get("error"), "retry_after_s": last.get("retry_after_s")},
                 action="gate", outcome=last.get("result", "?"), incident=job["record"])
             if promote is not None:
-                self.spawn(self.promote(now, promote))
+                if self.cfg.rollout.mode == "off":
+                    self.spawn(self.promote(now, promote))
+                else:
+                    self.spawn(self.start_trial(now, promote, source="retrain"))
             return True
         if job is not None:
             return False
+        if pb.rollout is not None:
+            return self._judge_trial(now)
         manual, self._manual = self._manual, None
         sub = pb.step(now, triggers, labels, manual=manual)
         if sub is None:
@@ -149,6 +163,128 @@ class ModelHealer:
             "job_id": job_id, "reason": sub.reason, "alerts": list(sub.alerts), "labels": labels},
             action="retrain", outcome="submitted", incident=sub.record)
         return True
+
+    # ---- live trial ------------------------------------------------------------------
+
+    def trial_view(self) -> dict[str, Any] | None:
+        """What the gateways need: which members' challengers to call, on what share, in which mode."""
+        r = self.playbook.rollout
+        members = self.playbook.trial_members()
+        if r is None or not members or not self._trial_ready:
+            return None
+        return {"record": r["record"], "mode": r["mode"], "share": r["share"], "members": members}
+
+    def _deploy_canary(self, member: str, version: str) -> None:
+        from ray import serve
+
+        from serve_apps.app import build_canary_app
+
+        serve.run(build_canary_app(self.cfg.model_dump(mode="json"), member, version),
+                  name=canary_app_name(member), route_prefix=None, blocking=False)
+
+    def _delete_canaries(self, members: Sequence[str]) -> None:
+        from ray import serve
+
+        for m in members:
+            try:
+                serve.delete(canary_app_name(m), _blocking=False)
+            except Exception as exc:
+                log.warning("could not delete canary application of %s: %r", m, exc)
+
+    async def start_trial(self, now: float, promote: Promote, *, source: str, mode: str | None = None) -> None:
+        """Deploy each challenger on its own replica, then open the trial (gateways join on their next sync)."""
+        t0 = time.monotonic()
+        mode = mode or self.cfg.rollout.mode
+        self.playbook.start_rollout(now, promote, mode=mode, share=self.cfg.rollout.share, source=source)
+        self._trial_ready = False
+        self._changed = True
+        try:
+            for member, version in promote.versions.items():
+                await asyncio.to_thread(self._deploy_canary, member, version)
+        except Exception as exc:
+            self.playbook.abandon_rollout(f"could not deploy the challenger: {exc!r}"[:300])
+            await asyncio.to_thread(self._delete_canaries, list(promote.versions))
+            self._record("trial-started", self.cfg.model, evidence={"versions": promote.versions,
+                                                                     "error": repr(exc)[:500]},
+                         action="trial", outcome=f"failed: {exc}", incident=promote.record)
+            return
+        self._trial_ready = True
+        self._record("trial-started", self.cfg.model, evidence={
+            "versions": promote.versions, "mode": mode, "share": self.cfg.rollout.share,
+            "source": source, "holdout_accuracy": promote.holdout_accuracy},
+            action="trial", outcome="ok", incident=promote.record, duration_s=round(time.monotonic() - t0, 3))
+
+    def _judge_trial(self, now: float) -> bool:
+        if not self._trial_ready:  # deployed by a controller before a restart: deploy again (idempotent)
+            r = self.playbook.rollout
+            assert r is not None
+            self.spawn(self._redeploy_trial(dict(r["versions"])))
+            return False
+        new, done = self.playbook.check_rollout(now, self.cfg.rollout)
+        for m, (verdict, why) in new.items():
+            self._record(f"trial-{verdict}", f"{self.cfg.model}/{m}", evidence={
+                "reason": why, "live": (self.playbook.rollout or {}).get("tally", {}).get(m)},
+                action="trial", outcome=verdict, incident=(self.playbook.rollout or {}).get("record"))
+        if done is not None:
+            self.spawn(self._finish_trial(now, done))
+        return bool(new) or done is not None
+
+    async def _redeploy_trial(self, versions: dict[str, str]) -> None:
+        try:
+            for member, version in versions.items():
+                await asyncio.to_thread(self._deploy_canary, member, version)
+            self._trial_ready = True
+        except Exception as exc:
+            r = self.playbook.abandon_rollout(f"could not redeploy the challenger: {exc!r}"[:300])
+            self._changed = True
+            self._record("trial-abandoned", self.cfg.model, evidence={"error": repr(exc)[:500]},
+                         action="trial", outcome="failed", incident=(r or {}).get("record"))
+
+    async def _finish_trial(self, now: float, done: RolloutDone) -> None:
+        members = sorted(set(done.rejected) | set(done.promote.versions if done.promote else ()))
+        self._record("trial-finished", self.cfg.model, evidence={
+            "promote": done.promote.versions if done.promote else {}, "rejected": done.rejected},
+            action="trial", outcome="promote" if done.promote else "rejected", incident=done.record)
+        if done.promote is not None:
+            await self.promote(now, done.promote, probation=False)
+        await asyncio.to_thread(self._delete_canaries, members)
+        self._changed = True
+
+    def request_trial(self, member: str, ref: str, mode: str | None = None) -> dict[str, Any]:
+        """An operator puts a registered version (default: the ``challenger`` alias) on live trial
+        (``mode``: canary or shadow; default the config's)."""
+        if mode not in (None, "canary", "shadow"):
+            return {"error": f"mode must be 'canary' or 'shadow', got {mode!r}", "status": 400}
+        if member not in {m.name for m in self.cfg.members}:
+            return {"error": f"no member {member!r}; members: {[m.name for m in self.cfg.members]}",
+                    "status": 404}
+        pb = self.playbook
+        busy = ("a retrain job is running" if pb.job else "a trial is running" if pb.rollout else
+                "a promotion or rollback is being deployed" if self.deploying else None)
+        if busy:
+            return {"error": f"{busy}; try again when it has finished (see `raymedic status`)", "status": 409}
+        mode = mode or self.cfg.rollout.mode
+        if mode == "off":
+            return {"error": "rollout.mode is off in the config: set it to canary or shadow, or ask for a "
+                             "mode (--mode shadow)", "status": 409}
+        registry = ModelRegistry(self.storage)
+        try:
+            info = registry.info(self.cfg.model, member, ref)
+            champion = registry.info(self.cfg.model, member, "champion")
+        except Exception as exc:
+            return {"error": f"{exc}", "status": 404}
+        if info.version == champion.version:
+            return {"error": f"{ref!r} is the champion of {member!r} already ({info.version})", "status": 409}
+        if info.metadata.get("schema") != champion.metadata.get("schema"):
+            return {"error": f"version {info.version} of {member!r} was trained on another schema than the "
+                             "champion; retrain it on the served table", "status": 409}
+        record = f"t{int(time.time())}-{member}"
+        acc = float((info.metadata.get("metrics") or {}).get("val_accuracy")
+                    or (info.metadata.get("metrics") or {}).get("accuracy") or 0.0)
+        self.spawn(self.start_trial(time.time(), Promote(record, {member: info.version}, {member: acc}),
+                                    source="operator", mode=mode))
+        return {"trial": record, "member": member, "version": info.version, "mode": mode,
+                "share": self.cfg.rollout.share}
 
     def spawn(self, coro: Any) -> bool:
         """Run a promotion/rollback in the background; False if one is already running."""
@@ -180,7 +316,7 @@ class ModelHealer:
             os.environ[ADMIN_TOKEN_SHA_ENV] = self.admin_sha
         serve.run(build_app(self.cfg.model_dump(mode="json")), name=APP_NAME, route_prefix="/", blocking=False)
 
-    async def promote(self, now: float, promote: Promote) -> None:
+    async def promote(self, now: float, promote: Promote, *, probation: bool = True) -> None:
         registry = ModelRegistry(self.storage)
         t0 = time.monotonic()
         try:
@@ -191,7 +327,8 @@ class ModelHealer:
             self._record("promote", self.cfg.model, evidence={"versions": promote.versions, "error": repr(exc)[:500]},
                          action="promote", outcome=f"failed: {exc}", incident=promote.record)
             return
-        self.playbook.promoted(now, promote)
+        if probation:  # a live trial already compared it with the champion on the same requests
+            self.playbook.promoted(now, promote)
         self._changed = True
         self._on_new_versions()
         self._record("promote", self.cfg.model, evidence={"versions": promote.versions,
@@ -200,6 +337,14 @@ class ModelHealer:
                      duration_s=round(time.monotonic() - t0, 3))
 
     async def rollback(self, members: Sequence[str] | None, reason: str) -> dict[str, Any]:
+        r = self.playbook.rollout
+        if r is not None:  # the champion never changed: rolling back a trial is ending it
+            self.playbook.abandon_rollout(f"rollback: {reason}")
+            self._changed = True
+            await asyncio.to_thread(self._delete_canaries, list(r["versions"]))
+            self._record("trial-abandoned", self.cfg.model, evidence={"reason": reason, "versions": r["versions"]},
+                         action="rollback", outcome="ok", incident=r["record"])
+            return {"abandoned_trial": r["record"], "champion_kept": True, "errors": {}}
         registry = ModelRegistry(self.storage)
         names = list(members) if members else [m.name for m in self.cfg.members]
         moved: dict[str, str] = {}
@@ -229,5 +374,6 @@ class ModelHealer:
     def status(self) -> dict[str, Any]:
         pb = self.playbook
         return {"enabled": self.cfg.retraining.enabled, "job": pb.job, "probation": pb.probation,
+                "trial": pb.rollout,
                 "deploying": self.deploying,
                 "history": pb.history[-5:], **pb.waiting()}

@@ -9,6 +9,10 @@ Pure decisions over what the controller observed; the controller performs them
   exponential backoff. A job that runs past its timeout counts as failed.
 - A gated job promotes exactly the members whose challenger passed; a rejected
   challenger is recorded with the gate's reasons and the champion keeps serving.
+- With a rollout mode (``rollout.mode``: canary or shadow), members that passed
+  the gate first go on a live trial next to their champions (see
+  :mod:`controllers.rollout`); only the ones that hold up are promoted, the
+  others are dropped with the reason, and the champion serves throughout.
 - After a promotion the new versions are on probation: if their live accuracy on
   ``probation_labels`` fresh labels falls more than ``accuracy_drop`` below the
   holdout accuracy the gate saw, they are rolled back automatically.
@@ -20,9 +24,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from raymedic.config import RetrainingConfig
+from controllers.rollout import PairTally, judge_member
+from raymedic.config import RetrainingConfig, RolloutConfig
 
-__all__ = ["Playbook", "SubmitRetrain", "Promote", "Rollback", "Trigger"]
+__all__ = ["Playbook", "SubmitRetrain", "Promote", "Rollback", "Trigger", "RolloutDone"]
 
 HISTORY_KEPT = 20
 
@@ -59,6 +64,15 @@ class Rollback:
     reason: str
 
 
+@dataclass(frozen=True)
+class RolloutDone:
+    """A finished live trial: what to promote (None: nothing) and why each other member was dropped."""
+
+    record: str
+    promote: Promote | None
+    rejected: dict[str, str]
+
+
 @dataclass
 class _State:
     job: dict[str, Any] | None = None  # {"record", "job_id", "submitted_at", "reason", "alerts"}
@@ -67,6 +81,7 @@ class _State:
     seq: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     probation: dict[str, Any] | None = None  # {"record", "since", "versions", "holdout_accuracy"}
+    rollout: dict[str, Any] | None = None  # a live trial: the Promote's fields + mode, share, tally, verdicts
 
 
 def wilson_upper(p: float, n: int, z: float = 1.96) -> float:
@@ -100,6 +115,10 @@ class Playbook:
         return self._s.probation
 
     @property
+    def rollout(self) -> dict[str, Any] | None:
+        return self._s.rollout
+
+    @property
     def history(self) -> list[dict[str, Any]]:
         return list(self._s.history)
 
@@ -118,7 +137,8 @@ class Playbook:
         if self._s.job is not None:
             return None
         if manual is None:
-            if not self.cfg.enabled or now < self._s.not_before or self._s.probation is not None:
+            if (not self.cfg.enabled or now < self._s.not_before or self._s.probation is not None
+                    or self._s.rollout is not None):
                 return None
             acting = [t for t in triggers if t.kind != "drift" or t.severity == "act"]
             if not acting or labels < self.cfg.min_labeled_rows:
@@ -227,3 +247,66 @@ class Playbook:
 
     def rolled_back(self) -> None:
         self._s.probation = None
+
+    # ---- live trial (canary / shadow) --------------------------------------------------
+
+    def start_rollout(self, now: float, promote: Promote, *, mode: str, share: float, source: str = "retrain"
+                      ) -> None:
+        self._s.rollout = {"record": promote.record, "since": now, "mode": mode, "share": share, "source": source,
+                           "versions": dict(promote.versions), "holdout_accuracy": dict(promote.holdout_accuracy),
+                           "champion_accuracy": dict(promote.champion_accuracy),
+                           "holdout_labels": promote.holdout_labels,
+                           "tally": {m: PairTally().to_dict() for m in promote.versions}, "verdicts": {}}
+
+    def trial_members(self) -> dict[str, str]:
+        """Members still on trial (no verdict yet) → challenger version."""
+        r = self._s.rollout
+        if r is None:
+            return {}
+        return {m: v for m, v in r["versions"].items() if m not in r["verdicts"]}
+
+    def observe_rollout(self, member: str, *, champion_correct: bool | None = None,
+                        challenger_correct: bool | None = None, calls_ok: int = 0, calls_failed: int = 0) -> None:
+        """One paired labelled answer and/or challenger call counts for a member still on trial."""
+        r = self._s.rollout
+        if r is None or member not in r["tally"] or member in r["verdicts"]:
+            return
+        t = PairTally.from_dict(r["tally"][member])
+        if champion_correct is not None and challenger_correct is not None:
+            t.add(champion_correct=champion_correct, challenger_correct=challenger_correct)
+        t.calls_ok += calls_ok
+        t.calls_failed += calls_failed
+        r["tally"][member] = t.to_dict()
+
+    def check_rollout(self, now: float, cfg: RolloutConfig) -> tuple[dict[str, list[str]], RolloutDone | None]:
+        """New per-member verdicts, and the trial's end once every member has one."""
+        r = self._s.rollout
+        if r is None:
+            return {}, None
+        new: dict[str, list[str]] = {}
+        for m in self.trial_members():
+            verdict = judge_member(PairTally.from_dict(r["tally"][m]), cfg, elapsed_s=now - r["since"])
+            if verdict is not None:
+                new[m] = list(verdict)
+                r["verdicts"][m] = list(verdict)
+        if self.trial_members():
+            return new, None
+        self._s.rollout = None
+        passed = {m: r["versions"][m] for m, (v, _) in r["verdicts"].items() if v == "promote"}
+        rejected = {m: why for m, (v, why) in r["verdicts"].items() if v != "promote"}
+        self._remember({"record": r["record"], "result": "trial: " + ("promoted" if passed else "rejected"),
+                        "mode": r["mode"], "verdicts": r["verdicts"],
+                        "live": {m: {k: t.get(k) for k in ("labels", "challenger_accuracy", "champion_accuracy")}
+                                 for m, t in r["tally"].items()}})
+        promote = None
+        if passed:
+            promote = Promote(r["record"], passed, {m: r["holdout_accuracy"].get(m, 0.0) for m in passed},
+                              {m: r["champion_accuracy"].get(m, 0.0) for m in passed}, int(r["holdout_labels"]))
+        return new, RolloutDone(r["record"], promote, rejected)
+
+    def abandon_rollout(self, reason: str) -> dict[str, Any] | None:
+        """End a trial with no promotion (an operator's rollback, or the canary could not be deployed)."""
+        r, self._s.rollout = self._s.rollout, None
+        if r is not None:
+            self._remember({"record": r["record"], "result": "trial: abandoned", "reason": reason})
+        return r

@@ -360,7 +360,7 @@ def run_replica_faults(*, config_path: str | None, port: int, settings: BenchSet
     for stale in (f"controller/{cfg.model}", f"audit/{cfg.model}", f"logs/{cfg.model}"):
         Storage(storage).delete(stale)  # keep the trained registry, start the controller from scratch
     progress(f"starting an embedded local Ray cluster ({LOCAL_LOGICAL_CPUS} logical CPUs)")
-    ray.init(num_cpus=LOCAL_LOGICAL_CPUS, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(address="local", num_cpus=LOCAL_LOGICAL_CPUS, logging_level=logging.WARNING, log_to_driver=False)
     try:
         from ray import serve
 

@@ -64,6 +64,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     host = sf.http_host
     previous = read_run_state()
     started = False
+    head_session = previous.head_session if previous and previous.started_cluster else None
     local: dict | None = None  # the multi-node cluster `up --nodes` started (or reuses)
     if args.nodes is not None:
         _check_nodes_request(args)
@@ -86,7 +87,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ray_port, dashboard_port = args.ray_port or 6379, args.dashboard_port or 8265
         _progress(f"starting a local Ray cluster (ray start --head, port {ray_port}, "
                   f"dashboard :{dashboard_port})")
-        address, started = start_head(port=ray_port, dashboard_port=dashboard_port), True
+        (address, head_session), started = start_head(port=ray_port, dashboard_port=dashboard_port), True
     token_note = _ensure_admin_token()
     join(address, ours=started)
     import ray
@@ -112,7 +113,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         ray.shutdown()
     write_run_state(RunState(ray_address=address, dashboard_url=dashboard, http_url=url,
                              started_cluster=started, config_path=str(sf.path), model=cfg.model,
-                             storage_path=cfg.storage_path, cluster=local))
+                             storage_path=cfg.storage_path, cluster=local,
+                             head_session=head_session if started and local is None else None))
     _progress(f"service answers at {url} (ready after {waited:.1f} s)")
     if local is not None:
         from cluster.multinode import LocalCluster, describe
@@ -264,8 +266,8 @@ def cmd_down(args: argparse.Namespace) -> int:
                   "processes only)")
         stop_cluster(local)
     elif state and state.started_cluster and not os.environ.get("RAY_ADDRESS"):
-        _progress("stopping the local Ray cluster raymedic started (ray stop)")
-        stop_head()
+        _progress("stopping the local Ray cluster raymedic started (its own processes only)")
+        stop_head(state.head_session, state.ray_address)
     clear_run_state()
     _progress("down")
     return 0
@@ -310,6 +312,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("retraining: deploying new versions")
     if rt.get("probation"):
         print(f"probation: {rt['probation']['versions']} (rolled back automatically if live accuracy drops)")
+    tr = rt.get("trial")
+    if tr:
+        print(f"trial {tr['record']} ({tr['mode']}, {tr['share']:.0%} of requests):" + "".join(
+            f"\n  {m} {v}: " + (f"challenger {t['challenger_accuracy']:.3f} vs champion {t['champion_accuracy']:.3f}"
+                               f" on {t['labels']} paired labels" if t.get("labels") else "no paired labels yet")
+            + (f" → {tr['verdicts'][m][0]}: {tr['verdicts'][m][1]}" if m in tr.get("verdicts", {}) else "")
+            for m, v in tr["versions"].items() for t in [tr["tally"].get(m, {})]))
     for h in (rt.get("history") or [])[-3:]:
         print(f"  retrain {h.get('record')}: {h.get('result')}" + "".join(
             f"\n    {m}: {'pass' if g['passed'] else 'reject'} " + (
@@ -375,6 +384,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     print(json.dumps(out) if args.json else
           "rolling back: " + ", ".join(f"{m} → {v}" for m, v in out["champion_now"].items())
           + " (the service redeploys in place; `raymedic status` shows the versions)")
+    return 0
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    out = _admin(args, "trial", {"member": args.member, "version": args.version,
+                                 **({"mode": args.mode} if args.mode else {})})
+    print(json.dumps(out) if args.json else
+          f"trial {out['trial']}: {out['member']} {out['version']} now sees {out['share']:.0%} of requests "
+          f"next to the champion ({out['mode']}); it is promoted if it holds up on labelled traffic, dropped "
+          "otherwise. Follow it with `raymedic status`; `raymedic rollback` ends it")
     return 0
 
 
@@ -508,6 +527,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.scenario == "drift":  # pure NumPy/SciPy: no cluster, no Serve
+        from raymedic import benchdrift
+
+        drift_settings = benchdrift.DriftBenchSettings(seeds=args.seeds, rows_per_s=args.rps)
+        progress = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else _progress
+        report = benchdrift.run_drift_bench(drift_settings, progress=progress)
+        print(benchdrift.dumps(report) if args.json else benchdrift.format_table(report))
+        return 0
+
     from raymedic import bench
 
     if args.scenario == "controller-step":
@@ -606,6 +634,12 @@ def _parser() -> argparse.ArgumentParser:
     rt.add_argument("--reason", help="Why (recorded in the audit log and the versions' metadata).")
     rb = admin(add("rollback", cmd_rollback, "Serve the previous version again (every member, or --member)."))
     rb.add_argument("--member", action="append", help="Only this member (repeatable).")
+    tr = admin(add("trial", cmd_trial, "Put a registered version (default: the member's 'challenger', e.g. "
+                   "from `raymedic search`) on live trial next to its champion; promoted only if it holds up."))
+    tr.add_argument("--member", required=True, help="Ensemble member.")
+    tr.add_argument("--version", default="challenger", help="Version id or alias (default: challenger).")
+    tr.add_argument("--mode", choices=["canary", "shadow"], help="canary: its answers are served on the "
+                    "trial share; shadow: mirrored, never served (default: rollout.mode in the config).")
     ch = admin(add("chaos", cmd_chaos, "Inject a replica fault (needs chaos enabled and the admin token)."))
     ch.add_argument("fault", choices=["kill", "hang", "slow", "wrong", "clear"],
                     help="kill: SIGKILL; hang: block inference; slow: add latency; wrong: wrong answers; "
@@ -639,10 +673,14 @@ def _parser() -> argparse.ArgumentParser:
                          "ASHA); register the best as its 'challenger', not promoted."))
 
     be = add("bench", cmd_bench, "Recovery and speed figures, raymedic against plain Ray Serve in the same run.")
-    be.add_argument("scenario", choices=["replica-faults", "controller-step"])
+    be.add_argument("scenario", choices=["replica-faults", "controller-step", "drift"])
     be.add_argument("--rps", type=float, default=10.0,
                     help="Open-loop request rate (default 10: either system saturates a 2-core laptop near 25 "
-                         "req/s, and a fault on a saturated machine measures the machine; use 50+ on a cluster).")
+                         "req/s, and a fault on a saturated machine measures the machine; use 50+ on a cluster). "
+                         "drift: the row rate that turns rows into seconds.")
+    be.add_argument("--seeds", type=int, default=30,
+                    help="drift: seeds, each its own reference, no-drift control and stream per scenario "
+                         "(default 30, ~1 min on 2 cores).")
     be.add_argument("--deadline", type=float, default=2.0, help="Client deadline in seconds (default 2).")
     be.add_argument("--fault-seconds", type=float, default=20.0, help="Load after each injection (default 20).")
     be.add_argument("--slow-ms", type=float, default=500.0, help="Latency added by the slow fault.")

@@ -22,6 +22,8 @@ from raymedic.errors import ConfigError
 
 __all__ = [
     "APP_NAME",
+    "CANARY_APP_NAME",
+    "canary_app_name",
     "CONTROLLER_NAME",
     "CONTROLLER_NAMESPACE",
     "ADMIN_TOKEN_ENV",
@@ -34,6 +36,7 @@ __all__ = [
     "ControllerConfig",
     "ChaosConfig",
     "DataConfig",
+    "RolloutConfig",
     "FeaturePolicy",
     "PerformanceSettings",
     "RaymedicConfig",
@@ -44,6 +47,14 @@ __all__ = [
 
 APP_NAME = "raymedic"
 """Serve application name (ARCHITECTURE.md contract)."""
+CANARY_APP_NAME = "raymedic-canary"
+"""Prefix of the Serve applications (one per member) that serve challengers on trial: deploying or
+deleting one never touches the main application."""
+
+
+def canary_app_name(member: str) -> str:
+    return f"{CANARY_APP_NAME}-{member}"
+
 
 CONTROLLER_NAME = "raymedic-controller"
 CONTROLLER_NAMESPACE = "raymedic"
@@ -306,6 +317,35 @@ class RetrainingConfig(_Strict):
                                   "by more than accuracy_drop rolls it back.")
 
 
+class RolloutConfig(_Strict):
+    """How a challenger that passed the gate meets live traffic before it is promoted.
+
+    ``shadow``: a ``share`` of requests is mirrored to the challenger and its answers are
+    not returned; ``canary``: on that share the challenger's answer replaces the
+    champion's in the ensemble (the champion still answers alongside, for the comparison).
+    Either way the two are compared on the *same* labelled requests (paired), so a
+    drifting stream cannot flatter one of them; ``off`` promotes straight after the gate.
+    """
+
+    mode: Literal["shadow", "canary", "off"] = Field("canary", description="shadow, canary or off.")
+    share: float = Field(0.5, gt=0, le=1, description="Share of requests the challenger sees.")
+    min_labels: int = Field(100, ge=10, description="Paired labelled answers needed before a verdict.")
+    max_labels: int = Field(600, ge=10, description="Still no clear win after this many: the champion stays.")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="One-sided significance for 'the challenger is worse' "
+                         "(exact binomial test on the answers where exactly one of the two was right).")
+    timeout_s: float = Field(1800.0, gt=0, description="A rollout without a verdict by then is abandoned; the "
+                             "champion stays.")
+    max_error_rate: float = Field(0.2, ge=0, le=1, description="Share of failed challenger calls that ends "
+                                  "the rollout at once.")
+
+    @model_validator(mode="after")
+    def _labels_order(self) -> "RolloutConfig":
+        if self.max_labels < self.min_labels:
+            raise ValueError(f"rollout.max_labels ({self.max_labels}) must be ≥ rollout.min_labels "
+                             f"({self.min_labels}): raise max_labels or lower min_labels")
+        return self
+
+
 class RaymedicConfig(_Strict):
     """Everything raymedic needs to serve, train and heal one model."""
 
@@ -321,6 +361,7 @@ class RaymedicConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     retraining: RetrainingConfig = Field(default_factory=RetrainingConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     access_log: bool = Field(
         False, description="Serve's per-request access log lines; off by default: raymedic logs every "
         "prediction to Parquet already, and a log line per hop costs real CPU on small machines.")

@@ -112,7 +112,7 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
                                        "chaos": sf.config.chaos.model_copy(update={"enabled": True})}).resolved()
     os.environ.setdefault(ADMIN_TOKEN_ENV, os.urandom(16).hex())  # the drills use the admin chaos route
     progress(f"starting an embedded local Ray cluster ({LOCAL_LOGICAL_CPUS} logical CPUs)")
-    ctx = ray.init(num_cpus=LOCAL_LOGICAL_CPUS, include_dashboard=True, logging_level=logging.WARNING,
+    ctx = ray.init(address="local", num_cpus=LOCAL_LOGICAL_CPUS, include_dashboard=True, logging_level=logging.WARNING,
                    log_to_driver=False)
     dashboard = getattr(ctx, "dashboard_url", None)
     try:

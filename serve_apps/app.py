@@ -27,7 +27,7 @@ from serve_apps.validation import input_policies
 from train_jobs.registry import ModelRegistry
 from train_jobs.schema import ModelSchema
 
-__all__ = ["build_app", "resolve_versions"]
+__all__ = ["build_app", "build_canary_app", "resolve_versions"]
 
 
 def resolve_versions(config: RaymedicConfig) -> tuple[dict[str, str], dict[str, Any]]:
@@ -101,3 +101,22 @@ def build_app(args: dict[str, Any]) -> Application:
                            **({"resources": {HEAD_NODE_RESOURCE: 0.001}} if config.gateway.on_head else {})},
         logging_config=logging_config,
     ).bind(config.model_dump(mode="json"), members, versions, schema, admin_token_sha256())
+
+
+def build_canary_app(args: dict[str, Any], member: str, version: str) -> Application:
+    """One challenger version of ``member`` on one replica, as its own application (no HTTP route):
+    the gateway reaches it through a handle while it is on trial, and deleting it after the
+    verdict leaves the main application untouched."""
+    config = parse_config(args).resolved()
+    m = next((x for x in config.members if x.name == member), None)
+    if m is None:
+        raise ConfigError(f"no member {member!r} in model {config.model!r}; members: "
+                          f"{[x.name for x in config.members]}")
+    return Member.options(
+        name=m.name,
+        num_replicas=1,
+        max_ongoing_requests=m.max_ongoing_requests,
+        ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
+        logging_config={"enable_access_log": config.access_log},
+    ).bind(model=config.model, member=m.name, version=version, storage_path=config.storage_path,
+           use_gpu=m.num_gpus > 0, chaos=False)

@@ -23,6 +23,7 @@ import hmac
 import json
 import logging
 import os
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -36,8 +37,9 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controllers.observe import read_app_view
+from controllers.rollout import challenger_source
 from raymedic import metrics
-from raymedic.config import APP_NAME, CONTROLLER_NAME, CONTROLLER_NAMESPACE, RaymedicConfig
+from raymedic.config import APP_NAME, CONTROLLER_NAME, CONTROLLER_NAMESPACE, RaymedicConfig, canary_app_name
 from raymedic.errors import InvalidRequest, RaymedicError, ServiceUnavailable, UnknownModel
 from raymedic.storage import Storage
 from serve_apps.chaos import FAULTS, sigkill_replica
@@ -185,6 +187,10 @@ class Gateway:
         self._controller: Any = None
         self._controller_seen: float | None = None
         self._paused = False
+        # A challenger trial, as the controller published it: {"record", "mode", "share", "members"}.
+        self._trial: dict[str, Any] | None = None
+        self._challengers: dict[str, Any] = {}
+        self._shadow: set[asyncio.Task] = set()
         loop = asyncio.get_event_loop()
         self._flusher = loop.create_task(self._flush_forever())
         self._syncer = loop.create_task(self._sync_forever()) if self._cfg.controller.enabled else None
@@ -220,6 +226,7 @@ class Gateway:
                     self._weights = {m: float(reply["weights"].get(m, 0.0)) for m in self._order}
                     self._avoid = {m: list(v) for m, v in reply.get("avoid", {}).items()}
                     self._paused = bool(reply.get("paused"))
+                    self._trial = reply.get("trial") or None
                     self._epoch = int(reply["epoch"])
             except Exception as exc:  # controller down or restarting: keep the last weights
                 if not isinstance(exc, (ValueError, asyncio.TimeoutError)):
@@ -334,6 +341,27 @@ class Gateway:
             log.warning("member %s replica %s timed out after %.2f s", name, replica or "?", gw.member_timeout_s)
         return None
 
+    async def _call_challenger(self, name: str, rows: list[list[Any]], version: str) -> np.ndarray | None:
+        """A challenger's answer within the member deadline, or None (counted as a failed call)."""
+        try:
+            if name not in self._challengers:
+                self._challengers[name] = serve.get_deployment_handle(name, app_name=canary_app_name(name))
+            out = await asyncio.wait_for(_await(self._challengers[name].predict.remote(rows)),
+                                         self._cfg.gateway.member_timeout_s)
+        except Exception as exc:
+            self._calls.challenger_call(name, ok=False)
+            log.debug("challenger of %s failed: %r", name, exc)
+            return None
+        if out.get("version") != version:  # an older trial's replica still answering: not this challenger
+            return None
+        self._calls.challenger_call(name, ok=True)
+        return np.asarray(out["probabilities"], dtype=float)
+
+    def _shadow_done(self, task: asyncio.Task, ids: list[str], name: str) -> None:
+        self._shadow.discard(task)
+        if not task.cancelled() and task.exception() is None and task.result() is not None:
+            self._recent.add_source(ids, challenger_source(name), task.result())
+
     # ---- routes --------------------------------------------------------------------
 
     @api.get("/healthz")
@@ -425,9 +453,18 @@ class Gateway:
         parsed = parse_instances(body, self._schema, max_batch=self._cfg.gateway.max_batch_size,
                                  reject_out_of_range=self._cfg.gateway.reject_out_of_range, policies=self._policies)
         rows = parsed.rows
+        trial = self._trial
+        on_trial = trial["members"] if trial and random.random() < float(trial["share"]) else {}
+        challengers = {m: asyncio.ensure_future(self._call_challenger(m, rows, v)) for m, v in on_trial.items()}
         results = await asyncio.gather(*(self._call_member(m, rows) for m in self._order))
         answers = {m: r for m, r in zip(self._order, results) if r is not None}
-        combo = combine({m: a.probabilities for m, a in answers.items()}, self._weights,
+        served = {m: a.probabilities for m, a in answers.items()}
+        canary: dict[str, np.ndarray] = {}
+        if challengers and trial["mode"] == "canary":  # its answer in the champion's place; the champion's kept
+            got = await asyncio.gather(*challengers.values())
+            canary = {m: p for m, p in zip(challengers, got) if p is not None and m in answers}
+            served.update(canary)
+        combo = combine(served, self._weights,
                         fallback=self._cfg.fallback_member, min_members=self._cfg.gateway.min_members)
         if combo is None:
             raise ServiceUnavailable(
@@ -438,15 +475,22 @@ class Gateway:
         labels = [classes[int(k)] for k in probs.argmax(axis=1)]
         now = time.time()
         ids = [new_inference_id(now) for _ in rows]
-        version = self._model_version(combo.members_used)
+        version = ",".join(f"{m}:{on_trial[m] if m in canary else self._versions[m]}" for m in combo.members_used)
         outputs = [
-            json.dumps({m: {"probabilities": answers[m].probabilities[i].round(6).tolist(),
-                            "replica": answers[m].replica, "version": answers[m].version}
+            json.dumps({m: {"probabilities": served[m][i].round(6).tolist(),
+                            "replica": "challenger" if m in canary else answers[m].replica,
+                            "version": on_trial[m] if m in canary else answers[m].version}
                         for m in answers})
             for i in range(len(rows))
         ]
         self._known.add(ids)
         self._recent.add(ids, {m: a.probabilities for m, a in answers.items()}, ensemble=probs)
+        for m, p in canary.items():
+            self._recent.add_source(ids, challenger_source(m), p)
+        if challengers and trial["mode"] != "canary":  # shadow: compared later, never awaited by the client
+            for m, task in challengers.items():
+                self._shadow.add(task)
+                task.add_done_callback(lambda t, m=m: self._shadow_done(t, ids, m))
         self._calls.add_confidence(probs.max(axis=1).tolist())
         self._predlog.append(
             {"inference_id": ids[i], "ts": now, "model": self._cfg.model, "model_version": version,
@@ -616,6 +660,19 @@ class Gateway:
                 isinstance(members, list) and all(isinstance(m, str) for m in members))):
             raise InvalidRequest('send {} to roll back every member, or {"members": ["<name>", ...]}', status=400)
         return self._controller_reply(await self._controller_call("rollback", members, "admin route"))
+
+    @api.post("/v1/admin/trial")
+    async def admin_trial(self, request: Request) -> dict[str, Any]:
+        """Put a registered version on live trial next to its champion (canary or shadow, per config)."""
+        self._check_admin(request)
+        body = await _json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("member"), str) or not isinstance(
+                body.get("version", "challenger"), str) or body.get("mode") not in (None, "canary", "shadow"):
+            raise InvalidRequest('send {"member": "<name>", "version": "<version id or alias, default '
+                                 'challenger>", "mode": "canary" or "shadow" (default: the config\'s)}',
+                                 status=400)
+        return self._controller_reply(await self._controller_call(
+            "trial", body["member"], body.get("version", "challenger"), "admin route", body.get("mode")))
 
     @staticmethod
     def _controller_reply(reply: dict[str, Any]) -> dict[str, Any]:

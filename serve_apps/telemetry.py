@@ -39,6 +39,12 @@ class CallRecorder:
         self._losses: dict[str, list[float]] = defaultdict(list)
         self._labelled: list[dict[str, Any]] = []
         self._confidence: list[float] = []
+        self._challenger: dict[str, dict[str, int]] = {}
+
+    def challenger_call(self, member: str, ok: bool) -> None:
+        """One call to a member's challenger on trial (its failures can end the trial)."""
+        slot = self._challenger.setdefault(member, {"ok": 0, "failed": 0})
+        slot["ok" if ok else "failed"] += 1
 
     def add_labelled(self, pairs: Sequence[dict[str, Any]]) -> None:
         room = MAX_LABELLED - len(self._labelled)
@@ -77,7 +83,8 @@ class CallRecorder:
             if n and f"{m}/{r}" not in replicas:
                 replicas[f"{m}/{r}"] = {**{o: 0 for o in OUTCOMES}, "latencies": [], "inflight": n}
         batch = {"replicas": replicas, "losses": dict(self._losses), "labelled": self._labelled,
-                 "confidence": self._confidence}
+                 "confidence": self._confidence, "challenger_calls": self._challenger}
+        self._challenger = {}
         self._stats = {}
         self._losses = defaultdict(list)
         self._labelled, self._confidence = [], []
@@ -119,6 +126,13 @@ class RecentOutputs:
         while len(self._d) > self.capacity:
             self._d.popitem(last=False)
 
+    def add_source(self, ids: Sequence[str], source: str, probs: np.ndarray) -> None:
+        """Another answer to requests already recorded (a challenger's, arriving after the reply)."""
+        for i, inference_id in enumerate(ids):
+            entry = self._d.get(inference_id)
+            if entry is not None:
+                entry[source] = np.asarray(probs[i], dtype=float).tolist()
+
     def losses(self, ids: Sequence[str], class_indices: Sequence[int]) -> dict[str, list[float]]:
         """Per member, the log-loss (natural log, scaled to [0, 1] by log(1/ε)) of each labelled answer."""
         eps = 1e-4
@@ -129,7 +143,7 @@ class RecentOutputs:
             if not members:
                 continue
             for m, probs in members.items():
-                if m == ENSEMBLE_KEY:
+                if m == ENSEMBLE_KEY or "@" in m:  # the ensemble, or a challenger on trial: not weighted
                     continue
                 p = min(max(probs[k], eps), 1.0)
                 out[m].append(min(1.0, -math.log(p) / scale))

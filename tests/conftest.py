@@ -91,7 +91,7 @@ def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
     port = free_port()
     cfg = load_config(write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port,
                                    **overrides)).config.resolved()
-    ray.init(num_cpus=8, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, logging_level=logging.WARNING, log_to_driver=False)
     try:
         service.ensure_trained(cfg, print)
         service.deploy(cfg, host="127.0.0.1", port=port, progress=print)

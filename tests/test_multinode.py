@@ -119,10 +119,22 @@ def test_members_spread_and_survive_a_worker_node_loss(svc):
                          what=f"every member back at two running replicas off {victim.name}")
         t_back = time.monotonic() - t_kill
         # One incident per lost replica, each closed once Serve's replacement is confirmed.
-        incidents = wait_for(lambda: (inc := {i["replica"]: i for i in _status(url)["incidents"]
-                                              if i.get("replica") in lost}) and set(inc) == set(lost) and all(
-                                 i["status"] == "recovered" for i in inc.values()) and inc,
-                             timeout_s=90, what=f"recovered incidents for the lost replicas {sorted(lost)}")
+        seen: list[dict] = []
+
+        def recovered_incidents():
+            seen[:] = _status(url)["incidents"]
+            inc = {i["replica"]: i for i in seen if i.get("replica") in lost}
+            return set(inc) == set(lost) and all(i["status"] == "recovered" for i in inc.values()) and inc
+
+        try:
+            incidents = wait_for(recovered_incidents, timeout_s=90,
+                                 what=f"recovered incidents for the lost replicas {sorted(lost)}")
+        except pytest.fail.Exception as exc:
+            from controllers.audit import read_audit
+
+            audit = read_audit(Storage(str(svc["storage"])), "synthetic")
+            pytest.fail(f"{exc}\nincidents: {json.dumps(seen, default=str)[-4000:]}\n"
+                        f"audit tail: {json.dumps(audit[-30:], default=str)[-6000:]}")
         served = load.ok
         wait_for(lambda: load.ok >= served + 10, timeout_s=60, what="load to flow after recovery")
     print(f"\nnode {victim.name} killed ({len(killed)} processes, {len(lost)} member replicas): members back "

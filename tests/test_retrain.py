@@ -1,10 +1,12 @@
-"""Model-level healing on a real local Ray cluster: concept drift → Ray job → gate → promotion.
+"""Model-level healing on a real local Ray cluster: concept drift → Ray job → gate → canary → promotion.
 
 The drift comes in through the HTTP API exactly as a user's traffic would: rows
 from a rotated concept are predicted, and their true labels sent as feedback.
 The controller must notice the decay, submit a retraining job through the Ray
-Jobs API, gate the challengers on the newest labels, promote the winners with a
-rolling redeploy — and an operator must be able to roll back.
+Jobs API, gate the challengers on the newest labels, put the winners on a live
+canary trial next to their champions, promote the ones that hold up with a
+rolling redeploy — drop a challenger that does not — and an operator must be
+able to roll back.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def svc(tmp_path_factory):
     try:
         with local_service(tmp_path_factory.mktemp("retrain"),
                            retraining={"min_labeled_rows": 240, "cooldown_s": 5, "probation_labels": 60},
+                           rollout={"mode": "canary", "share": 0.5, "min_labels": 60},
                            performance={"min_labels": 60}) as (url, cfg):
             yield Svc(url, cfg)
     finally:
@@ -107,15 +110,33 @@ def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
     passed = {m for m, g in done["gate"].items() if g["passed"]}
     assert passed and all(done["gate"][m]["challenger_accuracy"] > done["gate"][m]["champion_accuracy"]
                           for m in passed)
-    # The rolling redeploy serves the promoted versions; the others keep theirs.
-    wait_for(lambda: all((svc.versions()[m] != before[m]) == (m in passed) for m in before), timeout_s=240,
-             what=f"the service to serve the promoted versions of {sorted(passed)}")
+    # The winners go on a canary trial: labelled live traffic decides; then the rolling redeploy
+    # serves the promoted versions, and the others keep theirs.
+    seeds = iter(range(100, 1000))
+    wait_for(lambda: svc.traffic(60, seed=next(seeds)) is not None and all(
+        (svc.versions()[m] != before[m]) == (m in passed) for m in before), timeout_s=300,
+        what=f"a canary trial on labelled traffic to promote {sorted(passed)}")
+    trial = next(h for h in reversed(svc.retraining()["history"]) if h.get("result", "").startswith("trial"))
+    assert trial["result"] == "trial: promoted" and trial["mode"] == "canary", trial
+    for m in passed:
+        live = trial["live"][m]
+        assert trial["verdicts"][m][0] == "promote" and live["labels"] >= 60, trial
+        assert live["challenger_accuracy"] > live["champion_accuracy"], trial
     acc_after = svc.traffic(300, seed=12)
     assert acc_after > acc_drifted + 0.2, (acc_drifted, acc_after)
-    wait_for(lambda: {"retrain-submitted", "retrain-finished", "promote"} <= set(svc.audit_kinds())
-             and not svc.retraining().get("deploying"), timeout_s=120,
-             what=f"the promotion to be audited (retraining: {svc.retraining()})")
+    wait_for(lambda: {"retrain-submitted", "retrain-finished", "trial-started", "trial-promote", "promote"}
+             <= set(svc.audit_kinds()) and not svc.retraining().get("deploying"), timeout_s=120,
+             what=f"the trial and promotion to be audited (retraining: {svc.retraining()})")
+    wait_for(lambda: not _canary_apps(), timeout_s=60, what="the challengers' own applications to go")
     svc.passed, svc.before = passed, before
+
+
+def _canary_apps() -> list[str]:
+    from ray import serve
+
+    from raymedic.config import CANARY_APP_NAME
+
+    return [a for a in serve.status().applications if a.startswith(CANARY_APP_NAME)]
 
 
 def test_a_bad_challenger_is_rejected_by_the_gate(svc):
@@ -131,6 +152,59 @@ def test_a_bad_challenger_is_rejected_by_the_gate(svc):
     assert out["passed"] == [] and out["rejected"] == sorted(svc.passed), out
     assert all("below the margin" in r for m in out["members"].values() for r in m["reasons"][:1])
     assert {m: registry.resolve(cfg.model, m, "champion") for m in champions} == champions
+
+
+def test_a_challenger_that_is_worse_live_is_dropped_by_the_canary(svc):
+    member = sorted(svc.passed)[0]
+    champion = svc.versions()[member]
+    for body, code, words in [({"member": "nope"}, 404, "no member"), ({"member": member, "version": "v-nope"},
+                                                                         404, "v-nope"), ({}, 400, "member")]:
+        r = svc.admin("trial", body)
+        assert r.status == code and words in r.body["error"], r.body
+    assert svc.admin("trial", {"member": member, "mode": "yolo"}).status == 400
+    # The version it replaced knows only the old concept: on today's traffic it is mostly wrong.
+    # In shadow mode it sees the requests but none of its answers reach a client.
+    r = svc.admin("trial", {"member": member, "version": "previous", "mode": "shadow"})
+    assert r.status == 200 and r.body["version"] == svc.before[member] and r.body["mode"] == "shadow", r.body
+    assert svc.admin("trial", {"member": member, "version": "previous"}).status == 409  # one at a time
+    seeds = iter(range(2000, 3000))
+    served: list[float] = []
+    wait_for(lambda: served.append(svc.traffic(60, seed=next(seeds))) is None and any(
+        h.get("result") == "trial: rejected" and h.get("record") == r.body["trial"]
+        for h in svc.retraining().get("history", [])), timeout_s=240,
+        what=f"the live trial of {member}'s previous version to reject it")
+    trial = next(h for h in svc.retraining()["history"] if h.get("record") == r.body["trial"])
+    verdict, why = trial["verdicts"][member]
+    assert verdict == "reject" and "worse than the champion" in why, trial
+    # Clients never got its answers: what they were served stayed far better than the challenger.
+    assert trial["mode"] == "shadow" and np.mean(served) > trial["live"][member]["challenger_accuracy"] + 0.1, (
+        served, trial)
+    assert svc.versions()[member] == champion  # the champion served throughout and still does
+    wait_for(lambda: not _canary_apps(), timeout_s=60, what="the rejected challenger's application to go")
+    assert "trial-reject" in svc.audit_kinds()
+
+
+def test_a_failing_retrain_job_leaves_the_champion_serving(svc):
+    from train_jobs.registry import ModelRegistry
+
+    storage = Storage(svc.cfg.storage_path)
+    member = sorted(svc.passed)[0]
+    key = ModelRegistry(storage).info(svc.cfg.model, member, "champion").metadata["train_sample"]
+    good = storage.read_bytes(key)
+    versions = svc.versions()
+    storage.write_bytes(key, b"not parquet")  # the champion's stored training sample is corrupt
+    try:
+        r = svc.admin("retrain", {"reason": "test: corrupt sample"})
+        assert r.status == 200, r.body
+        done = wait_for(lambda: next((h for h in svc.retraining().get("history", [])
+                                      if "corrupt sample" in h.get("reason", "") and h.get("job_status")), None),
+                        timeout_s=240, what="the retrain job on a corrupt sample to finish")
+    finally:
+        storage.write_bytes(key, good)
+    assert done["job_status"] == "FAILED" and done["result"] == "failed" and done["error"], done
+    assert done["retry_after_s"] > 0  # backs off before the next automatic attempt
+    assert svc.versions() == versions
+    assert svc.traffic(60, seed=4000) > 0.6  # and the champions still answer well
 
 
 def test_operator_rollback_serves_the_previous_versions(svc):

@@ -176,7 +176,7 @@ def searched(tmp_path_factory):
     registry = ModelRegistry(Storage(cfg.storage_path))
     champion = _champion_without_ray(cfg, table, registry)
     lines: list[str] = []
-    ray.init(num_cpus=8, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, logging_level=logging.WARNING, log_to_driver=False)
     try:
         report = search_member(cfg, table, target="label", model="synthetic", member="mlp",
                                num_samples=TRIALS, max_epochs=MAX_EPOCHS, progress=lines.append)

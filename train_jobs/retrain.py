@@ -25,6 +25,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from typing import Any, Sequence
 
 import numpy as np
@@ -161,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome, code = {"status": "skipped", "error": str(exc)}, EXIT_NOT_ENOUGH
     except RaymedicError as exc:
         outcome, code = {"status": "failed", "error": str(exc)}, 2
+    except Exception as exc:  # anything else (corrupt data, a crashed trainer): still leave a record
+        traceback.print_exc()
+        outcome, code = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc)[:500]}"}, 1
     outcome.update(model=args.model, record=record, finished_at=time.time())
     try:
         storage.write_text(record_key(args.model, record), json.dumps(outcome, default=str))

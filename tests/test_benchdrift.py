@@ -1,0 +1,114 @@
+"""`raymedic bench drift` (raymedic.benchdrift): a small seeded run, checked for structure and relations.
+
+Never absolute figures: only that larger shifts are caught sooner, that the matched
+reference detectors really raise no more false alarms than the CUSUMs, that the fixed
+model loses accuracy under concept drift while the healed one gets it back. The
+reference detectors themselves are checked against SciPy's KS test and the live
+controller's Page–Hinkley class.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from controllers.performance import PageHinkley
+from raymedic import benchdrift, cli
+from raymedic.benchdrift import DriftBenchSettings, SCENARIOS
+
+SMALL = DriftBenchSettings(seeds=3, control_rows=30_000, false_alarms_per_10k=2.0, calibration_paths=150)
+"""2 false alarms per 10k so that 90,000 control rows hold ~18: enough to see the rate, in a few seconds."""
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    return benchdrift.run_drift_bench(SMALL)
+
+
+def by_name(rows: list[dict]) -> dict[str, dict]:
+    return {r["scenario"]: r for r in rows}
+
+
+def test_ks_window_scores_match_scipy() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((700, 3))
+    stream = rng.standard_normal((900, 3))
+    stream[400:, 1] += 0.4
+    ends, d = benchdrift.ks_window_scores(ref, stream, window=200, step=50)
+    assert ends.tolist() == list(range(199, 900, 50))
+    for i, end in enumerate(ends):
+        for j in range(3):
+            want = stats.ks_2samp(stream[end - 199:end + 1, j], ref[:, j]).statistic
+            assert d[i, j] == pytest.approx(want, abs=1e-5)
+
+
+def test_page_hinkley_alarms_match_the_controllers_class() -> None:
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.random(10_000) < 0.2, rng.random(10_000) < 0.3]).astype(float)
+    ph = PageHinkley(0.02, 8.0, 50)
+    want = [i for i, v in enumerate(x) if ph.update(v)]
+    got = benchdrift.page_hinkley_alarms(x, delta=0.02, threshold=8.0, min_samples=50, chunk=777)
+    assert len(want) > 3 and [row for row, _ in got] == want
+    assert all(start <= row for row, start in got)
+
+
+def test_report_has_every_scenario_and_is_json(report: dict) -> None:
+    assert json.loads(benchdrift.dumps(report))["bench"] == "drift"
+    names = [s.name for s in SCENARIOS]
+    assert [r["scenario"] for r in report["detection"]] == names
+    assert [r["scenario"] for r in report["accuracy"]] == names
+    for r in report["detection"]:
+        assert r["cusum"]["runs"] == r["baseline"]["runs"] == SMALL.seeds
+        assert r["target"] == pytest.approx(0.7 * r["reference"], abs=0.1)
+    for a in report["accuracy"]:
+        assert set(a["models"]) == {"fixed", "healed_cusum", "healed_baseline", "oracle"}
+    table = benchdrift.format_table(report)
+    assert all(n in table for n in names) and "false alarms on the no-drift control" in table
+
+
+def test_larger_shifts_are_caught_sooner_and_sooner_than_the_window_test(report: dict) -> None:
+    det = by_name(report["detection"])
+    small, mid, large = (det[f"mean +{s} sd"]["cusum"]["median"] for s in ("0.25", "0.5", "1"))
+    assert large < mid < small
+    for name in ("mean +1 sd", "sd x2"):
+        assert det[name]["cusum"]["median"] < det[name]["baseline"]["median"]
+    assert det["concept 60 deg"]["cusum"]["median"] is not None
+    assert det["concept 60 deg"]["unit"] == "labels"
+
+
+def test_false_alarms_are_matched_and_near_the_target(report: dict) -> None:
+    ctl = report["control"]
+    assert ctl["rows"] == SMALL.seeds * SMALL.control_rows
+    assert ctl["ks"]["alarms"] <= ctl["feature_cusum"]["alarms"]
+    assert ctl["page_hinkley"]["alarms"] <= ctl["error_cusum"]["alarms"]
+    for det in ("feature_cusum", "error_cusum"):
+        assert 0.3 * SMALL.false_alarms_per_10k <= ctl[det]["per_10k"] <= 2.5 * SMALL.false_alarms_per_10k
+
+
+def test_fixed_model_degrades_under_concept_drift_and_healing_recovers(report: dict) -> None:
+    m = by_name(report["accuracy"])["concept 60 deg"]["models"]
+    assert m["fixed"]["after"] < m["fixed"]["before"] - 0.1
+    assert m["healed_cusum"]["after"] > m["fixed"]["after"] + 0.1
+    assert m["fixed"]["recovery_rows"] is None
+    assert m["healed_cusum"]["recovery_rows"] is not None
+    assert m["healed_cusum"]["recovery_s"] == pytest.approx(m["healed_cusum"]["recovery_rows"] / SMALL.rows_per_s)
+    assert m["oracle"]["after"] > m["fixed"]["after"]
+
+
+def test_cli_dispatches_bench_drift_to_the_drift_bench(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    seen = {}
+
+    def fake_bench(settings: DriftBenchSettings, *, progress=None) -> dict:
+        seen["settings"] = settings
+        return {"bench": "drift", "seeds": settings.seeds}
+
+    monkeypatch.setattr(benchdrift, "run_drift_bench", fake_bench)
+    args = cli._parser().parse_args(["bench", "drift", "--seeds", "4", "--rps", "25", "--json"])
+    assert args.fn(args) == 0
+    assert json.loads(capsys.readouterr().out) == {"bench": "drift", "seeds": 4}
+    assert seen["settings"].rows_per_s == 25 and not math.isnan(seen["settings"].within)
