@@ -219,7 +219,8 @@ class HealingController:
         events = []
         if self._monitor is not None:
             batches, rows = self._monitor.window()
-            report = await asyncio.to_thread(self._monitor.check_window, batches, rows, now)
+            report = await asyncio.to_thread(self._monitor.check_window, batches, rows, now,
+                                             self._monitor.sequential_hits())
             if report is not None:
                 self._data_report = report
                 events += self._data_alerts.update(report)

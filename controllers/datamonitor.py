@@ -8,6 +8,11 @@ compares the window with the model version's training reference
 - data quality per feature: missing rate (against the training share), share of
   numeric values outside the training range, share of categorical levels never
   seen in training;
+- a sequential CUSUM per numeric feature (:mod:`controllers.sequential`) on
+  every sampled row as it arrives, calibrated to ``sequential_false_alarms_per_10k``
+  over all features: it accumulates exactly the rows since a change instead of
+  a fixed window, so an abrupt shift alarms in fewer rows; an alarm marks the
+  feature drifting for the next ``window_rows`` rows;
 - drift per feature, with a test made for the kind of feature: two-sample
   Kolmogorov–Smirnov, PSI on the reference's decile bins and the Wasserstein
   distance (in reference standard deviations) for numeric features;
@@ -33,6 +38,7 @@ import numpy as np
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
+from controllers.sequential import Alarm, FeatureCusum, FeatureCusumConfig
 from raymedic.config import DataConfig
 from train_jobs.reference import FeatureReference, Reference
 from train_jobs.schema import ModelSchema
@@ -43,6 +49,8 @@ __all__ = ["DataMonitor", "DataReport", "FeatureCheck", "DataAlerts", "numeric_d
 DATA_KINDS = frozenset({"missing_values", "out_of_range", "unseen_levels", "drift"})
 MODEL_KINDS = frozenset({"accuracy_decay", "concept_drift"})
 
+MIN_CUSUM_REFERENCE = 100
+"""Training values a feature needs before its CUSUM can be standardized and calibrated."""
 PSI_BINS = 10
 MIN_EXPECTED = 5.0
 """Chi-squared needs expected counts of about 5 per cell; rarer training levels are pooled."""
@@ -99,6 +107,7 @@ class FeatureCheck:
     wasserstein_sd: float | None = None
     js: float | None = None
     drift: str = "none"  # none | warn | act
+    sequential: str | None = None  # the CUSUM statistic that alarmed (mean_up, var_up, ...), if one did
     breaches: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +137,13 @@ class DataMonitor:
         self.schema, self.reference, self.cfg = schema, reference, cfg
         self._batches: deque[dict[str, Any]] = deque()
         self._rows = 0
+        self._cusums: dict[str, FeatureCusum] = {}
+        self._hits: dict[str, tuple[Alarm, int]] = {}  # feature → (latest CUSUM alarm, rows seen then)
+        numeric = [f for f in (reference.features if reference else ()) if f.numeric and f.sample is not None
+                   and len(f.sample) >= MIN_CUSUM_REFERENCE]
+        if cfg.sequential and numeric:
+            seq = FeatureCusumConfig(false_alarms_per_10k=cfg.sequential_false_alarms_per_10k / len(numeric))
+            self._cusums = {f.name: FeatureCusum(np.asarray(f.sample, dtype=float)[:, None], seq) for f in numeric}
 
     @property
     def rows(self) -> int:
@@ -140,6 +156,11 @@ class DataMonitor:
             return
         self._batches.append(dict(tally))
         self._rows += n
+        for name, cusum in self._cusums.items():
+            values = np.asarray((tally.get("features", {}).get(name) or {}).get("values") or (), dtype=float)
+            values = values[np.isfinite(values)]
+            if len(values) and cusum.update(values[:, None]).alarm:
+                self._hits[name] = (cusum.alarms[-1], cusum.rows_seen)
         while self._batches and self._rows - int(self._batches[0]["rows"]) >= self.cfg.window_rows:
             self._rows -= int(self._batches.popleft()["rows"])
 
@@ -147,13 +168,24 @@ class DataMonitor:
         """A copy of the window (tallies, rows), to check off the thread that keeps adding."""
         return list(self._batches), self._rows
 
+    def sequential_hits(self) -> dict[str, dict[str, Any]]:
+        """Features whose CUSUM alarmed within the last ``window_rows`` sampled rows (a copy)."""
+        out = {}
+        for name, (alarm, seen) in list(self._hits.items()):
+            if self._cusums[name].rows_seen - seen > self.cfg.window_rows:
+                del self._hits[name]
+                continue
+            out[name] = {"cusum": alarm.statistic, "rows_after_change": seen - alarm.change_index,
+                         "rows_seen": seen}
+        return out
+
     def check(self, now: float | None = None) -> DataReport | None:
         """Figures for every feature, or None while the window holds fewer than ``min_rows`` rows."""
-        return self.check_window(*self.window(), now=now)
+        return self.check_window(*self.window(), now=now, hits=self.sequential_hits())
 
-    def check_window(self, batches: list[dict[str, Any]], total: int, now: float | None = None
-                     ) -> DataReport | None:
-        """:meth:`check` over a copy taken with :meth:`window`."""
+    def check_window(self, batches: list[dict[str, Any]], total: int, now: float | None = None,
+                     hits: Mapping[str, Mapping[str, Any]] | None = None) -> DataReport | None:
+        """:meth:`check` over a copy taken with :meth:`window` (and :meth:`sequential_hits`)."""
         if total < self.cfg.min_rows:
             return None
         t0 = time.perf_counter()
@@ -204,6 +236,14 @@ class DataMonitor:
                 if fc.p_adjusted < c.drift_alpha and effect is not None and effect >= warn:
                     fc.drift = "act" if effect >= act else "warn"
                     fc.breaches.append("drift")
+        for fc in checks:  # a sequential alarm: drifting, whatever the window tests say yet
+            hit = (hits or {}).get(fc.name)
+            if hit is None:
+                continue
+            fc.sequential = str(hit["cusum"])
+            if fc.drift == "none":
+                fc.drift = "act" if (fc.psi or 0.0) >= c.psi_act else "warn"
+                fc.breaches.append("drift")
         return DataReport(at=time.time() if now is None else now, rows=total, features=checks,
                           check_ms=(time.perf_counter() - t0) * 1000)
 
@@ -242,7 +282,8 @@ def _evidence(fc: FeatureCheck, kind: str, cfg: DataConfig) -> dict[str, Any]:
     if kind == "unseen_levels":
         return {**base, "unseen": round(fc.unseen or 0.0, 4), "limit": cfg.unseen_max}
     return {**base, **{k: v for k, v in fc.to_dict().items()
-                       if k in ("test", "statistic", "p_value", "p_adjusted", "psi", "wasserstein_sd", "js", "drift")}}
+                       if k in ("test", "statistic", "p_value", "p_adjusted", "psi", "wasserstein_sd", "js", "drift",
+                                "sequential")}}
 
 
 class DataAlerts:

@@ -193,7 +193,8 @@ class Playbook:
                      gate={m: {"passed": bool(v.get("passed")), "reasons": v.get("reasons", []),
                                "challenger": v.get("challenger_version"),
                                "champion_accuracy": (v.get("champion_metrics") or {}).get("accuracy"),
-                               "challenger_accuracy": (v.get("challenger_metrics") or {}).get("accuracy")}
+                               "challenger_accuracy": (v.get("challenger_metrics") or {}).get("accuracy"),
+                               **({"search": v["search"]} if v.get("search") else {})}
                            for m, v in members.items()})
         self._remember(entry)
         if not passed:

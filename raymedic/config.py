@@ -267,6 +267,11 @@ class DataConfig(_Strict):
                            "features: warn ...")
     js_act: float = Field(0.2, gt=0, le=1, description="... and act.")
     clear_after: int = Field(2, ge=1, description="Checks in a row without the condition that close an alert.")
+    sequential: bool = Field(True, description="Also run a CUSUM per numeric feature on every sampled row "
+                             "(controllers.sequential): it sees an abrupt shift sooner than the window tests. "
+                             "An alarm marks the feature drifting (act only if its PSI reaches psi_act).")
+    sequential_false_alarms_per_10k: float = Field(0.05, gt=0, le=1000, description="CUSUM false alarms per "
+                                                   "10,000 sampled rows, over all numeric features together.")
 
     def policy(self, feature: str) -> FeaturePolicy:
         """The override for ``feature`` (empty if none)."""
@@ -312,6 +317,12 @@ class RetrainingConfig(_Strict):
     backoff_s: float = Field(30.0, gt=0, description="First wait after a failed job; doubles per failure.")
     max_backoff_s: float = Field(1800.0, gt=0)
     job_timeout_s: float = Field(1800.0, gt=0, description="A job running longer is stopped and counted failed.")
+    search_on_reject: bool = Field(True, description="When a member's retrained challenger fails the gate, "
+                                   "search its hyperparameters (Ray Tune + Optuna, ASHA) on the same rows in the "
+                                   "same job and gate the best configuration too.")
+    search_trials: int = Field(8, ge=1, le=200, description="Trials of that search.")
+    search_max_epochs: int = Field(20, ge=1, le=1000, description="Epoch budget per trial (ASHA stops most "
+                                   "trials early).")
     probation_labels: int = Field(100, ge=10, description="After a promotion, labels on the new version's "
                                   "answers before it is confirmed; a drop below the gate's holdout accuracy "
                                   "by more than accuracy_drop rolls it back.")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -75,6 +77,11 @@ def write_config(path: Path, *, storage: Path, port: int, **overrides: Any) -> P
     return path
 
 
+_TRAINED: dict[str, Path] = {}
+"""Registries trained in this test session, by (model, members, training) config: training the
+built-in ensemble with Ray Train costs about a minute per module, and its result is the same."""
+
+
 @contextlib.contextmanager
 def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
     """An embedded Ray cluster with the service trained, deployed and answering: (url, config).
@@ -91,9 +98,15 @@ def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
     port = free_port()
     cfg = load_config(write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port,
                                    **overrides)).config.resolved()
+    key = json.dumps({k: cfg.model_dump(mode="json")[k] for k in ("model", "members", "training")}, sort_keys=True)
+    if key in _TRAINED:  # the same members trained the same way by an earlier module: a copy, not a retrain
+        shutil.copytree(_TRAINED[key], tmp / "storage", dirs_exist_ok=True)
     ray.init(address="local", num_cpus=8, logging_level=logging.WARNING, log_to_driver=False)
     try:
         service.ensure_trained(cfg, print)
+        if key not in _TRAINED:
+            _TRAINED[key] = tmp / "trained"
+            shutil.copytree(tmp / "storage", _TRAINED[key])
         service.deploy(cfg, host="127.0.0.1", port=port, progress=print)
         url = f"http://127.0.0.1:{port}"
         service.wait_ready(url, cfg.model, timeout_s=240, progress=print)

@@ -135,3 +135,18 @@ def test_drift_statistics_on_known_inputs():
     expected = r.counts / r.counts.sum() * 600
     assert categorical_drift(r, np.round(expected))["js"] < 0.05
     assert categorical_drift(r, np.array([0.0, 0.0, 600.0, 0.0]))["p_value"] < 1e-12
+
+
+def test_sequential_cusum_flags_a_half_sd_shift_and_stays_quiet_on_the_control():
+    calm = monitor_with(table(3000, seed=6))
+    assert calm.sequential_hits() == {}
+    assert all(f.sequential is None and f.drift == "none" for f in calm.check().features)
+    shifted = monitor_with(pd.concat([table(400, seed=7), table(400, seed=8, shift=0.5)], ignore_index=True))
+    hits = shifted.sequential_hits()
+    assert set(hits) == {"amount"} and hits["amount"]["cusum"] == "mean_up", hits
+    assert 0 < hits["amount"]["rows_after_change"] < 400  # its own estimate of where the change began
+    amount = shifted.check().features[0]
+    assert amount.sequential == "mean_up" and amount.drift in ("warn", "act") and "drift" in amount.breaches
+    off = monitor_with(pd.concat([table(400, seed=7), table(400, seed=8, shift=0.5)], ignore_index=True),
+                       sequential=False)
+    assert off.sequential_hits() == {} and off.check().features[0].sequential is None

@@ -11,6 +11,7 @@ able to roll back.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -92,7 +93,10 @@ class Svc:
 
 
 def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
+    import time
+
     before = svc.versions()
+    t0 = time.monotonic()
     acc_drifted = svc.traffic(400, seed=11)
     assert acc_drifted < 0.5, acc_drifted  # the old concept's model is now mostly wrong
     job = wait_for(lambda: (svc.retraining().get("job") or {}).get("job_id") or None, timeout_s=120,
@@ -105,6 +109,7 @@ def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
     assert job.startswith(f"raymedic-retrain-{svc.cfg.model}-") and info.metadata["kind"] == "retrain"
     done = wait_for(lambda: next((h for h in svc.retraining().get("history", []) if h.get("job_id") == job), None),
                     timeout_s=420, what="the retraining job to finish and be gated")
+    t_gated = time.monotonic() - t0
     assert client.get_job_status(job).value == "SUCCEEDED"
     assert done["result"] == "promoted", done
     passed = {m for m, g in done["gate"].items() if g["passed"]}
@@ -116,6 +121,7 @@ def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
     wait_for(lambda: svc.traffic(60, seed=next(seeds)) is not None and all(
         (svc.versions()[m] != before[m]) == (m in passed) for m in before), timeout_s=300,
         what=f"a canary trial on labelled traffic to promote {sorted(passed)}")
+    t_promoted = time.monotonic() - t0
     trial = next(h for h in reversed(svc.retraining()["history"]) if h.get("result", "").startswith("trial"))
     assert trial["result"] == "trial: promoted" and trial["mode"] == "canary", trial
     for m in passed:
@@ -123,6 +129,9 @@ def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
         assert trial["verdicts"][m][0] == "promote" and live["labels"] >= 60, trial
         assert live["challenger_accuracy"] > live["champion_accuracy"], trial
     acc_after = svc.traffic(300, seed=12)
+    print(f"\nconcept drift (150°) healed: accuracy {acc_drifted:.3f} → {acc_after:.3f}; from the first drifted "
+          f"request: job gated after {t_gated:.0f} s, canary trial done and promoted after {t_promoted:.0f} s "
+          f"(trial: {json.dumps(trial['live'])})")
     assert acc_after > acc_drifted + 0.2, (acc_drifted, acc_after)
     wait_for(lambda: {"retrain-submitted", "retrain-finished", "trial-started", "trial-promote", "promote"}
              <= set(svc.audit_kinds()) and not svc.retraining().get("deploying"), timeout_s=120,
@@ -144,14 +153,34 @@ def test_a_bad_challenger_is_rejected_by_the_gate(svc):
     from train_jobs.retrain import retrain
 
     # Deliberately bad: one epoch at a negligible learning rate is an untrained network.
-    cfg = svc.cfg.model_copy(update={"training": svc.cfg.training.model_copy(
-        update={"epochs": 1, "learning_rate": 1e-7})})
+    cfg = svc.cfg.model_copy(update={
+        "training": svc.cfg.training.model_copy(update={"epochs": 1, "learning_rate": 1e-7}),
+        "retraining": svc.cfg.retraining.model_copy(update={"search_on_reject": False})})
     registry = ModelRegistry(Storage(cfg.storage_path))
     champions = {m: registry.resolve(cfg.model, m, "champion") for m in sorted(svc.passed)}
     out = retrain(cfg, reason="test: bad challenger", members=sorted(svc.passed), progress=lambda s: None)
     assert out["passed"] == [] and out["rejected"] == sorted(svc.passed), out
     assert all("below the margin" in r for m in out["members"].values() for r in m["reasons"][:1])
     assert {m: registry.resolve(cfg.model, m, "champion") for m in champions} == champions
+
+    # With search on reject, the same bad retrain is followed by a Tune + Optuna search whose best
+    # configuration is gated on the same holdout and recorded in the version's metadata.
+    member = sorted(svc.passed)[0]
+    cfg = cfg.model_copy(update={"retraining": cfg.retraining.model_copy(
+        update={"search_on_reject": True, "search_trials": 3, "search_max_epochs": 6})})
+    out = retrain(cfg, reason="test: bad challenger, then search", members=[member], progress=lambda s: None)
+    v = out["members"][member]
+    assert v["search"]["trials"] == 3 and v["search"]["best_config"], v
+    assert v["search"]["retrained"]["reasons"] and v["challenger_version"] != v["search"]["retrained"]["version"]
+    searched = registry.info(cfg.model, member, v["challenger_version"])
+    assert searched.metadata["search"]["best_config"] == v["search"]["best_config"]
+    # The searched version was judged like any challenger: a pass beats the champion by the margin.
+    if v["passed"]:
+        assert v["challenger_metrics"]["accuracy"] >= v["champion_metrics"]["accuracy"] + cfg.retraining.gate_margin
+    else:
+        assert v["reasons"], v
+    assert v["challenger_metrics"]["accuracy"] > v["search"]["retrained"]["accuracy"]  # far from untrained
+    assert registry.resolve(cfg.model, member, "champion") == champions[member]  # never promoted here
 
 
 def test_a_challenger_that_is_worse_live_is_dropped_by_the_canary(svc):

@@ -10,7 +10,10 @@ feedback logs; keep the newest ``holdout_fraction`` out; train every member with
 Ray Train on the rest, mixed with ``reference_share`` of the champion's stored
 training sample (the schema stays the champion's, so requests keep their
 format); judge each challenger against its champion on the holdout
-(:mod:`train_jobs.gate`); point the ``challenger`` alias at those that pass. It
+(:mod:`train_jobs.gate`); for a member whose challenger fails, search its
+hyperparameters with Ray Tune + Optuna (ASHA) on the same rows and gate the best
+configuration the same way (``retraining.search_on_reject``; the configuration
+is recorded in the version's metadata); point the ``challenger`` alias at those that pass. It
 never moves ``champion``: promotion is the controller's decision. The outcome is
 written to ``retrain/<model>/<record>.json`` under ``storage_path`` and printed.
 
@@ -102,24 +105,51 @@ def retrain(config: RaymedicConfig, *, reason: str = "manual", members: Sequence
     rows = holdout[schema.feature_names].astype(object).where(holdout[schema.feature_names].notna(), None)
     rows = rows.values.tolist()
     y = np.array([schema.class_index(v) for v in holdout[schema.target]])
-    verdicts: dict[str, Any] = {}
-    for m in chosen:
-        champ = unpack(registry.load(model, m, champions[m].version).files)
-        chall = unpack(registry.load(model, m, report.versions[m].version).files)
+
+    def gate(member: str, version: str) -> dict[str, Any]:
+        champ = unpack(registry.load(model, member, champions[member].version).files)
+        chall = unpack(registry.load(model, member, version).files)
         verdict = judge(measure(champ, rows, y), measure(chall, rows, y), rc)
         if verdict.passed:
-            registry.set_alias(model, m, "challenger", report.versions[m].version)
-        verdicts[m] = {"champion_version": champions[m].version, "challenger_version": report.versions[m].version,
-                       "passed": verdict.passed, "reasons": list(verdict.reasons),
-                       "champion_metrics": verdict.champion, "challenger_metrics": verdict.challenger}
-        progress(f"  gate {m}: {'PASS' if verdict.passed else 'REJECT'} — holdout accuracy "
+            registry.set_alias(model, member, "challenger", version)
+        progress(f"  gate {member} {version}: {'PASS' if verdict.passed else 'REJECT'} — holdout accuracy "
                  f"{verdict.challenger['accuracy']:.3f} vs champion {verdict.champion['accuracy']:.3f}"
                  + ("" if verdict.passed else f" ({'; '.join(verdict.reasons)})"))
+        return {"champion_version": champions[member].version, "challenger_version": version,
+                "passed": verdict.passed, "reasons": list(verdict.reasons),
+                "champion_metrics": verdict.champion, "challenger_metrics": verdict.challenger}
+
+    verdicts: dict[str, Any] = {m: gate(m, report.versions[m].version) for m in chosen}
+    if rc.search_on_reject:
+        for m in [m for m in chosen if not verdicts[m]["passed"]]:
+            verdicts[m] = _search_and_gate(config, table, schema.target, m, verdicts[m], gate, progress)
     return {"model": model, "reason": reason, "members": verdicts,
             "passed": sorted(m for m, v in verdicts.items() if v["passed"]),
             "rejected": sorted(m for m, v in verdicts.items() if not v["passed"]),
             "ray_train_run": next(iter(report.versions.values())).metadata.get("ray_train_run"),
             "wall_s": round(time.monotonic() - t0, 2)}
+
+
+def _search_and_gate(config: RaymedicConfig, table: pd.DataFrame, target: str, member: str,
+                     retrained: dict[str, Any], gate: Any, progress: Any) -> dict[str, Any]:
+    """The retrained challenger failed the gate: search the member's hyperparameters (Ray Tune +
+    Optuna, ASHA) on the same rows and gate the best configuration on the same holdout. The best
+    configuration is in the new version's metadata (``search.best_config``) either way."""
+    from train_jobs.search import search_member
+
+    rc = config.retraining
+    try:
+        found = search_member(config, table, target=target, member=member, num_samples=rc.search_trials,
+                              max_epochs=rc.search_max_epochs, progress=progress)
+    except RaymedicError as exc:  # e.g. every trial failed: the retrained verdict stands
+        return {**retrained, "search": {"error": str(exc)[:500]}}
+    verdict = gate(member, found.version.version)
+    return {**verdict, "search": {"best_config": found.best_config, "trials": len(found.trials),
+                                  "trials_stopped_early": found.trials_stopped_early,
+                                  "tune_run": found.tune_run, "wall_s": round(found.wall_s, 2),
+                                  "retrained": {"version": retrained["challenger_version"],
+                                                "reasons": retrained["reasons"],
+                                                "accuracy": retrained["challenger_metrics"]["accuracy"]}}}
 
 
 def _parser() -> argparse.ArgumentParser:
