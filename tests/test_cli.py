@@ -146,7 +146,9 @@ def test_train_up_status_predict_feedback_down(env):
     st = wait_for(data_incidents, timeout_s=60, what="data-quality and drift incidents in status")
     channel = st["drift"]["features"]["channel"]
     assert channel["test"] == "chi2" and channel["drift"] in ("warn", "act") and channel["p_adjusted"] < 0.01
-    assert st["drift"]["features"]["amount"]["test"] == "ks"
+    # The window may hold only rows with no amount by now: then there is nothing to test, only the gap.
+    amount = st["drift"]["features"]["amount"]
+    assert amount["missing_rate"] > 0.5 and amount.get("test", "ks") == "ks", amount
     assert "drift" in run(RAYMEDIC + ["status"], env=e).stdout
     audit = run(RAYMEDIC + ["audit", "--json"], env=e).stdout
     assert '"data-drift"' in audit and '"data-missing_values"' in audit
