@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -148,7 +147,7 @@ def start_head(*, port: int, dashboard_port: int, num_cpus: int = LOCAL_LOGICAL_
     Returns its GCS address and the session id that names its processes, so
     :func:`stop_head` stops exactly this cluster and never another one of the user's.
     """
-    from cluster.multinode import _signal_session
+    from cluster.multinode import run_ray_start
 
     cmd = [
         _ray_bin(), "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
@@ -156,29 +155,10 @@ def start_head(*, port: int, dashboard_port: int, num_cpus: int = LOCAL_LOGICAL_
     ]
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
-    use_token_auth()
-    # Job entrypoints say `python -m train_jobs...`: put this interpreter first on the
-    # cluster's PATH so they run with the environment raymedic is installed in.
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        _signal_session(proc.pid, signal.SIGKILL)
-        raise RaymedicError(f"`ray start --head` did not finish within {timeout_s:.0f} s") from None
-    if proc.returncode != 0:
-        _signal_session(proc.pid, signal.SIGKILL)
-        tail = out.strip().splitlines()[-5:]
-        raise RaymedicError(
-            "could not start a local Ray cluster (`ray start --head`):\n  " + "\n  ".join(tail)
-            + f"\nIf a cluster already runs, join it with RAY_ADDRESS=127.0.0.1:{port} raymedic up, "
-            "or stop it with `ray stop`."
-        )
-    return f"127.0.0.1:{port}", proc.pid
+    session = run_ray_start(cmd, what="a local head", timeout_s=timeout_s, logs=(
+        f"If a cluster already runs, join it with RAY_ADDRESS=127.0.0.1:{port} raymedic up, or stop it "
+        "with `ray stop`."))
+    return f"127.0.0.1:{port}", session
 
 
 def stop_head(session_id: int | None, address: str | None = None, timeout_s: float = 10.0) -> None:
@@ -187,16 +167,12 @@ def stop_head(session_id: int | None, address: str | None = None, timeout_s: flo
     A run file from before session ids were recorded (``session_id`` None) falls back
     to ``ray stop``, which stops every Ray cluster of this user on the machine.
     """
-    from cluster.multinode import _session_pids, _signal_session
+    from cluster.multinode import stop_sessions
 
     if session_id is None:
         subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, text=True, timeout=60)
         return
-    _signal_session(session_id, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _session_pids(session_id):
-        time.sleep(0.2)
-    _signal_session(session_id, signal.SIGKILL)
+    stop_sessions([session_id], timeout_s=timeout_s)
     if address:  # as `ray stop` does: forget it as "the" local cluster, or ray.init() would try to join it
         from ray._common.utils import reset_ray_address
         from ray._private.utils import read_ray_address

@@ -43,7 +43,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from raymedic.errors import ConfigError, RaymedicError
 
@@ -342,27 +342,45 @@ def _start_env() -> dict[str, str]:
     return env
 
 
-def _start_node(plan: ClusterPlan, node: NodePlan, *, timeout_s: float) -> StartedNode:
-    """Run ``ray start`` for one node in a new session; the session id names its processes."""
-    os.makedirs(node.temp_dir, exist_ok=True)
-    proc = subprocess.Popen(start_command(plan, node, _ray_bin()), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_start_env(), start_new_session=True)
-    started = StartedNode(name=node.name, node_type=node.node_type, session_id=proc.pid,
-                          temp_dir=node.temp_dir, metrics_port=node.ports["metrics"])
+def run_ray_start(cmd: list[str], *, what: str, logs: str, timeout_s: float) -> int:
+    """Run a ``ray start`` command in a new session and return the session id that names its processes.
+
+    On a timeout or a failure every process it left is killed and the error says where the logs are.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_start_env(),
+                            start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate()
-        _signal_session(started.session_id, signal.SIGKILL)
-        raise RaymedicError(f"`ray start` for node {node.name} did not finish within {timeout_s:.0f} s; "
-                            f"its logs are in {node.temp_dir}") from None
+        proc.communicate()
+        _signal_session(proc.pid, signal.SIGKILL)
+        raise RaymedicError(f"`ray start` for {what} did not finish within {timeout_s:.0f} s; {logs}") from None
     if proc.returncode != 0:
-        _signal_session(started.session_id, signal.SIGKILL)
+        _signal_session(proc.pid, signal.SIGKILL)
         tail = "\n  ".join(out.strip().splitlines()[-6:])
-        raise RaymedicError(f"`ray start` for node {node.name} failed (exit {proc.returncode}):\n  {tail}\n"
-                            f"its logs are in {node.temp_dir}")
-    return started
+        raise RaymedicError(f"`ray start` for {what} failed (exit {proc.returncode}):\n  {tail}\n{logs}")
+    return proc.pid
+
+
+def stop_sessions(session_ids: Sequence[int], *, timeout_s: float = 10.0) -> int:
+    """SIGTERM every process of these sessions (in order), SIGKILL what is left after ``timeout_s``;
+    returns how many processes had to be killed."""
+    for sid in session_ids:
+        _signal_session(sid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_session_pids(sid) for sid in session_ids):
+        time.sleep(0.2)
+    return sum(len(_signal_session(sid, signal.SIGKILL)) for sid in session_ids)
+
+
+def _start_node(plan: ClusterPlan, node: NodePlan, *, timeout_s: float) -> StartedNode:
+    """Run ``ray start`` for one node in a new session; the session id names its processes."""
+    os.makedirs(node.temp_dir, exist_ok=True)
+    session = run_ray_start(start_command(plan, node, _ray_bin()), what=f"node {node.name}",
+                            logs=f"its logs are in {node.temp_dir}", timeout_s=timeout_s)
+    return StartedNode(name=node.name, node_type=node.node_type, session_id=session,
+                       temp_dir=node.temp_dir, metrics_port=node.ports["metrics"])
 
 
 def start_cluster(plan: ClusterPlan, *, timeout_s: float = 180.0, progress: Progress | None = None) -> LocalCluster:
@@ -508,12 +526,7 @@ def stop_cluster(cluster: LocalCluster, *, timeout_s: float = 10.0, remove_dir: 
     """
     ordered = [n for n in cluster.nodes if n.node_type != "head"] + [n for n in cluster.nodes
                                                                      if n.node_type == "head"]
-    for node in ordered:
-        _signal_session(node.session_id, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(node_pids(n) for n in ordered):
-        time.sleep(0.2)
-    killed = sum(len(_signal_session(n.session_id, signal.SIGKILL)) for n in ordered)
+    killed = stop_sessions([n.session_id for n in ordered], timeout_s=timeout_s)
     if remove_dir and cluster.root and os.path.basename(cluster.root).startswith("raymedic-"):
         shutil.rmtree(cluster.root, ignore_errors=True)
     return killed
