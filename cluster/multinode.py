@@ -265,7 +265,7 @@ def spread_over_nodes(config, nodes: int, *, gpu_nodes: int = 0):
 
     A member may run on ``eligible`` nodes: the GPU workers if it asks for a GPU, else
     all of them. Without its own cap it gets ``max_replicas_per_node =
-    ceil(replicas / (eligible - 1))``: spread enough that a node holds few replicas of
+    ceil((replicas + standby) / (eligible - 1))``: spread enough that a node holds few replicas of
     a member, loose enough that the survivors of one node's loss can host every
     replica again. Serve enforces the cap strictly (its default SPREAD is only a
     preference), and a replica with nowhere to go stays pending — as would every
@@ -281,7 +281,8 @@ def spread_over_nodes(config, nodes: int, *, gpu_nodes: int = 0):
         eligible = gpu_nodes if member.num_gpus > 0 else nodes
         if member.max_replicas_per_node is not None or eligible < 2:
             return member
-        return member.model_copy(update={"max_replicas_per_node": math.ceil(member.replicas / (eligible - 1))})
+        total = member.replicas + member.standby
+        return member.model_copy(update={"max_replicas_per_node": math.ceil(total / (eligible - 1))})
 
     return config.model_copy(update={"members": [cap(m) for m in config.members],
                                      "gateway": config.gateway.model_copy(update={"on_head": True})})

@@ -123,6 +123,7 @@ class HealingController:
         self._dirty = True
         self._published_before = False
         self._avoid_now: dict[str, tuple[str, ...]] = {}
+        self._standby_now: dict[str, tuple[str, ...]] = {}
         self._weights_now: dict[str, float] = self._hedge.weights([m.name for m in self.cfg.members])
         self._audit.record("controller-started", self._model,
                            evidence={"pid": os.getpid(), "resumed_from_checkpoint": self._resumed,
@@ -301,9 +302,9 @@ class HealingController:
         obs = self._observation(now)
         result = self._policy.step(obs)
         weights = self._weights(result)
-        avoid = result.avoid
+        avoid, standby = result.avoid, result.standby
         if self._policy.paused:  # an operator holds the wheel: keep routing and weights as they are
-            weights, avoid = self._weights_now, {}
+            weights, avoid, standby = self._weights_now, {}, self._standby_now
         self._step_ms.append((time.perf_counter() - t0) * 1000)
         metrics.observe("raymedic_controller_step_seconds", time.perf_counter() - t0, model=self._model)
         self._last = result
@@ -311,12 +312,13 @@ class HealingController:
             self._record_event(ev)
         published = (tuple(sorted((k, round(v, 4)) for k, v in weights.items())),
                      tuple(sorted(avoid.items())), self._policy.paused,
-                     json.dumps(self._healer.trial_view(), sort_keys=True))
+                     json.dumps(self._healer.trial_view(), sort_keys=True), tuple(sorted(standby.items())))
         if published != self._published:
             self._published = published
             self._epoch += 1
             self._weights_now = weights
             self._avoid_now = avoid
+            self._standby_now = standby
             for member, w in weights.items():
                 metrics.set_gauge("raymedic_member_weight", w, model=self._model, member=member)
             self._dirty = True
@@ -394,7 +396,8 @@ class HealingController:
             dep = self._view.deployments.get(m.name)
             if dep is None:
                 continue
-            targets[m.name] = int(dep.target_replicas or m.replicas)
+            # Serve's target counts the hot standbys too; the policy's target is what serves traffic.
+            targets[m.name] = max(1, int(dep.target_replicas or m.replicas + m.standby) - m.standby)
             for r in dep.replicas:
                 key = f"{m.name}/{r.id}"
                 events = self._calls.get(key, ())
@@ -420,7 +423,8 @@ class HealingController:
             del self._vanished[rid]  # one observation is enough to open the incident
             snaps.append(ReplicaSnapshot(member=member, replica=rid, state="GONE", alive=False, seen_dead_at=seen,
                                          probes=tuple(self._probes.get(rid, ()))))
-        return Observation(now=now, replicas=tuple(snaps), targets=targets)
+        return Observation(now=now, replicas=tuple(snaps), targets=targets,
+                           standby={m.name: m.standby for m in self.cfg.members if m.standby})
 
     def _weights(self, result: StepResult) -> dict[str, float]:
         members = [m.name for m in self.cfg.members]
@@ -614,6 +618,7 @@ class HealingController:
     def control_state(self) -> dict[str, Any]:
         return {"epoch": self._epoch, "weights": dict(self._weights_now),
                 "avoid": {k: list(v) for k, v in self._avoid_now.items()}, "paused": self._policy.paused,
+                "standby": {k: list(v) for k, v in self._standby_now.items()},
                 "trial": self._healer.trial_view()}
 
     async def status(self) -> dict[str, Any]:
@@ -621,7 +626,7 @@ class HealingController:
         incidents = sorted([i.to_dict() for i in self._policy.incidents][-50:]
                            + [a.to_dict() for a in self._data_alerts.alerts][-50:], key=lambda d: d["detected_at"])
         actions = [r for r in self._audit.tail(200) if r.get("kind") in (
-            "restart", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
+            "restart", "standby-serves", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
             "rejected", "mode", "retrain-submitted", "retrain-submit-failed", "retrain-finished", "promote",
             "rollback", "trial-started", "trial-promote", "trial-reject", "trial-finished", "trial-abandoned",
             "trial-requested")][-50:]
@@ -640,6 +645,7 @@ class HealingController:
             "weights": dict(self._weights_now),
             "quarantined": self._policy.quarantined,
             "avoid": {k: list(v) for k, v in self._avoid_now.items()},
+            "standby": {k: list(v) for k, v in self._standby_now.items()},
             "healthy": {k: list(v) for k, v in (self._last.healthy if self._last else {}).items()},
             "gateways": sorted(self._gateways),
             "step_ms_p50": round(steps[len(steps) // 2], 3) if steps else None,

@@ -73,11 +73,12 @@ class ModelHealer:
         model = self.cfg.model
         entry = " ".join(shlex.quote(a) for a in [
             sys.executable, "-m", "train_jobs.retrain", "--model", model, "--storage-path", self.cfg.storage_path,
-            "--reason", sub.reason, "--record", sub.record])
+            "--reason", sub.reason, "--record", sub.record] + (["--search-all"] if sub.search else []))
         return self._jobs().submit_job(
             entrypoint=entry,
             submission_id=f"raymedic-retrain-{model}-{sub.record}",
-            metadata={"app": "raymedic", "kind": "retrain", "model": model, "reason": sub.reason[:200],
+            metadata={"app": "raymedic", "kind": "retrain+search" if sub.search else "retrain", "model": model,
+                      "reason": sub.reason[:200],
                       "alerts": ",".join(sub.alerts)[:200]},
             runtime_env={"env_vars": {"PYTHONPATH": PROJECT_ROOT}},
         )

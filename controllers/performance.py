@@ -8,9 +8,13 @@ and computes:
 
 - accuracy, macro F1, ROC AUC (one-vs-rest, macro over classes) and expected
   calibration error per member and for the ensemble;
-- a Page–Hinkley test on the ensemble's 0/1 error stream: a sustained rise in the
-  error rate (concept drift: same inputs, new answers) alarms after a number of
-  labels inversely proportional to the rise, without waiting for a full window;
+- a change test on the ensemble's 0/1 error stream: a sustained rise in the error
+  rate (concept drift: same inputs, new answers) alarms after a number of labels
+  inversely proportional to the rise, without waiting for a full window. By default
+  Bernoulli CUSUMs (:class:`controllers.sequential.ErrorCusum`) against the error
+  rate of the first labels of the serving versions, with simulated thresholds for a
+  false-alarm budget; Page–Hinkley on request. The CUSUM is fed in :meth:`check`
+  (off the controller's event loop: calibrating it takes a few tenths of a second);
 - a label-free accuracy estimate from the ensemble's confidence on *all* recent
   answers (confidence-based performance estimation): each answer's top
   probability, recalibrated by histogram binning on the labelled window when
@@ -28,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from controllers.sequential import ErrorCusum, ErrorCusumConfig
 from raymedic.config import PerformanceSettings
 
 __all__ = ["PerformanceConfig", "PerformanceMonitor", "PageHinkley", "classification_metrics",
@@ -131,12 +136,26 @@ class PerformanceMonitor:
         self._conf: deque[float] = deque(maxlen=cfg.confidence_window)
         self._ph = PageHinkley(cfg.ph_delta, cfg.ph_lambda, cfg.ph_min_samples)
         self._drift_at: float | None = None
+        self._drift_evidence: dict[str, Any] = {}
+        # The CUSUM's input, appended on the event loop and drained by check() in a worker thread
+        # (deque append/popleft are thread-safe): (error, when the label arrived).
+        self._pending: deque[tuple[float, float]] = deque()
+        self._baseline: list[int] = []
+        self._cusum: ErrorCusum | None = None
+        self._cusum_state: dict[str, Any] | None = None
+        self._generation = 0  # bumped by reset(), so a check() racing it drops what it built
         if state:
             self._ph.load(state["page_hinkley"])
             self._drift_at = state.get("concept_drift_at")
+            self._drift_evidence = dict(state.get("concept_drift") or {})
+            self._baseline = [int(e) for e in state.get("error_baseline") or ()]
+            self._cusum_state = state.get("error_cusum")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"page_hinkley": self._ph.to_dict(), "concept_drift_at": self._drift_at}
+        cusum = self._cusum.state() if self._cusum is not None else self._cusum_state
+        return {"page_hinkley": self._ph.to_dict(), "concept_drift_at": self._drift_at,
+                "concept_drift": self._drift_evidence, "error_baseline": list(self._baseline),
+                "error_cusum": cusum}
 
     def add_labelled(self, pairs: Sequence[Mapping[str, Any]], now: float) -> bool:
         """``pairs``: {"y": class index, "p": {source: probabilities}}; True if concept drift fired."""
@@ -151,8 +170,15 @@ class PerformanceMonitor:
                     continue
                 self._y.setdefault(source, deque(maxlen=self.cfg.label_window)).append(y)
                 self._p.setdefault(source, deque(maxlen=self.cfg.label_window)).append(p)
-                if source == ENSEMBLE and self._ph.update(float(p.argmax() != y)):
+                if source != ENSEMBLE:
+                    continue
+                error = float(p.argmax() != y)
+                if self.cfg.error_test == "cusum":
+                    self._pending.append((error, now))
+                elif self._ph.update(error):
                     self._drift_at, fired = now, True
+                    self._drift_evidence = {"test": "page-hinkley", "delta": self.cfg.ph_delta,
+                                            "threshold": self.cfg.ph_lambda}
         return fired
 
     def reset(self) -> None:
@@ -163,6 +189,11 @@ class PerformanceMonitor:
         self._conf.clear()
         self._ph.reset()
         self._drift_at = None
+        self._drift_evidence = {}
+        self._pending.clear()
+        self._baseline = []
+        self._cusum, self._cusum_state = None, None
+        self._generation += 1
 
     def add_confidence(self, values: Sequence[float]) -> None:
         self._conf.extend(float(v) for v in values)
@@ -201,7 +232,58 @@ class PerformanceMonitor:
         out["stderr"] = float(np.sqrt(np.sum(calibrated * (1 - calibrated))) / len(calibrated))
         return out
 
+    def _feed_cusum(self) -> None:
+        """Drain the labels that arrived since the last check into the baseline, then the CUSUM."""
+        generation = self._generation
+        items: list[tuple[float, float]] = []
+        while self._pending:
+            items.append(self._pending.popleft())
+        if not items:
+            return
+        errors = np.array([e for e, _ in items])
+        times = [t for _, t in items]
+        cusum = self._cusum
+        if cusum is None:
+            # The baseline: the serving versions' own error rate on live labels (it needs both outcomes).
+            take = 0
+            while take < len(errors) and not self._baseline_ready():
+                self._baseline.append(int(errors[take]))
+                take += 1
+            errors, times = errors[take:], times[take:]
+            if not self._baseline_ready():
+                keep = 10 * self.cfg.error_baseline_labels  # a model that never errs: bounded memory
+                del self._baseline[:max(0, len(self._baseline) - keep)]
+                return
+            cfg = ErrorCusumConfig(false_alarms_per_10k=self.cfg.error_false_alarms_per_10k)
+            cusum = ErrorCusum(np.asarray(self._baseline, dtype=float), cfg)
+            if self._cusum_state:
+                try:
+                    cusum.restore(self._cusum_state)
+                except Exception:  # a checkpoint of another shape: start the statistics over
+                    pass
+            if generation != self._generation:
+                return  # new versions arrived while this was being built
+            self._cusum, self._cusum_state = cusum, None
+        if not len(errors):
+            return
+        cusum.update(errors)
+        if cusum.alarm and generation == self._generation:
+            a = cusum.alarms[-1]
+            first = cusum.labels_seen - len(errors)
+            self._drift_at = times[min(len(times) - 1, max(0, a.index - first))]
+            self._drift_evidence = {
+                "test": "cusum", "statistic": a.statistic, "score": round(a.score, 3),
+                "labels_since_change": a.index - a.change_index + 1,
+                "baseline_error_rate": round(cusum.baseline_rate, 4), "baseline_labels": cusum.n_baseline,
+                "false_alarms_per_10k": self.cfg.error_false_alarms_per_10k}
+
+    def _baseline_ready(self) -> bool:
+        n, k = len(self._baseline), sum(self._baseline)
+        return n >= self.cfg.error_baseline_labels and 0 < k < n
+
     def check(self, now: float) -> PerformanceReport:
+        if self.cfg.error_test == "cusum":
+            self._feed_cusum()
         sources: dict[str, dict[str, Any]] = {}
         for source, ys in self._y.items():
             if len(ys) >= 1:
@@ -218,6 +300,6 @@ class PerformanceMonitor:
                 "labels": ens["labels"], "limit_drop": self.cfg.accuracy_drop})
         if self._drift_at is not None and now - self._drift_at < 60.0:
             report.breaches[("concept_drift", ENSEMBLE)] = ("act", {
-                "test": "page-hinkley", "fired_at": self._drift_at, "delta": self.cfg.ph_delta,
-                "threshold": self.cfg.ph_lambda, **({"accuracy": round(ens["accuracy"], 4)} if ens else {})})
+                **self._drift_evidence, "fired_at": self._drift_at,
+                **({"accuracy": round(ens["accuracy"], 4)} if ens else {})})
         return report

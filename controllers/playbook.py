@@ -5,6 +5,9 @@ Pure decisions over what the controller observed; the controller performs them
 
 - Minor drift only warns. Material drift (an ``act`` drift alert) or accuracy
   decay / concept drift with enough recent labels triggers one retraining job.
+- With ``search_every_s``, a job that also searches every member's
+  hyperparameters runs on that schedule, alerts or not (the clock starts when
+  the playbook first runs and restarts after each such job).
 - At most one job at a time; after a job, a cooldown; after a failed job, an
   exponential backoff. A job that runs past its timeout counts as failed.
 - A gated job promotes exactly the members whose challenger passed; a rejected
@@ -47,6 +50,7 @@ class SubmitRetrain:
     record: str
     reason: str
     alerts: tuple[str, ...]
+    search: bool = False  # search every member's hyperparameters, not only those whose retrain failed
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class _State:
     history: list[dict[str, Any]] = field(default_factory=list)
     probation: dict[str, Any] | None = None  # {"record", "since", "versions", "holdout_accuracy"}
     rollout: dict[str, Any] | None = None  # a live trial: the Promote's fields + mode, share, tally, verdicts
+    search_due: float | None = None  # when the next scheduled search is due (None: not started)
 
 
 def wilson_upper(p: float, n: int, z: float = 1.96) -> float:
@@ -134,24 +139,32 @@ class Playbook:
              ) -> SubmitRetrain | None:
         """A retrain to submit now, or None. ``manual`` (an operator's reason) skips the triggers,
         not the one-job-at-a-time rule."""
+        every = self.cfg.search_every_s
+        if every > 0 and self._s.search_due is None:
+            self._s.search_due = now + every
         if self._s.job is not None:
             return None
+        search = False
         if manual is None:
             if (not self.cfg.enabled or now < self._s.not_before or self._s.probation is not None
                     or self._s.rollout is not None):
                 return None
             acting = [t for t in triggers if t.kind != "drift" or t.severity == "act"]
-            if not acting or labels < self.cfg.min_labeled_rows:
+            search = every > 0 and self._s.search_due is not None and now >= self._s.search_due
+            if not (acting or search) or labels < self.cfg.min_labeled_rows:
                 return None
-            reason = "; ".join(f"{t.kind} on {t.target}" for t in acting)
+            reason = "; ".join([f"{t.kind} on {t.target}" for t in acting]
+                               + ([f"scheduled search (every {every:g} s)"] if search else []))
             alerts = tuple(t.alert for t in acting)
         else:
             reason, alerts = f"operator: {manual}", ()
+        if search:
+            self._s.search_due = now + every
         self._s.seq += 1
         record = f"r{self._s.seq:04d}-{int(now)}"
         self._s.job = {"record": record, "job_id": None, "submitted_at": now, "reason": reason,
-                       "alerts": list(alerts)}
-        return SubmitRetrain(record, reason, alerts)
+                       "alerts": list(alerts), "search": search}
+        return SubmitRetrain(record, reason, alerts, search)
 
     def submitted(self, job_id: str) -> None:
         if self._s.job is not None:

@@ -21,6 +21,16 @@ same replica does not open another), the replica goes on the avoid list at once
 subject to a per-member cooldown, a cap per window and at most one restart in
 flight per member — no restart storms. A paused policy still detects and records,
 but requests nothing.
+
+Hot standby: a member may keep ``standby`` replicas beyond its target. They are
+started and probed like the others but held out of user traffic; the moment a
+replica is flagged, the member no longer has room for a standby, so the standby
+takes traffic in the same step, and the incident is recovered as soon as the
+faulty replica is gone — not when Serve's replacement has started a worker and
+loaded the model (10-15 s on a busy small machine). The replacement, once it
+passes its probes, becomes the next standby. Which replicas stand by is sticky
+(a standby stays one, a newly started replica is preferred), so traffic does
+not move between healthy replicas from step to step.
 """
 
 from __future__ import annotations
@@ -78,7 +88,8 @@ class ReplicaSnapshot:
 class Observation:
     now: float
     replicas: tuple[ReplicaSnapshot, ...]
-    targets: Mapping[str, int]  # member → target number of replicas
+    targets: Mapping[str, int]  # member → replicas that serve user traffic
+    standby: Mapping[str, int] = field(default_factory=dict)  # member → hot standby replicas beyond that
 
 
 @dataclass(frozen=True)
@@ -157,6 +168,7 @@ class StepResult:
     events: tuple[AuditEvent, ...]
     avoid: dict[str, tuple[str, ...]]  # member → replicas gateways must route around
     healthy: dict[str, tuple[str, ...]]  # member → replicas with no open incident and no failed check
+    standby: dict[str, tuple[str, ...]] = field(default_factory=dict)  # member → healthy, held out of traffic
 
 
 def _median(xs: Iterable[float]) -> float | None:
@@ -165,6 +177,7 @@ def _median(xs: Iterable[float]) -> float | None:
 
 
 def _peer_latency(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: ControllerConfig) -> float | None:
+    # ``peers`` excludes standby replicas: idle, they answer faster than replicas under load.
     lat = [p.latency_s for r in peers if r.replica != snap.replica and r.state == "RUNNING" and r.probes
            and r.probes[-1].outcome == "ok" for p in r.probes[-cfg.slow_probes:] if p.outcome == "ok"]
     return _median(lat)
@@ -247,6 +260,21 @@ def systemic_timeouts(replicas: Sequence[ReplicaSnapshot], *, share: float = 0.5
     return len(running) >= minimum and len(late) >= max(2, share * len(running))
 
 
+def choose_standby(snaps: Sequence[ReplicaSnapshot], target: int, spares: int, flagged: set[str],
+                   previous: Sequence[str], active: set[str]) -> tuple[str, ...]:
+    """The member's replicas to hold out of traffic: as many as ``spares``, never so many that fewer
+    than ``target`` serve. Only replicas whose latest probe passed stand by; ``previous`` standbys
+    keep the role, then replicas that were not ``active`` (taking traffic) last step — a
+    replacement — then by id."""
+    serving = [s for s in snaps if _serving(s) and s.replica not in flagged]
+    room = min(spares, len(serving) - target)
+    if room <= 0:
+        return ()
+    fit = {s.replica for s in serving if _healthy(s)}
+    order = sorted(fit, key=lambda r: (r not in previous, r in active, r))
+    return tuple(sorted(order[:room]))
+
+
 @dataclass
 class _Memory:
     """What the policy remembers between steps; checkpointed by the controller."""
@@ -256,8 +284,10 @@ class _Memory:
     last_restart: dict[str, float] = field(default_factory=dict)  # member → time
     baseline_latency: dict[str, float] = field(default_factory=dict)  # member → EWMA of healthy probe latency
     quarantined: list[str] = field(default_factory=list)  # members with no healthy replica
+    standby: dict[str, list[str]] = field(default_factory=dict)  # member → replicas held out of traffic
     seq: int = 0
     systemic: bool = False
+    active: set[str] = field(default_factory=set)  # replicas that took traffic last step (not checkpointed)
 
 
 class HealingPolicy:
@@ -275,6 +305,7 @@ class HealingPolicy:
                 last_restart=dict(memory.get("last_restart", {})),
                 baseline_latency=dict(memory.get("baseline_latency", {})),
                 quarantined=list(memory.get("quarantined", [])),
+                standby={k: list(v) for k, v in memory.get("standby", {}).items()},
                 seq=int(memory.get("seq", 0)),
             )
             self.paused = bool(memory.get("paused", False))
@@ -286,7 +317,7 @@ class HealingPolicy:
         return {"incidents": {k: asdict(v) for k, v in self._m.incidents.items()},
                 "restarts": self._m.restarts, "last_restart": self._m.last_restart,
                 "baseline_latency": self._m.baseline_latency, "quarantined": self._m.quarantined,
-                "seq": self._m.seq, "paused": self.paused, "approval": self.approval}
+                "standby": self._m.standby, "seq": self._m.seq, "paused": self.paused, "approval": self.approval}
 
     @property
     def incidents(self) -> list[Incident]:
@@ -336,8 +367,9 @@ class HealingPolicy:
         for snap in obs.replicas:
             if snap.state not in ("RUNNING", "GONE") or self.open_incident(snap.replica):
                 continue
-            finding = assess(snap, by_member[snap.member], cfg,
-                             baseline_latency_s=m.baseline_latency.get(snap.member))
+            standing_by = set(m.standby.get(snap.member, ()))
+            peers = [s for s in by_member[snap.member] if s.replica not in standing_by or s.replica == snap.replica]
+            finding = assess(snap, peers, cfg, baseline_latency_s=m.baseline_latency.get(snap.member))
             if finding is None or (systemic and finding.kind == "hung"):
                 continue
             findings.append(finding)
@@ -398,7 +430,8 @@ class HealingPolicy:
                 continue
             snaps = by_member.get(inc.member, [])
             fresh = [s for s in snaps if s.replica != inc.replica and _healthy(s) and not self.open_incident(s.replica)]
-            gone = inc.replica not in present or next(s for s in obs.replicas if s.replica == inc.replica).state != "RUNNING"
+            snap = next((s for s in obs.replicas if s.replica == inc.replica), None)
+            gone = snap is None or snap.state != "RUNNING" or snap.alive is False
             # At strength apart from replicas with faults of their own (each has its incident).
             others = sum(1 for o in m.incidents.values() if o.member == inc.member and o.status == "open"
                          and o.id != inc.id and o.replica in present)
@@ -418,6 +451,25 @@ class HealingPolicy:
                  for mem in by_member}
         healthy = {mem: tuple(sorted(s.replica for s in snaps if _serving(s) and not self.open_incident(s.replica)))
                    for mem, snaps in by_member.items()}
+        standby: dict[str, tuple[str, ...]] = {}
+        for mem, snaps in by_member.items():
+            chosen = choose_standby(snaps, obs.targets.get(mem, 1), obs.standby.get(mem, 0), set(avoid.get(mem, ())),
+                                    m.standby.get(mem, ()), m.active)
+            if chosen:
+                standby[mem] = chosen
+            if tuple(m.standby.get(mem, ())) != chosen:
+                # A standby that now takes traffic (not one that left or failed: its incident says so).
+                still = {s.replica for s in snaps if s.state == "RUNNING"} - set(avoid.get(mem, ()))
+                released = sorted((set(m.standby.get(mem, ())) & still) - set(chosen))
+                if released:
+                    events.append(AuditEvent("standby-serves", mem, {"replicas": released,
+                                                                     "flagged": list(avoid.get(mem, ()))},
+                                             "route traffic to standby", "ok"))
+            if chosen:
+                m.standby[mem] = list(chosen)
+            else:
+                m.standby.pop(mem, None)
+        m.active = {r for mem, rs in healthy.items() for r in rs if r not in standby.get(mem, ())}
         for mem in sorted(obs.targets):
             down = not healthy.get(mem)
             if down and mem not in m.quarantined and by_member.get(mem) is not None and any(
@@ -431,7 +483,7 @@ class HealingPolicy:
         closed = [i for i in self.incidents if i.status != "open"]
         for old in closed[:-KEEP_CLOSED]:  # bounded memory and checkpoint
             del m.incidents[old.id]
-        return StepResult(tuple(actions), tuple(events), avoid, healthy)
+        return StepResult(tuple(actions), tuple(events), avoid, healthy, standby)
 
     def decide(self, incident_id: str, approve: bool, who: str, now: float) -> AuditEvent:
         """An operator's answer to a proposed restart. Approved: it runs on the next step (cooldowns

@@ -83,7 +83,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -259,6 +259,15 @@ class _Cusum:
 
     def scores(self) -> np.ndarray:
         return self._s / (self._h * (1.0 + self._run / self._n_ref))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"s": self._s.tolist(), "run": self._run.tolist(), "seen": self.seen}
+
+    def load(self, state: dict[str, Any]) -> None:
+        s, run = np.asarray(state["s"], dtype=float), np.asarray(state["run"], dtype=np.int64)
+        if s.shape != self._h.shape or run.shape != self._h.shape:
+            raise DataError(f"a checkpoint of {len(s)} statistics does not fit a detector of {len(self._h)}")
+        self._s, self._run, self.seen = s, run, int(state["seen"])
 
     def feed(self, inc: np.ndarray) -> Iterator[tuple[int, int, int, float]]:
         """Yield ``(row, column, change_row, score)`` per alarm, rows counted since construction.
@@ -456,6 +465,14 @@ class _Detector:
     def score(self) -> float:
         """Largest statistic over its discounted threshold now: 1 is an alarm."""
         return float(self._engine.scores().max())
+
+    def state(self) -> dict[str, Any]:
+        """The running statistics, for a checkpoint (the calibration is rebuilt from the reference)."""
+        return self._engine.to_dict()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` of a detector built on the same reference and config."""
+        self._engine.load(state)
 
 
 class FeatureCusum(_Detector):

@@ -130,11 +130,15 @@ def _inputs(config: RaymedicConfig, n: int = 200) -> list[dict[str, Any]]:
     return [{f: float(r[f]) for f in feats} for _, r in df.iterrows()]
 
 
-def _reference(url: str, inputs: Sequence[dict[str, Any]]) -> list[Any]:
-    r = request_json("POST", url, {"instances": list(inputs)}, timeout_s=60)
-    if r.status != 200:
-        raise RuntimeError(f"reference answers failed: {r.status} {r.body}")
-    return list(r.body["predictions"])
+def _reference(url: str, inputs: Sequence[dict[str, Any]], batch: int) -> list[Any]:
+    """The fault-free answers, in requests of at most ``batch`` rows (the gateway's limit)."""
+    out: list[Any] = []
+    for i in range(0, len(inputs), batch):
+        r = request_json("POST", url, {"instances": list(inputs[i:i + batch])}, timeout_s=60)
+        if r.status != 200:
+            raise RuntimeError(f"reference answers failed: {r.status} {r.body}")
+        out += r.body["predictions"]
+    return out
 
 
 def _replicas(app: str, member: str) -> list[Any]:
@@ -169,7 +173,13 @@ class _System:
         self.predict_url = f"{url}/v1/models/{config.model}:predict"
 
     def full_strength(self) -> bool:
-        return all(len(_replicas(self.app, m.name)) == m.replicas for m in self.config.members)
+        return all(len(_replicas(self.app, m.name)) == self.strength(m) for m in self.config.members)
+
+    @staticmethod
+    def strength(member: Any) -> int:
+        """Replicas a whole member runs: both systems get the same processes (raymedic holds its
+        ``standby`` ones out of traffic; plain Serve serves with all of them)."""
+        return member.replicas + member.standby
 
 
 class _Raymedic(_System):
@@ -184,7 +194,7 @@ class _Raymedic(_System):
     def ready(self) -> bool:
         st = request_json("GET", f"{self.url}/v1/status", timeout_s=10).body
         healthy = st["controller"].get("healthy", {})
-        return self.full_strength() and all(len(healthy.get(m.name, ())) == m.replicas
+        return self.full_strength() and all(len(healthy.get(m.name, ())) == self.strength(m)
                                             for m in self.config.members) and not any(
             st["controller"].get("avoid", {}).values())
 
@@ -263,7 +273,7 @@ class _Baseline(_System):
         """Poll Serve's own view: when did it notice, when was a replacement running?"""
         if not keep:
             self._seen: dict[str, Any] = {"detect_s": None, "recover_s": None}
-        target = next(m.replicas for m in self.config.members if m.name == member)
+        target = next(self.strength(m) for m in self.config.members if m.name == member)
         while time.time() < until:
             try:
                 running = [r.id for r in _replicas(self.app, member)]
@@ -369,7 +379,7 @@ def run_replica_faults(*, config_path: str | None, port: int, settings: BenchSet
         inputs = _inputs(cfg)
         for system in (_Baseline(cfg, url), _Raymedic(cfg, url)):
             system.deploy(progress)
-            reference = _reference(system.predict_url, inputs)
+            reference = _reference(system.predict_url, inputs, cfg.gateway.max_batch_size)
             _wait(system.ready, 180, f"{system.name} to be whole")
             asyncio.run(open_loop(system.predict_url, inputs, rps=settings.rps, duration_s=10,
                                   deadline_s=settings.deadline_s))  # warm-up, not measured

@@ -86,6 +86,10 @@ class MemberConfig(_Strict):
     kind: MemberKind = Field(description="Architecture: logistic (simple fallback), mlp or tabresnet.")
     fallback: bool = Field(False, description="Answers alone, flagged degraded, when too few members answer.")
     replicas: int = Field(2, ge=1, le=64, description="Two, so a replica fault never takes a member down.")
+    standby: int = Field(0, ge=0, le=8, description="Hot standby replicas on top of `replicas`: started, "
+                         "probed with golden inputs, kept out of user traffic. A faulty replica is replaced "
+                         "by a standby at once (no wait for a new worker to start and load the model, 10-15 s "
+                         "on a busy 2-core machine), and Serve's replacement becomes the next standby.")
     num_cpus: float = Field(0.25, gt=0, description="Fractional so a 2-core laptop fits the whole ensemble.")
     num_gpus: float = Field(0.0, ge=0, description="Set >0 on GPU clusters; fractional shares a GPU.")
     max_ongoing_requests: int = Field(8, ge=1, description="Low, so a hung replica fills up and is routed around.")
@@ -293,6 +297,16 @@ class PerformanceSettings(_Strict):
                              "alarms after about ph_lambda / (r - ph_delta) labels. Simulated: 0-0.3 false "
                              "alarms per 10,000 labels at 12-30 % base error; +20 points found after ~100-125.")
     ph_min_samples: int = Field(50, ge=1, description="Labels before the error-stream test may alarm.")
+    error_test: Literal["cusum", "page-hinkley"] = Field(
+        "cusum", description="The concept-drift test on the ensemble's error stream. 'cusum': Bernoulli CUSUMs "
+        "against the error rate of the first error_baseline_labels labels of the serving versions, thresholds "
+        "simulated for error_false_alarms_per_10k (`raymedic bench drift`: a 60° concept rotation caught after "
+        "~90 labels where Page-Hinkley needs ~150, at the same false-alarm rate). 'page-hinkley': ph_* above.")
+    error_baseline_labels: int = Field(200, ge=100, description="Labels of newly serving versions that set the "
+                                       "CUSUM's baseline error rate (it waits for at least one error and one "
+                                       "success); the CUSUM watches every label after them.")
+    error_false_alarms_per_10k: float = Field(0.05, gt=0, le=100, description="The CUSUM's false-alarm budget "
+                                              "per 10,000 labels when nothing changes.")
 
 
 class RetrainingConfig(_Strict):
@@ -320,6 +334,11 @@ class RetrainingConfig(_Strict):
     search_on_reject: bool = Field(True, description="When a member's retrained challenger fails the gate, "
                                    "search its hyperparameters (Ray Tune + Optuna, ASHA) on the same rows in the "
                                    "same job and gate the best configuration too.")
+    search_every_s: float = Field(0.0, ge=0, description="Also search on a schedule: every this many seconds "
+                                  "(e.g. 86400 for daily; 0 = never) a retrain job searches every member's "
+                                  "hyperparameters on recent labels, gated like any challenger, even with no "
+                                  "alert open. Needs min_labeled_rows recent labels; waits out jobs, trials "
+                                  "and probation.")
     search_trials: int = Field(8, ge=1, le=200, description="Trials of that search.")
     search_max_epochs: int = Field(20, ge=1, le=1000, description="Epoch budget per trial (ASHA stops most "
                                    "trials early).")

@@ -175,7 +175,7 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
             load = d["load"]
             if inc:
                 progress(f"  {fault:<5} {member}/{d['replica']}: detected as {inc['kind']} after "
-                         f"{inc['detected_at'] - d['at']:.1f} s, replacement serving after "
+                         f"{inc['detected_at'] - d['at']:.1f} s, back at strength after "
                          f"{inc['recovered_at'] - d['at']:.1f} s; clients: {load['failed']} failed of "
                          f"{load['requests']}, p99 {load['p99_ms']} ms")
             else:
@@ -198,7 +198,8 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
             inc = d.get("incident")
             det = f"{inc['detected_at'] - d['at']:.1f} s" if inc else "not seen"
             rec = f"{inc['recovered_at'] - d['at']:.1f} s" if inc else "-"
-            act = f"restart replica ({inc['kind']})" if inc else "-"
+            spare = next((m.standby for m in cfg.members if m.name == member), 0)
+            act = (("standby serves, " if spare else "") + f"restart replica ({inc['kind']})") if inc else "-"
             print(f"  {fault + ' ' + member:<20}{det:>15}{rec:>17}{d['load']['failed']:>10} / {d['load']['requests']:<5}"
                   f"  {act}")
         det = f"{drift['detected_s']:.1f} s" if drift.get("incident") else "not seen"

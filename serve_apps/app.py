@@ -82,7 +82,7 @@ def build_app(args: dict[str, Any]) -> Application:
     members = {
         m.name: Member.options(
             name=m.name,
-            num_replicas=m.replicas,
+            num_replicas=m.replicas + m.standby,
             max_ongoing_requests=m.max_ongoing_requests,
             max_replicas_per_node=m.max_replicas_per_node,
             health_check_period_s=m.health_check_period_s,

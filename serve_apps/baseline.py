@@ -52,7 +52,7 @@ def build_baseline(config: RaymedicConfig) -> Application:
     members = {
         m.name: Member.options(
             name=m.name,
-            num_replicas=m.replicas,
+            num_replicas=m.replicas + m.standby,  # the same processes as raymedic's, all serving
             ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
             logging_config=logging_config,
         ).bind(model=config.model, member=m.name, version=versions[m.name], storage_path=config.storage_path,

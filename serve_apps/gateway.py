@@ -183,6 +183,7 @@ class Gateway:
         self._hedges = HedgeBudget(self._cfg.gateway.hedge_budget)
         self._recent = RecentOutputs()
         self._avoid: dict[str, list[str]] = {}
+        self._standby: dict[str, list[str]] = {}  # healthy replicas the controller holds out of traffic
         self._epoch = -1
         self._controller: Any = None
         self._controller_seen: float | None = None
@@ -225,6 +226,7 @@ class Gateway:
                 if reply:
                     self._weights = {m: float(reply["weights"].get(m, 0.0)) for m in self._order}
                     self._avoid = {m: list(v) for m, v in reply.get("avoid", {}).items()}
+                    self._standby = {m: list(v) for m, v in reply.get("standby", {}).items()}
                     self._paused = bool(reply.get("paused"))
                     self._trial = reply.get("trial") or None
                     self._epoch = int(reply["epoch"])
@@ -274,11 +276,13 @@ class Gateway:
         start = loop.time()
         deadline = start + gw.member_timeout_s
         avoid = self._avoid_for(name, time.time())
+        standby = self._standby.get(name) or None  # the router uses them only when nothing else is left
         attempts: dict[asyncio.Future, tuple[str, float, Any]] = {}
 
         def launch(extra: list[str]) -> None:
             call_id = uuid.uuid4().hex
-            response = handle.predict.remote(rows, call_id=call_id, avoid=sorted(set(avoid) | set(extra)))
+            response = handle.predict.remote(rows, call_id=call_id, avoid=sorted(set(avoid) | set(extra)),
+                                             standby=standby)
             fut = asyncio.ensure_future(_await(response))
             attempts[fut] = (call_id, loop.time(), response)
 
@@ -535,18 +539,20 @@ class Gateway:
         weights = (ctl or {}).get("weights") or self._weights
         quarantined = set((ctl or {}).get("quarantined") or ())
         avoid = (ctl or {}).get("avoid") or self._avoid
+        standby = (ctl or {}).get("standby") or self._standby
         members = []
         for name in self._order:
             dep = view.deployments.get(name) if view else None
-            flagged = set(avoid.get(name, ()))
+            flagged, spare = set(avoid.get(name, ())), set(standby.get(name, ()))
             members.append({
                 "name": name,
                 "version": self._versions[name],
                 "weight": round(float(weights.get(name, 0.0)), 6),
                 "fallback": name == self._cfg.fallback_member,
                 "state": "QUARANTINED" if name in quarantined else (dep.status if dep else "UNKNOWN"),
-                "replicas": [{"id": r.id, "state": "AVOIDED" if r.id in flagged and r.state == "RUNNING"
-                              else r.state, "pid": r.pid, "node_id": r.node_id}
+                "replicas": [{"id": r.id, "state": ("AVOIDED" if r.id in flagged else "STANDBY" if r.id in spare
+                                                    else r.state) if r.state == "RUNNING" else r.state,
+                              "pid": r.pid, "node_id": r.node_id}
                              for r in (dep.replicas if dep else ())],
             })
         gw = view.deployments.get("gateway") if view else None
@@ -718,7 +724,8 @@ class Gateway:
         if wanted is None:
             if not replicas:
                 raise ServiceUnavailable(f"member {member!r} has no running replica right now", retry_after_s=2)
-            target = replicas[0]
+            standby = set(self._standby.get(member, ()))  # by default, a fault hits a replica serving traffic
+            target = next((r for r in replicas if r.id not in standby), replicas[0])
         else:
             target = next((r for r in replicas if r.id == wanted), None)
             if target is None:

@@ -46,8 +46,9 @@ class Member:
                  device, os.getpid())
 
     async def predict(self, rows: Sequence[Sequence[Any]], call_id: str | None = None,
-                      avoid: Sequence[str] | None = None, target: str | None = None) -> dict[str, Any]:
-        # call_id, avoid and target are read by serve_apps.routing.AvoidingRouter in the caller.
+                      avoid: Sequence[str] | None = None, target: str | None = None,
+                      standby: Sequence[str] | None = None) -> dict[str, Any]:
+        # call_id, avoid, standby and target are read by serve_apps.routing.AvoidingRouter in the caller.
         if self._fault.mode:
             await self._fault.before_inference()
         probs = self._model.predict_proba(rows)

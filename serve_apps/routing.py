@@ -7,6 +7,8 @@ the member call:
 
 - ``avoid=[replica_id, ...]`` removes those replicas from the candidates (unless
   that would leave none);
+- ``standby=[replica_id, ...]``: hot standbys, used only when every other
+  candidate is avoided (a standby is healthier than a replica known to be bad);
 - ``target="replica_id"`` sends the call to that replica only (the controller's
   golden probes and chaos injection address one replica through the same request
   path as user traffic; a call whose target is gone waits until its caller's
@@ -68,7 +70,8 @@ class AvoidingRouter(PowerOfTwoChoicesRequestRouter):
         kwargs = pending_request.kwargs if pending_request is not None else {}
         target = kwargs.get("target")
         avoid = kwargs.get("avoid") or ()
-        if not target and not avoid:
+        standby = kwargs.get("standby") or ()
+        if not target and not avoid and not standby:
             return await super().choose_replicas(candidate_replicas, pending_request)
         # Our own choice: make the base router sleep (back off) between attempts. Without
         # this, a target that is gone or full makes it retry in a tight loop that never
@@ -77,7 +80,8 @@ class AvoidingRouter(PowerOfTwoChoicesRequestRouter):
         if target:
             return [[r for r in candidate_replicas if r.replica_id.unique_id == target]]
         keep = [r for r in candidate_replicas if r.replica_id.unique_id not in avoid]
-        pool = keep or list(candidate_replicas)
+        active = [r for r in keep if r.replica_id.unique_id not in standby]
+        pool = active or keep or list(candidate_replicas)
         if not pool:
             return []
         return [random.sample(pool, k=min(2, len(pool)))]

@@ -80,6 +80,35 @@ def write_config(path: Path, *, storage: Path, port: int, **overrides: Any) -> P
 _TRAINED: dict[str, Path] = {}
 """Registries trained in this test session, by (model, members, training) config: training the
 built-in ensemble with Ray Train costs about a minute per module, and its result is the same."""
+TRAINED_PARTS = ("registry", "samples")  # what training writes under storage_path; nothing of a service's
+
+
+def _trained_key(cfg: Any) -> str:
+    """What training depends on: the model, each member's architecture and knobs, the training config
+    (not how many replicas serve it)."""
+    doc = cfg.model_dump(mode="json")
+    members = [{k: m[k] for k in ("name", "kind", "hyperparameters")} for m in doc["members"]]
+    return json.dumps({"model": doc["model"], "members": members, "training": doc["training"]}, sort_keys=True)
+
+
+def copy_trained(cfg: Any, storage: Path) -> bool:
+    """Put the registry an earlier test trained for the same config under ``storage``; False if none."""
+    src = _TRAINED.get(_trained_key(cfg))
+    if src is None:
+        return False
+    shutil.copytree(src, storage, dirs_exist_ok=True)
+    return True
+
+
+def remember_trained(cfg: Any, storage: Path, keep: Path) -> None:
+    """Keep a copy of what training wrote under ``storage`` (at ``keep``) for later tests."""
+    key = _trained_key(cfg)
+    if key in _TRAINED or not (storage / "registry").is_dir():
+        return
+    for part in TRAINED_PARTS:
+        if (storage / part).is_dir():
+            shutil.copytree(storage / part, keep / part)
+    _TRAINED[key] = keep
 
 
 @contextlib.contextmanager
@@ -98,15 +127,11 @@ def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
     port = free_port()
     cfg = load_config(write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port,
                                    **overrides)).config.resolved()
-    key = json.dumps({k: cfg.model_dump(mode="json")[k] for k in ("model", "members", "training")}, sort_keys=True)
-    if key in _TRAINED:  # the same members trained the same way by an earlier module: a copy, not a retrain
-        shutil.copytree(_TRAINED[key], tmp / "storage", dirs_exist_ok=True)
+    copy_trained(cfg, tmp / "storage")  # the same members trained the same way earlier: a copy, not a retrain
     ray.init(address="local", num_cpus=8, logging_level=logging.WARNING, log_to_driver=False)
     try:
         service.ensure_trained(cfg, print)
-        if key not in _TRAINED:
-            _TRAINED[key] = tmp / "trained"
-            shutil.copytree(tmp / "storage", _TRAINED[key])
+        remember_trained(cfg, tmp / "storage", tmp / "trained")
         service.deploy(cfg, host="127.0.0.1", port=port, progress=print)
         url = f"http://127.0.0.1:{port}"
         service.wait_ready(url, cfg.model, timeout_s=240, progress=print)

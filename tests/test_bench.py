@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, copy_trained, free_port, remember_trained, write_config
 
 
 def _bench(args, tmp_path, timeout):
@@ -30,8 +30,17 @@ def test_controller_step_bench_reports_its_figures(tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_replica_fault_bench_runs_both_systems(tmp_path):
-    out = _bench(["replica-faults", "--faults", "wrong", "--rps", "5", "--fault-seconds", "6",
-                  "--port", str(free_port())], tmp_path, 900)
+    from raymedic.config import load_config
+
+    # The tests' small ensemble (few epochs, two replicas per member), trained once per test session:
+    # the bench trains into RAYMEDIC_HOME/bench-storage when no champions are there.
+    config = write_config(tmp_path / "raymedic.yaml", storage=tmp_path / "unused", port=free_port())
+    cfg = load_config(config).config.resolved()
+    storage = tmp_path / "home" / "bench-storage"
+    copy_trained(cfg, storage)
+    out = _bench(["replica-faults", "--config", str(config), "--faults", "wrong", "--rps", "5",
+                  "--fault-seconds", "6", "--port", str(free_port())], tmp_path, 900)
+    remember_trained(cfg, storage, tmp_path / "trained")
     rows = {r["system"]: r for r in out["results"]}
     assert set(rows) == {"plain Serve", "raymedic"}
     for r in rows.values():

@@ -47,6 +47,14 @@ def churn_table(n: int, seed: int, *, channel_p=(0.5, 0.3, 0.2)) -> pd.DataFrame
                          "label": label})
 
 
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def records(df: pd.DataFrame) -> list[dict]:
     """JSON-ready instances: numpy scalars → Python, NaN → null."""
     out = df.drop(columns="label").astype(object).to_dict(orient="records")
@@ -83,6 +91,13 @@ def test_bad_tables_fail_before_training_with_the_fix(env):
 
 
 def test_train_up_status_predict_feedback_down(env):
+    import time
+
+    t0 = time.monotonic()
+
+    def phase(name: str) -> None:  # shown with the output of a failing run: where the time went
+        print(f"[{time.monotonic() - t0:6.1f} s] {name}")
+
     e, cfg = env["env"], env["config"]
     p = run(RAYMEDIC + ["train", "--config", cfg, "--data", env["csv"], "--target", "label", "--json"], env=e)
     report = json.loads(p.stdout)
@@ -90,9 +105,11 @@ def test_train_up_status_predict_feedback_down(env):
     for m in report["metrics"].values():
         assert m["val_accuracy"] >= report["baseline_accuracy"] + 0.1, report
 
+    phase("trained")
     run(RAYMEDIC + ["up", "--config", cfg, "--ray-port", str(env["ray_port"]),
                     "--dashboard-port", str(env["dash_port"])], env=e)
     url = f"http://127.0.0.1:{env['port']}"
+    phase("up")
     st = json.loads(run(RAYMEDIC + ["status", "--json"], env=e).stdout)
     assert st["model"] == "churn"
     assert {m["name"]: m["version"] for m in st["members"]} == {"logistic": "v0001", "mlp": "v0001",
@@ -143,7 +160,9 @@ def test_train_up_status_predict_feedback_down(env):
         found = {(i["kind"], i["feature"]) for i in st["incidents"] if i.get("feature")}
         return st if {("missing_values", "amount"), ("drift", "channel")} <= found else None
 
+    phase("predictions and policies checked")
     st = wait_for(data_incidents, timeout_s=60, what="data-quality and drift incidents in status")
+    phase("data incidents seen")
     channel = st["drift"]["features"]["channel"]
     assert channel["test"] == "chi2" and channel["drift"] in ("warn", "act") and channel["p_adjusted"] < 0.01
     # The window may hold only rows with no amount by now: then there is nothing to test, only the gap.
@@ -161,6 +180,7 @@ def test_train_up_status_predict_feedback_down(env):
     job_env = dict(e, RAY_AUTH_MODE="token")
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     storage = str(env["tmp"] / "storage")
+    phase("feedback accepted")
     p = run([ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{env['dash_port']}",
              "--working-dir", ".", "--", "python", "-m", "train_jobs.train", "--config", cfg,
              "--storage-path", storage, "--data", env["csv"], "--target", "label", "--members", "logistic",
@@ -173,9 +193,10 @@ def test_train_up_status_predict_feedback_down(env):
     assert [v.version for v in reg.versions("churn", "logistic")] == ["v0001", "v0002"]
     assert reg.aliases("churn", "logistic")["champion"] == "v0001"  # --no-promote kept the champion
 
+    phase("job succeeded")
     run(RAYMEDIC + ["down"], env=e)
-    wait_for(lambda: subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{env['ray_port']}"],
-                                    capture_output=True, env=e, timeout=60).returncode != 0,
-             timeout_s=60, what="the local cluster to stop")
+    phase("down")
+    # The head's GCS port closes with it (`ray status` on a dead address retries for half a minute).
+    wait_for(lambda: not _listening(env["ray_port"]), timeout_s=60, what="the local cluster to stop")
     p = run(RAYMEDIC + ["status"], env=e, check=False)
     assert p.returncode == 2 and "raymedic up" in p.stderr

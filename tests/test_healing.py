@@ -28,6 +28,12 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ray = pytest.importorskip("ray")
 
 TOKEN = "test-admin-token"
+MEMBERS = [
+    {"name": "logistic", "kind": "logistic", "fallback": True, "replicas": 2, "num_cpus": 0.2},
+    {"name": "mlp", "kind": "mlp", "replicas": 2, "num_cpus": 0.2},
+    {"name": "tabresnet", "kind": "tabresnet", "replicas": 2, "standby": 1, "num_cpus": 0.2},
+]
+"""The tests' ensemble, with one hot standby for tabresnet (the hang test's member)."""
 ROW = {f"f{i}": 0.1 * i for i in range(10)}
 
 
@@ -64,14 +70,15 @@ def svc(tmp_path_factory):
     os.environ[ADMIN_TOKEN_ENV] = TOKEN  # read by the app builder: the admin routes' token
     alerts = Alerts()
     try:
-        with local_service(tmp_path_factory.mktemp("healing"),
-                           controller={"webhook_url": alerts.url}) as (url, cfg):
+        with local_service(tmp_path_factory.mktemp("healing"), controller={"webhook_url": alerts.url},
+                           members=MEMBERS) as (url, cfg):
             s = Service(url, cfg)
             s.alerts = alerts
-            wait_for(lambda: s.controller().get("state") == "running" and all(
-                len(v) == 2 for v in s.controller().get("healthy", {}).values()) and len(
-                s.controller().get("healthy", {})) == 3, timeout_s=120,
-                what="the controller to see 3 healthy members")
+            strength = {m.name: m.replicas + m.standby for m in cfg.members}
+            wait_for(lambda: (c := s.controller()).get("state") == "running" and {
+                k: len(v) for k, v in c.get("healthy", {}).items()} == strength and c.get("standby") == {
+                "tabresnet": c["standby"]["tabresnet"]}, timeout_s=120,
+                what="the controller to see every replica healthy and one tabresnet standby")
             yield s
     finally:
         alerts.close()
@@ -244,8 +251,23 @@ def test_wrong_answers_are_caught_by_golden_probes_and_the_replica_replaced(svc)
     heal_and_check(svc, "wrong", "mlp")
 
 
-def test_hung_replica_is_replaced_with_no_failed_request(svc):
-    heal_and_check(svc, "hang", "tabresnet")
+def test_hung_replica_is_replaced_by_the_standby_with_no_failed_request(svc):
+    standby = svc.controller()["standby"]["tabresnet"]
+    tab = next(m for m in svc.status()["members"] if m["name"] == "tabresnet")
+    before = {r["id"] for r in tab["replicas"]}
+    assert {r["id"] for r in tab["replicas"] if r["state"] == "STANDBY"} == set(standby), tab
+    inc = heal_and_check(svc, "hang", "tabresnet")
+    assert inc["replica"] not in standby  # by default the fault hits a replica serving traffic
+    records = [r for r in svc.audit() if r.get("target") == "tabresnet" and r["kind"] == "standby-serves"
+               and inc["replica"] in r["evidence"]["flagged"]]
+    assert [r["evidence"]["replicas"] for r in records] == [standby], records
+    # Recovered on the standby: the replicas that confirmed it were all there before the fault;
+    # Serve's replacement was still starting a worker and loading the model.
+    recovered = next(r for r in svc.audit() if r.get("incident") == inc["id"] and r["kind"] == "recovered")
+    assert set(standby) <= set(recovered["evidence"]["healthy_replicas"]) <= before, recovered
+    # The replacement, once its probes pass, stands by in turn.
+    wait_for(lambda: set(svc.controller()["standby"].get("tabresnet", ())) - before, timeout_s=120,
+             what="the replacement replica to become the tabresnet standby")
 
 
 def test_slow_replica_is_replaced(svc):

@@ -22,10 +22,10 @@ import time
 import pytest
 
 from cluster.multinode import LocalCluster, kill_node, node_id, node_pids, stop_cluster
-from raymedic.config import ADMIN_TOKEN_ENV
+from raymedic.config import ADMIN_TOKEN_ENV, load_config
 from raymedic.http import request_json
 from raymedic.storage import Storage
-from tests.conftest import REPO, free_port, wait_for, write_config
+from tests.conftest import REPO, copy_trained, free_port, wait_for, write_config
 from tests.test_healing import Load
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -49,6 +49,7 @@ def svc(tmp_path_factory):
     members = [{"name": m, "kind": m, "replicas": 2, "num_cpus": 0.2, "max_replicas_per_node": 1,
                 **({"fallback": True} if m == "logistic" else {})} for m in MEMBERS]
     cfg = write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port, members=members)
+    copy_trained(load_config(cfg).config.resolved(), tmp / "storage")  # trained by an earlier module, if any
     env = dict(os.environ, RAYMEDIC_HOME=str(tmp / "home"), PYTHONUNBUFFERED="1",
                **{ADMIN_TOKEN_ENV: "test-admin-token"})
     env.pop("RAY_ADDRESS", None)

@@ -54,8 +54,9 @@ def feed(mon: PerformanceMonitor, y, probs, member_probs=None):
     return mon.add_labelled(pairs, now=100.0)
 
 
-def test_accuracy_decay_and_concept_drift_raise_breaches_and_healthy_labels_do_not():
-    cfg = PerformanceSettings(label_window=300, min_labels=100)
+@pytest.mark.parametrize("error_test", ["cusum", "page-hinkley"])
+def test_accuracy_decay_and_concept_drift_raise_breaches_and_healthy_labels_do_not(error_test):
+    cfg = PerformanceSettings(label_window=300, min_labels=100, error_test=error_test)
     mon = PerformanceMonitor(2, cfg, reference_accuracy=0.9)
     y, p = calibrated_stream(300, 0.9, seed=1)
     assert not feed(mon, y, p)
@@ -63,13 +64,58 @@ def test_accuracy_decay_and_concept_drift_raise_breaches_and_healthy_labels_do_n
     assert report.breaches == {} and report.sources[ENSEMBLE]["accuracy"] == pytest.approx(0.9, abs=0.05)
     y, p = calibrated_stream(300, 0.9, seed=2)
     p = p[:, ::-1]  # the concept flipped: same confidence, now mostly wrong
-    assert feed(mon, y, p)  # the error-stream test fired
+    # Page-Hinkley fires as the labels arrive; the CUSUM is fed by check(), off the event loop.
+    assert feed(mon, y, p) == (error_test == "page-hinkley")
     report = mon.check(now=102.0)
     assert set(report.breaches) == {("accuracy_decay", ENSEMBLE), ("concept_drift", ENSEMBLE)}
     assert report.breaches[("accuracy_decay", ENSEMBLE)][1]["accuracy"] < 0.5
+    assert report.breaches[("concept_drift", ENSEMBLE)][1]["test"] == error_test
     state = mon.to_dict()
     again = PerformanceMonitor(2, cfg, reference_accuracy=0.9, state=state)
     assert again.check(now=103.0).concept_drift_at == 100.0  # survives a controller restart
+
+
+def _errors_as_pairs(errors, seed):
+    """Labelled ensemble answers that are wrong exactly where ``errors`` is 1."""
+    y = np.random.default_rng(seed).integers(0, 2, len(errors))
+    pred = np.where(np.asarray(errors) > 0, 1 - y, y)
+    return [{"y": int(k), "p": {ENSEMBLE: [0.8, 0.2] if c == 0 else [0.2, 0.8]}} for k, c in zip(y, pred)]
+
+
+def test_error_cusum_baselines_on_the_first_live_labels_then_catches_a_rise_and_resumes_from_a_checkpoint():
+    cfg = PerformanceSettings(error_baseline_labels=200)
+    rng = np.random.default_rng(5)
+    steady = (rng.random(5000) < 0.15).astype(int)  # the serving versions' own 15 % error rate
+    worse = (rng.random(400) < 0.40).astype(int)  # then the concept moves: 40 %
+    mon = PerformanceMonitor(2, cfg, reference_accuracy=0.85)
+    for i in range(0, 5000, 250):  # labels arrive in gateway batches between checks
+        mon.add_labelled(_errors_as_pairs(steady[i:i + 250], i), now=float(i))
+        assert mon.check(now=float(i)).concept_drift_at is None, f"false alarm by label {i + 250}"
+    half = mon.to_dict()
+    assert len(half["error_baseline"]) == 200 and half["error_cusum"]["seen"] == 4800
+
+    def first_alarm(monitor: PerformanceMonitor) -> dict:
+        for i in range(0, 400, 10):
+            monitor.add_labelled(_errors_as_pairs(worse[i:i + 10], i), now=10_000.0 + i)
+            report = monitor.check(now=10_000.0 + i)
+            if report.concept_drift_at is not None:
+                evidence = dict(report.breaches[("concept_drift", ENSEMBLE)][1])
+                evidence.pop("accuracy")  # of the labelled window, which a checkpoint does not keep
+                return {"at": report.concept_drift_at, **evidence}
+        pytest.fail("the CUSUM missed a rise from 15 % to 40 % errors over 400 labels")
+
+    straight = first_alarm(mon)
+    resumed = first_alarm(PerformanceMonitor(2, cfg, reference_accuracy=0.85, state=half))
+    assert straight == resumed  # a restarted controller continues the same statistics
+    assert straight["test"] == "cusum" and straight["at"] < 10_000.0 + 150
+    assert straight["baseline_labels"] == 200 and 0.08 < straight["baseline_error_rate"] < 0.25
+    assert 0 < straight["labels_since_change"] <= 150
+
+    mon.reset()  # new versions serve: a new baseline from their own labels
+    assert mon.to_dict()["error_baseline"] == [] and mon.to_dict()["error_cusum"] is None
+    mon.add_labelled(_errors_as_pairs(np.zeros(300, dtype=int), 0), now=1.0)
+    mon.check(now=1.0)
+    assert len(mon.to_dict()["error_baseline"]) == 300  # no error yet: no rate to test against, still waiting
 
 
 def test_label_free_estimate_tracks_accuracy_and_says_how_reliable_it_is():

@@ -121,6 +121,26 @@ def test_job_timeout_and_restart_from_memory():
     assert again.job["job_id"] == "j1" and not again.timed_out(50) and again.timed_out(101)
 
 
+def test_a_scheduled_search_runs_every_period_alerts_or_not_and_waits_for_labels_and_jobs():
+    pb = Playbook(CFG.model_copy(update={"search_every_s": 1000}))
+    assert pb.step(0, [], labels=500) is None  # the clock starts now: the first search is due at 1000
+    assert pb.step(999, [], labels=500) is None
+    assert pb.step(1000, [], labels=50) is None  # due, but too few recent labels to search on
+    sub = pb.step(1001, [], labels=500)
+    assert sub.search and sub.alerts == () and "scheduled search (every 1000 s)" in sub.reason
+    assert pb.job["search"] is True
+    pb.finished(1100, "SUCCEEDED", gated({"mlp": False}))
+    assert pb.step(1200, [], labels=500) is None  # next one due at 2001
+    decay = pb.step(1300, [DECAY], labels=500)  # an alert still retrains in between, without a search
+    assert decay is not None and not decay.search
+    pb.finished(1400, "SUCCEEDED", gated({"mlp": False}))
+    again = Playbook(pb.cfg, pb.to_dict())  # the schedule survives a controller restart
+    assert again.step(2000, [], labels=500) is None
+    both = again.step(2001, [DECAY], labels=500)
+    assert both.search and both.alerts == ("d0003",) and "accuracy_decay" in both.reason
+    assert Playbook(CFG).step(10 ** 9, [], labels=10 ** 6) is None  # no schedule configured: nothing
+
+
 def test_probation_confirms_or_rolls_back():
     pb = Playbook(CFG)
     pb.step(0, [DECAY], labels=500)
@@ -182,3 +202,22 @@ def test_recent_labeled_joins_logs_and_reads_only_recent_hours(tmp_path):
     assert rows[TS_COLUMN].tolist() == [now - 30, now - 20, now - 10]
     assert rows["b"].isna().tolist() == [False, False, True] and rows["a"].dtype.kind == "f"
     assert len(recent_labeled(storage, "m", schema)) == 4  # no bound: the old hour too
+
+
+def test_the_better_of_a_retrained_and_a_searched_challenger_stands():
+    from train_jobs.retrain import _better
+
+    def verdict(version: str, passed: bool, acc: float, **search) -> dict:
+        return {"challenger_version": version, "passed": passed, "reasons": [] if passed else ["weak"],
+                "challenger_metrics": {"accuracy": acc}, **({"search": search} if search else {})}
+
+    retrained_ok, retrained_bad = verdict("v2", True, 0.80), verdict("v2", False, 0.60)
+    better = verdict("v3", True, 0.85, best_config={"lr": 0.01})
+    worse = verdict("v3", True, 0.78, best_config={"lr": 0.1})
+    failed_search = {**retrained_ok, "search": {"error": "every trial failed"}}
+    assert _better(retrained_ok, better) is better
+    kept = _better(retrained_ok, worse)
+    assert kept["challenger_version"] == "v2" and kept["search"]["kept"] == "retrained"
+    assert kept["search"]["version"] == "v3" and kept["search"]["accuracy"] == 0.78
+    assert _better(retrained_bad, verdict("v3", False, 0.65, best_config={}))["challenger_version"] == "v3"
+    assert _better(retrained_ok, failed_search) is failed_search

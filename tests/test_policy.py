@@ -113,9 +113,11 @@ def test_small_absolute_differences_are_not_slow():
 # ---- step: incidents, actions, limits ------------------------------------------------------
 
 
-def obs(now: float, *snaps: ReplicaSnapshot, targets: dict[str, int] | None = None) -> Observation:
+def obs(now: float, *snaps: ReplicaSnapshot, targets: dict[str, int] | None = None,
+        standby: dict[str, int] | None = None) -> Observation:
     members = {s.member for s in snaps}
-    return Observation(now=now, replicas=tuple(snaps), targets=targets or {m: 2 for m in members})
+    return Observation(now=now, replicas=tuple(snaps), targets=targets or {m: 2 for m in members},
+                       standby=standby or {})
 
 
 def test_fault_opens_one_incident_avoids_the_replica_and_requests_one_restart():
@@ -143,6 +145,53 @@ def test_recovery_needs_the_replica_gone_and_the_member_back_at_strength():
     assert inc.status == "recovered" and inc.recovered_at == 105.0
     assert [e.kind for e in r.events] == ["recovered"] and r.avoid["mlp"] == ()
     assert inc.to_dict()["time_to_recover_s"] == pytest.approx(4.0)
+
+
+def test_a_standby_takes_over_at_once_and_the_replacement_becomes_the_next_standby():
+    pol = HealingPolicy(CFG)
+    spare = {"mlp": 1}
+    r = pol.step(obs(100.0, healthy("a"), healthy("b"), healthy("c"), standby=spare))
+    assert r.standby == {"mlp": ("a",)} and r.healthy["mlp"] == ("a", "b", "c")  # held out, still healthy
+    assert pol.step(obs(100.5, healthy("a"), healthy("b"), healthy("c"), standby=spare)).standby == {"mlp": ("a",)}
+    # b hangs: flagged, and the standby serves in the same step (no room left for one).
+    r = pol.step(obs(101.0, healthy("a"), snap("b", probes("ok", "timeout", "timeout")), healthy("c"), standby=spare))
+    assert r.avoid["mlp"] == ("b",) and r.standby == {} and [a.replica for a in r.actions] == ["b"]
+    assert [e.kind for e in r.events] == ["detected-hung", "standby-serves"]
+    inc = pol.incidents[0]
+    pol.action_done(inc.id, "ok")
+    # b killed: Serve stops it and starts a replacement; a and c are the member's full strength.
+    r = pol.step(obs(102.0, healthy("a"), snap("b", probes("ok", "timeout", "timeout"), state="STOPPING"),
+                     healthy("c"), snap("d", state="STARTING"), standby=spare))
+    assert inc.status == "recovered" and inc.recovered_at == 102.0 and r.standby == {}
+    # The replacement passes its probes: it stands by; a and c keep their traffic.
+    r = pol.step(obs(110.0, healthy("a"), healthy("c"), healthy("d"), standby=spare))
+    assert r.standby == {"mlp": ("d",)}
+    restored = HealingPolicy(CFG, json.loads(json.dumps(pol.to_dict())))  # the role survives a restart
+    assert restored.step(obs(111.0, healthy("a"), healthy("c"), healthy("d"), standby=spare)).standby == {
+        "mlp": ("d",)}
+
+
+def test_no_standby_is_held_back_while_the_member_is_short_or_unprobed():
+    pol = HealingPolicy(CFG)
+    spare = {"mlp": 1}
+    assert pol.step(obs(100.0, healthy("a"), healthy("b"), snap("c"), standby=spare)).standby == {}  # c unprobed
+    assert pol.step(obs(100.5, healthy("a"), healthy("b"), standby=spare)).standby == {}  # exactly at strength
+    late = snap("c", probes("ok", "ok", "timeout"))  # serving, but its latest probe was late: not a standby
+    assert pol.step(obs(101.0, late, healthy("a"), healthy("b"), standby=spare)).standby["mlp"] in (("a",), ("b",))
+    assert pol.step(obs(101.5, healthy("a"), healthy("b"), healthy("c"))).standby == {}  # none configured
+
+
+def test_an_idle_standby_is_not_the_yardstick_for_slowness():
+    cfg = ControllerConfig()
+    pol = HealingPolicy(cfg)
+    spare = {"mlp": 1}
+    busy = dict(latency=0.05)
+    pol.step(obs(100.0, healthy("a", latency=0.005), healthy("b", **busy), healthy("c", **busy), standby=spare))
+    assert pol.step(obs(100.5, healthy("a", latency=0.005), healthy("b", **busy), healthy("c", **busy),
+                        standby=spare)).standby == {"mlp": ("a",)}
+    # Against the idle standby the loaded replicas would look 10× slower; against each other they are fine.
+    r = pol.step(obs(101.0, healthy("a", latency=0.005), healthy("b", **busy), healthy("c", **busy), standby=spare))
+    assert not pol.incidents and r.avoid["mlp"] == ()
 
 
 def test_one_restart_in_flight_per_member_and_a_cooldown_between_them():

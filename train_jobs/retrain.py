@@ -68,8 +68,12 @@ def _reference_rows(storage: Storage, registry: ModelRegistry, model: str, membe
 
 
 def retrain(config: RaymedicConfig, *, reason: str = "manual", members: Sequence[str] | None = None,
-            now: float | None = None, progress=print) -> dict[str, Any]:
-    """Train challengers on recent labels and gate them; returns the outcome record."""
+            now: float | None = None, search_all: bool = False, progress=print) -> dict[str, Any]:
+    """Train challengers on recent labels and gate them; returns the outcome record.
+
+    ``search_all`` (the scheduled search): every member's hyperparameters are searched on the same
+    rows, not only those whose retrained challenger failed; the better of the two gated challengers
+    stands (the searched one only if it passes and beats the retrained one on the holdout)."""
     from train_jobs.train import train_ensemble
 
     t0 = time.monotonic()
@@ -120,14 +124,33 @@ def retrain(config: RaymedicConfig, *, reason: str = "manual", members: Sequence
                 "champion_metrics": verdict.champion, "challenger_metrics": verdict.challenger}
 
     verdicts: dict[str, Any] = {m: gate(m, report.versions[m].version) for m in chosen}
-    if rc.search_on_reject:
-        for m in [m for m in chosen if not verdicts[m]["passed"]]:
-            verdicts[m] = _search_and_gate(config, table, schema.target, m, verdicts[m], gate, progress)
+    for m in chosen:
+        if search_all or (rc.search_on_reject and not verdicts[m]["passed"]):
+            retrained = verdicts[m]
+            searched = _search_and_gate(config, table, schema.target, m, retrained, gate, progress)
+            verdicts[m] = _better(retrained, searched)
+            if verdicts[m] is not searched and retrained["passed"]:  # the search's gate moved the alias
+                registry.set_alias(model, m, "challenger", retrained["challenger_version"])
     return {"model": model, "reason": reason, "members": verdicts,
             "passed": sorted(m for m, v in verdicts.items() if v["passed"]),
             "rejected": sorted(m for m, v in verdicts.items() if not v["passed"]),
             "ray_train_run": next(iter(report.versions.values())).metadata.get("ray_train_run"),
             "wall_s": round(time.monotonic() - t0, 2)}
+
+
+def _better(retrained: dict[str, Any], searched: dict[str, Any]) -> dict[str, Any]:
+    """Which verdict stands. A retrained challenger that failed the gate gives way to the search's
+    (the best the search found, passed or not); one that passed gives way only to a searched
+    challenger that passed with a higher holdout accuracy, and otherwise stands annotated with the
+    search, so the record says what was tried."""
+    if not retrained["passed"] or "error" in (searched.get("search") or {}):
+        return searched  # (a failed search's verdict is the retrained one plus the error)
+    acc = lambda v: float(v["challenger_metrics"]["accuracy"])  # noqa: E731
+    if searched["passed"] and acc(searched) > acc(retrained):
+        return searched
+    return {**retrained, "search": {**searched["search"], "version": searched["challenger_version"],
+                                    "passed": searched["passed"], "accuracy": acc(searched),
+                                    "kept": "retrained"}}
 
 
 def _search_and_gate(config: RaymedicConfig, table: pd.DataFrame, target: str, member: str,
@@ -161,6 +184,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--members", nargs="+", help="Only these members (default: all).")
     p.add_argument("--reason", default="manual", help="Why (recorded in the versions' metadata).")
     p.add_argument("--record", help="Write the outcome to retrain/<model>/<record>.json (default: a timestamp).")
+    p.add_argument("--search-all", action="store_true", help="Also search every member's hyperparameters "
+                   "(Ray Tune + Optuna) and keep the better gated challenger (the scheduled search).")
     return p
 
 
@@ -186,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _config(args.storage_path, args.model)
         with connect_or_start():
-            outcome = retrain(config, reason=args.reason, members=args.members)
+            outcome = retrain(config, reason=args.reason, members=args.members, search_all=args.search_all)
         outcome["status"] = "gated"
     except NotEnoughLabels as exc:
         outcome, code = {"status": "skipped", "error": str(exc)}, EXIT_NOT_ENOUGH

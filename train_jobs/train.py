@@ -279,6 +279,7 @@ def resolve_cli_inputs(args: argparse.Namespace) -> tuple[RaymedicConfig, pd.Dat
             raise ConfigError("--target is required with --data: name the column that holds the labels")
         table, target = load_table(args.data), args.target
         model = args.model or Path(args.data).stem
+        prepare_data(config, table, target=target)  # a bad table fails here, before a cluster starts
     return config, table, target, model
 
 
