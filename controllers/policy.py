@@ -240,12 +240,13 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
 
 def _healthy(snap: ReplicaSnapshot) -> bool:
     """Strict: the latest probe passed (what confirming a recovery needs)."""
-    return snap.state == "RUNNING" and bool(snap.probes) and snap.probes[-1].outcome == "ok"
+    return snap.state == "RUNNING" and snap.alive is not False and bool(snap.probes) and snap.probes[-1].outcome == "ok"
 
 
 def _serving(snap: ReplicaSnapshot) -> bool:
     """Lenient: nothing says it is broken (a lone late probe is not proof; weights use this)."""
-    return snap.state == "RUNNING" and bool(snap.probes) and snap.probes[-1].outcome in ("ok", "timeout")
+    return (snap.state == "RUNNING" and snap.alive is not False and bool(snap.probes)
+            and snap.probes[-1].outcome in ("ok", "timeout"))
 
 
 def systemic_timeouts(replicas: Sequence[ReplicaSnapshot], *, share: float = 0.5, minimum: int = 3) -> bool:
@@ -364,8 +365,12 @@ class HealingPolicy:
         settling = any(s.state == "STARTING" for s in obs.replicas) or any(
             i.status == "open" and i.action == "restart" for i in m.incidents.values())
         findings: list[Finding] = []
+        # Replicas already healed away (restarted, or left to Serve to replace): Serve may list a killed
+        # replica as RUNNING for a few seconds after a standby made its incident recovered.
+        retired = {i.replica for i in m.incidents.values() if i.status == "recovered" and i.action}
         for snap in obs.replicas:
-            if snap.state not in ("RUNNING", "GONE") or self.open_incident(snap.replica):
+            if (snap.state not in ("RUNNING", "GONE") or self.open_incident(snap.replica)
+                    or snap.replica in retired):
                 continue
             standing_by = set(m.standby.get(snap.member, ()))
             peers = [s for s in by_member[snap.member] if s.replica not in standing_by or s.replica == snap.replica]
@@ -429,7 +434,8 @@ class HealingPolicy:
             if inc.status != "open":
                 continue
             snaps = by_member.get(inc.member, [])
-            fresh = [s for s in snaps if s.replica != inc.replica and _healthy(s) and not self.open_incident(s.replica)]
+            fresh = [s for s in snaps if s.replica != inc.replica and _healthy(s) and not self.open_incident(s.replica)
+                     and s.replica not in retired]
             snap = next((s for s in obs.replicas if s.replica == inc.replica), None)
             gone = snap is None or snap.state != "RUNNING" or snap.alive is False
             # At strength apart from replicas with faults of their own (each has its incident).
@@ -449,12 +455,13 @@ class HealingPolicy:
 
         avoid = {mem: tuple(sorted(i.replica for i in m.incidents.values() if i.member == mem and i.status == "open"))
                  for mem in by_member}
-        healthy = {mem: tuple(sorted(s.replica for s in snaps if _serving(s) and not self.open_incident(s.replica)))
-                   for mem, snaps in by_member.items()}
+        retired = {i.replica for i in m.incidents.values() if i.status == "recovered" and i.action}
+        healthy = {mem: tuple(sorted(s.replica for s in snaps if _serving(s) and not self.open_incident(s.replica)
+                                     and s.replica not in retired)) for mem, snaps in by_member.items()}
         standby: dict[str, tuple[str, ...]] = {}
         for mem, snaps in by_member.items():
-            chosen = choose_standby(snaps, obs.targets.get(mem, 1), obs.standby.get(mem, 0), set(avoid.get(mem, ())),
-                                    m.standby.get(mem, ()), m.active)
+            chosen = choose_standby(snaps, obs.targets.get(mem, 1), obs.standby.get(mem, 0),
+                                    set(avoid.get(mem, ())) | retired, m.standby.get(mem, ()), m.active)
             if chosen:
                 standby[mem] = chosen
             if tuple(m.standby.get(mem, ())) != chosen:

@@ -163,6 +163,12 @@ def test_a_standby_takes_over_at_once_and_the_replacement_becomes_the_next_stand
     r = pol.step(obs(102.0, healthy("a"), snap("b", probes("ok", "timeout", "timeout"), state="STOPPING"),
                      healthy("c"), snap("d", state="STARTING"), standby=spare))
     assert inc.status == "recovered" and inc.recovered_at == 102.0 and r.standby == {}
+    # Serve still lists the killed replica as RUNNING for a moment (Ray already reports it dead): it was
+    # healed away, so it opens no new incident.
+    dead_b = ReplicaSnapshot(member="mlp", replica="b", state="RUNNING", probes=probes("ok", "timeout", "timeout"),
+                             alive=False, seen_dead_at=102.5)
+    r = pol.step(obs(103.0, healthy("a"), dead_b, healthy("c"), snap("d", state="STARTING"), standby=spare))
+    assert len(pol.incidents) == 1 and r.events == () and r.actions == ()
     # The replacement passes its probes: it stands by; a and c keep their traffic.
     r = pol.step(obs(110.0, healthy("a"), healthy("c"), healthy("d"), standby=spare))
     assert r.standby == {"mlp": ("d",)}
