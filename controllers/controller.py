@@ -245,11 +245,14 @@ class HealingController:
         """The model-level playbook: retrain on material drift or decay, promote what passes the gate."""
         if self._policy.paused:
             return False
-        triggers = [Trigger(a.id, a.kind, a.feature, a.severity) for a in self._data_alerts.open()
-                    if a.kind == "drift" or a.kind in MODEL_KINDS]
+        triggers = [Trigger(a.id, a.kind, a.feature, a.severity, since=(a.evidence or {}).get("change_at"))
+                    for a in self._data_alerts.open() if a.kind == "drift" or a.kind in MODEL_KINDS]
         sources = (self._perf_report.sources if self._perf_report else {})
         live = {m: (float(v["accuracy"]), int(v["labels"])) for m, v in sources.items()}
-        return await self._healer.step(now, triggers, self._perf.labels(), live)
+        # After a dated change, only the labels since then count towards a retrain worth running.
+        since = max((t.since for t in triggers if t.since is not None), default=None)
+        labels = self._perf.labels() if since is None else self._perf.labels_since(since)
+        return await self._healer.step(now, triggers, labels, live)
 
     def _record_model(self, kind: str, target: str, *, evidence: Any, action: str, outcome: str,
                       incident: str | None = None, **extra: Any) -> None:
@@ -612,7 +615,7 @@ class HealingController:
                 if chal is not None and p.get(member) is not None:
                     self._playbook.observe_rollout(member, champion_correct=int(np.argmax(p[member])) == y,
                                                    challenger_correct=int(np.argmax(chal)) == y)
-            out.append({"y": y, "p": {k: v for k, v in p.items() if CHALLENGER_SUFFIX not in k}})
+            out.append({"y": y, "p": {k: v for k, v in p.items() if CHALLENGER_SUFFIX not in k}, "ts": pair.get("ts")})
         return out
 
     def control_state(self) -> dict[str, Any]:

@@ -73,7 +73,8 @@ class ModelHealer:
         model = self.cfg.model
         entry = " ".join(shlex.quote(a) for a in [
             sys.executable, "-m", "train_jobs.retrain", "--model", model, "--storage-path", self.cfg.storage_path,
-            "--reason", sub.reason, "--record", sub.record] + (["--search-all"] if sub.search else []))
+            "--reason", sub.reason, "--record", sub.record] + (["--search-all"] if sub.search else [])
+            + (["--since", repr(sub.since)] if sub.since is not None else []))
         return self._jobs().submit_job(
             entrypoint=entry,
             submission_id=f"raymedic-retrain-{model}-{sub.record}",

@@ -138,8 +138,10 @@ class PerformanceMonitor:
         self._drift_at: float | None = None
         self._drift_evidence: dict[str, Any] = {}
         # The CUSUM's input, appended on the event loop and drained by check() in a worker thread
-        # (deque append/popleft are thread-safe): (error, when the label arrived).
-        self._pending: deque[tuple[float, float]] = deque()
+        # (deque append/popleft are thread-safe): (error, when the label arrived, when it was answered).
+        self._pending: deque[tuple[float, float, float]] = deque()
+        self._answered: deque[float] = deque(maxlen=20_000)  # answer times of the rows fed to the CUSUM
+        self._label_ts: deque[float] = deque(maxlen=20_000)  # answer times of the ensemble's labelled rows
         self._baseline: list[int] = []
         self._cusum: ErrorCusum | None = None
         self._cusum_state: dict[str, Any] | None = None
@@ -173,8 +175,11 @@ class PerformanceMonitor:
                 if source != ENSEMBLE:
                     continue
                 error = float(p.argmax() != y)
+                ts = pair.get("ts")
+                answered = float(ts) if ts is not None else now
+                self._label_ts.append(answered)
                 if self.cfg.error_test == "cusum":
-                    self._pending.append((error, now))
+                    self._pending.append((error, now, answered))
                 elif self._ph.update(error):
                     self._drift_at, fired = now, True
                     self._drift_evidence = {"test": "page-hinkley", "delta": self.cfg.ph_delta,
@@ -193,6 +198,8 @@ class PerformanceMonitor:
         self._pending.clear()
         self._baseline = []
         self._cusum, self._cusum_state = None, None
+        self._answered.clear()
+        self._label_ts.clear()
         self._generation += 1
 
     def add_confidence(self, values: Sequence[float]) -> None:
@@ -200,6 +207,11 @@ class PerformanceMonitor:
 
     def labels(self, source: str = ENSEMBLE) -> int:
         return len(self._y.get(source, ()))
+
+    def labels_since(self, since: float) -> int:
+        """Labels of the ensemble's answers given at or after ``since`` (what a retrain since a change
+        point would learn from)."""
+        return sum(1 for t in list(self._label_ts) if t >= since)
 
     def _estimate(self, y: np.ndarray | None, probs: np.ndarray | None) -> dict[str, Any] | None:
         if not self._conf:
@@ -235,13 +247,14 @@ class PerformanceMonitor:
     def _feed_cusum(self) -> None:
         """Drain the labels that arrived since the last check into the baseline, then the CUSUM."""
         generation = self._generation
-        items: list[tuple[float, float]] = []
+        items: list[tuple[float, float, float]] = []
         while self._pending:
             items.append(self._pending.popleft())
         if not items:
             return
-        errors = np.array([e for e, _ in items])
-        times = [t for _, t in items]
+        errors = np.array([e for e, _, _ in items])
+        times = [t for _, t, _ in items]
+        answered = [a for _, _, a in items]
         cusum = self._cusum
         if cusum is None:
             # The baseline: the serving versions' own error rate on live labels (it needs both outcomes).
@@ -249,7 +262,7 @@ class PerformanceMonitor:
             while take < len(errors) and not self._baseline_ready():
                 self._baseline.append(int(errors[take]))
                 take += 1
-            errors, times = errors[take:], times[take:]
+            errors, times, answered = errors[take:], times[take:], answered[take:]
             if not self._baseline_ready():
                 keep = 10 * self.cfg.error_baseline_labels  # a model that never errs: bounded memory
                 del self._baseline[:max(0, len(self._baseline) - keep)]
@@ -267,13 +280,17 @@ class PerformanceMonitor:
         if not len(errors):
             return
         cusum.update(errors)
+        self._answered.extend(answered)
         if cusum.alarm and generation == self._generation:
             a = cusum.alarms[-1]
             first = cusum.labels_seen - len(errors)
             self._drift_at = times[min(len(times) - 1, max(0, a.index - first))]
+            # When the rows that began the rise were answered: a retrain should learn from them on.
+            oldest = cusum.labels_seen - len(self._answered)
+            change_at = self._answered[max(0, a.change_index - oldest)] if self._answered else None
             self._drift_evidence = {
                 "test": "cusum", "statistic": a.statistic, "score": round(a.score, 3),
-                "labels_since_change": a.index - a.change_index + 1,
+                "labels_since_change": a.index - a.change_index + 1, "change_at": change_at,
                 "baseline_error_rate": round(cusum.baseline_rate, 4), "baseline_labels": cusum.n_baseline,
                 "false_alarms_per_10k": self.cfg.error_false_alarms_per_10k}
 

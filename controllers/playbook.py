@@ -43,6 +43,7 @@ class Trigger:
     kind: str
     target: str
     severity: str = "act"
+    since: float | None = None  # the detector's estimate of when the change began (epoch seconds)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class SubmitRetrain:
     reason: str
     alerts: tuple[str, ...]
     search: bool = False  # search every member's hyperparameters, not only those whose retrain failed
+    since: float | None = None  # learn from rows answered since then (the latest change estimate)
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ class Playbook:
             self._s.search_due = now + every
         if self._s.job is not None:
             return None
-        search = False
+        search, since = False, None
         if manual is None:
             if (not self.cfg.enabled or now < self._s.not_before or self._s.probation is not None
                     or self._s.rollout is not None):
@@ -156,6 +158,7 @@ class Playbook:
             reason = "; ".join([f"{t.kind} on {t.target}" for t in acting]
                                + ([f"scheduled search (every {every:g} s)"] if search else []))
             alerts = tuple(t.alert for t in acting)
+            since = max((t.since for t in acting if t.since is not None), default=None)
         else:
             reason, alerts = f"operator: {manual}", ()
         if search:
@@ -163,8 +166,8 @@ class Playbook:
         self._s.seq += 1
         record = f"r{self._s.seq:04d}-{int(now)}"
         self._s.job = {"record": record, "job_id": None, "submitted_at": now, "reason": reason,
-                       "alerts": list(alerts), "search": search}
-        return SubmitRetrain(record, reason, alerts, search)
+                       "alerts": list(alerts), "search": search, "since": since}
+        return SubmitRetrain(record, reason, alerts, search, since)
 
     def submitted(self, job_id: str) -> None:
         if self._s.job is not None:

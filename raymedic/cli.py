@@ -8,13 +8,14 @@ the fix and exits 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from raymedic.config import ADMIN_TOKEN_ENV, APP_NAME, ServeFile, load_config
 from raymedic.errors import ConfigError, RaymedicError
@@ -526,7 +527,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---- bench ----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Ray's own workers print notices to this process's stdout (e.g. while Serve shuts down);
+    keep stdout for a JSON report alone by pointing fd 1 at stderr meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.scenario == "drift" and args.live:  # the same kind of streams through a deployed service
+        from raymedic import benchlive
+
+        names = tuple(n.strip() for n in args.live_scenarios.split(",")) if args.live_scenarios else \
+            benchlive.LiveDriftSettings().scenarios
+        live = benchlive.LiveDriftSettings(rows_per_s=args.rows_per_s, scenarios=names,
+                                           control_rows=args.control_rows)
+        if args.json:
+            with _stdout_to_stderr():
+                report = benchlive.run_live_drift(config_path=args.config, port=args.port, settings=live,
+                                                  progress=lambda m: print(m, file=sys.stderr, flush=True))
+            print(benchlive.dumps(report))
+        else:
+            report = benchlive.run_live_drift(config_path=args.config, port=args.port, settings=live,
+                                              progress=_progress)
+            print(benchlive.format_live_table(report))
+        return 0
     if args.scenario == "drift":  # pure NumPy/SciPy: no cluster, no Serve
         from raymedic import benchdrift
 
@@ -553,18 +586,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = bench.BenchSettings(rps=args.rps, deadline_s=args.deadline, fault_s=args.fault_seconds,
                                    slow_ms=args.slow_ms, faults=faults)
     if args.json:
-        # Ray's own workers print notices to this process's stdout (e.g. while Serve shuts
-        # down); keep stdout for the JSON alone by pointing fd 1 at stderr during the run.
-        sys.stdout.flush()
-        saved = os.dup(1)
-        os.dup2(2, 1)
-        try:
+        with _stdout_to_stderr():
             report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
                                               progress=lambda m: print(m, file=sys.stderr))
-        finally:
-            sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
         print(bench.dumps(report))
         return 0
     report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
@@ -688,6 +712,14 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--port", type=int, default=8011, help="HTTP port for the benchmark's service.")
     be.add_argument("--members", type=int, default=50, help="controller-step: members.")
     be.add_argument("--replicas", type=int, default=10, help="controller-step: replicas per member.")
+    be.add_argument("--live", action="store_true",
+                    help="drift: stream through a deployed service on an embedded cluster (HTTP, delayed "
+                         "feedback, the controller's detectors and healing loop), one seed.")
+    be.add_argument("--rows-per-s", type=float, default=50.0, help="drift --live: rows sent per second.")
+    be.add_argument("--control-rows", type=int, default=3000, help="drift --live: unchanged labelled rows of the "
+                                                                   "no-drift control (default 3000).")
+    be.add_argument("--live-scenarios", help="drift --live: comma list of 'mean +0.5 sd', 'mean +1 sd', 'sd x2', "
+                                             "'concept 60 deg' (default: all).")
     be.add_argument("--json", action="store_true", help="Print only the JSON report.")
 
     de = add("demo", cmd_demo, "The main job: an embedded local cluster, training, serving, live traffic.")

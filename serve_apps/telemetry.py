@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections import OrderedDict, defaultdict
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -116,15 +117,19 @@ class RecentOutputs:
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self._d: OrderedDict[str, dict[str, list[float]]] = OrderedDict()
+        self._ts: dict[str, float] = {}  # when each answer was given (a change point is dated by it)
 
     def add(self, ids: Sequence[str], member_probs: Mapping[str, np.ndarray],
-            ensemble: np.ndarray | None = None) -> None:
+            ensemble: np.ndarray | None = None, at: float | None = None) -> None:
+        at = time.time() if at is None else at
         for i, inference_id in enumerate(ids):
             self._d[inference_id] = {m: np.asarray(p[i], dtype=float).tolist() for m, p in member_probs.items()}
+            self._ts[inference_id] = at
             if ensemble is not None:
                 self._d[inference_id][ENSEMBLE_KEY] = np.asarray(ensemble[i], dtype=float).tolist()
         while len(self._d) > self.capacity:
-            self._d.popitem(last=False)
+            old, _ = self._d.popitem(last=False)
+            self._ts.pop(old, None)
 
     def add_source(self, ids: Sequence[str], source: str, probs: np.ndarray) -> None:
         """Another answer to requests already recorded (a challenger's, arriving after the reply)."""
@@ -151,13 +156,14 @@ class RecentOutputs:
 
 
     def labelled(self, ids: Sequence[str], class_indices: Sequence[int]) -> list[dict[str, Any]]:
-        """Each known answer with its label: {"y": k, "p": {member or "ensemble": probabilities}}."""
+        """Each known answer with its label: {"y": k, "p": {member or "ensemble": probabilities},
+        "ts": when it was answered}."""
         out = []
         for inference_id, k in zip(ids, class_indices):
             members = self._d.get(inference_id)
             if members:
                 out.append({"y": int(k), "p": {("ensemble" if m == ENSEMBLE_KEY else m): p
-                                               for m, p in members.items()}})
+                                               for m, p in members.items()}, "ts": self._ts.get(inference_id)})
         return out
 
 

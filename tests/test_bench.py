@@ -49,3 +49,25 @@ def test_replica_fault_bench_runs_both_systems(tmp_path):
     assert rows["plain Serve"]["detect_s"] is None  # Serve never notices a replica answering wrongly
     assert rows["raymedic"]["detect_s"] is not None  # the golden probes do
     assert out["controller_step"]["members"] == 50
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_live_drift_bench_streams_through_the_service(tmp_path):
+    from raymedic.config import load_config
+
+    # Detection needs no redundancy: one replica per member deploys faster.
+    members = [{"name": m, "kind": m, "replicas": 1, "num_cpus": 0.2, **({"fallback": True} if m == "logistic"
+                                                                          else {})}
+               for m in ("logistic", "mlp", "tabresnet")]
+    config = write_config(tmp_path / "raymedic.yaml", storage=tmp_path / "unused", port=free_port(),
+                          members=members)
+    copy_trained(load_config(config).config.resolved(), tmp_path / "home" / "bench-storage")
+    out = _bench(["drift", "--live", "--config", str(config), "--live-scenarios", "mean +1 sd", "--control-rows",
+                  "300", "--port", str(free_port())], tmp_path, 600)
+    assert out["control"]["rows"] == 300 and out["failed_requests"] == 0
+    (row,) = out["results"]
+    assert row["scenario"] == "mean +1 sd" and row["kind"] == "inputs"
+    # Through HTTP, the gateway's telemetry and the controller's monitor, a 1 sd shift is found well
+    # within the scenario's budget of changed rows.
+    assert row["detect_rows"] is not None and row["detect_rows"] < out["settings"]["max_post_rows"], row

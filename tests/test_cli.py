@@ -66,7 +66,11 @@ def records(df: pd.DataFrame) -> list[dict]:
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     port = free_port()
-    cfg = write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port,
+    # One replica per member: this module is about the command line, not redundancy (test_healing's).
+    members = [{"name": m, "kind": m, "replicas": 1, "num_cpus": 0.2, **({"fallback": True} if m == "logistic"
+                                                                          else {})}
+               for m in ("logistic", "mlp", "tabresnet")]
+    cfg = write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port, members=members,
                        data={"features": {"channel": {"unseen": "reject"}},
                              "window_rows": 300, "min_rows": 100, "check_period_s": 1.0})
     e = dict(os.environ, RAYMEDIC_HOME=str(tmp / "home"), PYTHONUNBUFFERED="1")
@@ -114,7 +118,7 @@ def test_train_up_status_predict_feedback_down(env):
     assert st["model"] == "churn"
     assert {m["name"]: m["version"] for m in st["members"]} == {"logistic": "v0001", "mlp": "v0001",
                                                                 "tabresnet": "v0001"}
-    assert all(len(m["replicas"]) == 2 for m in st["members"])
+    assert all(len(m["replicas"]) == 1 for m in st["members"])
     human = run(RAYMEDIC + ["status"], env=e).stdout
     assert "logistic (fallback)" in human and "v0001" in human
 

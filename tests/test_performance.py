@@ -75,11 +75,12 @@ def test_accuracy_decay_and_concept_drift_raise_breaches_and_healthy_labels_do_n
     assert again.check(now=103.0).concept_drift_at == 100.0  # survives a controller restart
 
 
-def _errors_as_pairs(errors, seed):
+def _errors_as_pairs(errors, seed, answered_at=None):
     """Labelled ensemble answers that are wrong exactly where ``errors`` is 1."""
     y = np.random.default_rng(seed).integers(0, 2, len(errors))
     pred = np.where(np.asarray(errors) > 0, 1 - y, y)
-    return [{"y": int(k), "p": {ENSEMBLE: [0.8, 0.2] if c == 0 else [0.2, 0.8]}} for k, c in zip(y, pred)]
+    return [{"y": int(k), "p": {ENSEMBLE: [0.8, 0.2] if c == 0 else [0.2, 0.8]},
+             **({"ts": answered_at} if answered_at is not None else {})} for k, c in zip(y, pred)]
 
 
 def test_error_cusum_baselines_on_the_first_live_labels_then_catches_a_rise_and_resumes_from_a_checkpoint():
@@ -96,7 +97,7 @@ def test_error_cusum_baselines_on_the_first_live_labels_then_catches_a_rise_and_
 
     def first_alarm(monitor: PerformanceMonitor) -> dict:
         for i in range(0, 400, 10):
-            monitor.add_labelled(_errors_as_pairs(worse[i:i + 10], i), now=10_000.0 + i)
+            monitor.add_labelled(_errors_as_pairs(worse[i:i + 10], i, answered_at=9_990.0 + i), now=10_000.0 + i)
             report = monitor.check(now=10_000.0 + i)
             if report.concept_drift_at is not None:
                 evidence = dict(report.breaches[("concept_drift", ENSEMBLE)][1])
@@ -110,6 +111,10 @@ def test_error_cusum_baselines_on_the_first_live_labels_then_catches_a_rise_and_
     assert straight["test"] == "cusum" and straight["at"] < 10_000.0 + 150
     assert straight["baseline_labels"] == 200 and 0.08 < straight["baseline_error_rate"] < 0.25
     assert 0 < straight["labels_since_change"] <= 150
+    # Dated by when the rows that began the rise were answered (each batch's answers carry a time).
+    assert 9_000.0 <= straight["change_at"] <= straight["at"] - 5, straight
+    # What a retrain since the change could learn from: the labels of answers given since then.
+    assert mon.labels_since(straight["change_at"]) == straight["at"] - straight["change_at"]  # 10 rows per 10 s
 
     mon.reset()  # new versions serve: a new baseline from their own labels
     assert mon.to_dict()["error_baseline"] == [] and mon.to_dict()["error_cusum"] is None
@@ -138,10 +143,11 @@ def test_label_free_estimate_tracks_accuracy_and_says_how_reliable_it_is():
 
 def test_gateway_joins_labels_to_every_member_and_the_ensemble():
     recent, calls = RecentOutputs(), CallRecorder()
-    recent.add(["a", "b"], {"mlp": np.array([[0.9, 0.1], [0.2, 0.8]])}, ensemble=np.array([[0.7, 0.3], [0.4, 0.6]]))
+    recent.add(["a", "b"], {"mlp": np.array([[0.9, 0.1], [0.2, 0.8]])}, ensemble=np.array([[0.7, 0.3], [0.4, 0.6]]),
+               at=50.0)
     pairs = recent.labelled(["a", "b", "unknown"], [0, 0])
-    assert pairs == [{"y": 0, "p": {"mlp": [0.9, 0.1], "ensemble": [0.7, 0.3]}},
-                     {"y": 0, "p": {"mlp": [0.2, 0.8], "ensemble": [0.4, 0.6]}}]
+    assert pairs == [{"y": 0, "p": {"mlp": [0.9, 0.1], "ensemble": [0.7, 0.3]}, "ts": 50.0},
+                     {"y": 0, "p": {"mlp": [0.2, 0.8], "ensemble": [0.4, 0.6]}, "ts": 50.0}]
     assert set(recent.losses(["a"], [0])) == {"mlp"}  # the ensemble is not a member to weight
     calls.add_labelled(pairs)
     calls.add_confidence([0.7, 0.6])

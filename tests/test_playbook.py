@@ -221,3 +221,21 @@ def test_the_better_of_a_retrained_and_a_searched_challenger_stands():
     assert kept["search"]["version"] == "v3" and kept["search"]["accuracy"] == 0.78
     assert _better(retrained_bad, verdict("v3", False, 0.65, best_config={}))["challenger_version"] == "v3"
     assert _better(retrained_ok, failed_search) is failed_search
+
+
+def test_a_retrain_learns_from_the_change_estimate_on_topped_up_to_the_minimum():
+    import pandas as pd
+
+    from train_jobs.labeled import TS_COLUMN
+    from train_jobs.retrain import since_change
+
+    recent = pd.DataFrame({"x": range(1000), TS_COLUMN: [1000.0 + i for i in range(1000)]})
+    assert since_change(recent, None, 300) is recent
+    assert list(since_change(recent, 1400.0, 300)["x"]) == list(range(400, 1000))  # 600 rows since the change
+    assert list(since_change(recent, 1900.0, 300)["x"]) == list(range(700, 1000))  # 100 since: topped up to 300
+    pb = Playbook(CFG)
+    sub = pb.step(0, [Trigger("d1", "concept_drift", "ensemble", since=1234.5), Trigger("d2", "accuracy_decay",
+                                                                                        "ensemble", since=1200.0)],
+                  labels=500)
+    assert sub.since == 1234.5 and pb.job["since"] == 1234.5  # the latest change estimate
+    assert Playbook(CFG).step(0, [DECAY], labels=500).since is None

@@ -67,8 +67,19 @@ def _reference_rows(storage: Storage, registry: ModelRegistry, model: str, membe
     return sample.sample(n=min(n, len(sample)), random_state=seed)
 
 
+def since_change(recent: pd.DataFrame, since: float | None, min_rows: int) -> pd.DataFrame:
+    """The recent rows answered since the change began, topped up with the newest rows before it up to
+    ``min_rows``: rows of the old concept teach the challenger the old answers, and a holdout full of
+    them judges it on a world that is gone."""
+    if since is None:
+        return recent
+    after = recent[recent[TS_COLUMN] >= since]
+    return after if len(after) >= min_rows else recent.tail(min_rows)
+
+
 def retrain(config: RaymedicConfig, *, reason: str = "manual", members: Sequence[str] | None = None,
-            now: float | None = None, search_all: bool = False, progress=print) -> dict[str, Any]:
+            now: float | None = None, search_all: bool = False, since: float | None = None,
+            progress=print) -> dict[str, Any]:
     """Train challengers on recent labels and gate them; returns the outcome record.
 
     ``search_all`` (the scheduled search): every member's hyperparameters are searched on the same
@@ -86,7 +97,8 @@ def retrain(config: RaymedicConfig, *, reason: str = "manual", members: Sequence
     champions = {m: registry.info(model, m, "champion") for m in chosen}
     schema = ModelSchema.from_dict(next(iter(champions.values())).metadata["schema"])
 
-    recent = recent_labeled(storage, model, schema, since=now - rc.lookback_s)
+    recent = since_change(recent_labeled(storage, model, schema, since=now - rc.lookback_s), since,
+                          rc.min_labeled_rows)
     if len(recent) < rc.min_labeled_rows:
         raise NotEnoughLabels(f"{len(recent)} labelled rows in the last {rc.lookback_s:.0f} s; a retrain needs "
                               f"retraining.min_labeled_rows={rc.min_labeled_rows} (send more feedback, or lower it)")
@@ -102,7 +114,7 @@ def retrain(config: RaymedicConfig, *, reason: str = "manual", members: Sequence
                             schema=schema, progress=progress,
                             metadata={"retrain": {"reason": reason, "recent_rows": len(train_recent),
                                                   "reference_rows": 0 if ref is None else len(ref),
-                                                  "holdout_rows": len(holdout),
+                                                  "holdout_rows": len(holdout), "since": since,
                                                   "window": [float(recent[TS_COLUMN].min()),
                                                              float(recent[TS_COLUMN].max())]}})
 
@@ -184,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--members", nargs="+", help="Only these members (default: all).")
     p.add_argument("--reason", default="manual", help="Why (recorded in the versions' metadata).")
     p.add_argument("--record", help="Write the outcome to retrain/<model>/<record>.json (default: a timestamp).")
+    p.add_argument("--since", type=float, help="Learn from rows answered since this time (epoch seconds; the "
+                   "detector's change estimate), topped up with older recent rows to min_labeled_rows.")
     p.add_argument("--search-all", action="store_true", help="Also search every member's hyperparameters "
                    "(Ray Tune + Optuna) and keep the better gated challenger (the scheduled search).")
     return p
@@ -211,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _config(args.storage_path, args.model)
         with connect_or_start():
-            outcome = retrain(config, reason=args.reason, members=args.members, search_all=args.search_all)
+            outcome = retrain(config, reason=args.reason, members=args.members, search_all=args.search_all,
+                              since=args.since)
         outcome["status"] = "gated"
     except NotEnoughLabels as exc:
         outcome, code = {"status": "skipped", "error": str(exc)}, EXIT_NOT_ENOUGH
