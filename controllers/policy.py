@@ -444,6 +444,8 @@ class HealingPolicy:
             need = max(1, obs.targets.get(inc.member, 1) - others)
             if gone and len(fresh) >= need:
                 inc.status, inc.recovered_at = "recovered", now
+                if inc.action:
+                    retired.add(inc.replica)
                 events.append(AuditEvent("recovered", f"{inc.member}/{inc.replica}",
                                          {"healthy_replicas": sorted(s.replica for s in fresh)},
                                          inc.action or "none", "ok", inc.id))
@@ -455,7 +457,6 @@ class HealingPolicy:
 
         avoid = {mem: tuple(sorted(i.replica for i in m.incidents.values() if i.member == mem and i.status == "open"))
                  for mem in by_member}
-        retired = {i.replica for i in m.incidents.values() if i.status == "recovered" and i.action}
         healthy = {mem: tuple(sorted(s.replica for s in snaps if _serving(s) and not self.open_incident(s.replica)
                                      and s.replica not in retired)) for mem, snaps in by_member.items()}
         standby: dict[str, tuple[str, ...]] = {}

@@ -21,19 +21,20 @@ and as JSON for the record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from raymedic.config import ADMIN_TOKEN_ENV, APP_NAME, RaymedicConfig, load_config
 from raymedic.http import request_json
 from raymedic.loadgen import Sample, open_loop, summarize
 
-__all__ = ["run_replica_faults", "run_controller_step"]
+__all__ = ["run_replica_faults", "run_controller_step", "bench_cluster"]
 
 Progress = Callable[[str], None]
 FAULT_MEMBER = {"kill": "mlp", "hang": "tabresnet", "slow": "mlp", "wrong": "tabresnet"}
@@ -349,32 +350,49 @@ def _scenario(system: _System, fault: str, s: BenchSettings, inputs: list[dict[s
     return result
 
 
-def run_replica_faults(*, config_path: str | None, port: int, settings: BenchSettings,
-                       progress: Progress) -> dict[str, Any]:
-    """Both systems, every fault, one embedded cluster; returns the figures."""
+@contextlib.contextmanager
+def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = False
+                  ) -> Iterator[RaymedicConfig]:
+    """An embedded Ray cluster and the config a benchmark deploys (storage under
+    ``RAYMEDIC_HOME/bench-storage``, its trained registry kept, every other state of an earlier run
+    cleared, the model trained if it is not); everything started here is shut down on exit."""
     import ray
 
-    from raymedic import service
-
-    os.environ.setdefault(ADMIN_TOKEN_ENV, os.urandom(16).hex())
     from cluster.local import LOCAL_LOGICAL_CPUS, raymedic_home
-
-    cfg = load_config(config_path).config
-    storage = str(raymedic_home() / "bench-storage")
-    cfg = cfg.model_copy(update={"storage_path": storage,
-                                 "chaos": cfg.chaos.model_copy(update={"enabled": True})}).resolved()
-    url = f"http://127.0.0.1:{port}"
-    results: list[dict[str, Any]] = []
+    from raymedic import service
     from raymedic.storage import Storage
 
-    for stale in (f"controller/{cfg.model}", f"audit/{cfg.model}", f"logs/{cfg.model}"):
-        Storage(storage).delete(stale)  # keep the trained registry, start the controller from scratch
+    os.environ.setdefault(ADMIN_TOKEN_ENV, os.urandom(16).hex())  # before any deploy: the admin routes' token
+    cfg = load_config(config_path).config
+    storage = str(raymedic_home() / "bench-storage")
+    update: dict[str, Any] = {"storage_path": storage}
+    if chaos:
+        update["chaos"] = cfg.chaos.model_copy(update={"enabled": True})
+    cfg = cfg.model_copy(update=update).resolved()
+    for stale in (f"controller/{cfg.model}", f"audit/{cfg.model}", f"logs/{cfg.model}", f"retrain/{cfg.model}"):
+        Storage(storage).delete(stale)  # keep the trained registry, start everything else from scratch
     progress(f"starting an embedded local Ray cluster ({LOCAL_LOGICAL_CPUS} logical CPUs)")
     ray.init(address="local", num_cpus=LOCAL_LOGICAL_CPUS, logging_level=logging.WARNING, log_to_driver=False)
     try:
-        from ray import serve
-
         service.ensure_trained(cfg, progress)
+        yield cfg
+    finally:
+        try:
+            from ray import serve
+
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def run_replica_faults(*, config_path: str | None, port: int, settings: BenchSettings,
+                       progress: Progress) -> dict[str, Any]:
+    """Both systems, every fault, one embedded cluster; returns the figures."""
+    from ray import serve
+
+    url = f"http://127.0.0.1:{port}"
+    results: list[dict[str, Any]] = []
+    with bench_cluster(config_path, progress, chaos=True) as cfg:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         inputs = _inputs(cfg)
         for system in (_Baseline(cfg, url), _Raymedic(cfg, url)):
@@ -389,13 +407,6 @@ def run_replica_faults(*, config_path: str | None, port: int, settings: BenchSet
                 results.append(_scenario(system, fault, settings, inputs, reference, progress))
             system.remove()
         step = run_controller_step()
-    finally:
-        try:
-            from ray import serve
-
-            serve.shutdown()
-        finally:
-            ray.shutdown()
     return {"settings": settings.__dict__, "results": results, "controller_step": step}
 
 

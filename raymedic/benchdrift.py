@@ -66,7 +66,8 @@ from controllers.sequential import (Calibration, ErrorCusum, ErrorCusumConfig, F
 from raymedic.errors import ConfigError
 from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec
 
-__all__ = ["DriftBenchSettings", "SCENARIOS", "run_drift_bench", "format_table", "dumps",
+__all__ = ["DriftBenchSettings", "SCENARIOS", "run_drift_bench", "format_table", "dumps", "xy", "fit_logistic",
+           "predict_logistic",
            "ks_window_scores", "page_hinkley_alarms"]
 
 Progress = Callable[[str], None]
@@ -145,7 +146,8 @@ class DriftBenchSettings:
 # ---- data and models ----------------------------------------------------------------------------
 
 
-def _xy(df: Any) -> tuple[np.ndarray, np.ndarray]:
+def xy(df: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of a generator table as arrays."""
     return df.iloc[:, :-1].to_numpy(dtype=float, copy=True), df.iloc[:, -1].to_numpy(copy=True)
 
 
@@ -158,20 +160,20 @@ def _post_rows(gen: SyntheticGenerator, sc: Scenario, n: int, seed: int) -> tupl
     final = Drift(mean_shift={FEATURE: sc.shift_sd} if sc.shift_sd else {},
                   scale={FEATURE: sc.scale} if sc.scale != 1.0 else {}, concept_rotation_deg=sc.rotation_deg)
     if not sc.ramp:
-        return _xy(gen.sample(n, seed=seed, drift=final))
+        return xy(gen.sample(n, seed=seed, drift=final))
     if sc.ramp == "gradual":  # row t comes from the new distribution with probability (t + 0.5) / RAMP_ROWS
-        x, y = _xy(gen.sample(RAMP_ROWS, seed=seed + 1))
-        x1, y1 = _xy(gen.sample(RAMP_ROWS, seed=seed + 2, drift=final))
+        x, y = xy(gen.sample(RAMP_ROWS, seed=seed + 1))
+        x1, y1 = xy(gen.sample(RAMP_ROWS, seed=seed + 2, drift=final))
         take = np.random.default_rng(seed).random(RAMP_ROWS) < (np.arange(RAMP_ROWS) + 0.5) / RAMP_ROWS
         x[take], y[take] = x1[take], y1[take]
         xs, ys = [x], [y]
     else:  # the mean climbs in steps of RAMP_STEP rows
         steps = RAMP_ROWS // RAMP_STEP
-        parts = [_xy(gen.sample(RAMP_STEP, seed=seed + 1 + i,
+        parts = [xy(gen.sample(RAMP_STEP, seed=seed + 1 + i,
                                 drift=Drift(mean_shift={FEATURE: (i + 0.5) / steps * sc.shift_sd})))
                  for i in range(steps)]
         xs, ys = [p[0] for p in parts], [p[1] for p in parts]
-    x, y = _xy(gen.sample(n - RAMP_ROWS, seed=seed, drift=final))
+    x, y = xy(gen.sample(n - RAMP_ROWS, seed=seed, drift=final))
     return np.concatenate(xs + [x]), np.concatenate(ys + [y])
 
 
@@ -212,7 +214,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, prior: np.ndarray | None = Non
     return w
 
 
-def _predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+def predict_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     return (x @ w[:-1] + w[-1] > 0).astype(np.int64)
 
 
@@ -222,7 +224,7 @@ def _cv_errors(x: np.ndarray, y: np.ndarray, folds: int = 5) -> np.ndarray:
     err = np.empty(len(y))
     for f in range(folds):
         w = fit_logistic(x[fold != f], y[fold != f])
-        err[fold == f] = _predict(w, x[fold == f]) != y[fold == f]
+        err[fold == f] = predict_logistic(w, x[fold == f]) != y[fold == f]
     return err
 
 
@@ -380,12 +382,12 @@ class _Seed:
 
 def _control(seed: int, gen: SyntheticGenerator, settings: DriftBenchSettings, feat_cfg: FeatureCusumConfig,
              feat_cal: Calibration, err_cfg: ErrorCusumConfig) -> _Seed:
-    ref_x, ref_y = _xy(gen.sample(settings.reference_rows, seed=_seed(seed, 0)))
+    ref_x, ref_y = xy(gen.sample(settings.reference_rows, seed=_seed(seed, 0)))
     w0 = fit_logistic(ref_x, ref_y)
     baseline = _cv_errors(ref_x, ref_y)
     err_cal = calibrate_errors(float(baseline.mean()), len(baseline), err_cfg)
-    cx, cy = _xy(gen.sample(settings.control_rows, seed=_seed(seed, 1)))
-    c_err = (_predict(w0, cx) != cy).astype(float)
+    cx, cy = xy(gen.sample(settings.control_rows, seed=_seed(seed, 1)))
+    c_err = (predict_logistic(w0, cx) != cy).astype(float)
     ends, d = ks_window_scores(ref_x, cx, window=settings.ks_window, step=settings.ks_step)
     return _Seed(seed=seed, ref_x=ref_x, w0=w0, baseline=baseline, err_cal=err_cal,
                  control_feature_alarms=len(FeatureCusum(ref_x, feat_cfg, calibration=feat_cal).update(cx).alarms),
@@ -398,10 +400,10 @@ def _scenario(sd: _Seed, i: int, sc: Scenario, gen: SyntheticGenerator, settings
               ph_thr: float) -> dict[str, Any]:
     """Both detector pairs and the four models on one stream of scenario ``sc``."""
     change, lag = settings.pre_rows, settings.label_delay
-    px, py = _xy(gen.sample(settings.pre_rows, seed=_seed(sd.seed, 10 + i)))
+    px, py = xy(gen.sample(settings.pre_rows, seed=_seed(sd.seed, 10 + i)))
     qx, qy = _post_rows(gen, sc, settings.post_rows, _seed(sd.seed, 20 + i))
     x, y = np.concatenate([px, qx]), np.concatenate([py, qy])
-    errors = (_predict(sd.w0, x) != y).astype(float)
+    errors = (predict_logistic(sd.w0, x) != y).astype(float)
     labelled = errors[: len(y) - lag]  # label j arrives with row j + lag: by the end, all but the last lag
     f_row, f_est, f_before = _first_alarm(FeatureCusum(sd.ref_x, feat_cfg, calibration=feat_cal), x, change)
     e_lab, e_est, e_before = _first_alarm(ErrorCusum(sd.baseline, err_cfg, calibration=sd.err_cal), labelled,
@@ -429,10 +431,10 @@ def _scenario(sd: _Seed, i: int, sc: Scenario, gen: SyntheticGenerator, settings
     ox, oy = _oracle_rows(gen, sc, settings.oracle_rows, _seed(sd.seed, 40 + i))
     return {
         "delay": tuple(None if d is None else d - change + 1 for d in delays), "before": before,
-        "fixed": _predict(sd.w0, x) == y,
+        "fixed": predict_logistic(sd.w0, x) == y,
         "healed_cusum": _healed(x, y, sd.w0, *c_alarm, settings),
         "healed_baseline": _healed(x, y, sd.w0, *b_alarm, settings),
-        "oracle": _predict(fit_logistic(ox, oy), x) == y,
+        "oracle": predict_logistic(fit_logistic(ox, oy), x) == y,
     }
 
 
@@ -442,7 +444,7 @@ def _scenario(sd: _Seed, i: int, sc: Scenario, gen: SyntheticGenerator, settings
 def _healed(x: np.ndarray, y: np.ndarray, w0: np.ndarray, alarm_row: int | None, change_est: int | None,
             settings: DriftBenchSettings) -> np.ndarray:
     """Correctness per row of the model healed after ``alarm_row`` (labels ``label_delay`` rows late)."""
-    correct = _predict(w0, x) == y
+    correct = predict_logistic(w0, x) == y
     if alarm_row is None:
         return correct
     start = max(0, int(change_est if change_est is not None else alarm_row))
@@ -455,7 +457,7 @@ def _healed(x: np.ndarray, y: np.ndarray, w0: np.ndarray, alarm_row: int | None,
         if len(np.unique(y[lo:hi])) < 2:
             continue
         w = fit_logistic(x[lo:hi], y[lo:hi], prior=w0, strength=PRIOR_STRENGTH)
-        correct[at:] = _predict(w, x[at:]) == y[at:]
+        correct[at:] = predict_logistic(w, x[at:]) == y[at:]
     return correct
 
 

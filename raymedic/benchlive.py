@@ -24,7 +24,6 @@ Figures, not assertions; every one is measured in the run that prints it.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from raymedic.config import ADMIN_TOKEN_ENV, RaymedicConfig, load_config
+from raymedic.config import ADMIN_TOKEN_ENV, RaymedicConfig
 from raymedic.http import request_json
 
 __all__ = ["LiveDriftSettings", "run_live_drift", "format_live_table"]
@@ -193,7 +192,7 @@ def _blocks(correct: np.ndarray, size: int) -> list[float]:
 
 def _concept(stream: _Stream, cfg: RaymedicConfig, sc: LiveScenario, gen: Any, s: LiveDriftSettings,
              progress: Progress) -> dict[str, Any]:
-    from raymedic.benchdrift import _predict, _xy, fit_logistic
+    from raymedic.benchdrift import fit_logistic, predict_logistic, xy
     from train_jobs.synthetic import Drift
 
     drift = Drift(concept_rotation_deg=sc.rotation_deg)
@@ -220,14 +219,14 @@ def _concept(stream: _Stream, cfg: RaymedicConfig, sc: LiveScenario, gen: Any, s
             return stream.rows_between(promoted_at[0], time.time()) >= 4 * s.block_rows
         return False
 
-    x, y = _xy(gen.sample(int(s.rows_per_s * s.heal_budget_s), seed=s.seed + 101, drift=drift))
+    x, y = xy(gen.sample(int(s.rows_per_s * s.heal_budget_s), seed=s.seed + 101, drift=drift))
     stream.send(x, y, labels=True, until=watch, max_s=s.heal_budget_s)
     batches = stream.sent[first:]
     xs = np.concatenate([b.x for b in batches])
     ys = np.concatenate([np.asarray(b.y) for b in batches])
     live = np.concatenate([np.asarray(b.pred) for b in batches]) == ys
-    ox, oy = _xy(gen.sample(s.oracle_rows, seed=s.seed + 202, drift=drift))
-    oracle = _predict(fit_logistic(ox, oy), xs) == ys
+    ox, oy = xy(gen.sample(s.oracle_rows, seed=s.seed + 202, drift=drift))
+    oracle = predict_logistic(fit_logistic(ox, oy), xs) == ys
     fixed = _fixed_probs(cfg, versions0, xs).argmax(axis=1) == ys
     b_live, b_oracle, b_fixed = (_blocks(c, s.block_rows) for c in (live, oracle, fixed))
     ok = [lv >= orc - s.within for lv, orc in zip(b_live, b_oracle)]
@@ -267,28 +266,16 @@ def _concept(stream: _Stream, cfg: RaymedicConfig, sc: LiveScenario, gen: Any, s
 
 def run_live_drift(*, config_path: str | None, port: int, settings: LiveDriftSettings,
                    progress: Progress) -> dict[str, Any]:
-    import ray
-
-    from cluster.local import LOCAL_LOGICAL_CPUS, raymedic_home
     from raymedic import service
+    from raymedic.bench import bench_cluster
+    from raymedic.benchdrift import xy
     from raymedic.storage import Storage
+    from train_jobs.registry import ModelRegistry
     from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec
-    from raymedic.benchdrift import _xy
 
-    os.environ.setdefault(ADMIN_TOKEN_ENV, os.urandom(16).hex())  # before the deploy: the admin routes' token
-    cfg = load_config(config_path).config
-    storage = str(raymedic_home() / "bench-storage")
-    cfg = cfg.model_copy(update={"storage_path": storage}).resolved()
-    for stale in (f"controller/{cfg.model}", f"audit/{cfg.model}", f"logs/{cfg.model}", f"retrain/{cfg.model}"):
-        Storage(storage).delete(stale)  # keep the trained registry, start everything else from scratch
-    progress(f"starting an embedded local Ray cluster ({LOCAL_LOGICAL_CPUS} logical CPUs)")
-    ray.init(address="local", num_cpus=LOCAL_LOGICAL_CPUS, logging_level=logging.WARNING, log_to_driver=False)
     url = f"http://127.0.0.1:{port}"
-    try:
-        service.ensure_trained(cfg, progress)
-        from train_jobs.registry import ModelRegistry
-
-        registry = ModelRegistry(Storage(storage))
+    with bench_cluster(config_path, progress) as cfg:
+        registry = ModelRegistry(Storage(cfg.storage_path))
         for m in cfg.members:  # every run starts from the first trained versions
             first = registry.versions(cfg.model, m.name)[0].version
             if registry.resolve(cfg.model, m.name, "champion") != first:
@@ -302,7 +289,7 @@ def run_live_drift(*, config_path: str | None, port: int, settings: LiveDriftSet
                  f"(labels {s.label_delay} rows late)")
         t0 = time.time()
         if s.control_rows:
-            x, y = _xy(gen.sample(s.control_rows, seed=s.seed))
+            x, y = xy(gen.sample(s.control_rows, seed=s.seed))
             stream.send(x, y, labels=True)
         st = request_json("GET", f"{url}/v1/status", timeout_s=10).body
         stream.status = st
@@ -321,7 +308,7 @@ def run_live_drift(*, config_path: str | None, port: int, settings: LiveDriftSet
             if not sc.rotation_deg:
                 request_json("POST", f"{url}/v1/admin/pause", {}, headers=admin, timeout_s=30)
             # Start from a quiet service: unchanged rows until no drift alert is open.
-            x, y = _xy(gen.sample(s.settle_rows, seed=s.seed + 10 + k))
+            x, y = xy(gen.sample(s.settle_rows, seed=s.seed + 10 + k))
             stream.send(x, y, labels=False, until=lambda st: not _open_drift(st))
             if sc.rotation_deg:
                 request_json("POST", f"{url}/v1/admin/resume", {}, headers=admin, timeout_s=30)
@@ -329,7 +316,7 @@ def run_live_drift(*, config_path: str | None, port: int, settings: LiveDriftSet
                 continue
             drift = Drift(mean_shift={FEATURE: sc.shift_sd} if sc.shift_sd else {},
                           scale={FEATURE: sc.scale} if sc.scale != 1.0 else {})
-            x, y = _xy(gen.sample(s.max_post_rows, seed=s.seed + 20 + k, drift=drift))
+            x, y = xy(gen.sample(s.max_post_rows, seed=s.seed + 20 + k, drift=drift))
             t_change = time.time()
             seen = stream.send(x, y, labels=False,
                                until=lambda st: bool(_incidents(st, ("drift",), t_change, FEATURE)))
@@ -344,13 +331,6 @@ def run_live_drift(*, config_path: str | None, port: int, settings: LiveDriftSet
             results.append(row)
         return {"settings": asdict(s), "control": control, "results": results, "failed_requests": stream.failed,
                 "feedback_retries": stream.feedback_retries}
-    finally:
-        try:
-            from ray import serve
-
-            serve.shutdown()
-        finally:
-            ray.shutdown()
 
 
 def format_live_table(report: dict[str, Any]) -> str:
