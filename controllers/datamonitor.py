@@ -308,6 +308,18 @@ class DataAlerts:
     def open(self) -> list[DataAlert]:
         return [a for a in self._alerts if a.status == "open"]
 
+    def supersede(self, kinds: frozenset[str], at: float, why: str) -> list[tuple[str, DataAlert]]:
+        """Clear the open alerts of ``kinds`` because what they judged was replaced (new model
+        versions serve, with their own reference): a decay measured on the old champions must not
+        retrain the new ones."""
+        events: list[tuple[str, DataAlert]] = []
+        for alert in self.open():
+            if alert.kind in kinds:
+                alert.status, alert.recovered_at = "cleared", at
+                alert.evidence = {**(alert.evidence or {}), "cleared_by": why}
+                events.append(("cleared", alert))
+        return events
+
     def update(self, report: DataReport) -> list[tuple[str, DataAlert]]:
         """Apply one data check; returns ("opened"|"escalated"|"cleared", alert) events to record."""
         current = {(kind, fc.name): (fc.drift if kind == "drift" else "warn", _evidence(fc, kind, self.cfg))

@@ -1,4 +1,4 @@
-"""Model-level healing actions: Ray Jobs for retraining, registry moves and redeploys.
+"""Model-level healing actions: Ray Jobs for retraining, registry moves, in-place version swaps.
 
 The controller owns one :class:`ModelHealer`. Decisions come from
 :class:`controllers.playbook.Playbook`; this module only performs them:
@@ -12,9 +12,11 @@ The controller owns one :class:`ModelHealer`. Decisions come from
   drops it; an operator can put any registered version on trial
   (``raymedic trial``);
 - a promotion moves the ``champion`` alias of the members that passed the gate
-  and redeploys the Serve application (a rolling update: the builder resolves
-  the new champions, old replicas serve until new ones are up);
-- a rollback moves ``champion`` back to ``previous`` and redeploys.
+  and has every running replica of those members swap to the new version in
+  place (``Member.load_version``, addressed to each replica like a probe): no
+  process restarts, so the new model serves within a second; a replica that
+  cannot swap is restarted, and a new one loads the alias's version;
+- a rollback moves ``champion`` back to ``previous`` and swaps the same way.
 All blocking calls run in threads so the controller's loop keeps healing replicas.
 """
 
@@ -23,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shlex
 import sys
 import time
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from controllers.playbook import Playbook, Promote, RolloutDone, SubmitRetrain, Trigger
-from raymedic.config import ADMIN_TOKEN_SHA_ENV, APP_NAME, RaymedicConfig, canary_app_name
+from raymedic.config import APP_NAME, RaymedicConfig, canary_app_name
 from raymedic.storage import Storage
 from train_jobs.registry import ModelRegistry
 from train_jobs.retrain import record_key
@@ -47,14 +48,14 @@ Record = Callable[..., None]  # (kind, target, evidence=..., action=..., outcome
 
 
 class ModelHealer:
-    def __init__(self, cfg: RaymedicConfig, storage: Storage, playbook: Playbook, record: Record,
-                 admin_sha: str | None, on_new_versions: Callable[[], None]) -> None:
+    def __init__(self, cfg: RaymedicConfig, storage: Storage, playbook: Playbook, record: Record, *,
+                 on_new_versions: Callable[[dict[str, str]], None], replicas: Callable[[str], list[str]]) -> None:
         self.cfg, self.storage, self.playbook, self._record = cfg, storage, playbook, record
-        self._on_new_versions = on_new_versions  # new versions serve: start their performance windows afresh
-        self.admin_sha = admin_sha
+        self._on_new_versions = on_new_versions  # new versions serve: golden sets, windows, gateways
+        self._replicas = replicas  # a member's RUNNING replica ids (the controller's Serve view)
         self._manual: str | None = None
         self._client: Any = None
-        self._bg: asyncio.Task | None = None  # a promotion or rollback (a redeploy takes tens of seconds)
+        self._bg: asyncio.Task | None = None  # a promotion or rollback in progress
         self._changed = False
         self._trial_ready = False  # set once this controller has (re)deployed the trial's challengers
 
@@ -108,8 +109,8 @@ class ModelHealer:
 
     async def step(self, now: float, triggers: Sequence[Trigger], labels: int,
                    live: dict[str, tuple[float, int]]) -> bool:
-        """Advance the playbook; True if anything changed (checkpoint it). Never blocks on a redeploy:
-        that runs as a background task so replica healing goes on meanwhile."""
+        """Advance the playbook; True if anything changed (checkpoint it). Never blocks on a promotion
+        or rollback: that runs as a background task so replica healing goes on meanwhile."""
         pb = self.playbook
         if self._bg is not None and not self._bg.done():
             return False
@@ -260,6 +261,13 @@ class ModelHealer:
         if member not in {m.name for m in self.cfg.members}:
             return {"error": f"no member {member!r}; members: {[m.name for m in self.cfg.members]}",
                     "status": 404}
+        # What is wrong with the request itself comes first (404/400): waiting would not fix it.
+        registry = ModelRegistry(self.storage)
+        try:
+            info = registry.info(self.cfg.model, member, ref)
+            champion = registry.info(self.cfg.model, member, "champion")
+        except Exception as exc:
+            return {"error": f"{exc}", "status": 404}
         pb = self.playbook
         busy = ("a retrain job is running" if pb.job else "a trial is running" if pb.rollout else
                 "a promotion or rollback is being deployed" if self.deploying else None)
@@ -269,12 +277,6 @@ class ModelHealer:
         if mode == "off":
             return {"error": "rollout.mode is off in the config: set it to canary or shadow, or ask for a "
                              "mode (--mode shadow)", "status": 409}
-        registry = ModelRegistry(self.storage)
-        try:
-            info = registry.info(self.cfg.model, member, ref)
-            champion = registry.info(self.cfg.model, member, "champion")
-        except Exception as exc:
-            return {"error": f"{exc}", "status": 404}
         if info.version == champion.version:
             return {"error": f"{ref!r} is the champion of {member!r} already ({info.version})", "status": 409}
         if info.metadata.get("schema") != champion.metadata.get("schema"):
@@ -308,15 +310,47 @@ class ModelHealer:
 
     # ---- promotion and rollback ------------------------------------------------------
 
-    def _redeploy(self) -> None:
-        """Deploy the application again: the builder resolves the (moved) champions."""
+    async def swap(self, versions: dict[str, str], *, only: str | None = None) -> dict[str, Any]:
+        """Every RUNNING replica of each member in ``versions`` loads its version in place.
+
+        Replicas are addressed one by one through the router's ``target`` (the same path as
+        a probe), all at once. One that does not confirm within ``swap_timeout_s`` is
+        restarted: Serve's replacement loads the champion alias, which already names the
+        new version. ``only``: that replica alone (one found serving another version).
+        Returns what each replica did, for the audit.
+        """
         from ray import serve
 
-        from serve_apps.app import build_app
+        timeout = self.cfg.controller.swap_timeout_s
+        calls: list[tuple[str, str, Any]] = []
+        for member, version in versions.items():
+            handle = serve.get_deployment_handle(member, app_name=APP_NAME)
+            for rid in self._replicas(member):
+                if only is not None and rid != only:
+                    continue
+                calls.append((member, rid, handle.load_version.remote(version, target=rid)))
 
-        if self.admin_sha:  # the admin routes keep the operator's token across the redeploy
-            os.environ[ADMIN_TOKEN_SHA_ENV] = self.admin_sha
-        serve.run(build_app(self.cfg.model_dump(mode="json")), name=APP_NAME, route_prefix="/", blocking=False)
+        async def one(member: str, rid: str, response: Any) -> tuple[str, str]:
+            try:
+                out = await asyncio.wait_for(response, timeout)
+                return out["version"], "ok"
+            except Exception as exc:
+                response.cancel()
+                await asyncio.to_thread(self._restart, member, rid)
+                return versions[member], f"restarted ({type(exc).__name__})"
+
+        done = await asyncio.gather(*(one(m, r, resp) for m, r, resp in calls))
+        return {f"{m}/{r}": {"version": v, "outcome": o} for (m, r, _), (v, o) in zip(calls, done)}
+
+    @staticmethod
+    def _restart(member: str, replica: str) -> None:
+        import ray
+
+        try:
+            ray.kill(ray.get_actor(f"SERVE_REPLICA::{APP_NAME}#{member}#{replica}", namespace="serve"),
+                     no_restart=True)
+        except Exception as exc:
+            log.warning("could not restart replica %s of %s after a failed swap: %r", replica, member, exc)
 
     async def promote(self, now: float, promote: Promote, *, probation: bool = True) -> None:
         registry = ModelRegistry(self.storage)
@@ -324,7 +358,8 @@ class ModelHealer:
         try:
             for member, version in promote.versions.items():
                 await asyncio.to_thread(registry.promote, self.cfg.model, member, version)
-            await self._deploy()
+            self._on_new_versions(dict(promote.versions))
+            replicas = await self.swap(dict(promote.versions))
         except Exception as exc:
             self._record("promote", self.cfg.model, evidence={"versions": promote.versions, "error": repr(exc)[:500]},
                          action="promote", outcome=f"failed: {exc}", incident=promote.record)
@@ -332,8 +367,7 @@ class ModelHealer:
         if probation:  # a live trial already compared it with the champion on the same requests
             self.playbook.promoted(now, promote)
         self._changed = True
-        self._on_new_versions()
-        self._record("promote", self.cfg.model, evidence={"versions": promote.versions,
+        self._record("promote", self.cfg.model, evidence={"versions": promote.versions, "replicas": replicas,
                                                             "holdout_accuracy": promote.holdout_accuracy},
                      action="promote", outcome="ok", incident=promote.record,
                      duration_s=round(time.monotonic() - t0, 3))
@@ -357,21 +391,19 @@ class ModelHealer:
                 moved[m] = aliases.get("champion", "?")
             except Exception as exc:
                 errors[m] = str(exc)
+        replicas: dict[str, Any] = {}
         if moved:
             try:
-                await self._deploy()
+                self._on_new_versions(dict(moved))
+                replicas = await self.swap(dict(moved))
             except Exception as exc:
-                errors["redeploy"] = str(exc)
+                errors["swap"] = str(exc)
             self.playbook.rolled_back()
             self._changed = True
-            self._on_new_versions()
         self._record("rollback", self.cfg.model, evidence={"reason": reason, "champion_now": moved,
-                                                             "errors": errors},
+                                                             "replicas": replicas, "errors": errors},
                      action="rollback", outcome="ok" if moved and not errors else f"errors: {errors}")
         return {"rolled_back": moved, "errors": errors}
-
-    async def _deploy(self) -> None:
-        await asyncio.to_thread(self._redeploy)
 
     def status(self) -> dict[str, Any]:
         pb = self.playbook

@@ -146,18 +146,20 @@ class PerformanceMonitor:
         self._cusum: ErrorCusum | None = None
         self._cusum_state: dict[str, Any] | None = None
         self._generation = 0  # bumped by reset(), so a check() racing it drops what it built
+        self._since: float | None = None  # answers before this came from versions replaced since
         if state:
             self._ph.load(state["page_hinkley"])
             self._drift_at = state.get("concept_drift_at")
             self._drift_evidence = dict(state.get("concept_drift") or {})
             self._baseline = [int(e) for e in state.get("error_baseline") or ()]
             self._cusum_state = state.get("error_cusum")
+            self._since = state.get("since")
 
     def to_dict(self) -> dict[str, Any]:
         cusum = self._cusum.state() if self._cusum is not None else self._cusum_state
         return {"page_hinkley": self._ph.to_dict(), "concept_drift_at": self._drift_at,
                 "concept_drift": self._drift_evidence, "error_baseline": list(self._baseline),
-                "error_cusum": cusum}
+                "error_cusum": cusum, "since": self._since}
 
     def add_labelled(self, pairs: Sequence[Mapping[str, Any]], now: float) -> bool:
         """``pairs``: {"y": class index, "p": {source: probabilities}}; True if concept drift fired."""
@@ -166,6 +168,8 @@ class PerformanceMonitor:
             y = int(pair["y"])
             if not 0 <= y < self.n_classes:
                 continue
+            if self._since is not None and pair.get("ts") is not None and float(pair["ts"]) < self._since:
+                continue  # answered by the versions replaced since: says nothing about the new ones
             for source, probs in pair["p"].items():
                 p = np.asarray(probs, dtype=float)
                 if p.shape != (self.n_classes,):
@@ -186,9 +190,11 @@ class PerformanceMonitor:
                                             "threshold": self.cfg.ph_lambda}
         return fired
 
-    def reset(self) -> None:
+    def reset(self, since: float | None = None) -> None:
         """New versions serve: their windows, the confidence window and the error-stream test start over
-        (an old version's errors say nothing about the new one's)."""
+        (an old version's errors say nothing about the new one's). ``since``: when they started serving;
+        labels that arrive later for answers given before it are not counted."""
+        self._since = since
         self._y.clear()
         self._p.clear()
         self._conf.clear()

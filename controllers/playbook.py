@@ -1,7 +1,7 @@
 """The model-level healing playbook: when to retrain, what to do with the verdict.
 
 Pure decisions over what the controller observed; the controller performs them
-(Ray Jobs submission, registry alias moves, a Serve redeploy). Rules:
+(Ray Jobs submission, registry alias moves, in-place version swaps). Rules:
 
 - Minor drift only warns. Material drift (an ``act`` drift alert) or accuracy
   decay / concept drift with enough recent labels triggers one retraining job.

@@ -10,6 +10,11 @@ from the system's reaction, which is mostly a new Ray worker importing Serve and
 PyTorch (5 s on an idle 2-core machine, about 11 s under load). The same scenarios run on raymedic and on the
 plain Serve baseline (:mod:`serve_apps.baseline`) of the same trained members.
 
+``saturation``: with no fault, open-loop load at rising rates on both systems: what
+each answers within the deadline at each rate, and the highest rate with no failure.
+A benchmark's fault figures only mean something below that rate (on a saturated
+machine they measure the machine).
+
 ``controller-step``: the healing policy's step time over synthetic observations
 of 50 members × 10 replicas, and one data-quality + drift check of a 2000-row
 window of 50 features (pure code, no cluster).
@@ -23,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import statistics
 import time
@@ -34,7 +38,7 @@ from raymedic.config import ADMIN_TOKEN_ENV, APP_NAME, RaymedicConfig, load_conf
 from raymedic.http import request_json
 from raymedic.loadgen import Sample, open_loop, summarize
 
-__all__ = ["run_replica_faults", "run_controller_step", "bench_cluster"]
+__all__ = ["run_replica_faults", "run_saturation", "run_controller_step", "bench_cluster"]
 
 Progress = Callable[[str], None]
 FAULT_MEMBER = {"kill": "mlp", "hang": "tabresnet", "slow": "mlp", "wrong": "tabresnet"}
@@ -42,7 +46,7 @@ FAULT_MEMBER = {"kill": "mlp", "hang": "tabresnet", "slow": "mlp", "wrong": "tab
 
 @dataclass(frozen=True)
 class BenchSettings:
-    rps: float = 10.0  # a 3-member ensemble saturates 2 cores near 25 req/s (4 Serve hops per request)
+    rps: float = 25.0  # below saturation on 2 cores while a replacement replica starts (`bench saturation`)
     deadline_s: float = 2.0
     warmup_s: float = 3.0
     fault_s: float = 20.0
@@ -358,7 +362,7 @@ def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = 
     cleared, the model trained if it is not); everything started here is shut down on exit."""
     import ray
 
-    from cluster.local import LOCAL_LOGICAL_CPUS, raymedic_home
+    from cluster.local import LOCAL_LOGICAL_CPUS, raymedic_home, start_embedded
     from raymedic import service
     from raymedic.storage import Storage
 
@@ -372,7 +376,7 @@ def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = 
     for stale in (f"controller/{cfg.model}", f"audit/{cfg.model}", f"logs/{cfg.model}", f"retrain/{cfg.model}"):
         Storage(storage).delete(stale)  # keep the trained registry, start everything else from scratch
     progress(f"starting an embedded local Ray cluster ({LOCAL_LOGICAL_CPUS} logical CPUs)")
-    ray.init(address="local", num_cpus=LOCAL_LOGICAL_CPUS, logging_level=logging.WARNING, log_to_driver=False)
+    start_embedded(log_to_driver=False)
     try:
         service.ensure_trained(cfg, progress)
         yield cfg
@@ -408,6 +412,60 @@ def run_replica_faults(*, config_path: str | None, port: int, settings: BenchSet
             system.remove()
         step = run_controller_step()
     return {"settings": settings.__dict__, "results": results, "controller_step": step}
+
+
+def run_saturation(*, config_path: str | None, port: int, rates: Sequence[float], duration_s: float = 15.0,
+                   deadline_s: float = 2.0, progress: Progress) -> dict[str, Any]:
+    """Both systems at each rate (no fault), one embedded cluster; returns the figures."""
+    from ray import serve
+
+    url = f"http://127.0.0.1:{port}"
+    results: list[dict[str, Any]] = []
+    with bench_cluster(config_path, progress) as cfg:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        inputs = _inputs(cfg)
+        for system in (_Baseline(cfg, url), _Raymedic(cfg, url)):
+            system.deploy(progress)
+            _wait(system.ready, 180, f"{system.name} to be whole")
+            asyncio.run(open_loop(system.predict_url, inputs, rps=min(rates), duration_s=10,
+                                  deadline_s=deadline_s))  # warm-up, not measured
+            for rps in sorted(rates):
+                samples = asyncio.run(open_loop(system.predict_url, inputs, rps=rps, duration_s=duration_s,
+                                                deadline_s=deadline_s))
+                row = {"system": system.name, "rps": rps, **summarize(samples)}
+                results.append(row)
+                progress(f"  {system.name:<12} {rps:>5.0f} req/s: failed {row['failed']:>4}/{row['requests']:<5} "
+                         f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms")
+                if row["failed"] * 2 > row["requests"]:  # past saturation: higher rates only fail more
+                    progress(f"  {system.name} failed most requests at {rps:.0f} req/s: higher rates not run")
+                    break
+                try:  # an overloaded system drains its queues before the next rate
+                    _wait(system.ready, 60, f"{system.name} to settle")
+                except TimeoutError:
+                    pass
+            system.remove()  # serve.delete returns once its replicas are stopped: the next gets the whole machine
+    best = {name: max((r["rps"] for r in results if r["system"] == name and r["failed"] == 0), default=None)
+            for name in ("plain Serve", "raymedic")}
+    return {"settings": {"rates": sorted(rates), "duration_s": duration_s, "deadline_s": deadline_s},
+            "results": results, "max_rps_without_failure": best}
+
+
+def format_saturation(report: dict[str, Any]) -> str:
+    st = report["settings"]
+    by = {(r["system"], r["rps"]): r for r in report["results"]}
+    lines = [f"open loop, {st['duration_s']:.0f} s per rate, client deadline {st['deadline_s']} s, no fault",
+             f"{'req/s':>6} {'metric':<16} {'plain Serve':>12} {'raymedic':>10} {'raymedic/plain':>15}"]
+    for rps in st["rates"]:
+        b, r = by.get(("plain Serve", rps), {}), by.get(("raymedic", rps), {})
+        if not b and not r:
+            continue
+        for key, label in (("failed", "failed requests"), ("p50_ms", "p50 (ms)"), ("p99_ms", "p99 (ms)")):
+            show = lambda v: "-" if v is None else v  # noqa: E731
+            lines.append(f"{rps:>6.0f} {label:<16} {str(show(b.get(key))):>12} {str(show(r.get(key))):>10} "
+                         f"{_ratio(r.get(key), b.get(key)):>15}")
+    best = report["max_rps_without_failure"]
+    lines.append(f"highest rate without a failure: plain Serve {best['plain Serve']}, raymedic {best['raymedic']} req/s")
+    return "\n".join(lines)
 
 
 def _ratio(a: Any, b: Any) -> str:

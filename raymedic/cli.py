@@ -290,13 +290,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2))
         return 0
     print(f"model {st['model']}  ({st['model_version']})  application {st['application']['status']}")
-    print(f"{'member':<14}{'version':<10}{'weight':>8}  {'state':<10}replicas")
+    names = {m["name"]: m["name"] + (" (fallback)" if m.get("fallback") else "") for m in st["members"]}
+    w = max([14] + [len(n) + 2 for n in names.values()])  # the name column fits the longest name
+    print(f"{'member':<{w}}{'version':<10}{'weight':>8}  {'state':<12}replicas")
     for m in st["members"]:
         reps = ", ".join(f"{r['id']}:{r['state']}" for r in m["replicas"]) or "-"
-        tag = " (fallback)" if m.get("fallback") else ""
-        print(f"{m['name'] + tag:<14}{m['version']:<10}{m['weight']:>8.3f}  {m['state']:<10}{reps}")
+        print(f"{names[m['name']]:<{w}}{m['version']:<10}{m['weight']:>8.3f}  {m['state']:<12}{reps}")
     gw = st["gateway"]
-    print(f"{'gateway':<14}{'':<10}{'':>8}  {gw['state']:<10}"
+    print(f"{'gateway':<{w}}{'':<10}{'':>8}  {gw['state']:<12}"
           + ", ".join(f"{r['id']}:{r['state']}" for r in gw["replicas"]))
     ctl = st["controller"]
     print(f"controller: {ctl['state']}" + (f" (pid {ctl['pid']}, step p50 {ctl.get('step_ms_p50')} ms)"
@@ -384,7 +385,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     out = _admin(args, "rollback", {"members": args.member} if args.member else {})
     print(json.dumps(out) if args.json else
           "rolling back: " + ", ".join(f"{m} → {v}" for m, v in out["champion_now"].items())
-          + " (the service redeploys in place; `raymedic status` shows the versions)")
+          + " (every replica swaps in place; `raymedic status` shows the versions)")
     return 0
 
 
@@ -571,6 +572,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from raymedic import bench
 
+    if args.scenario == "saturation":
+        try:
+            rates = [float(x) for x in args.rates.split(",") if x.strip()]
+        except ValueError:
+            rates = []
+        if not rates or any(r <= 0 for r in rates):
+            raise RaymedicError(f"--rates {args.rates!r}: give a comma list of positive request rates, e.g. 20,35,50")
+        run = lambda progress: bench.run_saturation(config_path=args.config, port=args.port,  # noqa: E731
+                                                     rates=rates, duration_s=args.seconds,
+                                                     deadline_s=args.deadline, progress=progress)
+        if args.json:
+            with _stdout_to_stderr():
+                report = run(lambda m: print(m, file=sys.stderr))
+            print(bench.dumps(report))
+        else:
+            report = run(_progress)
+            print()
+            print(bench.format_saturation(report))
+        return 0
     if args.scenario == "controller-step":
         out = bench.run_controller_step(members=args.members, replicas=args.replicas)
         print(json.dumps(out, indent=2) if args.json else
@@ -697,11 +717,15 @@ def _parser() -> argparse.ArgumentParser:
                          "ASHA); register the best as its 'challenger', not promoted."))
 
     be = add("bench", cmd_bench, "Recovery and speed figures, raymedic against plain Ray Serve in the same run.")
-    be.add_argument("scenario", choices=["replica-faults", "controller-step", "drift"])
-    be.add_argument("--rps", type=float, default=10.0,
-                    help="Open-loop request rate (default 10: either system saturates a 2-core laptop near 25 "
-                         "req/s, and a fault on a saturated machine measures the machine; use 50+ on a cluster). "
-                         "drift: the row rate that turns rows into seconds.")
+    be.add_argument("scenario", choices=["replica-faults", "saturation", "controller-step", "drift"])
+    be.add_argument("--rps", type=float, default=25.0,
+                    help="Open-loop request rate (default 25: on a 2-core laptop a 3-member ensemble serves ~50 "
+                         "req/s with no fault, but a replacement replica's start then starves both systems, and a "
+                         "fault on a saturated machine measures the machine; see `bench saturation`; use 50+ on a "
+                         "cluster). drift: the row rate that turns rows into seconds.")
+    be.add_argument("--rates", default="20,35,50,70",
+                    help="saturation: comma list of request rates to step through (default 20,35,50,70).")
+    be.add_argument("--seconds", type=float, default=15.0, help="saturation: load per rate (default 15 s).")
     be.add_argument("--seeds", type=int, default=30,
                     help="drift: seeds, each its own reference, no-drift control and stream per scenario "
                          "(default 30, ~1 min on 2 cores).")

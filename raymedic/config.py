@@ -62,7 +62,7 @@ CONTROLLER_NAMESPACE = "raymedic"
 
 ADMIN_TOKEN_ENV = "RAYMEDIC_ADMIN_TOKEN"
 ADMIN_TOKEN_SHA_ENV = "RAYMEDIC_ADMIN_TOKEN_SHA256"
-"""Set by the controller when it redeploys: it has only the token's hash, never the token."""
+"""The admin token's hash, for a deployer that has only the hash (never the token): see serve_apps.app."""
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "cluster" / "raymedic.yaml"
 
@@ -156,6 +156,18 @@ class GatewayConfig(_Strict):
         0.5, gt=0, le=10, description="Telemetry to / weights from the controller, one batched call per period "
         "(weights reach every gateway within one period plus a controller step)."
     )
+    coalesce_requests: int = Field(
+        16, ge=1, le=256, description="Small predict requests in flight together share one call per member "
+        "(Serve's @serve.batch): at most this many per call; 1 turns it off. Under load this is what keeps the "
+        "member calls per second, and so the CPU per request, from growing with the request rate.")
+    coalesce_rows: int = Field(
+        32, ge=1, description="Only requests of at most this many rows are coalesced; larger ones are batches "
+        "already and go out alone.")
+    coalesce_wait_s: float = Field(
+        0.002, ge=0, le=0.1, description="How long a coalesced call waits for company before it leaves.")
+    coalesce_concurrency: int = Field(
+        2, ge=1, le=64, description="Coalesced calls in flight at once per gateway replica; requests arriving "
+        "meanwhile wait and leave together in the next one.")
     on_head: bool = Field(
         False, description="Place gateway replicas on the Ray head node (custom resource "
         "node:__internal_head__). Where the HTTP proxy runs on the head only (`raymedic up --nodes N` turns "
@@ -216,6 +228,9 @@ class ControllerConfig(_Strict):
         1.0, gt=0, le=60, description="How often Serve's replica view and Ray's actor liveness are read; gateway "
         "telemetry and probes see a dead replica sooner under traffic.")
     probe_timeout_s: float = Field(0.8, gt=0, le=60, description="A probe unanswered this long counts as hung.")
+    swap_timeout_s: float = Field(
+        20.0, gt=0, le=600, description="A replica asked to serve a promoted (or rolled-back) version in place "
+        "must confirm within this; otherwise it is restarted and its replacement loads the new champion.")
     hang_probe_timeouts: int = Field(2, ge=1, description="Consecutive probe timeouts that mean hung.")
     slow_factor: float = Field(3.0, gt=1, description="Slow: median latency above this × its peers' ...")
     slow_min_excess_s: float = Field(0.2, ge=0, description="... and at least this much above them.")

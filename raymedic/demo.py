@@ -12,7 +12,6 @@ report table. Every figure printed is measured in this run.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import statistics
 import tempfile
@@ -102,7 +101,7 @@ def _drift_drill(url: str, model: str, gen, features: list[str], *, seed: int, b
 def run_demo(*, config_path: str | None, port: int, requests: int, progress: Callable[[str], None]) -> int:
     import ray
 
-    from cluster.local import LOCAL_LOGICAL_CPUS, raymedic_home
+    from cluster.local import LOCAL_LOGICAL_CPUS, raymedic_home, start_embedded
     from raymedic import service
     from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
 
@@ -112,8 +111,7 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
                                        "chaos": sf.config.chaos.model_copy(update={"enabled": True})}).resolved()
     os.environ.setdefault(ADMIN_TOKEN_ENV, os.urandom(16).hex())  # the drills use the admin chaos route
     progress(f"starting an embedded local Ray cluster ({LOCAL_LOGICAL_CPUS} logical CPUs)")
-    ctx = ray.init(address="local", num_cpus=LOCAL_LOGICAL_CPUS, include_dashboard=True, logging_level=logging.WARNING,
-                   log_to_driver=False)
+    ctx = start_embedded(include_dashboard=True, log_to_driver=False)
     dashboard = getattr(ctx, "dashboard_url", None)
     try:
         t0 = time.monotonic()

@@ -1,9 +1,11 @@
 """The Serve application builder: ``import_path: serve_apps.app:build_app``.
 
 Both ``raymedic up`` and ``serve deploy cluster/raymedic.yaml`` go through
-:func:`build_app`, so the two deploy paths cannot drift apart. The builder resolves
-each member's champion to a concrete version once, checks that all members share
-one schema, and wires the gateway to one deployment per member.
+:func:`build_app`, so the two deploy paths cannot drift apart. The builder checks
+that every member has a champion and that all share one schema, and wires the
+gateway to one deployment per member. Member replicas load their ``champion`` when
+they start; promotions and rollbacks then swap versions in place (see
+:mod:`serve_apps.member`), so the application is deployed once, not per promotion.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from serve_apps.gateway import Gateway
 from serve_apps.member import Member
 from serve_apps.routing import AvoidingRouter
 from serve_apps.validation import input_policies
-from train_jobs.registry import ModelRegistry
+from train_jobs.registry import CHAMPION, ModelRegistry
 from train_jobs.schema import ModelSchema
 
 __all__ = ["build_app", "build_canary_app", "resolve_versions"]
@@ -89,7 +91,7 @@ def build_app(args: dict[str, Any]) -> Application:
             logging_config=logging_config,
             ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
             request_router_config=router,
-        ).bind(model=config.model, member=m.name, version=versions[m.name], storage_path=config.storage_path,
+        ).bind(model=config.model, member=m.name, version=CHAMPION, storage_path=config.storage_path,
                use_gpu=m.num_gpus > 0, chaos=config.chaos.enabled)
         for m in config.members
     }

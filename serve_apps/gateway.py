@@ -133,6 +133,11 @@ class _MemberAnswer:
     latency_s: float
     attempts: int
 
+    def rows(self, start: int, stop: int) -> "_MemberAnswer":
+        """This answer for rows ``start:stop`` of a coalesced call."""
+        return _MemberAnswer(self.probabilities[start:stop], self.replica, self.version, self.latency_s,
+                             self.attempts)
+
 
 async def _await(response: Any) -> Any:
     return await response
@@ -192,6 +197,13 @@ class Gateway:
         self._trial: dict[str, Any] | None = None
         self._challengers: dict[str, Any] = {}
         self._shadow: set[asyncio.Task] = set()
+        gw = self._cfg.gateway
+
+        async def coalesced(groups: list[list[list[Any]]]) -> list[dict[str, _MemberAnswer]]:
+            return await self._fan_out_together(groups)  # called with one request's rows; Serve groups them
+
+        self._coalesced = serve.batch(max_batch_size=gw.coalesce_requests, batch_wait_timeout_s=gw.coalesce_wait_s,
+                                      max_concurrent_batches=gw.coalesce_concurrency)(coalesced)
         loop = asyncio.get_event_loop()
         self._flusher = loop.create_task(self._flush_forever())
         self._syncer = loop.create_task(self._sync_forever()) if self._cfg.controller.enabled else None
@@ -229,6 +241,7 @@ class Gateway:
                     self._standby = {m: list(v) for m, v in reply.get("standby", {}).items()}
                     self._paused = bool(reply.get("paused"))
                     self._trial = reply.get("trial") or None
+                    self._versions.update(reply.get("versions") or {})  # promotions swap versions in place
                     self._epoch = int(reply["epoch"])
             except Exception as exc:  # controller down or restarting: keep the last weights
                 if not isinstance(exc, (ValueError, asyncio.TimeoutError)):
@@ -345,6 +358,34 @@ class Gateway:
             log.warning("member %s replica %s timed out after %.2f s", name, replica or "?", gw.member_timeout_s)
         return None
 
+    async def _fan_out(self, rows: list[list[Any]]) -> dict[str, _MemberAnswer]:
+        """Every member's answer for ``rows`` (members that did not answer in time are left out).
+
+        Small requests in flight together are coalesced into one call per member (see
+        ``gateway.coalesce_*``): per-call costs (routing, serialisation, a task on the replica)
+        are paid once per group instead of once per request, so the ensemble keeps up with
+        the request rate on few cores.
+        """
+        gw = self._cfg.gateway
+        if gw.coalesce_requests > 1 and len(rows) <= gw.coalesce_rows:
+            return await self._coalesced(rows)
+        return await self._fan_out_now(rows)
+
+    async def _fan_out_now(self, rows: list[list[Any]]) -> dict[str, _MemberAnswer]:
+        results = await asyncio.gather(*(self._call_member(m, rows) for m in self._order))
+        return {m: r for m, r in zip(self._order, results) if r is not None}
+
+    async def _fan_out_together(self, groups: list[list[list[Any]]]) -> list[dict[str, _MemberAnswer]]:
+        """One call per member for several requests' rows; each request gets its own rows back."""
+        if len(groups) == 1:
+            return [await self._fan_out_now(groups[0])]
+        answers = await self._fan_out_now([row for rows in groups for row in rows])
+        out, start = [], 0
+        for rows in groups:
+            out.append({m: a.rows(start, start + len(rows)) for m, a in answers.items()})
+            start += len(rows)
+        return out
+
     async def _call_challenger(self, name: str, rows: list[list[Any]], version: str) -> np.ndarray | None:
         """A challenger's answer within the member deadline, or None (counted as a failed call)."""
         try:
@@ -460,8 +501,7 @@ class Gateway:
         trial = self._trial
         on_trial = trial["members"] if trial and random.random() < float(trial["share"]) else {}
         challengers = {m: asyncio.ensure_future(self._call_challenger(m, rows, v)) for m, v in on_trial.items()}
-        results = await asyncio.gather(*(self._call_member(m, rows) for m in self._order))
-        answers = {m: r for m, r in zip(self._order, results) if r is not None}
+        answers = await self._fan_out(rows)
         served = {m: a.probabilities for m, a in answers.items()}
         canary: dict[str, np.ndarray] = {}
         if challengers and trial["mode"] == "canary":  # its answer in the champion's place; the champion's kept
@@ -479,7 +519,8 @@ class Gateway:
         labels = [classes[int(k)] for k in probs.argmax(axis=1)]
         now = time.time()
         ids = [new_inference_id(now) for _ in rows]
-        version = ",".join(f"{m}:{on_trial[m] if m in canary else self._versions[m]}" for m in combo.members_used)
+        # The versions that answered (a promotion swaps replicas one by one: each answer names its own).
+        version = ",".join(f"{m}:{on_trial[m] if m in canary else answers[m].version}" for m in combo.members_used)
         outputs = [
             json.dumps({m: {"probabilities": served[m][i].round(6).tolist(),
                             "replica": "challenger" if m in canary else answers[m].replica,

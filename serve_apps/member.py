@@ -1,13 +1,19 @@
-"""One ensemble member as a Serve deployment: a pinned, verified version per replica.
+"""One ensemble member as a Serve deployment: a verified version per replica.
 
-Every replica loads the same version id (resolved once by the app builder, not
-the moving ``champion`` alias), so a promotion mid-rollout can never leave a
-member's replicas serving two different models by accident. The registry verifies
-the artifact's sha256 before anything is deserialised.
+A replica of the main application loads the member's ``champion`` when it starts
+(a canary replica loads the one version on trial), and a promotion or rollback
+swaps the version in place on every running replica (:meth:`Member.load_version`,
+called by the controller on each replica after it moved the alias): no process
+restarts, so the new model serves within a second of the decision instead of
+after a rolling redeploy, and a replica Serve starts later loads the alias's
+current version. Every answer names the version that produced it, and the
+controller's probes judge a replica against the golden outputs of that version.
+The registry verifies the artifact's sha256 before anything is deserialised.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any, Sequence
@@ -34,11 +40,11 @@ class Member:
         import torch
 
         torch.set_num_threads(1)  # many small replicas share few cores; intra-op threads only contend
-        loaded = ModelRegistry(Storage(storage_path)).load(model, member, version)
-        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self._model = unpack(loaded.files, device=device)
-        self._member = member
-        self._version = loaded.info.version
+        self._registry = ModelRegistry(Storage(storage_path))
+        self._model_name, self._member = model, member
+        self._device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self._model, self._version = self._load(version)
+        device = self._device
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._chaos = chaos
         self._fault = ReplicaFault()
@@ -56,6 +62,22 @@ class Member:
             probs = self._fault.after_inference(probs)
         return {"probabilities": probs, "replica": self._replica, "version": self._version,
                 "member": self._member}
+
+    def _load(self, ref: str) -> tuple[Any, str]:
+        loaded = self._registry.load(self._model_name, self._member, ref)
+        return unpack(loaded.files, device=self._device), loaded.info.version
+
+    async def load_version(self, version: str, target: str | None = None) -> dict[str, Any]:
+        """Serve another registered version of this member from now on (a promotion or rollback).
+
+        The new model is read and verified off the event loop, then swapped in one
+        assignment: a call in flight finishes on the model it started with, the next
+        one gets the new model. ``target`` is honoured by raymedic's router.
+        """
+        model, loaded = await asyncio.to_thread(self._load, version)
+        self._model, self._version = model, loaded
+        log.info("member %s replica %s now serves %s", self._member, self._replica, loaded)
+        return {"replica": self._replica, "version": loaded, "member": self._member, "pid": os.getpid()}
 
     async def chaos(self, mode: str | None, delay_ms: float | None = None, target: str | None = None,
                     only: str | None = None) -> dict[str, Any]:

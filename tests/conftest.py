@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import shutil
 import socket
 import time
@@ -121,6 +120,7 @@ def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
     import ray
     from ray import serve
 
+    from cluster.local import start_embedded
     from raymedic import service
     from raymedic.config import load_config
 
@@ -128,7 +128,7 @@ def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
     cfg = load_config(write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port,
                                    **overrides)).config.resolved()
     copy_trained(cfg, tmp / "storage")  # the same members trained the same way earlier: a copy, not a retrain
-    ray.init(address="local", num_cpus=8, logging_level=logging.WARNING, log_to_driver=False)
+    start_embedded(log_to_driver=False)
     try:
         service.ensure_trained(cfg, print)
         remember_trained(cfg, tmp / "storage", tmp / "trained")

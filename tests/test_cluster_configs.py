@@ -70,6 +70,20 @@ def test_ray_cluster_launcher_config_has_head_cpu_and_gpu_workers():
     assert types["gpu_worker"]["min_workers"] == 0  # GPUs only when something asks for them
 
 
+def test_every_cluster_config_starts_ray_with_serves_fast_path():
+    """The pods, the cluster launcher's nodes and raymedic's own launchers all run Serve the same way."""
+    from cluster.local import SERVE_FAST_PATH
+
+    spec = _manifest()["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
+    for group in pods:
+        env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert {k: env.get(k) for k in SERVE_FAST_PATH} == SERVE_FAST_PATH, group.get("groupName", "head")
+    doc = yaml.safe_load((REPO / "ray-cluster.yaml").read_text())
+    for cmd in (doc["head_start_ray_commands"][-1], doc["worker_start_ray_commands"][-1]):
+        assert all(f"{k}={v} " in cmd for k, v in SERVE_FAST_PATH.items()) and "ray start" in cmd, cmd
+
+
 def test_local_plan_gives_every_node_its_own_ports_dirs_and_labels(tmp_path):
     plan = plan_cluster(4, cpus_per_node=3, gpu_nodes=1, root=str(tmp_path / "raymedic-x"))
     assert [(n.name, n.node_type, n.num_cpus, n.num_gpus) for n in plan.nodes] == [
@@ -138,3 +152,18 @@ def test_run_file_round_trip():
     assert cluster.node("head").session_id == 123
     with pytest.raises(ConfigError, match="nodes are"):
         cluster.node("worker-9")
+
+
+def test_serve_fast_path_needs_haproxy_and_yields_to_the_operator(monkeypatch):
+    import os
+
+    from cluster.local import SERVE_FAST_PATH, use_serve_fast_path
+
+    for key in SERVE_FAST_PATH:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")  # as on a platform without one
+    assert use_serve_fast_path() is False and not any(k in os.environ for k in SERVE_FAST_PATH)
+    monkeypatch.delenv("RAY_SERVE_HAPROXY_BINARY_PATH")
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # the operator opted out: left alone
+    assert use_serve_fast_path() is False and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ

@@ -125,6 +125,21 @@ def test_alerts_open_once_escalate_and_clear_after_clean_checks_and_survive_a_re
     assert restarted.alerts[0].recovered_at is not None and restarted.alerts[0].to_dict()["target"] == "channel"
 
 
+def test_new_versions_supersede_model_and_drift_alerts_but_not_data_quality():
+    """A decay or drift judged against the replaced champions must not retrain the new ones."""
+    alerts = DataAlerts(CFG)
+    df = table(600, seed=4, missing=0.3, channel_p=(0.05, 0.05, 0.9))
+    alerts.update(monitor_with(df).check())
+    alerts.apply({("accuracy_decay", "ensemble"): ("act", {"accuracy": 0.3})}, 10.0,
+                 kinds=frozenset({"accuracy_decay"}))
+    kinds = {a.kind for a in alerts.open()}
+    assert {"drift", "missing_values", "accuracy_decay"} <= kinds
+    events = alerts.supersede(frozenset({"accuracy_decay", "concept_drift", "drift"}), 20.0, "new versions")
+    assert {a.kind for _, a in events} == {"drift", "accuracy_decay"} and all(e == "cleared" for e, _ in events)
+    assert all(a.recovered_at == 20.0 and a.evidence["cleared_by"] == "new versions" for _, a in events)
+    assert {a.kind for a in alerts.open()} == {"missing_values"}
+
+
 def test_drift_statistics_on_known_inputs():
     rng = np.random.default_rng(0)
     ref = np.sort(rng.normal(0, 1, 2000))

@@ -123,6 +123,22 @@ def test_error_cusum_baselines_on_the_first_live_labels_then_catches_a_rise_and_
     assert len(mon.to_dict()["error_baseline"]) == 300  # no error yet: no rate to test against, still waiting
 
 
+def test_labels_for_answers_of_replaced_versions_do_not_count_after_a_promotion():
+    """Promotions swap versions within a second; feedback for answers the old champions gave keeps
+    arriving after it and must not read as a decay of the new ones."""
+    mon = PerformanceMonitor(2, PerformanceSettings(min_labels=50))
+    mon.reset(since=1_000.0)
+    mon.add_labelled(_errors_as_pairs(np.ones(200, dtype=int), 1, answered_at=990.0), now=1_005.0)  # old answers
+    assert mon.labels() == 0
+    mon.add_labelled(_errors_as_pairs(np.zeros(80, dtype=int), 2, answered_at=1_001.0), now=1_006.0)
+    assert mon.labels() == 80
+    report = mon.check(now=1_006.0)
+    assert ("accuracy_decay", ENSEMBLE) not in report.breaches
+    restarted = PerformanceMonitor(2, PerformanceSettings(min_labels=50), state=mon.to_dict())
+    restarted.add_labelled(_errors_as_pairs(np.ones(10, dtype=int), 3, answered_at=999.0), now=1_010.0)
+    assert restarted.labels() == 0  # the cut survives a controller restart
+
+
 def test_label_free_estimate_tracks_accuracy_and_says_how_reliable_it_is():
     cfg = PerformanceSettings(min_labels=100)
     mon = PerformanceMonitor(2, cfg)

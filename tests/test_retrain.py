@@ -4,8 +4,8 @@ The drift comes in through the HTTP API exactly as a user's traffic would: rows
 from a rotated concept are predicted, and their true labels sent as feedback.
 The controller must notice the decay, submit a retraining job through the Ray
 Jobs API, gate the challengers on the newest labels, put the winners on a live
-canary trial next to their champions, promote the ones that hold up with a
-rolling redeploy — drop a challenger that does not — and an operator must be
+canary trial next to their champions, promote the ones that hold up (swapped in
+place on every replica, no process restarted) — drop a challenger that does not — and an operator must be
 able to roll back.
 """
 
@@ -61,6 +61,26 @@ class Svc:
     def versions(self) -> dict[str, str]:
         return {m["name"]: m["version"] for m in self.status()["members"]}
 
+    def served(self, n: int = 12) -> dict[str, set[str]]:
+        """The versions that actually answered ``n`` predictions, per member (each answer names them).
+
+        Fresh rows each time: the same rows sent again and again would look like input drift."""
+        self._served_calls = getattr(self, "_served_calls", 0) + 1
+        rows = GEN.sample(n, seed=5000 + self._served_calls, drift=DRIFT)
+        features = [c for c in rows.columns if c != "label"]
+        seen: dict[str, set[str]] = {}
+        for rec in rows[features].to_dict("records"):
+            r = request_json("POST", f"{self.url}/v1/models/{self.cfg.model}:predict", {"instances": [rec]},
+                             timeout_s=30)
+            assert r.status == 200, r.body
+            for part in r.body["model_version"].split(","):
+                member, _, version = part.partition(":")
+                seen.setdefault(member, set()).add(version)
+        return seen
+
+    def pids(self) -> dict[str, set[int]]:
+        return {m["name"]: {r["pid"] for r in m["replicas"]} for m in self.status()["members"]}
+
     def retraining(self) -> dict:
         return self.status()["controller"].get("retraining") or {}
 
@@ -86,6 +106,38 @@ class Svc:
                 assert f.status == 200 and f.body["accepted"] == len(part), f.body
         return right / n
 
+    def operator_mode(self) -> None:
+        """From here on only the operator starts retrains (what an operator gets by redeploying with
+        ``retraining.enabled: false``), and whatever the controller had started is finished first.
+
+        The tests after the automatic heal exercise operator actions on a known state. Left on, the
+        controller rightly keeps working on a member that could not learn the rotated concept well
+        (logistic regression on a non-linear boundary) and its jobs and trials would race the
+        operator's; they do finish: the trial is fed labelled traffic until it has a verdict."""
+        from controllers.client import get_controller
+        from controllers.controller import config_key
+
+        storage = Storage(self.cfg.storage_path)
+        if self.retraining().get("enabled"):
+            doc = json.loads(storage.read_text(config_key(self.cfg.model)))
+            doc["config"]["retraining"]["enabled"] = False
+            storage.write_text(config_key(self.cfg.model), json.dumps(doc))
+            ray.get(get_controller().reload.remote(), timeout=60)
+        seeds = iter(range(9000, 10000))
+
+        def idle() -> bool:
+            r = self.retraining()
+            if not any(r.get(k) for k in ("job", "trial", "deploying")):
+                return True
+            self.traffic(60, seed=next(seeds))  # labels for a running trial's verdict
+            return False
+
+        wait_for(idle, timeout_s=420, what="the controller to finish the job or trial it had started")
+        wait_for(lambda: not _canary_apps(), timeout_s=60, what="the challengers' own applications to go")
+        # A promotion finishing meanwhile rewrote the same document: both changes must have held.
+        doc = json.loads(storage.read_text(config_key(self.cfg.model)))
+        assert self.retraining()["enabled"] is False and doc["versions"] == self.versions(), doc["versions"]
+
     def audit_kinds(self) -> list[str]:
         from controllers.audit import read_audit
 
@@ -96,6 +148,7 @@ def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
     import time
 
     before = svc.versions()
+    pids = svc.pids()
     t0 = time.monotonic()
     acc_drifted = svc.traffic(400, seed=11)
     assert acc_drifted < 0.5, acc_drifted  # the old concept's model is now mostly wrong
@@ -115,8 +168,8 @@ def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
     passed = {m for m, g in done["gate"].items() if g["passed"]}
     assert passed and all(done["gate"][m]["challenger_accuracy"] > done["gate"][m]["champion_accuracy"]
                           for m in passed)
-    # The winners go on a canary trial: labelled live traffic decides; then the rolling redeploy
-    # serves the promoted versions, and the others keep theirs.
+    # The winners go on a canary trial: labelled live traffic decides; then every replica
+    # swaps to the promoted versions, and the others keep theirs.
     seeds = iter(range(100, 1000))
     wait_for(lambda: svc.traffic(60, seed=next(seeds)) is not None and all(
         (svc.versions()[m] != before[m]) == (m in passed) for m in before), timeout_s=300,
@@ -128,6 +181,11 @@ def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
         live = trial["live"][m]
         assert trial["verdicts"][m][0] == "promote" and live["labels"] >= 60, trial
         assert live["challenger_accuracy"] > live["champion_accuracy"], trial
+    # Promoted in place: the same replica processes answer, now with the new versions.
+    now = svc.versions()
+    wait_for(lambda: all(svc.served()[m] == {now[m]} for m in now), timeout_s=60,
+             what=f"every replica to answer with the promoted versions {now}")
+    assert svc.pids() == pids, (pids, svc.pids())
     acc_after = svc.traffic(300, seed=12)
     print(f"\nconcept drift (150°) healed: accuracy {acc_drifted:.3f} → {acc_after:.3f}; from the first drifted "
           f"request: job gated after {t_gated:.0f} s, canary trial done and promoted after {t_promoted:.0f} s "
@@ -138,6 +196,8 @@ def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
              what=f"the trial and promotion to be audited (retraining: {svc.retraining()})")
     wait_for(lambda: not _canary_apps(), timeout_s=60, what="the challengers' own applications to go")
     svc.passed, svc.before = passed, before
+    # The member that learnt the new concept best: the operator tests below trial and roll it back.
+    svc.best = max(passed, key=lambda m: done["gate"][m]["challenger_accuracy"])
 
 
 def _canary_apps() -> list[str]:
@@ -151,6 +211,8 @@ def _canary_apps() -> list[str]:
 def test_a_bad_challenger_is_rejected_by_the_gate(svc):
     from train_jobs.registry import ModelRegistry
     from train_jobs.retrain import retrain
+
+    svc.operator_mode()
 
     # Deliberately bad: one epoch at a negligible learning rate is an untrained network.
     cfg = svc.cfg.model_copy(update={
@@ -184,7 +246,8 @@ def test_a_bad_challenger_is_rejected_by_the_gate(svc):
 
 
 def test_a_challenger_that_is_worse_live_is_dropped_by_the_canary(svc):
-    member = sorted(svc.passed)[0]
+    svc.operator_mode()
+    member = svc.best
     champion = svc.versions()[member]
     for body, code, words in [({"member": "nope"}, 404, "no member"), ({"member": member, "version": "v-nope"},
                                                                          404, "v-nope"), ({}, 400, "member")]:
@@ -193,9 +256,9 @@ def test_a_challenger_that_is_worse_live_is_dropped_by_the_canary(svc):
     assert svc.admin("trial", {"member": member, "mode": "yolo"}).status == 400
     # The version it replaced knows only the old concept: on today's traffic it is mostly wrong.
     # In shadow mode it sees the requests but none of its answers reach a client.
-    r = svc.admin("trial", {"member": member, "version": "previous", "mode": "shadow"})
+    r = svc.admin("trial", {"member": member, "version": svc.before[member], "mode": "shadow"})
     assert r.status == 200 and r.body["version"] == svc.before[member] and r.body["mode"] == "shadow", r.body
-    assert svc.admin("trial", {"member": member, "version": "previous"}).status == 409  # one at a time
+    assert svc.admin("trial", {"member": member, "version": svc.before[member]}).status == 409  # one at a time
     seeds = iter(range(2000, 3000))
     served: list[float] = []
     wait_for(lambda: served.append(svc.traffic(60, seed=next(seeds))) is None and any(
@@ -216,8 +279,9 @@ def test_a_challenger_that_is_worse_live_is_dropped_by_the_canary(svc):
 def test_a_failing_retrain_job_leaves_the_champion_serving(svc):
     from train_jobs.registry import ModelRegistry
 
+    svc.operator_mode()
     storage = Storage(svc.cfg.storage_path)
-    member = sorted(svc.passed)[0]
+    member = svc.best
     key = ModelRegistry(storage).info(svc.cfg.model, member, "champion").metadata["train_sample"]
     good = storage.read_bytes(key)
     versions = svc.versions()
@@ -237,12 +301,18 @@ def test_a_failing_retrain_job_leaves_the_champion_serving(svc):
 
 
 def test_operator_rollback_serves_the_previous_versions(svc):
+    from train_jobs.registry import ModelRegistry
+
+    svc.operator_mode()
     bad = svc.admin("rollback", {"members": ["nope"]})
     assert bad.status == 404 and "unknown member" in bad.body["error"], bad.body
-    member = sorted(svc.passed)[0]
+    member = svc.best
+    previous = ModelRegistry(Storage(svc.cfg.storage_path)).aliases(svc.cfg.model, member)["previous"]
     r = svc.admin("rollback", {"members": [member]})
-    assert r.status == 200 and r.body["champion_now"] == {member: svc.before[member]}, r.body
-    wait_for(lambda: svc.versions()[member] == svc.before[member], timeout_s=240,
+    assert r.status == 200 and r.body["champion_now"] == {member: previous}, r.body
+    wait_for(lambda: svc.versions()[member] == previous, timeout_s=60,
              what=f"{member} to serve its previous version again")
+    wait_for(lambda: svc.served()[member] == {previous}, timeout_s=60,
+             what=f"every replica of {member} to answer with {previous}")
     wait_for(lambda: "rollback" in svc.audit_kinds(), timeout_s=60, what="the rollback to be audited")
     assert svc.admin("rollback", {"members": "mlp"}).status == 400

@@ -9,7 +9,6 @@ champion stays where it was.
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 
@@ -166,6 +165,7 @@ def searched(tmp_path_factory):
     pytest.importorskip("ray")
     import ray
 
+    from cluster.local import start_embedded
     from raymedic.storage import Storage
     from train_jobs.registry import ModelRegistry
     from train_jobs.search import search_member
@@ -176,7 +176,7 @@ def searched(tmp_path_factory):
     registry = ModelRegistry(Storage(cfg.storage_path))
     champion = _champion_without_ray(cfg, table, registry)
     lines: list[str] = []
-    ray.init(address="local", num_cpus=8, logging_level=logging.WARNING, log_to_driver=False)
+    start_embedded(log_to_driver=False)
     try:
         report = search_member(cfg, table, target="label", model="synthetic", member="mlp",
                                num_samples=TRIALS, max_epochs=MAX_EPOCHS, progress=lines.append)
@@ -259,3 +259,28 @@ def test_job_entry_point_prints_only_the_json_report_on_stdout(tmp_path):
     from train_jobs.registry import ModelRegistry
 
     assert ModelRegistry(Storage(str(storage))).aliases("synthetic", "logistic") == {"challenger": "v0001"}
+
+
+def test_the_progress_callback_pickles_where_ray_has_wrapped_print(monkeypatch):
+    """Tune pickles its callbacks; in a Ray job's driver `print` is not builtins.print (a retrain job's
+    search on a rejected challenger failed with PicklingError). The reporter stays behind."""
+    import builtins
+
+    from ray import cloudpickle
+
+    from train_jobs.search import _progress_callback
+
+    lines: list[str] = []
+    callback = _progress_callback(print, total=3, max_epochs=2)
+    wrapped = builtins.print
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: wrapped(*a, **k))
+    copy = cloudpickle.loads(cloudpickle.dumps(callback))
+    assert (copy.done, copy.total, copy.report) == (0, 3, None)
+    live = _progress_callback(lines.append, total=1, max_epochs=2)
+
+    class Trial:
+        config, last_result, path = {"hidden": 8}, {"training_iteration": 1, "best_val_loss": 0.5,
+                                                    "best_val_accuracy": 0.8}, "/tmp/x"
+
+    live.on_trial_complete(0, [], Trial())
+    assert lines and "trial 1/1" in lines[0] and "stopped early by ASHA" in lines[0]

@@ -53,6 +53,24 @@ def test_predict_answers_every_contract_field(svc):
     assert body["degraded"] is False
 
 
+def test_concurrent_small_requests_each_get_their_own_answer(svc):
+    """Small requests in flight together share one call per member (gateway.coalesce_*): each must
+    still get exactly the answer for its own rows, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows, _ = _labelled(48, seed=23)
+    alone = request_json("POST", svc["predict"], {"instances": rows}).body["probabilities"]
+    starts = range(0, 48, 3)
+    bodies = [{"instances": rows[i:i + 1 + k % 3]} for k, i in enumerate(starts)]  # 1-3 rows each
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        answers = list(pool.map(lambda b: request_json("POST", svc["predict"], b), bodies))
+    for i, body, r in zip(starts, bodies, answers):
+        assert r.status == 200, r.body
+        assert len(r.body["inference_ids"]) == len(body["instances"])
+        # (a weight update between the two could move a probability a little; another row's answer moves it a lot)
+        np.testing.assert_allclose(r.body["probabilities"], alone[i:i + len(body["instances"])], atol=0.03)
+
+
 def test_trained_ensemble_beats_the_majority_baseline_by_a_clear_margin(svc):
     cfg = svc["cfg"]
     registry = ModelRegistry(Storage(cfg.storage_path))
@@ -240,10 +258,16 @@ def test_raymedic_metrics_reach_rays_metrics_endpoint_with_sane_values(svc):
     want = {"ray_raymedic_requests_total", "ray_raymedic_request_seconds_bucket", "ray_raymedic_member_calls_total",
             "ray_raymedic_member_call_seconds_count", "ray_raymedic_member_weight",
             "ray_raymedic_controller_step_seconds_count", "ray_raymedic_open_incidents"}
-    found = wait_for(lambda: (m := _scrape()) and want <= set(m) and m, timeout_s=90,
-                     what=f"{sorted(want)} on Ray's metrics endpoint")
-    codes = {(s["route"], s["code"]): v for s, v in found["ray_raymedic_requests_total"]}
-    assert codes[("predict", "200")] >= 10 and codes[("predict", "422")] >= 1
+
+    def codes(m):  # summed over the gateway replicas: each exports its own series, on its own schedule
+        out: dict[tuple[str, str], float] = {}
+        for s, v in m.get("ray_raymedic_requests_total", []):
+            out[(s["route"], s["code"])] = out.get((s["route"], s["code"]), 0.0) + v
+        return out
+
+    found = wait_for(lambda: (m := _scrape()) and want <= set(m) and codes(m).get(("predict", "200"), 0) >= 10
+                     and codes(m).get(("predict", "422"), 0) >= 1 and m, timeout_s=90, interval_s=1.0,
+                     what=f"{sorted(want)} on Ray's metrics endpoint, with the 10 answers and the 422 counted")
     calls = [(s, v) for s, v in found["ray_raymedic_member_calls_total"] if s["outcome"] == "ok"]
     assert {s["member"] for s, _ in calls} == {"logistic", "mlp", "tabresnet"} and all(v >= 0 for _, v in calls)
     weights = {s["member"]: v for s, v in found["ray_raymedic_member_weight"] if s["model"] == "synthetic"}

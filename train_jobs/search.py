@@ -402,24 +402,38 @@ def _progress_callback(progress: Callable[[str], None], *, total: int, max_epoch
     from ray.tune import Callback
 
     class _Progress(Callback):
-        def __init__(self) -> None:
-            self.done = 0
+        def __init__(self, report: Callable[[str], None], total: int, max_epochs: int) -> None:
+            # (arguments, not closure variables: Tune pickles this class by value, closures included)
+            self.done, self.total, self.max_epochs = 0, total, max_epochs
+            self.report: Callable[[str], None] | None = report
+
+        # Tune pickles its callbacks into the experiment state; the reporter stays in this process
+        # (a function such as `print` does not pickle where Ray has wrapped the builtins).
+        def __getstate__(self) -> dict[str, Any]:
+            return {k: v for k, v in self.__dict__.items() if k != "report"}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state, report=None)
+
+        def _say(self, line: str) -> None:
+            if self.report is not None:
+                self.report(line)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.done += 1
             r = trial.last_result or {}
             epochs = int(r.get("training_iteration") or 0)
-            how = "stopped early by ASHA" if epochs < max_epochs else "ran every epoch"
-            progress(f"  trial {self.done}/{total} {_fmt_config(trial.config)}: best val_loss "
-                     f"{r.get('best_val_loss', math.nan):.4f} val_accuracy {r.get('best_val_accuracy', math.nan):.3f}"
-                     f" after {epochs} epoch(s), {how}")
+            how = "stopped early by ASHA" if epochs < self.max_epochs else "ran every epoch"
+            self._say(f"  trial {self.done}/{self.total} {_fmt_config(trial.config)}: best val_loss "
+                      f"{r.get('best_val_loss', math.nan):.4f} val_accuracy "
+                      f"{r.get('best_val_accuracy', math.nan):.3f} after {epochs} epoch(s), {how}")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.done += 1
-            progress(f"  trial {self.done}/{total} {_fmt_config(trial.config)}: failed (see its error.txt "
-                     f"under {trial.path})")
+            self._say(f"  trial {self.done}/{self.total} {_fmt_config(trial.config)}: failed (see its error.txt "
+                      f"under {trial.path})")
 
-    return _Progress()
+    return _Progress(progress, total, max_epochs)
 
 
 def _run_tuner(config: RaymedicConfig, data: PreparedData, *, member: MemberConfig, num_samples: int,
