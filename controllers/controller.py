@@ -87,6 +87,7 @@ class HealingController:
         state = state or {}
         self._policy = HealingPolicy(self.cfg.controller, state.get("policy"))
         self._hedge = self._new_hedge(state.get("weights"))
+        self._trial_losses: dict[str, list[float]] = {}  # "member@version" on trial → [loss sum, labels]
         self._data_alerts = DataAlerts(self.cfg.data, state.get("data_alerts"))
         self._playbook = Playbook(self.cfg.retraining, state.get("playbook"))
         self._healer = ModelHealer(self.cfg, self._storage, self._playbook, self._record_model,
@@ -494,6 +495,11 @@ class HealingController:
         self._load_config()
         self._perf.reference_accuracy = self._reference_accuracy
         self._perf.reset(since=time.time())
+        # The ensemble weights judged the old versions: a promoted one starts from its trial's record.
+        for member, version in versions.items():
+            tally = self._trial_losses.get(f"{member}@{version}")
+            self._hedge.restart(member, tally[0] / tally[1] if tally and tally[1] else None)
+        self._trial_losses = {}
         self._record_alerts(self._data_alerts.supersede(MODEL_KINDS | {"drift"}, time.time(),
                                                         f"new versions {versions}"))
 
@@ -663,7 +669,12 @@ class HealingController:
             self._perf.add_confidence(batch["confidence"])
         losses = batch.get("losses") or {}
         if losses:
-            self._hedge.update(losses)
+            self._hedge.update(losses)  # challengers' losses are not members': ignored there
+            for member, version in trial.items():
+                tally = self._trial_losses.setdefault(f"{member}@{version}", [0.0, 0])
+                values = losses.get(challenger_source(member)) or ()
+                tally[0] += float(sum(values))
+                tally[1] += len(values)
         if epoch == self._epoch or self._published is None:
             return None
         return self.control_state()

@@ -252,6 +252,25 @@ class HedgeWeights:
             self._loss[member] = self._loss[member] * decay**k + float(ages @ x)
             self._samples[member] = self._samples[member] * decay**k + float(ages.sum())
 
+    def restart(self, member: str, loss_rate: float | None = None) -> None:
+        """``member`` answers with another version now: the losses it earned belong to the old one.
+
+        Carried over, a retrained member would start at the floor for its predecessor's
+        mistakes and the ensemble would trail its own best member for a hundred labels
+        after every heal. Its decayed sample count is kept (it weighs as much evidence as
+        before) and its loss becomes ``loss_rate`` per sample: the rate the new version
+        showed on a live trial, or, with no such evidence, the median rate of the other
+        members (no better, no worse than the pack).
+        """
+        self._known(member)
+        if loss_rate is None:
+            others = sorted(self._loss[m] / self._samples[m] for m in self._members
+                            if m != member and self._samples[m] > 0)
+            loss_rate = float(np.median(others)) if others else 0.0
+        if not (math.isfinite(loss_rate) and loss_rate >= 0):
+            raise ValueError(f"loss_rate must be a finite number >= 0, got {loss_rate!r}")
+        self._loss[member] = min(1.0, loss_rate) * self._samples[member]
+
     def weights(self, healthy: Collection[str]) -> dict[str, float]:
         """The combining weight of every member: 0 if unhealthy, bounded Hedge otherwise.
 

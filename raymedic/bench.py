@@ -46,7 +46,7 @@ FAULT_MEMBER = {"kill": "mlp", "hang": "tabresnet", "slow": "mlp", "wrong": "tab
 
 @dataclass(frozen=True)
 class BenchSettings:
-    rps: float = 25.0  # below saturation on 2 cores while a replacement replica starts (`bench saturation`)
+    rps: float = 50.0  # the issue's rate; `bench saturation` shows where each system stops keeping up
     deadline_s: float = 2.0
     warmup_s: float = 3.0
     fault_s: float = 20.0

@@ -544,6 +544,8 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.rps is not None and not args.rps > 0:
+        raise RaymedicError(f"--rps {args.rps:g}: give a positive rate, e.g. 50")
     if args.scenario == "drift" and args.live:  # the same kind of streams through a deployed service
         from raymedic import benchlive
 
@@ -564,7 +566,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.scenario == "drift":  # pure NumPy/SciPy: no cluster, no Serve
         from raymedic import benchdrift
 
-        drift_settings = benchdrift.DriftBenchSettings(seeds=args.seeds, rows_per_s=args.rps)
+        drift_settings = benchdrift.DriftBenchSettings(seeds=args.seeds, rows_per_s=args.rps or 25.0)
         progress = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else _progress
         report = benchdrift.run_drift_bench(drift_settings, progress=progress)
         print(benchdrift.dumps(report) if args.json else benchdrift.format_table(report))
@@ -603,8 +605,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     bad = [f for f in faults if f not in ("kill", "hang", "slow", "wrong")]
     if bad:
         raise RaymedicError(f"unknown fault(s) {bad}: --faults takes a comma list of kill,hang,slow,wrong")
-    settings = bench.BenchSettings(rps=args.rps, deadline_s=args.deadline, fault_s=args.fault_seconds,
-                                   slow_ms=args.slow_ms, faults=faults)
+    settings = bench.BenchSettings(rps=args.rps or bench.BenchSettings.rps, deadline_s=args.deadline,
+                                   fault_s=args.fault_seconds, slow_ms=args.slow_ms, faults=faults)
     if args.json:
         with _stdout_to_stderr():
             report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
@@ -718,11 +720,10 @@ def _parser() -> argparse.ArgumentParser:
 
     be = add("bench", cmd_bench, "Recovery and speed figures, raymedic against plain Ray Serve in the same run.")
     be.add_argument("scenario", choices=["replica-faults", "saturation", "controller-step", "drift"])
-    be.add_argument("--rps", type=float, default=25.0,
-                    help="Open-loop request rate (default 25: on a 2-core laptop a 3-member ensemble serves ~50 "
-                         "req/s with no fault, but a replacement replica's start then starves both systems, and a "
-                         "fault on a saturated machine measures the machine; see `bench saturation`; use 50+ on a "
-                         "cluster). drift: the row rate that turns rows into seconds.")
+    be.add_argument("--rps", type=float, default=None,
+                    help="replica-faults: open-loop request rate (default 50, the rate the targets are set for; "
+                         "`bench saturation` shows where each system stops keeping up on this machine). "
+                         "drift: the row rate that turns rows into seconds (default 25).")
     be.add_argument("--rates", default="20,35,50,70",
                     help="saturation: comma list of request rates to step through (default 20,35,50,70).")
     be.add_argument("--seconds", type=float, default=15.0, help="saturation: load per rate (default 15 s).")

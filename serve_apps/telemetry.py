@@ -139,7 +139,10 @@ class RecentOutputs:
                 entry[source] = np.asarray(probs[i], dtype=float).tolist()
 
     def losses(self, ids: Sequence[str], class_indices: Sequence[int]) -> dict[str, list[float]]:
-        """Per member, the log-loss (natural log, scaled to [0, 1] by log(1/ε)) of each labelled answer."""
+        """Per member, the log-loss (natural log, scaled to [0, 1] by log(1/ε)) of each labelled answer.
+
+        A challenger on trial (``member@challenger``) gets its losses too: not to weigh it, but so
+        that a promoted version starts with the record it earned on the trial."""
         eps = 1e-4
         scale = math.log(1.0 / eps)
         out: dict[str, list[float]] = defaultdict(list)
@@ -148,7 +151,7 @@ class RecentOutputs:
             if not members:
                 continue
             for m, probs in members.items():
-                if m == ENSEMBLE_KEY or "@" in m:  # the ensemble, or a challenger on trial: not weighted
+                if m == ENSEMBLE_KEY:  # the combination, not a member to weigh
                     continue
                 p = min(max(probs[k], eps), 1.0)
                 out[m].append(min(1.0, -math.log(p) / scale))

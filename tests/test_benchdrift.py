@@ -19,6 +19,7 @@ from scipy import stats
 from controllers.performance import PageHinkley
 from raymedic import benchdrift, cli
 from raymedic.benchdrift import DriftBenchSettings, SCENARIOS
+from raymedic.errors import RaymedicError
 
 SMALL = DriftBenchSettings(seeds=3, control_rows=30_000, false_alarms_per_10k=2.0, calibration_paths=150)
 """2 false alarms per 10k so that 90,000 control rows hold ~18: enough to see the rate, in a few seconds."""
@@ -112,3 +113,10 @@ def test_cli_dispatches_bench_drift_to_the_drift_bench(monkeypatch: pytest.Monke
     assert args.fn(args) == 0
     assert json.loads(capsys.readouterr().out) == {"bench": "drift", "seeds": 4}
     assert seen["settings"].rows_per_s == 25 and not math.isnan(seen["settings"].within)
+
+
+@pytest.mark.parametrize("scenario", ["drift", "replica-faults"])
+def test_bench_rejects_a_rate_that_is_not_positive_with_the_fix(scenario: str) -> None:
+    args = cli._parser().parse_args(["bench", scenario, "--rps", "-5"])
+    with pytest.raises(RaymedicError, match="--rps -5: give a positive rate"):
+        args.fn(args)

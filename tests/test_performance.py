@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -165,6 +167,9 @@ def test_gateway_joins_labels_to_every_member_and_the_ensemble():
     assert pairs == [{"y": 0, "p": {"mlp": [0.9, 0.1], "ensemble": [0.7, 0.3]}, "ts": 50.0},
                      {"y": 0, "p": {"mlp": [0.2, 0.8], "ensemble": [0.4, 0.6]}, "ts": 50.0}]
     assert set(recent.losses(["a"], [0])) == {"mlp"}  # the ensemble is not a member to weight
+    recent.add_source(["a"], "mlp@challenger", np.array([[0.6, 0.4]]))
+    # A challenger on trial is scored too: a promoted version starts from that record.
+    assert recent.losses(["a"], [0])["mlp@challenger"] == [pytest.approx(-math.log(0.6) / math.log(1e4))]
     calls.add_labelled(pairs)
     calls.add_confidence([0.7, 0.6])
     batch = calls.drain()

@@ -186,8 +186,10 @@ def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
     wait_for(lambda: all(svc.served()[m] == {now[m]} for m in now), timeout_s=60,
              what=f"every replica to answer with the promoted versions {now}")
     assert svc.pids() == pids, (pids, svc.pids())
+    weights = {m["name"]: m["weight"] for m in svc.status()["members"]}
     acc_after = svc.traffic(300, seed=12)
-    print(f"\nconcept drift (150°) healed: accuracy {acc_drifted:.3f} → {acc_after:.3f}; from the first drifted "
+    print(f"\nconcept drift (150°) healed: accuracy {acc_drifted:.3f} → {acc_after:.3f} (weights on promotion "
+          f"{weights}); from the first drifted "
           f"request: job gated after {t_gated:.0f} s, canary trial done and promoted after {t_promoted:.0f} s "
           f"(trial: {json.dumps(trial['live'])})")
     assert acc_after > acc_drifted + 0.2, (acc_drifted, acc_after)

@@ -315,6 +315,36 @@ def test_decay_lets_a_recovered_member_leave_the_floor() -> None:
     assert w["logistic"] > w["mlp"] > config.min_weight
 
 
+def test_a_restarted_member_starts_from_its_new_versions_evidence_not_its_old_losses() -> None:
+    config = WeightingConfig()
+    hedge = HedgeWeights(MEMBERS, config)
+    # The world changed: every member is mostly wrong, then two are retrained.
+    hedge.update({"logistic": np.full(200, 0.8), "mlp": np.full(200, 0.7), "tabresnet": np.full(200, 0.75)})
+    samples = hedge.samples("mlp")
+    # On its live trial mlp's new version lost 0.2 per sample: it takes the lead at once...
+    hedge.restart("mlp", 0.2)
+    assert hedge.loss("mlp") == pytest.approx(0.2 * samples) and hedge.samples("mlp") == samples
+    assert hedge.weights(MEMBERS)["mlp"] == pytest.approx(config.max_weight)
+    # ...and tabresnet's, promoted with no live evidence, starts in the middle of the pack.
+    hedge.restart("tabresnet")
+    assert hedge.loss("tabresnet") / samples == pytest.approx(np.median([0.8, 0.2]))
+    w = hedge.weights(MEMBERS)
+    assert w["mlp"] > w["tabresnet"] > w["logistic"]
+    # Fresh losses count from there as usual.
+    hedge.update({"tabresnet": np.zeros(50)})
+    assert hedge.loss("tabresnet") < 0.5 * samples
+    with pytest.raises(ValueError, match="loss_rate"):
+        hedge.restart("mlp", float("nan"))
+    with pytest.raises(KeyError, match="not an ensemble member"):
+        hedge.restart("xgboost", 0.1)
+
+
+def test_restart_of_a_member_never_scored_keeps_it_unscored() -> None:
+    hedge = HedgeWeights(MEMBERS)
+    hedge.restart("mlp", 0.3)
+    assert hedge.loss("mlp") == 0.0 and hedge.weights(MEMBERS) == pytest.approx({m: 1 / 3 for m in MEMBERS})
+
+
 def test_update_decays_then_adds_per_sample() -> None:
     d = 0.9
     hedge = HedgeWeights(["a", "b"], WeightingConfig(decay=d))
