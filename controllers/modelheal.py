@@ -58,6 +58,8 @@ class ModelHealer:
         self._bg: asyncio.Task | None = None  # a promotion or rollback in progress
         self._changed = False
         self._trial_ready = False  # set once this controller has (re)deployed the trial's challengers
+        self._warm: set[str] = set()  # members whose canary replica starts on the champion while a job runs
+        self._started = False
 
     # ---- Ray Jobs ------------------------------------------------------------------
 
@@ -114,6 +116,9 @@ class ModelHealer:
         pb = self.playbook
         if self._bg is not None and not self._bg.done():
             return False
+        if not self._started:
+            self._started = True
+            await asyncio.to_thread(self._adopt_canaries)
         if self._changed:
             self._changed = False
             return True
@@ -136,6 +141,8 @@ class ModelHealer:
                 "job_id": job["job_id"], "job_status": status, "result": last.get("result"),
                 "gate": last.get("gate"), "error": last.get("error"), "retry_after_s": last.get("retry_after_s")},
                 action="gate", outcome=last.get("result", "?"), incident=job["record"])
+            if promote is None or self.cfg.rollout.mode == "off":
+                await asyncio.to_thread(self._cool_canaries, ())
             if promote is not None:
                 if self.cfg.rollout.mode == "off":
                     self.spawn(self.promote(now, promote))
@@ -162,6 +169,8 @@ class ModelHealer:
                          action="retrain", outcome="failed", incident=sub.record)
             return True
         pb.submitted(job_id)
+        if self.cfg.rollout.mode != "off":
+            await asyncio.to_thread(self._warm_canaries)
         self._record("retrain-submitted", self.cfg.model, evidence={
             "job_id": job_id, "reason": sub.reason, "alerts": list(sub.alerts), "labels": labels},
             action="retrain", outcome="submitted", incident=sub.record)
@@ -185,6 +194,91 @@ class ModelHealer:
         serve.run(build_canary_app(self.cfg.model_dump(mode="json"), member, version),
                   name=canary_app_name(member), route_prefix=None, blocking=False)
 
+    # ---- warm canaries: started while the job trains, swapped to the challenger after the gate ----
+
+    def _warm_canaries(self) -> None:
+        """Start every member's canary replica on its champion now, without waiting for it.
+
+        A retrain job takes tens of seconds; so does starting a replica (a worker process, PyTorch,
+        the model) on a busy machine. Started side by side, a challenger that passes the gate goes on
+        trial after an in-place swap of seconds instead of after a cold start. A member whose
+        challenger fails the gate has its warm replica removed with the job's verdict.
+        """
+        from ray import serve
+
+        from serve_apps.app import build_canary_app
+
+        registry = ModelRegistry(self.storage)
+        args = self.cfg.model_dump(mode="json")
+        try:
+            targets = [serve.RunTarget(build_canary_app(args, m.name, registry.resolve(self.cfg.model, m.name,
+                                                                                         "champion")),
+                                       name=canary_app_name(m.name), route_prefix=None)
+                       for m in self.cfg.members]
+            serve.run_many(targets, wait_for_applications_running=False)
+            self._warm = {m.name for m in self.cfg.members}
+        except Exception as exc:  # the trial will start its challengers cold
+            log.warning("could not start warm canary replicas: %r", exc)
+
+    def _cool_canaries(self, keep: Sequence[str]) -> None:
+        """Remove the warm canary replicas of every member but ``keep``."""
+        drop = sorted(self._warm - set(keep))
+        self._warm &= set(keep)
+        if drop:
+            self._delete_canaries(drop)
+
+    def _adopt_canaries(self) -> None:
+        """After a controller restart: canary applications left by the one before are the running
+        job's warm replicas, the running trial's challengers, or leftovers to remove."""
+        from ray import serve
+
+        from raymedic.config import CANARY_APP_NAME
+
+        try:
+            present = {a[len(CANARY_APP_NAME) + 1:] for a in serve.status().applications
+                       if a.startswith(CANARY_APP_NAME + "-")}
+        except Exception as exc:
+            log.warning("could not list canary applications: %r", exc)
+            return
+        if self.playbook.job is not None:
+            self._warm = present & {m.name for m in self.cfg.members}
+        elif self.playbook.rollout is None and present:
+            self._delete_canaries(sorted(present))
+
+    def _canary_running(self, member: str) -> None:
+        """Wait (in a worker thread) until ``member``'s warm canary application is RUNNING."""
+        from ray import serve
+
+        name = canary_app_name(member)
+        deadline = time.monotonic() + 180.0
+        while True:
+            app = serve.status().applications.get(name)
+            state = str(getattr(app, "status", "")) if app is not None else "MISSING"
+            if state.endswith("RUNNING"):
+                return
+            if state.endswith(("DEPLOY_FAILED", "MISSING", "DELETING")) or time.monotonic() > deadline:
+                raise RuntimeError(f"warm canary of {member} is {state}")
+            time.sleep(0.5)
+
+    async def _start_canary(self, member: str, version: str) -> str:
+        """The challenger on its own replica: the warm one swapped in place if there is one (the call
+        goes through a handle on this event loop, as Serve's fast path requires), else a cold start."""
+        from ray import serve
+
+        if member in self._warm:
+            try:
+                await asyncio.to_thread(self._canary_running, member)
+                handle = serve.get_deployment_handle(member, app_name=canary_app_name(member))
+                out = await asyncio.wait_for(handle.load_version.remote(version),
+                                             self.cfg.controller.swap_timeout_s)
+                if out.get("version") != version:
+                    raise RuntimeError(f"it serves {out.get('version')}, not {version}")
+                return "swapped into the warm replica"
+            except Exception as exc:
+                log.warning("warm canary of %s not usable (%r): starting it cold", member, exc)
+        await asyncio.to_thread(self._deploy_canary, member, version)
+        return "started"
+
     def _delete_canaries(self, members: Sequence[str]) -> None:
         from ray import serve
 
@@ -201,10 +295,13 @@ class ModelHealer:
         self.playbook.start_rollout(now, promote, mode=mode, share=self.cfg.rollout.share, source=source)
         self._trial_ready = False
         self._changed = True
+        how: dict[str, str] = {}
         try:
+            await asyncio.to_thread(self._cool_canaries, list(promote.versions))
             for member, version in promote.versions.items():
-                await asyncio.to_thread(self._deploy_canary, member, version)
+                how[member] = await self._start_canary(member, version)
         except Exception as exc:
+            self._warm = set()
             self.playbook.abandon_rollout(f"could not deploy the challenger: {exc!r}"[:300])
             await asyncio.to_thread(self._delete_canaries, list(promote.versions))
             self._record("trial-started", self.cfg.model, evidence={"versions": promote.versions,
@@ -212,8 +309,9 @@ class ModelHealer:
                          action="trial", outcome=f"failed: {exc}", incident=promote.record)
             return
         self._trial_ready = True
+        self._warm = set()
         self._record("trial-started", self.cfg.model, evidence={
-            "versions": promote.versions, "mode": mode, "share": self.cfg.rollout.share,
+            "versions": promote.versions, "challengers": how, "mode": mode, "share": self.cfg.rollout.share,
             "source": source, "holdout_accuracy": promote.holdout_accuracy},
             action="trial", outcome="ok", incident=promote.record, duration_s=round(time.monotonic() - t0, 3))
 

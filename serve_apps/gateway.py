@@ -241,7 +241,10 @@ class Gateway:
                     self._standby = {m: list(v) for m, v in reply.get("standby", {}).items()}
                     self._paused = bool(reply.get("paused"))
                     self._trial = reply.get("trial") or None
-                    self._versions.update(reply.get("versions") or {})  # promotions swap versions in place
+                    for m, v in (reply.get("versions") or {}).items():  # promotions swap versions in place
+                        if self._versions.get(m) != v:
+                            self._versions[m] = v
+                            self._recent.new_version(m)
                     self._epoch = int(reply["epoch"])
             except Exception as exc:  # controller down or restarting: keep the last weights
                 if not isinstance(exc, (ValueError, asyncio.TimeoutError)):

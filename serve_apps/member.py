@@ -65,7 +65,13 @@ class Member:
 
     def _load(self, ref: str) -> tuple[Any, str]:
         loaded = self._registry.load(self._model_name, self._member, ref)
-        return unpack(loaded.files, device=self._device), loaded.info.version
+        model = unpack(loaded.files, device=self._device)
+        if model.golden is not None and model.golden.rows:
+            # Warm up before serving: PyTorch's first calls pick and initialise kernels (hundreds of
+            # ms on a busy core), which a user's first request would otherwise pay past its deadline.
+            model.predict_proba(model.golden.rows)
+            model.predict_proba(model.golden.rows[:1])
+        return model, loaded.info.version
 
     async def load_version(self, version: str, target: str | None = None) -> dict[str, Any]:
         """Serve another registered version of this member from now on (a promotion or rollback).

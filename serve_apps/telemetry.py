@@ -11,7 +11,6 @@ feedback labels turn into per-member losses for the ensemble weights.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections import OrderedDict, defaultdict
 from typing import Any, Iterator, Mapping, Sequence
@@ -118,6 +117,12 @@ class RecentOutputs:
         self.capacity = capacity
         self._d: OrderedDict[str, dict[str, list[float]]] = OrderedDict()
         self._ts: dict[str, float] = {}  # when each answer was given (a change point is dated by it)
+        self._new_since: dict[str, float] = {}  # member → when its current version began to answer
+
+    def new_version(self, member: str, at: float | None = None) -> None:
+        """``member`` answers with another version from ``at`` on: labels for its earlier answers judged
+        the version it replaced, so they no longer charge it a loss."""
+        self._new_since[member] = time.time() if at is None else at
 
     def add(self, ids: Sequence[str], member_probs: Mapping[str, np.ndarray],
             ensemble: np.ndarray | None = None, at: float | None = None) -> None:
@@ -139,12 +144,15 @@ class RecentOutputs:
                 entry[source] = np.asarray(probs[i], dtype=float).tolist()
 
     def losses(self, ids: Sequence[str], class_indices: Sequence[int]) -> dict[str, list[float]]:
-        """Per member, the log-loss (natural log, scaled to [0, 1] by log(1/ε)) of each labelled answer.
+        """Per member, the Brier score (halved, so in [0, 1]) of each labelled answer.
+
+        Brier rather than log-loss: both are proper scores, but log-loss charges one confident
+        miss like a dozen hedged ones, so Hedge on it crowns a member that answers near 0.5 (a
+        linear model after the concept rotated away from it) over a more accurate, more confident
+        one, and the ensemble's accuracy trails its best member's. Brier stays bounded per answer.
 
         A challenger on trial (``member@challenger``) gets its losses too: not to weigh it, but so
         that a promoted version starts with the record it earned on the trial."""
-        eps = 1e-4
-        scale = math.log(1.0 / eps)
         out: dict[str, list[float]] = defaultdict(list)
         for inference_id, k in zip(ids, class_indices):
             members = self._d.get(inference_id)
@@ -153,10 +161,15 @@ class RecentOutputs:
             for m, probs in members.items():
                 if m == ENSEMBLE_KEY:  # the combination, not a member to weigh
                     continue
-                p = min(max(probs[k], eps), 1.0)
-                out[m].append(min(1.0, -math.log(p) / scale))
+                if self._ts.get(inference_id, 0.0) < self._new_since.get(m, float("-inf")):
+                    continue  # answered by the version it has since replaced
+                p = np.asarray(probs, dtype=float)
+                if not 0 <= k < len(p):
+                    continue
+                onehot = np.zeros(len(p))
+                onehot[k] = 1.0
+                out[m].append(float(min(1.0, 0.5 * np.sum((p - onehot) ** 2))))
         return dict(out)
-
 
     def labelled(self, ids: Sequence[str], class_indices: Sequence[int]) -> list[dict[str, Any]]:
         """Each known answer with its label: {"y": k, "p": {member or "ensemble": probabilities},

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -169,7 +167,7 @@ def test_gateway_joins_labels_to_every_member_and_the_ensemble():
     assert set(recent.losses(["a"], [0])) == {"mlp"}  # the ensemble is not a member to weight
     recent.add_source(["a"], "mlp@challenger", np.array([[0.6, 0.4]]))
     # A challenger on trial is scored too: a promoted version starts from that record.
-    assert recent.losses(["a"], [0])["mlp@challenger"] == [pytest.approx(-math.log(0.6) / math.log(1e4))]
+    assert recent.losses(["a"], [0])["mlp@challenger"] == [pytest.approx(0.16)]  # Brier: (0.4² + 0.4²) / 2
     calls.add_labelled(pairs)
     calls.add_confidence([0.7, 0.6])
     batch = calls.drain()

@@ -197,6 +197,11 @@ def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
              <= set(svc.audit_kinds()) and not svc.retraining().get("deploying"), timeout_s=120,
              what=f"the trial and promotion to be audited (retraining: {svc.retraining()})")
     wait_for(lambda: not _canary_apps(), timeout_s=60, what="the challengers' own applications to go")
+    # The challengers' replicas were started while the job trained and swapped in after the gate.
+    from controllers.audit import read_audit
+
+    started = next(r for r in read_audit(Storage(svc.cfg.storage_path), svc.cfg.model) if r["kind"] == "trial-started")
+    assert started["evidence"]["challengers"] == {m: "swapped into the warm replica" for m in passed}, started
     svc.passed, svc.before = passed, before
     # The member that learnt the new concept best: the operator tests below trial and roll it back.
     svc.best = max(passed, key=lambda m: done["gate"][m]["challenger_accuracy"])

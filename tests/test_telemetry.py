@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -54,7 +53,7 @@ def test_recent_outputs_turn_labels_into_bounded_member_losses():
     ro = RecentOutputs(capacity=2)
     ro.add(["i1", "i2"], {"good": np.array([[0.9, 0.1], [0.2, 0.8]]), "bad": np.array([[0.1, 0.9], [0.99, 0.01]])})
     losses = ro.losses(["i1", "i2", "unknown"], [0, 1, 0])
-    assert losses["good"][0] == pytest.approx(-math.log(0.9) / math.log(1e4))
+    assert losses["good"][0] == pytest.approx(0.01)  # Brier: (0.1² + 0.1²) / 2
     assert all(0 <= x <= 1 for v in losses.values() for x in v) and len(losses["bad"]) == 2
     assert sum(losses["bad"]) > sum(losses["good"])
     ro.add(["i3"], {"good": np.array([[0.5, 0.5]])})
@@ -121,3 +120,26 @@ def test_admission_sheds_past_the_limit_with_a_retry_after_and_recovers():
     assert adm.inflight == 0
     with adm.enter():
         assert adm.inflight == 1
+
+
+def test_losses_rank_an_accurate_confident_member_above_a_hedging_less_accurate_one():
+    """After a concept change a linear member may answer near 0.5 and be right 54 % of the time while
+    a network is right 74 % of the time with confident answers: the weights must prefer the network
+    (log-loss would not: each confident miss costs it ~3 nats)."""
+    n = 100
+    ro = RecentOutputs(capacity=n)
+    ids = [f"i{i}" for i in range(n)]
+    hedger_right, confident_right = np.arange(n) < 54, np.arange(n) < 74
+    ro.add(ids, {"hedger": np.array([[0.55, 0.45] if r else [0.45, 0.55] for r in hedger_right]),
+                 "confident": np.array([[0.95, 0.05] if r else [0.05, 0.95] for r in confident_right])})
+    losses = ro.losses(ids, [0] * n)
+    assert np.mean(losses["confident"]) < np.mean(losses["hedger"])
+
+
+def test_labels_for_answers_of_a_replaced_version_charge_it_no_loss():
+    ro = RecentOutputs()
+    ro.add(["old"], {"mlp": np.array([[0.1, 0.9]]), "lr": np.array([[0.6, 0.4]])}, at=10.0)
+    ro.new_version("mlp", at=20.0)  # promoted: its earlier answers came from the version it replaced
+    ro.add(["new"], {"mlp": np.array([[0.8, 0.2]]), "lr": np.array([[0.6, 0.4]])}, at=30.0)
+    losses = ro.losses(["old", "new"], [0, 0])
+    assert losses["mlp"] == [pytest.approx(0.04)] and len(losses["lr"]) == 2
