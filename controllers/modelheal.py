@@ -59,6 +59,7 @@ class ModelHealer:
         self._changed = False
         self._trial_ready = False  # set once this controller has (re)deployed the trial's challengers
         self._warm: set[str] = set()  # members whose canary replica starts on the champion while a job runs
+        self._warming: asyncio.Task | None = None  # starting them (in the background: healing goes on)
         self._started = False
 
     # ---- Ray Jobs ------------------------------------------------------------------
@@ -141,6 +142,7 @@ class ModelHealer:
                 "job_id": job["job_id"], "job_status": status, "result": last.get("result"),
                 "gate": last.get("gate"), "error": last.get("error"), "retry_after_s": last.get("retry_after_s")},
                 action="gate", outcome=last.get("result", "?"), incident=job["record"])
+            await self._warmed()
             if promote is None or self.cfg.rollout.mode == "off":
                 await asyncio.to_thread(self._cool_canaries, ())
             if promote is not None:
@@ -170,7 +172,7 @@ class ModelHealer:
             return True
         pb.submitted(job_id)
         if self.cfg.rollout.mode != "off":
-            await asyncio.to_thread(self._warm_canaries)
+            self._warming = asyncio.get_running_loop().create_task(asyncio.to_thread(self._warm_canaries))
         self._record("retrain-submitted", self.cfg.model, evidence={
             "job_id": job_id, "reason": sub.reason, "alerts": list(sub.alerts), "labels": labels},
             action="retrain", outcome="submitted", incident=sub.record)
@@ -219,6 +221,12 @@ class ModelHealer:
             self._warm = {m.name for m in self.cfg.members}
         except Exception as exc:  # the trial will start its challengers cold
             log.warning("could not start warm canary replicas: %r", exc)
+
+    async def _warmed(self) -> None:
+        """Wait for the warm canaries' start to have been requested (a job outlasts it by far)."""
+        if self._warming is not None:
+            await asyncio.gather(self._warming, return_exceptions=True)
+            self._warming = None
 
     def _cool_canaries(self, keep: Sequence[str]) -> None:
         """Remove the warm canary replicas of every member but ``keep``."""
