@@ -669,7 +669,7 @@ class HealingController:
             self._perf.add_confidence(batch["confidence"])
         losses = batch.get("losses") or {}
         if losses:
-            self._hedge.update(losses)  # challengers' losses are not members': ignored there
+            self._hedge.update(self._serving_losses(losses))
             for member, version in trial.items():
                 tally = self._trial_losses.setdefault(f"{member}@{version}", [0.0, 0])
                 values = losses.get(challenger_source(member)) or ()
@@ -678,6 +678,17 @@ class HealingController:
         if epoch == self._epoch or self._published is None:
             return None
         return self.control_state()
+
+    def _serving_losses(self, losses: dict[str, list[float]]) -> dict[str, list[float]]:
+        """The losses of answers given by the versions serving now (``member@version`` keys from the
+        gateways; a plain ``member`` key is taken as it is). Labels arrive late: those for answers of
+        a version a promotion replaced would charge the new one for its predecessor's mistakes."""
+        out: dict[str, list[float]] = {}
+        for key, values in losses.items():
+            member, _, version = key.partition("@")
+            if not version or version == self._versions.get(member):
+                out.setdefault(member, []).extend(values)
+        return out
 
     def _trial_pairs(self, labelled: list[dict[str, Any]], trial: dict[str, str]) -> list[dict[str, Any]]:
         """Feed paired answers (champion and challenger on one labelled request) to the trial; return

@@ -241,10 +241,7 @@ class Gateway:
                     self._standby = {m: list(v) for m, v in reply.get("standby", {}).items()}
                     self._paused = bool(reply.get("paused"))
                     self._trial = reply.get("trial") or None
-                    for m, v in (reply.get("versions") or {}).items():  # promotions swap versions in place
-                        if self._versions.get(m) != v:
-                            self._versions[m] = v
-                            self._recent.new_version(m)
+                    self._versions.update(reply.get("versions") or {})  # promotions swap versions in place
                     self._epoch = int(reply["epoch"])
             except Exception as exc:  # controller down or restarting: keep the last weights
                 if not isinstance(exc, (ValueError, asyncio.TimeoutError)):
@@ -532,7 +529,8 @@ class Gateway:
             for i in range(len(rows))
         ]
         self._known.add(ids)
-        self._recent.add(ids, {m: a.probabilities for m, a in answers.items()}, ensemble=probs)
+        self._recent.add(ids, {m: a.probabilities for m, a in answers.items()}, ensemble=probs,
+                         versions={m: a.version for m, a in answers.items()})
         for m, p in canary.items():
             self._recent.add_source(ids, challenger_source(m), p)
         if challengers and trial["mode"] != "canary":  # shadow: compared later, never awaited by the client

@@ -117,24 +117,23 @@ class RecentOutputs:
         self.capacity = capacity
         self._d: OrderedDict[str, dict[str, list[float]]] = OrderedDict()
         self._ts: dict[str, float] = {}  # when each answer was given (a change point is dated by it)
-        self._new_since: dict[str, float] = {}  # member → when its current version began to answer
-
-    def new_version(self, member: str, at: float | None = None) -> None:
-        """``member`` answers with another version from ``at`` on: labels for its earlier answers judged
-        the version it replaced, so they no longer charge it a loss."""
-        self._new_since[member] = time.time() if at is None else at
+        self._versions: dict[str, Mapping[str, str]] = {}  # the member versions that gave each answer
 
     def add(self, ids: Sequence[str], member_probs: Mapping[str, np.ndarray],
-            ensemble: np.ndarray | None = None, at: float | None = None) -> None:
+            ensemble: np.ndarray | None = None, at: float | None = None,
+            versions: Mapping[str, str] | None = None) -> None:
         at = time.time() if at is None else at
         for i, inference_id in enumerate(ids):
             self._d[inference_id] = {m: np.asarray(p[i], dtype=float).tolist() for m, p in member_probs.items()}
             self._ts[inference_id] = at
+            if versions:
+                self._versions[inference_id] = versions
             if ensemble is not None:
                 self._d[inference_id][ENSEMBLE_KEY] = np.asarray(ensemble[i], dtype=float).tolist()
         while len(self._d) > self.capacity:
             old, _ = self._d.popitem(last=False)
             self._ts.pop(old, None)
+            self._versions.pop(old, None)
 
     def add_source(self, ids: Sequence[str], source: str, probs: np.ndarray) -> None:
         """Another answer to requests already recorded (a challenger's, arriving after the reply)."""
@@ -151,6 +150,9 @@ class RecentOutputs:
         linear model after the concept rotated away from it) over a more accurate, more confident
         one, and the ensemble's accuracy trails its best member's. Brier stays bounded per answer.
 
+        Keys are ``member@version`` where the answer's version was recorded (the controller charges
+        a member only for answers of the version it serves now: labels arrive late, and those for
+        the version a promotion replaced say nothing about the new one), plain ``member`` otherwise.
         A challenger on trial (``member@challenger``) gets its losses too: not to weigh it, but so
         that a promoted version starts with the record it earned on the trial."""
         out: dict[str, list[float]] = defaultdict(list)
@@ -158,17 +160,17 @@ class RecentOutputs:
             members = self._d.get(inference_id)
             if not members:
                 continue
+            versions = self._versions.get(inference_id) or {}
             for m, probs in members.items():
                 if m == ENSEMBLE_KEY:  # the combination, not a member to weigh
                     continue
-                if self._ts.get(inference_id, 0.0) < self._new_since.get(m, float("-inf")):
-                    continue  # answered by the version it has since replaced
                 p = np.asarray(probs, dtype=float)
                 if not 0 <= k < len(p):
                     continue
                 onehot = np.zeros(len(p))
                 onehot[k] = 1.0
-                out[m].append(float(min(1.0, 0.5 * np.sum((p - onehot) ** 2))))
+                key = f"{m}@{versions[m]}" if m in versions else m
+                out[key].append(float(min(1.0, 0.5 * np.sum((p - onehot) ** 2))))
         return dict(out)
 
     def labelled(self, ids: Sequence[str], class_indices: Sequence[int]) -> list[dict[str, Any]]:

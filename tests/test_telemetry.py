@@ -136,10 +136,15 @@ def test_losses_rank_an_accurate_confident_member_above_a_hedging_less_accurate_
     assert np.mean(losses["confident"]) < np.mean(losses["hedger"])
 
 
-def test_labels_for_answers_of_a_replaced_version_charge_it_no_loss():
+def test_losses_name_the_version_that_answered():
     ro = RecentOutputs()
-    ro.add(["old"], {"mlp": np.array([[0.1, 0.9]]), "lr": np.array([[0.6, 0.4]])}, at=10.0)
-    ro.new_version("mlp", at=20.0)  # promoted: its earlier answers came from the version it replaced
-    ro.add(["new"], {"mlp": np.array([[0.8, 0.2]]), "lr": np.array([[0.6, 0.4]])}, at=30.0)
+    ro.add(["old"], {"mlp": np.array([[0.1, 0.9]]), "lr": np.array([[0.6, 0.4]])}, at=10.0,
+           versions={"mlp": "v0001", "lr": "v0001"})
+    ro.add(["new"], {"mlp": np.array([[0.8, 0.2]]), "lr": np.array([[0.6, 0.4]])}, at=30.0,
+           versions={"mlp": "v0002", "lr": "v0001"})
+    ro.add_source(["new"], "mlp@challenger", np.array([[0.7, 0.3]]))
     losses = ro.losses(["old", "new"], [0, 0])
-    assert losses["mlp"] == [pytest.approx(0.04)] and len(losses["lr"]) == 2
+    # The controller charges a member only for answers of the version it serves now.
+    assert losses == {"mlp@v0001": [pytest.approx(0.81)], "mlp@v0002": [pytest.approx(0.04)],
+                      "lr@v0001": [pytest.approx(0.16), pytest.approx(0.16)],
+                      "mlp@challenger": [pytest.approx(0.09)]}
