@@ -188,13 +188,20 @@ class ModelHealer:
             return None
         return {"record": r["record"], "mode": r["mode"], "share": r["share"], "members": members}
 
-    def _deploy_canary(self, member: str, version: str) -> None:
+    def _canary_target(self, member: str, version: str) -> Any:
+        """``member``'s canary application serving ``version`` (no HTTP route)."""
         from ray import serve
 
         from serve_apps.app import build_canary_app
 
-        serve.run(build_canary_app(self.cfg.model_dump(mode="json"), member, version),
-                  name=canary_app_name(member), route_prefix=None, blocking=False)
+        return serve.RunTarget(build_canary_app(self.cfg.model_dump(mode="json"), member, version),
+                               name=canary_app_name(member), route_prefix=None)
+
+    def _deploy_canary(self, member: str, version: str) -> None:
+        """Deploy it and wait until it runs."""
+        from ray import serve
+
+        serve.run_many([self._canary_target(member, version)])
 
     # ---- warm canaries: started while the job trains, swapped to the challenger after the gate ----
 
@@ -208,14 +215,9 @@ class ModelHealer:
         """
         from ray import serve
 
-        from serve_apps.app import build_canary_app
-
         registry = ModelRegistry(self.storage)
-        args = self.cfg.model_dump(mode="json")
         try:
-            targets = [serve.RunTarget(build_canary_app(args, m.name, registry.resolve(self.cfg.model, m.name,
-                                                                                         "champion")),
-                                       name=canary_app_name(m.name), route_prefix=None)
+            targets = [self._canary_target(m.name, registry.resolve(self.cfg.model, m.name, "champion"))
                        for m in self.cfg.members]
             serve.run_many(targets, wait_for_applications_running=False)
             self._warm = {m.name for m in self.cfg.members}

@@ -264,8 +264,8 @@ class HedgeWeights:
         """
         self._known(member)
         if loss_rate is None:
-            others = sorted(self._loss[m] / self._samples[m] for m in self._members
-                            if m != member and self._samples[m] > 0)
+            others = [self._loss[m] / self._samples[m] for m in self._members
+                      if m != member and self._samples[m] > 0]
             loss_rate = float(np.median(others)) if others else 0.0
         if not (math.isfinite(loss_rate) and loss_rate >= 0):
             raise ValueError(f"loss_rate must be a finite number >= 0, got {loss_rate!r}")

@@ -44,12 +44,11 @@ class Member:
         self._model_name, self._member = model, member
         self._device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self._model, self._version = self._load(version)
-        device = self._device
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._chaos = chaos
         self._fault = ReplicaFault()
         log.info("member %s replica %s serving %s on %s (pid %d)", member, self._replica, self._version,
-                 device, os.getpid())
+                 self._device, os.getpid())
 
     async def predict(self, rows: Sequence[Sequence[Any]], call_id: str | None = None,
                       avoid: Sequence[str] | None = None, target: str | None = None,

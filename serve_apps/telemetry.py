@@ -164,13 +164,12 @@ class RecentOutputs:
             for m, probs in members.items():
                 if m == ENSEMBLE_KEY:  # the combination, not a member to weigh
                     continue
-                p = np.asarray(probs, dtype=float)
-                if not 0 <= k < len(p):
+                if not 0 <= k < len(probs):
                     continue
-                onehot = np.zeros(len(p))
-                onehot[k] = 1.0
+                # Plain Python: a handful of classes per answer, on the gateway's feedback path.
+                brier = 0.5 * sum((q - (j == k)) ** 2 for j, q in enumerate(probs))
                 key = f"{m}@{versions[m]}" if m in versions else m
-                out[key].append(float(min(1.0, 0.5 * np.sum((p - onehot) ** 2))))
+                out[key].append(min(1.0, float(brier)))
         return dict(out)
 
     def labelled(self, ids: Sequence[str], class_indices: Sequence[int]) -> list[dict[str, Any]]:
