@@ -346,6 +346,10 @@ class DataAlerts:
                 if sev == "act" and alert.severity != "act":
                     alert.severity, alert.evidence = "act", evidence
                     events.append(("escalated", alert))
+                elif evidence.get("change_at") is not None and (alert.evidence or {}).get("change_at") is None:
+                    # The change dated after the alert opened (the CUSUM found its start): what a retrain
+                    # since the change needs; the rest of the opening evidence stands.
+                    alert.evidence = {**(alert.evidence or {}), "change_at": evidence["change_at"]}
         for key, alert in by_key.items():
             if key in current:
                 continue

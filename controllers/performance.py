@@ -32,7 +32,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from controllers.sequential import ErrorCusum, ErrorCusumConfig
+from controllers.playbook import wilson_upper
+from controllers.sequential import ErrorCusum
 from raymedic.config import PerformanceSettings
 
 __all__ = ["PerformanceConfig", "PerformanceMonitor", "PageHinkley", "classification_metrics",
@@ -40,6 +41,10 @@ __all__ = ["PerformanceConfig", "PerformanceMonitor", "PageHinkley", "classifica
 
 ENSEMBLE = "ensemble"
 CAL_BINS = 10
+DECAY_Z = 2.576
+"""Accuracy decay needs the window's upper 99.5 % Wilson bound under the bar (checked every few seconds)."""
+CHANGE_DATE_SCORE = 0.5
+"""An excursion of the error CUSUM at half its threshold or more dates an accuracy decay's change."""
 
 
 PerformanceConfig = PerformanceSettings
@@ -138,11 +143,12 @@ class PerformanceMonitor:
         self._drift_at: float | None = None
         self._drift_evidence: dict[str, Any] = {}
         # The CUSUM's input, appended on the event loop and drained by check() in a worker thread
-        # (deque append/popleft are thread-safe): (error, when the label arrived, when it was answered).
-        self._pending: deque[tuple[float, float, float]] = deque()
+        # (deque append/popleft are thread-safe): (error, confidence, when the label arrived, when answered).
+        self._pending: deque[tuple[float, float, float, float]] = deque()
         self._answered: deque[float] = deque(maxlen=20_000)  # answer times of the rows fed to the CUSUM
         self._label_ts: deque[float] = deque(maxlen=20_000)  # answer times of the ensemble's labelled rows
         self._baseline: list[int] = []
+        self._baseline_conf: list[float] = []
         self._cusum: ErrorCusum | None = None
         self._cusum_state: dict[str, Any] | None = None
         self._generation = 0  # bumped by reset(), so a check() racing it drops what it built
@@ -152,6 +158,9 @@ class PerformanceMonitor:
             self._drift_at = state.get("concept_drift_at")
             self._drift_evidence = dict(state.get("concept_drift") or {})
             self._baseline = [int(e) for e in state.get("error_baseline") or ()]
+            self._baseline_conf = [float(c) for c in state.get("error_baseline_confidence") or ()]
+            if len(self._baseline_conf) != len(self._baseline):  # a checkpoint from before confidences
+                self._baseline, self._baseline_conf = [], []
             self._cusum_state = state.get("error_cusum")
             self._since = state.get("since")
 
@@ -159,7 +168,7 @@ class PerformanceMonitor:
         cusum = self._cusum.state() if self._cusum is not None else self._cusum_state
         return {"page_hinkley": self._ph.to_dict(), "concept_drift_at": self._drift_at,
                 "concept_drift": self._drift_evidence, "error_baseline": list(self._baseline),
-                "error_cusum": cusum, "since": self._since}
+                "error_baseline_confidence": list(self._baseline_conf), "error_cusum": cusum, "since": self._since}
 
     def add_labelled(self, pairs: Sequence[Mapping[str, Any]], now: float) -> bool:
         """``pairs``: {"y": class index, "p": {source: probabilities}}; True if concept drift fired."""
@@ -183,7 +192,7 @@ class PerformanceMonitor:
                 answered = float(ts) if ts is not None else now
                 self._label_ts.append(answered)
                 if self.cfg.error_test == "cusum":
-                    self._pending.append((error, now, answered))
+                    self._pending.append((error, float(p.max()), now, answered))
                 elif self._ph.update(error):
                     self._drift_at, fired = now, True
                     self._drift_evidence = {"test": "page-hinkley", "delta": self.cfg.ph_delta,
@@ -202,7 +211,7 @@ class PerformanceMonitor:
         self._drift_at = None
         self._drift_evidence = {}
         self._pending.clear()
-        self._baseline = []
+        self._baseline, self._baseline_conf = [], []
         self._cusum, self._cusum_state = None, None
         self._answered.clear()
         self._label_ts.clear()
@@ -253,28 +262,32 @@ class PerformanceMonitor:
     def _feed_cusum(self) -> None:
         """Drain the labels that arrived since the last check into the baseline, then the CUSUM."""
         generation = self._generation
-        items: list[tuple[float, float, float]] = []
+        items: list[tuple[float, float, float, float]] = []
         while self._pending:
             items.append(self._pending.popleft())
         if not items:
             return
-        errors = np.array([e for e, _, _ in items])
-        times = [t for _, t, _ in items]
-        answered = [a for _, _, a in items]
+        errors = np.array([e for e, _, _, _ in items])
+        confidence = np.array([c for _, c, _, _ in items])
+        times = [t for _, _, t, _ in items]
+        answered = [a for _, _, _, a in items]
         cusum = self._cusum
         if cusum is None:
-            # The baseline: the serving versions' own error rate on live labels (it needs both outcomes).
+            # The baseline: the serving versions' own error rate on live labels (it needs both outcomes),
+            # per confidence bin.
             take = 0
             while take < len(errors) and not self._baseline_ready():
                 self._baseline.append(int(errors[take]))
+                self._baseline_conf.append(float(confidence[take]))
                 take += 1
-            errors, times, answered = errors[take:], times[take:], answered[take:]
+            errors, confidence, times, answered = errors[take:], confidence[take:], times[take:], answered[take:]
             if not self._baseline_ready():
                 keep = 10 * self.cfg.error_baseline_labels  # a model that never errs: bounded memory
                 del self._baseline[:max(0, len(self._baseline) - keep)]
+                del self._baseline_conf[:max(0, len(self._baseline_conf) - keep)]
                 return
-            cfg = ErrorCusumConfig(false_alarms_per_10k=self.cfg.error_false_alarms_per_10k)
-            cusum = ErrorCusum(np.asarray(self._baseline, dtype=float), cfg)
+            cusum = ErrorCusum(np.asarray(self._baseline, dtype=float), self.cfg.error_cusum(),
+                               baseline_confidence=np.asarray(self._baseline_conf))
             if self._cusum_state:
                 try:
                     cusum.restore(self._cusum_state)
@@ -285,20 +298,37 @@ class PerformanceMonitor:
             self._cusum, self._cusum_state = cusum, None
         if not len(errors):
             return
-        cusum.update(errors)
+        cusum.update(errors, confidence)
         self._answered.extend(answered)
         if cusum.alarm and generation == self._generation:
             a = cusum.alarms[-1]
             first = cusum.labels_seen - len(errors)
             self._drift_at = times[min(len(times) - 1, max(0, a.index - first))]
             # When the rows that began the rise were answered: a retrain should learn from them on.
-            oldest = cusum.labels_seen - len(self._answered)
-            change_at = self._answered[max(0, a.change_index - oldest)] if self._answered else None
+            change_at = self._answered_at(cusum, a.change_index)
             self._drift_evidence = {
                 "test": "cusum", "statistic": a.statistic, "score": round(a.score, 3),
                 "labels_since_change": a.index - a.change_index + 1, "change_at": change_at,
                 "baseline_error_rate": round(cusum.baseline_rate, 4), "baseline_labels": cusum.n_baseline,
                 "false_alarms_per_10k": self.cfg.error_false_alarms_per_10k}
+
+    def _answered_at(self, cusum: ErrorCusum, index: int) -> float | None:
+        """When the answer behind the CUSUM's label ``index`` was given (None if no longer remembered)."""
+        answered = list(self._answered)
+        oldest = cusum.labels_seen - len(answered)
+        return answered[max(0, index - oldest)] if answered else None
+
+    def _dated_change(self) -> dict[str, Any]:
+        """The error CUSUM's running excursion as a change date, when it carries real evidence.
+
+        Accuracy decay from the labelled window often fires before the CUSUM crosses; without a date a
+        retrain would learn from the whole lookback window, mostly the old concept."""
+        cusum = self._cusum
+        exc = cusum.excursion() if cusum is not None else None
+        if exc is None or exc[1] < CHANGE_DATE_SCORE:
+            return {}
+        change_at = self._answered_at(cusum, exc[0])
+        return {} if change_at is None else {"change_at": change_at, "change_score": round(exc[1], 3)}
 
     def _baseline_ready(self) -> bool:
         n, k = len(self._baseline), sum(self._baseline)
@@ -316,11 +346,16 @@ class PerformanceMonitor:
         report = PerformanceReport(at=now, sources=sources, estimate=self._estimate(ey, ep),
                                    concept_drift_at=self._drift_at)
         ens = sources.get(ENSEMBLE)
+        # Significantly below the bar, not merely below it: a window of a hundred labels is off by ±4 points
+        # at 85 % accuracy, and the reference (the best member's validation accuracy) flatters itself.
         if (ens and ens["labels"] >= self.cfg.min_labels and self.reference_accuracy is not None
-                and ens["accuracy"] < self.reference_accuracy - self.cfg.accuracy_drop):
+                and wilson_upper(ens["accuracy"], ens["labels"], DECAY_Z) < self.reference_accuracy
+                - self.cfg.accuracy_drop):
             report.breaches[("accuracy_decay", ENSEMBLE)] = ("act", {
                 "accuracy": round(ens["accuracy"], 4), "reference_accuracy": round(self.reference_accuracy, 4),
-                "labels": ens["labels"], "limit_drop": self.cfg.accuracy_drop})
+                "labels": ens["labels"], "limit_drop": self.cfg.accuracy_drop,
+                "accuracy_upper_bound": round(wilson_upper(ens["accuracy"], ens["labels"], DECAY_Z), 4),
+                **self._dated_change()})
         if self._drift_at is not None and now - self._drift_at < 60.0:
             report.breaches[("concept_drift", ENSEMBLE)] = ("act", {
                 **self._drift_evidence, "fired_at": self._drift_at,

@@ -24,6 +24,14 @@ Two detectors share one engine:
   cross-validated errors of the model), one per design odds ratio of error: a
   small ratio for slow concept drift, a large one so that a big rise alarms in
   few labels. Inputs may be unchanged under concept drift, so only labels show it.
+  Optionally the stream is split by the model's confidence in each answer
+  (``confidence_bins`` quantile bins of the baseline's confidence, each with its own
+  baseline error rate) with designs of ``flip_shares``: a concept change turns a
+  share of labels over wherever it acts, so an error where the model used to be
+  right 97 % of the time is far stronger evidence than one where it was right 60 %
+  of the time; a plain error rate weighs them the same. The reference-size discount
+  below holds unchanged for quantile bins (each bin's excursion share equals its
+  baseline share).
 
 **The reference is a sample, not the truth.** With a 2,000-row reference, the mean
 of a feature is off by about ``0.022`` sd, a sizeable fraction of ``k``; a plain
@@ -83,14 +91,14 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from raymedic.errors import ConfigError, DataError
 
 __all__ = ["FeatureCusumConfig", "ErrorCusumConfig", "Calibration", "Alarm", "FeatureCusum", "ErrorCusum",
-           "calibrate_features", "calibrate_errors"]
+           "calibrate_features", "calibrate_errors", "known_law_threshold", "crossings"]
 
 CHUNK_ROWS = 2048
 """Rows scanned at once: the scan is O(rows) per alarm, so an alarm costs at most one chunk's rescan."""
@@ -179,6 +187,16 @@ class ErrorCusumConfig:
     odds_ratios: tuple[float, ...] = (1.3, 3.0)
     """Design odds ratios of an error against the baseline: 1.3 (17 % → 21 % error) is near optimal for
     slow concept drift, 3.0 (17 % → 38 %) catches a broken model within tens of labels."""
+    flip_shares: tuple[float, ...] = ()
+    """Designs where a share ε of labels turned over: a bin's error rate p becomes p + ε(1 − 2p), a large
+    relative rise where the model was confident (a concept change acts wherever it rotates the rule)."""
+    confidence_bins: int = 1
+    """Quantile bins of the baseline's confidence, each with its own error rate; 1 = one rate for all."""
+    shrink_labels: float = 5.0
+    """Pseudo-labels pulling each bin's rate towards the pooled one, so that a bin of 50 labels with no
+    error does not get a rate near 0 that it would then alarm on. Few: the pull biases the confident bins
+    upwards, which costs delay and leaves false alarms under budget (20 pseudo-labels on 200-label
+    baselines: a tenth of the budget, and 78 instead of 70 labels for a 60° rotation)."""
     false_alarms_per_10k: float = 0.05
     """False alarms per 10,000 labels when nothing changes, shared equally by the designs."""
     calibration_paths: int = 400
@@ -186,9 +204,19 @@ class ErrorCusumConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.odds_ratios or any(not 1 < r <= 100 for r in self.odds_ratios):
-            raise ConfigError(f"odds_ratios must be a non-empty tuple of values in (1, 100], got "
-                              f"{self.odds_ratios}: each is a rise in the odds of an error to catch")
+        if any(not 1 < r <= 100 for r in self.odds_ratios):
+            raise ConfigError(f"odds_ratios must be values in (1, 100], got {self.odds_ratios}: each is a rise "
+                              f"in the odds of an error to catch")
+        if any(not 0 < e < 1 for e in self.flip_shares):
+            raise ConfigError(f"flip_shares must be values in (0, 1), got {self.flip_shares}: each is a share "
+                              f"of labels turned over, e.g. 0.2")
+        if not self.odds_ratios and not self.flip_shares:
+            raise ConfigError("give at least one design: odds_ratios (e.g. (1.3, 3.0)) or flip_shares (e.g. (0.2,))")
+        if not 1 <= self.confidence_bins <= 10:
+            raise ConfigError(f"confidence_bins must be in [1, 10], got {self.confidence_bins}: each bin needs "
+                              f"its own share of the baseline's labels")
+        if self.shrink_labels < 0:
+            raise ConfigError(f"shrink_labels must be >= 0, got {self.shrink_labels}")
         _check_calibration("ErrorCusumConfig", self.false_alarms_per_10k, self.calibration_paths,
                            self.calibration_rows)
 
@@ -259,6 +287,14 @@ class _Cusum:
 
     def scores(self) -> np.ndarray:
         return self._s / (self._h * (1.0 + self._run / self._n_ref))
+
+    def excursion(self) -> tuple[int, int, float] | None:
+        """``(column, first row, score)`` of the running excursion nearest its threshold; None at rest."""
+        scores = self.scores()
+        c = int(np.argmax(scores))
+        if scores[c] <= 0.0:
+            return None
+        return c, self.seen - int(self._run[c]), float(scores[c])
 
     def to_dict(self) -> dict[str, Any]:
         return {"s": self._s.tolist(), "run": self._run.tolist(), "seen": self.seen}
@@ -398,48 +434,96 @@ def calibrate_features(n_reference: int, n_features: int, config: FeatureCusumCo
     return _simulate_features(n_reference, n_features, config, population)
 
 
-def _error_steps(p0: np.ndarray, odds_ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bernoulli LLR of an error and of a success, per baseline rate (...,) and design: (..., designs) each."""
+def _error_steps(p0: np.ndarray, config: ErrorCusumConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Bernoulli LLR of an error and of a success per baseline rate ``(...)`` and design: ``(..., designs)``."""
     p0 = np.asarray(p0, dtype=float)[..., None]
-    p1 = odds_ratios * p0 / (1.0 - p0 + odds_ratios * p0)
+    r, e = np.asarray(config.odds_ratios, dtype=float), np.asarray(config.flip_shares, dtype=float)
+    p1 = np.concatenate([np.broadcast_to(r * p0 / (1.0 - p0 + r * p0), p0.shape[:-1] + r.shape),
+                         np.broadcast_to(np.clip(p0 + e * (1.0 - 2.0 * p0), 1e-6, 1 - 1e-6),
+                                         p0.shape[:-1] + e.shape)], axis=-1)
     return np.log(p1 / p0), np.log((1.0 - p1) / (1.0 - p0))
 
 
+def _bin_rates(k: np.ndarray, n: np.ndarray, config: ErrorCusumConfig) -> np.ndarray:
+    """Per-bin error rates ``k / n`` (last axis: bins) shrunk towards the pooled rate, clipped off 0 and 1."""
+    total = n.sum()
+    pooled = k.sum(axis=-1, keepdims=True) / total
+    m = config.shrink_labels if len(n) > 1 else 0.0
+    return _clip_rate((k + m * pooled) / (n + m), int(total))
+
+
 @functools.lru_cache(maxsize=256)
-def _simulate_errors(baseline_rate: float, n_baseline: int, config: ErrorCusumConfig) -> Calibration:
-    rng = np.random.default_rng([config.seed, n_baseline, int(round(baseline_rate * 1e9))])
-    rows, ratios = config.calibration_rows, np.asarray(config.odds_ratios)
-    names = [_error_name(r) for r in config.odds_ratios]
+def _simulate_errors(rates: tuple[float, ...], counts: tuple[int, ...], config: ErrorCusumConfig) -> Calibration:
+    p, n = np.asarray(rates), np.asarray(counts)
+    total = int(n.sum())
+    rng = np.random.default_rng([config.seed, total, int(round(float(p @ n) / total * 1e9))] +
+                                ([len(p)] if len(p) > 1 else []))
+    rows = config.calibration_rows
+    names = _error_names(config)
     maxima: list[np.ndarray] = []
-    for b in _blocks(config.calibration_paths, rows, len(ratios)):
-        # A baseline of n_baseline labels designs each path's CUSUM; the stream errs at the true rate.
-        up, down = _error_steps(_clip_rate(rng.binomial(n_baseline, baseline_rate, b) / n_baseline, n_baseline),
-                                ratios)
-        errs = rng.random((rows, b, 1)) < baseline_rate
-        maxima.append(_path_maxima(np.where(errs, up.astype(np.float32), down.astype(np.float32)), n_baseline))
+    for b in _blocks(config.calibration_paths, rows, len(names)):
+        # A baseline of `counts` labels per bin designs each path's CUSUM; the stream errs at the true rates.
+        up, down = _error_steps(_bin_rates(rng.binomial(n, p, (b, len(p))), n, config), config)
+        if len(p) == 1:
+            errs = rng.random((rows, b, 1)) < p[0]
+            inc = np.where(errs, up[:, 0].astype(np.float32), down[:, 0].astype(np.float32))
+        else:
+            bins = np.minimum(np.searchsorted(np.cumsum(n) / total, rng.random((rows, b))), len(p) - 1)
+            errs = (rng.random((rows, b)) < p[bins])[..., None]
+            path = np.arange(b)[None, :]
+            inc = np.where(errs, up[path, bins].astype(np.float32), down[path, bins].astype(np.float32))
+        maxima.append(_path_maxima(inc, total))
     peak = np.concatenate(maxima)
     share = 1.0 / len(names)
-    rates = {n: _rate(config.false_alarms_per_10k) * share for n in names}
-    h = _levels({n: peak[:, i] for i, n in enumerate(names)}, rates, rows)
+    rates_fa = {name: _rate(config.false_alarms_per_10k) * share for name in names}
+    h = _levels({name: peak[:, i] for i, name in enumerate(names)}, rates_fa, rows)
     return Calibration(thresholds=h, false_alarms_per_10k=config.false_alarms_per_10k, method="bernoulli",
-                       paths=config.calibration_paths, rows_per_path=rows, shares={n: share for n in names})
+                       paths=config.calibration_paths, rows_per_path=rows, shares={name: share for name in names})
 
 
-def calibrate_errors(baseline_rate: float, n_baseline: int,
+def calibrate_errors(baseline_rate: float | Sequence[float], n_baseline: int | Sequence[int],
                      config: ErrorCusumConfig = ErrorCusumConfig()) -> Calibration:
-    """Thresholds of :class:`ErrorCusum` for an error rate measured on ``n_baseline`` labels (cached)."""
-    if not 0 < baseline_rate < 1 or n_baseline < 100:
-        raise ConfigError(f"the baseline needs >= 100 labels and an error rate in (0, 1), got "
-                          f"{n_baseline} labels at {baseline_rate}")
-    return _simulate_errors(float(baseline_rate), int(n_baseline), config)
+    """Thresholds of :class:`ErrorCusum` for error rates measured on ``n_baseline`` labels (cached).
+
+    One rate and count, or one per confidence bin.
+    """
+    rates = tuple(float(r) for r in np.atleast_1d(baseline_rate))
+    counts = tuple(int(c) for c in np.atleast_1d(n_baseline))
+    if len(rates) != len(counts) or sum(counts) < 100 or any(c < 1 for c in counts) \
+            or not all(0 < r < 1 for r in rates):
+        raise ConfigError(f"the baseline needs >= 100 labels, at least one per bin, and error rates in (0, 1), "
+                          f"got {counts} labels at {rates}")
+    return _simulate_errors(rates, counts, config)
 
 
 def _clip_rate(p: np.ndarray | float, n: int) -> np.ndarray:
     return np.clip(p, 0.5 / n, 1.0 - 0.5 / n)
 
 
-def _error_name(ratio: float) -> str:
-    return f"error_x{ratio:g}"
+def _error_names(config: ErrorCusumConfig) -> list[str]:
+    return [f"error_x{r:g}" for r in config.odds_ratios] + [f"error_flip{e:g}" for e in config.flip_shares]
+
+
+def known_law_threshold(null_increments: Callable[[np.random.Generator, int, int], np.ndarray],
+                        false_alarms_per_10k: float, *, paths: int = 1600, rows: int = 10_000,
+                        seed: int = 0) -> float:
+    """Threshold of one CUSUM of log-likelihood ratios when the pre-change law is known exactly.
+
+    ``null_increments(rng, rows, paths)`` draws ``(rows, paths)`` increments with nothing changed. No
+    reference-size discount: this is the optimal detector told everything about the change (Moustakides
+    1986), the limit a benchmark compares real detectors with, not one to deploy.
+    """
+    _check_calibration("known_law_threshold", false_alarms_per_10k, paths, rows)
+    rng = np.random.default_rng([seed, rows, paths])
+    maxima = [_path_maxima(np.asarray(null_increments(rng, rows, b), dtype=np.float32)[..., None], 1 << 40)[:, 0]
+              for b in _blocks(paths, rows, 1)]
+    return _tail_level(np.concatenate(maxima), -math.expm1(-_rate(false_alarms_per_10k) * rows))
+
+
+def crossings(increments: np.ndarray, threshold: float) -> list[int]:
+    """Rows where one undiscounted CUSUM of ``increments`` crosses ``threshold``, restarting after each."""
+    engine = _Cusum(np.array([float(threshold)]), 1 << 40)
+    return [row for row, _col, _start, _score in engine.feed(np.asarray(increments, dtype=float)[:, None])]
 
 
 # ---- the detectors ---------------------------------------------------------------------------
@@ -465,6 +549,15 @@ class _Detector:
     def score(self) -> float:
         """Largest statistic over its discounted threshold now: 1 is an alarm."""
         return float(self._engine.scores().max())
+
+    def excursion(self) -> tuple[int, float] | None:
+        """``(first row, score)`` of the running excursion nearest its threshold, None when all rest at zero.
+
+        Before any alarm, the CUSUM's estimate of when a change began and how sure it is (score 1 alarms):
+        a caller that learns of a change another way (a window test) can date it from here.
+        """
+        exc = self._engine.excursion()
+        return None if exc is None else (exc[1], exc[2])
 
     def state(self) -> dict[str, Any]:
         """The running statistics, for a checkpoint (the calibration is rebuilt from the reference)."""
@@ -553,16 +646,19 @@ class ErrorCusum(_Detector):
 
     ``baseline_errors`` are the model's errors on labelled reference rows it was not fitted on
     (cross-validation or a holdout): in-sample errors are optimistic and would alarm on a healthy model.
+    With ``confidence_bins > 1`` every error comes with the model's confidence in that answer (its top
+    probability), in the baseline and in :meth:`update`.
     """
 
     def __init__(self, baseline_errors: np.ndarray, config: ErrorCusumConfig = ErrorCusumConfig(), *,
-                 calibration: Calibration | None = None) -> None:
+                 baseline_confidence: np.ndarray | None = None, calibration: Calibration | None = None) -> None:
         self.config = config
         self._alarms: list[Alarm] = []
         self._last: list[Alarm] = []
-        self._set_baseline(baseline_errors, calibration)
+        self._set_baseline(baseline_errors, baseline_confidence, calibration)
 
-    def _set_baseline(self, baseline_errors: np.ndarray, calibration: Calibration | None) -> None:
+    def _set_baseline(self, baseline_errors: np.ndarray, confidence: np.ndarray | None,
+                      calibration: Calibration | None) -> None:
         e = self._errors(baseline_errors)
         if len(e) < 100:
             raise DataError(f"the baseline has {len(e)} labels: an error rate needs >= 100 (a few hundred "
@@ -571,9 +667,27 @@ class ErrorCusum(_Detector):
         if not 0 < rate < 1:
             raise DataError(f"the baseline error rate is {rate:g}: the CUSUM needs both errors and successes "
                             f"in the baseline; collect more labels")
+        self._edges = np.empty(0)
+        if self.config.confidence_bins > 1:
+            c = self._confidence(confidence, len(e))
+            qs = np.arange(1, self.config.confidence_bins) / self.config.confidence_bins
+            self._edges = np.unique(np.quantile(c, qs))
+            bins = np.searchsorted(self._edges, c, side="right")
+            counts = np.bincount(bins, minlength=len(self._edges) + 1)
+            while (counts == 0).any():  # ties (a model with few distinct answers): merge an empty bin
+                empty = int(np.argmax(counts == 0))
+                self._edges = np.delete(self._edges, max(0, empty - 1))
+                bins = np.searchsorted(self._edges, c, side="right")
+                counts = np.bincount(bins, minlength=len(self._edges) + 1)
+        else:
+            bins = np.zeros(len(e), dtype=np.int64)
+        counts = np.bincount(bins, minlength=len(self._edges) + 1)
+        errs = np.bincount(bins, weights=e, minlength=len(self._edges) + 1)
+        self.bin_rates = _bin_rates(errs, counts, self.config)
         self.baseline_rate, self.n_baseline = rate, len(e)
-        self.calibration = calibration or calibrate_errors(rate, len(e), self.config)
-        self._names = [_error_name(r) for r in self.config.odds_ratios]
+        self.calibration = calibration or calibrate_errors(self.bin_rates, counts, self.config)
+        self._names = _error_names(self.config)
+        self._up, self._down = _error_steps(self.bin_rates, self.config)
         self._engine = _Cusum(np.array([self.calibration.thresholds[n] for n in self._names]), len(e))
 
     @staticmethod
@@ -583,15 +697,30 @@ class ErrorCusum(_Detector):
             raise DataError("errors must be 0 (right) or 1 (wrong)")
         return e
 
+    def _confidence(self, values: np.ndarray | None, n: int) -> np.ndarray:
+        if values is None:
+            raise DataError(f"this detector splits errors by confidence (confidence_bins="
+                            f"{self.config.confidence_bins}): give each error's confidence too")
+        c = np.asarray(values, dtype=float).ravel()
+        if len(c) != n or not np.isfinite(c).all():
+            raise DataError(f"need one finite confidence per error: {len(c)} confidences for {n} errors")
+        return c
+
     @property
     def labels_seen(self) -> int:
         return self._engine.seen
 
-    def update(self, errors: np.ndarray) -> ErrorCusum:
-        """Feed 0/1 errors (one or many) in the order of the rows they label."""
+    def bins(self, confidence: np.ndarray | None, n: int) -> np.ndarray:
+        """The confidence bin of each of ``n`` answers (all 0 with one bin)."""
+        if not len(self._edges):
+            return np.zeros(n, dtype=np.int64)
+        return np.searchsorted(self._edges, self._confidence(confidence, n), side="right")
+
+    def update(self, errors: np.ndarray, confidence: np.ndarray | None = None) -> ErrorCusum:
+        """Feed 0/1 errors (one or many) in the order of the rows they label, with their confidences if binned."""
         e = self._errors(errors)
-        up, down = _error_steps(self.baseline_rate, np.asarray(self.config.odds_ratios))
-        inc = np.where(e[:, None] > 0, up, down)
+        bins = self.bins(confidence, len(e))
+        inc = np.where(e[:, None] > 0, self._up[bins], self._down[bins])
         self._last = [Alarm(index=row, change_index=change, statistic=self._names[col], feature=None, score=score)
                       for row, col, change, score in self._engine.feed(inc)]
         self._alarms.extend(self._last)
@@ -601,7 +730,7 @@ class ErrorCusum(_Detector):
         self._engine.reset()
         self._last = []
 
-    def rebase(self, baseline_errors: np.ndarray) -> None:
+    def rebase(self, baseline_errors: np.ndarray, baseline_confidence: np.ndarray | None = None) -> None:
         """A new baseline, e.g. the retrained model's errors on held-out post-change labels."""
-        self._set_baseline(baseline_errors, None)
+        self._set_baseline(baseline_errors, baseline_confidence, None)
         self._last = []

@@ -256,12 +256,33 @@ def _concept(stream: _Stream, cfg: RaymedicConfig, sc: LiveScenario, gen: Any, s
     out["retraining"] = [{"result": h.get("result"), "reason": h.get("reason"),
                           **{k: round(h[k] - t_change, 1) for k in ("submitted_at", "finished_at") if h.get(k)},
                           "gate": {m: {k: g.get(k) for k in ("passed", "champion_accuracy", "challenger_accuracy")}
-                                   for m, g in (h.get("gate") or {}).items()}}
+                                   for m, g in (h.get("gate") or {}).items()},
+                          **{k: h[k] for k in ("verdicts", "live", "wall_s") if k in h}}
                          for h in history if h.get("submitted_at", t_change) >= t_change]
+    out["timeline"] = _timeline(cfg, t_change)
     progress(f"  {sc.name}: detected after {out.get('detect_labels')} labels ({out.get('detected_s')} s), job "
              f"{out.get('job_submitted_s')} s, promoted {out.get('promoted_s')} s, within {s.within:.0%} of the "
              f"oracle after {out['recovered_s']} s")
     return out
+
+
+TIMELINE_KINDS = ("data-concept_drift", "data-accuracy_decay", "retrain-", "trial-", "promote", "rollback")
+"""Audit kinds of the healing loop (prefixes), for the concept scenario's timeline."""
+
+
+def _timeline(cfg: RaymedicConfig, t_change: float) -> list[list[Any]]:
+    """What the controller audited about the model from the change on: [seconds after it, kind, target].
+
+    The audit log is flushed every few seconds; a record not flushed by now is missing, not wrong."""
+    from controllers.audit import read_audit
+    from raymedic.storage import Storage
+
+    try:
+        records = read_audit(Storage(cfg.storage_path), cfg.model, since=t_change)
+    except Exception:  # the timeline is a detail of the report: never lose the figures over it
+        return []
+    return [[round(r["ts"] - t_change, 1), r.get("kind"), r.get("target")] for r in records
+            if str(r.get("kind", "")).startswith(TIMELINE_KINDS)]
 
 
 def run_live_drift(*, config_path: str | None, port: int, settings: LiveDriftSettings,
@@ -336,8 +357,9 @@ def run_live_drift(*, config_path: str | None, port: int, settings: LiveDriftSet
 def format_live_table(report: dict[str, Any]) -> str:
     s, c = report["settings"], report["control"]
     lines = [f"live service, {s['rows_per_s']:g} rows/s in requests of {s['batch_rows']}, labels {s['label_delay']} "
-             f"rows late, one seed",
-             f"control: {c['rows']} unchanged rows → {c['incidents']} incidents, {c['retrain_jobs']} retrain jobs",
+             f"rows late, seed {s['seed']}",
+             f"control: {c['rows']} unchanged rows → {c['incidents']} incidents"
+             f"{' (' + ', '.join(c['kinds']) + ')' if c.get('kinds') else ''}, {c['retrain_jobs']} retrain jobs",
              f"{'scenario':<16} {'detected after':<28} {'healing loop'}"]
     for r in report["results"]:
         if r["kind"] == "inputs":
@@ -354,6 +376,9 @@ def format_live_table(report: dict[str, Any]) -> str:
             lines.append(f"{'':<16} accuracy per {r['block_rows']} rows  live   {acc['live']}")
             lines.append(f"{'':<16} {'':<22} fixed  {acc['fixed']}")
             lines.append(f"{'':<16} {'':<22} oracle {acc['oracle']}")
+            if r.get("timeline"):
+                lines.append(f"{'':<16} audited (s after the change): " +
+                             ", ".join(f"{t:g} {kind} {target}" for t, kind, target in r["timeline"]))
     lines.append(f"failed requests: {report['failed_requests']}")
     return "\n".join(lines)
 

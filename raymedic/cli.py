@@ -552,7 +552,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         names = tuple(n.strip() for n in args.live_scenarios.split(",")) if args.live_scenarios else \
             benchlive.LiveDriftSettings().scenarios
         live = benchlive.LiveDriftSettings(rows_per_s=args.rows_per_s, scenarios=names,
-                                           control_rows=args.control_rows)
+                                           control_rows=args.control_rows, seed=args.seed)
         if args.json:
             with _stdout_to_stderr():
                 report = benchlive.run_live_drift(config_path=args.config, port=args.port, settings=live,
@@ -741,6 +741,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="drift: stream through a deployed service on an embedded cluster (HTTP, delayed "
                          "feedback, the controller's detectors and healing loop), one seed.")
     be.add_argument("--rows-per-s", type=float, default=50.0, help="drift --live: rows sent per second.")
+    be.add_argument("--seed", type=int, default=7,
+                    help="drift --live: the streams' seed (default 7); run several to see the spread.")
     be.add_argument("--control-rows", type=int, default=3000, help="drift --live: unchanged labelled rows of the "
                                                                    "no-drift control (default 3000).")
     be.add_argument("--live-scenarios", help="drift --live: comma list of 'mean +0.5 sd', 'mean +1 sd', 'sd x2', "

@@ -305,7 +305,8 @@ class PerformanceSettings(_Strict):
                             "and before the label-free estimate is recalibrated.")
     confidence_window: int = Field(2000, ge=50, description="Recent answers behind the label-free estimate.")
     accuracy_drop: float = Field(0.05, gt=0, lt=1, description="Incident when the ensemble's windowed "
-                                 "accuracy falls this far below the champions' validation accuracy.")
+                                 "accuracy is significantly (upper 99.5 % Wilson bound) more than this below "
+                                 "the champions' validation accuracy.")
     ph_delta: float = Field(0.05, ge=0, description="Page-Hinkley tolerance: error-rate rises below about "
                             "this are ignored.")
     ph_lambda: float = Field(15.0, gt=0, description="Page-Hinkley threshold: a rise of r in the error rate "
@@ -316,12 +317,38 @@ class PerformanceSettings(_Strict):
         "cusum", description="The concept-drift test on the ensemble's error stream. 'cusum': Bernoulli CUSUMs "
         "against the error rate of the first error_baseline_labels labels of the serving versions, thresholds "
         "simulated for error_false_alarms_per_10k (`raymedic bench drift`: a 60° concept rotation caught after "
-        "~90 labels where Page-Hinkley needs ~150, at the same false-alarm rate). 'page-hinkley': ph_* above.")
+        "~50 labels where Page-Hinkley needs ~160, at the same false-alarm rate). 'page-hinkley': ph_* above.")
     error_baseline_labels: int = Field(200, ge=100, description="Labels of newly serving versions that set the "
                                        "CUSUM's baseline error rate (it waits for at least one error and one "
                                        "success); the CUSUM watches every label after them.")
     error_false_alarms_per_10k: float = Field(0.05, gt=0, le=100, description="The CUSUM's false-alarm budget "
                                               "per 10,000 labels when nothing changes.")
+    error_confidence_bins: int = Field(4, ge=1, le=10, description="The CUSUM splits answers into this many "
+                                       "quantile bins of the ensemble's confidence, each with its own baseline "
+                                       "error rate: an error where the ensemble used to be confident weighs more "
+                                       "(1: one error rate for all answers).")
+    error_flip_shares: tuple[float, ...] = Field((0.05, 0.2), description="CUSUM designs: shares of labels "
+                                                 "turned over by a concept change, wherever it acts (0.05: slow "
+                                                 "drift; 0.2: about a 60° rotation of the rule).")
+    error_odds_ratios: tuple[float, ...] = Field((), description="More CUSUM designs: rises in the odds of an "
+                                                 "error in every bin (e.g. 1.3; a uniform rise, which a biased "
+                                                 "baseline mimics: more false alarms at the same budget).")
+
+    @model_validator(mode="after")
+    def _error_designs(self) -> "PerformanceSettings":
+        try:
+            self.error_cusum()  # ErrorCusumConfig's checks, in one place
+        except ConfigError as exc:
+            raise ValueError(f"performance.error_*: {exc}") from None
+        return self
+
+    def error_cusum(self) -> Any:
+        """The concept-drift CUSUM's design and budget (a :class:`controllers.sequential.ErrorCusumConfig`)."""
+        from controllers.sequential import ErrorCusumConfig
+
+        return ErrorCusumConfig(odds_ratios=tuple(self.error_odds_ratios), flip_shares=tuple(self.error_flip_shares),
+                                confidence_bins=self.error_confidence_bins,
+                                false_alarms_per_10k=self.error_false_alarms_per_10k)
 
 
 class RetrainingConfig(_Strict):

@@ -524,7 +524,11 @@ class Gateway:
         outputs = [
             json.dumps({m: {"probabilities": served[m][i].round(6).tolist(),
                             "replica": "challenger" if m in canary else answers[m].replica,
-                            "version": on_trial[m] if m in canary else answers[m].version}
+                            "version": on_trial[m] if m in canary else answers[m].version,
+                            # the champion a canary stood in for: a label joined on another gateway
+                            # replica (from this log) still pairs the two for the trial
+                            **({"champion": {"probabilities": answers[m].probabilities[i].round(6).tolist(),
+                                             "version": answers[m].version}} if m in canary else {})}
                         for m in answers})
             for i in range(len(rows))
         ]
@@ -569,6 +573,9 @@ class Gateway:
             await asyncio.to_thread(self._feedback.write, [i for i, _ in keep], [lab for _, lab in keep])
             classes = [self._schema.class_index(lab) for _, lab in keep]
             kept_ids = [i for i, _ in keep]
+            for i in kept_ids:  # answered by another replica: its logged answer joins the label here
+                if i not in self._recent and (logged := self._known.answer(i)) is not None:
+                    self._recent.add_logged(i, *logged)
             self._calls.add_losses(self._recent.losses(kept_ids, classes))
             self._calls.add_labelled(self._recent.labelled(kept_ids, classes))
         metrics.inc("raymedic_requests_total", model=model, route="feedback", code=200)

@@ -138,19 +138,45 @@ class FeedbackLog:
 
 
 class KnownIds:
-    """Which inference ids exist, across every gateway replica.
+    """Which inference ids exist, across every gateway replica, and what the others answered.
 
     Ids this replica issued are remembered in memory; others are found in the
     flushed prediction log, reading only new part files of the hours the ids name.
+    Those other replicas' answers (when, each member's output, the ensemble's) are
+    kept too, bounded: feedback reaches whichever replica the load balancer picks,
+    and a label joined only where its answer was given would lose every other one
+    for the monitors, the weights and a challenger's trial.
     """
 
-    def __init__(self, storage: Storage, model: str, *, capacity: int = 500_000) -> None:
+    def __init__(self, storage: Storage, model: str, *, capacity: int = 500_000,
+                 answers_capacity: int = 50_000) -> None:
         self._storage = storage
         self._prefix = f"logs/{model}/predictions"
         self._ids: "OrderedDict[str, None]" = OrderedDict()
         self._capacity = capacity
+        self._answers: "OrderedDict[str, tuple[float, str, list[float]]]" = OrderedDict()
+        self._answers_capacity = answers_capacity
         self._read_parts: set[str] = set()
         self._lock = threading.Lock()
+
+    def answer(self, inference_id: str) -> tuple[float, dict[str, Any], list[float]] | None:
+        """Another replica's logged answer: (when, ``member_outputs``, ensemble probabilities), or None."""
+        with self._lock:
+            got = self._answers.get(inference_id)
+        if got is None:
+            return None
+        ts, outputs, ensemble = got
+        return ts, json.loads(outputs), ensemble
+
+    def _remember_answers(self, table: pa.Table) -> None:
+        cols = [table.column(c).to_pylist() for c in ("inference_id", "ts", "member_outputs", "probabilities")]
+        with self._lock:
+            for i, ts, outputs, probs in zip(*cols):
+                if i in self._ids or outputs is None:  # ours: the gateway keeps its own answers
+                    continue
+                self._answers[i] = (float(ts), outputs, list(probs or ()))
+            while len(self._answers) > self._answers_capacity:
+                self._answers.popitem(last=False)
 
     def add(self, ids: Iterable[str]) -> None:
         with self._lock:
@@ -169,11 +195,13 @@ class KnownIds:
                 if key in self._read_parts:
                     continue
                 try:
-                    table = self._storage.read_parquet(key, columns=["inference_id"])
+                    table = self._storage.read_parquet(
+                        key, columns=["inference_id", "ts", "member_outputs", "probabilities"])
                 except Exception:
                     log.warning("could not read prediction log part %s; skipping it", key)
                     continue
                 self._read_parts.add(key)
+                self._remember_answers(table)
                 self.add(table.column("inference_id").to_pylist())
 
     def unknown(self, ids: Sequence[str]) -> list[str]:

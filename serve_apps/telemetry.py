@@ -17,6 +17,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from controllers.rollout import challenger_source
 from raymedic.errors import ServiceUnavailable
 
 __all__ = ["CallRecorder", "LocalEjector", "RecentOutputs", "HedgeBudget", "Admission", "OUTCOMES"]
@@ -130,6 +131,34 @@ class RecentOutputs:
                 self._versions[inference_id] = versions
             if ensemble is not None:
                 self._d[inference_id][ENSEMBLE_KEY] = np.asarray(ensemble[i], dtype=float).tolist()
+        while len(self._d) > self.capacity:
+            old, _ = self._d.popitem(last=False)
+            self._ts.pop(old, None)
+            self._versions.pop(old, None)
+
+    def __contains__(self, inference_id: object) -> bool:
+        return inference_id in self._d
+
+    def add_logged(self, inference_id: str, ts: float, member_outputs: Mapping[str, Any],
+                   ensemble: Sequence[float]) -> None:
+        """An answer another gateway replica gave, from its prediction log record (``member_outputs``: member →
+        {"probabilities", "version", and for a canary the "champion" it stood in for})."""
+        probs: dict[str, list[float]] = {}
+        versions: dict[str, str] = {}
+        for m, out in member_outputs.items():
+            champion = out.get("champion")
+            if champion is not None:  # a canary answered: the member's own answer is the champion's
+                probs[m], versions[m] = list(champion["probabilities"]), str(champion.get("version", ""))
+                probs[challenger_source(m)] = list(out["probabilities"])
+            else:
+                probs[m] = list(out["probabilities"])
+                if out.get("version"):
+                    versions[m] = str(out["version"])
+        self._d[inference_id] = probs
+        if ensemble:
+            self._d[inference_id][ENSEMBLE_KEY] = list(ensemble)
+        self._ts[inference_id] = float(ts)
+        self._versions[inference_id] = {m: v for m, v in versions.items() if v}
         while len(self._d) > self.capacity:
             old, _ = self._d.popitem(last=False)
             self._ts.pop(old, None)

@@ -81,6 +81,18 @@ def test_larger_shifts_are_caught_sooner_and_sooner_than_the_window_test(report:
     assert det["concept 60 deg"]["unit"] == "labels"
 
 
+def test_the_told_cusum_is_the_limit_for_abrupt_changes(report: dict) -> None:
+    """Told the feature, direction, size and true law, the CUSUM is optimal: it must not trail ours."""
+    det = by_name(report["detection"])
+    for name in ("mean +0.5 sd", "mean +1 sd", "sd x2", "concept 60 deg"):
+        limit, ours = det[name]["limit"], det[name]["cusum"]
+        assert limit["runs"] == SMALL.seeds and limit["median"] is not None
+        assert limit["median"] <= ours["median"], name
+    for name in ("gradual to +1 sd", "incremental to +1 sd"):
+        assert det[name]["limit"] is None  # no single change to be told
+    assert "limit (told)" in benchdrift.format_table(report)
+
+
 def test_false_alarms_are_matched_and_near_the_target(report: dict) -> None:
     ctl = report["control"]
     assert ctl["rows"] == SMALL.seeds * SMALL.control_rows

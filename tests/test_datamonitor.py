@@ -165,3 +165,15 @@ def test_sequential_cusum_flags_a_half_sd_shift_and_stays_quiet_on_the_control()
     off = monitor_with(pd.concat([table(400, seed=7), table(400, seed=8, shift=0.5)], ignore_index=True),
                        sequential=False)
     assert off.sequential_hits() == {} and off.check().features[0].sequential is None
+
+
+def test_an_open_decay_takes_the_change_date_found_after_it_opened_and_keeps_the_first():
+    """A retrain since the change needs its date; the CUSUM may find it a check or two after the decay."""
+    alerts = DataAlerts(CFG)
+    kinds = frozenset({"accuracy_decay"})
+    key = ("accuracy_decay", "ensemble")
+    assert alerts.apply({key: ("act", {"accuracy": 0.7})}, 10.0, kinds=kinds)[0][0] == "opened"
+    assert alerts.apply({key: ("act", {"accuracy": 0.69, "change_at": 5.0})}, 12.0, kinds=kinds) == []
+    alerts.apply({key: ("act", {"accuracy": 0.68, "change_at": 9.0})}, 14.0, kinds=kinds)
+    (alert,) = alerts.open()
+    assert alert.evidence == {"accuracy": 0.7, "change_at": 5.0}  # opening evidence kept, first date kept

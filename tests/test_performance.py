@@ -123,6 +123,28 @@ def test_error_cusum_baselines_on_the_first_live_labels_then_catches_a_rise_and_
     assert len(mon.to_dict()["error_baseline"]) == 300  # no error yet: no rate to test against, still waiting
 
 
+def test_an_accuracy_decay_is_dated_by_the_cusums_running_excursion():
+    """The labelled window's accuracy test often fires before the CUSUM crosses; the retrain it starts must
+    still learn from the rows since the change, so the decay carries the excursion's start when it has weight."""
+    cfg = PerformanceSettings(error_baseline_labels=200, min_labels=100, label_window=300)
+    rng = np.random.default_rng(8)
+    mon = PerformanceMonitor(2, cfg, reference_accuracy=0.99)  # any window decays: what matters is the date
+    steady = (rng.random(400) < 0.15).astype(int)
+    for i in range(0, 400, 50):
+        mon.add_labelled(_errors_as_pairs(steady[i:i + 50], i, answered_at=1_000.0 + i), now=2_000.0)
+    quiet = mon.check(now=2_000.0).breaches[("accuracy_decay", ENSEMBLE)][1]
+    assert mon._cusum is not None and not mon._cusum.alarms
+    assert "change_at" not in quiet  # steady errors: no excursion worth dating a change by
+    burst = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0])
+    for k, e in enumerate(burst):
+        mon.add_labelled(_errors_as_pairs([e], 500 + k, answered_at=5_000.0 + k), now=6_000.0)
+    report = mon.check(now=6_000.0)
+    assert report.concept_drift_at is None, "the burst was meant to stay under the CUSUM's threshold"
+    dated = report.breaches[("accuracy_decay", ENSEMBLE)][1]
+    assert 0.5 <= dated["change_score"] < 1.0
+    assert 5_000.0 <= dated["change_at"] <= 5_002.0, dated  # the burst's first answers, not the steady ones
+
+
 def test_labels_for_answers_of_replaced_versions_do_not_count_after_a_promotion():
     """Promotions swap versions within a second; feedback for answers the old champions gave keeps
     arriving after it and must not read as a decay of the new ones."""

@@ -155,6 +155,70 @@ def test_error_cusum_catches_a_rise_in_the_error_rate_and_not_a_fall() -> None:
     assert alarm.statistic == "error_x3"  # the large design wins on a large rise
 
 
+BINNED = ErrorCusumConfig(odds_ratios=(), flip_shares=(0.05, 0.2), confidence_bins=4, false_alarms_per_10k=10.0,
+                          calibration_paths=200, calibration_rows=2_000)
+
+
+def calibrated_errors(rng: np.random.Generator, n: int, flip: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Errors and confidences of a calibrated binary model (right with probability its confidence); ``flip``:
+    the share of labels a concept change turned over, wherever the model was."""
+    conf = rng.uniform(0.5, 1.0, n)
+    p_error = (1.0 - conf) * (1.0 - flip) + conf * flip
+    return (rng.random(n) < p_error).astype(float), conf
+
+
+def test_confidence_bins_hold_the_false_alarm_budget() -> None:
+    """30 baselines of 2,000 labels, 5,000 unchanged labels each: alarms per 10,000 near the target
+    (expected ~150; the bounds are ±50 %, far outside Poisson noise of ±8 %, inside a wrong calibration)."""
+    rng = np.random.default_rng(21)
+    alarms = 0
+    for _ in range(30):
+        errors, conf = calibrated_errors(rng, 2_000)
+        det = ErrorCusum(errors, BINNED, baseline_confidence=conf)
+        alarms += len(det.update(*calibrated_errors(rng, 5_000)).alarms)
+    rate = alarms / (30 * 5_000) * 10_000
+    assert 0.5 * BINNED.false_alarms_per_10k < rate < 1.5 * BINNED.false_alarms_per_10k, rate
+
+
+def test_confidence_bins_catch_flipped_labels_sooner_than_one_error_rate() -> None:
+    """Turned-over labels where the model was sure are strong evidence; one pooled error rate dilutes them."""
+    strict = ErrorCusumConfig(odds_ratios=(), flip_shares=(0.05, 0.2), confidence_bins=4, false_alarms_per_10k=0.5,
+                              calibration_paths=200, calibration_rows=5_000)
+    delays: dict[int, list[int]] = {1: [], 4: []}
+    for seed in range(8):
+        rng = np.random.default_rng(100 + seed)
+        base_e, base_c = calibrated_errors(rng, 2_000)
+        pre_e, pre_c = calibrated_errors(rng, 1_000)
+        post_e, post_c = calibrated_errors(rng, 2_000, flip=0.15)
+        for bins in delays:
+            cfg = ErrorCusumConfig(**{**strict.__dict__, "confidence_bins": bins})
+            det = ErrorCusum(base_e, cfg, baseline_confidence=base_c)
+            det.update(np.concatenate([pre_e, post_e]), np.concatenate([pre_c, post_c]))
+            alarm = first_after(det.alarms, 1_000)
+            delays[bins].append(2_000 if alarm is None else alarm.index - 1_000)
+    assert np.median(delays[4]) < 0.75 * np.median(delays[1]), delays
+
+
+def test_confidence_bins_merge_on_ties_and_need_a_confidence_per_error() -> None:
+    rng = np.random.default_rng(3)
+    errors = (rng.random(1_000) < 0.2).astype(float)
+    det = ErrorCusum(errors, BINNED, baseline_confidence=np.full(1_000, 0.8))  # one distinct confidence
+    assert len(det.bin_rates) == 1 and det.bin_rates[0] == pytest.approx(errors.mean())
+    conf = rng.uniform(0.5, 1.0, 1_000)
+    det = ErrorCusum(errors, BINNED, baseline_confidence=conf)
+    assert len(det.bin_rates) == 4
+    with pytest.raises(DataError, match="give each error's confidence"):
+        det.update(errors[:10])
+    with pytest.raises(DataError, match="one finite confidence per error"):
+        det.update(errors[:10], conf[:9])
+    with pytest.raises(DataError, match="give each error's confidence"):
+        ErrorCusum(errors, BINNED)
+    det.update(errors[:500], conf[:500])
+    again = ErrorCusum(errors, BINNED, baseline_confidence=conf)
+    again.restore(det.state())
+    assert again.score == pytest.approx(det.score)
+
+
 def test_bootstrap_calibration_agrees_with_the_gaussian_one_on_gaussian_data() -> None:
     rng = np.random.default_rng(13)
     ref = rng.standard_normal((2_000, 5))
@@ -190,6 +254,10 @@ def test_feature_config_rejects_bad_values(kwargs: dict, match: str) -> None:
 @pytest.mark.parametrize("kwargs, match", [
     ({"odds_ratios": ()}, "odds_ratios"),
     ({"odds_ratios": (1.0, 3.0)}, "odds_ratios"),
+    ({"odds_ratios": (), "flip_shares": ()}, "at least one design"),
+    ({"flip_shares": (1.2,)}, "flip_shares"),
+    ({"confidence_bins": 0}, "confidence_bins"),
+    ({"shrink_labels": -1.0}, "shrink_labels"),
     ({"false_alarms_per_10k": 5_000.0}, "false_alarms_per_10k"),
 ])
 def test_error_config_rejects_bad_values(kwargs: dict, match: str) -> None:

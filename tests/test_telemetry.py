@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -148,3 +149,42 @@ def test_losses_name_the_version_that_answered():
     assert losses == {"mlp@v0001": [pytest.approx(0.81)], "mlp@v0002": [pytest.approx(0.04)],
                       "lr@v0001": [pytest.approx(0.16), pytest.approx(0.16)],
                       "mlp@challenger": [pytest.approx(0.09)]}
+
+
+def test_a_label_joins_an_answer_another_gateway_replica_logged(tmp_path):
+    """Feedback lands on whichever replica the load balancer picks: one that did not answer finds the
+    answer in the prediction log (a canary's champion included) and joins the label as the answering one
+    would, so no accepted label is lost to the monitors, the weights or a trial."""
+    from serve_apps.predlog import KnownIds, PredictionLog, new_inference_id
+
+    storage = Storage(str(tmp_path))
+    other = PredictionLog(storage, "m", tag="other")
+    now = time.time()
+    plain, canary = new_inference_id(now), new_inference_id(now + 1)
+    other.append([
+        {"inference_id": plain, "ts": now, "model": "m", "model_version": "lr:v1,mlp:v1", "features": "[1.0]",
+         "member_outputs": json.dumps({"lr": {"probabilities": [0.9, 0.1], "replica": "a", "version": "v1"},
+                                       "mlp": {"probabilities": [0.6, 0.4], "replica": "b", "version": "v1"}}),
+         "prediction": "0", "probabilities": [0.8, 0.2], "degraded": False},
+        {"inference_id": canary, "ts": now + 1, "model": "m", "model_version": "lr:v2,mlp:v1", "features": "[2.0]",
+         "member_outputs": json.dumps({
+             "lr": {"probabilities": [0.3, 0.7], "replica": "challenger", "version": "v2",
+                    "champion": {"probabilities": [0.8, 0.2], "version": "v1"}},
+             "mlp": {"probabilities": [0.4, 0.6], "replica": "b", "version": "v1"}}),
+         "prediction": "1", "probabilities": [0.35, 0.65], "degraded": False}])
+    other.flush()
+    known = KnownIds(storage, "m")
+    mine = new_inference_id()
+    known.add([mine])
+    assert known.unknown([plain, canary, mine]) == []
+    assert known.answer(mine) is None  # this replica's own answers live in its RecentOutputs
+    recent = RecentOutputs()
+    for i in (plain, canary):
+        recent.add_logged(i, *known.answer(i))
+    pairs = recent.labelled([plain, canary], [0, 1])
+    assert pairs[0] == {"y": 0, "p": {"lr": [0.9, 0.1], "mlp": [0.6, 0.4], "ensemble": [0.8, 0.2]}, "ts": now}
+    assert pairs[1]["p"] == {"lr": [0.8, 0.2], "lr@challenger": [0.3, 0.7], "mlp": [0.4, 0.6],
+                             "ensemble": [0.35, 0.65]}
+    losses = recent.losses([canary], [1])
+    assert set(losses) == {"lr@v1", "lr@challenger", "mlp@v1"}  # the champion charged as its own version
+    assert losses["lr@challenger"][0] == pytest.approx(0.09)
