@@ -264,6 +264,10 @@ class Gateway:
         self._flusher.cancel()
         if self._syncer is not None:
             self._syncer.cancel()
+        pending = list(self._shadow)  # shadowed requests not logged yet: cancelled, they log what they have
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         self._predlog.flush()
 
     # ---- helpers -------------------------------------------------------------------
@@ -402,6 +406,23 @@ class Gateway:
         self._calls.challenger_call(name, ok=True)
         return np.asarray(out["probabilities"], dtype=float)
 
+    async def _log_after_shadow(self, records: list[dict[str, Any]], challengers: dict[str, asyncio.Future],
+                                on_trial: dict[str, str]) -> None:
+        """Log a shadowed request once its challengers answered (or gave up): the log is where another
+        gateway replica finds both answers when the label reaches it there. The client never waits on it."""
+        try:
+            await asyncio.wait(list(challengers.values()), timeout=self._cfg.gateway.member_timeout_s + 1.0)
+        finally:
+            for m, task in challengers.items():
+                if not task.done() or task.cancelled() or task.exception() is not None or task.result() is None:
+                    continue
+                p = np.asarray(task.result())
+                for i, r in enumerate(records):
+                    if m in r["member_outputs"]:
+                        r["member_outputs"][m]["challenger"] = {"probabilities": p[i].round(6).tolist(),
+                                                                "version": on_trial[m]}
+            self._predlog.append({**r, "member_outputs": json.dumps(r["member_outputs"])} for r in records)
+
     def _shadow_done(self, task: asyncio.Task, ids: list[str], name: str) -> None:
         self._shadow.discard(task)
         if not task.cancelled() and task.exception() is None and task.result() is not None:
@@ -522,14 +543,14 @@ class Gateway:
         # The versions that answered (a promotion swaps replicas one by one: each answer names its own).
         version = ",".join(f"{m}:{on_trial[m] if m in canary else answers[m].version}" for m in combo.members_used)
         outputs = [
-            json.dumps({m: {"probabilities": served[m][i].round(6).tolist(),
-                            "replica": "challenger" if m in canary else answers[m].replica,
-                            "version": on_trial[m] if m in canary else answers[m].version,
-                            # the champion a canary stood in for: a label joined on another gateway
-                            # replica (from this log) still pairs the two for the trial
-                            **({"champion": {"probabilities": answers[m].probabilities[i].round(6).tolist(),
-                                             "version": answers[m].version}} if m in canary else {})}
-                        for m in answers})
+            {m: {"probabilities": served[m][i].round(6).tolist(),
+                 "replica": "challenger" if m in canary else answers[m].replica,
+                 "version": on_trial[m] if m in canary else answers[m].version,
+                 # the champion a canary stood in for: a label joined on another gateway
+                 # replica (from this log) still pairs the two for the trial
+                 **({"champion": {"probabilities": answers[m].probabilities[i].round(6).tolist(),
+                                  "version": answers[m].version}} if m in canary else {})}
+             for m in answers}
             for i in range(len(rows))
         ]
         self._known.add(ids)
@@ -537,17 +558,20 @@ class Gateway:
                          versions={m: a.version for m, a in answers.items()})
         for m, p in canary.items():
             self._recent.add_source(ids, challenger_source(m), p)
+        records = [{"inference_id": ids[i], "ts": now, "model": self._cfg.model, "model_version": version,
+                    "features": json.dumps(rows[i]), "member_outputs": outputs[i],
+                    "prediction": json.dumps(labels[i]), "probabilities": probs[i].tolist(),
+                    "degraded": combo.degraded} for i in range(len(rows))]
         if challengers and trial["mode"] != "canary":  # shadow: compared later, never awaited by the client
             for m, task in challengers.items():
                 self._shadow.add(task)
                 task.add_done_callback(lambda t, m=m: self._shadow_done(t, ids, m))
+            logged = asyncio.ensure_future(self._log_after_shadow(records, challengers, on_trial))
+            self._shadow.add(logged)
+            logged.add_done_callback(self._shadow.discard)
+        else:
+            self._predlog.append({**r, "member_outputs": json.dumps(r["member_outputs"])} for r in records)
         self._calls.add_confidence(probs.max(axis=1).tolist())
-        self._predlog.append(
-            {"inference_id": ids[i], "ts": now, "model": self._cfg.model, "model_version": version,
-             "features": json.dumps(rows[i]), "member_outputs": outputs[i], "prediction": json.dumps(labels[i]),
-             "probabilities": probs[i].tolist(), "degraded": combo.degraded}
-            for i in range(len(rows))
-        )
         self._tally.add(rows)
         out = {"predictions": labels, "probabilities": probs.round(6).tolist(), "inference_ids": ids,
                "model_version": version, "degraded": combo.degraded}

@@ -142,7 +142,8 @@ class RecentOutputs:
     def add_logged(self, inference_id: str, ts: float, member_outputs: Mapping[str, Any],
                    ensemble: Sequence[float]) -> None:
         """An answer another gateway replica gave, from its prediction log record (``member_outputs``: member →
-        {"probabilities", "version", and for a canary the "champion" it stood in for})."""
+        {"probabilities", "version", and for a canary the "champion" it stood in for, or for a shadow the
+        "challenger" answer beside it})."""
         probs: dict[str, list[float]] = {}
         versions: dict[str, str] = {}
         for m, out in member_outputs.items():
@@ -150,10 +151,12 @@ class RecentOutputs:
             if champion is not None:  # a canary answered: the member's own answer is the champion's
                 probs[m], versions[m] = list(champion["probabilities"]), str(champion.get("version", ""))
                 probs[challenger_source(m)] = list(out["probabilities"])
-            else:
-                probs[m] = list(out["probabilities"])
-                if out.get("version"):
-                    versions[m] = str(out["version"])
+                continue
+            probs[m] = list(out["probabilities"])
+            if out.get("version"):
+                versions[m] = str(out["version"])
+            if out.get("challenger") is not None:  # a shadow answered next to the champion
+                probs[challenger_source(m)] = list(out["challenger"]["probabilities"])
         self._d[inference_id] = probs
         if ensemble:
             self._d[inference_id][ENSEMBLE_KEY] = list(ensemble)

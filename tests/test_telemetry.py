@@ -160,7 +160,7 @@ def test_a_label_joins_an_answer_another_gateway_replica_logged(tmp_path):
     storage = Storage(str(tmp_path))
     other = PredictionLog(storage, "m", tag="other")
     now = time.time()
-    plain, canary = new_inference_id(now), new_inference_id(now + 1)
+    plain, canary, shadow = new_inference_id(now), new_inference_id(now + 1), new_inference_id(now + 2)
     other.append([
         {"inference_id": plain, "ts": now, "model": "m", "model_version": "lr:v1,mlp:v1", "features": "[1.0]",
          "member_outputs": json.dumps({"lr": {"probabilities": [0.9, 0.1], "replica": "a", "version": "v1"},
@@ -171,7 +171,13 @@ def test_a_label_joins_an_answer_another_gateway_replica_logged(tmp_path):
              "lr": {"probabilities": [0.3, 0.7], "replica": "challenger", "version": "v2",
                     "champion": {"probabilities": [0.8, 0.2], "version": "v1"}},
              "mlp": {"probabilities": [0.4, 0.6], "replica": "b", "version": "v1"}}),
-         "prediction": "1", "probabilities": [0.35, 0.65], "degraded": False}])
+         "prediction": "1", "probabilities": [0.35, 0.65], "degraded": False},
+        {"inference_id": shadow, "ts": now + 2, "model": "m", "model_version": "lr:v1,mlp:v1", "features": "[3.0]",
+         "member_outputs": json.dumps({
+             "lr": {"probabilities": [0.7, 0.3], "replica": "a", "version": "v1",
+                    "challenger": {"probabilities": [0.2, 0.8], "version": "v2"}},
+             "mlp": {"probabilities": [0.5, 0.5], "replica": "b", "version": "v1"}}),
+         "prediction": "0", "probabilities": [0.6, 0.4], "degraded": False}])
     other.flush()
     known = KnownIds(storage, "m")
     mine = new_inference_id()
@@ -179,12 +185,14 @@ def test_a_label_joins_an_answer_another_gateway_replica_logged(tmp_path):
     assert known.unknown([plain, canary, mine]) == []
     assert known.answer(mine) is None  # this replica's own answers live in its RecentOutputs
     recent = RecentOutputs()
-    for i in (plain, canary):
+    for i in (plain, canary, shadow):
         recent.add_logged(i, *known.answer(i))
-    pairs = recent.labelled([plain, canary], [0, 1])
+    pairs = recent.labelled([plain, canary, shadow], [0, 1, 1])
     assert pairs[0] == {"y": 0, "p": {"lr": [0.9, 0.1], "mlp": [0.6, 0.4], "ensemble": [0.8, 0.2]}, "ts": now}
     assert pairs[1]["p"] == {"lr": [0.8, 0.2], "lr@challenger": [0.3, 0.7], "mlp": [0.4, 0.6],
                              "ensemble": [0.35, 0.65]}
+    assert pairs[2]["p"] == {"lr": [0.7, 0.3], "lr@challenger": [0.2, 0.8], "mlp": [0.5, 0.5],
+                             "ensemble": [0.6, 0.4]}  # a shadow's answer beside the champion's
     losses = recent.losses([canary], [1])
     assert set(losses) == {"lr@v1", "lr@challenger", "mlp@v1"}  # the champion charged as its own version
     assert losses["lr@challenger"][0] == pytest.approx(0.09)
