@@ -76,20 +76,36 @@ def deploy(config: RaymedicConfig, *, host: str, port: int, progress: Progress,
     serve.run(build_app(config.model_dump(mode="json")), name=APP_NAME, route_prefix="/", blocking=False)
 
 
+READY_PROBES = 6
+"""Consecutive predictions answered by every member before the service counts as ready: the load balancer
+spreads them over the gateway replicas, so each has called each member (a first call sets up the handle's
+routing, which on two busy cores can outlast a member's deadline and cost a user's first answer a member)."""
+
+
+def _answered_by_all(body: dict, members: set[str]) -> bool:
+    used = {part.split(":", 1)[0] for part in str(body.get("model_version") or "").split(",") if part}
+    return not body.get("degraded") and members <= used
+
+
 def wait_ready(url: str, model: str, *, timeout_s: float, progress: Progress) -> float:
-    """Block until a real prediction succeeds over HTTP; returns the seconds waited."""
+    """Block until real predictions succeed over HTTP, answered by every member; returns the seconds waited."""
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     last = "no answer yet"
     next_note = t0 + 10
+    full = 0
     while time.monotonic() < deadline:
         try:
             info = request_json("GET", f"{url}/v1/models/{model}", timeout_s=5)
             if info.status == 200:
                 probe = request_json("POST", f"{url}/v1/models/{model}:predict",
                                      {"instances": [_example_row(info.body["schema"])]}, timeout_s=10)
-                if probe.status == 200 and not probe.body.get("degraded"):
-                    return time.monotonic() - t0
+                if probe.status == 200 and _answered_by_all(probe.body, set(info.body.get("members") or ())):
+                    full += 1
+                    if full >= READY_PROBES:
+                        return time.monotonic() - t0
+                    continue
+                full = 0
                 last = f"predict answered {probe.status}: {probe.body}"
             else:
                 last = f"GET /v1/models/{model} answered {info.status}"

@@ -161,23 +161,20 @@ def test_a_label_joins_an_answer_another_gateway_replica_logged(tmp_path):
     other = PredictionLog(storage, "m", tag="other")
     now = time.time()
     plain, canary, shadow = new_inference_id(now), new_inference_id(now + 1), new_inference_id(now + 2)
+    def logged(inference_id: str, ts: float, lr: dict, mlp: list, ensemble: list) -> dict:
+        """A prediction log record as another replica writes it (lr's output as given, mlp a plain answer)."""
+        return {"inference_id": inference_id, "ts": ts, "model": "m", "model_version": "lr,mlp", "features": "[1.0]",
+                "member_outputs": json.dumps({"lr": {"replica": "a", "version": "v1", **lr},
+                                              "mlp": {"probabilities": mlp, "replica": "b", "version": "v1"}}),
+                "prediction": json.dumps(int(np.argmax(ensemble))), "probabilities": ensemble, "degraded": False}
+
     other.append([
-        {"inference_id": plain, "ts": now, "model": "m", "model_version": "lr:v1,mlp:v1", "features": "[1.0]",
-         "member_outputs": json.dumps({"lr": {"probabilities": [0.9, 0.1], "replica": "a", "version": "v1"},
-                                       "mlp": {"probabilities": [0.6, 0.4], "replica": "b", "version": "v1"}}),
-         "prediction": "0", "probabilities": [0.8, 0.2], "degraded": False},
-        {"inference_id": canary, "ts": now + 1, "model": "m", "model_version": "lr:v2,mlp:v1", "features": "[2.0]",
-         "member_outputs": json.dumps({
-             "lr": {"probabilities": [0.3, 0.7], "replica": "challenger", "version": "v2",
-                    "champion": {"probabilities": [0.8, 0.2], "version": "v1"}},
-             "mlp": {"probabilities": [0.4, 0.6], "replica": "b", "version": "v1"}}),
-         "prediction": "1", "probabilities": [0.35, 0.65], "degraded": False},
-        {"inference_id": shadow, "ts": now + 2, "model": "m", "model_version": "lr:v1,mlp:v1", "features": "[3.0]",
-         "member_outputs": json.dumps({
-             "lr": {"probabilities": [0.7, 0.3], "replica": "a", "version": "v1",
-                    "challenger": {"probabilities": [0.2, 0.8], "version": "v2"}},
-             "mlp": {"probabilities": [0.5, 0.5], "replica": "b", "version": "v1"}}),
-         "prediction": "0", "probabilities": [0.6, 0.4], "degraded": False}])
+        logged(plain, now, {"probabilities": [0.9, 0.1]}, [0.6, 0.4], [0.8, 0.2]),
+        logged(canary, now + 1, {"probabilities": [0.3, 0.7], "replica": "challenger", "version": "v2",
+                                 "champion": {"probabilities": [0.8, 0.2], "version": "v1"}}, [0.4, 0.6], [0.35, 0.65]),
+        logged(shadow, now + 2, {"probabilities": [0.7, 0.3], "challenger": {"probabilities": [0.2, 0.8],
+                                                                            "version": "v2"}}, [0.5, 0.5], [0.6, 0.4]),
+    ])
     other.flush()
     known = KnownIds(storage, "m")
     mine = new_inference_id()
