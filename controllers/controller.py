@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from controllers.audit import AuditLog
-from controllers.datamonitor import MODEL_KINDS, DataAlerts, DataMonitor, DataReport
+from controllers.datamonitor import MODEL_KINDS, PREDICTION_KINDS, DataAlerts, DataMonitor, DataReport
 from controllers.modelheal import ModelHealer
 from controllers.performance import PerformanceMonitor, PerformanceReport
 from controllers.playbook import Playbook, Trigger
@@ -229,7 +229,7 @@ class HealingController:
                 events += self._data_alerts.update(report)
         perf = await asyncio.to_thread(self._perf.check, now)
         self._perf_report = perf
-        events += self._data_alerts.apply(perf.breaches, now, kinds=MODEL_KINDS)
+        events += self._data_alerts.apply(perf.breaches, now, kinds=MODEL_KINDS | PREDICTION_KINDS)
         self._export_checks()
         self._record_alerts(events)
         if await self._heal_model(now) or events:
@@ -285,6 +285,8 @@ class HealingController:
                 metrics.set_gauge("raymedic_accuracy", v["accuracy"], model=m, source=source)
             if self._perf_report.estimate:
                 metrics.set_gauge("raymedic_estimated_accuracy", self._perf_report.estimate["accuracy"], model=m)
+            for output, check in ((self._perf_report.prediction or {}).get("outputs") or {}).items():
+                metrics.set_gauge("raymedic_prediction_psi", check["psi"], model=m, output=output)
         open_now = sum(i.status == "open" for i in self._policy.incidents) + len(self._data_alerts.open())
         metrics.set_gauge("raymedic_open_incidents", open_now, model=m)
 
@@ -500,7 +502,7 @@ class HealingController:
             tally = self._trial_losses.get(f"{member}@{version}")
             self._hedge.restart(member, tally[0] / tally[1] if tally and tally[1] else None)
         self._trial_losses = {}
-        self._record_alerts(self._data_alerts.supersede(MODEL_KINDS | {"drift"}, time.time(),
+        self._record_alerts(self._data_alerts.supersede(MODEL_KINDS | PREDICTION_KINDS | {"drift"}, time.time(),
                                                         f"new versions {versions}"))
 
     async def _golden_for(self, member: str, version: str | None) -> GoldenSet:
@@ -666,7 +668,7 @@ class HealingController:
             if self._perf.add_labelled(labelled, now):
                 self._dirty = True  # the error-stream test fired: its state goes into the next checkpoint
         if batch.get("confidence"):
-            self._perf.add_confidence(batch["confidence"])
+            self._perf.add_confidence(batch["confidence"], batch.get("predicted"))
         losses = batch.get("losses") or {}
         if losses:
             self._hedge.update(self._serving_losses(losses))

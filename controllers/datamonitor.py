@@ -44,10 +44,13 @@ from train_jobs.reference import FeatureReference, Reference
 from train_jobs.schema import ModelSchema
 
 __all__ = ["DataMonitor", "DataReport", "FeatureCheck", "DataAlerts", "numeric_drift", "categorical_drift",
-           "DATA_KINDS", "MODEL_KINDS"]
+           "DATA_KINDS", "MODEL_KINDS", "PREDICTION_KINDS"]
 
 DATA_KINDS = frozenset({"missing_values", "out_of_range", "unseen_levels", "drift"})
 MODEL_KINDS = frozenset({"accuracy_decay", "concept_drift"})
+PREDICTION_KINDS = frozenset({"prediction_drift"})
+"""Alerts on the ensemble's outputs alone: recorded and warned, never a retrain on their own (outputs move when
+inputs move, and with no labels there is nothing to retrain towards)."""
 
 MIN_CUSUM_REFERENCE = 100
 """Training values a feature needs before its CUSUM can be standardized and calibrated."""

@@ -15,6 +15,10 @@ and computes:
   rate of the first labels of the serving versions, with simulated thresholds for a
   false-alarm budget; Page–Hinkley on request. The CUSUM is fed in :meth:`check`
   (off the controller's event loop: calibrating it takes a few tenths of a second);
+- prediction drift: the ensemble's output distribution on the most recent answers
+  (top-class confidence: KS and PSI; predicted classes: chi-squared and PSI) against
+  its first answers since the serving versions started — no labels needed, so it
+  is the first sign that the inputs moved somewhere that matters to the model;
 - a label-free accuracy estimate from the ensemble's confidence on *all* recent
   answers (confidence-based performance estimation): each answer's top
   probability, recalibrated by histogram binning on the labelled window when
@@ -25,6 +29,7 @@ and computes:
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -32,6 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from controllers.datamonitor import numeric_drift
 from controllers.playbook import wilson_upper
 from controllers.sequential import ErrorCusum
 from raymedic.config import PerformanceSettings
@@ -124,10 +130,11 @@ class PerformanceReport:
     estimate: dict[str, Any] | None
     concept_drift_at: float | None
     breaches: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    prediction: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"checked_at": self.at, "labelled": self.sources, "estimated": self.estimate,
-                "concept_drift_at": self.concept_drift_at}
+                "concept_drift_at": self.concept_drift_at, "prediction_drift": self.prediction}
 
 
 class PerformanceMonitor:
@@ -139,6 +146,12 @@ class PerformanceMonitor:
         self._y: dict[str, deque[int]] = {}
         self._p: dict[str, deque[np.ndarray]] = {}
         self._conf: deque[float] = deque(maxlen=cfg.confidence_window)
+        # Prediction drift: the first answers since the versions started, then a sliding window of the latest
+        # (confidence, predicted class; -1 where the class was not sent). Filled on the event loop, read by
+        # check() in a worker thread: the lock keeps the two apart.
+        self._pred_ref: list[tuple[float, int]] = []
+        self._pred_win: deque[tuple[float, int]] = deque(maxlen=cfg.prediction_window)
+        self._pred_lock = threading.Lock()
         self._ph = PageHinkley(cfg.ph_delta, cfg.ph_lambda, cfg.ph_min_samples)
         self._drift_at: float | None = None
         self._drift_evidence: dict[str, Any] = {}
@@ -163,12 +176,14 @@ class PerformanceMonitor:
                 self._baseline, self._baseline_conf = [], []
             self._cusum_state = state.get("error_cusum")
             self._since = state.get("since")
+            self._pred_ref = [(float(c), int(k)) for c, k in state.get("prediction_reference") or ()]
 
     def to_dict(self) -> dict[str, Any]:
         cusum = self._cusum.state() if self._cusum is not None else self._cusum_state
         return {"page_hinkley": self._ph.to_dict(), "concept_drift_at": self._drift_at,
                 "concept_drift": self._drift_evidence, "error_baseline": list(self._baseline),
-                "error_baseline_confidence": list(self._baseline_conf), "error_cusum": cusum, "since": self._since}
+                "error_baseline_confidence": list(self._baseline_conf), "error_cusum": cusum, "since": self._since,
+                "prediction_reference": [list(p) for p in self._pred_ref]}
 
     def add_labelled(self, pairs: Sequence[Mapping[str, Any]], now: float) -> bool:
         """``pairs``: {"y": class index, "p": {source: probabilities}}; True if concept drift fired."""
@@ -215,10 +230,47 @@ class PerformanceMonitor:
         self._cusum, self._cusum_state = None, None
         self._answered.clear()
         self._label_ts.clear()
+        with self._pred_lock:
+            self._pred_ref, self._pred_win = [], deque(maxlen=self.cfg.prediction_window)
         self._generation += 1
 
-    def add_confidence(self, values: Sequence[float]) -> None:
-        self._conf.extend(float(v) for v in values)
+    def add_confidence(self, values: Sequence[float], predicted: Sequence[int] | None = None) -> None:
+        """Every answer's top-class confidence and (aligned, optional) predicted class."""
+        conf = [float(v) for v in values]
+        self._conf.extend(conf)
+        classes = [int(k) for k in predicted] if predicted is not None and len(predicted) == len(conf) else \
+            [-1] * len(conf)
+        with self._pred_lock:
+            room = max(0, self.cfg.prediction_reference - len(self._pred_ref))
+            self._pred_ref.extend(zip(conf[:room], classes[:room]))
+            self._pred_win.extend(zip(conf[room:], classes[room:]))
+
+    def _prediction_drift(self) -> dict[str, Any]:
+        """The latest window of outputs against the reference ones; ``drifted`` when both significant and
+        large (PSI): thousands of answers make a negligible shift significant."""
+        with self._pred_lock:
+            ref, win = list(self._pred_ref), list(self._pred_win)
+        out: dict[str, Any] = {"reference_answers": len(ref), "window_answers": len(win)}
+        if len(ref) < self.cfg.prediction_reference or len(win) < self.cfg.prediction_window:
+            return {**out, "drifted": False, "outputs": {}}
+        r, w = np.asarray(ref), np.asarray(win)
+        conf = numeric_drift(r[:, 0], w[:, 0])
+        outputs = {"confidence": {"test": "ks", "p_value": conf["p_value"], "psi": conf["psi"],
+                                  "wasserstein_sd": conf["wasserstein_sd"]}}
+        if (r[:, 1] >= 0).all() and (w[:, 1] >= 0).all():
+            k = self.n_classes
+            p = np.bincount(r[:, 1].astype(int), minlength=k)[:k] + 0.5
+            q = np.bincount(w[:, 1].astype(int), minlength=k)[:k] + 0.5
+            p, q = p / p.sum(), q / q.sum()
+            chi = stats.chisquare(q * len(w), p * len(w))
+            outputs["predicted_class"] = {"test": "chi2", "p_value": float(chi.pvalue),
+                                          "psi": float(np.sum((q - p) * np.log(q / p))),
+                                          "shares": [round(float(x), 4) for x in q],
+                                          "reference_shares": [round(float(x), 4) for x in p]}
+        alpha = self.cfg.prediction_alpha / len(outputs)
+        drifted = [name for name, o in outputs.items() if o["p_value"] < alpha and o["psi"] >= self.cfg.prediction_psi]
+        return {**out, "drifted": bool(drifted), "drifted_outputs": drifted, "outputs": outputs,
+                "alpha_per_test": alpha, "psi_limit": self.cfg.prediction_psi}
 
     def labels(self, source: str = ENSEMBLE) -> int:
         return len(self._y.get(source, ()))
@@ -344,7 +396,13 @@ class PerformanceMonitor:
         ey = np.asarray(self._y[ENSEMBLE]) if ENSEMBLE in self._y else None
         ep = np.stack(self._p[ENSEMBLE]) if ENSEMBLE in self._p else None
         report = PerformanceReport(at=now, sources=sources, estimate=self._estimate(ey, ep),
-                                   concept_drift_at=self._drift_at)
+                                   concept_drift_at=self._drift_at, prediction=self._prediction_drift())
+        if report.prediction and report.prediction["drifted"]:
+            pd = report.prediction
+            report.breaches[("prediction_drift", ENSEMBLE)] = ("warn", {
+                "outputs": {n: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in pd["outputs"][n].items()}
+                            for n in pd["drifted_outputs"]},
+                "reference_answers": pd["reference_answers"], "window_answers": pd["window_answers"]})
         ens = sources.get(ENSEMBLE)
         # Significantly below the bar, not merely below it: a window of a hundred labels is off by ±4 points
         # at 85 % accuracy, and the reference (the best member's validation accuracy) flatters itself.

@@ -323,6 +323,15 @@ class PerformanceSettings(_Strict):
                                        "success); the CUSUM watches every label after them.")
     error_false_alarms_per_10k: float = Field(0.05, gt=0, le=100, description="The CUSUM's false-alarm budget "
                                               "per 10,000 labels when nothing changes.")
+    prediction_reference: int = Field(1000, ge=100, description="Prediction drift: the ensemble's first answers "
+                                      "after the serving versions started are its reference output distribution.")
+    prediction_window: int = Field(500, ge=50, description="Prediction drift: the most recent answers compared "
+                                   "with the reference (KS on the top-class confidence, chi-squared on the "
+                                   "predicted classes, PSI on both).")
+    prediction_alpha: float = Field(0.001, gt=0, lt=0.5, description="Prediction drift: significance of the two "
+                                    "tests together (Bonferroni), checked every few seconds.")
+    prediction_psi: float = Field(0.1, gt=0, description="Prediction drift: the PSI an output must also reach "
+                                  "(0.1: the usual warning level).")
     error_confidence_bins: int = Field(4, ge=1, le=10, description="The CUSUM splits answers into this many "
                                        "quantile bins of the ensemble's confidence, each with its own baseline "
                                        "error rate: an error where the ensemble used to be confident weighs more "

@@ -55,6 +55,9 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "raymedic_accuracy": ("gauge", "Accuracy on the recent labelled window.", ("model", "source"), None),
     "raymedic_estimated_accuracy": ("gauge", "Label-free accuracy estimate from the ensemble's confidence.",
                                     ("model",), None),
+    "raymedic_prediction_psi": ("gauge", "PSI of the ensemble's recent outputs against its first ones since the "
+                                "serving versions started (output: top-class confidence or predicted class).",
+                                ("model", "output"), None),
 }
 
 _objects: dict[str, Any] = {}

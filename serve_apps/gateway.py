@@ -571,7 +571,7 @@ class Gateway:
             logged.add_done_callback(self._shadow.discard)
         else:
             self._predlog.append({**r, "member_outputs": json.dumps(r["member_outputs"])} for r in records)
-        self._calls.add_confidence(probs.max(axis=1).tolist())
+        self._calls.add_confidence(probs.max(axis=1).tolist(), probs.argmax(axis=1).tolist())
         self._tally.add(rows)
         out = {"predictions": labels, "probabilities": probs.round(6).tolist(), "inference_ids": ids,
                "model_version": version, "degraded": combo.degraded}

@@ -40,6 +40,7 @@ class CallRecorder:
         self._losses: dict[str, list[float]] = defaultdict(list)
         self._labelled: list[dict[str, Any]] = []
         self._confidence: list[float] = []
+        self._predicted: list[int] = []
         self._challenger: dict[str, dict[str, int]] = {}
 
     def challenger_call(self, member: str, ok: bool) -> None:
@@ -51,9 +52,12 @@ class CallRecorder:
         room = MAX_LABELLED - len(self._labelled)
         self._labelled.extend(pairs[:max(room, 0)])
 
-    def add_confidence(self, values: Sequence[float]) -> None:
-        room = MAX_CONFIDENCE - len(self._confidence)
-        self._confidence.extend(round(float(v), 5) for v in values[:max(room, 0)])
+    def add_confidence(self, values: Sequence[float], predicted: Sequence[int] | None = None) -> None:
+        """Each answer's top-class confidence and, aligned with it, its predicted class."""
+        room = max(MAX_CONFIDENCE - len(self._confidence), 0)
+        self._confidence.extend(round(float(v), 5) for v in values[:room])
+        if predicted is not None:
+            self._predicted.extend(int(k) for k in predicted[:room])
 
     def _slot(self, member: str, replica: str) -> dict[str, Any]:
         return self._stats.setdefault((member, replica), {**{o: 0 for o in OUTCOMES}, "latencies": []})
@@ -84,11 +88,12 @@ class CallRecorder:
             if n and f"{m}/{r}" not in replicas:
                 replicas[f"{m}/{r}"] = {**{o: 0 for o in OUTCOMES}, "latencies": [], "inflight": n}
         batch = {"replicas": replicas, "losses": dict(self._losses), "labelled": self._labelled,
-                 "confidence": self._confidence, "challenger_calls": self._challenger}
+                 "confidence": self._confidence, "predicted": self._predicted,
+                 "challenger_calls": self._challenger}
         self._challenger = {}
         self._stats = {}
         self._losses = defaultdict(list)
-        self._labelled, self._confidence = [], []
+        self._labelled, self._confidence, self._predicted = [], [], []
         self._inflight = defaultdict(int, {k: v for k, v in self._inflight.items() if v > 0})
         return batch
 

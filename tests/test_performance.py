@@ -195,3 +195,29 @@ def test_gateway_joins_labels_to_every_member_and_the_ensemble():
     batch = calls.drain()
     assert batch["labelled"] == pairs and batch["confidence"] == [0.7, 0.6]
     assert calls.drain()["labelled"] == []
+
+
+def test_prediction_drift_compares_the_latest_outputs_with_the_first_ones_and_only_warns():
+    cfg = PerformanceSettings(prediction_reference=1000, prediction_window=500)
+    mon = PerformanceMonitor(2, cfg)
+    rng = np.random.default_rng(4)
+
+    def answers(n: int, share_of_1: float, confidence: float) -> tuple[list[float], list[int]]:
+        return (np.clip(rng.normal(confidence, 0.1, n), 0.5, 1.0).tolist(),
+                (rng.random(n) < share_of_1).astype(int).tolist())
+
+    assert not mon.check(now=0.0).prediction["outputs"]  # nothing to compare yet
+    for _ in range(6):  # 1,500 answers in gateway batches: the reference, then a full window, unchanged
+        mon.add_confidence(*answers(250, 0.5, 0.8))
+    quiet = mon.check(now=1.0)
+    assert set(quiet.prediction["outputs"]) == {"confidence", "predicted_class"}
+    assert not quiet.prediction["drifted"] and ("prediction_drift", ENSEMBLE) not in quiet.breaches
+    mon.add_confidence(*answers(500, 0.8, 0.65))  # the inputs moved: more of class 1, and less sure
+    report = mon.check(now=2.0)
+    severity, evidence = report.breaches[("prediction_drift", ENSEMBLE)]
+    assert severity == "warn" and set(evidence["outputs"]) == {"confidence", "predicted_class"}
+    assert evidence["outputs"]["predicted_class"]["shares"][1] > 0.7 and report.to_dict()["prediction_drift"]["drifted"]
+    resumed = PerformanceMonitor(2, cfg, state=mon.to_dict())  # the reference survives a controller restart
+    assert resumed.to_dict()["prediction_reference"] == mon.to_dict()["prediction_reference"]
+    mon.reset()  # new versions: their own first answers become the reference
+    assert mon.check(now=3.0).prediction["reference_answers"] == 0

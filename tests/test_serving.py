@@ -26,7 +26,9 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    with local_service(tmp_path_factory.mktemp("serving")) as (url, cfg):
+    # Prediction drift compares the last 100 answers with the first 100 here (1,000/500 by default).
+    with local_service(tmp_path_factory.mktemp("serving"),
+                       performance={"prediction_reference": 100, "prediction_window": 100}) as (url, cfg):
         yield {"url": url, "cfg": cfg, "predict": f"{url}/v1/models/{cfg.model}:predict",
                "feedback": f"{url}/v1/models/{cfg.model}:feedback"}
 
@@ -273,6 +275,32 @@ def test_raymedic_metrics_reach_rays_metrics_endpoint_with_sane_values(svc):
     weights = {s["member"]: v for s, v in found["ray_raymedic_member_weight"] if s["model"] == "synthetic"}
     assert set(weights) == {"logistic", "mlp", "tabresnet"} and sum(weights.values()) == pytest.approx(1.0, abs=0.01)
     assert all(s["model"] == "synthetic" and v >= 1 for s, v in found["ray_raymedic_controller_step_seconds_count"])
+
+
+def test_answers_that_shift_raise_a_prediction_drift_warning_without_labels(svc):
+    """No label needed: the ensemble's own outputs move (here every request is one the model is sure is class
+    1, against a first hundred answers of both classes), and the warning opens; it never starts a retrain."""
+    rows, _ = _labelled(192, seed=31)
+    sure = []
+    for i in range(0, len(rows), 64):  # the gateway's batch limit
+        r = request_json("POST", svc["predict"], {"instances": rows[i:i + 64]})
+        assert r.status == 200, r.body
+        sure += [row for row, p in zip(rows[i:i + 64], r.body["probabilities"]) if p[1] > 0.9]
+    sure = sure[:50]
+    assert len(sure) >= 20
+
+    def warned():
+        answered = request_json("POST", svc["predict"], {"instances": sure})
+        assert answered.status == 200, answered.body
+        st = request_json("GET", f"{svc['url']}/v1/status").body
+        opened = [i for i in st.get("incidents", []) if i.get("kind") == "prediction_drift"]
+        return (st, opened) if opened else None
+
+    st, opened = wait_for(warned, timeout_s=90, what="a prediction drift incident")
+    pd = st["performance"]["prediction_drift"]
+    assert pd["drifted"] and "predicted_class" in pd["drifted_outputs"], pd
+    assert pd["outputs"]["predicted_class"]["shares"][1] > 0.8
+    assert not (st.get("controller", {}).get("retraining") or {}).get("job")  # a warning, not a retrain
 
 
 def test_labels_give_live_accuracy_and_a_flipped_concept_raises_decay_and_drift(svc):
