@@ -277,6 +277,26 @@ def cmd_down(args: argparse.Namespace) -> int:
 # ---- status ---------------------------------------------------------------------------
 
 
+def _performance_line(perf: dict) -> str:
+    """Live accuracy, the label-free estimate and prediction drift, on one line ('' before any check)."""
+    parts = []
+    ens = (perf.get("labelled") or {}).get("ensemble")
+    if ens:
+        parts.append(f"ensemble accuracy {ens['accuracy']:.3f} on {ens['labels']} labels")
+    est = perf.get("estimated")
+    if est:
+        parts.append(f"estimated {est['accuracy']:.3f} ({est['reliability']})")
+    pd = perf.get("prediction_drift") or {}
+    if pd.get("outputs"):
+        psi = ", ".join(f"{k} PSI {v['psi']:.3f}" for k, v in pd["outputs"].items())
+        parts.append(f"prediction drift {'in ' + ', '.join(pd['drifted_outputs']) if pd['drifted'] else 'none'} "
+                     f"({psi})")
+    elif pd:
+        parts.append(f"prediction drift: collecting ({pd['reference_answers']} reference answers, "
+                     f"{pd['window_answers']} in the window)")
+    return "performance: " + "; ".join(parts) if parts else ""
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     url = _service_url(args)
     try:
@@ -328,6 +348,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if g.get("challenger_accuracy") is not None else "") + (
                 f" — {'; '.join(g['reasons'])}" if g.get("reasons") else "")
             for m, g in (h.get("gate") or {}).items()))
+    line = _performance_line(st.get("performance") or {})
+    if line:
+        print(line)
     incidents = st["incidents"]
     print(f"incidents: {len(incidents)}" + (" (latest first)" if incidents else ""))
     for inc in list(reversed(incidents))[: args.incidents]:

@@ -172,7 +172,8 @@ def test_train_up_status_predict_feedback_down(env):
     # The window may hold only rows with no amount by now: then there is nothing to test, only the gap.
     amount = st["drift"]["features"]["amount"]
     assert amount["missing_rate"] > 0.5 and amount.get("test", "ks") == "ks", amount
-    assert "drift" in run(RAYMEDIC + ["status"], env=e).stdout
+    human = run(RAYMEDIC + ["status"], env=e).stdout
+    assert "drift" in human and "performance: " in human and "prediction drift" in human, human
     audit = run(RAYMEDIC + ["audit", "--json"], env=e).stdout
     assert '"data-drift"' in audit and '"data-missing_values"' in audit
 

@@ -221,3 +221,19 @@ def test_prediction_drift_compares_the_latest_outputs_with_the_first_ones_and_on
     assert resumed.to_dict()["prediction_reference"] == mon.to_dict()["prediction_reference"]
     mon.reset()  # new versions: their own first answers become the reference
     assert mon.check(now=3.0).prediction["reference_answers"] == 0
+
+
+def test_status_prints_performance_and_prediction_drift_on_one_line():
+    from raymedic.cli import _performance_line
+
+    assert _performance_line({}) == ""  # before the controller's first check
+    line = _performance_line({
+        "labelled": {"ensemble": {"accuracy": 0.83, "labels": 300}},
+        "estimated": {"accuracy": 0.81, "reliability": "calibrated on labels"},
+        "prediction_drift": {"reference_answers": 1000, "window_answers": 500, "drifted": True,
+                             "drifted_outputs": ["predicted_class"],
+                             "outputs": {"confidence": {"psi": 0.02}, "predicted_class": {"psi": 0.4}}}})
+    assert line == ("performance: ensemble accuracy 0.830 on 300 labels; estimated 0.810 (calibrated on labels); "
+                    "prediction drift in predicted_class (confidence PSI 0.020, predicted_class PSI 0.400)")
+    waiting = _performance_line({"prediction_drift": {"reference_answers": 10, "window_answers": 0, "outputs": {}}})
+    assert waiting == "performance: prediction drift: collecting (10 reference answers, 0 in the window)"
