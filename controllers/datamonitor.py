@@ -43,7 +43,7 @@ from raymedic.config import DataConfig
 from train_jobs.reference import FeatureReference, Reference
 from train_jobs.schema import ModelSchema
 
-__all__ = ["DataMonitor", "DataReport", "FeatureCheck", "DataAlerts", "numeric_drift", "categorical_drift",
+__all__ = ["DataMonitor", "DataReport", "FeatureCheck", "DataAlerts", "numeric_drift", "categorical_drift", "psi",
            "DATA_KINDS", "MODEL_KINDS", "PREDICTION_KINDS"]
 
 DATA_KINDS = frozenset({"missing_values", "out_of_range", "unseen_levels", "drift"})
@@ -59,6 +59,11 @@ MIN_EXPECTED = 5.0
 """Chi-squared needs expected counts of about 5 per cell; rarer training levels are pooled."""
 
 
+def psi(reference_shares: np.ndarray, window_shares: np.ndarray) -> float:
+    """Population stability index of two share vectors (no zero shares: smooth the counts first)."""
+    return float(np.sum((window_shares - reference_shares) * np.log(window_shares / reference_shares)))
+
+
 def numeric_drift(reference: np.ndarray, window: np.ndarray) -> dict[str, float]:
     """KS test, PSI on reference deciles and Wasserstein distance in reference sds."""
     ks = stats.ks_2samp(window, reference)
@@ -68,7 +73,7 @@ def numeric_drift(reference: np.ndarray, window: np.ndarray) -> dict[str, float]
     p, q = ref_h / ref_h.sum(), win_h / win_h.sum()
     sd = float(np.std(reference)) or 1.0
     return {"test": "ks", "statistic": float(ks.statistic), "p_value": float(ks.pvalue),
-            "psi": float(np.sum((q - p) * np.log(q / p))),
+            "psi": psi(p, q),
             "wasserstein_sd": float(stats.wasserstein_distance(window, reference) / sd)}
 
 

@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from controllers.datamonitor import numeric_drift
+from controllers.datamonitor import numeric_drift, psi
 from controllers.playbook import wilson_upper
 from controllers.sequential import ErrorCusum
 from raymedic.config import PerformanceSettings
@@ -264,7 +264,7 @@ class PerformanceMonitor:
             p, q = p / p.sum(), q / q.sum()
             chi = stats.chisquare(q * len(w), p * len(w))
             outputs["predicted_class"] = {"test": "chi2", "p_value": float(chi.pvalue),
-                                          "psi": float(np.sum((q - p) * np.log(q / p))),
+                                          "psi": psi(p, q),
                                           "shares": [round(float(x), 4) for x in q],
                                           "reference_shares": [round(float(x), 4) for x in p]}
         alpha = self.cfg.prediction_alpha / len(outputs)
@@ -406,14 +406,13 @@ class PerformanceMonitor:
         ens = sources.get(ENSEMBLE)
         # Significantly below the bar, not merely below it: a window of a hundred labels is off by ±4 points
         # at 85 % accuracy, and the reference (the best member's validation accuracy) flatters itself.
+        upper = wilson_upper(ens["accuracy"], ens["labels"], DECAY_Z) if ens else 1.0
         if (ens and ens["labels"] >= self.cfg.min_labels and self.reference_accuracy is not None
-                and wilson_upper(ens["accuracy"], ens["labels"], DECAY_Z) < self.reference_accuracy
-                - self.cfg.accuracy_drop):
+                and upper < self.reference_accuracy - self.cfg.accuracy_drop):
             report.breaches[("accuracy_decay", ENSEMBLE)] = ("act", {
                 "accuracy": round(ens["accuracy"], 4), "reference_accuracy": round(self.reference_accuracy, 4),
                 "labels": ens["labels"], "limit_drop": self.cfg.accuracy_drop,
-                "accuracy_upper_bound": round(wilson_upper(ens["accuracy"], ens["labels"], DECAY_Z), 4),
-                **self._dated_change()})
+                "accuracy_upper_bound": round(upper, 4), **self._dated_change()})
         if self._drift_at is not None and now - self._drift_at < 60.0:
             report.breaches[("concept_drift", ENSEMBLE)] = ("act", {
                 **self._drift_evidence, "fired_at": self._drift_at,

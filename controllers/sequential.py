@@ -500,6 +500,18 @@ def _clip_rate(p: np.ndarray | float, n: int) -> np.ndarray:
     return np.clip(p, 0.5 / n, 1.0 - 0.5 / n)
 
 
+def _quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Inner edges of ``n_bins`` quantile bins of ``values``, merged until no bin is empty (ties: a model
+    with few distinct answers gets fewer bins)."""
+    edges = np.unique(np.quantile(values, np.arange(1, n_bins) / n_bins))
+    while len(edges):
+        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+        if counts.all():
+            break
+        edges = np.delete(edges, max(0, int(np.argmax(counts == 0)) - 1))
+    return edges
+
+
 def _error_names(config: ErrorCusumConfig) -> list[str]:
     return [f"error_x{r:g}" for r in config.odds_ratios] + [f"error_flip{e:g}" for e in config.flip_shares]
 
@@ -669,18 +681,8 @@ class ErrorCusum(_Detector):
                             f"in the baseline; collect more labels")
         self._edges = np.empty(0)
         if self.config.confidence_bins > 1:
-            c = self._confidence(confidence, len(e))
-            qs = np.arange(1, self.config.confidence_bins) / self.config.confidence_bins
-            self._edges = np.unique(np.quantile(c, qs))
-            bins = np.searchsorted(self._edges, c, side="right")
-            counts = np.bincount(bins, minlength=len(self._edges) + 1)
-            while (counts == 0).any():  # ties (a model with few distinct answers): merge an empty bin
-                empty = int(np.argmax(counts == 0))
-                self._edges = np.delete(self._edges, max(0, empty - 1))
-                bins = np.searchsorted(self._edges, c, side="right")
-                counts = np.bincount(bins, minlength=len(self._edges) + 1)
-        else:
-            bins = np.zeros(len(e), dtype=np.int64)
+            self._edges = _quantile_edges(self._confidence(confidence, len(e)), self.config.confidence_bins)
+        bins = self.bins(confidence, len(e))
         counts = np.bincount(bins, minlength=len(self._edges) + 1)
         errs = np.bincount(bins, weights=e, minlength=len(self._edges) + 1)
         self.bin_rates = _bin_rates(errs, counts, self.config)

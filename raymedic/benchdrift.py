@@ -399,7 +399,7 @@ def _error_llr(errors: np.ndarray, bins: np.ndarray, p0: np.ndarray, p1: np.ndar
     return np.where(errors > 0, np.log(p1 / p0)[bins], np.log((1.0 - p1) / (1.0 - p0))[bins])
 
 
-def _bin_rates(errors: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
+def _rates_by_bin(errors: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
     return np.bincount(bins, weights=errors, minlength=n_bins) / np.maximum(1, np.bincount(bins, minlength=n_bins))
 
 
@@ -462,13 +462,13 @@ def _control(seed: int, gen: SyntheticGenerator, settings: DriftBenchSettings, f
     ref_x, ref_y = xy(gen.sample(settings.reference_rows, seed=_seed(seed, 0)))
     w0 = fit_logistic(ref_x, ref_y)
     baseline, baseline_conf = _cv_errors(ref_x, ref_y)
-    err_cal = ErrorCusum(baseline, err_cfg, baseline_confidence=baseline_conf).calibration
     cx, cy = xy(gen.sample(settings.control_rows, seed=_seed(seed, 1)))
     c_err = (predict_logistic(w0, cx) != cy).astype(float)
     ends, d = ks_window_scores(ref_x, cx, window=settings.ks_window, step=settings.ks_step)
-    control_errs = ErrorCusum(baseline, err_cfg, baseline_confidence=baseline_conf, calibration=err_cal)
+    control_errs = ErrorCusum(baseline, err_cfg, baseline_confidence=baseline_conf)
     c_conf = confidence_logistic(w0, cx)
-    return _Seed(seed=seed, ref_x=ref_x, w0=w0, baseline=baseline, baseline_conf=baseline_conf, err_cal=err_cal,
+    return _Seed(seed=seed, ref_x=ref_x, w0=w0, baseline=baseline, baseline_conf=baseline_conf,
+                 err_cal=control_errs.calibration,
                  control_feature_alarms=len(FeatureCusum(ref_x, feat_cfg, calibration=feat_cal).update(cx).alarms),
                  control_error_alarms=len(control_errs.update(c_err, c_conf).alarms),
                  control_bins=control_errs.bins(c_conf, len(c_conf)).astype(np.int8),
@@ -507,10 +507,10 @@ def _scenario(sd: _Seed, i: int, sc: Scenario, gen: SyntheticGenerator, settings
         # 70,000 control rows) and after (on 5,000 post-change rows): all that errors and bins can tell.
         det = sd.error_detector(err_cfg)
         n_bins = int(sd.control_bins.max()) + 1
-        p0 = _bin_rates(sd.control_errors, sd.control_bins, n_bins)
+        p0 = _rates_by_bin(sd.control_errors, sd.control_bins, n_bins)
         share = np.bincount(sd.control_bins, minlength=n_bins) / len(sd.control_bins)
         o_bins = det.bins(confidence_logistic(sd.w0, ox), len(ox))
-        p1 = _bin_rates((predict_logistic(sd.w0, ox) != oy).astype(float), o_bins, n_bins)
+        p1 = _rates_by_bin((predict_logistic(sd.w0, ox) != oy).astype(float), o_bins, n_bins)
 
         def null(rng: np.random.Generator, rows: int, b: int) -> np.ndarray:
             bins = np.minimum(np.searchsorted(np.cumsum(share), rng.random((rows, b))), n_bins - 1)

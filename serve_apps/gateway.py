@@ -413,20 +413,20 @@ class Gateway:
         try:
             await asyncio.wait(list(challengers.values()), timeout=self._cfg.gateway.member_timeout_s + 1.0)
         finally:
+            ids = [r["inference_id"] for r in records]
             for m, task in challengers.items():
                 if not task.done() or task.cancelled() or task.exception() is not None or task.result() is None:
                     continue
                 p = np.asarray(task.result())
+                self._recent.add_source(ids, challenger_source(m), p)  # the trial's pair, joined here
                 for i, r in enumerate(records):
                     if m in r["member_outputs"]:
                         r["member_outputs"][m]["challenger"] = {"probabilities": p[i].round(6).tolist(),
                                                                 "version": on_trial[m]}
-            self._predlog.append({**r, "member_outputs": json.dumps(r["member_outputs"])} for r in records)
+            self._log(records)
 
-    def _shadow_done(self, task: asyncio.Task, ids: list[str], name: str) -> None:
-        self._shadow.discard(task)
-        if not task.cancelled() and task.exception() is None and task.result() is not None:
-            self._recent.add_source(ids, challenger_source(name), task.result())
+    def _log(self, records: list[dict[str, Any]]) -> None:
+        self._predlog.append({**r, "member_outputs": json.dumps(r["member_outputs"])} for r in records)
 
     # ---- routes --------------------------------------------------------------------
 
@@ -563,14 +563,11 @@ class Gateway:
                     "prediction": json.dumps(labels[i]), "probabilities": probs[i].tolist(),
                     "degraded": combo.degraded} for i in range(len(rows))]
         if challengers and trial["mode"] != "canary":  # shadow: compared later, never awaited by the client
-            for m, task in challengers.items():
-                self._shadow.add(task)
-                task.add_done_callback(lambda t, m=m: self._shadow_done(t, ids, m))
             logged = asyncio.ensure_future(self._log_after_shadow(records, challengers, on_trial))
             self._shadow.add(logged)
             logged.add_done_callback(self._shadow.discard)
         else:
-            self._predlog.append({**r, "member_outputs": json.dumps(r["member_outputs"])} for r in records)
+            self._log(records)
         self._calls.add_confidence(probs.max(axis=1).tolist(), probs.argmax(axis=1).tolist())
         self._tally.add(rows)
         out = {"predictions": labels, "probabilities": probs.round(6).tolist(), "inference_ids": ids,
