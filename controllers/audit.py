@@ -15,13 +15,10 @@ import time
 from collections import deque
 from typing import Any
 
+from raymedic.keys import audit_prefix
 from raymedic.storage import Storage
 
 __all__ = ["AuditLog", "read_audit"]
-
-
-def _prefix(model: str) -> str:
-    return f"audit/{model}"
 
 
 class AuditLog:
@@ -52,7 +49,7 @@ class AuditLog:
             return 0
         batch, self._buf = self._buf, []
         self._seq += 1
-        key = f"{_prefix(self._model)}/{int(batch[0]['ts'] * 1e6):020d}-{self._writer}-{self._seq:06d}.jsonl"
+        key = f"{audit_prefix(self._model)}/{int(batch[0]['ts'] * 1e6):020d}-{self._writer}-{self._seq:06d}.jsonl"
         try:
             self._storage.write_text(key, "".join(json.dumps(r, default=str) + "\n" for r in batch))
         except Exception:
@@ -67,7 +64,7 @@ class AuditLog:
 def read_audit(storage: Storage, model: str, *, since: float | None = None) -> list[dict[str, Any]]:
     """Every flushed record of ``model`` in time order (optionally those at or after ``since``)."""
     out: list[dict[str, Any]] = []
-    for f in storage.list_files(_prefix(model), suffix=".jsonl"):
+    for f in storage.list_files(audit_prefix(model), suffix=".jsonl"):
         for line in storage.read_text(f).splitlines():
             if line.strip():
                 rec = json.loads(line)

@@ -14,8 +14,9 @@ import logging
 import time
 from typing import Any
 
-from controllers.controller import HealingController, config_key
-from raymedic.config import CONTROLLER_NAME, CONTROLLER_NAMESPACE, HEAD_NODE_RESOURCE, RaymedicConfig
+from controllers.loop import HealingController
+from raymedic.config import RaymedicConfig
+from raymedic.keys import controller_config_key, CONTROLLER_NAME, CONTROLLER_NAMESPACE, HEAD_NODE_RESOURCE
 from raymedic.storage import Storage
 
 __all__ = ["ensure_controller", "get_controller", "remove_controller"]
@@ -39,7 +40,7 @@ def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, admin
     import ray
 
     storage = Storage(config.storage_path)
-    storage.write_text(config_key(config.model),
+    storage.write_text(controller_config_key(config.model),
                        json.dumps({"config": config.model_dump(mode="json"), "versions": versions,
                                    "admin_token_sha256": admin_sha}))
     existing = get_controller()

@@ -8,94 +8,11 @@ actor's liveness, as frozen snapshots of plain data that pure code can reason ab
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["ReplicaView", "DeploymentView", "AppView", "read_app_view", "alive_replica_actors",
-           "VanishCause", "vanish_cause"]
+__all__ = ["alive_replica_actors", "VanishCause", "vanish_cause"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReplicaView:
-    id: str
-    state: str
-    pid: int | None = None
-    node_id: str | None = None
-    actor_name: str | None = None
-    start_time_s: float | None = None
-    actor_id: str | None = None
-
-
-@dataclass(frozen=True)
-class DeploymentView:
-    name: str
-    status: str
-    message: str
-    target_replicas: int | None
-    replicas: tuple[ReplicaView, ...] = ()
-
-
-@dataclass(frozen=True)
-class AppView:
-    name: str
-    status: str
-    message: str = ""
-    deployments: dict[str, DeploymentView] = field(default_factory=dict)
-
-    @property
-    def running(self) -> bool:
-        return self.status == "RUNNING"
-
-
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
-
-
-def read_app_view(app_name: str) -> AppView | None:
-    """Serve's detailed view of one application, or None when it is not deployed.
-
-    Uses the Serve controller's details (the same data as the dashboard's Serve
-    view and ``GET /api/serve/applications/``), which list every replica with its
-    state, PID and node.
-    """
-    from ray.serve.context import _get_global_client
-
-    details = _get_global_client().get_serve_details()
-    app = _get(_get(details, "applications", {}), app_name)
-    if app is None:
-        return None
-    deployments: dict[str, DeploymentView] = {}
-    for name, dep in (_get(app, "deployments", {}) or {}).items():
-        replicas = tuple(
-            ReplicaView(
-                id=str(_get(r, "replica_id")),
-                state=str(getattr(_get(r, "state"), "value", _get(r, "state"))),
-                pid=_get(r, "pid"),
-                node_id=_get(r, "node_id"),
-                actor_name=_get(r, "actor_name"),
-                start_time_s=_get(r, "start_time_s"),
-                actor_id=_get(r, "actor_id"),
-            )
-            for r in _get(dep, "replicas", []) or []
-        )
-        cfg = _get(dep, "deployment_config", {}) or {}
-        deployments[name] = DeploymentView(
-            name=name,
-            status=str(getattr(_get(dep, "status"), "value", _get(dep, "status"))),
-            message=str(_get(dep, "message", "") or ""),
-            target_replicas=_get(dep, "target_num_replicas", _get(cfg, "num_replicas")),
-            replicas=replicas,
-        )
-    return AppView(
-        name=app_name,
-        status=str(getattr(_get(app, "status"), "value", _get(app, "status"))),
-        message=str(_get(app, "message", "") or ""),
-        deployments=deployments,
-    )
 
 
 _warned = False

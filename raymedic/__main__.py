@@ -1,5 +1,5 @@
 import sys
 
-from raymedic.cli import main
+from raymedic.app.cli import main
 
 sys.exit(main())

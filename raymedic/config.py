@@ -19,17 +19,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raymedic.errors import ConfigError
+from raymedic.keys import APP_NAME, ENSEMBLE, GATEWAY_DEPLOYMENT
 
 __all__ = [
-    "APP_NAME",
-    "CANARY_APP_NAME",
-    "canary_app_name",
-    "CONTROLLER_NAME",
-    "CONTROLLER_NAMESPACE",
-    "ADMIN_TOKEN_ENV",
-    "ADMIN_TOKEN_SHA_ENV",
     "DEFAULT_CONFIG_PATH",
-    "HEAD_NODE_RESOURCE",
     "MemberConfig",
     "GatewayConfig",
     "TrainingConfig",
@@ -37,6 +30,7 @@ __all__ = [
     "ChaosConfig",
     "DataConfig",
     "RolloutConfig",
+    "RetrainingConfig",
     "FeaturePolicy",
     "PerformanceSettings",
     "RaymedicConfig",
@@ -45,30 +39,7 @@ __all__ = [
     "parse_config",
 ]
 
-APP_NAME = "raymedic"
-"""Serve application name (ARCHITECTURE.md contract)."""
-CANARY_APP_NAME = "raymedic-canary"
-"""Prefix of the Serve applications (one per member) that serve challengers on trial: deploying or
-deleting one never touches the main application."""
-
-
-def canary_app_name(member: str) -> str:
-    return f"{CANARY_APP_NAME}-{member}"
-
-
-CONTROLLER_NAME = "raymedic-controller"
-CONTROLLER_NAMESPACE = "raymedic"
-"""The healing controller actor's name and namespace (ARCHITECTURE.md contract)."""
-
-ADMIN_TOKEN_ENV = "RAYMEDIC_ADMIN_TOKEN"
-ADMIN_TOKEN_SHA_ENV = "RAYMEDIC_ADMIN_TOKEN_SHA256"
-"""The admin token's hash, for a deployer that has only the hash (never the token): see serve_apps.app."""
-
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "cluster" / "raymedic.yaml"
-
-HEAD_NODE_RESOURCE = "node:__internal_head__"
-"""Ray's built-in custom resource of the head node (any Ray cluster, KubeRay included): asking for a
-sliver of it pins an actor to the head, which holds the GCS and outlives any worker node."""
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MemberKind = Literal["logistic", "mlp", "tabresnet"]
@@ -102,10 +73,10 @@ class MemberConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _not_reserved(cls, v: str) -> str:
-        if v == "gateway":
-            raise ValueError("'gateway' is the ingress deployment's name; choose another member name")
-        if v == "ensemble":
-            raise ValueError("'ensemble' names the combined model in performance reports; choose another "
+        if v == GATEWAY_DEPLOYMENT:
+            raise ValueError(f"{GATEWAY_DEPLOYMENT!r} is the ingress deployment's name; choose another member name")
+        if v == ENSEMBLE:
+            raise ValueError(f"{ENSEMBLE!r} names the combined model in performance reports; choose another "
                              "member name")
         return v
 
@@ -287,7 +258,7 @@ class DataConfig(_Strict):
     js_act: float = Field(0.2, gt=0, le=1, description="... and act.")
     clear_after: int = Field(2, ge=1, description="Checks in a row without the condition that close an alert.")
     sequential: bool = Field(True, description="Also run a CUSUM per numeric feature on every sampled row "
-                             "(controllers.sequential): it sees an abrupt shift sooner than the window tests. "
+                             "(controllers.detectors.cusum): it sees an abrupt shift sooner than the window tests. "
                              "An alarm marks the feature drifting (act only if its PSI reaches psi_act).")
     sequential_false_alarms_per_10k: float = Field(0.05, gt=0, le=1000, description="CUSUM false alarms per "
                                                    "10,000 sampled rows, over all numeric features together.")
@@ -345,19 +316,18 @@ class PerformanceSettings(_Strict):
 
     @model_validator(mode="after")
     def _error_designs(self) -> "PerformanceSettings":
-        try:
-            self.error_cusum()  # ErrorCusumConfig's checks, in one place
-        except ConfigError as exc:
-            raise ValueError(f"performance.error_*: {exc}") from None
+        # The limits the detector checks itself (controllers.detectors), here too so a bad YAML fails at
+        # parse time with the config's key in the message.
+        if any(not 1 < r <= 100 for r in self.error_odds_ratios):
+            raise ValueError(f"performance.error_odds_ratios must be values in (1, 100], got "
+                             f"{self.error_odds_ratios}: each is a rise in the odds of an error to catch")
+        if any(not 0 < e < 1 for e in self.error_flip_shares):
+            raise ValueError(f"performance.error_flip_shares must be values in (0, 1), got "
+                             f"{self.error_flip_shares}: each is a share of labels turned over, e.g. 0.2")
+        if not self.error_odds_ratios and not self.error_flip_shares:
+            raise ValueError("performance: give at least one CUSUM design: error_flip_shares (e.g. [0.05, 0.2]) "
+                             "or error_odds_ratios (e.g. [1.3, 3.0])")
         return self
-
-    def error_cusum(self) -> Any:
-        """The concept-drift CUSUM's design and budget (a :class:`controllers.sequential.ErrorCusumConfig`)."""
-        from controllers.sequential import ErrorCusumConfig
-
-        return ErrorCusumConfig(odds_ratios=tuple(self.error_odds_ratios), flip_shares=tuple(self.error_flip_shares),
-                                confidence_bins=self.error_confidence_bins,
-                                false_alarms_per_10k=self.error_false_alarms_per_10k)
 
 
 class RetrainingConfig(_Strict):

@@ -20,6 +20,13 @@ __all__ = [
     "VersionNotFound",
     "IntegrityError",
     "ServiceUnavailable",
+    "AdminDenied",
+    "TrainingFailed",
+    "SearchFailed",
+    "NotEnoughLabels",
+    "ActionError",
+    "TemporaryError",
+    "PermanentError",
 ]
 
 
@@ -64,6 +71,13 @@ class PayloadTooLarge(InvalidRequest):
         super().__init__(message, status=413)
 
 
+class AdminDenied(InvalidRequest):
+    """An admin route without a valid token (401), or with admin routes disabled (403)."""
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        super().__init__(message, status=status)
+
+
 class UnknownModel(RaymedicError):
     """The model named in the URL is not served here."""
 
@@ -74,6 +88,18 @@ class RegistryError(RaymedicError):
     """The model registry cannot satisfy a request."""
 
     http_status = 500
+
+
+class NotEnoughLabels(DataError):
+    """Too few recent labelled rows to retrain on and judge fairly."""
+
+
+class TrainingFailed(RaymedicError):
+    """The Ray Train run failed; nothing was registered."""
+
+
+class SearchFailed(RaymedicError):
+    """The search produced no usable trial; nothing was registered."""
 
 
 class VersionNotFound(RegistryError):
@@ -94,3 +120,20 @@ class ServiceUnavailable(RaymedicError):
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class ActionError(RaymedicError):
+    """A healing action could not be carried out. Raised inside an actuator only: the loop sees the
+    outcome as a value (``controllers.outcome.Outcome``), never the exception."""
+
+
+class TemporaryError(ActionError):
+    """Worth trying again after ``delay_s`` (the dashboard restarts, an actor is not reachable yet)."""
+
+    def __init__(self, message: str, *, delay_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+class PermanentError(ActionError):
+    """Trying again would fail the same way (no such version, the member was removed)."""

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from raymedic.config import RaymedicConfig
-from serve_apps.app import resolve_versions
+from serve_apps.application import resolve_versions
 from serve_apps.member import Member
 from train_jobs.schema import ModelSchema
 

@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import random
 import time
 import uuid
@@ -36,11 +35,11 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controllers.observe import read_app_view
-from controllers.rollout import challenger_source
+from serve_apps.serve_state import read_app_view
 from raymedic import metrics
-from raymedic.config import APP_NAME, CONTROLLER_NAME, CONTROLLER_NAMESPACE, RaymedicConfig, canary_app_name
-from raymedic.errors import InvalidRequest, RaymedicError, ServiceUnavailable, UnknownModel
+from raymedic.config import RaymedicConfig
+from raymedic.keys import APP_NAME, CONTROLLER_NAME, CONTROLLER_NAMESPACE, canary_app_name, challenger_source
+from raymedic.errors import AdminDenied, InvalidRequest, RaymedicError, ServiceUnavailable, UnknownModel
 from raymedic.storage import Storage
 from serve_apps.chaos import FAULTS, sigkill_replica
 from serve_apps.combine import combine, equal_weights
@@ -110,13 +109,6 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     error_id = uuid.uuid4().hex[:12]
     log.exception("unexpected gateway error %s", error_id)
     return _error(500, f"internal error {error_id}; the service logged it, please retry or report the id")
-
-
-class AdminDenied(InvalidRequest):
-    """401 without a valid admin token; 403 when admin routes are disabled."""
-
-    def __init__(self, message: str, *, status: int = 401) -> None:
-        super().__init__(message, status=status)
 
 
 def _dead_error(exc: BaseException) -> bool:

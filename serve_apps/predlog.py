@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 
+from raymedic.keys import feedback_prefix, predictions_prefix
 from raymedic.storage import Storage
 
 __all__ = ["new_inference_id", "inference_time", "PredictionLog", "FeedbackLog", "KnownIds"]
@@ -82,7 +83,7 @@ class PredictionLog:
 
     def __init__(self, storage: Storage, model: str, *, tag: str) -> None:
         self._storage = storage
-        self._prefix = f"logs/{model}/predictions"
+        self._prefix = predictions_prefix(model)
         self._tag = tag
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -123,7 +124,7 @@ class FeedbackLog:
 
     def __init__(self, storage: Storage, model: str, *, tag: str) -> None:
         self._storage = storage
-        self._prefix = f"logs/{model}/feedback"
+        self._prefix = feedback_prefix(model)
         self._tag = tag
 
     def write(self, inference_ids: Sequence[str], labels: Sequence[Any]) -> None:
@@ -151,7 +152,7 @@ class KnownIds:
     def __init__(self, storage: Storage, model: str, *, capacity: int = 500_000,
                  answers_capacity: int = 50_000) -> None:
         self._storage = storage
-        self._prefix = f"logs/{model}/predictions"
+        self._prefix = predictions_prefix(model)
         self._ids: "OrderedDict[str, None]" = OrderedDict()
         self._capacity = capacity
         self._answers: "OrderedDict[str, tuple[float, str, list[float]]]" = OrderedDict()

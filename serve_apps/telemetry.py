@@ -17,8 +17,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from controllers.rollout import challenger_source
 from raymedic.errors import ServiceUnavailable
+from raymedic.keys import challenger_source
 
 __all__ = ["CallRecorder", "LocalEjector", "RecentOutputs", "HedgeBudget", "Admission", "OUTCOMES"]
 

@@ -120,8 +120,8 @@ def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
     import ray
     from ray import serve
 
-    from cluster.local import start_embedded
-    from raymedic import service
+    from cluster.connect import start_embedded
+    from raymedic.app import service
     from raymedic.config import load_config
 
     port = free_port()

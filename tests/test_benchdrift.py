@@ -1,4 +1,4 @@
-"""`raymedic bench drift` (raymedic.benchdrift): a small seeded run, checked for structure and relations.
+"""`raymedic bench drift` (raymedic.bench.drift): a small seeded run, checked for structure and relations.
 
 Never absolute figures: only that larger shifts are caught sooner, that the matched
 reference detectors really raise no more false alarms than the CUSUMs, that the fixed
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from controllers.performance import PageHinkley
-from raymedic import benchdrift, cli
-from raymedic.benchdrift import DriftBenchSettings, SCENARIOS
+from controllers.monitors.performance import PageHinkley
+from raymedic.app import cli
+from raymedic.bench import drift as benchdrift
+from raymedic.bench.drift import DriftBenchSettings, SCENARIOS
 from raymedic.errors import RaymedicError
 
 SMALL = DriftBenchSettings(seeds=3, control_rows=30_000, false_alarms_per_10k=2.0, calibration_paths=150)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raymedic.http import request_json
+from raymedic.app.http import request_json
 from tests.conftest import REPO, free_port, wait_for, write_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cluster.multinode import (NODE_LABEL, NODE_TYPE_LABEL, LocalCluster, StartedNode, check_shape, plan_cluster,
-                               spread_over_nodes, start_command)
+from cluster.nodes import LocalCluster, StartedNode
+from cluster.plan import NODE_LABEL, NODE_TYPE_LABEL, check_shape, plan_cluster, spread_over_nodes, start_command
 from raymedic.config import load_config, parse_config
 from raymedic.errors import ConfigError
 from tests.conftest import REPO
@@ -72,7 +72,7 @@ def test_ray_cluster_launcher_config_has_head_cpu_and_gpu_workers():
 
 def test_every_cluster_config_starts_ray_with_serves_fast_path():
     """The pods, the cluster launcher's nodes and raymedic's own launchers all run Serve the same way."""
-    from cluster.local import SERVE_FAST_PATH
+    from cluster.connect import SERVE_FAST_PATH
 
     spec = _manifest()["spec"]["rayClusterConfig"]
     pods = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
@@ -157,7 +157,7 @@ def test_run_file_round_trip():
 def test_serve_fast_path_needs_haproxy_and_yields_to_the_operator(monkeypatch):
     import os
 
-    from cluster.local import SERVE_FAST_PATH, use_serve_fast_path
+    from cluster.connect import SERVE_FAST_PATH, use_serve_fast_path
 
     for key in SERVE_FAST_PATH:
         monkeypatch.delenv(key, raising=False)

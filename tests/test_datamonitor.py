@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from controllers.datamonitor import DataAlerts, DataMonitor, categorical_drift, numeric_drift
+from controllers.monitors.data import DataAlerts, DataMonitor, categorical_drift, numeric_drift
 from raymedic.config import DataConfig
 from serve_apps.quality import InputTally
 from train_jobs.reference import Reference

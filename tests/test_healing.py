@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from raymedic.config import ADMIN_TOKEN_ENV
-from raymedic.http import request_json
+from raymedic.keys import ADMIN_TOKEN_ENV
+from raymedic.app.http import request_json
 from raymedic.storage import Storage
 from tests.conftest import local_service, wait_for
 

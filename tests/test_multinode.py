@@ -21,9 +21,10 @@ import time
 
 import pytest
 
-from cluster.multinode import LocalCluster, kill_node, node_id, node_pids, stop_cluster
-from raymedic.config import ADMIN_TOKEN_ENV, load_config
-from raymedic.http import request_json
+from cluster.nodes import LocalCluster, kill_node, node_id, node_pids, stop_cluster
+from raymedic.config import load_config
+from raymedic.keys import ADMIN_TOKEN_ENV
+from raymedic.app.http import request_json
 from raymedic.storage import Storage
 from tests.conftest import REPO, copy_trained, free_port, wait_for, write_config
 from tests.test_healing import Load

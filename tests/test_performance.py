@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from controllers.performance import ENSEMBLE, PageHinkley, PerformanceMonitor, classification_metrics
+from controllers.monitors.performance import PageHinkley, PerformanceMonitor
+from raymedic.keys import ENSEMBLE
+from train_jobs.evaluation import classification_metrics
 from raymedic.config import PerformanceSettings
 from serve_apps.telemetry import CallRecorder, RecentOutputs
 
@@ -224,7 +226,7 @@ def test_prediction_drift_compares_the_latest_outputs_with_the_first_ones_and_on
 
 
 def test_status_prints_performance_and_prediction_drift_on_one_line():
-    from raymedic.cli import _performance_line
+    from raymedic.app.cli import _performance_line
 
     assert _performance_line({}) == ""  # before the controller's first check
     line = _performance_line({

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from controllers.policy import CallStats, HealingPolicy, Observation, Probe, ReplicaSnapshot, assess
+from controllers.policies.replica import CallStats, HealingPolicy, Observation, Probe, ReplicaSnapshot, assess
 from raymedic.config import ControllerConfig
 
 CFG = ControllerConfig()

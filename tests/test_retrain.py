@@ -17,8 +17,8 @@ import os
 import numpy as np
 import pytest
 
-from raymedic.config import ADMIN_TOKEN_ENV
-from raymedic.http import request_json
+from raymedic.keys import ADMIN_TOKEN_ENV
+from raymedic.app.http import request_json
 from raymedic.storage import Storage
 from tests.conftest import local_service, wait_for
 from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec
@@ -115,7 +115,7 @@ class Svc:
         (logistic regression on a non-linear boundary) and its jobs and trials would race the
         operator's; they do finish: the trial is fed labelled traffic until it has a verdict."""
         from controllers.client import get_controller
-        from controllers.controller import config_key
+        from controllers.loop import config_key
 
         storage = Storage(self.cfg.storage_path)
         if self.retraining().get("enabled"):
@@ -210,7 +210,7 @@ def test_concept_drift_is_healed_by_a_gated_retrain_job(svc):
 def _canary_apps() -> list[str]:
     from ray import serve
 
-    from raymedic.config import CANARY_APP_NAME
+    from raymedic.keys import CANARY_APP_NAME
 
     return [a for a in serve.status().applications if a.startswith(CANARY_APP_NAME)]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from controllers.playbook import Playbook, Promote, Trigger
-from controllers.rollout import PairTally, judge_member
+from controllers.policies.playbook import Playbook, Promote, Trigger
+from controllers.policies.rollout import PairTally, judge_member
 from raymedic.config import RetrainingConfig, RolloutConfig
 
 CFG = RolloutConfig(min_labels=100, max_labels=400, alpha=0.05, timeout_s=600)

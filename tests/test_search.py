@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 
 from raymedic.config import parse_config
-from raymedic.errors import ConfigError
+from raymedic.errors import ConfigError, SearchFailed
 from train_jobs.models import KINDS, ArchSpec
 from tests.conftest import REPO
 from train_jobs.search import (
-    SearchFailed,
     TrialOutcome,
     check_search_args,
     choose_best,
@@ -122,7 +121,7 @@ def test_bad_search_arguments_name_the_fix(kwargs, fragment):
 
 
 def test_cli_refuses_bad_search_flags_before_starting_ray(capsys):
-    from raymedic.cli import main
+    from raymedic.app.cli import main
 
     assert main(["search", "--member", "nope"]) == 2
     assert "no ensemble member named 'nope'" in capsys.readouterr().err
@@ -165,7 +164,7 @@ def searched(tmp_path_factory):
     pytest.importorskip("ray")
     import ray
 
-    from cluster.local import start_embedded
+    from cluster.connect import start_embedded
     from raymedic.storage import Storage
     from train_jobs.registry import ModelRegistry
     from train_jobs.search import search_member

@@ -1,4 +1,4 @@
-"""Sequential change detectors (controllers.sequential): pure NumPy, seeded streams, no Ray.
+"""Sequential change detectors (controllers.detectors.cusum): pure NumPy, seeded streams, no Ray.
 
 Calibration tests use a high false-alarm target (10 per 10,000 rows) so that a few
 hundred thousand seeded rows hold enough false alarms to compare with the target;
@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pytest
 
-from controllers import sequential
-from controllers.sequential import (Calibration, ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig,
+from controllers.detectors import cusum as sequential
+from controllers.detectors.cusum import (Calibration, ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig,
                                     calibrate_errors, calibrate_features)
 from raymedic.errors import ConfigError, DataError
 

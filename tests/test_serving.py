@@ -13,7 +13,7 @@ import signal
 import numpy as np
 import pytest
 
-from raymedic.http import request_json
+from raymedic.app.http import request_json
 from raymedic.storage import Storage
 from tests.conftest import local_service, wait_for
 from train_jobs.registry import ModelRegistry

@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from controllers import weighting
-from controllers.weighting import HedgeWeights, WeightingConfig, bound_weights
+from controllers.policies import weights as weighting
+from controllers.policies.weights import HedgeWeights, WeightingConfig, bound_weights
 from raymedic.errors import ConfigError
 
 TOL = 1e-9

@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from controllers.performance import classification_metrics
 from raymedic.config import RetrainingConfig
+from train_jobs.evaluation import classification_metrics
 
 __all__ = ["GateVerdict", "judge", "measure"]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from raymedic.keys import feedback_prefix, predictions_prefix
 from raymedic.storage import Storage
 from train_jobs.schema import ModelSchema
 
@@ -44,8 +45,8 @@ def recent_labeled(storage: Storage, model: str, schema: ModelSchema, *, since: 
     schema's classes are dropped: a model cannot learn a class it does not have.
     """
     # Labels arrive after their predictions, so the same hours bound both logs.
-    preds = _read(storage, f"logs/{model}/predictions", ["inference_id", "ts", "features"], since)
-    labels = _read(storage, f"logs/{model}/feedback", ["inference_id", "label", "received_at"], since)
+    preds = _read(storage, predictions_prefix(model), ["inference_id", "ts", "features"], since)
+    labels = _read(storage, feedback_prefix(model), ["inference_id", "label", "received_at"], since)
     if since is not None and len(preds):
         preds = preds[preds["ts"] >= since]
     if not len(preds) or not len(labels):

@@ -19,7 +19,6 @@ through at all is its per-feature policy (``data.missing`` in the config).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 

@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from raymedic.config import RaymedicConfig
-from raymedic.errors import DataError, RaymedicError
+from raymedic.errors import NotEnoughLabels, RaymedicError
+from raymedic.keys import controller_config_key, retrain_record_key
 from raymedic.storage import Storage
 from train_jobs.artifacts import unpack
 from train_jobs.gate import judge, measure
@@ -43,19 +44,11 @@ from train_jobs.labeled import TS_COLUMN, recent_labeled
 from train_jobs.registry import ModelRegistry
 from train_jobs.schema import ModelSchema
 
-__all__ = ["retrain", "record_key", "main", "NotEnoughLabels"]
+__all__ = ["retrain", "main"]
 
 log = logging.getLogger(__name__)
 
 EXIT_NOT_ENOUGH = 3
-
-
-class NotEnoughLabels(DataError):
-    """Too few recent labelled rows to retrain on and judge fairly."""
-
-
-def record_key(model: str, record: str) -> str:
-    return f"retrain/{model}/{record}.json"
 
 
 def _reference_rows(storage: Storage, registry: ModelRegistry, model: str, member: str, n: int,
@@ -205,17 +198,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config(storage_path: str, model: str) -> RaymedicConfig:
     """The running service's config, as the controller stored it."""
-    from controllers.controller import config_key
-
     storage = Storage(storage_path)
-    if not storage.exists(config_key(model)):
+    if not storage.exists(controller_config_key(model)):
         raise RaymedicError(f"no deployed config for model {model!r} under {storage_path}; deploy it first "
                             "with `raymedic up`")
-    return RaymedicConfig.model_validate(json.loads(storage.read_text(config_key(model)))["config"])
+    return RaymedicConfig.model_validate(json.loads(storage.read_text(controller_config_key(model)))["config"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cluster.local import connect_or_start
+    from cluster.connect import connect_or_start
 
     args = _parser().parse_args(argv)
     record = args.record or time.strftime("%Y%m%d-%H%M%S")
@@ -237,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome, code = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc)[:500]}"}, 1
     outcome.update(model=args.model, record=record, finished_at=time.time())
     try:
-        storage.write_text(record_key(args.model, record), json.dumps(outcome, default=str))
+        storage.write_text(retrain_record_key(args.model, record), json.dumps(outcome, default=str))
     except OSError as exc:
         print(f"error: could not write the outcome record: {exc}", file=sys.stderr)
         code = code or 2

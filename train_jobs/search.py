@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from raymedic.config import MemberConfig, RaymedicConfig
-from raymedic.errors import ConfigError, RaymedicError
+from raymedic.errors import ConfigError, RaymedicError, SearchFailed
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,7 +50,6 @@ __all__ = [
     "split_params",
     "TrialOutcome",
     "SearchReport",
-    "SearchFailed",
     "check_search_args",
     "choose_best",
     "search_member",
@@ -76,10 +75,6 @@ larger factor would leave rungs too sparse to stop anything."""
 
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_PARAMS = ("learning_rate", "weight_decay")
-
-
-class SearchFailed(RaymedicError):
-    """The search produced no usable trial; nothing was registered."""
 
 
 # ---- the search space (pure: no Ray) ------------------------------------------------------
@@ -635,7 +630,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cluster.local import connect_or_start
+    from cluster.connect import connect_or_start
 
     args = _parser().parse_args(argv)
     out = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else print

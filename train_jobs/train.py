@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from raymedic.config import RaymedicConfig, load_config
-from raymedic.errors import ConfigError, RaymedicError
+from raymedic.errors import ConfigError, RaymedicError, TrainingFailed
 from raymedic.storage import Storage
 from train_jobs._fit import fit_epoch, prepare_data, register_member, snapshot, validate
 from train_jobs.models import ArchSpec, build_model
@@ -34,16 +34,12 @@ from train_jobs.registry import ModelRegistry, VersionInfo
 from train_jobs.schema import ModelSchema
 from train_jobs.tables import load_table
 
-__all__ = ["TrainReport", "TrainingFailed", "train_ensemble", "main"]
+__all__ = ["TrainReport", "train_ensemble", "main"]
 
 log = logging.getLogger(__name__)
 
 PATIENCE_EPOCHS = 8
 """Stop a member once validation loss has not improved for this many epochs."""
-
-
-class TrainingFailed(RaymedicError):
-    """The Ray Train run failed; nothing was registered."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +293,7 @@ def report_json(report: TrainReport) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cluster.local import connect_or_start
+    from cluster.connect import connect_or_start
 
     args = _parser().parse_args(argv)
     try:

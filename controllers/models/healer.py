@@ -1,7 +1,7 @@
 """Model-level healing actions: Ray Jobs for retraining, registry moves, in-place version swaps.
 
 The controller owns one :class:`ModelHealer`. Decisions come from
-:class:`controllers.playbook.Playbook`; this module only performs them:
+:class:`controllers.policies.playbook.Playbook`; this module only performs them:
 
 - a retrain is a Ray job (``train_jobs.retrain``) submitted through
   ``JobSubmissionClient`` with a name and metadata an operator recognises in the
@@ -31,11 +31,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from controllers.playbook import Playbook, Promote, RolloutDone, SubmitRetrain, Trigger
-from raymedic.config import APP_NAME, RaymedicConfig, canary_app_name
+from controllers.policies.playbook import Playbook, Promote, RolloutDone, SubmitRetrain, Trigger
+from raymedic.config import RaymedicConfig
+from raymedic.keys import (APP_NAME, CANARY_APP_NAME, SERVE_NAMESPACE, canary_app_name, replica_actor_name,
+                           retrain_job_id, retrain_record_key)
 from raymedic.storage import Storage
 from train_jobs.registry import ModelRegistry
-from train_jobs.retrain import record_key
 
 __all__ = ["ModelHealer", "PROJECT_ROOT"]
 
@@ -81,7 +82,7 @@ class ModelHealer:
             + (["--since", repr(sub.since)] if sub.since is not None else []))
         return self._jobs().submit_job(
             entrypoint=entry,
-            submission_id=f"raymedic-retrain-{model}-{sub.record}",
+            submission_id=retrain_job_id(model, sub.record),
             metadata={"app": "raymedic", "kind": "retrain+search" if sub.search else "retrain", "model": model,
                       "reason": sub.reason[:200],
                       "alerts": ",".join(sub.alerts)[:200]},
@@ -94,7 +95,7 @@ class ModelHealer:
         return status.value if status.is_terminal() else None
 
     def _outcome(self, record: str) -> dict[str, Any] | None:
-        key = record_key(self.cfg.model, record)
+        key = retrain_record_key(self.cfg.model, record)
         return json.loads(self.storage.read_text(key)) if self.storage.exists(key) else None
 
     # ---- one step ------------------------------------------------------------------
@@ -192,7 +193,7 @@ class ModelHealer:
         """``member``'s canary application serving ``version`` (no HTTP route)."""
         from ray import serve
 
-        from serve_apps.app import build_canary_app
+        from serve_apps.application import build_canary_app
 
         return serve.RunTarget(build_canary_app(self.cfg.model_dump(mode="json"), member, version),
                                name=canary_app_name(member), route_prefix=None)
@@ -241,8 +242,6 @@ class ModelHealer:
         """After a controller restart: canary applications left by the one before are the running
         job's warm replicas, the running trial's challengers, or leftovers to remove."""
         from ray import serve
-
-        from raymedic.config import CANARY_APP_NAME
 
         try:
             present = {a[len(CANARY_APP_NAME) + 1:] for a in serve.status().applications
@@ -455,7 +454,7 @@ class ModelHealer:
         import ray
 
         try:
-            ray.kill(ray.get_actor(f"SERVE_REPLICA::{APP_NAME}#{member}#{replica}", namespace="serve"),
+            ray.kill(ray.get_actor(replica_actor_name(APP_NAME, member, replica), namespace=SERVE_NAMESPACE),
                      no_restart=True)
         except Exception as exc:
             log.warning("could not restart replica %s of %s after a failed swap: %r", replica, member, exc)

@@ -34,9 +34,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from raymedic.config import ADMIN_TOKEN_ENV, APP_NAME, RaymedicConfig, load_config
-from raymedic.http import request_json
-from raymedic.loadgen import Sample, open_loop, summarize
+from raymedic.config import RaymedicConfig, load_config
+from raymedic.keys import ADMIN_TOKEN_ENV, APP_NAME
+from raymedic.app.http import request_json
+from raymedic.bench.loadgen import Sample, open_loop, summarize
 
 __all__ = ["run_replica_faults", "run_saturation", "run_controller_step", "bench_cluster"]
 
@@ -59,8 +60,8 @@ class BenchSettings:
 
 def run_controller_step(*, members: int = 50, replicas: int = 10, steps: int = 50) -> dict[str, Any]:
     """Time :meth:`HealingPolicy.step` (plus weighting) over a synthetic fleet."""
-    from controllers.policy import HealingPolicy, Observation, Probe, ReplicaSnapshot
-    from controllers.weighting import HedgeWeights
+    from controllers.policies.replica import HealingPolicy, Observation, Probe, ReplicaSnapshot
+    from controllers.policies.weights import HedgeWeights
     from raymedic.config import ControllerConfig
 
     cfg = ControllerConfig()
@@ -93,7 +94,7 @@ def run_data_check(*, features: int = 50, rows: int = 2000, checks: int = 10) ->
     import numpy as np
     import pandas as pd
 
-    from controllers.datamonitor import DataMonitor
+    from controllers.monitors.data import DataMonitor
     from raymedic.config import DataConfig
     from serve_apps.quality import InputTally
     from train_jobs.reference import Reference
@@ -147,7 +148,7 @@ def _reference(url: str, inputs: Sequence[dict[str, Any]], batch: int) -> list[A
 
 
 def _replicas(app: str, member: str) -> list[Any]:
-    from controllers.observe import read_app_view
+    from serve_apps.serve_state import read_app_view
 
     view = read_app_view(app)
     dep = view.deployments.get(member) if view else None
@@ -191,7 +192,7 @@ class _Raymedic(_System):
     name, app = "raymedic", APP_NAME
 
     def deploy(self, progress: Progress) -> None:
-        from raymedic import service
+        from raymedic.app import service
 
         service.deploy(self.config, host="127.0.0.1", port=int(self.url.rsplit(":", 1)[1]), progress=progress)
         service.wait_ready(self.url, self.config.model, timeout_s=300, progress=progress)
@@ -230,7 +231,7 @@ class _Raymedic(_System):
                      headers={"Authorization": f"Bearer {os.environ[ADMIN_TOKEN_ENV]}"}, timeout_s=60)
 
     def remove(self) -> None:
-        from raymedic import service
+        from raymedic.app import service
 
         service.undeploy()
 
@@ -362,8 +363,9 @@ def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = 
     cleared, the model trained if it is not); everything started here is shut down on exit."""
     import ray
 
-    from cluster.local import LOCAL_LOGICAL_CPUS, raymedic_home, start_embedded
-    from raymedic import service
+    from cluster.connect import LOCAL_LOGICAL_CPUS, start_embedded
+    from cluster.runstate import raymedic_home
+    from raymedic.app import service
     from raymedic.storage import Storage
 
     os.environ.setdefault(ADMIN_TOKEN_ENV, os.urandom(16).hex())  # before any deploy: the admin routes' token

@@ -8,7 +8,7 @@ compares the window with the model version's training reference
 - data quality per feature: missing rate (against the training share), share of
   numeric values outside the training range, share of categorical levels never
   seen in training;
-- a sequential CUSUM per numeric feature (:mod:`controllers.sequential`) on
+- a sequential CUSUM per numeric feature (:mod:`controllers.detectors.cusum`) on
   every sampled row as it arrives, calibrated to ``sequential_false_alarms_per_10k``
   over all features: it accumulates exactly the rows since a change instead of
   a fixed window, so an abrupt shift alarms in fewer rows; an alarm marks the
@@ -38,7 +38,7 @@ import numpy as np
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from controllers.sequential import Alarm, FeatureCusum, FeatureCusumConfig
+from controllers.detectors.cusum import Alarm, FeatureCusum, FeatureCusumConfig
 from raymedic.config import DataConfig
 from train_jobs.reference import FeatureReference, Reference
 from train_jobs.schema import ModelSchema

@@ -17,17 +17,17 @@ and for every scenario a stream of ``pre_rows`` unchanged rows followed by
 Labels arrive ``label_delay`` rows late. Detectors, each calibrated to the same
 false-alarm rate:
 
-- inputs: :class:`controllers.sequential.FeatureCusum` against the reference
+- inputs: :class:`controllers.detectors.cusum.FeatureCusum` against the reference
   window test — per-feature two-sample KS between the reference and the last 500
   rows, every 50 rows, Bonferroni across features (equal sample sizes make that a
   threshold on the largest KS statistic), the threshold set on the control so that
   KS raises no more false alarms there than the CUSUM did (in-sample: the baseline's
   most favourable threshold);
 - errors (the fixed model's 0/1 errors on delayed labels, with its confidence in each
-  answer): :class:`controllers.sequential.ErrorCusum` as the controller configures it
+  answer): :class:`controllers.detectors.cusum.ErrorCusum` as the controller configures it
   (``performance.error_*``: per confidence bin against the cross-validated errors of
   the reference) against the Page–Hinkley test of
-  :class:`controllers.performance.PageHinkley` (the live controller's; ``delta``
+  :class:`controllers.monitors.performance.PageHinkley` (the live controller's; ``delta``
   at half the smallest rise of interest, ``lambda`` matched on the control the same way).
 
 Delays are rows after the change (labelled rows for the error detectors, the
@@ -76,7 +76,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import special
 
-from controllers.sequential import (Calibration, ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig,
+from controllers.detectors.cusum import (Calibration, ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig,
                                     calibrate_features, crossings, known_law_threshold)
 from raymedic.config import PerformanceSettings
 from raymedic.errors import ConfigError
@@ -301,7 +301,7 @@ def _window_alarms(ends: np.ndarray, score: np.ndarray, threshold: float, window
 
 def page_hinkley_alarms(x: np.ndarray, *, delta: float, threshold: float, min_samples: int,
                         limit: int | None = None, chunk: int = 4096) -> list[tuple[int, int]]:
-    """Alarms ``(row, start of the rise)`` of :class:`controllers.performance.PageHinkley` over ``x``.
+    """Alarms ``(row, start of the rise)`` of :class:`controllers.monitors.performance.PageHinkley` over ``x``.
 
     The same arithmetic (running mean since the last reset, cumulative deviation less ``delta``, its
     running minimum, restart after an alarm), vectorized so that millions of labels take milliseconds.

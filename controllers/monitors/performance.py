@@ -11,7 +11,7 @@ and computes:
 - a change test on the ensemble's 0/1 error stream: a sustained rise in the error
   rate (concept drift: same inputs, new answers) alarms after a number of labels
   inversely proportional to the rise, without waiting for a full window. By default
-  Bernoulli CUSUMs (:class:`controllers.sequential.ErrorCusum`) against the error
+  Bernoulli CUSUMs (:class:`controllers.detectors.cusum.ErrorCusum`) against the error
   rate of the first labels of the serving versions, with simulated thresholds for a
   false-alarm budget; Page–Hinkley on request. The CUSUM is fed in :meth:`check`
   (off the controller's event loop: calibrating it takes a few tenths of a second);
@@ -37,16 +37,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from controllers.datamonitor import numeric_drift, psi
-from controllers.playbook import wilson_upper
-from controllers.sequential import ErrorCusum
+from controllers.monitors.data import numeric_drift, psi
+from controllers.policies.playbook import wilson_upper
+from controllers.detectors.cusum import ErrorCusum, ErrorCusumConfig
 from raymedic.config import PerformanceSettings
+from raymedic.keys import ENSEMBLE
+from train_jobs.evaluation import CAL_BINS, classification_metrics, expected_calibration_error
 
-__all__ = ["PerformanceConfig", "PerformanceMonitor", "PageHinkley", "classification_metrics",
-           "ENSEMBLE"]
+__all__ = ["PerformanceConfig", "PerformanceMonitor", "PageHinkley"]
 
-ENSEMBLE = "ensemble"
-CAL_BINS = 10
 DECAY_Z = 2.576
 """Accuracy decay needs the window's upper 99.5 % Wilson bound under the bar (checked every few seconds)."""
 CHANGE_DATE_SCORE = 0.5
@@ -54,45 +53,6 @@ CHANGE_DATE_SCORE = 0.5
 
 
 PerformanceConfig = PerformanceSettings
-
-
-def _auc_ovr(y: np.ndarray, probs: np.ndarray) -> float | None:
-    """Macro one-vs-rest ROC AUC from ranks (Mann–Whitney U); None if no class has both outcomes."""
-    aucs = []
-    for k in range(probs.shape[1]):
-        pos = y == k
-        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-        if n_pos == 0 or n_neg == 0:
-            continue
-        ranks = stats.rankdata(probs[:, k])
-        aucs.append((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return float(np.mean(aucs)) if aucs else None
-
-
-def _ece(correct: np.ndarray, confidence: np.ndarray) -> float:
-    """Expected calibration error of the top-class confidence, equal-width bins."""
-    bins = np.minimum((confidence * CAL_BINS).astype(int), CAL_BINS - 1)
-    total = 0.0
-    for b in range(CAL_BINS):
-        m = bins == b
-        if m.any():
-            total += m.sum() * abs(correct[m].mean() - confidence[m].mean())
-    return float(total / len(correct))
-
-
-def classification_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    """Accuracy, macro F1, macro OvR ROC AUC and ECE for labels ``y`` and probability rows ``probs``."""
-    pred = probs.argmax(axis=1)
-    correct = (pred == y).astype(float)
-    f1s = []
-    for k in range(probs.shape[1]):
-        tp = float(((pred == k) & (y == k)).sum())
-        fp = float(((pred == k) & (y != k)).sum())
-        fn = float(((pred != k) & (y == k)).sum())
-        if tp + fp + fn:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"labels": int(len(y)), "accuracy": float(correct.mean()), "f1_macro": float(np.mean(f1s)) if f1s else 0.0,
-            "roc_auc": _auc_ovr(y, probs), "ece": _ece(correct, probs.max(axis=1))}
 
 
 class PageHinkley:
@@ -301,7 +261,7 @@ class PerformanceMonitor:
             calibrated = table[np.clip(np.digitize(conf, edges) - 1, 0, CAL_BINS - 1)]
             in_sample = table[lab_bins].mean()
             out["calibration"] = {"method": "histogram binning", "labels": int(len(y)),
-                                  "ece_before": _ece(correct, top),
+                                  "ece_before": expected_calibration_error(correct, top),
                                   "estimate_error_on_labelled": float(abs(in_sample - correct.mean()))}
             out["reliability"] = "calibrated on labels"
         else:
@@ -338,7 +298,7 @@ class PerformanceMonitor:
                 del self._baseline[:max(0, len(self._baseline) - keep)]
                 del self._baseline_conf[:max(0, len(self._baseline_conf) - keep)]
                 return
-            cusum = ErrorCusum(np.asarray(self._baseline, dtype=float), self.cfg.error_cusum(),
+            cusum = ErrorCusum(np.asarray(self._baseline, dtype=float), ErrorCusumConfig.from_settings(self.cfg),
                                baseline_confidence=np.asarray(self._baseline_conf))
             if self._cusum_state:
                 try:

@@ -20,9 +20,10 @@ from typing import Callable
 
 import numpy as np
 
-from raymedic.config import ADMIN_TOKEN_ENV, load_config
-from raymedic.http import request_json
-from raymedic.loadgen import open_loop, summarize
+from raymedic.config import load_config
+from raymedic.keys import ADMIN_TOKEN_ENV
+from raymedic.app.http import request_json
+from raymedic.bench.loadgen import open_loop, summarize
 
 __all__ = ["run_demo"]
 
@@ -101,8 +102,9 @@ def _drift_drill(url: str, model: str, gen, features: list[str], *, seed: int, b
 def run_demo(*, config_path: str | None, port: int, requests: int, progress: Callable[[str], None]) -> int:
     import ray
 
-    from cluster.local import LOCAL_LOGICAL_CPUS, raymedic_home, start_embedded
-    from raymedic import service
+    from cluster.connect import LOCAL_LOGICAL_CPUS, start_embedded
+    from cluster.runstate import raymedic_home
+    from raymedic.app import service
     from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
 
     sf = load_config(config_path)

@@ -14,7 +14,7 @@ Pure decisions over what the controller observed; the controller performs them
   challenger is recorded with the gate's reasons and the champion keeps serving.
 - With a rollout mode (``rollout.mode``: canary or shadow), members that passed
   the gate first go on a live trial next to their champions (see
-  :mod:`controllers.rollout`); only the ones that hold up are promoted, the
+  :mod:`controllers.policies.rollout`); only the ones that hold up are promoted, the
   others are dropped with the reason, and the champion serves throughout.
 - After a promotion the new versions are on probation: if their live accuracy on
   ``probation_labels`` fresh labels falls more than ``accuracy_drop`` below the
@@ -27,7 +27,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from controllers.rollout import PairTally, judge_member
+from controllers.policies.rollout import PairTally, judge_member
 from raymedic.config import RetrainingConfig, RolloutConfig
 
 __all__ = ["Playbook", "SubmitRetrain", "Promote", "Rollback", "Trigger", "RolloutDone"]

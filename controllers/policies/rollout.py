@@ -36,16 +36,9 @@ from scipy import stats
 
 from raymedic.config import RolloutConfig
 
-__all__ = ["PairTally", "judge_member", "CHALLENGER_SUFFIX", "challenger_source"]
-
-CHALLENGER_SUFFIX = "@challenger"
-"""Key of a challenger's answer next to its member's in the gateway's labelled pairs."""
+__all__ = ["PairTally", "judge_member"]
 
 MIN_CALLS_FOR_ERROR_RATE = 20
-
-
-def challenger_source(member: str) -> str:
-    return f"{member}{CHALLENGER_SUFFIX}"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The ``raymedic`` command line.
 
-Each sub-command is a thin function over :mod:`raymedic.service`, the registry and
+Each sub-command is a thin function over :mod:`raymedic.app.service`, the registry and
 the gateway's HTTP API; every failure the user can fix prints ``error: ...`` with
 the fix and exits 2, never a traceback.
 """
@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from raymedic.config import ADMIN_TOKEN_ENV, APP_NAME, ServeFile, load_config
+from cluster.head import ray_alive
+from raymedic.config import ServeFile, load_config
+from raymedic.keys import ADMIN_TOKEN_ENV, APP_NAME
 from raymedic.errors import ConfigError, RaymedicError
-from raymedic.http import request_json
+from raymedic.app.http import request_json
 
 __all__ = ["main"]
 
@@ -41,7 +43,7 @@ def _config_from(args: argparse.Namespace) -> tuple[ServeFile, Any]:
 
 
 def _service_url(args: argparse.Namespace) -> str:
-    from cluster.local import read_run_state
+    from cluster.runstate import read_run_state
 
     if getattr(args, "url", None):
         return args.url.rstrip("/")
@@ -57,8 +59,10 @@ def _service_url(args: argparse.Namespace) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     # No `import ray` before join(): Ray reads RAY_AUTH_MODE when it is imported.
-    from cluster.local import RunState, join, read_run_state, start_head, write_run_state
-    from raymedic import service
+    from cluster.connect import join
+    from cluster.head import start_head
+    from cluster.runstate import RunState, read_run_state, write_run_state
+    from raymedic.app import service
 
     sf, cfg = _config_from(args)
     port = args.port or sf.http_port
@@ -72,7 +76,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if os.environ.get("RAY_ADDRESS"):
         address = os.environ["RAY_ADDRESS"]
         _progress(f"joining the Ray cluster at {address}")
-    elif previous and previous.started_cluster and _ray_alive(previous.ray_address):
+    elif previous and previous.started_cluster and ray_alive(previous.ray_address):
         running = len((previous.cluster or {}).get("nodes", ())) or 1
         if args.nodes is not None and (previous.cluster is None or running != args.nodes):
             raise ConfigError(f"a local Ray cluster raymedic started ({running} node(s)) still runs at "
@@ -96,7 +100,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         proxy_location = None
         if local is not None:
-            from cluster.multinode import spread_over_nodes, wait_for_nodes
+            from cluster.nodes import wait_for_nodes
+            from cluster.plan import spread_over_nodes
 
             nodes = len(local["nodes"])
             if previous is None or previous.cluster is not local:  # just started (a reused one may
@@ -118,7 +123,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                              head_session=head_session if started and local is None else None))
     _progress(f"service answers at {url} (ready after {waited:.1f} s)")
     if local is not None:
-        from cluster.multinode import LocalCluster, describe
+        from cluster.nodes import LocalCluster, describe
 
         print(f"  nodes:\n{describe(LocalCluster.from_dict(local))}")
     print(f"  model:      {cfg.model}\n  predict:    curl -X POST {url}/v1/models/{cfg.model}:predict "
@@ -131,7 +136,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _check_nodes_request(args: argparse.Namespace) -> None:
     """Refuse ``up --nodes`` requests that cannot work, before anything starts."""
-    from cluster.multinode import check_shape
+    from cluster.plan import check_shape
 
     if os.environ.get("RAY_ADDRESS"):
         raise ConfigError(f"--nodes starts a new local cluster, but RAY_ADDRESS={os.environ['RAY_ADDRESS']} "
@@ -143,8 +148,9 @@ def _check_nodes_request(args: argparse.Namespace) -> None:
 
 def _start_nodes(args: argparse.Namespace, previous: Any, sf: ServeFile, cfg: Any, *, url: str) -> dict:
     """Start a head and ``--nodes - 1`` workers on this machine; recorded at once so ``down`` can stop them."""
-    from cluster.local import RunState, write_run_state
-    from cluster.multinode import LocalCluster, plan_cluster, start_cluster, stop_cluster
+    from cluster.runstate import RunState, write_run_state
+    from cluster.nodes import LocalCluster, start_cluster, stop_cluster
+    from cluster.plan import plan_cluster
 
     if previous is not None and previous.cluster:
         stop_cluster(LocalCluster.from_dict(previous.cluster))  # leftovers of one that died
@@ -162,7 +168,7 @@ def _start_nodes(args: argparse.Namespace, previous: Any, sf: ServeFile, cfg: An
 
 
 def _token_file():
-    from cluster.local import raymedic_home
+    from cluster.runstate import raymedic_home
 
     return raymedic_home() / "admin_token"
 
@@ -209,19 +215,6 @@ def _admin(args: argparse.Namespace, route: str, body: Any = None) -> Any:
     return reply.body
 
 
-def _ray_alive(address: str) -> bool:
-    import subprocess
-
-    from cluster.local import _ray_bin, use_token_auth
-
-    use_token_auth()
-    try:
-        return subprocess.run([_ray_bin(), "status", f"--address={address}"], capture_output=True,
-                              timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 def _dashboard_url() -> str:
     import ray
 
@@ -235,19 +228,21 @@ def _dashboard_url() -> str:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from cluster.local import clear_run_state, join, read_run_state, stop_head
+    from cluster.connect import join
+    from cluster.head import stop_head
+    from cluster.runstate import clear_run_state, read_run_state
 
     state = read_run_state()
     address = os.environ.get("RAY_ADDRESS") or (state.ray_address if state else None)
     if not address:
         _progress("nothing to stop: no service started by `raymedic up` was found")
         return 0
-    if _ray_alive(address):
+    if ray_alive(address):
         join(address, ours=bool(state and state.started_cluster))
         import ray
 
         try:
-            from raymedic import service
+            from raymedic.app import service
 
             _progress(f"deleting Serve application {APP_NAME!r} and its healing controller")
             try:
@@ -260,7 +255,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         finally:
             ray.shutdown()
     if state and state.started_cluster and not os.environ.get("RAY_ADDRESS") and state.cluster:
-        from cluster.multinode import LocalCluster, stop_cluster
+        from cluster.nodes import LocalCluster, stop_cluster
 
         local = LocalCluster.from_dict(state.cluster)
         _progress(f"stopping the {len(local.nodes)}-node local Ray cluster raymedic started (its own "
@@ -484,7 +479,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _run_state_or_config(args: argparse.Namespace) -> dict[str, str]:
-    from cluster.local import read_run_state
+    from cluster.runstate import read_run_state
 
     state = read_run_state()
     if state and not args.config:
@@ -498,17 +493,18 @@ def _run_state_or_config(args: argparse.Namespace) -> dict[str, str]:
 
 def _use_running_cluster() -> None:
     """Point RAY_ADDRESS at the cluster `raymedic up` started, if it runs, so work goes there."""
-    from cluster.local import read_run_state, use_token_auth
+    from cluster.connect import use_token_auth
+    from cluster.runstate import read_run_state
 
     state = read_run_state()
-    if not os.environ.get("RAY_ADDRESS") and state and _ray_alive(state.ray_address):
+    if not os.environ.get("RAY_ADDRESS") and state and ray_alive(state.ray_address):
         os.environ["RAY_ADDRESS"] = state.ray_address
         if state.started_cluster:
             use_token_auth()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cluster.local import connect_or_start
+    from cluster.connect import connect_or_start
     from train_jobs.train import report_json, resolve_cli_inputs, train_ensemble
 
     config, table, target, model = resolve_cli_inputs(args)
@@ -526,7 +522,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from cluster.local import connect_or_start
+    from cluster.connect import connect_or_start
     from train_jobs.search import format_report, report_json, resolve_search_inputs, search_member
 
     config, table, target, model = resolve_search_inputs(args)  # bad flags fail here, before Ray starts
@@ -543,7 +539,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from raymedic.demo import run_demo
+    from raymedic.app.demo import run_demo
 
     return run_demo(config_path=args.config, port=args.port, requests=args.requests, progress=_progress)
 
@@ -570,7 +566,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.rps is not None and not args.rps > 0:
         raise RaymedicError(f"--rps {args.rps:g}: give a positive rate, e.g. 50")
     if args.scenario == "drift" and args.live:  # the same kind of streams through a deployed service
-        from raymedic import benchlive
+        from raymedic.bench import live as benchlive
 
         names = tuple(n.strip() for n in args.live_scenarios.split(",")) if args.live_scenarios else \
             benchlive.LiveDriftSettings().scenarios
@@ -587,7 +583,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(benchlive.format_live_table(report))
         return 0
     if args.scenario == "drift":  # pure NumPy/SciPy: no cluster, no Serve
-        from raymedic import benchdrift
+        from raymedic.bench import drift as benchdrift
 
         drift_settings = benchdrift.DriftBenchSettings(seeds=args.seeds, rows_per_s=args.rps or 25.0)
         progress = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else _progress
@@ -595,7 +591,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(benchdrift.dumps(report) if args.json else benchdrift.format_table(report))
         return 0
 
-    from raymedic import bench
+    from raymedic.bench import faults as bench
 
     if args.scenario == "saturation":
         try:

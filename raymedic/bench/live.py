@@ -1,6 +1,6 @@
 """``raymedic bench drift --live``: the drift streams through the running service, end to end.
 
-:mod:`raymedic.benchdrift` measures the detectors on replayed streams in NumPy
+:mod:`raymedic.bench.drift` measures the detectors on replayed streams in NumPy
 (many seeds, exact row counts). This is the same kind of stream sent over HTTP to
 a deployed raymedic — gateway, prediction log, telemetry, the controller's data
 monitor and error-stream CUSUM, and for concept drift the whole healing loop
@@ -31,8 +31,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from raymedic.config import ADMIN_TOKEN_ENV, RaymedicConfig
-from raymedic.http import request_json
+from raymedic.config import RaymedicConfig
+from raymedic.keys import ADMIN_TOKEN_ENV
+from raymedic.app.http import request_json
 
 __all__ = ["LiveDriftSettings", "run_live_drift", "format_live_table"]
 
@@ -192,7 +193,7 @@ def _blocks(correct: np.ndarray, size: int) -> list[float]:
 
 def _concept(stream: _Stream, cfg: RaymedicConfig, sc: LiveScenario, gen: Any, s: LiveDriftSettings,
              progress: Progress) -> dict[str, Any]:
-    from raymedic.benchdrift import fit_logistic, predict_logistic, xy
+    from raymedic.bench.drift import fit_logistic, predict_logistic, xy
     from train_jobs.synthetic import Drift
 
     drift = Drift(concept_rotation_deg=sc.rotation_deg)
@@ -287,9 +288,9 @@ def _timeline(cfg: RaymedicConfig, t_change: float) -> list[list[Any]]:
 
 def run_live_drift(*, config_path: str | None, port: int, settings: LiveDriftSettings,
                    progress: Progress) -> dict[str, Any]:
-    from raymedic import service
-    from raymedic.bench import bench_cluster
-    from raymedic.benchdrift import xy
+    from raymedic.app import service
+    from raymedic.bench.faults import bench_cluster
+    from raymedic.bench.drift import xy
     from raymedic.storage import Storage
     from train_jobs.registry import ModelRegistry
     from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec

