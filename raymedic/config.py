@@ -439,6 +439,7 @@ class RaymedicConfig(_Strict):
         return next((m.name for m in self.members if m.fallback), self.members[0].name)
 
     def member(self, name: str) -> MemberConfig:
+        """The member called ``name``; a ``ConfigError`` listing the members when there is none."""
         for m in self.members:
             if m.name == name:
                 return m
@@ -481,10 +482,12 @@ class ServeFile(BaseModel):
 
     @property
     def http_host(self) -> str:
+        """The host Serve's HTTP proxy binds (``http_options.host``; Serve's default 127.0.0.1)."""
         return str(self.serve.get("http_options", {}).get("host", "127.0.0.1"))
 
     @property
     def http_port(self) -> int:
+        """The port Serve's HTTP proxy binds (``http_options.port``; Serve's default 8000)."""
         return int(self.serve.get("http_options", {}).get("port", 8000))
 
     def serve_document(self, config: RaymedicConfig | None = None) -> dict[str, Any]:

@@ -50,6 +50,7 @@ class Storage:
 
     @property
     def filesystem(self) -> pafs.FileSystem:
+        """The pyarrow filesystem under the root, for readers that take one (``pq.read_table``)."""
         return self._fs
 
     def path(self, key: str) -> str:
@@ -62,9 +63,11 @@ class Storage:
         return Path(self.path(key)) if self._local else None
 
     def exists(self, key: str) -> bool:
+        """Whether ``key`` names a file or a directory (checkpoints and aliases may not exist yet)."""
         return self._fs.get_file_info(self.path(key)).type != pafs.FileType.NotFound
 
     def is_dir(self, key: str) -> bool:
+        """Whether ``key`` is a directory: a Parquet log is a directory of part files."""
         return self._fs.get_file_info(self.path(key)).type == pafs.FileType.Directory
 
     def listdir(self, key: str) -> list[str]:
@@ -83,16 +86,22 @@ class Storage:
         )
 
     def makedirs(self, key: str) -> None:
+        """Create ``key`` and its parents; object stores have no directories and ignore it."""
         self._fs.create_dir(self.path(key), recursive=True)
 
     def read_bytes(self, key: str) -> bytes:
+        """The whole file at ``key`` (artifacts are read whole so their sha256 can be checked)."""
         with self._fs.open_input_stream(self.path(key)) as f:
             return f.read()
 
     def read_text(self, key: str) -> str:
+        """The file at ``key`` as UTF-8 text (JSON documents, audit lines)."""
         return self.read_bytes(key).decode("utf-8")
 
     def write_bytes(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """Write ``data`` at ``key`` atomically: a reader sees the old file or the new one, never half
+        of one; ``durable`` also fsyncs the file and its directory before returning (an acknowledged
+        label or an action's intent must survive a crash right after)."""
         parent = key.rsplit("/", 1)[0] if "/" in key else ""
         if parent:
             self.makedirs(parent)
@@ -118,9 +127,11 @@ class Storage:
             f.write(data)
 
     def write_text(self, key: str, text: str, *, durable: bool = True) -> None:
+        """:meth:`write_bytes` of UTF-8 ``text``."""
         self.write_bytes(key, text.encode("utf-8"), durable=durable)
 
     def write_parquet(self, key: str, table: pa.Table, *, durable: bool = True) -> None:
+        """Write ``table`` as one Parquet file at ``key``, atomically like :meth:`write_bytes`."""
         buf = io.BytesIO()
         pq.write_table(table, buf)
         self.write_bytes(key, buf.getvalue(), durable=durable)
@@ -136,6 +147,7 @@ class Storage:
         return pq.read_table(self.path(key), filesystem=self._fs, columns=columns)
 
     def delete(self, key: str) -> None:
+        """Remove the file or directory at ``key``; a missing key is not an error (deleting is idempotent)."""
         info = self._fs.get_file_info(self.path(key))
         if info.type == pafs.FileType.Directory:
             self._fs.delete_dir(self.path(key))
