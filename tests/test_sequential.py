@@ -1,4 +1,4 @@
-"""Sequential change detectors (controllers.detectors.cusum): pure NumPy, seeded streams, no Ray.
+"""Sequential change detectors (controllers.detectors.cusum, .calibration): pure NumPy, seeded streams, no Ray.
 
 Calibration tests use a high false-alarm target (10 per 10,000 rows) so that a few
 hundred thousand seeded rows hold enough false alarms to compare with the target;
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from controllers.detectors import cusum as sequential
-from controllers.detectors.cusum import (Calibration, ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig,
-                                    calibrate_errors, calibrate_features)
+from controllers.detectors.calibration import Calibration, calibrate_errors, calibrate_features
+from controllers.detectors.cusum import ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig
 from raymedic.errors import ConfigError, DataError
 
 FAST = FeatureCusumConfig(false_alarms_per_10k=10.0, calibration_paths=200, calibration_rows=2_000)

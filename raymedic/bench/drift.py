@@ -76,8 +76,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import special
 
-from controllers.detectors.cusum import (Calibration, ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig,
-                                    calibrate_features, crossings, known_law_threshold)
+from controllers.detectors.calibration import Calibration, calibrate_features, crossings, known_law_threshold
+from controllers.detectors.cusum import ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig
 from raymedic.config import PerformanceSettings
 from raymedic.errors import ConfigError
 from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec
