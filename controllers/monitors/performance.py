@@ -40,11 +40,12 @@ from scipy import stats
 from controllers.monitors.data import numeric_drift, psi
 from controllers.policies.playbook import wilson_upper
 from controllers.detectors.cusum import ErrorCusum, ErrorCusumConfig
+from controllers.detectors.page_hinkley import PageHinkley
 from raymedic.config import PerformanceSettings
 from raymedic.keys import ENSEMBLE
 from train_jobs.evaluation import CAL_BINS, classification_metrics, expected_calibration_error
 
-__all__ = ["PerformanceConfig", "PerformanceMonitor", "PageHinkley"]
+__all__ = ["PerformanceConfig", "PerformanceMonitor"]
 
 DECAY_Z = 2.576
 """Accuracy decay needs the window's upper 99.5 % Wilson bound under the bar (checked every few seconds)."""
@@ -53,34 +54,6 @@ CHANGE_DATE_SCORE = 0.5
 
 
 PerformanceConfig = PerformanceSettings
-
-
-class PageHinkley:
-    """Page–Hinkley test for an increase in the mean of a stream (here: the error indicator)."""
-
-    def __init__(self, delta: float, threshold: float, min_samples: int) -> None:
-        self.delta, self.threshold, self.min_samples = delta, threshold, min_samples
-        self.reset()
-
-    def reset(self) -> None:
-        self.n, self.mean, self.cum, self.low = 0, 0.0, 0.0, 0.0
-
-    def update(self, x: float) -> bool:
-        """Add one observation; True when the mean has risen (the test then restarts)."""
-        self.n += 1
-        self.mean += (x - self.mean) / self.n
-        self.cum += x - self.mean - self.delta
-        self.low = min(self.low, self.cum)
-        if self.n >= self.min_samples and self.cum - self.low > self.threshold:
-            self.reset()
-            return True
-        return False
-
-    def to_dict(self) -> dict[str, float]:
-        return {"n": self.n, "mean": self.mean, "cum": self.cum, "low": self.low}
-
-    def load(self, d: Mapping[str, float]) -> None:
-        self.n, self.mean, self.cum, self.low = int(d["n"]), float(d["mean"]), float(d["cum"]), float(d["low"])
 
 
 @dataclass
@@ -112,7 +85,7 @@ class PerformanceMonitor:
         self._pred_ref: list[tuple[float, int]] = []
         self._pred_win: deque[tuple[float, int]] = deque(maxlen=cfg.prediction_window)
         self._pred_lock = threading.Lock()
-        self._ph = PageHinkley(cfg.ph_delta, cfg.ph_lambda, cfg.ph_min_samples)
+        self._ph = PageHinkley.from_settings(cfg)
         self._drift_at: float | None = None
         self._drift_evidence: dict[str, Any] = {}
         # The CUSUM's input, appended on the event loop and drained by check() in a worker thread
