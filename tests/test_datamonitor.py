@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from controllers.monitors.data import DataAlerts, DataMonitor, categorical_drift, numeric_drift
+from controllers.detectors.two_sample import categorical_drift, numeric_drift
+from controllers.monitors.data import DataAlerts, DataMonitor
 from raymedic.config import DataConfig
 from serve_apps.quality import InputTally
 from train_jobs.reference import Reference
@@ -148,8 +149,8 @@ def test_drift_statistics_on_known_inputs():
     assert moved["p_value"] < 1e-6 and moved["wasserstein_sd"] == pytest.approx(0.5, abs=0.15)
     r = REF.features[2]
     expected = r.counts / r.counts.sum() * 600
-    assert categorical_drift(r, np.round(expected))["js"] < 0.05
-    assert categorical_drift(r, np.array([0.0, 0.0, 600.0, 0.0]))["p_value"] < 1e-12
+    assert categorical_drift(r.probabilities, np.round(expected))["js"] < 0.05
+    assert categorical_drift(r.probabilities, np.array([0.0, 0.0, 600.0, 0.0]))["p_value"] < 1e-12
 
 
 def test_sequential_cusum_flags_a_half_sd_shift_and_stays_quiet_on_the_control():

@@ -36,15 +36,15 @@ from typing import Any, Mapping
 
 import numpy as np
 from scipy import stats
-from scipy.spatial.distance import jensenshannon
 
 from controllers.detectors.cusum import Alarm, FeatureCusum, FeatureCusumConfig
+from controllers.detectors.two_sample import categorical_drift, numeric_drift
 from raymedic.config import DataConfig
-from train_jobs.reference import FeatureReference, Reference
+from train_jobs.reference import Reference
 from train_jobs.schema import ModelSchema
 
-__all__ = ["DataMonitor", "DataReport", "FeatureCheck", "DataAlerts", "numeric_drift", "categorical_drift", "psi",
-           "DATA_KINDS", "MODEL_KINDS", "PREDICTION_KINDS"]
+__all__ = ["DataMonitor", "DataReport", "FeatureCheck", "DataAlerts", "DataAlert", "DATA_KINDS", "MODEL_KINDS",
+           "PREDICTION_KINDS"]
 
 DATA_KINDS = frozenset({"missing_values", "out_of_range", "unseen_levels", "drift"})
 MODEL_KINDS = frozenset({"accuracy_decay", "concept_drift"})
@@ -54,49 +54,6 @@ inputs move, and with no labels there is nothing to retrain towards)."""
 
 MIN_CUSUM_REFERENCE = 100
 """Training values a feature needs before its CUSUM can be standardized and calibrated."""
-PSI_BINS = 10
-MIN_EXPECTED = 5.0
-"""Chi-squared needs expected counts of about 5 per cell; rarer training levels are pooled."""
-
-
-def psi(reference_shares: np.ndarray, window_shares: np.ndarray) -> float:
-    """Population stability index of two share vectors (no zero shares: smooth the counts first)."""
-    return float(np.sum((window_shares - reference_shares) * np.log(window_shares / reference_shares)))
-
-
-def numeric_drift(reference: np.ndarray, window: np.ndarray) -> dict[str, float]:
-    """KS test, PSI on reference deciles and Wasserstein distance in reference sds."""
-    ks = stats.ks_2samp(window, reference)
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, PSI_BINS + 1)[1:-1]))
-    ref_h = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1) + 0.5
-    win_h = np.bincount(np.searchsorted(edges, window, side="right"), minlength=len(edges) + 1) + 0.5
-    p, q = ref_h / ref_h.sum(), win_h / win_h.sum()
-    sd = float(np.std(reference)) or 1.0
-    return {"test": "ks", "statistic": float(ks.statistic), "p_value": float(ks.pvalue),
-            "psi": psi(p, q),
-            "wasserstein_sd": float(stats.wasserstein_distance(window, reference) / sd)}
-
-
-def categorical_drift(reference: FeatureReference, counts: np.ndarray) -> dict[str, float]:
-    """Chi-squared goodness of fit (rare training levels pooled) and Jensen–Shannon distance."""
-    probs = reference.probabilities
-    n = float(counts.sum())
-    expected = probs * n
-    keep = expected >= MIN_EXPECTED
-    if not keep.all():  # pool cells too rare for the chi-squared approximation into one
-        obs = np.append(counts[keep], counts[~keep].sum())
-        exp = np.append(expected[keep], expected[~keep].sum())
-    else:
-        obs, exp = counts.astype(float), expected
-    if len(obs) < 2:
-        chi = (0.0, 1.0)
-    else:
-        r = stats.chisquare(obs, exp * (obs.sum() / exp.sum()))
-        chi = (float(r.statistic), float(r.pvalue))
-    return {"test": "chi2", "statistic": chi[0], "p_value": chi[1],
-            "js": float(jensenshannon(counts / n, probs, base=2))}
-
-
 @dataclass
 class FeatureCheck:
     """One feature's figures over the window."""
@@ -231,7 +188,7 @@ class DataMonitor:
                     if pc is not None and len(pc) == width:
                         counts += np.asarray(pc, dtype=float)
                 if ref is not None and counts.sum() >= 20 and len(ref.counts) == width:
-                    for k, v in categorical_drift(ref, counts).items():
+                    for k, v in categorical_drift(ref.probabilities, counts).items():
                         setattr(fc, k, v)
             checks.append(fc)
         tested = [fc for fc in checks if fc.p_value is not None]

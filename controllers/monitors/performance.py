@@ -37,10 +37,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from controllers.monitors.data import numeric_drift, psi
-from controllers.policies.playbook import wilson_upper
 from controllers.detectors.cusum import ErrorCusum, ErrorCusumConfig
+from controllers.detectors.intervals import wilson_upper
 from controllers.detectors.page_hinkley import PageHinkley
+from controllers.detectors.two_sample import numeric_drift, psi
 from raymedic.config import PerformanceSettings
 from raymedic.keys import ENSEMBLE
 from train_jobs.evaluation import CAL_BINS, classification_metrics, expected_calibration_error
