@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from controllers.detectors.page_hinkley import page_hinkley_alarms
 from raymedic.app import cli
 from raymedic.bench import drift as benchdrift
 from raymedic.bench.drift import DriftBenchSettings, SCENARIOS
+from raymedic.config import PerformanceSettings
 from raymedic.errors import RaymedicError
 
 SMALL = DriftBenchSettings(seeds=3, control_rows=30_000, false_alarms_per_10k=2.0, calibration_paths=150)
@@ -45,6 +47,13 @@ def test_ks_window_scores_match_scipy() -> None:
         for j in range(3):
             want = stats.ks_2samp(stream[end - 199:end + 1, j], ref[:, j]).statistic
             assert d[i, j] == pytest.approx(want, abs=1e-5)
+
+
+def test_the_bench_runs_the_shipped_error_detector_by_default() -> None:
+    shipped, bench = PerformanceSettings(), DriftBenchSettings()
+    assert (bench.error_odds_ratios, bench.error_flip_shares, bench.error_confidence_bins) == (
+        shipped.error_odds_ratios, shipped.error_flip_shares, shipped.error_confidence_bins)
+    assert benchdrift.page_hinkley_alarms is page_hinkley_alarms  # the controller's test, not a copy
 
 
 def test_report_has_every_scenario_and_is_json(report: dict) -> None:

@@ -170,7 +170,7 @@ def _simulate_errors(rates: tuple[float, ...], counts: tuple[int, ...], config: 
 
 
 def calibrate_errors(baseline_rate: float | Sequence[float], n_baseline: int | Sequence[int],
-                     config: ErrorCusumConfig = ErrorCusumConfig()) -> Calibration:
+                     config: ErrorCusumConfig) -> Calibration:
     """Thresholds of :class:`~controllers.detectors.cusum.ErrorCusum` for error rates measured on
     ``n_baseline`` labels (cached).
 

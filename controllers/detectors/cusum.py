@@ -245,7 +245,7 @@ class ErrorCusum(_Detector):
     probability), in the baseline and in :meth:`update`.
     """
 
-    def __init__(self, baseline_errors: np.ndarray, config: ErrorCusumConfig = ErrorCusumConfig(), *,
+    def __init__(self, baseline_errors: np.ndarray, config: ErrorCusumConfig, *,
                  baseline_confidence: np.ndarray | None = None, calibration: Calibration | None = None) -> None:
         self.config = config
         self._alarms: list[Alarm] = []

@@ -119,24 +119,31 @@ class FeatureCusumConfig:
                                z.dtype.type(self.k_var_down) - z2], axis=-1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ErrorCusumConfig:
-    """The error-stream CUSUM: which rises of the error rate to catch, and the false-alarm budget."""
+    """The error-stream CUSUM: which rises of the error rate to catch, and the false-alarm budget.
 
-    odds_ratios: tuple[float, ...] = (1.3, 3.0)
+    The designs and the budget have no defaults here: the shipped ones are the config's
+    (``performance.error_*`` in :class:`raymedic.config.PerformanceSettings`), and
+    :meth:`from_settings` is how the controller and the drift bench build this config, so that
+    there is one place that says what ships. The fields with defaults are the detector's own
+    internals (baseline shrinkage, the calibration's simulation).
+    """
+
+    odds_ratios: tuple[float, ...]
     """Design odds ratios of an error against the baseline: 1.3 (17 % → 21 % error) is near optimal for
-    slow concept drift, 3.0 (17 % → 38 %) catches a broken model within tens of labels."""
-    flip_shares: tuple[float, ...] = ()
+    slow concept drift, 3.0 (17 % → 38 %) catches a broken model within tens of labels. ``()`` for none."""
+    flip_shares: tuple[float, ...]
     """Designs where a share ε of labels turned over: a bin's error rate p becomes p + ε(1 − 2p), a large
     relative rise where the model was confident (a concept change acts wherever it rotates the rule)."""
-    confidence_bins: int = 1
+    confidence_bins: int
     """Quantile bins of the baseline's confidence, each with its own error rate; 1 = one rate for all."""
     shrink_labels: float = 5.0
     """Pseudo-labels pulling each bin's rate towards the pooled one, so that a bin of 50 labels with no
     error does not get a rate near 0 that it would then alarm on. Few: the pull biases the confident bins
     upwards, which costs delay and leaves false alarms under budget (20 pseudo-labels on 200-label
     baselines: a tenth of the budget, and 78 instead of 70 labels for a 60° rotation)."""
-    false_alarms_per_10k: float = 0.05
+    false_alarms_per_10k: float
     """False alarms per 10,000 labels when nothing changes, shared equally by the designs."""
     calibration_paths: int = 400
     calibration_rows: int = 10_000
