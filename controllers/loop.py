@@ -158,9 +158,7 @@ class HealingController:
         self._handles = {}
 
     def _new_hedge(self, data: dict[str, Any] | None) -> HedgeWeights:
-        c = self.cfg.controller
-        wc = WeightingConfig(eta=c.weight_eta, decay=c.weight_decay, min_weight=c.min_weight,
-                             max_weight=c.max_weight)
+        wc = WeightingConfig.from_settings(self.cfg.controller)
         members = [m.name for m in self.cfg.members]
         if data:
             try:

@@ -3,8 +3,8 @@
 Never absolute figures: only that larger shifts are caught sooner, that the matched
 reference detectors really raise no more false alarms than the CUSUMs, that the fixed
 model loses accuracy under concept drift while the healed one gets it back. The
-reference detectors themselves are checked against SciPy's KS test and the live
-controller's Page–Hinkley class.
+KS window test is checked against SciPy's; the Page–Hinkley test is the
+controller's own class (tests/test_page_hinkley.py checks its batch form).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from controllers.monitors.performance import PageHinkley
+from controllers.detectors.page_hinkley import page_hinkley_alarms
 from raymedic.app import cli
 from raymedic.bench import drift as benchdrift
 from raymedic.bench.drift import DriftBenchSettings, SCENARIOS
+from raymedic.config import PerformanceSettings
 from raymedic.errors import RaymedicError
 
 SMALL = DriftBenchSettings(seeds=3, control_rows=30_000, false_alarms_per_10k=2.0, calibration_paths=150)
@@ -48,14 +49,11 @@ def test_ks_window_scores_match_scipy() -> None:
             assert d[i, j] == pytest.approx(want, abs=1e-5)
 
 
-def test_page_hinkley_alarms_match_the_controllers_class() -> None:
-    rng = np.random.default_rng(1)
-    x = np.concatenate([rng.random(10_000) < 0.2, rng.random(10_000) < 0.3]).astype(float)
-    ph = PageHinkley(0.02, 8.0, 50)
-    want = [i for i, v in enumerate(x) if ph.update(v)]
-    got = benchdrift.page_hinkley_alarms(x, delta=0.02, threshold=8.0, min_samples=50, chunk=777)
-    assert len(want) > 3 and [row for row, _ in got] == want
-    assert all(start <= row for row, start in got)
+def test_the_bench_runs_the_shipped_error_detector_by_default() -> None:
+    shipped, bench = PerformanceSettings(), DriftBenchSettings()
+    assert (bench.error_odds_ratios, bench.error_flip_shares, bench.error_confidence_bins) == (
+        shipped.error_odds_ratios, shipped.error_flip_shares, shipped.error_confidence_bins)
+    assert benchdrift.page_hinkley_alarms is page_hinkley_alarms  # the controller's test, not a copy
 
 
 def test_report_has_every_scenario_and_is_json(report: dict) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from controllers.monitors.data import DataAlerts, DataMonitor, categorical_drift, numeric_drift
+from controllers.detectors.two_sample import categorical_drift, numeric_drift
+from controllers.monitors.data import MODEL_KINDS, AlertKind, DataAlerts, DataMonitor, Severity
 from raymedic.config import DataConfig
 from serve_apps.quality import InputTally
 from train_jobs.reference import Reference
@@ -125,6 +127,26 @@ def test_alerts_open_once_escalate_and_clear_after_clean_checks_and_survive_a_re
     assert restarted.alerts[0].recovered_at is not None and restarted.alerts[0].to_dict()["target"] == "channel"
 
 
+def test_what_leaves_the_monitor_holds_plain_strings_with_the_stored_values():
+    """Alerts, events and evidence travel in checkpoints, audit records and Ray calls to the gateway and the
+    CLI: the states are the Enums' values as plain ``str``, which unpickle without importing the monitor."""
+    alerts = DataAlerts(CFG)
+    report = monitor_with(table(600, seed=6, channel_p=(0.05, 0.05, 0.9))).check()
+    channel = report.to_dict()["features"]["channel"]
+    assert (channel["kind"], channel["drift"], channel["breaches"]) == ("categorical", "act", ["drift"])
+    assert all(type(v) is str for v in (channel["kind"], channel["drift"], *channel["breaches"]))
+    events = alerts.update(report)
+    alerts.apply({(AlertKind.ACCURACY_DECAY, "ensemble"): (Severity.ACT, {"accuracy": 0.3})}, 10.0,
+                 kinds=MODEL_KINDS)
+    events += alerts.supersede(MODEL_KINDS, 20.0, "new versions")
+    assert [(e, a.kind) for e, a in events] == [("opened", "drift"), ("cleared", "accuracy_decay")]
+    for what, alert in events:
+        for value in (what, alert.kind, alert.status, alert.severity):
+            assert type(value) is str
+        assert b"controllers" not in pickle.dumps((what, alert.kind, alert.status, alert.severity, alert.evidence))
+    assert {a["severity"] for a in json.loads(json.dumps(alerts.to_dict()))["alerts"]} == {"act"}
+
+
 def test_new_versions_supersede_model_and_drift_alerts_but_not_data_quality():
     """A decay or drift judged against the replaced champions must not retrain the new ones."""
     alerts = DataAlerts(CFG)
@@ -148,8 +170,8 @@ def test_drift_statistics_on_known_inputs():
     assert moved["p_value"] < 1e-6 and moved["wasserstein_sd"] == pytest.approx(0.5, abs=0.15)
     r = REF.features[2]
     expected = r.counts / r.counts.sum() * 600
-    assert categorical_drift(r, np.round(expected))["js"] < 0.05
-    assert categorical_drift(r, np.array([0.0, 0.0, 600.0, 0.0]))["p_value"] < 1e-12
+    assert categorical_drift(r.probabilities, np.round(expected))["js"] < 0.05
+    assert categorical_drift(r.probabilities, np.array([0.0, 0.0, 600.0, 0.0]))["p_value"] < 1e-12
 
 
 def test_sequential_cusum_flags_a_half_sd_shift_and_stays_quiet_on_the_control():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from controllers.monitors.performance import PageHinkley, PerformanceMonitor
+from controllers.detectors.page_hinkley import PageHinkley
+from controllers.monitors.performance import PerformanceMonitor
 from raymedic.keys import ENSEMBLE
 from train_jobs.evaluation import classification_metrics
 from raymedic.config import PerformanceSettings
@@ -44,7 +45,7 @@ def test_metrics_on_known_answers():
 def test_page_hinkley_is_quiet_on_a_steady_error_rate_and_fires_soon_after_a_rise():
     rng = np.random.default_rng(0)
     cfg = PerformanceSettings()
-    ph = PageHinkley(delta=cfg.ph_delta, threshold=cfg.ph_lambda, min_samples=cfg.ph_min_samples)
+    ph = PageHinkley.from_settings(cfg)
     assert not any(ph.update(float(x)) for x in rng.random(5000) < 0.12)  # steady 12 % errors
     fired_after = next(i for i, x in enumerate(rng.random(2000) < 0.45, 1) if ph.update(float(x)))
     assert fired_after < 150  # 12 % → 45 %: about threshold / (0.33 - delta) ≈ 55 labels

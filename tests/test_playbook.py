@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from controllers.policies.playbook import Playbook, Promote, SubmitRetrain, Trigger, wilson_lower, wilson_upper
+from controllers.detectors.intervals import wilson_lower, wilson_upper
+from controllers.policies.playbook import Playbook, Promote, SubmitRetrain, Trigger
 from raymedic.config import RetrainingConfig
 from train_jobs.gate import judge, measure
 

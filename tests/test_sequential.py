@@ -1,4 +1,4 @@
-"""Sequential change detectors (controllers.detectors.cusum): pure NumPy, seeded streams, no Ray.
+"""Sequential change detectors (controllers.detectors.cusum, .calibration): pure NumPy, seeded streams, no Ray.
 
 Calibration tests use a high false-alarm target (10 per 10,000 rows) so that a few
 hundred thousand seeded rows hold enough false alarms to compare with the target;
@@ -14,12 +14,16 @@ import numpy as np
 import pytest
 
 from controllers.detectors import cusum as sequential
-from controllers.detectors.cusum import (Calibration, ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig,
-                                    calibrate_errors, calibrate_features)
+from controllers.detectors.calibration import Calibration, calibrate_errors, calibrate_features
+from controllers.detectors.cusum import ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig
+from raymedic.config import PerformanceSettings
 from raymedic.errors import ConfigError, DataError
 
 FAST = FeatureCusumConfig(false_alarms_per_10k=10.0, calibration_paths=200, calibration_rows=2_000)
-FAST_ERRORS = ErrorCusumConfig(false_alarms_per_10k=10.0, calibration_paths=200, calibration_rows=2_000)
+UNBINNED = {"odds_ratios": (1.3, 3.0), "flip_shares": (), "confidence_bins": 1}
+"""Two odds-ratio designs on one error rate: the detector's original design (the shipped one bins by
+confidence, see BINNED), whose delays these tests were written for."""
+FAST_ERRORS = ErrorCusumConfig(**UNBINNED, false_alarms_per_10k=10.0, calibration_paths=200, calibration_rows=2_000)
 STRICT = FeatureCusumConfig(false_alarms_per_10k=0.5, calibration_paths=200, calibration_rows=5_000)
 
 
@@ -144,7 +148,7 @@ def test_statistics_restart_after_an_alarm_and_rebase_adopts_the_new_data() -> N
 
 def test_error_cusum_catches_a_rise_in_the_error_rate_and_not_a_fall() -> None:
     rng = np.random.default_rng(10)
-    cfg = ErrorCusumConfig(false_alarms_per_10k=0.5, calibration_paths=200, calibration_rows=5_000)
+    cfg = ErrorCusumConfig(**UNBINNED, false_alarms_per_10k=0.5, calibration_paths=200, calibration_rows=5_000)
     det = ErrorCusum((rng.random(2_000) < 0.17).astype(float), cfg)
     det.update((rng.random(1_000) < 0.17).astype(float))
     det.update((rng.random(1_000) < 0.05).astype(float))  # a better model is no alarm
@@ -233,8 +237,23 @@ def test_bootstrap_calibration_agrees_with_the_gaussian_one_on_gaussian_data() -
 
 def test_stricter_targets_give_higher_thresholds() -> None:
     loose, strict = calibrate_errors(0.2, 2_000, FAST_ERRORS), calibrate_errors(
-        0.2, 2_000, ErrorCusumConfig(false_alarms_per_10k=0.5, calibration_paths=200, calibration_rows=2_000))
+        0.2, 2_000, ErrorCusumConfig(**UNBINNED, false_alarms_per_10k=0.5, calibration_paths=200,
+                                     calibration_rows=2_000))
     assert all(strict.thresholds[k] > loose.thresholds[k] for k in loose.thresholds)
+
+
+def test_the_shipped_error_design_is_the_configs_and_has_no_second_default() -> None:
+    settings = PerformanceSettings()
+    design = ErrorCusumConfig.from_settings(settings)
+    assert (design.odds_ratios, design.flip_shares, design.confidence_bins, design.false_alarms_per_10k) == (
+        tuple(settings.error_odds_ratios), tuple(settings.error_flip_shares), settings.error_confidence_bins,
+        settings.error_false_alarms_per_10k)
+    custom = PerformanceSettings(error_odds_ratios=(2.0,), error_flip_shares=(), error_confidence_bins=2,
+                                 error_false_alarms_per_10k=1.0)
+    assert ErrorCusumConfig.from_settings(custom, calibration_paths=100) == ErrorCusumConfig(
+        odds_ratios=(2.0,), flip_shares=(), confidence_bins=2, false_alarms_per_10k=1.0, calibration_paths=100)
+    with pytest.raises(TypeError):  # the designs and the budget are the config's to say
+        ErrorCusumConfig()  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -262,7 +281,7 @@ def test_feature_config_rejects_bad_values(kwargs: dict, match: str) -> None:
 ])
 def test_error_config_rejects_bad_values(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        ErrorCusumConfig(**kwargs)
+        ErrorCusumConfig(**{**UNBINNED, "false_alarms_per_10k": 0.05, **kwargs})
 
 
 def test_detectors_reject_unusable_data() -> None:

@@ -13,18 +13,21 @@ compares the window with the model version's training reference
   over all features: it accumulates exactly the rows since a change instead of
   a fixed window, so an abrupt shift alarms in fewer rows; an alarm marks the
   feature drifting for the next ``window_rows`` rows;
-- drift per feature, with a test made for the kind of feature: two-sample
-  Kolmogorov–Smirnov, PSI on the reference's decile bins and the Wasserstein
-  distance (in reference standard deviations) for numeric features;
-  chi-squared goodness of fit and the Jensen–Shannon distance for categorical
-  ones. The p-values of all features are corrected together
+- drift per feature (:mod:`controllers.detectors.two_sample`), with a test made
+  for the kind of feature: two-sample Kolmogorov–Smirnov, PSI on the reference's
+  decile bins and the Wasserstein distance (in reference standard deviations) for
+  numeric features; chi-squared goodness of fit and the Jensen–Shannon distance
+  for categorical ones. The p-values of all features are corrected together
   (Benjamini–Hochberg), and a feature drifts only when its corrected p-value is
   below ``drift_alpha`` *and* its effect size (PSI or JS) passes the warn level,
   so a large window does not alarm on a shift too small to matter.
 
 :class:`DataAlerts` turns checks into incidents that open once and close after
 ``clear_after`` clean checks in a row, and survives a controller restart through
-``to_dict``/``from_dict``, so a restarted controller does not raise the same alert twice.
+its checkpoint (``to_dict``, read back by the constructor), so a restarted controller
+does not raise the same alert twice. The alert vocabulary (:class:`AlertKind`,
+:class:`AlertStatus`, :class:`Severity`, ...) is Enums whose values are the strings
+stored in checkpoints and audit records.
 """
 
 from __future__ import annotations
@@ -32,77 +35,106 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any, Mapping
 
 import numpy as np
 from scipy import stats
-from scipy.spatial.distance import jensenshannon
 
 from controllers.detectors.cusum import Alarm, FeatureCusum, FeatureCusumConfig
+from controllers.detectors.two_sample import categorical_drift, numeric_drift
 from raymedic.config import DataConfig
-from train_jobs.reference import FeatureReference, Reference
+from raymedic.enums import StrEnum
+from raymedic.logs import get_logger
+from train_jobs.reference import Reference
 from train_jobs.schema import ModelSchema
 
-__all__ = ["DataMonitor", "DataReport", "FeatureCheck", "DataAlerts", "numeric_drift", "categorical_drift", "psi",
-           "DATA_KINDS", "MODEL_KINDS", "PREDICTION_KINDS"]
+__all__ = ["DataMonitor", "DataReport", "FeatureCheck", "DataAlerts", "DataAlert", "AlertKind", "AlertStatus",
+           "AlertEvent", "Severity", "DriftLevel", "FeatureKind", "DATA_KINDS", "MODEL_KINDS", "PREDICTION_KINDS"]
 
-DATA_KINDS = frozenset({"missing_values", "out_of_range", "unseen_levels", "drift"})
-MODEL_KINDS = frozenset({"accuracy_decay", "concept_drift"})
-PREDICTION_KINDS = frozenset({"prediction_drift"})
+log = get_logger(__name__)
+
+
+class AlertKind(StrEnum):
+    """What a data or model alert is about (the ``kind`` of its incident and audit records)."""
+
+    MISSING_VALUES = "missing_values"
+    OUT_OF_RANGE = "out_of_range"
+    UNSEEN_LEVELS = "unseen_levels"
+    DRIFT = "drift"
+    ACCURACY_DECAY = "accuracy_decay"
+    CONCEPT_DRIFT = "concept_drift"
+    PREDICTION_DRIFT = "prediction_drift"
+
+
+class AlertStatus(StrEnum):
+    """Where an alert is in its life: open until ``clear_after`` clean checks (or superseded), then cleared."""
+
+    OPEN = "open"
+    CLEARED = "cleared"
+
+
+class AlertEvent(StrEnum):
+    """What happened to an alert in one check: what the controller records and alerts on."""
+
+    OPENED = "opened"
+    ESCALATED = "escalated"
+    CLEARED = "cleared"
+
+
+class Severity(StrEnum):
+    """How much an alert asks for: ``warn`` is recorded; ``act`` may start a retrain (the playbook decides)."""
+
+    WARN = "warn"
+    ACT = "act"
+
+
+class DriftLevel(StrEnum):
+    """A feature's drift verdict in one check: none, or the severity its effect size reached."""
+
+    NONE = "none"
+    WARN = "warn"
+    ACT = "act"
+
+
+class FeatureKind(StrEnum):
+    """Which tests a feature gets: KS/PSI/Wasserstein (numeric) or chi-squared/JS (categorical)."""
+
+    NUMERIC = "numeric"
+    CATEGORICAL = "categorical"
+
+
+def _plain(value: Any) -> Any:
+    """An Enum member as its plain string value, anything else as it is.
+
+    What leaves the monitor (alerts, events, evidence, reports) holds plain strings: they travel in
+    checkpoints, audit records and Ray calls to the gateway and the CLI, which must read them without
+    importing this module.
+    """
+    return value.value if isinstance(value, Enum) else value
+
+
+DATA_KINDS = frozenset({AlertKind.MISSING_VALUES.value, AlertKind.OUT_OF_RANGE.value,
+                        AlertKind.UNSEEN_LEVELS.value, AlertKind.DRIFT.value})
+"""Alerts on the inputs: opened and cleared by :meth:`DataAlerts.update` from a data check."""
+MODEL_KINDS = frozenset({AlertKind.ACCURACY_DECAY.value, AlertKind.CONCEPT_DRIFT.value})
+"""Alerts on the model's answers from labels: they may start a retrain."""
+PREDICTION_KINDS = frozenset({AlertKind.PREDICTION_DRIFT.value})
 """Alerts on the ensemble's outputs alone: recorded and warned, never a retrain on their own (outputs move when
 inputs move, and with no labels there is nothing to retrain towards)."""
 
 MIN_CUSUM_REFERENCE = 100
 """Training values a feature needs before its CUSUM can be standardized and calibrated."""
-PSI_BINS = 10
-MIN_EXPECTED = 5.0
-"""Chi-squared needs expected counts of about 5 per cell; rarer training levels are pooled."""
-
-
-def psi(reference_shares: np.ndarray, window_shares: np.ndarray) -> float:
-    """Population stability index of two share vectors (no zero shares: smooth the counts first)."""
-    return float(np.sum((window_shares - reference_shares) * np.log(window_shares / reference_shares)))
-
-
-def numeric_drift(reference: np.ndarray, window: np.ndarray) -> dict[str, float]:
-    """KS test, PSI on reference deciles and Wasserstein distance in reference sds."""
-    ks = stats.ks_2samp(window, reference)
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, PSI_BINS + 1)[1:-1]))
-    ref_h = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1) + 0.5
-    win_h = np.bincount(np.searchsorted(edges, window, side="right"), minlength=len(edges) + 1) + 0.5
-    p, q = ref_h / ref_h.sum(), win_h / win_h.sum()
-    sd = float(np.std(reference)) or 1.0
-    return {"test": "ks", "statistic": float(ks.statistic), "p_value": float(ks.pvalue),
-            "psi": psi(p, q),
-            "wasserstein_sd": float(stats.wasserstein_distance(window, reference) / sd)}
-
-
-def categorical_drift(reference: FeatureReference, counts: np.ndarray) -> dict[str, float]:
-    """Chi-squared goodness of fit (rare training levels pooled) and Jensen–Shannon distance."""
-    probs = reference.probabilities
-    n = float(counts.sum())
-    expected = probs * n
-    keep = expected >= MIN_EXPECTED
-    if not keep.all():  # pool cells too rare for the chi-squared approximation into one
-        obs = np.append(counts[keep], counts[~keep].sum())
-        exp = np.append(expected[keep], expected[~keep].sum())
-    else:
-        obs, exp = counts.astype(float), expected
-    if len(obs) < 2:
-        chi = (0.0, 1.0)
-    else:
-        r = stats.chisquare(obs, exp * (obs.sum() / exp.sum()))
-        chi = (float(r.statistic), float(r.pvalue))
-    return {"test": "chi2", "statistic": chi[0], "p_value": chi[1],
-            "js": float(jensenshannon(counts / n, probs, base=2))}
-
-
 @dataclass
 class FeatureCheck:
-    """One feature's figures over the window."""
+    """One feature's figures over the window: quality shares, the drift test and its verdict.
+
+    Only the figures its kind of feature has are set (None is left out of :meth:`to_dict`), so a
+    report shows what was measured and nothing else.
+    """
 
     name: str
-    kind: str  # "numeric" | "categorical"
+    kind: FeatureKind
     rows: int
     missing_rate: float
     out_of_range: float | None = None  # numeric
@@ -114,17 +146,20 @@ class FeatureCheck:
     psi: float | None = None
     wasserstein_sd: float | None = None
     js: float | None = None
-    drift: str = "none"  # none | warn | act
+    drift: DriftLevel = DriftLevel.NONE
     sequential: str | None = None  # the CUSUM statistic that alarmed (mean_up, var_up, ...), if one did
-    breaches: list[str] = field(default_factory=list)
+    breaches: list[AlertKind] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items() if v is not None}
+        """The figures set, floats rounded to 6 places, states as plain strings (for reports and evidence)."""
+        return {k: (round(v, 6) if isinstance(v, float) else
+                    [_plain(x) for x in v] if isinstance(v, list) else _plain(v))
+                for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
 class DataReport:
-    """One check of the window."""
+    """One check of the window: every feature's figures, when, over how many rows, and how long it took."""
 
     at: float
     rows: int
@@ -132,15 +167,24 @@ class DataReport:
     check_ms: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as the status page shows it (``data`` in the controller's status)."""
         return {"checked_at": self.at, "window_rows": self.rows, "check_ms": round(self.check_ms, 3),
                 "features": {f.name: f.to_dict() for f in self.features}}
 
 
 class DataMonitor:
-    """Sliding window of gateway tallies, checked against the training reference."""
+    """Sliding window of gateway tallies, checked against the training reference.
+
+    The window and the CUSUMs are fed on the controller's event loop (:meth:`add`); a check runs off
+    it, on a copy (:meth:`window`, :meth:`sequential_hits`, then :meth:`check_window`), because the
+    tests over a thousand rows and dozens of features take milliseconds the loop should not wait.
+    """
 
     def __init__(self, schema: ModelSchema, reference: Reference | None, cfg: DataConfig) -> None:
         if reference is not None and [f.name for f in reference.features] != schema.feature_names:
+            log.warning("the training reference has features %s, the schema %s: checking data quality only, "
+                        "no drift tests, until a version trained on this schema serves",
+                        [f.name for f in reference.features], schema.feature_names)
             reference = None  # a reference from another schema would compare the wrong columns
         self.schema, self.reference, self.cfg = schema, reference, cfg
         self._batches: deque[dict[str, Any]] = deque()
@@ -155,6 +199,7 @@ class DataMonitor:
 
     @property
     def rows(self) -> int:
+        """Rows in the window now (at most ``window_rows`` plus one tally)."""
         return self._rows
 
     def add(self, tally: Mapping[str, Any]) -> None:
@@ -205,16 +250,16 @@ class DataMonitor:
             rows = total
             missing = sum(int(p.get("missing", 0)) for p in parts)
             present = max(rows - missing, 0)
-            fc = FeatureCheck(name=f.name, kind="numeric" if f.numeric else "categorical", rows=rows,
-                              missing_rate=missing / rows)
+            fc = FeatureCheck(name=f.name, kind=FeatureKind.NUMERIC if f.numeric else FeatureKind.CATEGORICAL,
+                              rows=rows, missing_rate=missing / rows)
             if fc.missing_rate > f.missing_share + c.missing_rate_max:
-                fc.breaches.append("missing_values")
+                fc.breaches.append(AlertKind.MISSING_VALUES)
             ref = refs.get(f.name)
             if f.numeric:
                 out = sum(int(p.get("out_of_range", 0)) for p in parts)
                 fc.out_of_range = out / present if present else 0.0
                 if fc.out_of_range > c.out_of_range_max:
-                    fc.breaches.append("out_of_range")
+                    fc.breaches.append(AlertKind.OUT_OF_RANGE)
                 values = np.fromiter((v for p in parts for v in p.get("values", ())), dtype=float)
                 if ref is not None and len(values) >= 20 and len(ref.sample) >= 20:
                     for k, v in numeric_drift(ref.sample, values).items():
@@ -223,7 +268,7 @@ class DataMonitor:
                 unseen = sum(int(p.get("unseen", 0)) for p in parts)
                 fc.unseen = unseen / present if present else 0.0
                 if fc.unseen > c.unseen_max:
-                    fc.breaches.append("unseen_levels")
+                    fc.breaches.append(AlertKind.UNSEEN_LEVELS)
                 width = len(f.levels or ()) + 1
                 counts = np.zeros(width)
                 for p in parts:
@@ -231,7 +276,7 @@ class DataMonitor:
                     if pc is not None and len(pc) == width:
                         counts += np.asarray(pc, dtype=float)
                 if ref is not None and counts.sum() >= 20 and len(ref.counts) == width:
-                    for k, v in categorical_drift(ref, counts).items():
+                    for k, v in categorical_drift(ref.probabilities, counts).items():
                         setattr(fc, k, v)
             checks.append(fc)
         tested = [fc for fc in checks if fc.p_value is not None]
@@ -239,38 +284,51 @@ class DataMonitor:
             adjusted = stats.false_discovery_control([fc.p_value for fc in tested], method="bh")
             for fc, pa in zip(tested, adjusted):
                 fc.p_adjusted = float(pa)
-                effect, warn, act = ((fc.psi, c.psi_warn, c.psi_act) if fc.kind == "numeric"
+                effect, warn, act = ((fc.psi, c.psi_warn, c.psi_act) if fc.kind == FeatureKind.NUMERIC
                                      else (fc.js, c.js_warn, c.js_act))
                 if fc.p_adjusted < c.drift_alpha and effect is not None and effect >= warn:
-                    fc.drift = "act" if effect >= act else "warn"
-                    fc.breaches.append("drift")
+                    fc.drift = DriftLevel.ACT if effect >= act else DriftLevel.WARN
+                    fc.breaches.append(AlertKind.DRIFT)
         for fc in checks:  # a sequential alarm: drifting, whatever the window tests say yet
             hit = (hits or {}).get(fc.name)
             if hit is None:
                 continue
             fc.sequential = str(hit["cusum"])
-            if fc.drift == "none":
-                fc.drift = "act" if (fc.psi or 0.0) >= c.psi_act else "warn"
-                fc.breaches.append("drift")
+            if fc.drift == DriftLevel.NONE:
+                fc.drift = DriftLevel.ACT if (fc.psi or 0.0) >= c.psi_act else DriftLevel.WARN
+                fc.breaches.append(AlertKind.DRIFT)
         return DataReport(at=time.time() if now is None else now, rows=total, features=checks,
                           check_ms=(time.perf_counter() - t0) * 1000)
 
 
 @dataclass
 class DataAlert:
-    """An open (or closed) data incident: one kind of problem on one feature."""
+    """An open (or closed) data incident: one kind of problem on one feature.
+
+    ``kind``, ``status`` and ``severity`` hold the plain string values of :class:`AlertKind`,
+    :class:`AlertStatus` and :class:`Severity` (they compare equal to the members): an alert travels
+    in checkpoints and audit records, and one restored from an older checkpoint keeps what it stored.
+    Only :class:`DataAlerts` changes an alert.
+    """
 
     id: str
-    kind: str  # missing_values | out_of_range | unseen_levels | drift, or accuracy_decay | concept_drift
+    kind: str  # an AlertKind
     feature: str  # the feature; for the model-level kinds the source ("ensemble")
     detected_at: float
     evidence: dict[str, Any]
-    status: str = "open"  # open | cleared
-    severity: str = "warn"  # warn | act (drift)
+    status: str = AlertStatus.OPEN.value
+    severity: str = Severity.WARN.value  # act: drift whose effect size reached the act level, or a model kind
     recovered_at: float | None = None
     clean_checks: int = 0
 
+    def __post_init__(self) -> None:
+        self.kind, self.status, self.severity = _plain(self.kind), _plain(self.status), _plain(self.severity)
+
+    def _clear(self, at: float) -> None:
+        self.status, self.recovered_at = AlertStatus.CLEARED.value, at
+
     def to_dict(self) -> dict[str, Any]:
+        """The alert as an incident of the status page (the replica incidents' fields, ``action`` warn)."""
         d = asdict(self)
         d.pop("clean_checks")
         if self.kind not in DATA_KINDS:
@@ -281,13 +339,14 @@ class DataAlert:
         return d
 
 
-def _evidence(fc: FeatureCheck, kind: str, cfg: DataConfig) -> dict[str, Any]:
+def _evidence(fc: FeatureCheck, kind: AlertKind, cfg: DataConfig) -> dict[str, Any]:
+    """What an alert of ``kind`` on ``fc`` records: the figure that breached and its limit, or the drift test."""
     base = {"window_rows": fc.rows}
-    if kind == "missing_values":
+    if kind == AlertKind.MISSING_VALUES:
         return {**base, "missing_rate": round(fc.missing_rate, 4), "limit": cfg.missing_rate_max}
-    if kind == "out_of_range":
+    if kind == AlertKind.OUT_OF_RANGE:
         return {**base, "out_of_range": round(fc.out_of_range or 0.0, 4), "limit": cfg.out_of_range_max}
-    if kind == "unseen_levels":
+    if kind == AlertKind.UNSEEN_LEVELS:
         return {**base, "unseen": round(fc.unseen or 0.0, 4), "limit": cfg.unseen_max}
     return {**base, **{k: v for k, v in fc.to_dict().items()
                        if k in ("test", "statistic", "p_value", "p_adjusted", "psi", "wasserstein_sd", "js", "drift",
@@ -295,7 +354,13 @@ def _evidence(fc: FeatureCheck, kind: str, cfg: DataConfig) -> dict[str, Any]:
 
 
 class DataAlerts:
-    """Incidents from data checks: opened once, cleared after ``clear_after`` clean checks."""
+    """Incidents from data checks: opened once, cleared after ``clear_after`` clean checks.
+
+    One alert per (kind, target) while open, so a breach that persists over many checks is one
+    incident, not one per check; a restarted controller rebuilds them from :meth:`to_dict` and does
+    not raise the same alert twice. Events are ``(AlertEvent value, alert)`` pairs the controller
+    records and alerts on.
+    """
 
     def __init__(self, cfg: DataConfig, data: Mapping[str, Any] | None = None) -> None:
         self.cfg = cfg
@@ -307,14 +372,17 @@ class DataAlerts:
             self._alerts = [DataAlert(**{k: v for k, v in a.items() if k in names}) for a in data.get("alerts", ())]
 
     def to_dict(self) -> dict[str, Any]:
+        """The checkpoint: the alert counter and the latest 200 alerts (older ones are in the audit log)."""
         return {"seq": self._seq, "alerts": [asdict(a) for a in self._alerts[-200:]]}
 
     @property
     def alerts(self) -> list[DataAlert]:
+        """Every alert kept, open and cleared, oldest first (a copy)."""
         return list(self._alerts)
 
     def open(self) -> list[DataAlert]:
-        return [a for a in self._alerts if a.status == "open"]
+        """The alerts still open: what the playbook may act on and the status page counts."""
+        return [a for a in self._alerts if a.status == AlertStatus.OPEN]
 
     def supersede(self, kinds: frozenset[str], at: float, why: str) -> list[tuple[str, DataAlert]]:
         """Clear the open alerts of ``kinds`` because what they judged was replaced (new model
@@ -323,14 +391,15 @@ class DataAlerts:
         events: list[tuple[str, DataAlert]] = []
         for alert in self.open():
             if alert.kind in kinds:
-                alert.status, alert.recovered_at = "cleared", at
+                alert._clear(at)
                 alert.evidence = {**(alert.evidence or {}), "cleared_by": why}
-                events.append(("cleared", alert))
+                events.append((AlertEvent.CLEARED.value, alert))
         return events
 
     def update(self, report: DataReport) -> list[tuple[str, DataAlert]]:
         """Apply one data check; returns ("opened"|"escalated"|"cleared", alert) events to record."""
-        current = {(kind, fc.name): (fc.drift if kind == "drift" else "warn", _evidence(fc, kind, self.cfg))
+        current = {(kind, fc.name): (fc.drift if kind == AlertKind.DRIFT else Severity.WARN,
+                                     _evidence(fc, kind, self.cfg))
                    for fc in report.features for kind in fc.breaches}
         return self.apply(current, report.at, kinds=DATA_KINDS)
 
@@ -348,12 +417,12 @@ class DataAlerts:
                 alert = DataAlert(id=f"d{self._seq:04d}", kind=kind, feature=target, detected_at=at,
                                   evidence=evidence, severity=sev)
                 self._alerts.append(alert)
-                events.append(("opened", alert))
+                events.append((AlertEvent.OPENED.value, alert))
             else:
                 alert.clean_checks = 0
-                if sev == "act" and alert.severity != "act":
-                    alert.severity, alert.evidence = "act", evidence
-                    events.append(("escalated", alert))
+                if sev == Severity.ACT and alert.severity != Severity.ACT:
+                    alert.severity, alert.evidence = Severity.ACT.value, evidence
+                    events.append((AlertEvent.ESCALATED.value, alert))
                 elif evidence.get("change_at") is not None and (alert.evidence or {}).get("change_at") is None:
                     # The change dated after the alert opened (the CUSUM found its start): what a retrain
                     # since the change needs; the rest of the opening evidence stands.
@@ -363,6 +432,6 @@ class DataAlerts:
                 continue
             alert.clean_checks += 1
             if alert.clean_checks >= self.cfg.clear_after:
-                alert.status, alert.recovered_at = "cleared", at
-                events.append(("cleared", alert))
+                alert._clear(at)
+                events.append((AlertEvent.CLEARED.value, alert))
         return events

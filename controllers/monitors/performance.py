@@ -13,7 +13,7 @@ and computes:
   inversely proportional to the rise, without waiting for a full window. By default
   Bernoulli CUSUMs (:class:`controllers.detectors.cusum.ErrorCusum`) against the error
   rate of the first labels of the serving versions, with simulated thresholds for a
-  false-alarm budget; Page–Hinkley on request. The CUSUM is fed in :meth:`check`
+  false-alarm budget; Page–Hinkley (:mod:`controllers.detectors.page_hinkley`) on request. The CUSUM is fed in :meth:`check`
   (off the controller's event loop: calibrating it takes a few tenths of a second);
 - prediction drift: the ensemble's output distribution on the most recent answers
   (top-class confidence: KS and PSI; predicted classes: chi-squared and PSI) against
@@ -37,14 +37,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from controllers.monitors.data import numeric_drift, psi
-from controllers.policies.playbook import wilson_upper
 from controllers.detectors.cusum import ErrorCusum, ErrorCusumConfig
+from controllers.detectors.intervals import wilson_upper
+from controllers.detectors.page_hinkley import PageHinkley
+from controllers.detectors.two_sample import numeric_drift, psi
+from controllers.monitors.data import AlertKind, Severity
 from raymedic.config import PerformanceSettings
 from raymedic.keys import ENSEMBLE
+from raymedic.logs import get_logger
 from train_jobs.evaluation import CAL_BINS, classification_metrics, expected_calibration_error
 
-__all__ = ["PerformanceConfig", "PerformanceMonitor", "PageHinkley"]
+__all__ = ["PerformanceConfig", "PerformanceMonitor", "PerformanceReport"]
+
+log = get_logger(__name__)
 
 DECAY_Z = 2.576
 """Accuracy decay needs the window's upper 99.5 % Wilson bound under the bar (checked every few seconds)."""
@@ -53,38 +58,17 @@ CHANGE_DATE_SCORE = 0.5
 
 
 PerformanceConfig = PerformanceSettings
-
-
-class PageHinkley:
-    """Page–Hinkley test for an increase in the mean of a stream (here: the error indicator)."""
-
-    def __init__(self, delta: float, threshold: float, min_samples: int) -> None:
-        self.delta, self.threshold, self.min_samples = delta, threshold, min_samples
-        self.reset()
-
-    def reset(self) -> None:
-        self.n, self.mean, self.cum, self.low = 0, 0.0, 0.0, 0.0
-
-    def update(self, x: float) -> bool:
-        """Add one observation; True when the mean has risen (the test then restarts)."""
-        self.n += 1
-        self.mean += (x - self.mean) / self.n
-        self.cum += x - self.mean - self.delta
-        self.low = min(self.low, self.cum)
-        if self.n >= self.min_samples and self.cum - self.low > self.threshold:
-            self.reset()
-            return True
-        return False
-
-    def to_dict(self) -> dict[str, float]:
-        return {"n": self.n, "mean": self.mean, "cum": self.cum, "low": self.low}
-
-    def load(self, d: Mapping[str, float]) -> None:
-        self.n, self.mean, self.cum, self.low = int(d["n"]), float(d["mean"]), float(d["cum"]), float(d["low"])
+"""The monitor's settings are the config's ``performance`` section (one definition, in the kernel)."""
 
 
 @dataclass
 class PerformanceReport:
+    """One check: labelled metrics per source, the label-free estimate, prediction drift, and the breaches.
+
+    ``breaches`` maps ``(kind, target)`` to ``(severity, evidence)``: what
+    :meth:`controllers.monitors.data.DataAlerts.apply` opens, escalates or (when absent) clears.
+    """
+
     at: float
     sources: dict[str, dict[str, Any]]
     estimate: dict[str, Any] | None
@@ -93,12 +77,19 @@ class PerformanceReport:
     prediction: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as the status page shows it (``performance`` in the controller's status)."""
         return {"checked_at": self.at, "labelled": self.sources, "estimated": self.estimate,
                 "concept_drift_at": self.concept_drift_at, "prediction_drift": self.prediction}
 
 
 class PerformanceMonitor:
-    """Windows of labelled answers per source, a confidence window, and the error-stream test."""
+    """Windows of labelled answers per source, a confidence window, and the error-stream test.
+
+    Labels and confidences are added on the controller's event loop; :meth:`check` runs in a worker
+    thread (it feeds and, the first time, calibrates the CUSUM). What the two share is handed over in
+    thread-safe deques or under ``_pred_lock``; :meth:`reset` bumps a generation so that a check racing
+    it drops what it built for the replaced versions.
+    """
 
     def __init__(self, n_classes: int, cfg: PerformanceConfig, *, reference_accuracy: float | None = None,
                  state: Mapping[str, Any] | None = None) -> None:
@@ -112,7 +103,7 @@ class PerformanceMonitor:
         self._pred_ref: list[tuple[float, int]] = []
         self._pred_win: deque[tuple[float, int]] = deque(maxlen=cfg.prediction_window)
         self._pred_lock = threading.Lock()
-        self._ph = PageHinkley(cfg.ph_delta, cfg.ph_lambda, cfg.ph_min_samples)
+        self._ph = PageHinkley.from_settings(cfg)
         self._drift_at: float | None = None
         self._drift_evidence: dict[str, Any] = {}
         # The CUSUM's input, appended on the event loop and drained by check() in a worker thread
@@ -139,6 +130,7 @@ class PerformanceMonitor:
             self._pred_ref = [(float(c), int(k)) for c, k in state.get("prediction_reference") or ()]
 
     def to_dict(self) -> dict[str, Any]:
+        """The checkpoint: test statistics, baselines and the prediction reference (not the label windows)."""
         cusum = self._cusum.state() if self._cusum is not None else self._cusum_state
         return {"page_hinkley": self._ph.to_dict(), "concept_drift_at": self._drift_at,
                 "concept_drift": self._drift_evidence, "error_baseline": list(self._baseline),
@@ -233,6 +225,7 @@ class PerformanceMonitor:
                 "alpha_per_test": alpha, "psi_limit": self.cfg.prediction_psi}
 
     def labels(self, source: str = ENSEMBLE) -> int:
+        """Labelled answers of ``source`` in its window (what a retrain could learn from, at most)."""
         return len(self._y.get(source, ()))
 
     def labels_since(self, since: float) -> int:
@@ -304,7 +297,8 @@ class PerformanceMonitor:
                 try:
                     cusum.restore(self._cusum_state)
                 except Exception:  # a checkpoint of another shape: start the statistics over
-                    pass
+                    log.warning("the error CUSUM's checkpoint does not fit its configured designs; its "
+                                "statistics start over from the baseline", exc_info=True)
             if generation != self._generation:
                 return  # new versions arrived while this was being built
             self._cusum, self._cusum_state = cusum, None
@@ -347,6 +341,7 @@ class PerformanceMonitor:
         return n >= self.cfg.error_baseline_labels and 0 < k < n
 
     def check(self, now: float) -> PerformanceReport:
+        """Metrics, estimate, prediction drift and breaches now (run off the event loop: see the class)."""
         if self.cfg.error_test == "cusum":
             self._feed_cusum()
         sources: dict[str, dict[str, Any]] = {}
@@ -359,7 +354,7 @@ class PerformanceMonitor:
                                    concept_drift_at=self._drift_at, prediction=self._prediction_drift())
         if report.prediction and report.prediction["drifted"]:
             pd = report.prediction
-            report.breaches[("prediction_drift", ENSEMBLE)] = ("warn", {
+            report.breaches[(AlertKind.PREDICTION_DRIFT, ENSEMBLE)] = (Severity.WARN, {
                 "outputs": {n: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in pd["outputs"][n].items()}
                             for n in pd["drifted_outputs"]},
                 "reference_answers": pd["reference_answers"], "window_answers": pd["window_answers"]})
@@ -369,12 +364,12 @@ class PerformanceMonitor:
         upper = wilson_upper(ens["accuracy"], ens["labels"], DECAY_Z) if ens else 1.0
         if (ens and ens["labels"] >= self.cfg.min_labels and self.reference_accuracy is not None
                 and upper < self.reference_accuracy - self.cfg.accuracy_drop):
-            report.breaches[("accuracy_decay", ENSEMBLE)] = ("act", {
+            report.breaches[(AlertKind.ACCURACY_DECAY, ENSEMBLE)] = (Severity.ACT, {
                 "accuracy": round(ens["accuracy"], 4), "reference_accuracy": round(self.reference_accuracy, 4),
                 "labels": ens["labels"], "limit_drop": self.cfg.accuracy_drop,
                 "accuracy_upper_bound": round(upper, 4), **self._dated_change()})
         if self._drift_at is not None and now - self._drift_at < 60.0:
-            report.breaches[("concept_drift", ENSEMBLE)] = ("act", {
+            report.breaches[(AlertKind.CONCEPT_DRIFT, ENSEMBLE)] = (Severity.ACT, {
                 **self._drift_evidence, "fired_at": self._drift_at,
                 **({"accuracy": round(ens["accuracy"], 4)} if ens else {})})
         return report

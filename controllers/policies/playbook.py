@@ -23,10 +23,10 @@ Pure decisions over what the controller observed; the controller performs them
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
+from controllers.detectors.intervals import wilson_lower, wilson_upper
 from controllers.policies.rollout import PairTally, judge_member
 from raymedic.config import RetrainingConfig, RolloutConfig
 
@@ -89,20 +89,6 @@ class _State:
     probation: dict[str, Any] | None = None  # {"record", "since", "versions", "holdout_accuracy"}
     rollout: dict[str, Any] | None = None  # a live trial: the Promote's fields + mode, share, tally, verdicts
     search_due: float | None = None  # when the next scheduled search is due (None: not started)
-
-
-def wilson_upper(p: float, n: int, z: float = 1.96) -> float:
-    """Upper end of the Wilson score interval for a proportion ``p`` seen on ``n`` trials."""
-    if n <= 0:
-        return 1.0
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return min(1.0, (centre + spread) / (1 + z * z / n))
-
-
-def wilson_lower(p: float, n: int, z: float = 1.96) -> float:
-    """Lower end of the Wilson score interval."""
-    return 1.0 - wilson_upper(1.0 - p, n, z)
 
 
 class Playbook:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from raymedic.config import ControllerConfig
 from raymedic.errors import ConfigError
 
 __all__ = ["WeightingConfig", "HedgeWeights", "bound_weights"]
@@ -37,28 +38,33 @@ _MASS_TOL = 1e-12
 _NEGLIGIBLE_SHARE = 1e-300
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WeightingConfig:
-    """Hyperparameters of the re-weighting rule (``controller.weight_*`` in the YAML).
+    """Hyperparameters of the re-weighting rule (``controller.weight_eta``, ``controller.weight_decay``,
+    ``controller.min_weight``, ``controller.max_weight`` in the YAML).
+
+    No defaults here: the shipped values are the config's (:class:`raymedic.config.ControllerConfig`),
+    and :meth:`from_settings` builds this from it, so what ships is said in one place.
 
     Attributes:
         eta: Hedge learning rate per unit of loss. A member whose decayed loss is
             ``1/eta`` above the best healthy member's weighs ``e`` times less
-            before bounding; 0.5 moves weights noticeably after a handful of
-            errors without reacting to a single one.
+            before bounding; the shipped 0.5 moves weights noticeably after a
+            handful of errors without reacting to a single one.
         decay: Per-sample forgetting factor in ``(0, 1]``. Losses older than
-            about ``1 / (1 - decay)`` samples (100 by default) barely count, so
-            the weights follow drift; ``1.0`` is classic Hedge with no forgetting.
+            about ``1 / (1 - decay)`` samples (100 at the shipped 0.99) barely
+            count, so the weights follow drift; ``1.0`` is classic Hedge with no
+            forgetting.
         min_weight: Floor for every healthy member, so a member on a bad streak
             still contributes and keeps being scored, and can therefore recover.
         max_weight: Cap for any member while another healthy member exists, so
             the ensemble never silently degenerates to one model.
     """
 
-    eta: float = 0.5
-    decay: float = 0.99
-    min_weight: float = 0.05
-    max_weight: float = 0.7
+    eta: float
+    decay: float
+    min_weight: float
+    max_weight: float
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.eta) and self.eta > 0):
@@ -87,6 +93,13 @@ class WeightingConfig:
                 f"`min_weight` ({self.min_weight}) must be <= `max_weight` ({self.max_weight}): "
                 "lower `min_weight` or raise `max_weight`"
             )
+
+    @classmethod
+    def from_settings(cls, settings: ControllerConfig) -> WeightingConfig:
+        """The rule the config asks for (``controller.weight_*``, ``controller.min/max_weight``): the
+        controller and the benches weight members with what ships."""
+        return cls(eta=settings.weight_eta, decay=settings.weight_decay, min_weight=settings.min_weight,
+                   max_weight=settings.max_weight)
 
 
 def _equal(names: Sequence[str]) -> dict[str, float]:
@@ -196,7 +209,7 @@ class HedgeWeights:
     member that was down keeps its loss as it was instead of being forgiven for
     its absence.
 
-    >>> hedge = HedgeWeights(["a", "b", "c"])
+    >>> hedge = HedgeWeights(["a", "b", "c"], WeightingConfig.from_settings(ControllerConfig()))
     >>> rng = np.random.default_rng(0)
     >>> hedge.update({"a": (rng.random(50) < 0.1).astype(float),
     ...               "b": (rng.random(50) < 0.3).astype(float),
@@ -207,7 +220,7 @@ class HedgeWeights:
     {'a': 0.0, 'b': 1.0, 'c': 0.0}
     """
 
-    def __init__(self, members: Sequence[str], config: WeightingConfig = WeightingConfig()) -> None:
+    def __init__(self, members: Sequence[str], config: WeightingConfig) -> None:
         names = list(members)
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -297,7 +310,7 @@ class HedgeWeights:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], config: WeightingConfig = WeightingConfig()) -> HedgeWeights:
+    def from_dict(cls, data: Mapping[str, Any], config: WeightingConfig) -> HedgeWeights:
         """Rebuild the state saved by ``to_dict``.
 
         Raises:

@@ -27,7 +27,7 @@ false-alarm rate:
   answer): :class:`controllers.detectors.cusum.ErrorCusum` as the controller configures it
   (``performance.error_*``: per confidence bin against the cross-validated errors of
   the reference) against the Page–Hinkley test of
-  :class:`controllers.monitors.performance.PageHinkley` (the live controller's; ``delta``
+  :class:`controllers.detectors.page_hinkley.PageHinkley` (the live controller's; ``delta``
   at half the smallest rise of interest, ``lambda`` matched on the control the same way).
 
 Delays are rows after the change (labelled rows for the error detectors, the
@@ -76,15 +76,16 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import special
 
-from controllers.detectors.cusum import (Calibration, ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig,
-                                    calibrate_features, crossings, known_law_threshold)
+from controllers.detectors.calibration import Calibration, calibrate_features, crossings, known_law_threshold
+from controllers.detectors.cusum import ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig
+from controllers.detectors.page_hinkley import page_hinkley_alarms
 from raymedic.config import PerformanceSettings
 from raymedic.errors import ConfigError
 from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec
 
 __all__ = ["DriftBenchSettings", "SCENARIOS", "run_drift_bench", "format_table", "dumps", "xy", "fit_logistic",
            "predict_logistic",
-           "ks_window_scores", "page_hinkley_alarms"]
+           "ks_window_scores"]
 
 Progress = Callable[[str], None]
 
@@ -296,40 +297,6 @@ def _window_alarms(ends: np.ndarray, score: np.ndarray, threshold: float, window
             allowed = ends[i] + window
             if limit is not None and len(alarms) > limit:
                 break
-    return alarms
-
-
-def page_hinkley_alarms(x: np.ndarray, *, delta: float, threshold: float, min_samples: int,
-                        limit: int | None = None, chunk: int = 4096) -> list[tuple[int, int]]:
-    """Alarms ``(row, start of the rise)`` of :class:`controllers.monitors.performance.PageHinkley` over ``x``.
-
-    The same arithmetic (running mean since the last reset, cumulative deviation less ``delta``, its
-    running minimum, restart after an alarm), vectorized so that millions of labels take milliseconds.
-    """
-    x = np.asarray(x, dtype=float)
-    alarms: list[tuple[int, int]] = []
-    n0, sum0, cum0, low0, low_at0 = 0, 0.0, 0.0, 0.0, -1
-    start = 0
-    while start < len(x):
-        seg = x[start:start + chunk]
-        n = n0 + np.arange(1, len(seg) + 1)
-        mean = (sum0 + np.cumsum(seg)) / n
-        cum = cum0 + np.cumsum(seg - mean - delta)
-        low = np.minimum(np.minimum.accumulate(cum), low0)
-        hit = (n >= min_samples) & (cum - low > threshold)
-        rows = start + np.arange(len(seg))
-        low_at = np.maximum(np.maximum.accumulate(np.where(cum <= low, rows, -1)), low_at0)
-        if hit.any():
-            r = int(np.argmax(hit))
-            alarms.append((start + r, int(low_at[r]) + 1))
-            if limit is not None and len(alarms) > limit:
-                break
-            n0, sum0, cum0, low0, low_at0 = 0, 0.0, 0.0, 0.0, start + r
-            start += r + 1
-        else:
-            n0, sum0, cum0, low0, low_at0 = int(n[-1]), float(sum0 + seg.sum()), float(cum[-1]), float(low[-1]), \
-                int(low_at[-1])
-            start += len(seg)
     return alarms
 
 

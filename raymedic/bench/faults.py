@@ -61,13 +61,13 @@ class BenchSettings:
 def run_controller_step(*, members: int = 50, replicas: int = 10, steps: int = 50) -> dict[str, Any]:
     """Time :meth:`HealingPolicy.step` (plus weighting) over a synthetic fleet."""
     from controllers.policies.replica import HealingPolicy, Observation, Probe, ReplicaSnapshot
-    from controllers.policies.weights import HedgeWeights
+    from controllers.policies.weights import HedgeWeights, WeightingConfig
     from raymedic.config import ControllerConfig
 
     cfg = ControllerConfig()
     policy = HealingPolicy(cfg)
     names = [f"m{i}" for i in range(members)]
-    hedge = HedgeWeights(names)
+    hedge = HedgeWeights(names, WeightingConfig.from_settings(cfg))
     probes = tuple(Probe(100.0 + k * 0.5, "ok", 0.01, "") for k in range(12))
     snaps = tuple(ReplicaSnapshot(member=m, replica=f"{m}-r{r}", state="RUNNING", probes=probes)
                   for m in names for r in range(replicas))
