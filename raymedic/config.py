@@ -217,6 +217,15 @@ class ControllerConfig(_Strict):
     min_weight: float = Field(0.05, ge=0, lt=0.5, description="Floor for each healthy member.")
     max_weight: float = Field(0.7, gt=0, le=1, description="Cap while another member is healthy.")
 
+    @model_validator(mode="after")
+    def _weight_bounds(self) -> "ControllerConfig":
+        # Checked here as well as by the weighting rule, so a bad YAML fails when it is read, not when
+        # the controller actor starts (where the error would only reach the actor's log).
+        if self.min_weight > self.max_weight:
+            raise ValueError(f"controller.min_weight ({self.min_weight}) must be <= controller.max_weight "
+                             f"({self.max_weight}): lower min_weight or raise max_weight")
+        return self
+
 
 MissingPolicy = Literal["auto", "impute", "reject"]
 UnseenPolicy = Literal["unknown", "reject"]
