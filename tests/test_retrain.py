@@ -17,7 +17,7 @@ import os
 import numpy as np
 import pytest
 
-from raymedic.keys import ADMIN_TOKEN_ENV
+from raymedic.keys import ADMIN_TOKEN_ENV, controller_config_key
 from raymedic.app.http import request_json
 from raymedic.storage import Storage
 from tests.conftest import local_service, wait_for
@@ -115,13 +115,12 @@ class Svc:
         (logistic regression on a non-linear boundary) and its jobs and trials would race the
         operator's; they do finish: the trial is fed labelled traffic until it has a verdict."""
         from controllers.client import get_controller
-        from controllers.loop import config_key
 
         storage = Storage(self.cfg.storage_path)
         if self.retraining().get("enabled"):
-            doc = json.loads(storage.read_text(config_key(self.cfg.model)))
+            doc = json.loads(storage.read_text(controller_config_key(self.cfg.model)))
             doc["config"]["retraining"]["enabled"] = False
-            storage.write_text(config_key(self.cfg.model), json.dumps(doc))
+            storage.write_text(controller_config_key(self.cfg.model), json.dumps(doc))
             ray.get(get_controller().reload.remote(), timeout=60)
         seeds = iter(range(9000, 10000))
 
@@ -135,7 +134,7 @@ class Svc:
         wait_for(idle, timeout_s=420, what="the controller to finish the job or trial it had started")
         wait_for(lambda: not _canary_apps(), timeout_s=60, what="the challengers' own applications to go")
         # A promotion finishing meanwhile rewrote the same document: both changes must have held.
-        doc = json.loads(storage.read_text(config_key(self.cfg.model)))
+        doc = json.loads(storage.read_text(controller_config_key(self.cfg.model)))
         assert self.retraining()["enabled"] is False and doc["versions"] == self.versions(), doc["versions"]
 
     def audit_kinds(self) -> list[str]:
