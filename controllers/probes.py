@@ -114,6 +114,10 @@ class Prober(Protocol):
         """Whether any probe has come back yet (before that, no member counts as unhealthy)."""
         ...
 
+    def last_outcomes(self) -> dict[str, str]:
+        """Each probed replica's latest outcome (a replica that vanishes is judged on it)."""
+        ...
+
 
 class GoldenProber:
     """Golden probes through each member's real inference path, one task per probe on this event loop.

@@ -22,10 +22,13 @@ import pytest
 from controllers.audit import AuditLog, read_audit
 from controllers.checkpoint import Checkpoint, load_checkpoint
 from controllers.deployment import Deployment
+from controllers.gateway_sync import GatewaySync
 from controllers.loop import new_hedge
+from controllers.monitors.performance import PerformanceMonitor
 from controllers.observe import ClusterState
 from controllers.outcome import Outcome
 from controllers.policies.calls import CallLog
+from controllers.policies.playbook import Playbook
 from controllers.policies.replica import HealingPolicy, Probe, ProbeOutcome
 from controllers.policies.vanish import VanishCause, VanishVerdict
 from controllers.publish import ControlState
@@ -468,3 +471,32 @@ def test_a_checkpoint_written_by_the_old_controller_still_loads(tmp_path, record
     again = load_checkpoint(h.storage, MODEL)
     assert again["policy"]["incidents"] == old["policy"]["incidents"]  # the same words, byte for byte
     assert list(again) == ["policy", "weights", "epoch", "data_alerts", "performance", "playbook", "saved_at"]
+
+
+def test_a_gateway_takes_the_published_state_once_per_epoch_and_its_calls_are_evidence(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    sync = GatewaySync(deployment=lambda: h.deployment, calls=h.calls, playbook=Playbook(h.cfg.retraining),
+                       performance=PerformanceMonitor(2, h.cfg.performance), hedge=h.hedge, control=h.control,
+                       checkpoint=h.checkpoint, clock=h.clock,
+                       document=lambda: h.control.document(paused=h.policy.paused, trial=None,
+                                                           versions=h.deployment.versions))
+    assert sync.sync("gw1", {}, 0) is None  # nothing published yet: the gateway keeps what it has
+    h.run()
+    doc = sync.sync("gw1", {}, 0)
+    assert doc == {"epoch": h.control.epoch, "weights": h.control.weights, "avoid": {"mlp": [], "lr": []},
+                   "paused": False, "standby": {}, "trial": None, "versions": {"mlp": "v0001", "lr": "v0001"}}
+    assert sync.sync("gw1", {}, doc["epoch"]) is None and sync.gateways == {"gw1": h.clock.now}
+    # Losses of a version that no longer serves do not move the weights; the serving version's do.
+    before = dict(h.hedge.weights(["mlp", "lr"]))
+    sync.sync("gw1", {"losses": {"mlp@v0000": [1.0] * 50}}, doc["epoch"])
+    assert h.hedge.weights(["mlp", "lr"]) == before
+    sync.sync("gw1", {"losses": {"mlp@v0001": [1.0] * 50, "lr@v0001": [0.0] * 50}}, doc["epoch"])
+    assert h.hedge.weights(["mlp", "lr"])["mlp"] < before["mlp"]
+    # A gateway's calls that died under replica c are evidence on the next step.
+    h.prober.histories["c"] = []
+    sync.sync("gw1", {"replicas": {"lr/c": {"dead": 3, "inflight": 1}}}, doc["epoch"])
+    h.run()
+    (inc,) = h.policy.incidents
+    assert (inc.kind, inc.replica, inc.evidence) == ("dead", "c", {"failed_calls": 3})
+    assert sync.sync("gw1", {}, doc["epoch"])["avoid"]["lr"] == ["c"]  # the new epoch reaches the gateway
