@@ -167,7 +167,8 @@ class Rig:
                         **retraining},
             rollout={"mode": rollout, "min_labels": 20})
         self.clock = Clock()
-        self.jobs, self.canaries, self.swapper, self.registry = FakeJobs(), FakeCanaries(), FakeSwapper(), FakeRegistry()
+        self.jobs, self.canaries = FakeJobs(), FakeCanaries()
+        self.swapper, self.registry = FakeSwapper(), FakeRegistry()
         self.records: list[tuple[str, str, dict[str, Any]]] = []
         self.adopted: list[dict[str, str]] = []
         self.playbook = Playbook(self.cfg.retraining)
