@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import urllib.request
 from collections import deque
 from typing import Any
 
+from controllers.outcome import Backoff
+from raymedic.logs import get_logger
+
 __all__ = ["WebhookNotifier"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
+
+FIRST_RETRY_S = 0.5
+"""Wait before the first retry of a failed POST; it doubles per retry."""
 
 
 class WebhookNotifier:
@@ -53,6 +58,7 @@ class WebhookNotifier:
                 await self._wake.wait()
                 continue
             alert = self._queue[0]
+            backoff = Backoff.doubling(FIRST_RETRY_S, cap_s=FIRST_RETRY_S * 2 ** max(0, self.retries - 1))
             for attempt in range(self.retries + 1):
                 try:
                     await asyncio.to_thread(self._post, alert)
@@ -61,12 +67,14 @@ class WebhookNotifier:
                 except Exception as exc:
                     if attempt == self.retries:
                         self.failed += 1
-                        log.warning("webhook %s failed after %d tries: %r", self.url, attempt + 1, exc)
+                        log.warning("webhook %s failed after %d tries: %r; alert dropped, the next one is "
+                                    "sent", self.url, attempt + 1, exc)
                     else:
-                        await asyncio.sleep(0.5 * 2 ** attempt)
+                        await asyncio.sleep(backoff.failed())
             if self._queue and self._queue[0] is alert:
                 self._queue.popleft()
 
     def stats(self) -> dict[str, Any]:
+        """Delivery counts for the controller's status (an operator sees a webhook that fails)."""
         return {"url": self.url, "sent": self.sent, "failed": self.failed, "dropped": self.dropped,
                 "queued": len(self._queue)}

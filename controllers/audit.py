@@ -10,6 +10,7 @@ records of one flush period, never an earlier file.
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from collections import deque
@@ -21,8 +22,24 @@ from raymedic.storage import Storage
 __all__ = ["AuditLog", "read_audit"]
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with every Enum member replaced by its value: records leave this process (the status
+    answer carries the tail to the gateway), and reading them there must not need our Enum classes."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 class AuditLog:
-    """Buffered writer plus a bounded in-memory tail for status pages."""
+    """Buffered writer plus a bounded in-memory tail for status pages.
+
+    ``writer`` names this process in the file names, so two controllers (an old one
+    still flushing, a restarted one) never write the same file.
+    """
 
     def __init__(self, storage: Storage, model: str, *, writer: str, tail: int = 200) -> None:
         self._storage = storage
@@ -36,9 +53,14 @@ class AuditLog:
 
     def record(self, kind: str, target: str, *, evidence: Any = None, action: str = "", outcome: str = "",
                ts: float | None = None, **extra: Any) -> dict[str, Any]:
-        rec = {"ts": time.time() if ts is None else ts, "kind": kind, "target": target,
-               "evidence": evidence if evidence is not None else {}, "action": action, "outcome": outcome,
-               "model": self._model, **extra}
+        """Buffer one record (written at the next :meth:`flush`) and keep it in the tail.
+
+        Record fields are the ARCHITECTURE.md contract: ``ts``, ``kind``, ``target``,
+        ``evidence``, ``action``, ``outcome``, ``model``, then any ``extra``.
+        """
+        rec = _plain({"ts": time.time() if ts is None else ts, "kind": kind, "target": target,
+                      "evidence": evidence if evidence is not None else {}, "action": action, "outcome": outcome,
+                      "model": self._model, **extra})
         self._buf.append(rec)
         self._tail.append(rec)
         return rec
@@ -58,6 +80,7 @@ class AuditLog:
         return len(batch)
 
     def tail(self, n: int = 50) -> list[dict[str, Any]]:
+        """The last ``n`` records (flushed or not), oldest first."""
         return list(self._tail)[-n:]
 
 

@@ -10,24 +10,24 @@ created with.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any
 
+import ray
+
 from controllers.loop import HealingController
 from raymedic.config import RaymedicConfig
-from raymedic.keys import controller_config_key, CONTROLLER_NAME, CONTROLLER_NAMESPACE, HEAD_NODE_RESOURCE
+from raymedic.keys import CONTROLLER_NAME, CONTROLLER_NAMESPACE, HEAD_NODE_RESOURCE, controller_config_key
+from raymedic.logs import get_logger
 from raymedic.storage import Storage
 
 __all__ = ["ensure_controller", "get_controller", "remove_controller"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
-def get_controller():
-    """The controller's handle, or None when it does not exist."""
-    import ray
-
+def get_controller() -> Any:
+    """The controller's handle, or None when it does not exist (gateways and the CLI find it by name)."""
     try:
         return ray.get_actor(CONTROLLER_NAME, namespace=CONTROLLER_NAMESPACE)
     except ValueError:
@@ -36,9 +36,11 @@ def get_controller():
 
 def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, admin_sha: str | None = None,
                       timeout_s: float = 120.0) -> Any:
-    """Create the controller if missing (else reconfigure it) and wait until it answers."""
-    import ray
+    """Create the controller if missing (else reconfigure it) and wait until it answers.
 
+    The config goes to storage first: the actor reads it there, so a controller Ray restarts later
+    runs on this config, not on its first constructor arguments.
+    """
     storage = Storage(config.storage_path)
     storage.write_text(controller_config_key(config.model),
                        json.dumps({"config": config.model_dump(mode="json"), "versions": versions,
@@ -66,8 +68,6 @@ def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, admin
 
 def remove_controller() -> bool:
     """Kill the controller for good (``raymedic down``); True if there was one."""
-    import ray
-
     actor = get_controller()
     if actor is None:
         return False

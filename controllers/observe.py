@@ -1,29 +1,88 @@
 """Every read of Ray and Serve state goes through this module.
 
-Serve's own view of replicas (``serve.status()``) lags a SIGKILL by several
-seconds (see RAY_NOTES §2), so callers get both Serve's per-replica state and the
-actor's liveness, as frozen snapshots of plain data that pure code can reason about.
+Serve's own view of replicas lags a SIGKILL by several seconds (see RAY_NOTES §2),
+so the controller reads both Serve's per-replica state (from
+:mod:`serve_apps.serve_state`) and each actor's liveness per Ray's GCS, and gets
+them back as frozen snapshots of plain data that pure code can reason about. The
+controller's step talks to the :class:`Observer` interface only, so a unit test
+hands it a fake with a scripted cluster.
+
+All of these calls block (they are HTTP or GCS requests): the loop runs them in a
+worker thread. None of them make Serve handle calls, which must stay on the
+actor's own event loop.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["alive_replica_actors", "VanishCause", "vanish_cause"]
+import ray
+from ray.util.state import get_actor, list_actors, list_nodes
 
-log = logging.getLogger(__name__)
+from controllers.policies.vanish import VanishCause, VanishVerdict
+from raymedic.keys import APP_NAME, SERVE_NAMESPACE
+from raymedic.logs import get_logger
+from serve_apps.serve_state import AppView, read_app_view
 
+__all__ = ["ClusterState", "Observer", "RayObserver", "alive_replica_actors", "VanishCause", "vanish_cause",
+           "INTENDED_EXITS"]
+
+log = get_logger(__name__)
+
+INTENDED_EXITS = ("RAY_KILL", "INTENDED_USER_EXIT", "INTENDED_SYSTEM_EXIT")
+"""Death reasons of an actor stopped on purpose (by Serve, by raymedic, by its own exit)."""
 
 _warned = False
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """One read of the cluster: Serve's view of the application and the replica actors Ray reports alive.
+
+    Attributes:
+        view: Serve's view of the main application (None when it is not deployed).
+        alive: Names of the ALIVE Serve replica actors (None when the state API is unavailable:
+            liveness then comes from probes only).
+    """
+
+    view: AppView | None
+    alive: frozenset[str] | None
+
+
+class Observer(Protocol):
+    """What the controller's step reads from the cluster (blocking calls; run them in a thread)."""
+
+    def read(self) -> ClusterState:
+        """Serve's view and the actors' liveness, read now."""
+        ...
+
+    def vanish_cause(self, actor_id: str) -> VanishCause:
+        """Why the actor of a replica that left Serve's view died (or ``unknown``: ask again)."""
+        ...
+
+
+class RayObserver:
+    """The :class:`Observer` over a live Ray cluster (the controller actor's own)."""
+
+    def __init__(self, app: str = APP_NAME) -> None:
+        self.app = app
+
+    def read(self) -> ClusterState:
+        """Serve's view first: a RUNNING replica in it is then in the live set unless it is dead."""
+        view = read_app_view(self.app)
+        alive = alive_replica_actors()
+        return ClusterState(view, None if alive is None else frozenset(alive))
+
+    def vanish_cause(self, actor_id: str) -> VanishCause:
+        """See :func:`vanish_cause`."""
+        return vanish_cause(actor_id)
 
 
 def _state_address() -> str:
     """This cluster's GCS address, named explicitly: left to itself the state API looks for "the"
     local cluster (RAY_ADDRESS, ``/tmp/ray/ray_current_cluster``), which can be another cluster on
     the same host or a stale file from one that is gone (and then hangs on connection retries)."""
-    import ray
-
     return ray.get_runtime_context().gcs_address
 
 
@@ -33,10 +92,8 @@ def alive_replica_actors() -> set[str] | None:
     A SIGKILLed replica is DEAD here within a fraction of a second, while Serve
     keeps reporting it RUNNING until its next health check.
     """
-    from ray.util.state import list_actors
-
     try:
-        actors = list_actors(address=_state_address(), filters=[("ray_namespace", "=", "serve"),
+        actors = list_actors(address=_state_address(), filters=[("ray_namespace", "=", SERVE_NAMESPACE),
                                                                 ("state", "=", "ALIVE")], limit=10_000,
                              raise_on_missing_output=False, timeout=5)
     except Exception as exc:
@@ -48,24 +105,7 @@ def alive_replica_actors() -> set[str] | None:
     return {a.name for a in actors if a.name}
 
 
-INTENDED_EXITS = ("RAY_KILL", "INTENDED_USER_EXIT", "INTENDED_SYSTEM_EXIT")
-
-
-@dataclass(frozen=True)
-class VanishCause:
-    """Why a replica actor left Serve's view: ``crash``, ``intended`` (stopped on purpose) or ``unknown``.
-
-    ``unknown`` means "ask again": right after a node is lost, Serve may drop its
-    replicas before the GCS has declared the node (and so the actors) dead.
-    """
-
-    verdict: str
-    reason: str = ""
-
-
 def _node_dead(node_id: str | None) -> bool:
-    from ray.util.state import list_nodes
-
     if not node_id:
         return False
     try:
@@ -86,19 +126,17 @@ def vanish_cause(actor_id: str) -> VanishCause:
     its node: Serve kills the replicas on an unreachable node before the GCS marks
     the node dead, so the death cause alone would call the loss intended.
     """
-    from ray.util.state import get_actor
-
     try:
         actor = get_actor(id=actor_id, address=_state_address(), timeout=5)
     except Exception as exc:
-        return VanishCause("unknown", f"actor lookup failed: {type(exc).__name__}")
+        return VanishCause(VanishVerdict.UNKNOWN, f"actor lookup failed: {type(exc).__name__}")
     if actor is None or actor.state != "DEAD":
-        return VanishCause("unknown", f"actor is {getattr(actor, 'state', 'not found')}")
+        return VanishCause(VanishVerdict.UNKNOWN, f"actor is {getattr(actor, 'state', 'not found')}")
     ctx = (actor.death_cause or {}).get("actor_died_error_context") or {}
     reason = str(ctx.get("reason", "UNKNOWN"))
     detail = f"{reason}: {str(ctx.get('error_message', ''))[:160]}"
     if reason in INTENDED_EXITS:
         if _node_dead(getattr(actor, "node_id", None)):
-            return VanishCause("crash", f"NODE_DIED (stopped by Serve as unreachable): {detail[:120]}")
-        return VanishCause("intended", detail)
-    return VanishCause("crash", detail)
+            return VanishCause(VanishVerdict.CRASH, f"NODE_DIED (stopped by Serve as unreachable): {detail[:120]}")
+        return VanishCause(VanishVerdict.INTENDED, detail)
+    return VanishCause(VanishVerdict.CRASH, detail)

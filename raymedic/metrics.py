@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 RECOVERY_BUCKETS = [0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0]
+STEP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
 
 # name → (kind, description, tag keys, buckets)
 SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
@@ -43,8 +44,14 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                          RECOVERY_BUCKETS),
     "raymedic_incident_recover_seconds": ("histogram", "Time from detection to confirmed recovery.",
                                           ("model", "kind"), RECOVERY_BUCKETS),
-    "raymedic_controller_step_seconds": ("histogram", "One observe-decide-act-record step of the controller.",
-                                         ("model",), [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+    "raymedic_controller_step_seconds": ("histogram", "One whole observe-decide-act-record step of the controller "
+                                         "(the model checks included when they are due).",
+                                         ("model",), STEP_BUCKETS),
+    "raymedic_controller_phase_seconds": ("histogram", "One phase of a controller step (model, observe, decide, "
+                                          "act, record).", ("model", "phase"), STEP_BUCKETS),
+    "raymedic_controller_last_success_timestamp_seconds": ("gauge", "Unix time of the controller's last step in "
+                                                           "which every phase succeeded (alert when it is old).",
+                                                           ("model",), None),
     "raymedic_drift_psi": ("gauge", "Population stability index of a numeric feature's window.",
                            ("model", "feature"), None),
     "raymedic_drift_js": ("gauge", "Jensen-Shannon distance of a categorical feature's window.",

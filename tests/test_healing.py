@@ -65,7 +65,8 @@ class Alerts:
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory):
+def cluster(tmp_path_factory):
+    """One service per module (starting Ray, training and deploying dominate a test's cost)."""
     old = os.environ.get(ADMIN_TOKEN_ENV)
     os.environ[ADMIN_TOKEN_ENV] = TOKEN  # read by the app builder: the admin routes' token
     alerts = Alerts()
@@ -74,11 +75,6 @@ def svc(tmp_path_factory):
                            members=MEMBERS) as (url, cfg):
             s = Service(url, cfg)
             s.alerts = alerts
-            strength = {m.name: m.replicas + m.standby for m in cfg.members}
-            wait_for(lambda: (c := s.controller()).get("state") == "running" and {
-                k: len(v) for k, v in c.get("healthy", {}).items()} == strength and c.get("standby") == {
-                "tabresnet": c["standby"]["tabresnet"]}, timeout_s=120,
-                what="the controller to see every replica healthy and one tabresnet standby")
             yield s
     finally:
         alerts.close()
@@ -86,6 +82,17 @@ def svc(tmp_path_factory):
             os.environ.pop(ADMIN_TOKEN_ENV, None)
         else:
             os.environ[ADMIN_TOKEN_ENV] = old
+
+
+@pytest.fixture
+def svc(cluster):
+    """The shared service as every test needs it, whatever ran before: healing (not paused), in auto
+    mode, every replica healthy with no open replica incident, and tabresnet's standby standing by.
+    Each test leaves it healing in auto mode again."""
+    cluster.normal()
+    cluster.at_full_strength()
+    yield cluster
+    cluster.normal()
 
 
 class Service:
@@ -121,6 +128,28 @@ class Service:
         from controllers.audit import read_audit
 
         return read_audit(Storage(self.cfg.storage_path), self.cfg.model)
+
+    def normal(self) -> None:
+        """Healing on its own: resumed and in auto mode (what a test that paused or switched leaves)."""
+        assert self.admin("resume").body == {"paused": False}
+        assert self.admin("mode", {"mode": "auto"}).body == {"mode": "auto"}
+
+    def at_full_strength(self, timeout_s: float = 180) -> dict:
+        """Wait until the controller sees every replica healthy, no replica incident open, and exactly
+        one member (tabresnet) with its standby; the controller's status then."""
+        strength = {m.name: m.replicas + m.standby for m in self.cfg.members}
+
+        def ready() -> dict | None:
+            st = self.status()
+            c = st["controller"]
+            healthy = {k: len(v) for k, v in (c.get("healthy") or {}).items()}
+            open_now = [i for i in st["incidents"] if i.get("replica") and i.get("status") == "open"]
+            ok = (c.get("state") == "running" and healthy == strength and not open_now
+                  and set(c.get("standby") or {}) == {"tabresnet"})
+            return c if ok else None
+
+        return wait_for(ready, timeout_s=timeout_s,
+                        what="the controller to see every replica healthy and one tabresnet standby")
 
 
 class Load:
@@ -253,9 +282,13 @@ def test_wrong_answers_are_caught_by_golden_probes_and_the_replica_replaced(svc)
 
 def test_hung_replica_is_replaced_by_the_standby_with_no_failed_request(svc):
     standby = svc.controller()["standby"]["tabresnet"]
-    tab = next(m for m in svc.status()["members"] if m["name"] == "tabresnet")
+
+    def gateway_shows_the_standby() -> dict | None:
+        tab = next(m for m in svc.status()["members"] if m["name"] == "tabresnet")
+        return tab if {r["id"] for r in tab["replicas"] if r["state"] == "STANDBY"} == set(standby) else None
+
+    tab = wait_for(gateway_shows_the_standby, timeout_s=30, what=f"the gateway to hold {standby} out of traffic")
     before = {r["id"] for r in tab["replicas"]}
-    assert {r["id"] for r in tab["replicas"] if r["state"] == "STANDBY"} == set(standby), tab
     inc = heal_and_check(svc, "hang", "tabresnet")
     assert inc["replica"] not in standby  # by default the fault hits a replica serving traffic
     records = [r for r in svc.audit() if r.get("target") == "tabresnet" and r["kind"] == "standby-serves"
@@ -335,9 +368,10 @@ def test_approval_mode_proposes_a_restart_and_waits_for_the_operator(svc):
 def test_controller_sigkill_resumes_from_checkpoint_without_repeating_actions(svc):
     from controllers.client import get_controller
 
+    first = heal_and_check(svc, "wrong", "mlp")  # something healed, for the restarted controller to remember
     before = svc.status()["controller"]
     healed = [i["id"] for i in svc.status()["incidents"] if i["status"] == "recovered"]
-    assert healed, "earlier tests healed faults"
+    assert first["id"] in healed
     os.kill(before["pid"], signal.SIGKILL)
     after = wait_for(lambda: (c := svc.status()["controller"]).get("pid") not in (None, before["pid"]) and c,
                      timeout_s=90, what="Ray to restart the controller")

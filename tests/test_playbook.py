@@ -30,14 +30,19 @@ def gated(passed: dict[str, bool], acc: float = 0.9) -> dict:
 # ---- gate ------------------------------------------------------------------------------
 
 def test_gate_needs_the_margin_and_both_guardrails():
-    assert judge(m(0.70), m(0.75), CFG).passed
+    ok = judge(m(0.70), m(0.75), CFG)
+    assert ok.passed and ok.reasons == ()
     v = judge(m(0.70), m(0.705), CFG)
-    assert not v.passed and "below the margin" in v.reasons[0]
+    assert not v.passed and v.reasons == (
+        "holdout accuracy 0.705 vs champion 0.700: gain +0.005 is below the margin 0.010",)
     v = judge(m(0.70, ece=0.02), m(0.80, ece=0.20), CFG)
-    assert not v.passed and "calibration" in v.reasons[0]
+    assert not v.passed and v.reasons == ("calibration regressed: ECE 0.200 vs 0.020 (allowed +0.050)",)
     v = judge(m(0.70, lat=2.0), m(0.80, lat=9.0), CFG)
-    assert not v.passed and "latency" in v.reasons[0]
-    assert judge(m(0.70, lat=0.1), m(0.80, lat=0.5), CFG).passed  # sub-ms noise is not a regression
+    assert not v.passed and v.reasons == ("latency regressed: 9.00 ms vs 2.00 ms per batch (allowed 4.50 ms)",)
+    both = judge(m(0.70, ece=0.02, lat=2.0), m(0.70, ece=0.20, lat=9.0), CFG)
+    assert [r.split(" ")[0] for r in both.reasons] == ["holdout", "calibration", "latency"]  # every reason, in order
+    noise = judge(m(0.70, lat=0.1), m(0.80, lat=0.5), CFG)
+    assert noise.passed and noise.reasons == ()  # sub-ms noise is not a regression
 
 
 class _Fixed:
@@ -85,33 +90,45 @@ def test_one_job_at_a_time_and_a_passing_gate_promotes_only_the_winners():
 def test_rejected_challengers_keep_the_champion_and_cool_down():
     pb = Playbook(CFG)
     pb.step(0, [DECAY], labels=500)
-    assert pb.finished(10, "SUCCEEDED", gated({"mlp": False})) is None
-    assert pb.history[-1]["result"] == "rejected"
+    assert pb.finished(10, "SUCCEEDED", gated({"mlp": False})) is None  # nothing to promote
+    last = pb.history[-1]
+    assert last["result"] == "rejected" and last["gate"]["mlp"]["passed"] is False
+    assert last["gate"]["mlp"]["reasons"] == ["too weak"] and last["gate"]["mlp"]["challenger_accuracy"] == 0.6
+    assert pb.probation is None and pb.waiting() == {"not_before": 70, "failures": 0}  # a verdict, not a failure
     assert pb.step(30, [DECAY], labels=500) is None  # cooldown (60 s)
-    assert pb.step(71, [DECAY], labels=500) is not None
+    again = pb.step(71, [DECAY], labels=500)
+    assert again.reason == "accuracy_decay on ensemble" and again.alerts == ("d0003",) and not again.search
 
 
 def test_failed_jobs_back_off_exponentially_up_to_the_cap():
     pb = Playbook(CFG)
     waits = []
     t = 0.0
-    for _ in range(4):
-        assert pb.step(t, [DECAY], labels=500) is not None
-        pb.finished(t, "FAILED", None)
-        waits.append(pb.history[-1]["retry_after_s"])
+    for n in range(1, 5):
+        sub = pb.step(t, [DECAY], labels=500)
+        assert isinstance(sub, SubmitRetrain) and sub.reason == "accuracy_decay on ensemble"
+        assert pb.finished(t, "FAILED", None) is None
+        last = pb.history[-1]
+        assert last["result"] == "failed" and last["job_status"] == "FAILED" and last["outcome"] == "none"
+        waits.append(last["retry_after_s"])
+        assert pb.waiting() == {"not_before": t + waits[-1], "failures": n}
         assert pb.step(t + waits[-1] - 1, [DECAY], labels=500) is None
         t += waits[-1]
     assert waits == [10, 20, 40, 40]
-    pb.step(t, [DECAY], labels=500)
-    pb.finished(t, "SUCCEEDED", gated({"mlp": True}))
-    assert pb.waiting()["failures"] == 0  # a job that ran resets the backoff
+    assert pb.step(t, [DECAY], labels=500) is not None
+    promote = pb.finished(t, "SUCCEEDED", gated({"mlp": True}))
+    assert promote.versions == {"mlp": "v0002"}
+    assert pb.waiting() == {"not_before": t + 60, "failures": 0}  # a job that ran resets the backoff
 
 
 def test_a_skipped_job_is_not_a_failure():
     pb = Playbook(CFG)
     pb.step(0, [DECAY], labels=500)
-    pb.finished(5, "FAILED", {"status": "skipped", "error": "20 labelled rows"})
-    assert pb.waiting()["failures"] == 0 and pb.history[-1]["result"].startswith("skipped")
+    assert pb.finished(5, "FAILED", {"status": "skipped", "error": "20 labelled rows"}) is None
+    last = pb.history[-1]
+    assert last["result"] == "skipped: 20 labelled rows" and last["outcome"] == "skipped"
+    assert "retry_after_s" not in last  # no backoff: the usual cooldown
+    assert pb.waiting() == {"not_before": 65, "failures": 0} and pb.job is None
 
 
 def test_job_timeout_and_restart_from_memory():
@@ -150,8 +167,11 @@ def test_probation_confirms_or_rolls_back():
     # Below the bar (0.85) but within noise on 60 labels: no flapping.
     assert pb.check_probation({"mlp": (0.80, 60), "tabresnet": (0.89, 30)}, 0.05) is None
     assert pb.probation is not None  # tabresnet not judged yet
+    bar = pb.bar("mlp", 0.05)
+    assert 0.80 < bar < 0.85  # the 400-row holdout's lower bound on 0.9, less the drop
     rb = pb.check_probation({"mlp": (0.60, 60), "tabresnet": (0.89, 60)}, 0.05)
-    assert rb is not None and rb.members == ("mlp",) and "probation failed" in rb.reason
+    assert rb is not None and rb.members == ("mlp",)
+    assert rb.reason == f"probation failed: live accuracy mlp 0.600 on 60 labels vs bar {bar:.3f}"
     assert pb.probation is None
 
     pb2 = Playbook(CFG)
@@ -166,7 +186,8 @@ def test_probation_bar_is_never_below_the_replaced_version():
     pb.step(0, [DECAY], labels=500)
     pb.promoted(1, pb.finished(1, "SUCCEEDED", gated({"mlp": True}, acc=0.72)))  # champion scored 0.70
     assert pb.bar("mlp", 0.05) == 0.70
-    assert pb.step(2, [], 0, manual="operator") is not None  # an operator may retrain during probation
+    manual = pb.step(2, [], 0, manual="operator")  # an operator may retrain during probation
+    assert manual.reason == "operator: operator" and manual.alerts == () and manual.since is None
     pb.promoted(3, pb.finished(3, "SUCCEEDED", gated({"mlp": True}, acc=0.95)))
     assert 0.85 < pb.bar("mlp", 0.05) < 0.90  # the holdout's lower bound (400 rows), less the drop
     assert 0.80 < wilson_upper(0.75, 100) < 0.85 and wilson_upper(0.0, 0) == 1.0

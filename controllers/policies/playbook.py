@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from controllers.detectors.intervals import wilson_lower, wilson_upper
+from controllers.outcome import Backoff
 from controllers.policies.rollout import PairTally, judge_member
 from raymedic.config import RetrainingConfig, RolloutConfig
 
@@ -48,6 +49,8 @@ class Trigger:
 
 @dataclass(frozen=True)
 class SubmitRetrain:
+    """A retrain job to submit now; ``record`` names it in storage, the audit and the job id."""
+
     record: str
     reason: str
     alerts: tuple[str, ...]
@@ -57,6 +60,8 @@ class SubmitRetrain:
 
 @dataclass(frozen=True)
 class Promote:
+    """Challengers that passed the gate (or a trial): what to make champions, with the accuracy they promised."""
+
     record: str
     versions: dict[str, str]  # member → challenger version
     holdout_accuracy: dict[str, float]
@@ -66,6 +71,8 @@ class Promote:
 
 @dataclass(frozen=True)
 class Rollback:
+    """Members whose promoted version failed its probation: back to their previous version."""
+
     members: tuple[str, ...]
     reason: str
 
@@ -92,30 +99,41 @@ class _State:
 
 
 class Playbook:
+    """The retraining decisions of one model, with the memory they need (checkpointed by the controller).
+
+    Pure: the controller passes ``now`` and what it observed, and performs what comes back.
+    """
+
     def __init__(self, cfg: RetrainingConfig, memory: Mapping[str, Any] | None = None) -> None:
         self.cfg = cfg
         self._s = _State(**{k: v for k, v in (memory or {}).items() if k in _State.__dataclass_fields__})
 
     def to_dict(self) -> dict[str, Any]:
+        """The memory for the controller's checkpoint (read back by the constructor)."""
         return asdict(self._s)
 
     @property
     def job(self) -> dict[str, Any] | None:
+        """The retrain job in progress (None: none), as submitted."""
         return self._s.job
 
     @property
     def probation(self) -> dict[str, Any] | None:
+        """The promotion on probation (None: none): versions and the accuracy they must keep live."""
         return self._s.probation
 
     @property
     def rollout(self) -> dict[str, Any] | None:
+        """The live trial in progress (None: none), with its tallies and verdicts."""
         return self._s.rollout
 
     @property
     def history(self) -> list[dict[str, Any]]:
+        """The last ``HISTORY_KEPT`` jobs, trials and probations and how they ended, oldest first."""
         return list(self._s.history)
 
     def waiting(self) -> dict[str, Any]:
+        """When the next automatic retrain may start, and the failures in a row behind that wait."""
         return {"not_before": self._s.not_before, "failures": self._s.failures}
 
     def _remember(self, entry: dict[str, Any]) -> None:
@@ -156,10 +174,12 @@ class Playbook:
         return SubmitRetrain(record, reason, alerts, search, since)
 
     def submitted(self, job_id: str) -> None:
+        """The job went out with this id (polled from then on, also after a controller restart)."""
         if self._s.job is not None:
             self._s.job["job_id"] = job_id
 
     def timed_out(self, now: float) -> bool:
+        """Whether the running job has run past ``job_timeout_s`` (it is then stopped and counted failed)."""
         job = self._s.job
         return job is not None and now - job["submitted_at"] > self.cfg.job_timeout_s
 
@@ -182,7 +202,7 @@ class Playbook:
             return None
         if not gated:
             self._s.failures += 1
-            wait = min(self.cfg.max_backoff_s, self.cfg.backoff_s * 2 ** (self._s.failures - 1))
+            wait = Backoff.doubling(self.cfg.backoff_s, cap_s=self.cfg.max_backoff_s).delay_after(self._s.failures)
             self._s.not_before = now + wait
             entry.update(result="failed", error=(outcome or {}).get("error"), retry_after_s=wait)
             self._remember(entry)
@@ -207,6 +227,7 @@ class Playbook:
         return Promote(job["record"], passed, acc, old, n)
 
     def promoted(self, now: float, promote: Promote) -> None:
+        """The versions were promoted without a live trial: watch their live accuracy from ``now``."""
         self._s.probation = {"record": promote.record, "since": now, "versions": dict(promote.versions),
                              "holdout_accuracy": dict(promote.holdout_accuracy),
                              "champion_accuracy": dict(promote.champion_accuracy),
@@ -249,12 +270,14 @@ class Playbook:
         return None
 
     def rolled_back(self) -> None:
+        """A rollback ended whatever probation was running."""
         self._s.probation = None
 
     # ---- live trial (canary / shadow) --------------------------------------------------
 
     def start_rollout(self, now: float, promote: Promote, *, mode: str, share: float, source: str = "retrain"
                       ) -> None:
+        """Open a live trial of ``promote``'s versions (``mode`` canary or shadow, on ``share`` of requests)."""
         self._s.rollout = {"record": promote.record, "since": now, "mode": mode, "share": share, "source": source,
                            "versions": dict(promote.versions), "holdout_accuracy": dict(promote.holdout_accuracy),
                            "champion_accuracy": dict(promote.champion_accuracy),

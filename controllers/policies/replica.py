@@ -35,20 +35,81 @@ not move between healthy replicas from step to step.
 
 from __future__ import annotations
 
+import enum
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from raymedic.config import ControllerConfig
+from raymedic.enums import StrEnum
 
 __all__ = [
+    "ProbeOutcome", "FaultKind", "IncidentStatus", "Approval", "ControlMode",
     "Probe", "CallStats", "ReplicaSnapshot", "Observation", "Finding", "Incident", "RestartReplica",
-    "AuditEvent", "StepResult", "assess", "systemic_timeouts", "HealingPolicy",
+    "AuditEvent", "StepResult", "assess", "systemic_timeouts", "choose_standby", "HealingPolicy",
 ]
 
-PROBE_OUTCOMES = ("ok", "wrong", "timeout", "dead", "error")
 KEEP_CLOSED = 200
 """Closed incidents remembered (and checkpointed); the audit log keeps them all."""
+
+
+class ProbeOutcome(StrEnum):
+    """How one golden probe ended; the policy's evidence about a replica's inference path."""
+
+    OK = "ok"
+    """Answered within the deadline with the golden probabilities."""
+    WRONG = "wrong"
+    """Answered, but with probabilities off the version's golden ones (HTTP 200, wrong answer)."""
+    TIMEOUT = "timeout"
+    """No answer within ``probe_timeout_s`` (one is a blip; several in a row are a hang)."""
+    DEAD = "dead"
+    """The replica's actor died under the probe."""
+    ERROR = "error"
+    """The replica raised (alive but failing); recorded, not a fault on its own."""
+
+
+PROBE_OUTCOMES = tuple(ProbeOutcome)
+
+
+class FaultKind(StrEnum):
+    """What an incident is about (ARCHITECTURE.md's replica faults)."""
+
+    DEAD = "dead"
+    HUNG = "hung"
+    WRONG = "wrong"
+    SLOW = "slow"
+
+
+class IncidentStatus(StrEnum):
+    """Where an incident is: open from detection until confirmed recovered, failed or rejected."""
+
+    OPEN = "open"
+    RECOVERED = "recovered"
+    FAILED = "failed"
+    """A requested action was not confirmed within ``confirm_timeout_s``."""
+    REJECTED = "rejected"
+    """An operator rejected the proposed restart (approval mode)."""
+
+
+class Approval(StrEnum):
+    """An approval-mode proposal's answer: pending until an operator approves or rejects it."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class ControlMode(StrEnum):
+    """``controller.mode``: heal on its own, or propose each restart and wait for an operator."""
+
+    AUTO = "auto"
+    APPROVE = "approve"
+
+
+def _plain(value: Any) -> Any:
+    """An Enum member as its plain string: documents that leave this process (status answers, Ray
+    calls to gateways) must not need this module to be read back."""
+    return value.value if isinstance(value, enum.Enum) else value
 
 
 @dataclass(frozen=True)
@@ -56,9 +117,12 @@ class Probe:
     """One golden-input request sent through the member's real inference path."""
 
     ts: float
-    outcome: str  # one of PROBE_OUTCOMES
+    outcome: ProbeOutcome
     latency_s: float
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outcome", ProbeOutcome(self.outcome))  # a plain string is validated here
 
 
 @dataclass(frozen=True)
@@ -75,6 +139,8 @@ class CallStats:
 
 @dataclass(frozen=True)
 class ReplicaSnapshot:
+    """One replica as the controller saw it this step: Serve's state, its probes, its calls, its liveness."""
+
     member: str
     replica: str
     state: str  # Serve's replica state: RUNNING, STARTING, STOPPING, ...
@@ -86,6 +152,8 @@ class ReplicaSnapshot:
 
 @dataclass(frozen=True)
 class Observation:
+    """The frozen input of one policy step: every replica of every member, and how many should serve."""
+
     now: float
     replicas: tuple[ReplicaSnapshot, ...]
     targets: Mapping[str, int]  # member → replicas that serve user traffic
@@ -94,7 +162,9 @@ class Observation:
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # dead | hung | wrong | slow
+    """The worst fault :func:`assess` found on one replica, with the evidence the incident will carry."""
+
+    kind: FaultKind
     member: str
     replica: str
     evidence: dict[str, Any]
@@ -106,30 +176,43 @@ class Incident:
     """One fault on one replica, from detection to confirmed recovery."""
 
     id: str
-    kind: str
+    kind: FaultKind
     member: str
     replica: str
     detected_at: float
     first_evidence_at: float
     evidence: dict[str, Any]
-    status: str = "open"  # open | recovered | failed | rejected
-    action: str | None = None  # "restart" once requested
+    status: IncidentStatus = IncidentStatus.OPEN
+    action: str | None = None  # "restart" (or "await-replacement") once requested
     action_at: float | None = None
     action_outcome: str | None = None  # None while in flight, then "ok" or an error
     recovered_at: float | None = None
     suppressed: bool = False  # seen while paused
-    approval: str | None = None  # approval mode: "pending" → "approved" | "rejected"
+    approval: Approval | None = None  # approval mode: pending → approved | rejected
+
+    def __post_init__(self) -> None:
+        # Checkpoints hold plain strings: the same words, validated into their Enums on the way in.
+        self.kind = FaultKind(self.kind)
+        self.status = IncidentStatus(self.status)
+        self.approval = None if self.approval is None else Approval(self.approval)
 
     @property
     def time_to_detect_s(self) -> float:
+        """From the first evidence to the detection: how long the fault went unnoticed."""
         return self.detected_at - self.first_evidence_at
 
     @property
     def time_to_recover_s(self) -> float | None:
+        """From detection to confirmed recovery (None while not recovered)."""
         return None if self.recovered_at is None else self.recovered_at - self.detected_at
 
+    def to_record(self) -> dict[str, Any]:
+        """The checkpoint form: every field as plain data (the JSON the controller has always written)."""
+        return {k: _plain(v) for k, v in asdict(self).items()}
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The status form: the checkpoint fields plus the two durations, rounded for people."""
+        d = self.to_record()
         d["time_to_detect_s"] = round(self.time_to_detect_s, 3)
         ttr = self.time_to_recover_s
         d["time_to_recover_s"] = None if ttr is None else round(ttr, 3)
@@ -137,6 +220,7 @@ class Incident:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Incident":
+        """Read a checkpointed (or status) form back; unknown keys are ignored (older or newer writers)."""
         names = cls.__dataclass_fields__.keys()
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -154,6 +238,8 @@ class RestartReplica:
 
 @dataclass(frozen=True)
 class AuditEvent:
+    """Something the policy saw or decided, for the audit trail (the recorder adds incident fields)."""
+
     kind: str
     target: str
     evidence: dict[str, Any]
@@ -164,6 +250,8 @@ class AuditEvent:
 
 @dataclass(frozen=True)
 class StepResult:
+    """What one policy step decided: actions to run, events to record, and the routing to publish."""
+
     actions: tuple[RestartReplica, ...]
     events: tuple[AuditEvent, ...]
     avoid: dict[str, tuple[str, ...]]  # member → replicas gateways must route around
@@ -179,7 +267,8 @@ def _median(xs: Iterable[float]) -> float | None:
 def _peer_latency(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: ControllerConfig) -> float | None:
     # ``peers`` excludes standby replicas: idle, they answer faster than replicas under load.
     lat = [p.latency_s for r in peers if r.replica != snap.replica and r.state == "RUNNING" and r.probes
-           and r.probes[-1].outcome == "ok" for p in r.probes[-cfg.slow_probes:] if p.outcome == "ok"]
+           and r.probes[-1].outcome == ProbeOutcome.OK
+           for p in r.probes[-cfg.slow_probes:] if p.outcome == ProbeOutcome.OK]
     return _median(lat)
 
 
@@ -196,34 +285,34 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
     probes = snap.probes
     calls = snap.calls
 
-    def found(kind: str, evidence: dict[str, Any], since: Sequence[Probe] = ()) -> Finding:
+    def found(kind: FaultKind, evidence: dict[str, Any], since: Sequence[Probe] = ()) -> Finding:
         first = min((p.ts for p in since), default=probes[-1].ts if probes else 0.0)
         return Finding(kind, snap.member, snap.replica, evidence, first)
 
     if snap.alive is False:  # Ray already knows the process is gone; Serve's view lags seconds
-        return Finding("dead", snap.member, snap.replica, {"actor": "DEAD per Ray GCS"},
+        return Finding(FaultKind.DEAD, snap.member, snap.replica, {"actor": "DEAD per Ray GCS"},
                        snap.seen_dead_at if snap.seen_dead_at is not None else (probes[-1].ts if probes else 0.0))
-    if probes and probes[-1].outcome == "dead":
-        return found("dead", {"probe": probes[-1].detail}, probes[-1:])
-    if calls.dead and not (probes and probes[-1].outcome == "ok"):
-        return found("dead", {"failed_calls": calls.dead})
+    if probes and probes[-1].outcome == ProbeOutcome.DEAD:
+        return found(FaultKind.DEAD, {"probe": probes[-1].detail}, probes[-1:])
+    if calls.dead and not (probes and probes[-1].outcome == ProbeOutcome.OK):
+        return found(FaultKind.DEAD, {"failed_calls": calls.dead})
 
     tail: list[Probe] = []
     for p in reversed(probes):
-        if p.outcome != "timeout":
+        if p.outcome != ProbeOutcome.TIMEOUT:
             break
         tail.append(p)
     if len(tail) >= cfg.hang_probe_timeouts:
-        return found("hung", {"probe_timeouts": len(tail), "probe_timeout_s": cfg.probe_timeout_s,
+        return found(FaultKind.HUNG, {"probe_timeouts": len(tail), "probe_timeout_s": cfg.probe_timeout_s,
                               "call_timeouts": calls.timeouts}, tail)
     if tail and calls.timeouts >= 2 and calls.ok == 0:
-        return found("hung", {"probe_timeouts": len(tail), "call_timeouts": calls.timeouts,
+        return found(FaultKind.HUNG, {"probe_timeouts": len(tail), "call_timeouts": calls.timeouts,
                               "calls_ok": 0}, tail)
 
-    if probes and probes[-1].outcome == "wrong":
-        return found("wrong", {"probe": probes[-1].detail}, probes[-1:])
+    if probes and probes[-1].outcome == ProbeOutcome.WRONG:
+        return found(FaultKind.WRONG, {"probe": probes[-1].detail}, probes[-1:])
 
-    ok = [p for p in probes if p.outcome == "ok"][-cfg.slow_probes:]
+    ok = [p for p in probes if p.outcome == ProbeOutcome.OK][-cfg.slow_probes:]
     if len(ok) >= cfg.slow_probes:
         mine = _median(p.latency_s for p in ok)
         ref = _peer_latency(snap, peers, cfg)
@@ -233,20 +322,21 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
             limit = max(ref * cfg.slow_factor, ref + cfg.slow_min_excess_s)
             slow = [p for p in ok if p.latency_s > limit]
             if mine > limit and len(slow) >= max(1, len(ok) - 1):
-                return found("slow", {"median_latency_s": round(mine, 4), "peer_latency_s": round(ref, 4),
+                return found(FaultKind.SLOW, {"median_latency_s": round(mine, 4), "peer_latency_s": round(ref, 4),
                                       "limit_s": round(limit, 4)}, slow)
     return None
 
 
 def _healthy(snap: ReplicaSnapshot) -> bool:
     """Strict: the latest probe passed (what confirming a recovery needs)."""
-    return snap.state == "RUNNING" and snap.alive is not False and bool(snap.probes) and snap.probes[-1].outcome == "ok"
+    return (snap.state == "RUNNING" and snap.alive is not False and bool(snap.probes)
+            and snap.probes[-1].outcome == ProbeOutcome.OK)
 
 
 def _serving(snap: ReplicaSnapshot) -> bool:
     """Lenient: nothing says it is broken (a lone late probe is not proof; weights use this)."""
     return (snap.state == "RUNNING" and snap.alive is not False and bool(snap.probes)
-            and snap.probes[-1].outcome in ("ok", "timeout"))
+            and snap.probes[-1].outcome in (ProbeOutcome.OK, ProbeOutcome.TIMEOUT))
 
 
 def systemic_timeouts(replicas: Sequence[ReplicaSnapshot], *, share: float = 0.5, minimum: int = 3) -> bool:
@@ -257,7 +347,7 @@ def systemic_timeouts(replicas: Sequence[ReplicaSnapshot], *, share: float = 0.5
     everything would only make it worse (a restart storm).
     """
     running = [r for r in replicas if r.state == "RUNNING" and r.probes]
-    late = [r for r in running if r.probes[-1].outcome == "timeout"]
+    late = [r for r in running if r.probes[-1].outcome == ProbeOutcome.TIMEOUT]
     return len(running) >= minimum and len(late) >= max(2, share * len(running))
 
 
@@ -297,7 +387,7 @@ class HealingPolicy:
     def __init__(self, config: ControllerConfig, memory: Mapping[str, Any] | None = None) -> None:
         self.cfg = config
         self.paused = False
-        self.approval = config.mode == "approve"
+        self.approval = config.mode == ControlMode.APPROVE
         self._m = _Memory()
         if memory:
             self._m = _Memory(
@@ -315,25 +405,40 @@ class HealingPolicy:
     # ---- persistence ----------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {"incidents": {k: asdict(v) for k, v in self._m.incidents.items()},
+        """The policy's memory for the controller's checkpoint (plain JSON; read back by the constructor)."""
+        return {"incidents": {k: v.to_record() for k, v in self._m.incidents.items()},
                 "restarts": self._m.restarts, "last_restart": self._m.last_restart,
                 "baseline_latency": self._m.baseline_latency, "quarantined": self._m.quarantined,
                 "standby": self._m.standby, "seq": self._m.seq, "paused": self.paused, "approval": self.approval}
 
     @property
+    def mode(self) -> ControlMode:
+        """auto (heal on its own) or approve (propose restarts and wait for an operator)."""
+        return ControlMode.APPROVE if self.approval else ControlMode.AUTO
+
+    @property
     def incidents(self) -> list[Incident]:
+        """Every remembered incident, oldest first (closed ones are bounded by ``KEEP_CLOSED``)."""
         return sorted(self._m.incidents.values(), key=lambda i: i.detected_at)
 
     def open_incident(self, replica: str) -> Incident | None:
-        return next((i for i in self._m.incidents.values() if i.replica == replica and i.status == "open"), None)
+        """The replica's open incident, if it has one (at most one per replica)."""
+        return next((i for i in self._m.incidents.values()
+                     if i.replica == replica and i.status == IncidentStatus.OPEN), None)
 
     @property
     def quarantined(self) -> list[str]:
+        """Members with no healthy replica: their weight is 0 until one recovers."""
         return list(self._m.quarantined)
 
     # ---- the step ----------------------------------------------------------------------
 
     def step(self, obs: Observation) -> StepResult:
+        """Detect, act and confirm on one observation; the only method that advances the memory.
+
+        Returns the restarts to run (their intent is already in the memory, so the caller
+        checkpoints before running them), the audit events, and the routing to publish.
+        """
         now, cfg, m = obs.now, self.cfg, self._m
         events: list[AuditEvent] = []
         actions: list[RestartReplica] = []
@@ -345,7 +450,7 @@ class HealingPolicy:
         # Learn each member's normal latency from replicas that look fine.
         for member, snaps in by_member.items():
             ok = [p.latency_s for s in snaps if _healthy(s) and not self.open_incident(s.replica)
-                  for p in s.probes[-cfg.slow_probes:] if p.outcome == "ok"]
+                  for p in s.probes[-cfg.slow_probes:] if p.outcome == ProbeOutcome.OK]
             if ok:
                 med = statistics.median(ok)
                 old = m.baseline_latency.get(member)
@@ -356,18 +461,18 @@ class HealingPolicy:
         if systemic and not m.systemic:
             events.append(AuditEvent("systemic-timeouts", "cluster",
                                      {"replicas_late": sum(1 for r in obs.replicas if r.probes
-                                                           and r.probes[-1].outcome == "timeout")},
+                                                           and r.probes[-1].outcome == ProbeOutcome.TIMEOUT)},
                                      "hold restarts for hangs", "ok"))
         m.systemic = systemic
         # Latency is only comparable when nothing is starting up: a replica loading its model
         # steals CPU from its neighbours (on small machines, a lot), so slowness measured
         # during a replacement says nothing about the replica measured.
         settling = any(s.state == "STARTING" for s in obs.replicas) or any(
-            i.status == "open" and i.action == "restart" for i in m.incidents.values())
+            i.status == IncidentStatus.OPEN and i.action == "restart" for i in m.incidents.values())
         findings: list[Finding] = []
         # Replicas already healed away (restarted, or left to Serve to replace): Serve may list a killed
         # replica as RUNNING for a few seconds after a standby made its incident recovered.
-        retired = {i.replica for i in m.incidents.values() if i.status == "recovered" and i.action}
+        retired = {i.replica for i in m.incidents.values() if i.status == IncidentStatus.RECOVERED and i.action}
         for snap in obs.replicas:
             if (snap.state not in ("RUNNING", "GONE") or self.open_incident(snap.replica)
                     or snap.replica in retired):
@@ -375,12 +480,12 @@ class HealingPolicy:
             standing_by = set(m.standby.get(snap.member, ()))
             peers = [s for s in by_member[snap.member] if s.replica not in standing_by or s.replica == snap.replica]
             finding = assess(snap, peers, cfg, baseline_latency_s=m.baseline_latency.get(snap.member))
-            if finding is None or (systemic and finding.kind == "hung"):
+            if finding is None or (systemic and finding.kind == FaultKind.HUNG):
                 continue
             findings.append(finding)
-        slow_members = {f.member for f in findings if f.kind == "slow"}
+        slow_members = {f.member for f in findings if f.kind == FaultKind.SLOW}
         if len(slow_members) > 1 or settling:
-            findings = [f for f in findings if f.kind != "slow"]  # shared slowness: contention, not a replica
+            findings = [f for f in findings if f.kind != FaultKind.SLOW]  # shared slowness: contention, not a replica
         for finding in findings:
             m.seq += 1
             inc = Incident(id=f"inc-{m.seq:06d}", kind=finding.kind, member=finding.member,
@@ -393,7 +498,7 @@ class HealingPolicy:
         # Act: restart under cooldown, cap and one-in-flight-per-member limits.
         m.restarts = [t for t in m.restarts if now - t < cfg.restart_window_s]
         for inc in self.incidents:
-            if inc.status != "open" or inc.action is not None:
+            if inc.status != IncidentStatus.OPEN or inc.action is not None:
                 continue
             target = f"{inc.member}/{inc.replica}"
             if self.paused:
@@ -403,22 +508,22 @@ class HealingPolicy:
                                              "paused by operator", inc.id))
                 continue
             gone = next((s.state == "GONE" for s in obs.replicas if s.replica == inc.replica), True)
-            if gone and inc.kind == "dead":  # Serve replaces a crashed replica itself: confirm it
+            if gone and inc.kind == FaultKind.DEAD:  # Serve replaces a crashed replica itself: confirm it
                 inc.action, inc.action_at, inc.action_outcome = "await-replacement", now, "ok: Serve replaces it"
                 events.append(AuditEvent("await-replacement", target, {"incident": inc.kind}, inc.action,
                                          inc.action_outcome, inc.id))
                 continue
             if inc.replica not in present:
                 continue  # already gone; recovery check below closes it
-            if self.approval and inc.approval != "approved":
+            if self.approval and inc.approval != Approval.APPROVED:
                 if inc.approval is None:  # propose once; the operator decides (`raymedic approve|reject`)
-                    inc.approval = "pending"
+                    inc.approval = Approval.PENDING
                     events.append(AuditEvent("proposed", target, {"incident": inc.kind, "evidence": inc.evidence},
                                              "restart", "awaiting approval", inc.id))
                 continue
             # One replacement at a time per member: until the last one is confirmed serving, the
             # member is short of a replica and the survivors carry its load.
-            in_flight = any(o.member == inc.member and o.status == "open" and o.action == "restart"
+            in_flight = any(o.member == inc.member and o.status == IncidentStatus.OPEN and o.action == "restart"
                             for o in m.incidents.values())
             since_last = now - m.last_restart.get(inc.member, float("-inf"))
             if in_flight or since_last < cfg.member_cooldown_s or len(m.restarts) >= cfg.max_restarts:
@@ -431,7 +536,7 @@ class HealingPolicy:
 
         # Confirm: the faulty replica is gone and the member is back at strength with healthy replicas.
         for inc in self.incidents:
-            if inc.status != "open":
+            if inc.status != IncidentStatus.OPEN:
                 continue
             snaps = by_member.get(inc.member, [])
             fresh = [s for s in snaps if s.replica != inc.replica and _healthy(s) and not self.open_incident(s.replica)
@@ -439,23 +544,24 @@ class HealingPolicy:
             snap = next((s for s in obs.replicas if s.replica == inc.replica), None)
             gone = snap is None or snap.state != "RUNNING" or snap.alive is False
             # At strength apart from replicas with faults of their own (each has its incident).
-            others = sum(1 for o in m.incidents.values() if o.member == inc.member and o.status == "open"
+            others = sum(1 for o in m.incidents.values() if o.member == inc.member and o.status == IncidentStatus.OPEN
                          and o.id != inc.id and o.replica in present)
             need = max(1, obs.targets.get(inc.member, 1) - others)
             if gone and len(fresh) >= need:
-                inc.status, inc.recovered_at = "recovered", now
+                inc.status, inc.recovered_at = IncidentStatus.RECOVERED, now
                 if inc.action:
                     retired.add(inc.replica)
                 events.append(AuditEvent("recovered", f"{inc.member}/{inc.replica}",
                                          {"healthy_replicas": sorted(s.replica for s in fresh)},
                                          inc.action or "none", "ok", inc.id))
             elif inc.action_at is not None and now - inc.action_at > cfg.confirm_timeout_s:
-                inc.status = "failed"
+                inc.status = IncidentStatus.FAILED
                 events.append(AuditEvent("recovery-failed", f"{inc.member}/{inc.replica}",
                                          {"waited_s": round(now - inc.action_at, 1)}, inc.action or "none",
                                          "not confirmed in time", inc.id))
 
-        avoid = {mem: tuple(sorted(i.replica for i in m.incidents.values() if i.member == mem and i.status == "open"))
+        avoid = {mem: tuple(sorted(i.replica for i in m.incidents.values()
+                                   if i.member == mem and i.status == IncidentStatus.OPEN))
                  for mem in by_member}
         healthy = {mem: tuple(sorted(s.replica for s in snaps if _serving(s) and not self.open_incident(s.replica)
                                      and s.replica not in retired)) for mem, snaps in by_member.items()}
@@ -488,7 +594,7 @@ class HealingPolicy:
                 m.quarantined.remove(mem)
                 events.append(AuditEvent("unquarantine", mem, {"healthy_replicas": list(healthy[mem])},
                                          "weight restored", "ok"))
-        closed = [i for i in self.incidents if i.status != "open"]
+        closed = [i for i in self.incidents if i.status != IncidentStatus.OPEN]
         for old in closed[:-KEEP_CLOSED]:  # bounded memory and checkpoint
             del m.incidents[old.id]
         return StepResult(tuple(actions), tuple(events), avoid, healthy, standby)
@@ -505,18 +611,19 @@ class HealingPolicy:
         inc = self._m.incidents.get(incident_id)
         if inc is None:
             raise KeyError(incident_id)
-        if inc.status != "open" or inc.approval != "pending":
+        if inc.status != IncidentStatus.OPEN or inc.approval != Approval.PENDING:
             raise ValueError(f"incident {incident_id} has no pending proposal (status {inc.status}, "
                              f"approval {inc.approval})")
         target = f"{inc.member}/{inc.replica}"
         if approve:
-            inc.approval = "approved"
+            inc.approval = Approval.APPROVED
             return AuditEvent("approved", target, {"by": who}, "restart", "approved", inc.id)
-        inc.approval, inc.status = "rejected", "rejected"
+        inc.approval, inc.status = Approval.REJECTED, IncidentStatus.REJECTED
         return AuditEvent("rejected", target, {"by": who}, "none", "rejected", inc.id)
 
     def proposals(self) -> list[Incident]:
-        return [i for i in self.incidents if i.status == "open" and i.approval == "pending"]
+        """Open incidents whose restart waits for an operator's answer (approval mode)."""
+        return [i for i in self.incidents if i.status == IncidentStatus.OPEN and i.approval == Approval.PENDING]
 
     def action_done(self, incident_id: str, outcome: str) -> AuditEvent | None:
         """Record how a requested restart went (``"ok"`` or an error text)."""
@@ -530,4 +637,4 @@ class HealingPolicy:
     def pending_actions(self) -> list[RestartReplica]:
         """Restarts requested but never confirmed executed (a controller killed mid-action)."""
         return [RestartReplica(f"restart:{i.member}:{i.replica}", i.id, i.member, i.replica, "resume")
-                for i in self.incidents if i.status == "open" and i.action and i.action_outcome is None]
+                for i in self.incidents if i.status == IncidentStatus.OPEN and i.action and i.action_outcome is None]

@@ -53,6 +53,7 @@ class PairTally:
     calls_failed: int = 0
 
     def add(self, *, champion_correct: bool, challenger_correct: bool) -> None:
+        """One labelled request both answered."""
         if champion_correct and challenger_correct:
             self.both += 1
         elif challenger_correct:
@@ -64,14 +65,17 @@ class PairTally:
 
     @property
     def labels(self) -> int:
+        """Paired labelled answers so far."""
         return self.both + self.challenger_only + self.champion_only + self.neither
 
     @property
     def challenger_accuracy(self) -> float | None:
+        """The challenger's accuracy on the pairs (None before any)."""
         return (self.both + self.challenger_only) / self.labels if self.labels else None
 
     @property
     def champion_accuracy(self) -> float | None:
+        """The champion's accuracy on the same pairs (None before any)."""
         return (self.both + self.champion_only) / self.labels if self.labels else None
 
     def p_worse(self) -> float:
@@ -82,11 +86,13 @@ class PairTally:
         return float(stats.binomtest(self.challenger_only, n, 0.5, alternative="less").pvalue)
 
     def to_dict(self) -> dict[str, Any]:
+        """The counts and accuracies, for the checkpoint and the status."""
         return {**asdict(self), "labels": self.labels, "challenger_accuracy": self.challenger_accuracy,
                 "champion_accuracy": self.champion_accuracy}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PairTally":
+        """Read the counts back (derived keys are ignored)."""
         return cls(**{k: int(d.get(k, 0)) for k in cls.__dataclass_fields__})
 
 

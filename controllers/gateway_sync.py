@@ -1,0 +1,129 @@
+"""One gateway's sync: take its batch of telemetry, answer with the published state if it changed.
+
+Each gateway replica calls the controller once per ``gateway.sync_period_s`` with
+everything it saw since its last call: how its member calls ended (per replica),
+a sample of the rows it served (data checks), labelled answers and their losses
+(ensemble weights, performance monitors, the live trial), the challengers' call
+counts. One call per period keeps the controller's load flat whatever the
+request rate. The answer is the published state, or None when the gateway
+already holds this epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from controllers.checkpoint import Checkpoint
+from controllers.deployment import Deployment
+from controllers.monitors.performance import PerformanceMonitor
+from controllers.policies.calls import CallLog
+from controllers.policies.playbook import Playbook
+from controllers.policies.weights import HedgeWeights
+from controllers.publish import ControlState
+from raymedic.keys import CHALLENGER_SUFFIX, challenger_source
+
+__all__ = ["GatewaySync", "serving_losses"]
+
+
+def serving_losses(losses: Mapping[str, list[float]], versions: Mapping[str, str]) -> dict[str, list[float]]:
+    """The losses of answers given by the versions serving now.
+
+    Gateways key losses ``member@version``; a plain ``member`` key is taken as it is.
+    Labels arrive late: those for answers of a version a promotion replaced would
+    charge the new one for its predecessor's mistakes.
+
+    >>> serving_losses({"mlp@v2": [0.1], "mlp@v1": [0.9], "lr": [0.2]}, {"mlp": "v2", "lr": "v7"})
+    {'mlp': [0.1], 'lr': [0.2]}
+    """
+    out: dict[str, list[float]] = {}
+    for key, values in losses.items():
+        member, _, version = key.partition("@")
+        if not version or version == versions.get(member):
+            out.setdefault(member, []).extend(values)
+    return out
+
+
+class GatewaySync:
+    """Ingests gateway batches into the controller's evidence and models.
+
+    Args:
+        deployment: The deployment now (data monitor, classes, serving versions).
+        calls: The per-replica call log the policy's evidence is reduced from.
+        playbook: The retraining playbook (the live trial's paired answers and call counts).
+        performance: The accuracy and drift monitors on labelled answers.
+        hedge: The ensemble weights (updated on the serving versions' losses).
+        control: The published state (its epoch decides whether to answer).
+        checkpoint: Marked dirty when a detector fires on the labels.
+        document: The published state as gateways get it.
+        clock: Wall-clock time.
+
+    Attributes:
+        gateways: gateway tag → when it last synced (status shows who is connected).
+        trial_losses: ``member@version`` on trial → [loss sum, labels]: a promoted challenger's
+            weight starts from the losses it earned on its trial.
+    """
+
+    def __init__(self, *, deployment: Callable[[], Deployment], calls: CallLog, playbook: Playbook,
+                 performance: PerformanceMonitor, hedge: HedgeWeights, control: ControlState,
+                 checkpoint: Checkpoint, document: Callable[[], dict[str, Any]],
+                 clock: Callable[[], float] = time.time) -> None:
+        self._deployment = deployment
+        self._calls = calls
+        self._playbook = playbook
+        self._perf = performance
+        self._hedge = hedge
+        self._control = control
+        self._checkpoint = checkpoint
+        self._document = document
+        self._clock = clock
+        self.gateways: dict[str, float] = {}
+        self.trial_losses: dict[str, list[float]] = {}
+
+    def sync(self, gateway: str, batch: Mapping[str, Any], epoch: int) -> dict[str, Any] | None:
+        """Take ``gateway``'s batch; the published state if the gateway's ``epoch`` is not the current one."""
+        now = self._clock()
+        dep = self._deployment()
+        self.gateways[gateway] = now
+        self._calls.ingest(gateway, now=now, replicas=batch.get("replicas") or {})
+        if batch.get("data") and dep.monitor is not None:
+            dep.monitor.add(batch["data"])
+        trial = self._playbook.trial_members()
+        for member, calls in (batch.get("challenger_calls") or {}).items():
+            if member in trial:
+                self._playbook.observe_rollout(member, calls_ok=int(calls.get("ok", 0)),
+                                               calls_failed=int(calls.get("failed", 0)))
+        if batch.get("labelled") and dep.n_classes:
+            labelled = self._trial_pairs(batch["labelled"], trial)
+            if self._perf.add_labelled(labelled, now):
+                self._checkpoint.mark_dirty()  # the error-stream test fired: its state goes into the next checkpoint
+        if batch.get("confidence"):
+            self._perf.add_confidence(batch["confidence"], batch.get("predicted"))
+        losses = batch.get("losses") or {}
+        if losses:
+            self._hedge.update(serving_losses(losses, dep.versions))
+            for member, version in trial.items():
+                tally = self.trial_losses.setdefault(f"{member}@{version}", [0.0, 0])
+                values = losses.get(challenger_source(member)) or ()
+                tally[0] += float(sum(values))
+                tally[1] += len(values)
+        if epoch == self._control.epoch or not self._control.published:
+            return None
+        return self._document()
+
+    def _trial_pairs(self, labelled: list[dict[str, Any]], trial: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Feed paired answers (champion and challenger on one labelled request) to the trial; return
+        the pairs without the challengers' answers, which are not ensemble sources."""
+        out = []
+        for pair in labelled:
+            p = pair.get("p") or {}
+            y = int(pair["y"])
+            for member in trial:
+                chal = p.get(challenger_source(member))
+                if chal is not None and p.get(member) is not None:
+                    self._playbook.observe_rollout(member, champion_correct=int(np.argmax(p[member])) == y,
+                                                   challenger_correct=int(np.argmax(chal)) == y)
+            out.append({"y": y, "p": {k: v for k, v in p.items() if CHALLENGER_SUFFIX not in k}, "ts": pair.get("ts")})
+        return out

@@ -1,0 +1,111 @@
+"""Retraining as Ray Jobs: submit, poll, stop, and read back what the job recorded.
+
+A retrain is ``python -m train_jobs.retrain`` submitted through the Jobs API with
+a submission id and metadata an operator recognises in the dashboard's Jobs view.
+The job writes its outcome (the gate's verdict per member) to storage under a
+record key the controller chose; the controller polls the job's status and, once
+it is terminal, reads that record. Every call here blocks (HTTP to the dashboard,
+storage reads): the healer runs them in worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+import ray
+from ray.job_submission import JobSubmissionClient
+
+from controllers.policies.playbook import SubmitRetrain
+from raymedic.keys import retrain_job_id, retrain_record_key
+from raymedic.logs import get_logger
+from raymedic.storage import Storage
+
+__all__ = ["PROJECT_ROOT", "Jobs", "RayJobs", "entrypoint"]
+
+log = get_logger(__name__)
+
+PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+"""Where ``train_jobs`` lives on this node (the checkout holding ``controllers/``): the job's
+PYTHONPATH (same image/checkout on every node)."""
+
+
+class Jobs(Protocol):
+    """What the model healer needs from a job runner (blocking calls)."""
+
+    def submit(self, sub: SubmitRetrain) -> str:
+        """Start the retrain; its job id. Raises what the Jobs API raises (recorded as a failed submit)."""
+        ...
+
+    def poll(self, job_id: str) -> str | None:
+        """The job's terminal status name (SUCCEEDED, FAILED, STOPPED), or None while it runs."""
+        ...
+
+    def stop(self, job_id: str) -> None:
+        """Stop a job that ran past its timeout (best effort: never raises)."""
+        ...
+
+    def outcome(self, record: str) -> dict[str, Any] | None:
+        """What the job recorded under ``record`` (None if it wrote nothing)."""
+        ...
+
+
+def entrypoint(model: str, storage_path: str, sub: SubmitRetrain) -> str:
+    """The retrain job's shell command line (each argument quoted)."""
+    return " ".join(shlex.quote(a) for a in [
+        sys.executable, "-m", "train_jobs.retrain", "--model", model, "--storage-path", storage_path,
+        "--reason", sub.reason, "--record", sub.record] + (["--search-all"] if sub.search else [])
+        + (["--since", repr(sub.since)] if sub.since is not None else []))
+
+
+class RayJobs:
+    """:class:`Jobs` over this cluster's Ray Jobs API.
+
+    Args:
+        model: The model retrained.
+        storage_path: Where the job reads and writes (the controller's storage).
+        storage: The same storage, to read the job's record back.
+    """
+
+    def __init__(self, *, model: str, storage_path: str, storage: Storage) -> None:
+        self.model = model
+        self.storage_path = storage_path
+        self._storage = storage
+        self._client: Any = None
+
+    def _jobs(self) -> JobSubmissionClient:
+        if self._client is None:
+            # The GCS address names this cluster's dashboard, even with other clusters on the host.
+            self._client = JobSubmissionClient(ray.get_runtime_context().gcs_address)
+        return self._client
+
+    def submit(self, sub: SubmitRetrain) -> str:
+        """Submit ``train_jobs.retrain`` with a recognisable id and metadata; its job id."""
+        return self._jobs().submit_job(
+            entrypoint=entrypoint(self.model, self.storage_path, sub),
+            submission_id=retrain_job_id(self.model, sub.record),
+            metadata={"app": "raymedic", "kind": "retrain+search" if sub.search else "retrain", "model": self.model,
+                      "reason": sub.reason[:200],
+                      "alerts": ",".join(sub.alerts)[:200]},
+            runtime_env={"env_vars": {"PYTHONPATH": PROJECT_ROOT}},
+        )
+
+    def poll(self, job_id: str) -> str | None:
+        """The job's terminal status name, or None while it runs."""
+        status = self._jobs().get_job_status(job_id)
+        return status.value if status.is_terminal() else None
+
+    def stop(self, job_id: str) -> None:
+        """Stop the job; a failure is logged (the job's own timeout still ends it)."""
+        try:
+            self._jobs().stop_job(job_id)
+        except Exception as exc:
+            log.warning("could not stop retrain job %s: %r", job_id, exc)
+
+    def outcome(self, record: str) -> dict[str, Any] | None:
+        """The job's record file, read back."""
+        key = retrain_record_key(self.model, record)
+        return json.loads(self._storage.read_text(key)) if self._storage.exists(key) else None

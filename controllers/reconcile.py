@@ -1,0 +1,381 @@
+"""The controller's reconcile step: observe → decide → act → record, each phase timed.
+
+:class:`Reconciler` holds the step's logic and takes every collaborator as a
+constructor argument (the observer of the cluster, the prober, the actuators,
+the clock, the checkpoint, the audit trail, the recorder of metrics and alerts),
+so a unit test builds it with hand-written fakes and a fake clock and calls
+:meth:`Reconciler.step`. The actor (:mod:`controllers.loop`) only wires it and
+runs it every ``controller.tick_s``.
+
+One step:
+
+- **model** (every ``data.check_period_s``): data-quality, drift and performance
+  checks, and the model playbook (:mod:`controllers.checks`);
+- **observe**: Serve's view and the actors' liveness (every ``view_period_s``),
+  replicas that vanished from the view and why, the due golden probes sent, and
+  a frozen :class:`~controllers.policies.replica.Observation` of every replica's
+  probes, calls and liveness;
+- **decide**: the pure healing policy, the bounded Hedge weights, and the state
+  to publish to the gateways;
+- **act**: the checkpoint written (the intent of every restart is durable before
+  it runs, so a controller killed mid-step never repeats it), then the restarts,
+  each returning an :class:`~controllers.outcome.Outcome`;
+- **record**: the decided events and the actions' outcomes to the audit trail,
+  metrics and webhook; the audit flushed.
+
+Each phase is timed (``raymedic_controller_phase_seconds``) and so is the whole
+step (``raymedic_controller_step_seconds``); a phase that fails is logged with
+its traceback and the loop goes on (a failed observe or decide skips the rest of
+that step; a failed act still records what was decided). A step in which every
+phase succeeded sets ``raymedic_controller_last_success_timestamp_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+from controllers.actuators import Actuators
+from controllers.audit import AuditLog
+from controllers.checkpoint import Checkpoint
+from controllers.checks import ModelChecks
+from controllers.deployment import Deployment
+from controllers.observe import Observer
+from controllers.outcome import Outcome
+from controllers.policies.calls import CallLog
+from controllers.policies.replica import (AuditEvent, HealingPolicy, Incident, Observation, ReplicaSnapshot,
+                                          RestartReplica, StepResult)
+from controllers.policies.vanish import VanishWatch
+from controllers.policies.weights import HedgeWeights
+from controllers.probes import Prober
+from controllers.publish import ControlState
+from controllers.recorder import Recorder
+from raymedic import metrics
+from raymedic.enums import StrEnum
+from raymedic.keys import APP_NAME, replica_actor_name
+from raymedic.logs import get_logger
+from serve_apps.serve_state import AppView
+
+__all__ = ["Phase", "Decision", "ActionDone", "Reconciler", "STEP_TIMES_KEPT"]
+
+log = get_logger(__name__)
+
+STEP_TIMES_KEPT = 200
+"""Decide-phase durations kept for the status's ``step_ms_p50``."""
+
+T = TypeVar("T")
+
+
+class Phase(StrEnum):
+    """The phases of one step (the ``phase`` label of ``raymedic_controller_phase_seconds``)."""
+
+    MODEL = "model"
+    OBSERVE = "observe"
+    DECIDE = "decide"
+    ACT = "act"
+    RECORD = "record"
+
+
+class _Failed:
+    """A phase raised (it was logged); the step goes on without its result."""
+
+
+_FAILED = _Failed()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the decide phase produced: the policy's result and the state published to the gateways.
+
+    Attributes:
+        result: The policy step's actions, events and routing.
+        weights: The ensemble weights published (the previous ones while paused).
+        avoid: member → replicas gateways route around.
+        published: Whether the published state changed (a new epoch).
+        announce: Whether that change is audited (every change but the first after a start).
+        decided_at: Wall-clock time of the decision: the audit time of its events.
+    """
+
+    result: StepResult
+    weights: dict[str, float]
+    avoid: dict[str, tuple[str, ...]]
+    published: bool
+    announce: bool
+    decided_at: float
+
+
+@dataclass(frozen=True)
+class ActionDone:
+    """One action carried out: its outcome and the audit event the policy made of it."""
+
+    action: RestartReplica
+    outcome: Outcome
+    event: AuditEvent | None
+    duration_s: float
+
+
+class Reconciler:
+    """One model's reconcile step over injected collaborators.
+
+    Invariant: only :meth:`step` (and :meth:`resume`, before the first step) advances the
+    policy's memory; operator calls change it only through the policy's own methods.
+
+    Args:
+        model: The model healed (metric labels).
+        deployment: The deployment now (members, controller config, serving versions).
+        policy: The pure replica healing policy.
+        hedge: The ensemble weights.
+        observer: Reads Serve's view, actor liveness and death causes (blocking; run in threads).
+        prober: Sends golden probes and keeps their outcomes.
+        actuators: Restarts replicas; returns outcomes, never raises.
+        recorder: Audit, metrics and alerts of events.
+        checkpoint: The controller's checkpoint (written before acting).
+        audit: The audit trail (flushed at the end of a step).
+        control: The state published to the gateways.
+        calls: The gateways' call reports.
+        trial_view: The live trial as gateways need it (part of the published state).
+        checks: The model phase (None: no data or model checks).
+        clock: Wall-clock time (``now`` of every observation).
+        timer: A monotonic timer for durations.
+    """
+
+    def __init__(self, *, model: str, deployment: Callable[[], Deployment], policy: HealingPolicy,
+                 hedge: HedgeWeights, observer: Observer, prober: Prober, actuators: Actuators, recorder: Recorder,
+                 checkpoint: Checkpoint, audit: AuditLog, control: ControlState, calls: CallLog,
+                 trial_view: Callable[[], dict[str, Any] | None], checks: ModelChecks | None = None,
+                 clock: Callable[[], float] = time.time, timer: Callable[[], float] = time.perf_counter) -> None:
+        self.model = model
+        self._deployment = deployment
+        self._policy = policy
+        self._hedge = hedge
+        self._observer = observer
+        self._prober = prober
+        self._actuators = actuators
+        self._recorder = recorder
+        self._checkpoint = checkpoint
+        self._audit = audit
+        self._control = control
+        self._calls = calls
+        self._trial_view = trial_view
+        self._checks = checks
+        self._clock = clock
+        self._timer = timer
+        self.view: AppView | None = None
+        self._alive: frozenset[str] | None = None
+        self._view_at = -math.inf
+        self._vanish = VanishWatch()
+        self._dead_since: dict[str, float] = {}
+        self.last: StepResult | None = None
+        self.step_ms: deque[float] = deque(maxlen=STEP_TIMES_KEPT)
+        self.last_success: float | None = None
+        self.timings: dict[str, float] = {}
+        """Seconds each phase of the last step took, and the whole ``step`` (what the metrics observed)."""
+
+    # ---- the step -------------------------------------------------------------------------
+
+    async def step(self) -> bool:
+        """One observe → decide → act → record step; True if every phase that ran succeeded."""
+        t0 = self._timer()
+        now = self._clock()
+        ok = True
+        self.timings = {}
+        if self._checks is not None and self._checks.due(now):
+            ok &= await self._timed(Phase.MODEL, self._checks.run(now)) is not _FAILED
+        obs = await self._timed(Phase.OBSERVE, self._observe(now))
+        if obs is _FAILED:
+            ok = False
+        elif obs is not None:
+            decision = await self._timed(Phase.DECIDE, self._decide_async(obs))
+            if decision is _FAILED:
+                ok = False
+            else:
+                done: list[ActionDone] = []
+                ok &= await self._timed(Phase.ACT, self._act(decision, done)) is not _FAILED
+                ok &= await self._timed(Phase.RECORD, self._record(decision, done)) is not _FAILED
+        self.timings["step"] = self._timer() - t0
+        metrics.observe("raymedic_controller_step_seconds", self.timings["step"], model=self.model)
+        if ok:
+            self.last_success = self._clock()
+            metrics.set_gauge("raymedic_controller_last_success_timestamp_seconds", self.last_success,
+                              model=self.model)
+        return ok
+
+    async def _timed(self, phase: Phase, work: Awaitable[T]) -> T | _Failed:
+        t0 = self._timer()
+        try:
+            return await work
+        except Exception:
+            log.exception("controller %s phase failed for model %s; the loop goes on with the next step",
+                          phase, self.model)
+            return _FAILED
+        finally:
+            self.timings[str(phase)] = self._timer() - t0
+            metrics.observe("raymedic_controller_phase_seconds", self.timings[str(phase)], model=self.model,
+                            phase=phase)
+
+    async def resume(self) -> None:
+        """Restarts requested before a crash and never confirmed: finish them (idempotently: one
+        already gone is ``ok: already gone``). Run once, before the first step."""
+        for act in self._policy.pending_actions():
+            done = await self._execute(act)
+            if done.event is not None:
+                self._recorder.event(done.event, duration_s=done.duration_s, action_id=act.action_id)
+
+    # ---- observe ----------------------------------------------------------------------------
+
+    async def _observe(self, now: float) -> Observation | None:
+        cfg = self._deployment().cfg.controller
+        if now - self._view_at >= cfg.view_period_s:
+            try:
+                state = await asyncio.to_thread(self._observer.read)
+                self.view, self._alive = state.view, state.alive
+                if state.view is not None:
+                    await self._find_vanished(now, state.view)
+            except Exception:
+                log.exception("could not read Serve state for model %s; keeping the last view", self.model)
+            self._view_at = now
+        view = self.view
+        if view is None:
+            return None  # not deployed (yet): nothing to heal
+        live = self._prober.schedule(now, view, being_replaced=self._being_replaced)
+        for rid in [k for k in self._dead_since if k not in live]:
+            del self._dead_since[rid]
+        return self._observation(now, view)
+
+    def _being_replaced(self, replica: str) -> bool:
+        inc = self._policy.open_incident(replica)
+        return inc is not None and inc.action is not None
+
+    def _handled(self, replica: str) -> bool:
+        return any(i.replica == replica for i in self._policy.incidents)
+
+    async def _find_vanished(self, now: float, view: AppView) -> None:
+        """Replicas that were RUNNING and left Serve's view because their process (or node) died
+        (:mod:`controllers.policies.vanish` decides; the observer reads each death record)."""
+        running: dict[str, tuple[str, str | None]] = {}
+        present: set[str] = set()
+        for member in self._deployment().members:
+            dep = view.deployments.get(member)
+            for r in (dep.replicas if dep else ()):
+                present.add(r.id)
+                if r.state == "RUNNING":
+                    running[r.id] = (member, r.actor_id)
+        self._vanish.track(now=now, running=running, present=present, last_probe=self._prober.last_outcomes())
+        for pending in self._vanish.due(now=now, present=present, handled=self._handled):
+            cause = await asyncio.to_thread(self._observer.vanish_cause, pending.actor_id)
+            self._vanish.settle(pending.replica, cause, now=now)
+
+    def _observation(self, now: float, view: AppView) -> Observation:
+        dep = self._deployment()
+        window = dep.cfg.controller.window_s
+        snaps = []
+        targets: dict[str, int] = {}
+        for m in dep.cfg.members:
+            d = view.deployments.get(m.name)
+            if d is None:
+                continue
+            # Serve's target counts the hot standbys too; the policy's target is what serves traffic.
+            targets[m.name] = max(1, int(d.target_replicas or m.replicas + m.standby) - m.standby)
+            for r in d.replicas:
+                alive = None
+                if self._alive is not None and r.actor_name and r.state == "RUNNING":
+                    alive = r.actor_name in self._alive
+                    if not alive:
+                        self._dead_since.setdefault(r.id, now)
+                snaps.append(ReplicaSnapshot(
+                    member=m.name, replica=r.id, state=r.state, alive=alive,
+                    seen_dead_at=self._dead_since.get(r.id), probes=self._prober.history(r.id),
+                    calls=self._calls.stats(f"{m.name}/{r.id}", now=now, window_s=window)))
+        for v in self._vanish.take():  # one observation is enough to open the incident
+            snaps.append(ReplicaSnapshot(member=v.member, replica=v.replica, state="GONE", alive=False,
+                                         seen_dead_at=v.seen_at, probes=self._prober.history(v.replica)))
+        return Observation(now=now, replicas=tuple(snaps), targets=targets,
+                           standby={m.name: m.standby for m in dep.cfg.members if m.standby})
+
+    # ---- decide -----------------------------------------------------------------------------
+
+    async def _decide_async(self, obs: Observation) -> Decision:
+        return self.decide(obs)
+
+    def decide(self, obs: Observation) -> Decision:
+        """The policy's decisions on ``obs`` and the state to publish (pure but for the policy's memory,
+        the published state and the checkpoint's dirty mark)."""
+        dep = self._deployment()
+        t0 = self._timer()
+        result = self._policy.step(obs)
+        members = dep.members
+        healthy = [m for m in members if result.healthy.get(m)] if self._prober.probed else members
+        weights = self._hedge.weights(healthy)
+        avoid, standby = result.avoid, result.standby
+        if self._policy.paused:  # an operator holds the wheel: keep routing and weights as they are
+            weights, avoid, standby = self._control.weights, {}, self._control.standby
+        self.step_ms.append((self._timer() - t0) * 1000)
+        self.last = result
+        published, announce = self._control.offer(weights=weights, avoid=avoid, paused=self._policy.paused,
+                                                  trial=self._trial_view(), standby=standby,
+                                                  versions=dep.versions)
+        if published:
+            self._checkpoint.mark_dirty()
+        return Decision(result, dict(weights), dict(avoid), published, announce, self._clock())
+
+    # ---- act --------------------------------------------------------------------------------
+
+    async def _act(self, decision: Decision, done: list[ActionDone]) -> None:
+        result = decision.result
+        if result.events or result.actions or self._checkpoint.dirty:
+            await asyncio.to_thread(self._checkpoint.save)  # intent is durable before any action runs
+        for act in result.actions:
+            done.append(await self._execute(act))
+        if result.actions:
+            await asyncio.to_thread(self._checkpoint.save)
+
+    def actor_name(self, member: str, replica: str) -> str:
+        """The replica's actor name: from Serve's view when it lists it, else Serve's naming rule."""
+        view = self.view
+        if view is not None and member in view.deployments:
+            for r in view.deployments[member].replicas:
+                if r.id == replica and r.actor_name:
+                    return r.actor_name
+        return replica_actor_name(APP_NAME, member, replica)
+
+    async def _execute(self, act: RestartReplica) -> ActionDone:
+        t0 = self._timer()
+        try:
+            outcome = await self._actuators.restart_replica(act.member, act.replica,
+                                                            actor_name=self.actor_name(act.member, act.replica))
+        except Exception as exc:  # an actuator must not raise; if one does, it is still an outcome
+            log.exception("actuator raised restarting %s/%s", act.member, act.replica)
+            outcome = Outcome.from_error(exc)
+        event = self._policy.action_done(act.incident_id, outcome.text)
+        self._checkpoint.mark_dirty()
+        return ActionDone(act, outcome, event, round(self._timer() - t0, 4))
+
+    # ---- record -----------------------------------------------------------------------------
+
+    async def _record(self, decision: Decision, done: Sequence[ActionDone]) -> None:
+        ts = decision.decided_at
+        for ev in decision.result.events:
+            self._recorder.event(ev, ts=ts)
+        if decision.published:
+            self._recorder.published(decision.weights, decision.avoid, epoch=self._control.epoch,
+                                     announce=decision.announce, ts=ts)
+        for d in done:
+            if d.event is not None:
+                self._recorder.event(d.event, duration_s=d.duration_s, action_id=d.action.action_id)
+        await asyncio.to_thread(self._audit.flush)
+
+    # ---- reads for the actor ----------------------------------------------------------------
+
+    def running_replicas(self, member: str) -> list[str]:
+        """Ids of the member's RUNNING replicas in the last Serve view."""
+        view = self.view
+        dep = view.deployments.get(member) if view is not None else None
+        return [r.id for r in (dep.replicas if dep else ()) if r.state == "RUNNING"]
+
+    def incident(self, incident_id: str) -> Incident | None:
+        """The policy's incident with this id (None if it is unknown or was forgotten)."""
+        return next((i for i in self._policy.incidents if i.id == incident_id), None)

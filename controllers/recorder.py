@@ -1,0 +1,141 @@
+"""The record phase: every event the controller saw or caused goes to the audit trail, the metrics and
+(for the events an operator must hear about) the webhook.
+
+One place decides what each kind of event becomes, so the audit fields, the
+metric labels and the alerts stay consistent whichever part of the controller
+produced the event (the replica policy, the model healer, the data monitors).
+Recording never raises into the loop: metrics swallow their own errors, and a
+webhook alert is only queued.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+from controllers.alerts import WebhookNotifier
+from controllers.audit import AuditLog
+from controllers.monitors.data import DataReport
+from controllers.monitors.performance import PerformanceReport
+from controllers.policies.replica import AuditEvent, Incident
+from raymedic import metrics
+from raymedic.logs import get_logger
+
+__all__ = ["Recorder", "ALERTED"]
+
+log = get_logger(__name__)
+
+ALERTED = ("proposed", "approved", "rejected", "recovered", "recovery-failed")
+"""Incident events sent to the webhook besides every ``detected-*``: what an operator acts on."""
+
+
+class Recorder:
+    """Audit, metrics and alerts for one model's controller.
+
+    Args:
+        audit: The audit trail.
+        model: The model's name (every record and metric label carries it).
+        incident_of: The policy's incident with a given id (None if unknown), for incident fields.
+        clock: Wall-clock time for the alerts' timestamps.
+
+    Attributes:
+        webhook: The operator's webhook (None: no alerts); replaced when a reload changes its URL.
+    """
+
+    def __init__(self, audit: AuditLog, model: str, *, incident_of: Callable[[str], Incident | None],
+                 webhook: WebhookNotifier | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.audit = audit
+        self.model = model
+        self.webhook = webhook
+        self._incident_of = incident_of
+        self._clock = clock
+
+    def alert(self, event: str, target: str, incident: str | None, evidence: Any, *, ts: float | None = None,
+              **extra: Any) -> None:
+        """One webhook alert (if configured); never blocks or raises into the loop."""
+        if self.webhook is None:
+            return
+        try:
+            self.webhook.notify({"source": "raymedic", "model": self.model, "event": event, "target": target,
+                                 "incident": incident, "evidence": evidence,
+                                 "ts": self._clock() if ts is None else ts, **extra})
+        except Exception:
+            log.exception("could not queue a webhook alert")
+
+    def event(self, ev: AuditEvent, *, ts: float | None = None, **extra: Any) -> None:
+        """A replica-policy event: audited with its incident's fields, counted, alerted if it matters.
+
+        ``ts``: when it was decided (the record's time; default now).
+        """
+        fields: dict[str, Any] = {"incident": ev.incident, **extra}
+        if ev.kind.startswith("detected-") or ev.kind in ALERTED:
+            self.alert(ev.kind, ev.target, ev.incident, ev.evidence, ts=ts, outcome=ev.outcome)
+        if ev.action:
+            metrics.inc("raymedic_healing_actions_total", model=self.model, action=ev.kind,
+                        outcome=metrics.outcome_label(ev.outcome))
+        if ev.incident:
+            inc = self._incident_of(ev.incident)
+            if inc is not None:
+                if ev.kind.startswith("detected-"):
+                    metrics.inc("raymedic_incidents_total", model=self.model, kind=inc.kind)
+                    metrics.observe("raymedic_incident_detect_seconds", inc.time_to_detect_s, model=self.model,
+                                    kind=inc.kind)
+                elif ev.kind == "recovered" and inc.time_to_recover_s is not None:
+                    metrics.observe("raymedic_incident_recover_seconds", inc.time_to_recover_s,
+                                    model=self.model, kind=inc.kind)
+                fields.update(detected_at=inc.detected_at, recovered_at=inc.recovered_at,
+                              first_evidence_at=inc.first_evidence_at, fault=inc.kind)
+        self.audit.record(ev.kind, ev.target, evidence=ev.evidence, action=ev.action, outcome=ev.outcome, ts=ts,
+                          **fields)
+
+    def model_action(self, kind: str, target: str, *, evidence: Any, action: str, outcome: str,
+                     incident: str | None = None, **extra: Any) -> None:
+        """A model-level action (retrain, trial, promotion, rollback): audited, counted, alerted."""
+        self.audit.record(kind, target, evidence=evidence, action=action, outcome=outcome, incident=incident,
+                          **extra)
+        metrics.inc("raymedic_healing_actions_total", model=self.model, action=kind,
+                    outcome=metrics.outcome_label(outcome))
+        self.alert(kind, target, incident, evidence, outcome=outcome)
+
+    def data_alerts(self, events: Iterable[tuple[str, Any]]) -> None:
+        """Data and model-quality alerts opened or cleared (``(what, alert)`` pairs): warned, not acted on
+        here (the playbook decides whether one is worth a retrain)."""
+        for what, alert in events:
+            self.alert(f"data-{alert.kind}-{what}", alert.feature, alert.id, alert.evidence,
+                       severity=alert.severity)
+            if what == "opened":
+                metrics.inc("raymedic_incidents_total", model=self.model, kind=alert.kind)
+            self.audit.record(f"data-{alert.kind}", alert.feature, evidence=alert.evidence, action="warn",
+                              outcome=what, incident=alert.id, severity=alert.severity,
+                              detected_at=alert.detected_at, recovered_at=alert.recovered_at)
+
+    def published(self, weights: dict[str, float], avoid: dict[str, tuple[str, ...]], *, epoch: int,
+                  announce: bool, ts: float | None = None) -> None:
+        """New weights and routing went out: weight gauges, and (but for the first after a start) a
+        ``weights`` audit record."""
+        for member, w in weights.items():
+            metrics.set_gauge("raymedic_member_weight", w, model=self.model, member=member)
+        if announce:
+            self.audit.record("weights", self.model, evidence={"avoid": avoid}, action="publish", outcome="ok",
+                              ts=ts, weights=weights, epoch=epoch)
+
+    def checks(self, data: DataReport | None, performance: PerformanceReport | None, *, open_incidents: int) -> None:
+        """Gauges for dashboards: drift and quality per feature, accuracy per source, open incidents."""
+        m = self.model
+        if data is not None:
+            for f in data.features:
+                metrics.set_gauge("raymedic_feature_missing_rate", f.missing_rate, model=m, feature=f.name)
+                if f.psi is not None:
+                    metrics.set_gauge("raymedic_drift_psi", f.psi, model=m, feature=f.name)
+                if f.js is not None:
+                    metrics.set_gauge("raymedic_drift_js", f.js, model=m, feature=f.name)
+                if f.p_adjusted is not None:
+                    metrics.set_gauge("raymedic_drift_p_adjusted", f.p_adjusted, model=m, feature=f.name)
+        if performance is not None:
+            for source, v in performance.sources.items():
+                metrics.set_gauge("raymedic_accuracy", v["accuracy"], model=m, source=source)
+            if performance.estimate:
+                metrics.set_gauge("raymedic_estimated_accuracy", performance.estimate["accuracy"], model=m)
+            for output, check in ((performance.prediction or {}).get("outputs") or {}).items():
+                metrics.set_gauge("raymedic_prediction_psi", check["psi"], model=m, output=output)
+        metrics.set_gauge("raymedic_open_incidents", open_incidents, model=m)

@@ -1,0 +1,81 @@
+"""The controller's status document: what ``/v1/status`` shows under ``controller`` and
+``raymedic status`` prints.
+
+Its keys and their meaning are a contract with the gateway and the CLI. It is
+built from plain data only (no Enum members, no objects of ours), because it
+travels to the gateway in a Ray call and the gateway must read it without
+importing the healing layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, Mapping, Sequence
+
+from controllers.alerts import WebhookNotifier
+from controllers.audit import AuditLog
+from controllers.deployment import Deployment
+from controllers.models.healer import ModelHealer
+from controllers.monitors.data import DataAlerts, DataReport
+from controllers.monitors.performance import PerformanceReport
+from controllers.policies.replica import HealingPolicy, StepResult
+from controllers.publish import ControlState
+
+__all__ = ["ACTION_KINDS", "KEPT", "status_document"]
+
+ACTION_KINDS = (
+    "restart", "standby-serves", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
+    "rejected", "mode", "retrain-submitted", "retrain-submit-failed", "retrain-finished", "promote",
+    "rollback", "trial-started", "trial-promote", "trial-reject", "trial-finished", "trial-abandoned",
+    "trial-requested")
+"""Audit kinds listed under ``actions``: what the controller (or an operator) did, not what it saw."""
+KEPT = 50
+"""Incidents, data alerts and actions shown (the newest)."""
+
+
+def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: DataAlerts, audit: AuditLog,
+                    control: ControlState, deployment: Deployment, webhook: WebhookNotifier | None,
+                    last: StepResult | None, gateways: Collection[str], step_ms: Sequence[float],
+                    data_report: DataReport | None, performance_report: PerformanceReport | None,
+                    process: Mapping[str, Any]) -> dict[str, Any]:
+    """The status document.
+
+    Args:
+        process: ``pid``, ``started_at`` and ``resumed_from_checkpoint`` of this controller process.
+        step_ms: Recent durations of the decide phase (the policy step and the weights), in ms:
+            ``step_ms_p50`` is their median, the figure ``raymedic bench controller-step`` measures.
+        Others: the controller's parts, read as they are now.
+    """
+    incidents = sorted([i.to_dict() for i in policy.incidents][-KEPT:]
+                       + [a.to_dict() for a in data_alerts.alerts][-KEPT:], key=lambda d: d["detected_at"])
+    actions = [r for r in audit.tail(200) if r.get("kind") in ACTION_KINDS][-KEPT:]
+    steps = sorted(step_ms)
+    monitor = deployment.monitor
+    return {
+        "state": "paused" if policy.paused else "running",
+        "mode": str(policy.mode),
+        "retraining": healer.status(),
+        "proposals": [{"incident": i.id, "target": f"{i.member}/{i.replica}", "fault": str(i.kind),
+                       "action": "restart", "detected_at": i.detected_at} for i in policy.proposals()],
+        "webhook": webhook.stats() if webhook else None,
+        "pid": process["pid"],
+        "started_at": process["started_at"],
+        "resumed_from_checkpoint": process["resumed_from_checkpoint"],
+        "epoch": control.epoch,
+        "weights": dict(control.weights),
+        "quarantined": policy.quarantined,
+        "avoid": {k: list(v) for k, v in control.avoid.items()},
+        "standby": {k: list(v) for k, v in control.standby.items()},
+        "healthy": {k: list(v) for k, v in (last.healthy if last else {}).items()},
+        "gateways": sorted(gateways),
+        "step_ms_p50": round(steps[len(steps) // 2], 3) if steps else None,
+        "incidents": incidents,
+        "actions": actions,
+        "data": {**(data_report.to_dict() if data_report else
+                    {"window_rows": monitor.rows if monitor else 0,
+                     "note": f"no verdict before {deployment.cfg.data.min_rows} rows"}),
+                 "drift_tests": monitor is not None and monitor.reference is not None,
+                 "alerts": [a.to_dict() for a in data_alerts.open()]},
+        "performance": {**(performance_report.to_dict() if performance_report else {}),
+                        "reference_accuracy": deployment.reference_accuracy},
+    }

@@ -1,0 +1,502 @@
+"""The controller's reconcile step on hand-written fakes and a fake clock (no Ray cluster).
+
+The step is built exactly as the actor builds it, but its collaborators are fakes:
+an observer with a scripted Serve view, a prober with scripted probe outcomes, and
+actuators that record what they were asked to do. The policy, the weights, the
+checkpoint, the audit trail and the recorder are the real ones (on a temporary
+directory), so each test checks what an operator would see: the actions taken,
+the checkpoint, the audit records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from controllers.audit import AuditLog, read_audit
+from controllers.checkpoint import Checkpoint, load_checkpoint
+from controllers.deployment import Deployment
+from controllers.gateway_sync import GatewaySync
+from controllers.loop import new_hedge
+from controllers.monitors.performance import PerformanceMonitor
+from controllers.observe import ClusterState
+from controllers.outcome import Outcome
+from controllers.policies.calls import CallLog
+from controllers.policies.playbook import Playbook
+from controllers.policies.replica import HealingPolicy, Probe, ProbeOutcome
+from controllers.policies.vanish import VanishCause, VanishVerdict
+from controllers.publish import ControlState
+from controllers.reconcile import Reconciler
+from controllers.recorder import Recorder
+from raymedic import metrics
+from raymedic.config import RaymedicConfig
+from raymedic.storage import Storage
+from serve_apps.serve_state import AppView, DeploymentView, ReplicaView
+
+MODEL = "m"
+
+
+# ---- fakes -------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """Wall-clock time that moves only when a test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class TickingTimer:
+    """A monotonic timer that moves a fixed tick on every read: durations are counts of reads."""
+
+    def __init__(self, tick: float = 0.001) -> None:
+        self.t = 0.0
+        self.tick = tick
+
+    def __call__(self) -> float:
+        self.t += self.tick
+        return self.t
+
+
+def replica(rid: str, member: str, state: str = "RUNNING") -> ReplicaView:
+    return ReplicaView(id=rid, state=state, actor_name=f"SERVE_REPLICA::raymedic#{member}#{rid}", actor_id=f"id-{rid}")
+
+
+def view(**members: list[ReplicaView]) -> AppView:
+    return AppView("raymedic", "RUNNING", deployments={
+        m: DeploymentView(m, "HEALTHY", "", None, tuple(rs)) for m, rs in members.items()})
+
+
+class FakeObserver:
+    """A cluster whose Serve view, live actors and death records the test sets."""
+
+    def __init__(self) -> None:
+        self.view: AppView | None = None
+        self.dead: set[str] = set()  # actor names Ray reports dead
+        self.causes: dict[str, VanishCause] = {}
+        self.asked: list[str] = []
+
+    def read(self) -> ClusterState:
+        if self.view is None:
+            return ClusterState(None, frozenset())
+        names = {r.actor_name for d in self.view.deployments.values() for r in d.replicas}
+        return ClusterState(self.view, frozenset(names - self.dead))
+
+    def vanish_cause(self, actor_id: str) -> VanishCause:
+        self.asked.append(actor_id)
+        return self.causes.get(actor_id, VanishCause(VanishVerdict.UNKNOWN, "actor is ALIVE"))
+
+
+class FakeProber:
+    """Probe outcomes the test scripts, per replica."""
+
+    def __init__(self) -> None:
+        self.histories: dict[str, list[Probe]] = {}
+        self.skipped: list[str] = []
+        self.fail: Exception | None = None
+
+    def answer(self, rid: str, *outcomes: str, ts: float = 990.0, latency_s: float = 0.01) -> None:
+        for i, o in enumerate(outcomes):
+            self.histories.setdefault(rid, []).append(Probe(ts + i * 0.5, ProbeOutcome(o), latency_s))
+
+    def schedule(self, now: float, view: AppView, *, being_replaced: Callable[[str], bool]) -> set[str]:
+        if self.fail is not None:
+            raise self.fail
+        live = {r.id for d in view.deployments.values() for r in d.replicas}
+        self.skipped += sorted(rid for rid in live if being_replaced(rid))
+        return live
+
+    def history(self, rid: str) -> tuple[Probe, ...]:
+        return tuple(self.histories.get(rid, ()))
+
+    @property
+    def probed(self) -> bool:
+        return any(self.histories.values())
+
+    def last_outcomes(self) -> dict[str, str]:
+        return {rid: str(ps[-1].outcome) for rid, ps in self.histories.items() if ps}
+
+
+class FakeActuators:
+    """Records each restart, with the checkpoint as it was when the restart ran."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.restarts: list[tuple[str, str, str | None]] = []
+        self.checkpoints: list[dict[str, Any] | None] = []
+        self.outcome = Outcome.done()
+        self.raises: Exception | None = None
+        self.stale: list[tuple[str, str]] = []
+
+    async def restart_replica(self, member: str, replica: str, *, actor_name: str | None = None) -> Outcome:
+        self.restarts.append((member, replica, actor_name))
+        self.checkpoints.append(load_checkpoint(self.storage, MODEL))
+        if self.raises is not None:
+            raise self.raises
+        return self.outcome
+
+    def swap_stale(self, member: str, replica: str, *, served: str, champion: str) -> None:
+        self.stale.append((member, replica))
+
+
+class FakeWebhook:
+    url = "http://alerts.example/hook"
+
+    def __init__(self) -> None:
+        self.alerts: list[dict[str, Any]] = []
+
+    def notify(self, alert: dict[str, Any]) -> None:
+        self.alerts.append(alert)
+
+    def stats(self) -> dict[str, Any]:
+        return {"sent": len(self.alerts)}
+
+
+@pytest.fixture
+def recorded(monkeypatch) -> list[tuple[str, str, float, dict[str, Any]]]:
+    """Every metric the step records: (kind, name, value, tags), instead of Ray's exporter."""
+    seen: list[tuple[str, str, float, dict[str, Any]]] = []
+    monkeypatch.setattr(metrics, "observe", lambda name, value, **tags: seen.append(("observe", name, value, tags)))
+    monkeypatch.setattr(metrics, "set_gauge", lambda name, value, **tags: seen.append(("gauge", name, value, tags)))
+    monkeypatch.setattr(metrics, "inc", lambda name, value=1.0, **tags: seen.append(("inc", name, value, tags)))
+    return seen
+
+
+@dataclass
+class Harness:
+    """One controller's step over fakes, as :class:`controllers.loop.HealingController` wires it."""
+
+    tmp: Path
+    members: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"name": "mlp", "kind": "mlp", "replicas": 2}, {"name": "lr", "kind": "logistic", "replicas": 2,
+                                                         "fallback": True}])
+    controller: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] | None = None  # a checkpoint to resume from
+
+    def __post_init__(self) -> None:
+        self.storage = Storage(str(self.tmp))
+        self.cfg = RaymedicConfig(model=MODEL, storage_path=str(self.tmp), members=self.members,
+                                  controller=self.controller)
+        self.deployment = Deployment(cfg=self.cfg, versions={m["name"]: "v0001" for m in self.members}, golden={},
+                                     monitor=None, reference_accuracy=None, n_classes=None)
+        state = self.state or {}
+        self.clock = FakeClock()
+        self.timer = TickingTimer()
+        self.policy = HealingPolicy(self.cfg.controller, state.get("policy"))
+        self.hedge = new_hedge(self.cfg, state.get("weights"))
+        self.control = ControlState(epoch=int(state.get("epoch", 0)) + 1,
+                                    weights=self.hedge.weights(self.deployment.members))
+        self.audit = AuditLog(self.storage, MODEL, writer="test")
+        self.webhook = FakeWebhook()
+        self.recorder = Recorder(self.audit, MODEL, incident_of=self.incident, webhook=self.webhook,
+                                 clock=self.clock)
+        self.checkpoint = Checkpoint(self.storage, MODEL, policy=self.policy.to_dict, weights=self.hedge.to_dict,
+                                     epoch=lambda: self.control.epoch, data_alerts=dict, performance=dict,
+                                     playbook=dict, clock=self.clock)
+        self.observer = FakeObserver()
+        self.prober = FakeProber()
+        self.actuators = FakeActuators(self.storage)
+        self.calls = CallLog()
+        self.step = Reconciler(model=MODEL, deployment=lambda: self.deployment, policy=self.policy, hedge=self.hedge,
+                               observer=self.observer, prober=self.prober, actuators=self.actuators,
+                               recorder=self.recorder, checkpoint=self.checkpoint, audit=self.audit,
+                               control=self.control, calls=self.calls, trial_view=lambda: None,
+                               clock=self.clock, timer=self.timer)
+
+    def incident(self, incident_id: str):
+        return next((i for i in self.policy.incidents if i.id == incident_id), None)
+
+    def run(self, steps: int = 1, *, every_s: float = 1.0) -> list[bool]:
+        """Run ``steps`` steps, the clock moving ``every_s`` before each (a fresh Serve view each time)."""
+        async def go() -> list[bool]:
+            out = []
+            for _ in range(steps):
+                self.clock.advance(every_s)
+                out.append(await self.step.step())
+            return out
+
+        return asyncio.run(go())
+
+    def kinds(self) -> list[str]:
+        return [r["kind"] for r in read_audit(self.storage, MODEL)]
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in read_audit(self.storage, MODEL) if r["kind"] == kind]
+
+
+def healthy_fleet(h: Harness, **dead: str) -> None:
+    """Two healthy replicas per member, every probe passing."""
+    h.observer.view = view(mlp=[replica("a", "mlp"), replica("b", "mlp")], lr=[replica("c", "lr"), replica("d", "lr")])
+    for rid in "abcd":
+        h.prober.answer(rid, "ok", "ok", "ok")
+
+
+# ---- replica faults -------------------------------------------------------------------------------
+
+
+def test_a_dead_replica_is_restarted_once_with_its_intent_checkpointed_first(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.observer.dead = {"SERVE_REPLICA::raymedic#mlp#a"}  # Ray's GCS: the actor is gone; Serve still lists it
+    assert h.run() == [True]
+    assert h.actuators.restarts == [("mlp", "a", "SERVE_REPLICA::raymedic#mlp#a")]
+    # The intent was durable before the kill: the checkpoint the actuator saw holds the requested restart.
+    seen = h.actuators.checkpoints[0]["policy"]["incidents"]
+    (inc,) = seen.values()
+    assert inc["replica"] == "a" and inc["kind"] == "dead" and inc["action"] == "restart"
+    assert inc["action_outcome"] is None  # not done yet when it was written
+    # After the step: the outcome is checkpointed too, and the audit trail tells the story in order.
+    done = load_checkpoint(h.storage, MODEL)["policy"]["incidents"][inc["id"]]
+    assert done["action_outcome"] == "ok"
+    assert h.kinds()[:2] == ["detected-dead", "restart"]
+    restart = h.records("restart")[0]
+    assert restart["incident"] == inc["id"] and restart["outcome"] == "ok" and restart["fault"] == "dead"
+    assert restart["action_id"] == "restart:mlp:a"
+    assert [a["event"] for a in h.webhook.alerts] == ["detected-dead"]
+    # Serve still lists it for a while: no second restart.
+    h.run(3)
+    assert len(h.actuators.restarts) == 1
+
+
+def test_a_controller_rebuilt_from_the_checkpoint_does_not_repeat_a_restart(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.observer.dead = {"SERVE_REPLICA::raymedic#mlp#a"}
+    h.run()
+    again = Harness(tmp_path, state=load_checkpoint(h.storage, MODEL))  # Ray restarted the actor
+    healthy_fleet(again)
+    again.observer.dead = {"SERVE_REPLICA::raymedic#mlp#a"}  # and Serve has not replaced the replica yet
+    asyncio.run(again.step.resume())
+    again.run(2)
+    assert again.actuators.restarts == [] and len(again.policy.incidents) == 1
+
+
+def test_a_controller_killed_mid_restart_finishes_it_once_on_resume(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.observer.dead = {"SERVE_REPLICA::raymedic#mlp#a"}
+    h.run()
+    # Crash between the intent and the outcome: the checkpoint on disk is the one the actuator saw.
+    intent = h.actuators.checkpoints[0]
+    again = Harness(tmp_path, state=json.loads(json.dumps(intent)))
+    healthy_fleet(again)
+    again.actuators.outcome = Outcome.done("ok: already gone")  # the kill had gone through before the crash
+    asyncio.run(again.step.resume())
+    assert [r[:2] for r in again.actuators.restarts] == [("mlp", "a")]
+    again.observer.dead = {"SERVE_REPLICA::raymedic#mlp#a"}
+    again.run(2)
+    assert len(again.actuators.restarts) == 1
+    assert again.policy.incidents[0].action_outcome == "ok: already gone"
+
+
+def test_consecutive_probe_timeouts_mean_hung_and_a_restart(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.prober.answer("b", "timeout")
+    h.run()
+    assert h.actuators.restarts == [] and h.policy.incidents == []  # one late probe is a blip
+    h.prober.answer("b", "timeout")
+    h.run()
+    (inc,) = h.policy.incidents
+    assert inc.kind == "hung" and inc.evidence["probe_timeouts"] == 2
+    assert [r[:2] for r in h.actuators.restarts] == [("mlp", "b")]
+    assert h.control.avoid["mlp"] == ("b",)  # routed around from the same step
+    h.run()
+    assert "b" in h.prober.skipped  # being replaced: not probed any more
+
+
+def test_calls_that_die_at_the_gateways_mean_dead(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.prober.histories["c"] = []  # no probe has come back from it yet
+    h.calls.ingest("gw1", now=h.clock.now, replicas={"lr/c": {"dead": 2}})
+    h.run()
+    (inc,) = h.policy.incidents
+    assert (inc.kind, inc.replica, inc.evidence) == ("dead", "c", {"failed_calls": 2})
+    assert [r[:2] for r in h.actuators.restarts] == [("lr", "c")]
+
+
+def test_a_paused_controller_records_the_fault_and_acts_on_nothing(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.run()
+    weights, epoch = dict(h.control.weights), h.control.epoch
+    h.policy.paused = True
+    h.prober.answer("a", "wrong")
+    h.run(2)
+    assert h.actuators.restarts == []
+    assert h.kinds().count("suppressed") == 1 and "detected-wrong" in h.kinds()
+    assert h.control.weights == weights and h.control.avoid == {}  # routing is left as the operator found it
+    assert h.control.epoch == epoch + 1  # only the paused flag itself was published
+    h.policy.paused = False
+    h.run()
+    assert [r[:2] for r in h.actuators.restarts] == [("mlp", "a")]
+
+
+def test_approval_mode_proposes_and_restarts_only_once_approved(tmp_path, recorded):
+    h = Harness(tmp_path, controller={"mode": "approve"})
+    healthy_fleet(h)
+    h.prober.answer("d", "wrong")
+    h.run(2)
+    assert h.actuators.restarts == [] and h.kinds().count("proposed") == 1
+    (prop,) = h.policy.proposals()
+    h.recorder.event(h.policy.decide(prop.id, True, "ops", h.clock.now))
+    h.run()
+    assert [r[:2] for r in h.actuators.restarts] == [("lr", "d")]
+    kinds = [r["kind"] for r in read_audit(h.storage, MODEL) if r.get("incident") == prop.id]
+    assert kinds == ["detected-wrong", "proposed", "approved", "restart"]
+    assert [a["event"] for a in h.webhook.alerts] == ["detected-wrong", "proposed", "approved"]
+
+
+def test_a_standby_takes_the_traffic_of_a_flagged_replica_in_the_same_step(tmp_path, recorded):
+    h = Harness(tmp_path, members=[{"name": "mlp", "kind": "mlp", "replicas": 2, "standby": 1},
+                                   {"name": "lr", "kind": "logistic", "replicas": 1, "fallback": True}])
+    h.observer.view = view(mlp=[replica("a", "mlp"), replica("b", "mlp"), replica("c", "mlp")], lr=[replica("d", "lr")])
+    for rid in "abcd":
+        h.prober.answer(rid, "ok", "ok", "ok")
+    h.run()
+    (spare,) = h.control.standby["mlp"]
+    serving = sorted(set("abc") - {spare})
+    h.prober.answer(serving[0], "timeout", "timeout")
+    h.run()
+    assert h.control.standby == {} and h.control.avoid["mlp"] == (serving[0],)
+    (released,) = h.records("standby-serves")
+    assert released["evidence"] == {"replicas": [spare], "flagged": [serving[0]]}
+    assert [r[:2] for r in h.actuators.restarts] == [("mlp", serving[0])]
+
+
+def test_an_actuator_failure_is_recorded_as_an_outcome_and_the_loop_goes_on(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.actuators.outcome = Outcome.permanent("error: RayActorError: the actor is not reachable")
+    h.prober.answer("a", "wrong")
+    assert h.run() == [True]
+    assert h.records("restart")[0]["outcome"] == "error: RayActorError: the actor is not reachable"
+    assert h.policy.incidents[0].action_outcome == "error: RayActorError: the actor is not reachable"
+    assert ("inc", "raymedic_healing_actions_total", 1.0,
+            {"model": MODEL, "action": "restart", "outcome": "error"}) in recorded
+    # One that raises (it must not) is still an outcome, with the same audit text format.
+    h.actuators.raises = RuntimeError("boom")
+    h.prober.answer("c", "wrong")
+    assert h.run() == [True]
+    assert h.records("restart")[-1]["outcome"] == "error: RuntimeError: boom"
+    assert h.run(2) == [True, True]
+
+
+def test_a_failing_phase_is_logged_with_its_traceback_and_the_next_step_runs(tmp_path, recorded, caplog):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.prober.fail = RuntimeError("probe scheduling broke")
+    with caplog.at_level(logging.ERROR, logger="raymedic"):
+        assert h.run() == [False]
+    assert any("observe phase failed" in r.getMessage() and r.exc_info for r in caplog.records)
+    assert not [g for g in recorded if g[1] == "raymedic_controller_last_success_timestamp_seconds"]
+    h.prober.fail = None
+    h.prober.answer("a", "wrong")
+    assert h.run() == [True]
+    assert [r[:2] for r in h.actuators.restarts] == [("mlp", "a")]
+    assert ("gauge", "raymedic_controller_last_success_timestamp_seconds", h.clock.now, {"model": MODEL}) in recorded
+
+
+def test_a_vanished_replica_whose_actor_crashed_opens_an_incident(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.run()
+    # Serve dropped b from its view before any poll saw it die; its death record says why.
+    h.observer.view = view(mlp=[replica("a", "mlp")], lr=[replica("c", "lr"), replica("d", "lr")])
+    h.observer.causes["id-b"] = VanishCause(VanishVerdict.CRASH, "WORKER_DIED: SIGKILL")
+    h.run()
+    (inc,) = h.policy.incidents
+    assert (inc.kind, inc.replica, inc.action) == ("dead", "b", "await-replacement")  # Serve replaces it
+    assert h.observer.asked == ["id-b"] and h.actuators.restarts == []
+    kinds = [r["kind"] for r in read_audit(h.storage, MODEL) if r.get("incident") == inc.id]
+    assert kinds == ["detected-dead", "await-replacement"]
+    assert h.records("detected-dead")[0]["evidence"] == {"actor": "DEAD per Ray GCS"}
+
+
+def test_a_replica_stopped_on_purpose_opens_nothing(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.run()
+    h.observer.view = view(mlp=[replica("a", "mlp")], lr=[replica("c", "lr"), replica("d", "lr")])
+    h.observer.causes["id-b"] = VanishCause(VanishVerdict.INTENDED, "RAY_KILL: scale-down")
+    h.run(60)  # past the settle window
+    assert h.policy.incidents == [] and len(h.observer.asked) > 1  # asked again until settled
+
+
+def test_the_whole_step_and_each_phase_are_timed(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.prober.answer("a", "wrong")
+    h.run()
+    t = h.step.timings
+    assert set(t) == {"observe", "decide", "act", "record", "step"}
+    assert t["step"] > t["observe"] + t["decide"] + t["act"] + t["record"]  # the step covers every phase
+    steps = [r for r in recorded if r[1] == "raymedic_controller_step_seconds"]
+    assert steps == [("observe", "raymedic_controller_step_seconds", t["step"], {"model": MODEL})]
+    phases = {r[3]["phase"]: r[2] for r in recorded if r[1] == "raymedic_controller_phase_seconds"}
+    assert phases == {p: t[p] for p in ("observe", "decide", "act", "record")}
+    assert len(h.step.step_ms) == 1  # the status's step_ms_p50 stays the decide phase's
+
+
+def test_nothing_to_heal_before_the_application_is_deployed(tmp_path, recorded):
+    h = Harness(tmp_path)
+    assert h.run(2) == [True, True]
+    assert h.step.timings.keys() == {"observe", "step"} and h.actuators.restarts == []
+
+
+def test_a_checkpoint_written_by_the_old_controller_still_loads(tmp_path, recorded):
+    old = {"policy": {"incidents": {"inc-000001": {
+        "id": "inc-000001", "kind": "wrong", "member": "mlp", "replica": "a", "detected_at": 1.0,
+        "first_evidence_at": 0.5, "evidence": {"probe": "x"}, "status": "open", "action": "restart",
+        "action_at": 1.0, "action_outcome": "ok", "recovered_at": None, "suppressed": False, "approval": None}},
+        "restarts": [1.0], "last_restart": {"mlp": 1.0}, "baseline_latency": {}, "quarantined": [],
+        "standby": {}, "seq": 1, "paused": False, "approval": False},
+        "weights": None, "epoch": 7, "data_alerts": {}, "performance": {}, "playbook": {}, "saved_at": 2.0}
+    h = Harness(tmp_path, state=old)
+    assert h.control.epoch == 8 and h.policy.incidents[0].status == "open"
+    h.checkpoint.save()
+    again = load_checkpoint(h.storage, MODEL)
+    assert again["policy"]["incidents"] == old["policy"]["incidents"]  # the same words, byte for byte
+    assert list(again) == ["policy", "weights", "epoch", "data_alerts", "performance", "playbook", "saved_at"]
+
+
+def test_a_gateway_takes_the_published_state_once_per_epoch_and_its_calls_are_evidence(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    sync = GatewaySync(deployment=lambda: h.deployment, calls=h.calls, playbook=Playbook(h.cfg.retraining),
+                       performance=PerformanceMonitor(2, h.cfg.performance), hedge=h.hedge, control=h.control,
+                       checkpoint=h.checkpoint, clock=h.clock,
+                       document=lambda: h.control.document(paused=h.policy.paused, trial=None,
+                                                           versions=h.deployment.versions))
+    assert sync.sync("gw1", {}, 0) is None  # nothing published yet: the gateway keeps what it has
+    h.run()
+    doc = sync.sync("gw1", {}, 0)
+    assert doc == {"epoch": h.control.epoch, "weights": h.control.weights, "avoid": {"mlp": [], "lr": []},
+                   "paused": False, "standby": {}, "trial": None, "versions": {"mlp": "v0001", "lr": "v0001"}}
+    assert sync.sync("gw1", {}, doc["epoch"]) is None and sync.gateways == {"gw1": h.clock.now}
+    # Losses of a version that no longer serves do not move the weights; the serving version's do.
+    before = dict(h.hedge.weights(["mlp", "lr"]))
+    sync.sync("gw1", {"losses": {"mlp@v0000": [1.0] * 50}}, doc["epoch"])
+    assert h.hedge.weights(["mlp", "lr"]) == before
+    sync.sync("gw1", {"losses": {"mlp@v0001": [1.0] * 50, "lr@v0001": [0.0] * 50}}, doc["epoch"])
+    assert h.hedge.weights(["mlp", "lr"])["mlp"] < before["mlp"]
+    # A gateway's calls that died under replica c are evidence on the next step.
+    h.prober.histories["c"] = []
+    sync.sync("gw1", {"replicas": {"lr/c": {"dead": 3, "inflight": 1}}}, doc["epoch"])
+    h.run()
+    (inc,) = h.policy.incidents
+    assert (inc.kind, inc.replica, inc.evidence) == ("dead", "c", {"failed_calls": 3})
+    assert sync.sync("gw1", {}, doc["epoch"])["avoid"]["lr"] == ["c"]  # the new epoch reaches the gateway

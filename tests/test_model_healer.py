@@ -1,0 +1,367 @@
+"""The model healer's orchestration on hand-written fakes (no Ray): jobs, canaries, swaps, registry.
+
+The playbook is the real one; the Ray Jobs API, the canary applications, the
+in-place swaps and the registry are fakes that record what they were asked to do,
+and the clock is a number the test moves. Background deployments (promotions,
+rollbacks, trial starts) are awaited with :meth:`ModelHealer.settled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Sequence
+
+import pytest
+
+from controllers.models.canaries import STARTED_COLD, SWAPPED_WARM
+from controllers.models.healer import ModelHealer
+from controllers.policies.playbook import Playbook, SubmitRetrain, Trigger
+from raymedic.config import RaymedicConfig
+from raymedic.errors import VersionNotFound
+from train_jobs.registry import VersionInfo
+
+DECAY = Trigger("d0001", "accuracy_decay", "ensemble")
+MEMBERS = ["mlp", "lr"]
+
+
+class FakeJobs:
+    """A Jobs API whose job ends with the status the test sets."""
+
+    def __init__(self) -> None:
+        self.submitted: list[SubmitRetrain] = []
+        self.stopped: list[str] = []
+        self.status: str | None = None
+        self.outcomes: dict[str, dict[str, Any]] = {}
+        self.fail: Exception | None = None
+
+    def submit(self, sub: SubmitRetrain) -> str:
+        if self.fail is not None:
+            raise self.fail
+        self.submitted.append(sub)
+        return f"raymedic-retrain-m-{sub.record}"
+
+    def poll(self, job_id: str) -> str | None:
+        return self.status
+
+    def stop(self, job_id: str) -> None:
+        self.stopped.append(job_id)
+
+    def outcome(self, record: str) -> dict[str, Any] | None:
+        return self.outcomes.get(record)
+
+
+class FakeCanaries:
+    """Canary applications as a set of (member, version) that the test can read."""
+
+    def __init__(self) -> None:
+        self.warm: dict[str, str] = {}
+        self.running: dict[str, str] = {}
+        self.deleted: list[str] = []
+        self.adopted: list[tuple[bool, bool]] = []
+
+    def warm_in_background(self, champions: Callable[[], dict[str, str]]) -> None:
+        self.warm = dict(champions())
+
+    async def warmed(self) -> None:
+        return None
+
+    def cool(self, keep: Sequence[str]) -> None:
+        for m in [m for m in self.warm if m not in keep]:
+            del self.warm[m]
+            self.deleted.append(m)
+
+    def forget_warm(self) -> None:
+        self.warm = {}
+
+    def adopt(self, *, job_running: bool, trial_running: bool) -> None:
+        self.adopted.append((job_running, trial_running))
+
+    async def start(self, member: str, version: str) -> str:
+        how = SWAPPED_WARM if member in self.warm else STARTED_COLD
+        self.running[member] = version
+        return how
+
+    def deploy(self, member: str, version: str) -> None:
+        self.running[member] = version
+
+    def delete(self, members: Sequence[str]) -> None:
+        for m in members:
+            self.running.pop(m, None)
+            self.deleted.append(m)
+
+
+class FakeSwapper:
+    def __init__(self) -> None:
+        self.swaps: list[dict[str, str]] = []
+
+    async def swap(self, versions: dict[str, str], *, only: str | None = None) -> dict[str, Any]:
+        self.swaps.append(dict(versions))
+        return {f"{m}/r1": {"version": v, "outcome": "ok"} for m, v in versions.items()}
+
+
+class FakeRegistry:
+    """Two versions per member: v0001 the champion, v0002 the challenger (and v0000 previous)."""
+
+    def __init__(self) -> None:
+        self.aliases_: dict[str, dict[str, str]] = {m: {"champion": "v0001", "previous": "v0000",
+                                                        "challenger": "v0002"} for m in MEMBERS}
+        self.schema: dict[str, str] = {}  # version → schema id (default "s1")
+        self.promoted: list[tuple[str, str]] = []
+
+    def _version(self, member: str, ref: str) -> str:
+        v = self.aliases_[member].get(ref, ref)
+        if v not in ("v0000", "v0001", "v0002"):
+            raise VersionNotFound(f"no version {ref!r} of {member!r}")
+        return v
+
+    def info(self, model: str, member: str, ref: str = "champion") -> VersionInfo:
+        v = self._version(member, ref)
+        return VersionInfo(model, member, v, 0.0, None, {"schema": self.schema.get(v, "s1"),
+                                                          "metrics": {"val_accuracy": 0.8}})
+
+    def resolve(self, model: str, member: str, ref: str = "champion") -> str:
+        return self._version(member, ref)
+
+    def promote(self, model: str, member: str, version: str) -> dict[str, str]:
+        a = self.aliases_[member]
+        a["previous"], a["champion"] = a["champion"], version
+        self.promoted.append((member, version))
+        return dict(a)
+
+    def rollback(self, model: str, member: str) -> dict[str, str]:
+        a = self.aliases_[member]
+        a["champion"], a["previous"] = a["previous"], a["champion"]
+        return dict(a)
+
+    def aliases(self, model: str, member: str) -> dict[str, str]:
+        return dict(self.aliases_[member])
+
+    def load(self, model: str, member: str, ref: str = "champion") -> Any:
+        raise NotImplementedError
+
+
+class Clock:
+    def __init__(self, now: float = 10_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gated(**passed: bool) -> dict[str, Any]:
+    """A retrain job's record: per member, whether its challenger v0002 passed the gate."""
+    return {"status": "gated", "members": {
+        m: {"passed": ok, "reasons": [] if ok else ["too weak"], "challenger_version": "v0002",
+            "champion_metrics": {"accuracy": 0.7}, "challenger_metrics": {"accuracy": 0.9 if ok else 0.6,
+                                                                         "labels": 300}}
+        for m, ok in passed.items()}}
+
+
+class Rig:
+    """A healer over fakes, and what it recorded."""
+
+    def __init__(self, *, rollout: str = "canary", **retraining: Any) -> None:
+        self.cfg = RaymedicConfig(
+            model="m", members=[{"name": "mlp", "kind": "mlp"}, {"name": "lr", "kind": "logistic", "fallback": True}],
+            retraining={"min_labeled_rows": 100, "cooldown_s": 60, "backoff_s": 10, "max_backoff_s": 40,
+                        **retraining},
+            rollout={"mode": rollout, "min_labels": 20})
+        self.clock = Clock()
+        self.jobs, self.canaries = FakeJobs(), FakeCanaries()
+        self.swapper, self.registry = FakeSwapper(), FakeRegistry()
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+        self.adopted: list[dict[str, str]] = []
+        self.playbook = Playbook(self.cfg.retraining)
+        self.healer = ModelHealer(self.cfg, self.playbook, self.record, on_new_versions=self.adopted.append,
+                                  jobs=self.jobs, canaries=self.canaries, swapper=self.swapper,
+                                  registry=self.registry, clock=self.clock)
+
+    def record(self, kind: str, target: str, **fields: Any) -> None:
+        self.records.append((kind, target, fields))
+
+    def kinds(self) -> list[str]:
+        return [k for k, _, _ in self.records]
+
+    def last(self, kind: str) -> dict[str, Any]:
+        return next(f for k, _, f in reversed(self.records) if k == kind)
+
+    async def step(self, *, triggers: Sequence[Trigger] = (), labels: int = 500,
+                   live: dict[str, tuple[float, int]] | None = None, dt: float = 1.0) -> bool:
+        self.clock.now += dt
+        changed = await self.healer.step(self.clock.now, triggers, labels, live or {})
+        await self.healer.settled()
+        return changed
+
+    async def gated_job(self, **passed: bool) -> None:
+        """A drift trigger, its job submitted and finished with this gate."""
+        assert await self.step(triggers=[DECAY])
+        self.jobs.status = "SUCCEEDED"
+        self.jobs.outcomes[self.jobs.submitted[-1].record] = gated(**passed)
+        assert await self.step()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_trigger_submits_one_job_and_waits_for_it():
+    async def go(r: Rig) -> None:
+        assert await r.step(triggers=[DECAY], labels=50) is False  # too few labels to learn from
+        assert await r.step(triggers=[DECAY]) is True
+        assert await r.step(triggers=[DECAY]) is False  # running: polled, not submitted again
+        assert await r.step(triggers=[DECAY]) is False
+
+    r = Rig()
+    run(go(r))
+    (sub,) = r.jobs.submitted
+    assert "accuracy_decay on ensemble" in sub.reason and sub.alerts == ("d0001",)
+    assert r.kinds() == ["retrain-submitted"]
+    assert r.last("retrain-submitted")["evidence"]["job_id"] == f"raymedic-retrain-m-{sub.record}"
+    assert r.canaries.warm == {"mlp": "v0001", "lr": "v0001"}  # warm canaries on the champions while it trains
+    assert r.canaries.adopted == [(False, False)]  # a restarted controller adopts its canaries once
+
+
+def test_a_gated_job_starts_a_live_trial_of_the_winners_on_their_warm_replicas():
+    r = Rig()
+    run(r.gated_job(mlp=True, lr=False))
+    assert r.kinds() == ["retrain-submitted", "retrain-finished", "trial-started"]
+    assert r.last("retrain-finished")["outcome"] == "promoted"
+    started = r.last("trial-started")
+    assert started["outcome"] == "ok" and started["evidence"]["challengers"] == {"mlp": SWAPPED_WARM}
+    assert r.canaries.running == {"mlp": "v0002"} and "lr" in r.canaries.deleted  # the loser's warm replica goes
+    assert r.healer.trial_view() == {"record": r.jobs.submitted[0].record, "mode": "canary", "share": 0.5,
+                                     "members": {"mlp": "v0002"}}
+    assert r.registry.promoted == [] and r.swapper.swaps == []  # the champion serves throughout the trial
+
+
+def test_with_rollout_off_a_gated_job_promotes_at_once_and_goes_on_probation():
+    r = Rig(rollout="off")
+    run(r.gated_job(mlp=True, lr=False))
+    assert r.kinds() == ["retrain-submitted", "retrain-finished", "promote"]
+    assert r.registry.promoted == [("mlp", "v0002")] and r.swapper.swaps == [{"mlp": "v0002"}]
+    assert r.adopted == [{"mlp": "v0002"}] and r.last("promote")["outcome"] == "ok"
+    assert r.playbook.probation["versions"] == {"mlp": "v0002"}
+    assert r.canaries.warm == {}  # no trial: every warm replica is removed
+
+
+def test_a_trial_verdict_promotes_the_challenger_and_swaps_it_in():
+    async def go(r: Rig) -> None:
+        await r.gated_job(mlp=True, lr=False)
+        for i in range(30):  # the challenger right where the champion was wrong, now and then
+            r.playbook.observe_rollout("mlp", champion_correct=i % 3 != 0, challenger_correct=True)
+        assert await r.step() is True  # the trial's start is checkpointed first
+        assert await r.step() is True  # then judged
+
+    r = Rig()
+    run(go(r))
+    assert r.kinds()[-3:] == ["trial-promote", "trial-finished", "promote"]
+    assert r.last("trial-promote")["outcome"] == "promote"
+    assert r.registry.promoted == [("mlp", "v0002")] and r.swapper.swaps == [{"mlp": "v0002"}]
+    assert r.canaries.running == {} and r.playbook.rollout is None
+    assert r.playbook.probation is None  # the live trial already compared it: no probation
+    assert r.playbook.history[-1]["result"] == "trial: promoted"
+
+
+def test_a_failed_job_backs_off_before_the_next_attempt():
+    async def go(r: Rig) -> None:
+        await r.step(triggers=[DECAY])
+        r.jobs.status = "FAILED"
+        assert await r.step() is True
+        r.jobs.status = None
+        assert await r.step(triggers=[DECAY], dt=5.0) is False  # within the 10 s backoff
+        assert await r.step(triggers=[DECAY], dt=5.0) is True  # after it
+
+    r = Rig()
+    run(go(r))
+    finished = r.last("retrain-finished")
+    assert finished["outcome"] == "failed" and finished["evidence"]["retry_after_s"] == 10
+    assert len(r.jobs.submitted) == 2 and r.canaries.warm == {"mlp": "v0001", "lr": "v0001"}
+
+
+def test_a_failed_submit_is_recorded_and_backs_off():
+    async def go(r: Rig) -> None:
+        r.jobs.fail = ConnectionError("dashboard restarting")
+        assert await r.step(triggers=[DECAY]) is True
+        r.jobs.fail = None
+        assert await r.step(triggers=[DECAY]) is False
+
+    r = Rig()
+    run(go(r))
+    failed = r.last("retrain-submit-failed")
+    assert failed["outcome"] == "failed" and failed["evidence"] == {"error": "ConnectionError('dashboard restarting')"}
+    assert r.playbook.history[-1]["job_status"] == "SUBMIT_FAILED" and r.playbook.waiting()["failures"] == 1
+
+
+def test_a_job_past_its_timeout_is_stopped_and_counted_failed():
+    async def go(r: Rig) -> None:
+        await r.step(triggers=[DECAY])
+        assert await r.step(dt=101.0) is True
+
+    r = Rig(job_timeout_s=100)
+    run(go(r))
+    assert r.jobs.stopped == [f"raymedic-retrain-m-{r.jobs.submitted[0].record}"]
+    assert r.last("retrain-finished")["evidence"]["job_status"] == "TIMEOUT"
+
+
+@pytest.mark.parametrize("ask, status, words", [
+    (dict(member="mlp", ref="challenger", mode="yolo"), 400, "mode must be 'canary' or 'shadow'"),
+    (dict(member="nope", ref="challenger"), 404, "no member 'nope'"),
+    (dict(member="mlp", ref="v9999"), 404, "no version 'v9999'"),
+    (dict(member="mlp", ref="champion"), 409, "is the champion of 'mlp' already"),
+])
+def test_an_operator_trial_request_that_cannot_work_is_refused(ask, status, words):
+    out = Rig().healer.request_trial(ask["member"], ask["ref"], ask.get("mode"))
+    assert out["status"] == status and words in out["error"], out
+
+
+def test_an_operator_trial_waits_for_a_running_job_and_needs_a_rollout_mode():
+    async def go(r: Rig) -> dict[str, Any]:
+        await r.step(triggers=[DECAY])
+        return r.healer.request_trial("mlp", "challenger")
+
+    r = Rig()
+    busy = run(go(r))
+    assert busy["status"] == 409 and "a retrain job is running" in busy["error"]
+    off = Rig(rollout="off").healer.request_trial("mlp", "challenger")
+    assert off["status"] == 409 and "rollout.mode is off" in off["error"]
+    other = Rig()
+    other.registry.schema["v0002"] = "s2"
+    refused = other.healer.request_trial("mlp", "challenger")
+    assert refused["status"] == 409 and "another schema" in refused["error"]
+
+
+def test_an_operator_trial_starts_and_a_second_one_is_refused():
+    async def go(r: Rig) -> tuple[dict[str, Any], dict[str, Any]]:
+        first = r.healer.request_trial("mlp", "challenger", "shadow")
+        await r.healer.settled()
+        return first, r.healer.request_trial("lr", "challenger")
+
+    r = Rig()
+    first, second = run(go(r))
+    assert first == {"trial": "t10000-mlp", "member": "mlp", "version": "v0002", "mode": "shadow", "share": 0.5}
+    assert r.last("trial-started")["evidence"]["challengers"] == {"mlp": STARTED_COLD}  # no warm replica
+    assert second["status"] == 409 and "a trial is running" in second["error"]
+    assert r.healer.request("x")["status"] == 409  # no retrain either while it runs
+
+
+def test_a_rollback_during_a_trial_ends_the_trial_and_keeps_the_champion():
+    async def go(r: Rig) -> dict[str, Any]:
+        r.healer.request_trial("mlp", "challenger")
+        await r.healer.settled()
+        return await r.healer.rollback(None, "operator: ops")
+
+    r = Rig()
+    out = run(go(r))
+    assert out == {"abandoned_trial": "t10000-mlp", "champion_kept": True, "errors": {}}
+    assert r.playbook.rollout is None and r.canaries.running == {}
+    assert r.registry.aliases("m", "mlp")["champion"] == "v0001" and r.swapper.swaps == []
+    assert r.last("trial-abandoned")["evidence"]["reason"] == "operator: ops"
+    assert r.playbook.history[-1]["result"] == "trial: abandoned"
+
+
+def test_a_rollback_moves_the_champion_back_and_swaps_every_replica():
+    r = Rig()
+    out = run(r.healer.rollback(["mlp"], "operator: ops"))
+    assert out == {"rolled_back": {"mlp": "v0000"}, "errors": {}}
+    assert r.swapper.swaps == [{"mlp": "v0000"}] and r.adopted == [{"mlp": "v0000"}]
+    assert r.last("rollback")["outcome"] == "ok"
