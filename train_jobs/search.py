@@ -208,6 +208,7 @@ class TrialOutcome:
 
     @property
     def usable(self) -> bool:
+        """Whether the trial can be chosen: it finished with a finite validation loss."""
         return self.error is None and self.best_val_loss is not None and math.isfinite(self.best_val_loss)
 
 
@@ -254,18 +255,22 @@ class SearchReport:
 
     @property
     def trials_run(self) -> int:
+        """Trials Tune ran (finished, stopped early or failed)."""
         return len(self.trials)
 
     @property
     def trials_stopped_early(self) -> int:
+        """Trials ASHA stopped before ``max_epochs``: the epochs the search saved."""
         return sum(o.stopped_early for o in self.trials)
 
     @property
     def trials_errored(self) -> int:
+        """Trials that failed with an error."""
         return sum(o.error is not None for o in self.trials)
 
 
 def report_json(report: SearchReport) -> dict[str, Any]:
+    """The report as ``--json`` prints it: version ids rather than whole version records."""
     return {
         "model": report.model,
         "member": report.member,
