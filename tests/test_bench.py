@@ -1,15 +1,33 @@
-"""The benchmark commands run end to end and report figures (their values are not asserted)."""
+"""The benchmarks report what they measured: rows for both systems, figures that add up, tables that match.
+
+Absolute figures depend on the machine and are never asserted; what is checked is
+the shape of each report (a row per system and scenario, every figure present),
+the relations between its figures (a ratio is raymedic's figure over plain
+Serve's, the replacement time is recovery minus detection, the best rate is a rate
+with no failure) and that the table and the JSON say the same.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from raymedic.app import cli
+from raymedic.bench import controller_step, drift, faults, report, saturation
+from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC, SYSTEMS, dumps, ratio
+from raymedic.errors import RaymedicError
 from tests.conftest import REPO, copy_trained, free_port, remember_trained, write_config
+
+FAULT_METRICS = ("before_p99_ms", "failed", "wrong", "last_wrong_after_s", "p50_ms", "p99_ms", "detect_s",
+                 "recover_s", "replace_s")
+"""Every figure a replica-faults row carries, in the table's order."""
 
 
 def _bench(args, tmp_path, timeout):
@@ -21,10 +39,226 @@ def _bench(args, tmp_path, timeout):
     return json.loads(p.stdout)
 
 
-def test_controller_step_bench_reports_its_figures(tmp_path):
+def _table_rows(table: str, first: str) -> dict[str, list[str]]:
+    """The rows of a bench table whose first column is ``first``, by metric label: [plain, raymedic, ratio]."""
+    rows = {}
+    for line in (ln.lstrip() for ln in table.splitlines()):
+        if not line.startswith(first + " "):
+            continue
+        *label, plain, ours, rat = line[len(first):].split()
+        rows[" ".join(label)] = [plain, ours, rat]
+    return rows
+
+
+def _fault_row(system: str, fault: str, **figures: Any) -> dict[str, Any]:
+    row = {"system": system, "fault": fault, "member": faults.FAULT_MEMBER[fault], "replica": "r1", "requests": 100,
+           "errors": [], "before_failed": 0, **{k: None for k in FAULT_METRICS}}
+    row.update(figures)
+    return row
+
+
+def _faults_report() -> dict[str, Any]:
+    """A replica-faults report as run_replica_faults returns it, with made-up figures."""
+    return {
+        "settings": faults.BenchSettings(rps=5.0, faults=("kill", "wrong")).__dict__,
+        "results": [
+            _fault_row(PLAIN_SERVE, "kill", failed=12, wrong=0, p50_ms=20.0, p99_ms=900.0, before_p99_ms=30.0,
+                       detect_s=8.0, recover_s=14.0, replace_s=6.0),
+            _fault_row(PLAIN_SERVE, "wrong", failed=0, wrong=40, last_wrong_after_s=19.5, p50_ms=20.0, p99_ms=40.0,
+                       before_p99_ms=30.0),  # plain Serve never notices a wrong-answering replica
+            _fault_row(RAYMEDIC, "kill", failed=3, wrong=0, p50_ms=25.0, p99_ms=300.0, before_p99_ms=35.0,
+                       detect_s=0.5, recover_s=6.5, replace_s=6.0),
+            _fault_row(RAYMEDIC, "wrong", failed=0, wrong=4, last_wrong_after_s=1.5, p50_ms=25.0, p99_ms=50.0,
+                       before_p99_ms=35.0, detect_s=1.2, recover_s=7.0, replace_s=5.8),
+        ],
+        "controller_step": {"members": 50, "replicas_per_member": 10, "step_ms_p50": 1.5, "step_ms_max": 4.0,
+                            "data_check_features": 50, "data_check_rows": 2000, "data_check_ms_p50": 60.0},
+    }
+
+
+def _check_fault_table(rep: dict[str, Any]) -> None:
+    """Every fault both systems ran has a row per metric showing both figures and raymedic/plain Serve."""
+    table = faults.format_table(rep)
+    by = {(r["system"], r["fault"]): r for r in rep["results"]}
+    labels = dict(zip(FAULT_METRICS, ("p99 before (ms)", "failed requests", "wrong answers", "last wrong at (s)",
+                                      "p50 (ms)", "p99 (ms)", "detected at (s)", "serving again (s)",
+                                      "replacement took (s)")))
+    for fault in rep["settings"]["faults"]:
+        rows = _table_rows(table, fault)
+        if (PLAIN_SERVE, fault) not in by or (RAYMEDIC, fault) not in by:
+            assert rows == {}, f"{fault} ran on one system only: nothing to compare"
+            continue
+        plain, ours = by[(PLAIN_SERVE, fault)], by[(RAYMEDIC, fault)]
+        assert list(rows) == [labels[k] for k in FAULT_METRICS]
+        for key in FAULT_METRICS:
+            never = "never" if key in ("detect_s", "recover_s", "replace_s") else "-"
+            shown = ["-" if v is None and never == "-" else ("never" if v is None else str(v))
+                     for v in (plain[key], ours[key])]
+            assert rows[labels[key]] == [*shown, ratio(ours[key], plain[key])], key
+    step = rep["controller_step"]
+    assert f"controller step, {step['members']} members × {step['replicas_per_member']} replicas" in table
+
+
+# ---- the shared report helpers ------------------------------------------------------------------
+
+
+def test_ratios_are_raymedic_over_plain_serve_and_say_when_there_is_none():
+    assert ratio(3.0, 2.0) == "1.50×" and ratio(1, 4) == "0.25×"
+    assert ratio(None, 2.0) == ratio(2.0, None) == "-"
+    assert ratio(0, 0) == "=" and ratio(5, 0) == "∞"
+    assert report.versus(None, 7, missing="never") == f"{'never':>12} {'7':>10} {'-':>15}"
+    assert SYSTEMS == (PLAIN_SERVE, RAYMEDIC)
+
+
+def test_every_bench_writes_json_the_same_way():
+    assert drift.dumps is dumps  # benchdrift's own copy is gone
+    rep = {"settings": {"config": Path("/x/raymedic.yaml"), "rps": 5.0}, "results": [{"p99_ms": None}]}
+    text = dumps(rep)
+    assert json.loads(text) == {"settings": {"config": "/x/raymedic.yaml", "rps": 5.0}, "results": [{"p99_ms": None}]}
+    assert text.startswith('{\n  "settings"')  # indented for the record
+
+
+# ---- replica-faults -------------------------------------------------------------------------------
+
+
+def test_fault_table_shows_both_systems_and_their_ratio_for_every_figure():
+    rep = _faults_report()
+    _check_fault_table(rep)
+    rows = _table_rows(faults.format_table(rep), "wrong")
+    assert rows["detected at (s)"] == ["never", "1.2", "-"]  # plain Serve never detected it: no ratio
+    assert rows["wrong answers"] == ["40", "4", "0.10×"]
+    assert _table_rows(faults.format_table(rep), "kill")["failed requests"] == ["12", "3", "0.25×"]
+
+
+def test_fault_table_leaves_out_a_fault_that_ran_on_one_system_only():
+    rep = _faults_report()
+    rep["results"] = [r for r in rep["results"] if not (r["fault"] == "wrong" and r["system"] == RAYMEDIC)]
+    _check_fault_table(rep)
+    assert _table_rows(faults.format_table(rep), "wrong") == {}
+
+
+def test_cli_runs_replica_faults_with_the_flags_and_prints_table_then_json(monkeypatch, capsys):
+    seen = {}
+
+    def fake_run(*, config_path, port, settings, progress):
+        seen.update(config_path=config_path, port=port, settings=settings)
+        progress("a progress line")
+        return _faults_report()
+
+    monkeypatch.setattr(faults, "run_replica_faults", fake_run)
+    assert cli.main(["bench", "replica-faults", "--faults", "kill,wrong", "--fault-seconds", "6",
+                     "--port", "8123"]) == 0
+    assert seen["port"] == 8123 and seen["config_path"] is None
+    assert seen["settings"] == faults.BenchSettings(rps=50.0, fault_s=6.0, faults=("kill", "wrong"))
+    assert capsys.readouterr().out == ("[raymedic] a progress line\n\n" + faults.format_table(_faults_report())
+                                       + "\n\n" + dumps(_faults_report()) + "\n")
+
+
+def test_cli_prints_only_the_json_report_on_stdout_with_json(monkeypatch, capsys):
+    monkeypatch.setattr(faults, "run_replica_faults",
+                        lambda *, progress, **_: (progress("to stderr"), _faults_report())[1])
+    assert cli.main(["bench", "replica-faults", "--rps", "5", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == json.loads(dumps(_faults_report()))
+    assert "to stderr" in captured.err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["bench", "replica-faults", "--faults", "kill,melt"], "unknown fault(s) ['melt']: --faults takes a comma list"),
+    (["bench", "saturation", "--rates", "20,x"], "--rates '20,x': give a comma list of positive request rates"),
+    (["bench", "saturation", "--rates", "20,-5"], "--rates '20,-5': give a comma list of positive request rates"),
+    (["bench", "saturation", "--rates", ","], "--rates ',': give a comma list"),
+])
+def test_bench_refuses_bad_flags_with_the_fix_before_anything_runs(argv, fragment, monkeypatch):
+    def must_not_run(**_):
+        raise AssertionError("ran despite a bad flag")
+
+    monkeypatch.setattr(faults, "run_replica_faults", must_not_run)
+    monkeypatch.setattr(saturation, "run_saturation", must_not_run)
+    args = cli._parser().parse_args(argv)
+    with pytest.raises(RaymedicError) as err:
+        args.fn(args)
+    assert fragment in str(err.value)
+
+
+# ---- saturation -----------------------------------------------------------------------------------
+
+
+def _saturation_rows() -> list[dict[str, Any]]:
+    row = lambda system, rps, failed, p50, p99: {"system": system, "rps": rps, "requests": int(rps * 15),  # noqa: E731
+                                                 "failed": failed, "wrong": 0, "p50_ms": p50, "p99_ms": p99}
+    return [row(PLAIN_SERVE, 20.0, 0, 20.0, 80.0), row(PLAIN_SERVE, 35.0, 0, 30.0, 200.0),
+            row(PLAIN_SERVE, 50.0, 400, None, None),  # past saturation: nothing answered in time
+            row(RAYMEDIC, 20.0, 0, 25.0, 90.0), row(RAYMEDIC, 35.0, 2, 35.0, 300.0),
+            row(RAYMEDIC, 50.0, 0, 45.0, 400.0)]
+
+
+def test_the_best_rate_is_the_highest_without_a_failure_per_system():
+    rows = _saturation_rows()
+    assert saturation.max_rps_without_failure(rows) == {PLAIN_SERVE: 35.0, RAYMEDIC: 50.0}
+    assert saturation.max_rps_without_failure(rows[:1]) == {PLAIN_SERVE: 20.0, RAYMEDIC: None}
+
+
+def test_saturation_table_has_every_rate_for_both_systems_and_consistent_ratios():
+    rows = _saturation_rows()
+    rep = {"settings": {"rates": [20.0, 35.0, 50.0, 70.0], "duration_s": 15.0, "deadline_s": 2.0},
+           "results": rows, "max_rps_without_failure": saturation.max_rps_without_failure(rows)}
+    table = saturation.format_saturation(rep)
+    by = {(r["system"], r["rps"]): r for r in rows}
+    for rps in (20.0, 35.0, 50.0):
+        cells = _table_rows(table, f"{rps:>6.0f}".strip())
+        assert list(cells) == ["failed requests", "p50 (ms)", "p99 (ms)"]
+        for key, label in (("failed", "failed requests"), ("p50_ms", "p50 (ms)"), ("p99_ms", "p99 (ms)")):
+            plain, ours = by[(PLAIN_SERVE, rps)][key], by[(RAYMEDIC, rps)][key]
+            assert cells[label] == [report.shown(plain), report.shown(ours), ratio(ours, plain)]
+    assert _table_rows(table, "70") == {}  # a rate neither system reached is left out
+    assert table.endswith("highest rate without a failure: plain Serve 35.0, raymedic 50.0 req/s")
+
+
+def test_cli_runs_saturation_at_the_rates_given(monkeypatch, capsys):
+    seen = {}
+
+    def fake_run(*, config_path, port, rates, duration_s, deadline_s, progress):
+        seen.update(rates=rates, duration_s=duration_s, deadline_s=deadline_s)
+        rows = [r for r in _saturation_rows() if r["rps"] in rates]
+        return {"settings": {"rates": sorted(rates), "duration_s": duration_s, "deadline_s": deadline_s},
+                "results": rows, "max_rps_without_failure": saturation.max_rps_without_failure(rows)}
+
+    monkeypatch.setattr(saturation, "run_saturation", fake_run)
+    assert cli.main(["bench", "saturation", "--rates", "35, 20", "--seconds", "5", "--json"]) == 0
+    assert seen == {"rates": [35.0, 20.0], "duration_s": 5.0, "deadline_s": 2.0}
+    out = json.loads(capsys.readouterr().out)
+    assert {r["system"] for r in out["results"]} == set(SYSTEMS)
+    assert out["max_rps_without_failure"] == {PLAIN_SERVE: 35.0, RAYMEDIC: 20.0}
+
+
+# ---- controller-step ------------------------------------------------------------------------------
+
+
+def test_controller_step_reports_every_figure_and_one_incident_per_faulty_replica():
+    out = controller_step.run_controller_step(members=12, replicas=2, steps=10)
+    assert {k: out[k] for k in ("members", "replicas_per_member", "steps")} == {
+        "members": 12, "replicas_per_member": 2, "steps": 10}
+    assert 0 < out["step_ms_p50"] <= out["step_ms_max"]
+    assert out["incidents_opened"] == math.ceil(12 / 10)  # one faulty replica per ten members
+    assert out["data_check_features"] == 50 and out["data_check_rows"] == 2000 and out["data_check_ms_p50"] > 0
+    assert 25 <= out["data_check_drifting"] <= 50  # every shifted (numeric) feature is found
+    assert controller_step.format_step(out).splitlines() == [
+        f"controller step over 12 members × 2 replicas: p50 {out['step_ms_p50']} ms, max {out['step_ms_max']} ms "
+        "(10 steps)",
+        f"data check over 50 features × 2000 rows: p50 {out['data_check_ms_p50']} ms "
+        f"({out['data_check_drifting']} features drifting)"]
+
+
+def test_controller_step_bench_runs_from_the_command_line(tmp_path):
     out = _bench(["controller-step", "--members", "5", "--replicas", "3"], tmp_path, 120)
-    assert out["members"] == 5 and out["replicas_per_member"] == 3
-    assert out["step_ms_p50"] > 0 and out["incidents_opened"] >= 1
+    assert out["members"] == 5 and out["replicas_per_member"] == 3 and out["steps"] == 50
+    assert out["incidents_opened"] == 1 and 0 < out["step_ms_p50"] <= out["step_ms_max"]
+    assert set(out) == {"members", "replicas_per_member", "steps", "step_ms_p50", "step_ms_max", "incidents_opened",
+                        "data_check_features", "data_check_rows", "data_check_ms_p50", "data_check_drifting"}
+
+
+# ---- on a real cluster ----------------------------------------------------------------------------
 
 
 @pytest.mark.ray
@@ -41,19 +275,27 @@ def test_replica_fault_bench_runs_both_systems(tmp_path):
     out = _bench(["replica-faults", "--config", str(config), "--faults", "wrong", "--rps", "5",
                   "--fault-seconds", "6", "--port", str(free_port())], tmp_path, 900)
     remember_trained(cfg, storage, tmp_path / "trained")
+    assert out["settings"]["faults"] == ["wrong"] and out["settings"]["rps"] == 5.0
     rows = {r["system"]: r for r in out["results"]}
-    assert set(rows) == {"plain Serve", "raymedic"}
+    assert len(out["results"]) == 2 and set(rows) == set(SYSTEMS)
     for r in rows.values():
-        assert r["fault"] == "wrong" and r["requests"] >= 20
-        assert {"failed", "wrong", "p50_ms", "p99_ms", "detect_s", "recover_s"} <= set(r)
-    assert rows["plain Serve"]["detect_s"] is None  # Serve never notices a replica answering wrongly
-    assert rows["raymedic"]["detect_s"] is not None  # the golden probes do
-    assert out["controller_step"]["members"] == 50
+        assert r["fault"] == "wrong" and r["member"] == faults.FAULT_MEMBER["wrong"] and r["replica"]
+        assert r["requests"] >= 20 and 0 <= r["failed"] <= r["requests"] and 0 <= r["wrong"] <= r["requests"]
+        assert set(FAULT_METRICS) | {"before_failed", "errors"} <= set(r)
+        if r["detect_s"] is not None and r["recover_s"] is not None:
+            assert r["replace_s"] == round(r["recover_s"] - r["detect_s"], 2)
+        else:
+            assert r["replace_s"] is None
+    assert rows[PLAIN_SERVE]["detect_s"] is None  # Serve never notices a replica answering wrongly
+    assert rows[RAYMEDIC]["detect_s"] is not None  # the golden probes do
+    assert out["controller_step"]["members"] == 50 and out["controller_step"]["replicas_per_member"] == 10
+    _check_fault_table(out)  # the table says what the JSON says
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_live_drift_bench_streams_through_the_service(tmp_path):
+    from raymedic.bench.live import format_live_table
     from raymedic.config import load_config
 
     # Detection needs no redundancy: one replica per member deploys faster.
@@ -66,8 +308,13 @@ def test_live_drift_bench_streams_through_the_service(tmp_path):
     out = _bench(["drift", "--live", "--config", str(config), "--live-scenarios", "mean +1 sd", "--control-rows",
                   "300", "--port", str(free_port())], tmp_path, 600)
     assert out["control"]["rows"] == 300 and out["failed_requests"] == 0
+    assert set(out["control"]) == {"rows", "incidents", "kinds", "retrain_jobs"}
+    assert len(out["control"]["kinds"]) <= out["control"]["incidents"]
+    assert out["settings"]["scenarios"] == ["mean +1 sd"] and out["settings"]["control_rows"] == 300
     (row,) = out["results"]
     assert row["scenario"] == "mean +1 sd" and row["kind"] == "inputs"
     # Through HTTP, the gateway's telemetry and the controller's monitor, a 1 sd shift is found well
     # within the scenario's budget of changed rows.
     assert row["detect_rows"] is not None and row["detect_rows"] < out["settings"]["max_post_rows"], row
+    assert row["detected_s"] is not None and row["detected_s"] >= 0
+    assert f"{row['detect_rows']} rows ({row['detected_s']} s)" in format_live_table(out)

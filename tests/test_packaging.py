@@ -51,3 +51,14 @@ def test_config_mistakes_are_refused_with_the_fix():
         with pytest.raises(ConfigError) as err:
             parse_config(args)
         assert fragment in str(err.value), str(err.value)
+
+
+def test_the_raymedic_script_points_at_the_cli_main():
+    """The installed `raymedic` command (pyproject's script) runs the CLI's main, as `python -m raymedic` does."""
+    import importlib
+
+    (target,) = re.findall(r'^raymedic = "([^"]+)"$', (REPO / "pyproject.toml").read_text(), re.M)
+    module, _, name = target.partition(":")
+    assert target == "raymedic.app.cli:main"
+    assert callable(getattr(importlib.import_module(module), name))
+    assert "from raymedic.app.cli import main" in (REPO / "raymedic" / "__main__.py").read_text()

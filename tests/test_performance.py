@@ -227,7 +227,7 @@ def test_prediction_drift_compares_the_latest_outputs_with_the_first_ones_and_on
 
 
 def test_status_prints_performance_and_prediction_drift_on_one_line():
-    from raymedic.app.cli import _performance_line
+    from raymedic.app.cli.status import performance_line as _performance_line
 
     assert _performance_line({}) == ""  # before the controller's first check
     line = _performance_line({

@@ -44,10 +44,12 @@ class GoldenSet:
     probabilities: list[list[float]]
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON stored with the version (plain lists: no pickled objects in the registry)."""
         return {"rows": self.rows, "probabilities": self.probabilities}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "GoldenSet":
+        """Read back what :meth:`to_dict` stored."""
         return cls(rows=[list(r) for r in data["rows"]], probabilities=[list(p) for p in data["probabilities"]])
 
 
@@ -73,6 +75,7 @@ class MemberModel:
 
     @property
     def schema(self) -> ModelSchema:
+        """The request schema this version was trained on (the preprocessor's)."""
         return self.preprocessor.schema
 
     def predict_proba_matrix(self, features: np.ndarray) -> np.ndarray:

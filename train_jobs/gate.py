@@ -26,12 +26,19 @@ LATENCY_SLACK_MS = 0.5
 
 @dataclass(frozen=True)
 class GateVerdict:
+    """The gate's answer for one challenger, with the figures both sides were judged on.
+
+    Recorded whole in the retrain outcome, so an operator can see why a challenger
+    was kept back, not only that it was.
+    """
+
     passed: bool
     reasons: tuple[str, ...]  # why it failed (empty when it passed)
     champion: dict[str, Any]
     challenger: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
+        """As JSON for the retrain record (``reasons`` as a list)."""
         return asdict(self) | {"reasons": list(self.reasons)}
 
 

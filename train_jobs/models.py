@@ -77,10 +77,12 @@ class ArchSpec:
         return cls(kind=kind, input_dim=input_dim, n_classes=n_classes, hyperparameters=asdict(hp))
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON stored next to the weights: enough to rebuild the network without pickled code."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ArchSpec":
+        """Rebuild (and re-validate, through :meth:`create`) a spec that :meth:`to_dict` stored."""
         return cls.create(str(data["kind"]), input_dim=int(data["input_dim"]),
                           n_classes=int(data["n_classes"]), hyperparameters=data.get("hyperparameters"))
 

@@ -69,6 +69,15 @@ class Preprocessor:
 
     @classmethod
     def fit(cls, df: pd.DataFrame, schema: ModelSchema, *, max_onehot: int = 32) -> "Preprocessor":
+        """Fit on the training split: per numeric feature its mean and sd, per categorical one its
+        ``max_onehot`` most frequent levels (the rest share one "other" column).
+
+        Fitted on the training split only, so validation and live rows are encoded with
+        what training saw.
+
+        Raises:
+            DataError: A schema feature is not a column of ``df``.
+        """
         cols: list[_Numeric | _Categorical] = []
         for f in schema.features:
             if f.name not in df.columns:
@@ -93,6 +102,7 @@ class Preprocessor:
         return cls(schema, cols)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON stored with each version, so a replica encodes requests exactly as training did."""
         return {
             "schema": self.schema.to_dict(),
             "columns": [
@@ -104,6 +114,11 @@ class Preprocessor:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Preprocessor":
+        """Read back what :meth:`to_dict` stored.
+
+        Raises:
+            SchemaError: The stored document is malformed or disagrees with its schema.
+        """
         try:
             schema = ModelSchema.from_dict(data["schema"])
             cols: list[_Numeric | _Categorical] = []
@@ -149,6 +164,11 @@ class Preprocessor:
         return self._columns((df[f].tolist() for f in self.schema.feature_names), len(df))
 
     def encode_labels(self, values: Iterable[Any]) -> np.ndarray:
+        """Class labels → class indices (the probability columns' order).
+
+        Raises:
+            DataError: A label is not one of the schema's classes.
+        """
         out = []
         for v in values:
             i = self._class_lookup.get(_key(v.item() if isinstance(v, np.generic) else v))
@@ -158,4 +178,5 @@ class Preprocessor:
         return np.asarray(out, dtype=np.int64)
 
     def decode_labels(self, indices: Iterable[int]) -> list[Label]:
+        """Class indices → the schema's class labels (as the training table had them)."""
         return [self.schema.classes[int(i)] for i in indices]

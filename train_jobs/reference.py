@@ -50,6 +50,7 @@ class FeatureReference:
         return c / c.sum()
 
     def to_dict(self) -> dict[str, Any]:
+        """As JSON (plain lists) for the version's metadata."""
         out: dict[str, Any] = {"name": self.name, "numeric": self.numeric, "missing_share": self.missing_share}
         if self.numeric:
             out["sample"] = [float(x) for x in self.sample]
@@ -59,6 +60,7 @@ class FeatureReference:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureReference":
+        """Read back what :meth:`to_dict` stored."""
         numeric = bool(d["numeric"])
         return cls(name=str(d["name"]), numeric=numeric, missing_share=float(d["missing_share"]),
                    sample=np.asarray(d["sample"], dtype=float) if numeric else None,
@@ -98,10 +100,16 @@ class Reference:
         return cls(rows=len(df), features=tuple(feats))
 
     def to_dict(self) -> dict[str, Any]:
+        """As JSON for the version's metadata, where the controller's data monitor reads it."""
         return {"rows": self.rows, "features": [f.to_dict() for f in self.features]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Reference":
+        """Read back what :meth:`to_dict` stored.
+
+        Raises:
+            SchemaError: The stored document is malformed.
+        """
         try:
             return cls(rows=int(d["rows"]), features=tuple(FeatureReference.from_dict(f) for f in d["features"]))
         except (KeyError, TypeError, ValueError) as exc:

@@ -244,6 +244,11 @@ class ModelRegistry:
         return [self._read_info(model, member, v) for v in self._complete_ids(model, member)]
 
     def latest(self, model: str, member: str) -> VersionInfo | None:
+        """The newest complete version, whatever the aliases say; None if there is none.
+
+        A version whose upload did not finish is never returned, so a crashed
+        registration cannot be mistaken for the newest model.
+        """
         _check_name("model", model)
         _check_name("member", member)
         ids = self._complete_ids(model, member)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 import traceback
@@ -34,19 +33,23 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from cluster.connect import connect_or_start
 from raymedic.config import RaymedicConfig
 from raymedic.errors import NotEnoughLabels, RaymedicError
 from raymedic.keys import controller_config_key, retrain_record_key
+from raymedic.logs import get_logger
 from raymedic.storage import Storage
 from train_jobs.artifacts import unpack
 from train_jobs.gate import judge, measure
 from train_jobs.labeled import TS_COLUMN, recent_labeled
 from train_jobs.registry import ModelRegistry
 from train_jobs.schema import ModelSchema
+from train_jobs.search import search_member
+from train_jobs.train import train_ensemble
 
 __all__ = ["retrain", "main"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 EXIT_NOT_ENOUGH = 3
 
@@ -78,8 +81,6 @@ def retrain(config: RaymedicConfig, *, reason: str = "manual", members: Sequence
     ``search_all`` (the scheduled search): every member's hyperparameters are searched on the same
     rows, not only those whose retrained challenger failed; the better of the two gated challengers
     stands (the searched one only if it passes and beats the retrained one on the holdout)."""
-    from train_jobs.train import train_ensemble
-
     t0 = time.monotonic()
     now = time.time() if now is None else now
     rc = config.retraining
@@ -163,8 +164,6 @@ def _search_and_gate(config: RaymedicConfig, table: pd.DataFrame, target: str, m
     """The retrained challenger failed the gate: search the member's hyperparameters (Ray Tune +
     Optuna, ASHA) on the same rows and gate the best configuration on the same holdout. The best
     configuration is in the new version's metadata (``search.best_config``) either way."""
-    from train_jobs.search import search_member
-
     rc = config.retraining
     try:
         found = search_member(config, table, target=target, member=member, num_samples=rc.search_trials,
@@ -206,8 +205,15 @@ def _config(storage_path: str, model: str) -> RaymedicConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cluster.connect import connect_or_start
+    """``python -m train_jobs.retrain``: the Ray job the controller submits (and operators can run).
 
+    Always leaves an outcome record under ``retrain/<model>/`` (the controller reads
+    it to learn what happened), whatever went wrong.
+
+    Returns:
+        0 gated (whatever the verdict), 3 not enough labelled rows, 2 bad input or
+        a failure the user can fix, 1 anything else.
+    """
     args = _parser().parse_args(argv)
     record = args.record or time.strftime("%Y%m%d-%H%M%S")
     storage = Storage(args.storage_path)

@@ -97,6 +97,7 @@ class Feature:
 
     @property
     def numeric(self) -> bool:
+        """Float or int (range-checked, standardised) rather than categorical (one-hot)."""
         return self.type is not FeatureType.CATEGORICAL
 
     def level_index(self, value: Any) -> int | None:
@@ -104,6 +105,7 @@ class Feature:
         return self._levels.get(level_key(value))
 
     def to_dict(self) -> dict[str, Any]:
+        """As served in ``GET /v1/models/{model}``: a client builds valid requests from this alone."""
         out: dict[str, Any] = {"name": self.name, "type": self.type.value}
         if self.type is FeatureType.CATEGORICAL:
             out["levels"] = list(self.levels or ())
@@ -115,6 +117,11 @@ class Feature:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Feature":
+        """Read back what :meth:`to_dict` stored (``missing_share`` defaults to 0 for old versions).
+
+        Raises:
+            SchemaError: The entry is malformed.
+        """
         try:
             ftype = FeatureType(data["type"])
             levels = data.get("levels")
@@ -156,6 +163,7 @@ class ModelSchema:
 
     @property
     def feature_names(self) -> list[str]:
+        """Feature names in request order."""
         return [f.name for f in self.features]
 
     def index_of(self, name: str) -> int | None:
@@ -178,6 +186,7 @@ class ModelSchema:
         return None
 
     def to_dict(self) -> dict[str, Any]:
+        """As stored with each version and served to clients."""
         return {
             "features": [f.to_dict() for f in self.features],
             "target": self.target,
@@ -186,6 +195,11 @@ class ModelSchema:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelSchema":
+        """Read back what :meth:`to_dict` stored.
+
+        Raises:
+            SchemaError: A key is missing or an entry is malformed.
+        """
         try:
             return cls(
                 features=tuple(Feature.from_dict(f) for f in data["features"]),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import math
 import os
 import sys
@@ -32,8 +31,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from cluster.connect import connect_or_start
 from raymedic.config import MemberConfig, RaymedicConfig
 from raymedic.errors import ConfigError, RaymedicError, SearchFailed
+from raymedic.logs import get_logger
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,8 +42,9 @@ if TYPE_CHECKING:
     from train_jobs._fit import PreparedData
     from train_jobs.registry import VersionInfo
 
-# torch, pandas and Ray load inside the functions that use them: `raymedic --help` builds
-# its parser from this module and must stay instant.
+# torch, pandas, pyarrow and Ray load inside the functions that use them: `raymedic --help` builds
+# its parser from this module (add_arguments) and must stay instant; and Ray reads RAY_AUTH_MODE
+# when it is imported, which `raymedic search` sets only after it has checked the flags here.
 
 __all__ = [
     "Param",
@@ -58,7 +60,7 @@ __all__ = [
     "main",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_TRIALS = 8
 """Enough for TPE to move past its first random guesses on a laptop in a few minutes."""
@@ -111,7 +113,7 @@ class Param:
 
     def to_tune(self) -> Any:
         """The Ray Tune domain (bounds inclusive, as Optuna sees them)."""
-        from ray import tune
+        from ray import tune  # lazy: imports Ray (see the note at the top)
 
         if self.integer:
             low, high = int(self.low), int(self.high) + 1  # Tune's integer upper bound is exclusive
@@ -119,6 +121,7 @@ class Param:
         return tune.loguniform(self.low, self.high) if self.log else tune.uniform(self.low, self.high)
 
     def describe(self) -> str:
+        """The range as the search report prints it, e.g. ``float [0, 0.5]`` or ``int [16, 256] log``."""
         kind = "int" if self.integer else "float"
         return f"{kind} [{self.low:g}, {self.high:g}]" + (" log" if self.log else "")
 
@@ -176,7 +179,7 @@ def split_params(kind: str, params: Mapping[str, Any]) -> tuple[dict[str, float]
 
 def default_point(config: RaymedicConfig, member: MemberConfig) -> dict[str, Any] | None:
     """The member's current configuration as a search point, or None if it lies outside the space."""
-    from train_jobs.models import ArchSpec
+    from train_jobs.models import ArchSpec  # lazy: imports PyTorch (see the note at the top)
 
     space = search_space(member.kind)
     defaults = ArchSpec.create(member.kind, input_dim=1, n_classes=2,
@@ -205,6 +208,7 @@ class TrialOutcome:
 
     @property
     def usable(self) -> bool:
+        """Whether the trial can be chosen: it finished with a finite validation loss."""
         return self.error is None and self.best_val_loss is not None and math.isfinite(self.best_val_loss)
 
 
@@ -251,18 +255,22 @@ class SearchReport:
 
     @property
     def trials_run(self) -> int:
+        """Trials Tune ran (finished, stopped early or failed)."""
         return len(self.trials)
 
     @property
     def trials_stopped_early(self) -> int:
+        """Trials ASHA stopped before ``max_epochs``: the epochs the search saved."""
         return sum(o.stopped_early for o in self.trials)
 
     @property
     def trials_errored(self) -> int:
+        """Trials that failed with an error."""
         return sum(o.error is not None for o in self.trials)
 
 
 def report_json(report: SearchReport) -> dict[str, Any]:
+    """The report as ``--json`` prints it: version ids rather than whole version records."""
     return {
         "model": report.model,
         "member": report.member,
@@ -333,10 +341,12 @@ def check_search_args(config: RaymedicConfig, *, member: str, num_samples: int, 
 
 def _trial(params: dict[str, Any], data: dict[str, Any]) -> None:
     """One Tune trial: train the member with ``params``, report every epoch, checkpoint improvements."""
+    # lazy: PyTorch and Ray (see the note at the top); a trial runs in a Tune worker
     import torch
     from ray import tune
     from safetensors.torch import save_file
 
+    # lazy: both import PyTorch; `raymedic --help` builds its parser from this module
     from train_jobs._fit import fit_epoch, snapshot, validate
     from train_jobs.models import ArchSpec, build_model
 
@@ -394,7 +404,7 @@ def _outcome(result: Any, max_epochs: int) -> TrialOutcome:
 
 def _progress_callback(progress: Callable[[str], None], *, total: int, max_epochs: int) -> Any:
     """A Tune callback that reports each trial as it ends (Tune's own table is switched off)."""
-    from ray.tune import Callback
+    from ray.tune import Callback  # lazy: imports Ray (see the note at the top)
 
     class _Progress(Callback):
         def __init__(self, report: Callable[[str], None], total: int, max_epochs: int) -> None:
@@ -435,6 +445,7 @@ def _run_tuner(config: RaymedicConfig, data: PreparedData, *, member: MemberConf
                max_epochs: int, run_name: str, storage_root: str, points: list[dict[str, Any]],
                progress: Callable[[str], None]) -> tuple[list[TrialOutcome], list[Any], str]:
     """One ``Tuner.fit()``; returns each trial's outcome, its Result and the experiment path."""
+    # lazy: Optuna and Ray load only for a search (see the note at the top)
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -487,7 +498,7 @@ def _run_tuner(config: RaymedicConfig, data: PreparedData, *, member: MemberConf
 
 
 def _best_state(result: Any, run: str) -> dict[str, Any]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # lazy: imports PyTorch (see the note at the top)
 
     try:
         checkpoint = result.get_best_checkpoint("val_loss", "min")
@@ -518,9 +529,10 @@ def search_member(
     for bad arguments (before any Ray work), ``DataError`` for an unusable table
     and ``SearchFailed`` when no trial produced a usable model.
     """
+    # lazy: pyarrow (storage) and PyTorch (_fit); `raymedic --help` builds its parser from this module
     from raymedic.storage import Storage
     from train_jobs._fit import prepare_data, register_member
-    from train_jobs.registry import CHALLENGER, CHAMPION, ModelRegistry
+    from train_jobs.registry import CHALLENGER, CHAMPION, ModelRegistry  # lazy: imports pyarrow, as above
 
     t0 = time.monotonic()
     member_cfg = check_search_args(config, member=member, num_samples=num_samples, max_epochs=max_epochs)
@@ -609,7 +621,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_search_inputs(args: argparse.Namespace) -> tuple[RaymedicConfig, pd.DataFrame, str, str]:
     """Config, table, target and model from the flags, every argument checked before Ray starts."""
-    from train_jobs.train import resolve_cli_inputs
+    from train_jobs.train import resolve_cli_inputs  # lazy: imports PyTorch (see the note at the top)
 
     args.synthetic = not args.data
     config, table, target, model = resolve_cli_inputs(args)
@@ -630,8 +642,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cluster.connect import connect_or_start
+    """``python -m train_jobs.search``: the ``ray job submit`` entry point of ``raymedic search``.
 
+    Returns:
+        0 once the best trial is registered, 2 with ``error: ...`` on stderr for anything the user can fix.
+    """
     args = _parser().parse_args(argv)
     out = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else print
     try:

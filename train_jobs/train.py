@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 import tempfile
@@ -24,19 +23,30 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
+import pyarrow as pa
+import torch
+from safetensors.torch import load_file, save_file
 
+from cluster.connect import connect_or_start
 from raymedic.config import RaymedicConfig, load_config
 from raymedic.errors import ConfigError, RaymedicError, TrainingFailed
+from raymedic.logs import get_logger
 from raymedic.storage import Storage
 from train_jobs._fit import fit_epoch, prepare_data, register_member, snapshot, validate
 from train_jobs.models import ArchSpec, build_model
 from train_jobs.registry import ModelRegistry, VersionInfo
 from train_jobs.schema import ModelSchema
+from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
 from train_jobs.tables import load_table
+from train_jobs.train_flags import add_arguments
 
-__all__ = ["TrainReport", "train_ensemble", "main"]
+# Ray itself is imported inside the functions that run it: Ray reads RAY_AUTH_MODE when it is
+# imported, and `raymedic train` imports this module before it chooses the cluster (and the auth).
 
-log = logging.getLogger(__name__)
+__all__ = ["TrainReport", "train_ensemble", "synthetic_table", "add_arguments", "resolve_cli_inputs",
+           "report_json", "main"]
+
+log = get_logger(__name__)
 
 PATIENCE_EPOCHS = 8
 """Stop a member once validation loss has not improved for this many epochs."""
@@ -59,10 +69,9 @@ class TrainReport:
 
 def _train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: fit each member on this worker's shard."""
+    # lazy: Ray reads RAY_AUTH_MODE when it is imported (see the note at the top)
     import ray.train
     import ray.train.torch
-    import torch
-    from safetensors.torch import save_file
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -114,9 +123,9 @@ def _train_loop(config: dict[str, Any]) -> None:
 def _run_trainer(config: RaymedicConfig, storage: Storage, loop_config: dict[str, Any],
                  run_name: str) -> dict[str, dict[str, Any]]:
     """One ``TorchTrainer`` run; returns each member's state dict from the checkpoint."""
+    # lazy: Ray reads RAY_AUTH_MODE when it is imported (see the note at the top)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from safetensors.torch import load_file
 
     trainer = TorchTrainer(
         _train_loop,
@@ -151,8 +160,6 @@ new version does not forget the reference distribution."""
 def _save_train_sample(storage: Storage, model: str, train_df: pd.DataFrame, data_fp: str, *,
                        seed: int) -> str | None:
     """Store a seeded sample of the labelled training rows; None (and a warning) if it cannot be."""
-    import pyarrow as pa
-
     key = f"samples/{model}/{data_fp[:16]}.parquet"
     try:
         if not storage.exists(key):
@@ -236,9 +243,10 @@ def train_ensemble(
 
 
 def synthetic_table(config: RaymedicConfig) -> pd.DataFrame:
-    """The built-in synthetic table used when the registry is empty."""
-    from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
+    """The built-in synthetic table used when the registry is empty (and by ``--synthetic``).
 
+    Seeded by ``training.seed``, so every fresh registry trains on the same rows.
+    """
     gen = SyntheticGenerator(SyntheticSpec(seed=config.training.seed))
     return gen.sample(config.training.synthetic_rows, seed=config.training.seed)
 
@@ -250,21 +258,21 @@ def _parser() -> argparse.ArgumentParser:
                     "as champions. Runs on the cluster in RAY_ADDRESS (or inside `ray job submit`), "
                     "else on an embedded local cluster.",
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="Parquet or CSV table with one row per example.")
-    src.add_argument("--synthetic", action="store_true", help="Use the built-in synthetic table.")
-    p.add_argument("--target", help="Target column of --data (class labels).")
-    p.add_argument("--model", help="Model name to register under (default: the file's stem).")
     p.add_argument("--config", help="raymedic YAML config (default: cluster/raymedic.yaml).")
-    p.add_argument("--storage-path", help="Override the config's storage_path.")
-    p.add_argument("--members", nargs="+", help="Train only these members.")
-    p.add_argument("--no-promote", action="store_true", help="Register without moving the champion alias.")
-    p.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    add_arguments(p)
     return p
 
 
 def resolve_cli_inputs(args: argparse.Namespace) -> tuple[RaymedicConfig, pd.DataFrame, str, str]:
-    """Config, table, target and model name from the CLI flags, with clear errors."""
+    """Config, table, target and model name from the CLI flags, with clear errors.
+
+    Everything that can be wrong with the flags or the table fails here, before a
+    cluster starts: a user should not wait for Ray to learn a column is missing.
+
+    Raises:
+        ConfigError: ``--data`` without ``--target``, or a bad config.
+        DataError: The table cannot be trained on (e.g. a single class).
+    """
     config = load_config(args.config).config
     if args.storage_path:
         config = config.model_copy(update={"storage_path": args.storage_path})
@@ -280,6 +288,7 @@ def resolve_cli_inputs(args: argparse.Namespace) -> tuple[RaymedicConfig, pd.Dat
 
 
 def report_json(report: TrainReport) -> dict[str, Any]:
+    """The report as ``--json`` prints it: version ids rather than whole version records."""
     return {
         "model": report.model,
         "versions": {m: v.version for m, v in report.versions.items()},
@@ -293,8 +302,11 @@ def report_json(report: TrainReport) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cluster.connect import connect_or_start
+    """``python -m train_jobs.train``: the ``ray job submit`` entry point of ``raymedic train``.
 
+    Returns:
+        0 once trained, 2 with ``error: ...`` on stderr for anything the user can fix.
+    """
     args = _parser().parse_args(argv)
     try:
         config, table, target, model = resolve_cli_inputs(args)

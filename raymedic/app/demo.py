@@ -11,19 +11,27 @@ report table. Every figure printed is measured in this run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
 import tempfile
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+import ray
 
-from raymedic.config import load_config
-from raymedic.keys import ADMIN_TOKEN_ENV
+from cluster.connect import LOCAL_LOGICAL_CPUS, start_embedded
+from cluster.runstate import raymedic_home
+from controllers.audit import read_audit
+from raymedic.app import service
 from raymedic.app.http import request_json
 from raymedic.bench.loadgen import open_loop, summarize
+from raymedic.config import load_config
+from raymedic.keys import ADMIN_TOKEN_ENV
+from raymedic.storage import Storage
+from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec
 
 __all__ = ["run_demo"]
 
@@ -41,8 +49,6 @@ DRILL_RPS = 10.0
 def _drill(url: str, model: str, fault: str, member: str, inputs: list[dict], *, rps: float = DRILL_RPS,
            budget_s: float = 40.0) -> dict:
     """Inject ``fault`` under open-loop load; wait until the controller reports it healed."""
-    import asyncio
-
     headers = {"Authorization": f"Bearer {os.environ[ADMIN_TOKEN_ENV]}"}
     out: dict = {}
 
@@ -72,10 +78,8 @@ def _drill(url: str, model: str, fault: str, member: str, inputs: list[dict], *,
 DRIFT_SD = 1.0
 
 
-def _drift_drill(url: str, model: str, gen, features: list[str], *, seed: int, budget_s: float = 60.0) -> dict:
+def _drift_drill(url: str, model: str, gen: Any, features: list[str], *, seed: int, budget_s: float = 60.0) -> dict:
     """Send covariate-shifted traffic (f0 + DRIFT_SD sd) until the controller reports drift on f0."""
-    from train_jobs.synthetic import Drift
-
     shifted = gen.sample(3000, seed=seed, drift=Drift(mean_shift={"f0": DRIFT_SD}))
     rows = [{f: float(r[f]) for f in features} for _, r in shifted.iterrows()]
     out: dict = {"budget_s": budget_s, "rows_sent": 0, "requests": 0, "failed": 0}
@@ -100,13 +104,20 @@ def _drift_drill(url: str, model: str, gen, features: list[str], *, seed: int, b
 
 
 def run_demo(*, config_path: str | None, port: int, requests: int, progress: Callable[[str], None]) -> int:
-    import ray
+    """Run the whole demo on an embedded cluster and print what it measured; shut everything down after.
 
-    from cluster.connect import LOCAL_LOGICAL_CPUS, start_embedded
-    from cluster.runstate import raymedic_home
-    from raymedic.app import service
-    from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
+    Storage goes to a fresh directory under ``RAYMEDIC_HOME`` and chaos is on, so
+    the demo never touches a user's registry or service.
 
+    Args:
+        config_path: The raymedic config (default: ``cluster/raymedic.yaml``).
+        port: HTTP port of the demo's service.
+        requests: Single-row predictions of the first, sequential phase.
+        progress: Where progress lines go.
+
+    Returns:
+        0 when no request of the first phase failed and every drill healed, else 1.
+    """
     sf = load_config(config_path)
     storage = tempfile.mkdtemp(prefix="demo-", dir=raymedic_home())
     cfg = sf.config.model_copy(update={"storage_path": storage,
@@ -209,9 +220,6 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
         print(f"healing: {healed}/{len(drills)} injected faults healed automatically, "
               f"{drill_failures} client requests failed during them")
         print("audit trail (newest last):")
-        from controllers.audit import read_audit
-        from raymedic.storage import Storage
-
         for rec in [r for r in read_audit(Storage(storage), cfg.model) if r["kind"] != "weights"][-12:]:
             print(f"  {time.strftime('%H:%M:%S', time.localtime(rec['ts']))}  {rec['kind']:<16} "
                   f"{rec['target']:<26} {rec.get('action', ''):<9} {str(rec.get('outcome', ''))[:40]}")
@@ -229,6 +237,7 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
               "breaks it on purpose, `raymedic audit` shows what the controller did.")
         return 0 if failures == 0 and healed == len(drills) else 1
     finally:
+        # lazy: Ray Serve reads the fast-path settings start_embedded sets when it is imported
         from ray import serve
 
         try:

@@ -13,6 +13,8 @@ __all__ = ["Reply", "request_json"]
 
 @dataclass(frozen=True)
 class Reply:
+    """An HTTP answer: the status, the body decoded from JSON (or the text where it is not JSON) and the headers."""
+
     status: int
     body: Any
     headers: dict[str, str]

@@ -1,6 +1,10 @@
 """Bring the service up and down: the steps behind ``raymedic up`` / ``down`` / ``demo``.
 
 Kept apart from argument parsing so the demo and tests drive the very same steps.
+
+Ray Serve and the composition root are imported inside the functions that deploy:
+``raymedic up`` imports this module before it joins the cluster, and Ray reads
+``RAY_AUTH_MODE`` when it is imported.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from train_jobs.registry import ModelRegistry
 __all__ = ["choose_model", "ensure_trained", "deploy", "wait_ready", "undeploy"]
 
 Progress = Callable[[str], None]
+"""Where a step reports what it is doing (``print``, or the CLI's ``[raymedic]`` lines)."""
 
 
 def _has_champions(registry: ModelRegistry, config: RaymedicConfig, model: str) -> bool:
@@ -49,10 +54,16 @@ def choose_model(config: RaymedicConfig, requested: str | None) -> RaymedicConfi
 
 
 def ensure_trained(config: RaymedicConfig, progress: Progress) -> None:
-    """Train the built-in synthetic model when the registry has no champions for it."""
+    """Train the built-in synthetic model when the registry has no champions for it.
+
+    So that a first ``raymedic up`` (or demo, or bench) serves something without a
+    separate ``raymedic train``; a registry with champions is left as it is.
+    Requires a connected Ray cluster when it trains.
+    """
     registry = ModelRegistry(Storage(config.storage_path))
     if _has_champions(registry, config, config.model):
         return
+    # lazy: imports PyTorch (seconds), needed only when there is something to train
     from train_jobs.train import synthetic_table, train_ensemble
 
     progress(f"registry at {config.storage_path} has no champions for {config.model!r}: "
@@ -67,9 +78,9 @@ def deploy(config: RaymedicConfig, *, host: str, port: int, progress: Progress,
     ``proxy_location="HeadOnly"`` where several nodes share one machine (``up --nodes``):
     every node's proxy would bind the same host and port there. None keeps Serve's default.
     """
-    from ray import serve
+    from ray import serve  # lazy: imports Ray (see the module's docstring)
 
-    from serve_apps.app import build_app
+    from serve_apps.app import build_app  # lazy: imports Ray (see the module's docstring)
 
     serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
     progress(f"deploying Serve application {APP_NAME!r}: gateway + members "
@@ -135,9 +146,9 @@ def _example_row(schema: dict) -> dict:
 
 def undeploy() -> None:
     """Delete the Serve application and its controller (the cluster keeps running)."""
-    from ray import serve
+    from ray import serve  # lazy: imports Ray (see the module's docstring)
 
-    from controllers.client import remove_controller
+    from controllers.client import remove_controller  # lazy: imports Ray (see the module's docstring)
 
     serve.delete(APP_NAME)
     remove_controller()

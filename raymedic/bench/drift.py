@@ -66,7 +66,6 @@ averaged over seeds), also in seconds at ``rows_per_s``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -79,6 +78,7 @@ from scipy import special
 from controllers.detectors.calibration import Calibration, calibrate_features, crossings, known_law_threshold
 from controllers.detectors.cusum import ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig
 from controllers.detectors.page_hinkley import page_hinkley_alarms
+from raymedic.bench.report import dumps
 from raymedic.config import PerformanceSettings
 from raymedic.errors import ConfigError
 from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec
@@ -739,7 +739,3 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{a['scenario']:<21} {cell(m['fixed']):<31} {cell(m['healed_cusum']):<31} "
                      f"{cell(m['healed_baseline']):<31} {cell(m['oracle'], False):<20}")
     return "\n".join(lines)
-
-
-def dumps(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, default=str)

@@ -23,7 +23,6 @@ Figures, not assertions; every one is measured in the run that prints it.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,9 +30,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from raymedic.config import RaymedicConfig
-from raymedic.keys import ADMIN_TOKEN_ENV
+from controllers.audit import read_audit
+from raymedic.app import service
 from raymedic.app.http import request_json
+from raymedic.bench.cluster import bench_cluster
+from raymedic.bench.drift import fit_logistic, predict_logistic, xy
+from raymedic.config import RaymedicConfig
+from raymedic.errors import ConfigError
+from raymedic.keys import ADMIN_TOKEN_ENV
+from raymedic.storage import Storage
+from train_jobs.artifacts import unpack
+from train_jobs.registry import ModelRegistry
+from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec
 
 __all__ = ["LiveDriftSettings", "run_live_drift", "format_live_table"]
 
@@ -44,6 +52,8 @@ MODEL_KINDS = ("concept_drift", "accuracy_decay")
 
 @dataclass(frozen=True)
 class LiveScenario:
+    """One live stream: a shift (in sd) or scale of ``f0``, or a rotation of the decision rule."""
+
     name: str
     shift_sd: float = 0.0
     scale: float = 1.0
@@ -56,6 +66,14 @@ LIVE_SCENARIOS = (LiveScenario("mean +0.5 sd", shift_sd=0.5), LiveScenario("mean
 
 @dataclass(frozen=True)
 class LiveDriftSettings:
+    """How ``bench drift --live`` streams: rates, row budgets, label delay and the scenarios to run.
+
+    Checked when built, so a bad flag fails with the fix before a cluster starts.
+
+    Raises:
+        ConfigError: A rate, a row count or a scenario name is out of range.
+    """
+
     rows_per_s: float = 50.0
     """Rows sent per second (in requests of ``batch_rows``): 5 requests/s leaves a 2-core machine room."""
     batch_rows: int = 10
@@ -73,8 +91,6 @@ class LiveDriftSettings:
     seed: int = 7
 
     def __post_init__(self) -> None:
-        from raymedic.errors import ConfigError
-
         if self.rows_per_s <= 0 or self.batch_rows < 1:
             raise ConfigError(f"--rows-per-s must be > 0 (got {self.rows_per_s}) and batch_rows >= 1")
         if self.control_rows < 0:
@@ -177,10 +193,6 @@ def _open_drift(status: dict[str, Any]) -> bool:
 
 def _fixed_probs(cfg: RaymedicConfig, versions: dict[str, str], x: np.ndarray) -> np.ndarray:
     """The champions' equally weighted answers, offline: the ensemble as if it were never healed."""
-    from raymedic.storage import Storage
-    from train_jobs.artifacts import unpack
-    from train_jobs.registry import ModelRegistry
-
     registry = ModelRegistry(Storage(cfg.storage_path))
     rows = x.tolist()
     probs = [np.asarray(unpack(registry.load(cfg.model, m, v).files).predict_proba(rows)) for m, v in versions.items()]
@@ -193,9 +205,7 @@ def _blocks(correct: np.ndarray, size: int) -> list[float]:
 
 def _concept(stream: _Stream, cfg: RaymedicConfig, sc: LiveScenario, gen: Any, s: LiveDriftSettings,
              progress: Progress) -> dict[str, Any]:
-    from raymedic.bench.drift import fit_logistic, predict_logistic, xy
-    from train_jobs.synthetic import Drift
-
+    """The concept scenario: rotated labels until the healing loop has promoted new versions (or the budget ends)."""
     drift = Drift(concept_rotation_deg=sc.rotation_deg)
     stream.status = request_json("GET", f"{stream.url}/v1/status", timeout_s=10).body
     versions0 = {m["name"]: m["version"] for m in stream.status["members"]}
@@ -275,9 +285,6 @@ def _timeline(cfg: RaymedicConfig, t_change: float) -> list[list[Any]]:
     """What the controller audited about the model from the change on: [seconds after it, kind, target].
 
     The audit log is flushed every few seconds; a record not flushed by now is missing, not wrong."""
-    from controllers.audit import read_audit
-    from raymedic.storage import Storage
-
     try:
         records = read_audit(Storage(cfg.storage_path), cfg.model, since=t_change)
     except Exception:  # the timeline is a detail of the report: never lose the figures over it
@@ -288,13 +295,21 @@ def _timeline(cfg: RaymedicConfig, t_change: float) -> list[list[Any]]:
 
 def run_live_drift(*, config_path: str | None, port: int, settings: LiveDriftSettings,
                    progress: Progress) -> dict[str, Any]:
-    from raymedic.app import service
-    from raymedic.bench.faults import bench_cluster
-    from raymedic.bench.drift import xy
-    from raymedic.storage import Storage
-    from train_jobs.registry import ModelRegistry
-    from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec
+    """Deploy on an embedded cluster, run the control and each scenario through HTTP; returns the figures.
 
+    Every run starts from the first trained versions (an earlier run may have
+    promoted others), so its figures compare with other runs.
+
+    Args:
+        config_path: The raymedic config (default: ``cluster/raymedic.yaml``).
+        port: HTTP port of the service.
+        settings: Rates, budgets and scenarios.
+        progress: Where progress lines go.
+
+    Returns:
+        ``settings``, the no-drift ``control``, one ``results`` row per scenario, failed requests and
+        feedback retries.
+    """
     url = f"http://127.0.0.1:{port}"
     with bench_cluster(config_path, progress) as cfg:
         registry = ModelRegistry(Storage(cfg.storage_path))
@@ -356,6 +371,7 @@ def run_live_drift(*, config_path: str | None, port: int, settings: LiveDriftSet
 
 
 def format_live_table(report: dict[str, Any]) -> str:
+    """The live drift figures as a table: the control, then per scenario the detection and the healing loop."""
     s, c = report["settings"], report["control"]
     lines = [f"live service, {s['rows_per_s']:g} rows/s in requests of {s['batch_rows']}, labels {s['label_delay']} "
              f"rows late, seed {s['seed']}",
@@ -382,7 +398,3 @@ def format_live_table(report: dict[str, Any]) -> str:
                              ", ".join(f"{t:g} {kind} {target}" for t, kind, target in r["timeline"]))
     lines.append(f"failed requests: {report['failed_requests']}")
     return "\n".join(lines)
-
-
-def dumps(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, default=str)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import aiohttp
 import numpy as np
 
 __all__ = ["Sample", "open_loop", "summarize"]
@@ -19,6 +20,8 @@ __all__ = ["Sample", "open_loop", "summarize"]
 
 @dataclass(frozen=True)
 class Sample:
+    """One request as the client saw it: when it left, how long it took, and what came back."""
+
     sent_at: float  # wall clock (time.time), to line up with injected faults
     latency_s: float
     ok: bool  # HTTP 200 within the deadline
@@ -30,8 +33,6 @@ class Sample:
 async def open_loop(url: str, inputs: Sequence[dict[str, Any]], *, rps: float, duration_s: float,
                     deadline_s: float) -> list[Sample]:
     """POST one input per request at ``rps`` for ``duration_s``; every request gets ``deadline_s``."""
-    import aiohttp
-
     samples: list[Sample] = []
     timeout = aiohttp.ClientTimeout(total=deadline_s)
 

@@ -1,0 +1,157 @@
+"""``raymedic bench``: pick the scenario, check its flags, run it, print the table or the JSON.
+
+The scenarios themselves live in :mod:`raymedic.bench`; each is imported only when
+it runs (they load NumPy and SciPy, most of them Ray), so ``raymedic --help`` stays
+instant. With ``--json`` stdout carries the report alone: progress lines, and
+whatever Ray's own processes print meanwhile, go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+from raymedic.app.cli._common import progress
+from raymedic.bench.report import dumps
+from raymedic.errors import RaymedicError
+
+__all__ = ["cmd_bench"]
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Ray's own workers print notices to this process's stdout (e.g. while Serve shuts down);
+    keep stdout for a JSON report alone by pointing fd 1 at stderr meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _to_stderr(msg: str) -> None:
+    """Progress while stdout carries a JSON report."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run one benchmark scenario and print its figures (a table, or ``--json``).
+
+    ``replica-faults`` and ``saturation`` measure raymedic against plain Ray Serve in
+    the same run on an embedded cluster; ``controller-step`` and ``drift`` are pure
+    code; ``drift --live`` streams through a deployed service. Flags are checked
+    before anything starts.
+
+    Returns:
+        0 once the figures are printed.
+
+    Raises:
+        RaymedicError: A flag is out of range; the message gives a valid example.
+    """
+    if args.rps is not None and not args.rps > 0:
+        raise RaymedicError(f"--rps {args.rps:g}: give a positive rate, e.g. 50")
+    if args.scenario == "drift" and args.live:  # the same kind of streams through a deployed service
+        return _live_drift(args)
+    if args.scenario == "drift":  # pure NumPy/SciPy: no cluster, no Serve
+        return _drift(args)
+    if args.scenario == "saturation":
+        return _saturation(args)
+    if args.scenario == "controller-step":
+        return _controller_step(args)
+    return _replica_faults(args)
+
+
+def _live_drift(args: argparse.Namespace) -> int:
+    # lazy: imports Ray and NumPy; keeps `raymedic --help` fast
+    from raymedic.bench import live
+
+    names = tuple(n.strip() for n in args.live_scenarios.split(",")) if args.live_scenarios else \
+        live.LiveDriftSettings().scenarios
+    settings = live.LiveDriftSettings(rows_per_s=args.rows_per_s, scenarios=names,
+                                      control_rows=args.control_rows, seed=args.seed)
+    if args.json:
+        with _stdout_to_stderr():
+            report = live.run_live_drift(config_path=args.config, port=args.port, settings=settings,
+                                         progress=_to_stderr)
+        print(dumps(report))
+    else:
+        report = live.run_live_drift(config_path=args.config, port=args.port, settings=settings, progress=progress)
+        print(live.format_live_table(report))
+    return 0
+
+
+def _drift(args: argparse.Namespace) -> int:
+    # lazy: imports NumPy and SciPy; keeps `raymedic --help` fast
+    from raymedic.bench import drift
+
+    settings = drift.DriftBenchSettings(seeds=args.seeds, rows_per_s=args.rps or 25.0)
+    report = drift.run_drift_bench(settings, progress=_to_stderr if args.json else progress)
+    print(dumps(report) if args.json else drift.format_table(report))
+    return 0
+
+
+def _saturation(args: argparse.Namespace) -> int:
+    try:
+        rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    except ValueError:
+        rates = []
+    if not rates or any(r <= 0 for r in rates):
+        raise RaymedicError(f"--rates {args.rates!r}: give a comma list of positive request rates, e.g. 20,35,50")
+    # lazy: imports Ray and NumPy; keeps `raymedic --help` fast
+    from raymedic.bench import saturation
+
+    def run(report_progress: saturation.Progress) -> dict:
+        return saturation.run_saturation(config_path=args.config, port=args.port, rates=rates,
+                                         duration_s=args.seconds, deadline_s=args.deadline,
+                                         progress=report_progress)
+
+    if args.json:
+        with _stdout_to_stderr():
+            report = run(_to_stderr)
+        print(dumps(report))
+    else:
+        report = run(progress)
+        print()
+        print(saturation.format_saturation(report))
+    return 0
+
+
+def _controller_step(args: argparse.Namespace) -> int:
+    # lazy: imports NumPy, pandas and SciPy; keeps `raymedic --help` fast
+    from raymedic.bench import controller_step
+
+    out = controller_step.run_controller_step(members=args.members, replicas=args.replicas)
+    print(dumps(out) if args.json else controller_step.format_step(out))
+    return 0
+
+
+def _replica_faults(args: argparse.Namespace) -> int:
+    faults = tuple(args.faults.split(","))
+    bad = [f for f in faults if f not in ("kill", "hang", "slow", "wrong")]
+    if bad:
+        raise RaymedicError(f"unknown fault(s) {bad}: --faults takes a comma list of kill,hang,slow,wrong")
+    # lazy: imports Ray and NumPy; keeps `raymedic --help` fast
+    from raymedic.bench import faults as bench
+
+    settings = bench.BenchSettings(rps=args.rps or bench.BenchSettings.rps, deadline_s=args.deadline,
+                                   fault_s=args.fault_seconds, slow_ms=args.slow_ms, faults=faults)
+    if args.json:
+        with _stdout_to_stderr():
+            report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
+                                              progress=_to_stderr)
+        print(dumps(report))
+        return 0
+    report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
+                                      progress=progress)
+    print()
+    print(bench.format_table(report))
+    print()
+    print(dumps(report))
+    return 0

@@ -1,0 +1,125 @@
+"""``raymedic status``: the service at a glance, from the gateway's ``GET /v1/status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from raymedic.app.cli._common import service_url, unreachable
+from raymedic.app.http import request_json
+from raymedic.errors import RaymedicError
+
+__all__ = ["cmd_status", "performance_line"]
+
+
+def performance_line(perf: dict[str, Any]) -> str:
+    """Live accuracy, the label-free estimate and prediction drift, on one line ('' before any check).
+
+    One line because an operator reads ``raymedic status`` at a glance: how good the
+    ensemble is now (on labels, and estimated where labels lag) and whether its
+    answers have drifted, before the per-incident detail.
+
+    Args:
+        perf: The ``performance`` object of ``GET /v1/status``.
+
+    Returns:
+        ``"performance: ..."``, or ``""`` before the controller's first check.
+    """
+    parts = []
+    ens = (perf.get("labelled") or {}).get("ensemble")
+    if ens:
+        parts.append(f"ensemble accuracy {ens['accuracy']:.3f} on {ens['labels']} labels")
+    est = perf.get("estimated")
+    if est:
+        parts.append(f"estimated {est['accuracy']:.3f} ({est['reliability']})")
+    pd = perf.get("prediction_drift") or {}
+    if pd.get("outputs"):
+        psi = ", ".join(f"{k} PSI {v['psi']:.3f}" for k, v in pd["outputs"].items())
+        parts.append(f"prediction drift {'in ' + ', '.join(pd['drifted_outputs']) if pd['drifted'] else 'none'} "
+                     f"({psi})")
+    elif pd:
+        parts.append(f"prediction drift: collecting ({pd['reference_answers']} reference answers, "
+                     f"{pd['window_answers']} in the window)")
+    return "performance: " + "; ".join(parts) if parts else ""
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the service's members, versions, weights, replica states, healing and incidents.
+
+    Reads only ``GET /v1/status`` (no Ray connection), so it works from any machine
+    that reaches the gateway; ``--json`` prints that answer as it is.
+
+    Returns:
+        0 when the gateway answered.
+
+    Raises:
+        RaymedicError: No service answers, or the gateway answered with an error.
+    """
+    url = service_url(args)
+    try:
+        reply = request_json("GET", f"{url}/v1/status", timeout_s=args.timeout)
+    except OSError as exc:
+        raise unreachable(url, exc) from None
+    if reply.status != 200:
+        raise RaymedicError(f"{url}/v1/status answered {reply.status}: {reply.body}")
+    st = reply.body
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"model {st['model']}  ({st['model_version']})  application {st['application']['status']}")
+    names = {m["name"]: m["name"] + (" (fallback)" if m.get("fallback") else "") for m in st["members"]}
+    w = max([14] + [len(n) + 2 for n in names.values()])  # the name column fits the longest name
+    print(f"{'member':<{w}}{'version':<10}{'weight':>8}  {'state':<12}replicas")
+    for m in st["members"]:
+        reps = ", ".join(f"{r['id']}:{r['state']}" for r in m["replicas"]) or "-"
+        print(f"{names[m['name']]:<{w}}{m['version']:<10}{m['weight']:>8.3f}  {m['state']:<12}{reps}")
+    gw = st["gateway"]
+    print(f"{'gateway':<{w}}{'':<10}{'':>8}  {gw['state']:<12}"
+          + ", ".join(f"{r['id']}:{r['state']}" for r in gw["replicas"]))
+    ctl = st["controller"]
+    print(f"controller: {ctl['state']}" + (f" (pid {ctl['pid']}, step p50 {ctl.get('step_ms_p50')} ms)"
+                                             if ctl.get("pid") else ""))
+    if ctl.get("mode") == "approve":
+        props = ctl.get("proposals") or []
+        print(f"approval mode: {len(props)} proposal(s) waiting" + ("".join(
+            f"\n  {p['incident']}  restart {p['target']} ({p['fault']})  → raymedic approve|reject {p['incident']}"
+            for p in props)))
+    rt = ctl.get("retraining") or {}
+    if rt.get("job"):
+        print(f"retraining: job {rt['job'].get('job_id')} running ({rt['job']['reason']})")
+    elif rt.get("deploying"):
+        print("retraining: deploying new versions")
+    if rt.get("probation"):
+        print(f"probation: {rt['probation']['versions']} (rolled back automatically if live accuracy drops)")
+    tr = rt.get("trial")
+    if tr:
+        print(f"trial {tr['record']} ({tr['mode']}, {tr['share']:.0%} of requests):" + "".join(
+            f"\n  {m} {v}: " + (f"challenger {t['challenger_accuracy']:.3f} vs champion {t['champion_accuracy']:.3f}"
+                               f" on {t['labels']} paired labels" if t.get("labels") else "no paired labels yet")
+            + (f" → {tr['verdicts'][m][0]}: {tr['verdicts'][m][1]}" if m in tr.get("verdicts", {}) else "")
+            for m, v in tr["versions"].items() for t in [tr["tally"].get(m, {})]))
+    for h in (rt.get("history") or [])[-3:]:
+        print(f"  retrain {h.get('record')}: {h.get('result')}" + "".join(
+            f"\n    {m}: {'pass' if g['passed'] else 'reject'} " + (
+                f"{g['challenger_accuracy']:.3f} vs champion {g['champion_accuracy']:.3f}"
+                if g.get("challenger_accuracy") is not None else "") + (
+                f" — {'; '.join(g['reasons'])}" if g.get("reasons") else "")
+            for m, g in (h.get("gate") or {}).items()))
+    line = performance_line(st.get("performance") or {})
+    if line:
+        print(line)
+    incidents = st["incidents"]
+    print(f"incidents: {len(incidents)}" + (" (latest first)" if incidents else ""))
+    for inc in list(reversed(incidents))[: args.incidents]:
+        ttr = inc.get("time_to_recover_s")
+        if inc.get("replica") is None:  # a data or model incident: a feature or the ensemble, not a replica
+            ev = {k: v for k, v in inc.get("evidence", {}).items() if k != "window_rows"}
+            what = f"feature {inc['feature']!r}" if inc.get("feature") else inc.get("target", "")
+            print(f"  {inc['id']}  {inc['kind']:<14} {what}  {inc['status']:<9} "
+                  f"{inc.get('severity', '')}  {json.dumps(ev)}")
+            continue
+        print(f"  {inc['id']}  {inc['kind']:<6} {inc['member']}/{inc['replica']}  {inc['status']:<9} "
+              f"detect {inc['time_to_detect_s']:.2f} s  recover {'-' if ttr is None else f'{ttr:.1f} s'}  "
+              f"action {inc.get('action') or '-'}: {inc.get('action_outcome') or '-'}")
+    return 0

@@ -1,0 +1,275 @@
+"""The embedded cluster a benchmark runs on, and the two systems it measures: raymedic and plain Serve.
+
+:func:`bench_cluster` starts an embedded local Ray cluster with the trained model;
+:class:`RaymedicSystem` and :class:`PlainServe` deploy onto it the same trained
+members, one with raymedic's gateway and healing controller, one behind Ray
+Serve's defaults (:mod:`serve_apps.baseline`), and offer one surface (deploy,
+ready, inject, outcome, clear, remove) that the replica-faults and saturation
+benches drive in the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import ray
+
+from cluster.connect import LOCAL_LOGICAL_CPUS, start_embedded
+from cluster.runstate import raymedic_home
+from raymedic.app import service
+from raymedic.app.http import request_json
+from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC
+from raymedic.config import RaymedicConfig, load_config
+from raymedic.keys import ADMIN_TOKEN_ENV, APP_NAME
+from raymedic.storage import Storage
+from serve_apps.chaos import sigkill_replica
+from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
+
+__all__ = ["Progress", "bench_cluster", "bench_inputs", "running_replicas", "wait_until", "System",
+           "RaymedicSystem", "PlainServe", "systems"]
+
+Progress = Callable[[str], None]
+
+
+@contextlib.contextmanager
+def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = False
+                  ) -> Iterator[RaymedicConfig]:
+    """An embedded Ray cluster and the config a benchmark deploys (storage under
+    ``RAYMEDIC_HOME/bench-storage``, its trained registry kept, every other state of an earlier run
+    cleared, the model trained if it is not); everything started here is shut down on exit."""
+    os.environ.setdefault(ADMIN_TOKEN_ENV, os.urandom(16).hex())  # before any deploy: the admin routes' token
+    cfg = load_config(config_path).config
+    storage = str(raymedic_home() / "bench-storage")
+    update: dict[str, Any] = {"storage_path": storage}
+    if chaos:
+        update["chaos"] = cfg.chaos.model_copy(update={"enabled": True})
+    cfg = cfg.model_copy(update=update).resolved()
+    for stale in (f"controller/{cfg.model}", f"audit/{cfg.model}", f"logs/{cfg.model}", f"retrain/{cfg.model}"):
+        Storage(storage).delete(stale)  # keep the trained registry, start everything else from scratch
+    progress(f"starting an embedded local Ray cluster ({LOCAL_LOGICAL_CPUS} logical CPUs)")
+    start_embedded(log_to_driver=False)
+    try:
+        service.ensure_trained(cfg, progress)
+        yield cfg
+    finally:
+        try:
+            # lazy: Ray Serve reads the fast-path settings start_embedded sets when it is imported
+            from ray import serve
+
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def bench_inputs(config: RaymedicConfig, n: int = 200) -> list[dict[str, Any]]:
+    """``n`` fixed rows of the built-in synthetic table (seeded apart from training): the requests
+    every bench replays, the same for both systems."""
+    df = SyntheticGenerator(SyntheticSpec(seed=config.training.seed)).sample(n, seed=4242)
+    feats = [c for c in df.columns if c != "label"]
+    return [{f: float(r[f]) for f in feats} for _, r in df.iterrows()]
+
+
+def running_replicas(app: str, member: str) -> list[Any]:
+    """The RUNNING replicas of ``member`` in Serve application ``app``, by id, as Serve's controller
+    reports them: both systems are judged by the same view of what serves."""
+    # lazy: imports Ray Serve, which reads the fast-path settings start_embedded sets when it is imported
+    from serve_apps.serve_state import read_app_view
+
+    view = read_app_view(app)
+    dep = view.deployments.get(member) if view else None
+    return sorted((r for r in (dep.replicas if dep else ()) if r.state == "RUNNING"), key=lambda r: r.id)
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something truthy (which is returned); an exception
+    counts as not yet (a system may answer errors while it starts).
+
+    Raises:
+        TimeoutError: ``timeout_s`` passed first; the message names ``what``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            v = predicate()
+            if v:
+                return v
+        except Exception:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+class System:
+    """What differs between raymedic and the baseline: deploy, inject, observe, clean up.
+
+    The benches drive both through this one surface, so each scenario runs the same
+    steps on both and a figure differs only by what the system does.
+    """
+
+    name: str
+    app: str
+
+    def __init__(self, config: RaymedicConfig, url: str) -> None:
+        self.config, self.url = config, url
+        self.predict_url = f"{url}/v1/models/{config.model}:predict"
+
+    def full_strength(self) -> bool:
+        """Whether every member runs all the replicas it should (see :meth:`strength`)."""
+        return all(len(running_replicas(self.app, m.name)) == self.strength(m) for m in self.config.members)
+
+    @staticmethod
+    def strength(member: Any) -> int:
+        """Replicas a whole member runs: both systems get the same processes (raymedic holds its
+        ``standby`` ones out of traffic; plain Serve serves with all of them)."""
+        return member.replicas + member.standby
+
+
+class RaymedicSystem(System):
+    """raymedic as deployed by ``raymedic up``: gateway, members and the healing controller; faults
+    through its admin chaos route, detection and recovery from its own incidents."""
+
+    name, app = RAYMEDIC, APP_NAME
+
+    def deploy(self, progress: Progress) -> None:
+        """Deploy the service and wait until every member answers predictions."""
+        service.deploy(self.config, host="127.0.0.1", port=int(self.url.rsplit(":", 1)[1]), progress=progress)
+        service.wait_ready(self.url, self.config.model, timeout_s=300, progress=progress)
+
+    def ready(self) -> bool:
+        """Whole: every replica running, healthy in the controller's eyes and avoided by none."""
+        st = request_json("GET", f"{self.url}/v1/status", timeout_s=10).body
+        healthy = st["controller"].get("healthy", {})
+        return self.full_strength() and all(len(healthy.get(m.name, ())) == self.strength(m)
+                                            for m in self.config.members) and not any(
+            st["controller"].get("avoid", {}).values())
+
+    def inject(self, fault: str, member: str, slow_ms: float) -> dict[str, Any]:
+        """Inject ``fault`` into one replica of ``member`` through the admin chaos route."""
+        r = request_json("POST", f"{self.url}/v1/admin/chaos",
+                         {"fault": fault, "member": member, "delay_ms": slow_ms if fault == "slow" else None},
+                         headers={"Authorization": f"Bearer {os.environ[ADMIN_TOKEN_ENV]}"}, timeout_s=30)
+        if r.status != 200:
+            raise RuntimeError(f"chaos {fault} failed: {r.status} {r.body}")
+        return r.body
+
+    def outcome(self, replica: str, injected_at: float, member: str) -> dict[str, Any]:
+        """Seconds from the injection to the controller's detection and recovery (its incident)."""
+
+        def incident() -> dict[str, Any] | None:
+            st = request_json("GET", f"{self.url}/v1/status", timeout_s=10).body
+            return next((i for i in st["incidents"] if i["replica"] == replica), None)
+
+        try:  # a replacement may still be starting when the load window ends: give it a minute
+            inc = wait_until(lambda: (i := incident()) and i["status"] != "open" and i, 60, "the incident to close")
+        except TimeoutError:
+            inc = incident()
+        if inc is None:
+            return {"detect_s": None, "recover_s": None}
+        return {"detect_s": round(inc["detected_at"] - injected_at, 2),
+                "recover_s": None if inc["recovered_at"] is None else round(inc["recovered_at"] - injected_at, 2)}
+
+    def clear(self) -> None:
+        """Remove every injected fault."""
+        request_json("POST", f"{self.url}/v1/admin/chaos/clear", {},
+                     headers={"Authorization": f"Bearer {os.environ[ADMIN_TOKEN_ENV]}"}, timeout_s=60)
+
+    def remove(self) -> None:
+        """Delete the application and its controller."""
+        service.undeploy()
+
+
+class PlainServe(System):
+    """The baseline: the same trained members behind Ray Serve's default router and health checks
+    (:mod:`serve_apps.baseline`); faults through the members' own chaos method, detection and
+    recovery read from Serve's view of its replicas."""
+
+    name = PLAIN_SERVE
+    app = "baseline"
+
+    def deploy(self, progress: Progress) -> None:
+        """Deploy the baseline and wait until it answers a prediction."""
+        # lazy: Ray Serve reads the fast-path settings start_embedded sets when it is imported
+        from ray import serve
+
+        from serve_apps.baseline import build_baseline  # lazy: imports Ray Serve, as above
+
+        progress("deploying the plain Ray Serve baseline (same members, default router and health checks)")
+        serve.run(build_baseline(self.config), name=self.app, route_prefix="/", blocking=False)
+        wait_until(lambda: request_json("POST", self.predict_url, {"instances": bench_inputs(self.config, 1)},
+                                        timeout_s=10).status == 200, 300, "the baseline to answer")
+
+    def ready(self) -> bool:
+        """Whole: every replica running (all plain Serve can say)."""
+        return self.full_strength()
+
+    def _handle(self, member: str) -> Any:
+        # lazy: Ray Serve reads the fast-path settings start_embedded sets when it is imported
+        from ray import serve
+
+        return serve.get_deployment_handle(member, app_name=self.app)
+
+    def inject(self, fault: str, member: str, slow_ms: float) -> dict[str, Any]:
+        """Inject ``fault`` into the first running replica of ``member``: SIGKILL, or the member's chaos method."""
+        target = running_replicas(self.app, member)[0]
+        if fault == "kill":
+            return {"replica": target.id, **sigkill_replica(int(target.pid), target.node_id)}
+        handle = self._handle(member)
+        for _ in range(200):  # Serve's router picks the replica; `only` makes the others decline
+            out = handle.chaos.remote(fault, slow_ms if fault == "slow" else None, only=target.id).result(
+                timeout_s=10)
+            if out.get("applied"):
+                return out
+        raise RuntimeError(f"could not reach replica {target.id} of {member}")
+
+    def outcome(self, replica: str, injected_at: float, member: str) -> dict[str, Any]:
+        """What :meth:`watch` saw: seconds until Serve noticed and until a replacement ran."""
+        return dict(self._seen)
+
+    def watch(self, replica: str, member: str, injected_at: float, until: float, keep: bool = False) -> None:
+        """Poll Serve's own view: when did it notice, when was a replacement running?"""
+        if not keep:
+            self._seen: dict[str, Any] = {"detect_s": None, "recover_s": None}
+        target = next(self.strength(m) for m in self.config.members if m.name == member)
+        while time.time() < until:
+            try:
+                running = [r.id for r in running_replicas(self.app, member)]
+            except Exception:
+                running = None
+            if running is not None:
+                now = round(time.time() - injected_at, 2)
+                if replica not in running and self._seen["detect_s"] is None:
+                    self._seen["detect_s"] = now
+                if replica not in running and len(running) >= target and self._seen["recover_s"] is None:
+                    self._seen["recover_s"] = now
+                    return
+            time.sleep(0.25)
+
+    def clear(self) -> None:
+        """Clear the injected faults replica by replica (Serve's router picks which one answers)."""
+        for m in self.config.members:
+            handle = self._handle(m.name)
+            pending = {r.id for r in running_replicas(self.app, m.name)}
+            for _ in range(200):
+                if not pending:
+                    break
+                try:
+                    out = handle.chaos.remote(None, only=sorted(pending)[0]).result(timeout_s=5)
+                    if out.get("applied"):
+                        pending.discard(out["replica"])
+                except Exception:
+                    pending = {r.id for r in running_replicas(self.app, m.name)} & pending
+
+    def remove(self) -> None:
+        """Delete the baseline application; returns once its replicas are stopped."""
+        # lazy: Ray Serve reads the fast-path settings start_embedded sets when it is imported
+        from ray import serve
+
+        serve.delete(self.app)
+
+
+def systems(config: RaymedicConfig, url: str) -> tuple[System, ...]:
+    """Both systems for ``config`` at ``url``, plain Serve first (the order every bench runs them)."""
+    return PlainServe(config, url), RaymedicSystem(config, url)

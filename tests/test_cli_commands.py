@@ -1,0 +1,358 @@
+"""The command line without a cluster: its flags, its ``--help``, and each command against a fake gateway.
+
+The gateway is a small stdlib HTTP server answering canned JSON, so what is
+checked is the CLI's own part: which route it calls with which body and token,
+what it prints, and the error text and exit code of everything a user can get
+wrong. The real service is driven end to end in ``tests/test_cli.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import pytest
+
+from raymedic.app import cli
+from raymedic.app.cli import _common
+from raymedic.keys import ADMIN_TOKEN_ENV
+from tests.conftest import REPO
+
+COMMANDS = ("up", "down", "status", "pause", "resume", "approve", "reject", "mode", "retrain", "rollback", "trial",
+            "chaos", "openapi", "audit", "train", "search", "bench", "demo")
+
+FLAGS = {
+    "up": ["--chaos", "--config", "--cpus-per-node", "--dashboard-port", "--gpu-nodes", "--gpus-per-node", "--model",
+           "--nodes", "--port", "--ray-port", "--storage-path", "--timeout"],
+    "down": ["--config"],
+    "status": ["--config", "--incidents", "--json", "--timeout", "--url"],
+    **{c: ["--config", "--json", "--url"] for c in ("pause", "resume", "approve", "reject", "mode")},
+    "retrain": ["--config", "--json", "--reason", "--url"],
+    "rollback": ["--config", "--json", "--member", "--url"],
+    "trial": ["--config", "--json", "--member", "--mode", "--url", "--version"],
+    "chaos": ["--config", "--delay-ms", "--json", "--member", "--replica", "--url"],
+    "openapi": ["--config", "--out"],
+    "audit": ["--config", "--json", "--limit", "--model", "--since"],
+    "train": ["--config", "--data", "--json", "--members", "--model", "--no-promote", "--storage-path", "--synthetic",
+              "--target"],
+    "search": ["--config", "--data", "--json", "--max-epochs", "--member", "--model", "--storage-path", "--synthetic",
+               "--target", "--trials"],
+    "bench": ["--config", "--control-rows", "--deadline", "--fault-seconds", "--faults", "--json", "--live",
+              "--live-scenarios", "--members", "--port", "--rates", "--replicas", "--rows-per-s", "--rps", "--seconds",
+              "--seed", "--seeds", "--slow-ms"],
+    "demo": ["--config", "--port", "--requests"],
+}
+"""Every sub-command's flags: the command line is a contract users and scripts depend on (README)."""
+
+
+def _options(parser: Any) -> list[str]:
+    return sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help")
+
+
+def _subparsers() -> dict[str, Any]:
+    (sub,) = [a for a in cli._parser()._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return dict(sub.choices)
+
+
+# ---- the flags and --help ------------------------------------------------------------------------
+
+
+def test_every_sub_command_keeps_its_flags():
+    subs = _subparsers()
+    assert tuple(subs) == COMMANDS
+    assert {name: _options(p) for name, p in subs.items()} == FLAGS
+
+
+def test_train_flags_are_the_same_for_the_cli_and_the_ray_job_entry_point():
+    from train_jobs import search, train
+
+    assert _options(train._parser()) == FLAGS["train"]
+    assert _options(search._parser()) == FLAGS["search"]
+
+
+def test_help_imports_neither_ray_nor_torch_nor_pyarrow():
+    """`raymedic --help` and every sub-command's help must be instant: nothing heavy is imported."""
+    probe = ("import runpy, sys\n"
+             "sys.argv = ['raymedic', *sys.argv[1:], '--help']\n"
+             "try:\n    runpy.run_module('raymedic', run_name='__main__')\n"
+             "except SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
+             "heavy = sorted(m for m in ('ray', 'torch', 'pyarrow', 'pandas', 'numpy', 'scipy', 'fastapi') "
+             "if m in sys.modules)\n"
+             "print(','.join(heavy), file=sys.stderr)\n")
+    for command in ("", *COMMANDS):
+        p = subprocess.run([sys.executable, "-c", probe, *command.split()], cwd=REPO, capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert p.stdout.startswith("usage: raymedic")
+        assert p.stderr.strip().splitlines()[-1:] in ([], [""]), f"`raymedic {command} --help` imported {p.stderr}"
+
+
+# ---- a fake gateway --------------------------------------------------------------------------------
+
+
+class FakeGateway:
+    """Canned answers by (method, path); every request is kept: (method, path, headers, body)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], tuple[int, Any]] = {}
+        self.requests: list[tuple[str, str, dict[str, str], Any]] = []
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                gateway.requests.append((self.command, self.path, dict(self.headers),
+                                         json.loads(raw) if raw else None))
+                status, body = gateway.routes.get((self.command, self.path), (404, {"error": "no such route"}))
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:  # keep the test output clean
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def gateway() -> Iterator[FakeGateway]:
+    gw = FakeGateway()
+    yield gw
+    gw.close()
+
+
+@pytest.fixture
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "s3cret")
+    return "s3cret"
+
+
+STATUS = {
+    "model": "churn", "model_version": "logistic:v0002,mlp:v0001", "application": {"status": "RUNNING"},
+    "members": [
+        {"name": "logistic", "version": "v0002", "weight": 0.25, "state": "healthy", "fallback": True,
+         "replicas": [{"id": "a1", "state": "RUNNING"}]},
+        {"name": "mlp", "version": "v0001", "weight": 0.75, "state": "degraded",
+         "replicas": [{"id": "b1", "state": "RUNNING"}, {"id": "b2", "state": "STARTING"}]},
+    ],
+    "gateway": {"state": "healthy", "replicas": [{"id": "g1", "state": "RUNNING"}]},
+    "controller": {"state": "running", "pid": 4242, "step_ms_p50": 1.5, "mode": "approve",
+                   "proposals": [{"incident": "inc-3", "target": "mlp/b2", "fault": "hang"}],
+                   "retraining": {"deploying": True, "probation": {"versions": {"logistic": "v0002"}},
+                                  "trial": {"record": "t1", "mode": "canary", "share": 0.1,
+                                            "versions": {"mlp": "v0003", "logistic": "v0003"},
+                                            "tally": {"mlp": {"labels": 50, "challenger_accuracy": 0.9,
+                                                              "champion_accuracy": 0.85}},
+                                            "verdicts": {"logistic": ["reject", "no paired labels in time"]}},
+                                  "history": [{"record": "r1", "result": "gated", "gate": {
+                                      "logistic": {"passed": True, "challenger_accuracy": 0.91,
+                                                   "champion_accuracy": 0.88},
+                                      "mlp": {"passed": False, "challenger_accuracy": 0.8, "champion_accuracy": 0.9,
+                                              "reasons": ["accuracy fell"]}}}]}},
+    "performance": {"labelled": {"ensemble": {"accuracy": 0.9, "labels": 120}}},
+    "incidents": [
+        {"id": "inc-1", "kind": "kill", "member": "mlp", "replica": "b0", "status": "recovered",
+         "time_to_detect_s": 0.42, "time_to_recover_s": 6.25, "action": "restart", "action_outcome": "done"},
+        {"id": "inc-2", "kind": "drift", "replica": None, "feature": "f0", "status": "open", "severity": "warn",
+         "evidence": {"test": "ks", "p_adjusted": 0.001, "window_rows": 500}},
+    ],
+}
+
+STATUS_TEXT = """\
+model churn  (logistic:v0002,mlp:v0001)  application RUNNING
+member               version     weight  state       replicas
+logistic (fallback)  v0002        0.250  healthy     a1:RUNNING
+mlp                  v0001        0.750  degraded    b1:RUNNING, b2:STARTING
+gateway                                  healthy     g1:RUNNING
+controller: running (pid 4242, step p50 1.5 ms)
+approval mode: 1 proposal(s) waiting
+  inc-3  restart mlp/b2 (hang)  → raymedic approve|reject inc-3
+retraining: deploying new versions
+probation: {'logistic': 'v0002'} (rolled back automatically if live accuracy drops)
+trial t1 (canary, 10% of requests):
+  mlp v0003: challenger 0.900 vs champion 0.850 on 50 paired labels
+  logistic v0003: no paired labels yet → reject: no paired labels in time
+  retrain r1: gated
+    logistic: pass 0.910 vs champion 0.880
+    mlp: reject 0.800 vs champion 0.900 — accuracy fell
+performance: ensemble accuracy 0.900 on 120 labels
+incidents: 2 (latest first)
+  inc-2  drift          feature 'f0'  open      warn  {"test": "ks", "p_adjusted": 0.001}
+  inc-1  kill   mlp/b0  recovered detect 0.42 s  recover 6.2 s  action restart: done
+"""
+"""What ``raymedic status`` printed for :data:`STATUS` before the CLI became a package (same bytes)."""
+
+
+# ---- status ---------------------------------------------------------------------------------------
+
+
+def test_status_prints_members_controller_retraining_and_incidents(gateway, capsys):
+    gateway.routes[("GET", "/v1/status")] = (200, STATUS)
+    assert cli.main(["status", "--url", gateway.url + "/"]) == 0
+    assert capsys.readouterr().out == STATUS_TEXT
+
+
+def test_status_json_is_the_gateways_answer(gateway, capsys):
+    gateway.routes[("GET", "/v1/status")] = (200, STATUS)
+    assert cli.main(["status", "--url", gateway.url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == STATUS
+
+
+def test_status_says_how_to_start_a_service_when_none_answers(capsys):
+    assert cli.main(["status", "--url", "http://127.0.0.1:9", "--timeout", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no raymedic service answers at http://127.0.0.1:9 (")
+    assert err.endswith("); start it with `raymedic up`\n") and "Traceback" not in err
+
+
+def test_status_shows_what_the_gateway_answered_on_an_error(gateway, capsys):
+    gateway.routes[("GET", "/v1/status")] = (503, {"error": "warming up"})
+    assert cli.main(["status", "--url", gateway.url]) == 2
+    assert capsys.readouterr().err == f"error: {gateway.url}/v1/status answered 503: {{'error': 'warming up'}}\n"
+
+
+# ---- operator controls ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, route, body, reply, printed", [
+    (["pause"], "pause", {}, {"paused": True}, "controller paused: it detects and records, but takes no action"),
+    (["resume"], "resume", {}, {"paused": False}, "controller resumed"),
+    (["approve", "inc-3"], "approve", {"incident": "inc-3"}, {}, "inc-3: approved; the restart runs on the next step"),
+    (["reject", "inc-3"], "reject", {"incident": "inc-3"}, {},
+     "inc-3: rejected; the replica is no longer avoided"),
+    (["mode", "approve"], "mode", {"mode": "approve"}, {},
+     "controller proposes restarts; approve them with `raymedic approve ID`"),
+    (["retrain", "--reason", "new season"], "retrain", {"reason": "new season"}, {},
+     "retrain requested: the controller submits a Ray job (see the dashboard's Jobs view), gates the challengers "
+     "and promotes those that pass; follow it with `raymedic status`"),
+    (["rollback", "--member", "mlp"], "rollback", {"members": ["mlp"]}, {"champion_now": {"mlp": "v0001"}},
+     "rolling back: mlp → v0001 (every replica swaps in place; `raymedic status` shows the versions)"),
+    (["trial", "--member", "mlp", "--mode", "shadow"], "trial",
+     {"member": "mlp", "version": "challenger", "mode": "shadow"},
+     {"trial": "t1", "member": "mlp", "version": "v0003", "share": 0.1, "mode": "shadow"},
+     "trial t1: mlp v0003 now sees 10% of requests next to the champion (shadow); it is promoted if it holds up on "
+     "labelled traffic, dropped otherwise. Follow it with `raymedic status`; `raymedic rollback` ends it"),
+    (["chaos", "slow", "--member", "mlp", "--delay-ms", "500"], "chaos",
+     {"fault": "slow", "member": "mlp", "replica": None, "delay_ms": 500.0},
+     {"fault": "slow", "member": "mlp", "replica": "b1"},
+     "injected slow into mlp/b1; watch it heal with `raymedic status`"),
+    (["chaos", "clear"], "chaos/clear", {}, {"cleared": ["b1", "b2"]}, "cleared faults on 2 replica(s)"),
+])
+def test_operator_commands_call_their_admin_route_with_the_token(gateway, token, capsys, argv, route, body, reply,
+                                                                 printed):
+    gateway.routes[("POST", f"/v1/admin/{route}")] = (200, reply)
+    assert cli.main([*argv, "--url", gateway.url]) == 0
+    assert capsys.readouterr().out == printed + "\n"
+    ((method, path, headers, sent),) = gateway.requests
+    assert (method, path, sent) == ("POST", f"/v1/admin/{route}", body)
+    assert headers["Authorization"] == f"Bearer {token}"
+    assert cli.main([*argv, "--url", gateway.url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == reply
+
+
+def test_the_admin_token_comes_from_the_file_up_wrote_when_the_variable_is_unset(gateway, monkeypatch, capsys):
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    assert cli.main(["pause", "--url", gateway.url]) == 2
+    assert capsys.readouterr().err == (f"error: no admin token: set {ADMIN_TOKEN_ENV} to the token the service was "
+                                       "deployed with\n")
+    note = _common.ensure_admin_token()  # what `raymedic up` does before it deploys
+    assert note == (f"token in {_common.token_file()} (the CLI reads it; set {ADMIN_TOKEN_ENV} to choose your own)")
+    assert _common.token_file().stat().st_mode & 0o777 == 0o600
+    written = _common.token_file().read_text()
+    monkeypatch.delenv(ADMIN_TOKEN_ENV)  # a later command, in a new process
+    gateway.routes[("POST", "/v1/admin/pause")] = (200, {})
+    assert cli.main(["pause", "--url", gateway.url]) == 0
+    assert gateway.requests[-1][2]["Authorization"] == f"Bearer {written}"
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "mine")
+    assert _common.ensure_admin_token() is None  # the user's own token wins and is not written anywhere
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["chaos", "kill"], "--member is required: which ensemble member to hurt (see `raymedic status`)"),
+    (["chaos", "slow", "--member", "mlp"], "slow needs --delay-ms N (e.g. --delay-ms 500)"),
+])
+def test_chaos_refuses_an_incomplete_fault_before_calling_the_service(gateway, token, capsys, argv, error):
+    assert cli.main([*argv, "--url", gateway.url]) == 2
+    assert capsys.readouterr().err == f"error: {error}\n" and gateway.requests == []
+
+
+def test_admin_errors_show_the_gateways_message_and_how_to_enable_chaos(gateway, token, capsys):
+    gateway.routes[("POST", "/v1/admin/chaos")] = (404, {"error": "Not Found"})
+    assert cli.main(["chaos", "kill", "--member", "mlp", "--url", gateway.url]) == 2
+    assert capsys.readouterr().err == ("error: Not Found — chaos routes exist only when chaos is enabled: "
+                                       "`raymedic up --chaos` or chaos.enabled: true in the config\n")
+    gateway.routes[("POST", "/v1/admin/approve")] = (409, {"error": "no proposal inc-9: see `raymedic status`"})
+    assert cli.main(["approve", "inc-9", "--url", gateway.url]) == 2
+    assert capsys.readouterr().err == "error: no proposal inc-9: see `raymedic status`\n"
+    gateway.routes[("POST", "/v1/admin/pause")] = (401, "unauthorized")
+    assert cli.main(["pause", "--url", gateway.url]) == 2
+    assert capsys.readouterr().err == "error: unauthorized\n"
+
+
+def test_admin_commands_say_how_to_start_a_service_when_none_answers(token, capsys):
+    assert cli.main(["resume", "--url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no raymedic service answers at http://127.0.0.1:9 (")
+    assert err.endswith("); start it with `raymedic up`\n")
+
+
+def test_the_service_url_comes_from_the_run_file_before_the_config(gateway, token, capsys):
+    from cluster.runstate import RunState, write_run_state
+
+    write_run_state(RunState(ray_address="127.0.0.1:1", dashboard_url="-", http_url=gateway.url,
+                             started_cluster=False, config_path="-", model="churn", storage_path="-"))
+    gateway.routes[("POST", "/v1/admin/resume")] = (200, {})
+    assert cli.main(["resume"]) == 0
+    assert capsys.readouterr().out == "controller resumed\n"
+
+
+# ---- down, audit and openapi without a cluster ----------------------------------------------------
+
+
+def test_down_with_nothing_started_is_not_an_error(capsys):
+    assert cli.main(["down"]) == 0
+    assert capsys.readouterr().out == "[raymedic] nothing to stop: no service started by `raymedic up` was found\n"
+
+
+def test_audit_reads_the_trail_from_storage_without_a_service(tmp_path, capsys):
+    from controllers.audit import AuditLog
+    from raymedic.storage import Storage
+
+    log = AuditLog(Storage(str(tmp_path)), "churn", writer="test")
+    log.record("restart", "mlp/b1", action="restart", outcome="done", evidence={"probe": "timeout"})
+    log.flush()
+    assert cli.main(["audit", "--json", "--config", _config(tmp_path)]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (record["kind"], record["target"], record["action"], record["outcome"]) == ("restart", "mlp/b1", "restart",
+                                                                                       "done")
+    assert cli.main(["audit", "--config", _config(tmp_path), "--model", "other"]) == 0
+    assert capsys.readouterr().out == "no audit records yet\n"
+
+
+def _config(tmp_path) -> str:
+    from tests.conftest import write_config
+
+    return str(write_config(tmp_path / "raymedic.yaml", storage=tmp_path, port=8000, model="churn"))
+
+
+def test_openapi_refuses_an_unwritable_path_with_the_fix(tmp_path, capsys):
+    assert cli.main(["openapi", "--out", str(tmp_path / "missing" / "openapi.json")]) == 2
+    assert capsys.readouterr().err == (f"error: cannot write {str(tmp_path / 'missing' / 'openapi.json')!r}: No such "
+                                       "file or directory; pass --out with a writable path\n")
