@@ -21,8 +21,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("raymedic", "cluster", "train_jobs", "serve_apps", "controllers")
 LAYERS = ("kernel", "cluster", "training", "serving", "healing", "app")
@@ -187,7 +185,6 @@ def test_there_is_no_import_circle():
     assert not found, "import circles:\n" + "\n".join(" ↔ ".join(c) for c in found)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: the CLI and the training entry points still import inside functions")
 def test_imports_inside_functions_say_why():
     silent = silent_lazy_imports(modules())
     assert not silent, ("imports of our code inside a function without a `# lazy: <why>` comment (move them "
