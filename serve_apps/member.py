@@ -14,13 +14,13 @@ The registry verifies the artifact's sha256 before anything is deserialised.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from typing import Any, Sequence
 
 from ray import serve
 
 from raymedic.errors import InvalidRequest
+from raymedic.logs import get_logger, use_serve_handlers
 from raymedic.storage import Storage
 from serve_apps.chaos import ReplicaFault
 from train_jobs.artifacts import unpack
@@ -28,7 +28,7 @@ from train_jobs.registry import ModelRegistry
 
 __all__ = ["Member"]
 
-log = logging.getLogger("ray.serve")
+log = get_logger(__name__)
 
 
 @serve.deployment
@@ -37,6 +37,9 @@ class Member:
 
     def __init__(self, *, model: str, member: str, version: str, storage_path: str, use_gpu: bool,
                  chaos: bool = False) -> None:
+        use_serve_handlers()
+        # Imported in the replica only: the gateway, the application builder and the CLI import this
+        # module too, and loading torch costs them seconds and memory they never use.
         import torch
 
         torch.set_num_threads(1)  # many small replicas share few cores; intra-op threads only contend

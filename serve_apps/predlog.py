@@ -15,7 +15,6 @@ Durability contract:
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 import threading
 import time
@@ -25,11 +24,12 @@ from typing import Any, Iterable, Sequence
 import pyarrow as pa
 
 from raymedic.keys import feedback_prefix, predictions_prefix
+from raymedic.logs import get_logger
 from raymedic.storage import Storage
 
 __all__ = ["new_inference_id", "inference_time", "PredictionLog", "FeedbackLog", "KnownIds"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _ID_LEN = 32
 

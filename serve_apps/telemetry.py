@@ -19,10 +19,12 @@ import numpy as np
 
 from raymedic.errors import ServiceUnavailable
 from raymedic.keys import challenger_source
+from raymedic.protocol import CallOutcome
 
 __all__ = ["CallRecorder", "LocalEjector", "RecentOutputs", "HedgeBudget", "Admission", "OUTCOMES"]
 
-OUTCOMES = ("ok", "error", "dead", "timeout", "hedged")
+OUTCOMES = tuple(o.value for o in CallOutcome)
+"""The outcome counters of each replica's slot, as plain strings (they cross a Ray call)."""
 MAX_LATENCIES = 256
 """Per replica per batch: enough for percentiles, bounded under any load."""
 MAX_LABELLED = 2000
