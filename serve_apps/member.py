@@ -56,6 +56,9 @@ class Member:
     async def predict(self, rows: Sequence[Sequence[Any]], call_id: str | None = None,
                       avoid: Sequence[str] | None = None, target: str | None = None,
                       standby: Sequence[str] | None = None) -> dict[str, Any]:
+        """Class probabilities for ``rows``, naming the replica and the version that produced them (the
+        gateway charges each answer to its replica and version).
+        """
         # call_id, avoid, standby and target are read by serve_apps.routing.AvoidingRouter in the caller.
         if self._fault.mode:
             await self._fault.before_inference()
@@ -103,5 +106,6 @@ class Member:
         return {**out, "applied": True, "replica": self._replica, "member": self._member, "pid": os.getpid()}
 
     async def info(self) -> dict[str, Any]:
+        """Which member, version, replica, process and device this is (for probes and debugging)."""
         return {"member": self._member, "version": self._version, "replica": self._replica,
                 "pid": os.getpid(), "device": str(self._model.device)}
