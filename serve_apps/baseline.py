@@ -31,6 +31,9 @@ BASELINE_APP = "baseline"
 
 @serve.deployment(name="plain-ingress")
 class PlainEnsemble:
+    """An ingress that averages every member's probabilities, the way one would with plain Serve:
+    the benchmark's yardstick, so it must stay as simple as the ordinary way is.
+    """
     def __init__(self, members: dict[str, Any], schema: dict[str, Any]) -> None:
         self._members = members
         self._schema = ModelSchema.from_dict(schema)

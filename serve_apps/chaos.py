@@ -43,6 +43,12 @@ class ReplicaFault:
         self._released = asyncio.Event()
 
     def set(self, mode: str | None, delay_ms: float | None = None) -> dict[str, Any]:
+        """Set (or clear, with None) the fault; a new mode first releases calls a previous hang held, so
+        clearing a hang frees the replica at once.
+
+        Raises:
+            InvalidRequest: a mode that cannot live in a replica (``kill`` is a signal), or ``slow`` without a delay.
+        """
         if mode is not None and mode not in IN_REPLICA:
             raise InvalidRequest(f"fault {mode!r} cannot be set inside a replica; use one of {list(IN_REPLICA)}")
         if mode == "slow" and (delay_ms is None or not 0 < delay_ms <= 60_000):
@@ -54,12 +60,16 @@ class ReplicaFault:
         return {"mode": mode, "delay_ms": delay_ms}
 
     async def before_inference(self) -> None:
+        """Hold a call (``hang``: until cleared) or delay it (``slow``): the faults a deadline must catch."""
         if self.mode == "hang":
             await self._released.wait()
         elif self.mode == "slow":
             await asyncio.sleep(self.delay_s)
 
     def after_inference(self, probabilities: np.ndarray) -> np.ndarray:
+        """Corrupt an answer (``wrong``: classes rotated) while keeping it well-formed: the fault only golden
+        probes and labels can see.
+        """
         if self.mode == "wrong":
             return np.roll(probabilities, 1, axis=1)
         return probabilities

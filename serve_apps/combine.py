@@ -19,12 +19,21 @@ __all__ = ["Combination", "combine", "equal_weights"]
 
 @dataclass(frozen=True)
 class Combination:
+    """The ensemble's answer and how it was made.
+
+    Attributes:
+        probabilities: one row of class probabilities per request row.
+        members_used: the members whose answers went into it.
+        degraded: the fallback stood in alone, or fewer than ``min_members`` members went into it
+            (clients may treat such an answer with care).
+    """
     probabilities: np.ndarray
     members_used: tuple[str, ...]
     degraded: bool
 
 
 def equal_weights(members: list[str]) -> dict[str, float]:
+    """The weights before the controller sent any: every member alike."""
     return {m: 1.0 / len(members) for m in members}
 
 

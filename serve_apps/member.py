@@ -14,13 +14,13 @@ The registry verifies the artifact's sha256 before anything is deserialised.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from typing import Any, Sequence
 
 from ray import serve
 
 from raymedic.errors import InvalidRequest
+from raymedic.logs import get_logger, use_serve_handlers
 from raymedic.storage import Storage
 from serve_apps.chaos import ReplicaFault
 from train_jobs.artifacts import unpack
@@ -28,7 +28,7 @@ from train_jobs.registry import ModelRegistry
 
 __all__ = ["Member"]
 
-log = logging.getLogger("ray.serve")
+log = get_logger(__name__)
 
 
 @serve.deployment
@@ -37,6 +37,9 @@ class Member:
 
     def __init__(self, *, model: str, member: str, version: str, storage_path: str, use_gpu: bool,
                  chaos: bool = False) -> None:
+        use_serve_handlers()
+        # Imported in the replica only: the gateway, the application builder and the CLI import this
+        # module too, and loading torch costs them seconds and memory they never use.
         import torch
 
         torch.set_num_threads(1)  # many small replicas share few cores; intra-op threads only contend
@@ -53,6 +56,9 @@ class Member:
     async def predict(self, rows: Sequence[Sequence[Any]], call_id: str | None = None,
                       avoid: Sequence[str] | None = None, target: str | None = None,
                       standby: Sequence[str] | None = None) -> dict[str, Any]:
+        """Class probabilities for ``rows``, naming the replica and the version that produced them (the
+        gateway charges each answer to its replica and version).
+        """
         # call_id, avoid, standby and target are read by serve_apps.routing.AvoidingRouter in the caller.
         if self._fault.mode:
             await self._fault.before_inference()
@@ -100,5 +106,6 @@ class Member:
         return {**out, "applied": True, "replica": self._replica, "member": self._member, "pid": os.getpid()}
 
     async def info(self) -> dict[str, Any]:
+        """Which member, version, replica, process and device this is (for probes and debugging)."""
         return {"member": self._member, "version": self._version, "replica": self._replica,
                 "pid": os.getpid(), "device": str(self._model.device)}

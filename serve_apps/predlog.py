@@ -15,7 +15,6 @@ Durability contract:
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 import threading
 import time
@@ -25,11 +24,12 @@ from typing import Any, Iterable, Sequence
 import pyarrow as pa
 
 from raymedic.keys import feedback_prefix, predictions_prefix
+from raymedic.logs import get_logger
 from raymedic.storage import Storage
 
 __all__ = ["new_inference_id", "inference_time", "PredictionLog", "FeedbackLog", "KnownIds"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _ID_LEN = 32
 
@@ -89,10 +89,12 @@ class PredictionLog:
         self._lock = threading.Lock()
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Buffer records until the next flush (a write per request would cost more than the inference)."""
         with self._lock:
             self._rows.extend(rows)
 
     def pending(self) -> int:
+        """Records buffered and not yet written."""
         return len(self._rows)
 
     def flush(self) -> int:
@@ -128,6 +130,9 @@ class FeedbackLog:
         self._tag = tag
 
     def write(self, inference_ids: Sequence[str], labels: Sequence[Any]) -> None:
+        """Write one batch of labels durably, before the request is acknowledged (an acknowledged label is
+        never lost).
+        """
         now = time.time()
         table = pa.Table.from_pylist(
             [{"inference_id": i, "label": json.dumps(label), "received_at": now}
@@ -180,6 +185,7 @@ class KnownIds:
                 self._answers.popitem(last=False)
 
     def add(self, ids: Iterable[str]) -> None:
+        """Remember ids this replica issued, so feedback for them is accepted without reading the log."""
         with self._lock:
             for i in ids:
                 self._ids[i] = None

@@ -67,6 +67,10 @@ class AvoidingRouter(PowerOfTwoChoicesRequestRouter):
         candidate_replicas: List[RunningReplica],
         pending_request: Optional[PendingRequest] = None,
     ) -> List[List[RunningReplica]]:
+        """The candidates for a call: the default router's choice for a plain call; else the target
+        alone, or two random replicas neither avoided nor standby (standbys only when no other is left,
+        avoided ones only when nothing else is).
+        """
         kwargs = pending_request.kwargs if pending_request is not None else {}
         target = kwargs.get("target")
         avoid = kwargs.get("avoid") or ()
@@ -87,6 +91,7 @@ class AvoidingRouter(PowerOfTwoChoicesRequestRouter):
         return [random.sample(pool, k=min(2, len(pool)))]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result) -> None:
+        """Record where a call with a ``call_id`` went, so the caller can charge a timeout to that replica."""
         call_id = pending_request.kwargs.get("call_id")
         if call_id:
             _record(call_id, replica_id.unique_id)

@@ -19,6 +19,7 @@ __all__ = ["ReplicaView", "DeploymentView", "AppView", "read_app_view"]
 
 @dataclass(frozen=True)
 class ReplicaView:
+    """One replica as Serve reports it (its process and node are what chaos and healing act on)."""
     id: str
     state: str
     pid: int | None = None
@@ -30,6 +31,7 @@ class ReplicaView:
 
 @dataclass(frozen=True)
 class DeploymentView:
+    """One deployment as Serve reports it, with its replicas."""
     name: str
     status: str
     message: str
@@ -39,6 +41,9 @@ class DeploymentView:
 
 @dataclass(frozen=True)
 class AppView:
+    """One application as Serve reports it: a frozen snapshot, so readers never see Serve's state change
+    under them.
+    """
     name: str
     status: str
     message: str = ""
@@ -46,6 +51,7 @@ class AppView:
 
     @property
     def running(self) -> bool:
+        """Whether Serve says the application is running."""
         return self.status == "RUNNING"
 
 

@@ -19,10 +19,12 @@ import numpy as np
 
 from raymedic.errors import ServiceUnavailable
 from raymedic.keys import challenger_source
+from raymedic.protocol import CallOutcome
 
 __all__ = ["CallRecorder", "LocalEjector", "RecentOutputs", "HedgeBudget", "Admission", "OUTCOMES"]
 
-OUTCOMES = ("ok", "error", "dead", "timeout", "hedged")
+OUTCOMES = tuple(o.value for o in CallOutcome)
+"""The outcome counters of each replica's slot, as plain strings (they cross a Ray call)."""
 MAX_LATENCIES = 256
 """Per replica per batch: enough for percentiles, bounded under any load."""
 MAX_LABELLED = 2000
@@ -49,6 +51,7 @@ class CallRecorder:
         slot["ok" if ok else "failed"] += 1
 
     def add_labelled(self, pairs: Sequence[dict[str, Any]]) -> None:
+        """Labelled answers for the controller's accuracy windows (bounded per batch)."""
         room = MAX_LABELLED - len(self._labelled)
         self._labelled.extend(pairs[:max(room, 0)])
 
@@ -63,10 +66,17 @@ class CallRecorder:
         return self._stats.setdefault((member, replica), {**{o: 0 for o in OUTCOMES}, "latencies": []})
 
     def started(self, member: str, replica: str) -> None:
+        """A call to ``replica`` is in flight (the controller sees in-flight counts between batches)."""
         self._inflight[(member, replica)] += 1
 
     def finished(self, member: str, replica: str, outcome: str, latency_s: float, *, was_started: bool = True
                  ) -> None:
+        """A call ended with ``outcome`` (a :class:`raymedic.protocol.CallOutcome`); latencies of good calls
+        only (a timeout's latency is the deadline, not the replica's).
+
+        Raises:
+            ValueError: an outcome the controller would not know.
+        """
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
         key = (member, replica)
@@ -78,6 +88,7 @@ class CallRecorder:
             slot["latencies"].append(round(latency_s, 5))
 
     def add_losses(self, losses: Mapping[str, Sequence[float]]) -> None:
+        """Per-member feedback losses, for the ensemble weights."""
         for member, values in losses.items():
             self._losses[member].extend(values)
 
@@ -106,10 +117,12 @@ class LocalEjector:
         self._until: dict[tuple[str, str], float] = {}
 
     def eject(self, member: str, replica: str, now: float) -> None:
+        """Avoid ``replica`` until ``now + eject_s`` (nothing when ejection is off)."""
         if self.eject_s > 0:
             self._until[(member, replica)] = now + self.eject_s
 
     def ejected(self, member: str, now: float) -> list[str]:
+        """The replicas of ``member`` still ejected at ``now`` (expired ones are forgotten)."""
         expired = [k for k, t in self._until.items() if t <= now]
         for k in expired:
             del self._until[k]
@@ -128,6 +141,9 @@ class RecentOutputs:
     def add(self, ids: Sequence[str], member_probs: Mapping[str, np.ndarray],
             ensemble: np.ndarray | None = None, at: float | None = None,
             versions: Mapping[str, str] | None = None) -> None:
+        """Remember each answer's member probabilities (and the ensemble's, and the versions that gave
+        them) under its inference id, evicting the oldest past ``capacity``.
+        """
         at = time.time() if at is None else at
         for i, inference_id in enumerate(ids):
             self._d[inference_id] = {m: np.asarray(p[i], dtype=float).tolist() for m, p in member_probs.items()}
@@ -237,9 +253,11 @@ class HedgeBudget:
         self._tokens = burst
 
     def on_call(self) -> None:
+        """A primary call earns ``ratio`` of a token (up to ``burst``)."""
         self._tokens = min(self.burst, self._tokens + self.ratio)
 
     def try_hedge(self) -> bool:
+        """Spend a token on a hedge if one is there; False means do not hedge."""
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
@@ -263,6 +281,11 @@ class Admission:
 
     @contextlib.contextmanager
     def enter(self) -> Iterator[None]:
+        """Admit one request for the ``with`` block, or refuse it at once.
+
+        Raises:
+            ServiceUnavailable: ``limit`` requests are already in flight (503, Retry-After 1).
+        """
         if self.inflight >= self.limit:
             self.shed += 1
             raise ServiceUnavailable(f"overloaded: {self.inflight} predictions in flight on this gateway replica "

@@ -28,6 +28,7 @@ class InputPolicy:
     unseen: str  # "unknown" | "reject" (categorical features only)
 
     def to_dict(self) -> dict[str, str]:
+        """The policy as shown in ``GET /v1/models/{model}``."""
         return {"missing": self.missing, "unseen": self.unseen}
 
 

@@ -50,3 +50,29 @@ def test_nobody_answered():
 @pytest.mark.parametrize("n", [1, 3, 7])
 def test_equal_weights_sum_to_one(n):
     assert sum(equal_weights([str(i) for i in range(n)]).values()) == pytest.approx(1.0)
+
+
+def test_when_only_zero_weight_members_answer_they_are_averaged_equally():
+    out = combine({"b": B, "c": C}, {"a": 1.0, "b": 0.0, "c": 0.0}, fallback="a", min_members=1)
+    assert out.members_used == ("b", "c")
+    np.testing.assert_allclose(out.probabilities, [[0.3, 0.7]])
+
+
+@pytest.mark.xfail(strict=True, reason="bug (not fixed in the redesign): an answer from quarantined members only "
+                   "is degraded by the module's rule (fewer than min_members healthy answered), but `degraded` "
+                   "counts every member used, so two quarantined members make a non-degraded answer")
+def test_an_answer_from_quarantined_members_only_is_degraded():
+    out = combine({"b": B, "c": C}, {"a": 1.0, "b": 0.0, "c": 0.0}, fallback="a", min_members=2)
+    assert out.degraded
+
+
+def test_the_fallback_stands_in_even_at_zero_weight():
+    """Too few healthy members: the fallback's known, stable answer beats a thin weighted mean."""
+    out = combine({"a": A, "b": B}, {"a": 0.0, "b": 1.0}, fallback="a", min_members=2)
+    assert out.degraded and out.members_used == ("a",)
+    np.testing.assert_allclose(out.probabilities, A)
+
+
+def test_enough_healthy_members_is_not_degraded_even_without_the_fallback():
+    out = combine({"b": B, "c": C}, equal_weights(["a", "b", "c"]), fallback="a", min_members=2)
+    assert not out.degraded and out.members_used == ("b", "c")

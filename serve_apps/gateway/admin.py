@@ -1,0 +1,155 @@
+"""Admin routes (``/v1/admin/...``): the operator's levers on the healing controller.
+
+Pause and resume healing, approve or reject a proposed action, switch the control
+mode, ask for a retrain, roll members back, start a trial. Each needs
+``Authorization: Bearer $RAYMEDIC_ADMIN_TOKEN``; the gateway holds only the
+token's sha256 and compares in constant time. Without a deployed token the routes
+refuse everything (403): there is no default token to guess. The gateway checks
+the request's shape and forwards it to the controller, whose answer it returns
+(an ``{"error", "status"}`` answer becomes that 4xx).
+"""
+
+# No `from __future__ import annotations`: FastAPI must see real types on route methods.
+
+import hashlib
+import hmac
+from typing import Any
+
+from fastapi import Request
+
+from raymedic.errors import AdminDenied, InvalidRequest
+from serve_apps.gateway.api import json_body
+from serve_apps.gateway.link import ControllerLink
+
+__all__ = ["AdminRoutes", "check_admin", "controller_reply"]
+
+
+def check_admin(request: Request, token_sha256: str | None) -> None:
+    """Let an admin request through only with the deployed token.
+
+    Args:
+        request: the request (its ``Authorization: Bearer`` header).
+        token_sha256: the deployed token's sha256, or None when no token was deployed.
+
+    Raises:
+        AdminDenied: 403 when admin routes are disabled, 401 for a missing or wrong token.
+    """
+    if not token_sha256:
+        raise AdminDenied("admin routes are disabled: deploy with RAYMEDIC_ADMIN_TOKEN set "
+                          "(raymedic up sets one) and send Authorization: Bearer <token>", status=403)
+    auth = request.headers.get("authorization", "")
+    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if not token:
+        raise AdminDenied("missing admin token: send Authorization: Bearer $RAYMEDIC_ADMIN_TOKEN")
+    if not hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), token_sha256):
+        raise AdminDenied("wrong admin token: use the RAYMEDIC_ADMIN_TOKEN the service was deployed with")
+
+
+def controller_reply(reply: Any) -> Any:
+    """The controller's answer to an admin call, its refusals (``{"error", "status"}``) raised as a 4xx.
+
+    Raises:
+        InvalidRequest: the controller refused (status from its answer, default 409).
+    """
+    if isinstance(reply, dict) and "error" in reply:
+        raise InvalidRequest(reply["error"], status=int(reply.get("status", 409)))
+    return reply
+
+
+class AdminRoutes:
+    """The admin routes, mixed into the gateway deployment (routes: :mod:`serve_apps.gateway.routes`).
+
+    Needs from the deployment: the admin token's hash and the controller link.
+    """
+
+    _admin_sha: str | None
+    _link: ControllerLink
+
+    async def admin_pause(self, request: Request) -> dict[str, Any]:
+        """
+        \f
+        Pause healing: the controller keeps observing and recording but takes no action.
+        """
+        check_admin(request, self._admin_sha)
+        return await self._link.call("set_paused", True, "admin route")
+
+    async def admin_approve(self, request: Request) -> dict[str, Any]:
+        """
+        \f
+        Approve a pending proposal (``approve`` mode): ``{"incident": "<id>"}``.
+        """
+        return await self._decide(request, True)
+
+    async def admin_reject(self, request: Request) -> dict[str, Any]:
+        """
+        \f
+        Reject a pending proposal (``approve`` mode): ``{"incident": "<id>"}``.
+        """
+        return await self._decide(request, False)
+
+    async def _decide(self, request: Request, approve: bool) -> dict[str, Any]:
+        check_admin(request, self._admin_sha)
+        body = await json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("incident"), str):
+            raise InvalidRequest('send {"incident": "<id>"}; `raymedic status` lists the pending proposals',
+                                 status=400)
+        return controller_reply(await self._link.call("decide", body["incident"], approve, "admin route"))
+
+    async def admin_mode(self, request: Request) -> dict[str, Any]:
+        """
+        \f
+        Switch the control mode: ``auto`` acts, ``approve`` proposes and waits for an operator.
+        """
+        check_admin(request, self._admin_sha)
+        body = await json_body(request)
+        if not isinstance(body, dict) or body.get("mode") not in ("auto", "approve"):
+            raise InvalidRequest('send {"mode": "auto"} or {"mode": "approve"}', status=400)
+        return controller_reply(await self._link.call("set_mode", body["mode"], "admin route"))
+
+    async def admin_retrain(self, request: Request) -> dict[str, Any]:
+        """
+        \f
+        Ask for a retrain now (an empty body, or ``{"reason": "<why>"}`` for the audit log).
+        """
+        check_admin(request, self._admin_sha)
+        body = await json_body(request) if await request.body() else {}
+        if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
+            raise InvalidRequest('send {} or {"reason": "<why>"}', status=400)
+        return controller_reply(await self._link.call("request_retrain", body.get("reason", ""), "admin route"))
+
+    async def admin_rollback(self, request: Request) -> dict[str, Any]:
+        """
+        \f
+        Roll members back to their previous champion (every member, or ``{"members": [...]}``).
+        """
+        check_admin(request, self._admin_sha)
+        body = await json_body(request) if await request.body() else {}
+        members = body.get("members") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not (members is None or (
+                isinstance(members, list) and all(isinstance(m, str) for m in members))):
+            raise InvalidRequest('send {} to roll back every member, or {"members": ["<name>", ...]}', status=400)
+        return controller_reply(await self._link.call("rollback", members, "admin route"))
+
+    async def admin_trial(self, request: Request) -> dict[str, Any]:
+        """Put a registered version on live trial next to its champion (canary or shadow, per config).
+        \f
+        The controller deploys the version as a canary application and publishes the
+        trial to the gateways at the next sync; its verdict comes from the trial's labels.
+        """
+        check_admin(request, self._admin_sha)
+        body = await json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("member"), str) or not isinstance(
+                body.get("version", "challenger"), str) or body.get("mode") not in (None, "canary", "shadow"):
+            raise InvalidRequest('send {"member": "<name>", "version": "<version id or alias, default '
+                                 'challenger>", "mode": "canary" or "shadow" (default: the config\'s)}',
+                                 status=400)
+        return controller_reply(await self._link.call(
+            "trial", body["member"], body.get("version", "challenger"), "admin route", body.get("mode")))
+
+    async def admin_resume(self, request: Request) -> dict[str, Any]:
+        """
+        \f
+        Resume healing after a pause.
+        """
+        check_admin(request, self._admin_sha)
+        return await self._link.call("set_paused", False, "admin route")

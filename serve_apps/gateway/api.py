@@ -1,0 +1,143 @@
+"""The gateway's FastAPI application: error answers, JSON bodies, request counting.
+
+Every error a client can see is a JSON ``{"error": ...}`` that says what to fix:
+raymedic's own errors carry their HTTP status (a :class:`~raymedic.errors.ServiceUnavailable`
+also a ``Retry-After``), unknown routes and methods point at ``GET /docs``, and an
+unexpected failure becomes a 500 with an error id (logged with its traceback) and
+never a traceback in the answer.
+
+Route docstrings: FastAPI publishes the text of a route method's docstring before a
+form feed (``\\f``) as the route's OpenAPI description, and the document is a
+contract (``raymedic openapi``, ``GET /openapi.json``). So a route's notes for
+developers follow a ``\\f``, and a route that has no public description starts its
+docstring with one.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see real types on handlers.
+
+import json
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from raymedic import metrics
+from raymedic.errors import InvalidRequest, RaymedicError, ServiceUnavailable, UnknownModel
+from raymedic.logs import get_logger
+
+__all__ = ["api", "MAX_BODY_BYTES", "error_response", "json_body", "check_model", "count_answer"]
+
+log = get_logger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Bodies beyond this are refused before parsing (413): a batch limit alone would parse them first."""
+
+api = FastAPI(
+    title="raymedic gateway",
+    description="Self-healing ensemble serving on Ray Serve (KServe V1 style API).",
+    version="1",
+)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one shape of every error answer, ``{"error": message}``, so clients parse one thing.
+
+    Args:
+        status: the HTTP status code.
+        message: what is wrong and what to do about it.
+        headers: extra headers (``Retry-After`` on a 503).
+    """
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def count_answer(model: str, route: str, *, started: float | None = None) -> None:
+    """Count one successful answer of a model route (``raymedic_requests_total`` with code 200) and,
+    given the ``time.perf_counter()`` it started at, observe its duration: errors are counted by the
+    error handlers, so every answered request is counted exactly once.
+
+    Args:
+        model: the model in the route's path.
+        route: ``predict``, ``infer`` or ``feedback``.
+        started: when the request started (``time.perf_counter()``); None records no duration.
+    """
+    metrics.inc("raymedic_requests_total", model=model, route=route, code=200)
+    if started is not None:
+        metrics.observe("raymedic_request_seconds", time.perf_counter() - started, model=model)
+
+
+def _count(request: Request, code: int) -> None:
+    """raymedic_requests_total for an answered model route (predict/feedback), any status."""
+    path = request.url.path
+    if path.startswith("/v1/models/") and ":" in path:
+        model, _, route = path[len("/v1/models/"):].partition(":")
+        metrics.inc("raymedic_requests_total", model=model[:64], route=route[:16], code=code)
+    elif path.startswith("/v2/models/") and path.endswith("/infer"):
+        model = path[len("/v2/models/"):-len("/infer")]
+        metrics.inc("raymedic_requests_total", model=model[:64], route="infer", code=code)
+
+
+@api.exception_handler(RaymedicError)
+async def _raymedic_error(request: Request, exc: RaymedicError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ServiceUnavailable) else None
+    _count(request, exc.http_status)
+    return error_response(exc.http_status, str(exc), headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 404:
+        return error_response(404, f"no route {request.method} {request.url.path}; see GET /docs for the API")
+    if exc.status_code == 405:
+        return error_response(405, f"{request.method} is not allowed on {request.url.path}; see GET /docs")
+    return error_response(exc.status_code, str(exc.detail))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(422, f"invalid request: {exc.errors()}")
+
+
+@api.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    error_id = uuid.uuid4().hex[:12]
+    log.exception("unexpected gateway error %s", error_id)
+    return error_response(500, f"internal error {error_id}; the service logged it, please retry or report the id")
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body, or a 4xx that says what is wrong with it.
+
+    The size limit is checked on the raw bytes, before parsing: a batch-size limit
+    alone would only apply after a huge body was already parsed into memory.
+
+    Raises:
+        InvalidRequest: 413 past :data:`MAX_BODY_BYTES`, 400 for an empty body or one that is not JSON.
+    """
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}: send smaller batches",
+                             status=413)
+    if not raw.strip():
+        raise InvalidRequest("the body is empty; send JSON", status=400)
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the body is not valid JSON ({exc}); send a JSON object", status=400) from None
+
+
+def check_model(model: str, served: str) -> None:
+    """Refuse a request for a model this gateway does not serve, naming the one it does.
+
+    Args:
+        model: the model in the request's path.
+        served: the model this gateway serves.
+
+    Raises:
+        UnknownModel: (404) when they differ.
+    """
+    if model != served:
+        raise UnknownModel(f"model {model!r} is not served here; GET /v1/models lists {[served]}")

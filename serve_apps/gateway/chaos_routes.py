@@ -1,0 +1,147 @@
+"""Chaos routes (``/v1/admin/chaos``, ``/v1/admin/chaos/clear``): real faults, on purpose.
+
+They exist only when the config enables chaos (else they answer 404 like any
+unknown route) and need the admin token. A fault goes to one running replica of a
+member: the one named, or by default one serving traffic (not a standby, so the
+fault is felt). ``kill`` is a real SIGKILL of the replica's process; ``hang``,
+``slow`` and ``wrong`` are set inside the replica (:mod:`serve_apps.chaos`). Each
+injection is recorded in the controller's audit log, so a heal can be read
+against the fault that caused it.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see real types on route methods.
+
+import asyncio
+import time
+from typing import Any, Mapping, Sequence
+
+from fastapi import Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from raymedic.config import RaymedicConfig
+from raymedic.errors import InvalidRequest, ServiceUnavailable
+from serve_apps.chaos import FAULTS, sigkill_replica
+from serve_apps.gateway.admin import check_admin
+from serve_apps.gateway.api import json_body
+from serve_apps.gateway.link import ControllerLink, LinkState
+from serve_apps.gateway.status import AppViewCache
+from serve_apps.serve_state import ReplicaView
+
+__all__ = ["ChaosRoutes", "parse_chaos", "pick_target"]
+
+
+def parse_chaos(body: Any, order: Sequence[str]) -> tuple[str, str, float | None]:
+    """``(fault, member, delay_ms)`` from a chaos body, or a 422 that says what to send.
+
+    Args:
+        body: the request's JSON body.
+        order: the ensemble's members (named in the message when the member is missing).
+    """
+    if not isinstance(body, dict):
+        raise InvalidRequest('send {"fault": "kill|hang|slow|wrong", "member": NAME, '
+                             '"replica": ID (optional), "delay_ms": N (slow)}')
+    fault, member = body.get("fault"), body.get("member")
+    if fault not in FAULTS:
+        raise InvalidRequest(f"fault must be one of {list(FAULTS)}, got {fault!r}")
+    if not isinstance(member, str):
+        raise InvalidRequest(f"member is required: one of {list(order)}")
+    delay_ms = body.get("delay_ms")
+    if delay_ms is not None and (isinstance(delay_ms, bool) or not isinstance(delay_ms, (int, float))):
+        raise InvalidRequest("delay_ms must be a number of milliseconds")
+    return fault, member, delay_ms
+
+
+def pick_target(replicas: Sequence[ReplicaView], *, member: str, wanted: str | None,
+                standby: Sequence[str]) -> ReplicaView:
+    """The replica a fault goes to: ``wanted``, or by default the first serving traffic (a fault on a
+    standby would not be felt), or the first running one when all are standbys.
+
+    Args:
+        replicas: the member's running replicas, sorted by id.
+        member: the member (for messages).
+        wanted: the replica the body named, or None.
+        standby: the member's standby replicas.
+
+    Raises:
+        ServiceUnavailable: no replica runs right now (retry shortly).
+        InvalidRequest: (404) ``wanted`` is not running.
+    """
+    if wanted is None:
+        if not replicas:
+            raise ServiceUnavailable(f"member {member!r} has no running replica right now", retry_after_s=2)
+        spare = set(standby)
+        return next((r for r in replicas if r.id not in spare), replicas[0])
+    target = next((r for r in replicas if r.id == wanted), None)
+    if target is None:
+        raise InvalidRequest(f"member {member!r} has no running replica {wanted!r}; running: "
+                             f"{[r.id for r in replicas]}", status=404)
+    return target
+
+
+class ChaosRoutes:
+    """The chaos routes, mixed into the gateway deployment (routes: :mod:`serve_apps.gateway.routes`).
+
+    Needs from the deployment: the config, the admin token's hash, the member handles,
+    the members' order, Serve's view, the controller's last state and the link (for
+    the audit log).
+    """
+
+    _cfg: RaymedicConfig
+    _admin_sha: str | None
+    _members: Mapping[str, Any]
+    _order: list[str]
+    _views: AppViewCache
+    _state: LinkState
+    _link: ControllerLink
+
+    def _chaos_enabled(self, request: Request) -> None:
+        if not self._cfg.chaos.enabled:  # the route does not exist without chaos
+            raise StarletteHTTPException(404)
+        check_admin(request, self._admin_sha)
+
+    async def _running_replicas(self, member: str) -> list[ReplicaView]:
+        if member not in self._members:
+            raise InvalidRequest(f"unknown member {member!r}; members are {self._order}", status=404)
+        self._views.invalidate()  # fresh view: chaos targets must exist now
+        view = await self._views.get()
+        dep = view.deployments.get(member) if view else None
+        return sorted((r for r in (dep.replicas if dep else ()) if r.state == "RUNNING"), key=lambda r: r.id)
+
+    async def admin_chaos(self, request: Request) -> dict[str, Any]:
+        """
+        \f
+        Inject a fault into one replica of a member; the answer names the replica hit.
+        """
+        self._chaos_enabled(request)
+        body = await json_body(request)
+        fault, member, delay_ms = parse_chaos(body, self._order)
+        replicas = await self._running_replicas(member)
+        target = pick_target(replicas, member=member, wanted=body.get("replica"),
+                             standby=self._state.standby.get(member, ()))
+        if fault == "kill":
+            if not target.pid:
+                raise ServiceUnavailable("Serve has not reported that replica's process id yet", retry_after_s=1)
+            out = await asyncio.to_thread(sigkill_replica, int(target.pid), target.node_id)
+        else:
+            out = await asyncio.wait_for(
+                self._members[member].chaos.remote(fault, delay_ms, target=target.id), timeout=10.0)
+        result = {"fault": fault, "member": member, "replica": target.id, "at": time.time(), **out}
+        await self._link.note("chaos-injected", f"{member}/{target.id}", result)
+        return result
+
+    async def admin_chaos_clear(self, request: Request) -> dict[str, Any]:
+        """
+        \f
+        Clear every injected fault on every running replica (a hung or dying one is skipped).
+        """
+        self._chaos_enabled(request)
+        cleared = []
+        for member in self._order:
+            for r in await self._running_replicas(member):
+                try:
+                    await asyncio.wait_for(self._members[member].chaos.remote(None, target=r.id), timeout=3.0)
+                    cleared.append(f"{member}/{r.id}")
+                except Exception:
+                    pass  # a hung or dying replica: the controller replaces it anyway
+        await self._link.note("chaos-cleared", self._cfg.model, {"replicas": cleared})
+        return {"cleared": cleared}

@@ -1,0 +1,72 @@
+"""Feedback labels: written durably, then joined to the answers they label.
+
+A label is written (and fsynced) before its 2xx, so an acknowledged label is never
+lost. It may name an answer another gateway replica gave less than one log flush
+ago, so an id unknown here is looked for again once that replica's log had time to
+reach storage. Each known label turns into per-member losses (the ensemble
+weights) and labelled answers (the controller's accuracy and drift windows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from raymedic.config import GatewayConfig
+from serve_apps.predlog import FeedbackLog, KnownIds, inference_time
+from serve_apps.telemetry import CallRecorder, RecentOutputs
+from serve_apps.validation import parse_feedback
+from train_jobs.schema import ModelSchema
+
+__all__ = ["FeedbackIntake"]
+
+
+class FeedbackIntake:
+    """Takes a feedback body; only the event loop uses it.
+
+    Args:
+        schema: the model's classes (labels are checked against them).
+        settings: the gateway config (batch limit, log flush period).
+        feedback: the durable feedback log.
+        known: the inference ids answered (here or by another gateway replica).
+        recent: recent answers, for the losses.
+        calls: telemetry for the controller (losses, labelled answers).
+    """
+
+    def __init__(self, *, schema: ModelSchema, settings: GatewayConfig, feedback: FeedbackLog, known: KnownIds,
+                 recent: RecentOutputs, calls: CallRecorder) -> None:
+        self._schema = schema
+        self._settings = settings
+        self._feedback = feedback
+        self._known = known
+        self._recent = recent
+        self._calls = calls
+
+    async def accept(self, body: Any) -> dict[str, Any]:
+        """Write the labels for known ids and join them to their answers: ``{"accepted", "unknown_ids"}``.
+
+        Raises:
+            InvalidRequest: the body is not valid feedback (4xx that says what to fix).
+        """
+        flush_s = self._settings.log_flush_s
+        fb = parse_feedback(body, self._schema, max_batch=self._settings.max_batch_size)
+        # An id issued by another gateway replica reaches the durable log within one flush period.
+        newest = max((inference_time(i) or 0.0) for i in fb.inference_ids)
+        wait = newest + flush_s + 0.5 - time.time()
+        unknown = await asyncio.to_thread(self._known.unknown, fb.inference_ids)
+        if unknown and wait > 0:
+            await asyncio.sleep(min(wait, flush_s + 0.5))
+            unknown = await asyncio.to_thread(self._known.unknown, unknown)
+        unknown_set = set(unknown)
+        keep = [(i, lab) for i, lab in zip(fb.inference_ids, fb.labels) if i not in unknown_set]
+        if keep:
+            await asyncio.to_thread(self._feedback.write, [i for i, _ in keep], [lab for _, lab in keep])
+            classes = [self._schema.class_index(lab) for _, lab in keep]
+            kept_ids = [i for i, _ in keep]
+            for i in kept_ids:  # answered by another replica: its logged answer joins the label here
+                if i not in self._recent and (logged := self._known.answer(i)) is not None:
+                    self._recent.add_logged(i, *logged)
+            self._calls.add_losses(self._recent.losses(kept_ids, classes))
+            self._calls.add_labelled(self._recent.labelled(kept_ids, classes))
+        return {"accepted": len(keep), "unknown_ids": unknown}

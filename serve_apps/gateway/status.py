@@ -1,0 +1,157 @@
+"""What the gateway says about the service: readiness, model info and the ``/v1/status`` document.
+
+``/v1/status`` is one document an operator (or ``raymedic status``) reads to see
+the whole service: Serve's view of the application, each member's replicas as
+the controller steers them (avoided, standby), the weights, drift, performance,
+incidents and the controller itself. The controller's part comes from its status
+call; when the controller is away the gateway still answers with what it knows
+(its own last weights and lists) and says the controller is unreachable. Serve's
+state is read through a short cache because these routes are polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable, Sequence
+
+from raymedic.config import RaymedicConfig
+from raymedic.keys import APP_NAME
+from raymedic.logs import get_logger
+from serve_apps.gateway.link import LinkState
+from serve_apps.serve_state import AppView, read_app_view
+from serve_apps.validation import InputPolicy
+from train_jobs.schema import ModelSchema
+
+__all__ = ["STATUS_CACHE_S", "AppViewCache", "is_ready", "model_info_document", "status_document"]
+
+log = get_logger(__name__)
+
+STATUS_CACHE_S = 1.0
+"""How long a Serve state read is reused by /v1/status and /readyz (they are polled)."""
+
+_CONTROLLER_DETAIL = ("incidents", "actions", "weights", "data", "performance")
+"""Keys of the controller's status that the document shows in sections of their own."""
+
+
+class AppViewCache:
+    """Serve's view of the application, read at most once per :data:`STATUS_CACHE_S`; only the event
+    loop uses it.
+
+    A failed read logs and keeps the last view: a status page should not fail because
+    Serve's controller was slow to answer once.
+
+    Args:
+        read: reads the view (blocking; run in a thread).
+        clock: a monotonic clock.
+    """
+
+    def __init__(self, read: Callable[[], AppView | None] = lambda: read_app_view(APP_NAME), *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read = read
+        self._clock = clock
+        self._cached: tuple[float, AppView | None] = (0.0, None)
+
+    def invalidate(self) -> None:
+        """Make the next :meth:`get` read afresh (chaos targets must exist now, not a second ago)."""
+        self._cached = (0.0, self._cached[1])
+
+    async def get(self) -> AppView | None:
+        """The application's view, at most :data:`STATUS_CACHE_S` old (None before Serve reported one)."""
+        ts, view = self._cached
+        if self._clock() - ts > STATUS_CACHE_S:
+            try:
+                view = await asyncio.to_thread(self._read)
+            except Exception:
+                log.exception("could not read Serve state; reusing the last view")
+            self._cached = (self._clock(), view)
+        return view
+
+
+def is_ready(view: AppView | None, order: Sequence[str]) -> bool:
+    """Ready to answer: every member Serve knows has a running replica (none known yet: not ready).
+
+    Args:
+        view: Serve's view of the application, or None.
+        order: the ensemble's members.
+    """
+    return view is not None and all(
+        any(r.state == "RUNNING" for r in view.deployments[m].replicas)
+        for m in order if m in view.deployments
+    )
+
+
+def model_info_document(*, config: RaymedicConfig, schema: ModelSchema, policies: Sequence[InputPolicy],
+                        state: LinkState, order: Sequence[str], view: AppView | None) -> dict[str, Any]:
+    """``GET /v1/models/{model}``: what a client needs to call the model (schema, limits, how holes and
+    new levels are treated) and which versions serve it."""
+    return {
+        "name": config.model,
+        "ready": view is not None and view.running,
+        "version": state.model_version(order),
+        "members": state.versions,
+        "schema": {"features": [f.to_dict() for f in schema.features],
+                   "classes": list(schema.classes), "target": schema.target},
+        "limits": {"max_batch_size": config.gateway.max_batch_size,
+                   "reject_out_of_range": config.gateway.reject_out_of_range},
+        "policies": {f.name: p.to_dict() if not f.numeric else {"missing": p.missing}
+                     for f, p in zip(schema.features, policies)},
+    }
+
+
+def status_document(*, config: RaymedicConfig, order: Sequence[str], state: LinkState, tag: str,
+                    view: AppView | None, controller: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    """``GET /v1/status``: the service as Serve, the controller and this gateway replica see it.
+
+    Args:
+        config: the service config.
+        order: the ensemble's members.
+        state: this gateway's last state from the controller.
+        tag: this gateway replica's id (the answer says which replica answered).
+        view: Serve's view of the application, or None.
+        controller: the controller's status, or None when it is disabled or away.
+        now: the current time (Unix s), for the age of the last sync.
+    """
+    ctl = controller
+    weights = (ctl or {}).get("weights") or state.weights
+    quarantined = set((ctl or {}).get("quarantined") or ())
+    avoid = (ctl or {}).get("avoid") or state.avoid
+    standby = (ctl or {}).get("standby") or state.standby
+    members = []
+    for name in order:
+        dep = view.deployments.get(name) if view else None
+        flagged, spare = set(avoid.get(name, ())), set(standby.get(name, ()))
+        members.append({
+            "name": name,
+            "version": state.versions[name],
+            "weight": round(float(weights.get(name, 0.0)), 6),
+            "fallback": name == config.fallback_member,
+            "state": "QUARANTINED" if name in quarantined else (dep.status if dep else "UNKNOWN"),
+            "replicas": [{"id": r.id, "state": ("AVOIDED" if r.id in flagged else "STANDBY" if r.id in spare
+                                                else r.state) if r.state == "RUNNING" else r.state,
+                          "pid": r.pid, "node_id": r.node_id}
+                         for r in (dep.replicas if dep else ())],
+        })
+    gw = view.deployments.get("gateway") if view else None
+    if ctl is None:
+        controller_part = {"state": "unreachable" if config.controller.enabled else "disabled",
+                           "last_sync_age_s": state.sync_age_s(now),
+                           "note": "serving with the last weights received"}
+    else:
+        controller_part = {k: v for k, v in ctl.items() if k not in _CONTROLLER_DETAIL}
+    return {
+        "model": config.model,
+        "model_version": state.model_version(order),
+        "application": {"name": APP_NAME, "status": view.status if view else "UNKNOWN"},
+        "gateway": {"state": gw.status if gw else "UNKNOWN",
+                    "replicas": [{"id": r.id, "state": r.state} for r in (gw.replicas if gw else ())],
+                    "answered_by": {"id": tag, "weights": {m: round(w, 6) for m, w in state.weights.items()},
+                                    "epoch": state.epoch, "avoid": state.avoid,
+                                    "last_sync_age_s": state.sync_age_s(now)}},
+        "members": members,
+        "drift": (ctl or {}).get("data", {}),
+        "performance": (ctl or {}).get("performance", {}),
+        "incidents": (ctl or {}).get("incidents", []),
+        "actions": (ctl or {}).get("actions", []),
+        "controller": controller_part,
+    }

@@ -1,0 +1,119 @@
+"""Challenger calls during a live trial, and the shadow requests' delayed logging.
+
+While the controller runs a trial (``/v1/admin/trial``, or a retrain's candidate),
+a share of requests also goes to the member's challenger, a separate canary
+application. In ``canary`` mode the challenger's answer stands in for the
+champion's (which is kept beside it in the log); in ``shadow`` mode the client
+gets the champion's answer and never waits for the challenger: the request is
+logged once the challenger answered or gave up, so a label that reaches another
+gateway replica finds both answers in the prediction log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from ray import serve
+
+from raymedic.keys import canary_app_name, challenger_source
+from raymedic.logs import get_logger
+from serve_apps.telemetry import CallRecorder, RecentOutputs
+
+__all__ = ["Trials", "challenger_handle", "members_on_trial"]
+
+log = get_logger(__name__)
+
+Records = list[dict[str, Any]]
+
+
+def challenger_handle(member: str) -> Any:
+    """The Serve handle of ``member``'s challenger (its canary application)."""
+    return serve.get_deployment_handle(member, app_name=canary_app_name(member))
+
+
+def members_on_trial(trial: Mapping[str, Any] | None, draw: Callable[[], float] = random.random) -> dict[str, str]:
+    """The members whose challengers this request goes to (member → challenger version): all of the
+    trial's, for a ``share`` of requests, else none.
+
+    Args:
+        trial: the trial the controller published (``{"members", "share", "mode", ...}``), or None.
+        draw: a uniform draw in [0, 1) (``random.random``).
+    """
+    return trial["members"] if trial and draw() < float(trial["share"]) else {}
+
+
+async def _await(call: Any) -> Any:
+    return await call
+
+
+class Trials:
+    """Challenger calls and shadow logging for one gateway replica; only the event loop uses it.
+
+    Args:
+        calls: records each challenger call's outcome (failures can end the trial).
+        recent: recent answers, joined with labels (a challenger's answer joins them here).
+        member_timeout_s: a challenger's deadline (the same as a member's).
+        handle_for: member → its challenger's handle (looked up once per member).
+    """
+
+    def __init__(self, *, calls: CallRecorder, recent: RecentOutputs, member_timeout_s: float,
+                 handle_for: Callable[[str], Any] = challenger_handle) -> None:
+        self._calls = calls
+        self._recent = recent
+        self._timeout_s = member_timeout_s
+        self._handle_for = handle_for
+        self._handles: dict[str, Any] = {}
+        self._shadow: set[asyncio.Task] = set()
+
+    async def call(self, name: str, rows: list[list[Any]], version: str) -> np.ndarray | None:
+        """A challenger's answer within the member deadline, or None (a failure is counted as a failed
+        call; an answer of another version, from an older trial's replica, is ignored)."""
+        try:
+            if name not in self._handles:
+                self._handles[name] = self._handle_for(name)
+            out = await asyncio.wait_for(_await(self._handles[name].predict.remote(rows)), self._timeout_s)
+        except Exception as exc:
+            self._calls.challenger_call(name, ok=False)
+            log.debug("challenger of %s failed: %r", name, exc)
+            return None
+        if out.get("version") != version:  # an older trial's replica still answering: not this challenger
+            return None
+        self._calls.challenger_call(name, ok=True)
+        return np.asarray(out["probabilities"], dtype=float)
+
+    def shadow(self, records: Records, challengers: dict[str, asyncio.Future], on_trial: Mapping[str, str], *,
+               log_records: Callable[[Records], None]) -> None:
+        """Log a shadowed request once its challengers answered, in the background: the client never
+        waits on it, and :meth:`close` still logs it at shutdown."""
+        logged = asyncio.ensure_future(self._log_after(records, challengers, on_trial, log_records))
+        self._shadow.add(logged)
+        logged.add_done_callback(self._shadow.discard)
+
+    async def _log_after(self, records: Records, challengers: dict[str, asyncio.Future], on_trial: Mapping[str, str],
+                         log_records: Callable[[Records], None]) -> None:
+        """Log a shadowed request once its challengers answered (or gave up): the log is where another
+        gateway replica finds both answers when the label reaches it there. The client never waits on it."""
+        try:
+            await asyncio.wait(list(challengers.values()), timeout=self._timeout_s + 1.0)
+        finally:
+            ids = [r["inference_id"] for r in records]
+            for m, task in challengers.items():
+                if not task.done() or task.cancelled() or task.exception() is not None or task.result() is None:
+                    continue
+                p = np.asarray(task.result())
+                self._recent.add_source(ids, challenger_source(m), p)  # the trial's pair, joined here
+                for i, r in enumerate(records):
+                    if m in r["member_outputs"]:
+                        r["member_outputs"][m]["challenger"] = {"probabilities": p[i].round(6).tolist(),
+                                                                "version": on_trial[m]}
+            log_records(records)
+
+    async def close(self) -> None:
+        """Shutdown: cancel the shadowed requests still waiting; cancelled, each logs what it has."""
+        pending = list(self._shadow)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

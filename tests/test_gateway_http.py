@@ -1,0 +1,222 @@
+"""The gateway's HTTP contract without Serve: routes, error answers and status codes (no Ray).
+
+The FastAPI app is driven as an ASGI app in-process. Serve's class-based view
+injects the deployment instance through a dependency (the default of each route
+method's ``self``); overriding it with a stand-in built from the same route mixins
+lets every route answer here, over hand-written components.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+from typing import Any
+
+import pytest
+
+from raymedic.config import parse_config
+from raymedic.errors import InvalidRequest, ServiceUnavailable
+from serve_apps.combine import equal_weights
+from serve_apps.gateway import api
+from serve_apps.gateway.admin import AdminRoutes
+from serve_apps.gateway.api import MAX_BODY_BYTES
+from serve_apps.gateway.chaos_routes import ChaosRoutes
+from serve_apps.gateway.link import ControllerLink, LinkState
+from serve_apps.gateway.routes import ROUTES
+from serve_apps.gateway.status import AppViewCache
+from serve_apps.gateway.v1 import V1Routes
+from serve_apps.gateway.v2_routes import V2Routes
+from serve_apps.serve_state import AppView, DeploymentView, ReplicaView
+from serve_apps.telemetry import Admission
+from serve_apps.validation import input_policies
+from train_jobs.schema import ModelSchema
+
+SCHEMA = ModelSchema.numeric(["f0", "f1"], target="y", classes=(0, 1), mins=[0, 0], maxs=[1, 1])
+TOKEN = "s3cret"
+MIXINS = (V1Routes, V2Routes, AdminRoutes, ChaosRoutes)
+
+
+class ScriptedPredictor:
+    """Answers a fixed answer, or raises what the test asks for."""
+
+    def __init__(self) -> None:
+        self.raises: BaseException | None = None
+        self.bodies: list[Any] = []
+
+    async def answer(self, body: Any) -> dict[str, Any]:
+        self.bodies.append(body)
+        if self.raises is not None:
+            raise self.raises
+        return {"predictions": [1], "probabilities": [[0.25, 0.75]], "inference_ids": ["i" * 32],
+                "model_version": "logistic:v1,mlp:v1,tabresnet:v1", "degraded": False}
+
+
+def _no_controller() -> Any:
+    raise ValueError("no controller in this test")
+
+
+class Stand(*MIXINS):
+    """The attributes the route mixins need, as the deployment sets them."""
+
+    def __init__(self, *, view: AppView | None, chaos: bool = False, token: str | None = TOKEN) -> None:
+        self._cfg = parse_config({"chaos": {"enabled": chaos}})
+        self._order = [m.name for m in self._cfg.members]
+        self._schema = SCHEMA
+        self._policies = input_policies(SCHEMA, self._cfg.data)
+        self._tag = "gw-test"
+        self._state = LinkState(weights=equal_weights(self._order), versions={m: "v1" for m in self._order})
+        self._link = ControllerLink(self._state, tag=self._tag, order=self._order, period_s=0.5,
+                                    enabled=self._cfg.controller.enabled, lookup=_no_controller)
+        self._views = AppViewCache(lambda: view)
+        self._admission = Admission(4)
+        self._predictor = ScriptedPredictor()
+        self._members: dict[str, Any] = {}
+        self._admin_sha = hashlib.sha256(token.encode()).hexdigest() if token else None
+
+
+def running_view(order: list[str]) -> AppView:
+    return AppView("raymedic", "RUNNING", deployments={
+        m: DeploymentView(m, "HEALTHY", "", 1, (ReplicaView("r1", "RUNNING"),)) for m in order})
+
+
+@pytest.fixture
+def gateway():
+    """Route requests to a stand-in (replace ``holder[0]`` to change it)."""
+    dependency = inspect.signature(V1Routes.healthz).parameters["self"].default.dependency
+    holder = [Stand(view=None)]
+    api.dependency_overrides[dependency] = lambda: holder[0]
+    yield holder
+    api.dependency_overrides.pop(dependency, None)
+
+
+def call(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+         ) -> tuple[int, dict[str, str], Any]:
+    """One request through the ASGI app: (status, headers, JSON body)."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+             "server": ("test", 80), "client": ("client", 1)}
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        try:
+            await api(scope, receive, send)
+        except Exception:  # Starlette re-raises an unexpected error after its 500 went out
+            pass
+
+    asyncio.run(main())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    raw = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, json.loads(raw)
+
+
+PREDICT = "/v1/models/synthetic:predict"
+
+
+def test_every_route_method_of_the_mixins_is_mounted_once():
+    mounted = [r.endpoint for r in ROUTES]
+    public = [getattr(cls, name) for cls in MIXINS for name in vars(cls)
+              if not name.startswith("_") and inspect.iscoroutinefunction(getattr(cls, name))]
+    assert sorted(mounted, key=id) == sorted(public, key=id)
+    assert len({(r.method, r.path) for r in ROUTES}) == len(ROUTES)
+
+
+def test_only_the_routes_that_had_a_description_publish_one():
+    """Route docstrings put developer notes after a form feed: the OpenAPI document stays as it was."""
+    described = {(path, method): op["description"] for path, ops in api.openapi()["paths"].items()
+                 for method, op in ops.items() if "description" in op}
+    assert described == {
+        ("/v2/models/{model}/infer", "post"): "Open Inference Protocol (V2): typed tensors in and out, the same "
+                                              "path as :predict.",
+        ("/v1/admin/trial", "post"): "Put a registered version on live trial next to its champion (canary or "
+                                     "shadow, per config).",
+    }
+
+
+def test_health_and_readiness(gateway):
+    assert call("GET", "/healthz")[0::2] == (200, {"status": "alive"})
+    status, headers, body = call("GET", "/readyz")
+    assert status == 503 and headers["retry-after"] == "1" and "not ready" in body["error"]
+    assert call("GET", "/v2/health/ready")[0::2] == (503, {"ready": False})
+    gateway[0] = Stand(view=running_view(gateway[0]._order))
+    assert call("GET", "/readyz")[0::2] == (200, {"status": "ready"})
+    assert call("GET", "/v2/models/synthetic/ready")[0::2] == (200, {"name": "synthetic", "ready": True})
+
+
+def test_unknown_routes_methods_and_models_are_json_errors(gateway):
+    assert call("GET", "/nope")[0::2] == (404, {"error": "no route GET /nope; see GET /docs for the API"})
+    assert call("DELETE", "/healthz")[0::2] == (405, {"error": "DELETE is not allowed on /healthz; see GET /docs"})
+    status, _, body = call("GET", "/v1/models/other")
+    assert status == 404 and "model 'other' is not served here" in body["error"]
+    assert call("GET", "/v1/models")[0::2] == (200, {"models": ["synthetic"]})
+
+
+@pytest.mark.parametrize(("body", "status", "fragment"), [
+    (b"", 400, "the body is empty"),
+    (b"{not json", 400, "the body is not valid JSON"),
+    (b" " * (MAX_BODY_BYTES + 1), 413, "send smaller batches"),
+])
+def test_bad_bodies_are_refused_before_prediction(gateway, body, status, fragment):
+    got, _, answer = call("POST", PREDICT, body)
+    assert got == status and fragment in answer["error"] and gateway[0]._predictor.bodies == []
+
+
+def test_errors_of_the_prediction_path_keep_their_codes(gateway):
+    predictor = gateway[0]._predictor
+    assert call("POST", PREDICT, b'{"instances": [[0.1, 0.2]]}')[0] == 200
+    predictor.raises = InvalidRequest("instances[0] is wrong", status=422)
+    assert call("POST", PREDICT, b"{}")[0::2] == (422, {"error": "instances[0] is wrong"})
+    predictor.raises = ServiceUnavailable("no ensemble member answered", retry_after_s=1)
+    status, headers, _ = call("POST", PREDICT, b"{}")
+    assert status == 503 and headers["retry-after"] == "1"
+    predictor.raises = RuntimeError("a bug")
+    status, _, body = call("POST", PREDICT, b"{}")
+    assert status == 500 and body["error"].startswith("internal error ") and "a bug" not in body["error"]
+
+
+def test_v2_infer_translates_around_the_same_path(gateway):
+    body = {"id": "req-1", "inputs": [{"name": "input-0", "shape": [1, 2], "datatype": "FP64", "data": [0.1, 0.2]}]}
+    status, _, out = call("POST", "/v2/models/synthetic/infer", json.dumps(body).encode())
+    assert status == 200 and out["id"] == "req-1" and out["model_name"] == "synthetic"
+    assert gateway[0]._predictor.bodies == [{"instances": [[0.1, 0.2]]}]
+
+
+def test_admin_routes_need_the_deployed_token(gateway):
+    gateway[0] = Stand(view=None, token=None)
+    assert call("POST", "/v1/admin/pause")[0] == 403
+    gateway[0] = Stand(view=None)
+    assert call("POST", "/v1/admin/pause")[0] == 401
+    assert call("POST", "/v1/admin/pause", headers={"Authorization": "Bearer wrong"})[0] == 401
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    status, headers, body = call("POST", "/v1/admin/pause", headers=auth)  # the controller is away
+    assert status == 503 and headers["retry-after"] == "2" and "not reachable" in body["error"]
+    assert call("POST", "/v1/admin/mode", b'{"mode": "sideways"}', headers=auth)[0] == 400
+
+
+def test_chaos_routes_do_not_exist_without_chaos(gateway):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert call("POST", "/v1/admin/chaos", b"{}", headers=auth)[0::2] == (
+        404, {"error": "no route POST /v1/admin/chaos; see GET /docs for the API"})
+    gateway[0] = Stand(view=None, chaos=True)
+    status, _, body = call("POST", "/v1/admin/chaos", b'{"fault": "melt", "member": "mlp"}', headers=auth)
+    assert status == 422 and "fault must be one of" in body["error"]
+
+
+def test_status_without_a_controller_says_so_and_shows_what_this_gateway_knows(gateway):
+    gateway[0] = Stand(view=running_view(gateway[0]._order))
+    gateway[0]._state.avoid = {"mlp": ["r1"]}
+    gateway[0]._state.standby = {"tabresnet": ["r1"]}
+    status, _, doc = call("GET", "/v1/status")
+    assert status == 200 and doc["controller"]["state"] == "unreachable"
+    assert doc["gateway"]["answered_by"]["id"] == "gw-test" and doc["model_version"] == \
+        "logistic:v1,mlp:v1,tabresnet:v1"
+    assert [m["replicas"][0]["state"] for m in doc["members"]] == ["RUNNING", "AVOIDED", "STANDBY"]
