@@ -299,7 +299,10 @@ def test_answers_that_shift_raise_a_prediction_drift_warning_without_labels(svc)
     st, opened = wait_for(warned, timeout_s=90, what="a prediction drift incident")
     pd = st["performance"]["prediction_drift"]
     assert pd["drifted"] and "predicted_class" in pd["drifted_outputs"], pd
-    assert pd["outputs"]["predicted_class"]["shares"][1] > 0.8
+    # Towards class 1, clearly: how far the window has moved when the check fires depends on how many
+    # sure answers it holds by then (checks run every few seconds), so no fixed share is asserted.
+    classes = pd["outputs"]["predicted_class"]
+    assert classes["shares"][1] > classes["reference_shares"][1] + 0.1, classes
     assert not (st.get("controller", {}).get("retraining") or {}).get("job")  # a warning, not a retrain
 
 
