@@ -10,28 +10,16 @@ records of one flush period, never an earlier file.
 
 from __future__ import annotations
 
-import enum
 import json
 import time
 from collections import deque
 from typing import Any
 
+from raymedic.enums import plain
 from raymedic.keys import audit_prefix
 from raymedic.storage import Storage
 
 __all__ = ["AuditLog", "read_audit"]
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with every Enum member replaced by its value: records leave this process (the status
-    answer carries the tail to the gateway), and reading them there must not need our Enum classes."""
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    return value
 
 
 class AuditLog:
@@ -58,7 +46,7 @@ class AuditLog:
         Record fields are the ARCHITECTURE.md contract: ``ts``, ``kind``, ``target``,
         ``evidence``, ``action``, ``outcome``, ``model``, then any ``extra``.
         """
-        rec = _plain({"ts": time.time() if ts is None else ts, "kind": kind, "target": target,
+        rec = plain({"ts": time.time() if ts is None else ts, "kind": kind, "target": target,
                       "evidence": evidence if evidence is not None else {}, "action": action, "outcome": outcome,
                       "model": self._model, **extra})
         self._buf.append(rec)

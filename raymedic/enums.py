@@ -15,8 +15,9 @@ members compare equal to their values, and ``str()`` and ``format()`` give the v
 from __future__ import annotations
 
 import enum
+from typing import Any
 
-__all__ = ["StrEnum"]
+__all__ = ["StrEnum", "plain"]
 
 
 class StrEnum(str, enum.Enum):
@@ -27,3 +28,24 @@ class StrEnum(str, enum.Enum):
 
     def __format__(self, spec: str) -> str:
         return format(str(self.value), spec)
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every Enum member in it (dict keys and values, list and tuple items included)
+    replaced by its value.
+
+    Documents that leave the process that made them (checkpoints, audit records, the status answer a
+    gateway or the CLI reads over Ray) hold plain strings: reading them must not need our Enum classes.
+
+    >>> class Color(StrEnum):
+    ...     RED = "red"
+    >>> plain({Color.RED: [Color.RED, 1]}), type(plain(Color.RED)) is str
+    ({'red': ['red', 1]}, True)
+    """
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value

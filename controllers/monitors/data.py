@@ -35,7 +35,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from typing import Any, Mapping
 
 import numpy as np
@@ -44,7 +43,7 @@ from scipy import stats
 from controllers.detectors.cusum import Alarm, FeatureCusum, FeatureCusumConfig
 from controllers.detectors.two_sample import categorical_drift, numeric_drift
 from raymedic.config import DataConfig
-from raymedic.enums import StrEnum
+from raymedic.enums import StrEnum, plain
 from raymedic.logs import get_logger
 from train_jobs.reference import Reference
 from train_jobs.schema import ModelSchema
@@ -104,16 +103,6 @@ class FeatureKind(StrEnum):
     CATEGORICAL = "categorical"
 
 
-def _plain(value: Any) -> Any:
-    """An Enum member as its plain string value, anything else as it is.
-
-    What leaves the monitor (alerts, events, evidence, reports) holds plain strings: they travel in
-    checkpoints, audit records and Ray calls to the gateway and the CLI, which must read them without
-    importing this module.
-    """
-    return value.value if isinstance(value, Enum) else value
-
-
 DATA_KINDS = frozenset({AlertKind.MISSING_VALUES.value, AlertKind.OUT_OF_RANGE.value,
                         AlertKind.UNSEEN_LEVELS.value, AlertKind.DRIFT.value})
 """Alerts on the inputs: opened and cleared by :meth:`DataAlerts.update` from a data check."""
@@ -153,7 +142,7 @@ class FeatureCheck:
     def to_dict(self) -> dict[str, Any]:
         """The figures set, floats rounded to 6 places, states as plain strings (for reports and evidence)."""
         return {k: (round(v, 6) if isinstance(v, float) else
-                    [_plain(x) for x in v] if isinstance(v, list) else _plain(v))
+                    [plain(x) for x in v] if isinstance(v, list) else plain(v))
                 for k, v in asdict(self).items() if v is not None}
 
 
@@ -322,7 +311,7 @@ class DataAlert:
     clean_checks: int = 0
 
     def __post_init__(self) -> None:
-        self.kind, self.status, self.severity = _plain(self.kind), _plain(self.status), _plain(self.severity)
+        self.kind, self.status, self.severity = plain(self.kind), plain(self.status), plain(self.severity)
 
     def _clear(self, at: float) -> None:
         self.status, self.recovered_at = AlertStatus.CLEARED.value, at

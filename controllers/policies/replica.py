@@ -35,13 +35,12 @@ not move between healthy replicas from step to step.
 
 from __future__ import annotations
 
-import enum
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from raymedic.config import ControllerConfig
-from raymedic.enums import StrEnum
+from raymedic.enums import StrEnum, plain
 
 __all__ = [
     "ProbeOutcome", "FaultKind", "IncidentStatus", "Approval", "ControlMode",
@@ -104,12 +103,6 @@ class ControlMode(StrEnum):
 
     AUTO = "auto"
     APPROVE = "approve"
-
-
-def _plain(value: Any) -> Any:
-    """An Enum member as its plain string: documents that leave this process (status answers, Ray
-    calls to gateways) must not need this module to be read back."""
-    return value.value if isinstance(value, enum.Enum) else value
 
 
 @dataclass(frozen=True)
@@ -208,7 +201,7 @@ class Incident:
 
     def to_record(self) -> dict[str, Any]:
         """The checkpoint form: every field as plain data (the JSON the controller has always written)."""
-        return {k: _plain(v) for k, v in asdict(self).items()}
+        return {k: plain(v) for k, v in asdict(self).items()}
 
     def to_dict(self) -> dict[str, Any]:
         """The status form: the checkpoint fields plus the two durations, rounded for people."""
