@@ -33,6 +33,7 @@ __all__ = [
     "RetrainingConfig",
     "FeaturePolicy",
     "PerformanceSettings",
+    "error_design_problem",
     "RaymedicConfig",
     "ServeFile",
     "load_config",
@@ -277,6 +278,22 @@ class DataConfig(_Strict):
         return self.features.get(feature) or FeaturePolicy()
 
 
+def error_design_problem(odds_ratios: tuple[float, ...], flip_shares: tuple[float, ...], *,
+                         prefix: str = "") -> str | None:
+    """What is wrong with a set of error-CUSUM designs, or None. Checked when the YAML is read (with
+    the config's key names) and by the detector itself (``controllers.detectors.designs``), one rule."""
+    if any(not 1 < r <= 100 for r in odds_ratios):
+        return (f"{prefix}odds_ratios must be values in (1, 100], got {tuple(odds_ratios)}: each is a rise in the "
+                "odds of an error to catch")
+    if any(not 0 < e < 1 for e in flip_shares):
+        return (f"{prefix}flip_shares must be values in (0, 1), got {tuple(flip_shares)}: each is a share of "
+                "labels turned over, e.g. 0.2")
+    if not odds_ratios and not flip_shares:
+        return (f"give at least one error-CUSUM design: {prefix}flip_shares (e.g. [0.05, 0.2]) or "
+                f"{prefix}odds_ratios (e.g. [1.3, 3.0])")
+    return None
+
+
 class PerformanceSettings(_Strict):
     """Model performance from feedback labels, and the label-free estimate."""
 
@@ -325,17 +342,9 @@ class PerformanceSettings(_Strict):
 
     @model_validator(mode="after")
     def _error_designs(self) -> "PerformanceSettings":
-        # The limits the detector checks itself (controllers.detectors), here too so a bad YAML fails at
-        # parse time with the config's key in the message.
-        if any(not 1 < r <= 100 for r in self.error_odds_ratios):
-            raise ValueError(f"performance.error_odds_ratios must be values in (1, 100], got "
-                             f"{self.error_odds_ratios}: each is a rise in the odds of an error to catch")
-        if any(not 0 < e < 1 for e in self.error_flip_shares):
-            raise ValueError(f"performance.error_flip_shares must be values in (0, 1), got "
-                             f"{self.error_flip_shares}: each is a share of labels turned over, e.g. 0.2")
-        if not self.error_odds_ratios and not self.error_flip_shares:
-            raise ValueError("performance: give at least one CUSUM design: error_flip_shares (e.g. [0.05, 0.2]) "
-                             "or error_odds_ratios (e.g. [1.3, 3.0])")
+        problem = error_design_problem(self.error_odds_ratios, self.error_flip_shares, prefix="performance.error_")
+        if problem:
+            raise ValueError(problem)
         return self
 
 

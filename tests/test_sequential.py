@@ -273,7 +273,7 @@ def test_feature_config_rejects_bad_values(kwargs: dict, match: str) -> None:
 @pytest.mark.parametrize("kwargs, match", [
     ({"odds_ratios": ()}, "odds_ratios"),
     ({"odds_ratios": (1.0, 3.0)}, "odds_ratios"),
-    ({"odds_ratios": (), "flip_shares": ()}, "at least one design"),
+    ({"odds_ratios": (), "flip_shares": ()}, "at least one error-CUSUM design"),
     ({"flip_shares": (1.2,)}, "flip_shares"),
     ({"confidence_bins": 0}, "confidence_bins"),
     ({"shrink_labels": -1.0}, "shrink_labels"),

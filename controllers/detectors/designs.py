@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from raymedic.config import PerformanceSettings
+from raymedic.config import PerformanceSettings, error_design_problem
 from raymedic.errors import ConfigError
 
 __all__ = ["FeatureCusumConfig", "ErrorCusumConfig"]
@@ -150,14 +150,9 @@ class ErrorCusumConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if any(not 1 < r <= 100 for r in self.odds_ratios):
-            raise ConfigError(f"odds_ratios must be values in (1, 100], got {self.odds_ratios}: each is a rise "
-                              f"in the odds of an error to catch")
-        if any(not 0 < e < 1 for e in self.flip_shares):
-            raise ConfigError(f"flip_shares must be values in (0, 1), got {self.flip_shares}: each is a share "
-                              f"of labels turned over, e.g. 0.2")
-        if not self.odds_ratios and not self.flip_shares:
-            raise ConfigError("give at least one design: odds_ratios (e.g. (1.3, 3.0)) or flip_shares (e.g. (0.2,))")
+        problem = error_design_problem(self.odds_ratios, self.flip_shares)
+        if problem:
+            raise ConfigError(problem)
         if not 1 <= self.confidence_bins <= 10:
             raise ConfigError(f"confidence_bins must be in [1, 10], got {self.confidence_bins}: each bin needs "
                               f"its own share of the baseline's labels")
