@@ -204,6 +204,13 @@ class ControllerConfig(_Strict):
         20.0, gt=0, le=600, description="A replica asked to serve a promoted (or rolled-back) version in place "
         "must confirm within this; otherwise it is restarted and its replacement loads the new champion.")
     hang_probe_timeouts: int = Field(2, ge=1, description="Consecutive probe timeouts that mean hung.")
+    error_probes: int = Field(2, ge=1, description="Consecutive probes that raised (the replica answers, with an "
+                              "error) that mean it is failing; one probe error is enough when user calls to it "
+                              "failed too.")
+    error_calls: int = Field(2, ge=1, description="User calls that raised on a replica, with none answered there "
+                             "in the window while a peer answers, that mean it is failing (outlier detection as "
+                             "Envoy's consecutive 5xx: a gateway routes away after the first, so a few is strong "
+                             "evidence).")
     slow_factor: float = Field(3.0, gt=1, description="Slow: median latency above this × its peers' ...")
     slow_min_excess_s: float = Field(0.2, ge=0, description="... and at least this much above them.")
     slow_probes: int = Field(4, ge=1, description="Recent ok probes (all but one slow) that decide slowness.")

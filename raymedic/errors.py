@@ -25,6 +25,7 @@ __all__ = [
     "SearchFailed",
     "NotEnoughLabels",
     "ActionError",
+    "InjectedFault",
     "TemporaryError",
     "PermanentError",
 ]
@@ -120,6 +121,11 @@ class ServiceUnavailable(RaymedicError):
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class InjectedFault(RaymedicError):
+    """Raised on every call of a replica given the ``error`` chaos fault (``raymedic chaos error``): what a
+    CUDA error or a state broken by a bad reload looks like from outside."""
 
 
 class ActionError(RaymedicError):

@@ -32,6 +32,7 @@ __all__ = [
     "predictions_prefix",
     "feedback_prefix",
     "retrain_job_id",
+    "CHAOS_FAULTS",
 ]
 
 # ---- Ray and Serve names ---------------------------------------------------------------
@@ -127,3 +128,10 @@ def feedback_prefix(model: str) -> str:
 def retrain_job_id(model: str, record: str) -> str:
     """The Ray job submission id of a retrain: an operator finds it in the dashboard's Jobs view."""
     return f"raymedic-retrain-{model}-{record}"
+
+
+# ---- chaos ---------------------------------------------------------------------------------------
+
+CHAOS_FAULTS = ("kill", "hang", "slow", "wrong", "error")
+"""The replica faults ``raymedic chaos`` injects and ``bench replica-faults`` measures (the CLI, the gateway's
+chaos route and the bench all offer exactly these)."""

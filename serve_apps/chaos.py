@@ -8,7 +8,9 @@ Faults look like the real ones from the outside:
   Serve health checks stay fine (the "half-alive" replica);
 - ``slow``: every inference waits ``delay_ms`` more (gray failure);
 - ``wrong``: answers stay well-formed with HTTP 200 but the class probabilities
-  are rotated, so predictions are plausible and wrong.
+  are rotated, so predictions are plausible and wrong;
+- ``error``: every call of the replica raises, while its process and Serve's
+  health checks stay fine (a CUDA error, a state broken by a bad reload).
 
 A fault lives in the replica's memory only: a replacement replica starts clean,
 which is exactly what a restart is supposed to buy.
@@ -24,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from raymedic.errors import InvalidRequest
+from raymedic.errors import InjectedFault, InvalidRequest
+from raymedic.keys import CHAOS_FAULTS
 
 __all__ = ["FAULTS", "ReplicaFault", "sigkill_replica"]
 
-FAULTS = ("kill", "hang", "slow", "wrong")
-IN_REPLICA = ("hang", "slow", "wrong")
+FAULTS = CHAOS_FAULTS
+IN_REPLICA = tuple(f for f in FAULTS if f != "kill")  # kill is a signal, not a state of the replica
 
 
 @dataclass
@@ -60,7 +63,14 @@ class ReplicaFault:
         return {"mode": mode, "delay_ms": delay_ms}
 
     async def before_inference(self) -> None:
-        """Hold a call (``hang``: until cleared) or delay it (``slow``): the faults a deadline must catch."""
+        """Hold a call (``hang``: until cleared), delay it (``slow``): the faults a deadline must catch; or
+        fail it (``error``).
+
+        Raises:
+            InjectedFault: with the ``error`` fault, on every call.
+        """
+        if self.mode == "error":
+            raise InjectedFault("injected fault: this replica's inference path raises (raymedic chaos error)")
         if self.mode == "hang":
             await self._released.wait()
         elif self.mode == "slow":

@@ -328,6 +328,20 @@ def test_calls_that_die_at_the_gateways_mean_dead(tmp_path, recorded):
     assert [r[:2] for r in h.actuators.restarts] == [("lr", "c")]
 
 
+def test_calls_that_raise_at_the_gateways_while_a_peer_answers_mean_failing(tmp_path, recorded):
+    """The fault the gateway's retry hides: a live replica whose inference raises is restarted too."""
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.calls.ingest("gw1", now=h.clock.now, replicas={"mlp/a": {"error": 1}, "mlp/b": {"ok": 5}})
+    h.calls.ingest("gw2", now=h.clock.now, replicas={"mlp/a": {"error": 1}})
+    h.run()
+    (inc,) = h.policy.incidents
+    assert (inc.kind, inc.replica) == ("error", "a") and inc.evidence["call_errors"] == 2
+    assert [r[:2] for r in h.actuators.restarts] == [("mlp", "a")]
+    assert h.control.avoid["mlp"] == ("a",)
+    assert h.kinds()[:2] == ["detected-error", "restart"]
+
+
 def test_a_paused_controller_records_the_fault_and_acts_on_nothing(tmp_path, recorded):
     h = Harness(tmp_path)
     healthy_fleet(h)

@@ -280,6 +280,13 @@ def test_wrong_answers_are_caught_by_golden_probes_and_the_replica_replaced(svc)
     heal_and_check(svc, "wrong", "mlp")
 
 
+def test_a_replica_whose_calls_raise_is_replaced_with_no_failed_request(svc):
+    """Alive, answering health checks, every inference raising: the gateway's retry hides it from clients,
+    and the controller (probe errors, user-call errors against a peer that answers) replaces it."""
+    inc = heal_and_check(svc, "error", "mlp")
+    assert inc["evidence"]["probe_errors"] + inc["evidence"]["call_errors"] >= 2, inc["evidence"]
+
+
 def test_hung_replica_is_replaced_by_the_standby_with_no_failed_request(svc):
     standby = svc.controller()["standby"]["tabresnet"]
 

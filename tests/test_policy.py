@@ -61,6 +61,48 @@ def test_one_probe_timeout_plus_user_timeouts_with_nothing_completing_is_hung():
     assert assess(busy, [busy], CFG) is None  # it still completes work: a blip, not a hang
 
 
+def test_consecutive_probe_errors_mean_the_replica_is_failing():
+    one = snap("a", probes("ok", "error"))
+    b = healthy("b")
+    assert assess(one, [one, b], CFG) is None  # one probe error alone: could be a blip
+    two = snap("a", probes("ok", "error", "error"))
+    f = assess(two, [two], CFG)  # on their own, with no peer at all
+    assert f.kind == "error" and f.evidence["probe_errors"] == 2
+    assert f.first_evidence_at == two.probes[1].ts
+
+
+def test_user_call_errors_against_a_peer_that_answers_mean_failing():
+    b = healthy("b")
+    a = snap("a", probes("ok"), calls=CallStats(errors=2, first_error_at=100.7))
+    f = assess(a, [a, b], CFG)
+    assert f.kind == "error" and f.evidence["call_errors"] == 2 and f.first_evidence_at == 100.7
+    # One call error is not enough alone, but it is with a probe error beside it.
+    assert assess(snap("a", probes("ok"), calls=CallStats(errors=1)), [b], CFG) is None
+    both = snap("a", probes("ok", "error"), calls=CallStats(errors=1, first_error_at=99.0))
+    assert assess(both, [both, b], CFG).first_evidence_at == 99.0
+    # Calls it answered too: a transient error, not a failing replica.
+    assert assess(snap("a", probes("ok"), calls=CallStats(errors=3, ok=40)), [b], CFG) is None
+
+
+def test_errors_on_every_replica_of_a_member_are_not_a_replica_fault():
+    """Shared cause (the version, the inputs): restarting every replica would only take the member down."""
+    a = snap("a", probes("ok"), calls=CallStats(errors=4))
+    b = snap("b", probes("ok"), calls=CallStats(errors=5))
+    b_failing = snap("b", probes("error"), calls=CallStats(errors=5))
+    assert assess(a, [a, b_failing], CFG) is None
+    # A peer whose probe passes but whose calls raise too does not vouch for the member either.
+    assert assess(a, [a, b], CFG) is None
+
+
+def test_a_failing_replica_is_avoided_and_restarted_like_any_fault():
+    pol = HealingPolicy(CFG)
+    bad = snap("a", probes("ok"), calls=CallStats(errors=3, first_error_at=100.9))
+    r = pol.step(obs(101.0, bad, healthy("b")))
+    assert [e.kind for e in r.events] == ["detected-error"]
+    assert [a.replica for a in r.actions] == ["a"] and r.avoid["mlp"] == ("a",)
+    assert pol.incidents[0].kind == "error" and pol.incidents[0].time_to_detect_s == pytest.approx(0.1)
+
+
 def test_wrong_golden_answer_is_wrong_even_with_good_latency():
     s = snap("a", probes("ok", "wrong"))
     assert assess(s, [s, healthy("b")], CFG).kind == "wrong"

@@ -75,6 +75,8 @@ class FaultKind(StrEnum):
 
     DEAD = "dead"
     HUNG = "hung"
+    ERROR = "error"
+    """Alive and answering, but its inference path raises (a CUDA error, state broken by a bad reload)."""
     WRONG = "wrong"
     SLOW = "slow"
 
@@ -128,6 +130,8 @@ class CallStats:
     timeouts: int = 0
     latencies_s: tuple[float, ...] = ()
     inflight: int = 0
+    first_error_at: float | None = None
+    """When the controller received the window's first error report (within a sync period of the error)."""
 
 
 @dataclass(frozen=True)
@@ -302,6 +306,11 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
         return found(FaultKind.HUNG, {"probe_timeouts": len(tail), "call_timeouts": calls.timeouts,
                               "calls_ok": 0}, tail)
 
+    failing = _failing(snap, peers, cfg)
+    if failing is not None:
+        evidence, first = failing
+        return Finding(FaultKind.ERROR, snap.member, snap.replica, evidence, first)
+
     if probes and probes[-1].outcome == ProbeOutcome.WRONG:
         return found(FaultKind.WRONG, {"probe": probes[-1].detail}, probes[-1:])
 
@@ -317,6 +326,44 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
             if mine > limit and len(slow) >= max(1, len(ok) - 1):
                 return found(FaultKind.SLOW, {"median_latency_s": round(mine, 4), "peer_latency_s": round(ref, 4),
                                       "limit_s": round(limit, 4)}, slow)
+    return None
+
+
+def _answers(snap: ReplicaSnapshot) -> bool:
+    """A peer that shows the member's inference path works: its latest probe passed or it answered user
+    calls, and its own calls in the window did not mostly raise (a peer failing too vouches for nothing)."""
+    calls = snap.calls
+    works = (bool(snap.probes) and snap.probes[-1].outcome == ProbeOutcome.OK) or calls.ok > 0
+    return snap.state == "RUNNING" and snap.alive is not False and works and calls.errors <= calls.ok
+
+
+def _failing(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: ControllerConfig
+             ) -> tuple[dict[str, Any], float] | None:
+    """Evidence that the replica's inference path raises, and when it began, or None.
+
+    Consecutive probe errors are enough on their own (``error_probes``); user calls that raised
+    (``error_calls``, none answered there in the window) count only against a peer that answers,
+    the way Envoy's outlier detection ejects a host whose requests fail while its cluster's others
+    succeed: when every replica of a member raises, the cause is shared (the version, the inputs)
+    and restarting them all would only take the member down. One probe error and one call error
+    are two independent witnesses and count together.
+    """
+    tail: list[Probe] = []
+    for p in reversed(snap.probes):
+        if p.outcome != ProbeOutcome.ERROR:
+            break
+        tail.append(p)
+    calls = snap.calls
+    peer_ok = any(_answers(r) for r in peers if r.replica != snap.replica)
+    evidence: dict[str, Any] = {"probe_errors": len(tail), "call_errors": calls.errors, "calls_ok": calls.ok}
+    if tail:
+        evidence["probe"] = tail[0].detail
+    first = min([p.ts for p in tail] + ([calls.first_error_at] if calls.first_error_at is not None else []),
+                default=snap.probes[-1].ts if snap.probes else 0.0)
+    if len(tail) >= cfg.error_probes:
+        return evidence, first
+    if calls.ok == 0 and peer_ok and (calls.errors >= cfg.error_calls or (tail and calls.errors >= 1)):
+        return evidence, first
     return None
 
 

@@ -30,10 +30,11 @@ from raymedic.bench.cluster import (PlainServe, Progress, System, bench_cluster,
 from raymedic.bench.controller_step import run_controller_step
 from raymedic.bench.loadgen import Sample, open_loop, summarize
 from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC, VERSUS_HEADER, versus
+from raymedic.keys import CHAOS_FAULTS
 
 __all__ = ["BenchSettings", "FAULT_MEMBER", "run_replica_faults", "format_table"]
 
-FAULT_MEMBER = {"kill": "mlp", "hang": "tabresnet", "slow": "mlp", "wrong": "tabresnet"}
+FAULT_MEMBER = {"kill": "mlp", "hang": "tabresnet", "slow": "mlp", "wrong": "tabresnet", "error": "mlp"}
 """The member each fault hits (never the fallback member, ``logistic``)."""
 
 NEVER_KEYS = ("detect_s", "recover_s", "replace_s")
@@ -49,7 +50,7 @@ class BenchSettings:
     warmup_s: float = 3.0
     fault_s: float = 20.0
     slow_ms: float = 500.0
-    faults: tuple[str, ...] = ("kill", "hang", "slow", "wrong")
+    faults: tuple[str, ...] = CHAOS_FAULTS
 
 
 def _reference(url: str, inputs: Sequence[dict[str, Any]], batch: int) -> list[Any]:

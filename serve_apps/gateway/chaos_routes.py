@@ -38,7 +38,7 @@ def parse_chaos(body: Any, order: Sequence[str]) -> tuple[str, str, float | None
         order: the ensemble's members (named in the message when the member is missing).
     """
     if not isinstance(body, dict):
-        raise InvalidRequest('send {"fault": "kill|hang|slow|wrong", "member": NAME, '
+        raise InvalidRequest(f'send {{"fault": "{"|".join(FAULTS)}", "member": NAME, '
                              '"replica": ID (optional), "delay_ms": N (slow)}')
     fault, member = body.get("fault"), body.get("member")
     if fault not in FAULTS:

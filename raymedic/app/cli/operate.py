@@ -94,7 +94,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    """Inject a replica fault (kill, hang, slow, wrong) or clear every injected fault.
+    """Inject a replica fault (kill, hang, slow, wrong, error) or clear every injected fault.
 
     To watch the healing loop work on demand; the gateway offers these routes only
     when chaos is enabled.
