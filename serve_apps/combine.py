@@ -56,4 +56,5 @@ def combine(answers: Mapping[str, np.ndarray], weights: Mapping[str, float], *,
         w = np.array([weights[m] for m in pool], dtype=np.float64)
     w = w / w.sum()
     probs = sum(wi * np.asarray(p) for wi, p in zip(w, pool.values()))
-    return Combination(np.asarray(probs), tuple(pool), len(pool) < min_members)
+    # Degraded by the healthy members that answered: quarantined ones standing in do not count.
+    return Combination(np.asarray(probs), tuple(pool), len(healthy) < min_members)

@@ -58,9 +58,6 @@ def test_when_only_zero_weight_members_answer_they_are_averaged_equally():
     np.testing.assert_allclose(out.probabilities, [[0.3, 0.7]])
 
 
-@pytest.mark.xfail(strict=True, reason="bug (not fixed in the redesign): an answer from quarantined members only "
-                   "is degraded by the module's rule (fewer than min_members healthy answered), but `degraded` "
-                   "counts every member used, so two quarantined members make a non-degraded answer")
 def test_an_answer_from_quarantined_members_only_is_degraded():
     out = combine({"b": B, "c": C}, {"a": 1.0, "b": 0.0, "c": 0.0}, fallback="a", min_members=2)
     assert out.degraded

@@ -15,9 +15,15 @@ import numpy as np
 import pandas as pd
 
 from controllers.monitors.data import DataMonitor
-from controllers.policies.replica import HealingPolicy, Observation, Probe, ReplicaSnapshot
+from controllers.policies.replica import (
+    HealingPolicy,
+    Observation,
+    Probe,
+    ReplicaSnapshot,
+)
 from controllers.policies.weights import HedgeWeights, WeightingConfig
 from raymedic.config import ControllerConfig, DataConfig
+from raymedic.errors import RaymedicError
 from serve_apps.quality import InputTally
 from train_jobs.reference import Reference
 from train_jobs.tables import infer_schema
@@ -74,7 +80,12 @@ def run_data_check(*, features: int = 50, rows: int = 2000, checks: int = 10) ->
 
     Returns:
         The check's p50 (ms), the window's size and how many features it found drifting.
+
+    Raises:
+        RaymedicError: ``checks`` below 1 (there would be nothing to time).
     """
+    if checks < 1:
+        raise RaymedicError(f"checks ({checks}) must be at least 1: time at least one data check")
     rng = np.random.default_rng(0)
 
     def frame(n: int, shift: float) -> pd.DataFrame:

@@ -66,7 +66,7 @@ class Trials:
         self._timeout_s = member_timeout_s
         self._handle_for = handle_for
         self._handles: dict[str, Any] = {}
-        self._shadow: set[asyncio.Task] = set()
+        self._shadow: dict[asyncio.Task, Callable[[], None]] = {}  # waiting → how to log it
 
     async def call(self, name: str, rows: list[list[Any]], version: str) -> np.ndarray | None:
         """A challenger's answer within the member deadline, or None (a failure is counted as a failed
@@ -88,32 +88,46 @@ class Trials:
                log_records: Callable[[Records], None]) -> None:
         """Log a shadowed request once its challengers answered, in the background: the client never
         waits on it, and :meth:`close` still logs it at shutdown."""
-        logged = asyncio.ensure_future(self._log_after(records, challengers, on_trial, log_records))
-        self._shadow.add(logged)
-        logged.add_done_callback(self._shadow.discard)
+        done = False
 
-    async def _log_after(self, records: Records, challengers: dict[str, asyncio.Future], on_trial: Mapping[str, str],
-                         log_records: Callable[[Records], None]) -> None:
+        def log_once() -> None:
+            # Idempotent: the background task logs it, or close() does if the task never got to run.
+            nonlocal done
+            if not done:
+                done = True
+                self._join(records, challengers, on_trial)
+                log_records(records)
+
+        logged = asyncio.ensure_future(self._log_after(challengers, log_once))
+        self._shadow[logged] = log_once
+        logged.add_done_callback(lambda task: self._shadow.pop(task, None))
+
+    async def _log_after(self, challengers: dict[str, asyncio.Future], log_once: Callable[[], None]) -> None:
         """Log a shadowed request once its challengers answered (or gave up): the log is where another
         gateway replica finds both answers when the label reaches it there. The client never waits on it."""
         try:
             await asyncio.wait(list(challengers.values()), timeout=self._timeout_s + 1.0)
         finally:
-            ids = [r["inference_id"] for r in records]
-            for m, task in challengers.items():
-                if not task.done() or task.cancelled() or task.exception() is not None or task.result() is None:
-                    continue
-                p = np.asarray(task.result())
-                self._recent.add_source(ids, challenger_source(m), p)  # the trial's pair, joined here
-                for i, r in enumerate(records):
-                    if m in r["member_outputs"]:
-                        r["member_outputs"][m]["challenger"] = {"probabilities": p[i].round(6).tolist(),
-                                                                "version": on_trial[m]}
-            log_records(records)
+            log_once()
+
+    def _join(self, records: Records, challengers: dict[str, asyncio.Future], on_trial: Mapping[str, str]) -> None:
+        """Put each challenger that answered next to its champion, in the records and the recent answers."""
+        ids = [r["inference_id"] for r in records]
+        for m, task in challengers.items():
+            if not task.done() or task.cancelled() or task.exception() is not None or task.result() is None:
+                continue
+            p = np.asarray(task.result())
+            self._recent.add_source(ids, challenger_source(m), p)  # the trial's pair, joined here
+            for i, r in enumerate(records):
+                if m in r["member_outputs"]:
+                    r["member_outputs"][m]["challenger"] = {"probabilities": p[i].round(6).tolist(),
+                                                            "version": on_trial[m]}
 
     async def close(self) -> None:
         """Shutdown: cancel the shadowed requests still waiting; cancelled, each logs what it has."""
-        pending = list(self._shadow)
+        pending = dict(self._shadow)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        for log_once in pending.values():  # a task cancelled before it first ran never reached its finally
+            log_once()

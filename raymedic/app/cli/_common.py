@@ -111,7 +111,11 @@ def admin_token() -> str:
         return token
     path = token_file()
     if path.is_file():
-        return path.read_text().strip()
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise RaymedicError(f"cannot read the admin token in {path} ({exc.strerror}); fix its permissions or "
+                                f"set {ADMIN_TOKEN_ENV} to the token the service was deployed with") from None
     raise RaymedicError(f"no admin token: set {ADMIN_TOKEN_ENV} to the token the service was deployed with")
 
 
@@ -134,15 +138,16 @@ def admin(args: argparse.Namespace, route: str, body: Any = None) -> Any:
         RaymedicError: The service is unreachable or refused the call.
     """
     url = service_url(args)
+    token = admin_token()  # its own error when unreadable, not "no service answers"
     try:
         reply = request_json("POST", f"{url}/v1/admin/{route}", body if body is not None else {},
-                             headers={"Authorization": f"Bearer {admin_token()}"}, timeout_s=30)
+                             headers={"Authorization": f"Bearer {token}"}, timeout_s=30)
     except OSError as exc:
         raise unreachable(url, exc) from None
+    said = str(reply.body.get("error", reply.body)) if isinstance(reply.body, dict) else str(reply.body)
     if reply.status == 404 and route.startswith("chaos"):
-        raise RaymedicError(f"{reply.body.get('error', reply.body)} — chaos routes exist only when chaos is "
+        raise RaymedicError(f"{said} — chaos routes exist only when chaos is "
                             "enabled: `raymedic up --chaos` or chaos.enabled: true in the config")
     if reply.status >= 400:
-        raise RaymedicError(str(reply.body.get("error", reply.body)) if isinstance(reply.body, dict)
-                            else str(reply.body))
+        raise RaymedicError(said)
     return reply.body

@@ -82,6 +82,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         progress(f"starting a local Ray cluster (ray start --head, port {ray_port}, "
                  f"dashboard :{dashboard_port})")
         (address, head_session), started = start_head(port=ray_port, dashboard_port=dashboard_port), True
+        # Recorded at once, as `up --nodes` does: should the deploy fail, `raymedic down` still stops this head.
+        write_run_state(RunState(ray_address=address, dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+                                 http_url=_local_url(host, port), started_cluster=True, config_path=str(sf.path),
+                                 model=cfg.model, storage_path=cfg.storage_path, head_session=head_session))
     token_note = ensure_admin_token()
     join(address, ours=started)
     # lazy: Ray reads RAY_AUTH_MODE when it is imported; join() above has set it
