@@ -74,16 +74,19 @@ class LocalCluster:
     nodes: tuple[StartedNode, ...] = field(default_factory=tuple)
 
     def node(self, name: str) -> StartedNode:
+        """The node called ``name`` (``head``, ``worker-1``, ...): what a test kills or inspects."""
         for n in self.nodes:
             if n.name == name:
                 return n
         raise ConfigError(f"no node named {name!r}; nodes are {[n.name for n in self.nodes]}")
 
     def to_dict(self) -> dict:
+        """The cluster as JSON-able data, for the run file (``down`` in a later process stops it)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "LocalCluster":
+        """The cluster a run file recorded."""
         return cls(address=d["address"], dashboard_url=d["dashboard_url"], root=d["root"],
                    nodes=tuple(StartedNode(**n) for n in d.get("nodes", ())))
 

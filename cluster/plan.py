@@ -67,6 +67,7 @@ class NodePlan:
 
     @property
     def is_head(self) -> bool:
+        """Whether this node is the head (it starts first; the others join its GCS)."""
         return self.node_type == "head"
 
 
@@ -79,14 +80,17 @@ class ClusterPlan:
 
     @property
     def head(self) -> NodePlan:
+        """The head node's plan."""
         return self.nodes[0]
 
     @property
     def address(self) -> str:
+        """The GCS address workers and drivers join."""
         return f"127.0.0.1:{self.head.ports['gcs']}"
 
     @property
     def dashboard_url(self) -> str:
+        """The Ray dashboard's URL (where Jobs and Serve views are)."""
         return f"http://127.0.0.1:{self.head.ports['dashboard']}"
 
 

@@ -48,10 +48,12 @@ def _run_file() -> Path:
 
 
 def write_run_state(state: RunState) -> None:
+    """Record what ``up`` started, for the commands that run after it."""
     _run_file().write_text(json.dumps(asdict(state), indent=2))
 
 
 def read_run_state() -> RunState | None:
+    """What ``up`` recorded, or None (nothing started, or an unreadable file: treated as nothing)."""
     try:
         return RunState(**json.loads(_run_file().read_text()))
     except (OSError, ValueError, TypeError):
@@ -59,4 +61,5 @@ def read_run_state() -> RunState | None:
 
 
 def clear_run_state() -> None:
+    """Forget the service (``down``): later commands no longer find it."""
     _run_file().unlink(missing_ok=True)

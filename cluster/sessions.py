@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 
 
 def ray_bin() -> str:
+    """The ``ray`` command of this interpreter's environment (the one whose Ray the cluster must run),
+    else the first on PATH.
+
+    Raises:
+        ConfigError: no ``ray`` command at all; the message says how to install it.
+    """
     exe = Path(sys.executable).with_name("ray")
     if exe.exists():
         return str(exe)
@@ -39,6 +45,10 @@ def ray_bin() -> str:
 
 
 def start_env() -> dict[str, str]:
+    """The environment a ``ray start`` runs in: token auth and Serve's fast path on (Ray reads them
+    when its processes start), no ``RAY_ADDRESS`` (a head would try to join it), this interpreter first on
+    PATH (job entrypoints say ``python -m ...``).
+    """
     use_token_auth()
     use_serve_fast_path()
     env = dict(os.environ)
@@ -135,6 +145,7 @@ def session_pids(session_id: int) -> list[int]:
 
 
 def signal_session(session_id: int, sig: int) -> list[int]:
+    """Send ``sig`` to every live process of one session (one node); the PIDs it reached."""
     hit = []
     for pid in session_pids(session_id):
         try:

@@ -91,6 +91,7 @@ def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
 
 
 def inc(name: str, value: float = 1.0, **tags: Any) -> None:
+    """Add ``value`` to a counter; never raises (a metrics hiccup must not fail a request or a step)."""
     try:
         if value:
             _metric(name).inc(value, tags=_tags(tags))
@@ -99,6 +100,7 @@ def inc(name: str, value: float = 1.0, **tags: Any) -> None:
 
 
 def observe(name: str, value: float, **tags: Any) -> None:
+    """Record one observation in a histogram; never raises."""
     try:
         _metric(name).observe(float(value), tags=_tags(tags))
     except Exception:
@@ -106,6 +108,7 @@ def observe(name: str, value: float, **tags: Any) -> None:
 
 
 def set_gauge(name: str, value: float, **tags: Any) -> None:
+    """Set a gauge; never raises."""
     try:
         _metric(name).set(float(value), tags=_tags(tags))
     except Exception:

@@ -92,6 +92,11 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Scenario:
+    """One seeded drifting stream: what changes, when, and the detector it is compared against.
+
+    Frozen, so a scenario means the same stream in every run (the bench's figures are comparable
+    across commits).
+    """
     name: str
     kind: str
     """``inputs`` (caught by feature detectors) or ``concept`` (only the error stream shows it)."""
@@ -130,6 +135,11 @@ _SHIPPED = PerformanceSettings()
 
 @dataclass(frozen=True)
 class DriftBenchSettings:
+    """The bench's sizes and budgets (``raymedic bench drift`` flags feed some of them).
+
+    Defaults are what README figures were measured with; the error-CUSUM design comes from the shipped
+    config, so the bench measures what the controller runs.
+    """
     seeds: int = 30
     """Each seed draws its own reference, control and one stream per scenario (delay medians: ±10 %)."""
     reference_rows: int = 2000
@@ -239,6 +249,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, prior: np.ndarray | None = Non
 
 
 def predict_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Class predictions of a fitted logistic model ``w`` (weights, then bias): the bench's fixed model."""
     return (x @ w[:-1] + w[-1] > 0).astype(np.int64)
 
 
@@ -421,6 +432,7 @@ class _Seed:
     """The error CUSUM's confidence bin of each control answer."""
 
     def error_detector(self, err_cfg: ErrorCusumConfig) -> ErrorCusum:
+        """A fresh error CUSUM on this seed's baseline, reusing its calibration (simulated once per seed)."""
         return ErrorCusum(self.baseline, err_cfg, baseline_confidence=self.baseline_conf, calibration=self.err_cal)
 
 
@@ -687,6 +699,7 @@ def _num(v: Any, fmt: str = "{}") -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
+    """The report as the text tables ``raymedic bench drift`` prints (the JSON form is ``dumps``)."""
     st, cal, ctl = report["settings"], report["calibration"], report["control"]
     fc, ec = cal["feature_cusum"], cal["error_cusum"]
     lines = [

@@ -178,6 +178,7 @@ class _Stream:
                 return
 
     def rows_between(self, t0: float, t1: float) -> int:
+        """Rows sent between two times: turns a detection time into a delay in rows."""
         return sum(len(b.y) for b in self.sent if t0 <= b.at <= t1)
 
 
