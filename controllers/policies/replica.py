@@ -64,7 +64,13 @@ class ProbeOutcome(StrEnum):
     DEAD = "dead"
     """The replica's actor died under the probe."""
     ERROR = "error"
-    """The replica raised (alive but failing); recorded, not a fault on its own."""
+    """The replica raised: alive but failing. Several in a row, or one beside failed user calls, make
+    the replica *failing* (see :func:`assess`)."""
+
+
+# Plain-string forms for the hot comparisons of a step (every probe of every replica): on Python 3.11
+# reading a member off its Enum class costs ~50 ns, five times reading a module name.
+_OK, _TIMEOUT, _ERROR = ProbeOutcome.OK.value, ProbeOutcome.TIMEOUT.value, ProbeOutcome.ERROR.value
 
 
 PROBE_OUTCOMES = tuple(ProbeOutcome)
@@ -264,8 +270,8 @@ def _median(xs: Iterable[float]) -> float | None:
 def _peer_latency(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: ControllerConfig) -> float | None:
     # ``peers`` excludes standby replicas: idle, they answer faster than replicas under load.
     lat = [p.latency_s for r in peers if r.replica != snap.replica and r.state == "RUNNING" and r.probes
-           and r.probes[-1].outcome == ProbeOutcome.OK
-           for p in r.probes[-cfg.slow_probes:] if p.outcome == ProbeOutcome.OK]
+           and r.probes[-1].outcome == _OK
+           for p in r.probes[-cfg.slow_probes:] if p.outcome == _OK]
     return _median(lat)
 
 
@@ -291,12 +297,12 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
                        snap.seen_dead_at if snap.seen_dead_at is not None else (probes[-1].ts if probes else 0.0))
     if probes and probes[-1].outcome == ProbeOutcome.DEAD:
         return found(FaultKind.DEAD, {"probe": probes[-1].detail}, probes[-1:])
-    if calls.dead and not (probes and probes[-1].outcome == ProbeOutcome.OK):
+    if calls.dead and not (probes and probes[-1].outcome == _OK):
         return found(FaultKind.DEAD, {"failed_calls": calls.dead})
 
     tail: list[Probe] = []
     for p in reversed(probes):
-        if p.outcome != ProbeOutcome.TIMEOUT:
+        if p.outcome != _TIMEOUT:
             break
         tail.append(p)
     if len(tail) >= cfg.hang_probe_timeouts:
@@ -314,7 +320,7 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
     if probes and probes[-1].outcome == ProbeOutcome.WRONG:
         return found(FaultKind.WRONG, {"probe": probes[-1].detail}, probes[-1:])
 
-    ok = [p for p in probes if p.outcome == ProbeOutcome.OK][-cfg.slow_probes:]
+    ok = [p for p in probes if p.outcome == _OK][-cfg.slow_probes:]
     if len(ok) >= cfg.slow_probes:
         mine = _median(p.latency_s for p in ok)
         ref = _peer_latency(snap, peers, cfg)
@@ -333,7 +339,7 @@ def _answers(snap: ReplicaSnapshot) -> bool:
     """A peer that shows the member's inference path works: its latest probe passed or it answered user
     calls, and its own calls in the window did not mostly raise (a peer failing too vouches for nothing)."""
     calls = snap.calls
-    works = (bool(snap.probes) and snap.probes[-1].outcome == ProbeOutcome.OK) or calls.ok > 0
+    works = (bool(snap.probes) and snap.probes[-1].outcome == _OK) or calls.ok > 0
     return snap.state == "RUNNING" and snap.alive is not False and works and calls.errors <= calls.ok
 
 
@@ -348,12 +354,14 @@ def _failing(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Contr
     and restarting them all would only take the member down. One probe error and one call error
     are two independent witnesses and count together.
     """
+    calls = snap.calls
+    if not calls.errors and not (snap.probes and snap.probes[-1].outcome == _ERROR):
+        return None  # the usual case, decided without looking further
     tail: list[Probe] = []
     for p in reversed(snap.probes):
-        if p.outcome != ProbeOutcome.ERROR:
+        if p.outcome != _ERROR:
             break
         tail.append(p)
-    calls = snap.calls
     peer_ok = any(_answers(r) for r in peers if r.replica != snap.replica)
     evidence: dict[str, Any] = {"probe_errors": len(tail), "call_errors": calls.errors, "calls_ok": calls.ok}
     if tail:
@@ -370,13 +378,13 @@ def _failing(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Contr
 def _healthy(snap: ReplicaSnapshot) -> bool:
     """Strict: the latest probe passed (what confirming a recovery needs)."""
     return (snap.state == "RUNNING" and snap.alive is not False and bool(snap.probes)
-            and snap.probes[-1].outcome == ProbeOutcome.OK)
+            and snap.probes[-1].outcome == _OK)
 
 
 def _serving(snap: ReplicaSnapshot) -> bool:
     """Lenient: nothing says it is broken (a lone late probe is not proof; weights use this)."""
     return (snap.state == "RUNNING" and snap.alive is not False and bool(snap.probes)
-            and snap.probes[-1].outcome in (ProbeOutcome.OK, ProbeOutcome.TIMEOUT))
+            and snap.probes[-1].outcome in (_OK, _TIMEOUT))
 
 
 def systemic_timeouts(replicas: Sequence[ReplicaSnapshot], *, share: float = 0.5, minimum: int = 3) -> bool:
@@ -387,7 +395,7 @@ def systemic_timeouts(replicas: Sequence[ReplicaSnapshot], *, share: float = 0.5
     everything would only make it worse (a restart storm).
     """
     running = [r for r in replicas if r.state == "RUNNING" and r.probes]
-    late = [r for r in running if r.probes[-1].outcome == ProbeOutcome.TIMEOUT]
+    late = [r for r in running if r.probes[-1].outcome == _TIMEOUT]
     return len(running) >= minimum and len(late) >= max(2, share * len(running))
 
 
@@ -490,7 +498,7 @@ class HealingPolicy:
         # Learn each member's normal latency from replicas that look fine.
         for member, snaps in by_member.items():
             ok = [p.latency_s for s in snaps if _healthy(s) and not self.open_incident(s.replica)
-                  for p in s.probes[-cfg.slow_probes:] if p.outcome == ProbeOutcome.OK]
+                  for p in s.probes[-cfg.slow_probes:] if p.outcome == _OK]
             if ok:
                 med = statistics.median(ok)
                 old = m.baseline_latency.get(member)
@@ -501,7 +509,7 @@ class HealingPolicy:
         if systemic and not m.systemic:
             events.append(AuditEvent("systemic-timeouts", "cluster",
                                      {"replicas_late": sum(1 for r in obs.replicas if r.probes
-                                                           and r.probes[-1].outcome == ProbeOutcome.TIMEOUT)},
+                                                           and r.probes[-1].outcome == _TIMEOUT)},
                                      "hold restarts for hangs", "ok"))
         m.systemic = systemic
         # Latency is only comparable when nothing is starting up: a replica loading its model
