@@ -14,9 +14,11 @@ import os
 import shutil
 from typing import Iterator
 
+from raymedic.logs import get_logger
+
 __all__ = ["LOCAL_LOGICAL_CPUS", "SERVE_FAST_PATH", "LOCAL_INGRESS_DRAIN_S", "use_serve_fast_path", "start_embedded", "use_token_auth", "join", "connect_or_start"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 LOCAL_LOGICAL_CPUS = 8

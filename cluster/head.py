@@ -7,7 +7,6 @@ processes of that head (never another Ray cluster of the user's on the machine).
 
 from __future__ import annotations
 
-import logging
 import subprocess
 
 from cluster.connect import LOCAL_LOGICAL_CPUS, use_token_auth
@@ -15,7 +14,6 @@ from cluster.sessions import ray_bin, run_ray_start, stop_sessions
 
 __all__ = ["start_head", "stop_head", "ray_alive"]
 
-log = logging.getLogger(__name__)
 
 
 def start_head(*, port: int, dashboard_port: int, num_cpus: int = LOCAL_LOGICAL_CPUS,

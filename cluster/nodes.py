@@ -31,24 +31,26 @@ through a gateway; member calls lost with the node are retried by the gateway.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from raymedic.errors import ConfigError, RaymedicError
 import signal
-from dataclasses import field
-
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from cluster.plan import ClusterPlan, NodePlan, start_command
-from cluster.sessions import ray_bin, run_ray_start, session_pids, signal_session, stop_sessions
+from cluster.sessions import (
+    ray_bin,
+    run_ray_start,
+    session_pids,
+    signal_session,
+    stop_sessions,
+)
+from raymedic.errors import ConfigError, RaymedicError
 
 __all__ = ["StartedNode", "LocalCluster", "start_cluster", "wait_for_nodes", "node_pids", "node_id", "kill_node", "stop_cluster", "describe"]
 
-log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 

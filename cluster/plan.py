@@ -13,18 +13,17 @@ every replica.
 
 from __future__ import annotations
 
-import logging
-import os
-from dataclasses import dataclass
-from raymedic.errors import ConfigError, RaymedicError
 import math
+import os
 import random
 import socket
 import tempfile
+from dataclasses import dataclass
+
+from raymedic.errors import ConfigError, RaymedicError
 
 __all__ = ["NODE_LABEL", "NODE_TYPE_LABEL", "DEFAULT_CPUS_PER_NODE", "WORKER_PORTS_PER_NODE", "OBJECT_STORE_BYTES", "NodePlan", "ClusterPlan", "free_ports", "free_port_block", "check_shape", "plan_cluster", "start_command", "spread_over_nodes"]
 
-log = logging.getLogger(__name__)
 
 
 NODE_LABEL = "raymedic.dev/node"

@@ -8,14 +8,12 @@ address and whether ``up`` started that cluster (only then may ``down`` stop it)
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 __all__ = ["raymedic_home", "RunState", "write_run_state", "read_run_state", "clear_run_state"]
 
-log = logging.getLogger(__name__)
 
 
 def raymedic_home() -> Path:

@@ -10,22 +10,20 @@ are both started and stopped through here.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from raymedic.errors import ConfigError, RaymedicError
-import signal
 from typing import Sequence
 
 from cluster.connect import use_serve_fast_path, use_token_auth
+from raymedic.errors import ConfigError, RaymedicError
 
 __all__ = ["ray_bin", "start_env", "run_ray_start", "stop_sessions", "session_pids", "signal_session"]
 
-log = logging.getLogger(__name__)
 
 
 def ray_bin() -> str:

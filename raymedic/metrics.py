@@ -14,12 +14,13 @@ never raises: a metrics hiccup must not fail a request or a healing step.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping
+
+from raymedic.logs import get_logger
 
 __all__ = ["inc", "observe", "set_gauge", "outcome_label", "SPECS"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 RECOVERY_BUCKETS = [0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0]

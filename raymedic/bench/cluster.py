@@ -23,6 +23,7 @@ from raymedic.app import service
 from raymedic.app.http import request_json
 from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC
 from raymedic.config import RaymedicConfig, load_config
+from raymedic.errors import RaymedicError
 from raymedic.keys import ADMIN_TOKEN_ENV, APP_NAME
 from raymedic.storage import Storage
 from serve_apps.chaos import sigkill_replica
@@ -152,7 +153,8 @@ class RaymedicSystem(System):
                          {"fault": fault, "member": member, "delay_ms": slow_ms if fault == "slow" else None},
                          headers={"Authorization": f"Bearer {os.environ[ADMIN_TOKEN_ENV]}"}, timeout_s=30)
         if r.status != 200:
-            raise RuntimeError(f"chaos {fault} failed: {r.status} {r.body}")
+            raise RaymedicError(f"the bench could not inject {fault} into {member}: the chaos route answered "
+                                f"{r.status} {r.body}")
         return r.body
 
     def outcome(self, replica: str, injected_at: float, member: str) -> dict[str, Any]:
@@ -194,7 +196,9 @@ class PlainServe(System):
         # lazy: Ray Serve reads the fast-path settings start_embedded sets when it is imported
         from ray import serve
 
-        from serve_apps.baseline import build_baseline  # lazy: imports Ray Serve, as above
+        from serve_apps.baseline import (
+            build_baseline,  # lazy: imports Ray Serve, as above
+        )
 
         progress("deploying the plain Ray Serve baseline (same members, default router and health checks)")
         serve.run(build_baseline(self.config), name=self.app, route_prefix="/", blocking=False)
@@ -222,7 +226,8 @@ class PlainServe(System):
                 timeout_s=10)
             if out.get("applied"):
                 return out
-        raise RuntimeError(f"could not reach replica {target.id} of {member}")
+        raise RaymedicError(f"the bench could not reach replica {target.id} of {member} in 200 tries; "
+                            "is the cluster overloaded? rerun with a lower --rps")
 
     def outcome(self, replica: str, injected_at: float, member: str) -> dict[str, Any]:
         """What :meth:`watch` saw: seconds until Serve noticed and until a replacement ran."""

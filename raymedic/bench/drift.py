@@ -75,8 +75,18 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import special
 
-from controllers.detectors.calibration import Calibration, calibrate_features, crossings, known_law_threshold
-from controllers.detectors.cusum import ErrorCusum, ErrorCusumConfig, FeatureCusum, FeatureCusumConfig
+from controllers.detectors.calibration import (
+    Calibration,
+    calibrate_features,
+    crossings,
+    known_law_threshold,
+)
+from controllers.detectors.cusum import (
+    ErrorCusum,
+    ErrorCusumConfig,
+    FeatureCusum,
+    FeatureCusumConfig,
+)
 from controllers.detectors.page_hinkley import page_hinkley_alarms
 from raymedic.bench.report import dumps
 from raymedic.config import PerformanceSettings

@@ -25,11 +25,19 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from raymedic.app.http import request_json
-from raymedic.bench.cluster import (PlainServe, Progress, System, bench_cluster, bench_inputs, systems,
-                                    wait_until)
+from raymedic.bench.cluster import (
+    PlainServe,
+    Progress,
+    System,
+    bench_cluster,
+    bench_inputs,
+    systems,
+    wait_until,
+)
 from raymedic.bench.controller_step import run_controller_step
 from raymedic.bench.loadgen import Sample, open_loop, summarize
 from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC, VERSUS_HEADER, versus
+from raymedic.errors import RaymedicError
 from raymedic.keys import CHAOS_FAULTS
 
 __all__ = ["BenchSettings", "FAULT_MEMBER", "run_replica_faults", "format_table"]
@@ -59,7 +67,8 @@ def _reference(url: str, inputs: Sequence[dict[str, Any]], batch: int) -> list[A
     for i in range(0, len(inputs), batch):
         r = request_json("POST", url, {"instances": list(inputs[i:i + batch])}, timeout_s=60)
         if r.status != 200:
-            raise RuntimeError(f"reference answers failed: {r.status} {r.body}")
+            raise RaymedicError(f"the fault-free reference answers failed ({r.status} {r.body}); the service is not "
+                                "healthy before any fault: check `ray status` and the Serve logs")
         out += r.body["predictions"]
     return out
 

@@ -13,7 +13,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Sequence
 
-from raymedic.bench.cluster import Progress, bench_cluster, bench_inputs, systems, wait_until
+from raymedic.bench.cluster import (
+    Progress,
+    bench_cluster,
+    bench_inputs,
+    systems,
+    wait_until,
+)
 from raymedic.bench.loadgen import open_loop, summarize
 from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC, SYSTEMS, VERSUS_HEADER, versus
 
