@@ -81,7 +81,7 @@ class ProbeSchedule:
         self._next: dict[str, float] = {}
 
     def due(self, replica: str, *, now: float, retry: bool) -> bool:
-        """Whether to probe ``replica`` now (``retry``: its last probe timed out)."""
+        """Whether to probe ``replica`` now (``retry``: its last probe timed out or raised)."""
         return retry or now >= self._next.get(replica, float("-inf"))
 
     def sent(self, replica: str, *, now: float, interval_s: float) -> None:
@@ -204,7 +204,8 @@ class GoldenProber:
                 if task is not None and not task.done():
                     continue
                 last = self._probes.get(r.id)
-                retry = bool(last) and last[-1].outcome == ProbeOutcome.TIMEOUT  # confirm a possible hang at once
+                # Confirm a possible hang or failure at once: the second witness is what opens the incident.
+                retry = bool(last) and last[-1].outcome in (ProbeOutcome.TIMEOUT, ProbeOutcome.ERROR)
                 if not self._schedule.due(r.id, now=now, retry=retry):
                     continue
                 if being_replaced(r.id):

@@ -80,8 +80,11 @@ def test_user_call_errors_against_a_peer_that_answers_mean_failing():
     assert assess(snap("a", probes("ok"), calls=CallStats(errors=1)), [b], CFG) is None
     both = snap("a", probes("ok", "error"), calls=CallStats(errors=1, first_error_at=99.0))
     assert assess(both, [both, b], CFG).first_evidence_at == 99.0
-    # Calls it answered too: a transient error, not a failing replica.
-    assert assess(snap("a", probes("ok"), calls=CallStats(errors=3, ok=40)), [b], CFG) is None
+    # Calls it answered after the errors: a transient error, not a failing replica ...
+    assert assess(snap("a", probes("ok"), calls=CallStats(errors=3, ok=40, ok_after_error=20)), [b], CFG) is None
+    # ... but answers from before the first error, still in the window, do not vouch for it now.
+    before = snap("a", probes("ok"), calls=CallStats(errors=2, ok=40, first_error_at=100.7))
+    assert assess(before, [before, b], CFG).kind == "error"
 
 
 def test_errors_on_every_replica_of_a_member_are_not_a_replica_fault():
@@ -392,3 +395,16 @@ def test_a_rejected_proposal_closes_the_incident_and_stops_avoiding_the_replica(
     assert inc.status == "rejected" and r.actions == () and r.avoid["mlp"] == ()
     restored = HealingPolicy(CFG, json.loads(json.dumps(pol.to_dict())))
     assert restored.approval and restored.incidents[0].approval == "rejected"  # survives a restart
+
+
+def test_calls_answered_after_the_first_error_report_are_told_from_those_before():
+    from controllers.policies.calls import CallLog
+
+    log = CallLog()
+    log.ingest("gw1", now=100.0, replicas={"mlp/a": {"ok": 30}})
+    log.ingest("gw1", now=100.5, replicas={"mlp/a": {"ok": 3, "error": 1}})  # the fault began in this period
+    log.ingest("gw2", now=100.6, replicas={"mlp/a": {"error": 1}})
+    failing = log.stats("mlp/a", now=101.0, window_s=5.0)
+    assert (failing.ok, failing.errors, failing.ok_after_error, failing.first_error_at) == (33, 2, 0, 100.5)
+    log.ingest("gw1", now=101.0, replicas={"mlp/a": {"ok": 4}})
+    assert log.stats("mlp/a", now=101.2, window_s=5.0).ok_after_error == 4

@@ -11,7 +11,7 @@ die is dead, one whose calls time out with nothing completing is hung.
 >>> log.ingest("gw1", now=100.0, replicas={"mlp/a": {"ok": 2, "latencies": [0.01], "timeout": 1, "inflight": 3}})
 >>> log.ingest("gw2", now=101.0, replicas={"mlp/a": {"hedged": 1, "inflight": 1}})
 >>> log.stats("mlp/a", now=103.0, window_s=5.0)
-CallStats(ok=2, errors=0, dead=0, timeouts=2, latencies_s=(0.01, 0.0), inflight=4, first_error_at=None)
+CallStats(ok=2, errors=0, dead=0, timeouts=2, latencies_s=(0.01, 0.0), inflight=4, first_error_at=None, ok_after_error=0)
 >>> log.stats("mlp/a", now=106.0, window_s=5.0).ok  # the first report left the window
 0
 """
@@ -48,6 +48,7 @@ def call_stats(events: Iterable[CallEvent], *, now: float, window_s: float, infl
     one was slow to, which is what a hang looks like from the outside.
     """
     recent = [e for e in events if now - e.ts <= window_s]
+    first_error = min((e.ts for e in recent if e.outcome == CallOutcome.ERROR), default=None)
     return CallStats(
         ok=sum(1 for e in recent if e.outcome == CallOutcome.OK),
         errors=sum(1 for e in recent if e.outcome == CallOutcome.ERROR),
@@ -55,7 +56,9 @@ def call_stats(events: Iterable[CallEvent], *, now: float, window_s: float, infl
         timeouts=sum(1 for e in recent if e.outcome in (CallOutcome.TIMEOUT, CallOutcome.HEDGED)),
         latencies_s=tuple(e.latency_s for e in recent if e.outcome == CallOutcome.OK),
         inflight=inflight,
-        first_error_at=min((e.ts for e in recent if e.outcome == CallOutcome.ERROR), default=None),
+        first_error_at=first_error,
+        ok_after_error=0 if first_error is None else sum(
+            1 for e in recent if e.outcome == CallOutcome.OK and e.ts > first_error),
     )
 
 

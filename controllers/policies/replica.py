@@ -138,6 +138,9 @@ class CallStats:
     inflight: int = 0
     first_error_at: float | None = None
     """When the controller received the window's first error report (within a sync period of the error)."""
+    ok_after_error: int = 0
+    """Calls answered in reports received after that first error report: a replica that answers again
+    after an error is not failing (calls in the same report may have come before the error)."""
 
 
 @dataclass(frozen=True)
@@ -348,7 +351,7 @@ def _failing(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Contr
     """Evidence that the replica's inference path raises, and when it began, or None.
 
     Consecutive probe errors are enough on their own (``error_probes``); user calls that raised
-    (``error_calls``, none answered there in the window) count only against a peer that answers,
+    (``error_calls``, none answered there since the first of them) count only against a peer that answers,
     the way Envoy's outlier detection ejects a host whose requests fail while its cluster's others
     succeed: when every replica of a member raises, the cause is shared (the version, the inputs)
     and restarting them all would only take the member down. One probe error and one call error
@@ -370,7 +373,8 @@ def _failing(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Contr
                 default=snap.probes[-1].ts if snap.probes else 0.0)
     if len(tail) >= cfg.error_probes:
         return evidence, first
-    if calls.ok == 0 and peer_ok and (calls.errors >= cfg.error_calls or (tail and calls.errors >= 1)):
+    # Answered calls from before the first error (still in the window) say nothing about now.
+    if calls.ok_after_error == 0 and peer_ok and (calls.errors >= cfg.error_calls or (tail and calls.errors >= 1)):
         return evidence, first
     return None
 
