@@ -12,6 +12,7 @@ Defaults are declared once, below, each with the reason for its value.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +45,8 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "cluster" / "raym
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MemberKind = Literal["logistic", "mlp", "tabresnet"]
+_MODULE_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+"""``package.module:ClassName``, the form of Python entry points."""
 
 
 class _Strict(BaseModel):
@@ -55,7 +58,14 @@ class MemberConfig(_Strict):
     """One ensemble member: an architecture served as its own Serve deployment."""
 
     name: str = Field(pattern=_NAME, description="Deployment name, also the registry key.")
-    kind: MemberKind = Field(description="Architecture: logistic (simple fallback), mlp or tabresnet.")
+    kind: MemberKind | None = Field(None, description="A built-in architecture: logistic (simple fallback), mlp "
+                                    "or tabresnet. Give this or `module`.")
+    module: str | None = Field(None, description="Your own architecture instead of a built-in "
+                               "`kind`: an importable `torch.nn.Module` subclass as \"package.module:ClassName\", "
+                               "built as ClassName(input_shape=(...), n_classes=K, **hyperparameters); forward(x) "
+                               "takes a float tensor [N, *input_shape] and returns logits [N, K]. Its code is never "
+                               "stored: the registry keeps this path, the hyperparameters and the weights, so the "
+                               "module must be importable wherever the member trains or serves.")
     fallback: bool = Field(False, description="Answers alone, flagged degraded, when too few members answer.")
     replicas: int = Field(2, ge=1, le=64, description="Two, so a replica fault never takes a member down.")
     standby: int = Field(0, ge=0, le=8, description="Hot standby replicas on top of `replicas`: started, "
@@ -69,7 +79,8 @@ class MemberConfig(_Strict):
     health_check_period_s: float = Field(
         2.0, gt=0, le=60, description="Serve's liveness check; short so a dead replica is replaced quickly."
     )
-    hyperparameters: dict[str, Any] = Field(default_factory=dict, description="Architecture knobs.")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, description="Architecture knobs (for a `module`, "
+                                            "the keyword arguments its constructor takes besides input_shape and n_classes).")
 
     @field_validator("name")
     @classmethod
@@ -80,6 +91,27 @@ class MemberConfig(_Strict):
             raise ValueError(f"{ENSEMBLE!r} names the combined model in performance reports; choose another "
                              "member name")
         return v
+
+    @field_validator("module")
+    @classmethod
+    def _module_path(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(_MODULE_PATH, v):
+            raise ValueError("module must be an import path with the class after a colon, such as "
+                             "\"my_models.digits:SmallCNN\"")
+        return v
+
+    @model_validator(mode="after")
+    def _one_architecture(self) -> "MemberConfig":
+        if (self.kind is None) == (self.module is None):
+            raise ValueError(f"member {self.name!r} needs exactly one of `kind` (a built-in: logistic, mlp, "
+                             "tabresnet) or `module` (your own torch.nn.Module, \"package.module:ClassName\")"
+                             + ("; it gives both" if self.kind else ""))
+        return self
+
+    @property
+    def architecture(self) -> str:
+        """What the member runs, for messages and reports: its built-in kind or its module path."""
+        return self.module or str(self.kind)
 
 
 def _default_members() -> list[MemberConfig]:

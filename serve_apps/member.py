@@ -70,7 +70,8 @@ class Member:
 
     def _load(self, ref: str) -> tuple[Any, str]:
         loaded = self._registry.load(self._model_name, self._member, ref)
-        model = unpack(loaded.files, device=self._device)
+        model = unpack(loaded.files, device=self._device,
+                       where=f"{self._model_name}/{self._member} {loaded.info.version}")
         if model.golden is not None and model.golden.rows:
             # Warm up before serving: PyTorch's first calls pick and initialise kernels (hundreds of
             # ms on a busy core), which a user's first request would otherwise pay past its deadline.

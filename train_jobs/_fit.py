@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from raymedic.config import MemberConfig, RaymedicConfig
-from raymedic.errors import RaymedicError
+from raymedic.errors import ConfigError, RaymedicError
 from train_jobs import artifacts
-from train_jobs.models import ArchSpec, build_model
+from train_jobs.models import ArchSpec, build_model, check_contract
 from train_jobs.preprocess import Preprocessor
 from train_jobs.reference import Reference
 from train_jobs.registry import CHAMPION, ModelRegistry, VersionInfo
@@ -60,9 +60,22 @@ class PreparedData:
         return float(counts.max() / len(self.y_val))
 
     def spec(self, kind: str, hyperparameters: Mapping[str, Any] | None = None) -> ArchSpec:
-        """The architecture of a ``kind`` member on these inputs (validates ``hyperparameters``)."""
+        """The architecture of a built-in ``kind`` member on these inputs (validates ``hyperparameters``)."""
         return ArchSpec.create(kind, input_dim=self.preprocessor.output_dim, n_classes=len(self.schema.classes),
                                hyperparameters=hyperparameters)
+
+    def member_spec(self, member: MemberConfig) -> ArchSpec:
+        """The architecture of ``member`` on these inputs: its built-in kind, or its own module checked
+        against raymedic's contract (built, and a forward pass run) before anything trains."""
+        if member.module is None:
+            return self.spec(str(member.kind), member.hyperparameters)
+        spec = ArchSpec.for_module(member.module, input_dim=self.preprocessor.output_dim,
+                                   n_classes=len(self.schema.classes), hyperparameters=member.hyperparameters)
+        try:
+            check_contract(spec)
+        except ConfigError as exc:
+            raise ConfigError(f"member {member.name!r}: {exc}") from None
+        return spec
 
     @cached_property
     def golden_rows(self) -> list[list[Any]]:
@@ -181,7 +194,8 @@ def register_member(
     except RaymedicError:
         parent = None
     info = registry.register(model, member.name, files=files, parent_version=parent, metadata={
-        "kind": member.kind,
+        "kind": spec.kind,
+        **({"module": spec.module} if spec.module else {}),
         "hyperparameters": spec.hyperparameters,
         "metrics": metrics,
         "data_fingerprint": data.data_fingerprint,

@@ -17,7 +17,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from raymedic.errors import SchemaError
+from raymedic.errors import ConfigError, SchemaError
 from train_jobs.models import ArchSpec, build_model
 from train_jobs.preprocess import Preprocessor
 from train_jobs.schema import ModelSchema
@@ -103,17 +103,33 @@ def pack(*, network: nn.Module, spec: ArchSpec, preprocessor: Preprocessor,
     }
 
 
-def unpack(files: Mapping[str, bytes], *, device: str = "cpu") -> MemberModel:
-    """Rebuild a member from its (already verified) files."""
+def unpack(files: Mapping[str, bytes], *, device: str = "cpu", where: str = "member version") -> MemberModel:
+    """Rebuild a member from its (already verified) files.
+
+    Args:
+        files: the version's files, as the registry returns them.
+        device: where the network runs (``cpu`` or ``cuda``).
+        where: the version in messages (``model/member vNNNN``).
+
+    Raises:
+        SchemaError: files are missing, the version's module can no longer be imported or built (its
+            code is never stored: it is imported again here), or the weights no longer fit the architecture
+            (e.g. its constructor changed since the version was trained).
+    """
     missing = [n for n in (WEIGHTS, ARCHITECTURE, PREPROCESS) if n not in files]
     if missing:
-        raise SchemaError(f"member version lacks the files {missing}; re-train it with `raymedic train`")
+        raise SchemaError(f"{where} lacks the files {missing}; re-train it with `raymedic train`")
     spec = ArchSpec.from_dict(json.loads(files[ARCHITECTURE]))
     pre = Preprocessor.from_dict(json.loads(files[PREPROCESS]))
-    network = build_model(spec)
+    try:
+        network = build_model(spec)
+    except ConfigError as exc:  # the user's module: gone, renamed, or its constructor changed
+        raise SchemaError(f"{where} cannot be loaded: it needs module {spec.module!r}, and {exc}") from None
     try:
         network.load_state_dict(st_load(files[WEIGHTS]))
     except RuntimeError as exc:
-        raise SchemaError(f"weights do not fit architecture {spec.kind}: {exc}") from exc
+        hint = (f" (did {spec.module}'s constructor or layers change since {where} was trained? restore it, or "
+                "re-train the member)" if spec.module else "")
+        raise SchemaError(f"the weights of {where} do not fit architecture {spec.name}{hint}: {exc}") from exc
     golden = GoldenSet.from_dict(json.loads(files[GOLDEN])) if GOLDEN in files else None
     return MemberModel(spec=spec, preprocessor=pre, network=network, golden=golden, device=device)

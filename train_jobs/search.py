@@ -336,7 +336,12 @@ def check_search_args(config: RaymedicConfig, *, member: str, num_samples: int, 
     if member not in names:
         raise ConfigError(f"no ensemble member named {member!r}: pass --member with one of {names} "
                           "(the `members` of the config)")
-    return config.member(member)
+    chosen = config.member(member)
+    if chosen.module is not None:
+        raise ConfigError(f"member {member!r} runs your own module {chosen.module!r}, whose hyperparameters raymedic "
+                          "cannot guess: searching it needs a `search_space:` for the member, which is not "
+                          "supported yet; search a built-in member, or train this one with `raymedic train`")
+    return chosen
 
 
 def _trial(params: dict[str, Any], data: dict[str, Any]) -> None:

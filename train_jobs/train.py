@@ -203,7 +203,7 @@ def train_ensemble(
 
     data = prepare_data(config, table, target=target, schema=schema)
     schema, train_df, val_df = data.schema, data.train_df, data.val_df
-    specs = {m.name: data.spec(m.kind, m.hyperparameters) for m in chosen}
+    specs = {m.name: data.member_spec(m) for m in chosen}  # a user's module is checked here, before training
     progress(f"training {len(chosen)} member(s) of model {model!r} with Ray Train on "
              f"{len(train_df)} rows ({len(val_df)} held out), {len(schema.features)} features, "
              f"{len(schema.classes)} classes")
