@@ -249,3 +249,11 @@ def test_a_user_module_trains_serves_and_heals_next_to_a_builtin_fallback(tmp_pa
             stop.set()
             worker.join(timeout=30)
         assert inc["kind"] == "dead" and failures == [], failures[:3]
+
+
+def test_a_retrain_job_keeps_the_pythonpath_a_users_module_is_found_on():
+    from controllers.models.jobs import PROJECT_ROOT, job_pythonpath
+
+    assert job_pythonpath({"PYTHONPATH": os.pathsep.join(["/code", PROJECT_ROOT, "/more"])}) == os.pathsep.join(
+        [PROJECT_ROOT, "/code", "/more"])
+    assert job_pythonpath({}) == PROJECT_ROOT

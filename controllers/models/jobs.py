@@ -11,10 +11,11 @@ storage reads): the healer runs them in worker threads.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import ray
 from ray.job_submission import JobSubmissionClient
@@ -24,13 +25,22 @@ from raymedic.keys import retrain_job_id, retrain_record_key
 from raymedic.logs import get_logger
 from raymedic.storage import Storage
 
-__all__ = ["PROJECT_ROOT", "Jobs", "RayJobs", "entrypoint"]
+__all__ = ["PROJECT_ROOT", "Jobs", "RayJobs", "entrypoint", "job_pythonpath"]
 
 log = get_logger(__name__)
 
 PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 """Where ``train_jobs`` lives on this node (the checkout holding ``controllers/``): the job's
 PYTHONPATH (same image/checkout on every node)."""
+
+
+def job_pythonpath(environ: Mapping[str, str] | None = None) -> str:
+    """The retrain job's PYTHONPATH: raymedic's checkout first, then whatever this process had, so a
+    member's own module that Ray's processes find on PYTHONPATH is importable in the job too (a job's
+    runtime_env replaces the variable, it does not extend it)."""
+    inherited = (os.environ if environ is None else environ).get("PYTHONPATH", "")
+    parts = [PROJECT_ROOT] + [p for p in inherited.split(os.pathsep) if p and p != PROJECT_ROOT]
+    return os.pathsep.join(parts)
 
 
 class Jobs(Protocol):
@@ -90,7 +100,7 @@ class RayJobs:
             metadata={"app": "raymedic", "kind": "retrain+search" if sub.search else "retrain", "model": self.model,
                       "reason": sub.reason[:200],
                       "alerts": ",".join(sub.alerts)[:200]},
-            runtime_env={"env_vars": {"PYTHONPATH": PROJECT_ROOT}},
+            runtime_env={"env_vars": {"PYTHONPATH": job_pythonpath()}},
         )
 
     def poll(self, job_id: str) -> str | None:
