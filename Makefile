@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c .ci/constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -c .ci/constraints.txt -e ".[dev,examples]"
 	touch $(STAMP)
 
 install: $(STAMP)

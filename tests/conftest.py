@@ -86,7 +86,7 @@ def _trained_key(cfg: Any) -> str:
     """What training depends on: the model, each member's architecture and knobs, the training config
     (not how many replicas serve it)."""
     doc = cfg.model_dump(mode="json")
-    members = [{k: m[k] for k in ("name", "kind", "hyperparameters")} for m in doc["members"]]
+    members = [{k: m[k] for k in ("name", "kind", "module", "hyperparameters")} for m in doc["members"]]
     return json.dumps({"model": doc["model"], "members": members, "training": doc["training"]}, sort_keys=True)
 
 

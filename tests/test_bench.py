@@ -140,15 +140,15 @@ def test_fault_table_leaves_out_a_fault_that_ran_on_one_system_only():
 def test_cli_runs_replica_faults_with_the_flags_and_prints_table_then_json(monkeypatch, capsys):
     seen = {}
 
-    def fake_run(*, config_path, port, settings, progress):
-        seen.update(config_path=config_path, port=port, settings=settings)
+    def fake_run(*, config_path, port, settings, progress, data):
+        seen.update(config_path=config_path, port=port, settings=settings, data=data)
         progress("a progress line")
         return _faults_report()
 
     monkeypatch.setattr(faults, "run_replica_faults", fake_run)
     assert cli.main(["bench", "replica-faults", "--faults", "kill,wrong", "--fault-seconds", "6",
                      "--port", "8123"]) == 0
-    assert seen["port"] == 8123 and seen["config_path"] is None
+    assert seen["port"] == 8123 and seen["config_path"] is None and seen["data"] is None
     assert seen["settings"] == faults.BenchSettings(rps=50.0, fault_s=6.0, faults=("kill", "wrong"))
     assert capsys.readouterr().out == ("[raymedic] a progress line\n\n" + faults.format_table(_faults_report())
                                        + "\n\n" + dumps(_faults_report()) + "\n")
@@ -168,6 +168,9 @@ def test_cli_prints_only_the_json_report_on_stdout_with_json(monkeypatch, capsys
     (["bench", "saturation", "--rates", "20,x"], "--rates '20,x': give a comma list of positive request rates"),
     (["bench", "saturation", "--rates", "20,-5"], "--rates '20,-5': give a comma list of positive request rates"),
     (["bench", "saturation", "--rates", ","], "--rates ',': give a comma list"),
+    (["bench", "saturation", "--data", "t.parquet"], "--data and --target go together"),
+    (["bench", "replica-faults", "--target", "label"], "--data and --target go together"),
+    (["bench", "controller-step", "--data", "t.parquet", "--target", "y"], "bench controller-step does not take"),
 ])
 def test_bench_refuses_bad_flags_with_the_fix_before_anything_runs(argv, fragment, monkeypatch):
     def must_not_run(**_):
@@ -179,6 +182,49 @@ def test_bench_refuses_bad_flags_with_the_fix_before_anything_runs(argv, fragmen
     with pytest.raises(RaymedicError) as err:
         args.fn(args)
     assert fragment in str(err.value)
+
+
+def test_benches_replay_rows_of_the_users_table_tensors_as_nested_lists(monkeypatch, tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raymedic.bench.cluster import BenchTable, bench_inputs
+
+    images = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+    image = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), 3), 2)
+    pq.write_table(pa.table({"image": image, "size": [1.0, None, 3.0, 4.0, 5.0], "y": [0, 1, 0, 1, 0]}),
+                   tmp_path / "t.parquet")
+    table = BenchTable(path=str(tmp_path / "t.parquet"), target="y")
+    rows = bench_inputs(None, 8, data=table)
+    assert len(rows) == 8 and all(set(r) == {"image", "size"} for r in rows)
+    assert rows == bench_inputs(None, 8, data=table)  # seeded: both systems get the same requests
+    by_size = {r["size"]: r["image"] for r in rows}
+    assert by_size[3.0] == images[2].tolist() and json.loads(json.dumps(rows)) == rows  # JSON as a client sends
+    assert None in by_size  # a missing value is sent as null, for the service's missing-value policy to judge
+    seen = {}
+
+    def fake_run(*, data, **_):
+        seen["data"] = data
+        return _faults_report()
+
+    monkeypatch.setattr(faults, "run_replica_faults", fake_run)
+    assert cli.main(["bench", "replica-faults", "--data", table.path, "--target", "y", "--json"]) == 0
+    assert seen["data"] == table
+
+
+def test_a_bench_of_your_own_modules_needs_your_table(tmp_path, monkeypatch):
+    from raymedic.bench.cluster import bench_cluster
+    from raymedic.keys import ADMIN_TOKEN_ENV
+
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "a-token")  # the bench sets one when none is set: keep it to this test
+
+    cfg = write_config(tmp_path / "c.yaml", storage=tmp_path / "s", port=free_port(),
+                       members=[{"name": "own", "module": "mynets:Net"}, {"name": "logistic", "kind": "logistic"}],
+                       gateway={"min_members": 1})
+    with pytest.raises(RaymedicError, match="--data TABLE --target COLUMN"):
+        with bench_cluster(str(cfg), print):
+            raise AssertionError("a cluster started for a bench that cannot train its model")
 
 
 # ---- saturation -----------------------------------------------------------------------------------
@@ -218,7 +264,7 @@ def test_saturation_table_has_every_rate_for_both_systems_and_consistent_ratios(
 def test_cli_runs_saturation_at_the_rates_given(monkeypatch, capsys):
     seen = {}
 
-    def fake_run(*, config_path, port, rates, duration_s, deadline_s, progress):
+    def fake_run(*, config_path, port, rates, duration_s, deadline_s, progress, data):
         seen.update(rates=rates, duration_s=duration_s, deadline_s=deadline_s)
         rows = [r for r in _saturation_rows() if r["rps"] in rates]
         return {"settings": {"rates": sorted(rates), "duration_s": duration_s, "deadline_s": deadline_s},

@@ -356,3 +356,19 @@ def test_openapi_refuses_an_unwritable_path_with_the_fix(tmp_path, capsys):
     assert cli.main(["openapi", "--out", str(tmp_path / "missing" / "openapi.json")]) == 2
     assert capsys.readouterr().err == (f"error: cannot write {str(tmp_path / 'missing' / 'openapi.json')!r}: No such "
                                        "file or directory; pass --out with a writable path\n")
+
+
+def test_up_never_trains_the_synthetic_table_into_your_own_modules(tmp_path):
+    """An empty registry gets the built-in synthetic model, but only for built-in members: the
+    synthetic table is no stand-in for the table the user's own module was written for."""
+    from raymedic.app import service
+    from raymedic.config import parse_config
+    from raymedic.errors import ConfigError
+
+    cfg = parse_config({"model": "digits", "storage_path": str(tmp_path / "s"), "gateway": {"min_members": 1},
+                        "members": [{"name": "cnn", "module": "my_models.digits:SmallCNN"},
+                                    {"name": "logistic", "kind": "logistic", "fallback": True}]})
+    with pytest.raises(ConfigError) as err:
+        service.ensure_trained(cfg, print)  # raises before any cluster is needed
+    assert "members ['cnn'] run your own modules" in str(err.value)
+    assert "raymedic train --config CONFIG --data TABLE --target COLUMN --model digits" in str(err.value)

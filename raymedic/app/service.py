@@ -59,10 +59,20 @@ def ensure_trained(config: RaymedicConfig, progress: Progress) -> None:
     So that a first ``raymedic up`` (or demo, or bench) serves something without a
     separate ``raymedic train``; a registry with champions is left as it is.
     Requires a connected Ray cluster when it trains.
+
+    Raises:
+        ConfigError: there are no champions and a member runs the user's own module (the synthetic
+            table is no stand-in for the user's data); the message gives the ``raymedic train`` to run.
     """
     registry = ModelRegistry(Storage(config.storage_path))
     if _has_champions(registry, config, config.model):
         return
+    own = [m.name for m in config.members if m.module]
+    if own:  # the synthetic table is the built-ins' stand-in: it cannot fit the user's own module
+        raise ConfigError(
+            f"the registry at {config.storage_path} has no champions for model {config.model!r}, and its members "
+            f"{own} run your own modules, which the built-in synthetic table cannot train: train them on your "
+            f"table first, `raymedic train --config CONFIG --data TABLE --target COLUMN --model {config.model}`")
     # lazy: imports PyTorch (seconds), needed only when there is something to train
     from train_jobs.train import synthetic_table, train_ensemble
 

@@ -11,8 +11,10 @@ benches drive in the same way.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import ray
@@ -27,22 +29,51 @@ from raymedic.errors import RaymedicError
 from raymedic.keys import ADMIN_TOKEN_ENV, APP_NAME
 from raymedic.storage import Storage
 from serve_apps.chaos import sigkill_replica
+from train_jobs.registry import ModelRegistry
 from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
+from train_jobs.tables import fingerprint, load_table
 
-__all__ = ["Progress", "bench_cluster", "bench_inputs", "running_replicas", "wait_until", "System",
+__all__ = ["Progress", "BenchTable", "bench_cluster", "bench_inputs", "running_replicas", "wait_until", "System",
            "RaymedicSystem", "PlainServe", "systems"]
 
 Progress = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class BenchTable:
+    """The user's table a bench trains its model on and replays rows of (instead of the built-in
+    synthetic table): ``raymedic bench ... --config X --data TABLE --target COL``.
+
+    The bench keeps its own registry (so its runs never move the user's champions); it trains
+    there once per table, and again only when the table's content changes.
+    """
+
+    path: str
+    target: str
+
+    def frame(self) -> Any:
+        """The table, as :func:`train_jobs.tables.load_table` reads it (refusals name the fix)."""
+        return load_table(self.path)
+
+
 @contextlib.contextmanager
-def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = False
-                  ) -> Iterator[RaymedicConfig]:
+def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = False,
+                  data: BenchTable | None = None) -> Iterator[RaymedicConfig]:
     """An embedded Ray cluster and the config a benchmark deploys (storage under
     ``RAYMEDIC_HOME/bench-storage``, its trained registry kept, every other state of an earlier run
-    cleared, the model trained if it is not); everything started here is shut down on exit."""
+    cleared, the model trained if it is not: on ``data`` when given, else on the synthetic table);
+    everything started here is shut down on exit.
+
+    Raises:
+        RaymedicError: the config's members are not all built-ins and no ``data`` is given (the
+            synthetic table cannot fit the user's own modules); the message says what to pass.
+    """
     os.environ.setdefault(ADMIN_TOKEN_ENV, os.urandom(16).hex())  # before any deploy: the admin routes' token
     cfg = load_config(config_path).config
+    if data is None and any(m.module for m in cfg.members):
+        raise RaymedicError(f"the config's model {cfg.model!r} has members with their own modules, which the "
+                            "built-in synthetic table cannot train: pass the table it was made for, "
+                            "--data TABLE --target COLUMN")
     storage = str(raymedic_home() / "bench-storage")
     update: dict[str, Any] = {"storage_path": storage}
     if chaos:
@@ -50,9 +81,12 @@ def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = 
     cfg = cfg.model_copy(update=update).resolved()
     for stale in (f"controller/{cfg.model}", f"audit/{cfg.model}", f"logs/{cfg.model}", f"retrain/{cfg.model}"):
         Storage(storage).delete(stale)  # keep the trained registry, start everything else from scratch
+    table = data.frame() if data is not None else None  # read (and refused) before a cluster starts
     progress(f"starting an embedded local Ray cluster ({LOCAL_LOGICAL_CPUS} logical CPUs)")
     start_embedded(log_to_driver=False)
     try:
+        if data is not None:
+            _train_on(cfg, table, data, progress)
         service.ensure_trained(cfg, progress)
         yield cfg
     finally:
@@ -65,12 +99,46 @@ def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = 
             ray.shutdown()
 
 
-def bench_inputs(config: RaymedicConfig, n: int = 200) -> list[dict[str, Any]]:
-    """``n`` fixed rows of the built-in synthetic table (seeded apart from training): the requests
-    every bench replays, the same for both systems."""
+def _train_on(cfg: RaymedicConfig, table: Any, data: BenchTable, progress: Progress) -> None:
+    """Train the bench's model on ``table`` unless its champions were trained on this very content."""
+    registry = ModelRegistry(Storage(cfg.storage_path))
+    want = fingerprint(table)
+    try:
+        have = {registry.info(cfg.model, m.name, "champion").metadata.get("data_fingerprint") for m in cfg.members}
+    except RaymedicError:
+        have = set()
+    if have == {want}:
+        return
+    # lazy: imports PyTorch (seconds), needed only when there is something to train
+    from train_jobs.train import train_ensemble
+
+    progress(f"training {cfg.model!r} on {data.path} in the bench's registry (once per table)")
+    train_ensemble(cfg, table, target=data.target, model=cfg.model, progress=progress)
+
+
+def bench_inputs(config: RaymedicConfig, n: int = 200, data: BenchTable | None = None) -> list[dict[str, Any]]:
+    """``n`` fixed rows the bench replays, the same for both systems: seeded rows of ``data``'s
+    table (tensors as nested lists, as a client sends them), else of the built-in synthetic table
+    (seeded apart from training)."""
+    if data is not None:
+        df = data.frame()
+        rows = df.drop(columns=[data.target]).sample(n=n, replace=len(df) < n, random_state=4242)
+        return [{str(k): _json_value(v) for k, v in r.items()} for r in rows.to_dict(orient="records")]
     df = SyntheticGenerator(SyntheticSpec(seed=config.training.seed)).sample(n, seed=4242)
     feats = [c for c in df.columns if c != "label"]
     return [{f: float(r[f]) for f in feats} for _, r in df.iterrows()]
+
+
+def _json_value(v: Any) -> Any:
+    """A table cell as JSON sends it: numpy arrays (tensor features) as nested lists, numpy scalars as
+    Python numbers, a missing value as null."""
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if isinstance(v, list):
+        return [_json_value(x) for x in v]
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
 
 
 def running_replicas(app: str, member: str) -> list[Any]:
@@ -113,8 +181,8 @@ class System:
     name: str
     app: str
 
-    def __init__(self, config: RaymedicConfig, url: str) -> None:
-        self.config, self.url = config, url
+    def __init__(self, config: RaymedicConfig, url: str, probe: dict[str, Any]) -> None:
+        self.config, self.url, self.probe = config, url, probe
         self.predict_url = f"{url}/v1/models/{config.model}:predict"
 
     def full_strength(self) -> bool:
@@ -202,7 +270,7 @@ class PlainServe(System):
 
         progress("deploying the plain Ray Serve baseline (same members, default router and health checks)")
         serve.run(build_baseline(self.config), name=self.app, route_prefix="/", blocking=False)
-        wait_until(lambda: request_json("POST", self.predict_url, {"instances": bench_inputs(self.config, 1)},
+        wait_until(lambda: request_json("POST", self.predict_url, {"instances": [self.probe]},
                                         timeout_s=10).status == 200, 300, "the baseline to answer")
 
     def ready(self) -> bool:
@@ -275,6 +343,7 @@ class PlainServe(System):
         serve.delete(self.app)
 
 
-def systems(config: RaymedicConfig, url: str) -> tuple[System, ...]:
-    """Both systems for ``config`` at ``url``, plain Serve first (the order every bench runs them)."""
-    return PlainServe(config, url), RaymedicSystem(config, url)
+def systems(config: RaymedicConfig, url: str, inputs: list[dict[str, Any]]) -> tuple[System, ...]:
+    """Both systems for ``config`` at ``url``, plain Serve first (the order every bench runs them);
+    ``inputs[0]`` is the request that tells the baseline answers."""
+    return PlainServe(config, url, inputs[0]), RaymedicSystem(config, url, inputs[0])

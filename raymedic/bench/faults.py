@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from raymedic.app.http import request_json
 from raymedic.bench.cluster import (
+    BenchTable,
     PlainServe,
     Progress,
     System,
@@ -116,7 +117,7 @@ def _scenario(system: System, fault: str, s: BenchSettings, inputs: list[dict[st
 
 
 def run_replica_faults(*, config_path: str | None, port: int, settings: BenchSettings,
-                       progress: Progress) -> dict[str, Any]:
+                       progress: Progress, data: BenchTable | None = None) -> dict[str, Any]:
     """Both systems, every fault, one embedded cluster; returns the figures.
 
     Each system's fault-free answers to the bench inputs are recorded first, so a
@@ -127,6 +128,7 @@ def run_replica_faults(*, config_path: str | None, port: int, settings: BenchSet
         port: HTTP port of the benchmark's Serve proxy.
         settings: Load, deadline and faults.
         progress: Where progress lines go.
+        data: The user's table to train on and replay rows of (default: the synthetic table).
 
     Returns:
         ``settings``, one ``results`` row per system and fault, and the ``controller_step`` figures.
@@ -136,10 +138,10 @@ def run_replica_faults(*, config_path: str | None, port: int, settings: BenchSet
 
     url = f"http://127.0.0.1:{port}"
     results: list[dict[str, Any]] = []
-    with bench_cluster(config_path, progress, chaos=True) as cfg:
+    with bench_cluster(config_path, progress, chaos=True, data=data) as cfg:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        inputs = bench_inputs(cfg)
-        for system in systems(cfg, url):
+        inputs = bench_inputs(cfg, data=data)
+        for system in systems(cfg, url, inputs):
             system.deploy(progress)
             reference = _reference(system.predict_url, inputs, cfg.gateway.max_batch_size)
             wait_until(system.ready, 180, f"{system.name} to be whole")

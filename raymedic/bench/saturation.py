@@ -14,6 +14,7 @@ import asyncio
 from typing import Any, Sequence
 
 from raymedic.bench.cluster import (
+    BenchTable,
     Progress,
     bench_cluster,
     bench_inputs,
@@ -27,7 +28,7 @@ __all__ = ["Progress", "run_saturation", "max_rps_without_failure", "format_satu
 
 
 def run_saturation(*, config_path: str | None, port: int, rates: Sequence[float], duration_s: float = 15.0,
-                   deadline_s: float = 2.0, progress: Progress) -> dict[str, Any]:
+                   deadline_s: float = 2.0, progress: Progress, data: BenchTable | None = None) -> dict[str, Any]:
     """Both systems at each rate (no fault), one embedded cluster; returns the figures.
 
     A system that fails most requests at a rate is not run at higher ones (they
@@ -40,6 +41,7 @@ def run_saturation(*, config_path: str | None, port: int, rates: Sequence[float]
         duration_s: Seconds of load per rate.
         deadline_s: Client deadline of every request.
         progress: Where progress lines go.
+        data: The user's table to train on and replay rows of (default: the synthetic table).
 
     Returns:
         ``settings``, one ``results`` row per system and rate, and ``max_rps_without_failure``.
@@ -49,10 +51,10 @@ def run_saturation(*, config_path: str | None, port: int, rates: Sequence[float]
 
     url = f"http://127.0.0.1:{port}"
     results: list[dict[str, Any]] = []
-    with bench_cluster(config_path, progress) as cfg:
+    with bench_cluster(config_path, progress, data=data) as cfg:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        inputs = bench_inputs(cfg)
-        for system in systems(cfg, url):
+        inputs = bench_inputs(cfg, data=data)
+        for system in systems(cfg, url, inputs):
             system.deploy(progress)
             wait_until(system.ready, 180, f"{system.name} to be whole")
             asyncio.run(open_loop(system.predict_url, inputs, rps=min(rates), duration_s=10,

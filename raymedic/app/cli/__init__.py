@@ -137,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--slow-ms", type=float, default=500.0, help="Latency added by the slow fault.")
     be.add_argument("--faults", default=",".join(CHAOS_FAULTS), help="Comma list of faults to run.")
     be.add_argument("--port", type=int, default=8011, help="HTTP port for the benchmark's service.")
+    be.add_argument("--data", help="replica-faults, saturation: your table (Parquet or CSV) to train the config's "
+                                   "model on in the bench's own registry and replay rows of (default: the "
+                                   "built-in synthetic table); needs --target.")
+    be.add_argument("--target", help="The label column of --data.")
     be.add_argument("--members", type=int, default=50, help="controller-step: members.")
     be.add_argument("--replicas", type=int, default=10, help="controller-step: replicas per member.")
     be.add_argument("--live", action="store_true",

@@ -12,7 +12,7 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 from raymedic.app.cli._common import progress
 from raymedic.bench.report import dumps
@@ -58,6 +58,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """
     if args.rps is not None and not args.rps > 0:
         raise RaymedicError(f"--rps {args.rps:g}: give a positive rate, e.g. 50")
+    _bench_table(args)  # a --data/--target mistake is refused before anything starts
     if args.scenario == "drift" and args.live:  # the same kind of streams through a deployed service
         return _live_drift(args)
     if args.scenario == "drift":  # pure NumPy/SciPy: no cluster, no Serve
@@ -111,7 +112,7 @@ def _saturation(args: argparse.Namespace) -> int:
     def run(report_progress: saturation.Progress) -> dict:
         return saturation.run_saturation(config_path=args.config, port=args.port, rates=rates,
                                          duration_s=args.seconds, deadline_s=args.deadline,
-                                         progress=report_progress)
+                                         progress=report_progress, data=_bench_table(args))
 
     if args.json:
         with _stdout_to_stderr():
@@ -146,13 +147,31 @@ def _replica_faults(args: argparse.Namespace) -> int:
     if args.json:
         with _stdout_to_stderr():
             report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
-                                              progress=_to_stderr)
+                                              progress=_to_stderr, data=_bench_table(args))
         print(dumps(report))
         return 0
     report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
-                                      progress=progress)
+                                      progress=progress, data=_bench_table(args))
     print()
     print(bench.format_table(report))
     print()
     print(dumps(report))
     return 0
+
+
+def _bench_table(args: argparse.Namespace) -> Any:
+    """The ``--data``/``--target`` pair as the benches take it (None: the built-in synthetic table).
+
+    Raises:
+        RaymedicError: one of the pair without the other, or ``--data`` on a bench that does not use it.
+    """
+    if args.data is None and args.target is None:
+        return None
+    if args.data is None or args.target is None:
+        raise RaymedicError("--data and --target go together: --data TABLE.parquet --target LABEL_COLUMN")
+    if args.scenario not in ("replica-faults", "saturation"):
+        raise RaymedicError(f"bench {args.scenario} does not take --data (replica-faults and saturation do)")
+    # lazy: imports Ray (the bench cluster module); keeps `raymedic --help` fast
+    from raymedic.bench.cluster import BenchTable
+
+    return BenchTable(path=args.data, target=args.target)
