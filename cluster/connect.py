@@ -12,11 +12,14 @@ import contextlib
 import logging
 import os
 import shutil
-from typing import Iterator
+import sys
+from typing import Any, Iterator
 
+from raymedic.config import RuntimeEnv
 from raymedic.logs import get_logger
 
-__all__ = ["LOCAL_LOGICAL_CPUS", "SERVE_FAST_PATH", "LOCAL_INGRESS_DRAIN_S", "use_serve_fast_path", "start_embedded", "use_token_auth", "join", "connect_or_start"]
+__all__ = ["LOCAL_LOGICAL_CPUS", "SERVE_FAST_PATH", "LOCAL_INGRESS_DRAIN_S", "use_serve_fast_path", "start_embedded",
+           "use_token_auth", "join", "connect_or_start", "user_code_importable"]
 
 log = get_logger(__name__)
 
@@ -68,14 +71,22 @@ def use_serve_fast_path() -> bool:
     return True
 
 
-def start_embedded(*, num_cpus: int | None = None, **init_kwargs):
+def _job_env(runtime_env: RuntimeEnv | None) -> dict[str, Any] | None:
+    """The driver job's ``runtime_env``: what every process started for this driver inherits (Serve
+    replicas of ``serve.run``, Ray Train workers, Tune trials, actors); Ray uploads its local paths."""
+    return None if runtime_env is None or runtime_env.empty else runtime_env.to_ray()
+
+
+def start_embedded(*, num_cpus: int | None = None, runtime_env: RuntimeEnv | None = None, **init_kwargs):
     """``ray.init`` of an embedded local cluster (its own, never a running one) for this process's
-    lifetime, with :data:`LOCAL_LOGICAL_CPUS` and Serve's fast path; returns Ray's context."""
+    lifetime, with :data:`LOCAL_LOGICAL_CPUS`, Serve's fast path and the config's ``runtime_env`` as the
+    job's; returns Ray's context."""
     import ray
 
     use_serve_fast_path()
     init_kwargs.setdefault("logging_level", logging.WARNING)
-    return ray.init(address="local", num_cpus=num_cpus or LOCAL_LOGICAL_CPUS, **init_kwargs)
+    return ray.init(address="local", num_cpus=num_cpus or LOCAL_LOGICAL_CPUS, runtime_env=_job_env(runtime_env),
+                    **init_kwargs)
 
 
 def use_token_auth() -> None:
@@ -88,31 +99,59 @@ def use_token_auth() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
-def join(address: str, *, ours: bool, log_to_driver: bool = False) -> None:
-    """``ray.init`` on an existing cluster; ``ours`` marks one started by :func:`start_head`."""
+def join(address: str, *, ours: bool, log_to_driver: bool = False, runtime_env: RuntimeEnv | None = None) -> None:
+    """``ray.init`` on an existing cluster, with the config's ``runtime_env`` as the job's; ``ours`` marks
+    one started by :func:`start_head`."""
     import ray
 
     if ours:
         use_token_auth()
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver,
+             runtime_env=_job_env(runtime_env))
 
 
 @contextlib.contextmanager
-def connect_or_start(*, num_cpus: int | None = None, log_to_driver: bool = True) -> Iterator[None]:
+def user_code_importable(runtime_env: RuntimeEnv | None) -> Iterator[list[str]]:
+    """The config's local ``py_modules`` / ``working_dir`` importable in this process for the duration.
+
+    ``runtime_env`` reaches the processes Ray starts, never the driver itself, yet the driver imports a
+    member's module too (the contract check before training, registering the trained version). The
+    directories go first on ``sys.path`` and are removed afterwards; modules imported meanwhile stay
+    imported. Yields the directories added.
+    """
+    roots = [] if runtime_env is None else [r for r in runtime_env.import_roots() if r not in sys.path]
+    sys.path[:0] = roots
+    try:
+        yield roots
+    finally:
+        for r in roots:
+            if r in sys.path:
+                sys.path.remove(r)
+
+
+@contextlib.contextmanager
+def connect_or_start(*, num_cpus: int | None = None, log_to_driver: bool = True,
+                     runtime_env: RuntimeEnv | None = None) -> Iterator[None]:
     """Join ``RAY_ADDRESS`` (or an already-initialised Ray) or run an embedded cluster.
 
     ``log_to_driver=False`` keeps worker output off this process's stdout (for ``--json``).
+    ``runtime_env`` (the config's) becomes the job's, and its local code importable here
+    (:func:`user_code_importable`), for the duration; inside ``ray job submit`` leave it None: the job
+    already runs in the environment it was submitted with.
     """
     import ray
 
     if ray.is_initialized():
-        yield
+        with user_code_importable(runtime_env):
+            yield
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver, runtime_env=_job_env(runtime_env))
     else:
-        start_embedded(num_cpus=num_cpus, include_dashboard=True, log_to_driver=log_to_driver, configure_logging=True)
+        start_embedded(num_cpus=num_cpus, include_dashboard=True, log_to_driver=log_to_driver, configure_logging=True,
+                       runtime_env=runtime_env)
     try:
-        yield
+        with user_code_importable(runtime_env):
+            yield
     finally:
         ray.shutdown()

@@ -35,12 +35,18 @@ def get_controller() -> Any:
 
 
 def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, admin_sha: str | None = None,
-                      timeout_s: float = 120.0) -> Any:
+                      runtime_env: dict[str, Any] | None = None, timeout_s: float = 120.0) -> Any:
     """Create the controller if missing (else reconfigure it) and wait until it answers.
 
     The config goes to storage first: the actor reads it there, so a controller Ray restarts later
     runs on this config, not on its first constructor arguments.
+
+    ``runtime_env`` is the application's (as Ray holds it, local code uploaded): the controller runs in
+    it and hands it to its retrain jobs and canary applications, so they import the members' own
+    modules as the replicas do. A controller running in another one (the user's code changed) is
+    replaced: an actor's runtime_env is fixed when it is created (Ray restarts it in the same one).
     """
+    runtime_env = dict(runtime_env or {})
     storage = Storage(config.storage_path)
     storage.write_text(controller_config_key(config.model),
                        json.dumps({"config": config.model_dump(mode="json"), "versions": versions,
@@ -50,6 +56,9 @@ def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, admin
         info = ray.get(existing.ping.remote(), timeout=timeout_s)
         if (info.get("model"), info.get("storage_path")) != (config.model, config.storage_path):
             remove_controller()  # it heals another model: one controller per Serve app
+        elif dict(info.get("runtime_env") or {}) != runtime_env:
+            log.info("the application's runtime_env changed: replacing the healing controller to run in it")
+            remove_controller()
     actor = ray.remote(HealingController).options(
         name=CONTROLLER_NAME,
         namespace=CONTROLLER_NAMESPACE,
@@ -61,6 +70,7 @@ def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, admin
         # one component that detects and records that loss with it.
         resources={HEAD_NODE_RESOURCE: 0.001},
         get_if_exists=True,
+        runtime_env=runtime_env or None,
     ).remote(config.storage_path, config.model)
     ray.get(actor.reload.remote(), timeout=timeout_s)
     return actor

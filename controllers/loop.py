@@ -40,7 +40,7 @@ from controllers.deployment import Deployment, load_deployment, load_golden, rec
 from controllers.gateway_sync import GatewaySync
 from controllers.models.canaries import ServeCanaries
 from controllers.models.healer import ModelHealer
-from controllers.models.jobs import RayJobs
+from controllers.models.jobs import RayJobs, current_runtime_env
 from controllers.models.swap import VersionSwapper
 from controllers.monitors.data import MODEL_KINDS, PREDICTION_KINDS, DataAlerts
 from controllers.monitors.performance import PerformanceMonitor
@@ -122,7 +122,10 @@ class HealingController:
         registry = ModelRegistry(storage)
         self._healer = ModelHealer(cfg, self._playbook, self._recorder.model_action,
                                    on_new_versions=self._adopt_versions,
-                                   jobs=RayJobs(model=model, storage_path=cfg.storage_path, storage=storage),
+                                   # The controller runs in the application's runtime_env (ensure_controller);
+                                   # its retrain jobs get the same, so they import the members' own modules
+                                   jobs=RayJobs(model=model, storage_path=cfg.storage_path, storage=storage,
+                                                runtime_env=current_runtime_env()),
                                    canaries=ServeCanaries(cfg=lambda: self.cfg), swapper=swapper, registry=registry)
         self._prober = GoldenProber(deployment=self._current,
                                     load_golden=lambda member, version: load_golden(storage, model, member, version),
@@ -291,7 +294,7 @@ class HealingController:
         """Liveness and identity: ``ensure_controller`` checks it heals the model it should."""
         self._ensure_running()
         return {"pid": os.getpid(), "epoch": self._control.epoch, "model": self._model,
-                "storage_path": self.cfg.storage_path,
+                "storage_path": self.cfg.storage_path, "runtime_env": current_runtime_env(),
                 "running": self._task is not None and not self._task.done()}
 
     async def flush(self) -> int:

@@ -36,6 +36,7 @@ __all__ = [
     "PerformanceSettings",
     "error_design_problem",
     "RaymedicConfig",
+    "RuntimeEnv",
     "ServeFile",
     "load_config",
     "parse_config",
@@ -527,6 +528,93 @@ def parse_config(args: dict[str, Any], *, where: str = "application args") -> Ra
         raise _explain(exc, where) from None
 
 
+def _is_uri(value: str) -> bool:
+    """Ray's test for a package reference (``s3://``, ``gs://``, ``https://...zip``, ``gcs://``, ``local://``):
+    those are Ray's to fetch and are passed through unchanged; anything else is a path on this machine."""
+    return "://" in value
+
+
+class RuntimeEnv(BaseModel):
+    """The Serve application's ``runtime_env``: how the user's code reaches every process that imports it.
+
+    It lives in the Serve document next to ``import_path`` (not in raymedic's ``args``), so ``serve deploy``
+    of the same file hands Ray the same environment. raymedic gives it to every process it starts for the
+    application: the driver's Ray job (``raymedic up`` / ``train`` / ``search``: the Serve replicas, Ray Train
+    workers and Tune trials inherit it), the healing controller and the retrain jobs it submits. The fields
+    raymedic reads are typed; any other Ray field (``pip``, ``uv``, ``conda``, ``config``, ...) passes through
+    to Ray, which validates it.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    working_dir: str | None = Field(
+        default=None, description="A directory (or a .zip / remote URI) Ray ships to every process and makes "
+                                  "its working directory, first on its import path. A local path is resolved "
+                                  "against the config file's directory.")
+    py_modules: list[str] = Field(
+        default_factory=list, description="Packages Ray ships to every process and puts on its import path: "
+                                          "local package directories (the directory is the package: "
+                                          "`./my_models` is imported as `my_models`), .whl/.zip files, or "
+                                          "remote URIs. Local paths are resolved against the config file's "
+                                          "directory.")
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables of every process. A retrain job's PYTHONPATH "
+                                          "is raymedic's own path followed by this one.")
+    excludes: list[str] = Field(
+        default_factory=list, description="gitignore-style patterns left out of the uploaded working_dir / "
+                                          "py_modules.")
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to hand Ray (no field set)."""
+        return not self.to_ray()
+
+    def local_paths(self) -> list[str]:
+        """The working_dir and py_modules entries that are paths on this machine (not URIs)."""
+        paths = [self.working_dir] if self.working_dir else []
+        return [p for p in paths + list(self.py_modules) if not _is_uri(p)]
+
+    def resolved(self, base: Path, *, where: str) -> "RuntimeEnv":
+        """A copy whose local paths are absolute, resolved against ``base`` (the config file's directory).
+
+        Ray resolves a relative path against the current directory of whoever calls ``ray.init``, which
+        would make ``raymedic up --config examples/x/raymedic.yaml`` depend on where it is run from.
+
+        Raises:
+            ConfigError: A local path does not exist (named with the config file ``where``).
+        """
+        def one(value: str, field: str) -> str:
+            if _is_uri(value):
+                return value
+            path = (base / Path(value).expanduser()).resolve()
+            if not path.exists():
+                raise ConfigError(
+                    f"runtime_env.{field} in {where} names {value!r}, which does not exist (looked for {path}): "
+                    "fix the path (a relative one is read from the config file's directory) or use a remote "
+                    "URI (s3://, gs://, https://...zip)")
+            return str(path)
+
+        update: dict[str, Any] = {"py_modules": [one(m, "py_modules") for m in self.py_modules]}
+        if self.working_dir:
+            update["working_dir"] = one(self.working_dir, "working_dir")
+        return self.model_copy(update=update)
+
+    def import_roots(self) -> list[str]:
+        """Where this machine's Python finds the local code: a package directory's parent (Ray ships the
+        directory as the package), a .zip/.whl itself (zipimport), the working_dir itself."""
+        roots = []
+        for p in ([self.working_dir] if self.working_dir else []) + list(self.py_modules):
+            if _is_uri(p):
+                continue
+            path = Path(p)
+            roots.append(str(path.parent if p in self.py_modules and path.is_dir() else path))
+        return list(dict.fromkeys(roots))
+
+    def to_ray(self) -> dict[str, Any]:
+        """The dict ``ray.init(runtime_env=...)`` and the Jobs API take (unset fields left out)."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if v not in (None, [], {})}
+
+
 class ServeFile(BaseModel):
     """A parsed config file: the Serve document as written, and raymedic's part of it."""
 
@@ -536,6 +624,8 @@ class ServeFile(BaseModel):
     serve: dict[str, Any]
     app_index: int
     config: RaymedicConfig
+    runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv, description=(
+        "The application's runtime_env with local paths made absolute against the config file's directory."))
 
     @property
     def http_host(self) -> str:
@@ -573,5 +663,22 @@ def load_config(path: str | os.PathLike[str] | None = None) -> ServeFile:
     idx = next((i for i, a in enumerate(doc["applications"]) if a.get("name") == APP_NAME), None)
     if idx is None:
         raise ConfigError(f"config file {str(p)!r} has no application named {APP_NAME!r}; add one")
-    cfg = parse_config(doc["applications"][idx].get("args") or {}, where=str(p))
-    return ServeFile(path=p.resolve(), serve=doc, app_index=idx, config=cfg)
+    app = doc["applications"][idx]
+    cfg = parse_config(app.get("args") or {}, where=str(p))
+    return ServeFile(path=p.resolve(), serve=doc, app_index=idx, config=cfg,
+                     runtime_env=_runtime_env(app.get("runtime_env"), p))
+
+
+def _runtime_env(raw: Any, path: Path) -> RuntimeEnv:
+    """The application's ``runtime_env`` typed, its local paths resolved against the file's directory."""
+    where = str(path)
+    if raw is None:
+        return RuntimeEnv()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"runtime_env in {where} must be a mapping such as {{py_modules: [./my_models]}}, "
+                          f"not {raw!r}")
+    try:
+        env = RuntimeEnv.model_validate(raw)
+    except ValidationError as exc:
+        raise _explain(exc, f"{where} (applications[].runtime_env)") from None
+    return env.resolved(path.resolve().parent, where=where)

@@ -52,8 +52,10 @@ def free_port() -> int:
     raise RuntimeError("no free port in 20000-32000")
 
 
-def write_config(path: Path, *, storage: Path, port: int, **overrides: Any) -> Path:
-    """A small, fast test config (few epochs, two replicas per member, chaos on)."""
+def write_config(path: Path, *, storage: Path, port: int, runtime_env: dict[str, Any] | None = None,
+                 **overrides: Any) -> Path:
+    """A small, fast test config (few epochs, two replicas per member, chaos on); ``runtime_env`` is the
+    application's (a sibling of ``args``, as in any Serve config)."""
     args: dict[str, Any] = {
         "model": "synthetic",
         "storage_path": str(storage),
@@ -72,6 +74,8 @@ def write_config(path: Path, *, storage: Path, port: int, **overrides: Any) -> P
         "applications": [{"name": "raymedic", "route_prefix": "/", "import_path": "serve_apps.app:build_app",
                           "args": args}],
     }
+    if runtime_env is not None:
+        doc["applications"][0]["runtime_env"] = runtime_env
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -86,7 +90,7 @@ def _trained_key(cfg: Any) -> str:
     """What training depends on: the model, each member's architecture and knobs, the training config
     (not how many replicas serve it)."""
     doc = cfg.model_dump(mode="json")
-    members = [{k: m[k] for k in ("name", "kind", "module", "hyperparameters")} for m in doc["members"]]
+    members = [{k: m.get(k) for k in ("name", "kind", "module", "hyperparameters")} for m in doc["members"]]
     return json.dumps({"model": doc["model"], "members": members, "training": doc["training"]}, sort_keys=True)
 
 
@@ -115,22 +119,24 @@ def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
     """An embedded Ray cluster with the service trained, deployed and answering: (url, config).
 
     One per test module: starting Ray, training and deploying dominate a test's cost.
-    Everything started here is shut down on exit.
+    Everything started here is shut down on exit. A ``runtime_env`` override is the application's, and
+    becomes the embedded cluster's job runtime_env as ``raymedic up`` makes it.
     """
     import ray
     from ray import serve
 
-    from cluster.connect import start_embedded
+    from cluster.connect import start_embedded, user_code_importable
     from raymedic.app import service
     from raymedic.config import load_config
 
     port = free_port()
-    cfg = load_config(write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port,
-                                   **overrides)).config.resolved()
+    sf = load_config(write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port, **overrides))
+    cfg = sf.config.resolved()
     copy_trained(cfg, tmp / "storage")  # the same members trained the same way earlier: a copy, not a retrain
-    start_embedded(log_to_driver=False)
+    start_embedded(log_to_driver=False, runtime_env=sf.runtime_env)
     try:
-        service.ensure_trained(cfg, print)
+        with user_code_importable(sf.runtime_env):
+            service.ensure_trained(cfg, print)
         remember_trained(cfg, tmp / "storage", tmp / "trained")
         service.deploy(cfg, host="127.0.0.1", port=port, progress=print)
         url = f"http://127.0.0.1:{port}"

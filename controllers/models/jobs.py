@@ -25,7 +25,8 @@ from raymedic.keys import retrain_job_id, retrain_record_key
 from raymedic.logs import get_logger
 from raymedic.storage import Storage
 
-__all__ = ["PROJECT_ROOT", "Jobs", "RayJobs", "entrypoint", "job_pythonpath"]
+__all__ = ["PROJECT_ROOT", "Jobs", "RayJobs", "entrypoint", "job_pythonpath", "job_runtime_env",
+           "current_runtime_env"]
 
 log = get_logger(__name__)
 
@@ -41,6 +42,26 @@ def job_pythonpath(environ: Mapping[str, str] | None = None) -> str:
     inherited = (os.environ if environ is None else environ).get("PYTHONPATH", "")
     parts = [PROJECT_ROOT] + [p for p in inherited.split(os.pathsep) if p and p != PROJECT_ROOT]
     return os.pathsep.join(parts)
+
+
+def current_runtime_env() -> dict[str, Any]:
+    """The runtime_env this process runs in, as Ray holds it (local paths already uploaded: ``gcs://``
+    URIs any process of the cluster can fetch). In the controller it is the application's."""
+    return dict(ray.get_runtime_context().runtime_env)
+
+
+def job_runtime_env(app_env: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The retrain job's runtime_env: the application's (``py_modules`` / ``working_dir`` as Ray uploaded
+    them, ``pip``, its ``env_vars``), so a member's own module is importable in the job's driver and in its
+    Ray Train workers and Tune trials exactly as in the Serve replicas, merged with raymedic's PYTHONPATH
+    (:func:`job_pythonpath`, then the application's own PYTHONPATH entries), never replacing either."""
+    env = {k: v for k, v in dict(app_env or {}).items()}
+    env_vars = dict(env.get("env_vars") or {})
+    own = [p for p in env_vars.get("PYTHONPATH", "").split(os.pathsep) if p]
+    path = [p for p in job_pythonpath(environ).split(os.pathsep) if p]
+    env_vars["PYTHONPATH"] = os.pathsep.join(path + [p for p in own if p not in path])
+    env["env_vars"] = env_vars
+    return env
 
 
 class Jobs(Protocol):
@@ -78,12 +99,16 @@ class RayJobs:
         model: The model retrained.
         storage_path: Where the job reads and writes (the controller's storage).
         storage: The same storage, to read the job's record back.
+        runtime_env: The application's runtime_env (the controller's own: it was created with it), which
+            every job gets with raymedic's PYTHONPATH (:func:`job_runtime_env`).
     """
 
-    def __init__(self, *, model: str, storage_path: str, storage: Storage) -> None:
+    def __init__(self, *, model: str, storage_path: str, storage: Storage,
+                 runtime_env: Mapping[str, Any] | None = None) -> None:
         self.model = model
         self.storage_path = storage_path
         self._storage = storage
+        self.runtime_env = dict(runtime_env or {})
         self._client: Any = None
 
     def _jobs(self) -> JobSubmissionClient:
@@ -100,7 +125,7 @@ class RayJobs:
             metadata={"app": "raymedic", "kind": "retrain+search" if sub.search else "retrain", "model": self.model,
                       "reason": sub.reason[:200],
                       "alerts": ",".join(sub.alerts)[:200]},
-            runtime_env={"env_vars": {"PYTHONPATH": job_pythonpath()}},
+            runtime_env=job_runtime_env(self.runtime_env),
         )
 
     def poll(self, job_id: str) -> str | None:

@@ -20,6 +20,7 @@ from cluster.connect import connect_or_start, use_token_auth
 from cluster.head import ray_alive
 from cluster.runstate import read_run_state
 from raymedic.app.cli._common import config_from, progress
+from raymedic.config import load_config
 from raymedic.errors import RaymedicError
 from train_jobs.search import format_report, report_json as search_report_json, resolve_search_inputs, search_member
 
@@ -54,7 +55,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config, table, target, model = resolve_cli_inputs(args)
     _use_running_cluster()  # train on the running cluster
     out = (lambda s: print(s, file=sys.stderr)) if args.json else progress
-    with connect_or_start(log_to_driver=not args.json):
+    # The application's runtime_env: the Ray Train workers import a member's own module from it
+    with connect_or_start(log_to_driver=not args.json, runtime_env=load_config(args.config).runtime_env):
         report = train_ensemble(config, table, target=target, model=model, members=args.members,
                                 promote=not args.no_promote, progress=out)
     if args.json:
@@ -79,7 +81,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     config, table, target, model = resolve_search_inputs(args)  # bad flags fail here, before Ray starts
     _use_running_cluster()
     out = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else progress
-    with connect_or_start(log_to_driver=False):  # trials' own output would bury the progress lines
+    # trials' own output would bury the progress lines; the trials get the application's runtime_env
+    with connect_or_start(log_to_driver=False, runtime_env=load_config(args.config).runtime_env):
         report = search_member(config, table, target=target, model=model, member=args.member,
                                num_samples=args.trials, max_epochs=args.max_epochs, progress=out)
     print(json.dumps(search_report_json(report), indent=2) if args.json else format_report(report))

@@ -15,7 +15,7 @@ import argparse
 import os
 from typing import Any
 
-from cluster.connect import join
+from cluster.connect import join, user_code_importable
 from cluster.head import ray_alive, start_head, stop_head
 from cluster.nodes import LocalCluster, describe, start_cluster, stop_cluster, wait_for_nodes
 from cluster.plan import check_shape, plan_cluster, spread_over_nodes
@@ -87,7 +87,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                                  http_url=_local_url(host, port), started_cluster=True, config_path=str(sf.path),
                                  model=cfg.model, storage_path=cfg.storage_path, head_session=head_session))
     token_note = ensure_admin_token()
-    join(address, ours=started)
+    # The application's runtime_env is this driver job's: serve.run gives it to every deployment it
+    # deploys (Serve's default for a deployment without its own), and the Ray Train workers of a first
+    # training, the controller and its retrain jobs inherit it from there.
+    join(address, ours=started, runtime_env=sf.runtime_env)
     # lazy: Ray reads RAY_AUTH_MODE when it is imported; join() above has set it
     import ray
 
@@ -101,7 +104,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                                                               for n in local["nodes"]))
             proxy_location = "HeadOnly"  # every node's proxy would bind the same port on one machine
         cfg = service.choose_model(cfg, args.model)
-        service.ensure_trained(cfg, progress)
+        with user_code_importable(sf.runtime_env):  # the contract check and registration import it here
+            service.ensure_trained(cfg, progress)
         service.deploy(cfg, host=host, port=port, progress=progress, proxy_location=proxy_location)
         url = _local_url(host, port)
         waited = service.wait_ready(url, cfg.model, timeout_s=args.timeout, progress=progress)
