@@ -64,13 +64,20 @@ class PreparedData:
         return ArchSpec.create(kind, input_dim=self.preprocessor.output_dim, n_classes=len(self.schema.classes),
                                hyperparameters=hyperparameters)
 
-    def member_spec(self, member: MemberConfig) -> ArchSpec:
+    def member_spec(self, member: MemberConfig, *, hyperparameters: Mapping[str, Any] | None = None,
+                    check: bool = True) -> ArchSpec:
         """The architecture of ``member`` on these inputs: its built-in kind, or its own module checked
-        against raymedic's contract (built, and a forward pass run) before anything trains."""
+        against raymedic's contract (built, and a forward pass run) before anything trains.
+
+        ``hyperparameters`` replaces the member's own (a search's best configuration); ``check=False``
+        skips building a module (a search builds each trial's combination instead)."""
+        hp = member.hyperparameters if hyperparameters is None else hyperparameters
         if member.module is None:
-            return self.spec(str(member.kind), member.hyperparameters)
+            return self.spec(str(member.kind), hp)
         spec = ArchSpec.for_module(member.module, input_dim=self.preprocessor.output_dim,
-                                   n_classes=len(self.schema.classes), hyperparameters=member.hyperparameters)
+                                   n_classes=len(self.schema.classes), hyperparameters=hp)
+        if not check:
+            return spec
         try:
             check_contract(spec)
         except ConfigError as exc:
