@@ -523,7 +523,14 @@ def _trial(params: dict[str, Any], data: dict[str, Any]) -> None:
     if spec.module is not None:
         # A combination the user's constructor (or forward) rejects fails this trial, with the contract's
         # message, and the search goes on with the others.
-        check_contract(spec)
+        try:
+            check_contract(spec)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's constructor may raise anything
+            raise ConfigError(f"{spec.module} rejected the sampled hyperparameters {spec.hyperparameters} "
+                              f"({type(exc).__name__}: {exc}): narrow the member's search_space to values its "
+                              "constructor accepts") from None
     model = build_model(spec)
     opt = torch.optim.AdamW(model.parameters(), lr=training.get("learning_rate", data["learning_rate"]),
                             weight_decay=training.get("weight_decay", data["weight_decay"]))
