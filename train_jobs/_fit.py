@@ -119,7 +119,7 @@ def prepare_data(config: RaymedicConfig, table: pd.DataFrame, *, target: str,
 
 def fit_epoch(model: "torch.nn.Module", optimizer: "torch.optim.Optimizer", x: "torch.Tensor", y: "torch.Tensor",
               *, batch_size: int, generator: "torch.Generator", loss_fn: "torch.nn.Module",
-              amp: AmpPlan | None = None, scaler: "torch.amp.GradScaler | None" = None) -> None:
+              amp: AmpPlan | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
     """One pass over ``(x, y)`` in a seeded random order, one optimiser step per batch.
 
     With an enabled ``amp`` plan the forward pass and loss run under ``torch.autocast`` in its
@@ -146,7 +146,7 @@ def fit_epoch(model: "torch.nn.Module", optimizer: "torch.optim.Optimizer", x: "
             optimizer.step()
 
 
-def amp_plan(device: "torch.device", *, enabled: bool) -> AmpPlan:
+def amp_plan(device: torch.device, *, enabled: bool) -> AmpPlan:
     """The mixed precision ``device`` supports (reads CUDA's capabilities; the decision is pure)."""
     import torch
 
