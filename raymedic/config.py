@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from raymedic.errors import ConfigError
 from raymedic.keys import APP_NAME, ENSEMBLE, GATEWAY_DEPLOYMENT
@@ -25,6 +25,8 @@ from raymedic.keys import APP_NAME, ENSEMBLE, GATEWAY_DEPLOYMENT
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "MemberConfig",
+    "SearchDomain",
+    "TRAINING_KNOBS",
     "GatewayConfig",
     "TrainingConfig",
     "ControllerConfig",
@@ -48,6 +50,83 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MemberKind = Literal["logistic", "mlp", "tabresnet"]
 _MODULE_PATH = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 """``package.module:ClassName``, the form of Python entry points."""
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+"""Ray Tune's names for the distributions a ``search_space`` entry may draw from."""
+
+TRAINING_KNOBS = {"learning_rate": "lr", "weight_decay": "weight_decay", "batch_size": "batch_size",
+                  "epochs": "epochs"}
+"""Training settings a ``search_space`` may search besides the architecture's own hyperparameters:
+TrainingConfig field → the short name also accepted (``lr``, as in the architecture's example)."""
+
+
+class SearchDomain(BaseModel):
+    """One searched parameter: exactly one of Ray Tune's ``choice``, ``uniform``, ``loguniform`` or
+    ``randint``, with Tune's semantics (``randint``'s upper bound is exclusive, as in ``tune.randint``).
+
+    Written in YAML as ``{loguniform: [1.0e-4, 1.0e-1]}``; checked here so a bad space fails when the
+    config is read, naming the parameter and the fix, instead of inside a Tune trial.
+
+    >>> SearchDomain.model_validate({"randint": [1, 4]}).describe()
+    'randint [1, 4)'
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    distribution: Literal["choice", "uniform", "loguniform", "randint"]
+    values: tuple[Any, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_distribution(cls, raw: Any) -> Any:
+        if isinstance(raw, SearchDomain) or (isinstance(raw, dict) and set(raw) == {"distribution", "values"}):
+            return raw
+        if not isinstance(raw, dict) or len(raw) != 1:
+            several = f" (it gives {len(raw)}: {', '.join(map(str, raw))})" if isinstance(raw, dict) else ""
+            raise ValueError("a search_space entry must be a mapping with exactly one distribution, e.g. "
+                             "{loguniform: [0.0001, 0.1]} or {choice: [8, 16, 32]}; use one of "
+                             f"{', '.join(DISTRIBUTIONS)}{several}")
+        ((name, values),) = raw.items()
+        if name not in DISTRIBUTIONS:
+            raise ValueError(f"unknown distribution {name!r}: use one of {', '.join(DISTRIBUTIONS)} (Ray Tune's "
+                             "names)")
+        if not isinstance(values, (list, tuple)):
+            # ValueError, not TypeError: pydantic turns only ValueError into a located config error.
+            raise ValueError(  # noqa: TRY004
+                f"{name} takes a list ({'the values' if name == 'choice' else '[lo, hi]'}), got {values!r}")
+        values = tuple(values)
+        if name == "choice":
+            if not values:
+                raise ValueError("choice needs at least one value, e.g. {choice: [8, 16, 32]}")
+            return {"distribution": name, "values": values}
+        if len(values) != 2:
+            raise ValueError(f"{name} takes exactly two bounds [lo, hi], got {len(values)}: {list(values)}")
+        lo, hi = values
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if not numeric or (name == "randint" and not all(float(v).is_integer() for v in values)):
+            kind = "whole numbers" if name == "randint" else "numbers"
+            raise ValueError(f"{name} bounds must be {kind}, got {list(values)}")
+        if not lo < hi:
+            raise ValueError(f"{name} needs lo < hi, got [{lo}, {hi}]"
+                             + (" (randint's upper bound is exclusive: [lo, lo + 1] draws only lo)"
+                                if name == "randint" else ""))
+        if name == "loguniform" and lo <= 0:
+            raise ValueError(f"loguniform bounds must be positive (0 < lo < hi), got [{lo}, {hi}]: use uniform "
+                             "for a range that includes 0")
+        if name == "randint":
+            values = (int(lo), int(hi))
+        return {"distribution": name, "values": values}
+
+    def describe(self) -> str:
+        """How the search report prints it, e.g. ``loguniform [0.0001, 0.1]`` or ``choice [8, 16]``."""
+        if self.distribution == "choice":
+            return f"choice {list(self.values)}"
+        lo, hi = self.values
+        return f"{self.distribution} [{lo:g}, {hi:g}" + (")" if self.distribution == "randint" else "]")
+
+    def to_yaml(self) -> dict[str, list[Any]]:
+        """The form it was written in (what ``model_dump`` gives back, so a dumped config reloads)."""
+        return {self.distribution: list(self.values)}
 
 
 class _Strict(BaseModel):
@@ -82,6 +161,29 @@ class MemberConfig(_Strict):
     )
     hyperparameters: dict[str, Any] = Field(default_factory=dict, description="Architecture knobs (for a `module`, "
                                             "the keyword arguments its constructor takes besides input_shape and n_classes).")
+    search_space: dict[str, SearchDomain] | None = Field(
+        None, description="What `raymedic search` and the automatic search on a failed gate explore for this "
+        "member: parameter → exactly one of {choice: [v1, v2, ...]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]} "
+        "(0 < lo < hi) or {randint: [lo, hi]} (Ray Tune's semantics: whole numbers lo <= n < hi, the upper bound "
+        "EXCLUSIVE). A parameter is either a training knob — lr (or learning_rate), weight_decay, batch_size, "
+        "epochs (capped by the search's --max-epochs; ASHA may stop a trial sooner) — or an architecture "
+        "hyperparameter: for a built-in kind its knobs (mlp: hidden, layers, dropout; tabresnet: hidden, blocks, "
+        "dropout; logistic: none; anything else is refused), for a `module` any keyword its constructor takes "
+        "(a sampled combination it rejects fails that trial only). Hyperparameters not searched keep their "
+        "`hyperparameters` value. Unset: a built-in is searched over raymedic's default space for its kind, a "
+        "`module` over lr and weight_decay only.")
+    train_loop: str | None = Field(
+        None, description="Your own Ray Train train_loop_per_worker as \"package.module:function\", replacing "
+        "raymedic's supervised loop for this member (README, \"Your own training loop\"). It is called with one "
+        "dict: member, arch (the ArchSpec dict), model (a freshly built network, same weights on every worker), "
+        "input_shape, n_classes, classes, x_train/x_val (float32 [N, *input_shape], preprocessed), y_train/y_val "
+        "(int64 class indices), class_counts, class_weights (n / (K · count), balanced), learning_rate, "
+        "weight_decay, epochs, batch_size, seed, use_gpu, mixed_precision. It must call ray.train.report(metrics, "
+        "checkpoint=ray.train.Checkpoint.from_directory(d)) from rank 0 at least once, d holding "
+        "weights.safetensors: safetensors.torch.save_file of the plain network's state_dict (unwrap "
+        "DistributedDataParallel's .module). raymedic loads the last reported checkpoint into a network rebuilt "
+        "from the spec, evaluates it on the validation split and registers it like any member. Importable "
+        "wherever the member trains; searching such a member is refused (the search runs raymedic's own loop).")
 
     @field_validator("name")
     @classmethod
@@ -100,6 +202,32 @@ class MemberConfig(_Strict):
             raise ValueError("module must be an import path with the class after a colon, such as "
                              "\"my_models.digits:SmallCNN\"")
         return v
+
+    @field_validator("train_loop")
+    @classmethod
+    def _train_loop_path(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(_MODULE_PATH, v):
+            raise ValueError("train_loop must be an import path with the function after a colon, such as "
+                             "\"my_models.digits:train_loop\"")
+        return v
+
+    @field_validator("search_space")
+    @classmethod
+    def _search_names(cls, v: dict[str, SearchDomain] | None) -> dict[str, SearchDomain] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("search_space is empty: name at least one parameter, e.g. "
+                             "{lr: {loguniform: [0.0001, 0.1]}}, or leave search_space out for the default space")
+        if "lr" in v and "learning_rate" in v:
+            raise ValueError("search_space names both lr and learning_rate (the same knob): keep one")
+        # One name per knob inside: the short alias becomes the TrainingConfig field name.
+        aliases = {short: full for full, short in TRAINING_KNOBS.items()}
+        return {aliases.get(k, k): d for k, d in v.items()}
+
+    @field_serializer("search_space")
+    def _dump_space(self, v: dict[str, SearchDomain] | None) -> dict[str, dict[str, list[Any]]] | None:
+        return None if v is None else {k: d.to_yaml() for k, d in v.items()}
 
     @model_validator(mode="after")
     def _one_architecture(self) -> "MemberConfig":
@@ -191,7 +319,12 @@ class GatewayConfig(_Strict):
 class TrainingConfig(_Strict):
     """How members are trained (Ray Train ``TorchTrainer``)."""
 
-    use_gpu: bool = Field(False, description="ScalingConfig(use_gpu=...); True on GPU clusters.")
+    use_gpu: bool = Field(False, description="Train on GPUs: ScalingConfig(use_gpu=True), one GPU per worker. "
+                          "On a cluster with no GPU resources training falls back to CPU with one warning line "
+                          "instead of waiting forever for a GPU.")
+    mixed_precision: bool = Field(True, description="On a GPU, raymedic's loop runs the forward pass under "
+                                  "torch.autocast: bfloat16 where the device supports it, else float16 with a "
+                                  "GradScaler. Ignored on CPU (always float32 there).")
     num_workers: int = Field(1, ge=1, description="Data-parallel workers; one is plenty for small tables.")
     cpus_per_worker: float = Field(1.0, gt=0)
     epochs: int = Field(40, ge=1, le=10_000)

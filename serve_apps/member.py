@@ -24,6 +24,7 @@ from raymedic.logs import get_logger, use_serve_handlers
 from raymedic.storage import Storage
 from serve_apps.chaos import ReplicaFault
 from train_jobs.artifacts import unpack
+from train_jobs.devices import serving_device
 from train_jobs.registry import ModelRegistry
 
 __all__ = ["Member"]
@@ -45,7 +46,11 @@ class Member:
         torch.set_num_threads(1)  # many small replicas share few cores; intra-op threads only contend
         self._registry = ModelRegistry(Storage(storage_path))
         self._model_name, self._member = model, member
-        self._device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        # Weights go to the device once, here; each call's rows go there as one batched tensor
+        # (MemberModel.predict_proba_matrix), and the log line below names the device.
+        self._device, warning = serving_device(requested_gpu=use_gpu, cuda_available=torch.cuda.is_available())
+        if warning:
+            log.warning("member %s: %s", member, warning)
         self._model, self._version = self._load(version)
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._chaos = chaos

@@ -186,12 +186,16 @@ def test_a_version_whose_module_vanished_or_changed_is_refused_naming_module_and
             "'mynets.tab:WideNet' is not importable here") in str(gone.value)
 
 
-def test_searching_a_module_member_is_refused_before_any_work():
+def test_a_module_member_without_search_space_is_searched_over_the_training_knobs_only():
+    from train_jobs.search import member_search_space
+
     cfg = parse_config({"members": [{"name": "net", "module": "mynets.tab:WideNet"},
                                     {"name": "lr", "kind": "logistic", "fallback": True}],
                         "gateway": {"min_members": 1}})
-    with pytest.raises(ConfigError, match="runs your own module 'mynets.tab:WideNet'"):
-        check_search_args(cfg, member="net", num_samples=2, max_epochs=2)
+    assert check_search_args(cfg, member="net", num_samples=2, max_epochs=2).name == "net"
+    space, note = member_search_space(cfg.member("net"))
+    assert set(space) == {"learning_rate", "weight_decay"}
+    assert "has no search_space: searching the training knobs only (learning_rate, weight_decay)" in note
 
 
 # ---- on a real cluster ------------------------------------------------------------------------

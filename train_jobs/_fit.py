@@ -9,6 +9,7 @@ is served, probed and monitored exactly like a trained one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,6 +21,7 @@ import pandas as pd
 from raymedic.config import MemberConfig, RaymedicConfig
 from raymedic.errors import ConfigError, RaymedicError
 from train_jobs import artifacts
+from train_jobs.devices import AmpPlan, choose_precision
 from train_jobs.models import ArchSpec, build_model, check_contract
 from train_jobs.preprocess import Preprocessor
 from train_jobs.reference import Reference
@@ -64,13 +66,20 @@ class PreparedData:
         return ArchSpec.create(kind, input_dim=self.preprocessor.output_dim, n_classes=len(self.schema.classes),
                                hyperparameters=hyperparameters)
 
-    def member_spec(self, member: MemberConfig) -> ArchSpec:
+    def member_spec(self, member: MemberConfig, *, hyperparameters: Mapping[str, Any] | None = None,
+                    check: bool = True) -> ArchSpec:
         """The architecture of ``member`` on these inputs: its built-in kind, or its own module checked
-        against raymedic's contract (built, and a forward pass run) before anything trains."""
+        against raymedic's contract (built, and a forward pass run) before anything trains.
+
+        ``hyperparameters`` replaces the member's own (a search's best configuration); ``check=False``
+        skips building a module (a search builds each trial's combination instead)."""
+        hp = member.hyperparameters if hyperparameters is None else hyperparameters
         if member.module is None:
-            return self.spec(str(member.kind), member.hyperparameters)
+            return self.spec(str(member.kind), hp)
         spec = ArchSpec.for_module(member.module, input_dim=self.preprocessor.output_dim,
-                                   n_classes=len(self.schema.classes), hyperparameters=member.hyperparameters)
+                                   n_classes=len(self.schema.classes), hyperparameters=hp)
+        if not check:
+            return spec
         try:
             check_contract(spec)
         except ConfigError as exc:
@@ -109,17 +118,41 @@ def prepare_data(config: RaymedicConfig, table: pd.DataFrame, *, target: str,
 
 
 def fit_epoch(model: "torch.nn.Module", optimizer: "torch.optim.Optimizer", x: "torch.Tensor", y: "torch.Tensor",
-              *, batch_size: int, generator: "torch.Generator", loss_fn: "torch.nn.Module") -> None:
-    """One pass over ``(x, y)`` in a seeded random order, one optimiser step per batch."""
+              *, batch_size: int, generator: "torch.Generator", loss_fn: "torch.nn.Module",
+              amp: AmpPlan | None = None, scaler: torch.amp.GradScaler | None = None) -> None:
+    """One pass over ``(x, y)`` in a seeded random order, one optimiser step per batch.
+
+    With an enabled ``amp`` plan the forward pass and loss run under ``torch.autocast`` in its
+    dtype, and with a ``scaler`` (float16) the loss is scaled before backward and the step
+    skipped on overflow; without one (CPU) the pass is plain float32, as it always was.
+    """
     import torch
 
     model.train()
     perm = torch.randperm(len(x), generator=generator).to(x.device)
+    autocast = (torch.autocast(device_type=x.device.type, dtype=getattr(torch, amp.precision.value))
+                if amp is not None and amp.enabled else contextlib.nullcontext())
     for start in range(0, len(perm), batch_size):
         idx = perm[start:start + batch_size]
         optimizer.zero_grad()
-        loss_fn(model(x[idx]), y[idx]).backward()
-        optimizer.step()
+        with autocast:
+            loss = loss_fn(model(x[idx]), y[idx])
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+
+def amp_plan(device: torch.device, *, enabled: bool) -> AmpPlan:
+    """The mixed precision ``device`` supports (reads CUDA's capabilities; the decision is pure)."""
+    import torch
+
+    cuda = device.type == "cuda"
+    return choose_precision(device_type=device.type, enabled=enabled,
+                            bf16_supported=cuda and bool(torch.cuda.is_bf16_supported()))
 
 
 def validate(model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor",

@@ -168,8 +168,9 @@ def _search_and_gate(config: RaymedicConfig, table: pd.DataFrame, target: str, m
     try:
         found = search_member(config, table, target=target, member=member, num_samples=rc.search_trials,
                               max_epochs=rc.search_max_epochs, progress=progress)
-    except RaymedicError as exc:  # e.g. every trial failed: the retrained verdict stands
-        return {**retrained, "search": {"error": str(exc)[:500]}}
+    except RaymedicError as exc:  # e.g. every trial failed, or a member with its own train_loop: the
+        progress(f"  search {member}: not run or no usable trial ({exc}); the retrained verdict stands")
+        return {**retrained, "search": {"error": str(exc)[:500]}}  # retrained verdict stands
     verdict = gate(member, found.version.version)
     return {**verdict, "search": {"best_config": found.best_config, "trials": len(found.trials),
                                   "trials_stopped_early": found.trials_stopped_early,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from cluster.connect import connect_or_start
-from raymedic.config import MemberConfig, RaymedicConfig
+from raymedic.config import TRAINING_KNOBS, MemberConfig, RaymedicConfig, SearchDomain
 from raymedic.errors import ConfigError, RaymedicError, SearchFailed
 from raymedic.logs import get_logger
 
@@ -48,8 +48,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Param",
+    "Choice",
     "search_space",
+    "member_search_space",
     "split_params",
+    "split_point",
     "TrialOutcome",
     "SearchReport",
     "check_search_args",
@@ -95,6 +98,8 @@ class Param:
     high: float
     log: bool = False
     integer: bool = False
+    label: str | None = None
+    """How the user wrote it (e.g. ``randint [1, 5)``), shown instead of the inclusive range."""
 
     def __post_init__(self) -> None:
         if not self.low < self.high:
@@ -122,8 +127,53 @@ class Param:
 
     def describe(self) -> str:
         """The range as the search report prints it, e.g. ``float [0, 0.5]`` or ``int [16, 256] log``."""
+        if self.label is not None:
+            return self.label
         kind = "int" if self.integer else "float"
         return f"{kind} [{self.low:g}, {self.high:g}]" + (" log" if self.log else "")
+
+    def plain(self, value: Any) -> Any:
+        """A sampled value as a plain Python ``int``/``float`` (Optuna may hand back numpy scalars)."""
+        return int(value) if self.integer else float(value)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One searched hyperparameter drawn from a list of values (``tune.choice``).
+
+    >>> Choice("channels", (8, 16)).contains(16), Choice("channels", (8, 16)).contains(12)
+    (True, False)
+    """
+
+    name: str
+    values: tuple[Any, ...]
+
+    @property
+    def integer(self) -> bool:
+        """Whether every value is a whole number (so a sampled one comes back as ``int``)."""
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in self.values)
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one of the choices (``True`` is not ``1`` here)."""
+        return any(type(value) is type(v) and value == v for v in self.values)
+
+    def to_tune(self) -> Any:
+        """The Ray Tune domain."""
+        from ray import tune  # lazy: imports Ray (see the note at the top)
+
+        return tune.choice(list(self.values))
+
+    def describe(self) -> str:
+        """The choices as the search report prints them, e.g. ``choice [8, 16, 32]``."""
+        return f"choice {list(self.values)}"
+
+    def plain(self, value: Any) -> Any:
+        """A sampled value as plain Python (numpy scalars → ``int``/``float``/``str``/``bool``)."""
+        return value.item() if hasattr(value, "item") else value
+
+
+Domain = Param | Choice
+"""A searched hyperparameter of either shape."""
 
 
 _OPTIMIZER_SPACE = (
@@ -159,7 +209,7 @@ def search_space(kind: str) -> dict[str, Param]:
 
 
 def split_params(kind: str, params: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-    """``(optimiser settings, architecture hyperparameters)`` of one sampled ``kind`` configuration.
+    """``(optimiser settings, architecture hyperparameters)`` of one sampled point of ``kind``'s default space.
 
     Values come back as plain ``int``/``float`` (Optuna may hand back numpy scalars).
 
@@ -167,26 +217,134 @@ def split_params(kind: str, params: Mapping[str, Any]) -> tuple[dict[str, float]
     ...                      "dropout": 0.0})
     ({'learning_rate': 0.01, 'weight_decay': 0.0001}, {'hidden': 64, 'layers': 2, 'dropout': 0.0})
     """
-    space = search_space(kind)
+    return split_point(search_space(kind), params, what=f"a {kind}")
+
+
+def split_point(space: Mapping[str, Domain], params: Mapping[str, Any], *,
+                what: str = "this") -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(training knobs, architecture hyperparameters)`` of one sampled point of ``space``.
+
+    Training knobs are the TrainingConfig fields a search may set (learning_rate, weight_decay,
+    batch_size, epochs); everything else goes to the architecture. Values come back as plain Python.
+
+    >>> split_point({"learning_rate": Param("learning_rate", 1e-4, 1e-1, log=True), "width": Choice("width", (8, 16))},
+    ...             {"learning_rate": 0.01, "width": 16})
+    ({'learning_rate': 0.01}, {'width': 16})
+    """
     missing = sorted(set(space) - set(params))
     if missing:
-        raise ConfigError(f"a {kind} search point lacks {missing}; it needs every one of {list(space)}")
-    optimizer = {k: float(params[k]) for k in OPTIMIZER_PARAMS}
-    arch = {k: int(params[k]) if p.integer else float(params[k])
-            for k, p in space.items() if k not in OPTIMIZER_PARAMS}
-    return optimizer, arch
+        raise ConfigError(f"{what} search point lacks {missing}; it needs every one of {list(space)}")
+    training: dict[str, Any] = {}
+    arch: dict[str, Any] = {}
+    for name, domain in space.items():
+        value = domain.plain(params[name])
+        if name in TRAINING_KNOBS:
+            training[name] = int(value) if name in _INTEGER_KNOBS else float(value)
+        else:
+            arch[name] = value
+    return training, arch
+
+
+_INTEGER_KNOBS = ("batch_size", "epochs")
+
+
+def _domain(name: str, d: SearchDomain) -> Domain:
+    """A config ``search_space`` entry as a searched hyperparameter (Tune's semantics kept)."""
+    label = f"{d.describe()}"
+    if d.distribution == "choice":
+        return Choice(name, tuple(d.values))
+    lo, hi = d.values
+    if d.distribution == "randint":
+        if hi - lo == 1:
+            return Choice(name, (int(lo),))
+        # Param's bounds are inclusive (as Optuna sees them); Tune's randint upper bound is exclusive.
+        return Param(name, int(lo), int(hi) - 1, integer=True, label=label)
+    return Param(name, float(lo), float(hi), log=d.distribution == "loguniform", label=label)
+
+
+def _check_knob(name: str, domain: Domain, member: str) -> None:
+    """A searched training knob must draw values the supervised loop can use."""
+    values = domain.values if isinstance(domain, Choice) else (domain.low, domain.high)
+    where = f"member {member!r} search_space.{name}"
+    if name in _INTEGER_KNOBS:
+        if not domain.integer or any(v < 1 for v in values):
+            raise ConfigError(f"{where} must draw whole numbers >= 1 ({{randint: [lo, hi]}} or {{choice: [...]}} of "
+                              f"integers), got {domain.describe()}")
+        return
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"{where} must draw numbers, got {domain.describe()}")
+    if name == "learning_rate" and min(values) <= 0:
+        raise ConfigError(f"{where} must draw positive learning rates, got {domain.describe()}: use "
+                          "{loguniform: [0.0001, 0.1]}")
+    if name == "weight_decay" and min(values) < 0:
+        raise ConfigError(f"{where} must draw weight decays >= 0, got {domain.describe()}")
+
+
+def member_search_space(member: MemberConfig) -> tuple[dict[str, Domain], str | None]:
+    """The space a search of ``member`` explores, and a note for the user when it is not the obvious one.
+
+    The member's own ``search_space`` when it has one (training knobs checked here; a built-in's
+    architecture names must be knobs of its kind); otherwise a built-in kind's default space, or
+    for a user's module, whose hyperparameters raymedic cannot guess, the optimiser knobs only.
+
+    Raises:
+        ConfigError: a parameter a built-in does not have, or a training knob drawing unusable values.
+    """
+    if member.search_space is None:
+        if member.module is None:
+            return search_space(str(member.kind)), None
+        return ({p.name: p for p in _OPTIMIZER_SPACE},
+                (f"member {member.name!r} runs your own module {member.module!r} and has no search_space: "
+                 f"searching the training knobs only ({', '.join(p.name for p in _OPTIMIZER_SPACE)}); add "
+                 "`search_space:` to the member to search its constructor's hyperparameters too"))
+    space = {name: _domain(name, d) for name, d in member.search_space.items()}
+    for name, domain in space.items():
+        if name in TRAINING_KNOBS:
+            _check_knob(name, domain, member.name)
+    if member.module is None:
+        from train_jobs.models import ArchSpec  # lazy: imports PyTorch (see the note at the top)
+
+        known = set(ArchSpec.create(str(member.kind), input_dim=1, n_classes=2).hyperparameters)
+        unknown = sorted(set(space) - known - set(TRAINING_KNOBS))
+        if unknown:
+            raise ConfigError(f"member {member.name!r} ({member.kind}) has no hyperparameters {unknown} to search: "
+                              f"its search_space may name its knobs {sorted(known) or '(none)'} and the training "
+                              f"knobs {sorted(TRAINING_KNOBS)} (lr is learning_rate)")
+    return space, None
+
+
+def _current_values(config: RaymedicConfig, member: MemberConfig) -> dict[str, Any]:
+    """The member's configuration as it trains today: training knobs and architecture hyperparameters
+    (a built-in's defaults filled in; a module's constructor defaults read from its signature)."""
+    import inspect
+
+    # lazy: imports PyTorch (see the note at the top)
+    from train_jobs.models import ArchSpec, load_module_class
+
+    t = config.training
+    knobs = {"learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "batch_size": t.batch_size,
+             "epochs": t.epochs}
+    if member.module is None:
+        arch = ArchSpec.create(str(member.kind), input_dim=1, n_classes=2,
+                               hyperparameters=member.hyperparameters).hyperparameters
+    else:
+        try:
+            params = inspect.signature(load_module_class(member.module)).parameters.values()
+        except (ConfigError, TypeError, ValueError):
+            params = ()  # not importable here: its trials say why; no baseline point
+        arch = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        arch.update(member.hyperparameters)
+    return {**knobs, **arch}
 
 
 def default_point(config: RaymedicConfig, member: MemberConfig) -> dict[str, Any] | None:
     """The member's current configuration as a search point, or None if it lies outside the space."""
-    from train_jobs.models import ArchSpec  # lazy: imports PyTorch (see the note at the top)
-
-    space = search_space(member.kind)
-    defaults = ArchSpec.create(member.kind, input_dim=1, n_classes=2,
-                               hyperparameters=member.hyperparameters).hyperparameters
-    point = {"learning_rate": config.training.learning_rate, "weight_decay": config.training.weight_decay,
-             **defaults}
-    if set(point) != set(space) or not all(space[k].contains(v) for k, v in point.items()):
+    space, _ = member_search_space(member)
+    current = _current_values(config, member)
+    if not set(space) <= set(current):
+        return None
+    point = {k: current[k] for k in space}
+    if not all(space[k].contains(v) for k, v in point.items()):
         return None
     return point
 
@@ -337,10 +495,12 @@ def check_search_args(config: RaymedicConfig, *, member: str, num_samples: int, 
         raise ConfigError(f"no ensemble member named {member!r}: pass --member with one of {names} "
                           "(the `members` of the config)")
     chosen = config.member(member)
-    if chosen.module is not None:
-        raise ConfigError(f"member {member!r} runs your own module {chosen.module!r}, whose hyperparameters raymedic "
-                          "cannot guess: searching it needs a `search_space:` for the member, which is not "
-                          "supported yet; search a built-in member, or train this one with `raymedic train`")
+    if chosen.train_loop is not None:
+        raise ConfigError(f"member {member!r} trains with your own train_loop {chosen.train_loop!r}, which a search "
+                          "cannot run: every trial runs raymedic's supervised loop, so its best configuration would "
+                          "not be what your loop trains. Search inside your train_loop, or search a copy of the "
+                          "member without `train_loop`")
+    member_search_space(chosen)  # a bad space fails here, before any Ray work
     return chosen
 
 
@@ -353,31 +513,45 @@ def _trial(params: dict[str, Any], data: dict[str, Any]) -> None:
 
     # lazy: both import PyTorch; `raymedic --help` builds its parser from this module
     from train_jobs._fit import fit_epoch, snapshot, validate
-    from train_jobs.models import ArchSpec, build_model
+    from train_jobs.models import ArchSpec, build_model, check_contract
 
     torch.manual_seed(data["seed"])
     torch.set_num_threads(1)  # fractional-CPU trials share cores; more threads only contend
-    optimizer, arch = split_params(data["kind"], params)
-    spec = ArchSpec.create(data["kind"], input_dim=data["input_dim"], n_classes=data["n_classes"],
-                           hyperparameters=arch)
+    training, arch = split_point(data["space"], params)
+    base = data["arch"]
+    spec = ArchSpec.from_dict({**base, "hyperparameters": {**base["hyperparameters"], **arch}})
+    if spec.module is not None:
+        # A combination the user's constructor (or forward) rejects fails this trial, with the contract's
+        # message, and the search goes on with the others.
+        try:
+            check_contract(spec)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's constructor may raise anything
+            raise ConfigError(f"{spec.module} rejected the sampled hyperparameters {spec.hyperparameters} "
+                              f"({type(exc).__name__}: {exc}): narrow the member's search_space to values its "
+                              "constructor accepts") from None
     model = build_model(spec)
-    opt = torch.optim.AdamW(model.parameters(), lr=optimizer["learning_rate"],
-                            weight_decay=optimizer["weight_decay"])
+    opt = torch.optim.AdamW(model.parameters(), lr=training.get("learning_rate", data["learning_rate"]),
+                            weight_decay=training.get("weight_decay", data["weight_decay"]))
+    batch_size = int(training.get("batch_size", data["batch_size"]))
+    epochs = min(int(training.get("epochs", data["max_epochs"])), data["max_epochs"])
+    shape = tuple(spec.input_shape or (spec.input_dim,))
     # torch.tensor copies: the arrays arrive read-only from the object store.
-    x_tr, y_tr = torch.tensor(data["x_train"]), torch.tensor(data["y_train"])
-    x_va, y_va = torch.tensor(data["x_val"]), torch.tensor(data["y_val"])
+    x_tr, y_tr = torch.tensor(data["x_train"]).reshape(-1, *shape), torch.tensor(data["y_train"])
+    x_va, y_va = torch.tensor(data["x_val"]).reshape(-1, *shape), torch.tensor(data["y_val"])
     gen = torch.Generator().manual_seed(data["seed"])
     loss_fn = torch.nn.CrossEntropyLoss()
     best: dict[str, float] = {"best_val_loss": math.inf, "best_val_accuracy": 0.0, "best_epoch": 0}
-    for epoch in range(1, data["max_epochs"] + 1):
-        fit_epoch(model, opt, x_tr, y_tr, batch_size=data["batch_size"], generator=gen, loss_fn=loss_fn)
+    for epoch in range(1, epochs + 1):
+        fit_epoch(model, opt, x_tr, y_tr, batch_size=batch_size, generator=gen, loss_fn=loss_fn)
         val_loss, val_acc = validate(model, x_va, y_va, loss_fn)
         if not math.isfinite(val_loss):
             val_loss = math.inf  # a diverged trial ranks last instead of poisoning ASHA's rung statistics
         improved = val_loss < best["best_val_loss"]
         if improved:
             best = {"best_val_loss": val_loss, "best_val_accuracy": val_acc, "best_epoch": epoch}
-        metrics = {"val_loss": val_loss, "val_accuracy": val_acc, "epoch": epoch, **best}
+        metrics = {"val_loss": val_loss, "val_accuracy": val_acc, "epoch": epoch, "planned_epochs": epochs, **best}
         if not improved:
             tune.report(metrics)
             continue
@@ -395,6 +569,7 @@ def _error_line(error: BaseException) -> str:
 def _outcome(result: Any, max_epochs: int) -> TrialOutcome:
     metrics = result.metrics or {}
     epochs = int(metrics.get("training_iteration") or 0)
+    planned = min(int(metrics.get("planned_epochs") or max_epochs), max_epochs)  # a searched `epochs` ends sooner
     loss = metrics.get("best_val_loss")
     return TrialOutcome(
         config={k: v for k, v in sorted((result.config or {}).items())},
@@ -402,7 +577,7 @@ def _outcome(result: Any, max_epochs: int) -> TrialOutcome:
         best_val_loss=float(loss) if loss is not None else None,
         best_val_accuracy=float(metrics["best_val_accuracy"]) if "best_val_accuracy" in metrics else None,
         best_epoch=int(metrics["best_epoch"]) if metrics.get("best_epoch") else None,
-        stopped_early=result.error is None and 0 < epochs < max_epochs,
+        stopped_early=result.error is None and 0 < epochs < planned,
         error=_error_line(result.error) if result.error is not None else None,
     )
 
@@ -433,7 +608,8 @@ def _progress_callback(progress: Callable[[str], None], *, total: int, max_epoch
             self.done += 1
             r = trial.last_result or {}
             epochs = int(r.get("training_iteration") or 0)
-            how = "stopped early by ASHA" if epochs < self.max_epochs else "ran every epoch"
+            planned = min(int(r.get("planned_epochs") or self.max_epochs), self.max_epochs)
+            how = "stopped early by ASHA" if epochs < planned else "ran every epoch"
             self._say(f"  trial {self.done}/{self.total} {_fmt_config(trial.config)}: best val_loss "
                       f"{r.get('best_val_loss', math.nan):.4f} val_accuracy "
                       f"{r.get('best_val_accuracy', math.nan):.3f} after {epochs} epoch(s), {how}")
@@ -459,10 +635,14 @@ def _run_tuner(config: RaymedicConfig, data: PreparedData, *, member: MemberConf
     # Keeping only each trial's best checkpoint forces an experiment snapshot per improving
     # epoch; that is cheap at this size, and Tune's warning about it would drown the progress lines.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    space = search_space(member.kind)
+    space, _ = member_search_space(member)
     payload = {
         "x_train": data.x_train, "y_train": data.y_train, "x_val": data.x_val, "y_val": data.y_val,
-        "kind": member.kind, "input_dim": data.preprocessor.output_dim, "n_classes": len(data.schema.classes),
+        "space": space,
+        # The member's architecture as configured; each trial overrides the searched hyperparameters. A
+        # module's base hyperparameters are not built here: they may lack what only the space supplies.
+        "arch": data.member_spec(member, check=False).to_dict(),
+        "learning_rate": config.training.learning_rate, "weight_decay": config.training.weight_decay,
         "batch_size": config.training.batch_size, "seed": config.training.seed, "max_epochs": max_epochs,
     }
     trainable = tune.with_resources(tune.with_parameters(_trial, data=payload),
@@ -545,11 +725,14 @@ def search_member(
     storage = Storage(config.resolved().storage_path)
     registry = ModelRegistry(storage)
     data = prepare_data(config, table, target=target)
-    space = search_space(member_cfg.kind)
+    space, note = member_search_space(member_cfg)
     default = default_point(config, member_cfg)
     run_name = f"raymedic-search-{model}-{member}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_root = f"{storage.uri.rstrip('/')}/ray_tune"
-    progress(f"searching {num_samples} configuration(s) of member {member!r} ({member_cfg.kind}) of model "
+    if note:
+        log.info("%s", note)
+        progress(note)
+    progress(f"searching {num_samples} configuration(s) of member {member!r} ({member_cfg.architecture}) of model "
              f"{model!r} with Ray Tune (Optuna TPE, ASHA), up to {max_epochs} epoch(s) each, on "
              f"{len(data.train_df)} rows ({len(data.val_df)} held out); run {run_name!r} under {storage_root}")
     if default is None:
@@ -561,7 +744,7 @@ def search_member(
     best_i = choose_best(outcomes, run=run_name, where=tune_path)
     best = outcomes[best_i]
     state = _best_state(results[best_i], run_name)
-    optimizer, arch = split_params(member_cfg.kind, best.config)
+    optimizer, arch = split_point(space, best.config)
     best_config = {**optimizer, **arch}
     default_trial = next((o for o in outcomes if default is not None and _same_point(o.config, default)), None)
     search_wall_s = time.monotonic() - t0
@@ -584,7 +767,7 @@ def search_member(
         "wall_s": round(search_wall_s, 2),
     }
     training = {**config.training.model_dump(), **optimizer, "epochs": best.best_epoch or best.epochs}
-    spec = data.spec(member_cfg.kind, arch)
+    spec = data.member_spec(member_cfg, hyperparameters={**member_cfg.hyperparameters, **arch})
     info, metrics = register_member(registry, data, model=model, member=member_cfg, spec=spec, state=state,
                                     metadata={"training": training, "search": search_meta})
     registry.set_alias(model, member, CHALLENGER, info.version)
@@ -592,7 +775,7 @@ def search_member(
     progress(f"  {member}: {info.version} val_accuracy {metrics['val_accuracy']:.3f} (majority baseline "
              f"{data.baseline_accuracy:.3f}) → {CHALLENGER}, not promoted")
     return SearchReport(
-        model=model, member=member, kind=member_cfg.kind, version=info, alias=CHALLENGER, champion=champion,
+        model=model, member=member, kind=member_cfg.architecture, version=info, alias=CHALLENGER, champion=champion,
         best_config=best_config, best_val_loss=float(best.best_val_loss), best_val_accuracy=float(best.best_val_accuracy),
         metrics=metrics, baseline_accuracy=data.baseline_accuracy, trials=tuple(outcomes), default_trial=default_trial,
         tune_run=run_name, tune_path=tune_path, wall_s=time.monotonic() - t0,

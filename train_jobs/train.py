@@ -28,12 +28,23 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cluster.connect import connect_or_start
-from raymedic.config import RaymedicConfig, load_config
+from raymedic.config import MemberConfig, RaymedicConfig, load_config
 from raymedic.errors import ConfigError, RaymedicError, TrainingFailed
 from raymedic.logs import get_logger
 from raymedic.storage import Storage
-from train_jobs._fit import fit_epoch, prepare_data, register_member, snapshot, validate
+from train_jobs._fit import (
+    PreparedData,
+    amp_plan,
+    fit_epoch,
+    prepare_data,
+    register_member,
+    snapshot,
+    validate,
+)
+from train_jobs.devices import TrainDevice, choose_training_device
 from train_jobs.models import ArchSpec, build_model
+from train_jobs.own_loop import REPORT_HOWTO, load_train_loop, read_weights
+from train_jobs.own_loop import loop_config as loop_config_for
 from train_jobs.registry import ModelRegistry, VersionInfo
 from train_jobs.schema import ModelSchema
 from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
@@ -78,6 +89,10 @@ def _train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"] + rank)
     torch.set_num_threads(1)
     device = ray.train.torch.get_device()
+    amp = amp_plan(device, enabled=config["mixed_precision"])
+    if rank == 0 and amp.enabled:
+        print(f"[raymedic train] mixed precision on {device}: {amp.precision.value}"
+              + (" with a GradScaler" if amp.scaler else ""), flush=True)
     x_tr = torch.from_numpy(config["x_train"][rank::world]).to(device)
     y_tr = torch.from_numpy(config["y_train"][rank::world]).to(device)
     x_va = torch.from_numpy(config["x_val"]).to(device)
@@ -92,9 +107,11 @@ def _train_loop(config: dict[str, Any]) -> None:
         model = ray.train.torch.prepare_model(build_model(spec))
         opt = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
                                 weight_decay=config["weight_decay"])
+        scaler = torch.amp.GradScaler(device.type) if amp.scaler else None
         best_loss, best_state, stale, epochs_run = math.inf, None, 0, 0
         for epoch in range(config["epochs"]):
-            fit_epoch(model, opt, x_tr, y_tr, batch_size=config["batch_size"], generator=gen, loss_fn=loss_fn)
+            fit_epoch(model, opt, x_tr, y_tr, batch_size=config["batch_size"], generator=gen, loss_fn=loss_fn,
+                      amp=amp, scaler=scaler)
             val_loss, val_acc = validate(model, x_va, y_va, loss_fn)
             epochs_run = epoch + 1
             if val_loss < best_loss - 1e-4:
@@ -120,19 +137,31 @@ def _train_loop(config: dict[str, Any]) -> None:
         ray.train.report(summary, checkpoint=checkpoint)
 
 
-def _run_trainer(config: RaymedicConfig, storage: Storage, loop_config: dict[str, Any],
-                 run_name: str) -> dict[str, dict[str, Any]]:
-    """One ``TorchTrainer`` run; returns each member's state dict from the checkpoint."""
+def training_device(config: RaymedicConfig) -> TrainDevice:
+    """Whether this run trains on GPUs: ``training.use_gpu``, unless the cluster has none to give."""
+    import ray  # lazy: Ray reads RAY_AUTH_MODE when it is imported (see the note at the top)
+
+    gpus = float(ray.cluster_resources().get("GPU", 0)) if config.training.use_gpu else 0.0
+    device = choose_training_device(requested_gpu=config.training.use_gpu, cluster_gpus=gpus,
+                                    num_workers=config.training.num_workers)
+    if device.warning:
+        log.warning("%s", device.warning)
+    return device
+
+
+def _fit_trainer(config: RaymedicConfig, storage: Storage, loop: Callable[..., Any], loop_config: dict[str, Any],
+                 run_name: str, *, use_gpu: bool) -> Any:
+    """One ``TorchTrainer`` run of ``loop``; its Result (raises the cause, not Ray's stack, on failure)."""
     # lazy: Ray reads RAY_AUTH_MODE when it is imported (see the note at the top)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
-        _train_loop,
+        loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=config.training.num_workers,
-            use_gpu=config.training.use_gpu,
+            use_gpu=use_gpu,
             resources_per_worker={"CPU": config.training.cpus_per_worker},
         ),
         run_config=RunConfig(
@@ -141,8 +170,14 @@ def _run_trainer(config: RaymedicConfig, storage: Storage, loop_config: dict[str
             failure_config=FailureConfig(max_failures=0),
         ),
     )
+    return trainer.fit()
+
+
+def _run_trainer(config: RaymedicConfig, storage: Storage, loop_config: dict[str, Any],
+                 run_name: str, *, use_gpu: bool) -> dict[str, dict[str, Any]]:
+    """One ``TorchTrainer`` run of raymedic's loop; returns each member's state dict from the checkpoint."""
     try:
-        result = trainer.fit()
+        result = _fit_trainer(config, storage, _train_loop, loop_config, run_name, use_gpu=use_gpu)
     except Exception as exc:  # Ray wraps worker errors; the user needs the cause, not our stack.
         raise TrainingFailed(f"Ray Train run {run_name!r} failed: {exc}") from exc
     if result.error is not None or result.checkpoint is None:
@@ -150,6 +185,38 @@ def _run_trainer(config: RaymedicConfig, storage: Storage, loop_config: dict[str
     with result.checkpoint.as_directory() as d:
         return {m["name"]: load_file(str(Path(d) / f"{m['name']}.safetensors"))
                 for m in loop_config["members"]}
+
+
+def _run_own_loop(config: RaymedicConfig, storage: Storage, data: PreparedData, *, member: MemberConfig,
+                  spec: ArchSpec, run_name: str, use_gpu: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One ``TorchTrainer`` run of the member's own train_loop; its checked weights and last metrics."""
+    path = str(member.train_loop)
+    loop = load_train_loop(path, member=member.name)
+    torch.manual_seed(config.training.seed)  # config["model"] starts from the same weights every run
+    cfg = loop_config_for(config, data, member=member, spec=spec, model=build_model(spec), use_gpu=use_gpu)
+    try:
+        result = _fit_trainer(config, storage, loop, cfg, run_name, use_gpu=use_gpu)
+    except Exception as exc:  # the user's loop raised: their traceback is in the run's logs
+        raise TrainingFailed(f"member {member.name!r}: train_loop {path!r} failed in Ray Train run {run_name!r}: "
+                             f"{_last_line(exc)}; fix the function (full traceback in the run's logs under "
+                             f"{storage.uri.rstrip('/')}/ray_train/{run_name})") from exc
+    if result.error is not None:
+        raise TrainingFailed(f"member {member.name!r}: train_loop {path!r} failed in Ray Train run {run_name!r}: "
+                             f"{_last_line(result.error)}")
+    reported = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not
+                isinstance(v, bool)}
+    if result.checkpoint is None:
+        raise TrainingFailed(f"member {member.name!r}: train_loop {path!r} reported no checkpoint, so there are no "
+                             f"weights to register: {REPORT_HOWTO}")
+    with result.checkpoint.as_directory() as d:
+        state = read_weights(d, member=member.name, path=path, spec=spec)
+    return state, reported
+
+
+def _last_line(error: BaseException) -> str:
+    """The last meaningful line of a (possibly remote) error: usually ``Type: message``."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 TRAIN_SAMPLE_ROWS = 5000
@@ -204,18 +271,32 @@ def train_ensemble(
     data = prepare_data(config, table, target=target, schema=schema)
     schema, train_df, val_df = data.schema, data.train_df, data.val_df
     specs = {m.name: data.member_spec(m) for m in chosen}  # a user's module is checked here, before training
+    for m in chosen:
+        if m.train_loop:
+            load_train_loop(m.train_loop, member=m.name)  # importable, before any training
+    own = [m for m in chosen if m.train_loop]
+    ours = [m for m in chosen if not m.train_loop]
     progress(f"training {len(chosen)} member(s) of model {model!r} with Ray Train on "
              f"{len(train_df)} rows ({len(val_df)} held out), {len(schema.features)} features, "
              f"{len(schema.classes)} classes")
+    device = training_device(config)
     loop_config = {
-        "members": [{"name": m.name, "arch": specs[m.name].to_dict()} for m in chosen],
+        "members": [{"name": m.name, "arch": specs[m.name].to_dict()} for m in ours],
         "x_train": data.x_train, "y_train": data.y_train, "x_val": data.x_val, "y_val": data.y_val,
         "epochs": config.training.epochs, "batch_size": config.training.batch_size,
         "learning_rate": config.training.learning_rate, "weight_decay": config.training.weight_decay,
-        "seed": config.training.seed,
+        "seed": config.training.seed, "mixed_precision": config.training.mixed_precision,
     }
-    run_name = f"raymedic-train-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    states = _run_trainer(config, storage, loop_config, run_name)
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    run_name = f"raymedic-train-{model}-{stamp}"
+    runs = {m.name: run_name for m in ours}
+    states = _run_trainer(config, storage, loop_config, run_name, use_gpu=device.use_gpu) if ours else {}
+    reported: dict[str, dict[str, Any]] = {}
+    for m in own:  # each member with its own loop gets its own run: its function is the run's loop
+        runs[m.name] = f"raymedic-train-{model}-{m.name}-{stamp}"
+        progress(f"  {m.name}: training with its own train_loop {m.train_loop!r} (Ray Train run {runs[m.name]!r})")
+        states[m.name], reported[m.name] = _run_own_loop(config, storage, data, member=m, spec=specs[m.name],
+                                                         run_name=runs[m.name], use_gpu=device.use_gpu)
 
     baseline = data.baseline_accuracy
     sample_key = _save_train_sample(storage, model, train_df, data.data_fingerprint, seed=config.training.seed)
@@ -224,8 +305,10 @@ def train_ensemble(
     for m in chosen:
         info, metrics = register_member(registry, data, model=model, member=m, spec=specs[m.name],
                                         state=states[m.name], metadata={
-            "training": config.training.model_dump(),
-            "ray_train_run": run_name,
+            "training": {**config.training.model_dump(), "use_gpu": device.use_gpu,
+                         **({"train_loop": m.train_loop, "reported": reported.get(m.name, {})}
+                            if m.train_loop else {})},
+            "ray_train_run": runs[m.name],
             "train_sample": sample_key,
             **(metadata or {}),
         })
