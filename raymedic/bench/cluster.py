@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import ray
 
-from cluster.connect import LOCAL_LOGICAL_CPUS, start_embedded
+from cluster.connect import LOCAL_LOGICAL_CPUS, start_embedded, user_code_importable
 from cluster.runstate import raymedic_home
 from raymedic.app import service
 from raymedic.app.http import request_json
@@ -69,7 +69,8 @@ def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = 
             synthetic table cannot fit the user's own modules); the message says what to pass.
     """
     os.environ.setdefault(ADMIN_TOKEN_ENV, os.urandom(16).hex())  # before any deploy: the admin routes' token
-    cfg = load_config(config_path).config
+    served = load_config(config_path)
+    cfg = served.config
     if data is None and any(m.module for m in cfg.members):
         raise RaymedicError(f"the config's model {cfg.model!r} has members with their own modules, which the "
                             "built-in synthetic table cannot train: pass the table it was made for, "
@@ -83,11 +84,13 @@ def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = 
         Storage(storage).delete(stale)  # keep the trained registry, start everything else from scratch
     table = data.frame() if data is not None else None  # read (and refused) before a cluster starts
     progress(f"starting an embedded local Ray cluster ({LOCAL_LOGICAL_CPUS} logical CPUs)")
-    start_embedded(log_to_driver=False)
+    # The application's runtime_env is the job's: both systems' replicas import the members' own modules
+    start_embedded(log_to_driver=False, runtime_env=served.runtime_env)
     try:
-        if data is not None:
-            _train_on(cfg, table, data, progress)
-        service.ensure_trained(cfg, progress)
+        with user_code_importable(served.runtime_env):  # training checks and registers them here
+            if data is not None:
+                _train_on(cfg, table, data, progress)
+            service.ensure_trained(cfg, progress)
         yield cfg
     finally:
         try:
