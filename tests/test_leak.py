@@ -110,6 +110,7 @@ def test_memory_series_is_bounded_and_windowed():
         ms.add("a", MemorySample(float(i), BASE, 16 * GB, 8 * GB))
     assert [s.ts for s in ms.window("a", now=7.0, window_s=100.0)] == [3.0, 4.0, 5.0, 6.0, 7.0]
     assert [s.ts for s in ms.window("a", now=7.0, window_s=2.0)] == [5.0, 6.0, 7.0]
+    assert ms.latest("a").ts == 7.0
     ms.retain({"b"})
     assert ms.window("a", now=7.0, window_s=100.0) == () and ms.latest("a") is None
 

@@ -92,14 +92,15 @@ class MemorySeries:
         self._samples.setdefault(replica, deque(maxlen=self._kept)).append(sample)
 
     def window(self, replica: str, *, now: float, window_s: float) -> tuple[MemorySample, ...]:
-        """``replica``'s samples of the last ``window_s`` seconds, oldest first."""
+        """``replica``'s samples of the last ``window_s`` seconds, oldest first. Older ones are dropped
+        (time only moves on, and the window is the config's): each step's read costs the new samples."""
         kept = self._samples.get(replica)
         if not kept:
             return ()
         start = now - window_s
-        if kept[0].ts >= start:
-            return tuple(kept)
-        return tuple(s for s in kept if s.ts >= start)
+        while kept and kept[0].ts < start:
+            kept.popleft()
+        return tuple(kept)
 
     def latest(self, replica: str) -> MemorySample | None:
         """``replica``'s newest sample, if any."""
