@@ -48,6 +48,7 @@ from controllers.observe import RayObserver
 from controllers.operator import Operator
 from controllers.outcome import Outcome
 from controllers.policies.calls import CallLog
+from controllers.policies.leak import MemorySeries
 from controllers.policies.playbook import Playbook
 from controllers.policies.replica import HealingPolicy, Incident, IncidentStatus
 from controllers.policies.weights import HedgeWeights, WeightingConfig
@@ -127,9 +128,11 @@ class HealingController:
                                    jobs=RayJobs(model=model, storage_path=cfg.storage_path, storage=storage,
                                                 runtime_env=current_runtime_env()),
                                    canaries=ServeCanaries(cfg=lambda: self.cfg), swapper=swapper, registry=registry)
+        memory = MemorySeries()
         self._prober = GoldenProber(deployment=self._current,
                                     load_golden=lambda member, version: load_golden(storage, model, member, version),
-                                    deploying=lambda: self._healer.deploying, on_stale=self._on_stale)
+                                    deploying=lambda: self._healer.deploying, on_stale=self._on_stale,
+                                    memory=memory)
         calls = CallLog()
         self._checks = ModelChecks(deployment=self._current, policy=self._policy, data_alerts=self._data_alerts,
                                    performance=self._perf, healer=self._healer, recorder=self._recorder,
@@ -138,7 +141,7 @@ class HealingController:
                                 observer=RayObserver(), prober=self._prober, actuators=self._actuators,
                                 recorder=self._recorder, checkpoint=self._checkpoint, audit=self._audit,
                                 control=self._control, calls=calls, trial_view=self._healer.trial_view,
-                                checks=self._checks)
+                                checks=self._checks, memory=memory)
         self._sync = GatewaySync(deployment=self._current, calls=calls, playbook=self._playbook,
                                  performance=self._perf, hedge=self._hedge, control=self._control,
                                  checkpoint=self._checkpoint, document=self.control_state)

@@ -7,7 +7,11 @@ controller sends each RUNNING replica the golden rows stored with its version,
 through the member's own path: ``handle.predict.remote(rows, target=replica)``,
 the router's ``target`` keyword addressing one replica. The answer is classified
 into a :class:`~controllers.policies.replica.ProbeOutcome`; the healing policy
-reads the recent outcomes.
+reads the recent outcomes. A probe's answer also carries the replica's own memory
+reading (a targeted call is a probe, so user calls never pay for it): the samples
+of the leak rule (:mod:`controllers.policies.leak`), kept in a
+:class:`~controllers.policies.leak.MemorySeries` and exported as
+``raymedic_replica_memory_bytes``.
 
 Probes never block the loop: each is a task on the actor's event loop, and the
 step only reads the outcomes that have come in. Serve's constraint: handle calls
@@ -28,7 +32,9 @@ import numpy as np
 from ray import serve
 
 from controllers.deployment import Deployment
+from controllers.policies.leak import MemorySample, MemorySeries
 from controllers.policies.replica import Probe, ProbeOutcome
+from raymedic import metrics
 from raymedic.keys import APP_NAME
 from raymedic.logs import get_logger
 from raymedic.protocol import actor_died
@@ -133,13 +139,14 @@ class GoldenProber:
         handle_of: A member's Serve deployment handle (created on this event loop, see the module).
         clock: Wall-clock time for the probes' timestamps.
         schedule: When probes are due (a seeded one in tests).
+        memory: Where the replicas' memory readings go (None: not kept).
     """
 
     def __init__(self, *, deployment: Callable[[], Deployment],
                  load_golden: Callable[[str, str], GoldenSet | None],
                  deploying: Callable[[], bool], on_stale: Callable[[str, str, str], None],
                  handle_of: Callable[[str], Any] | None = None, clock: Callable[[], float] = time.time,
-                 schedule: ProbeSchedule | None = None) -> None:
+                 schedule: ProbeSchedule | None = None, memory: MemorySeries | None = None) -> None:
         self._deployment = deployment
         self._load_golden = load_golden
         self._deploying = deploying
@@ -147,6 +154,7 @@ class GoldenProber:
         self._handle_of = handle_of or self._serve_handle
         self._clock = clock
         self._schedule = schedule or ProbeSchedule()
+        self.memory = memory
         self._probes: dict[str, deque[Probe]] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._handles: dict[str, Any] = {}
@@ -216,6 +224,8 @@ class GoldenProber:
             self._probes.pop(rid, None)
             self._schedule.forget(rid)
             self._tasks.pop(rid, None)
+        if self.memory is not None:
+            self.memory.retain(live)
         return live
 
     def add(self, replica: str, probe: Probe) -> None:
@@ -257,6 +267,7 @@ class GoldenProber:
             served = out.get("version")
             if served and served != self._deployment().versions.get(member) and not self._deploying():
                 self._on_stale(member, replica, served)
+            self._remember_memory(dep.cfg.model, member, replica, out.get("memory"))
         except asyncio.TimeoutError:
             response.cancel()
             outcome, detail = ProbeOutcome.TIMEOUT, f"no answer within {timeout:.2f} s"
@@ -264,6 +275,16 @@ class GoldenProber:
             outcome = ProbeOutcome.DEAD if actor_died(exc) else ProbeOutcome.ERROR
             detail = f"{type(exc).__name__}: {str(exc)[:160]}"
         self.add(replica, Probe(ts=ts, outcome=outcome, latency_s=time.monotonic() - t0, detail=detail))
+
+    def _remember_memory(self, model: str, member: str, replica: str, mem: Any) -> None:
+        """Keep a probe answer's memory reading (stamped when it came back) and export it."""
+        if self.memory is None or not isinstance(mem, dict) or "rss_bytes" not in mem:
+            return
+        sample = MemorySample(self._clock(), float(mem["rss_bytes"]), float(mem.get("node_total_bytes", 0)),
+                              float(mem.get("node_available_bytes", 0)))
+        self.memory.add(replica, sample)
+        metrics.set_gauge("raymedic_replica_memory_bytes", sample.rss_bytes, model=model, member=member,
+                          replica=replica)
 
     def in_flight(self) -> Sequence[asyncio.Task]:
         """The probe tasks not finished yet (a test or a shutdown may wait for them)."""

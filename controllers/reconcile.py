@@ -14,7 +14,7 @@ One step:
 - **observe**: Serve's view and the actors' liveness (every ``view_period_s``),
   replicas that vanished from the view and why, the due golden probes sent, and
   a frozen :class:`~controllers.policies.replica.Observation` of every replica's
-  probes, calls and liveness;
+  probes, calls, liveness and memory samples;
 - **decide**: the pure healing policy, the bounded Hedge weights, and the state
   to publish to the gateways;
 - **act**: the checkpoint written (the intent of every restart is durable before
@@ -47,6 +47,7 @@ from controllers.deployment import Deployment
 from controllers.observe import Observer
 from controllers.outcome import Outcome
 from controllers.policies.calls import CallLog
+from controllers.policies.leak import MemorySeries, ray_memory_threshold
 from controllers.policies.replica import (AuditEvent, HealingPolicy, Incident, Observation, ReplicaSnapshot,
                                           RestartReplica, StepResult)
 from controllers.policies.vanish import VanishWatch
@@ -139,6 +140,8 @@ class Reconciler:
         calls: The gateways' call reports.
         trial_view: The live trial as gateways need it (part of the published state).
         checks: The model phase (None: no data or model checks).
+        memory: The replicas' memory samples (None: no leak rule).
+        memory_threshold: Ray's memory-monitor threshold (default: what this process's environment says).
         clock: Wall-clock time (``now`` of every observation).
         timer: A monotonic timer for durations.
     """
@@ -147,6 +150,7 @@ class Reconciler:
                  hedge: HedgeWeights, observer: Observer, prober: Prober, actuators: Actuators, recorder: Recorder,
                  checkpoint: Checkpoint, audit: AuditLog, control: ControlState, calls: CallLog,
                  trial_view: Callable[[], dict[str, Any] | None], checks: ModelChecks | None = None,
+                 memory: MemorySeries | None = None, memory_threshold: float | None = None,
                  clock: Callable[[], float] = time.time, timer: Callable[[], float] = time.perf_counter) -> None:
         self.model = model
         self._deployment = deployment
@@ -162,6 +166,8 @@ class Reconciler:
         self._calls = calls
         self._trial_view = trial_view
         self._checks = checks
+        self._memory = memory
+        self._memory_threshold = ray_memory_threshold() if memory_threshold is None else memory_threshold
         self._clock = clock
         self._timer = timer
         self.view: AppView | None = None
@@ -272,6 +278,8 @@ class Reconciler:
     def _observation(self, now: float, view: AppView) -> Observation:
         dep = self._deployment()
         window = dep.cfg.controller.window_s
+        leak_window = dep.cfg.controller.leak_window_s
+        memory = self._memory
         snaps = []
         targets: dict[str, int] = {}
         for m in dep.cfg.members:
@@ -289,12 +297,15 @@ class Reconciler:
                 snaps.append(ReplicaSnapshot(
                     member=m.name, replica=r.id, state=r.state, alive=alive,
                     seen_dead_at=self._dead_since.get(r.id), probes=self._prober.history(r.id),
-                    calls=self._calls.stats(f"{m.name}/{r.id}", now=now, window_s=window)))
+                    calls=self._calls.stats(f"{m.name}/{r.id}", now=now, window_s=window),
+                    memory=memory.window(r.id, now=now, window_s=leak_window) if memory is not None else (),
+                    memory_limit_mb=m.memory_limit_mb))
         for v in self._vanish.take():  # one observation is enough to open the incident
             snaps.append(ReplicaSnapshot(member=v.member, replica=v.replica, state="GONE", alive=False,
                                          seen_dead_at=v.seen_at, probes=self._prober.history(v.replica)))
         return Observation(now=now, replicas=tuple(snaps), targets=targets,
-                           standby={m.name: m.standby for m in dep.cfg.members if m.standby})
+                           standby={m.name: m.standby for m in dep.cfg.members if m.standby},
+                           memory_threshold=self._memory_threshold)
 
     # ---- decide -----------------------------------------------------------------------------
 

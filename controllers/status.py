@@ -24,7 +24,7 @@ from controllers.publish import ControlState
 __all__ = ["ACTION_KINDS", "KEPT", "status_document"]
 
 ACTION_KINDS = (
-    "restart", "standby-serves", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
+    "restart", "drained", "standby-serves", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
     "rejected", "mode", "retrain-submitted", "retrain-submit-failed", "retrain-finished", "promote",
     "rollback", "trial-started", "trial-promote", "trial-reject", "trial-finished", "trial-abandoned",
     "trial-requested")
@@ -67,6 +67,7 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
         "avoid": {k: list(v) for k, v in control.avoid.items()},
         "standby": {k: list(v) for k, v in control.standby.items()},
         "healthy": {k: list(v) for k, v in (last.healthy if last else {}).items()},
+        "memory": policy.memory_report(),
         "gateways": sorted(gateways),
         "step_ms_p50": round(steps[len(steps) // 2], 3) if steps else None,
         "incidents": incidents,

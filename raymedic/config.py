@@ -184,6 +184,12 @@ class MemberConfig(_Strict):
         "DistributedDataParallel's .module). raymedic loads the last reported checkpoint into a network rebuilt "
         "from the spec, evaluates it on the validation split and registers it like any member. Importable "
         "wherever the member trains; searching such a member is refused (the search runs raymedic's own loop).")
+    memory_limit_mb: float | None = Field(
+        None, gt=0, description="Resident memory (MB) one replica may reach: a replica whose memory grows "
+        "steadily and is forecast to cross this within `controller.leak_horizon_s` is drained and restarted "
+        "first. Unset: the limit is what the replica may grow to before its node reaches Ray's memory-monitor "
+        "threshold (RAY_memory_usage_threshold, default 0.95 of the node's memory), where Ray starts killing "
+        "workers.")
 
     @field_validator("name")
     @classmethod
@@ -386,6 +392,27 @@ class ControllerConfig(_Strict):
     max_restarts: int = Field(10, ge=1, description="Restarts allowed per restart_window_s (no storms).")
     restart_window_s: float = Field(300.0, gt=0)
     confirm_timeout_s: float = Field(90.0, gt=0, description="A restart not confirmed by then is a failure.")
+    leak_window_s: float = Field(
+        60.0, gt=0, le=3600, description="Memory leaks: the replica's resident-memory samples (one per golden "
+        "probe) of this many recent seconds are fitted with a robust (Theil-Sen) slope.")
+    leak_min_samples: int = Field(
+        12, ge=4, le=1000, description="A slope needs at least this many samples in the window (a couple of "
+        "points are a step or noise, not a trend).")
+    leak_min_span_s: float = Field(
+        20.0, gt=0, le=3600, description="... spanning at least this many seconds.")
+    leak_horizon_s: float = Field(
+        300.0, gt=0, le=86400, description="A sustained growth whose forecast crosses the replica's memory limit "
+        "within this many seconds is a leak: the replica is drained and restarted before it gets there.")
+    leak_confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="The growth must be positive at this confidence (the lower bound of "
+        "the Theil-Sen slope's interval above 0), over the whole window and over its recent half both, so "
+        "noise, one high reading or a one-off step (a model load) never count.")
+    leak_drain_settle_s: float = Field(
+        1.0, ge=0, le=60, description="A leaking replica is avoided at once; it is restarted only after at "
+        "least this long (two gateway sync periods: every gateway has the avoid list and reported after it) ...")
+    leak_drain_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="... once the gateways report no call in flight to it, or after this "
+        "long regardless (calls still in flight are then retried on another replica by the gateway).")
     weight_eta: float = Field(0.5, gt=0, description="Hedge learning rate on feedback losses.")
     weight_decay: float = Field(0.99, gt=0, le=1, description="Per-sample forgetting of old losses.")
     min_weight: float = Field(0.05, ge=0, lt=0.5, description="Floor for each healthy member.")
@@ -398,6 +425,13 @@ class ControllerConfig(_Strict):
         if self.min_weight > self.max_weight:
             raise ValueError(f"controller.min_weight ({self.min_weight}) must be <= controller.max_weight "
                              f"({self.max_weight}): lower min_weight or raise max_weight")
+        if self.leak_min_span_s > self.leak_window_s:
+            raise ValueError(f"controller.leak_min_span_s ({self.leak_min_span_s}) must be <= "
+                             f"controller.leak_window_s ({self.leak_window_s}): the samples a slope needs must fit "
+                             "in the window; lower leak_min_span_s or raise leak_window_s")
+        if self.leak_drain_settle_s > self.leak_drain_timeout_s:
+            raise ValueError(f"controller.leak_drain_settle_s ({self.leak_drain_settle_s}) must be <= "
+                             f"controller.leak_drain_timeout_s ({self.leak_drain_timeout_s})")
         return self
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "feedback_prefix",
     "retrain_job_id",
     "CHAOS_FAULTS",
+    "REPLICA_BENCH_FAULTS",
 ]
 
 # ---- Ray and Serve names ---------------------------------------------------------------
@@ -132,6 +133,9 @@ def retrain_job_id(model: str, record: str) -> str:
 
 # ---- chaos ---------------------------------------------------------------------------------------
 
-CHAOS_FAULTS = ("kill", "hang", "slow", "wrong", "error")
-"""The replica faults ``raymedic chaos`` injects and ``bench replica-faults`` measures (the CLI, the gateway's
-chaos route and the bench all offer exactly these)."""
+CHAOS_FAULTS = ("kill", "hang", "slow", "wrong", "error", "leak")
+"""The replica faults ``raymedic chaos`` injects (the CLI and the gateway's chaos route offer exactly these);
+``bench replica-faults`` measures all but ``leak``, which takes a minute to matter (its bench is
+``infra-faults``)."""
+REPLICA_BENCH_FAULTS = tuple(f for f in CHAOS_FAULTS if f != "leak")
+"""The faults ``bench replica-faults`` runs (and its ``--faults`` accepts)."""

@@ -36,6 +36,8 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                     None),
     "raymedic_member_call_seconds": ("histogram", "Latency of successful member calls.",
                                      ("model", "member", "replica"), LATENCY_BUCKETS),
+    "raymedic_replica_memory_bytes": ("gauge", "A member replica's resident memory as it read it on its last "
+                                      "golden probe (the leak rule's signal).", ("model", "member", "replica"), None),
     "raymedic_member_weight": ("gauge", "Ensemble weight the controller published.", ("model", "member"), None),
     "raymedic_healing_actions_total": ("counter", "Controller actions and what came of them.",
                                        ("model", "action", "outcome"), None),

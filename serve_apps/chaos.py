@@ -10,7 +10,12 @@ Faults look like the real ones from the outside:
 - ``wrong``: answers stay well-formed with HTTP 200 but the class probabilities
   are rotated, so predictions are plausible and wrong;
 - ``error``: every call of the replica raises, while its process and Serve's
-  health checks stay fine (a CUDA error, a state broken by a bad reload).
+  health checks stay fine (a CUDA error, a state broken by a bad reload);
+- ``leak``: the replica allocates and holds ``mb_per_s`` MB of real (touched,
+  resident) memory per second, the way a cache that never evicts grows, until it
+  is cleared, restarted, or reaches its cap (``cap_mb``, at most
+  :data:`LEAK_CAP_MB`), or its node's free memory falls under
+  :data:`LEAK_NODE_FLOOR`: a drill must never eat the machine.
 
 A fault lives in the replica's memory only: a replacement replica starts clean,
 which is exactly what a restart is supposed to buy.
@@ -29,10 +34,20 @@ import numpy as np
 from raymedic.errors import InjectedFault, InvalidRequest
 from raymedic.keys import CHAOS_FAULTS
 
-__all__ = ["FAULTS", "ReplicaFault", "sigkill_replica"]
+__all__ = ["FAULTS", "LEAK_CAP_MB", "LEAK_DEFAULT_MB_PER_S", "LEAK_NODE_FLOOR", "ReplicaFault", "sigkill_replica"]
 
 FAULTS = CHAOS_FAULTS
 IN_REPLICA = tuple(f for f in FAULTS if f != "kill")  # kill is a signal, not a state of the replica
+
+LEAK_DEFAULT_MB_PER_S = 5.0
+"""The default leak rate: 300 MB (a replica's limit a little above its usual memory) in a minute."""
+LEAK_MAX_MB_PER_S = 1024.0
+LEAK_CAP_MB = 2048.0
+"""The most a leak ever holds, whatever its cap asks: the drill must not take the machine down."""
+LEAK_NODE_FLOOR = 0.10
+"""A leak stops growing while its node has less than this share of its memory available."""
+LEAK_TICK_S = 0.1
+"""A leak allocates every this many seconds (smooth growth, as a real one would look)."""
 
 
 @dataclass
@@ -44,23 +59,60 @@ class ReplicaFault:
 
     def __post_init__(self) -> None:
         self._released = asyncio.Event()
+        self._held: list[bytes] = []  # what a leak holds
+        self._leak: asyncio.Task | None = None
 
-    def set(self, mode: str | None, delay_ms: float | None = None) -> dict[str, Any]:
-        """Set (or clear, with None) the fault; a new mode first releases calls a previous hang held, so
-        clearing a hang frees the replica at once.
+    def set(self, mode: str | None, delay_ms: float | None = None, *, mb_per_s: float | None = None,
+            cap_mb: float | None = None) -> dict[str, Any]:
+        """Set (or clear, with None) the fault; a new mode first releases calls a previous hang held and
+        frees what a leak held, so clearing frees the replica at once.
 
         Raises:
-            InvalidRequest: a mode that cannot live in a replica (``kill`` is a signal), or ``slow`` without a delay.
+            InvalidRequest: a mode that cannot live in a replica (``kill`` is a signal), ``slow`` without a
+                delay, or a leak rate out of range.
         """
         if mode is not None and mode not in IN_REPLICA:
             raise InvalidRequest(f"fault {mode!r} cannot be set inside a replica; use one of {list(IN_REPLICA)}")
         if mode == "slow" and (delay_ms is None or not 0 < delay_ms <= 60_000):
             raise InvalidRequest("slow needs --delay-ms between 1 and 60000")
+        rate = LEAK_DEFAULT_MB_PER_S if mb_per_s is None else float(mb_per_s)
+        if mode == "leak" and not 0 < rate <= LEAK_MAX_MB_PER_S:
+            raise InvalidRequest(f"leak needs --mb-per-s between 0 and {LEAK_MAX_MB_PER_S:g}, got {mb_per_s!r}")
         self._released.set()  # wake anything a previous hang held
         self._released = asyncio.Event()
+        self._stop_leak()
         self.mode = mode
         self.delay_s = (delay_ms or 0) / 1000.0
+        if mode == "leak":
+            cap = min(LEAK_CAP_MB, float(cap_mb)) if cap_mb else LEAK_CAP_MB
+            self._leak = asyncio.get_running_loop().create_task(self._grow(rate, cap))
+            return {"mode": mode, "mb_per_s": rate, "cap_mb": cap}
         return {"mode": mode, "delay_ms": delay_ms}
+
+    @property
+    def held_mb(self) -> float:
+        """What a leak holds now (MB)."""
+        return sum(len(b) for b in self._held) / 1e6
+
+    def _stop_leak(self) -> None:
+        if self._leak is not None:
+            self._leak.cancel()
+            self._leak = None
+        self._held = []  # freed: the next garbage collection returns it
+
+    async def _grow(self, mb_per_s: float, cap_mb: float) -> None:
+        """Allocate ``mb_per_s`` MB a second of touched memory (bytes filled with 1s: resident, unlike
+        zeroed pages the kernel maps lazily), up to ``cap_mb`` and while the node has room."""
+        # lazy: psutil (inside Ray) only in a leaking replica
+        from serve_apps.memory import memory_reading
+
+        chunk = int(mb_per_s * 1e6 * LEAK_TICK_S)
+        while True:
+            mem = memory_reading()
+            room = mem["node_available_bytes"] > LEAK_NODE_FLOOR * mem["node_total_bytes"]
+            if room and self.held_mb + chunk / 1e6 <= cap_mb:
+                self._held.append(b"\x01" * chunk)
+            await asyncio.sleep(LEAK_TICK_S)
 
     async def before_inference(self) -> None:
         """Hold a call (``hang``: until cleared), delay it (``slow``): the faults a deadline must catch; or

@@ -23,6 +23,7 @@ from raymedic.errors import InvalidRequest
 from raymedic.logs import get_logger, use_serve_handlers
 from raymedic.storage import Storage
 from serve_apps.chaos import ReplicaFault
+from serve_apps.memory import memory_reading
 from train_jobs.artifacts import unpack
 from train_jobs.devices import serving_device
 from train_jobs.registry import ModelRegistry
@@ -70,8 +71,10 @@ class Member:
         probs = self._model.predict_proba(rows)
         if self._fault.mode:
             probs = self._fault.after_inference(probs)
-        return {"probabilities": probs, "replica": self._replica, "version": self._version,
-                "member": self._member}
+        out = {"probabilities": probs, "replica": self._replica, "version": self._version, "member": self._member}
+        if target is not None:  # a golden probe (only the controller targets a replica): the leak rule's sample
+            out["memory"] = memory_reading()
+        return out
 
     def _load(self, ref: str) -> tuple[Any, str]:
         loaded = self._registry.load(self._model_name, self._member, ref)
@@ -97,7 +100,8 @@ class Member:
         return {"replica": self._replica, "version": loaded, "member": self._member, "pid": os.getpid()}
 
     async def chaos(self, mode: str | None, delay_ms: float | None = None, target: str | None = None,
-                    only: str | None = None) -> dict[str, Any]:
+                    only: str | None = None, mb_per_s: float | None = None,
+                    cap_mb: float | None = None) -> dict[str, Any]:
         """Inject (or clear, with ``mode=None``) a fault in this replica; see serve_apps.chaos.
 
         ``target`` is honoured by raymedic's router; ``only`` makes a replica reached
@@ -107,7 +111,7 @@ class Member:
             raise InvalidRequest("chaos is disabled in this deployment's config (chaos.enabled: false)")
         if only is not None and only != self._replica:
             return {"applied": False, "replica": self._replica, "member": self._member}
-        out = self._fault.set(mode, delay_ms)
+        out = self._fault.set(mode, delay_ms, mb_per_s=mb_per_s, cap_mb=cap_mb)
         log.warning("chaos: member %s replica %s fault %s", self._member, self._replica, out)
         return {**out, "applied": True, "replica": self._replica, "member": self._member, "pid": os.getpid()}
 

@@ -28,12 +28,15 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ray = pytest.importorskip("ray")
 
 TOKEN = "test-admin-token"
+MLP_MEMORY_LIMIT_MB = 900.0
+"""A few hundred MB above an mlp replica's usual resident memory (~400 MB: a Serve worker with PyTorch)."""
 MEMBERS = [
     {"name": "logistic", "kind": "logistic", "fallback": True, "replicas": 2, "num_cpus": 0.2},
-    {"name": "mlp", "kind": "mlp", "replicas": 2, "num_cpus": 0.2},
+    {"name": "mlp", "kind": "mlp", "replicas": 2, "num_cpus": 0.2, "memory_limit_mb": MLP_MEMORY_LIMIT_MB},
     {"name": "tabresnet", "kind": "tabresnet", "replicas": 2, "standby": 1, "num_cpus": 0.2},
 ]
-"""The tests' ensemble, with one hot standby for tabresnet (the hang test's member)."""
+"""The tests' ensemble, with one hot standby for tabresnet (the hang test's member) and a memory limit
+on mlp (the leak test's member)."""
 ROW = {f"f{i}": 0.1 * i for i in range(10)}
 
 
@@ -317,6 +320,51 @@ def test_slow_replica_is_replaced(svc):
 
 def test_sigkilled_replica_is_replaced_with_no_failed_request(svc):
     heal_and_check(svc, "kill", "mlp")
+
+
+def _resident_mb(svc: Service, member: str) -> dict[str, float]:
+    """The member's running replicas' resident memory as the controller last read it (MB)."""
+    m = next(m for m in svc.status()["members"] if m["name"] == member)
+    return {r["id"]: r["rss_mb"] for r in m["replicas"] if r.get("rss_mb") is not None}
+
+
+def test_a_leaking_replica_is_drained_and_replaced_before_its_memory_limit(svc):
+    """A replica that really allocates and holds memory, fast enough to reach its member's limit in about a
+    minute: the controller forecasts the crossing from the memory slope, avoids the replica, lets its calls
+    finish and restarts it before it gets there, while clients see no failed request."""
+    limit = svc.cfg.member("mlp").memory_limit_mb
+    try:
+        with Load(svc.predict_url) as load:
+            wait_for(lambda: load.ok >= 5, timeout_s=60, what="load to flow")
+            rss = wait_for(lambda: (r := _resident_mb(svc, "mlp")) and len(r) >= 2 and r, timeout_s=30,
+                           what="the controller to report mlp's replicas' memory")
+            assert limit - max(rss.values()) >= 200, (limit, rss)  # room to see a forecast, not a breach
+            rate = round((limit - max(rss.values())) / 60, 1)  # the limit about a minute away
+            injected = svc.chaos("leak", "mlp", mb_per_s=rate)
+            replica = injected["replica"]
+            assert injected["mb_per_s"] == rate and injected["cap_mb"] == 1.5 * limit, injected
+            inc = wait_for(lambda: (i := svc.incident(replica)) and i["status"] == "recovered" and i,
+                           timeout_s=180, what=f"the leak on mlp/{replica} to be healed")
+            served = load.ok
+            wait_for(lambda: load.ok >= served + 10, timeout_s=60, what="load to flow after recovery")
+        assert load.failures == [], load.failures[:5]
+    finally:
+        svc.admin("chaos/clear")
+    assert inc["kind"] == "leak" and inc["action"] == "restart" and inc["action_outcome"].startswith("ok"), inc
+    ev = inc["evidence"]
+    assert ev["limit_mb"] == limit and ev["limit_source"] == "memory_limit_mb", ev
+    assert ev["rss_mb"] < limit and 0 < ev["time_to_limit_s"] <= svc.cfg.controller.leak_horizon_s, ev
+    assert ev["slope_mb_per_min"] > 0 and ev["samples"] >= svc.cfg.controller.leak_min_samples, ev
+    records = [r for r in svc.audit() if r.get("incident") == inc["id"]]
+    kinds = [r["kind"] for r in records]
+    assert kinds[0] == "detected-leak" and kinds.index("drained") < kinds.index("restart") < kinds.index("recovered"), kinds
+    assert all(r["detected_at"] == inc["detected_at"] for r in records)
+    # Killed before the limit: the reading at detection plus the leak's growth until the kill stays under it.
+    killed_at = next(r for r in records if r["kind"] == "restart")["ts"]
+    peak_mb = ev["rss_mb"] + rate * (killed_at - inc["detected_at"] + 1.0)  # + the last probe period
+    assert peak_mb < limit, (peak_mb, limit, ev)
+    wait_for(lambda: replica not in (r := svc.running("mlp")) and len(r) == 2, timeout_s=60,
+             what="mlp to show two running replicas without the leaking one")
 
 
 def test_pause_stops_actions_and_resume_heals(svc):

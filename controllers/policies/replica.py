@@ -13,7 +13,12 @@ Faults and their evidence (ARCHITECTURE.md table):
   nothing completing (the process still answers Serve's health pings);
 - **wrong**: a probe with golden inputs came back with probabilities that differ
   from the ones stored with the version (HTTP 200, wrong answer);
-- **slow**: the replica's recent latency is a multiple of its peers' (gray failure).
+- **slow**: the replica's recent latency is a multiple of its peers' (gray failure);
+- **leak**: its resident memory grows steadily and is forecast to cross its limit
+  within a horizon (:mod:`controllers.policies.leak`). It is avoided at once like
+  the others, but *drained* before the restart: the kill waits until the gateways
+  report no call in flight to it (or a short deadline), so nothing it was answering
+  is cut off.
 
 Every fault opens one incident per replica (idempotent: a second finding on the
 same replica does not open another), the replica goes on the avoid list at once
@@ -39,6 +44,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from controllers.policies.leak import (DEFAULT_RAY_MEMORY_THRESHOLD, LeakAssessment, MemorySample, assess_leak,
+                                       memory_limit)
 from raymedic.config import ControllerConfig
 from raymedic.enums import StrEnum, plain
 
@@ -85,6 +92,8 @@ class FaultKind(StrEnum):
     """Alive and answering, but its inference path raises (a CUDA error, state broken by a bad reload)."""
     WRONG = "wrong"
     SLOW = "slow"
+    LEAK = "leak"
+    """Resident memory grows steadily toward the replica's limit: drained, then restarted before it."""
 
 
 class IncidentStatus(StrEnum):
@@ -154,6 +163,8 @@ class ReplicaSnapshot:
     calls: CallStats = CallStats()
     alive: bool | None = None  # the actor's liveness per Ray's GCS; None when unknown
     seen_dead_at: float | None = None
+    memory: tuple[MemorySample, ...] = ()  # resident-memory samples of the leak window, oldest first
+    memory_limit_mb: float | None = None  # the member's configured limit (None: the node's headroom)
 
 
 @dataclass(frozen=True)
@@ -164,6 +175,7 @@ class Observation:
     replicas: tuple[ReplicaSnapshot, ...]
     targets: Mapping[str, int]  # member → replicas that serve user traffic
     standby: Mapping[str, int] = field(default_factory=dict)  # member → hot standby replicas beyond that
+    memory_threshold: float = DEFAULT_RAY_MEMORY_THRESHOLD  # Ray's memory-monitor threshold (node share)
 
 
 @dataclass(frozen=True)
@@ -279,14 +291,16 @@ def _peer_latency(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: 
 
 
 def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: ControllerConfig, *,
-           baseline_latency_s: float | None = None) -> Finding | None:
+           baseline_latency_s: float | None = None, leak: LeakAssessment | None = None) -> Finding | None:
     """The worst fault the evidence shows for one replica, or None if it looks healthy.
 
     ``peers`` are the member's replicas (this one may be among them). Slowness is
     judged against peers that answer probes; ``baseline_latency_s`` (the member's
     usual latency) stands in only for a member with no other replica at all — when
     a peer is merely down, the survivor carries its load and is slower for a good
-    reason, and flagging it would take the whole member down.
+    reason, and flagging it would take the whole member down. ``leak`` is the verdict on the
+    replica's memory series (:meth:`HealingPolicy.step` computes it once per new sample); a leak
+    ranks below the faults that already cost answers and above slowness.
     """
     probes = snap.probes
     calls = snap.calls
@@ -322,6 +336,10 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
 
     if probes and probes[-1].outcome == ProbeOutcome.WRONG:
         return found(FaultKind.WRONG, {"probe": probes[-1].detail}, probes[-1:])
+
+    if leak is not None and leak.fires:
+        return Finding(FaultKind.LEAK, snap.member, snap.replica, leak.evidence(cfg.leak_horizon_s),
+                       leak.recent_since if leak.recent_since is not None else leak.last_ts)
 
     ok = [p for p in probes if p.outcome == _OK][-cfg.slow_probes:]
     if len(ok) >= cfg.slow_probes:
@@ -441,6 +459,7 @@ class HealingPolicy:
         self.paused = False
         self.approval = config.mode == ControlMode.APPROVE
         self._m = _Memory()
+        self._leaks: dict[str, LeakAssessment] = {}  # replica → verdict on its latest samples (not checkpointed)
         if memory:
             self._m = _Memory(
                 incidents={k: Incident.from_dict(v) for k, v in memory.get("incidents", {}).items()},
@@ -478,6 +497,40 @@ class HealingPolicy:
         return next((i for i in self._m.incidents.values()
                      if i.replica == replica and i.status == IncidentStatus.OPEN), None)
 
+    def memory_report(self) -> dict[str, dict[str, Any]]:
+        """Each replica's memory line for ``/v1/status``: resident memory, slope, limit, forecast."""
+        return {rid: a.report() for rid, a in self._leaks.items()}
+
+    def _leak(self, snap: ReplicaSnapshot, threshold: float) -> LeakAssessment | None:
+        """The memory verdict on ``snap``'s samples, computed again only when a sample came in (a
+        Theil-Sen fit costs ~0.2 ms; samples come once per probe period, steps four times as often)."""
+        mem = snap.memory
+        if not mem:
+            return None
+        cached = self._leaks.get(snap.replica)
+        if cached is not None and cached.last_ts == mem[-1].ts and cached.samples == len(mem):
+            return cached
+        cfg = self.cfg
+        limit, source = memory_limit(mem[-1], limit_mb=snap.memory_limit_mb, threshold=threshold)
+        verdict = assess_leak(mem, limit_bytes=limit, limit_source=source, min_samples=cfg.leak_min_samples,
+                              min_span_s=cfg.leak_min_span_s, horizon_s=cfg.leak_horizon_s,
+                              confidence=cfg.leak_confidence)
+        self._leaks[snap.replica] = verdict
+        return verdict
+
+    def _drained(self, inc: Incident, snap: ReplicaSnapshot | None, now: float) -> AuditEvent | None:
+        """A leaking replica may be killed once it is drained: avoided for ``leak_drain_settle_s`` (every
+        gateway has the avoid list) and no call in flight to it per the gateways' reports, or
+        ``leak_drain_timeout_s`` after it was avoided regardless. The drain's audit event then, else None."""
+        cfg = self.cfg
+        waited = now - inc.detected_at
+        inflight = snap.calls.inflight if snap is not None else 0
+        if waited < cfg.leak_drain_settle_s or (inflight > 0 and waited < cfg.leak_drain_timeout_s):
+            return None
+        return AuditEvent("drained", f"{inc.member}/{inc.replica}",
+                          {"waited_s": round(waited, 3), "inflight": inflight,
+                           "deadline_reached": inflight > 0}, "restart", "ok", inc.id)
+
     @property
     def quarantined(self) -> list[str]:
         """Members with no healthy replica: their weight is 0 until one recovers."""
@@ -498,6 +551,14 @@ class HealingPolicy:
         for snap in obs.replicas:
             by_member.setdefault(snap.member, []).append(snap)
         present = {s.replica for s in obs.replicas}
+        leaks: dict[str, LeakAssessment] = {}
+        for snap in obs.replicas:
+            if snap.memory and snap.state == "RUNNING":
+                verdict = self._leak(snap, obs.memory_threshold)
+                if verdict is not None:
+                    leaks[snap.replica] = verdict
+        for rid in [r for r in self._leaks if r not in present]:
+            del self._leaks[rid]
 
         # Learn each member's normal latency from replicas that look fine.
         for member, snaps in by_member.items():
@@ -531,7 +592,8 @@ class HealingPolicy:
                 continue
             standing_by = set(m.standby.get(snap.member, ()))
             peers = [s for s in by_member[snap.member] if s.replica not in standing_by or s.replica == snap.replica]
-            finding = assess(snap, peers, cfg, baseline_latency_s=m.baseline_latency.get(snap.member))
+            finding = assess(snap, peers, cfg, baseline_latency_s=m.baseline_latency.get(snap.member),
+                             leak=leaks.get(snap.replica))
             if finding is None or (systemic and finding.kind == FaultKind.HUNG):
                 continue
             findings.append(finding)
@@ -580,6 +642,11 @@ class HealingPolicy:
             since_last = now - m.last_restart.get(inc.member, float("-inf"))
             if in_flight or since_last < cfg.member_cooldown_s or len(m.restarts) >= cfg.max_restarts:
                 continue
+            if inc.kind == FaultKind.LEAK:  # drain first: no call it is answering is cut off
+                drained = self._drained(inc, next((s for s in obs.replicas if s.replica == inc.replica), None), now)
+                if drained is None:
+                    continue
+                events.append(drained)
             inc.action, inc.action_at = "restart", now
             m.restarts.append(now)
             m.last_restart[inc.member] = now

@@ -4,7 +4,7 @@ They exist only when the config enables chaos (else they answer 404 like any
 unknown route) and need the admin token. A fault goes to one running replica of a
 member: the one named, or by default one serving traffic (not a standby, so the
 fault is felt). ``kill`` is a real SIGKILL of the replica's process; ``hang``,
-``slow`` and ``wrong`` are set inside the replica (:mod:`serve_apps.chaos`). Each
+``slow``, ``wrong``, ``error`` and ``leak`` are set inside the replica (:mod:`serve_apps.chaos`). Each
 injection is recorded in the controller's audit log, so a heal can be read
 against the fault that caused it.
 """
@@ -27,7 +27,11 @@ from serve_apps.gateway.link import ControllerLink, LinkState
 from serve_apps.gateway.status import AppViewCache
 from serve_apps.serve_state import ReplicaView
 
-__all__ = ["ChaosRoutes", "parse_chaos", "pick_target"]
+__all__ = ["ChaosRoutes", "leak_settings", "parse_chaos", "pick_target"]
+
+LEAK_CAP_OF_LIMIT = 1.5
+"""A leak into a member with ``memory_limit_mb`` holds at most this multiple of it (the replica's own cap
+of 2 GB applies too): far enough past the limit to show a missed heal, never the whole machine."""
 
 
 def parse_chaos(body: Any, order: Sequence[str]) -> tuple[str, str, float | None]:
@@ -39,7 +43,7 @@ def parse_chaos(body: Any, order: Sequence[str]) -> tuple[str, str, float | None
     """
     if not isinstance(body, dict):
         raise InvalidRequest(f'send {{"fault": "{"|".join(FAULTS)}", "member": NAME, '
-                             '"replica": ID (optional), "delay_ms": N (slow)}')
+                             '"replica": ID (optional), "delay_ms": N (slow), "mb_per_s": N (leak, optional)}')
     fault, member = body.get("fault"), body.get("member")
     if fault not in FAULTS:
         raise InvalidRequest(f"fault must be one of {list(FAULTS)}, got {fault!r}")
@@ -49,6 +53,20 @@ def parse_chaos(body: Any, order: Sequence[str]) -> tuple[str, str, float | None
     if delay_ms is not None and (isinstance(delay_ms, bool) or not isinstance(delay_ms, (int, float))):
         raise InvalidRequest("delay_ms must be a number of milliseconds")
     return fault, member, delay_ms
+
+
+def leak_settings(body: dict[str, Any], memory_limit_mb: float | None) -> tuple[float | None, float | None]:
+    """``(mb_per_s, cap_mb)`` of a leak: the body's rate (None: the replica's default) and the cap
+    (``LEAK_CAP_OF_LIMIT`` × the member's limit, None without one: the replica's own cap), or a 422.
+
+    Args:
+        body: the chaos body.
+        memory_limit_mb: the member's configured memory limit, if any.
+    """
+    rate = body.get("mb_per_s")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
+        raise InvalidRequest(f"mb_per_s must be a positive number of MB per second, got {rate!r}")
+    return rate, None if memory_limit_mb is None else LEAK_CAP_OF_LIMIT * memory_limit_mb
 
 
 def pick_target(replicas: Sequence[ReplicaView], *, member: str, wanted: str | None,
@@ -122,6 +140,11 @@ class ChaosRoutes:
             if not target.pid:
                 raise ServiceUnavailable("Serve has not reported that replica's process id yet", retry_after_s=1)
             out = await asyncio.to_thread(sigkill_replica, int(target.pid), target.node_id)
+        elif fault == "leak":
+            rate, cap = leak_settings(body, self._cfg.member(member).memory_limit_mb)
+            out = await asyncio.wait_for(
+                self._members[member].chaos.remote(fault, None, target=target.id, mb_per_s=rate, cap_mb=cap),
+                timeout=10.0)
         else:
             out = await asyncio.wait_for(
                 self._members[member].chaos.remote(fault, delay_ms, target=target.id), timeout=10.0)
@@ -132,7 +155,8 @@ class ChaosRoutes:
     async def admin_chaos_clear(self, request: Request) -> dict[str, Any]:
         """
         \f
-        Clear every injected fault on every running replica (a hung or dying one is skipped).
+        Clear every injected fault on every running replica (a hung or dying one is skipped); a leak's
+        memory is freed.
         """
         self._chaos_enabled(request)
         cleared = []

@@ -30,7 +30,7 @@ log = get_logger(__name__)
 STATUS_CACHE_S = 1.0
 """How long a Serve state read is reused by /v1/status and /readyz (they are polled)."""
 
-_CONTROLLER_DETAIL = ("incidents", "actions", "weights", "data", "performance")
+_CONTROLLER_DETAIL = ("incidents", "actions", "weights", "data", "performance", "memory")
 """Keys of the controller's status that the document shows in sections of their own."""
 
 
@@ -117,6 +117,7 @@ def status_document(*, config: RaymedicConfig, order: Sequence[str], state: Link
     quarantined = set((ctl or {}).get("quarantined") or ())
     avoid = (ctl or {}).get("avoid") or state.avoid
     standby = (ctl or {}).get("standby") or state.standby
+    memory = (ctl or {}).get("memory") or {}
     members = []
     for name in order:
         dep = view.deployments.get(name) if view else None
@@ -129,7 +130,7 @@ def status_document(*, config: RaymedicConfig, order: Sequence[str], state: Link
             "state": "QUARANTINED" if name in quarantined else (dep.status if dep else "UNKNOWN"),
             "replicas": [{"id": r.id, "state": ("AVOIDED" if r.id in flagged else "STANDBY" if r.id in spare
                                                 else r.state) if r.state == "RUNNING" else r.state,
-                          "pid": r.pid, "node_id": r.node_id}
+                          "pid": r.pid, "node_id": r.node_id, **memory.get(r.id, {})}
                          for r in (dep.replicas if dep else ())],
         })
     gw = view.deployments.get("gateway") if view else None

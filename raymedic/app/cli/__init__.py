@@ -26,7 +26,7 @@ from raymedic.app.cli.operate import (cmd_approve, cmd_chaos, cmd_mode, cmd_paus
 from raymedic.app.cli.status import cmd_status
 from raymedic.app.cli.up import cmd_down, cmd_up
 from raymedic.errors import RaymedicError
-from raymedic.keys import CHAOS_FAULTS
+from raymedic.keys import CHAOS_FAULTS, REPLICA_BENCH_FAULTS
 from raymedic.logs import configure
 from train_jobs.search import add_arguments as search_arguments
 from train_jobs.train_flags import add_arguments as train_arguments
@@ -103,10 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     ch = admin(add("chaos", cmd_chaos, "Inject a replica fault (needs chaos enabled and the admin token)."))
     ch.add_argument("fault", choices=[*CHAOS_FAULTS, "clear"],
                     help="kill: SIGKILL; hang: block inference; slow: add latency; wrong: wrong answers; "
-                         "error: every call raises; clear: remove all injected faults")
+                         "error: every call raises; leak: allocate and hold memory (--mb-per-s); "
+                         "clear: remove all injected faults (and free a leak's memory)")
     ch.add_argument("--member", help="Ensemble member to hurt.")
     ch.add_argument("--replica", help="Replica id (default: the member's first running replica).")
     ch.add_argument("--delay-ms", type=float, help="Added latency for slow.")
+    ch.add_argument("--mb-per-s", type=float, help="Leak rate for leak, MB per second (default 5: a limit "
+                    "300 MB above the replica's memory is reached in a minute; a leak holds at most "
+                    "1.5 × the member's memory_limit_mb, and never more than 2 GB).")
 
     oa = add("openapi", cmd_openapi, "Print the gateway's OpenAPI document (also served at GET /openapi.json).")
     oa.add_argument("--out", help="Write it to this file instead of stdout.")
@@ -135,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--deadline", type=float, default=2.0, help="Client deadline in seconds (default 2).")
     be.add_argument("--fault-seconds", type=float, default=20.0, help="Load after each injection (default 20).")
     be.add_argument("--slow-ms", type=float, default=500.0, help="Latency added by the slow fault.")
-    be.add_argument("--faults", default=",".join(CHAOS_FAULTS), help="Comma list of faults to run.")
+    be.add_argument("--faults", default=",".join(REPLICA_BENCH_FAULTS), help="Comma list of faults to run.")
     be.add_argument("--port", type=int, default=8011, help="HTTP port for the benchmark's service.")
     be.add_argument("--data", help="replica-faults, saturation: your table (Parquet or CSV) to train the config's "
                                    "model on in the bench's own registry and replay rows of (default: the "

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from raymedic.app.cli._common import progress
 from raymedic.bench.report import dumps
 from raymedic.errors import RaymedicError
-from raymedic.keys import CHAOS_FAULTS
+from raymedic.keys import REPLICA_BENCH_FAULTS
 
 __all__ = ["cmd_bench"]
 
@@ -136,9 +136,10 @@ def _controller_step(args: argparse.Namespace) -> int:
 
 def _replica_faults(args: argparse.Namespace) -> int:
     faults = tuple(args.faults.split(","))
-    bad = [f for f in faults if f not in CHAOS_FAULTS]
+    bad = [f for f in faults if f not in REPLICA_BENCH_FAULTS]
     if bad:
-        raise RaymedicError(f"unknown fault(s) {bad}: --faults takes a comma list of {','.join(CHAOS_FAULTS)}")
+        raise RaymedicError(f"unknown fault(s) {bad}: --faults takes a comma list of "
+                            f"{','.join(REPLICA_BENCH_FAULTS)}")
     # lazy: imports Ray and NumPy; keeps `raymedic --help` fast
     from raymedic.bench import faults as bench
 

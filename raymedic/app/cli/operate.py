@@ -94,7 +94,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    """Inject a replica fault (kill, hang, slow, wrong, error) or clear every injected fault.
+    """Inject a replica fault (kill, hang, slow, wrong, error, leak) or clear every injected fault.
 
     To watch the healing loop work on demand; the gateway offers these routes only
     when chaos is enabled.
@@ -109,8 +109,10 @@ def cmd_chaos(args: argparse.Namespace) -> int:
             raise RaymedicError("--member is required: which ensemble member to hurt (see `raymedic status`)")
         if args.fault == "slow" and args.delay_ms is None:
             raise RaymedicError("slow needs --delay-ms N (e.g. --delay-ms 500)")
-        out = admin(args, "chaos", {"fault": args.fault, "member": args.member, "replica": args.replica,
-                                    "delay_ms": args.delay_ms})
+        body = {"fault": args.fault, "member": args.member, "replica": args.replica, "delay_ms": args.delay_ms}
+        if getattr(args, "mb_per_s", None) is not None:
+            body["mb_per_s"] = args.mb_per_s
+        out = admin(args, "chaos", body)
     if args.json:
         print(json.dumps(out))
     elif args.fault == "clear":

@@ -10,7 +10,29 @@ from raymedic.app.cli._common import service_url, unreachable
 from raymedic.app.http import request_json
 from raymedic.errors import RaymedicError
 
-__all__ = ["cmd_status", "performance_line"]
+__all__ = ["cmd_status", "performance_line", "replica_cell"]
+
+
+def replica_cell(r: dict[str, Any]) -> str:
+    """One replica in the members table: ``id:STATE``, with its memory when the controller has a reading
+    (``412MB``, ``+6.0MB/min`` once a slope is known, ``→limit 40s`` when a leak is forecast).
+
+    >>> replica_cell({"id": "a1", "state": "RUNNING"})
+    'a1:RUNNING'
+    >>> replica_cell({"id": "a1", "state": "AVOIDED", "rss_mb": 512.4, "rss_slope_mb_per_min": 300.0,
+    ...               "time_to_limit_s": 38.0, "memory_state": "leak"})
+    'a1:AVOIDED 512MB +300.0MB/min →limit 38s'
+    """
+    cell = f"{r['id']}:{r['state']}"
+    if r.get("rss_mb") is None:
+        return cell
+    cell += f" {r['rss_mb']:.0f}MB"
+    slope = r.get("rss_slope_mb_per_min")
+    if slope:
+        cell += f" {slope:+.1f}MB/min"
+    if r.get("memory_state") in ("leak", "growing") and r.get("time_to_limit_s") is not None:
+        cell += f" →limit {r['time_to_limit_s']:.0f}s"
+    return cell
 
 
 def performance_line(perf: dict[str, Any]) -> str:
@@ -72,7 +94,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     w = max([14] + [len(n) + 2 for n in names.values()])  # the name column fits the longest name
     print(f"{'member':<{w}}{'version':<10}{'weight':>8}  {'state':<12}replicas")
     for m in st["members"]:
-        reps = ", ".join(f"{r['id']}:{r['state']}" for r in m["replicas"]) or "-"
+        reps = ", ".join(replica_cell(r) for r in m["replicas"]) or "-"
         print(f"{names[m['name']]:<{w}}{m['version']:<10}{m['weight']:>8.3f}  {m['state']:<12}{reps}")
     gw = st["gateway"]
     print(f"{'gateway':<{w}}{'':<10}{'':>8}  {gw['state']:<12}"
