@@ -36,13 +36,12 @@ import numpy as np
 from controllers.detectors._engine import CusumEngine, path_maxima
 from controllers.detectors.designs import ErrorCusumConfig, FeatureCusumConfig, check_calibration
 from raymedic.errors import ConfigError
+from train_jobs.tails import tail_level as _tail_level
 
 __all__ = ["Calibration", "calibrate_features", "calibrate_errors", "known_law_threshold", "crossings"]
 
 SIM_CELLS = 500_000
 """Float32 cells (rows × paths × statistics) per simulation block: 2 MB per temporary stays in cache."""
-TAIL_PEAKS = 20
-"""Fewer path maxima than this above the quantile and it is extrapolated from the largest ones."""
 
 
 def _rate(false_alarms_per_10k: float) -> float:
@@ -63,19 +62,6 @@ class Calibration:
     paths: int
     rows_per_path: int
     shares: dict[str, float] = field(default_factory=dict)
-
-
-def _tail_level(maxima: np.ndarray, p: float) -> float:
-    """The level that a fraction ``p`` of ``maxima`` exceeds; exponential tail past the top ``TAIL_PEAKS``."""
-    top = np.sort(maxima)[::-1]
-    want = p * len(top)
-    if want >= TAIL_PEAKS:
-        return float(np.quantile(maxima, 1.0 - p))
-    u = top[TAIL_PEAKS]
-    mean_excess = float(np.mean(top[:TAIL_PEAKS] - u))
-    if mean_excess <= 0:
-        return float(u)
-    return float(u + mean_excess * math.log(TAIL_PEAKS / want))
 
 
 def _levels(maxima: dict[str, np.ndarray], rates: dict[str, float], rows: int) -> dict[str, float]:
