@@ -41,7 +41,6 @@ from raymedic.enums import StrEnum, plain
 from raymedic.errors import SchemaError
 from train_jobs.mmd import MmdCalibration, WindowMmd
 from train_jobs.projection import Projection
-from train_jobs.tensor_reference import TENSORS_KEY
 
 __all__ = ["TensorDriftMonitor", "TensorFinding", "TensorState", "TensorTest", "tensor_monitors"]
 
@@ -209,9 +208,8 @@ class TensorDriftMonitor:
         return out
 
 
-def tensor_monitors(reference_doc: Mapping[str, Any] | None, *, mmd: bool = True,
+def tensor_monitors(section: Mapping[str, Any] | None, *, mmd: bool = True,
                     cusum: bool = True) -> dict[str, TensorDriftMonitor]:
-    """A monitor per tensor feature of a version's reference document; none when it has no ``"tensors"`` key
-    (every tabular model)."""
-    section = (reference_doc or {}).get(TENSORS_KEY) or {}
-    return {name: TensorDriftMonitor(name, entry, mmd=mmd, cusum=cusum) for name, entry in section.items()}
+    """A monitor per feature of a reference document's ``"tensors"`` section (``doc.get(TENSORS_KEY)``); none
+    for None or an empty section (every tabular model)."""
+    return {name: TensorDriftMonitor(name, entry, mmd=mmd, cusum=cusum) for name, entry in (section or {}).items()}
