@@ -68,8 +68,10 @@ def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def gaussian_kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
-    """``exp(-|a_i − b_j|² / (2 bandwidth²))`` for every pair of rows, ``(len(a), len(b))``."""
-    return np.exp(-_sq_dists(a, b) / (2.0 * bandwidth * bandwidth))
+    """``exp(-|a_i − b_j|² / (2 bandwidth²))`` for every pair of rows, ``(len(a), len(b))``, in their dtype."""
+    d = _sq_dists(a, b)
+    d *= d.dtype.type(-1.0 / (2.0 * bandwidth * bandwidth))
+    return np.exp(d, out=d)
 
 
 def median_bandwidth(reference: np.ndarray) -> float:
@@ -163,6 +165,7 @@ class WindowMmd:
         ref = np.asarray(reference, dtype=float)
         _check_design(window, step, len(ref))
         self.reference, self.bandwidth, self.window, self.step = ref, float(bandwidth), int(window), int(step)
+        self._ref32 = ref.astype(np.float32)  # the cross kernel, a row × every reference row, in float32: 2× faster
         self.k_rr = _kernel_mean_offdiag(gaussian_kernel(ref, ref, bandwidth)) if k_rr is None else float(k_rr)
         self.seen = 0
         self.reset()
@@ -182,8 +185,8 @@ class WindowMmd:
         for a in range(0, len(x), CHUNK_ROWS):
             chunk = x[a:a + CHUNK_ROWS]
             z = np.concatenate([self._tail, chunk])
-            cross = np.concatenate([self._tail_cross,
-                                    gaussian_kernel(chunk, self.reference, self.bandwidth).mean(axis=1)])
+            k_cross = gaussian_kernel(chunk.astype(np.float32), self._ref32, self.bandwidth)
+            cross = np.concatenate([self._tail_cross, k_cross.mean(axis=1, dtype=np.float64)])
             first = self.seen - len(self._tail)  # row index of z[0]
             pos = np.arange(max(self.window - 1, len(self._tail)), len(z))
             ends = pos[(first + pos + 1) % self.step == 0]

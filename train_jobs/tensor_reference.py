@@ -4,8 +4,8 @@
 own entry under the document's ``"tensors"`` key (:data:`TENSORS_KEY`), so the
 tabular part is unchanged and a version without tensors has no such key:
 
-``{"tensors": {feature: {"projection": ..., "coordinates": [...], "sample": [[...]], "mmd": {...},
-"cusum": {...}, "false_alarms_per_10k": ..., "rows": ...}}}``
+``{"tensors": {feature: {"projection": ..., "coordinates": [...], "sample": [[...]], "held_out": [[...]],
+"mmd": {...}, "cusum": {...}, "false_alarms_per_10k": ..., "rows": ...}}}``
 
 Built from the training rows ``[N, *shape]`` of the feature, split three ways at
 random so that each part is new to the others (a row the projection was fitted on
@@ -14,10 +14,11 @@ would look closer to it than a live one): the projection
 (:class:`train_jobs.projection.Projection`) is fitted on one part; the reference
 sample (at most ``reference_rows`` projected rows) is a second; the third is held
 out to calibrate the windowed MMD's threshold (:func:`train_jobs.mmd.calibrate_mmd`)
-at ``mmd_share`` of the false-alarm budget. The per-coordinate CUSUMs take the rest
-of the budget; their thresholds are simulated by the controller from the stored
-sample (:mod:`controllers.detectors.tensor_drift`), since that simulation lives in
-the healing layer, which training must not import.
+at ``mmd_share`` of the false-alarm budget. The held-out rows' projections are
+stored too (``"held_out"``): the per-coordinate CUSUMs take the rest of the budget,
+their thresholds simulated by the controller from the reference sample and those
+rows (:func:`controllers.detectors.calibration.calibrate_features_given`), since
+that simulation lives in the healing layer, which training must not import.
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ def tensor_entry_from_splits(fit: np.ndarray, reference: np.ndarray, held_out: n
     """One feature's entry from three disjoint sets of training rows (see the module docstring)."""
     t0 = time.perf_counter()
     projection = Projection.fit(fit, max_components=settings.max_components, variance=settings.variance)
-    ref = projection.transform(reference)
-    mmd = calibrate_mmd(ref, projection.transform(held_out), window=settings.window, step=settings.step,
+    ref, held = projection.transform(reference), projection.transform(held_out)
+    mmd = calibrate_mmd(ref, held, window=settings.window, step=settings.step,
                         false_alarms_per_10k=settings.false_alarms_per_10k * settings.mmd_share,
                         paths=settings.calibration_paths, rows_per_path=settings.calibration_rows,
                         seed=settings.seed)
@@ -102,10 +103,11 @@ def tensor_entry_from_splits(fit: np.ndarray, reference: np.ndarray, held_out: n
         "projection": projection.to_dict(),
         "coordinates": projection.coordinate_names,
         "sample": np.round(ref, 6).tolist(),
+        "held_out": np.round(held, 6).tolist(),
         "false_alarms_per_10k": settings.false_alarms_per_10k,
         "mmd": mmd.to_dict(),
         "cusum": {"false_alarms_per_10k": settings.false_alarms_per_10k * (1.0 - settings.mmd_share),
-                  "calibration": "bootstrap", "seed": settings.seed},
+                  "calibration": "held-out", "seed": settings.seed},
         "settings": asdict(settings),
         "fit_seconds": round(time.perf_counter() - t0, 3),
     }

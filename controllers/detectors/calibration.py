@@ -38,7 +38,8 @@ from controllers.detectors.designs import ErrorCusumConfig, FeatureCusumConfig, 
 from raymedic.errors import ConfigError
 from train_jobs.tails import tail_level as _tail_level
 
-__all__ = ["Calibration", "calibrate_features", "calibrate_errors", "known_law_threshold", "crossings"]
+__all__ = ["Calibration", "calibrate_features", "calibrate_features_given", "calibrate_errors", "known_law_threshold",
+           "crossings"]
 
 SIM_CELLS = 500_000
 """Float32 cells (rows × paths × statistics) per simulation block: 2 MB per temporary stays in cache."""
@@ -94,12 +95,48 @@ def _simulate_features(n_reference: int, n_features: int, config: FeatureCusumCo
         peak = path_maxima(config.increments(z), n_reference)
         mean_max.append(peak[:, : 2 * d].max(axis=1))
         var_max.append(peak[:, 2 * d:].max(axis=1))
+    return _feature_calibration(mean_max, var_max, config, config.calibration)
+
+
+def _feature_calibration(mean_max: list[np.ndarray], var_max: list[np.ndarray], config: FeatureCusumConfig,
+                         method: str) -> Calibration:
     rate = _rate(config.false_alarms_per_10k)
     rates = {"mean": rate * config.mean_share, "variance": rate * (1.0 - config.mean_share)}
+    rows = config.calibration_rows
     h = _levels({"mean": np.concatenate(mean_max), "variance": np.concatenate(var_max)}, rates, rows)
-    return Calibration(thresholds=h, false_alarms_per_10k=config.false_alarms_per_10k, method=config.calibration,
+    return Calibration(thresholds=h, false_alarms_per_10k=config.false_alarms_per_10k, method=method,
                        paths=config.calibration_paths, rows_per_path=rows,
                        shares={"mean": config.mean_share, "variance": 1.0 - config.mean_share})
+
+
+def calibrate_features_given(reference: np.ndarray, held_out: np.ndarray,
+                             config: FeatureCusumConfig = FeatureCusumConfig()) -> Calibration:
+    """Thresholds of :class:`~controllers.detectors.cusum.FeatureCusum` on *this* ``reference``, for live rows
+    resampled from ``held_out`` (rows of the same population that the reference does not hold).
+
+    :func:`calibrate_features` draws a fresh reference per path: the false-alarm rate it sets is the average
+    over references of that size. Given one fixed reference and rows held out of it (a tensor feature's
+    projections, :mod:`controllers.detectors.tensor_drift`), the rate can be set for the reference in hand:
+    live rows are standardized by its mean and sd, so its own sampling error, and whatever else sets
+    held-out rows apart from it (a training set of a few hundred distinct images, jittered), is in every
+    simulated path. Seeded by the config's seed and the sizes.
+
+    Raises:
+        ConfigError: Fewer than 50 reference or held-out rows, or columns that do not match.
+    """
+    ref, pool = np.asarray(reference, dtype=float), np.asarray(held_out, dtype=float)
+    if ref.ndim != 2 or pool.ndim != 2 or ref.shape[1] != pool.shape[1] or len(ref) < 50 or len(pool) < 50:
+        raise ConfigError(f"a reference and held-out rows of the same columns, >= 50 rows each, are needed; got "
+                          f"shapes {list(ref.shape)} and {list(pool.shape)}")
+    d, rows = ref.shape[1], config.calibration_rows
+    z_pool = ((pool - ref.mean(axis=0)) / ref.std(axis=0, ddof=1)).astype(np.float32)
+    rng = np.random.default_rng([config.seed, len(ref), len(pool), d])
+    mean_max, var_max = [], []
+    for b in _blocks(config.calibration_paths, rows, 4 * d):
+        peak = path_maxima(config.increments(z_pool[rng.integers(0, len(pool), (rows, b))]), len(ref))
+        mean_max.append(peak[:, : 2 * d].max(axis=1))
+        var_max.append(peak[:, 2 * d:].max(axis=1))
+    return _feature_calibration(mean_max, var_max, config, "held-out")
 
 
 @functools.lru_cache(maxsize=32)

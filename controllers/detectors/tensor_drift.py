@@ -15,10 +15,12 @@ order, to two detectors that share the false-alarm budget of the whole feature
   (:class:`controllers.detectors.cusum.FeatureCusum`, mean and variance up and down)
   on the ``k + 1`` coordinates as virtual numeric features, calibrated together over
   all of them (the multiple-testing correction is the calibration of the maximum
-  over every statistic) by bootstrap from the stored sample, since the coordinates
-  are not Gaussian (a mixture of digit classes). The simulation runs in this
-  process (a few seconds, once per reference: cached), because training may not
-  import the healing layer that holds it.
+  over every statistic) on paths resampled from the stored held-out rows against
+  the stored reference (:func:`~controllers.detectors.calibration.calibrate_features_given`):
+  the coordinates are not Gaussian (a mixture of digit classes), and the reference
+  in hand, not an average one, is what live rows are compared with. The simulation
+  runs in this process (a few seconds, once per reference: cached), because
+  training may not import the healing layer that holds it.
 
 After an alarm the detector that raised it restarts (the MMD's window refills, the
 CUSUMs restart at zero) against the same reference. :meth:`TensorDriftMonitor.update`
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from controllers.detectors.calibration import Calibration, calibrate_features
+from controllers.detectors.calibration import Calibration, calibrate_features_given
 from controllers.detectors.cusum import FeatureCusum, FeatureCusumConfig
 from raymedic.enums import StrEnum, plain
 from raymedic.errors import SchemaError
@@ -92,15 +94,18 @@ class TensorFinding:
 
 
 _CUSUM_CALIBRATIONS: dict[tuple[str, FeatureCusumConfig], Calibration] = {}
-"""Bootstrap thresholds per (reference sample, design): a reloaded deployment does not simulate again."""
+"""CUSUM thresholds per (reference sample and held-out rows, design): a reloaded deployment does not simulate
+again."""
 
 
-def _cusum_calibration(sample: np.ndarray, config: FeatureCusumConfig) -> Calibration:
-    key = (hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest(), config)
+def _cusum_calibration(sample: np.ndarray, held_out: np.ndarray, config: FeatureCusumConfig) -> Calibration:
+    digest = hashlib.sha256(np.ascontiguousarray(sample).tobytes())
+    digest.update(np.ascontiguousarray(held_out).tobytes())
+    key = (digest.hexdigest(), config)
     if key not in _CUSUM_CALIBRATIONS:
         if len(_CUSUM_CALIBRATIONS) >= 32:
             _CUSUM_CALIBRATIONS.pop(next(iter(_CUSUM_CALIBRATIONS)))
-        _CUSUM_CALIBRATIONS[key] = calibrate_features(len(sample), sample.shape[1], config, reference=sample)
+        _CUSUM_CALIBRATIONS[key] = calibrate_features_given(sample, held_out, config)
     return _CUSUM_CALIBRATIONS[key]
 
 
@@ -120,14 +125,16 @@ class TensorDriftMonitor:
         try:
             self.projection = Projection.from_dict(entry["projection"])
             self.sample = np.asarray(entry["sample"], dtype=float)
+            held_out = np.asarray(entry["held_out"], dtype=float)
             self.calibration = MmdCalibration.from_dict(entry["mmd"])
             cusum_doc = entry["cusum"]
             cusum_budget = float(cusum_doc["false_alarms_per_10k"])
         except (KeyError, TypeError, ValueError) as exc:
             raise SchemaError(f"malformed tensor reference for feature {feature!r}: {exc}") from exc
-        if self.sample.ndim != 2 or self.sample.shape[1] != self.projection.dims:
-            raise SchemaError(f"malformed tensor reference for feature {feature!r}: a sample of shape "
-                              f"{list(self.sample.shape)} for {self.projection.dims} coordinates")
+        for part, rows in (("sample", self.sample), ("held_out", held_out)):
+            if rows.ndim != 2 or rows.shape[1] != self.projection.dims or len(rows) < 50:
+                raise SchemaError(f"malformed tensor reference for feature {feature!r}: {part} of shape "
+                                  f"{list(rows.shape)} for {self.projection.dims} coordinates (>= 50 rows)")
         self.feature = feature
         self.coordinates = self.projection.coordinate_names
         c = self.calibration
@@ -135,9 +142,9 @@ class TensorDriftMonitor:
                               k_rr=c.k_rr) if mmd else None
         self._cusum: FeatureCusum | None = None
         if cusum:
-            config = FeatureCusumConfig(false_alarms_per_10k=cusum_budget, calibration="bootstrap",
-                                        seed=int(cusum_doc.get("seed", 0)))
-            self._cusum = FeatureCusum(self.sample, config, calibration=_cusum_calibration(self.sample, config))
+            config = FeatureCusumConfig(false_alarms_per_10k=cusum_budget, seed=int(cusum_doc.get("seed", 0)))
+            self._cusum = FeatureCusum(self.sample, config,
+                                       calibration=_cusum_calibration(self.sample, held_out, config))
         self._findings: list[TensorFinding] = []
         self._since_reset = 0  # rows since the MMD's window last restarted
         self.rows_seen = 0

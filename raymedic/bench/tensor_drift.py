@@ -16,8 +16,8 @@ in batches of ``batch_rows`` as the gateway's tallies would.
   MMD, of the per-coordinate CUSUMs and of both (the budget, 0.05, is for both);
 - scenarios: ``pre_rows`` unchanged rows, then ``post_rows`` changed ones — Gaussian pixel
   noise, rotation (``scipy.ndimage.rotate``) by 20° and 45°, brightness (+2 of 16 on every
-  pixel), contrast (ink ×0.7), and a class-mix (prior) shift (digits 0–4 three times as
-  likely as 5–9). Delay: rows from the change to the first alarm at or after it, median
+  pixel), contrast (ink ×0.7), and class-mix (prior) shifts (digits 0–4 three times as
+  likely as 5–9; digits 0–4 only). Delay: rows from the change to the first alarm at or after it, median
   and IQR over seeds, for the MMD, the CUSUMs and the first of the two.
 """
 
@@ -65,6 +65,7 @@ SCENARIOS: tuple[TensorScenario, ...] = (
     TensorScenario("brightness +2", brightness=2.0),
     TensorScenario("contrast x0.7", contrast=0.7),
     TensorScenario("digits 0-4 x3", low_digits_weight=3.0),
+    TensorScenario("digits 0-4 only", low_digits_weight=1e6),
 )
 
 
