@@ -14,7 +14,7 @@ from raymedic.bench.tensor_drift import SCENARIOS, TensorBenchSettings
 pytest.importorskip("sklearn")
 
 SMALL = TensorBenchSettings(seeds=1, control_rows=3000, pre_rows=400, post_rows=800, fit_rows=1500,
-                            reference_rows=500, held_out_rows=800, calibration_paths=100)
+                            calibration_paths=100)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,13 @@ null law given this very reference, its own sampling error included. Resampling
 puts the same row twice in a window, which a live stream of distinct inputs does
 not; a repeated pair is scored at the row's mean kernel with the other held-out
 rows (what a fresh draw would score on average), so repeats do not inflate the
-statistic. The threshold is the level the paths' largest MMD² exceeds at
+statistic. The held-out rows are themselves a sample: taken as the live population,
+they would leave out how far the population may be from them (and a window test
+on a population offset from the reference, however slightly, alarms far more
+often than on average). So each path first resamples its own population from the
+held-out rows (a bootstrap of the held-out set), then its stream from that: the
+paths cover live populations as far from the held-out rows as another sample of
+that size would be. The threshold is the level the paths' largest MMD² exceeds at
 ``false_alarms_per_10k`` (:func:`train_jobs.tails.tail_level`).
 
 >>> rng = np.random.default_rng(0)
@@ -237,7 +243,10 @@ def calibrate_mmd(reference: np.ndarray, held_out: np.ndarray, *, window: int, s
     flat = gram.ravel()
     maxima = []
     for a in range(0, paths, per):
-        idx = rng.integers(0, n, (min(per, paths - a), rows_per_path))
+        b = min(per, paths - a)
+        # Each path's live population is a resample of the held-out rows (see the module docstring).
+        population = rng.integers(0, n, (b, n))
+        idx = np.take_along_axis(population, rng.integers(0, n, (b, rows_per_path)), axis=1)
         row = idx * n
         band = (np.take(flat, row[:, lag:] + idx[:, :-lag]) for lag in range(1, window))
         maxima.append(window_mmd2(band, cross_pool[idx], ends, window, k_rr).max(axis=1))

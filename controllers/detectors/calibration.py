@@ -119,7 +119,9 @@ def calibrate_features_given(reference: np.ndarray, held_out: np.ndarray,
     projections, :mod:`controllers.detectors.tensor_drift`), the rate can be set for the reference in hand:
     live rows are standardized by its mean and sd, so its own sampling error, and whatever else sets
     held-out rows apart from it (a training set of a few hundred distinct images, jittered), is in every
-    simulated path. Seeded by the config's seed and the sizes.
+    simulated path. Each path draws its rows from its own resample of ``held_out`` (a bootstrap of the
+    held-out set): the held-out rows are a sample too, and a live population as far from them as another
+    sample would be must not alarm more than the budget. Seeded by the config's seed and the sizes.
 
     Raises:
         ConfigError: Fewer than 50 reference or held-out rows, or columns that do not match.
@@ -132,8 +134,11 @@ def calibrate_features_given(reference: np.ndarray, held_out: np.ndarray,
     z_pool = ((pool - ref.mean(axis=0)) / ref.std(axis=0, ddof=1)).astype(np.float32)
     rng = np.random.default_rng([config.seed, len(ref), len(pool), d])
     mean_max, var_max = [], []
+    n = len(pool)
     for b in _blocks(config.calibration_paths, rows, 4 * d):
-        peak = path_maxima(config.increments(z_pool[rng.integers(0, len(pool), (rows, b))]), len(ref))
+        population = rng.integers(0, n, (b, n))  # each path's own live population: a resample of held_out
+        idx = np.take_along_axis(population, rng.integers(0, n, (b, rows)), axis=1).T
+        peak = path_maxima(config.increments(z_pool[idx]), len(ref))
         mean_max.append(peak[:, : 2 * d].max(axis=1))
         var_max.append(peak[:, 2 * d:].max(axis=1))
     return _feature_calibration(mean_max, var_max, config, "held-out")
