@@ -21,6 +21,7 @@ from train_jobs.artifacts import GOLDEN, PREPROCESS, REFERENCE, GoldenSet
 from train_jobs.reference import Reference
 from train_jobs.registry import ModelRegistry
 from train_jobs.schema import ModelSchema
+from train_jobs.tensor_reference import TENSORS_KEY
 
 __all__ = ["Deployment", "load_deployment", "record_versions", "load_golden"]
 
@@ -65,7 +66,7 @@ def load_deployment(storage: Storage, model: str) -> Deployment:
     versions: dict[str, str] = dict(doc["versions"])
     golden: dict[str, GoldenSet] = {}
     registry = ModelRegistry(storage)
-    schema, reference = None, None
+    schema, reference, tensors = None, None, None
     val_acc: list[float] = []
     for member, version in versions.items():
         loaded = registry.load(model, member, version)
@@ -78,9 +79,11 @@ def load_deployment(storage: Storage, model: str) -> Deployment:
         if schema is None and PREPROCESS in files:
             schema = ModelSchema.from_dict(json.loads(files[PREPROCESS])["schema"])
         if reference is None and REFERENCE in files:  # members share one training split
-            reference = Reference.from_dict(json.loads(files[REFERENCE]))
+            reference_doc = json.loads(files[REFERENCE])
+            reference = Reference.from_dict(reference_doc)
+            tensors = reference_doc.get(TENSORS_KEY)  # None for tabular models: no tensor monitor
     # Versions trained before references existed still get data-quality checks, just no drift tests.
-    monitor = DataMonitor(schema, reference, cfg.data) if schema is not None else None
+    monitor = DataMonitor(schema, reference, cfg.data, tensors=tensors) if schema is not None else None
     return Deployment(cfg=cfg, versions=versions, golden=golden, monitor=monitor,
                       reference_accuracy=max(val_acc) if val_acc else None,
                       n_classes=len(schema.classes) if schema is not None else None)

@@ -36,13 +36,13 @@ import numpy as np
 from controllers.detectors._engine import CusumEngine, path_maxima
 from controllers.detectors.designs import ErrorCusumConfig, FeatureCusumConfig, check_calibration
 from raymedic.errors import ConfigError
+from train_jobs.tails import tail_level as _tail_level
 
-__all__ = ["Calibration", "calibrate_features", "calibrate_errors", "known_law_threshold", "crossings"]
+__all__ = ["Calibration", "calibrate_features", "calibrate_features_given", "calibrate_errors", "known_law_threshold",
+           "crossings"]
 
 SIM_CELLS = 500_000
 """Float32 cells (rows × paths × statistics) per simulation block: 2 MB per temporary stays in cache."""
-TAIL_PEAKS = 20
-"""Fewer path maxima than this above the quantile and it is extrapolated from the largest ones."""
 
 
 def _rate(false_alarms_per_10k: float) -> float:
@@ -63,19 +63,6 @@ class Calibration:
     paths: int
     rows_per_path: int
     shares: dict[str, float] = field(default_factory=dict)
-
-
-def _tail_level(maxima: np.ndarray, p: float) -> float:
-    """The level that a fraction ``p`` of ``maxima`` exceeds; exponential tail past the top ``TAIL_PEAKS``."""
-    top = np.sort(maxima)[::-1]
-    want = p * len(top)
-    if want >= TAIL_PEAKS:
-        return float(np.quantile(maxima, 1.0 - p))
-    u = top[TAIL_PEAKS]
-    mean_excess = float(np.mean(top[:TAIL_PEAKS] - u))
-    if mean_excess <= 0:
-        return float(u)
-    return float(u + mean_excess * math.log(TAIL_PEAKS / want))
 
 
 def _levels(maxima: dict[str, np.ndarray], rates: dict[str, float], rows: int) -> dict[str, float]:
@@ -108,12 +95,53 @@ def _simulate_features(n_reference: int, n_features: int, config: FeatureCusumCo
         peak = path_maxima(config.increments(z), n_reference)
         mean_max.append(peak[:, : 2 * d].max(axis=1))
         var_max.append(peak[:, 2 * d:].max(axis=1))
+    return _feature_calibration(mean_max, var_max, config, config.calibration)
+
+
+def _feature_calibration(mean_max: list[np.ndarray], var_max: list[np.ndarray], config: FeatureCusumConfig,
+                         method: str) -> Calibration:
     rate = _rate(config.false_alarms_per_10k)
     rates = {"mean": rate * config.mean_share, "variance": rate * (1.0 - config.mean_share)}
+    rows = config.calibration_rows
     h = _levels({"mean": np.concatenate(mean_max), "variance": np.concatenate(var_max)}, rates, rows)
-    return Calibration(thresholds=h, false_alarms_per_10k=config.false_alarms_per_10k, method=config.calibration,
+    return Calibration(thresholds=h, false_alarms_per_10k=config.false_alarms_per_10k, method=method,
                        paths=config.calibration_paths, rows_per_path=rows,
                        shares={"mean": config.mean_share, "variance": 1.0 - config.mean_share})
+
+
+def calibrate_features_given(reference: np.ndarray, held_out: np.ndarray,
+                             config: FeatureCusumConfig = FeatureCusumConfig()) -> Calibration:
+    """Thresholds of :class:`~controllers.detectors.cusum.FeatureCusum` on *this* ``reference``, for live rows
+    resampled from ``held_out`` (rows of the same population that the reference does not hold).
+
+    :func:`calibrate_features` draws a fresh reference per path: the false-alarm rate it sets is the average
+    over references of that size. Given one fixed reference and rows held out of it (a tensor feature's
+    projections, :mod:`controllers.detectors.tensor_drift`), the rate can be set for the reference in hand:
+    live rows are standardized by its mean and sd, so its own sampling error, and whatever else sets
+    held-out rows apart from it (a training set of a few hundred distinct images, jittered), is in every
+    simulated path. Each path draws its rows from its own resample of ``held_out`` (a bootstrap of the
+    held-out set): the held-out rows are a sample too, and a live population as far from them as another
+    sample would be must not alarm more than the budget. Seeded by the config's seed and the sizes.
+
+    Raises:
+        ConfigError: Fewer than 50 reference or held-out rows, or columns that do not match.
+    """
+    ref, pool = np.asarray(reference, dtype=float), np.asarray(held_out, dtype=float)
+    if ref.ndim != 2 or pool.ndim != 2 or ref.shape[1] != pool.shape[1] or len(ref) < 50 or len(pool) < 50:
+        raise ConfigError(f"a reference and held-out rows of the same columns, >= 50 rows each, are needed; got "
+                          f"shapes {list(ref.shape)} and {list(pool.shape)}")
+    d, rows = ref.shape[1], config.calibration_rows
+    z_pool = ((pool - ref.mean(axis=0)) / ref.std(axis=0, ddof=1)).astype(np.float32)
+    rng = np.random.default_rng([config.seed, len(ref), len(pool), d])
+    mean_max, var_max = [], []
+    n = len(pool)
+    for b in _blocks(config.calibration_paths, rows, 4 * d):
+        population = rng.integers(0, n, (b, n))  # each path's own live population: a resample of held_out
+        idx = np.take_along_axis(population, rng.integers(0, n, (b, rows)), axis=1).T
+        peak = path_maxima(config.increments(z_pool[idx]), len(ref))
+        mean_max.append(peak[:, : 2 * d].max(axis=1))
+        var_max.append(peak[:, 2 * d:].max(axis=1))
+    return _feature_calibration(mean_max, var_max, config, "held-out")
 
 
 @functools.lru_cache(maxsize=32)

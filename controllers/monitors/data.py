@@ -20,7 +20,14 @@ compares the window with the model version's training reference
   for categorical ones. The p-values of all features are corrected together
   (Benjamini–Hochberg), and a feature drifts only when its corrected p-value is
   below ``drift_alpha`` *and* its effect size (PSI or JS) passes the warn level,
-  so a large window does not alarm on a shift too small to matter.
+  so a large window does not alarm on a shift too small to matter;
+- drift on tensor features (images, signals), where per-element tests do not apply:
+  a windowed MMD and per-coordinate CUSUMs on a projection fixed at training time
+  (:mod:`controllers.detectors.tensor_drift`), fed with the rows a tally carries
+  under ``"tensors"`` and built from the reference document's ``"tensors"``
+  section; a model whose reference has none (every tabular one) runs none. Their
+  findings mark the feature drifting for the next ``window_rows`` rows, as a CUSUM
+  alarm does, and open the same ``drift`` incidents.
 
 :class:`DataAlerts` turns checks into incidents that open once and close after
 ``clear_after`` clean checks in a row, and survives a controller restart through
@@ -41,9 +48,11 @@ import numpy as np
 from scipy import stats
 
 from controllers.detectors.cusum import Alarm, FeatureCusum, FeatureCusumConfig
+from controllers.detectors.tensor_drift import TensorDriftMonitor, TensorFinding, tensor_monitors
 from controllers.detectors.two_sample import categorical_drift, numeric_drift
 from raymedic.config import DataConfig
 from raymedic.enums import StrEnum, plain
+from raymedic.errors import DataError
 from raymedic.logs import get_logger
 from train_jobs.reference import Reference
 from train_jobs.schema import ModelSchema
@@ -97,10 +106,12 @@ class DriftLevel(StrEnum):
 
 
 class FeatureKind(StrEnum):
-    """Which tests a feature gets: KS/PSI/Wasserstein (numeric) or chi-squared/JS (categorical)."""
+    """Which tests a feature gets: KS/PSI/Wasserstein (numeric), chi-squared/JS (categorical), MMD and
+    per-coordinate CUSUMs on a projection (tensor)."""
 
     NUMERIC = "numeric"
     CATEGORICAL = "categorical"
+    TENSOR = "tensor"
 
 
 DATA_KINDS = frozenset({AlertKind.MISSING_VALUES.value, AlertKind.OUT_OF_RANGE.value,
@@ -114,6 +125,9 @@ inputs move, and with no labels there is nothing to retrain towards)."""
 
 MIN_CUSUM_REFERENCE = 100
 """Training values a feature needs before its CUSUM can be standardized and calibrated."""
+TENSOR_ACT_SCORE = 2.0
+"""A tensor finding whose statistic is this many times its threshold acts (may retrain); weaker ones warn."""
+
 @dataclass
 class FeatureCheck:
     """One feature's figures over the window: quality shares, the drift test and its verdict.
@@ -137,6 +151,8 @@ class FeatureCheck:
     js: float | None = None
     drift: DriftLevel = DriftLevel.NONE
     sequential: str | None = None  # the CUSUM statistic that alarmed (mean_up, var_up, ...), if one did
+    threshold: float | None = None  # tensor: what the statistic crossed
+    component: str | None = None  # tensor: the projected coordinate whose CUSUM crossed (pc3, residual)
     breaches: list[AlertKind] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,7 +185,8 @@ class DataMonitor:
     tests over a thousand rows and dozens of features take milliseconds the loop should not wait.
     """
 
-    def __init__(self, schema: ModelSchema, reference: Reference | None, cfg: DataConfig) -> None:
+    def __init__(self, schema: ModelSchema, reference: Reference | None, cfg: DataConfig, *,
+                 tensors: Mapping[str, Any] | None = None) -> None:
         if reference is not None and [f.name for f in reference.features] != schema.feature_names:
             log.warning("the training reference has features %s, the schema %s: checking data quality only, "
                         "no drift tests, until a version trained on this schema serves",
@@ -185,6 +202,9 @@ class DataMonitor:
         if cfg.sequential and numeric:
             seq = FeatureCusumConfig(false_alarms_per_10k=cfg.sequential_false_alarms_per_10k / len(numeric))
             self._cusums = {f.name: FeatureCusum(np.asarray(f.sample, dtype=float)[:, None], seq) for f in numeric}
+        # The reference document's "tensors" section (absent for tabular models: no monitor, nothing runs).
+        self._tensors: dict[str, TensorDriftMonitor] = tensor_monitors(tensors, cusum=cfg.sequential)
+        self._tensor_hits: dict[str, TensorFinding] = {}
 
     @property
     def rows(self) -> int:
@@ -203,8 +223,31 @@ class DataMonitor:
             values = values[np.isfinite(values)]
             if len(values) and cusum.update(values[:, None]).alarm:
                 self._hits[name] = (cusum.alarms[-1], cusum.rows_seen)
+        for name, rows in (tally.get("tensors") or {}).items():
+            self.add_tensor_rows(name, rows)
         while self._batches and self._rows - int(self._batches[0]["rows"]) >= self.cfg.window_rows:
             self._rows -= int(self._batches.popleft()["rows"])
+
+    def add_tensor_rows(self, feature: str, rows: Any) -> TensorFinding | None:
+        """Feed one tensor feature's rows (nested lists or an array ``[n, *shape]``, in arrival order) to its
+        monitor; returns its first finding. Rows of a feature the reference has no entry for are ignored, and
+        rows that do not fit the training shape are logged and dropped (the gateway refuses those already)."""
+        monitor = self._tensors.get(feature)
+        if monitor is None or rows is None or len(rows) == 0:
+            return None
+        try:
+            finding = monitor.update(rows)
+        except DataError as exc:
+            log.warning("tensor feature %s: %d rows dropped from the drift monitor: %s", feature, len(rows), exc)
+            return None
+        if monitor.findings:
+            self._tensor_hits[feature] = monitor.findings[-1]
+        return finding
+
+    @property
+    def tensor_monitors(self) -> dict[str, TensorDriftMonitor]:
+        """The tensor features' monitors (empty for a tabular model), by feature."""
+        return dict(self._tensors)
 
     def window(self) -> tuple[list[dict[str, Any]], int]:
         """A copy of the window (tallies, rows), to check off the thread that keeps adding."""
@@ -219,6 +262,12 @@ class DataMonitor:
                 continue
             out[name] = {"cusum": alarm.statistic, "rows_after_change": seen - alarm.change_index,
                          "rows_seen": seen}
+        for name, finding in list(self._tensor_hits.items()):
+            if self._tensors[name].rows_seen - finding.row > self.cfg.window_rows:
+                del self._tensor_hits[name]
+                continue
+            out[name] = {"tensor": True, **finding.to_dict(),
+                         "rows_after_change": finding.rows_seen - finding.change_row}
         return out
 
     def check(self, now: float | None = None) -> DataReport | None:
@@ -280,14 +329,37 @@ class DataMonitor:
                     fc.breaches.append(AlertKind.DRIFT)
         for fc in checks:  # a sequential alarm: drifting, whatever the window tests say yet
             hit = (hits or {}).get(fc.name)
-            if hit is None:
+            if hit is None or hit.get("tensor"):
                 continue
             fc.sequential = str(hit["cusum"])
             if fc.drift == DriftLevel.NONE:
                 fc.drift = DriftLevel.ACT if (fc.psi or 0.0) >= c.psi_act else DriftLevel.WARN
                 fc.breaches.append(AlertKind.DRIFT)
+        checks += _tensor_checks(checks, hits or {}, total)
         return DataReport(at=time.time() if now is None else now, rows=total, features=checks,
                           check_ms=(time.perf_counter() - t0) * 1000)
+
+
+def _tensor_checks(checks: list[FeatureCheck], hits: Mapping[str, Mapping[str, Any]],
+                   total: int) -> list[FeatureCheck]:
+    """Tensor findings as feature checks: the schema's check of the feature when it has one, else a new one
+    (returned, to append). A finding marks the feature drifting; ``act`` from :data:`TENSOR_ACT_SCORE` up."""
+    by_name = {fc.name: fc for fc in checks}
+    new: list[FeatureCheck] = []
+    for name, hit in hits.items():
+        if not hit.get("tensor"):
+            continue
+        fc = by_name.get(name)
+        if fc is None:
+            fc = FeatureCheck(name=name, kind=FeatureKind.TENSOR, rows=total, missing_rate=0.0)
+            new.append(fc)
+        fc.kind, fc.test, fc.statistic = FeatureKind.TENSOR, str(hit["test"]), float(hit["value"])
+        fc.threshold, fc.component = float(hit["threshold"]), hit.get("coordinate")
+        fc.sequential = f"{hit['test']}:{hit['statistic']}"
+        fc.drift = DriftLevel.ACT if float(hit["score"]) >= TENSOR_ACT_SCORE else DriftLevel.WARN
+        if AlertKind.DRIFT not in fc.breaches:
+            fc.breaches.append(AlertKind.DRIFT)
+    return new
 
 
 @dataclass
@@ -339,7 +411,7 @@ def _evidence(fc: FeatureCheck, kind: AlertKind, cfg: DataConfig) -> dict[str, A
         return {**base, "unseen": round(fc.unseen or 0.0, 4), "limit": cfg.unseen_max}
     return {**base, **{k: v for k, v in fc.to_dict().items()
                        if k in ("test", "statistic", "p_value", "p_adjusted", "psi", "wasserstein_sd", "js", "drift",
-                                "sequential")}}
+                                "sequential", "threshold", "component")}}
 
 
 class DataAlerts:

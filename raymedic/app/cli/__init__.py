@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
                          "ASHA); register the best as its 'challenger', not promoted."))
 
     be = add("bench", cmd_bench, "Recovery and speed figures, raymedic against plain Ray Serve in the same run.")
-    be.add_argument("scenario", choices=["replica-faults", "saturation", "controller-step", "drift"])
+    be.add_argument("scenario", choices=["replica-faults", "saturation", "controller-step", "drift", "tensor-drift"])
     be.add_argument("--rps", type=float, default=None,
                     help="replica-faults: open-loop request rate (default 50, the rate the targets are set for; "
                          "`bench saturation` shows where each system stops keeping up on this machine). "
@@ -133,9 +133,10 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--rates", default="20,35,50,70",
                     help="saturation: comma list of request rates to step through (default 20,35,50,70).")
     be.add_argument("--seconds", type=float, default=15.0, help="saturation: load per rate (default 15 s).")
-    be.add_argument("--seeds", type=int, default=30,
+    be.add_argument("--seeds", type=int, default=None,
                     help="drift: seeds, each its own reference, no-drift control and stream per scenario "
-                         "(default 30, ~1 min on 2 cores).")
+                         "(default 30, ~1 min on 2 cores). tensor-drift: the same on 8x8 digits (default 5, "
+                         "~3 min on 2 cores).")
     be.add_argument("--deadline", type=float, default=2.0, help="Client deadline in seconds (default 2).")
     be.add_argument("--fault-seconds", type=float, default=20.0, help="Load after each injection (default 20).")
     be.add_argument("--slow-ms", type=float, default=500.0, help="Latency added by the slow fault.")
@@ -153,8 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--rows-per-s", type=float, default=50.0, help="drift --live: rows sent per second.")
     be.add_argument("--seed", type=int, default=7,
                     help="drift --live: the streams' seed (default 7); run several to see the spread.")
-    be.add_argument("--control-rows", type=int, default=3000, help="drift --live: unchanged labelled rows of the "
-                                                                   "no-drift control (default 3000).")
+    be.add_argument("--control-rows", type=int, default=None,
+                    help="drift --live: unchanged labelled rows of the no-drift control (default 3000); "
+                         "tensor-drift: unchanged rows per seed (default 200000).")
     be.add_argument("--live-scenarios", help="drift --live: comma list of 'mean +0.5 sd', 'mean +1 sd', 'sd x2', "
                                              "'concept 60 deg' (default: all).")
     be.add_argument("--json", action="store_true", help="Print only the JSON report.")

@@ -46,8 +46,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run one benchmark scenario and print its figures (a table, or ``--json``).
 
     ``replica-faults`` and ``saturation`` measure raymedic against plain Ray Serve in
-    the same run on an embedded cluster; ``controller-step`` and ``drift`` are pure
-    code; ``drift --live`` streams through a deployed service. Flags are checked
+    the same run on an embedded cluster; ``controller-step``, ``drift`` and
+    ``tensor-drift`` are pure code; ``drift --live`` streams through a deployed service. Flags are checked
     before anything starts.
 
     Returns:
@@ -63,6 +63,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _live_drift(args)
     if args.scenario == "drift":  # pure NumPy/SciPy: no cluster, no Serve
         return _drift(args)
+    if args.scenario == "tensor-drift":  # pure NumPy/SciPy on scikit-learn's digits
+        return _tensor_drift(args)
     if args.scenario == "saturation":
         return _saturation(args)
     if args.scenario == "controller-step":
@@ -77,7 +79,8 @@ def _live_drift(args: argparse.Namespace) -> int:
     names = tuple(n.strip() for n in args.live_scenarios.split(",")) if args.live_scenarios else \
         live.LiveDriftSettings().scenarios
     settings = live.LiveDriftSettings(rows_per_s=args.rows_per_s, scenarios=names,
-                                      control_rows=args.control_rows, seed=args.seed)
+                                      control_rows=3000 if args.control_rows is None else args.control_rows,
+                                      seed=args.seed)
     if args.json:
         with _stdout_to_stderr():
             report = live.run_live_drift(config_path=args.config, port=args.port, settings=settings,
@@ -93,9 +96,22 @@ def _drift(args: argparse.Namespace) -> int:
     # lazy: imports NumPy and SciPy; keeps `raymedic --help` fast
     from raymedic.bench import drift
 
-    settings = drift.DriftBenchSettings(seeds=args.seeds, rows_per_s=args.rps or 25.0)
+    settings = drift.DriftBenchSettings(seeds=30 if args.seeds is None else args.seeds, rows_per_s=args.rps or 25.0)
     report = drift.run_drift_bench(settings, progress=_to_stderr if args.json else progress)
     print(dumps(report) if args.json else drift.format_table(report))
+    return 0
+
+
+def _tensor_drift(args: argparse.Namespace) -> int:
+    # lazy: imports NumPy, SciPy and scikit-learn; keeps `raymedic --help` fast
+    from raymedic.bench import tensor_drift
+
+    defaults = tensor_drift.TensorBenchSettings()
+    settings = tensor_drift.TensorBenchSettings(
+        seeds=defaults.seeds if args.seeds is None else args.seeds,
+        control_rows=defaults.control_rows if args.control_rows is None else args.control_rows)
+    report = tensor_drift.run_tensor_drift_bench(settings, progress=_to_stderr if args.json else progress)
+    print(dumps(report) if args.json else tensor_drift.format_table(report))
     return 0
 
 
