@@ -69,8 +69,10 @@ class PreparedData:
         against raymedic's contract (built, and a forward pass run) before anything trains."""
         if member.module is None:
             return self.spec(str(member.kind), member.hyperparameters)
+        tensor = self.schema.only_tensor  # one tensor feature: the module gets it in its own shape
         spec = ArchSpec.for_module(member.module, input_dim=self.preprocessor.output_dim,
-                                   n_classes=len(self.schema.classes), hyperparameters=member.hyperparameters)
+                                   n_classes=len(self.schema.classes), hyperparameters=member.hyperparameters,
+                                   input_shape=tuple(tensor.shape or ()) if tensor is not None else None)
         try:
             check_contract(spec)
         except ConfigError as exc:
@@ -140,10 +142,12 @@ def snapshot(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
 
 
 def _json_row(values: Sequence[Any]) -> list[Any]:
-    """Plain-JSON values (numpy scalars → Python, NaN → None) for a golden row."""
+    """Plain-JSON values (numpy scalars → Python, NaN → None, a tensor → nested lists) for a golden row."""
     out = []
     for v in values:
-        if isinstance(v, np.generic):
+        if isinstance(v, np.ndarray):
+            v = v.astype(np.float64).tolist()
+        elif isinstance(v, np.generic):
             v = v.item()
         if isinstance(v, float) and math.isnan(v):
             v = None
