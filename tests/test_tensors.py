@@ -374,3 +374,39 @@ def test_the_readiness_probe_builds_a_valid_tensor_row():
     row = _example_row(schema.to_dict())
     assert row["image"] == [[1.0] * 3] * 2 and row["w"] == 0.5
     assert parse_instances({"instances": [row]}, schema, max_batch=1).rows
+
+
+def test_the_bench_builds_valid_tensor_instances_from_the_schema():
+    from raymedic.bench.loadgen import instances_for_schema
+
+    schema = _schema((2, 3), Feature("w", FeatureType.FLOAT, min=0.0, max=1.0))
+    rows = instances_for_schema(schema.to_dict(), 5, seed=1)
+    assert rows == instances_for_schema(schema.to_dict(), 5, seed=1) and len(rows) == 5
+    assert len(parse_instances({"instances": rows}, schema, max_batch=5, reject_out_of_range=True).rows) == 5
+
+
+def test_a_permuted_fixed_shape_tensor_reads_in_its_logical_shape():
+    from train_jobs._tensors import arrow_to_arrays
+
+    stored = np.arange(2 * 3 * 4, dtype=np.float32)  # two rows stored as [3, 4], read as [4, 3]
+    typ = pa.fixed_shape_tensor(pa.float32(), (3, 4), permutation=[1, 0])
+    arr = pa.ExtensionArray.from_storage(typ, pa.FixedSizeListArray.from_arrays(pa.array(stored), 12))
+    cells, shape = arrow_to_arrays(arr)
+    assert shape == (4, 3)
+    np.testing.assert_array_equal(np.stack(cells), arr.to_numpy_ndarray())  # as pyarrow reads it
+    np.testing.assert_array_equal(cells[1], stored[12:].reshape(3, 4).T)
+
+
+def test_a_retrain_table_mixes_logged_rows_with_the_stored_training_sample(tmp_path):
+    """What train_jobs.retrain does: labelled rows (from JSON) + the champion's sample (from Parquet)."""
+    x, y = _images(80)
+    table = pd.DataFrame({"image": list(x), "label": y})
+    cfg = parse_config({"members": [{"name": "lr", "kind": "logistic", "fallback": True}],
+                        "gateway": {"min_members": 1}})
+    schema = prepare_data(cfg, table, target="label").schema
+    storage = Storage(str(tmp_path))
+    storage.write_parquet("samples/s.parquet", frame_to_arrow(table))
+    sample = frame_from_arrow(storage.read_parquet("samples/s.parquet"))
+    logged = pd.DataFrame({"image": [r.tolist() for r in x[:20]], "label": y[:20]})  # nested lists, as JSON gives
+    data = prepare_data(cfg, pd.concat([logged, sample], ignore_index=True), target="label", schema=schema)
+    assert data.x_train.shape[1] == 16 and len(data.train_df) + len(data.val_df) == 100

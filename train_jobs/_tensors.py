@@ -50,10 +50,11 @@ def arrow_to_arrays(arr: pa.Array | pa.ChunkedArray) -> tuple[list[np.ndarray | 
         arr = arr.combine_chunks() if arr.num_chunks else pa.array([], type=arr.type)
     perm: list[int] | None = None
     if isinstance(arr.type, pa.FixedShapeTensorType):
-        logical = tuple(int(d) for d in arr.type.shape)
-        perm = list(arr.type.permutation or range(len(logical)))
+        # Arrow's `shape` is the stored (row-major) layout; `permutation` orders its dimensions into the
+        # logical tensor, as pyarrow's own FixedShapeTensorArray.to_numpy_ndarray reads it.
+        dims_fixed: tuple[int, ...] | None = tuple(int(d) for d in arr.type.shape)
+        perm = list(arr.type.permutation or range(len(dims_fixed)))
         arr = arr.storage
-        dims_fixed: tuple[int, ...] | None = tuple(logical[i] for i in perm)  # the physical layout
     else:
         dims_fixed = None
     null_rows = arr.is_null().to_numpy(zero_copy_only=False)
@@ -82,9 +83,7 @@ def arrow_to_arrays(arr: pa.Array | pa.ChunkedArray) -> tuple[list[np.ndarray | 
     flat = level.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # null elements → NaN
     shape = tuple(dims)
     if dims_fixed is not None:
-        phys = flat.reshape((n, *dims_fixed))
-        inverse = np.argsort(perm)
-        block = phys.transpose(0, *(int(i) + 1 for i in inverse))
+        block = flat.reshape((n, *dims_fixed)).transpose(0, *(int(i) + 1 for i in perm))
         shape = tuple(block.shape[1:])
     else:
         block = flat.reshape((n, *shape))

@@ -21,12 +21,14 @@ from cluster.connect import LOCAL_LOGICAL_CPUS, start_embedded
 from cluster.runstate import raymedic_home
 from raymedic.app import service
 from raymedic.app.http import request_json
+from raymedic.bench.loadgen import instances_for_schema
 from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC
 from raymedic.config import RaymedicConfig, load_config
 from raymedic.errors import RaymedicError
 from raymedic.keys import ADMIN_TOKEN_ENV, APP_NAME
 from raymedic.storage import Storage
 from serve_apps.chaos import sigkill_replica
+from train_jobs.registry import ModelRegistry
 from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
 
 __all__ = ["Progress", "bench_cluster", "bench_inputs", "running_replicas", "wait_until", "System",
@@ -66,11 +68,24 @@ def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = 
 
 
 def bench_inputs(config: RaymedicConfig, n: int = 200) -> list[dict[str, Any]]:
-    """``n`` fixed rows of the built-in synthetic table (seeded apart from training): the requests
-    every bench replays, the same for both systems."""
+    """``n`` fixed rows (seeded apart from training): the requests every bench replays, the same for both
+    systems. Rows of the built-in synthetic table, or, for a model trained on another table (a user's, a
+    tensor model), instances built from its champions' schema."""
     df = SyntheticGenerator(SyntheticSpec(seed=config.training.seed)).sample(n, seed=4242)
     feats = [c for c in df.columns if c != "label"]
+    schema = _champion_schema(config)
+    if schema is not None and [f["name"] for f in schema["features"]] != feats:
+        return instances_for_schema(schema, n, seed=4242)
     return [{f: float(r[f]) for f in feats} for _, r in df.iterrows()]
+
+
+def _champion_schema(config: RaymedicConfig) -> dict[str, Any] | None:
+    """The schema the first member's champion was trained on, or None with no champion yet."""
+    try:
+        info = ModelRegistry(Storage(config.storage_path)).info(config.model, config.members[0].name, "champion")
+    except RaymedicError:
+        return None
+    return info.metadata.get("schema")
 
 
 def running_replicas(app: str, member: str) -> list[Any]:
