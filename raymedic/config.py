@@ -277,6 +277,11 @@ class GatewayConfig(_Strict):
         2, ge=1, description="Members that must answer for a non-degraded answer (a majority of three)."
     )
     max_batch_size: int = Field(1024, ge=1, description="Instances per request; larger batches get 413.")
+    max_tensor_elements: int = Field(
+        1_048_576, ge=1, description="Numbers all tensor features of one request may hold together (counted from "
+        "the shapes sent, before the values are read); more get 413 naming the feature. The default is a full "
+        "batch (max_batch_size 1024) of 32x32 images: about 8 MB of JSON numbers and 4 MB as float32, which a "
+        "gateway replica parses in well under a second; a body past it would hold the event loop for longer.")
     reject_out_of_range: bool = Field(
         False, description="Reject numeric values outside the training range instead of serving them."
     )

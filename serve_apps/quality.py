@@ -46,7 +46,7 @@ class InputTally:
         self._rows = 0
         self._missing = [0] * len(self._schema.features)
         self._out = [0] * len(self._schema.features)
-        self._counts = [[0] * (len(f.levels or ()) + 1) if not f.numeric else None for f in self._schema.features]
+        self._counts = [[0] * (len(f.levels or ()) + 1) if f.categorical else None for f in self._schema.features]
         self._samples = [_Reservoir(self._k, self._rng) if f.numeric else None for f in self._schema.features]
 
     def add(self, rows: Sequence[Sequence[Any]]) -> None:
@@ -56,6 +56,8 @@ class InputTally:
             for j, (f, v) in enumerate(zip(feats, row)):
                 if v is None:
                     self._missing[j] += 1
+                elif f.tensor:  # missing rate only here; tensor drift needs the whole tensor, not a scalar
+                    continue
                 elif f.numeric:
                     x = float(v)
                     if (f.min is not None and x < f.min) or (f.max is not None and x > f.max):
@@ -78,7 +80,9 @@ class InputTally:
         features = {}
         for j, f in enumerate(self._schema.features):
             entry: dict[str, Any] = {"missing": self._missing[j]}
-            if f.numeric:
+            if f.tensor:
+                pass
+            elif f.numeric:
                 entry.update(out_of_range=self._out[j], values=self._samples[j].values,
                              sampled_from=self._samples[j].seen)
             else:

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from raymedic.errors import ConfigError, InvalidRequest, PayloadTooLarge
 from train_jobs.schema import Feature, FeatureType, Label, ModelSchema, is_missing
 
@@ -18,6 +20,9 @@ __all__ = ["parse_instances", "parse_feedback", "Feedback", "Instances", "InputP
 
 MAX_REPORTED = 10
 """Problems listed in one error message; the rest are counted."""
+
+DEFAULT_MAX_TENSOR_ELEMENTS = 1_048_576
+"""``gateway.max_tensor_elements``'s default, for callers without a config (tests, tools)."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +51,9 @@ def input_policies(schema: ModelSchema, data: Any) -> tuple[InputPolicy, ...]:
     out = []
     for f in schema.features:
         over = data.policy(f.name)
-        if over.unseen is not None and f.numeric:
-            raise ConfigError(f"data.features.{f.name}.unseen is set but {f.name!r} is numeric: unseen-level "
+        if over.unseen is not None and not f.categorical:
+            raise ConfigError(f"data.features.{f.name}.unseen is set but {f.name!r} is "
+                              f"{'numeric' if f.numeric else 'a tensor'}: unseen-level "
                               "policies apply to categorical features only; remove it")
         missing = over.missing or data.missing
         if missing == "auto":
@@ -133,18 +139,105 @@ def _check_value(feat: Feature, v: Any, where: str, problems: _Problems, *, reje
     return v
 
 
+def _dims(v: list[Any]) -> list[int]:
+    """The shape a nested list claims, read along its first elements only (cheap, whatever its size)."""
+    dims, x = [], v
+    while isinstance(x, list):
+        dims.append(len(x))
+        if not x:
+            break
+        x = x[0]
+    return dims
+
+
+def _has_bool(v: list[Any], depth: int) -> bool:
+    # JSON true/false would pass numpy as 1.0/0.0: a tensor holds numbers, so look for them
+    if depth <= 1:
+        return any(type(x) is bool for x in v)
+    return any(_has_bool(x, depth - 1) for x in v if isinstance(x, list))
+
+
+class _TensorBudget:
+    """Numbers the request's tensors may still hold (``gateway.max_tensor_elements``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, n: int, where: str, feat: Feature) -> None:
+        self.used += n
+        if self.used > self.limit:
+            raise PayloadTooLarge(
+                f"{where}: feature {feat.name!r} brings the request's tensors past {self.limit} numbers "
+                f"(gateway.max_tensor_elements; one {_shape_text(feat.shape)} tensor holds {feat.size}): send fewer "
+                "instances per request")
+
+
+def _shape_text(shape: Sequence[int] | None) -> str:
+    return "[" + ", ".join(str(d) for d in (shape or ())) + "]"
+
+
+def _check_tensor(feat: Feature, v: Any, where: str, problems: _Problems, budget: _TensorBudget, *,
+                  reject_out_of_range: bool) -> Any:
+    """Validate one tensor value: nested lists of exactly the feature's shape, or a flat row-major list of
+    ``prod(shape)`` numbers. Returns it as nested lists of floats in the feature's shape (plain JSON, so the
+    prediction log and the members take it as it is), or None after recording the problem."""
+    shape = tuple(feat.shape or ())
+    expected = (f"expected {_shape_text(shape)} (nested lists of that shape"
+                + (f", or a flat row-major list of {feat.size} numbers)" if len(shape) > 1 else ")"))
+    if not isinstance(v, list):
+        problems.add(f"{where}: feature {feat.name!r} is a tensor and got {_describe(v)}; {expected}")
+        return None
+    dims = _dims(v)  # before reading the values: an oversized or misshapen tensor is refused cheaply
+    budget.take(math.prod(dims), where, feat)
+    if tuple(dims) != shape and dims != [feat.size]:
+        problems.add(f"{where}: feature {feat.name!r} has shape {_shape_text(dims)}; {expected}")
+        return None
+    try:
+        arr = np.asarray(v)
+    except (ValueError, TypeError):
+        arr = None
+    if arr is None or arr.shape != tuple(dims):
+        problems.add(f"{where}: feature {feat.name!r} is ragged (rows of different lengths; its first "
+                     f"elements suggest {_shape_text(dims)}); {expected}")
+        return None
+    if arr.dtype.kind not in "iuf" or _has_bool(v, len(dims)):
+        what = "booleans" if arr.dtype.kind in "iufb" else "strings" if arr.dtype.kind in "US" else \
+            "values that are not numbers (null, text, objects)"
+        problems.add(f"{where}: feature {feat.name!r} holds {what}; a tensor holds numbers only "
+                     f"({feat.dtype}), {expected}")
+        return None
+    arr = arr.astype(np.float64, copy=False)
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        problems.add(f"{where}: feature {feat.name!r} holds {bad} NaN/inf value(s) in its {_shape_text(shape)} "
+                     "tensor; send finite numbers")
+        return None
+    if reject_out_of_range and feat.min is not None and feat.max is not None:
+        out = int(np.count_nonzero((arr < feat.min) | (arr > feat.max)))
+        if out:
+            problems.add(f"{where}: feature {feat.name!r} has {out} element(s) outside the training range "
+                         f"[{feat.min:g}, {feat.max:g}]")
+            return None
+    return arr.reshape(shape).tolist()
+
+
 def parse_instances(body: Any, schema: ModelSchema, *, max_batch: int, reject_out_of_range: bool = False,
-                    policies: Sequence[InputPolicy] | None = None) -> Instances:
+                    policies: Sequence[InputPolicy] | None = None,
+                    max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> Instances:
     """Validate a ``{"instances": [...]}`` body; returns rows in schema feature order.
 
     A missing value (JSON null, or an absent key) and an unseen categorical level
     follow each feature's :class:`InputPolicy` (default: reject missing, accept
     unseen): accepted ones stay ``None`` / as sent for the members' preprocessor
-    and are listed in ``warnings``.
+    and are listed in ``warnings``. A tensor value is nested lists of exactly the
+    feature's shape or a flat row-major list of ``prod(shape)`` numbers (ints are
+    taken as floats; booleans, strings, NaN and inf are refused); it comes back as
+    nested lists of floats in the feature's shape.
 
     Raises:
         InvalidRequest: 400 for a malformed body, 422 for values that do not fit the schema.
-        PayloadTooLarge: 413 for more than ``max_batch`` instances.
+        PayloadTooLarge: 413 for more than ``max_batch`` instances, or tensors holding more than
+            ``max_tensor_elements`` numbers in all.
     """
     names = schema.feature_names
     example = "{" + ", ".join(f'"{n}": ...' for n in names[:3]) + (", ..." if len(names) > 3 else "") + "}"
@@ -165,6 +258,7 @@ def parse_instances(body: Any, schema: ModelSchema, *, max_batch: int, reject_ou
         InputPolicy(missing="reject", unseen="unknown") for _ in names)
     problems = _Problems()
     warnings = _Warnings()
+    budget = _TensorBudget(max_tensor_elements)
     rows: list[list[Any]] = []
     for i, inst in enumerate(instances):
         where = f"instance {i}"
@@ -191,7 +285,7 @@ def parse_instances(body: Any, schema: ModelSchema, *, max_batch: int, reject_ou
             continue
         row: list[Any] = []
         for f, p, v in zip(schema.features, pols, values):
-            if v is None or (is_missing(v) and not f.numeric):
+            if v is None or (is_missing(v) and f.categorical):
                 if p.missing == "reject":
                     problems.add(f"{where}: feature {f.name!r} is null; send a value (its missing-value policy "
                                  "is reject)")
@@ -199,8 +293,11 @@ def parse_instances(body: Any, schema: ModelSchema, *, max_batch: int, reject_ou
                     warnings.add(f.name, "missing", i)
                 row.append(None)
                 continue
+            if f.tensor:
+                row.append(_check_tensor(f, v, where, problems, budget, reject_out_of_range=reject_out_of_range))
+                continue
             v = _check_value(f, v, where, problems, reject_out_of_range=reject_out_of_range)
-            if v is not None and not f.numeric and f.level_index(v) is None:
+            if v is not None and f.categorical and f.level_index(v) is None:
                 if p.unseen == "reject":
                     known = list((f.levels or ())[:20])
                     problems.add(f"{where}: feature {f.name!r} = {_describe(v)} was never seen in training; "

@@ -76,8 +76,10 @@ class PreparedData:
         hp = member.hyperparameters if hyperparameters is None else hyperparameters
         if member.module is None:
             return self.spec(str(member.kind), hp)
+        tensor = self.schema.only_tensor  # one tensor feature: the module gets it in its own shape
         spec = ArchSpec.for_module(member.module, input_dim=self.preprocessor.output_dim,
-                                   n_classes=len(self.schema.classes), hyperparameters=hp)
+                                   n_classes=len(self.schema.classes), hyperparameters=hp,
+                                   input_shape=tuple(tensor.shape or ()) if tensor is not None else None)
         if not check:
             return spec
         try:
@@ -173,10 +175,12 @@ def snapshot(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
 
 
 def _json_row(values: Sequence[Any]) -> list[Any]:
-    """Plain-JSON values (numpy scalars → Python, NaN → None) for a golden row."""
+    """Plain-JSON values (numpy scalars → Python, NaN → None, a tensor → nested lists) for a golden row."""
     out = []
     for v in values:
-        if isinstance(v, np.generic):
+        if isinstance(v, np.ndarray):
+            v = v.astype(np.float64).tolist()
+        elif isinstance(v, np.generic):
             v = v.item()
         if isinstance(v, float) and math.isnan(v):
             v = None

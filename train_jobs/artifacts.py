@@ -79,9 +79,11 @@ class MemberModel:
         return self.preprocessor.schema
 
     def predict_proba_matrix(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities for already-preprocessed features (float32, n x input_dim)."""
+        """Class probabilities for already-preprocessed features (float32, n x input_dim; reshaped to
+        ``[n, *input_shape]`` for a module that takes a tensor in its own shape)."""
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
+            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+            x = self.spec.shape_batch(x).to(self.device)
             return torch.softmax(self.network(x), dim=1).cpu().numpy().astype(np.float64)
 
     def predict_proba(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from raymedic.keys import feedback_prefix, predictions_prefix
 from raymedic.storage import Storage
+from train_jobs._tensors import as_tensor
 from train_jobs.schema import ModelSchema
 
 __all__ = ["recent_labeled", "TS_COLUMN"]
@@ -39,7 +40,8 @@ def recent_labeled(storage: Storage, model: str, schema: ModelSchema, *, since: 
                    max_rows: int = 50_000) -> pd.DataFrame:
     """Labelled rows of ``model`` predicted at or after ``since``, oldest first.
 
-    Columns: the schema's features (raw, as served), the target column in the
+    Columns: the schema's features (raw, as served; a tensor as a float32 array of its shape,
+    as :func:`train_jobs.tables.load_table` gives it), the target column in the
     user's own label form, and :data:`TS_COLUMN`. When an id got several labels the
     latest wins (a client correcting itself). Labels that are not one of the
     schema's classes are dropped: a model cannot learn a class it does not have.
@@ -65,6 +67,10 @@ def recent_labeled(storage: Storage, model: str, schema: ModelSchema, *, since: 
     for f in schema.features:  # JSON lost the dtypes: give numeric features theirs back
         if f.numeric:
             frame[f.name] = pd.to_numeric(frame[f.name], errors="coerce")
+        elif f.tensor:  # nested lists → float32 arrays of the feature's shape, as a loaded table holds them
+            shape = tuple(f.shape or ())
+            frame[f.name] = pd.Series([None if v is None else as_tensor(v, shape) for v in frame[f.name]],
+                                      dtype=object, index=frame.index)
     if len(frame) and all(type(c) is type(schema.classes[0]) for c in schema.classes):
         frame[schema.target] = frame[schema.target].astype(type(schema.classes[0]))
     return frame

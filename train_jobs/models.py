@@ -118,6 +118,19 @@ class ArchSpec:
         """The architecture in messages: the built-in kind or the module path."""
         return self.module or self.kind
 
+    @property
+    def reshapes(self) -> bool:
+        """Whether the network takes its inputs in a shape other than the flat preprocessed row (a user's
+        module on one tensor feature: ``[N, *input_shape]``)."""
+        return self.input_shape is not None and tuple(self.input_shape) != (self.input_dim,)
+
+    def shape_batch(self, x: Any) -> Any:
+        """A flat batch ``[N, input_dim]`` (numpy or torch) as the network takes it: ``[N, *input_shape]``.
+
+        The preprocessor flattens a tensor feature row-major, so this reshape restores it exactly.
+        """
+        return x.reshape((x.shape[0], *self.input_shape)) if self.reshapes else x
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON stored next to the weights: enough to rebuild the network without pickled code
         (a built-in's JSON is what it always was, so versions trained before modules existed load)."""

@@ -10,7 +10,13 @@ ones it learnt on.
   cannot blow up activations;
 - categorical: one-hot over the ``max_onehot`` most frequent training levels plus
   one "other" column for rarer levels and levels never seen in training (copes
-  with many levels at a fixed width); a missing value becomes the training mode.
+  with many levels at a fixed width); a missing value becomes the training mode;
+- tensor: standardised with one mean and one std over all its training elements
+  (per-element statistics would erase what a pixel's position means relative to
+  its neighbours, and cost ``prod(shape)`` numbers), clipped like a numeric
+  feature, flattened row-major into ``prod(shape)`` columns; a missing tensor
+  becomes all-mean (zeros after standardisation). Built-in kinds therefore take a
+  tensor flattened; a user's module gets it back in its shape (``ArchSpec.input_shape``).
 
 Missing values are imputed here with the training statistic (mean, mode) so that
 training, serving and retraining agree; whether the gateway lets a missing value
@@ -26,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from raymedic.errors import DataError, SchemaError
+from train_jobs._tensors import as_tensor
 from train_jobs.schema import FeatureType, Label, ModelSchema, is_missing, level_key
 
 __all__ = ["Preprocessor"]
@@ -44,6 +51,17 @@ class _Numeric:
 
 
 @dataclass(frozen=True)
+class _Tensor:
+    mean: float
+    std: float
+    shape: tuple[int, ...]
+
+    @property
+    def width(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass(frozen=True)
 class _Categorical:
     levels: tuple[Label, ...]  # one-hot columns, then one "other" column
 
@@ -52,10 +70,18 @@ class _Categorical:
         return len(self.levels) + 1
 
 
+def _stack(values: Sequence[Any], shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Present tensor values → one float32 block ``[len(values), *shape]``."""
+    try:
+        return np.stack([as_tensor(v, shape) for v in values])
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"tensor feature {name!r}: a value {exc}") from None
+
+
 class Preprocessor:
     """Raw feature values → float32 model inputs; class labels ↔ indices."""
 
-    def __init__(self, schema: ModelSchema, columns: Sequence[_Numeric | _Categorical]) -> None:
+    def __init__(self, schema: ModelSchema, columns: Sequence[_Numeric | _Categorical | _Tensor]) -> None:
         self.schema = schema
         self._cols = list(columns)
         self._lookup = [
@@ -64,6 +90,7 @@ class Preprocessor:
         ]
         self._class_lookup = {_key(c): i for i, c in enumerate(schema.classes)}
         self.output_dim = sum(1 if isinstance(c, _Numeric) else c.width for c in self._cols)
+        self.names = tuple(f.name for f in schema.features)
 
     # ---- fitting and persistence -------------------------------------------------------
 
@@ -78,12 +105,21 @@ class Preprocessor:
         Raises:
             DataError: A schema feature is not a column of ``df``.
         """
-        cols: list[_Numeric | _Categorical] = []
+        cols: list[_Numeric | _Categorical | _Tensor] = []
         for f in schema.features:
             if f.name not in df.columns:
                 raise DataError(f"column {f.name!r} of the schema is not in the table")
             col = df[f.name]
-            if f.type is FeatureType.CATEGORICAL:
+            if f.type is FeatureType.TENSOR:
+                shape = tuple(f.shape or ())
+                present = [v for v in col if not _missing(v)]
+                block = _stack(present, shape, f.name) if present else np.zeros((0, *shape), np.float32)
+                x64 = block.astype(np.float64)
+                finite = x64[np.isfinite(x64)]
+                mean = float(finite.mean()) if finite.size else 0.0
+                std = float(finite.std()) if finite.size else 1.0
+                cols.append(_Tensor(mean=mean, std=std if std > 1e-12 else 1.0, shape=shape))
+            elif f.type is FeatureType.CATEGORICAL:
                 counts: dict[tuple[str, Any], int] = {}
                 first: dict[tuple[str, Any], Any] = {}
                 for v in col:
@@ -107,6 +143,7 @@ class Preprocessor:
             "schema": self.schema.to_dict(),
             "columns": [
                 {"numeric": {"mean": c.mean, "std": c.std}} if isinstance(c, _Numeric)
+                else {"tensor": {"mean": c.mean, "std": c.std, "shape": list(c.shape)}} if isinstance(c, _Tensor)
                 else {"categorical": {"levels": list(c.levels)}}
                 for c in self._cols
             ],
@@ -121,10 +158,14 @@ class Preprocessor:
         """
         try:
             schema = ModelSchema.from_dict(data["schema"])
-            cols: list[_Numeric | _Categorical] = []
+            cols: list[_Numeric | _Categorical | _Tensor] = []
             for c in data["columns"]:
                 if "numeric" in c:
                     cols.append(_Numeric(mean=float(c["numeric"]["mean"]), std=float(c["numeric"]["std"])))
+                elif "tensor" in c:
+                    t = c["tensor"]
+                    cols.append(_Tensor(mean=float(t["mean"]), std=float(t["std"]),
+                                        shape=tuple(int(d) for d in t["shape"])))
                 else:
                     cols.append(_Categorical(levels=tuple(c["categorical"]["levels"])))
         except (KeyError, TypeError, ValueError) as exc:
@@ -138,8 +179,16 @@ class Preprocessor:
     def _columns(self, values_by_feature: Iterable[Sequence[Any]], n: int) -> np.ndarray:
         out = np.zeros((n, self.output_dim), dtype=np.float32)
         at = 0
-        for spec, lookup, values in zip(self._cols, self._lookup, values_by_feature):
-            if isinstance(spec, _Numeric):
+        for name, spec, lookup, values in zip(self.names, self._cols, self._lookup, values_by_feature):
+            if isinstance(spec, _Tensor):
+                values = list(values)
+                block = np.full((n, spec.width), spec.mean, dtype=np.float32)
+                present = [i for i, v in enumerate(values) if not _missing(v)]
+                if present:
+                    block[present] = _stack([values[i] for i in present], spec.shape, name).reshape(len(present), -1)
+                out[:, at:at + spec.width] = np.clip((block - spec.mean) / spec.std, -CLIP, CLIP)
+                at += spec.width
+            elif isinstance(spec, _Numeric):
                 x = np.array([spec.mean if _missing(v) else v for v in values], dtype=np.float64)
                 out[:, at] = np.clip((x - spec.mean) / spec.std, -CLIP, CLIP)
                 at += 1
@@ -152,7 +201,10 @@ class Preprocessor:
         return out
 
     def transform_rows(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
-        """Rows of raw values in schema order (the serving path) → model inputs."""
+        """Rows of raw values in schema order (the serving path) → model inputs.
+
+        A tensor value may be nested lists of its shape, a flat row-major list, or a numpy array.
+        """
         n = len(rows)
         return self._columns(([r[j] for r in rows] for j in range(len(self._cols))), n)
 
@@ -162,6 +214,10 @@ class Preprocessor:
         if missing:
             raise DataError(f"the table lacks the feature column(s) {missing}")
         return self._columns((df[f].tolist() for f in self.schema.feature_names), len(df))
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each tensor feature's shape, by name (what its flattened columns reshape to)."""
+        return {n: c.shape for n, c in zip(self.names, self._cols) if isinstance(c, _Tensor)}
 
     def encode_labels(self, values: Iterable[Any]) -> np.ndarray:
         """Class labels → class indices (the probability columns' order).

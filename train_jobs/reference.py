@@ -6,6 +6,10 @@ data), so each version stores a compact summary, checksummed with its weights:
 per numeric feature a seeded sample of its training values (enough for a
 two-sample KS test and quantile bins), per categorical feature the training count
 of every level plus an "other" bucket, and every feature's missing share.
+
+A tensor feature keeps only its missing share here (``tensor=True``, neither a
+sample nor counts): per-element tests do not apply to hundreds of pixels, and
+tensor drift works on a projection of the whole tensor instead (issue 17 item 4).
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ class FeatureReference:
 
     Attributes:
         name: Feature name.
-        numeric: True for float/int features (``sample`` set), False for categorical (``counts`` set).
+        numeric: True for float/int features (``sample`` set), False for categorical (``counts`` set) and tensor.
         missing_share: Share of training rows with no value.
+        tensor: A tensor feature: neither ``sample`` nor ``counts`` (missing share only).
         sample: Sorted training values (numeric).
         counts: Training count per schema level, then one "other" count (categorical).
     """
@@ -42,6 +47,7 @@ class FeatureReference:
     missing_share: float
     sample: np.ndarray | None = None
     counts: np.ndarray | None = None
+    tensor: bool = False
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -52,7 +58,9 @@ class FeatureReference:
     def to_dict(self) -> dict[str, Any]:
         """As JSON (plain lists) for the version's metadata."""
         out: dict[str, Any] = {"name": self.name, "numeric": self.numeric, "missing_share": self.missing_share}
-        if self.numeric:
+        if self.tensor:
+            out["tensor"] = True
+        elif self.numeric:
             out["sample"] = [float(x) for x in self.sample]
         else:
             out["counts"] = [int(x) for x in self.counts]
@@ -61,7 +69,9 @@ class FeatureReference:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureReference":
         """Read back what :meth:`to_dict` stored."""
-        numeric = bool(d["numeric"])
+        numeric, tensor = bool(d["numeric"]), bool(d.get("tensor", False))
+        if tensor:
+            return cls(name=str(d["name"]), numeric=False, missing_share=float(d["missing_share"]), tensor=True)
         return cls(name=str(d["name"]), numeric=numeric, missing_share=float(d["missing_share"]),
                    sample=np.asarray(d["sample"], dtype=float) if numeric else None,
                    counts=None if numeric else np.asarray(d["counts"], dtype=float))
@@ -85,7 +95,9 @@ class Reference:
             missing = col.map(is_missing).to_numpy(dtype=bool)
             share = float(missing.mean()) if len(col) else 0.0
             present = col[~missing]
-            if f.numeric:
+            if f.tensor:  # no per-element summary: tensor drift uses its own projection (see the module doc)
+                feats.append(FeatureReference(f.name, False, share, tensor=True))
+            elif f.numeric:
                 x = pd.to_numeric(present, errors="coerce").to_numpy(dtype=float)
                 x = x[np.isfinite(x)]
                 if len(x) > sample:

@@ -44,6 +44,7 @@ from train_jobs.gate import judge, measure
 from train_jobs.labeled import TS_COLUMN, recent_labeled
 from train_jobs.registry import ModelRegistry
 from train_jobs.schema import ModelSchema
+from train_jobs.tables import frame_from_arrow
 from train_jobs.search import search_member
 from train_jobs.train import train_ensemble
 
@@ -59,7 +60,7 @@ def _reference_rows(storage: Storage, registry: ModelRegistry, model: str, membe
     key = registry.info(model, member, "champion").metadata.get("train_sample")
     if not key or n <= 0 or not storage.exists(key):
         return None
-    sample = storage.read_parquet(key).to_pandas()
+    sample = frame_from_arrow(storage.read_parquet(key), where=key)  # tensor columns back as arrays
     return sample.sample(n=min(n, len(sample)), random_state=seed)
 
 

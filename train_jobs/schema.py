@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from raymedic.errors import SchemaError
 
-__all__ = ["FeatureType", "Feature", "ModelSchema", "Label", "level_key", "is_missing"]
+__all__ = ["FeatureType", "Feature", "ModelSchema", "Label", "level_key", "is_missing", "TENSOR_DTYPES"]
 
 Label = int | str | bool
 """A class label in the user's own form (``0``, ``"prepaid_card"``, ``True``)."""
@@ -56,6 +56,12 @@ class FeatureType(str, enum.Enum):
     FLOAT = "float"
     INT = "int"
     CATEGORICAL = "categorical"
+    TENSOR = "tensor"
+    """A fixed-shape array of numbers per row (an image, a signal): ``Feature.shape`` and ``Feature.dtype``."""
+
+
+TENSOR_DTYPES = ("float32",)
+"""Element types a tensor feature may have (every built-in and the module contract compute in float32)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,9 @@ class Feature:
         missing_share: Share of training rows where the value was missing; the
             ``auto`` missing-value policy imputes only features that had holes in
             training, and data-quality monitoring compares live rates with it.
+        shape: One value's shape (tensor only), e.g. ``(64,)`` or ``(8, 8)``; row-major.
+        dtype: The element type (tensor only): ``"float32"``. For a tensor, ``min`` and
+            ``max`` are the range of its elements seen in training.
     """
 
     name: str
@@ -79,11 +88,24 @@ class Feature:
     max: float | None = None
     levels: tuple[Label, ...] | None = None
     missing_share: float = 0.0
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
     _levels: dict[tuple[str, Any], int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name:
             raise SchemaError("a feature has an empty name: give every column a name")
+        if self.type is FeatureType.TENSOR:
+            if not self.shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                                         for d in self.shape):
+                raise SchemaError(f"tensor feature {self.name!r} needs a shape of positive integers, got "
+                                  f"{self.shape!r}")
+            if self.dtype not in TENSOR_DTYPES:
+                raise SchemaError(f"tensor feature {self.name!r} has dtype {self.dtype!r}; supported: "
+                                  f"{list(TENSOR_DTYPES)}")
+        elif self.shape is not None or self.dtype is not None:
+            raise SchemaError(f"feature {self.name!r} is {self.type.value}: only a tensor feature has a shape "
+                              "and a dtype")
         if self.type is FeatureType.CATEGORICAL:
             if not self.levels:
                 raise SchemaError(f"categorical feature {self.name!r} has no levels")
@@ -97,8 +119,23 @@ class Feature:
 
     @property
     def numeric(self) -> bool:
-        """Float or int (range-checked, standardised) rather than categorical (one-hot)."""
-        return self.type is not FeatureType.CATEGORICAL
+        """A scalar float or int (range-checked, standardised, KS-tested); False for categorical and tensor."""
+        return self.type is FeatureType.FLOAT or self.type is FeatureType.INT
+
+    @property
+    def categorical(self) -> bool:
+        """Levels (one-hot, unseen-level policy, chi-squared tests)."""
+        return self.type is FeatureType.CATEGORICAL
+
+    @property
+    def tensor(self) -> bool:
+        """A fixed-shape array per row (:attr:`shape`, :attr:`dtype`)."""
+        return self.type is FeatureType.TENSOR
+
+    @property
+    def size(self) -> int:
+        """Numbers one value holds: ``prod(shape)`` for a tensor, 1 for a scalar feature."""
+        return math.prod(self.shape) if self.shape else 1
 
     def level_index(self, value: Any) -> int | None:
         """Position of ``value`` among the training levels, None if never seen."""
@@ -110,6 +147,9 @@ class Feature:
         if self.type is FeatureType.CATEGORICAL:
             out["levels"] = list(self.levels or ())
         else:
+            if self.type is FeatureType.TENSOR:
+                out["shape"] = list(self.shape or ())
+                out["dtype"] = self.dtype
             out["min"] = self.min
             out["max"] = self.max
         out["missing_share"] = self.missing_share
@@ -117,7 +157,8 @@ class Feature:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Feature":
-        """Read back what :meth:`to_dict` stored (``missing_share`` defaults to 0 for old versions).
+        """Read back what :meth:`to_dict` stored (``missing_share`` defaults to 0 for old versions; ``shape``
+        and ``dtype`` exist only for tensors, so entries written before tensors existed load unchanged).
 
         Raises:
             SchemaError: The entry is malformed.
@@ -125,6 +166,7 @@ class Feature:
         try:
             ftype = FeatureType(data["type"])
             levels = data.get("levels")
+            shape = data.get("shape")
             return cls(
                 name=str(data["name"]),
                 type=ftype,
@@ -132,6 +174,8 @@ class Feature:
                 max=None if data.get("max") is None else float(data["max"]),
                 levels=None if levels is None else tuple(levels),
                 missing_share=float(data.get("missing_share", 0.0)),
+                shape=None if shape is None else tuple(int(d) for d in shape),
+                dtype=None if data.get("dtype") is None else str(data["dtype"]),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise SchemaError(f"malformed feature entry {dict(data)!r}: {exc}") from exc
@@ -165,6 +209,11 @@ class ModelSchema:
     def feature_names(self) -> list[str]:
         """Feature names in request order."""
         return [f.name for f in self.features]
+
+    @property
+    def only_tensor(self) -> Feature | None:
+        """The feature when the schema is exactly one tensor (a user's module then takes its shape), else None."""
+        return self.features[0] if len(self.features) == 1 and self.features[0].tensor else None
 
     def index_of(self, name: str) -> int | None:
         """Position of feature ``name`` in request order, or None if unknown."""

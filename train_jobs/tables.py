@@ -20,9 +20,20 @@ import pyarrow.parquet as pq
 from pandas.api import types as ptypes
 
 from raymedic.errors import DataError
+from train_jobs._tensors import (TENSOR_DTYPE, arrow_to_arrays, as_tensor, frame_to_arrow, is_tensor_type,
+                                 looks_like_tensor_cell, tensor_column)
 from train_jobs.schema import Feature, FeatureType, Label, ModelSchema
 
-__all__ = ["load_table", "infer_schema", "fingerprint", "split"]
+__all__ = ["load_table", "infer_schema", "fingerprint", "split", "tensor_column", "frame_from_arrow",
+           "frame_to_arrow", "PARQUET_TENSOR_HOWTO"]
+
+PARQUET_TENSOR_HOWTO = (
+    "write a Parquet file with a fixed-size list column, e.g. `from train_jobs.tables import tensor_column; "
+    "pq.write_table(pa.table({'image': tensor_column(images), 'label': labels}), 'table.parquet')` "
+    "(images: a float32 array [N, *shape]), or with plain pyarrow "
+    "`pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), 64)` for 64 numbers per row "
+    "(nest a FixedSizeListArray per extra dimension, or use pa.FixedShapeTensorArray.from_numpy_ndarray(images))")
+"""How to write a tensor column: the fix named by the errors that refuse a CSV or a ragged list column."""
 
 ID_LIKE_UNIQUE_SHARE = 0.9
 """A string column whose values are this unique looks like an id, not a category."""
@@ -36,13 +47,78 @@ def load_table(path: str | Path) -> pd.DataFrame:
     suffix = p.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            return pq.read_table(p).to_pandas()
+            return frame_from_arrow(pq.read_table(p), where=str(p))
         if suffix == ".csv":
-            return pd.read_csv(p)
+            df = pd.read_csv(p)
+            _refuse_csv_tensors(df, str(p))
+            return df
     except (pa.ArrowException, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
             OSError) as exc:
         raise DataError(f"cannot read {str(p)!r}: {exc}") from None
     raise DataError(f"data file {str(p)!r} has suffix {suffix!r}; raymedic reads .parquet, .pq and .csv")
+
+
+def frame_from_arrow(table: pa.Table, *, where: str = "the table") -> pd.DataFrame:
+    """An Arrow table → pandas, each tensor column (fixed-size lists, nested, the fixed-shape tensor type, or
+    lists of one length) as a column of float32 arrays of its shape (``None`` where the row has none).
+
+    The one in-memory form of a tensor feature (:mod:`train_jobs._tensors`): the training table, the stored
+    training sample a retrain reads back, and the retrain table all look the same to the preprocessor.
+
+    Raises:
+        DataError: a list column whose rows have different lengths, or that holds no numbers.
+    """
+    tensors: dict[str, list[Any]] = {}
+    for name, col in zip(table.column_names, table.columns):
+        if not is_tensor_type(col.type):
+            continue
+        try:
+            tensors[name], _ = arrow_to_arrays(col)
+        except ValueError as exc:
+            raise DataError(f"column {name!r} of {where} is a list column raymedic cannot read as a tensor "
+                            f"feature: {exc}. A tensor feature needs one shape in every row: pad or crop the "
+                            f"rows to one length, then {PARQUET_TENSOR_HOWTO}") from None
+    if not tensors:
+        return table.to_pandas()
+    df = table.drop_columns(list(tensors)).to_pandas()
+    out = pd.DataFrame({c: (pd.Series(tensors[c], dtype=object, index=df.index) if c in tensors else df[c])
+                        for c in table.column_names}, index=df.index)
+    return out
+
+
+def _refuse_csv_tensors(df: pd.DataFrame, where: str) -> None:
+    """A CSV column of "[0.1, 0.2, ...]" strings is a tensor that CSV cannot hold: say how to write Parquet."""
+    for name in df.columns:
+        col = df[name]
+        if ptypes.is_numeric_dtype(col) or ptypes.is_bool_dtype(col):
+            continue
+        head = [v for v in col.dropna().head(20)]
+        if head and all(isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]")
+                        for v in head):
+            raise DataError(f"column {name!r} of {where} holds list-looking strings (e.g. {head[0][:40]!r}): a CSV "
+                            "cannot hold tensor features (every cell is text). To train on tensors, "
+                            f"{PARQUET_TENSOR_HOWTO}")
+
+
+def _tensor_feature(col: pd.Series, name: str) -> Feature:
+    """A column of arrays or nested lists: one shape in every present row, finite numbers only."""
+    cells = [v for v in col if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    first = np.asarray(cells[0], dtype=np.float32) if not isinstance(cells[0], np.ndarray) else cells[0]
+    shape = tuple(int(d) for d in first.shape)
+    try:
+        block = np.stack([as_tensor(v, shape) for v in cells])
+    except ValueError as exc:
+        shapes = sorted({tuple(np.shape(v)) for v in cells[:1000]}, key=str)[:5]
+        raise DataError(f"tensor column {name!r} has rows of different shapes (e.g. {[list(s) for s in shapes]}; "
+                        f"{exc}): a tensor feature has one shape in every row; pad or crop them to one") from None
+    if not shape:
+        raise DataError(f"column {name!r} holds scalars inside arrays: store plain numbers instead")
+    finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+    if not finite.all():
+        raise DataError(f"tensor column {name!r} holds NaN or inf in {int((~finite).sum())} of {len(block)} row(s): "
+                        "fix or drop those rows (a missing tensor is a null row, not NaN inside it)")
+    return Feature(name, FeatureType.TENSOR, min=float(block.min()), max=float(block.max()), shape=shape,
+                   dtype=TENSOR_DTYPE)
 
 
 def _py(v: Any) -> Any:
@@ -80,6 +156,8 @@ def _feature(col: pd.Series, name: str, max_levels: int) -> Feature:
         raise DataError(f"feature column {name!r} is empty (all values missing): drop it or fill it in")
     if ptypes.is_bool_dtype(col):
         return Feature(name, FeatureType.CATEGORICAL, levels=(False, True))
+    if col.dtype == object and looks_like_tensor_cell(present.iloc[0]):
+        return _tensor_feature(col, name)
     if ptypes.is_integer_dtype(col):
         return Feature(name, FeatureType.INT, min=float(present.min()), max=float(present.max()))
     if ptypes.is_float_dtype(col):
@@ -123,8 +201,10 @@ def infer_schema(df: pd.DataFrame, *, target: str, max_levels: int = 1000) -> Mo
 
 
 def fingerprint(df: pd.DataFrame) -> str:
-    """sha256 of the table's content (columns sorted), stored with each model version."""
-    table = pa.Table.from_pandas(df[sorted(df.columns, key=str)], preserve_index=False)
+    """sha256 of the table's content (columns sorted), stored with each model version.
+
+    Tensor columns hash as their fixed-size lists (float32, row-major), whatever form the cells have."""
+    table = frame_to_arrow(df[sorted(df.columns, key=str)])
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)

@@ -48,7 +48,7 @@ from train_jobs.own_loop import loop_config as loop_config_for
 from train_jobs.registry import ModelRegistry, VersionInfo
 from train_jobs.schema import ModelSchema
 from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
-from train_jobs.tables import load_table
+from train_jobs.tables import frame_to_arrow, load_table
 from train_jobs.train_flags import add_arguments
 
 # Ray itself is imported inside the functions that run it: Ray reads RAY_AUTH_MODE when it is
@@ -105,14 +105,16 @@ def _train_loop(config: dict[str, Any]) -> None:
     for member in config["members"]:
         spec = ArchSpec.from_dict(member["arch"])
         model = ray.train.torch.prepare_model(build_model(spec))
+        # a module on one tensor feature takes [N, *input_shape]; the built-ins the flat rows
+        m_tr, m_va = spec.shape_batch(x_tr), spec.shape_batch(x_va)
         opt = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"],
                                 weight_decay=config["weight_decay"])
         scaler = torch.amp.GradScaler(device.type) if amp.scaler else None
         best_loss, best_state, stale, epochs_run = math.inf, None, 0, 0
         for epoch in range(config["epochs"]):
-            fit_epoch(model, opt, x_tr, y_tr, batch_size=config["batch_size"], generator=gen, loss_fn=loss_fn,
+            fit_epoch(model, opt, m_tr, y_tr, batch_size=config["batch_size"], generator=gen, loss_fn=loss_fn,
                       amp=amp, scaler=scaler)
-            val_loss, val_acc = validate(model, x_va, y_va, loss_fn)
+            val_loss, val_acc = validate(model, m_va, y_va, loss_fn)
             epochs_run = epoch + 1
             if val_loss < best_loss - 1e-4:
                 best_loss, stale = val_loss, 0
@@ -231,7 +233,7 @@ def _save_train_sample(storage: Storage, model: str, train_df: pd.DataFrame, dat
     try:
         if not storage.exists(key):
             sample = train_df.sample(n=min(TRAIN_SAMPLE_ROWS, len(train_df)), random_state=seed)
-            storage.write_parquet(key, pa.Table.from_pandas(sample.reset_index(drop=True), preserve_index=False))
+            storage.write_parquet(key, frame_to_arrow(sample.reset_index(drop=True)))  # tensors as fixed-size lists
     except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
         log.warning("could not store a training sample for later retrains (%s); retrains will use recent "
                     "labels only", exc)

@@ -112,6 +112,9 @@ class FeatureKind(StrEnum):
     NUMERIC = "numeric"
     CATEGORICAL = "categorical"
     TENSOR = "tensor"
+    """A tensor feature: its missing rate in the per-feature checks; its drift through the tensor monitors
+    (a PCA projection fitted at training, a calibrated MMD and per-coordinate CUSUMs), since per-element
+    tests do not apply to hundreds of pixels."""
 
 
 DATA_KINDS = frozenset({AlertKind.MISSING_VALUES.value, AlertKind.OUT_OF_RANGE.value,
@@ -288,12 +291,15 @@ class DataMonitor:
             rows = total
             missing = sum(int(p.get("missing", 0)) for p in parts)
             present = max(rows - missing, 0)
-            fc = FeatureCheck(name=f.name, kind=FeatureKind.NUMERIC if f.numeric else FeatureKind.CATEGORICAL,
-                              rows=rows, missing_rate=missing / rows)
+            kind = (FeatureKind.TENSOR if f.tensor else FeatureKind.NUMERIC if f.numeric
+                    else FeatureKind.CATEGORICAL)
+            fc = FeatureCheck(name=f.name, kind=kind, rows=rows, missing_rate=missing / rows)
             if fc.missing_rate > f.missing_share + c.missing_rate_max:
                 fc.breaches.append(AlertKind.MISSING_VALUES)
             ref = refs.get(f.name)
-            if f.numeric:
+            if f.tensor:
+                pass  # no per-element drift or range test (see FeatureKind.TENSOR)
+            elif f.numeric:
                 out = sum(int(p.get("out_of_range", 0)) for p in parts)
                 fc.out_of_range = out / present if present else 0.0
                 if fc.out_of_range > c.out_of_range_max:

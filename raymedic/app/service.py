@@ -149,9 +149,18 @@ def _example_row(schema: dict) -> dict:
             row[f["name"]] = f["levels"][0]
         elif f["type"] == "int":
             row[f["name"]] = int(round(((f["min"] or 0) + (f["max"] or 0)) / 2))
+        elif f["type"] == "tensor":  # nested lists of its shape, every element mid-range
+            row[f["name"]] = _filled(f["shape"], ((f["min"] or 0.0) + (f["max"] or 0.0)) / 2)
         else:
             row[f["name"]] = ((f["min"] or 0.0) + (f["max"] or 0.0)) / 2
     return row
+
+
+def _filled(shape: list[int], value: float) -> list:
+    """Nested lists of ``shape`` holding ``value`` (a tensor instance as a V1 client sends it)."""
+    if len(shape) == 1:
+        return [value] * shape[0]
+    return [_filled(shape[1:], value) for _ in range(shape[0])]
 
 
 def undeploy() -> None:

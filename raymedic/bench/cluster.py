@@ -23,6 +23,7 @@ from cluster.connect import LOCAL_LOGICAL_CPUS, start_embedded, user_code_import
 from cluster.runstate import raymedic_home
 from raymedic.app import service
 from raymedic.app.http import request_json
+from raymedic.bench.loadgen import instances_for_schema
 from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC
 from raymedic.config import RaymedicConfig, load_config
 from raymedic.errors import RaymedicError
@@ -121,14 +122,18 @@ def _train_on(cfg: RaymedicConfig, table: Any, data: BenchTable, progress: Progr
 
 def bench_inputs(config: RaymedicConfig, n: int = 200, data: BenchTable | None = None) -> list[dict[str, Any]]:
     """``n`` fixed rows the bench replays, the same for both systems: seeded rows of ``data``'s
-    table (tensors as nested lists, as a client sends them), else of the built-in synthetic table
-    (seeded apart from training)."""
+    table (tensors as nested lists, as a client sends them), else rows of the built-in synthetic table
+    (seeded apart from training), or, for a model trained on another table (a user's, a tensor model),
+    instances built from its champions' schema."""
     if data is not None:
         df = data.frame()
         rows = df.drop(columns=[data.target]).sample(n=n, replace=len(df) < n, random_state=4242)
         return [{str(k): _json_value(v) for k, v in r.items()} for r in rows.to_dict(orient="records")]
     df = SyntheticGenerator(SyntheticSpec(seed=config.training.seed)).sample(n, seed=4242)
     feats = [c for c in df.columns if c != "label"]
+    schema = _champion_schema(config)
+    if schema is not None and [f["name"] for f in schema["features"]] != feats:
+        return instances_for_schema(schema, n, seed=4242)
     return [{f: float(r[f]) for f in feats} for _, r in df.iterrows()]
 
 
@@ -142,6 +147,15 @@ def _json_value(v: Any) -> Any:
     if isinstance(v, float) and math.isnan(v):
         return None
     return v
+
+
+def _champion_schema(config: RaymedicConfig) -> dict[str, Any] | None:
+    """The schema the first member's champion was trained on, or None with no champion yet."""
+    try:
+        info = ModelRegistry(Storage(config.storage_path)).info(config.model, config.members[0].name, "champion")
+    except RaymedicError:
+        return None
+    return info.metadata.get("schema")
 
 
 def running_replicas(app: str, member: str) -> list[Any]:

@@ -15,7 +15,30 @@ from typing import Any, Sequence
 import aiohttp
 import numpy as np
 
-__all__ = ["Sample", "open_loop", "summarize"]
+__all__ = ["Sample", "open_loop", "summarize", "instances_for_schema"]
+
+
+def instances_for_schema(schema: dict[str, Any], n: int, *, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` valid, seeded instances built from a served schema alone (``GET /v1/models/{model}``'s
+    ``schema``): numbers uniform in their training range, levels cycled, tensors as nested lists of their
+    shape with elements uniform in the training element range. For benchmarking a model whose table the
+    bench does not have (a user's, a tensor model)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        row: dict[str, Any] = {}
+        for f in schema["features"]:
+            lo, hi = float(f.get("min") or 0.0), float(f.get("max") or 0.0)
+            if f["type"] == "categorical":
+                row[f["name"]] = f["levels"][i % len(f["levels"])]
+            elif f["type"] == "tensor":
+                row[f["name"]] = rng.uniform(lo, hi, tuple(f["shape"])).round(6).tolist()
+            elif f["type"] == "int":
+                row[f["name"]] = int(rng.integers(int(lo), int(hi) + 1))
+            else:
+                row[f["name"]] = float(rng.uniform(lo, hi))
+        out.append(row)
+    return out
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ class Predictor:
         """
         gw = self._cfg.gateway
         parsed = parse_instances(body, self._schema, max_batch=gw.max_batch_size,
-                                 reject_out_of_range=gw.reject_out_of_range, policies=self._policies)
+                                 reject_out_of_range=gw.reject_out_of_range, policies=self._policies,
+                                 max_tensor_elements=gw.max_tensor_elements)
         rows = parsed.rows
         trial = self._state.trial
         on_trial = members_on_trial(trial)

@@ -93,8 +93,10 @@ def model_info_document(*, config: RaymedicConfig, schema: ModelSchema, policies
         "schema": {"features": [f.to_dict() for f in schema.features],
                    "classes": list(schema.classes), "target": schema.target},
         "limits": {"max_batch_size": config.gateway.max_batch_size,
-                   "reject_out_of_range": config.gateway.reject_out_of_range},
-        "policies": {f.name: p.to_dict() if not f.numeric else {"missing": p.missing}
+                   "reject_out_of_range": config.gateway.reject_out_of_range,
+                   **({"max_tensor_elements": config.gateway.max_tensor_elements}
+                      if any(f.tensor for f in schema.features) else {})},
+        "policies": {f.name: p.to_dict() if f.categorical else {"missing": p.missing}
                      for f, p in zip(schema.features, policies)},
     }
 

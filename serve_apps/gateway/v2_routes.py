@@ -83,6 +83,7 @@ class V2Routes:
         check_model(model, self._cfg.model)
         with self._admission.enter():
             body = await json_body(request)
-            out = await self._predictor.answer(instances_from_v2(body, self._schema))
+            out = await self._predictor.answer(instances_from_v2(
+                body, self._schema, max_tensor_elements=self._cfg.gateway.max_tensor_elements))
         count_answer(model, "infer", started=started)
         return answer_to_v2(out, self._schema, model, body.get("id") if isinstance(body.get("id"), str) else None)
