@@ -41,9 +41,9 @@ FLAGS = {
               "--target"],
     "search": ["--config", "--data", "--json", "--max-epochs", "--member", "--model", "--storage-path", "--synthetic",
                "--target", "--trials"],
-    "bench": ["--config", "--control-rows", "--deadline", "--fault-seconds", "--faults", "--json", "--live",
+    "bench": ["--config", "--control-rows", "--data", "--deadline", "--fault-seconds", "--faults", "--json", "--live",
               "--live-scenarios", "--members", "--port", "--rates", "--replicas", "--rows-per-s", "--rps", "--seconds",
-              "--seed", "--seeds", "--slow-ms"],
+              "--seed", "--seeds", "--slow-ms", "--target"],
     "demo": ["--config", "--port", "--requests"],
 }
 """Every sub-command's flags: the command line is a contract users and scripts depend on (README)."""
