@@ -466,6 +466,11 @@ class DataConfig(_Strict):
     min_rows: int = Field(200, ge=20, description="No verdict on fewer rows: tests need data.")
     check_period_s: float = Field(2.0, gt=0, description="How often the controller checks the window.")
     sample_per_batch: int = Field(256, ge=8, description="Numeric values per gateway batch kept for tests.")
+    tensor_rows_per_batch: int = Field(
+        64, ge=1, le=4096, description="Whole tensors per tensor feature a gateway ships to the controller's "
+        "tensor drift monitor each sync period (a uniform sample, in arrival order, when more arrive): a gateway "
+        "at up to this many rows per 0.5 s feeds the monitor every row; past it, the monitor sees a sample and "
+        "its detection delay counts sampled rows.")
     missing_rate_max: float = Field(
         0.05, ge=0, le=1, description="Alert when a feature's missing rate exceeds its training share by this.")
     out_of_range_max: float = Field(0.05, ge=0, le=1, description="Alert above this share outside the training "

@@ -367,6 +367,27 @@ def test_monitoring_keeps_a_tensors_missing_rate_and_skips_its_per_element_tests
     assert image.p_value is None and "missing_values" in [str(b) for b in image.breaches]
 
 
+def test_the_gateway_ships_whole_tensors_in_arrival_order_for_the_tensor_drift_monitor():
+    x, y = _images(200)
+    df = pd.DataFrame({"image": list(x), "w": np.linspace(0, 1, 200), "label": y})
+    schema = infer_schema(df, target="label")
+    shape = schema.features[0].shape
+    tally = InputTally(schema, tensor_rows_per_batch=16, seed=0)
+    tally.add([[r.tolist(), 0.5] for r in x[:10]] + [[None, 0.5]])  # under the cap: every tensor, in order
+    batch = tally.drain()
+    assert batch["tensors"]["image"].dtype == np.float32 and batch["tensors"]["image"].shape == (10, *shape)
+    np.testing.assert_array_equal(batch["tensors"]["image"], x[:10])
+    tally.add([[r.reshape(-1).tolist(), 0.5] for r in x])  # a flat row-major tensor is one too; past the cap:
+    sample = tally.drain()["tensors"]["image"]               # a uniform sample, still in arrival order
+    at = [int(np.flatnonzero((x.reshape(len(x), -1) == r.reshape(-1)).all(axis=1))[0]) for r in sample]
+    assert len(at) == 16 and at == sorted(at) and at[-1] > 16
+    tally.add([[None, 0.5]])
+    assert "tensors" not in tally.drain()  # no tensor sent: nothing to ship
+    tabular = InputTally(infer_schema(df.drop(columns=["image"]), target="label"))
+    tabular.add([[0.5]])
+    assert "tensors" not in tabular.drain()
+
+
 def test_the_readiness_probe_builds_a_valid_tensor_row():
     from raymedic.app.service import _example_row
 

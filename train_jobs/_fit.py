@@ -25,6 +25,7 @@ from train_jobs.devices import AmpPlan, choose_precision
 from train_jobs.models import ArchSpec, build_model, check_contract
 from train_jobs.preprocess import Preprocessor
 from train_jobs.reference import Reference
+from train_jobs.tensor_reference import TensorDriftSettings, with_tensors
 from train_jobs.registry import CHAMPION, ModelRegistry, VersionInfo
 from train_jobs.schema import ModelSchema
 from train_jobs.tables import fingerprint, infer_schema, split
@@ -96,8 +97,14 @@ class PreparedData:
 
     @cached_property
     def reference(self) -> dict[str, Any]:
-        """The training split's summary that drift monitoring compares live traffic against."""
-        return Reference.build(self.train_df, self.schema, seed=self.seed).to_dict()
+        """The training split's summary that drift monitoring compares live traffic against: per-feature
+        summaries, and for each tensor feature its projection, reference sample and calibrated thresholds
+        (:mod:`train_jobs.tensor_reference`; a few seconds per 8x8-image feature, paid once per version)."""
+        doc = Reference.build(self.train_df, self.schema, seed=self.seed).to_dict()
+        arrays = {f.name: np.stack([np.asarray(v, dtype=np.float32) for v in self.train_df[f.name]
+                                    if not is_missing(v)])
+                  for f in self.schema.features if f.tensor and self.train_df[f.name].notna().any()}
+        return with_tensors(doc, arrays, TensorDriftSettings(seed=self.seed))
 
 
 def prepare_data(config: RaymedicConfig, table: pd.DataFrame, *, target: str,

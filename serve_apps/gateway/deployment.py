@@ -67,7 +67,8 @@ class Gateway(V1Routes, V2Routes, AdminRoutes, ChaosRoutes):
         self._members = members
         self._schema = ModelSchema.from_dict(schema)
         self._policies = input_policies(self._schema, self._cfg.data)
-        self._tally = InputTally(self._schema, sample_per_batch=self._cfg.data.sample_per_batch)
+        self._tally = InputTally(self._schema, sample_per_batch=self._cfg.data.sample_per_batch,
+                                 tensor_rows_per_batch=self._cfg.data.tensor_rows_per_batch)
         self._order = [m.name for m in self._cfg.members]
         self._state = LinkState(weights=equal_weights(self._order), versions=dict(versions))
         storage = Storage(self._cfg.storage_path)
