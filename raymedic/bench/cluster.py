@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import ray
 
-from cluster.connect import LOCAL_LOGICAL_CPUS, start_embedded
+from cluster.connect import LOCAL_LOGICAL_CPUS, start_embedded, user_code_importable
 from cluster.runstate import raymedic_home
 from raymedic.app import service
 from raymedic.app.http import request_json
@@ -42,7 +42,8 @@ def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = 
     ``RAYMEDIC_HOME/bench-storage``, its trained registry kept, every other state of an earlier run
     cleared, the model trained if it is not); everything started here is shut down on exit."""
     os.environ.setdefault(ADMIN_TOKEN_ENV, os.urandom(16).hex())  # before any deploy: the admin routes' token
-    cfg = load_config(config_path).config
+    sf = load_config(config_path)
+    cfg = sf.config
     storage = str(raymedic_home() / "bench-storage")
     update: dict[str, Any] = {"storage_path": storage}
     if chaos:
@@ -51,9 +52,10 @@ def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = 
     for stale in (f"controller/{cfg.model}", f"audit/{cfg.model}", f"logs/{cfg.model}", f"retrain/{cfg.model}"):
         Storage(storage).delete(stale)  # keep the trained registry, start everything else from scratch
     progress(f"starting an embedded local Ray cluster ({LOCAL_LOGICAL_CPUS} logical CPUs)")
-    start_embedded(log_to_driver=False)
+    start_embedded(log_to_driver=False, runtime_env=sf.runtime_env)  # the members' own code, as `raymedic up`
     try:
-        service.ensure_trained(cfg, progress)
+        with user_code_importable(sf.runtime_env):
+            service.ensure_trained(cfg, progress)
         yield cfg
     finally:
         try:
