@@ -27,7 +27,7 @@ from train_jobs.preprocess import Preprocessor
 from train_jobs.reference import Reference
 from train_jobs.tensor_reference import TensorDriftSettings, with_tensors
 from train_jobs.registry import CHAMPION, ModelRegistry, VersionInfo
-from train_jobs.schema import ModelSchema
+from train_jobs.schema import ModelSchema, is_missing
 from train_jobs.tables import fingerprint, infer_schema, split
 
 if TYPE_CHECKING:
