@@ -746,11 +746,6 @@ class RuntimeEnv(BaseModel):
         """Nothing to hand Ray (no field set)."""
         return not self.to_ray()
 
-    def local_paths(self) -> list[str]:
-        """The working_dir and py_modules entries that are paths on this machine (not URIs)."""
-        paths = [self.working_dir] if self.working_dir else []
-        return [p for p in paths + list(self.py_modules) if not _is_uri(p)]
-
     def resolved(self, base: Path, *, where: str) -> "RuntimeEnv":
         """A copy whose local paths are absolute, resolved against ``base`` (the config file's directory).
 

@@ -9,6 +9,7 @@ environment. The last test ships a package that is neither installed nor on any 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import textwrap
@@ -19,7 +20,12 @@ import pytest
 import yaml
 
 from cluster.connect import user_code_importable
-from controllers.models.jobs import PROJECT_ROOT, RayJobs, job_pythonpath, job_runtime_env
+from controllers.models.jobs import (
+    PROJECT_ROOT,
+    RayJobs,
+    job_pythonpath,
+    job_runtime_env,
+)
 from controllers.policies.playbook import SubmitRetrain
 from raymedic.config import RuntimeEnv, load_config
 from raymedic.errors import ConfigError
@@ -204,6 +210,23 @@ def test_a_module_shipped_only_by_runtime_env_trains_serves_and_heals(tmp_path, 
             assert ctl_env["py_modules"] == ray.get_runtime_context().runtime_env["py_modules"]
             assert ctl_env["py_modules"][0].startswith("gcs://")
 
+            # The working_dir form: the process's working directory is Ray's copy, and raymedic itself
+            # still imports (from the cluster's own path, not from the working directory it replaced).
+            @ray.remote(num_cpus=0)
+            def where() -> tuple[bool, str, str]:
+                import serve_apps.member  # lazy: imported in the task, to see where raymedic comes from
+
+                return os.path.isfile(os.path.join(PACKAGE, "tab.py")), serve_apps.member.__file__, \
+                    os.getcwd()
+
+            # (local paths are uploaded only for a job's runtime_env; a task takes a URI: a zip, as on S3, whose
+            # one top-level directory Ray unpacks as the working directory)
+            archive = shutil.make_archive(str(tmp_path / "user_code"), "zip", root_dir=tmp_path, base_dir="user_code")
+            shipped, ours, cwd = ray.get(where.options(runtime_env={"working_dir": f"file://{archive}"}).remote(),
+                                           timeout=120)
+            assert shipped and "runtime_resources" in cwd, cwd
+            assert ours.startswith(PROJECT_ROOT), ours
+
             def status():
                 return request_json("GET", f"{url}/v1/status").body
 
@@ -230,7 +253,7 @@ def test_a_module_shipped_only_by_runtime_env_trains_serves_and_heals(tmp_path, 
             worker = threading.Thread(target=load, daemon=True)
             worker.start()
             try:
-                victim, pid = sorted(serving.items())[0]
+                victim, pid = min(serving.items())
                 os.kill(pid, signal.SIGKILL)
                 inc = wait_for(lambda: next((i for i in status()["incidents"] if i.get("replica") == victim
                                              and i["status"] == "recovered"), None),
