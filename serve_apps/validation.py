@@ -232,7 +232,9 @@ def parse_instances(body: Any, schema: ModelSchema, *, max_batch: int, reject_ou
     and are listed in ``warnings``. A tensor value is nested lists of exactly the
     feature's shape or a flat row-major list of ``prod(shape)`` numbers (ints are
     taken as floats; booleans, strings, NaN and inf are refused); it comes back as
-    nested lists of floats in the feature's shape.
+    nested lists of floats in the feature's shape. For a model of exactly one tensor
+    feature an instance may also be the tensor itself (KServe's form for tensor
+    models), told apart from a list-form row by its shape.
 
     Raises:
         InvalidRequest: 400 for a malformed body, 422 for values that do not fit the schema.
@@ -259,6 +261,8 @@ def parse_instances(body: Any, schema: ModelSchema, *, max_batch: int, reject_ou
     problems = _Problems()
     warnings = _Warnings()
     budget = _TensorBudget(max_tensor_elements)
+    only = schema.only_tensor
+    bare = [list(only.shape or ()), [only.size]] if only is not None else []
     rows: list[list[Any]] = []
     for i, inst in enumerate(instances):
         where = f"instance {i}"
@@ -274,11 +278,15 @@ def parse_instances(body: Any, schema: ModelSchema, *, max_batch: int, reject_ou
                 continue
             values = [inst.get(n) for n in names]
         elif isinstance(inst, list):
-            if len(inst) != len(names):
+            if only is not None and _dims(inst) in bare:  # KServe's form for tensor models: the tensor itself
+                values = [inst]
+            elif len(inst) != len(names):
                 problems.add(f"{where}: has {len(inst)} values but the schema has {len(names)} features "
-                             f"in this order: {names}")
+                             f"in this order: {names}" + (f" (or send the tensor itself, of shape "
+                                                           f"{_shape_text(only.shape)})" if only else ""))
                 continue
-            values = inst
+            else:
+                values = inst
         else:
             problems.add(f"{where}: must be an object keyed by feature name or a list of "
                          f"{len(names)} values in schema order, got {_describe(inst)}")

@@ -125,6 +125,8 @@ def test_v1_and_v2_answer_the_same_images_the_same_and_the_schema_shows_the_tens
     assert out["predictions"]["data"] == v1.body["predictions"]
     np.testing.assert_allclose(np.reshape(out["probabilities"]["data"], (6, 3)), v1.body["probabilities"],
                                atol=1e-5)
+    bare = _post(f"{url}/v1/models/tiles:predict", {"instances": x.tolist()})  # KServe's form: the tensors
+    assert bare.status == 200 and bare.body["predictions"] == v1.body["predictions"], bare.body
     info = request_json("GET", f"{url}/v1/models/tiles").body
     feat = info["schema"]["features"][0]
     assert (feat["name"], feat["type"], feat["shape"], feat["dtype"]) == ("image", "tensor", [SIDE, SIDE], "float32")

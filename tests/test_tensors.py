@@ -240,6 +240,13 @@ def test_v1_takes_nested_lists_a_flat_list_and_ints():
     assert got == GOOD and type(got[0][0]) is float
     listed = parse_instances({"instances": [[GOOD]]}, _schema(), max_batch=8)  # list form, schema order
     assert listed.rows == [[GOOD]]
+    bare = parse_instances({"instances": [GOOD, [v for r in GOOD for v in r]]}, _schema(), max_batch=8)
+    assert bare.rows == [[GOOD], [GOOD]]  # KServe's form for a one-tensor model: the tensor itself
+    one = _schema((1, 4))  # where a list-form row and a bare tensor nest alike, the shape decides
+    assert parse_instances({"instances": [[[1, 2, 3, 4]], [[[1, 2, 3, 4]]]]}, one, max_batch=8).rows == \
+        [[[[1.0, 2.0, 3.0, 4.0]]]] * 2
+    with pytest.raises(InvalidRequest, match=r"has 3 values but the schema has 1 features.*the tensor itself, of shape \[4, 4\]"):
+        parse_instances({"instances": [[1, 2, 3]]}, _schema(), max_batch=8)
 
 
 @pytest.mark.parametrize("value, match", [
