@@ -5,7 +5,7 @@ Parquet) is trained with Ray Train — a built-in logistic fallback and mlp on t
 a user's CNN (a module in a temporary directory, on PYTHONPATH only) on the tensor in its shape — then
 deployed and asked over HTTP: V1 and V2 give the same predictions for the same images, the schema shows
 the tensor, bad tensors get 422s, and labelled answers come back from the logs as a retrain table whose
-tensors are the ones sent.
+tensors are the ones sent, and a retrain on them trains and gates every member.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def service(tmp_path_factory):
                 "replicas": 1, "num_cpus": 0.2}]
     cfg = load_config(write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port, model="tiles",
                                    members=members, training={"epochs": 25},
+                                   # retrains by hand only (the last test), without a search after a reject
+                                   retraining={"enabled": False, "min_labeled_rows": 40, "search_on_reject": False},
                                    gateway={"replicas": 1, "num_cpus": 0.2, "max_batch_size": 64,
                                             "min_members": 2})).config.resolved()
     start_embedded(log_to_driver=False)
@@ -173,3 +175,29 @@ def test_labelled_answers_come_back_as_a_retrain_table_with_the_tensors_sent(ser
     np.testing.assert_allclose(np.stack(got["image"]), x, rtol=1e-6)
     assert got["label"].tolist() == [int(v) for v in y]
     assert Preprocessor.fit(got, schema).transform_frame(got).shape == (10, SIDE * SIDE)
+
+
+def test_a_retrain_on_logged_tensors_trains_and_gates_every_member(service):
+    from raymedic.storage import Storage
+    from train_jobs.labeled import recent_labeled
+    from train_jobs.registry import ModelRegistry
+    from train_jobs.retrain import retrain
+    from train_jobs.schema import ModelSchema
+
+    url, cfg, _ = service
+    x, y = _images(60, seed=13)
+    answer = _post(f"{url}/v1/models/tiles:predict", {"instances": [{"image": r.tolist()} for r in x]})
+    assert answer.status == 200, answer.body
+    fb = _post(f"{url}/v1/models/tiles:feedback", {"inference_ids": answer.body["inference_ids"],
+                                                    "labels": [int(v) for v in y]})
+    assert fb.status == 200, fb.body
+    registry = ModelRegistry(Storage(cfg.storage_path))
+    schema = ModelSchema.from_dict(registry.info("tiles", "cnn", "champion").metadata["schema"])
+    wait_for(lambda: len(recent_labeled(Storage(cfg.storage_path), "tiles", schema)) >= 60, timeout_s=30,
+             what="the labelled predictions in the logs")
+    outcome = retrain(cfg, reason="tensor test", progress=print)  # recent rows + the stored tensor sample
+    assert set(outcome["members"]) == {"logistic", "mlp", "cnn"}, outcome
+    for verdict in outcome["members"].values():  # each challenger was trained and measured on the holdout
+        assert verdict["challenger_version"] == "v0002" and 0 <= verdict["challenger_metrics"]["accuracy"] <= 1
+    # the champions' stored training sample (tensors as fixed-size lists) was read back and mixed in
+    assert registry.info("tiles", "cnn", "v0002").metadata["retrain"]["reference_rows"] > 0

@@ -245,7 +245,8 @@ def test_v1_takes_nested_lists_a_flat_list_and_ints():
     one = _schema((1, 4))  # where a list-form row and a bare tensor nest alike, the shape decides
     assert parse_instances({"instances": [[[1, 2, 3, 4]], [[[1, 2, 3, 4]]]]}, one, max_batch=8).rows == \
         [[[[1.0, 2.0, 3.0, 4.0]]]] * 2
-    with pytest.raises(InvalidRequest, match=r"has 3 values but the schema has 1 features.*the tensor itself, of shape \[4, 4\]"):
+    with pytest.raises(InvalidRequest, match=r"has 3 values but the schema has 1 features.*the tensor itself, "
+                                             r"of shape \[4, 4\]"):
         parse_instances({"instances": [[1, 2, 3]]}, _schema(), max_batch=8)
 
 
