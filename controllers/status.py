@@ -76,6 +76,8 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
                     {"window_rows": monitor.rows if monitor else 0,
                      "note": f"no verdict before {deployment.cfg.data.min_rows} rows"}),
                  "drift_tests": monitor is not None and monitor.reference is not None,
+                 # rows each tensor feature's drift monitor has read (a sample when traffic outruns the gateways' cap)
+                 "tensor_rows": {name: m.rows_seen for name, m in (monitor.tensor_monitors if monitor else {}).items()},
                  "alerts": [a.to_dict() for a in data_alerts.open()]},
         "performance": {**(performance_report.to_dict() if performance_report else {}),
                         "reference_accuracy": deployment.reference_accuracy},

@@ -140,7 +140,7 @@ def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
         remember_trained(cfg, tmp / "storage", tmp / "trained")
         service.deploy(cfg, host="127.0.0.1", port=port, progress=print)
         url = f"http://127.0.0.1:{port}"
-        service.wait_ready(url, cfg.model, timeout_s=240, progress=print)
+        service.wait_ready(url, cfg.model, timeout_s=240, progress=print, example=service.golden_example(cfg))
         yield url, cfg
     finally:
         serve.shutdown()

@@ -9,8 +9,9 @@ Ray Serve and the composition root are imported inside the functions that deploy
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from raymedic.config import RaymedicConfig
 from raymedic.keys import APP_NAME
@@ -109,8 +110,14 @@ def _answered_by_all(body: dict, members: set[str]) -> bool:
     return not body.get("degraded") and members <= used
 
 
-def wait_ready(url: str, model: str, *, timeout_s: float, progress: Progress) -> float:
-    """Block until real predictions succeed over HTTP, answered by every member; returns the seconds waited."""
+def wait_ready(url: str, model: str, *, timeout_s: float, progress: Progress,
+               example: dict[str, Any] | None = None) -> float:
+    """Block until real predictions succeed over HTTP, answered by every member; returns the seconds waited.
+
+    ``example`` is the instance sent (:func:`golden_example`: a real training-time row); without one,
+    an instance built from the schema alone, which the data monitors count like any input: fine for a
+    table's ranges, but a mid-range image is far from any real one and would itself look like drift.
+    """
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     last = "no answer yet"
@@ -121,7 +128,8 @@ def wait_ready(url: str, model: str, *, timeout_s: float, progress: Progress) ->
             info = request_json("GET", f"{url}/v1/models/{model}", timeout_s=5)
             if info.status == 200:
                 probe = request_json("POST", f"{url}/v1/models/{model}:predict",
-                                     {"instances": [_example_row(info.body["schema"])]}, timeout_s=10)
+                                     {"instances": [example or _example_row(info.body["schema"])]},
+                                     timeout_s=10)
                 if probe.status == 200 and _answered_by_all(probe.body, set(info.body.get("members") or ())):
                     full += 1
                     if full >= READY_PROBES:
@@ -139,6 +147,21 @@ def wait_ready(url: str, model: str, *, timeout_s: float, progress: Progress) ->
         time.sleep(0.5)
     raise RaymedicError(f"the service did not answer predictions within {timeout_s:.0f} s ({last}); "
                         "check `ray status` and the Serve logs in the Ray dashboard")
+
+
+def golden_example(config: RaymedicConfig) -> dict[str, Any] | None:
+    """A real row to probe readiness with: the first golden input of the fallback member's champion (a
+    validation row of its training table), keyed by feature; None when there is none to read."""
+    # lazy: train_jobs.artifacts imports PyTorch (seconds) for a file name
+    from train_jobs.artifacts import GOLDEN
+
+    try:
+        loaded = ModelRegistry(Storage(config.storage_path)).load(config.model, config.fallback_member, "champion")
+        golden = json.loads(loaded.files[GOLDEN])
+        names = [f["name"] for f in loaded.info.metadata["schema"]["features"]]
+        return dict(zip(names, golden["rows"][0], strict=True))
+    except (RaymedicError, KeyError, IndexError, ValueError):
+        return None
 
 
 def _example_row(schema: dict) -> dict:

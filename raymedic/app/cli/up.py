@@ -108,7 +108,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             service.ensure_trained(cfg, progress)
         service.deploy(cfg, host=host, port=port, progress=progress, proxy_location=proxy_location)
         url = _local_url(host, port)
-        waited = service.wait_ready(url, cfg.model, timeout_s=args.timeout, progress=progress)
+        waited = service.wait_ready(url, cfg.model, timeout_s=args.timeout, progress=progress,
+                                    example=service.golden_example(cfg))
         dashboard = _dashboard_url()
     finally:
         ray.shutdown()
