@@ -358,9 +358,9 @@ def test_openapi_refuses_an_unwritable_path_with_the_fix(tmp_path, capsys):
                                        "file or directory; pass --out with a writable path\n")
 
 
-def test_up_never_trains_the_synthetic_table_into_your_own_modules(tmp_path):
-    """An empty registry gets the built-in synthetic model, but only for built-in members: the
-    synthetic table is no stand-in for the table the user's own module was written for."""
+def test_up_on_an_empty_registry_says_to_train_your_own_module_on_your_table(tmp_path):
+    """An empty registry gets the built-in synthetic model; a user's module that does not fit it is
+    refused with the contract's reason and the ``raymedic train`` to run instead."""
     from raymedic.app import service
     from raymedic.config import parse_config
     from raymedic.errors import ConfigError
@@ -369,6 +369,7 @@ def test_up_never_trains_the_synthetic_table_into_your_own_modules(tmp_path):
                         "members": [{"name": "cnn", "module": "my_models.digits:SmallCNN"},
                                     {"name": "logistic", "kind": "logistic", "fallback": True}]})
     with pytest.raises(ConfigError) as err:
-        service.ensure_trained(cfg, print)  # raises before any cluster is needed
+        service.ensure_trained(cfg, print)  # the contract check fails before any cluster is needed
+    assert "module 'my_models.digits:SmallCNN' is not importable here" in str(err.value)
     assert "members ['cnn'] run your own modules" in str(err.value)
     assert "raymedic train --config CONFIG --data TABLE --target COLUMN --model digits" in str(err.value)

@@ -439,3 +439,20 @@ def test_a_retrain_table_mixes_logged_rows_with_the_stored_training_sample(tmp_p
     logged = pd.DataFrame({"image": [r.tolist() for r in x[:20]], "label": y[:20]})  # nested lists, as JSON gives
     data = prepare_data(cfg, pd.concat([logged, sample], ignore_index=True), target="label", schema=schema)
     assert data.x_train.shape[1] == 16 and len(data.train_df) + len(data.val_df) == 100
+
+
+def test_a_small_tensor_table_trains_with_its_drift_unwatched_and_says_so(caplog):
+    """Tensor drift needs a few hundred training rows to fit and calibrate on; fewer must not stop a model
+    from training, only leave that drift unwatched, with a warning that says how to change it."""
+    from raymedic.config import parse_config
+    from train_jobs._fit import prepare_data
+
+    x, y = _images(300)
+    data = prepare_data(parse_config({}), pd.DataFrame({"image": list(x), "label": y}), target="label")
+    with caplog.at_level("WARNING"):
+        doc = data.reference
+    assert "tensors" not in doc and doc["features"]
+    assert "its input drift is not monitored; train on more rows" in caplog.text
+    x, y = _images(1000)
+    assert list(prepare_data(parse_config({}), pd.DataFrame({"image": list(x), "label": y}),
+                             target="label").reference["tensors"]) == ["image"]

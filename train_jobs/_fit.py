@@ -20,6 +20,7 @@ import pandas as pd
 
 from raymedic.config import MemberConfig, RaymedicConfig
 from raymedic.errors import ConfigError, RaymedicError
+from raymedic.logs import get_logger
 from train_jobs import artifacts
 from train_jobs.devices import AmpPlan, choose_precision
 from train_jobs.models import ArchSpec, build_model, check_contract
@@ -32,6 +33,8 @@ from train_jobs.tables import fingerprint, infer_schema, split
 
 if TYPE_CHECKING:
     import torch
+
+log = get_logger(__name__)
 
 GOLDEN_ROWS = 16
 """Probe inputs stored per version: enough to catch a wrong-answering replica, cheap to replay."""
@@ -104,7 +107,14 @@ class PreparedData:
         arrays = {f.name: np.stack([np.asarray(v, dtype=np.float32) for v in self.train_df[f.name]
                                     if not is_missing(v)])
                   for f in self.schema.features if f.tensor and self.train_df[f.name].notna().any()}
-        return with_tensors(doc, arrays, TensorDriftSettings(seed=self.seed))
+        settings = TensorDriftSettings(seed=self.seed)
+        for name in [n for n, rows in arrays.items() if len(rows) < settings.min_rows]:
+            # A model still trains and serves; only its drift on this tensor goes unwatched.
+            log.warning("tensor feature %s: %d training rows, fewer than the %d its drift monitor needs (a third "
+                        "each to fit the projection, to refer to and to calibrate on): its input drift is not "
+                        "monitored; train on more rows to monitor it", name, len(arrays.pop(name)),
+                        settings.min_rows)
+        return with_tensors(doc, arrays, settings)
 
 
 def prepare_data(config: RaymedicConfig, table: pd.DataFrame, *, target: str,

@@ -62,24 +62,30 @@ def ensure_trained(config: RaymedicConfig, progress: Progress) -> None:
     Requires a connected Ray cluster when it trains.
 
     Raises:
-        ConfigError: there are no champions and a member runs the user's own module (the synthetic
-            table is no stand-in for the user's data); the message gives the ``raymedic train`` to run.
+        ConfigError: there are no champions and a member's own module does not fit the synthetic table
+            (checked before anything trains); the message gives the ``raymedic train`` to run.
     """
     registry = ModelRegistry(Storage(config.storage_path))
     if _has_champions(registry, config, config.model):
         return
-    own = [m.name for m in config.members if m.module]
-    if own:  # the synthetic table is the built-ins' stand-in: it cannot fit the user's own module
-        raise ConfigError(
-            f"the registry at {config.storage_path} has no champions for model {config.model!r}, and its members "
-            f"{own} run your own modules, which the built-in synthetic table cannot train: train them on your "
-            f"table first, `raymedic train --config CONFIG --data TABLE --target COLUMN --model {config.model}`")
     # lazy: imports PyTorch (seconds), needed only when there is something to train
     from train_jobs.train import synthetic_table, train_ensemble
 
     progress(f"registry at {config.storage_path} has no champions for {config.model!r}: "
              "training the built-in synthetic model with Ray Train (about a minute)")
-    train_ensemble(config, synthetic_table(config), target="label", model=config.model, progress=progress)
+    try:
+        train_ensemble(config, synthetic_table(config), target="label", model=config.model, progress=progress)
+    except ConfigError as exc:
+        own = [m.name for m in config.members if m.module]
+        if not own:
+            raise
+        # the synthetic table is the built-ins' stand-in: a user's module written for other inputs (images,
+        # another width) does not fit it, and the fix is to train on the table it was written for
+        raise ConfigError(
+            f"{exc}. The registry at {config.storage_path} has no champions for model {config.model!r}, so the "
+            f"built-in synthetic table was tried, and members {own} run your own modules: train them on your "
+            f"table first, `raymedic train --config CONFIG --data TABLE --target COLUMN --model {config.model}`"
+        ) from None
 
 
 def deploy(config: RaymedicConfig, *, host: str, port: int, progress: Progress,
