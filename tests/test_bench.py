@@ -364,3 +364,14 @@ def test_live_drift_bench_streams_through_the_service(tmp_path):
     assert row["detect_rows"] is not None and row["detect_rows"] < out["settings"]["max_post_rows"], row
     assert row["detected_s"] is not None and row["detected_s"] >= 0
     assert f"{row['detect_rows']} rows ({row['detected_s']} s)" in format_live_table(out)
+
+
+def test_faults_go_to_the_members_a_config_has():
+    from raymedic.config import parse_config
+
+    builtin = parse_config({})
+    assert [faults.fault_member(f, builtin) for f in ("kill", "hang", "error")] == ["mlp", "tabresnet", "mlp"]
+    own = parse_config({"model": "digits", "members": [{"name": "cnn", "module": "m.d:Net"},
+                                                       {"name": "logistic", "kind": "logistic", "fallback": True}],
+                        "gateway": {"min_members": 1}})
+    assert {faults.fault_member(f, own) for f in ("kill", "hang", "wrong", "error")} == {"cnn"}

@@ -41,7 +41,7 @@ from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC, VERSUS_HEADER, versus
 from raymedic.errors import RaymedicError
 from raymedic.keys import REPLICA_BENCH_FAULTS
 
-__all__ = ["BenchSettings", "FAULT_MEMBER", "REPLICA_FAULTS", "run_replica_faults", "format_table"]
+__all__ = ["BenchSettings", "FAULT_MEMBER", "REPLICA_FAULTS", "fault_member", "run_replica_faults", "format_table"]
 
 FAULT_MEMBER = {"kill": "mlp", "hang": "tabresnet", "slow": "mlp", "wrong": "tabresnet", "error": "mlp"}
 """The member each fault hits (never the fallback member, ``logistic``)."""
@@ -77,10 +77,19 @@ def _reference(url: str, inputs: Sequence[dict[str, Any]], batch: int) -> list[A
     return out
 
 
+def fault_member(fault: str, config: Any) -> str:
+    """The member a fault is injected into: the built-in one :data:`FAULT_MEMBER` names when the config has
+    it (the figures compare across runs), else the first member that is not the fallback (a user's model)."""
+    names = [m.name for m in config.members]
+    if FAULT_MEMBER[fault] in names:
+        return FAULT_MEMBER[fault]
+    return next((n for n in names if n != config.fallback_member), names[0])
+
+
 def _scenario(system: System, fault: str, s: BenchSettings, inputs: list[dict[str, Any]], reference: list[Any],
               progress: Progress) -> dict[str, Any]:
     """One fault on one system: load, inject after the warm-up, measure from the injection on, clean up."""
-    member = FAULT_MEMBER[fault]
+    member = fault_member(fault, system.config)
     wait_until(system.ready, 180, f"{system.name} to be at full strength before {fault}")
     injected: dict[str, Any] = {}
 
