@@ -31,6 +31,26 @@ def wait_for(predicate: Callable[[], Any], *, timeout_s: float, what: str, inter
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
 
 
+def write_package(root: Path, name: str, source: str) -> Path:
+    """A package ``name`` under ``root`` (an empty ``__init__`` and ``tab.py`` holding ``source``,
+    dedented): a user's own code in a plain directory, not installed. Returns the package's directory."""
+    import textwrap
+
+    pkg = root / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "tab.py").write_text(textwrap.dedent(source))
+    return pkg
+
+
+def forget_package(name: str) -> None:
+    """Drop package ``name`` and its submodules from ``sys.modules``: the next import reads the files again."""
+    import sys
+
+    for mod in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+        del sys.modules[mod]
+
+
 def free_port() -> int:
     """A port that is free now and unlikely to be taken before the test binds it.
 

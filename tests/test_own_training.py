@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -32,6 +31,7 @@ from train_jobs.search import (
     member_search_space,
     split_point,
 )
+from tests.conftest import forget_package, write_package
 from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
 
 USER_CODE = '''
@@ -198,14 +198,10 @@ def test_a_member_with_its_own_train_loop_is_not_searched_and_says_why():
 
 @pytest.fixture
 def own_code(tmp_path, monkeypatch):
-    pkg = tmp_path / "code" / "ownnets"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "tab.py").write_text(textwrap.dedent(USER_CODE))
+    pkg = write_package(tmp_path / "code", "ownnets", USER_CODE)
     monkeypatch.syspath_prepend(str(pkg.parent))
     yield pkg
-    for name in [m for m in sys.modules if m == "ownnets" or m.startswith("ownnets.")]:
-        del sys.modules[name]
+    forget_package("ownnets")
 
 
 def test_a_modules_current_configuration_is_the_first_point_when_inside_its_space(own_code):
@@ -351,10 +347,7 @@ def cluster(tmp_path_factory):
     from cluster.connect import start_embedded
 
     code = tmp_path_factory.mktemp("owncode")
-    pkg = code / "ownnets"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "tab.py").write_text(textwrap.dedent(USER_CODE))
+    write_package(code, "ownnets", USER_CODE)
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(code), saved or ""])
     sys.path.insert(0, str(code))
@@ -368,8 +361,7 @@ def cluster(tmp_path_factory):
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = saved
-        for name in [m for m in sys.modules if m == "ownnets" or m.startswith("ownnets.")]:
-            del sys.modules[name]
+        forget_package("ownnets")
 
 
 @pytest.mark.ray

@@ -19,7 +19,7 @@ import pytest
 from raymedic.config import parse_config
 from raymedic.errors import ConfigError, SchemaError
 from raymedic.keys import ADMIN_TOKEN_ENV
-from tests.conftest import local_service, wait_for
+from tests.conftest import forget_package, local_service, wait_for, write_package
 from train_jobs import artifacts
 from train_jobs._fit import prepare_data
 from train_jobs.models import MODULE_KIND, ArchSpec, build_model, check_contract
@@ -77,14 +77,10 @@ def a_function():
 @pytest.fixture
 def user_code(tmp_path, monkeypatch):
     """A package ``mynets`` in a directory on sys.path (not installed), forgotten again afterwards."""
-    pkg = tmp_path / "code" / "mynets"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "tab.py").write_text(textwrap.dedent(GOOD))
+    pkg = write_package(tmp_path / "code", "mynets", GOOD)
     monkeypatch.syspath_prepend(str(pkg.parent))
     yield pkg
-    for name in [m for m in sys.modules if m == "mynets" or m.startswith("mynets.")]:
-        del sys.modules[name]
+    forget_package("mynets")
 
 
 def spec(path: str, **hp) -> ArchSpec:
