@@ -10,10 +10,9 @@ is served, probed and monitored exactly like a trained one.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -29,7 +28,7 @@ from train_jobs.reference import Reference
 from train_jobs.tensor_reference import TensorDriftSettings, with_tensors
 from train_jobs.registry import CHAMPION, ModelRegistry, VersionInfo
 from train_jobs.schema import ModelSchema, is_missing
-from train_jobs.tables import fingerprint, infer_schema, split
+from train_jobs.tables import fingerprint, infer_schema, json_row, split
 
 if TYPE_CHECKING:
     import torch
@@ -96,7 +95,7 @@ class PreparedData:
     def golden_rows(self) -> list[list[Any]]:
         """Raw validation rows (schema order, plain JSON) replayed by the controller's probes."""
         head = self.val_df[self.schema.feature_names].head(GOLDEN_ROWS)
-        return [_json_row(r) for r in head.itertuples(index=False)]
+        return [json_row(r) for r in head.itertuples(index=False)]
 
     @cached_property
     def reference(self) -> dict[str, Any]:
@@ -189,20 +188,6 @@ def snapshot(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
     """A detached CPU copy of the plain network's weights (unwrapping DistributedDataParallel)."""
     net = getattr(model, "module", model)
     return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-
-
-def _json_row(values: Sequence[Any]) -> list[Any]:
-    """Plain-JSON values (numpy scalars → Python, NaN → None, a tensor → nested lists) for a golden row."""
-    out = []
-    for v in values:
-        if isinstance(v, np.ndarray):
-            v = v.astype(np.float64).tolist()
-        elif isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, float) and math.isnan(v):
-            v = None
-        out.append(v)
-    return out
 
 
 def evaluate(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:

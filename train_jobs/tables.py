@@ -11,7 +11,7 @@ import hashlib
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from train_jobs._tensors import (TENSOR_DTYPE, arrow_to_arrays, as_tensor, frame
                                  looks_like_tensor_cell, tensor_column)
 from train_jobs.schema import Feature, FeatureType, Label, ModelSchema
 
-__all__ = ["load_table", "infer_schema", "fingerprint", "split", "tensor_column", "frame_from_arrow",
+__all__ = ["load_table", "infer_schema", "fingerprint", "split", "json_row", "tensor_column", "frame_from_arrow",
            "frame_to_arrow", "PARQUET_TENSOR_HOWTO"]
 
 PARQUET_TENSOR_HOWTO = (
@@ -226,3 +226,18 @@ def split(df: pd.DataFrame, *, val_fraction: float = 0.2, seed: int = 0,
         val_idx.extend(idx[:n_val])
     val_mask = df.index.isin(val_idx)
     return df[~val_mask].reset_index(drop=True), df[val_mask].reset_index(drop=True)
+
+
+def json_row(values: Sequence[Any]) -> list[Any]:
+    """A table row's cells as a JSON client sends them: numpy scalars as Python numbers, NaN as null, a
+    tensor as nested lists (the golden probes' rows, the benches' requests)."""
+    out = []
+    for v in values:
+        if isinstance(v, np.ndarray):
+            v = v.astype(np.float64).tolist()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and math.isnan(v):
+            v = None
+        out.append(v)
+    return out

@@ -11,7 +11,7 @@ benches drive in the same way.
 from __future__ import annotations
 
 import contextlib
-import math
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -32,7 +32,7 @@ from raymedic.storage import Storage
 from serve_apps.chaos import sigkill_replica
 from train_jobs.registry import ModelRegistry
 from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
-from train_jobs.tables import fingerprint, load_table
+from train_jobs.tables import fingerprint, json_row, load_table
 
 __all__ = ["Progress", "BenchTable", "bench_cluster", "bench_inputs", "running_replicas", "wait_until", "System",
            "RaymedicSystem", "PlainServe", "systems"]
@@ -52,8 +52,10 @@ class BenchTable:
     path: str
     target: str
 
+    @functools.cached_property
     def frame(self) -> Any:
-        """The table, as :func:`train_jobs.tables.load_table` reads it (refusals name the fix)."""
+        """The table, as :func:`train_jobs.tables.load_table` reads it (refusals name the fix); read once
+        for training and for the bench's requests."""
         return load_table(self.path)
 
 
@@ -83,7 +85,7 @@ def bench_cluster(config_path: str | None, progress: Progress, *, chaos: bool = 
     cfg = cfg.model_copy(update=update).resolved()
     for stale in (f"controller/{cfg.model}", f"audit/{cfg.model}", f"logs/{cfg.model}", f"retrain/{cfg.model}"):
         Storage(storage).delete(stale)  # keep the trained registry, start everything else from scratch
-    table = data.frame() if data is not None else None  # read (and refused) before a cluster starts
+    table = data.frame if data is not None else None  # read (and refused) before a cluster starts
     progress(f"starting an embedded local Ray cluster ({LOCAL_LOGICAL_CPUS} logical CPUs)")
     # The application's runtime_env is the job's: both systems' replicas import the members' own modules
     start_embedded(log_to_driver=False, runtime_env=served.runtime_env)
@@ -126,27 +128,15 @@ def bench_inputs(config: RaymedicConfig, n: int = 200, data: BenchTable | None =
     (seeded apart from training), or, for a model trained on another table (a user's, a tensor model),
     instances built from its champions' schema."""
     if data is not None:
-        df = data.frame()
+        df = data.frame
         rows = df.drop(columns=[data.target]).sample(n=n, replace=len(df) < n, random_state=4242)
-        return [{str(k): _json_value(v) for k, v in r.items()} for r in rows.to_dict(orient="records")]
+        return [dict(zip(map(str, rows.columns), json_row(r), strict=True)) for r in rows.itertuples(index=False)]
     df = SyntheticGenerator(SyntheticSpec(seed=config.training.seed)).sample(n, seed=4242)
     feats = [c for c in df.columns if c != "label"]
     schema = _champion_schema(config)
     if schema is not None and [f["name"] for f in schema["features"]] != feats:
         return instances_for_schema(schema, n, seed=4242)
     return [{f: float(r[f]) for f in feats} for _, r in df.iterrows()]
-
-
-def _json_value(v: Any) -> Any:
-    """A table cell as JSON sends it: numpy arrays (tensor features) as nested lists, numpy scalars as
-    Python numbers, a missing value as null."""
-    if hasattr(v, "tolist"):
-        v = v.tolist()
-    if isinstance(v, list):
-        return [_json_value(x) for x in v]
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
 
 
 def _champion_schema(config: RaymedicConfig) -> dict[str, Any] | None:
