@@ -79,8 +79,10 @@ class SearchDomain(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _one_distribution(cls, raw: Any) -> Any:
-        if isinstance(raw, SearchDomain) or (isinstance(raw, dict) and set(raw) == {"distribution", "values"}):
+        if isinstance(raw, SearchDomain):
             return raw
+        if isinstance(raw, dict) and set(raw) == {"distribution", "values"}:  # the dumped form: checked the same
+            raw = {raw["distribution"]: raw["values"]}
         if not isinstance(raw, dict) or len(raw) != 1:
             several = f" (it gives {len(raw)}: {', '.join(map(str, raw))})" if isinstance(raw, dict) else ""
             raise ValueError("a search_space entry must be a mapping with exactly one distribution, e.g. "

@@ -135,7 +135,7 @@ def retrain_job_id(model: str, record: str) -> str:
 
 CHAOS_FAULTS = ("kill", "hang", "slow", "wrong", "error", "leak")
 """The replica faults ``raymedic chaos`` injects (the CLI and the gateway's chaos route offer exactly these);
-``bench replica-faults`` measures all but ``leak``, which takes a minute to matter (its bench is
-``infra-faults``)."""
+``bench replica-faults`` measures all but ``leak``, which takes a minute to matter (it has no bench yet:
+the planned ``bench infra-faults``)."""
 REPLICA_BENCH_FAULTS = tuple(f for f in CHAOS_FAULTS if f != "leak")
 """The faults ``bench replica-faults`` runs (and its ``--faults`` accepts)."""

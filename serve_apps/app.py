@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import ray
 from ray.serve import Application
 
 from controllers.client import ensure_controller
+from controllers.models.jobs import current_runtime_env
 from raymedic.config import parse_config
 from serve_apps.application import admin_token_sha256, build_application, resolve_versions
 
@@ -34,5 +34,5 @@ def build_app(args: dict[str, Any]) -> Application:
     app = build_application(config, versions, schema)  # binds only: a bad config fails before anything starts
     if config.controller.enabled:
         ensure_controller(config, versions, admin_sha=admin_token_sha256(),
-                          runtime_env=dict(ray.get_runtime_context().runtime_env))
+                          runtime_env=current_runtime_env())
     return app

@@ -427,3 +427,15 @@ def test_a_train_loop_that_reports_no_checkpoint_is_refused_with_the_fix(cluster
     assert ("member 'net': train_loop 'ownnets.tab:no_checkpoint_loop' reported no checkpoint, so there are no "
             "weights to register: from rank 0, save the plain network's state_dict") in str(err.value)
     assert ModelRegistry(Storage(cfg.storage_path)).aliases("none", "net") == {}
+
+
+def test_the_stored_form_of_a_search_domain_is_checked_like_the_written_one():
+    """A config the controller stored and reloads may give a domain as {distribution, values}: the same
+    checks apply, so a bad range cannot slip in that way and fail only inside a Tune trial."""
+    from raymedic.config import SearchDomain
+
+    assert SearchDomain.model_validate({"distribution": "randint", "values": [1, 4]}).values == (1, 4)
+    with pytest.raises(ValueError, match="loguniform bounds must be positive"):
+        SearchDomain.model_validate({"distribution": "loguniform", "values": [0, 0.1]})
+    with pytest.raises(ValueError, match="unknown distribution 'gauss'"):
+        SearchDomain.model_validate({"distribution": "gauss", "values": [0, 1]})

@@ -197,7 +197,7 @@ def test_a_retrain_on_logged_tensors_trains_and_gates_every_member(service):
              what="the labelled predictions in the logs")
     outcome = retrain(cfg, reason="tensor test", progress=print)  # recent rows + the stored tensor sample
     assert set(outcome["members"]) == {"logistic", "mlp", "cnn"}, outcome
-    for verdict in outcome["members"].values():  # each challenger was trained and measured on the holdout
-        assert verdict["challenger_version"] == "v0002" and 0 <= verdict["challenger_metrics"]["accuracy"] <= 1
+    for verdict in outcome["members"].values():  # each challenger was trained and measured on the holdout (3 separable classes: far above chance)
+        assert verdict["challenger_version"] == "v0002" and 0.5 < verdict["challenger_metrics"]["accuracy"] <= 1
     # the champions' stored training sample (tensors as fixed-size lists) was read back and mixed in
     assert registry.info("tiles", "cnn", "v0002").metadata["retrain"]["reference_rows"] > 0

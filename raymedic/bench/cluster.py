@@ -212,8 +212,7 @@ class RaymedicSystem(System):
     def deploy(self, progress: Progress) -> None:
         """Deploy the service and wait until every member answers predictions."""
         service.deploy(self.config, host="127.0.0.1", port=int(self.url.rsplit(":", 1)[1]), progress=progress)
-        service.wait_ready(self.url, self.config.model, timeout_s=300, progress=progress,
-                           example=service.golden_example(self.config))
+        service.wait_ready(self.url, self.config.model, timeout_s=300, progress=progress, example=self.probe)
 
     def ready(self) -> bool:
         """Whole: every replica running, healthy in the controller's eyes and avoided by none."""

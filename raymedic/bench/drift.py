@@ -570,7 +570,8 @@ def _accuracy(correct: np.ndarray, change: int, settings: DriftBenchSettings) ->
 # ---- the bench ----------------------------------------------------------------------------------
 
 
-def _delay_stats(delays: Sequence[float | None], runs: int) -> dict[str, Any]:
+def delay_stats(delays: Sequence[float | None], runs: int) -> dict[str, Any]:
+    """Median and quartiles of detection delays over ``runs`` runs (a missed one counts as never), JSON-able."""
     d = np.array([math.inf if v is None else v for v in delays], dtype=float)
     # Missed detections count as never: a quantile that lands among them is never (not NaN from inf - inf).
     with np.errstate(invalid="ignore"):
@@ -627,10 +628,10 @@ def run_drift_bench(settings: DriftBenchSettings = DriftBenchSettings(), *,
                                          settings)
         runs = [_scenario(r, i, sc, gen, settings, feat_cfg, feat_cal, err_cfg, ks_thr, ph_thr, limit_thr)
                 for r in seeds]
-        c_stats = _delay_stats([r["delay"][0] for r in runs], len(runs))
-        b_stats = _delay_stats([r["delay"][1] for r in runs], len(runs))
+        c_stats = delay_stats([r["delay"][0] for r in runs], len(runs))
+        b_stats = delay_stats([r["delay"][1] for r in runs], len(runs))
         has_limit = sc.kind == "concept" or limit_thr is not None
-        l_stats = _delay_stats([r["limit"] for r in runs], len(runs)) if has_limit else None
+        l_stats = delay_stats([r["limit"] for r in runs], len(runs)) if has_limit else None
         target = TARGET_FACTOR * sc.reference_delay
         detection.append({
             "scenario": sc.name, "kind": sc.kind, "unit": "rows" if sc.kind == "inputs" else "labels",
@@ -696,7 +697,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 # ---- output -------------------------------------------------------------------------------------
 
 
-def _delay(s: dict[str, Any]) -> str:
+def format_delay(s: dict[str, Any]) -> str:
+    """A :func:`delay_stats` entry as the tables print it: ``median [q1-q3, n missed]`` or never."""
     if s["median"] is None:
         return f"never ({s['missed']}/{s['runs']} missed)"
     iqr = "-".join("never" if q is None else f"{q:.0f}" for q in (s["q1"], s["q3"]))
@@ -739,8 +741,8 @@ def format_table(report: dict[str, Any]) -> str:
     for r in report["detection"]:
         met = "yes" if r["target_met"] else ("no*" if r.get("target_below_limit") else "no")
         lines.append(
-            f"{r['scenario']:<21} {_delay(r['cusum']):<28} {(r['baseline_name'] + ' ' + _delay(r['baseline'])):<40} "
-            f"{_delay(r['limit']) if r.get('limit') else '-':<22} {_num(r['ratio_vs_baseline']):>9} "
+            f"{r['scenario']:<21} {format_delay(r['cusum']):<28} {(r['baseline_name'] + ' ' + format_delay(r['baseline'])):<40} "
+            f"{format_delay(r['limit']) if r.get('limit') else '-':<22} {_num(r['ratio_vs_baseline']):>9} "
             f"{r['reference']:>6.0f} {_num(r['ratio_vs_reference']):>11} {r['target']:>6.0f} {met:>4}")
     lines.append("limit (told): a CUSUM told the change — inputs: feature, direction, size and the true law before "
                  "it; concept: the model's true error rate in each of the detector's confidence bins before and after. "

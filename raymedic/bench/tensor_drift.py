@@ -26,7 +26,6 @@ in batches of ``batch_rows`` as the gateway's tallies would.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from controllers.detectors.tensor_drift import TensorDriftMonitor, TensorTest
+from raymedic.bench.drift import delay_stats, format_delay
 from raymedic.bench.report import dumps
 from raymedic.errors import ConfigError, RaymedicError
 from train_jobs.tensor_reference import TensorDriftSettings, tensor_entry_from_splits
@@ -138,17 +138,6 @@ def _feed(monitor: TensorDriftMonitor, rows: np.ndarray, batch: int) -> None:
         monitor.update(rows[a:a + batch])
 
 
-def _delay_stats(delays: list[float | None]) -> dict[str, Any]:
-    d = np.array([math.inf if v is None else v for v in delays], dtype=float)
-    with np.errstate(invalid="ignore"):
-        q1, med, q3 = (float(np.quantile(d, q)) for q in (0.25, 0.5, 0.75))
-
-    def num(v: float) -> float | None:
-        return None if not math.isfinite(v) else round(v, 1)
-
-    return {"median": num(med), "q1": num(q1), "q3": num(q3), "missed": int(np.isinf(d).sum()), "runs": len(d)}
-
-
 def run_tensor_drift_bench(settings: TensorBenchSettings = TensorBenchSettings(), *,
                            progress: Progress | None = None) -> dict[str, Any]:
     """The control and every scenario over ``settings.seeds`` seeds; a JSON-able report."""
@@ -222,17 +211,9 @@ def run_tensor_drift_bench(settings: TensorBenchSettings = TensorBenchSettings()
                     "cusum": {"alarms": control["cusum"], "per_10k": rate(control["cusum"])},
                     "either": {"alarms": sum(control.values()), "per_10k": rate(sum(control.values()))}},
         "detection": [{"scenario": sc.name, "false_before_change": before[sc.name],
-                       **{key: _delay_stats(v) for key, v in delays[sc.name].items()}} for sc in SCENARIOS],
+                       **{key: delay_stats(v, len(v)) for key, v in delays[sc.name].items()}} for sc in SCENARIOS],
         "runtime_s": round(time.perf_counter() - t0, 1),
     }
-
-
-def _delay(s: dict[str, Any]) -> str:
-    if s["median"] is None:
-        return f"never ({s['missed']}/{s['runs']} missed)"
-    iqr = "-".join("never" if q is None else f"{q:.0f}" for q in (s["q1"], s["q3"]))
-    miss = f", {s['missed']} missed" if s["missed"] else ""
-    return f"{s['median']:.0f} [{iqr}{miss}]"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -254,6 +235,6 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'scenario':<16} {'MMD':<24} {'CUSUMs':<24} {'either':<24} {'false before':>12}",
     ]
     for r in report["detection"]:
-        lines.append(f"{r['scenario']:<16} {_delay(r['mmd']):<24} {_delay(r['cusum']):<24} "
-                     f"{_delay(r['either']):<24} {r['false_before_change']:>12}")
+        lines.append(f"{r['scenario']:<16} {format_delay(r['mmd']):<24} {format_delay(r['cusum']):<24} "
+                     f"{format_delay(r['either']):<24} {r['false_before_change']:>12}")
     return "\n".join(lines)
