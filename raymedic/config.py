@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, ValidationInfo, field_validator, model_validator
 
 from raymedic.errors import ConfigError
 from raymedic.keys import APP_NAME, ENSEMBLE, GATEWAY_DEPLOYMENT
@@ -131,6 +131,11 @@ class SearchDomain(BaseModel):
         return {self.distribution: list(self.values)}
 
 
+DEFAULT_MAX_TENSOR_ELEMENTS = 1_048_576
+"""``gateway.max_tensor_elements``'s default (a full batch of 1024 32x32 images), also for callers without a
+config (tests, tools)."""
+
+
 class _Strict(BaseModel):
     # A misspelt key is a silent misconfiguration otherwise; refuse it.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -203,20 +208,13 @@ class MemberConfig(_Strict):
                              "member name")
         return v
 
-    @field_validator("module")
+    @field_validator("module", "train_loop")
     @classmethod
-    def _module_path(cls, v: str | None) -> str | None:
+    def _import_path(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None and not re.fullmatch(_MODULE_PATH, v):
-            raise ValueError("module must be an import path with the class after a colon, such as "
-                             "\"my_models.digits:SmallCNN\"")
-        return v
-
-    @field_validator("train_loop")
-    @classmethod
-    def _train_loop_path(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(_MODULE_PATH, v):
-            raise ValueError("train_loop must be an import path with the function after a colon, such as "
-                             "\"my_models.digits:train_loop\"")
+            what, example = (("class", "SmallCNN") if info.field_name == "module" else ("function", "train_loop"))
+            raise ValueError(f"{info.field_name} must be an import path with the {what} after a colon, such as "
+                             f"\"my_models.digits:{example}\"")
         return v
 
     @field_validator("search_space")
@@ -280,7 +278,7 @@ class GatewayConfig(_Strict):
     )
     max_batch_size: int = Field(1024, ge=1, description="Instances per request; larger batches get 413.")
     max_tensor_elements: int = Field(
-        1_048_576, ge=1, description="Numbers all tensor features of one request may hold together (counted from "
+        DEFAULT_MAX_TENSOR_ELEMENTS, ge=1, description="Numbers all tensor features of one request may hold together (counted from "
         "the shapes sent, before the values are read); more get 413 naming the feature. The default is a full "
         "batch (max_batch_size 1024) of 32x32 images: about 8 MB of JSON numbers and 4 MB as float32, which a "
         "gateway replica parses in well under a second; a body past it would hold the event loop for longer.")

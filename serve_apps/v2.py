@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from raymedic.config import DEFAULT_MAX_TENSOR_ELEMENTS
 from raymedic.errors import InvalidRequest, PayloadTooLarge
 from train_jobs.schema import Feature, FeatureType, Label, ModelSchema
 
@@ -35,8 +36,6 @@ NUMERIC = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "
 DATATYPES = NUMERIC | {"BOOL", "BYTES"}
 TENSOR_DATATYPES = ("FP32", "FP64", "INT32", "INT64")
 """Datatypes a tensor feature's input may have (FP32 is its own; the others convert exactly enough)."""
-DEFAULT_MAX_TENSOR_ELEMENTS = 1_048_576
-"""``gateway.max_tensor_elements``'s default, for callers without a config."""
 
 
 def _flatten(data: Any) -> list[Any]:

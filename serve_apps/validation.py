@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from raymedic.config import DEFAULT_MAX_TENSOR_ELEMENTS
 from raymedic.errors import ConfigError, InvalidRequest, PayloadTooLarge
 from train_jobs.schema import Feature, FeatureType, Label, ModelSchema, is_missing
 
@@ -20,9 +21,6 @@ __all__ = ["parse_instances", "parse_feedback", "Feedback", "Instances", "InputP
 
 MAX_REPORTED = 10
 """Problems listed in one error message; the rest are counted."""
-
-DEFAULT_MAX_TENSOR_ELEMENTS = 1_048_576
-"""``gateway.max_tensor_elements``'s default, for callers without a config (tests, tools)."""
 
 
 @dataclass(frozen=True)

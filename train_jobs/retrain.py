@@ -132,6 +132,8 @@ def retrain(config: RaymedicConfig, *, reason: str = "manual", members: Sequence
 
     verdicts: dict[str, Any] = {m: gate(m, report.versions[m].version) for m in chosen}
     for m in chosen:
+        if config.member(m).train_loop is not None:  # a search runs raymedic's own loop, not the member's
+            continue
         if search_all or (rc.search_on_reject and not verdicts[m]["passed"]):
             retrained = verdicts[m]
             searched = _search_and_gate(config, table, schema.target, m, retrained, gate, progress)
@@ -169,7 +171,7 @@ def _search_and_gate(config: RaymedicConfig, table: pd.DataFrame, target: str, m
     try:
         found = search_member(config, table, target=target, member=member, num_samples=rc.search_trials,
                               max_epochs=rc.search_max_epochs, progress=progress)
-    except RaymedicError as exc:  # e.g. every trial failed, or a member with its own train_loop: the
+    except RaymedicError as exc:  # e.g. every trial failed
         progress(f"  search {member}: not run or no usable trial ({exc}); the retrained verdict stands")
         return {**retrained, "search": {"error": str(exc)[:500]}}  # retrained verdict stands
     verdict = gate(member, found.version.version)
