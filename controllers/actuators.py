@@ -78,11 +78,15 @@ class RayActuators:
         record: Audit one record: ``record(kind, target, evidence=..., action=..., outcome=...)``.
         app: The Serve application whose replicas are acted on.
         kill: Kills an actor by name (a fake in tests).
+        deployment_of: A member's Serve deployment (``RaymedicConfig.deployment_of``: ``MODEL.MEMBER`` for a
+            model served beside the first).
     """
 
     def __init__(self, *, swapper: Swapper | None = None, record: Callable[..., Any] | None = None,
-                 app: str = APP_NAME, kill: Callable[[str], Awaitable[Outcome]] = kill_actor) -> None:
+                 app: str = APP_NAME, kill: Callable[[str], Awaitable[Outcome]] = kill_actor,
+                 deployment_of: Callable[[str], str] = lambda member: member) -> None:
         self.swapper = swapper
+        self._deployment_of = deployment_of
         self._record = record
         self._app = app
         self._kill = kill
@@ -90,7 +94,7 @@ class RayActuators:
 
     async def restart_replica(self, member: str, replica: str, *, actor_name: str | None = None) -> Outcome:
         """Kill the replica's actor (``actor_name`` from Serve's view, else Serve's naming rule)."""
-        return await self._kill(actor_name or replica_actor_name(self._app, member, replica))
+        return await self._kill(actor_name or replica_actor_name(self._app, self._deployment_of(member), replica))
 
     def swap_stale(self, member: str, replica: str, *, served: str, champion: str) -> None:
         """A replica serves another version than the champion outside a promotion (e.g. it read the

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import ray
 
-from controllers.loop import HealingController
+from controllers.host import HealingController
 from raymedic.config import RaymedicConfig
-from raymedic.keys import CONTROLLER_NAME, CONTROLLER_NAMESPACE, HEAD_NODE_RESOURCE, controller_config_key
+from raymedic.keys import (CONTROLLER_MODELS_KEY, CONTROLLER_NAME, CONTROLLER_NAMESPACE, HEAD_NODE_RESOURCE,
+                           controller_config_key)
 from raymedic.logs import get_logger
 from raymedic.storage import Storage
 
@@ -34,12 +35,14 @@ def get_controller() -> Any:
         return None
 
 
-def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, admin_sha: str | None = None,
+def ensure_controller(models: Sequence[tuple[RaymedicConfig, Mapping[str, str]]], *, admin_sha: str | None = None,
                       runtime_env: dict[str, Any] | None = None, timeout_s: float = 120.0) -> Any:
     """Create the controller if missing (else reconfigure it) and wait until it answers.
 
-    The config goes to storage first: the actor reads it there, so a controller Ray restarts later
-    runs on this config, not on its first constructor arguments.
+    ``models`` is every model the service serves, the first first: each one's config alone
+    (``RaymedicConfig.for_model``) and the versions it serves. Those go to storage first, then the list of
+    models: the actor reads them there, so a controller Ray restarts later heals these models on this
+    config, not on its first constructor arguments.
 
     ``runtime_env`` is the application's (as Ray holds it, local code uploaded): the controller runs in
     it and hands it to its retrain jobs and canary applications, so they import the members' own
@@ -47,15 +50,18 @@ def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, admin
     replaced: an actor's runtime_env is fixed when it is created (Ray restarts it in the same one).
     """
     runtime_env = dict(runtime_env or {})
-    storage = Storage(config.storage_path)
-    storage.write_text(controller_config_key(config.model),
-                       json.dumps({"config": config.model_dump(mode="json"), "versions": versions,
-                                   "admin_token_sha256": admin_sha}))
+    first = models[0][0]
+    storage = Storage(first.storage_path)
+    for config, versions in models:
+        storage.write_text(controller_config_key(config.model),
+                           json.dumps({"config": config.model_dump(mode="json"), "versions": dict(versions),
+                                       "admin_token_sha256": admin_sha}))
+    storage.write_text(CONTROLLER_MODELS_KEY, json.dumps({"models": [c.model for c, _ in models]}))
     existing = get_controller()
     if existing is not None:
         info = ray.get(existing.ping.remote(), timeout=timeout_s)
-        if (info.get("model"), info.get("storage_path")) != (config.model, config.storage_path):
-            remove_controller()  # it heals another model: one controller per Serve app
+        if info.get("storage_path") != first.storage_path:
+            remove_controller()  # it heals another service's storage: one controller per Serve app
         elif dict(info.get("runtime_env") or {}) != runtime_env:
             log.info("the application's runtime_env changed: replacing the healing controller to run in it")
             remove_controller()
@@ -71,7 +77,7 @@ def ensure_controller(config: RaymedicConfig, versions: dict[str, str], *, admin
         resources={HEAD_NODE_RESOURCE: 0.001},
         get_if_exists=True,
         runtime_env=runtime_env or None,
-    ).remote(config.storage_path, config.model)
+    ).remote(first.storage_path, first.model)
     ray.get(actor.reload.remote(), timeout=timeout_s)
     return actor
 

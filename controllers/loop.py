@@ -1,10 +1,12 @@
-"""The healing controller: a detached, named, self-restarting Ray actor.
+"""The healing of one model: :class:`ModelController`, one per model the controller actor serves.
 
-:class:`HealingController` is thin wiring: it reads what is deployed and its own
-checkpoint, builds the controller's parts, runs the reconcile step
+The controller actor (:class:`controllers.host.HealingController`: detached, named,
+self-restarting) runs one :class:`ModelController` per model of the service. A
+ModelController is thin wiring: it reads what is deployed for its model and its
+own checkpoint, builds the controller's parts, runs the reconcile step
 (:class:`controllers.reconcile.Reconciler`: observe → decide → act → record)
-every ``controller.tick_s``, and exposes the actor methods gateways, the CLI and
-tests call. Each part has its own module:
+every ``controller.tick_s``, and answers the calls gateways, the CLI and tests
+make for its model. Each part has its own module:
 
 - :mod:`controllers.observe`: every read of Ray and Serve state;
 - :mod:`controllers.probes`: golden probes through each replica's real inference path;
@@ -21,7 +23,10 @@ tests call. Each part has its own module:
   and the avoid list out (within a sync period);
 - :mod:`controllers.operator`, :mod:`controllers.status`: the operator's API.
 
-Gateways keep serving with the last weights they received if this actor is down.
+Everything a ModelController keeps (state, checkpoint, audit, prediction logs,
+retrain records) is stored under its model's name, and everything it acts on in
+Serve is its own members' deployments, so two models never share a decision.
+Gateways keep serving with the last weights they received if the actor is down.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import asyncio
 import os
 import time
 from typing import Any
+
+from ray import serve
 
 from controllers.actuators import RayActuators
 from controllers.alerts import WebhookNotifier
@@ -58,11 +65,12 @@ from controllers.reconcile import Reconciler
 from controllers.recorder import Recorder
 from controllers.status import status_document
 from raymedic.config import RaymedicConfig
+from raymedic.keys import APP_NAME
 from raymedic.logs import get_logger
 from raymedic.storage import Storage
 from train_jobs.registry import ModelRegistry
 
-__all__ = ["HealingController", "new_hedge"]
+__all__ = ["ModelController", "new_hedge"]
 
 log = get_logger(__name__)
 
@@ -81,8 +89,10 @@ def new_hedge(cfg: RaymedicConfig, data: dict[str, Any] | None) -> HedgeWeights:
     return HedgeWeights(members, wc)
 
 
-class HealingController:
-    """One per model; created by :func:`controllers.client.ensure_controller`.
+class ModelController:
+    """The healing of one model: the controller actor (:class:`controllers.host.HealingController`) runs one
+    per model it serves, each with its own state, checkpoint, audit log and loop, so a fault or a retrain
+    of one model never acts on another's members.
 
     Args:
         storage_path: The service's storage (config, registry, checkpoint, audit).
@@ -116,9 +126,11 @@ class HealingController:
         self._checkpoint = Checkpoint(storage, model, policy=self._policy.to_dict, weights=self._hedge.to_dict,
                                       epoch=lambda: self._control.epoch, data_alerts=self._data_alerts.to_dict,
                                       performance=self._perf.to_dict, playbook=self._playbook.to_dict)
-        self._actuators = RayActuators(record=self._audit.record)
+        self._actuators = RayActuators(record=self._audit.record, deployment_of=self._deployment_of)
         swapper = VersionSwapper(replicas=self._running_replicas, restart=self._restart,
-                                 timeout_s=lambda: self.cfg.controller.swap_timeout_s)
+                                 timeout_s=lambda: self.cfg.controller.swap_timeout_s,
+                                 handle_of=lambda member: serve.get_deployment_handle(self._deployment_of(member),
+                                                                                      app_name=APP_NAME))
         self._actuators.swapper = swapper
         registry = ModelRegistry(storage)
         self._healer = ModelHealer(cfg, self._playbook, self._recorder.model_action,
@@ -138,7 +150,7 @@ class HealingController:
                                    performance=self._perf, healer=self._healer, recorder=self._recorder,
                                    checkpoint=self._checkpoint, audit=self._audit)
         self._step = Reconciler(model=model, deployment=self._current, policy=self._policy, hedge=self._hedge,
-                                observer=RayObserver(), prober=self._prober, actuators=self._actuators,
+                                observer=RayObserver(deployments=self._deployments), prober=self._prober, actuators=self._actuators,
                                 recorder=self._recorder, checkpoint=self._checkpoint, audit=self._audit,
                                 control=self._control, calls=calls, trial_view=self._healer.trial_view,
                                 checks=self._checks, memory=memory)
@@ -165,6 +177,13 @@ class HealingController:
 
     def _current(self) -> Deployment:
         return self._deployment
+
+    def _deployment_of(self, member: str) -> str:
+        return self.cfg.deployment_of(member)
+
+    def _deployments(self) -> dict[str, str]:
+        """member → its Serve deployment (``MODEL.MEMBER`` for a model served beside the first)."""
+        return {m.name: self.cfg.deployment_of(m.name) for m in self.cfg.members}
 
     def _incident(self, incident_id: str) -> Incident | None:
         return next((i for i in self._policy.incidents if i.id == incident_id), None)
@@ -208,6 +227,12 @@ class HealingController:
         except RuntimeError:
             return  # not inside the actor's event loop yet: the next call starts it
         self._task = loop.create_task(self._run())
+
+    def stop(self) -> None:
+        """Stop healing this model (it is no longer served); what it recorded stays in storage."""
+        if self._task is not None:
+            self._task.cancel()
+        self._audit.flush()
 
     async def _run(self) -> None:
         try:

@@ -15,7 +15,7 @@ actor's own event loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Mapping, Protocol
 
 import ray
 from ray.util.state import get_actor, list_actors, list_nodes
@@ -65,12 +65,19 @@ class Observer(Protocol):
 class RayObserver:
     """The :class:`Observer` over a live Ray cluster (the controller actor's own)."""
 
-    def __init__(self, app: str = APP_NAME) -> None:
+    def __init__(self, app: str = APP_NAME, *, deployments: Callable[[], Mapping[str, str]] | None = None) -> None:
         self.app = app
+        self._deployments = deployments
 
     def read(self) -> ClusterState:
-        """Serve's view first: a RUNNING replica in it is then in the live set unless it is dead."""
+        """Serve's view first: a RUNNING replica in it is then in the live set unless it is dead.
+
+        With ``deployments`` (member → its Serve deployment, read each time: a reload may change them) the
+        view holds that model's members only, keyed by member name (:meth:`AppView.of_model`).
+        """
         view = read_app_view(self.app)
+        if view is not None and self._deployments is not None:
+            view = view.of_model(self._deployments())
         alive = alive_replica_actors()
         return ClusterState(view, None if alive is None else frozenset(alive))
 

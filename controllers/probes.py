@@ -160,9 +160,9 @@ class GoldenProber:
         self._handles: dict[str, Any] = {}
         self._golden_other: dict[str, GoldenSet | None] = {}  # "member@version" → its golden set
 
-    @staticmethod
-    def _serve_handle(member: str) -> Any:
-        return serve.get_deployment_handle(member, app_name=APP_NAME)
+    def _serve_handle(self, member: str) -> Any:
+        # the member's deployment: MODEL.MEMBER for a model served beside the service's first
+        return serve.get_deployment_handle(self._deployment().cfg.deployment_of(member), app_name=APP_NAME)
 
     def reset(self) -> None:
         """The deployment was re-read: new handles and golden sets on the next probes."""

@@ -351,7 +351,7 @@ class Reconciler:
             for r in view.deployments[member].replicas:
                 if r.id == replica and r.actor_name:
                     return r.actor_name
-        return replica_actor_name(APP_NAME, member, replica)
+        return replica_actor_name(APP_NAME, self._deployment().cfg.deployment_of(member), replica)
 
     async def _execute(self, act: RestartReplica) -> ActionDone:
         t0 = self._timer()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, ValidationInfo, field_validator, model_validator
@@ -632,8 +632,37 @@ class RolloutConfig(_Strict):
         return self
 
 
+class ModelEntry(_Strict):
+    """Another model the same service serves beside the config's ``model`` (see ``RaymedicConfig.models``)."""
+
+    members: list[MemberConfig] | None = Field(
+        None, min_length=1, description="Its ensemble members (as in `members`); unset: the config's `members`, "
+        "which is what `raymedic train --model NAME` trains when this entry does not say otherwise.")
+
+    @model_validator(mode="after")
+    def _check_members(self) -> "ModelEntry":
+        if self.members is not None:
+            _check_member_list(self.members)
+        return self
+
+
+def _check_member_list(members: list[MemberConfig]) -> None:
+    names = [m.name for m in members]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"member names must be unique; {dupes} appear more than once")
+    fallbacks = [m.name for m in members if m.fallback]
+    if len(fallbacks) > 1:
+        raise ValueError(f"at most one member may be the fallback; got {fallbacks}")
+
+
 class RaymedicConfig(_Strict):
-    """Everything raymedic needs to serve, train and heal one model."""
+    """Everything raymedic needs to serve, train and heal one model — or several behind one gateway.
+
+    Every part of raymedic that acts on one model (the gateway's prediction path, the controller's healing,
+    training) gets the config of that model alone, from :meth:`for_model`: its own ``model`` and
+    ``members``, the shared settings, and the prefix of its members' Serve deployments.
+    """
 
     model: str = Field("synthetic", pattern=_NAME, description="Name in /v1/models/{model}.")
     storage_path: str = Field(
@@ -651,22 +680,88 @@ class RaymedicConfig(_Strict):
     access_log: bool = Field(
         False, description="Serve's per-request access log lines; off by default: raymedic logs every "
         "prediction to Parquet already, and a log line per hop costs real CPU on small machines.")
+    models: dict[str, ModelEntry] = Field(
+        default_factory=dict, description="More models served by the same gateway and healed by the same "
+        "controller beside `model`, each on its own routes (/v1/models/NAME:predict), with its own members, "
+        "weights, drift monitors, audit log and retraining: NAME → {members: [...]} (or {} for the config's "
+        "`members`). `raymedic up` fills this in itself with every other model that has champions in the "
+        "registry (or those named by --model a,b); write it to serve a model whose members differ from "
+        "`members`. Each extra model's member deployments are named MODEL.MEMBER (the first model's keep "
+        "their member names).")
+    serve_prefix: str = Field(
+        "", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63}\.)?$", description="Set by raymedic, not written by "
+        "hand: the prefix of this model's member deployment names (MODEL. for a model of `models`, empty for "
+        "the first), so two models that both have a member `logistic` get two deployments.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _entries(cls, v: Any) -> Any:
+        # `models: {cards:}` in YAML is None: the config's members, as `{}` says
+        return {k: ({} if e is None else e) for k, e in v.items()} if isinstance(v, dict) else v
 
     @model_validator(mode="after")
     def _check_members(self) -> "RaymedicConfig":
-        names = [m.name for m in self.members]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"member names must be unique; {dupes} appear more than once")
-        fallbacks = [m.name for m in self.members if m.fallback]
-        if len(fallbacks) > 1:
-            raise ValueError(f"at most one member may be the fallback; got {fallbacks}")
-        if self.gateway.min_members > len(self.members):
-            raise ValueError(
-                f"gateway.min_members ({self.gateway.min_members}) must be <= the number of members "
-                f"({len(self.members)}): lower min_members or add members"
-            )
+        _check_member_list(self.members)
+        for name in self.models:
+            if re.fullmatch(_NAME, name) is None:
+                raise ValueError(f"model name {name!r} under `models` must match {_NAME}")
+        if self.model in self.models:
+            raise ValueError(f"{self.model!r} is the config's `model`; list only the other models under `models`")
+        for name in self.model_names:
+            members = self.members_of(name)
+            if self.gateway.min_members > len(members):
+                raise ValueError(
+                    f"gateway.min_members ({self.gateway.min_members}) must be <= the number of members "
+                    f"({len(members)}) of model {name!r}: lower min_members or add members"
+                )
+        deployments = [self.deployment_prefix(n) + m.name for n in self.model_names for m in self.members_of(n)]
+        clash = sorted({d for d in deployments if deployments.count(d) > 1} | ({GATEWAY_DEPLOYMENT} & set(deployments)))
+        if clash:
+            raise ValueError(f"two members would share the Serve deployment name(s) {clash}; rename a member "
+                             "or a model")
         return self
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every model served: ``model`` first, then those of ``models`` in the order written."""
+        return [self.model, *self.models]
+
+    def members_of(self, model: str) -> list[MemberConfig]:
+        """The members of ``model``: its ``models`` entry's, else the config's ``members``."""
+        entry = self.models.get(model)
+        return list(entry.members) if entry is not None and entry.members else list(self.members)
+
+    def deployment_prefix(self, model: str) -> str:
+        """The prefix of ``model``'s member deployment names: none for the first model (a service with one
+        model keeps the names it always had), ``MODEL.`` for each of ``models``."""
+        return self.serve_prefix if model == self.model else f"{model}."
+
+    def deployment_of(self, member: str) -> str:
+        """The Serve deployment of this config's member ``member`` (see :meth:`for_model`)."""
+        return self.serve_prefix + member
+
+    def for_model(self, model: str) -> "RaymedicConfig":
+        """The config of ``model`` alone: its members, no ``models``, and its deployments' prefix.
+
+        What the gateway's lane, the controller and the training of one model work with. A name this
+        config does not serve gets the config's members (what ``raymedic train --model NAME`` trains).
+        """
+        if model == self.model and not self.models:
+            return self
+        return self.model_copy(update={"model": model, "members": self.members_of(model), "models": {},
+                                       "serve_prefix": self.deployment_prefix(model)})
+
+    def serving(self, names: Sequence[str]) -> "RaymedicConfig":
+        """This config serving exactly ``names``: the first as ``model`` (its members' deployments keep their
+        names), the rest as ``models``, each with the members this config gives it."""
+        if not names:
+            raise ConfigError("no model to serve: name at least one")
+        first, *rest = names
+        data = self.model_dump(mode="json")
+        data.update(model=first, members=[m.model_dump(mode="json") for m in self.members_of(first)],
+                    models={n: {"members": [m.model_dump(mode="json") for m in self.members_of(n)]} for n in rest},
+                    serve_prefix="")
+        return parse_config(data, where="the models to serve")
 
     @property
     def fallback_member(self) -> str:

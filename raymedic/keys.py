@@ -15,6 +15,7 @@ __all__ = [
     "GATEWAY_DEPLOYMENT",
     "CANARY_APP_NAME",
     "canary_app_name",
+    "CONTROLLER_MODELS_KEY",
     "CONTROLLER_NAME",
     "CONTROLLER_NAMESPACE",
     "SERVE_NAMESPACE",
@@ -99,6 +100,12 @@ def controller_config_key(model: str) -> str:
     """The config and serving versions ``raymedic up`` / ``serve deploy`` hand the controller; a
     retrain job reads the same file, so both run on the config that was deployed."""
     return f"controller/{model}/config.json"
+
+
+CONTROLLER_MODELS_KEY = "controller/models.json"
+"""The models the controller actor heals (``{"models": [...]}``, the service's first model first): written
+by ``raymedic up`` / ``serve deploy`` before the actor is created or reloaded, so an actor Ray restarts
+heals the models last deployed."""
 
 
 def controller_state_key(model: str) -> str:

@@ -1,4 +1,4 @@
-"""The serving application: the gateway wired to one deployment per member.
+"""The serving application: the gateway wired to one deployment per member of each model it serves.
 
 Both ``raymedic up`` and ``serve deploy cluster/raymedic.yaml`` end in
 :func:`build_application` (through :func:`serve_apps.app.build_app`), so the two
@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
@@ -30,11 +31,13 @@ from serve_apps.validation import input_policies
 from train_jobs.registry import CHAMPION, ModelRegistry
 from train_jobs.schema import ModelSchema
 
-__all__ = ["build_application", "build_canary_app", "resolve_versions", "admin_token_sha256"]
+__all__ = ["ServedModel", "build_application", "build_canary_app", "resolve_models", "resolve_versions",
+           "admin_token_sha256"]
 
 
 def resolve_versions(config: RaymedicConfig) -> tuple[dict[str, str], dict[str, Any]]:
-    """Each member's champion version and the schema they share."""
+    """Each member's champion version and the schema they share, for the config's ``model`` alone
+    (a config serving several models: :func:`resolve_models`)."""
     registry = ModelRegistry(Storage(config.storage_path))
     versions: dict[str, str] = {}
     schemas: dict[str, str] = {}
@@ -60,6 +63,25 @@ def resolve_versions(config: RaymedicConfig) -> tuple[dict[str, str], dict[str, 
     return versions, schema
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """One model of the service as deployed: its config alone, its champions and their schema."""
+
+    config: RaymedicConfig
+    versions: dict[str, str]
+    schema: dict[str, Any]
+
+
+def resolve_models(config: RaymedicConfig) -> list[ServedModel]:
+    """Every model the config serves (``model``, then ``models``), each with its champions and schema."""
+    served = []
+    for name in config.model_names:
+        one = config.for_model(name)
+        versions, schema = resolve_versions(one)
+        served.append(ServedModel(one, versions, schema))
+    return served
+
+
 def admin_token_sha256() -> str | None:
     """The admin token's sha256 from the deployer's environment (only the hash is shipped)."""
     token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
@@ -68,40 +90,46 @@ def admin_token_sha256() -> str | None:
     return os.environ.get(ADMIN_TOKEN_SHA_ENV) or None
 
 
-def build_application(config: RaymedicConfig, versions: dict[str, str], schema: dict[str, Any]) -> Application:
-    """The gateway and one deployment per member, serving ``versions`` (each member's champion, from
-    :func:`resolve_versions`) of a model whose members share ``schema``."""
-    input_policies(ModelSchema.from_dict(schema), config.data)  # a bad override fails the deploy, not each replica
+def build_application(models: Sequence[ServedModel]) -> Application:
+    """The gateway and one deployment per member of every model (:func:`resolve_models`), each serving
+    its champion; the first model's members keep their names, another model's are ``MODEL.MEMBER``."""
+    first = models[0].config
     router = RequestRouterConfig(request_router_class=AvoidingRouter)
-    logging_config = {"enable_access_log": config.access_log}
-    members = {
-        m.name: Member.options(
-            name=m.name,
-            num_replicas=m.replicas + m.standby,
-            max_ongoing_requests=m.max_ongoing_requests,
-            max_replicas_per_node=m.max_replicas_per_node,
-            health_check_period_s=m.health_check_period_s,
-            logging_config=logging_config,
-            ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
-            request_router_config=router,
-        ).bind(model=config.model, member=m.name, version=CHAMPION, storage_path=config.storage_path,
-               use_gpu=m.num_gpus > 0, chaos=config.chaos.enabled)
-        for m in config.members
-    }
+    logging_config = {"enable_access_log": first.access_log}
+    bindings = []
+    for served in models:
+        cfg = served.config
+        input_policies(ModelSchema.from_dict(served.schema), cfg.data)  # a bad override fails the deploy
+        members = {
+            m.name: Member.options(
+                name=cfg.deployment_of(m.name),
+                num_replicas=m.replicas + m.standby,
+                max_ongoing_requests=m.max_ongoing_requests,
+                max_replicas_per_node=m.max_replicas_per_node,
+                health_check_period_s=m.health_check_period_s,
+                logging_config=logging_config,
+                ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
+                request_router_config=router,
+            ).bind(model=cfg.model, member=m.name, version=CHAMPION, storage_path=cfg.storage_path,
+                   use_gpu=m.num_gpus > 0, chaos=cfg.chaos.enabled)
+            for m in cfg.members
+        }
+        bindings.append({"config": cfg.model_dump(mode="json"), "members": members,
+                         "versions": served.versions, "schema": served.schema})
     return Gateway.options(
-        num_replicas=config.gateway.replicas,
-        max_ongoing_requests=config.gateway.max_ongoing_requests,
-        max_queued_requests=config.gateway.max_queued_requests,
-        ray_actor_options={"num_cpus": config.gateway.num_cpus,
-                           **({"resources": {HEAD_NODE_RESOURCE: 0.001}} if config.gateway.on_head else {})},
+        num_replicas=first.gateway.replicas,
+        max_ongoing_requests=first.gateway.max_ongoing_requests,
+        max_queued_requests=first.gateway.max_queued_requests,
+        ray_actor_options={"num_cpus": first.gateway.num_cpus,
+                           **({"resources": {HEAD_NODE_RESOURCE: 0.001}} if first.gateway.on_head else {})},
         logging_config=logging_config,
-    ).bind(config.model_dump(mode="json"), members, versions, schema, admin_token_sha256())
+    ).bind(bindings, admin_token_sha256())
 
 
 def build_canary_app(args: dict[str, Any], member: str, version: str) -> Application:
     """One challenger version of ``member`` on one replica, as its own application (no HTTP route):
     the gateway reaches it through a handle while it is on trial, and deleting it after the
-    verdict leaves the main application untouched."""
+    verdict leaves the main application untouched. ``args`` is the config of the member's model alone."""
     config = parse_config(args).resolved()
     m = next((x for x in config.members if x.name == member), None)
     if m is None:

@@ -10,9 +10,11 @@ snapshots without Ray. Serve's view lags a SIGKILL by several seconds (RAY_NOTES
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from ray.serve.context import _get_global_client
+
+from raymedic.keys import GATEWAY_DEPLOYMENT as GATEWAY
 
 __all__ = ["ReplicaView", "DeploymentView", "AppView", "read_app_view"]
 
@@ -53,6 +55,19 @@ class AppView:
     def running(self) -> bool:
         """Whether Serve says the application is running."""
         return self.status == "RUNNING"
+
+    def of_model(self, deployments: Mapping[str, str]) -> "AppView":
+        """The view one model's code reads: its members' deployments only, keyed by member name
+        (``deployments``: member → its Serve deployment), and the gateway's.
+
+        A service with several models names a member's deployment after its model (``cards.mlp``); the
+        gateway's lane and the controller of each model know its members by name, so every reader sees
+        one model's ensemble whatever else the application serves.
+        """
+        picked = {m: self.deployments[d] for m, d in deployments.items() if d in self.deployments}
+        if GATEWAY in self.deployments:
+            picked[GATEWAY] = self.deployments[GATEWAY]
+        return AppView(name=self.name, status=self.status, message=self.message, deployments=picked)
 
 
 def _get(obj: Any, key: str, default: Any = None) -> Any:

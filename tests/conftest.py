@@ -135,6 +135,24 @@ def remember_trained(cfg: Any, storage: Path, keep: Path) -> None:
 
 
 @contextlib.contextmanager
+def admin_token_env(token: str) -> Iterator[None]:
+    """``RAYMEDIC_ADMIN_TOKEN`` set to ``token`` (the app builder ships its hash to the gateway), restored after."""
+    import os
+
+    from raymedic.keys import ADMIN_TOKEN_ENV
+
+    old = os.environ.get(ADMIN_TOKEN_ENV)
+    os.environ[ADMIN_TOKEN_ENV] = token
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ADMIN_TOKEN_ENV, None)
+        else:
+            os.environ[ADMIN_TOKEN_ENV] = old
+
+
+@contextlib.contextmanager
 def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
     """An embedded Ray cluster with the service trained, deployed and answering: (url, config).
 

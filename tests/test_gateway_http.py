@@ -57,22 +57,38 @@ def _no_controller() -> Any:
     raise ValueError("no controller in this test")
 
 
-class Stand(*MIXINS):
-    """The attributes the route mixins need, as the deployment sets them."""
+class StandLane:
+    """One model's lane as :class:`serve_apps.gateway.lane.ModelLane` holds it, over hand-written parts."""
 
-    def __init__(self, *, view: AppView | None, chaos: bool = False, token: str | None = TOKEN) -> None:
-        self._cfg = parse_config({"chaos": {"enabled": chaos}})
-        self._order = [m.name for m in self._cfg.members]
-        self._schema = SCHEMA
-        self._policies = input_policies(SCHEMA, self._cfg.data)
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.model = cfg.model
+        self.order = [m.name for m in cfg.members]
+        self.schema = SCHEMA
+        self.policies = input_policies(SCHEMA, cfg.data)
+        self.state = LinkState(weights=equal_weights(self.order), versions={m: "v1" for m in self.order})
+        self.link = ControllerLink(self.state, tag="gw-test", order=self.order, period_s=0.5,
+                                   enabled=cfg.controller.enabled, lookup=_no_controller, model=cfg.model)
+        self.predictor = ScriptedPredictor()
+        self.members: dict[str, Any] = {}
+
+    def view(self, view: AppView | None) -> AppView | None:
+        return view.of_model({m: self.cfg.deployment_of(m) for m in self.order}) if view is not None else None
+
+
+class Stand(*MIXINS):
+    """The attributes the route mixins need, as the deployment sets them (one model's lane)."""
+
+    def __init__(self, *, view: AppView | None, chaos: bool = False, token: str | None = TOKEN,
+                 also: tuple[str, ...] = ()) -> None:
+        self._cfg = parse_config({"chaos": {"enabled": chaos}, "models": {m: {} for m in also}})
+        self._lanes = {name: StandLane(self._cfg.for_model(name)) for name in self._cfg.model_names}
+        lane = self._lanes[self._cfg.model]
+        self._order, self._state, self._predictor = lane.order, lane.state, lane.predictor  # what tests poke
         self._tag = "gw-test"
-        self._state = LinkState(weights=equal_weights(self._order), versions={m: "v1" for m in self._order})
-        self._link = ControllerLink(self._state, tag=self._tag, order=self._order, period_s=0.5,
-                                    enabled=self._cfg.controller.enabled, lookup=_no_controller)
+        self._chaos = chaos
         self._views = AppViewCache(lambda: view)
         self._admission = Admission(4)
-        self._predictor = ScriptedPredictor()
-        self._members: dict[str, Any] = {}
         self._admin_sha = hashlib.sha256(token.encode()).hexdigest() if token else None
 
 
@@ -94,8 +110,9 @@ def gateway():
 def call(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
          ) -> tuple[int, dict[str, str], Any]:
     """One request through the ASGI app: (status, headers, JSON body)."""
+    path, _, query = path.partition("?")
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
              "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
              "server": ("test", 80), "client": ("client", 1)}
     chunks = [{"type": "http.request", "body": body, "more_body": False}]
@@ -220,3 +237,33 @@ def test_status_without_a_controller_says_so_and_shows_what_this_gateway_knows(g
     assert doc["gateway"]["answered_by"]["id"] == "gw-test" and doc["model_version"] == \
         "logistic:v1,mlp:v1,tabresnet:v1"
     assert [m["replicas"][0]["state"] for m in doc["members"]] == ["RUNNING", "AVOIDED", "STANDBY"]
+
+
+def test_two_models_get_their_own_routes_lanes_and_status():
+    """One gateway, two lanes: each route reaches its model's parts only; no model is the first's."""
+    dependency = inspect.signature(V1Routes.healthz).parameters["self"].default.dependency
+    first = parse_config({})
+    view = AppView("raymedic", "RUNNING", deployments={
+        d: DeploymentView(d, "HEALTHY", "", 1, (ReplicaView(f"r-{d}", "RUNNING"),))
+        for d in [m.name for m in first.members] + [f"cards.{m.name}" for m in first.members]})
+    stand = Stand(view=view, also=("cards",))
+    api.dependency_overrides[dependency] = lambda: stand
+    try:
+        assert call("GET", "/v1/models")[2] == {"models": ["synthetic", "cards"]}
+        assert call("POST", "/v1/models/cards:predict", b'{"instances": [[0.1, 0.2]]}')[0] == 200
+        assert stand._lanes["cards"].predictor.bodies == [{"instances": [[0.1, 0.2]]}]
+        assert stand._lanes["synthetic"].predictor.bodies == []
+        status, _, body = call("POST", "/v1/models/dogs:predict", b"{}")
+        assert status == 404 and "['synthetic', 'cards']" in body["error"], body
+        doc = call("GET", "/v1/status?model=cards")[2]
+        assert doc["model"] == "cards" and doc["models"] == ["synthetic", "cards"]
+        # cards' members are read from its own deployments (cards.mlp), by member name
+        assert [m["replicas"][0]["id"] for m in doc["members"]] == ["r-cards.logistic", "r-cards.mlp",
+                                                                    "r-cards.tabresnet"]
+        assert call("GET", "/v1/status")[2]["model"] == "synthetic"
+        assert call("GET", "/v1/status?model=dogs")[0] == 404
+        assert call("GET", "/readyz")[0] == 200 and call("GET", "/v2/models/cards/ready")[0] == 200
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert call("POST", "/v1/admin/pause?model=dogs", headers=auth)[0] == 404
+    finally:
+        api.dependency_overrides.pop(dependency, None)

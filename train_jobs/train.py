@@ -266,6 +266,7 @@ def train_ensemble(
     """
     t0 = time.monotonic()
     model = model or config.model
+    config = config.for_model(model)  # a model of the config's `models` has members of its own
     storage = Storage(config.resolved().storage_path)
     registry = ModelRegistry(storage)
     chosen = [config.member(n) for n in members] if members else list(config.members)

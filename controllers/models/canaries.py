@@ -24,7 +24,7 @@ from ray import serve
 
 from raymedic.config import RaymedicConfig
 from raymedic.errors import PermanentError, TemporaryError
-from raymedic.keys import CANARY_APP_NAME, canary_app_name
+from raymedic.keys import canary_app_name
 from raymedic.logs import get_logger
 from serve_apps.application import build_canary_app
 
@@ -94,10 +94,15 @@ class ServeCanaries:
         self._warm: set[str] = set()  # members whose canary replica starts on the champion while a job runs
         self._warming: asyncio.Task | None = None  # starting them (in the background: healing goes on)
 
+    def _app(self, member: str) -> str:
+        """``member``'s canary application, named after its deployment: two models' members of one name
+        never share one."""
+        return canary_app_name(self._cfg().deployment_of(member))
+
     def _target(self, member: str, version: str) -> Any:
         """``member``'s canary application serving ``version`` (no HTTP route)."""
         return serve.RunTarget(build_canary_app(self._cfg().model_dump(mode="json"), member, version),
-                               name=canary_app_name(member), route_prefix=None)
+                               name=self._app(member), route_prefix=None)
 
     def deploy(self, member: str, version: str) -> None:
         """Deploy it and wait until it runs."""
@@ -148,13 +153,14 @@ class ServeCanaries:
         """Canary applications left by the controller before are the running job's warm replicas,
         the running trial's challengers, or leftovers to remove."""
         try:
-            present = {a[len(CANARY_APP_NAME) + 1:] for a in serve.status().applications
-                       if a.startswith(CANARY_APP_NAME + "-")}
+            apps = set(serve.status().applications)
         except Exception as exc:
             log.warning("could not list canary applications: %r", exc)
             return
+        # this model's only: another model's canaries belong to its own controller
+        present = {m.name for m in self._cfg().members if self._app(m.name) in apps}
         if job_running:
-            self._warm = present & {m.name for m in self._cfg().members}
+            self._warm = present
         elif not trial_running and present:
             self.delete(sorted(present))
 
@@ -165,7 +171,7 @@ class ServeCanaries:
             PermanentError: it failed to deploy, is gone or being deleted.
             TemporaryError: it is not running after ``WARM_START_TIMEOUT_S``.
         """
-        name = canary_app_name(member)
+        name = self._app(member)
         deadline = time.monotonic() + WARM_START_TIMEOUT_S
         while True:
             app = serve.status().applications.get(name)
@@ -184,7 +190,7 @@ class ServeCanaries:
         if member in self._warm:
             try:
                 await asyncio.to_thread(self._wait_running, member)
-                handle = self._handle_of(member, canary_app_name(member))
+                handle = self._handle_of(member, self._app(member))
                 out = await asyncio.wait_for(handle.load_version.remote(version),
                                              self._cfg().controller.swap_timeout_s)
                 if out.get("version") != version:
@@ -199,6 +205,6 @@ class ServeCanaries:
         """Remove each member's canary application without waiting; a failure is logged."""
         for m in members:
             try:
-                serve.delete(canary_app_name(m), _blocking=False)
+                serve.delete(self._app(m), _blocking=False)
             except Exception as exc:
                 log.warning("could not delete canary application of %s: %r", m, exc)

@@ -20,7 +20,8 @@ from raymedic.app.http import request_json
 from raymedic.storage import Storage
 from train_jobs.registry import ModelRegistry
 
-__all__ = ["choose_model", "ensure_trained", "deploy", "wait_ready", "undeploy"]
+__all__ = ["choose_models", "ensure_trained", "deploy", "wait_ready", "wait_all_ready", "golden_example",
+           "undeploy"]
 
 Progress = Callable[[str], None]
 """Where a step reports what it is doing (``print``, or the CLI's ``[raymedic]`` lines)."""
@@ -28,30 +29,40 @@ Progress = Callable[[str], None]
 
 def _has_champions(registry: ModelRegistry, config: RaymedicConfig, model: str) -> bool:
     try:
-        return all("champion" in registry.aliases(model, m.name) for m in config.members)
+        return all("champion" in registry.aliases(model, m.name) for m in config.members_of(model))
     except RaymedicError:
         return False
 
 
-def choose_model(config: RaymedicConfig, requested: str | None) -> RaymedicConfig:
-    """The config with ``model`` set to what the registry can serve.
+def choose_models(config: RaymedicConfig, requested: str | None, progress: Progress | None = None) -> RaymedicConfig:
+    """The config serving what the registry can serve (``model`` first, the others as ``models``).
 
-    An explicit ``--model`` wins; else the config's model if it has champions; else
-    the only model in the registry (what ``raymedic train --data`` just registered);
-    an empty registry keeps the config's model, to be trained from synthetic data.
+    ``--model a,b`` wins (the first is the default of routes without a model). Else every model with
+    champions for its members: the config's ``model`` first when it has them, then those the config lists
+    under ``models`` (served even without champions, so their absence fails with the ``raymedic train`` to
+    run), then every other model in the registry, by name. A registry model whose champions are not this
+    config's members (trained with another config) is named in a progress line with how to serve it too.
+    An empty registry keeps the config as it is: its ``model`` is trained from synthetic data.
     """
-    registry = ModelRegistry(Storage(config.storage_path))
     if requested:
-        return config.model_copy(update={"model": requested})
-    if _has_champions(registry, config, config.model):
+        names = list(dict.fromkeys(n.strip() for n in requested.split(",") if n.strip()))
+        if not names:
+            raise ConfigError(f"--model {requested!r} names no model: pass NAME or NAME1,NAME2")
+        return config.serving(names)
+    registry = ModelRegistry(Storage(config.storage_path))
+    in_registry = registry.models()
+    servable = {m for m in in_registry if _has_champions(registry, config, m)}
+    if not servable:
         return config
-    servable = [m for m in registry.models() if _has_champions(registry, config, m)]
-    if len(servable) == 1:
-        return config.model_copy(update={"model": servable[0]})
-    if len(servable) > 1:
-        raise ConfigError(f"the registry at {config.storage_path} holds models {servable}; "
-                          "choose one with --model NAME")
-    return config
+    names = [config.model] if config.model in servable else []
+    names += [n for n in config.models if n not in names]
+    names += sorted(servable - set(names))
+    if progress is not None:
+        for other in sorted(set(in_registry) - servable - set(names)):
+            progress(f"  not serving model {other!r}: its champions are not this config's members "
+                     f"{[m.name for m in config.members]}; list it under `models:` with its members (or "
+                     f"`raymedic up --config` the config it was trained with) to serve it too")
+    return config.serving(names) if names else config
 
 
 def ensure_trained(config: RaymedicConfig, progress: Progress) -> None:
@@ -100,8 +111,12 @@ def deploy(config: RaymedicConfig, *, host: str, port: int, progress: Progress,
     from serve_apps.app import build_app  # lazy: imports Ray (see the module's docstring)
 
     serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
-    progress(f"deploying Serve application {APP_NAME!r}: gateway + members "
-             f"{[m.name for m in config.members]}")
+    if config.models:
+        progress(f"deploying Serve application {APP_NAME!r}: one gateway for models {config.model_names}, "
+                 + "; ".join(f"{n}: members {[m.name for m in config.members_of(n)]}" for n in config.model_names))
+    else:
+        progress(f"deploying Serve application {APP_NAME!r}: gateway + members "
+                 f"{[m.name for m in config.members]}")
     serve.run(build_app(config.model_dump(mode="json")), name=APP_NAME, route_prefix="/", blocking=False)
 
 
@@ -153,6 +168,15 @@ def wait_ready(url: str, model: str, *, timeout_s: float, progress: Progress,
         time.sleep(0.5)
     raise RaymedicError(f"the service did not answer predictions within {timeout_s:.0f} s ({last}); "
                         "check `ray status` and the Serve logs in the Ray dashboard")
+
+
+def wait_all_ready(url: str, config: RaymedicConfig, *, timeout_s: float, progress: Progress) -> float:
+    """:func:`wait_ready` for every model the config serves, within one ``timeout_s``; the seconds waited."""
+    t0 = time.monotonic()
+    for name in config.model_names:
+        left = max(1.0, timeout_s - (time.monotonic() - t0))
+        wait_ready(url, name, timeout_s=left, progress=progress, example=golden_example(config.for_model(name)))
+    return time.monotonic() - t0
 
 
 def golden_example(config: RaymedicConfig) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from fastapi import Request
 
 from raymedic.errors import AdminDenied, InvalidRequest
 from serve_apps.gateway.api import json_body
+from serve_apps.gateway.lane import ModelLane, pick_lane
 from serve_apps.gateway.link import ControllerLink
 
 __all__ = ["AdminRoutes", "check_admin", "controller_reply"]
@@ -59,19 +60,24 @@ def controller_reply(reply: Any) -> Any:
 class AdminRoutes:
     """The admin routes, mixed into the gateway deployment (routes: :mod:`serve_apps.gateway.routes`).
 
-    Needs from the deployment: the admin token's hash and the controller link.
+    Needs from the deployment: the admin token's hash and the model lanes. Each call acts on one model's
+    controller: ``?model=NAME``, by default the first model the gateway serves.
     """
 
     _admin_sha: str | None
-    _link: ControllerLink
+    _lanes: dict[str, ModelLane]
+
+    def _admin_link(self, request: Request) -> ControllerLink:
+        """The controller link of the model the admin request names, once the token checks out."""
+        check_admin(request, self._admin_sha)
+        return pick_lane(self._lanes, request.query_params.get("model")).link
 
     async def admin_pause(self, request: Request) -> dict[str, Any]:
         """
         \f
         Pause healing: the controller keeps observing and recording but takes no action.
         """
-        check_admin(request, self._admin_sha)
-        return await self._link.call("set_paused", True, "admin route")
+        return await self._admin_link(request).call("set_paused", True, "admin route")
 
     async def admin_approve(self, request: Request) -> dict[str, Any]:
         """
@@ -88,47 +94,47 @@ class AdminRoutes:
         return await self._decide(request, False)
 
     async def _decide(self, request: Request, approve: bool) -> dict[str, Any]:
-        check_admin(request, self._admin_sha)
+        link = self._admin_link(request)
         body = await json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("incident"), str):
             raise InvalidRequest('send {"incident": "<id>"}; `raymedic status` lists the pending proposals',
                                  status=400)
-        return controller_reply(await self._link.call("decide", body["incident"], approve, "admin route"))
+        return controller_reply(await link.call("decide", body["incident"], approve, "admin route"))
 
     async def admin_mode(self, request: Request) -> dict[str, Any]:
         """
         \f
         Switch the control mode: ``auto`` acts, ``approve`` proposes and waits for an operator.
         """
-        check_admin(request, self._admin_sha)
+        link = self._admin_link(request)
         body = await json_body(request)
         if not isinstance(body, dict) or body.get("mode") not in ("auto", "approve"):
             raise InvalidRequest('send {"mode": "auto"} or {"mode": "approve"}', status=400)
-        return controller_reply(await self._link.call("set_mode", body["mode"], "admin route"))
+        return controller_reply(await link.call("set_mode", body["mode"], "admin route"))
 
     async def admin_retrain(self, request: Request) -> dict[str, Any]:
         """
         \f
         Ask for a retrain now (an empty body, or ``{"reason": "<why>"}`` for the audit log).
         """
-        check_admin(request, self._admin_sha)
+        link = self._admin_link(request)
         body = await json_body(request) if await request.body() else {}
         if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
             raise InvalidRequest('send {} or {"reason": "<why>"}', status=400)
-        return controller_reply(await self._link.call("request_retrain", body.get("reason", ""), "admin route"))
+        return controller_reply(await link.call("request_retrain", body.get("reason", ""), "admin route"))
 
     async def admin_rollback(self, request: Request) -> dict[str, Any]:
         """
         \f
         Roll members back to their previous champion (every member, or ``{"members": [...]}``).
         """
-        check_admin(request, self._admin_sha)
+        link = self._admin_link(request)
         body = await json_body(request) if await request.body() else {}
         members = body.get("members") if isinstance(body, dict) else None
         if not isinstance(body, dict) or not (members is None or (
                 isinstance(members, list) and all(isinstance(m, str) for m in members))):
             raise InvalidRequest('send {} to roll back every member, or {"members": ["<name>", ...]}', status=400)
-        return controller_reply(await self._link.call("rollback", members, "admin route"))
+        return controller_reply(await link.call("rollback", members, "admin route"))
 
     async def admin_trial(self, request: Request) -> dict[str, Any]:
         """Put a registered version on live trial next to its champion (canary or shadow, per config).
@@ -136,14 +142,14 @@ class AdminRoutes:
         The controller deploys the version as a canary application and publishes the
         trial to the gateways at the next sync; its verdict comes from the trial's labels.
         """
-        check_admin(request, self._admin_sha)
+        link = self._admin_link(request)
         body = await json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("member"), str) or not isinstance(
                 body.get("version", "challenger"), str) or body.get("mode") not in (None, "canary", "shadow"):
             raise InvalidRequest('send {"member": "<name>", "version": "<version id or alias, default '
                                  'challenger>", "mode": "canary" or "shadow" (default: the config\'s)}',
                                  status=400)
-        return controller_reply(await self._link.call(
+        return controller_reply(await link.call(
             "trial", body["member"], body.get("version", "challenger"), "admin route", body.get("mode")))
 
     async def admin_resume(self, request: Request) -> dict[str, Any]:
@@ -151,5 +157,4 @@ class AdminRoutes:
         \f
         Resume healing after a pause.
         """
-        check_admin(request, self._admin_sha)
-        return await self._link.call("set_paused", False, "admin route")
+        return await self._admin_link(request).call("set_paused", False, "admin route")

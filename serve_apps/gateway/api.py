@@ -26,10 +26,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raymedic import metrics
-from raymedic.errors import InvalidRequest, RaymedicError, ServiceUnavailable, UnknownModel
+from raymedic.errors import InvalidRequest, RaymedicError, ServiceUnavailable
 from raymedic.logs import get_logger
 
-__all__ = ["api", "MAX_BODY_BYTES", "error_response", "json_body", "check_model", "count_answer"]
+__all__ = ["api", "MAX_BODY_BYTES", "error_response", "json_body", "count_answer"]
 
 log = get_logger(__name__)
 
@@ -127,17 +127,3 @@ async def json_body(request: Request) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the body is not valid JSON ({exc}); send a JSON object", status=400) from None
-
-
-def check_model(model: str, served: str) -> None:
-    """Refuse a request for a model this gateway does not serve, naming the one it does.
-
-    Args:
-        model: the model in the request's path.
-        served: the model this gateway serves.
-
-    Raises:
-        UnknownModel: (404) when they differ.
-    """
-    if model != served:
-        raise UnknownModel(f"model {model!r} is not served here; GET /v1/models lists {[served]}")

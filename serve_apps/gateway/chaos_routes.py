@@ -13,17 +13,16 @@ against the fault that caused it.
 
 import asyncio
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from raymedic.config import RaymedicConfig
 from raymedic.errors import InvalidRequest, ServiceUnavailable
 from serve_apps.chaos import FAULTS, sigkill_replica
 from serve_apps.gateway.admin import check_admin
 from serve_apps.gateway.api import json_body
-from serve_apps.gateway.link import ControllerLink, LinkState
+from serve_apps.gateway.lane import ModelLane, pick_lane
 from serve_apps.gateway.status import AppViewCache
 from serve_apps.serve_state import ReplicaView
 
@@ -99,29 +98,28 @@ def pick_target(replicas: Sequence[ReplicaView], *, member: str, wanted: str | N
 class ChaosRoutes:
     """The chaos routes, mixed into the gateway deployment (routes: :mod:`serve_apps.gateway.routes`).
 
-    Needs from the deployment: the config, the admin token's hash, the member handles,
-    the members' order, Serve's view, the controller's last state and the link (for
-    the audit log).
+    Needs from the deployment: whether chaos is enabled, the admin token's hash, the model lanes (each
+    model's member handles, members, last controller state and link, for the audit log) and Serve's
+    view. A fault names its model with ``"model"`` in the body or ``?model=`` (default: the first model
+    served).
     """
 
-    _cfg: RaymedicConfig
+    _chaos: bool
     _admin_sha: str | None
-    _members: Mapping[str, Any]
-    _order: list[str]
+    _lanes: dict[str, ModelLane]
     _views: AppViewCache
-    _state: LinkState
-    _link: ControllerLink
 
     def _chaos_enabled(self, request: Request) -> None:
-        if not self._cfg.chaos.enabled:  # the route does not exist without chaos
+        if not self._chaos:  # the route does not exist without chaos
             raise StarletteHTTPException(404)
         check_admin(request, self._admin_sha)
 
-    async def _running_replicas(self, member: str) -> list[ReplicaView]:
-        if member not in self._members:
-            raise InvalidRequest(f"unknown member {member!r}; members are {self._order}", status=404)
+    async def _running_replicas(self, lane: ModelLane, member: str) -> list[ReplicaView]:
+        if member not in lane.members:
+            raise InvalidRequest(f"unknown member {member!r} of model {lane.model!r}; members are {lane.order}",
+                                 status=404)
         self._views.invalidate()  # fresh view: chaos targets must exist now
-        view = await self._views.get()
+        view = lane.view(await self._views.get())
         dep = view.deployments.get(member) if view else None
         return sorted((r for r in (dep.replicas if dep else ()) if r.state == "RUNNING"), key=lambda r: r.id)
 
@@ -132,40 +130,57 @@ class ChaosRoutes:
         """
         self._chaos_enabled(request)
         body = await json_body(request)
-        fault, member, delay_ms = parse_chaos(body, self._order)
-        replicas = await self._running_replicas(member)
+        lane = pick_lane(self._lanes, _model_named(body) or request.query_params.get("model"))
+        fault, member, delay_ms = parse_chaos(body, lane.order)
+        replicas = await self._running_replicas(lane, member)
         target = pick_target(replicas, member=member, wanted=body.get("replica"),
-                             standby=self._state.standby.get(member, ()))
+                             standby=lane.state.standby.get(member, ()))
         if fault == "kill":
             if not target.pid:
                 raise ServiceUnavailable("Serve has not reported that replica's process id yet", retry_after_s=1)
             out = await asyncio.to_thread(sigkill_replica, int(target.pid), target.node_id)
         elif fault == "leak":
-            rate, cap = leak_settings(body, self._cfg.member(member).memory_limit_mb)
+            rate, cap = leak_settings(body, lane.cfg.member(member).memory_limit_mb)
             out = await asyncio.wait_for(
-                self._members[member].chaos.remote(fault, None, target=target.id, mb_per_s=rate, cap_mb=cap),
+                lane.members[member].chaos.remote(fault, None, target=target.id, mb_per_s=rate, cap_mb=cap),
                 timeout=10.0)
         else:
             out = await asyncio.wait_for(
-                self._members[member].chaos.remote(fault, delay_ms, target=target.id), timeout=10.0)
-        result = {"fault": fault, "member": member, "replica": target.id, "at": time.time(), **out}
-        await self._link.note("chaos-injected", f"{member}/{target.id}", result)
+                lane.members[member].chaos.remote(fault, delay_ms, target=target.id), timeout=10.0)
+        result = {"fault": fault, "model": lane.model, "member": member, "replica": target.id, "at": time.time(),
+                  **out}
+        await lane.link.note("chaos-injected", f"{member}/{target.id}", result)
         return result
 
     async def admin_chaos_clear(self, request: Request) -> dict[str, Any]:
         """
         \f
-        Clear every injected fault on every running replica (a hung or dying one is skipped); a leak's
-        memory is freed.
+        Clear every injected fault on every running replica of every model (a hung or dying one is
+        skipped); a leak's memory is freed.
         """
         self._chaos_enabled(request)
         cleared = []
-        for member in self._order:
-            for r in await self._running_replicas(member):
-                try:
-                    await asyncio.wait_for(self._members[member].chaos.remote(None, target=r.id), timeout=3.0)
-                    cleared.append(f"{member}/{r.id}")
-                except Exception:
-                    pass  # a hung or dying replica: the controller replaces it anyway
-        await self._link.note("chaos-cleared", self._cfg.model, {"replicas": cleared})
+        for lane in self._lanes.values():
+            mine = []
+            for member in lane.order:
+                for r in await self._running_replicas(lane, member):
+                    try:
+                        await asyncio.wait_for(lane.members[member].chaos.remote(None, target=r.id), timeout=3.0)
+                        mine.append(f"{member}/{r.id}")
+                    except Exception:
+                        pass  # a hung or dying replica: the controller replaces it anyway
+            await lane.link.note("chaos-cleared", lane.model, {"replicas": mine})
+            cleared += mine if len(self._lanes) == 1 else [f"{lane.model}/{c}" for c in mine]
         return {"cleared": cleared}
+
+
+def _model_named(body: Any) -> str | None:
+    """The ``"model"`` a chaos body names (None: the first model served).
+
+    Raises:
+        InvalidRequest: (400) ``model`` is not a string.
+    """
+    model = body.get("model") if isinstance(body, dict) else None
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest('"model" must be the name of a served model (GET /v1/models lists them)')
+    return model

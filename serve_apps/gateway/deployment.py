@@ -1,42 +1,33 @@
 """The gateway deployment: wiring, background tasks and graceful shutdown.
 
-One :class:`Gateway` replica serves one model: it builds the components (the
-member fan-out, the prediction path, feedback intake, the controller link, the
-status views) over shared telemetry, runs two background tasks (the prediction
-log's flush and the controller sync), and on shutdown writes what is buffered so
-no accepted prediction goes unlogged. The routes come from the mixins
-(:mod:`serve_apps.gateway.routes`), which reach the components through the
-attributes set here.
+One :class:`Gateway` replica serves every model of the service, each through its
+own lane (:mod:`serve_apps.gateway.lane`: the member fan-out, the prediction path,
+feedback intake, the controller link and logs of that model). It runs the
+background tasks (the prediction logs' flush and one controller sync per model),
+and on shutdown writes what is buffered so no accepted prediction goes unlogged.
+The routes come from the mixins (:mod:`serve_apps.gateway.routes`), which reach
+the lanes through the attributes set here.
 """
 
 # No `from __future__ import annotations`: FastAPI must see real types on Serve ingress methods.
 
 import asyncio
 import uuid
-from typing import Any
 
 from ray import serve
 
 from raymedic.config import RaymedicConfig
 from raymedic.logs import get_logger, use_serve_handlers
 from raymedic.storage import Storage
-from serve_apps.combine import equal_weights
 from serve_apps.gateway.admin import AdminRoutes
 from serve_apps.gateway.api import api
 from serve_apps.gateway.chaos_routes import ChaosRoutes
-from serve_apps.gateway.fanout import FanOut, ServeMemberClient, serve_coalescer
-from serve_apps.gateway.feedback import FeedbackIntake
-from serve_apps.gateway.link import ControllerLink, LinkState, export_call_metrics
-from serve_apps.gateway.predict import Predictor
+from serve_apps.gateway.lane import LaneBinding, ModelLane
 from serve_apps.gateway.routes import mount
 from serve_apps.gateway.status import AppViewCache
-from serve_apps.gateway.trial import Trials
 from serve_apps.gateway.v1 import V1Routes
 from serve_apps.gateway.v2_routes import V2Routes
-from serve_apps.predlog import FeedbackLog, KnownIds, PredictionLog
-from serve_apps.quality import InputTally
-from serve_apps.telemetry import Admission, CallRecorder, HedgeBudget, LocalEjector, RecentOutputs
-from serve_apps.validation import input_policies
+from serve_apps.telemetry import Admission
 from train_jobs.schema import ModelSchema
 
 __all__ = ["Gateway"]
@@ -49,77 +40,50 @@ mount(api)  # before @serve.ingress(api) below: it binds the routes registered b
 @serve.deployment(name="gateway")
 @serve.ingress(api)
 class Gateway(V1Routes, V2Routes, AdminRoutes, ChaosRoutes):
-    """Serve ingress for one model. Only the event loop mutates its state.
+    """Serve ingress for the service's models, one :class:`~serve_apps.gateway.lane.ModelLane` each. Only the
+    event loop mutates its state.
 
     Args:
-        config: the service config (``RaymedicConfig`` as JSON data).
-        members: member name → its deployment handle.
-        versions: member name → the version deployed (the controller swaps versions later).
-        schema: the members' shared schema (``ModelSchema`` as a dict).
+        models: one binding per model served, the first the default of routes without a model
+            (:data:`~serve_apps.gateway.lane.LaneBinding`: its config alone, member handles, versions, schema).
         admin_token_sha256: the admin token's sha256, or None to disable admin routes.
     """
 
-    def __init__(self, config: dict[str, Any], members: dict[str, Any], versions: dict[str, str],
-                 schema: dict[str, Any], admin_token_sha256: str | None = None) -> None:
+    def __init__(self, models: list[LaneBinding], admin_token_sha256: str | None = None) -> None:
         use_serve_handlers()
-        self._cfg = RaymedicConfig.model_validate(config)
-        gw = self._cfg.gateway
-        self._members = members
-        self._schema = ModelSchema.from_dict(schema)
-        self._policies = input_policies(self._schema, self._cfg.data)
-        self._tally = InputTally(self._schema, sample_per_batch=self._cfg.data.sample_per_batch,
-                                 tensor_rows_per_batch=self._cfg.data.tensor_rows_per_batch)
-        self._order = [m.name for m in self._cfg.members]
-        self._state = LinkState(weights=equal_weights(self._order), versions=dict(versions))
-        storage = Storage(self._cfg.storage_path)
+        configs = [RaymedicConfig.model_validate(b["config"]) for b in models]
+        self._cfg = gw_cfg = configs[0]  # the settings every model shares (gateway, chaos, storage)
         try:
             tag = serve.get_replica_context().replica_id.unique_id
         except Exception:  # outside Serve (unit use)
             tag = uuid.uuid4().hex[:8]
         self._tag = tag
-        self._predlog = PredictionLog(storage, self._cfg.model, tag=tag)
-        known = KnownIds(storage, self._cfg.model)
+        storage = Storage(gw_cfg.storage_path)
+        self._lanes = {cfg.model: ModelLane(config=cfg, members=b["members"], versions=b["versions"],
+                                            schema=ModelSchema.from_dict(b["schema"]), storage=storage, tag=tag)
+                       for cfg, b in zip(configs, models, strict=True)}
         self._admin_sha = admin_token_sha256
-        self._calls = CallRecorder()
-        self._admission = Admission(gw.max_inflight)
-        recent = RecentOutputs()
+        self._chaos = gw_cfg.chaos.enabled
+        self._admission = Admission(gw_cfg.gateway.max_inflight)
         self._views = AppViewCache()
-        self._link = ControllerLink(self._state, tag=tag, order=self._order, period_s=gw.sync_period_s,
-                                    enabled=self._cfg.controller.enabled)
-        fanout = FanOut({m: ServeMemberClient(members[m]) for m in self._order}, order=self._order, settings=gw,
-                        calls=self._calls, ejector=LocalEjector(gw.eject_s), hedges=HedgeBudget(gw.hedge_budget),
-                        steering=self._state, coalesce=serve_coalescer(gw))
-        self._trials = Trials(calls=self._calls, recent=recent, member_timeout_s=gw.member_timeout_s)
-        self._predictor = Predictor(config=self._cfg, schema=self._schema, policies=self._policies, fanout=fanout,
-                                    trials=self._trials, state=self._state, predlog=self._predlog, known=known,
-                                    recent=recent, calls=self._calls, tally=self._tally)
-        self._feedback_intake = FeedbackIntake(schema=self._schema, settings=gw,
-                                               feedback=FeedbackLog(storage, self._cfg.model, tag=tag),
-                                               known=known, recent=recent, calls=self._calls)
         loop = asyncio.get_event_loop()
         self._flusher = loop.create_task(self._flush_forever())
-        self._syncer = loop.create_task(self._link.sync_forever(self._telemetry)) if self._link.enabled else None
+        self._syncers = [loop.create_task(lane.link.sync_forever(lane.telemetry))
+                         for lane in self._lanes.values() if lane.link.enabled]
 
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(self._cfg.gateway.log_flush_s)
-            try:
-                await asyncio.to_thread(self._predlog.flush)
-            except Exception:
-                log.exception("prediction log flush failed; retrying next period")
-
-    def _telemetry(self) -> dict[str, Any]:
-        """What the controller gets each period (drained here, so each call is reported once), also
-        exported as metrics."""
-        batch = self._calls.drain()
-        batch["data"] = self._tally.drain()
-        export_call_metrics(batch, model=self._cfg.model)
-        return batch
+            for lane in self._lanes.values():
+                try:
+                    await asyncio.to_thread(lane.predlog.flush)
+                except Exception:
+                    log.exception("prediction log flush of %s failed; retrying next period", lane.model)
 
     async def __del__(self) -> None:
         # Graceful shutdown: write what is buffered so no accepted prediction goes unlogged.
         self._flusher.cancel()
-        if self._syncer is not None:
-            self._syncer.cancel()
-        await self._trials.close()  # shadowed requests not logged yet: cancelled, they log what they have
-        self._predlog.flush()
+        for syncer in self._syncers:
+            syncer.cancel()
+        for lane in self._lanes.values():
+            await lane.close()

@@ -112,8 +112,10 @@ class ControllerLink:
     """
 
     def __init__(self, state: LinkState, *, tag: str, order: Sequence[str], period_s: float, enabled: bool,
-                 lookup: Callable[[], Any] = lookup_controller) -> None:
+                 lookup: Callable[[], Any] = lookup_controller, model: str | None = None) -> None:
         self.state = state
+        # The controller heals every model of the service, each apart: every call names this link's model.
+        self._by_model: dict[str, str] = {"model": model} if model is not None else {}
         self._tag = tag
         self._order = list(order)
         self._period_s = period_s
@@ -133,7 +135,8 @@ class ControllerLink:
         try:
             if self._controller is None:
                 self._controller = await asyncio.to_thread(self._lookup)
-            reply = await asyncio.wait_for(self._controller.sync.remote(self._tag, batch, self.state.epoch),
+            reply = await asyncio.wait_for(self._controller.sync.remote(self._tag, batch, self.state.epoch,
+                                                                            **self._by_model),
                                            timeout=max(1.0, 4 * self._period_s))
             self.state.seen_at = time.time()
             if reply:
@@ -152,7 +155,7 @@ class ControllerLink:
         if not self.enabled:
             return None
         try:
-            return await asyncio.wait_for((await self._actor()).status.remote(), timeout=2.0)
+            return await asyncio.wait_for((await self._actor()).status.remote(**self._by_model), timeout=2.0)
         except Exception:
             return None
 
@@ -164,7 +167,7 @@ class ControllerLink:
         """
         try:
             ctl = await self._actor()
-            return await asyncio.wait_for(getattr(ctl, method).remote(*args), timeout=10.0)
+            return await asyncio.wait_for(getattr(ctl, method).remote(*args, **self._by_model), timeout=10.0)
         except Exception as exc:
             raise ServiceUnavailable(f"the healing controller is not reachable ({type(exc).__name__}); "
                                      "it is restarted automatically, retry shortly", retry_after_s=2) from None
@@ -174,6 +177,6 @@ class ControllerLink:
         event already happened and the caller's answer must not depend on the audit log."""
         try:
             ctl = await self._actor()
-            await asyncio.wait_for(ctl.note.remote(kind, target, evidence), timeout=2.0)
+            await asyncio.wait_for(ctl.note.remote(kind, target, evidence, **self._by_model), timeout=2.0)
         except Exception:
             log.warning("could not record %s in the audit log (controller unreachable)", kind)

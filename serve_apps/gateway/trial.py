@@ -29,9 +29,10 @@ log = get_logger(__name__)
 Records = list[dict[str, Any]]
 
 
-def challenger_handle(member: str) -> Any:
-    """The Serve handle of ``member``'s challenger (its canary application)."""
-    return serve.get_deployment_handle(member, app_name=canary_app_name(member))
+def challenger_handle(member: str, deployment: str | None = None) -> Any:
+    """The Serve handle of ``member``'s challenger: its canary application is named after the member's
+    deployment (``deployment``, default the member's name), inside which it is named after the member."""
+    return serve.get_deployment_handle(member, app_name=canary_app_name(deployment or member))
 
 
 def members_on_trial(trial: Mapping[str, Any] | None, draw: Callable[[], float] = random.random) -> dict[str, str]:

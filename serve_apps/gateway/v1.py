@@ -13,15 +13,10 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from raymedic.config import RaymedicConfig
-from serve_apps.gateway.api import check_model, count_answer, error_response, json_body
-from serve_apps.gateway.feedback import FeedbackIntake
-from serve_apps.gateway.link import ControllerLink, LinkState
-from serve_apps.gateway.predict import Predictor
+from serve_apps.gateway.api import count_answer, error_response, json_body
+from serve_apps.gateway.lane import ModelLane, pick_lane
 from serve_apps.gateway.status import AppViewCache, is_ready, model_info_document, status_document
 from serve_apps.telemetry import Admission
-from serve_apps.validation import InputPolicy
-from train_jobs.schema import ModelSchema
 
 __all__ = ["V1Routes"]
 
@@ -32,17 +27,17 @@ class V1Routes:
     Needs from the deployment the attributes declared below.
     """
 
-    _cfg: RaymedicConfig
-    _schema: ModelSchema
-    _policies: tuple[InputPolicy, ...]
-    _order: list[str]
+    _lanes: dict[str, ModelLane]
     _tag: str
-    _state: LinkState
-    _link: ControllerLink
     _views: AppViewCache
     _admission: Admission
-    _predictor: Predictor
-    _feedback_intake: FeedbackIntake
+
+    def _lane(self, model: str | None) -> ModelLane:
+        return pick_lane(self._lanes, model)
+
+    async def _all_ready(self) -> bool:
+        view = await self._views.get()
+        return all(is_ready(lane.view(view), lane.order) for lane in self._lanes.values())
 
     async def healthz(self) -> dict[str, str]:
         """
@@ -54,9 +49,9 @@ class V1Routes:
     async def readyz(self) -> JSONResponse:
         """
         \f
-        Readiness: 503 with Retry-After until every member has a running replica.
+        Readiness: 503 with Retry-After until every member of every model has a running replica.
         """
-        if not is_ready(await self._views.get(), self._order):
+        if not await self._all_ready():
             return error_response(503, "not ready: some ensemble member has no running replica yet; retry shortly",
                                   {"Retry-After": "1"})
         return JSONResponse({"status": "ready"})
@@ -64,19 +59,20 @@ class V1Routes:
     async def list_models(self) -> dict[str, list[str]]:
         """
         \f
-        The one model this gateway serves, as KServe's V1 listing.
+        The models this gateway serves, as KServe's V1 listing (the first is the default of routes
+        that take ``?model=``).
         """
-        return {"models": [self._cfg.model]}
+        return {"models": list(self._lanes)}
 
     async def model_info(self, model: str) -> dict[str, Any]:
         """
         \f
         What a client needs to call the model: schema, limits, input policies, versions.
         """
-        check_model(model, self._cfg.model)
-        view = await self._views.get()
-        return model_info_document(config=self._cfg, schema=self._schema, policies=self._policies,
-                                   state=self._state, order=self._order, view=view)
+        lane = self._lane(model)
+        view = lane.view(await self._views.get())
+        return model_info_document(config=lane.cfg, schema=lane.schema, policies=lane.policies,
+                                   state=lane.state, order=lane.order, view=view)
 
     async def predict(self, model: str, request: Request) -> dict[str, Any]:
         """
@@ -84,9 +80,9 @@ class V1Routes:
         Predict: ``{"instances": [...]}`` in, labels, probabilities and inference ids out.
         """
         started = time.perf_counter()
-        check_model(model, self._cfg.model)
+        lane = self._lane(model)
         with self._admission.enter():
-            out = await self._predictor.answer(await json_body(request))
+            out = await lane.predictor.answer(await json_body(request))
         count_answer(model, "predict", started=started)
         return out
 
@@ -95,17 +91,19 @@ class V1Routes:
         \f
         Feedback: labels for earlier inference ids (written before the 2xx).
         """
-        check_model(model, self._cfg.model)
-        out = await self._feedback_intake.accept(await json_body(request))
+        out = await self._lane(model).feedback_intake.accept(await json_body(request))
         count_answer(model, "feedback")
         return out
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, request: Request) -> dict[str, Any]:
         """
         \f
-        The service as Serve, the controller and this gateway replica see it (``raymedic status``).
+        The service as Serve, the controller and this gateway replica see it (``raymedic status``), for
+        one model: ``?model=NAME``, by default the first of ``GET /v1/models``.
         """
-        view = await self._views.get()
-        controller = await self._link.status()
-        return status_document(config=self._cfg, order=self._order, state=self._state, tag=self._tag,
-                               view=view, controller=controller, now=time.time())
+        lane = self._lane(request.query_params.get("model"))
+        view = lane.view(await self._views.get())
+        controller = await lane.link.status()
+        doc = status_document(config=lane.cfg, order=lane.order, state=lane.state, tag=self._tag,
+                              view=view, controller=controller, now=time.time())
+        return {**doc, "models": list(self._lanes)}

@@ -13,14 +13,11 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from raymedic.config import RaymedicConfig
-from serve_apps.gateway.api import check_model, count_answer, json_body
-from serve_apps.gateway.link import LinkState
-from serve_apps.gateway.predict import Predictor
+from serve_apps.gateway.api import count_answer, json_body
+from serve_apps.gateway.lane import ModelLane, pick_lane
 from serve_apps.gateway.status import AppViewCache, is_ready
 from serve_apps.telemetry import Admission
 from serve_apps.v2 import answer_to_v2, instances_from_v2, model_metadata
-from train_jobs.schema import ModelSchema
 
 __all__ = ["V2Routes"]
 
@@ -31,16 +28,13 @@ class V2Routes:
     Needs from the deployment the attributes declared below.
     """
 
-    _cfg: RaymedicConfig
-    _schema: ModelSchema
-    _order: list[str]
-    _state: LinkState
+    _lanes: dict[str, ModelLane]
     _views: AppViewCache
     _admission: Admission
-    _predictor: Predictor
 
-    async def _ready(self) -> bool:
-        return is_ready(await self._views.get(), self._order)
+    async def _ready(self, lanes: list[ModelLane]) -> bool:
+        view = await self._views.get()
+        return all(is_ready(lane.view(view), lane.order) for lane in lanes)
 
     async def v2_live(self) -> dict[str, bool]:
         """
@@ -54,7 +48,7 @@ class V2Routes:
         \f
         V2 readiness (as ``/readyz``): 503 until every member has a running replica.
         """
-        ready = await self._ready()
+        ready = await self._ready(list(self._lanes.values()))
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     async def v2_model(self, model: str) -> dict[str, Any]:
@@ -62,16 +56,15 @@ class V2Routes:
         \f
         V2 model metadata: typed input tensors, one per feature, and the output tensors.
         """
-        check_model(model, self._cfg.model)
-        return model_metadata(self._schema, model, self._state.model_version(self._order))
+        lane = pick_lane(self._lanes, model)
+        return model_metadata(lane.schema, model, lane.state.model_version(lane.order))
 
     async def v2_model_ready(self, model: str) -> JSONResponse:
         """
         \f
-        V2 model readiness (the one model is ready when the service is).
+        V2 model readiness: every member of this model has a running replica.
         """
-        check_model(model, self._cfg.model)
-        ready = await self._ready()
+        ready = await self._ready([pick_lane(self._lanes, model)])
         return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
 
     async def infer_v2(self, model: str, request: Request) -> dict[str, Any]:
@@ -80,10 +73,10 @@ class V2Routes:
         The request's ``id`` (a string) comes back in the answer, as V2 asks.
         """
         started = time.perf_counter()
-        check_model(model, self._cfg.model)
+        lane = pick_lane(self._lanes, model)
         with self._admission.enter():
             body = await json_body(request)
-            out = await self._predictor.answer(instances_from_v2(
-                body, self._schema, max_tensor_elements=self._cfg.gateway.max_tensor_elements))
+            out = await lane.predictor.answer(instances_from_v2(
+                body, lane.schema, max_tensor_elements=lane.cfg.gateway.max_tensor_elements))
         count_answer(model, "infer", started=started)
-        return answer_to_v2(out, self._schema, model, body.get("id") if isinstance(body.get("id"), str) else None)
+        return answer_to_v2(out, lane.schema, model, body.get("id") if isinstance(body.get("id"), str) else None)

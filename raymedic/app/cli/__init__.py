@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         return sp
 
     up = add("up", cmd_up, "Start or join Ray, deploy the service, return once it answers.")
-    up.add_argument("--model", help="Model to serve (default: the config's, else the registry's only one).")
+    up.add_argument("--model", help="Model(s) to serve, comma-separated, the first the default of routes without "
+                    "a model (default: every model with champions in the registry, the config's first).")
     up.add_argument("--storage-path", help="Override the config's storage_path.")
     up.add_argument("--chaos", action="store_true", help="Enable the chaos admin routes.")
     up.add_argument("--port", type=int, help="HTTP port (default: the config's http_options.port).")
@@ -75,10 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--timeout", type=float, default=10.0)
 
     st.add_argument("--incidents", type=int, default=10, help="Incidents to list (default 10).")
+    st.add_argument("--model", help="The model to show, on a service of several (default: the first of "
+                    "GET /v1/models).")
 
     def admin(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--url", help="Gateway URL (default: from `raymedic up`, else the config).")
         sp.add_argument("--json", action="store_true", help="Print the answer as JSON.")
+        sp.add_argument("--model", help="The model to act on, on a service of several (default: the first of "
+                        "GET /v1/models).")
         return sp
 
     admin(add("pause", cmd_pause, "Pause automatic healing (detection and audit go on)."))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,10 @@ def admin(args: argparse.Namespace, route: str, body: Any = None) -> Any:
     """
     url = service_url(args)
     token = admin_token()  # its own error when unreadable, not "no service answers"
+    model = getattr(args, "model", None)
+    query = f"?model={urllib.parse.quote(model, safe='')}" if model else ""  # a service of several models
     try:
-        reply = request_json("POST", f"{url}/v1/admin/{route}", body if body is not None else {},
+        reply = request_json("POST", f"{url}/v1/admin/{route}{query}", body if body is not None else {},
                              headers={"Authorization": f"Bearer {token}"}, timeout_s=30)
     except OSError as exc:
         raise unreachable(url, exc) from None

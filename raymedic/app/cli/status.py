@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import urllib.parse
 from typing import Any
 
 from raymedic.app.cli._common import service_url, unreachable
@@ -79,17 +80,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         RaymedicError: No service answers, or the gateway answered with an error.
     """
     url = service_url(args)
+    model = getattr(args, "model", None)
+    query = f"?model={urllib.parse.quote(model, safe='')}" if model else ""
     try:
-        reply = request_json("GET", f"{url}/v1/status", timeout_s=args.timeout)
+        reply = request_json("GET", f"{url}/v1/status{query}", timeout_s=args.timeout)
     except OSError as exc:
         raise unreachable(url, exc) from None
     if reply.status != 200:
-        raise RaymedicError(f"{url}/v1/status answered {reply.status}: {reply.body}")
+        raise RaymedicError(f"{url}/v1/status{query} answered {reply.status}: {reply.body}")
     st = reply.body
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
     print(f"model {st['model']}  ({st['model_version']})  application {st['application']['status']}")
+    others = [m for m in st.get("models") or () if m != st["model"]]
+    if others:
+        print(f"  also served: {', '.join(others)} (raymedic status --model NAME)")
     names = {m["name"]: m["name"] + (" (fallback)" if m.get("fallback") else "") for m in st["members"]}
     w = max([14] + [len(n) + 2 for n in names.values()])  # the name column fits the longest name
     print(f"{'member':<{w}}{'version':<10}{'weight':>8}  {'state':<12}replicas")

@@ -103,13 +103,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             cfg = spread_over_nodes(cfg, nodes, gpu_nodes=sum(n["node_type"] == "gpu-worker"
                                                               for n in local["nodes"]))
             proxy_location = "HeadOnly"  # every node's proxy would bind the same port on one machine
-        cfg = service.choose_model(cfg, args.model)
+        cfg = service.choose_models(cfg, args.model, progress)
         with user_code_importable(sf.runtime_env):  # the contract check and registration import it here
             service.ensure_trained(cfg, progress)
         service.deploy(cfg, host=host, port=port, progress=progress, proxy_location=proxy_location)
         url = _local_url(host, port)
-        waited = service.wait_ready(url, cfg.model, timeout_s=args.timeout, progress=progress,
-                                    example=service.golden_example(cfg))
+        waited = service.wait_all_ready(url, cfg, timeout_s=args.timeout, progress=progress)
         dashboard = _dashboard_url()
     finally:
         ray.shutdown()
@@ -120,9 +119,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     progress(f"service answers at {url} (ready after {waited:.1f} s)")
     if local is not None:
         print(f"  nodes:\n{describe(LocalCluster.from_dict(local))}")
-    print(f"  model:      {cfg.model}\n  predict:    curl -X POST {url}/v1/models/{cfg.model}:predict "
+    several = len(cfg.model_names) > 1
+    print(f"  model{'s:     ' if several else ':      '}{', '.join(cfg.model_names)}\n"
+          f"  predict:    curl -X POST {url}/v1/models/{cfg.model}:predict "
           f"-d '{{\"instances\": [...]}}'\n  schema:     curl {url}/v1/models/{cfg.model}\n"
-          f"  status:     raymedic status\n  dashboard:  {dashboard}\n  stop:       raymedic down")
+          f"  status:     raymedic status{' [--model NAME]' if several else ''}\n  dashboard:  {dashboard}\n"
+          f"  stop:       raymedic down")
     if token_note:
         print(f"  admin:      {token_note}")
     return 0
