@@ -4,7 +4,8 @@ They exist only when the config enables chaos (else they answer 404 like any
 unknown route) and need the admin token. A fault goes to one running replica of a
 member: the one named, or by default one serving traffic (not a standby, so the
 fault is felt). ``kill`` is a real SIGKILL of the replica's process; ``hang``,
-``slow``, ``wrong``, ``error`` and ``leak`` are set inside the replica (:mod:`serve_apps.chaos`). Each
+``slow``, ``wrong``, ``error`` and ``leak`` are set inside the replica (:mod:`serve_apps.chaos`);
+``disk-fill`` (no member) writes a bounded file under ``storage_path``. Each
 injection is recorded in the controller's audit log, so a heal can be read
 against the fault that caused it.
 """
@@ -20,7 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raymedic.config import RaymedicConfig
 from raymedic.errors import InvalidRequest, ServiceUnavailable
-from serve_apps.chaos import FAULTS, sigkill_replica
+from raymedic.storage import Storage
+from serve_apps.chaos import FAULTS, clear_disk_fill, disk_fill, sigkill_replica
 from serve_apps.gateway.admin import check_admin
 from serve_apps.gateway.api import json_body
 from serve_apps.gateway.link import ControllerLink, LinkState
@@ -132,6 +134,11 @@ class ChaosRoutes:
         """
         self._chaos_enabled(request)
         body = await json_body(request)
+        if isinstance(body, dict) and body.get("fault") == "disk-fill":  # the service's disk, not a replica
+            out = await asyncio.to_thread(disk_fill, Storage(self._cfg.storage_path), body.get("mb"))
+            result = {"fault": "disk-fill", "at": time.time(), **out}
+            await self._link.note("chaos-injected", f"{self._cfg.model}/storage", result)
+            return result
         fault, member, delay_ms = parse_chaos(body, self._order)
         replicas = await self._running_replicas(member)
         target = pick_target(replicas, member=member, wanted=body.get("replica"),
@@ -167,5 +174,6 @@ class ChaosRoutes:
                     cleared.append(f"{member}/{r.id}")
                 except Exception:
                     pass  # a hung or dying replica: the controller replaces it anyway
-        await self._link.note("chaos-cleared", self._cfg.model, {"replicas": cleared})
-        return {"cleared": cleared}
+        files = await asyncio.to_thread(clear_disk_fill, Storage(self._cfg.storage_path))
+        await self._link.note("chaos-cleared", self._cfg.model, {"replicas": cleared, "disk_fill_files": files})
+        return {"cleared": cleared, "disk_fill_files": files}

@@ -77,7 +77,7 @@ class Gateway(V1Routes, V2Routes, AdminRoutes, ChaosRoutes):
         except Exception:  # outside Serve (unit use)
             tag = uuid.uuid4().hex[:8]
         self._tag = tag
-        self._predlog = PredictionLog(storage, self._cfg.model, tag=tag)
+        self._predlog = PredictionLog(storage, self._cfg.model, tag=tag, max_pending=gw.log_max_pending_rows)
         known = KnownIds(storage, self._cfg.model)
         self._admin_sha = admin_token_sha256
         self._calls = CallRecorder()

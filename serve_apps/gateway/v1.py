@@ -19,6 +19,7 @@ from serve_apps.gateway.feedback import FeedbackIntake
 from serve_apps.gateway.link import ControllerLink, LinkState
 from serve_apps.gateway.predict import Predictor
 from serve_apps.gateway.status import AppViewCache, is_ready, model_info_document, status_document
+from serve_apps.predlog import PredictionLog
 from serve_apps.telemetry import Admission
 from serve_apps.validation import InputPolicy
 from train_jobs.schema import ModelSchema
@@ -43,6 +44,7 @@ class V1Routes:
     _admission: Admission
     _predictor: Predictor
     _feedback_intake: FeedbackIntake
+    _predlog: PredictionLog
 
     async def healthz(self) -> dict[str, str]:
         """
@@ -108,4 +110,5 @@ class V1Routes:
         view = await self._views.get()
         controller = await self._link.status()
         return status_document(config=self._cfg, order=self._order, state=self._state, tag=self._tag,
-                               view=view, controller=controller, now=time.time())
+                               view=view, controller=controller, now=time.time(),
+                               prediction_log=self._predlog.health())
