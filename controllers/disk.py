@@ -223,6 +223,10 @@ class DiskKeeper:
             evidence, outcome = {"reasons": reasons, "error": f"{type(exc).__name__}: {exc}"}, f"failed: {exc}"
         finally:
             self.watch.done(action_id)
+        try:  # the status shows the logs as compaction left them, not as the period found them
+            self._observer.logs = await asyncio.to_thread(log_stats, self._storage, self._model)
+        except Exception:
+            log.exception("could not list the logs of %s after compacting them", self._model)
         evidence["duration_s"] = round(time.monotonic() - t0, 3)
         self.last_compaction = {"id": action_id, "at": self._clock(), "outcome": outcome, **evidence}
         self._recorder.model_action("compact", self._target, evidence=evidence, action="compact", outcome=outcome,

@@ -18,6 +18,7 @@ import pytest
 
 from raymedic.config import parse_config
 from raymedic.errors import InvalidRequest, ServiceUnavailable
+from raymedic.storage import Storage
 from serve_apps.combine import equal_weights
 from serve_apps.gateway import api
 from serve_apps.gateway.admin import AdminRoutes
@@ -28,6 +29,7 @@ from serve_apps.gateway.routes import ROUTES
 from serve_apps.gateway.status import AppViewCache
 from serve_apps.gateway.v1 import V1Routes
 from serve_apps.gateway.v2_routes import V2Routes
+from serve_apps.predlog import PredictionLog
 from serve_apps.serve_state import AppView, DeploymentView, ReplicaView
 from serve_apps.telemetry import Admission
 from serve_apps.validation import input_policies
@@ -72,6 +74,7 @@ class Stand(*MIXINS):
         self._views = AppViewCache(lambda: view)
         self._admission = Admission(4)
         self._predictor = ScriptedPredictor()
+        self._predlog = PredictionLog(Storage(self._cfg.storage_path), self._cfg.model, tag=self._tag)
         self._members: dict[str, Any] = {}
         self._admin_sha = hashlib.sha256(token.encode()).hexdigest() if token else None
 
@@ -220,3 +223,18 @@ def test_status_without_a_controller_says_so_and_shows_what_this_gateway_knows(g
     assert doc["gateway"]["answered_by"]["id"] == "gw-test" and doc["model_version"] == \
         "logistic:v1,mlp:v1,tabresnet:v1"
     assert [m["replicas"][0]["state"] for m in doc["members"]] == ["RUNNING", "AVOIDED", "STANDBY"]
+    assert doc["prediction_log"]["writable"] is True and doc["prediction_log"]["dropped_rows"] == 0
+
+
+def test_chaos_disk_fill_writes_a_bounded_file_under_storage_and_clear_removes_it(gateway, tmp_path):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    stand = Stand(view=running_view(gateway[0]._order), chaos=True)
+    stand._cfg = stand._cfg.model_copy(update={"storage_path": str(tmp_path)})
+    stand._order = []  # no member replicas to clear here: only the disk
+    gateway[0] = stand
+    status, _, body = call("POST", "/v1/admin/chaos", b'{"fault": "disk-fill", "mb": 1}', headers=auth)
+    assert status == 200 and body["path"].startswith(str(tmp_path / "chaos" / "disk-fill"))
+    status, _, refused = call("POST", "/v1/admin/chaos", b'{"fault": "disk-fill", "mb": 999999}', headers=auth)
+    assert status == 422 and "at most" in refused["error"]
+    status, _, cleared = call("POST", "/v1/admin/chaos/clear", b"{}", headers=auth)
+    assert status == 200 and cleared["disk_fill_files"] == [body["path"]]

@@ -163,9 +163,10 @@ class ChaosRoutes:
         """
         \f
         Clear every injected fault on every running replica (a hung or dying one is skipped); a leak's
-        memory is freed.
+        memory is freed, disk-fill's files are deleted.
         """
         self._chaos_enabled(request)
+        files = await asyncio.to_thread(clear_disk_fill, Storage(self._cfg.storage_path))  # first: needs no replica
         cleared = []
         for member in self._order:
             for r in await self._running_replicas(member):
@@ -174,6 +175,5 @@ class ChaosRoutes:
                     cleared.append(f"{member}/{r.id}")
                 except Exception:
                     pass  # a hung or dying replica: the controller replaces it anyway
-        files = await asyncio.to_thread(clear_disk_fill, Storage(self._cfg.storage_path))
         await self._link.note("chaos-cleared", self._cfg.model, {"replicas": cleared, "disk_fill_files": files})
         return {"cleared": cleared, "disk_fill_files": files}
