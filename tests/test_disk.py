@@ -352,7 +352,7 @@ def test_keeper_compacts_audited_and_alerts_on_a_full_disk_then_clears(tmp_path)
 
 
 def test_keeper_proposes_in_approval_mode_and_compacts_nothing_while_paused(tmp_path):
-    storage, keeper, audit, _, policy, clock = _keeper(tmp_path, free=500 * GB, mode="approve")
+    storage, keeper, _, _, _, clock = _keeper(tmp_path, free=500 * GB, mode="approve")
     _write_log(storage, clock["now"], old_rows=0, new_rows=30)
     asyncio.run(keeper.check())
     (proposal,) = keeper.proposals()

@@ -89,7 +89,7 @@ class DiskSettings:
     cooldown_s: float
 
     @classmethod
-    def from_config(cls, c: ControllerConfig) -> "DiskSettings":
+    def from_config(cls, c: ControllerConfig) -> DiskSettings:
         return cls(compact_free_fraction=c.disk_compact_free_fraction, alert_free_fraction=c.disk_alert_free_fraction,
                    horizon_s=c.disk_horizon_s, window_s=c.disk_window_s, min_samples=c.disk_min_samples,
                    compact_small_files=c.disk_compact_small_files, cooldown_s=c.disk_compact_cooldown_s)
