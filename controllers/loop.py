@@ -44,6 +44,7 @@ from controllers.audit import AuditLog
 from controllers.checkpoint import Checkpoint, load_checkpoint
 from controllers.checks import RETRAIN_KINDS, ModelChecks
 from controllers.deployment import Deployment, load_deployment, load_golden, record_versions
+from controllers.disk import DiskKeeper
 from controllers.gateway_sync import GatewaySync
 from controllers.models.canaries import ServeCanaries
 from controllers.models.healer import ModelHealer
@@ -125,7 +126,11 @@ class ModelController:
                                      weights=self._hedge.weights([m.name for m in cfg.members]))
         self._checkpoint = Checkpoint(storage, model, policy=self._policy.to_dict, weights=self._hedge.to_dict,
                                       epoch=lambda: self._control.epoch, data_alerts=self._data_alerts.to_dict,
-                                      performance=self._perf.to_dict, playbook=self._playbook.to_dict)
+                                      performance=self._perf.to_dict, playbook=self._playbook.to_dict,
+                                      disk=lambda: self._disk.to_dict())
+        self._disk = DiskKeeper(storage=storage, model=model, cfg=lambda: self.cfg, policy=self._policy,
+                                data_alerts=self._data_alerts, recorder=self._recorder, audit=self._audit,
+                                checkpoint=self._checkpoint, memory=state.get("disk"))
         self._actuators = RayActuators(record=self._audit.record, deployment_of=self._deployment_of)
         swapper = VersionSwapper(replicas=self._running_replicas, restart=self._restart,
                                  timeout_s=lambda: self.cfg.controller.swap_timeout_s,
@@ -227,6 +232,7 @@ class ModelController:
         except RuntimeError:
             return  # not inside the actor's event loop yet: the next call starts it
         self._task = loop.create_task(self._run())
+        self._disk.ensure_running()  # its own period: a listing or a compaction never delays a step
 
     def stop(self) -> None:
         """Stop healing this model (it is no longer served); what it recorded stays in storage."""
@@ -270,7 +276,8 @@ class ModelController:
                                data_report=self._checks.data_report,
                                performance_report=self._checks.performance_report,
                                process={"pid": os.getpid(), "started_at": self._started_at,
-                                        "resumed_from_checkpoint": self._resumed})
+                                        "resumed_from_checkpoint": self._resumed},
+                               disk=self._disk.report(), disk_proposals=self._disk.proposals())
 
     async def set_paused(self, paused: bool, who: str = "operator") -> dict[str, Any]:
         """Pause or resume healing (an operator holds the wheel)."""
@@ -278,8 +285,10 @@ class ModelController:
         return await self._operator.set_paused(paused, who)
 
     async def decide(self, incident_id: str, approve: bool, who: str = "operator") -> dict[str, Any]:
-        """Approve or reject a proposed restart (approval mode). Errors come back as {"error": ...}."""
+        """Approve or reject a proposed restart or compaction (approval mode). Errors come back as {"error": ...}."""
         self._ensure_running()
+        if self._disk.owns(incident_id):
+            return await self._disk.decide(incident_id, approve, who)
         return await self._operator.decide(incident_id, approve, who)
 
     async def set_mode(self, mode: str, who: str = "operator") -> dict[str, Any]:

@@ -27,7 +27,7 @@ ACTION_KINDS = (
     "restart", "drained", "standby-serves", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
     "rejected", "mode", "retrain-submitted", "retrain-submit-failed", "retrain-finished", "promote",
     "rollback", "trial-started", "trial-promote", "trial-reject", "trial-finished", "trial-abandoned",
-    "trial-requested")
+    "trial-requested", "compact", "compact-started", "disk-proposal-withdrawn")
 """Audit kinds listed under ``actions``: what the controller (or an operator) did, not what it saw."""
 KEPT = 50
 """Incidents, data alerts and actions shown (the newest)."""
@@ -37,11 +37,14 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
                     control: ControlState, deployment: Deployment, webhook: WebhookNotifier | None,
                     last: StepResult | None, gateways: Collection[str], step_ms: Sequence[float],
                     data_report: DataReport | None, performance_report: PerformanceReport | None,
-                    process: Mapping[str, Any]) -> dict[str, Any]:
+                    process: Mapping[str, Any], disk: Mapping[str, Any] | None = None,
+                    disk_proposals: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The status document.
 
     Args:
         process: ``pid``, ``started_at`` and ``resumed_from_checkpoint`` of this controller process.
+        disk: The disk keeper's report (filesystems, the logs' size, verdict, last compaction).
+        disk_proposals: Compactions waiting for an operator (approval mode), listed with the restarts.
         step_ms: Recent durations of the decide phase (the policy step and the weights), in ms:
             ``step_ms_p50`` is their median, the figure ``raymedic bench controller-step`` measures.
         Others: the controller's parts, read as they are now.
@@ -56,7 +59,8 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
         "mode": str(policy.mode),
         "retraining": healer.status(),
         "proposals": [{"incident": i.id, "target": f"{i.member}/{i.replica}", "fault": str(i.kind),
-                       "action": "restart", "detected_at": i.detected_at} for i in policy.proposals()],
+                       "action": "restart", "detected_at": i.detected_at} for i in policy.proposals()]
+        + [dict(p) for p in disk_proposals],
         "webhook": webhook.stats() if webhook else None,
         "pid": process["pid"],
         "started_at": process["started_at"],
@@ -68,6 +72,7 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
         "standby": {k: list(v) for k, v in control.standby.items()},
         "healthy": {k: list(v) for k, v in (last.healthy if last else {}).items()},
         "memory": policy.memory_report(),
+        "disk": dict(disk) if disk is not None else {"verdict": "unknown"},
         "gateways": sorted(gateways),
         "step_ms_p50": round(steps[len(steps) // 2], 3) if steps else None,
         "incidents": incidents,

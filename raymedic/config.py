@@ -288,6 +288,10 @@ class GatewayConfig(_Strict):
     log_flush_s: float = Field(
         0.5, gt=0, le=30, description="Prediction log flush period; feedback is written before its 2xx."
     )
+    log_max_pending_rows: int = Field(
+        100_000, ge=100, description="Prediction rows a gateway replica buffers while the log cannot be written "
+        "(a full disk): past it the oldest are dropped and counted (status prediction_log.dropped_rows, "
+        "raymedic_prediction_log_dropped_rows_total); requests are answered either way.")
     hedge_after_s: float = Field(
         0.25, gt=0, le=60, description="A member call still unanswered after this is hedged on another replica."
     )
@@ -418,6 +422,28 @@ class ControllerConfig(_Strict):
     leak_drain_timeout_s: float = Field(
         5.0, gt=0, le=600, description="... once the gateways report no call in flight to it, or after this "
         "long regardless (calls still in flight are then retried on another replica by the gateway).")
+    disk_period_s: float = Field(
+        30.0, gt=0, le=3600, description="Disk: how often the free space of storage_path's filesystem and of Ray's "
+        "session directory, and the size of the prediction log (a listing, no file read), are read.")
+    disk_compact_small_files: int = Field(
+        500, ge=2, description="Compact the prediction and feedback logs (merge each hour's parts into one file) "
+        "once they hold this many parts under 1 MiB: every gateway replica writes one per log_flush_s.")
+    disk_compact_free_fraction: float = Field(
+        0.15, gt=0, lt=1, description="... or once storage_path's filesystem has less than this share free "
+        "(compaction also drops prediction rows past data.prediction_log_retention_h that have no label).")
+    disk_alert_free_fraction: float = Field(
+        0.05, gt=0, lt=1, description="The hard floor: a filesystem (storage_path's, or Ray's session "
+        "directory's) with less than this share free opens a disk_space incident (alerted like any other).")
+    disk_horizon_s: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="... as does one whose free space falls steadily and is "
+        "forecast to reach that floor within this many seconds.")
+    disk_window_s: float = Field(
+        900.0, gt=0, le=86400, description="The forecast's window: a Theil-Sen slope of the free bytes read in "
+        "the last this many seconds, negative at 95% confidence (a file written once is a step, not a trend).")
+    disk_min_samples: int = Field(5, ge=3, le=1000, description="Readings the forecast needs in its window.")
+    disk_compact_cooldown_s: float = Field(
+        300.0, ge=0, le=86400, description="Minimum gap between two compactions (each rewrites the current "
+        "hour's parts).")
     weight_eta: float = Field(0.5, gt=0, description="Hedge learning rate on feedback losses.")
     weight_decay: float = Field(0.99, gt=0, le=1, description="Per-sample forgetting of old losses.")
     min_weight: float = Field(0.05, ge=0, lt=0.5, description="Floor for each healthy member.")
@@ -434,6 +460,10 @@ class ControllerConfig(_Strict):
             raise ValueError(f"controller.leak_min_span_s ({self.leak_min_span_s}) must be <= "
                              f"controller.leak_window_s ({self.leak_window_s}): the samples a slope needs must fit "
                              "in the window; lower leak_min_span_s or raise leak_window_s")
+        if self.disk_alert_free_fraction > self.disk_compact_free_fraction:
+            raise ValueError(f"controller.disk_alert_free_fraction ({self.disk_alert_free_fraction}) must be <= "
+                             f"controller.disk_compact_free_fraction ({self.disk_compact_free_fraction}): compaction "
+                             "should start before the alert floor; lower the first or raise the second")
         if self.leak_drain_settle_s > self.leak_drain_timeout_s:
             raise ValueError(f"controller.leak_drain_settle_s ({self.leak_drain_settle_s}) must be <= "
                              f"controller.leak_drain_timeout_s ({self.leak_drain_timeout_s})")
@@ -489,6 +519,11 @@ class DataConfig(_Strict):
                              "An alarm marks the feature drifting (act only if its PSI reaches psi_act).")
     sequential_false_alarms_per_10k: float = Field(0.05, gt=0, le=1000, description="CUSUM false alarms per "
                                                    "10,000 sampled rows, over all numeric features together.")
+
+    prediction_log_retention_h: float = Field(
+        720.0, gt=0, le=24 * 365 * 100, description="Prediction log rows older than this many hours are dropped "
+        "when the controller compacts the log — except rows with an acknowledged label, which are kept forever "
+        "(the retrain job joins them). 30 days by default: far more than any window the monitors read.")
 
     def policy(self, feature: str) -> FeaturePolicy:
         """The override for ``feature`` (empty if none)."""

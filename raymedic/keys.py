@@ -31,6 +31,7 @@ __all__ = [
     "retrain_record_key",
     "audit_prefix",
     "predictions_prefix",
+    "STORAGE_FAULTS",
     "feedback_prefix",
     "retrain_job_id",
     "CHAOS_FAULTS",
@@ -145,4 +146,6 @@ CHAOS_FAULTS = ("kill", "hang", "slow", "wrong", "error", "leak")
 ``bench replica-faults`` measures all but ``leak``, which takes a minute to matter (it has no bench yet:
 the planned ``bench infra-faults``)."""
 REPLICA_BENCH_FAULTS = tuple(f for f in CHAOS_FAULTS if f != "leak")
+STORAGE_FAULTS = ("disk-fill",)
+"""Faults of the service's storage rather than a replica (``raymedic chaos disk-fill --mb N``): no member."""
 """The faults ``bench replica-faults`` runs (and its ``--faults`` accepts)."""

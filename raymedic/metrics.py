@@ -68,6 +68,23 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "raymedic_prediction_psi": ("gauge", "PSI of the ensemble's recent outputs against its first ones since the "
                                 "serving versions started (output: top-class confidence or predicted class).",
                                 ("model", "output"), None),
+    "raymedic_disk_free_bytes": ("gauge", "Free bytes of a filesystem the service writes to (volume: storage, "
+                                 "the one holding storage_path; ray_dir, Ray's session directory on the "
+                                 "controller's node).", ("model", "volume"), None),
+    "raymedic_disk_free_ratio": ("gauge", "Free share (0-1) of that filesystem.", ("model", "volume"), None),
+    "raymedic_disk_time_to_floor_seconds": ("gauge", "Forecast seconds until that filesystem's free share reaches "
+                                            "controller.disk_alert_free_fraction (-1: not falling steadily).",
+                                            ("model", "volume"), None),
+    "raymedic_prediction_log_bytes": ("gauge", "Bytes of the prediction and feedback logs under storage_path.",
+                                      ("model", "log"), None),
+    "raymedic_prediction_log_files": ("gauge", "Parquet parts of the prediction and feedback logs.",
+                                      ("model", "log"), None),
+    "raymedic_prediction_log_writable": ("gauge", "1 while a gateway replica's last prediction-log flush "
+                                         "succeeded, 0 while writes fail (a full disk); requests are answered "
+                                         "either way.", ("model", "replica"), None),
+    "raymedic_prediction_log_dropped_rows_total": ("counter", "Prediction rows a gateway replica dropped because "
+                                                   "the log could not be written and its buffer was full.",
+                                                   ("model", "replica"), None),
 }
 
 _objects: dict[str, Any] = {}

@@ -11,6 +11,9 @@ Faults look like the real ones from the outside:
   are rotated, so predictions are plausible and wrong;
 - ``error``: every call of the replica raises, while its process and Serve's
   health checks stay fine (a CUDA error, a state broken by a bad reload);
+- ``disk-fill`` (not a replica's fault: the service's disk's): a file of ``mb`` MB of
+  real bytes under ``storage_path/chaos/disk-fill/``, bounded by a cap and by the free
+  space less a margin, removed by ``chaos clear``;
 - ``leak``: the replica allocates and holds ``mb_per_s`` MB of real (touched,
   resident) memory per second, the way a cache that never evicts grows, until it
   is cleared, restarted, or reaches its cap (``cap_mb``, at most
@@ -21,20 +24,27 @@ A fault lives in the replica's memory only: a replacement replica starts clean,
 which is exactly what a restart is supposed to buy.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (psutil must come after ray: see below)
 
 import asyncio
 import os
+import secrets
+import shutil
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray  # noqa: F401  (psutil ships inside Ray, in ray/thirdparty_files, put on sys.path by this import)
+import psutil
 
 from raymedic.errors import InjectedFault, InvalidRequest
 from raymedic.keys import CHAOS_FAULTS
+from raymedic.storage import Storage
 
-__all__ = ["FAULTS", "LEAK_CAP_MB", "LEAK_DEFAULT_MB_PER_S", "LEAK_NODE_FLOOR", "ReplicaFault", "sigkill_replica"]
+__all__ = ["DISK_FILL_DIR", "DISK_FILL_MAX_MB", "FAULTS", "clear_disk_fill", "disk_fill", "disk_fill_limit_mb",
+           "LEAK_CAP_MB", "LEAK_DEFAULT_MB_PER_S", "LEAK_NODE_FLOOR", "ReplicaFault", "sigkill_replica"]
 
 FAULTS = CHAOS_FAULTS
 IN_REPLICA = tuple(f for f in FAULTS if f != "kill")  # kill is a signal, not a state of the replica
@@ -144,10 +154,81 @@ def _kill(pid: int) -> dict[str, Any]:
 
 def sigkill_replica(pid: int, node_id: str | None, *, timeout_s: float = 30.0) -> dict[str, Any]:
     """SIGKILL ``pid`` on ``node_id`` via a zero-CPU task pinned to that node."""
-    import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(num_cpus=0, max_retries=0)(_kill)
     if node_id:
         task = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False))
     return ray.get(task.remote(pid), timeout=timeout_s)
+
+
+# ---- disk-fill: a file of real bytes under storage_path ----------------------------------------------------
+
+DISK_FILL_DIR = "chaos/disk-fill"
+"""Where ``disk-fill`` writes (below ``storage_path``): one clearly named folder, removed by ``chaos clear``."""
+DISK_FILL_MAX_MB = 4096
+"""The most one ``disk-fill`` writes, whatever it asks: a drill must not take the machine's disk."""
+DISK_FILL_MARGIN_MB = 512
+"""A fill must leave at least this much free on the filesystem (and :data:`DISK_FILL_MARGIN_FRACTION` of it)."""
+DISK_FILL_MARGIN_FRACTION = 0.02
+_CHUNK = 8 << 20
+
+
+def disk_fill_limit_mb(free_bytes: float, total_bytes: float) -> float:
+    """The largest fill (MB, 10^6 bytes) allowed now: the cap, and the free space less the margin.
+
+    >>> disk_fill_limit_mb(10e9, 100e9)
+    4096
+    >>> disk_fill_limit_mb(1e9, 100e9)
+    0.0
+    """
+    margin = max(DISK_FILL_MARGIN_MB * 1e6, DISK_FILL_MARGIN_FRACTION * total_bytes)
+    return min(DISK_FILL_MAX_MB, max(0.0, (free_bytes - margin) / 1e6))
+
+
+def disk_fill(storage: Storage, mb: float) -> dict[str, Any]:
+    """Write ``mb`` MB of real (random, incompressible) bytes into a new file under :data:`DISK_FILL_DIR`.
+
+    Raises:
+        InvalidRequest: ``storage_path`` is not a local directory, ``mb`` is not a positive number, or it is
+            over the cap or the free space less the margin (the message gives the largest allowed).
+    """
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not mb > 0:
+        raise InvalidRequest(f"mb must be a positive number of megabytes, got {mb!r}")
+    root = storage.local_path("")
+    if root is None:
+        raise InvalidRequest(f"disk-fill needs a local storage_path; {storage.uri!r} is remote (an object store "
+                             "does not fill up)")
+    usage = psutil.disk_usage(str(root))
+    limit = disk_fill_limit_mb(usage.free, usage.total)
+    if mb > limit:
+        raise InvalidRequest(f"disk-fill of {mb:g} MB refused: at most {limit:.0f} MB now (cap {DISK_FILL_MAX_MB} "
+                             f"MB; {usage.free / 1e6:.0f} MB free, of which {DISK_FILL_MARGIN_MB} MB or "
+                             f"{DISK_FILL_MARGIN_FRACTION:.0%} of the disk stays free); ask for less")
+    folder = root / DISK_FILL_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"fill-{int(time.time() * 1000)}-{secrets.token_hex(3)}.bin"
+    block = os.urandom(_CHUNK)
+    left = int(mb * 1e6)
+    with open(path, "wb") as f:
+        while left > 0:
+            n = min(left, _CHUNK)
+            f.write(block[:n])
+            left -= n
+        f.flush()
+        os.fsync(f.fileno())
+    return {"path": str(path), "mb": mb, "free_mb_after": round(psutil.disk_usage(str(root)).free / 1e6, 1)}
+
+
+def clear_disk_fill(storage: Storage) -> list[str]:
+    """Remove every ``disk-fill`` file (the folder too); the paths removed."""
+    root = storage.local_path("")
+    folder = root / DISK_FILL_DIR if root is not None else None
+    if folder is None or not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.glob("fill-*.bin")):
+        p.unlink(missing_ok=True)
+        removed.append(str(p))
+    shutil.rmtree(folder, ignore_errors=True)
+    return removed

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 
+from raymedic import metrics
 from raymedic.keys import feedback_prefix, predictions_prefix
 from raymedic.logs import get_logger
 from raymedic.storage import Storage
@@ -79,26 +80,56 @@ FEEDBACK_SCHEMA = pa.schema([
 
 
 class PredictionLog:
-    """Buffers prediction records and writes them as Parquet parts, one per flush."""
+    """Buffers prediction records and writes them as Parquet parts, one per flush.
 
-    def __init__(self, storage: Storage, model: str, *, tag: str) -> None:
+    A write that fails (a full disk: ENOSPC, a read-only or vanished mount) never fails a
+    request: the records stay buffered for the next flush, up to ``max_pending`` of them; past
+    that the oldest are dropped and counted, so a disk that stays full costs a bounded amount
+    of memory, and :meth:`health` (the gateway's ``/v1/status``) says the log is not writable
+    and how many rows it lost.
+    """
+
+    def __init__(self, storage: Storage, model: str, *, tag: str, max_pending: int = 100_000) -> None:
         self._storage = storage
+        self._model = model
         self._prefix = predictions_prefix(model)
         self._tag = tag
+        self._max_pending = max_pending
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self.writable = True
+        self.dropped_rows = 0
+        self.failed_flushes = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+
+    def _bound(self) -> None:
+        """Drop the oldest buffered rows past ``max_pending`` (the lock is held)."""
+        extra = len(self._rows) - self._max_pending
+        if extra > 0:
+            del self._rows[:extra]
+            self.dropped_rows += extra
+            metrics.inc("raymedic_prediction_log_dropped_rows_total", extra, model=self._model, replica=self._tag)
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
         """Buffer records until the next flush (a write per request would cost more than the inference)."""
         with self._lock:
             self._rows.extend(rows)
+            if len(self._rows) > self._max_pending:
+                self._bound()
 
     def pending(self) -> int:
         """Records buffered and not yet written."""
         return len(self._rows)
 
+    def health(self) -> dict[str, Any]:
+        """Whether the last flush could write, rows lost to a full buffer, and the last error."""
+        return {"writable": self.writable, "pending_rows": len(self._rows), "dropped_rows": self.dropped_rows,
+                "failed_flushes": self.failed_flushes, "last_error": self.last_error,
+                "last_error_at": self.last_error_at}
+
     def flush(self) -> int:
-        """Write buffered records; returns how many. Records stay buffered if the write fails."""
+        """Write buffered records; returns how many. Records stay buffered (bounded) if the write fails."""
         with self._lock:
             rows, self._rows = self._rows, []
         if not rows:
@@ -113,11 +144,24 @@ class PredictionLog:
                 self._storage.write_parquet(f"{self._prefix}/hour={hour}/{_part_name(self._tag)}", table,
                                             durable=False)
                 written += len(part)
-        except Exception:
-            log.exception("prediction log flush failed; keeping %d records for the next flush",
-                          len(rows) - written)
+        except Exception as exc:
+            self.failed_flushes += 1
+            self.last_error, self.last_error_at = f"{type(exc).__name__}: {exc}"[:300], time.time()
+            if self.writable:  # one traceback per outage, not one per flush period
+                log.exception("prediction log flush failed; keeping up to %d records for the next flush "
+                              "(requests are still answered)", self._max_pending)
+            self.writable = False
+            # Hours written before the failure are not rewritten; the rest go back in front, bounded.
+            left = [r for part in by_hour.values() for r in part][written:]
             with self._lock:
-                self._rows[:0] = rows[written:]
+                self._rows[:0] = left
+                self._bound()
+        else:
+            if not self.writable:
+                log.info("prediction log writable again after %d failed flushes", self.failed_flushes)
+            self.writable = True
+        metrics.set_gauge("raymedic_prediction_log_writable", 1.0 if self.writable else 0.0, model=self._model,
+                          replica=self._tag)
         return written
 
 

@@ -34,7 +34,7 @@ FLAGS = {
     "retrain": ["--config", "--json", "--model", "--reason", "--url"],
     "rollback": ["--config", "--json", "--member", "--model", "--url"],
     "trial": ["--config", "--json", "--member", "--mode", "--model", "--url", "--version"],
-    "chaos": ["--config", "--delay-ms", "--json", "--mb-per-s", "--member", "--model", "--replica", "--url"],
+    "chaos": ["--config", "--delay-ms", "--json", "--mb", "--mb-per-s", "--member", "--model", "--replica", "--url"],
     "openapi": ["--config", "--out"],
     "audit": ["--config", "--json", "--limit", "--model", "--since"],
     "train": ["--config", "--data", "--json", "--members", "--model", "--no-promote", "--storage-path", "--synthetic",

@@ -18,6 +18,7 @@ import pytest
 
 from raymedic.config import parse_config
 from raymedic.errors import InvalidRequest, ServiceUnavailable
+from raymedic.storage import Storage
 from serve_apps.combine import equal_weights
 from serve_apps.gateway import api
 from serve_apps.gateway.admin import AdminRoutes
@@ -28,6 +29,7 @@ from serve_apps.gateway.routes import ROUTES
 from serve_apps.gateway.status import AppViewCache
 from serve_apps.gateway.v1 import V1Routes
 from serve_apps.gateway.v2_routes import V2Routes
+from serve_apps.predlog import PredictionLog
 from serve_apps.serve_state import AppView, DeploymentView, ReplicaView
 from serve_apps.telemetry import Admission
 from serve_apps.validation import input_policies
@@ -70,6 +72,7 @@ class StandLane:
         self.link = ControllerLink(self.state, tag="gw-test", order=self.order, period_s=0.5,
                                    enabled=cfg.controller.enabled, lookup=_no_controller, model=cfg.model)
         self.predictor = ScriptedPredictor()
+        self.predlog = PredictionLog(Storage(cfg.storage_path), cfg.model, tag="gw-test")
         self.members: dict[str, Any] = {}
 
     def view(self, view: AppView | None) -> AppView | None:
@@ -80,8 +83,9 @@ class Stand(*MIXINS):
     """The attributes the route mixins need, as the deployment sets them (one model's lane)."""
 
     def __init__(self, *, view: AppView | None, chaos: bool = False, token: str | None = TOKEN,
-                 also: tuple[str, ...] = ()) -> None:
-        self._cfg = parse_config({"chaos": {"enabled": chaos}, "models": {m: {} for m in also}})
+                 also: tuple[str, ...] = (), storage: Any = None) -> None:
+        self._cfg = parse_config({"chaos": {"enabled": chaos}, "models": {m: {} for m in also},
+                                  **({"storage_path": str(storage)} if storage is not None else {})})
         self._lanes = {name: StandLane(self._cfg.for_model(name)) for name in self._cfg.model_names}
         lane = self._lanes[self._cfg.model]
         self._order, self._state, self._predictor = lane.order, lane.state, lane.predictor  # what tests poke
@@ -267,3 +271,22 @@ def test_two_models_get_their_own_routes_lanes_and_status():
         assert call("POST", "/v1/admin/pause?model=dogs", headers=auth)[0] == 404
     finally:
         api.dependency_overrides.pop(dependency, None)
+
+
+def test_status_shows_the_prediction_log_health(gateway):
+    gateway[0] = Stand(view=running_view(gateway[0]._order))
+    doc = call("GET", "/v1/status")[2]
+    assert doc["prediction_log"]["writable"] is True and doc["prediction_log"]["dropped_rows"] == 0
+
+
+def test_chaos_disk_fill_writes_a_bounded_file_under_storage_and_clear_removes_it(gateway, tmp_path):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    gateway[0] = Stand(view=running_view(gateway[0]._order), chaos=True, storage=tmp_path)
+    for lane in gateway[0]._lanes.values():
+        lane.order = []  # no member replicas to clear here: only the disk
+    status, _, body = call("POST", "/v1/admin/chaos", b'{"fault": "disk-fill", "mb": 1}', headers=auth)
+    assert status == 200 and body["path"].startswith(str(tmp_path / "chaos" / "disk-fill"))
+    status, _, refused = call("POST", "/v1/admin/chaos", b'{"fault": "disk-fill", "mb": 999999}', headers=auth)
+    assert status == 422 and "at most" in refused["error"]
+    status, _, cleared = call("POST", "/v1/admin/chaos/clear", b"{}", headers=auth)
+    assert status == 200 and cleared["disk_fill_files"] == [body["path"]]

@@ -73,6 +73,7 @@ class AlertKind(StrEnum):
     ACCURACY_DECAY = "accuracy_decay"
     CONCEPT_DRIFT = "concept_drift"
     PREDICTION_DRIFT = "prediction_drift"
+    DISK_SPACE = "disk_space"  # a filesystem the service writes to is (forecast to be) nearly full: controllers.disk
 
 
 class AlertStatus(StrEnum):

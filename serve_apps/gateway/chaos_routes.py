@@ -4,7 +4,8 @@ They exist only when the config enables chaos (else they answer 404 like any
 unknown route) and need the admin token. A fault goes to one running replica of a
 member: the one named, or by default one serving traffic (not a standby, so the
 fault is felt). ``kill`` is a real SIGKILL of the replica's process; ``hang``,
-``slow``, ``wrong``, ``error`` and ``leak`` are set inside the replica (:mod:`serve_apps.chaos`). Each
+``slow``, ``wrong``, ``error`` and ``leak`` are set inside the replica (:mod:`serve_apps.chaos`);
+``disk-fill`` (no member) writes a bounded file under ``storage_path``. Each
 injection is recorded in the controller's audit log, so a heal can be read
 against the fault that caused it.
 """
@@ -19,7 +20,8 @@ from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raymedic.errors import InvalidRequest, ServiceUnavailable
-from serve_apps.chaos import FAULTS, sigkill_replica
+from raymedic.storage import Storage
+from serve_apps.chaos import FAULTS, clear_disk_fill, disk_fill, sigkill_replica
 from serve_apps.gateway.admin import check_admin
 from serve_apps.gateway.api import json_body
 from serve_apps.gateway.lane import ModelLane, pick_lane
@@ -131,6 +133,11 @@ class ChaosRoutes:
         self._chaos_enabled(request)
         body = await json_body(request)
         lane = pick_lane(self._lanes, _model_named(body) or request.query_params.get("model"))
+        if isinstance(body, dict) and body.get("fault") == "disk-fill":  # the service's disk, not a replica
+            out = await asyncio.to_thread(disk_fill, Storage(lane.cfg.storage_path), body.get("mb"))
+            result = {"fault": "disk-fill", "at": time.time(), **out}
+            await lane.link.note("chaos-injected", f"{lane.model}/storage", result)
+            return result
         fault, member, delay_ms = parse_chaos(body, lane.order)
         replicas = await self._running_replicas(lane, member)
         target = pick_target(replicas, member=member, wanted=body.get("replica"),
@@ -156,9 +163,11 @@ class ChaosRoutes:
         """
         \f
         Clear every injected fault on every running replica of every model (a hung or dying one is
-        skipped); a leak's memory is freed.
+        skipped); a leak's memory is freed, disk-fill's files are deleted.
         """
         self._chaos_enabled(request)
+        storage = Storage(next(iter(self._lanes.values())).cfg.storage_path)  # every model's, one service's
+        files = await asyncio.to_thread(clear_disk_fill, storage)  # first: needs no replica
         cleared = []
         for lane in self._lanes.values():
             mine = []
@@ -169,9 +178,9 @@ class ChaosRoutes:
                         mine.append(f"{member}/{r.id}")
                     except Exception:
                         pass  # a hung or dying replica: the controller replaces it anyway
-            await lane.link.note("chaos-cleared", lane.model, {"replicas": mine})
+            await lane.link.note("chaos-cleared", lane.model, {"replicas": mine, "disk_fill_files": files})
             cleared += mine if len(self._lanes) == 1 else [f"{lane.model}/{c}" for c in mine]
-        return {"cleared": cleared}
+        return {"cleared": cleared, "disk_fill_files": files}
 
 
 def _model_named(body: Any) -> str | None:

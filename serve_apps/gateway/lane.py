@@ -61,7 +61,7 @@ class ModelLane:
         self.tally = InputTally(schema, sample_per_batch=cfg.data.sample_per_batch,
                                 tensor_rows_per_batch=cfg.data.tensor_rows_per_batch)
         self.state = LinkState(weights=equal_weights(self.order), versions=dict(versions))
-        self.predlog = PredictionLog(storage, cfg.model, tag=tag)
+        self.predlog = PredictionLog(storage, cfg.model, tag=tag, max_pending=gw.log_max_pending_rows)
         known = KnownIds(storage, cfg.model)
         self.calls = CallRecorder()
         recent = RecentOutputs()

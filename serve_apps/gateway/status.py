@@ -102,7 +102,8 @@ def model_info_document(*, config: RaymedicConfig, schema: ModelSchema, policies
 
 
 def status_document(*, config: RaymedicConfig, order: Sequence[str], state: LinkState, tag: str,
-                    view: AppView | None, controller: dict[str, Any] | None, now: float) -> dict[str, Any]:
+                    view: AppView | None, controller: dict[str, Any] | None, now: float,
+                    prediction_log: dict[str, Any] | None = None) -> dict[str, Any]:
     """``GET /v1/status``: the service as Serve, the controller and this gateway replica see it.
 
     Args:
@@ -113,6 +114,7 @@ def status_document(*, config: RaymedicConfig, order: Sequence[str], state: Link
         view: Serve's view of the application, or None.
         controller: the controller's status, or None when it is disabled or away.
         now: the current time (Unix s), for the age of the last sync.
+        prediction_log: this gateway replica's prediction log health (``writable``, ``dropped_rows``, ...).
     """
     ctl = controller
     weights = (ctl or {}).get("weights") or state.weights
@@ -157,4 +159,5 @@ def status_document(*, config: RaymedicConfig, order: Sequence[str], state: Link
         "incidents": (ctl or {}).get("incidents", []),
         "actions": (ctl or {}).get("actions", []),
         "controller": controller_part,
+        **({"prediction_log": {"replica": tag, **prediction_log}} if prediction_log is not None else {}),
     }

@@ -105,5 +105,6 @@ class V1Routes:
         view = lane.view(await self._views.get())
         controller = await lane.link.status()
         doc = status_document(config=lane.cfg, order=lane.order, state=lane.state, tag=self._tag,
-                              view=view, controller=controller, now=time.time())
+                              view=view, controller=controller, now=time.time(),
+                              prediction_log=lane.predlog.health())
         return {**doc, "models": list(self._lanes)}

@@ -26,7 +26,7 @@ from raymedic.app.cli.operate import (cmd_approve, cmd_chaos, cmd_mode, cmd_paus
 from raymedic.app.cli.status import cmd_status
 from raymedic.app.cli.up import cmd_down, cmd_up
 from raymedic.errors import RaymedicError
-from raymedic.keys import CHAOS_FAULTS, REPLICA_BENCH_FAULTS
+from raymedic.keys import CHAOS_FAULTS, REPLICA_BENCH_FAULTS, STORAGE_FAULTS
 from raymedic.logs import configure
 from train_jobs.search import add_arguments as search_arguments
 from train_jobs.train_flags import add_arguments as train_arguments
@@ -106,13 +106,16 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--mode", choices=["canary", "shadow"], help="canary: its answers are served on the "
                     "trial share; shadow: mirrored, never served (default: rollout.mode in the config).")
     ch = admin(add("chaos", cmd_chaos, "Inject a replica fault (needs chaos enabled and the admin token)."))
-    ch.add_argument("fault", choices=[*CHAOS_FAULTS, "clear"],
+    ch.add_argument("fault", choices=[*CHAOS_FAULTS, *STORAGE_FAULTS, "clear"],
                     help="kill: SIGKILL; hang: block inference; slow: add latency; wrong: wrong answers; "
                          "error: every call raises; leak: allocate and hold memory (--mb-per-s); "
-                         "clear: remove all injected faults (and free a leak's memory)")
+                         "disk-fill: write --mb MB under storage_path/chaos/disk-fill (no --member); "
+                         "clear: remove all injected faults (free a leak's memory, delete disk-fill files)")
     ch.add_argument("--member", help="Ensemble member to hurt.")
     ch.add_argument("--replica", help="Replica id (default: the member's first running replica).")
     ch.add_argument("--delay-ms", type=float, help="Added latency for slow.")
+    ch.add_argument("--mb", type=float, help="Size for disk-fill, MB (refused above 4096 MB, or above the free "
+                    "space less 512 MB / 2%% of the disk).")
     ch.add_argument("--mb-per-s", type=float, help="Leak rate for leak, MB per second (default 5: a limit "
                     "300 MB above the replica's memory is reached in a minute; a leak holds at most "
                     "1.5 × the member's memory_limit_mb, and never more than 2 GB).")

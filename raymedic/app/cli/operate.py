@@ -104,6 +104,10 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     """
     if args.fault == "clear":
         out = admin(args, "chaos/clear")
+    elif args.fault == "disk-fill":
+        if getattr(args, "mb", None) is None:
+            raise RaymedicError("disk-fill needs --mb N (e.g. --mb 500): how many MB to write under storage_path")
+        out = admin(args, "chaos", {"fault": "disk-fill", "mb": args.mb})
     else:
         if args.member is None:
             raise RaymedicError("--member is required: which ensemble member to hurt (see `raymedic status`)")
@@ -116,7 +120,11 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
     elif args.fault == "clear":
-        print(f"cleared faults on {len(out['cleared'])} replica(s)")
+        print(f"cleared faults on {len(out['cleared'])} replica(s)"
+              + (f", removed {len(out['disk_fill_files'])} disk-fill file(s)" if out.get("disk_fill_files") else ""))
+    elif args.fault == "disk-fill":
+        print(f"wrote {out['mb']:g} MB to {out['path']} ({out['free_mb_after']:.0f} MB free now); "
+              "watch the disk with `raymedic status`")
     else:
         print(f"injected {out['fault']} into {out['member']}/{out['replica']}; watch it heal with `raymedic status`")
     return 0

@@ -11,7 +11,7 @@ from raymedic.app.cli._common import service_url, unreachable
 from raymedic.app.http import request_json
 from raymedic.errors import RaymedicError
 
-__all__ = ["cmd_status", "performance_line", "replica_cell"]
+__all__ = ["cmd_status", "disk_line", "performance_line", "replica_cell"]
 
 
 def replica_cell(r: dict[str, Any]) -> str:
@@ -34,6 +34,42 @@ def replica_cell(r: dict[str, Any]) -> str:
     if r.get("memory_state") in ("leak", "growing") and r.get("time_to_limit_s") is not None:
         cell += f" →limit {r['time_to_limit_s']:.0f}s"
     return cell
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def disk_line(disk: dict[str, Any], prediction_log: dict[str, Any] | None = None) -> str:
+    """The disk at a glance: storage_path's free space, the logs' size, the verdict, and whether this
+    gateway could write its prediction log ('' before the controller's first reading).
+
+    >>> disk_line({"verdict": "ok", "storage": {"free_bytes": 40e9, "total_bytes": 100e9, "free_fraction": 0.4,
+    ...            "time_to_floor_s": None}, "ray_dir": {"state": "unknown"},
+    ...            "prediction_log": {"predictions": {"bytes": 3e6, "files": 120}}})
+    'disk: storage 40.0 GB free (40%); ray_dir unknown; prediction log 3 MB in 120 files; ok'
+    >>> disk_line({"verdict": "unknown"}, {"writable": False, "dropped_rows": 12})
+    'disk: prediction log NOT WRITABLE (12 rows dropped)'
+    """
+    parts = []
+    if disk.get("verdict", "unknown") != "unknown":
+        for name in ("storage", "ray_dir"):
+            v = disk.get(name) or {}
+            if v.get("free_bytes") is None:
+                parts.append(f"{name} unknown")
+                continue
+            part = f"{name} {_gb(v['free_bytes'])} free ({v['free_fraction']:.0%})"
+            if v.get("time_to_floor_s") is not None:
+                part += f", floor in {v['time_to_floor_s']:.0f} s"
+            parts.append(part)
+        pl = (disk.get("prediction_log") or {}).get("predictions")
+        if pl:
+            parts.append(f"prediction log {_gb(pl['bytes'])} in {pl['files']} files")
+    if prediction_log is not None and not prediction_log.get("writable", True):
+        parts.append(f"prediction log NOT WRITABLE ({prediction_log.get('dropped_rows', 0)} rows dropped)")
+    if disk.get("verdict", "unknown") != "unknown":
+        parts.append(str(disk["verdict"]) + (f" ({'; '.join(disk['reasons'])})" if disk.get("reasons") else ""))
+    return "disk: " + "; ".join(parts) if parts else ""
 
 
 def performance_line(perf: dict[str, Any]) -> str:
@@ -111,7 +147,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if ctl.get("mode") == "approve":
         props = ctl.get("proposals") or []
         print(f"approval mode: {len(props)} proposal(s) waiting" + ("".join(
-            f"\n  {p['incident']}  restart {p['target']} ({p['fault']})  → raymedic approve|reject {p['incident']}"
+            f"\n  {p['incident']}  {p.get('action', 'restart')} {p['target']} ({p['fault']})  → raymedic "
+            f"approve|reject {p['incident']}"
             for p in props)))
     rt = ctl.get("retraining") or {}
     if rt.get("job"):
@@ -134,6 +171,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if g.get("challenger_accuracy") is not None else "") + (
                 f" — {'; '.join(g['reasons'])}" if g.get("reasons") else "")
             for m, g in (h.get("gate") or {}).items()))
+    line = disk_line(ctl.get("disk") or {}, st.get("prediction_log"))
+    if line:
+        print(line)
     line = performance_line(st.get("performance") or {})
     if line:
         print(line)
