@@ -244,5 +244,7 @@ def spread_over_nodes(config, nodes: int, *, gpu_nodes: int = 0):
         total = member.replicas + member.standby
         return member.model_copy(update={"max_replicas_per_node": math.ceil(total / (eligible - 1))})
 
-    return config.model_copy(update={"members": [cap(m) for m in config.members],
+    models = {name: entry.model_copy(update={"members": [cap(m) for m in entry.members]}) if entry.members else entry
+              for name, entry in config.models.items()}  # every model served: members of its own too
+    return config.model_copy(update={"members": [cap(m) for m in config.members], "models": models,
                                      "gateway": config.gateway.model_copy(update={"on_head": True})})

@@ -166,6 +166,11 @@ class DiskKeeper:
             return
         self._task = loop.create_task(self._run())
 
+    def stop(self) -> None:
+        """Stop watching (the model is no longer served)."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def _run(self) -> None:
         while True:
             try:

@@ -238,6 +238,7 @@ class ModelController:
         """Stop healing this model (it is no longer served); what it recorded stays in storage."""
         if self._task is not None:
             self._task.cancel()
+        self._disk.stop()
         self._audit.flush()
 
     async def _run(self) -> None:

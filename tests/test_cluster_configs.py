@@ -132,6 +132,16 @@ def test_spreading_leaves_room_for_every_replica_after_one_node_is_lost():
         assert m.max_replicas_per_node * (3 - 1) >= m.replicas
 
 
+def test_every_served_models_members_are_spread():
+    cfg = parse_config({"members": [{"name": "a", "kind": "mlp", "replicas": 2},
+                                    {"name": "b", "kind": "logistic", "replicas": 2}],
+                        "models": {"cards": None, "digits": {"members": [
+                            {"name": "x", "kind": "mlp", "replicas": 4}, {"name": "y", "kind": "logistic"}]}}})
+    three = spread_over_nodes(cfg, 3)
+    assert {m.name: m.max_replicas_per_node for m in three.for_model("cards").members} == {"a": 1, "b": 1}
+    assert {m.name: m.max_replicas_per_node for m in three.for_model("digits").members} == {"x": 2, "y": 1}
+
+
 def test_gpu_members_are_spread_over_gpu_workers_only():
     cfg = parse_config({"members": [
         {"name": "a", "kind": "mlp", "replicas": 2, "num_gpus": 0.25},

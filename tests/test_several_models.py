@@ -244,3 +244,25 @@ def test_a_retrain_of_one_model_leaves_the_other_untouched(svc):
 
     kinds = {r["kind"] for r in read_audit(Storage(svc.cfg.storage_path), "synthetic")}
     assert not kinds & {"retrain-submitted", "retrain-finished", "trial-started", "promote"}, kinds
+
+
+def test_redeploying_with_one_model_stops_serving_and_healing_the_other(svc):
+    """`raymedic up --model synthetic` on the running service: cards' routes, deployments and loop go."""
+    from ray import serve
+
+    from controllers.client import get_controller
+    from raymedic.app import service
+
+    versions = svc.untouched()["versions"]
+    one = service.choose_models(svc.cfg, "synthetic")
+    service.deploy(one, host="127.0.0.1", port=int(svc.url.rsplit(":", 1)[1]), progress=print)
+    wait_for(lambda: svc.get("/v1/models") == {"models": ["synthetic"]}, timeout_s=180,
+             what="the gateway to serve synthetic only")
+    service.wait_all_ready(svc.url, one, timeout_s=180, progress=print)
+    gone = request_json("POST", f"{svc.url}/v1/models/cards:predict", {"instances": cards_rows(1, 2)[0]},
+                        timeout_s=30)
+    assert gone.status == 404 and "['synthetic']" in gone.body["error"], gone.body
+    assert ray.get(get_controller().ping.remote(), timeout=30)["models"] == ["synthetic"]
+    wait_for(lambda: not {"cards.logistic", "cards.mlp"} & set(serve.status().applications["raymedic"].deployments),
+             timeout_s=120, what="cards' member deployments to be deleted")
+    assert svc.untouched()["versions"] == versions
