@@ -287,11 +287,14 @@ def test_a_failing_retrain_job_leaves_the_champion_serving(svc):
 
     svc.operator_mode()
     storage = Storage(svc.cfg.storage_path)
-    member = svc.best
-    key = ModelRegistry(storage).info(svc.cfg.model, member, "champion").metadata["train_sample"]
-    good = storage.read_bytes(key)
+    registry = ModelRegistry(storage)
+    # every champion's stored training sample is corrupt: the job reads the sample of whichever member it
+    # retrains first, and after a promotion members' champions may point at different samples
+    keys = {registry.info(svc.cfg.model, m.name, "champion").metadata["train_sample"] for m in svc.cfg.members}
+    good = {key: storage.read_bytes(key) for key in keys}
     versions = svc.versions()
-    storage.write_bytes(key, b"not parquet")  # the champion's stored training sample is corrupt
+    for key in keys:
+        storage.write_bytes(key, b"not parquet")
     try:
         r = svc.admin("retrain", {"reason": "test: corrupt sample"})
         assert r.status == 200, r.body
@@ -299,7 +302,8 @@ def test_a_failing_retrain_job_leaves_the_champion_serving(svc):
                                       if "corrupt sample" in h.get("reason", "") and h.get("job_status")), None),
                         timeout_s=240, what="the retrain job on a corrupt sample to finish")
     finally:
-        storage.write_bytes(key, good)
+        for key, data in good.items():
+            storage.write_bytes(key, data)
     assert done["job_status"] == "FAILED" and done["result"] == "failed" and done["error"], done
     assert done["retry_after_s"] > 0  # backs off before the next automatic attempt
     assert svc.versions() == versions
