@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from controllers.loop import ModelController
 from controllers.models.jobs import current_runtime_env
@@ -40,10 +40,6 @@ def served_models(storage: Storage, default: str) -> list[str]:
     except (RaymedicError, OSError, KeyError, ValueError, TypeError):
         return [default]
     return [str(m) for m in models] or [default]
-
-
-def _unknown(model: str, served: list[str]) -> dict[str, Any]:
-    return {"error": f"model {model!r} is not healed here; the service serves {served}", "status": 404}
 
 
 class HealingController:
@@ -70,6 +66,14 @@ class HealingController:
     def _of(self, model: str | None) -> ModelController | None:
         return self._models.get(self._first if model is None else model)
 
+    async def _ask(self, model: str | None, call: Callable[[ModelController], Awaitable[Any]]) -> Any:
+        """``call`` on ``model``'s controller, or the refusal (404) naming the models healed here."""
+        ctl = self._of(model)
+        if ctl is None:
+            return {"error": f"model {model!r} is not healed here; the service serves {list(self._models)}",
+                    "status": 404}
+        return await call(ctl)
+
     # ---- the actor's API: each call for one model (None: the first) ---------------------------
 
     async def sync(self, gateway: str, batch: dict[str, Any], epoch: int,
@@ -80,57 +84,44 @@ class HealingController:
 
     async def status(self, model: str | None = None) -> dict[str, Any]:
         """``model``'s part of ``/v1/status`` (and ``raymedic status``), with the models healed."""
-        ctl = self._of(model)
-        if ctl is None:
-            return _unknown(str(model), list(self._models))
-        return {**await ctl.status(), "models": list(self._models)}
+        async def status(ctl: ModelController) -> dict[str, Any]:
+            return {**await ctl.status(), "models": list(self._models)}
+
+        return await self._ask(model, status)
 
     async def set_paused(self, paused: bool, who: str = "operator", model: str | None = None) -> dict[str, Any]:
         """Pause or resume the healing of ``model``."""
-        ctl = self._of(model)
-        return _unknown(str(model), list(self._models)) if ctl is None else await ctl.set_paused(paused, who)
+        return await self._ask(model, lambda ctl: ctl.set_paused(paused, who))
 
     async def decide(self, incident_id: str, approve: bool, who: str = "operator",
                      model: str | None = None) -> dict[str, Any]:
-        """Approve or reject a proposed restart of ``model``'s (approval mode)."""
-        ctl = self._of(model)
-        return _unknown(str(model), list(self._models)) if ctl is None else await ctl.decide(incident_id, approve,
-                                                                                            who)
+        """Approve or reject a proposed action of ``model``'s (approval mode)."""
+        return await self._ask(model, lambda ctl: ctl.decide(incident_id, approve, who))
 
     async def set_mode(self, mode: str, who: str = "operator", model: str | None = None) -> dict[str, Any]:
         """auto: heal ``model`` on its own; approve: propose restarts and wait for an operator."""
-        ctl = self._of(model)
-        return _unknown(str(model), list(self._models)) if ctl is None else await ctl.set_mode(mode, who)
+        return await self._ask(model, lambda ctl: ctl.set_mode(mode, who))
 
     async def request_retrain(self, reason: str = "", who: str = "operator",
                               model: str | None = None) -> dict[str, Any]:
         """Retrain ``model`` now (gated like an automatic retrain)."""
-        ctl = self._of(model)
-        return _unknown(str(model), list(self._models)) if ctl is None else await ctl.request_retrain(reason, who)
+        return await self._ask(model, lambda ctl: ctl.request_retrain(reason, who))
 
     async def rollback(self, members: list[str] | None = None, who: str = "operator",
                        model: str | None = None) -> dict[str, Any]:
         """``model``'s champions back to their previous versions (all members, or ``members``)."""
-        ctl = self._of(model)
-        return _unknown(str(model), list(self._models)) if ctl is None else await ctl.rollback(members, who)
+        return await self._ask(model, lambda ctl: ctl.rollback(members, who))
 
     async def trial(self, member: str, version: str = "challenger", who: str = "operator",
                     mode: str | None = None, model: str | None = None) -> dict[str, Any]:
         """Put a registered version of one of ``model``'s members on live trial."""
-        ctl = self._of(model)
-        return _unknown(str(model), list(self._models)) if ctl is None else await ctl.trial(member, version, who,
-                                                                                           mode)
+        return await self._ask(model, lambda ctl: ctl.trial(member, version, who, mode))
 
     async def note(self, kind: str, target: str, evidence: dict[str, Any], model: str | None = None) -> None:
         """Record something done to ``model``'s service from outside (e.g. an injected fault)."""
         ctl = self._of(model)
         if ctl is not None:
             await ctl.note(kind, target, evidence)
-
-    async def control_state(self, model: str | None = None) -> dict[str, Any]:
-        """``model``'s published state as its gateways take it."""
-        ctl = self._of(model)
-        return _unknown(str(model), list(self._models)) if ctl is None else ctl.control_state()
 
     async def reload(self) -> dict[str, Any]:
         """Re-read what is deployed (after ``raymedic up`` redeploys): models added start healing, models
@@ -141,11 +132,9 @@ class HealingController:
             self._models.pop(name).stop()
         reloaded: dict[str, Any] = {}
         for name in wanted:
-            if name in self._models:
-                reloaded[name] = (await self._models[name].reload())["versions"]
-            else:
+            if name not in self._models:
                 self._models[name] = ModelController(self._storage_path, name)
-                reloaded[name] = (await self._models[name].reload())["versions"]
+            reloaded[name] = (await self._models[name].reload())["versions"]
         self._models = {name: self._models[name] for name in wanted}  # the service's order
         first = reloaded[self._first]
         return {"model": self._first, "models": list(self._models), "versions": first, "by_model": reloaded}

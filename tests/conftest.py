@@ -134,6 +134,50 @@ def remember_trained(cfg: Any, storage: Path, keep: Path) -> None:
     _TRAINED[key] = keep
 
 
+class PredictLoad:
+    """Client threads sending single-row predictions (``rows`` in turn) with a client deadline: what a
+    fault must not fail. ``ok`` counts answers; ``failures`` says what went wrong with the others."""
+
+    def __init__(self, url: str, rows: list[Any], *, threads: int = 2, deadline_s: float = 5.0,
+                 pause_s: float = 0.02) -> None:
+        import threading
+
+        self.url, self.rows, self.deadline_s, self.pause_s = url, rows, deadline_s, pause_s
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        from raymedic.app.http import request_json
+
+        while not self._stop.is_set():
+            row = self.rows[i % len(self.rows)]
+            i += 1
+            t0 = time.monotonic()
+            try:
+                r = request_json("POST", self.url, {"instances": [row]}, timeout_s=self.deadline_s)
+                if r.status != 200:
+                    self.failures.append(f"HTTP {r.status}: {r.body}")
+                elif time.monotonic() - t0 > self.deadline_s:
+                    self.failures.append("past the client deadline")
+                else:
+                    self.ok += 1
+            except OSError as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(self.pause_s)
+
+    def __enter__(self) -> "PredictLoad":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+
 @contextlib.contextmanager
 def admin_token_env(token: str) -> Iterator[None]:
     """``RAYMEDIC_ADMIN_TOKEN`` set to ``token`` (the app builder ships its hash to the gateway), restored after."""

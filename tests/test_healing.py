@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -21,7 +20,7 @@ import pytest
 from raymedic.keys import ADMIN_TOKEN_ENV
 from raymedic.app.http import request_json
 from raymedic.storage import Storage
-from tests.conftest import local_service, wait_for
+from tests.conftest import PredictLoad, local_service, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -155,45 +154,9 @@ class Service:
                         what="the controller to see every replica healthy and one tabresnet standby")
 
 
-class Load:
-    """Client threads sending single-row predictions with a client deadline; counts failures."""
-
-    def __init__(self, url: str, *, threads: int = 2, deadline_s: float = 5.0) -> None:
-        self.url, self.deadline_s = url, deadline_s
-        self.ok = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            t0 = time.monotonic()
-            try:
-                r = request_json("POST", self.url, {"instances": [ROW]}, timeout_s=self.deadline_s)
-                if r.status != 200:
-                    self.failures.append(f"HTTP {r.status}: {r.body}")
-                elif time.monotonic() - t0 > self.deadline_s:
-                    self.failures.append("past the client deadline")
-                else:
-                    self.ok += 1
-            except OSError as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-            time.sleep(0.02)
-
-    def __enter__(self) -> "Load":
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
-
-
 def heal_and_check(svc: Service, fault: str, member: str, **kw) -> dict:
     """Inject under load; wait for a confirmed recovery; check the load and the audit trail."""
-    with Load(svc.predict_url) as load:
+    with PredictLoad(svc.predict_url, [ROW]) as load:
         wait_for(lambda: load.ok >= 5, timeout_s=60, what="load to flow")
         injected = svc.chaos(fault, member, **kw)
         replica = injected["replica"]
@@ -334,7 +297,7 @@ def test_a_leaking_replica_is_drained_and_replaced_before_its_memory_limit(svc):
     finish and restarts it before it gets there, while clients see no failed request."""
     limit = svc.cfg.member("mlp").memory_limit_mb
     try:
-        with Load(svc.predict_url) as load:
+        with PredictLoad(svc.predict_url, [ROW]) as load:
             wait_for(lambda: load.ok >= 5, timeout_s=60, what="load to flow")
             rss = wait_for(lambda: (r := _resident_mb(svc, "mlp")) and len(r) >= 2 and r, timeout_s=30,
                            what="the controller to report mlp's replicas' memory")
@@ -386,7 +349,7 @@ def test_pause_stops_actions_and_resume_heals(svc):
 def test_approval_mode_proposes_a_restart_and_waits_for_the_operator(svc):
     assert svc.admin("mode", {"mode": "approve"}).body == {"mode": "approve"}
     try:
-        with Load(svc.predict_url) as load:
+        with PredictLoad(svc.predict_url, [ROW]) as load:
             wait_for(lambda: load.ok >= 5, timeout_s=60, what="load to flow")
             replica = svc.chaos("wrong", "mlp")["replica"]
             prop = wait_for(lambda: next((p for p in svc.controller()["proposals"] if p["target"].endswith(replica)),

@@ -25,8 +25,9 @@ class Method:
         self.answer = answer
         self.args: list[tuple[Any, ...]] = []
 
-    def remote(self, *args: Any):
+    def remote(self, *args: Any, model: str | None = None):
         self.args.append(args)
+        self.model = model  # the model the call names (a link of one model's lane)
 
         async def call() -> Any:
             return await self.answer(*args)
@@ -84,6 +85,19 @@ def test_a_reply_replaces_the_state_for_the_served_members():
     assert s.paused and s.trial["share"] == 0.5 and s.epoch == 7 and s.seen_at is not None
     assert s.versions == {"a": "v2", "b": "v1"} and s.model_version(ORDER) == "a:v2,b:v1"
     assert ctl.sync.args == [("gw1", {"replicas": {}}, -1)]  # the epoch it had, so the controller can tell
+
+
+def test_every_call_of_a_models_link_names_that_model():
+    """The one controller heals several models: a lane's sync, status and notes reach its model's loop."""
+    ctl = FakeController()
+    lk = ControllerLink(fresh_state(), tag="gw1", order=ORDER, period_s=0.5, enabled=True, lookup=Lookup(ctl),
+                        model="cards")
+    run(lk.sync_once({}))
+    assert ctl.sync.model == "cards"
+    run(lk.status())
+    assert ctl.status.model == "cards"
+    run(lk.note("chaos-injected", "mlp/r1", {}))
+    assert ctl.note.model == "cards"
 
 
 @pytest.mark.parametrize("away", ["failing", "hung", "gone"])

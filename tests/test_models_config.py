@@ -53,7 +53,7 @@ def test_serving_puts_the_first_name_first_and_keeps_each_models_members():
                                                  {"name": "x", "kind": "mlp"}]}}}, "must be unique"),
 ])
 def test_bad_models_sections_are_refused_with_the_fix(args, fragment):
-    with pytest.raises(ConfigError, match=None) as err:
+    with pytest.raises(ConfigError) as err:
         parse_config(args)
     assert fragment in str(err.value), str(err.value)
 

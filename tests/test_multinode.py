@@ -26,8 +26,8 @@ from raymedic.config import load_config
 from raymedic.keys import ADMIN_TOKEN_ENV
 from raymedic.app.http import request_json
 from raymedic.storage import Storage
-from tests.conftest import REPO, copy_trained, free_port, wait_for, write_config
-from tests.test_healing import Load
+from tests.conftest import REPO, PredictLoad, copy_trained, free_port, wait_for, write_config
+from tests.test_healing import ROW
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -105,7 +105,7 @@ def test_members_spread_and_survive_a_worker_node_loss(svc):
     # Serve's view and the launcher agree on which processes belong to the node.
     assert {r["pid"] for m, reps in before.items() for r in reps if r["id"] in lost} <= set(pids)
 
-    with Load(f"{url}/v1/models/synthetic:predict", threads=2, deadline_s=5.0) as load:
+    with PredictLoad(f"{url}/v1/models/synthetic:predict", [ROW], threads=2, deadline_s=5.0) as load:
         wait_for(lambda: load.ok >= 10, timeout_s=60, what="load to flow")
         t_kill, t_kill_wall = time.monotonic(), time.time()
         killed = kill_node(victim, signal.SIGKILL)

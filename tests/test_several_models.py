@@ -10,15 +10,13 @@ model is served on its own routes with its own schema, and that a replica fault 
 
 from __future__ import annotations
 
-import threading
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from raymedic.app.http import request_json
-from tests.conftest import admin_token_env, copy_trained, free_port, remember_trained, wait_for, write_config
+from tests.conftest import PredictLoad, admin_token_env, copy_trained, free_port, remember_trained, wait_for, write_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -105,11 +103,13 @@ class Svc:
                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout_s=30)
 
     def synthetic_rows(self) -> list[dict]:
-        """Fixed synthetic rows (the first model's golden example, perturbed a little)."""
+        """Fixed synthetic rows (the first model's golden example, perturbed a little), read once."""
         from raymedic.app.service import golden_example
 
-        base = golden_example(self.cfg.for_model("synthetic"))
-        return [{k: v + 0.01 * i for k, v in base.items()} for i in range(6)]
+        if not hasattr(self, "_rows"):
+            base = golden_example(self.cfg.for_model("synthetic"))
+            self._rows = [{k: v + 0.01 * i for k, v in base.items()} for i in range(6)]
+        return self._rows
 
     def untouched(self) -> dict:
         """What must not change in ``synthetic`` when something happens to ``cards``."""
@@ -121,43 +121,6 @@ class Svc:
                 "retraining": (st["controller"].get("retraining") or {}).get("history", []),
                 "predictions": answer["predictions"], "model_version": answer["model_version"],
                 "probabilities": np.round(answer["probabilities"], 9).tolist()}
-
-
-class Load:
-    """Single-row predictions on both models from client threads; every failure is kept."""
-
-    def __init__(self, svc: Svc) -> None:
-        self.svc = svc
-        self.sent = {"synthetic": 0, "cards": 0}
-        self.failed: list[tuple[str, object]] = []
-        self._stop = threading.Event()
-        self._rows = {"synthetic": svc.synthetic_rows(), "cards": cards_rows(40, seed=9)[0]}
-        self._threads = [threading.Thread(target=self._run, args=(m,), daemon=True) for m in self.sent]
-
-    def _run(self, model: str) -> None:
-        i = 0
-        while not self._stop.is_set():
-            row = self._rows[model][i % len(self._rows[model])]
-            i += 1
-            try:
-                r = request_json("POST", f"{self.svc.url}/v1/models/{model}:predict", {"instances": [row]},
-                                 timeout_s=5)
-                if r.status != 200:
-                    self.failed.append((model, r.status))
-            except OSError as exc:
-                self.failed.append((model, repr(exc)))
-            self.sent[model] += 1
-            time.sleep(0.05)
-
-    def __enter__(self) -> "Load":
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=10)
 
 
 def test_each_model_is_served_on_its_own_routes_with_its_own_schema(svc, capsys):
@@ -204,7 +167,10 @@ def test_each_model_is_served_on_its_own_routes_with_its_own_schema(svc, capsys)
 
 def test_a_replica_fault_in_one_model_leaves_the_other_untouched(svc):
     before = svc.untouched()
-    with Load(svc) as load:
+    with PredictLoad(f"{svc.url}/v1/models/synthetic:predict", svc.synthetic_rows(), threads=1,
+                     pause_s=0.05) as first, \
+            PredictLoad(f"{svc.url}/v1/models/cards:predict", cards_rows(40, seed=9)[0], threads=1,
+                        pause_s=0.05) as cards:
         hit = svc.admin("chaos", {"fault": "kill", "member": "mlp"}, model="cards")
         assert hit.status == 200 and hit.body["model"] == "cards", hit.body
         replica = hit.body["replica"]
@@ -214,9 +180,8 @@ def test_a_replica_fault_in_one_model_leaves_the_other_untouched(svc):
             return inc if inc and inc.get("status") == "recovered" else None
 
         incident = wait_for(healed, timeout_s=120, what=f"cards' controller to heal the killed replica {replica}")
-        wait_for(lambda: load.sent["cards"] > 20 and load.sent["synthetic"] > 20, timeout_s=60,
-                 what="load on both models")
-    assert load.failed == [], load.failed
+        wait_for(lambda: cards.ok > 20 and first.ok > 20, timeout_s=60, what="load on both models")
+    assert first.failures == [] and cards.failures == [], (first.failures, cards.failures)
     assert incident["member"] == "mlp"
     assert svc.untouched() == before  # same answers, versions, replicas, incidents
 

@@ -114,8 +114,9 @@ class ControllerLink:
     def __init__(self, state: LinkState, *, tag: str, order: Sequence[str], period_s: float, enabled: bool,
                  lookup: Callable[[], Any] = lookup_controller, model: str | None = None) -> None:
         self.state = state
-        # The controller heals every model of the service, each apart: every call names this link's model.
-        self._by_model: dict[str, str] = {"model": model} if model is not None else {}
+        # The controller heals every model of the service, each apart: every call names this link's model
+        # (None: the service's first).
+        self._model = model
         self._tag = tag
         self._order = list(order)
         self._period_s = period_s
@@ -136,7 +137,7 @@ class ControllerLink:
             if self._controller is None:
                 self._controller = await asyncio.to_thread(self._lookup)
             reply = await asyncio.wait_for(self._controller.sync.remote(self._tag, batch, self.state.epoch,
-                                                                            **self._by_model),
+                                                                            model=self._model),
                                            timeout=max(1.0, 4 * self._period_s))
             self.state.seen_at = time.time()
             if reply:
@@ -155,7 +156,7 @@ class ControllerLink:
         if not self.enabled:
             return None
         try:
-            return await asyncio.wait_for((await self._actor()).status.remote(**self._by_model), timeout=2.0)
+            return await asyncio.wait_for((await self._actor()).status.remote(model=self._model), timeout=2.0)
         except Exception:
             return None
 
@@ -167,7 +168,7 @@ class ControllerLink:
         """
         try:
             ctl = await self._actor()
-            return await asyncio.wait_for(getattr(ctl, method).remote(*args, **self._by_model), timeout=10.0)
+            return await asyncio.wait_for(getattr(ctl, method).remote(*args, model=self._model), timeout=10.0)
         except Exception as exc:
             raise ServiceUnavailable(f"the healing controller is not reachable ({type(exc).__name__}); "
                                      "it is restarted automatically, retry shortly", retry_after_s=2) from None
@@ -177,6 +178,6 @@ class ControllerLink:
         event already happened and the caller's answer must not depend on the audit log."""
         try:
             ctl = await self._actor()
-            await asyncio.wait_for(ctl.note.remote(kind, target, evidence, **self._by_model), timeout=2.0)
+            await asyncio.wait_for(ctl.note.remote(kind, target, evidence, model=self._model), timeout=2.0)
         except Exception:
             log.warning("could not record %s in the audit log (controller unreachable)", kind)
