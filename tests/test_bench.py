@@ -415,7 +415,7 @@ def test_infra_table_has_every_metric_of_each_fault_for_both_systems_and_says_wh
     by = {(r["system"], r["fault"]): r for r in rep["results"]}
     for name in ("leak", "disk-fill"):
         rows = _table_rows(table, name)
-        metrics = (*infra.COMMON, *infra.INFRA_FAULTS[name].metrics)
+        metrics = infra.metrics_of(name)
         assert list(rows) == [m.label for m in metrics]
         for m in metrics:
             plain, ours = by[(PLAIN_SERVE, name)][m.key], by[(RAYMEDIC, name)][m.key]
@@ -426,6 +426,7 @@ def test_infra_table_has_every_metric_of_each_fault_for_both_systems_and_says_wh
     assert leak["limit reached at (s)"] == ["40.1", "never", "-"]  # raymedic restarted it before the limit
     assert leak["failed requests"] == ["7", "0", "0.00×"]
     assert disk["compaction done (s)"] == ["n/a", "2.4", "-"]  # plain Serve has no log to compact
+    assert disk["detected at (s)"] == ["n/a", "1.9", "-"] and leak["detected at (s)"][0] == "41.2"
     rep["results"] = rep["results"][:3]  # disk-fill on plain Serve only: nothing to compare
     assert _table_rows(infra.format_infra_table(rep), "disk-fill") == {}
 
@@ -460,8 +461,8 @@ def test_cli_runs_infra_faults_with_the_flags(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["bench", "infra-faults", "--faults", "leak,kill"], "unknown fault(s) ['kill']: --faults takes a comma list "
-                                                          "of leak,disk-fill"),
+    (["bench", "infra-faults", "--faults", "leak,kill"],
+     "unknown fault(s) ['kill']: --faults takes a comma list of leak,disk-fill"),
     (["bench", "infra-faults", "--fault-seconds", "10"], "too short for the leak"),
     (["bench", "infra-faults", "--disk-fill-mb", "-5"], "--disk-fill-mb -5: give a positive number"),
     (["bench", "replica-faults", "--faults", "leak"], "unknown fault(s) ['leak']"),

@@ -37,12 +37,14 @@ from __future__ import annotations  # noqa: I001  (psutil must come after ray: s
 
 import asyncio
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
-import ray  # (psutil ships inside Ray, in ray/thirdparty_files, put on sys.path by this import)
+import ray  # noqa: F401  (psutil ships inside Ray, in ray/thirdparty_files, put on sys.path by this import)
 import psutil
 
 from controllers.audit import read_audit
@@ -63,10 +65,10 @@ from raymedic.config import RaymedicConfig
 from raymedic.errors import RaymedicError
 from raymedic.keys import INFRA_BENCH_FAULTS
 from raymedic.storage import Storage
-from serve_apps.chaos import clear_disk_fill, disk_fill, disk_fill_limit_mb, sigkill_replica
+from serve_apps.chaos import clear_disk_fill, disk_fill, disk_fill_limit_mb
 
 __all__ = ["INFRA_FAULTS", "DiskFillFault", "InfraFault", "InfraSettings", "LeakFault", "Metric", "Run",
-           "format_infra_table", "run_infra_faults"]
+           "format_infra_table", "metrics_of", "run_infra_faults"]
 
 MB = 1e6
 
@@ -128,6 +130,8 @@ class InfraFault:
 
     name = ""
     metrics: tuple[Metric, ...] = ()
+    plain_blind = False
+    """Plain Serve has no signal for this fault at all: its detection and heal read ``n/a``, not ``never``."""
 
     def member(self, config: RaymedicConfig) -> str | None:
         """The member the fault hits (None: not a replica's fault)."""
@@ -229,10 +233,10 @@ class LeakFault(InfraFault):
             seen["peak_rss_mb"] = max(seen["peak_rss_mb"], round(rss, 1))
             if rss >= limit and seen["limit_hit_s"] is None:
                 seen["limit_hit_s"] = now
-                if run.plain:  # the emulated OOM kill: what the OS or Ray's memory monitor would do
+                if run.plain:  # the emulated OOM kill: what the OS or Ray's memory monitor would do, at once
                     try:
-                        sigkill_replica(pid, None)
-                    except ray.exceptions.RayError:
+                        os.kill(pid, signal.SIGKILL)  # the embedded cluster's replicas are this machine's processes
+                    except ProcessLookupError:
                         seen["gone_s"] = now  # it died on its own just before the signal
             time.sleep(0.2)
         if run.plain and seen["gone_s"] is not None:  # then Serve's own view: noticed, replaced
@@ -250,6 +254,7 @@ class DiskFillFault(InfraFault):
     """The service's disk filled under ``storage_path`` (see the module)."""
 
     name = "disk-fill"
+    plain_blind = True
     metrics = (Metric("fill_mb", "filled (MB)"),
                Metric("alert_s", "alert opened at (s)", "n/a", "never"),
                Metric("compact_started_s", "compaction started (s)", "n/a", "never"),
@@ -425,6 +430,16 @@ def run_infra_faults(*, config_path: str | None, port: int, settings: InfraSetti
     return {"settings": settings.__dict__, "notes": notes, "results": results}
 
 
+def metrics_of(name: str) -> tuple[Metric, ...]:
+    """The table rows of fault ``name``: the common ones (detection and heal ``n/a`` on plain Serve where it is
+    blind to the fault), then the fault's own."""
+    fault = INFRA_FAULTS[name]
+    common = tuple(Metric(m.key, m.label, "n/a", m.ours_missing) if fault.plain_blind and m.key in ("detect_s",
+                                                                                                     "heal_s") else m
+                   for m in COMMON)
+    return (*common, *fault.metrics)
+
+
 def format_infra_table(report: dict[str, Any]) -> str:
     """The figures as a table: per fault, its note, then every metric for both systems and their ratio.
 
@@ -439,7 +454,7 @@ def format_infra_table(report: dict[str, Any]) -> str:
         if not plain or not ours or name not in INFRA_FAULTS:
             continue
         lines += ["", report.get("notes", {}).get(name, name), f"{'fault':<9} {'metric':<28} {VERSUS_HEADER}"]
-        for m in (*COMMON, *INFRA_FAULTS[name].metrics):
+        for m in metrics_of(name):
             p, o = plain.get(m.key), ours.get(m.key)
             lines.append(f"{name:<9} {m.label:<28} {shown(p, m.plain_missing):>12} {shown(o, m.ours_missing):>10} "
                          f"{ratio(o, p):>15}")
