@@ -36,6 +36,7 @@ __all__ = [
     "retrain_job_id",
     "CHAOS_FAULTS",
     "REPLICA_BENCH_FAULTS",
+    "INFRA_BENCH_FAULTS",
 ]
 
 # ---- Ray and Serve names ---------------------------------------------------------------
@@ -143,9 +144,12 @@ def retrain_job_id(model: str, record: str) -> str:
 
 CHAOS_FAULTS = ("kill", "hang", "slow", "wrong", "error", "leak")
 """The replica faults ``raymedic chaos`` injects (the CLI and the gateway's chaos route offer exactly these);
-``bench replica-faults`` measures all but ``leak``, which takes a minute to matter (it has no bench yet:
-the planned ``bench infra-faults``)."""
+``bench replica-faults`` measures all but ``leak``, which takes a minute to matter (``bench infra-faults``
+measures it)."""
 REPLICA_BENCH_FAULTS = tuple(f for f in CHAOS_FAULTS if f != "leak")
+"""The faults ``bench replica-faults`` runs (and its ``--faults`` accepts)."""
 STORAGE_FAULTS = ("disk-fill",)
 """Faults of the service's storage rather than a replica (``raymedic chaos disk-fill --mb N``): no member."""
-"""The faults ``bench replica-faults`` runs (and its ``--faults`` accepts)."""
+INFRA_BENCH_FAULTS = ("leak", "disk-fill")
+"""The faults ``bench infra-faults`` runs by default and its ``--faults`` accepts (its fault table,
+:data:`raymedic.bench.infra.INFRA_FAULTS`, has one entry per name; ``spike`` and ``starved-node`` come next)."""

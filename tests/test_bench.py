@@ -375,3 +375,107 @@ def test_faults_go_to_the_members_a_config_has():
                                                        {"name": "logistic", "kind": "logistic", "fallback": True}],
                         "gateway": {"min_members": 1}})
     assert {faults.fault_member(f, own) for f in ("kill", "hang", "wrong", "error")} == {"cnn"}
+
+
+# ---- infra-faults ---------------------------------------------------------------------------------
+
+
+def _infra_report() -> dict[str, Any]:
+    """An infra-faults report as run_infra_faults returns it, with made-up figures."""
+    from raymedic.bench import infra
+
+    common = {"member": "mlp", "replica": "r1", "requests": 1500, "errors": []}
+    return {
+        "settings": infra.InfraSettings(rps=25.0).__dict__,
+        "notes": {"leak": "leak: how it is made", "disk-fill": "disk-fill: how it is made"},
+        "results": [
+            {**common, "system": PLAIN_SERVE, "fault": "leak", "failed": 7, "p50_ms": 20.0, "p99_ms": 800.0,
+             "before_p99_ms": 40.0, "detect_s": 41.2, "heal_s": 52.0, "limit_mb": 900.0, "start_rss_mb": 420.0,
+             "peak_rss_mb": 903.5, "mb_per_s": 12.0, "limit_hit_s": 40.1, "gone_s": 40.4},
+            {**common, "system": RAYMEDIC, "fault": "leak", "failed": 0, "p50_ms": 25.0, "p99_ms": 90.0,
+             "before_p99_ms": 50.0, "detect_s": 22.0, "heal_s": 30.5, "limit_mb": 900.0, "start_rss_mb": 430.0,
+             "peak_rss_mb": 700.0, "mb_per_s": 11.8, "limit_hit_s": None, "gone_s": 26.0},
+            {**common, "system": PLAIN_SERVE, "fault": "disk-fill", "member": None, "replica": None, "failed": 0,
+             "p50_ms": 20.0, "p99_ms": 60.0, "before_p99_ms": 40.0, "detect_s": None, "heal_s": None,
+             "fill_mb": 1024.0, "alert_s": None, "compact_started_s": None, "compacted_s": None,
+             "files_merged": None, "alert_cleared_s": None},
+            {**common, "system": RAYMEDIC, "fault": "disk-fill", "member": None, "replica": None, "failed": 0,
+             "p50_ms": 25.0, "p99_ms": 70.0, "before_p99_ms": 50.0, "detect_s": 1.9, "heal_s": 2.4,
+             "fill_mb": 1024.0, "alert_s": 1.9, "compact_started_s": 2.0, "compacted_s": 2.4, "files_merged": 180,
+             "alert_cleared_s": 4.1},
+        ],
+    }
+
+
+def test_infra_table_has_every_metric_of_each_fault_for_both_systems_and_says_what_cannot_apply():
+    from raymedic.bench import infra
+
+    rep = _infra_report()
+    table = infra.format_infra_table(rep)
+    by = {(r["system"], r["fault"]): r for r in rep["results"]}
+    for name in ("leak", "disk-fill"):
+        rows = _table_rows(table, name)
+        metrics = infra.metrics_of(name)
+        assert list(rows) == [m.label for m in metrics]
+        for m in metrics:
+            plain, ours = by[(PLAIN_SERVE, name)][m.key], by[(RAYMEDIC, name)][m.key]
+            assert rows[m.label] == [report.shown(plain, m.plain_missing), report.shown(ours, m.ours_missing),
+                                     ratio(ours, plain)], m
+        assert rep["notes"][name] in table
+    leak, disk = _table_rows(table, "leak"), _table_rows(table, "disk-fill")
+    assert leak["limit reached at (s)"] == ["40.1", "never", "-"]  # raymedic restarted it before the limit
+    assert leak["failed requests"] == ["7", "0", "0.00×"]
+    assert disk["compaction done (s)"] == ["n/a", "2.4", "-"]  # plain Serve has no log to compact
+    assert disk["detected at (s)"] == ["n/a", "1.9", "-"] and leak["detected at (s)"][0] == "41.2"
+    rep["results"] = rep["results"][:3]  # disk-fill on plain Serve only: nothing to compare
+    assert _table_rows(infra.format_infra_table(rep), "disk-fill") == {}
+
+
+def test_every_infra_fault_in_the_cli_has_a_row_in_the_fault_table():
+    from raymedic.bench import infra
+    from raymedic.keys import INFRA_BENCH_FAULTS
+
+    assert set(INFRA_BENCH_FAULTS) == set(infra.INFRA_FAULTS)
+    for name, cls in infra.INFRA_FAULTS.items():
+        assert cls().name == name and {m.key for m in cls.metrics}.isdisjoint(m.key for m in infra.COMMON)
+
+
+def test_cli_runs_infra_faults_with_the_flags(monkeypatch, capsys):
+    from raymedic.bench import infra
+
+    seen = {}
+
+    def fake_run(*, config_path, port, settings, progress, data):
+        seen.update(settings=settings, port=port)
+        return _infra_report()
+
+    monkeypatch.setattr(infra, "run_infra_faults", fake_run)
+    assert cli.main(["bench", "infra-faults", "--faults", "leak", "--fault-seconds", "45", "--memory-limit-mb",
+                     "800", "--port", "8124", "--json"]) == 0
+    assert seen["port"] == 8124
+    assert seen["settings"] == infra.InfraSettings(fault_s=45.0, memory_limit_mb=800.0, faults=("leak",))
+    assert json.loads(capsys.readouterr().out) == json.loads(dumps(_infra_report()))
+    assert cli.main(["bench", "infra-faults"]) == 0
+    assert seen["settings"] == infra.InfraSettings()  # every default, both faults
+    assert capsys.readouterr().out.startswith("\n" + infra.format_infra_table(_infra_report()))
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["bench", "infra-faults", "--faults", "leak,kill"],
+     "unknown fault(s) ['kill']: --faults takes a comma list of leak,disk-fill"),
+    (["bench", "infra-faults", "--fault-seconds", "10"], "too short for the leak"),
+    (["bench", "infra-faults", "--disk-fill-mb", "-5"], "--disk-fill-mb -5: give a positive number"),
+    (["bench", "replica-faults", "--faults", "leak"], "unknown fault(s) ['leak']"),
+])
+def test_infra_faults_refuses_bad_flags_before_anything_runs(argv, fragment, monkeypatch):
+    from raymedic.bench import infra
+
+    def must_not_run(**_):
+        raise AssertionError("ran despite a bad flag")
+
+    monkeypatch.setattr(infra, "run_infra_faults", must_not_run)
+    monkeypatch.setattr(faults, "run_replica_faults", must_not_run)
+    args = cli._parser().parse_args(argv)
+    with pytest.raises(RaymedicError) as err:
+        args.fn(args)
+    assert fragment in str(err.value)

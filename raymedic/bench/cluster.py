@@ -222,10 +222,12 @@ class RaymedicSystem(System):
                                             for m in self.config.members) and not any(
             st["controller"].get("avoid", {}).values())
 
-    def inject(self, fault: str, member: str, slow_ms: float) -> dict[str, Any]:
-        """Inject ``fault`` into one replica of ``member`` through the admin chaos route."""
+    def inject(self, fault: str, member: str | None, slow_ms: float = 0.0, **options: Any) -> dict[str, Any]:
+        """Inject ``fault`` into one replica of ``member`` through the admin chaos route; ``options`` go
+        into its body (``mb_per_s`` of a leak, ``mb`` of a disk-fill)."""
         r = request_json("POST", f"{self.url}/v1/admin/chaos",
-                         {"fault": fault, "member": member, "delay_ms": slow_ms if fault == "slow" else None},
+                         {"fault": fault, "member": member, "delay_ms": slow_ms if fault == "slow" else None,
+                          **options},
                          headers={"Authorization": f"Bearer {os.environ[ADMIN_TOKEN_ENV]}"}, timeout_s=30)
         if r.status != 200:
             raise RaymedicError(f"the bench could not inject {fault} into {member}: the chaos route answered "
@@ -290,15 +292,16 @@ class PlainServe(System):
 
         return serve.get_deployment_handle(member, app_name=self.app)
 
-    def inject(self, fault: str, member: str, slow_ms: float) -> dict[str, Any]:
-        """Inject ``fault`` into the first running replica of ``member``: SIGKILL, or the member's chaos method."""
+    def inject(self, fault: str, member: str, slow_ms: float = 0.0, **options: Any) -> dict[str, Any]:
+        """Inject ``fault`` into the first running replica of ``member``: SIGKILL, or the member's chaos method
+        (``options``: its keyword arguments, e.g. a leak's ``mb_per_s`` and ``cap_mb``)."""
         target = running_replicas(self.app, member)[0]
         if fault == "kill":
             return {"replica": target.id, **sigkill_replica(int(target.pid), target.node_id)}
         handle = self._handle(member)
         for _ in range(200):  # Serve's router picks the replica; `only` makes the others decline
-            out = handle.chaos.remote(fault, slow_ms if fault == "slow" else None, only=target.id).result(
-                timeout_s=10)
+            out = handle.chaos.remote(fault, slow_ms if fault == "slow" else None, only=target.id,
+                                      **options).result(timeout_s=10)
             if out.get("applied"):
                 return out
         raise RaymedicError(f"the bench could not reach replica {target.id} of {member} in 200 tries; "

@@ -26,7 +26,7 @@ from raymedic.app.cli.operate import (cmd_approve, cmd_chaos, cmd_mode, cmd_paus
 from raymedic.app.cli.status import cmd_status
 from raymedic.app.cli.up import cmd_down, cmd_up
 from raymedic.errors import RaymedicError
-from raymedic.keys import CHAOS_FAULTS, REPLICA_BENCH_FAULTS, STORAGE_FAULTS
+from raymedic.keys import CHAOS_FAULTS, INFRA_BENCH_FAULTS, REPLICA_BENCH_FAULTS, STORAGE_FAULTS
 from raymedic.logs import configure
 from train_jobs.search import add_arguments as search_arguments
 from train_jobs.train_flags import add_arguments as train_arguments
@@ -133,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
                          "ASHA); register the best as its 'challenger', not promoted."))
 
     be = add("bench", cmd_bench, "Recovery and speed figures, raymedic against plain Ray Serve in the same run.")
-    be.add_argument("scenario", choices=["replica-faults", "saturation", "controller-step", "drift", "tensor-drift"])
+    be.add_argument("scenario", choices=["replica-faults", "infra-faults", "saturation", "controller-step", "drift",
+                                         "tensor-drift"])
     be.add_argument("--rps", type=float, default=None,
                     help="replica-faults: open-loop request rate (default 50, the rate the targets are set for; "
                          "`bench saturation` shows where each system stops keeping up on this machine). "
@@ -146,9 +147,18 @@ def _parser() -> argparse.ArgumentParser:
                          "(default 30, ~1 min on 2 cores). tensor-drift: the same on 8x8 digits (default 5, "
                          "~3 min on 2 cores).")
     be.add_argument("--deadline", type=float, default=2.0, help="Client deadline in seconds (default 2).")
-    be.add_argument("--fault-seconds", type=float, default=20.0, help="Load after each injection (default 20).")
+    be.add_argument("--fault-seconds", type=float, default=None,
+                    help="Load after each injection (default 20; infra-faults 60, the leak reaching its limit "
+                         "two thirds of the way in).")
     be.add_argument("--slow-ms", type=float, default=500.0, help="Latency added by the slow fault.")
-    be.add_argument("--faults", default=",".join(REPLICA_BENCH_FAULTS), help="Comma list of faults to run.")
+    be.add_argument("--faults", default=None,
+                    help=f"Comma list of faults to run (replica-faults: {','.join(REPLICA_BENCH_FAULTS)}; "
+                         f"infra-faults: {','.join(INFRA_BENCH_FAULTS)}; default: all).")
+    be.add_argument("--memory-limit-mb", type=float, default=None,
+                    help="infra-faults: the leaking member's memory_limit_mb when the config sets none "
+                         "(default 900: a few hundred MB above a replica's usual memory).")
+    be.add_argument("--disk-fill-mb", type=float, default=None,
+                    help="infra-faults: how much disk-fill writes under storage_path (default 1024).")
     be.add_argument("--port", type=int, default=8011, help="HTTP port for the benchmark's service.")
     be.add_argument("--data", help="replica-faults, saturation: your table (Parquet or CSV) to train the config's "
                                    "model on in the bench's own registry and replay rows of (default: the "

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from raymedic.app.cli._common import progress
 from raymedic.bench.report import dumps
 from raymedic.errors import RaymedicError
-from raymedic.keys import REPLICA_BENCH_FAULTS
+from raymedic.keys import INFRA_BENCH_FAULTS, REPLICA_BENCH_FAULTS
 
 __all__ = ["cmd_bench"]
 
@@ -69,6 +69,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _saturation(args)
     if args.scenario == "controller-step":
         return _controller_step(args)
+    if args.scenario == "infra-faults":
+        return _infra_faults(args)
     return _replica_faults(args)
 
 
@@ -150,17 +152,29 @@ def _controller_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fault_list(args: argparse.Namespace, known: tuple[str, ...]) -> tuple[str, ...]:
+    """``--faults`` as a tuple of known names (default: all of ``known``).
+
+    Raises:
+        RaymedicError: a name this bench does not run; the message lists those it does.
+    """
+    if args.faults is None:
+        return known
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    bad = [f for f in faults if f not in known]
+    if bad or not faults:
+        raise RaymedicError(f"unknown fault(s) {bad}: --faults takes a comma list of {','.join(known)}")
+    return faults
+
+
 def _replica_faults(args: argparse.Namespace) -> int:
-    faults = tuple(args.faults.split(","))
-    bad = [f for f in faults if f not in REPLICA_BENCH_FAULTS]
-    if bad:
-        raise RaymedicError(f"unknown fault(s) {bad}: --faults takes a comma list of "
-                            f"{','.join(REPLICA_BENCH_FAULTS)}")
+    faults = _fault_list(args, REPLICA_BENCH_FAULTS)
     # lazy: imports Ray and NumPy; keeps `raymedic --help` fast
     from raymedic.bench import faults as bench
 
     settings = bench.BenchSettings(rps=args.rps or bench.BenchSettings.rps, deadline_s=args.deadline,
-                                   fault_s=args.fault_seconds, slow_ms=args.slow_ms, faults=faults)
+                                   fault_s=args.fault_seconds or bench.BenchSettings.fault_s, slow_ms=args.slow_ms,
+                                   faults=faults)
     if args.json:
         with _stdout_to_stderr():
             report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
@@ -176,6 +190,42 @@ def _replica_faults(args: argparse.Namespace) -> int:
     return 0
 
 
+def _infra_faults(args: argparse.Namespace) -> int:
+    faults = _fault_list(args, INFRA_BENCH_FAULTS)
+    for flag, value in (("--fault-seconds", args.fault_seconds), ("--memory-limit-mb", args.memory_limit_mb),
+                        ("--disk-fill-mb", args.disk_fill_mb)):
+        if value is not None and not value > 0:
+            raise RaymedicError(f"{flag} {value:g}: give a positive number, e.g. {flag} 60")
+    if args.fault_seconds is not None and "leak" in faults and args.fault_seconds < 30:
+        raise RaymedicError(f"--fault-seconds {args.fault_seconds:g} is too short for the leak: raymedic needs "
+                            "20 s of memory readings for a slope and the leak reaches its limit 2/3 of the way "
+                            "in; give at least 30 (default 60), or --faults disk-fill")
+    # lazy: imports Ray and psutil; keeps `raymedic --help` fast
+    from raymedic.bench import infra
+
+    d = infra.InfraSettings()
+    settings = infra.InfraSettings(rps=args.rps or d.rps, deadline_s=args.deadline,
+                                   fault_s=args.fault_seconds or d.fault_s,
+                                   memory_limit_mb=args.memory_limit_mb or d.memory_limit_mb,
+                                   disk_fill_mb=args.disk_fill_mb or d.disk_fill_mb, faults=faults)
+
+    def run(report_progress: Any) -> dict[str, Any]:
+        return infra.run_infra_faults(config_path=args.config, port=args.port, settings=settings,
+                                      progress=report_progress, data=_bench_table(args))
+
+    if args.json:
+        with _stdout_to_stderr():
+            report = run(_to_stderr)
+        print(dumps(report))
+        return 0
+    report = run(progress)
+    print()
+    print(infra.format_infra_table(report))
+    print()
+    print(dumps(report))
+    return 0
+
+
 def _bench_table(args: argparse.Namespace) -> Any:
     """The ``--data``/``--target`` pair as the benches take it (None: the built-in synthetic table).
 
@@ -186,8 +236,9 @@ def _bench_table(args: argparse.Namespace) -> Any:
         return None
     if args.data is None or args.target is None:
         raise RaymedicError("--data and --target go together: --data TABLE.parquet --target LABEL_COLUMN")
-    if args.scenario not in ("replica-faults", "saturation"):
-        raise RaymedicError(f"bench {args.scenario} does not take --data (replica-faults and saturation do)")
+    if args.scenario not in ("replica-faults", "infra-faults", "saturation"):
+        raise RaymedicError(f"bench {args.scenario} does not take --data (replica-faults, infra-faults and "
+                            "saturation do)")
     # lazy: imports Ray (the bench cluster module); keeps `raymedic --help` fast
     from raymedic.bench.cluster import BenchTable
 
