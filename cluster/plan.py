@@ -225,7 +225,8 @@ def spread_over_nodes(config, nodes: int, *, gpu_nodes: int = 0):
 
     A member may run on ``eligible`` nodes: the GPU workers if it asks for a GPU, else
     all of them. Without its own cap it gets ``max_replicas_per_node =
-    ceil((replicas + standby) / (eligible - 1))``: spread enough that a node holds few replicas of
+    ceil((replicas + standby) / (eligible - 1))`` (``max_replicas + standby`` for an autoscaled member, so
+    Serve has room for every replica it may add): spread enough that a node holds few replicas of
     a member, loose enough that the survivors of one node's loss can host every
     replica again. Serve enforces the cap strictly (its default SPREAD is only a
     preference), and a replica with nowhere to go stays pending — as would every
@@ -241,7 +242,7 @@ def spread_over_nodes(config, nodes: int, *, gpu_nodes: int = 0):
         eligible = gpu_nodes if member.num_gpus > 0 else nodes
         if member.max_replicas_per_node is not None or eligible < 2:
             return member
-        total = member.replicas + member.standby
+        total = member.max_serve_replicas
         return member.model_copy(update={"max_replicas_per_node": math.ceil(total / (eligible - 1))})
 
     models = {name: entry.model_copy(update={"members": [cap(m) for m in entry.members]}) if entry.members else entry

@@ -62,6 +62,7 @@ class GatewaySync:
 
     Attributes:
         gateways: gateway tag → when it last synced (status shows who is connected).
+        latency: gateway tag → its last report of predict latencies (the SLO's evidence).
         trial_losses: ``member@version`` on trial → [loss sum, labels]: a promoted challenger's
             weight starts from the losses it earned on its trial.
     """
@@ -80,6 +81,7 @@ class GatewaySync:
         self._document = document
         self._clock = clock
         self.gateways: dict[str, float] = {}
+        self.latency: dict[str, dict[str, Any]] = {}  # gateway → its latest predict latencies (LatencyWindow)
         self.trial_losses: dict[str, list[float]] = {}
 
     def sync(self, gateway: str, batch: Mapping[str, Any], epoch: int) -> dict[str, Any] | None:
@@ -87,6 +89,8 @@ class GatewaySync:
         now = self._clock()
         dep = self._deployment()
         self.gateways[gateway] = now
+        if batch.get("latency"):
+            self.latency[gateway] = dict(batch["latency"])
         self._calls.ingest(gateway, now=now, replicas=batch.get("replicas") or {})
         if batch.get("data") and dep.monitor is not None:
             dep.monitor.add(batch["data"])

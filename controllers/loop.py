@@ -158,7 +158,9 @@ class ModelController:
                                 observer=RayObserver(deployments=self._deployments), prober=self._prober, actuators=self._actuators,
                                 recorder=self._recorder, checkpoint=self._checkpoint, audit=self._audit,
                                 control=self._control, calls=calls, trial_view=self._healer.trial_view,
-                                checks=self._checks, memory=memory)
+                                checks=self._checks, memory=memory,
+                                latency=lambda: (self._sync.latency, self._live_gateways()),
+                                watch_gateway=not cfg.serve_prefix)  # the first model's loop: one gateway
         self._sync = GatewaySync(deployment=self._current, calls=calls, playbook=self._playbook,
                                  performance=self._perf, hedge=self._hedge, control=self._control,
                                  checkpoint=self._checkpoint, document=self.control_state)
@@ -189,6 +191,11 @@ class ModelController:
     def _deployments(self) -> dict[str, str]:
         """member → its Serve deployment (``MODEL.MEMBER`` for a model served beside the first)."""
         return {m.name: self.cfg.deployment_of(m.name) for m in self.cfg.members}
+
+    def _live_gateways(self) -> list[str]:
+        """Gateways that synced within a few periods (a stopped one — scaled in — no longer counts)."""
+        horizon = time.time() - 5 * self.cfg.gateway.sync_period_s - 2.0
+        return [g for g, at in self._sync.gateways.items() if at >= horizon]
 
     def _incident(self, incident_id: str) -> Incident | None:
         return next((i for i in self._policy.incidents if i.id == incident_id), None)
@@ -278,7 +285,8 @@ class ModelController:
                                performance_report=self._checks.performance_report,
                                process={"pid": os.getpid(), "started_at": self._started_at,
                                         "resumed_from_checkpoint": self._resumed},
-                               disk=self._disk.report(), disk_proposals=self._disk.proposals())
+                               disk=self._disk.report(), disk_proposals=self._disk.proposals(),
+                               slo_breached=self._step.slo_breached)
 
     async def set_paused(self, paused: bool, who: str = "operator") -> dict[str, Any]:
         """Pause or resume healing (an operator holds the wheel)."""

@@ -37,7 +37,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 from controllers.actuators import Actuators
 from controllers.audit import AuditLog
@@ -50,6 +50,7 @@ from controllers.policies.calls import CallLog
 from controllers.policies.leak import MemorySeries, ray_memory_threshold
 from controllers.policies.replica import (AuditEvent, HealingPolicy, Incident, Observation, ReplicaSnapshot,
                                           RestartReplica, StepResult)
+from controllers.policies.scaling import ScaleWatch, Size
 from controllers.policies.vanish import VanishWatch
 from controllers.policies.weights import HedgeWeights
 from controllers.probes import Prober
@@ -57,7 +58,7 @@ from controllers.publish import ControlState
 from controllers.recorder import Recorder
 from raymedic import metrics
 from raymedic.enums import StrEnum
-from raymedic.keys import APP_NAME, replica_actor_name
+from raymedic.keys import APP_NAME, GATEWAY_DEPLOYMENT, replica_actor_name
 from raymedic.logs import get_logger
 from serve_apps.serve_state import AppView
 
@@ -142,6 +143,10 @@ class Reconciler:
         checks: The model phase (None: no data or model checks).
         memory: The replicas' memory samples (None: no leak rule).
         memory_threshold: Ray's memory-monitor threshold (default: what this process's environment says).
+        latency: gateway → its latest predict-latency report, and which gateways are connected (None: no SLO
+            audit).
+        watch_gateway: Whether this model's controller also audits the gateway's scaling (the first model's:
+            the gateway is shared).
         clock: Wall-clock time (``now`` of every observation).
         timer: A monotonic timer for durations.
     """
@@ -151,7 +156,8 @@ class Reconciler:
                  checkpoint: Checkpoint, audit: AuditLog, control: ControlState, calls: CallLog,
                  trial_view: Callable[[], dict[str, Any] | None], checks: ModelChecks | None = None,
                  memory: MemorySeries | None = None, memory_threshold: float | None = None,
-                 clock: Callable[[], float] = time.time, timer: Callable[[], float] = time.perf_counter) -> None:
+                 latency: Callable[[], tuple[Mapping[str, Mapping[str, Any]], Sequence[str]]] | None = None,
+                 watch_gateway: bool = False, clock: Callable[[], float] = time.time, timer: Callable[[], float] = time.perf_counter) -> None:
         self.model = model
         self._deployment = deployment
         self._policy = policy
@@ -174,6 +180,10 @@ class Reconciler:
         self._alive: frozenset[str] | None = None
         self._view_at = -math.inf
         self._vanish = VanishWatch()
+        self._scale = ScaleWatch()
+        self._latency = latency
+        self._watch_gateway = watch_gateway
+        self._scale_events: list[tuple[float, AuditEvent]] = []  # observed, recorded by the next record phase
         self._dead_since: dict[str, float] = {}
         self.last: StepResult | None = None
         self.step_ms: deque[float] = deque(maxlen=STEP_TIMES_KEPT)
@@ -241,6 +251,7 @@ class Reconciler:
                 self.view, self._alive = state.view, state.alive
                 if state.view is not None:
                     await self._find_vanished(now, state.view)
+                    self._watch_scaling(now, state.view)
             except Exception:
                 log.exception("could not read Serve state for model %s; keeping the last view", self.model)
             self._view_at = now
@@ -251,6 +262,33 @@ class Reconciler:
         for rid in [k for k in self._dead_since if k not in live]:
             del self._dead_since[rid]
         return self._observation(now, view)
+
+    def _watch_scaling(self, now: float, view: AppView) -> None:
+        """Serve's scaling decisions in this view, and the gateways' latency against the SLO, as audit
+        events (:mod:`controllers.policies.scaling`); each deployment's sizes as gauges."""
+        cfg = self._deployment().cfg
+        sizes: dict[str, Size] = {}
+        for m in cfg.members:
+            d = view.deployments.get(m.name)
+            if d is not None:
+                sizes[m.name] = _size(d, low=m.min_serve_replicas, high=m.max_serve_replicas)
+        gw = view.deployments.get(GATEWAY_DEPLOYMENT)
+        if self._watch_gateway and gw is not None:
+            sizes[GATEWAY_DEPLOYMENT] = _size(gw, low=cfg.gateway.replicas,
+                                              high=cfg.gateway.max_replicas or cfg.gateway.replicas)
+        for name, size in sizes.items():
+            metrics.set_gauge("raymedic_replicas", size.running, model=self.model, deployment=name, kind="running")
+            metrics.set_gauge("raymedic_replicas", size.target, model=self.model, deployment=name, kind="target")
+        events = self._scale.observe(now=now, sizes=sizes)
+        if self._latency is not None:
+            reports, live = self._latency()
+            events += self._scale.latency(reports=reports, slo_ms=cfg.gateway.latency_slo_ms, gateways=live)
+        self._scale_events.extend((now, ev) for ev in events)
+
+    @property
+    def slo_breached(self) -> list[str]:
+        """Gateways whose p99 is above ``gateway.latency_slo_ms`` now (for status)."""
+        return self._scale.breached
 
     def _being_replaced(self, replica: str) -> bool:
         inc = self._policy.open_incident(replica)
@@ -369,6 +407,9 @@ class Reconciler:
 
     async def _record(self, decision: Decision, done: Sequence[ActionDone]) -> None:
         ts = decision.decided_at
+        scaled, self._scale_events = self._scale_events, []
+        for seen_at, ev in scaled:
+            self._recorder.event(ev, ts=seen_at)
         for ev in decision.result.events:
             self._recorder.event(ev, ts=ts)
         if decision.published:
@@ -390,3 +431,10 @@ class Reconciler:
     def incident(self, incident_id: str) -> Incident | None:
         """The policy's incident with this id (None if it is unknown or was forgotten)."""
         return next((i for i in self._policy.incidents if i.id == incident_id), None)
+
+
+def _size(d: Any, *, low: int, high: int) -> Size:
+    """A deployment view's :class:`Size` (Serve's target, its RUNNING replicas, the bounds)."""
+    running = sum(1 for r in d.replicas if r.state == "RUNNING")
+    return Size(target=int(d.target_replicas if d.target_replicas is not None else low), running=running,
+                low=low, high=high)

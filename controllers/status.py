@@ -21,7 +21,7 @@ from controllers.monitors.performance import PerformanceReport
 from controllers.policies.replica import HealingPolicy, StepResult
 from controllers.publish import ControlState
 
-__all__ = ["ACTION_KINDS", "KEPT", "status_document"]
+__all__ = ["ACTION_KINDS", "KEPT", "SCALING_KINDS", "status_document"]
 
 ACTION_KINDS = (
     "restart", "drained", "standby-serves", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
@@ -31,6 +31,9 @@ ACTION_KINDS = (
 """Audit kinds listed under ``actions``: what the controller (or an operator) did, not what it saw."""
 KEPT = 50
 """Incidents, data alerts and actions shown (the newest)."""
+SCALING_KINDS = ("scale-out", "scale-in", "scaled", "scale-at-max", "slo-breach", "slo-restored")
+"""Audit kinds of Serve's scaling as the controller observed it (:mod:`controllers.policies.scaling`)."""
+SCALING_KEPT = 10
 
 
 def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: DataAlerts, audit: AuditLog,
@@ -38,20 +41,24 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
                     last: StepResult | None, gateways: Collection[str], step_ms: Sequence[float],
                     data_report: DataReport | None, performance_report: PerformanceReport | None,
                     process: Mapping[str, Any], disk: Mapping[str, Any] | None = None,
-                    disk_proposals: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+                    disk_proposals: Sequence[Mapping[str, Any]] = (),
+                    slo_breached: Sequence[str] = ()) -> dict[str, Any]:
     """The status document.
 
     Args:
         process: ``pid``, ``started_at`` and ``resumed_from_checkpoint`` of this controller process.
         disk: The disk keeper's report (filesystems, the logs' size, verdict, last compaction).
         disk_proposals: Compactions waiting for an operator (approval mode), listed with the restarts.
+        slo_breached: Gateways whose p99 is above ``gateway.latency_slo_ms`` now.
         step_ms: Recent durations of the decide phase (the policy step and the weights), in ms:
             ``step_ms_p50`` is their median, the figure ``raymedic bench controller-step`` measures.
         Others: the controller's parts, read as they are now.
     """
     incidents = sorted([i.to_dict() for i in policy.incidents][-KEPT:]
                        + [a.to_dict() for a in data_alerts.alerts][-KEPT:], key=lambda d: d["detected_at"])
-    actions = [r for r in audit.tail(200) if r.get("kind") in ACTION_KINDS][-KEPT:]
+    tail = audit.tail(200)
+    actions = [r for r in tail if r.get("kind") in ACTION_KINDS][-KEPT:]
+    scaling = [r for r in tail if r.get("kind") in SCALING_KINDS][-SCALING_KEPT:]
     steps = sorted(step_ms)
     monitor = deployment.monitor
     return {
@@ -73,6 +80,8 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
         "healthy": {k: list(v) for k, v in (last.healthy if last else {}).items()},
         "memory": policy.memory_report(),
         "disk": dict(disk) if disk is not None else {"verdict": "unknown"},
+        "scaling": {"slo_breached": list(slo_breached), "slo_ms": deployment.cfg.gateway.latency_slo_ms,
+                    "recent": scaling},
         "gateways": sorted(gateways),
         "step_ms_p50": round(steps[len(steps) // 2], 3) if steps else None,
         "incidents": incidents,

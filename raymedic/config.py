@@ -28,6 +28,7 @@ __all__ = [
     "SearchDomain",
     "TRAINING_KNOBS",
     "GatewayConfig",
+    "ScalingConfig",
     "TrainingConfig",
     "ControllerConfig",
     "ChaosConfig",
@@ -163,6 +164,16 @@ class MemberConfig(_Strict):
     num_gpus: float = Field(0.0, ge=0, description="Set >0 on GPU clusters; fractional shares a GPU.")
     max_ongoing_requests: int = Field(8, ge=1, description="Low, so a hung replica fills up and is routed around.")
     max_replicas_per_node: int | None = Field(None, ge=1, description="Spread replicas across nodes.")
+    max_replicas: int | None = Field(
+        None, ge=1, le=64, description="Autoscaling: the most replicas that serve user traffic under load "
+        "(the `standby` replicas come on top). Ray Serve's autoscaler then runs between `replicas + standby` "
+        "and `max_replicas + standby` replicas, on the member calls in flight (`target_ongoing_requests`) and "
+        "the `scaling` delays; scaling in never goes below `replicas + standby`. Unset: no autoscaling, always "
+        "`replicas + standby`.")
+    target_ongoing_requests: float = Field(
+        1.0, gt=0, le=1000, description="Autoscaling (with `max_replicas`): the member calls in flight (running "
+        "and queued) per serving replica that Serve scales to keep. Low, because the gateway coalesces small "
+        "requests into one call per member (`gateway.coalesce_*`): a call in flight is many requests.")
     health_check_period_s: float = Field(
         2.0, gt=0, le=60, description="Serve's liveness check; short so a dead replica is replaced quickly."
     )
@@ -197,6 +208,29 @@ class MemberConfig(_Strict):
         "first. Unset: the limit is what the replica may grow to before its node reaches Ray's memory-monitor "
         "threshold (RAY_memory_usage_threshold, default 0.95 of the node's memory), where Ray starts killing "
         "workers.")
+
+    @model_validator(mode="after")
+    def _scale_bounds(self) -> "MemberConfig":
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"member {self.name!r}: max_replicas ({self.max_replicas}) must be >= replicas "
+                             f"({self.replicas}): raise max_replicas, lower replicas, or leave max_replicas out "
+                             "for a fixed replica count")
+        return self
+
+    @property
+    def autoscaled(self) -> bool:
+        """Whether Serve's autoscaler sizes this member (``max_replicas`` is set)."""
+        return self.max_replicas is not None
+
+    @property
+    def min_serve_replicas(self) -> int:
+        """The fewest replicas Serve runs: ``replicas + standby`` (the floor scaling in never crosses)."""
+        return self.replicas + self.standby
+
+    @property
+    def max_serve_replicas(self) -> int:
+        """The most replicas Serve runs: ``max_replicas + standby`` (``replicas + standby`` unscaled)."""
+        return (self.max_replicas if self.max_replicas is not None else self.replicas) + self.standby
 
     @field_validator("name")
     @classmethod
@@ -262,11 +296,27 @@ class GatewayConfig(_Strict):
     """The HTTP ingress: validation, fan-out, combination, logging."""
 
     replicas: int = Field(2, ge=1, le=64, description="Two, so the ingress survives a replica loss.")
+    max_replicas: int | None = Field(
+        None, ge=1, le=64, description="Autoscaling: the most gateway replicas under load; Ray Serve's "
+        "autoscaler runs between `replicas` and this on the requests in flight per replica "
+        "(`target_ongoing_requests`) and the `scaling` delays. Unset: always `replicas`.")
+    target_ongoing_requests: float = Field(
+        16.0, gt=0, le=10_000, description="Autoscaling (with `max_replicas`): predict requests in flight per "
+        "gateway replica that Serve scales to keep; below `max_inflight`, so replicas are added before any "
+        "replica has to shed load.")
+    latency_slo_ms: float = Field(
+        250.0, gt=0, le=600_000, description="The service's latency objective: p99 of predict requests, in ms. "
+        "GET /v1/status shows each gateway replica's p50/p99 over its last requests against it "
+        "(`gateway.latency`), and the controller audits `slo-breach` / `slo-restored` from the gateways' "
+        "reports; scaling out is meant to keep p99 inside it while capacity arrives.")
     num_cpus: float = Field(0.25, gt=0)
     max_ongoing_requests: int = Field(64, ge=1)
     max_inflight: int = Field(
         48, ge=1, description="Predict requests one gateway replica works on at once; more get a fast 503 with "
-        "Retry-After (load shedding) instead of queueing behind work the machine cannot finish in time.")
+        "Retry-After (load shedding) instead of queueing behind work the machine cannot finish in time. Requests "
+        "are spread over the gateway replicas, so a replica at this limit means no capacity is left anywhere: "
+        "with `max_replicas`, Serve has been adding replicas since `target_ongoing_requests`, and sheds only "
+        "once they are all full (or still starting).")
     max_queued_requests: int = Field(
         100, ge=-1, description="Requests Serve queues for the gateway beyond max_ongoing_requests; past it Serve "
         "itself answers 503 (-1: unbounded).")
@@ -328,7 +378,41 @@ class GatewayConfig(_Strict):
         if self.max_inflight > self.max_ongoing_requests:
             raise ValueError(f"gateway.max_inflight ({self.max_inflight}) must be <= max_ongoing_requests "
                              f"({self.max_ongoing_requests}), or requests queue before they can be shed")
+        if self.max_replicas is not None:
+            if self.max_replicas < self.replicas:
+                raise ValueError(f"gateway.max_replicas ({self.max_replicas}) must be >= gateway.replicas "
+                                 f"({self.replicas}): raise max_replicas or leave it out for a fixed count")
+            if self.target_ongoing_requests >= self.max_inflight:
+                raise ValueError(f"gateway.target_ongoing_requests ({self.target_ongoing_requests:g}) must be < "
+                                 f"gateway.max_inflight ({self.max_inflight}): Serve must add replicas before a "
+                                 "replica sheds load; lower target_ongoing_requests or raise max_inflight")
         return self
+
+    @property
+    def autoscaled(self) -> bool:
+        """Whether Serve's autoscaler sizes the gateway (``max_replicas`` is set)."""
+        return self.max_replicas is not None
+
+
+class ScalingConfig(_Strict):
+    """How fast Ray Serve's autoscaler follows load, for every autoscaled member and the gateway (those with
+    ``max_replicas``). Serve's own defaults (30 s up, 600 s down, a 30 s window, metrics every 10 s) are
+    for slow-moving traffic; a spike needs capacity within seconds, and scaling in waits longer than out so
+    a burst that pauses does not flap."""
+
+    upscale_delay_s: float = Field(
+        3.0, ge=0, le=3600, description="Serve's upscale_delay_s: load above target this long before replicas "
+        "are added (a replica then takes seconds more to start and load its model).")
+    downscale_delay_s: float = Field(
+        60.0, ge=0, le=86_400, description="Serve's downscale_delay_s: load below target this long before "
+        "replicas are removed (never below `replicas + standby`).")
+    look_back_period_s: float = Field(
+        10.0, gt=0, le=3600, description="Serve's look_back_period_s: the window the requests in flight are "
+        "averaged over.")
+    metrics_interval_s: float = Field(
+        1.0, gt=0, le=60, description="Serve's metrics_interval_s: how often each handle and replica reports "
+        "its requests in flight to Serve's controller (Serve's default of 10 s would hide a spike for that "
+        "long).")
 
 
 class TrainingConfig(_Strict):
@@ -712,6 +796,7 @@ class RaymedicConfig(_Strict):
     performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     retraining: RetrainingConfig = Field(default_factory=RetrainingConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     access_log: bool = Field(
         False, description="Serve's per-request access log lines; off by default: raymedic logs every "
         "prediction to Parquet already, and a log line per hop costs real CPU on small machines.")

@@ -38,6 +38,9 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                      ("model", "member", "replica"), LATENCY_BUCKETS),
     "raymedic_replica_memory_bytes": ("gauge", "A member replica's resident memory as it read it on its last "
                                       "golden probe (the leak rule's signal).", ("model", "member", "replica"), None),
+    "raymedic_replicas": ("gauge", "A deployment's replicas in Serve's view: kind=running, or kind=target (what "
+                          "Serve's autoscaler wants; above running while scaling out).",
+                          ("model", "deployment", "kind"), None),
     "raymedic_member_weight": ("gauge", "Ensemble weight the controller published.", ("model", "member"), None),
     "raymedic_healing_actions_total": ("counter", "Controller actions and what came of them.",
                                        ("model", "action", "outcome"), None),

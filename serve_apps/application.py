@@ -20,10 +20,11 @@ from typing import Any, Sequence
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from raymedic.config import RaymedicConfig, parse_config
+from raymedic.config import GatewayConfig, MemberConfig, RaymedicConfig, ScalingConfig, parse_config
 from raymedic.keys import ADMIN_TOKEN_ENV, ADMIN_TOKEN_SHA_ENV, HEAD_NODE_RESOURCE
 from raymedic.errors import ConfigError, RaymedicError
 from raymedic.storage import Storage
+from serve_apps.autoscale import POLICY_PATH
 from serve_apps.gateway import Gateway
 from serve_apps.member import Member
 from serve_apps.routing import AvoidingRouter
@@ -32,7 +33,7 @@ from train_jobs.registry import CHAMPION, ModelRegistry
 from train_jobs.schema import ModelSchema
 
 __all__ = ["ServedModel", "build_application", "build_canary_app", "resolve_models", "resolve_versions",
-           "admin_token_sha256"]
+           "admin_token_sha256", "member_scaling", "gateway_scaling"]
 
 
 def resolve_versions(config: RaymedicConfig) -> tuple[dict[str, str], dict[str, Any]]:
@@ -90,6 +91,34 @@ def admin_token_sha256() -> str | None:
     return os.environ.get(ADMIN_TOKEN_SHA_ENV) or None
 
 
+def _autoscaling(*, low: int, high: int, target: float, scaling: ScalingConfig,
+                 policy: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target,
+            "upscale_delay_s": scaling.upscale_delay_s, "downscale_delay_s": scaling.downscale_delay_s,
+            "look_back_period_s": scaling.look_back_period_s, "metrics_interval_s": scaling.metrics_interval_s,
+            **({"policy": policy} if policy else {})}
+
+
+def member_scaling(m: MemberConfig, scaling: ScalingConfig) -> dict[str, Any]:
+    """The replica options of a member's deployment: a fixed ``num_replicas`` (``replicas + standby``), or,
+    with ``max_replicas``, Serve's ``autoscaling_config`` between ``replicas + standby`` and
+    ``max_replicas + standby`` (standbys added back by :class:`serve_apps.autoscale.StandbyAware`)."""
+    if not m.autoscaled:
+        return {"num_replicas": m.min_serve_replicas}
+    policy = {"policy_function": POLICY_PATH, "policy_kwargs": {"standby": m.standby}} if m.standby else None
+    return {"autoscaling_config": _autoscaling(low=m.min_serve_replicas, high=m.max_serve_replicas,
+                                               target=m.target_ongoing_requests, scaling=scaling, policy=policy)}
+
+
+def gateway_scaling(gw: GatewayConfig, scaling: ScalingConfig) -> dict[str, Any]:
+    """The gateway's replica options: ``num_replicas``, or Serve's default autoscaling policy between
+    ``replicas`` and ``max_replicas`` on the requests in flight per replica."""
+    if not gw.autoscaled:
+        return {"num_replicas": gw.replicas}
+    return {"autoscaling_config": _autoscaling(low=gw.replicas, high=int(gw.max_replicas or gw.replicas),
+                                               target=gw.target_ongoing_requests, scaling=scaling)}
+
+
 def build_application(models: Sequence[ServedModel]) -> Application:
     """The gateway and one deployment per member of every model (:func:`resolve_models`), each serving
     its champion; the first model's members keep their names, another model's are ``MODEL.MEMBER``."""
@@ -103,7 +132,7 @@ def build_application(models: Sequence[ServedModel]) -> Application:
         members = {
             m.name: Member.options(
                 name=cfg.deployment_of(m.name),
-                num_replicas=m.replicas + m.standby,
+                **member_scaling(m, cfg.scaling),
                 max_ongoing_requests=m.max_ongoing_requests,
                 max_replicas_per_node=m.max_replicas_per_node,
                 health_check_period_s=m.health_check_period_s,
@@ -117,7 +146,7 @@ def build_application(models: Sequence[ServedModel]) -> Application:
         bindings.append({"config": cfg.model_dump(mode="json"), "members": members,
                          "versions": served.versions, "schema": served.schema})
     return Gateway.options(
-        num_replicas=first.gateway.replicas,
+        **gateway_scaling(first.gateway, first.scaling),
         max_ongoing_requests=first.gateway.max_ongoing_requests,
         max_queued_requests=first.gateway.max_queued_requests,
         ray_actor_options={"num_cpus": first.gateway.num_cpus,

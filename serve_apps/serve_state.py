@@ -14,9 +14,10 @@ from typing import Any, Mapping
 
 from ray.serve.context import _get_global_client
 
+from raymedic.enums import StrEnum
 from raymedic.keys import GATEWAY_DEPLOYMENT as GATEWAY
 
-__all__ = ["ReplicaView", "DeploymentView", "AppView", "read_app_view"]
+__all__ = ["ReplicaView", "DeploymentView", "AppView", "read_app_view", "ScalingState", "scaling_report"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,47 @@ class DeploymentView:
     message: str
     target_replicas: int | None
     replicas: tuple[ReplicaView, ...] = ()
+
+
+class ScalingState(StrEnum):
+    """Where a deployment's size is, as Serve's view shows it (``/v1/status`` → ``scaling.state``)."""
+
+    FIXED = "fixed"
+    """No autoscaling (no ``max_replicas``): always its configured replicas."""
+    STEADY = "steady"
+    """As many replicas running as Serve's target, below the ceiling."""
+    SCALING_OUT = "scaling-out"
+    """Serve's target is above the replicas running: replicas are starting."""
+    SCALING_IN = "scaling-in"
+    """Serve's target is below the replicas running: replicas are draining and stopping."""
+    AT_MAX = "at-max"
+    """Running at ``max_replicas``: no capacity left to add; past it the gateway sheds load."""
+
+
+def scaling_report(dep: DeploymentView | None, *, low: int, high: int, autoscaled: bool,
+                   standby: int = 0) -> dict[str, Any]:
+    """A deployment's size for status: replicas ``running`` and Serve's ``target``, the bounds Serve scales
+    between (``min``/``max``: ``replicas + standby`` .. ``max_replicas + standby``), the ``standby`` among
+    them, and the :class:`ScalingState`.
+
+    >>> d = DeploymentView("mlp", "HEALTHY", "", 4, (ReplicaView("a", "RUNNING"), ReplicaView("b", "STARTING")))
+    >>> scaling_report(d, low=2, high=5, autoscaled=True)["state"]
+    'scaling-out'
+    """
+    running = sum(1 for r in dep.replicas if r.state == "RUNNING") if dep is not None else 0
+    target = dep.target_replicas if dep is not None and dep.target_replicas is not None else low
+    if not autoscaled:
+        state = ScalingState.FIXED
+    elif target > running:
+        state = ScalingState.SCALING_OUT
+    elif target < running:
+        state = ScalingState.SCALING_IN
+    elif target >= high:
+        state = ScalingState.AT_MAX
+    else:
+        state = ScalingState.STEADY
+    return {"running": running, "target": int(target), "min": low, "max": high, "standby": standby,
+            "state": state.value}
 
 
 @dataclass(frozen=True)

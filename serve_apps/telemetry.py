@@ -11,8 +11,9 @@ feedback labels turn into per-member losses for the ensemble weights.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -21,7 +22,8 @@ from raymedic.errors import ServiceUnavailable
 from raymedic.keys import challenger_source
 from raymedic.protocol import CallOutcome
 
-__all__ = ["CallRecorder", "LocalEjector", "RecentOutputs", "HedgeBudget", "Admission", "OUTCOMES"]
+__all__ = ["CallRecorder", "LocalEjector", "RecentOutputs", "HedgeBudget", "Admission", "LatencyWindow", "OUTCOMES",
+           "LATENCY_WINDOW_S"]
 
 OUTCOMES = tuple(o.value for o in CallOutcome)
 """The outcome counters of each replica's slot, as plain strings (they cross a Ray call)."""
@@ -30,6 +32,11 @@ MAX_LATENCIES = 256
 MAX_LABELLED = 2000
 MAX_CONFIDENCE = 512
 """Labelled answers and answer confidences per batch: the controller's windows need no more."""
+LATENCY_WINDOW_S = 10.0
+"""The answered predictions a gateway replica's p50/p99 are read over: recent enough to show a spike while
+it happens, long enough for a p99 of a few hundred requests at tens of requests per second."""
+LATENCY_KEPT = 4096
+"""At most this many latencies in the window (a bound under any load; the newest are kept)."""
 ENSEMBLE_KEY = "__ensemble__"  # not a valid member name, so it cannot collide with one
 
 
@@ -295,3 +302,41 @@ class Admission:
             yield
         finally:
             self.inflight -= 1
+
+
+class LatencyWindow:
+    """The latencies of the predictions a gateway replica answered in the last ``window_s``: its p50/p99
+    against ``gateway.latency_slo_ms`` (``/v1/status``, and the controller's ``slo-breach`` audit).
+
+    Only answered requests count: a shed request's fast 503 would make the tail look better exactly
+    when the service is overloaded.
+
+    >>> w = LatencyWindow(window_s=10.0)
+    >>> for i in range(100):
+    ...     w.add(0.01 * (i + 1), now=float(i) / 10)
+    >>> w.report(now=9.9)["p99_ms"], w.report(now=9.9)["requests"]
+    (990.0, 100)
+    >>> w.report(now=30.0)["requests"]
+    0
+    """
+
+    def __init__(self, window_s: float = LATENCY_WINDOW_S, kept: int = LATENCY_KEPT) -> None:
+        self.window_s = window_s
+        self._d: deque[tuple[float, float]] = deque(maxlen=kept)
+
+    def add(self, latency_s: float, *, now: float) -> None:
+        """One answered request that took ``latency_s``, answered at ``now`` (monotonic seconds)."""
+        self._d.append((now, latency_s))
+
+    def report(self, *, now: float) -> dict[str, Any]:
+        """``requests`` in the window and their ``p50_ms`` / ``p99_ms`` (None with no request)."""
+        while self._d and self._d[0][0] < now - self.window_s:
+            self._d.popleft()
+        lat = sorted(x for _, x in self._d)
+        if not lat:
+            return {"requests": 0, "p50_ms": None, "p99_ms": None, "window_s": self.window_s}
+
+        def pct(q: float) -> float:  # nearest rank: the smallest latency at or above a share q of them
+            return round(lat[max(0, math.ceil(q * len(lat)) - 1)] * 1000, 1)
+
+        return {"requests": len(lat), "p50_ms": pct(0.50), "p99_ms": pct(0.99), "window_s": self.window_s}

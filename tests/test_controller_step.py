@@ -514,3 +514,38 @@ def test_a_gateway_takes_the_published_state_once_per_epoch_and_its_calls_are_ev
     (inc,) = h.policy.incidents
     assert (inc.kind, inc.replica, inc.evidence) == ("dead", "c", {"failed_calls": 3})
     assert sync.sync("gw1", {}, doc["epoch"])["avoid"]["lr"] == ["c"]  # the new epoch reaches the gateway
+
+
+# ---- scaling (Serve's autoscaler decides; the step audits it) -------------------------------------------
+
+
+def sized(target: int, **members: list[ReplicaView]) -> AppView:
+    return AppView("raymedic", "RUNNING", deployments={
+        m: DeploymentView(m, "HEALTHY", "", target if m == "mlp" else len(rs), tuple(rs)) for m, rs in members.items()})
+
+
+def test_serve_scaling_a_member_out_and_in_is_audited_and_the_scale_in_opens_no_incident(tmp_path, recorded):
+    h = Harness(tmp_path, members=[{"name": "mlp", "kind": "mlp", "replicas": 1, "standby": 1, "max_replicas": 3},
+                                   {"name": "lr", "kind": "logistic", "replicas": 2, "fallback": True}])
+    lr = [replica("c", "lr"), replica("d", "lr")]
+    for rid in "abecd":
+        h.prober.answer(rid, *["ok"] * 200)
+    h.observer.view = sized(2, mlp=[replica("a", "mlp"), replica("b", "mlp")], lr=lr)
+    h.run(2)
+    h.observer.view = sized(3, mlp=[replica("a", "mlp"), replica("b", "mlp"), replica("e", "mlp", "STARTING")], lr=lr)
+    h.run(2)
+    h.observer.view = sized(3, mlp=[replica("a", "mlp"), replica("b", "mlp"), replica("e", "mlp")], lr=lr)
+    h.run(2)
+    assert len(h.step.last.healthy["mlp"]) == 3 and len(h.step.last.standby["mlp"]) == 1  # two serve, one stands by
+    # Serve scales in: one replica drains (STOPPING), then leaves with an intended death record
+    h.observer.view = sized(2, mlp=[replica("a", "mlp"), replica("b", "mlp", "STOPPING"), replica("e", "mlp")], lr=lr)
+    h.run(2)
+    h.observer.view = sized(2, mlp=[replica("a", "mlp"), replica("e", "mlp")], lr=lr)
+    h.observer.causes["id-b"] = VanishCause(VanishVerdict.INTENDED, "INTENDED_USER_EXIT: scale-down")
+    h.run(60)
+    out, back = h.records("scale-out"), h.records("scale-in")
+    assert [(r["target"], r["evidence"]["from"], r["evidence"]["to"]) for r in out] == [("mlp", 2, 3)]
+    assert [(r["evidence"]["from"], r["evidence"]["to"]) for r in back] == [(3, 2)]
+    assert len(h.records("scaled")) == 2 and h.records("scaled")[0]["evidence"]["replicas"] == 3
+    assert h.policy.incidents == []  # a replica stopped by the autoscaler is not a fault
+    assert len(h.step.last.standby["mlp"]) == 1 and len(h.step.last.healthy["mlp"]) == 2

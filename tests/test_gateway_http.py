@@ -31,7 +31,7 @@ from serve_apps.gateway.v1 import V1Routes
 from serve_apps.gateway.v2_routes import V2Routes
 from serve_apps.predlog import PredictionLog
 from serve_apps.serve_state import AppView, DeploymentView, ReplicaView
-from serve_apps.telemetry import Admission
+from serve_apps.telemetry import Admission, LatencyWindow
 from serve_apps.validation import input_policies
 from train_jobs.schema import ModelSchema
 
@@ -73,6 +73,7 @@ class StandLane:
                                    enabled=cfg.controller.enabled, lookup=_no_controller, model=cfg.model)
         self.predictor = ScriptedPredictor()
         self.predlog = PredictionLog(Storage(cfg.storage_path), cfg.model, tag="gw-test")
+        self.latency = LatencyWindow()
         self.members: dict[str, Any] = {}
 
     def view(self, view: AppView | None) -> AppView | None:

@@ -12,6 +12,7 @@ capacity) and Serve's view of the application.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 from raymedic.config import RaymedicConfig
@@ -26,7 +27,7 @@ from serve_apps.gateway.trial import Trials, challenger_handle
 from serve_apps.predlog import FeedbackLog, KnownIds, PredictionLog
 from serve_apps.quality import InputTally
 from serve_apps.serve_state import AppView
-from serve_apps.telemetry import CallRecorder, HedgeBudget, LocalEjector, RecentOutputs
+from serve_apps.telemetry import CallRecorder, HedgeBudget, LatencyWindow, LocalEjector, RecentOutputs
 from serve_apps.validation import input_policies
 from train_jobs.schema import ModelSchema
 
@@ -64,6 +65,7 @@ class ModelLane:
         self.predlog = PredictionLog(storage, cfg.model, tag=tag, max_pending=gw.log_max_pending_rows)
         known = KnownIds(storage, cfg.model)
         self.calls = CallRecorder()
+        self.latency = LatencyWindow()  # this replica's answered predictions of this model, for the SLO
         recent = RecentOutputs()
         self.link = ControllerLink(self.state, tag=tag, order=self.order, period_s=gw.sync_period_s,
                                    enabled=cfg.controller.enabled, model=cfg.model)
@@ -88,6 +90,7 @@ class ModelLane:
         also exported as metrics."""
         batch = self.calls.drain()
         batch["data"] = self.tally.drain()
+        batch["latency"] = self.latency.report(now=time.monotonic())
         export_call_metrics(batch, model=self.model)
         return batch
 

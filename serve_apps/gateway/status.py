@@ -19,7 +19,7 @@ from raymedic.config import RaymedicConfig
 from raymedic.keys import APP_NAME
 from raymedic.logs import get_logger
 from serve_apps.gateway.link import LinkState
-from serve_apps.serve_state import AppView, read_app_view
+from serve_apps.serve_state import AppView, read_app_view, scaling_report
 from serve_apps.validation import InputPolicy
 from train_jobs.schema import ModelSchema
 
@@ -101,9 +101,26 @@ def model_info_document(*, config: RaymedicConfig, schema: ModelSchema, policies
     }
 
 
+def _member_scaling(config: RaymedicConfig, name: str, dep: Any) -> dict[str, Any]:
+    m = next((x for x in config.members if x.name == name), None)
+    if m is None:
+        return {}
+    return scaling_report(dep, low=m.min_serve_replicas, high=m.max_serve_replicas, autoscaled=m.autoscaled,
+                          standby=m.standby)
+
+
+def _latency(config: RaymedicConfig, latency: dict[str, Any] | None) -> dict[str, Any]:
+    """This replica's p50/p99 against the SLO: ``within_slo`` is None with no request in the window."""
+    slo = config.gateway.latency_slo_ms
+    lat = dict(latency or {"requests": 0, "p50_ms": None, "p99_ms": None})
+    p99 = lat.get("p99_ms")
+    return {**lat, "slo_ms": slo, "within_slo": None if p99 is None else p99 <= slo}
+
+
 def status_document(*, config: RaymedicConfig, order: Sequence[str], state: LinkState, tag: str,
                     view: AppView | None, controller: dict[str, Any] | None, now: float,
-                    prediction_log: dict[str, Any] | None = None) -> dict[str, Any]:
+                    prediction_log: dict[str, Any] | None = None,
+                    latency: dict[str, Any] | None = None) -> dict[str, Any]:
     """``GET /v1/status``: the service as Serve, the controller and this gateway replica see it.
 
     Args:
@@ -115,6 +132,7 @@ def status_document(*, config: RaymedicConfig, order: Sequence[str], state: Link
         controller: the controller's status, or None when it is disabled or away.
         now: the current time (Unix s), for the age of the last sync.
         prediction_log: this gateway replica's prediction log health (``writable``, ``dropped_rows``, ...).
+        latency: this gateway replica's recent predictions of the model (:class:`serve_apps.telemetry.LatencyWindow`).
     """
     ctl = controller
     weights = (ctl or {}).get("weights") or state.weights
@@ -136,6 +154,7 @@ def status_document(*, config: RaymedicConfig, order: Sequence[str], state: Link
                                                 else r.state) if r.state == "RUNNING" else r.state,
                           "pid": r.pid, "node_id": r.node_id, **memory.get(r.id, {})}
                          for r in (dep.replicas if dep else ())],
+            "scaling": _member_scaling(config, name, dep),
         })
     gw = view.deployments.get("gateway") if view else None
     if ctl is None:
@@ -150,6 +169,10 @@ def status_document(*, config: RaymedicConfig, order: Sequence[str], state: Link
         "application": {"name": APP_NAME, "status": view.status if view else "UNKNOWN"},
         "gateway": {"state": gw.status if gw else "UNKNOWN",
                     "replicas": [{"id": r.id, "state": r.state} for r in (gw.replicas if gw else ())],
+                    "scaling": scaling_report(gw, low=config.gateway.replicas,
+                                              high=config.gateway.max_replicas or config.gateway.replicas,
+                                              autoscaled=config.gateway.autoscaled),
+                    "latency": _latency(config, latency),
                     "answered_by": {"id": tag, "weights": {m: round(w, 6) for m, w in state.weights.items()},
                                     "epoch": state.epoch, "avoid": state.avoid,
                                     "last_sync_age_s": state.sync_age_s(now)}},

@@ -83,6 +83,7 @@ class V1Routes:
         lane = self._lane(model)
         with self._admission.enter():
             out = await lane.predictor.answer(await json_body(request))
+        lane.latency.add(time.perf_counter() - started, now=time.monotonic())
         count_answer(model, "predict", started=started)
         return out
 
@@ -106,5 +107,6 @@ class V1Routes:
         controller = await lane.link.status()
         doc = status_document(config=lane.cfg, order=lane.order, state=lane.state, tag=self._tag,
                               view=view, controller=controller, now=time.time(),
-                              prediction_log=lane.predlog.health())
+                              prediction_log=lane.predlog.health(),
+                              latency=lane.latency.report(now=time.monotonic()))
         return {**doc, "models": list(self._lanes)}

@@ -78,5 +78,6 @@ class V2Routes:
             body = await json_body(request)
             out = await lane.predictor.answer(instances_from_v2(
                 body, lane.schema, max_tensor_elements=lane.cfg.gateway.max_tensor_elements))
+        lane.latency.add(time.perf_counter() - started, now=time.monotonic())
         count_answer(model, "infer", started=started)
         return answer_to_v2(out, lane.schema, model, body.get("id") if isinstance(body.get("id"), str) else None)

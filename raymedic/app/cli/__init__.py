@@ -106,16 +106,20 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--mode", choices=["canary", "shadow"], help="canary: its answers are served on the "
                     "trial share; shadow: mirrored, never served (default: rollout.mode in the config).")
     ch = admin(add("chaos", cmd_chaos, "Inject a replica fault (needs chaos enabled and the admin token)."))
-    ch.add_argument("fault", choices=[*CHAOS_FAULTS, *STORAGE_FAULTS, "clear"],
+    ch.add_argument("fault", choices=[*CHAOS_FAULTS, *STORAGE_FAULTS, "load", "clear"],
                     help="kill: SIGKILL; hang: block inference; slow: add latency; wrong: wrong answers; "
                          "error: every call raises; leak: allocate and hold memory (--mb-per-s); "
                          "disk-fill: write --mb MB under storage_path/chaos/disk-fill (no --member); "
+                         "load: open-loop traffic at --rps for --for seconds, one line per second (no token); "
                          "clear: remove all injected faults (free a leak's memory, delete disk-fill files)")
     ch.add_argument("--member", help="Ensemble member to hurt.")
     ch.add_argument("--replica", help="Replica id (default: the member's first running replica).")
     ch.add_argument("--delay-ms", type=float, help="Added latency for slow.")
     ch.add_argument("--mb", type=float, help="Size for disk-fill, MB (refused above 4096 MB, or above the free "
                     "space less 512 MB / 2%% of the disk).")
+    ch.add_argument("--rps", type=float, help="Rate for load, requests per second (at most 1000).")
+    ch.add_argument("--for", dest="for_s", type=float, metavar="SECONDS",
+                    help="How long load runs, seconds (at most 600).")
     ch.add_argument("--mb-per-s", type=float, help="Leak rate for leak, MB per second (default 5: a limit "
                     "300 MB above the replica's memory is reached in a minute; a leak holds at most "
                     "1.5 × the member's memory_limit_mb, and never more than 2 GB).")

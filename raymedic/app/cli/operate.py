@@ -11,6 +11,7 @@ import argparse
 import json
 
 from raymedic.app.cli._common import admin
+from raymedic.app.cli.load import cmd_load
 from raymedic.errors import RaymedicError
 
 __all__ = ["cmd_pause", "cmd_resume", "cmd_approve", "cmd_reject", "cmd_mode", "cmd_retrain", "cmd_rollback",
@@ -94,7 +95,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    """Inject a replica fault (kill, hang, slow, wrong, error, leak) or clear every injected fault.
+    """Inject a replica fault (kill, hang, slow, wrong, error, leak), fill the disk, send a load spike
+    (``load``: :mod:`raymedic.app.cli.load`), or clear every injected fault.
 
     To watch the healing loop work on demand; the gateway offers these routes only
     when chaos is enabled.
@@ -102,6 +104,8 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     Raises:
         RaymedicError: A flag the fault needs is missing, chaos is off, or the call failed.
     """
+    if args.fault == "load":  # client-side traffic, not a fault in the service: no admin route
+        return cmd_load(args)
     if args.fault == "clear":
         out = admin(args, "chaos/clear")
     elif args.fault == "disk-fill":

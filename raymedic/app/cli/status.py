@@ -11,7 +11,7 @@ from raymedic.app.cli._common import service_url, unreachable
 from raymedic.app.http import request_json
 from raymedic.errors import RaymedicError
 
-__all__ = ["cmd_status", "disk_line", "performance_line", "replica_cell"]
+__all__ = ["cmd_status", "disk_line", "performance_line", "replica_cell", "scaling_line"]
 
 
 def replica_cell(r: dict[str, Any]) -> str:
@@ -38,6 +38,29 @@ def replica_cell(r: dict[str, Any]) -> str:
 
 def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def scaling_line(st: dict[str, Any]) -> str | None:
+    """The autoscaled deployments' sizes and the gateway's p99 against the SLO, on one line (None when
+    nothing autoscales and no latency was measured).
+
+    >>> scaling_line({"members": [{"name": "mlp", "scaling": {"running": 2, "target": 3, "min": 2, "max": 4,
+    ...                                                         "state": "scaling-out"}}],
+    ...               "gateway": {"scaling": {"state": "fixed"},
+    ...                           "latency": {"p99_ms": 80.0, "slo_ms": 250.0, "requests": 300}}})
+    'scaling: mlp 2/3 (scaling-out, 2..4); gateway p99 80 ms of a 250 ms SLO over 300 requests'
+    """
+    parts = []
+    for name, sc in [(m["name"], m.get("scaling") or {}) for m in st.get("members", [])] + [
+            ("gateway", (st.get("gateway") or {}).get("scaling") or {})]:
+        if sc.get("state") not in (None, "fixed"):
+            parts.append(f"{name} {sc['running']}/{sc['target']} ({sc['state']}, {sc['min']}..{sc['max']})")
+    lat = (st.get("gateway") or {}).get("latency") or {}
+    tail = (f"gateway p99 {lat['p99_ms']:.0f} ms of a {lat['slo_ms']:.0f} ms SLO over {lat['requests']} requests"
+            if lat.get("p99_ms") is not None else None)
+    if not parts and tail is None:
+        return None
+    return "scaling: " + ("; ".join(parts + ([tail] if tail else [])))
 
 
 def disk_line(disk: dict[str, Any], prediction_log: dict[str, Any] | None = None) -> str:
@@ -141,6 +164,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     gw = st["gateway"]
     print(f"{'gateway':<{w}}{'':<10}{'':>8}  {gw['state']:<12}"
           + ", ".join(f"{r['id']}:{r['state']}" for r in gw["replicas"]))
+    line = scaling_line(st)
+    if line:
+        print(line)
     ctl = st["controller"]
     print(f"controller: {ctl['state']}" + (f" (pid {ctl['pid']}, step p50 {ctl.get('step_ms_p50')} ms)"
                                              if ctl.get("pid") else ""))
