@@ -42,8 +42,8 @@ FLAGS = {
               "--target"],
     "search": ["--config", "--data", "--json", "--max-epochs", "--member", "--model", "--storage-path", "--synthetic",
                "--target", "--trials"],
-    "bench": ["--config", "--control-rows", "--data", "--deadline", "--fault-seconds", "--faults", "--json", "--live",
-              "--live-scenarios", "--members", "--port", "--rates", "--replicas", "--rows-per-s", "--rps", "--seconds",
+    "bench": ["--config", "--control-rows", "--data", "--deadline", "--disk-fill-mb", "--fault-seconds", "--faults",
+              "--json", "--live", "--live-scenarios", "--members", "--memory-limit-mb", "--port", "--rates", "--replicas", "--rows-per-s", "--rps", "--seconds",
               "--seed", "--seeds", "--slow-ms", "--target"],
     "demo": ["--config", "--port", "--requests"],
 }
