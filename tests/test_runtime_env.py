@@ -3,7 +3,8 @@
 The pure tests read the config's ``runtime_env`` (paths resolved against the config file, missing ones
 refused naming both), make its local code importable in the driver, and build a retrain job's
 environment. The last test ships a package that is neither installed nor on any path through
-``runtime_env.py_modules`` only: trained with Ray Train, served, probed, a replica SIGKILLed under load.
+``runtime_env.py_modules`` only: trained with Ray Train, served, probed, a replica SIGKILLed under load,
+then retrained by a job the controller submits, which imports it from the same environment.
 """
 
 from __future__ import annotations
@@ -192,7 +193,8 @@ def test_a_module_shipped_only_by_runtime_env_trains_serves_and_heals(tmp_path, 
     try:
         with local_service(tmp_path, members=members, runtime_env=runtime_env,
                            gateway={"replicas": 1, "num_cpus": 0.2, "min_members": 2},
-                           training={"epochs": 4, "synthetic_rows": 1200}) as (url, cfg):
+                           training={"epochs": 4, "synthetic_rows": 1200},
+                           retraining={"min_labeled_rows": 100, "cooldown_s": 5}) as (url, cfg):
             assert hidden not in sys.path  # the driver had it only while it trained
             predict = f"{url}/v1/models/{cfg.model}:predict"
             rows = SyntheticGenerator(SyntheticSpec(seed=0)).sample(2, seed=1).drop(columns=["label"]).to_dict("records")
@@ -266,6 +268,29 @@ def test_a_module_shipped_only_by_runtime_env_trains_serves_and_heals(tmp_path, 
             assert inc["kind"] == "dead" and failures == [] and answered[0] > 0, failures[:3]
             replacement = set(now.values()) - set(serving.values())
             assert replacement and replacement <= set(_importers(log))  # the new replica got Ray's copy too
+
+            # A retrain job the controller submits imports the module from the same runtime_env.
+            before = set(_importers(log))
+            labelled = SyntheticGenerator(SyntheticSpec(seed=0)).sample(150, seed=2)
+            features = [c for c in labelled.columns if c != "label"]
+            for i in range(0, len(labelled), 50):
+                part = labelled.iloc[i:i + 50]
+                out = request_json("POST", predict, {"instances": part[features].to_dict("records")}, timeout_s=30)
+                assert out.status == 200, out.body
+                fb = request_json("POST", f"{url}/v1/models/{cfg.model}:feedback",
+                                  {"inference_ids": out.body["inference_ids"], "labels": part["label"].tolist()},
+                                  timeout_s=30)
+                assert fb.status == 200 and fb.body["accepted"] == len(part), fb.body
+            asked = request_json("POST", f"{url}/v1/admin/retrain", {"reason": "test: runtime_env retrain"},
+                                 headers={"Authorization": "Bearer runtime-env-test-token"}, timeout_s=30)
+            assert asked.status == 200, asked.body
+            done = wait_for(lambda: next((h for h in (status()["controller"].get("retraining") or {}).get(
+                "history", []) if "runtime_env retrain" in h.get("reason", "") and h.get("job_status")), None),
+                timeout_s=300, what="the retrain job to finish")
+            assert done["job_status"] == "SUCCEEDED", done
+            job_importers = {pid: path for pid, path in _importers(log).items() if pid not in before}
+            assert job_importers and all("runtime_resources" in path for path in job_importers.values()), \
+                job_importers
     finally:
         for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
             del sys.modules[name]

@@ -290,7 +290,14 @@ class PlainServe(System):
         # lazy: Ray Serve reads the fast-path settings start_embedded sets when it is imported
         from ray import serve
 
-        return serve.get_deployment_handle(member, app_name=self.app)
+        handle = serve.get_deployment_handle(member, app_name=self.app)
+        if not handle.is_initialized:
+            # The bench calls these handles from worker threads with no event loop. Serve's fast path
+            # (RAY_SERVE_THROUGHPUT_OPTIMIZED, which this process inherits when an operator exports it or
+            # a cluster was started from it before) runs a handle's router on the caller's loop and
+            # refuses a call from a thread without one; a driver wants the router on its own loop.
+            handle._init(_run_router_in_separate_loop=True)
+        return handle
 
     def inject(self, fault: str, member: str, slow_ms: float = 0.0, **options: Any) -> dict[str, Any]:
         """Inject ``fault`` into the first running replica of ``member``: SIGKILL, or the member's chaos method
