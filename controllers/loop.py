@@ -52,6 +52,7 @@ from controllers.models.jobs import RayJobs, current_runtime_env
 from controllers.models.swap import VersionSwapper
 from controllers.monitors.data import MODEL_KINDS, PREDICTION_KINDS, DataAlerts
 from controllers.monitors.performance import PerformanceMonitor
+from controllers.monitors.vitals import VitalsBoard
 from controllers.observe import RayObserver
 from controllers.operator import Operator
 from controllers.outcome import Outcome
@@ -146,10 +147,11 @@ class ModelController:
                                                 runtime_env=current_runtime_env()),
                                    canaries=ServeCanaries(cfg=lambda: self.cfg), swapper=swapper, registry=registry)
         memory = MemorySeries()
+        self._vitals = VitalsBoard()
         self._prober = GoldenProber(deployment=self._current,
                                     load_golden=lambda member, version: load_golden(storage, model, member, version),
                                     deploying=lambda: self._healer.deploying, on_stale=self._on_stale,
-                                    memory=memory)
+                                    memory=memory, vitals=self._vitals)
         calls = CallLog()
         self._checks = ModelChecks(deployment=self._current, policy=self._policy, data_alerts=self._data_alerts,
                                    performance=self._perf, healer=self._healer, recorder=self._recorder,
@@ -286,7 +288,7 @@ class ModelController:
                                process={"pid": os.getpid(), "started_at": self._started_at,
                                         "resumed_from_checkpoint": self._resumed},
                                disk=self._disk.report(), disk_proposals=self._disk.proposals(),
-                               slo_breached=self._step.slo_breached)
+                               slo_breached=self._step.slo_breached, vitals=self._vitals.report())
 
     async def set_paused(self, paused: bool, who: str = "operator") -> dict[str, Any]:
         """Pause or resume healing (an operator holds the wheel)."""

@@ -32,6 +32,7 @@ import numpy as np
 from ray import serve
 
 from controllers.deployment import Deployment
+from controllers.monitors.vitals import VitalsBoard
 from controllers.policies.leak import MemorySample, MemorySeries
 from controllers.policies.replica import Probe, ProbeOutcome
 from raymedic import metrics
@@ -140,13 +141,15 @@ class GoldenProber:
         clock: Wall-clock time for the probes' timestamps.
         schedule: When probes are due (a seeded one in tests).
         memory: Where the replicas' memory readings go (None: not kept).
+        vitals: Where their other process vitals go (CPU share, open fds, loop lag; None: not kept).
     """
 
     def __init__(self, *, deployment: Callable[[], Deployment],
                  load_golden: Callable[[str, str], GoldenSet | None],
                  deploying: Callable[[], bool], on_stale: Callable[[str, str, str], None],
                  handle_of: Callable[[str], Any] | None = None, clock: Callable[[], float] = time.time,
-                 schedule: ProbeSchedule | None = None, memory: MemorySeries | None = None) -> None:
+                 schedule: ProbeSchedule | None = None, memory: MemorySeries | None = None,
+                 vitals: VitalsBoard | None = None) -> None:
         self._deployment = deployment
         self._load_golden = load_golden
         self._deploying = deploying
@@ -155,6 +158,7 @@ class GoldenProber:
         self._clock = clock
         self._schedule = schedule or ProbeSchedule()
         self.memory = memory
+        self.vitals = vitals
         self._probes: dict[str, deque[Probe]] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._handles: dict[str, Any] = {}
@@ -226,6 +230,8 @@ class GoldenProber:
             self._tasks.pop(rid, None)
         if self.memory is not None:
             self.memory.retain(live)
+        if self.vitals is not None:
+            self.vitals.retain(live)
         return live
 
     def add(self, replica: str, probe: Probe) -> None:
@@ -268,6 +274,7 @@ class GoldenProber:
             if served and served != self._deployment().versions.get(member) and not self._deploying():
                 self._on_stale(member, replica, served)
             self._remember_memory(dep.cfg.model, member, replica, out.get("memory"))
+            self._remember_vitals(dep.cfg.model, member, replica, out.get("vitals"))
         except asyncio.TimeoutError:
             response.cancel()
             outcome, detail = ProbeOutcome.TIMEOUT, f"no answer within {timeout:.2f} s"
@@ -285,6 +292,18 @@ class GoldenProber:
         self.memory.add(replica, sample)
         metrics.set_gauge("raymedic_replica_memory_bytes", sample.rss_bytes, model=model, member=member,
                           replica=replica)
+
+    def _remember_vitals(self, model: str, member: str, replica: str, reading: Any) -> None:
+        """Keep a probe answer's process vitals and export them as ``raymedic_replica_*`` gauges."""
+        if self.vitals is None:
+            return
+        v = self.vitals.add(replica, reading, ts=self._clock())
+        if v is None:
+            return
+        for gauge, value in (("raymedic_replica_cpu_share", v.cpu_share), ("raymedic_replica_open_fds", v.open_fds),
+                             ("raymedic_replica_loop_lag_ms", v.loop_lag_ms)):
+            if value is not None:
+                metrics.set_gauge(gauge, value, model=model, member=member, replica=replica)
 
     def in_flight(self) -> Sequence[asyncio.Task]:
         """The probe tasks not finished yet (a test or a shutdown may wait for them)."""

@@ -42,7 +42,8 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
                     data_report: DataReport | None, performance_report: PerformanceReport | None,
                     process: Mapping[str, Any], disk: Mapping[str, Any] | None = None,
                     disk_proposals: Sequence[Mapping[str, Any]] = (),
-                    slo_breached: Sequence[str] = ()) -> dict[str, Any]:
+                    slo_breached: Sequence[str] = (),
+                    vitals: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The status document.
 
     Args:
@@ -50,6 +51,7 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
         disk: The disk keeper's report (filesystems, the logs' size, verdict, last compaction).
         disk_proposals: Compactions waiting for an operator (approval mode), listed with the restarts.
         slo_breached: Gateways whose p99 is above ``gateway.latency_slo_ms`` now.
+        vitals: Each replica's latest process vitals (:class:`controllers.monitors.vitals.VitalsBoard`).
         step_ms: Recent durations of the decide phase (the policy step and the weights), in ms:
             ``step_ms_p50`` is their median, the figure ``raymedic bench controller-step`` measures.
         Others: the controller's parts, read as they are now.
@@ -79,6 +81,7 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
         "standby": {k: list(v) for k, v in control.standby.items()},
         "healthy": {k: list(v) for k, v in (last.healthy if last else {}).items()},
         "memory": policy.memory_report(),
+        "vitals": {rid: dict(v) for rid, v in (vitals or {}).items()},
         "disk": dict(disk) if disk is not None else {"verdict": "unknown"},
         "scaling": {"slo_breached": list(slo_breached), "slo_ms": deployment.cfg.gateway.latency_slo_ms,
                     "recent": scaling},

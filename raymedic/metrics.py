@@ -38,6 +38,12 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                      ("model", "member", "replica"), LATENCY_BUCKETS),
     "raymedic_replica_memory_bytes": ("gauge", "A member replica's resident memory as it read it on its last "
                                       "golden probe (the leak rule's signal).", ("model", "member", "replica"), None),
+    "raymedic_replica_cpu_share": ("gauge", "A member replica's CPU time over wall time between its last two golden "
+                                   "probes (1.0 = one core).", ("model", "member", "replica"), None),
+    "raymedic_replica_open_fds": ("gauge", "A member replica's open file descriptors on its last golden probe.",
+                                  ("model", "member", "replica"), None),
+    "raymedic_replica_loop_lag_ms": ("gauge", "The worst lateness of a timer on a member replica's event loop "
+                                     "between its last two golden probes.", ("model", "member", "replica"), None),
     "raymedic_replicas": ("gauge", "A deployment's replicas in Serve's view: kind=running, or kind=target (what "
                           "Serve's autoscaler wants; above running while scaling out).",
                           ("model", "deployment", "kind"), None),

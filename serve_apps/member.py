@@ -24,6 +24,7 @@ from raymedic.logs import get_logger, use_serve_handlers
 from raymedic.storage import Storage
 from serve_apps.chaos import ReplicaFault
 from serve_apps.memory import memory_reading
+from serve_apps.vitals import ProcessVitals
 from train_jobs.artifacts import unpack
 from train_jobs.devices import serving_device
 from train_jobs.registry import ModelRegistry
@@ -56,6 +57,7 @@ class Member:
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._chaos = chaos
         self._fault = ReplicaFault()
+        self._vitals = ProcessVitals()
         log.info("member %s replica %s serving %s on %s (pid %d)", member, self._replica, self._version,
                  self._device, os.getpid())
 
@@ -74,6 +76,8 @@ class Member:
         out = {"probabilities": probs, "replica": self._replica, "version": self._version, "member": self._member}
         if target is not None:  # a golden probe (only the controller targets a replica): the leak rule's sample
             out["memory"] = memory_reading()
+            self._vitals.watch_loop()
+            out["vitals"] = self._vitals.reading()
         return out
 
     def _load(self, ref: str) -> tuple[Any, str]:

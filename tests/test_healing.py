@@ -291,6 +291,19 @@ def _resident_mb(svc: Service, member: str) -> dict[str, float]:
     return {r["id"]: r["rss_mb"] for r in m["replicas"] if r.get("rss_mb") is not None}
 
 
+def test_every_replica_shows_its_process_vitals_in_status(svc):
+    """Each running member replica's CPU share, open file descriptors and event-loop lag, as its own
+    golden-probe answers read them, are in ``/v1/status`` next to its memory."""
+
+    def vitals():
+        reps = [r for m in svc.status()["members"] for r in m["replicas"] if r["state"] in ("RUNNING", "STANDBY")]
+        return reps if reps and all(r.get("loop_lag_ms") is not None for r in reps) else None
+
+    reps = wait_for(vitals, timeout_s=60, what="every replica's vitals in /v1/status")
+    assert all(r["cpu_share"] is not None and r["cpu_share"] >= 0 and r["open_fds"] > 0 for r in reps), reps
+    assert all(r["loop_lag_ms"] >= 0 for r in reps), reps
+
+
 def test_a_leaking_replica_is_drained_and_replaced_before_its_memory_limit(svc):
     """A replica that really allocates and holds memory, fast enough to reach its member's limit in about a
     minute: the controller forecasts the crossing from the memory slope, avoids the replica, lets its calls

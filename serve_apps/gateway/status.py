@@ -30,7 +30,7 @@ log = get_logger(__name__)
 STATUS_CACHE_S = 1.0
 """How long a Serve state read is reused by /v1/status and /readyz (they are polled)."""
 
-_CONTROLLER_DETAIL = ("incidents", "actions", "weights", "data", "performance", "memory")
+_CONTROLLER_DETAIL = ("incidents", "actions", "weights", "data", "performance", "memory", "vitals")
 """Keys of the controller's status that the document shows in sections of their own."""
 
 
@@ -140,6 +140,7 @@ def status_document(*, config: RaymedicConfig, order: Sequence[str], state: Link
     avoid = (ctl or {}).get("avoid") or state.avoid
     standby = (ctl or {}).get("standby") or state.standby
     memory = (ctl or {}).get("memory") or {}
+    vitals = (ctl or {}).get("vitals") or {}
     members = []
     for name in order:
         dep = view.deployments.get(name) if view else None
@@ -152,7 +153,7 @@ def status_document(*, config: RaymedicConfig, order: Sequence[str], state: Link
             "state": "QUARANTINED" if name in quarantined else (dep.status if dep else "UNKNOWN"),
             "replicas": [{"id": r.id, "state": ("AVOIDED" if r.id in flagged else "STANDBY" if r.id in spare
                                                 else r.state) if r.state == "RUNNING" else r.state,
-                          "pid": r.pid, "node_id": r.node_id, **memory.get(r.id, {})}
+                          "pid": r.pid, "node_id": r.node_id, **memory.get(r.id, {}), **vitals.get(r.id, {})}
                          for r in (dep.replicas if dep else ())],
             "scaling": _member_scaling(config, name, dep),
         })

@@ -16,23 +16,32 @@ __all__ = ["cmd_status", "disk_line", "performance_line", "replica_cell", "scali
 
 def replica_cell(r: dict[str, Any]) -> str:
     """One replica in the members table: ``id:STATE``, with its memory when the controller has a reading
-    (``412MB``, ``+6.0MB/min`` once a slope is known, ``→limit 40s`` when a leak is forecast).
+    (``412MB``, ``+6.0MB/min`` once a slope is known, ``→limit 40s`` when a leak is forecast) and its
+    process vitals (``cpu 31%`` of one core, ``fd 42`` open, ``lag 2ms`` worst event-loop lateness).
 
     >>> replica_cell({"id": "a1", "state": "RUNNING"})
     'a1:RUNNING'
     >>> replica_cell({"id": "a1", "state": "AVOIDED", "rss_mb": 512.4, "rss_slope_mb_per_min": 300.0,
     ...               "time_to_limit_s": 38.0, "memory_state": "leak"})
     'a1:AVOIDED 512MB +300.0MB/min →limit 38s'
+    >>> replica_cell({"id": "a1", "state": "RUNNING", "rss_mb": 412.0, "cpu_share": 0.314, "open_fds": 42,
+    ...               "loop_lag_ms": 1.6})
+    'a1:RUNNING 412MB cpu 31% fd 42 lag 2ms'
     """
     cell = f"{r['id']}:{r['state']}"
-    if r.get("rss_mb") is None:
-        return cell
-    cell += f" {r['rss_mb']:.0f}MB"
-    slope = r.get("rss_slope_mb_per_min")
-    if slope:
-        cell += f" {slope:+.1f}MB/min"
-    if r.get("memory_state") in ("leak", "growing") and r.get("time_to_limit_s") is not None:
-        cell += f" →limit {r['time_to_limit_s']:.0f}s"
+    if r.get("rss_mb") is not None:
+        cell += f" {r['rss_mb']:.0f}MB"
+        slope = r.get("rss_slope_mb_per_min")
+        if slope:
+            cell += f" {slope:+.1f}MB/min"
+        if r.get("memory_state") in ("leak", "growing") and r.get("time_to_limit_s") is not None:
+            cell += f" →limit {r['time_to_limit_s']:.0f}s"
+    if r.get("cpu_share") is not None:
+        cell += f" cpu {100 * r['cpu_share']:.0f}%"
+    if r.get("open_fds") is not None:
+        cell += f" fd {r['open_fds']}"
+    if r.get("loop_lag_ms") is not None:
+        cell += f" lag {r['loop_lag_ms']:.0f}ms"
     return cell
 
 
