@@ -19,15 +19,15 @@ mode a compaction is proposed (``disk-NNNNNN`` in status ``proposals``) and runs
 ``raymedic approve`` says so.
 """
 
-from __future__ import annotations  # noqa: I001  (psutil must come after ray: see below)
+from __future__ import annotations
 
 import asyncio
 import math
 import time
 from typing import Any, Callable, Mapping
 
-import ray  # noqa: F401  (psutil ships inside Ray, in ray/thirdparty_files, put on sys.path by this import)
 import psutil
+import ray
 
 from controllers.audit import AuditLog
 from controllers.checkpoint import Checkpoint

@@ -24,7 +24,7 @@ A fault lives in the replica's memory only: a replacement replica starts clean,
 which is exactly what a restart is supposed to buy.
 """
 
-from __future__ import annotations  # noqa: I001  (psutil must come after ray: see below)
+from __future__ import annotations
 
 import asyncio
 import os
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import ray  # noqa: F401  (psutil ships inside Ray, in ray/thirdparty_files, put on sys.path by this import)
 import psutil
+import ray
 
 from raymedic.errors import InjectedFault, InvalidRequest
 from raymedic.keys import CHAOS_FAULTS

@@ -6,12 +6,11 @@ monitor threshold is the limit when a member sets none). Read on each golden
 probe only, so user calls pay nothing for it.
 """
 
-from __future__ import annotations  # noqa: I001  (psutil must come after ray: see below)
+from __future__ import annotations
 
 import os
 from typing import Any
 
-import ray  # noqa: F401  (psutil ships inside Ray, in ray/thirdparty_files, put on sys.path by this import)
 import psutil
 
 __all__ = ["memory_reading"]

@@ -21,14 +21,13 @@ user calls pay nothing and the controller needs no per-node agent to see them:
 ['cpu_share', 'loop_lag_ms', 'open_fds']
 """
 
-from __future__ import annotations  # noqa: I001  (psutil must come after ray: see below)
+from __future__ import annotations
 
 import asyncio
 import os
 import time
 from typing import Any
 
-import ray  # noqa: F401  (psutil ships inside Ray, in ray/thirdparty_files, put on sys.path by this import)
 import psutil
 
 __all__ = ["LAG_INTERVAL_S", "ProcessVitals"]

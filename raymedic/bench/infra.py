@@ -33,7 +33,7 @@ one node of a multi-node cluster) are the next rows: an :class:`InfraFault` each
 Figures, not assertions: they depend on the machine.
 """
 
-from __future__ import annotations  # noqa: I001  (psutil must come after ray: see below)
+from __future__ import annotations
 
 import asyncio
 import math
@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
-import ray  # noqa: F401  (psutil ships inside Ray, in ray/thirdparty_files, put on sys.path by this import)
 import psutil
 
 from controllers.audit import read_audit
