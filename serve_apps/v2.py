@@ -77,7 +77,8 @@ def _tensor(t: Any, i: int, tensors: dict[str, Feature], limit: int) -> tuple[st
     name, shape, dtype = t["name"], t["shape"], t["datatype"]
     if not isinstance(name, str) or not name:
         raise InvalidRequest(f"inputs[{i}].name must be a non-empty string", status=400)
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidRequest(f"inputs[{i}] ({name!r}).shape must be a list of non-negative integers, e.g. [2, 10]",
                              status=400)
     if dtype not in DATATYPES:
@@ -94,6 +95,35 @@ def _tensor(t: Any, i: int, tensors: dict[str, Feature], limit: int) -> tuple[st
         raise InvalidRequest(f"inputs[{i}] ({name!r}) has {len(data)} values but shape {shape} needs {size}",
                              status=400)
     return name, shape, dtype, data
+
+
+def _fits(dtype: str, v: Any) -> bool:
+    """Whether one value is of ``dtype`` as the protocol's JSON encoding writes it (null: a missing value,
+    left to the feature's missing-value policy)."""
+    if v is None:
+        return True
+    if dtype == "BOOL":
+        return isinstance(v, bool)
+    if dtype == "BYTES":  # JSON has no bytes: a categorical level is text, or a number for numeric levels
+        return isinstance(v, (str, int, float))
+    if isinstance(v, bool):
+        return False
+    if dtype.startswith("FP"):
+        return isinstance(v, (int, float))
+    if dtype.startswith("UINT"):
+        return isinstance(v, int) and v >= 0
+    return isinstance(v, int)  # INT8..INT64
+
+
+def _check_datatype(name: str, dtype: str, data: Sequence[Any]) -> None:
+    """Refuse data that is not of its declared datatype (``INT64`` holding 1.5, ``FP32`` holding text): a
+    client that mislabels its tensors would otherwise be answered as if it had sent what it meant."""
+    bad = next((j for j, v in enumerate(data) if not _fits(dtype, v)), None)
+    if bad is not None:
+        v = data[bad]
+        raise InvalidRequest(f"input {name!r} is {dtype} but data[{bad}] is {str(v)[:40]!r} "
+                             f"({type(v).__name__}); send {dtype} values or declare the datatype they are",
+                             status=422)
 
 
 def _tensor_rows(feat: Feature, shape: list[int], dtype: str, data: Any) -> list[Any]:
@@ -113,6 +143,9 @@ def _tensor_rows(feat: Feature, shape: list[int], dtype: str, data: Any) -> list
     if arr is None or arr.dtype.kind not in "iuf":
         raise InvalidRequest(f"input {feat.name!r}: data must be numbers ({dtype}), flat or nested row-major, "
                              f"with no null, text or ragged rows", status=422)
+    if dtype.startswith("INT") and arr.dtype.kind == "f":
+        raise InvalidRequest(f"input {feat.name!r} is {dtype} but its data holds non-integer numbers; send "
+                             "integers or declare FP32", status=422)
     if arr.size != math.prod(shape):
         raise InvalidRequest(f"input {feat.name!r} has {arr.size} values but shape {shape} needs "
                              f"{math.prod(shape)}", status=422)
@@ -147,6 +180,7 @@ def instances_from_v2(body: Any, schema: ModelSchema, *,
                                  "it) rather than one 2-D tensor", status=422)
         if dtype not in NUMERIC:
             raise InvalidRequest(f"input {name!r} must be numeric (FP32, FP64, INT64, ...), got {dtype}", status=422)
+        _check_datatype(name, dtype, data)
         n = shape[0]
         return {"instances": [data[r * shape[1]:(r + 1) * shape[1]] for r in range(n)]}
     unknown = sorted({t[0] for t in tensors} - set(names))
@@ -162,6 +196,8 @@ def instances_from_v2(body: Any, schema: ModelSchema, *,
         elif len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
             raise InvalidRequest(f"input {name!r} has shape {shape}; a per-feature tensor is [N] or [N, 1]",
                                  status=422)
+        else:
+            _check_datatype(name, dtype, data)
         if rows is not None and shape[0] != rows:
             raise InvalidRequest(f"input {name!r} has {shape[0]} rows but an earlier input has {rows}; send the "
                                  "same number of rows for every feature", status=422)

@@ -8,6 +8,7 @@ the first, because a client fixing a batch wants to see all of its problems.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -21,6 +22,10 @@ __all__ = ["parse_instances", "parse_feedback", "Feedback", "Instances", "InputP
 
 MAX_REPORTED = 10
 """Problems listed in one error message; the rest are counted."""
+MAX_LEVEL_CHARS = 256
+"""The longest categorical value accepted: levels are names, and every value is logged with its prediction,
+so a megabyte "level" would be stored (and shipped to the drift monitor) verbatim."""
+_FLOAT_MAX = sys.float_info.max
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,14 @@ def _describe(v: Any) -> str:
 def _check_value(feat: Feature, v: Any, where: str, problems: _Problems, *, reject_out_of_range: bool) -> Any:
     """Validate one value; returns it normalised (integral floats → int for INT features)."""
     if feat.type is FeatureType.CATEGORICAL:
+        if isinstance(v, str) and len(v) > MAX_LEVEL_CHARS:
+            problems.add(f"{where}: feature {feat.name!r} got a {len(v)}-character string; levels are at most "
+                         f"{MAX_LEVEL_CHARS} characters, e.g. {_describe(list((feat.levels or ())[:5]))}")
+            return None
+        if isinstance(v, int) and not isinstance(v, bool) and not -_FLOAT_MAX <= v <= _FLOAT_MAX:
+            problems.add(f"{where}: feature {feat.name!r} got an integer of over 300 digits; send one of "
+                         f"its levels, e.g. {_describe(list((feat.levels or ())[:5]))}")
+            return None
         if isinstance(v, (str, int, bool)) or (isinstance(v, float) and math.isfinite(v)):
             return v
         problems.add(f"{where}: feature {feat.name!r} is categorical and got {_describe(v)}; "
@@ -124,6 +137,10 @@ def _check_value(feat: Feature, v: Any, where: str, problems: _Problems, *, reje
         return None
     if isinstance(v, float) and not math.isfinite(v):
         problems.add(f"{where}: feature {feat.name!r} is {v}; send a finite number")
+        return None
+    if isinstance(v, int) and not -_FLOAT_MAX <= v <= _FLOAT_MAX:  # float(v) would raise OverflowError
+        problems.add(f"{where}: feature {feat.name!r} got an integer of over 300 digits, past the "
+                     f"largest number a model takes (~1.8e308); send a finite number in range")
         return None
     if feat.type is FeatureType.INT and isinstance(v, float):
         if not v.is_integer():

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import inspect
+import threading
 import json
 from typing import Any
 
@@ -186,10 +188,41 @@ def test_unknown_routes_methods_and_models_are_json_errors(gateway):
     (b"", 400, "the body is empty"),
     (b"{not json", 400, "the body is not valid JSON"),
     (b" " * (MAX_BODY_BYTES + 1), 413, "send smaller batches"),
+    # Hostile bodies that once escaped the JSON error handler as 500s:
+    (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+    (b'{"instances": [[' + b"9" * 5001 + b', 0.5]]}', 400, "a number too long to read"),
+    (b'{"instances": [["\\ud800", 0.5]]}', 400, "lone UTF-16 surrogate"),
+    (b'{"instances": [[0.1, 0.2]], "\\udc00": 1}', 400, "lone UTF-16 surrogate"),
 ])
 def test_bad_bodies_are_refused_before_prediction(gateway, body, status, fragment):
     got, _, answer = call("POST", PREDICT, body)
     assert got == status and fragment in answer["error"] and gateway[0]._predictor.bodies == []
+
+
+def test_a_declared_oversized_body_is_refused_before_it_is_read(gateway):
+    got, _, answer = call("POST", PREDICT, b"{}", headers={"Content-Length": str(MAX_BODY_BYTES + 1)})
+    assert got == 413 and "send smaller batches" in answer["error"] and gateway[0]._predictor.bodies == []
+
+
+def test_a_large_body_is_parsed_off_the_event_loop(gateway):
+    rows = [[0.1, 0.2]] * 40_000  # ~480 KB: past PARSE_OFF_LOOP_BYTES
+    raw = json.dumps({"instances": rows}).encode()
+    body_module = importlib.import_module("serve_apps.gateway.api")  # the package's `api` is the FastAPI app
+    assert len(raw) > body_module.PARSE_OFF_LOOP_BYTES
+    threads: list[str] = []
+    real = body_module.parse_json
+
+    def spy(data: bytes) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(data)
+
+    body_module.parse_json = spy
+    try:
+        assert call("POST", PREDICT, raw)[0] == 200
+        assert call("POST", PREDICT, b'{"instances": [[0.1, 0.2]]}')[0] == 200
+    finally:
+        body_module.parse_json = real
+    assert threads[0] != "MainThread" and threads[1] == "MainThread", threads
 
 
 def test_errors_of_the_prediction_path_keep_their_codes(gateway):

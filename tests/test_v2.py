@@ -67,3 +67,29 @@ def test_answer_and_metadata_are_typed_tensors():
     assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [
         ("amount", "FP64"), ("visits", "INT64"), ("channel", "BYTES"), ("member", "BOOL")]
     assert model_metadata(NUMERIC, "m", "v")["outputs"][0]["datatype"] == "INT64"
+
+
+@pytest.mark.parametrize(("datatype", "data", "fragment"), [
+    ("INT64", [1.5, 2], "is INT64 but data\\[0\\] is '1.5'"),
+    ("INT32", [True, 2], "is INT32 but data\\[0\\] is 'True'"),
+    ("UINT8", [-1, 2], "is UINT8 but data\\[0\\] is '-1'"),
+    ("FP32", [1.0, "2"], "is FP32 but data\\[1\\] is '2'"),
+    ("BOOL", [1, 0], "is BOOL but data\\[0\\]"),
+])
+def test_data_must_be_of_its_declared_datatype(datatype, data, fragment):
+    with pytest.raises(InvalidRequest, match=fragment) as e:
+        instances_from_v2({"inputs": [tensor("amount", data, datatype, [2])]}, MIXED)
+    assert e.value.http_status == 422
+
+
+def test_a_declared_datatype_that_fits_passes_and_null_is_a_missing_value():
+    for datatype, data in (("INT64", [1, 2]), ("FP32", [1, 2.5]), ("FP64", [None, 2.0]), ("UINT16", [0, 7])):
+        out = instances_from_v2({"inputs": [tensor("amount", data, datatype, [2])]}, MIXED)
+        assert [r["amount"] for r in out["instances"]] == data
+
+
+@pytest.mark.parametrize("shape", [[True], [2, False], [1.0]])
+def test_a_shape_must_hold_integers_not_booleans(shape):
+    with pytest.raises(InvalidRequest, match="shape must be a list of non-negative integers") as e:
+        instances_from_v2({"inputs": [tensor("amount", [1.0], "FP64", shape)]}, MIXED)
+    assert e.value.http_status == 400

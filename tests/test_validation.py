@@ -161,3 +161,22 @@ def test_unseen_level_is_bucketed_with_a_warning_or_rejected_with_the_known_leve
 def test_policy_overrides_that_do_not_fit_the_model_are_config_errors(data, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         input_policies(HOLEY, DataConfig(**data))
+
+
+def test_an_integer_past_float_range_is_a_422_not_an_overflow_in_every_member():
+    huge = 10 ** 309  # valid JSON; float(huge) raises OverflowError in preprocessing
+    with pytest.raises(InvalidRequest, match="over 300 digits.*finite number") as e:
+        parse({"instances": [[huge, 1, "web"]]})
+    assert e.value.http_status == 422
+    with pytest.raises(InvalidRequest, match="over 300 digits.*one of its levels"):
+        parse({"instances": [[1.0, 1, -huge]]})
+    assert parse({"instances": [[1e300, 1, "web"]]}) == [[1e300, 1, "web"]]  # large but a float: the model clips
+
+
+def test_a_categorical_string_has_a_length_limit():
+    from serve_apps.validation import MAX_LEVEL_CHARS
+
+    assert parse({"instances": [[1.0, 1, "x" * MAX_LEVEL_CHARS]]})[0][2] == "x" * MAX_LEVEL_CHARS  # unseen: kept
+    with pytest.raises(InvalidRequest, match=f"{MAX_LEVEL_CHARS + 1}-character string") as e:
+        parse({"instances": [[1.0, 1, "x" * (MAX_LEVEL_CHARS + 1)]]})
+    assert e.value.http_status == 422

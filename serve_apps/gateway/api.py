@@ -15,7 +15,9 @@ docstring with one.
 
 # No `from __future__ import annotations`: FastAPI must see real types on handlers.
 
+import asyncio
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -29,12 +31,17 @@ from raymedic import metrics
 from raymedic.errors import InvalidRequest, RaymedicError, ServiceUnavailable
 from raymedic.logs import get_logger
 
-__all__ = ["api", "MAX_BODY_BYTES", "error_response", "json_body", "count_answer"]
+__all__ = ["api", "MAX_BODY_BYTES", "PARSE_OFF_LOOP_BYTES", "count_answer", "error_response", "json_body",
+           "parse_json"]
 
 log = get_logger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 """Bodies beyond this are refused before parsing (413): a batch limit alone would parse them first."""
+PARSE_OFF_LOOP_BYTES = 256 * 1024
+"""Bodies larger than this are parsed in a worker thread: a few ms of parsing on the event loop is the most
+one body may hold up the replica's other requests (a 16 MiB body takes seconds)."""
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 api = FastAPI(
     title="raymedic gateway",
@@ -111,19 +118,71 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 async def json_body(request: Request) -> Any:
     """The request's JSON body, or a 4xx that says what is wrong with it.
 
-    The size limit is checked on the raw bytes, before parsing: a batch-size limit
-    alone would only apply after a huge body was already parsed into memory.
+    The size limit is checked on the declared ``Content-Length`` before a byte is read,
+    then on the raw bytes (a chunked body declares none): a batch-size limit alone
+    would only apply after a huge body was already parsed into memory. A body past
+    :data:`PARSE_OFF_LOOP_BYTES` is parsed in a worker thread, so the replica's event
+    loop (its other requests, ``/healthz``) keeps going meanwhile.
 
     Raises:
-        InvalidRequest: 413 past :data:`MAX_BODY_BYTES`, 400 for an empty body or one that is not JSON.
+        InvalidRequest: 413 past :data:`MAX_BODY_BYTES`; 400 as :func:`parse_json` says.
     """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"body is {declared} bytes; the limit is {MAX_BODY_BYTES}: send smaller batches",
+                             status=413)
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise InvalidRequest(f"body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}: send smaller batches",
                              status=413)
     if not raw.strip():
         raise InvalidRequest("the body is empty; send JSON", status=400)
+    if len(raw) > PARSE_OFF_LOOP_BYTES:
+        return await asyncio.to_thread(parse_json, raw)
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes) -> Any:
+    """``raw`` parsed as JSON, or a 400 naming the problem.
+
+    Refused: what is not JSON, a body nested deeper than Python's parser goes (``RecursionError``), an
+    integer literal past Python's 4300-digit conversion limit (``ValueError``), and a string holding a
+    lone UTF-16 surrogate (``"\ud800"``), which parses but can never be encoded again: echoed in an
+    answer or written to a log it would fail *after* the request's work was done.
+
+    >>> parse_json(b'{"a": [1, 2.5, "x"]}')
+    {'a': [1, 2.5, 'x']}
+    """
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the body is not valid JSON ({exc}); send a JSON object", status=400) from None
+    except RecursionError:
+        raise InvalidRequest("the body is nested too deeply to parse; send a flatter JSON object",
+                             status=400) from None
+    except ValueError as exc:  # an integer literal past Python's int conversion limit
+        raise InvalidRequest(f"the body holds a number too long to read ({str(exc)[:60]}...); send numbers a "
+                             "model can take", status=400) from None
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(body):
+        raise InvalidRequest("the body holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape not in a pair); "
+                             "send valid Unicode text", status=400)
+    return body
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string in ``value`` (keys included) cannot be encoded as UTF-8. Only called when the raw
+    body has a surrogate escape at all, so a normal body pays one regex scan and no walk."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+    return False
