@@ -28,11 +28,19 @@ from raymedic.keys import feedback_prefix, predictions_prefix
 from raymedic.logs import get_logger
 from raymedic.storage import Storage
 
-__all__ = ["new_inference_id", "inference_time", "PredictionLog", "FeedbackLog", "KnownIds"]
+__all__ = ["CLOSED_AFTER_S", "MAX_CLOCK_SKEW_S", "new_inference_id", "inference_time", "PredictionLog", "FeedbackLog",
+           "KnownIds"]
 
 log = get_logger(__name__)
 
 _ID_LEN = 32
+
+
+CLOSED_AFTER_S = 300.0
+"""After its hour ended, how long until no gateway replica can still flush an answer of that hour into its
+folder (a flush period, a slow write, a retried flush); compaction rewrites only ids already read."""
+MAX_CLOCK_SKEW_S = 5.0
+"""How far in the future an inference id's time may be (another node's clock) and still be one we issued."""
 
 
 def new_inference_id(now: float | None = None) -> str:
@@ -207,6 +215,7 @@ class KnownIds:
         self._answers: "OrderedDict[str, tuple[float, str, list[float]]]" = OrderedDict()
         self._answers_capacity = answers_capacity
         self._read_parts: set[str] = set()
+        self._closed_hours: set[str] = set()  # scanned after no replica could still flush into them
         self._lock = threading.Lock()
 
     def answer(self, inference_id: str) -> tuple[float, dict[str, Any], list[float]] | None:
@@ -241,7 +250,13 @@ class KnownIds:
             return [i for i in ids if i not in self._ids]
 
     def _scan(self, hours: set[str]) -> None:
-        for hour in sorted(hours):
+        # An hour folder no replica can still flush into (its hour ended CLOSED_AFTER_S ago) is listed at
+        # most once: ids naming many old hours (forged, or a day of labels) cost one listing per hour per
+        # replica, not one per request.
+        closed_before = _hour(time.time() - 3600 - CLOSED_AFTER_S)
+        for hour in sorted(hours - self._closed_hours):
+            if hour <= closed_before:
+                self._closed_hours.add(hour)
             for key in self._storage.list_files(f"{self._prefix}/hour={hour}", suffix=".parquet"):
                 if key in self._read_parts:
                     continue

@@ -193,3 +193,53 @@ def test_a_label_joins_an_answer_another_gateway_replica_logged(tmp_path):
     losses = recent.losses([canary], [1])
     assert set(losses) == {"lr@v1", "lr@challenger", "mlp@v1"}  # the champion charged as its own version
     assert losses["lr@challenger"][0] == pytest.approx(0.09)
+
+
+class CountingStorage(Storage):
+    """A real local storage that counts the folders listed (the work a feedback request costs)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.listed: list[str] = []
+
+    def list_files(self, key: str, *, suffix: str = "") -> list[str]:
+        self.listed.append(key)
+        return super().list_files(key, suffix=suffix)
+
+
+def test_forged_feedback_ids_cost_no_wait_and_old_hours_are_listed_once(tmp_path, monkeypatch):
+    """A well-formed id dated in the future is unknown at once (no wait for a flush, no listing), and ids
+    naming many past hours list each closed hour folder once per replica, not once per request."""
+    import asyncio
+
+    from raymedic.config import GatewayConfig
+    from serve_apps.gateway.feedback import FeedbackIntake
+    from serve_apps.predlog import FeedbackLog, KnownIds, new_inference_id
+    from train_jobs.schema import ModelSchema
+
+    storage = CountingStorage(str(tmp_path))
+    known = KnownIds(storage, "m")
+    intake = FeedbackIntake(schema=ModelSchema.numeric(["f0"], target="y", classes=(0, 1), mins=[0], maxs=[1]),
+                            settings=GatewayConfig(), feedback=FeedbackLog(storage, "m", tag="g"), known=known,
+                            recent=RecentOutputs(), calls=CallRecorder())
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    future = new_inference_id(time.time() + 3600)
+    out = asyncio.run(intake.accept({"inference_ids": [future, "not-an-id"], "labels": [0, 1]}))
+    assert out == {"accepted": 0, "unknown_ids": [future, "not-an-id"]}
+    assert storage.listed == [] and slept == []  # no log read, no wait for another replica's flush
+    recent = new_inference_id(time.time())  # unknown but fresh: worth one wait for another replica's flush
+    assert asyncio.run(intake.accept({"inference_ids": [recent], "labels": [1]}))["unknown_ids"] == [recent]
+    assert len(slept) == 1 and 0 < slept[0] <= GatewayConfig().log_flush_s + 0.5
+    storage.listed.clear()
+    old = [new_inference_id(time.time() - 3600 * h) for h in range(2, 30)]  # 28 hours, all closed
+    for _ in range(3):
+        out = asyncio.run(intake.accept({"inference_ids": old, "labels": [0] * len(old)}))
+        assert out == {"accepted": 0, "unknown_ids": old}
+    assert len(storage.listed) == len(old) == len(set(storage.listed)), storage.listed

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from raymedic.config import GatewayConfig
-from serve_apps.predlog import FeedbackLog, KnownIds, inference_time
+from serve_apps.predlog import MAX_CLOCK_SKEW_S, FeedbackLog, KnownIds, inference_time
 from serve_apps.telemetry import CallRecorder, RecentOutputs
 from serve_apps.validation import parse_feedback
 from train_jobs.schema import ModelSchema
@@ -51,14 +51,22 @@ class FeedbackIntake:
         """
         flush_s = self._settings.log_flush_s
         fb = parse_feedback(body, self._schema, max_batch=self._settings.max_batch_size)
-        # An id issued by another gateway replica reaches the durable log within one flush period.
-        newest = max((inference_time(i) or 0.0) for i in fb.inference_ids)
-        wait = newest + flush_s + 0.5 - time.time()
-        unknown = await asyncio.to_thread(self._known.unknown, fb.inference_ids)
+        now = time.time()
+        times = {i: inference_time(i) for i in fb.inference_ids}
+        # Not one of ours (no time in it, or a time still to come): unknown without reading any log.
+        never = [i for i, t in times.items() if t is None or t > now + MAX_CLOCK_SKEW_S]
+        never_set = set(never)
+        maybe = [i for i in fb.inference_ids if i not in never_set]
+        unknown = await asyncio.to_thread(self._known.unknown, maybe) if maybe else []
+        # An id issued by another gateway replica reaches the durable log within one flush period: wait
+        # for it only when such an id is that recent.
+        newest = max((times[i] for i in unknown), default=0.0)
+        wait = min(newest + flush_s + 0.5 - now, flush_s + 0.5)
         if unknown and wait > 0:
-            await asyncio.sleep(min(wait, flush_s + 0.5))
+            await asyncio.sleep(wait)
             unknown = await asyncio.to_thread(self._known.unknown, unknown)
-        unknown_set = set(unknown)
+        unknown_set = never_set | set(unknown)
+        unknown = [i for i in fb.inference_ids if i in unknown_set]
         keep = [(i, lab) for i, lab in zip(fb.inference_ids, fb.labels) if i not in unknown_set]
         if keep:
             await asyncio.to_thread(self._feedback.write, [i for i, _ in keep], [lab for _, lab in keep])
