@@ -255,9 +255,13 @@ class KnownIds:
         # replica, not one per request.
         closed_before = _hour(time.time() - 3600 - CLOSED_AFTER_S)
         for hour in sorted(hours - self._closed_hours):
-            if hour <= closed_before:
+            closed = hour <= closed_before
+            if closed:
                 self._closed_hours.add(hour)
-            for key in self._storage.list_files(f"{self._prefix}/hour={hour}", suffix=".parquet"):
+            folder = f"{self._prefix}/hour={hour}"
+            if closed:  # never listed again: the names of its parts need not be kept (bounded memory)
+                self._read_parts = {k for k in self._read_parts if not k.startswith(folder + "/")}
+            for key in self._storage.list_files(folder, suffix=".parquet"):
                 if key in self._read_parts:
                     continue
                 try:
@@ -266,7 +270,8 @@ class KnownIds:
                 except Exception:
                     log.warning("could not read prediction log part %s; skipping it", key)
                     continue
-                self._read_parts.add(key)
+                if not closed:
+                    self._read_parts.add(key)
                 self._remember_answers(table)
                 self.add(table.column("inference_id").to_pylist())
 
