@@ -150,6 +150,6 @@ REPLICA_BENCH_FAULTS = tuple(f for f in CHAOS_FAULTS if f != "leak")
 """The faults ``bench replica-faults`` runs (and its ``--faults`` accepts)."""
 STORAGE_FAULTS = ("disk-fill",)
 """Faults of the service's storage rather than a replica (``raymedic chaos disk-fill --mb N``): no member."""
-INFRA_BENCH_FAULTS = ("leak", "disk-fill")
+INFRA_BENCH_FAULTS = ("leak", "disk-fill", "spike")
 """The faults ``bench infra-faults`` runs by default and its ``--faults`` accepts (its fault table,
-:data:`raymedic.bench.infra.INFRA_FAULTS`, has one entry per name; ``spike`` and ``starved-node`` come next)."""
+:data:`raymedic.bench.infra.INFRA_FAULTS`, has one entry per name; ``starved-node`` comes next)."""

@@ -44,7 +44,7 @@ FLAGS = {
                "--target", "--trials"],
     "bench": ["--config", "--control-rows", "--data", "--deadline", "--disk-fill-mb", "--fault-seconds", "--faults",
               "--json", "--live", "--live-scenarios", "--members", "--memory-limit-mb", "--port", "--rates", "--replicas", "--rows-per-s", "--rps", "--seconds",
-              "--seed", "--seeds", "--slow-ms", "--target"],
+              "--seed", "--seeds", "--slow-ms", "--spike-rps", "--target"],
     "demo": ["--config", "--port", "--requests"],
 }
 """Every sub-command's flags: the command line is a contract users and scripts depend on (README)."""
