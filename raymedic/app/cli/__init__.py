@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="infra-faults: how much disk-fill writes under storage_path (default 1024).")
     be.add_argument("--spike-rps", type=float, default=None,
                     help="infra-faults: the spike's base rate; the spike sends 3x it for half the window "
-                         "(default 40: 120 req/s overloads one fixed gateway replica on a 2-core machine).")
+                         "(default 55: 165 req/s overloads the fixed baseline on a 2-core machine).")
     be.add_argument("--port", type=int, default=8011, help="HTTP port for the benchmark's service.")
     be.add_argument("--data", help="replica-faults, saturation: your table (Parquet or CSV) to train the config's "
                                    "model on in the bench's own registry and replay rows of (default: the "
