@@ -452,6 +452,9 @@ class Reconciler:
             await asyncio.to_thread(self._checkpoint.save)
         drains, self._gpu_drains = self._gpu_drains, []
         for drain in drains:
+            if self._policy.paused:  # decided and audited, never carried out while an operator holds the wheel
+                self._gpu_done.append((drain, "suppressed: paused"))
+                continue
             try:
                 outcome = await self._actuators.drain_gpu_node(drain.node_id, self._gpu_replicas_on(drain.node_id))
             except Exception as exc:  # an actuator must not raise; if one does, it is still an outcome

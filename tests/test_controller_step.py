@@ -575,6 +575,19 @@ def test_gpu_errors_restart_the_replica_as_a_gpu_incident_and_a_failing_device_i
     assert "n1" not in h.step.gpu_report(h.clock.now).get("nodes", {})
 
 
+def test_a_paused_controller_audits_the_drain_decision_and_carries_out_nothing(tmp_path, recorded):
+    h = Harness(tmp_path, controller={"gpu_node_faults": 1})
+    h.observer.view = view(mlp=[on("a", "mlp", "n1"), on("b", "mlp", "n2")],
+                           lr=[on("c", "lr", "n1"), on("d", "lr", "n2")])
+    for rid in "bcd":
+        h.prober.answer(rid, "ok", "ok", "ok")
+    gpu_errors(h, "a", "RuntimeError: CUDA error: unspecified launch failure")
+    h.policy.paused = True
+    h.run()
+    (drain,) = h.records("gpu-node-drain")
+    assert drain["outcome"] == "suppressed: paused" and h.actuators.drains == [] and h.actuators.restarts == []
+
+
 def test_a_fleet_without_gpus_reports_none(tmp_path, recorded):
     h = Harness(tmp_path)
     healthy_fleet(h)
