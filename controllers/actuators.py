@@ -43,6 +43,10 @@ class Actuators(Protocol):
         """Have a replica found serving another version swap to the champion (in the background)."""
         ...
 
+    async def drain_gpu_node(self, node_id: str, replicas: list[tuple[str, str]]) -> Outcome:
+        """Move the GPU members' ``replicas`` (member, replica) off ``node_id``, whose device keeps failing."""
+        ...
+
 
 def _kill(actor_name: str) -> Outcome:
     """Kill one replica actor by name (blocking). Serve then starts a replacement."""
@@ -95,6 +99,21 @@ class RayActuators:
     async def restart_replica(self, member: str, replica: str, *, actor_name: str | None = None) -> Outcome:
         """Kill the replica's actor (``actor_name`` from Serve's view, else Serve's naming rule)."""
         return await self._kill(actor_name or replica_actor_name(self._app, self._deployment_of(member), replica))
+
+    async def drain_gpu_node(self, node_id: str, replicas: list[tuple[str, str]]) -> Outcome:
+        """The seam for draining a node of its GPU members: not carried out yet, only proposed.
+
+        Restarting the replicas would not help: Serve would place the replacements on the same node,
+        on the same failing device, since a deployment cannot exclude one node without a redeploy
+        (which restarts every replica). Moving work off a node is the node-drain mechanism (Ray's
+        node drain API or node labels, built for node pressure); until it lands here, the decision is
+        audited as a proposal with the replicas it would move, for an operator to act on
+        (``ray drain-node``, or cordoning the host), and each faulty replica is still restarted by
+        the error path.
+        """
+        return Outcome.done(f"proposed: {len(replicas)} GPU replica(s) to move off node {node_id} "
+                            f"({', '.join(f'{m}/{r}' for m, r in replicas) or 'none running now'}); the node "
+                            "drain mechanism is not wired in yet")
 
     def swap_stale(self, member: str, replica: str, *, served: str, champion: str) -> None:
         """A replica serves another version than the champion outside a promotion (e.g. it read the

@@ -288,7 +288,8 @@ class ModelController:
                                process={"pid": os.getpid(), "started_at": self._started_at,
                                         "resumed_from_checkpoint": self._resumed},
                                disk=self._disk.report(), disk_proposals=self._disk.proposals(),
-                               slo_breached=self._step.slo_breached, vitals=self._vitals.report())
+                               slo_breached=self._step.slo_breached, vitals=self._vitals.report(),
+                               gpu=self._step.gpu_report(time.time()))
 
     async def set_paused(self, paused: bool, who: str = "operator") -> dict[str, Any]:
         """Pause or resume healing (an operator holds the wheel)."""

@@ -11,7 +11,10 @@ reads the recent outcomes. A probe's answer also carries the replica's own memor
 reading (a targeted call is a probe, so user calls never pay for it): the samples
 of the leak rule (:mod:`controllers.policies.leak`), kept in a
 :class:`~controllers.policies.leak.MemorySeries` and exported as
-``raymedic_replica_memory_bytes``.
+``raymedic_replica_memory_bytes``. A GPU replica's answer carries its GPU reading too
+(:mod:`serve_apps.gpu`); a probe whose inference raised a GPU's error brings none, so the
+replica's ``gpu_health`` is asked at once (its health probe, apart from inference). The
+latest reading per replica is in :attr:`GoldenProber.gpu`.
 
 Probes never block the loop: each is a task on the actor's event loop, and the
 step only reads the outcomes that have come in. Serve's constraint: handle calls
@@ -33,6 +36,7 @@ from ray import serve
 
 from controllers.deployment import Deployment
 from controllers.monitors.vitals import VitalsBoard
+from controllers.policies.gpu import gpu_error_kind
 from controllers.policies.leak import MemorySample, MemorySeries
 from controllers.policies.replica import Probe, ProbeOutcome
 from raymedic import metrics
@@ -42,7 +46,7 @@ from raymedic.protocol import actor_died
 from serve_apps.serve_state import AppView
 from train_jobs.artifacts import GoldenSet
 
-__all__ = ["PROBES_KEPT", "PROBE_JITTER", "Prober", "GoldenProber", "ProbeSchedule", "classify"]
+__all__ = ["PROBES_KEPT", "PROBE_JITTER", "Prober", "GoldenProber", "ProbeSchedule", "classify", "error_detail"]
 
 log = get_logger(__name__)
 
@@ -50,6 +54,19 @@ PROBES_KEPT = 12
 """Probe outcomes remembered per replica: enough for the hang and slowness rules (a few in a row)."""
 PROBE_JITTER = 0.1
 """Each replica's next probe is due after the period times a factor drawn from [1 - this, 1 + this]."""
+
+
+def error_detail(exc: BaseException) -> str:
+    """A failed probe's detail, ``Type: message`` of what the replica raised: Ray wraps it (a
+    ``RayTaskError`` whose text starts with the remote traceback), so the original exception, its
+    ``cause``, is named when there is one (a CUDA error must read as one).
+
+    >>> error_detail(RuntimeError("CUDA error: unspecified launch failure"))
+    'RuntimeError: CUDA error: unspecified launch failure'
+    """
+    cause = getattr(exc, "cause", None)
+    inner = cause if isinstance(cause, BaseException) else exc
+    return f"{type(inner).__name__}: {str(inner)[:160]}"
 
 
 def classify(got: Any, want: Any, *, tolerance: float) -> tuple[ProbeOutcome, str]:
@@ -108,6 +125,9 @@ class ProbeSchedule:
 class Prober(Protocol):
     """What the controller's step needs from the probes: send the due ones, read the outcomes."""
 
+    gpu: dict[str, dict[str, Any]]
+    """replica → its latest GPU reading (replicas without a GPU never appear)."""
+
     def schedule(self, now: float, view: AppView, *, being_replaced: Callable[[str], bool]) -> set[str]:
         """Send every due probe; return the ids of the replicas of members that are probed."""
         ...
@@ -163,6 +183,9 @@ class GoldenProber:
         self._tasks: dict[str, asyncio.Task] = {}
         self._handles: dict[str, Any] = {}
         self._golden_other: dict[str, GoldenSet | None] = {}  # "member@version" → its golden set
+        self.gpu: dict[str, dict[str, Any]] = {}
+        """replica → its latest GPU reading (``member``, ``ts`` and :func:`serve_apps.gpu.gpu_reading`'s
+        fields); replicas without a GPU never appear."""
 
     def _serve_handle(self, member: str) -> Any:
         # the member's deployment: MODEL.MEMBER for a model served beside the service's first
@@ -226,6 +249,7 @@ class GoldenProber:
                 self._tasks[r.id] = asyncio.get_running_loop().create_task(self._probe(member, r.id))
         for rid in [k for k in self._probes if k not in live]:  # forget replicas Serve dropped
             self._probes.pop(rid, None)
+            self.gpu.pop(rid, None)
             self._schedule.forget(rid)
             self._tasks.pop(rid, None)
         if self.memory is not None:
@@ -275,13 +299,40 @@ class GoldenProber:
                 self._on_stale(member, replica, served)
             self._remember_memory(dep.cfg.model, member, replica, out.get("memory"))
             self._remember_vitals(dep.cfg.model, member, replica, out.get("vitals"))
+            self._remember_gpu(dep.cfg.model, member, replica, out.get("gpu"))
         except asyncio.TimeoutError:
             response.cancel()
             outcome, detail = ProbeOutcome.TIMEOUT, f"no answer within {timeout:.2f} s"
         except Exception as exc:
             outcome = ProbeOutcome.DEAD if actor_died(exc) else ProbeOutcome.ERROR
-            detail = f"{type(exc).__name__}: {str(exc)[:160]}"
+            detail = error_detail(exc)
         self.add(replica, Probe(ts=ts, outcome=outcome, latency_s=time.monotonic() - t0, detail=detail))
+        if outcome == ProbeOutcome.ERROR and gpu_error_kind(detail) is not None:
+            await self._gpu_health(dep.cfg.model, member, replica, timeout)
+
+    async def _gpu_health(self, model: str, member: str, replica: str, timeout: float) -> None:
+        """The replica's GPU health probe, after its inference raised a GPU's error (best effort: the
+        error itself is already the evidence)."""
+        response = self._handle(member).gpu_health.remote(target=replica)
+        try:
+            out = await asyncio.wait_for(response, timeout)
+            self._remember_gpu(model, member, replica, out.get("gpu"))
+        except Exception as exc:  # noqa: BLE001  (a replica too broken to answer: the error probe stands)
+            if isinstance(exc, asyncio.TimeoutError):
+                response.cancel()
+            log.info("GPU health probe of %s/%s failed: %s", member, replica, error_detail(exc))
+
+    def _remember_gpu(self, model: str, member: str, replica: str, gpu: Any) -> None:
+        """Keep a replica's GPU reading and export it (nothing for a replica without a GPU)."""
+        if not isinstance(gpu, dict):
+            return
+        self.gpu[replica] = {"member": member, "ts": self._clock(), **gpu}
+        labels = {"model": model, "member": member, "replica": replica}
+        if gpu.get("memory_allocated_bytes") is not None:
+            metrics.set_gauge("raymedic_replica_gpu_memory_bytes", gpu["memory_allocated_bytes"], **labels)
+        if gpu.get("utilization_pct") is not None:
+            metrics.set_gauge("raymedic_replica_gpu_utilization_ratio", gpu["utilization_pct"] / 100.0, **labels)
+        metrics.set_gauge("raymedic_replica_gpu_healthy", 1.0 if gpu.get("health") == "ok" else 0.0, **labels)
 
     def _remember_memory(self, model: str, member: str, replica: str, mem: Any) -> None:
         """Keep a probe answer's memory reading (stamped when it came back) and export it."""

@@ -47,6 +47,7 @@ from controllers.deployment import Deployment
 from controllers.observe import Observer
 from controllers.outcome import Outcome
 from controllers.policies.calls import CallLog
+from controllers.policies.gpu import DrainGpuNode, GpuFault, GpuNodeWatch, reading_fault
 from controllers.policies.leak import MemorySeries, ray_memory_threshold
 from controllers.policies.replica import (AuditEvent, HealingPolicy, Incident, Observation, ReplicaSnapshot,
                                           RestartReplica, StepResult)
@@ -184,6 +185,11 @@ class Reconciler:
         self._latency = latency
         self._watch_gateway = watch_gateway
         self._scale_events: list[tuple[float, AuditEvent]] = []  # observed, recorded by the next record phase
+        ccfg = deployment().cfg.controller
+        self._gpu_nodes = GpuNodeWatch(faults=ccfg.gpu_node_faults, window_s=ccfg.gpu_node_window_s,
+                                       cooldown_s=ccfg.gpu_node_cooldown_s)
+        self._gpu_drains: list[DrainGpuNode] = []  # decided, carried out by the next act phase
+        self._gpu_done: list[tuple[DrainGpuNode, str]] = []  # carried out, recorded by the record phase
         self._dead_since: dict[str, float] = {}
         self.last: StepResult | None = None
         self.step_ms: deque[float] = deque(maxlen=STEP_TIMES_KEPT)
@@ -362,6 +368,7 @@ class Reconciler:
         avoid, standby = result.avoid, result.standby
         if self._policy.paused:  # an operator holds the wheel: keep routing and weights as they are
             weights, avoid, standby = self._control.weights, {}, self._control.standby
+        self._watch_gpu(obs.now, result)
         self.step_ms.append((self._timer() - t0) * 1000)
         self.last = result
         published, announce = self._control.offer(weights=weights, avoid=avoid, paused=self._policy.paused,
@@ -370,6 +377,68 @@ class Reconciler:
         if published:
             self._checkpoint.mark_dirty()
         return Decision(result, dict(weights), dict(avoid), published, announce, self._clock())
+
+    def _node_of(self, replica: str) -> str | None:
+        view = self.view
+        for d in (view.deployments.values() if view is not None else ()):
+            for r in d.replicas:
+                if r.id == replica:
+                    return r.node_id
+        return None
+
+    def _watch_gpu(self, now: float, result: StepResult) -> None:
+        """Count this step's GPU faults against their nodes (a replica's ``gpu`` incident; a replica's GPU
+        reading whose NVML read failed or counts ECC errors, the device's trouble rather than one process's
+        out-of-memory) and queue the drain decisions (:mod:`controllers.policies.gpu`)."""
+        for ev in result.events:
+            if ev.kind == "detected-gpu":
+                self._gpu_nodes.record(node=self._node_of(ev.target.split("/", 1)[1]), now=now,
+                                       kind=ev.evidence.get("gpu_fault", "device-lost"), source=ev.target)
+        for replica, reading in self._prober.gpu.items():
+            kind = reading_fault(reading)
+            if kind in (GpuFault.DEVICE_LOST, GpuFault.ECC):
+                self._gpu_nodes.record(node=self._node_of(replica), now=now, kind=kind,
+                                       source=f"{reading.get('member')}/{replica}")
+        self._gpu_drains += self._gpu_nodes.decide(now=now)
+
+    def _gpu_replicas_on(self, node_id: str) -> list[tuple[str, str]]:
+        """(member, replica) of the GPU replicas on ``node_id``: members with ``num_gpus``, and any replica
+        that reported a GPU reading (the fault double's, on a machine without GPUs)."""
+        view = self.view
+        if view is None:
+            return []
+        out = []
+        for m in self._deployment().cfg.members:
+            d = view.deployments.get(m.name)
+            out += [(m.name, r.id) for r in (d.replicas if d is not None else ())
+                    if r.node_id == node_id and (m.num_gpus > 0 or r.id in self._prober.gpu)]
+        return out
+
+    def gpu_report(self, now: float) -> dict[str, Any]:
+        """The GPU signals for status: per replica with a GPU its latest reading, per node its health
+        (from its replicas' readings) and the faults counted against it; ``{"gpu": "none"}`` with none."""
+        replicas = {rid: dict(r) for rid, r in self._prober.gpu.items()}
+        counted = self._gpu_nodes.report(now=now)
+        nodes: dict[str, dict[str, Any]] = {}
+        for rid, r in replicas.items():
+            node = self._node_of(rid) or "unknown"
+            r["node"] = node
+            n = nodes.setdefault(node, {"state": "ok", "replicas": []})
+            n["replicas"].append(rid)
+            nvml = r.get("nvml") or {}
+            if r.get("health") != "ok":
+                n["state"] = "fault"
+                if nvml.get("error"):
+                    n["nvml_error"] = nvml["error"]
+        for node, c in counted.items():
+            nodes.setdefault(node, {"state": "fault", "replicas": []}).update(c)
+        for node, n in nodes.items():
+            metrics.set_gauge("raymedic_gpu_node_healthy", 1.0 if n["state"] == "ok" else 0.0, model=self.model,
+                              node=node)
+            metrics.set_gauge("raymedic_gpu_node_faults", n.get("faults_in_window", 0), model=self.model, node=node)
+        if not replicas and not nodes:
+            return {"gpu": "none"}
+        return {"replicas": replicas, "nodes": nodes}
 
     # ---- act --------------------------------------------------------------------------------
 
@@ -381,6 +450,17 @@ class Reconciler:
             done.append(await self._execute(act))
         if result.actions:
             await asyncio.to_thread(self._checkpoint.save)
+        drains, self._gpu_drains = self._gpu_drains, []
+        for drain in drains:
+            if self._policy.paused:  # decided and audited, never carried out while an operator holds the wheel
+                self._gpu_done.append((drain, "suppressed: paused"))
+                continue
+            try:
+                outcome = await self._actuators.drain_gpu_node(drain.node_id, self._gpu_replicas_on(drain.node_id))
+            except Exception as exc:  # an actuator must not raise; if one does, it is still an outcome
+                log.exception("actuator raised draining GPU node %s", drain.node_id)
+                outcome = Outcome.from_error(exc)
+            self._gpu_done.append((drain, outcome.text))
 
     def actor_name(self, member: str, replica: str) -> str:
         """The replica's actor name: from Serve's view when it lists it, else Serve's naming rule."""
@@ -412,6 +492,9 @@ class Reconciler:
             self._recorder.event(ev, ts=seen_at)
         for ev in decision.result.events:
             self._recorder.event(ev, ts=ts)
+        gpu_done, self._gpu_done = self._gpu_done, []
+        for drain, text in gpu_done:
+            self._recorder.event(AuditEvent("gpu-node-drain", drain.target, drain.evidence, drain.action, text), ts=ts)
         if decision.published:
             self._recorder.published(decision.weights, decision.avoid, epoch=self._control.epoch,
                                      announce=decision.announce, ts=ts)

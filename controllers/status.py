@@ -27,7 +27,7 @@ ACTION_KINDS = (
     "restart", "drained", "standby-serves", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
     "rejected", "mode", "retrain-submitted", "retrain-submit-failed", "retrain-finished", "promote",
     "rollback", "trial-started", "trial-promote", "trial-reject", "trial-finished", "trial-abandoned",
-    "trial-requested", "compact", "compact-started", "disk-proposal-withdrawn")
+    "trial-requested", "compact", "compact-started", "disk-proposal-withdrawn", "gpu-node-drain")
 """Audit kinds listed under ``actions``: what the controller (or an operator) did, not what it saw."""
 KEPT = 50
 """Incidents, data alerts and actions shown (the newest)."""
@@ -42,7 +42,7 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
                     data_report: DataReport | None, performance_report: PerformanceReport | None,
                     process: Mapping[str, Any], disk: Mapping[str, Any] | None = None,
                     disk_proposals: Sequence[Mapping[str, Any]] = (),
-                    slo_breached: Sequence[str] = (),
+                    slo_breached: Sequence[str] = (), gpu: Mapping[str, Any] | None = None,
                     vitals: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The status document.
 
@@ -52,6 +52,8 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
         disk_proposals: Compactions waiting for an operator (approval mode), listed with the restarts.
         slo_breached: Gateways whose p99 is above ``gateway.latency_slo_ms`` now.
         vitals: Each replica's latest process vitals (:class:`controllers.monitors.vitals.VitalsBoard`).
+        gpu: The GPU signals (:meth:`controllers.reconcile.Reconciler.gpu_report`): per GPU replica its
+            latest reading, per node its health and the faults counted; ``{"gpu": "none"}`` without GPUs.
         step_ms: Recent durations of the decide phase (the policy step and the weights), in ms:
             ``step_ms_p50`` is their median, the figure ``raymedic bench controller-step`` measures.
         Others: the controller's parts, read as they are now.
@@ -83,6 +85,7 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
         "memory": policy.memory_report(),
         "vitals": {rid: dict(v) for rid, v in (vitals or {}).items()},
         "disk": dict(disk) if disk is not None else {"verdict": "unknown"},
+        "gpu": dict(gpu) if gpu is not None else {"gpu": "none"},
         "scaling": {"slo_breached": list(slo_breached), "slo_ms": deployment.cfg.gateway.latency_slo_ms,
                     "recent": scaling},
         "gateways": sorted(gateways),

@@ -506,6 +506,16 @@ class ControllerConfig(_Strict):
     leak_drain_timeout_s: float = Field(
         5.0, gt=0, le=600, description="... once the gateways report no call in flight to it, or after this "
         "long regardless (calls still in flight are then retried on another replica by the gateway).")
+    gpu_node_faults: int = Field(
+        3, ge=1, le=100, description="GPU: a node on which this many GPU faults (a replica's CUDA error or GPU "
+        "out-of-memory, a failed NVML read, uncorrected ECC errors; one per replica and source) happen within "
+        "`gpu_node_window_s` has a failing device: the controller decides to drain its GPU members (audited "
+        "`gpu-node-drain`). Each faulty replica is restarted whatever the count.")
+    gpu_node_window_s: float = Field(
+        600.0, gt=0, le=86_400, description="GPU: the window `gpu_node_faults` are counted over.")
+    gpu_node_cooldown_s: float = Field(
+        900.0, ge=0, le=86_400, description="GPU: after a drain decision, the same node is not decided on again "
+        "for this long (its faults are still counted and shown).")
     disk_period_s: float = Field(
         30.0, gt=0, le=3600, description="Disk: how often the free space of storage_path's filesystem and of Ray's "
         "session directory, and the size of the prediction log (a listing, no file read), are read.")

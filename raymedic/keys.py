@@ -35,6 +35,7 @@ __all__ = [
     "feedback_prefix",
     "retrain_job_id",
     "CHAOS_FAULTS",
+    "GPU_FAULT_KINDS",
     "REPLICA_BENCH_FAULTS",
     "INFRA_BENCH_FAULTS",
 ]
@@ -142,14 +143,17 @@ def retrain_job_id(model: str, record: str) -> str:
 
 # ---- chaos ---------------------------------------------------------------------------------------
 
-CHAOS_FAULTS = ("kill", "hang", "slow", "wrong", "error", "leak")
+CHAOS_FAULTS = ("kill", "hang", "slow", "wrong", "error", "leak", "gpu-fault")
 """The replica faults ``raymedic chaos`` injects (the CLI and the gateway's chaos route offer exactly these);
 ``bench replica-faults`` measures all but ``leak``, which takes a minute to matter (``bench infra-faults``
-measures it)."""
-REPLICA_BENCH_FAULTS = tuple(f for f in CHAOS_FAULTS if f != "leak")
+measures it), and ``gpu-fault``, a fault double of a GPU's (healed on the error path, tested in
+``tests/test_healing.py``)."""
+GPU_FAULT_KINDS = ("oom", "device-lost", "ecc")
+"""What ``chaos gpu-fault --kind`` injects (default ``oom``): :mod:`serve_apps.gpu`'s fault double."""
+REPLICA_BENCH_FAULTS = tuple(f for f in CHAOS_FAULTS if f not in ("leak", "gpu-fault"))
 """The faults ``bench replica-faults`` runs (and its ``--faults`` accepts)."""
 STORAGE_FAULTS = ("disk-fill",)
 """Faults of the service's storage rather than a replica (``raymedic chaos disk-fill --mb N``): no member."""
-INFRA_BENCH_FAULTS = ("leak", "disk-fill")
+INFRA_BENCH_FAULTS = ("leak", "disk-fill", "spike")
 """The faults ``bench infra-faults`` runs by default and its ``--faults`` accepts (its fault table,
-:data:`raymedic.bench.infra.INFRA_FAULTS`, has one entry per name; ``spike`` and ``starved-node`` come next)."""
+:data:`raymedic.bench.infra.INFRA_FAULTS`, has one entry per name; ``starved-node`` comes next)."""

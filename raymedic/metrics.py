@@ -44,6 +44,19 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                   ("model", "member", "replica"), None),
     "raymedic_replica_loop_lag_ms": ("gauge", "The worst lateness of a timer on a member replica's event loop "
                                      "between its last two golden probes.", ("model", "member", "replica"), None),
+    "raymedic_replica_gpu_memory_bytes": ("gauge", "A GPU member replica's allocated GPU memory (torch's caching "
+                                          "allocator) on its last golden probe.", ("model", "member", "replica"),
+                                          None),
+    "raymedic_replica_gpu_utilization_ratio": ("gauge", "The utilisation (0..1) of a GPU member replica's device "
+                                               "as NVML read it on the replica's last golden probe.",
+                                               ("model", "member", "replica"), None),
+    "raymedic_replica_gpu_healthy": ("gauge", "1 when a GPU member replica's last GPU reading was healthy, 0 when "
+                                     "it reported a fault (a CUDA error, a failed NVML read, ECC errors).",
+                                     ("model", "member", "replica"), None),
+    "raymedic_gpu_node_faults": ("gauge", "GPU faults counted on a node within controller.gpu_node_window_s "
+                                 "(the drain rule's count).", ("model", "node"), None),
+    "raymedic_gpu_node_healthy": ("gauge", "1 when every GPU reading from a node's replicas was healthy (NVML read "
+                                  "fine, no uncorrected ECC error), 0 otherwise.", ("model", "node"), None),
     "raymedic_replicas": ("gauge", "A deployment's replicas in Serve's view: kind=running, or kind=target (what "
                           "Serve's autoscaler wants; above running while scaling out).",
                           ("model", "deployment", "kind"), None),

@@ -14,6 +14,11 @@ Faults look like the real ones from the outside:
 - ``disk-fill`` (not a replica's fault: the service's disk's): a file of ``mb`` MB of
   real bytes under ``storage_path/chaos/disk-fill/``, bounded by a cap and by the free
   space less a margin, removed by ``chaos clear``;
+- ``gpu-fault``: the replica's inference raises what PyTorch raises for a failing GPU
+  (``kind``: ``oom`` → ``torch.cuda.OutOfMemoryError``, ``device-lost`` / ``ecc`` → a
+  ``RuntimeError("CUDA error: ...")``) and its GPU health reading reports the fault as NVML
+  would (:mod:`serve_apps.gpu`): a fault double, so the GPU healing path runs on a machine
+  without a GPU;
 - ``leak``: the replica allocates and holds ``mb_per_s`` MB of real (touched,
   resident) memory per second, the way a cache that never evicts grows, until it
   is cleared, restarted, or reaches its cap (``cap_mb``, at most
@@ -42,6 +47,7 @@ import ray
 from raymedic.errors import InjectedFault, InvalidRequest
 from raymedic.keys import CHAOS_FAULTS
 from raymedic.storage import Storage
+from serve_apps.gpu import check_kind, raise_gpu_fault
 
 __all__ = ["DISK_FILL_DIR", "DISK_FILL_MAX_MB", "FAULTS", "clear_disk_fill", "disk_fill", "disk_fill_limit_mb",
            "LEAK_CAP_MB", "LEAK_DEFAULT_MB_PER_S", "LEAK_NODE_FLOOR", "ReplicaFault", "sigkill_replica"]
@@ -66,6 +72,8 @@ class ReplicaFault:
 
     mode: str | None = None
     delay_s: float = 0.0
+    gpu_kind: str | None = None
+    """The ``gpu-fault`` kind while that fault is on (what :func:`serve_apps.gpu.gpu_reading` reports)."""
 
     def __post_init__(self) -> None:
         self._released = asyncio.Event()
@@ -73,7 +81,7 @@ class ReplicaFault:
         self._leak: asyncio.Task | None = None
 
     def set(self, mode: str | None, delay_ms: float | None = None, *, mb_per_s: float | None = None,
-            cap_mb: float | None = None) -> dict[str, Any]:
+            cap_mb: float | None = None, gpu_kind: str | None = None) -> dict[str, Any]:
         """Set (or clear, with None) the fault; a new mode first releases calls a previous hang held and
         frees what a leak held, so clearing frees the replica at once.
 
@@ -88,11 +96,15 @@ class ReplicaFault:
         rate = LEAK_DEFAULT_MB_PER_S if mb_per_s is None else float(mb_per_s)
         if mode == "leak" and not 0 < rate <= LEAK_MAX_MB_PER_S:
             raise InvalidRequest(f"leak needs --mb-per-s between 0 and {LEAK_MAX_MB_PER_S:g}, got {mb_per_s!r}")
+        kind = check_kind(gpu_kind) if mode == "gpu-fault" else None
         self._released.set()  # wake anything a previous hang held
         self._released = asyncio.Event()
         self._stop_leak()
         self.mode = mode
         self.delay_s = (delay_ms or 0) / 1000.0
+        self.gpu_kind = kind
+        if mode == "gpu-fault":
+            return {"mode": mode, "kind": kind}
         if mode == "leak":
             cap = min(LEAK_CAP_MB, float(cap_mb)) if cap_mb else LEAK_CAP_MB
             self._leak = asyncio.get_running_loop().create_task(self._grow(rate, cap))
@@ -130,9 +142,12 @@ class ReplicaFault:
 
         Raises:
             InjectedFault: with the ``error`` fault, on every call.
+            torch.cuda.OutOfMemoryError, RuntimeError: with ``gpu-fault``, what PyTorch raises for its kind.
         """
         if self.mode == "error":
             raise InjectedFault("injected fault: this replica's inference path raises (raymedic chaos error)")
+        if self.mode == "gpu-fault":
+            raise_gpu_fault(str(self.gpu_kind))
         if self.mode == "hang":
             await self._released.wait()
         elif self.mode == "slow":

@@ -23,6 +23,7 @@ from raymedic.errors import InvalidRequest
 from raymedic.logs import get_logger, use_serve_handlers
 from raymedic.storage import Storage
 from serve_apps.chaos import ReplicaFault
+from serve_apps.gpu import gpu_reading
 from serve_apps.memory import memory_reading
 from serve_apps.vitals import ProcessVitals
 from train_jobs.artifacts import unpack
@@ -78,7 +79,17 @@ class Member:
             out["memory"] = memory_reading()
             self._vitals.watch_loop()
             out["vitals"] = self._vitals.reading()
+            gpu = gpu_reading(str(self._device), self._fault.gpu_kind)
+            if gpu is not None:  # none on a replica without a GPU: status says "no GPU"
+                out["gpu"] = gpu
         return out
+
+    async def gpu_health(self, target: str | None = None) -> dict[str, Any]:
+        """The replica's GPU health probe (None: no GPU), apart from inference: what the controller reads
+        when a probe's inference raised a CUDA error, since that probe brought no reading back.
+        ``target`` is honoured by raymedic's router."""
+        return {"replica": self._replica, "member": self._member,
+                "gpu": gpu_reading(str(self._device), self._fault.gpu_kind)}
 
     def _load(self, ref: str) -> tuple[Any, str]:
         loaded = self._registry.load(self._model_name, self._member, ref)
@@ -105,7 +116,7 @@ class Member:
 
     async def chaos(self, mode: str | None, delay_ms: float | None = None, target: str | None = None,
                     only: str | None = None, mb_per_s: float | None = None,
-                    cap_mb: float | None = None) -> dict[str, Any]:
+                    cap_mb: float | None = None, gpu_kind: str | None = None) -> dict[str, Any]:
         """Inject (or clear, with ``mode=None``) a fault in this replica; see serve_apps.chaos.
 
         ``target`` is honoured by raymedic's router; ``only`` makes a replica reached
@@ -115,7 +126,7 @@ class Member:
             raise InvalidRequest("chaos is disabled in this deployment's config (chaos.enabled: false)")
         if only is not None and only != self._replica:
             return {"applied": False, "replica": self._replica, "member": self._member}
-        out = self._fault.set(mode, delay_ms, mb_per_s=mb_per_s, cap_mb=cap_mb)
+        out = self._fault.set(mode, delay_ms, mb_per_s=mb_per_s, cap_mb=cap_mb, gpu_kind=gpu_kind)
         log.warning("chaos: member %s replica %s fault %s", self._member, self._replica, out)
         return {**out, "applied": True, "replica": self._replica, "member": self._member, "pid": os.getpid()}
 

@@ -387,7 +387,8 @@ def _infra_report() -> dict[str, Any]:
     common = {"member": "mlp", "replica": "r1", "requests": 1500, "errors": []}
     return {
         "settings": infra.InfraSettings(rps=25.0).__dict__,
-        "notes": {"leak": "leak: how it is made", "disk-fill": "disk-fill: how it is made"},
+        "notes": {"leak": "leak: how it is made", "disk-fill": "disk-fill: how it is made",
+                  "spike": "spike: how it is made"},
         "results": [
             {**common, "system": PLAIN_SERVE, "fault": "leak", "failed": 7, "p50_ms": 20.0, "p99_ms": 800.0,
              "before_p99_ms": 40.0, "detect_s": 41.2, "heal_s": 52.0, "limit_mb": 900.0, "start_rss_mb": 420.0,
@@ -403,6 +404,14 @@ def _infra_report() -> dict[str, Any]:
              "p50_ms": 25.0, "p99_ms": 70.0, "before_p99_ms": 50.0, "detect_s": 1.9, "heal_s": 2.4,
              "fill_mb": 1024.0, "alert_s": 1.9, "compact_started_s": 2.0, "compacted_s": 2.4, "files_merged": 180,
              "alert_cleared_s": 4.1},
+            *({**common, "system": system, "fault": "spike", "member": None, "replica": None, "failed": failed,
+               "p50_ms": p50, "p99_ms": p99, "before_p99_ms": 40.0, "detect_s": out, "heal_s": back,
+               "base_rps": 40.0, "spike_rps": 120.0, "spike_s": 30.0, "pre_p50_ms": 15.0, "pre_p99_ms": 40.0,
+               "spike_p50_ms": p50, "spike_p99_ms": p99, "spike_failed": failed, "p99_growth": round(p99 / 40.0, 2),
+               "scale_out_s": out, "peak_replicas": peak, "scale_in_s": None if back is None else back - 30.0}
+              for system, failed, p50, p99, out, back, peak in (
+                  (PLAIN_SERVE, 120, 400.0, 2000.0, None, None, 10),
+                  (RAYMEDIC, 0, 30.0, 70.0, 4.2, 52.0, 16))),
         ],
     }
 
@@ -413,7 +422,7 @@ def test_infra_table_has_every_metric_of_each_fault_for_both_systems_and_says_wh
     rep = _infra_report()
     table = infra.format_infra_table(rep)
     by = {(r["system"], r["fault"]): r for r in rep["results"]}
-    for name in ("leak", "disk-fill"):
+    for name in ("leak", "disk-fill", "spike"):
         rows = _table_rows(table, name)
         metrics = infra.metrics_of(name)
         assert list(rows) == [m.label for m in metrics]
@@ -427,6 +436,9 @@ def test_infra_table_has_every_metric_of_each_fault_for_both_systems_and_says_wh
     assert leak["failed requests"] == ["7", "0", "0.00×"]
     assert disk["compaction done (s)"] == ["n/a", "2.4", "-"]  # plain Serve has no log to compact
     assert disk["detected at (s)"] == ["n/a", "1.9", "-"] and leak["detected at (s)"][0] == "41.2"
+    spike = _table_rows(table, "spike")
+    assert spike["first new replica at (s)"] == ["n/a", "4.2", "-"]  # a fixed count has nothing to scale
+    assert spike["p99 spike / pre-spike (x)"] == ["50.0", "1.75", "0.04×"]
     rep["results"] = rep["results"][:3]  # disk-fill on plain Serve only: nothing to compare
     assert _table_rows(infra.format_infra_table(rep), "disk-fill") == {}
 
@@ -438,6 +450,35 @@ def test_every_infra_fault_in_the_cli_has_a_row_in_the_fault_table():
     assert set(INFRA_BENCH_FAULTS) == set(infra.INFRA_FAULTS)
     for name, cls in infra.INFRA_FAULTS.items():
         assert cls().name == name and {m.key for m in cls.metrics}.isdisjoint(m.key for m in infra.COMMON)
+
+
+def test_spike_measures_before_and_during_the_burst_and_says_plain_serve_is_the_fixed_baseline():
+    from raymedic.bench import infra
+    from raymedic.bench.loadgen import Sample
+    from raymedic.config import parse_config
+
+    fault, s = infra.SpikeFault(), infra.InfraSettings(fault_s=40.0, spike_rps=30.0)
+    base = parse_config({})
+    cfg = fault.configure(base, s)
+    assert fault.own_deployment and fault.rps(s) == 30.0 and fault.spike_s(s) == 20.0
+    assert cfg.gateway.replicas == 1 and cfg.gateway.max_replicas == fault.GATEWAY_MAX
+    assert all(m.max_replicas == m.replicas + fault.MEMBER_EXTRA for m in cfg.members)
+    assert cfg.scaling.downscale_delay_s < s.fault_s  # scaling in is seen inside the window
+    assert "no autoscaling" in fault.note(cfg, s) and "baseline" in fault.note(cfg, s)
+    groups = infra._groups(base, [infra.LeakFault(), fault], s)
+    assert [[f.name for f in g] for _, g in groups] == [["leak"], ["spike"]]
+    assert groups[0][0].gateway.max_replicas is None  # the other faults keep the fixed config
+
+    at = 1000.0
+    samples = ([Sample(at - 10 + i * 0.1, 0.010 + 0.0001 * (i % 10), True, None, 1, 0) for i in range(100)]
+               + [Sample(at + i * 0.05, 0.030, i % 50 != 0, None, 1, 0) for i in range(400)])
+    run = infra.Run(system=object(), config=cfg, settings=s, member=None, at=at)  # raymedic: not PlainServe
+    run.seen.update(samples=samples, floor={"gateway": 1}, peak={"gateway": 3}, scale_out_s=4.0, scale_in_s=12.0)
+    out = fault.outcome(run)
+    assert out["pre_p99_ms"] < 11.0 and out["spike_p99_ms"] == 30.0 and out["spike_failed"] == 8
+    assert out["p99_growth"] == round(out["spike_p99_ms"] / out["pre_p99_ms"], 2)
+    assert (out["detect_s"], out["heal_s"], out["peak_replicas"]) == (4.0, 32.0, 3)
+    assert {m.key for m in fault.metrics} <= set(out)
 
 
 def test_cli_runs_infra_faults_with_the_flags(monkeypatch, capsys):
@@ -456,8 +497,10 @@ def test_cli_runs_infra_faults_with_the_flags(monkeypatch, capsys):
     assert seen["settings"] == infra.InfraSettings(fault_s=45.0, memory_limit_mb=800.0, faults=("leak",))
     assert json.loads(capsys.readouterr().out) == json.loads(dumps(_infra_report()))
     assert cli.main(["bench", "infra-faults"]) == 0
-    assert seen["settings"] == infra.InfraSettings()  # every default, both faults
+    assert seen["settings"] == infra.InfraSettings()  # every default, every fault
     assert capsys.readouterr().out.startswith("\n" + infra.format_infra_table(_infra_report()))
+    assert cli.main(["bench", "infra-faults", "--faults", "spike", "--spike-rps", "30", "--json"]) == 0
+    assert seen["settings"] == infra.InfraSettings(spike_rps=30.0, faults=("spike",))
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -465,6 +508,8 @@ def test_cli_runs_infra_faults_with_the_flags(monkeypatch, capsys):
      "unknown fault(s) ['kill']: --faults takes a comma list of leak,disk-fill"),
     (["bench", "infra-faults", "--fault-seconds", "10"], "too short for the leak"),
     (["bench", "infra-faults", "--disk-fill-mb", "-5"], "--disk-fill-mb -5: give a positive number"),
+    (["bench", "infra-faults", "--faults", "spike", "--fault-seconds", "20"], "too short for the spike"),
+    (["bench", "infra-faults", "--spike-rps", "0"], "--spike-rps 0: give a positive number"),
     (["bench", "replica-faults", "--faults", "leak"], "unknown fault(s) ['leak']"),
 ])
 def test_infra_faults_refuses_bad_flags_before_anything_runs(argv, fragment, monkeypatch):

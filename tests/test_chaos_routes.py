@@ -27,7 +27,7 @@ def test_a_named_replica_must_be_running():
 
 
 @pytest.mark.parametrize(("body", "fragment"), [
-    ([], '"fault": "kill|hang|slow|wrong|error|leak"'),
+    ([], '"fault": "kill|hang|slow|wrong|error|leak|gpu-fault"'),
     ({"fault": "melt", "member": "m"}, "fault must be one of"),
     ({"fault": "kill"}, "member is required: one of ['a', 'b']"),
     ({"fault": "slow", "member": "a", "delay_ms": True}, "delay_ms must be a number"),

@@ -34,7 +34,7 @@ FLAGS = {
     "retrain": ["--config", "--json", "--model", "--reason", "--url"],
     "rollback": ["--config", "--json", "--member", "--model", "--url"],
     "trial": ["--config", "--json", "--member", "--mode", "--model", "--url", "--version"],
-    "chaos": ["--config", "--delay-ms", "--for", "--json", "--mb", "--mb-per-s", "--member", "--model", "--replica",
+    "chaos": ["--config", "--delay-ms", "--for", "--json", "--kind", "--mb", "--mb-per-s", "--member", "--model", "--replica",
               "--rps", "--url"],
     "openapi": ["--config", "--out"],
     "audit": ["--config", "--json", "--limit", "--model", "--since"],
@@ -44,7 +44,7 @@ FLAGS = {
                "--target", "--trials"],
     "bench": ["--config", "--control-rows", "--data", "--deadline", "--disk-fill-mb", "--fault-seconds", "--faults",
               "--json", "--live", "--live-scenarios", "--members", "--memory-limit-mb", "--port", "--rates", "--replicas", "--rows-per-s", "--rps", "--seconds",
-              "--seed", "--seeds", "--slow-ms", "--target"],
+              "--seed", "--seeds", "--slow-ms", "--spike-rps", "--target"],
     "demo": ["--config", "--port", "--requests"],
 }
 """Every sub-command's flags: the command line is a contract users and scripts depend on (README)."""
@@ -254,6 +254,10 @@ def test_status_shows_what_the_gateway_answered_on_an_error(gateway, capsys):
      {"fault": "slow", "member": "mlp", "replica": None, "delay_ms": 500.0},
      {"fault": "slow", "member": "mlp", "replica": "b1"},
      "injected slow into mlp/b1; watch it heal with `raymedic status`"),
+    (["chaos", "gpu-fault", "--member", "mlp", "--kind", "ecc"], "chaos",
+     {"fault": "gpu-fault", "member": "mlp", "replica": None, "delay_ms": None, "kind": "ecc"},
+     {"fault": "gpu-fault", "member": "mlp", "replica": "b1", "kind": "ecc"},
+     "injected gpu-fault (ecc) into mlp/b1; watch it heal with `raymedic status`"),
     (["chaos", "clear"], "chaos/clear", {}, {"cleared": ["b1", "b2"]}, "cleared faults on 2 replica(s)"),
 ])
 def test_operator_commands_call_their_admin_route_with_the_token(gateway, token, capsys, argv, route, body, reply,

@@ -106,6 +106,7 @@ class FakeProber:
         self.histories: dict[str, list[Probe]] = {}
         self.skipped: list[str] = []
         self.fail: Exception | None = None
+        self.gpu: dict[str, dict[str, Any]] = {}
 
     def answer(self, rid: str, *outcomes: str, ts: float = 990.0, latency_s: float = 0.01) -> None:
         for i, o in enumerate(outcomes):
@@ -139,6 +140,7 @@ class FakeActuators:
         self.outcome = Outcome.done()
         self.raises: Exception | None = None
         self.stale: list[tuple[str, str]] = []
+        self.drains: list[tuple[str, list[tuple[str, str]]]] = []
 
     async def restart_replica(self, member: str, replica: str, *, actor_name: str | None = None) -> Outcome:
         self.restarts.append((member, replica, actor_name))
@@ -149,6 +151,10 @@ class FakeActuators:
 
     def swap_stale(self, member: str, replica: str, *, served: str, champion: str) -> None:
         self.stale.append((member, replica))
+
+    async def drain_gpu_node(self, node_id: str, replicas: list[tuple[str, str]]) -> Outcome:
+        self.drains.append((node_id, sorted(replicas)))
+        return Outcome.done("proposed")
 
 
 class FakeWebhook:
@@ -517,6 +523,76 @@ def test_a_gateway_takes_the_published_state_once_per_epoch_and_its_calls_are_ev
 
 
 # ---- scaling (Serve's autoscaler decides; the step audits it) -------------------------------------------
+
+
+# ---- GPU faults --------------------------------------------------------------------------------------
+
+
+def on(rid: str, member: str, node: str) -> ReplicaView:
+    return ReplicaView(id=rid, state="RUNNING", actor_name=f"SERVE_REPLICA::raymedic#{member}#{rid}",
+                       actor_id=f"id-{rid}", node_id=node)
+
+
+def gpu_errors(h: Harness, rid: str, detail: str) -> None:
+    """Two probes of ``rid`` that raised ``detail`` (the error rule's two witnesses)."""
+    h.prober.histories.setdefault(rid, []).extend(
+        Probe(h.clock.now + 0.5 * i, ProbeOutcome.ERROR, 0.01, detail=detail) for i in range(2))
+
+
+def test_gpu_errors_restart_the_replica_as_a_gpu_incident_and_a_failing_device_is_proposed_for_a_drain(
+        tmp_path, recorded):
+    h = Harness(tmp_path, controller={"gpu_node_faults": 2, "gpu_node_window_s": 60, "gpu_node_cooldown_s": 600})
+    h.observer.view = view(mlp=[on("a", "mlp", "n1"), on("b", "mlp", "n2")],
+                           lr=[on("c", "lr", "n1"), on("d", "lr", "n2")])
+    for rid in "bcd":
+        h.prober.answer(rid, "ok", "ok", "ok")
+    gpu_errors(h, "a", "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    h.prober.gpu["a"] = {"member": "mlp", "health": "fault", "fault": "oom", "nvml": {"state": "ok"}}
+    h.run()
+    (inc,) = h.policy.incidents
+    assert (inc.kind, inc.replica, inc.evidence["gpu_fault"]) == ("gpu", "a", "oom")
+    assert [r[:2] for r in h.actuators.restarts] == [("mlp", "a")]  # the error path's restart
+    assert h.kinds()[:2] == ["detected-gpu", "restart"] and h.actuators.drains == []  # one fault: no drain
+    assert h.step.gpu_report(h.clock.now)["nodes"]["n1"]["faults_in_window"] == 1
+
+    # Serve's replacement lands on the same node; its device now reports uncorrected ECC errors.
+    h.observer.view = view(mlp=[on("e", "mlp", "n1"), on("b", "mlp", "n2")],
+                           lr=[on("c", "lr", "n1"), on("d", "lr", "n2")])
+    h.prober.histories.pop("a")
+    gpu_errors(h, "e", "RuntimeError: CUDA error: uncorrectable ECC error encountered")
+    h.prober.gpu = {"e": {"member": "mlp", "health": "fault", "fault": "ecc", "nvml": {"state": "ecc"}}}
+    h.run(2, every_s=5.0)
+    assert h.actuators.drains == [("n1", [("mlp", "e")])]  # decided once: the cooldown holds the next step
+    (drain,) = h.records("gpu-node-drain")
+    assert drain["target"] == "node/n1" and drain["action"] == "drain GPU members from node n1"
+    assert drain["outcome"] == "proposed" and drain["evidence"]["faults"] == 2
+    assert set(drain["evidence"]["kinds"]) == {"oom", "ecc"}
+    report = h.step.gpu_report(h.clock.now)
+    assert report["nodes"]["n1"]["state"] == "fault" and report["replicas"]["e"]["node"] == "n1"
+
+    h.clock.advance(120)  # past the window: the node's count starts again
+    h.prober.gpu = {}
+    assert "n1" not in h.step.gpu_report(h.clock.now).get("nodes", {})
+
+
+def test_a_paused_controller_audits_the_drain_decision_and_carries_out_nothing(tmp_path, recorded):
+    h = Harness(tmp_path, controller={"gpu_node_faults": 1})
+    h.observer.view = view(mlp=[on("a", "mlp", "n1"), on("b", "mlp", "n2")],
+                           lr=[on("c", "lr", "n1"), on("d", "lr", "n2")])
+    for rid in "bcd":
+        h.prober.answer(rid, "ok", "ok", "ok")
+    gpu_errors(h, "a", "RuntimeError: CUDA error: unspecified launch failure")
+    h.policy.paused = True
+    h.run()
+    (drain,) = h.records("gpu-node-drain")
+    assert drain["outcome"] == "suppressed: paused" and h.actuators.drains == [] and h.actuators.restarts == []
+
+
+def test_a_fleet_without_gpus_reports_none(tmp_path, recorded):
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    h.run()
+    assert h.step.gpu_report(h.clock.now) == {"gpu": "none"} and h.records("gpu-node-drain") == []
 
 
 def sized(target: int, **members: list[ReplicaView]) -> AppView:

@@ -73,7 +73,10 @@ def cluster(tmp_path_factory):
     os.environ[ADMIN_TOKEN_ENV] = TOKEN  # read by the app builder: the admin routes' token
     alerts = Alerts()
     try:
-        with local_service(tmp_path_factory.mktemp("healing"), controller={"webhook_url": alerts.url},
+        # The module heals a dozen faults within one restart window (300 s): the default cap of 10
+        # restarts per window (a storm guard) would hold the last ones back, which no test here is about.
+        with local_service(tmp_path_factory.mktemp("healing"),
+                           controller={"webhook_url": alerts.url, "max_restarts": 30},
                            members=MEMBERS) as (url, cfg):
             s = Service(url, cfg)
             s.alerts = alerts
@@ -165,7 +168,7 @@ def heal_and_check(svc: Service, fault: str, member: str, **kw) -> dict:
         served = load.ok
         wait_for(lambda: load.ok >= served + 10, timeout_s=60, what="load to flow after recovery")
     assert load.failures == [], load.failures[:5]
-    assert inc["kind"] == ("dead" if fault == "kill" else "hung" if fault == "hang" else fault)
+    assert inc["kind"] == {"kill": "dead", "hang": "hung", "gpu-fault": "gpu"}.get(fault, fault)
     # A crashed replica may already be gone from Serve's view (Serve replaces it); otherwise we kill it.
     actions = ("restart", "await-replacement") if fault == "kill" else ("restart",)
     assert inc["action"] in actions and inc["action_outcome"].startswith("ok"), inc
@@ -251,6 +254,15 @@ def test_a_replica_whose_calls_raise_is_replaced_with_no_failed_request(svc):
     and the controller (probe errors, user-call errors against a peer that answers) replaces it."""
     inc = heal_and_check(svc, "error", "mlp")
     assert inc["evidence"]["probe_errors"] + inc["evidence"]["call_errors"] >= 2, inc["evidence"]
+
+
+def test_a_gpu_fault_restarts_the_replica_as_a_gpu_incident_with_no_failed_request(svc):
+    """The GPU fault double (no GPU needed): inference raises a CUDA error, the replica's GPU health probe
+    reports the device lost; it is healed on the error path and recorded as the GPU's, counted on its node."""
+    inc = heal_and_check(svc, "gpu-fault", "mlp", kind="device-lost")
+    assert inc["evidence"]["gpu_fault"] == "device-lost" and "CUDA error" in inc["evidence"]["probe"], inc
+    gpu = svc.controller()["gpu"]
+    assert any(n.get("faults_in_window") == 1 for n in gpu["nodes"].values()), gpu
 
 
 def test_hung_replica_is_replaced_by_the_standby_with_no_failed_request(svc):

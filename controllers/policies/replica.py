@@ -14,6 +14,8 @@ Faults and their evidence (ARCHITECTURE.md table):
 - **wrong**: a probe with golden inputs came back with probabilities that differ
   from the ones stored with the version (HTTP 200, wrong answer);
 - **slow**: the replica's recent latency is a multiple of its peers' (gray failure);
+- **gpu**: failing as above, with a GPU's error (a CUDA error, GPU memory exhausted;
+  :mod:`controllers.policies.gpu`): restarted the same way, its own kind in the audit;
 - **leak**: its resident memory grows steadily and is forecast to cross its limit
   within a horizon (:mod:`controllers.policies.leak`). It is avoided at once like
   the others, but *drained* before the restart: the kill waits until the gateways
@@ -44,6 +46,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from controllers.policies.gpu import gpu_error_kind
 from controllers.policies.leak import (DEFAULT_RAY_MEMORY_THRESHOLD, LeakAssessment, MemorySample, assess_leak,
                                        memory_limit)
 from raymedic.config import ControllerConfig
@@ -94,6 +97,9 @@ class FaultKind(StrEnum):
     SLOW = "slow"
     LEAK = "leak"
     """Resident memory grows steadily toward the replica's limit: drained, then restarted before it."""
+    GPU = "gpu"
+    """Failing like ``error``, and what it raises is a GPU's fault (a CUDA error, GPU memory exhausted:
+    :func:`controllers.policies.gpu.gpu_error_kind`): restarted the same way, recorded as the GPU's."""
 
 
 class IncidentStatus(StrEnum):
@@ -332,6 +338,9 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
     failing = _failing(snap, peers, cfg)
     if failing is not None:
         evidence, first = failing
+        gpu = gpu_error_kind(evidence.get("probe", ""))
+        if gpu is not None:  # the error path heals it; the audit says the GPU broke
+            return Finding(FaultKind.GPU, snap.member, snap.replica, {**evidence, "gpu_fault": str(gpu)}, first)
         return Finding(FaultKind.ERROR, snap.member, snap.replica, evidence, first)
 
     if probes and probes[-1].outcome == ProbeOutcome.WRONG:

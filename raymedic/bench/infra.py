@@ -27,8 +27,17 @@ watched while the load runs and what it reports. Today:
   it once the fill is removed. Plain Serve writes no prediction log: it has nothing to
   compact or alert on (``n/a``), and its answers show what the full disk costs it.
 
-``spike`` (a 3x traffic burst, once members scale) and ``starved-node`` (a CPU hog on
-one node of a multi-node cluster) are the next rows: an :class:`InfraFault` each.
+- ``spike``: open-loop traffic at a base rate, then ``spike_factor`` (3) times it for the first
+  half of the fault window, then the base rate again. It runs on a deployment of its own
+  (:attr:`InfraFault.own_deployment`): one gateway replica and the config's members on both
+  systems, raymedic's with ``max_replicas`` / ``target_ongoing_requests`` on the gateway and
+  every member (Serve's autoscaler, :mod:`serve_apps.autoscale`) and short scaling delays, so it
+  scales out during the burst and back in after it inside the window. Plain Serve keeps the same
+  fixed replica count with no autoscaling: the baseline. Printed: p50/p99 before the spike and
+  during it, their ratio (the issue's target: raymedic within 2x), when the first new replica ran
+  and when every deployment was back at its floor.
+
+``starved-node`` (a CPU hog on one node of a multi-node cluster) is the next row.
 
 Figures, not assertions: they depend on the machine.
 """
@@ -62,14 +71,19 @@ from raymedic.bench.loadgen import Sample, open_loop, summarize
 from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC, VERSUS_HEADER, ratio, shown
 from raymedic.config import RaymedicConfig
 from raymedic.errors import RaymedicError
-from raymedic.keys import INFRA_BENCH_FAULTS
+from raymedic.keys import GATEWAY_DEPLOYMENT, INFRA_BENCH_FAULTS
 from raymedic.storage import Storage
 from serve_apps.chaos import clear_disk_fill, disk_fill, disk_fill_limit_mb
 
-__all__ = ["INFRA_FAULTS", "DiskFillFault", "InfraFault", "InfraSettings", "LeakFault", "Metric", "Run",
+__all__ = ["INFRA_FAULTS", "DiskFillFault", "InfraFault", "InfraSettings", "LeakFault", "Metric", "Run", "SpikeFault",
            "format_infra_table", "metrics_of", "run_infra_faults"]
 
 MB = 1e6
+SPIKE_BASE_RPS = 55.0
+"""The spike's default base rate, measured on this project's 2-core machine (12 s per rate, the spike row's
+fixed count: one ingress replica, members at replicas + standby): plain Serve answered 120 req/s with no
+failure (p99 58 ms) and failed 62 % of 160 req/s (p99 2 s, the deadline); so 3x this rate (165 req/s)
+overloads the fixed baseline, while 55 req/s is well inside it (p99 15 ms at 40)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,10 @@ class InfraSettings:
     fault_s: float = 60.0  # a leak reaches its limit 2/3 of the way in: enough for a slope of 20 s of probes
     memory_limit_mb: float = 900.0  # the leaking member's limit when the config gives it none
     disk_fill_mb: float = 1024.0
+    spike_rps: float = SPIKE_BASE_RPS
+    """The spike's base rate (the spike is ``spike_factor`` times it); its own, because the burst must
+    overload one fixed gateway replica on this machine, which ``rps`` is chosen never to do."""
+    spike_factor: float = 3.0
     faults: tuple[str, ...] = INFRA_BENCH_FAULTS
 
 
@@ -131,6 +149,22 @@ class InfraFault:
     metrics: tuple[Metric, ...] = ()
     plain_blind = False
     """Plain Serve has no signal for this fault at all: its detection and heal read ``n/a``, not ``never``."""
+    own_deployment = False
+    """The fault needs a config no other fault should run under (e.g. autoscaling): both systems are
+    deployed for it alone, from the bench's base config changed by :meth:`configure`."""
+
+    def rps(self, s: InfraSettings) -> float:
+        """The base request rate of this fault's run (default: ``--rps``)."""
+        return s.rps
+
+    def lead_s(self, s: InfraSettings) -> float:
+        """Load before the injection (the "before" figures come from it)."""
+        return s.warmup_s
+
+    def extra_load(self, run: Run, url: str, inputs: list[dict[str, Any]]) -> Any:
+        """A coroutine of more open-loop load started at the injection, its samples counted with the
+        base load's (None: the base load only)."""
+        return None
 
     def member(self, config: RaymedicConfig) -> str | None:
         """The member the fault hits (None: not a replica's fault)."""
@@ -349,31 +383,171 @@ class DiskFillFault(InfraFault):
             run.system.clear()
 
 
-INFRA_FAULTS: dict[str, Callable[[], InfraFault]] = {"leak": LeakFault, "disk-fill": DiskFillFault}
-"""The fault table: name → the fault's class. ``spike`` and ``starved-node`` go here next."""
+def _deployments(system: System, config: RaymedicConfig) -> dict[str, str]:
+    """Each scaled deployment's label → its Serve deployment name in ``system``'s application."""
+    # lazy: the baseline module imports Ray Serve, which reads the fast-path settings the cluster sets
+    from serve_apps.baseline import PlainEnsemble
+
+    gateway = PlainEnsemble.name if isinstance(system, PlainServe) else GATEWAY_DEPLOYMENT
+    return {"gateway": gateway, **{m.name: config.deployment_of(m.name) for m in config.members}}
+
+
+class SpikeFault(InfraFault):
+    """A traffic spike: the base rate, ``spike_factor`` times it for half the window, the base again
+    (see the module)."""
+
+    name = "spike"
+    plain_blind = True  # a fixed replica count has nothing to scale: n/a, not never
+    own_deployment = True
+    metrics = (Metric("base_rps", "base rate (req/s)"), Metric("spike_rps", "spike rate (req/s)"),
+               Metric("spike_s", "spike lasts (s)"),
+               Metric("pre_p50_ms", "p50 pre-spike (ms)"), Metric("pre_p99_ms", "p99 pre-spike (ms)"),
+               Metric("spike_p50_ms", "p50 during spike (ms)"), Metric("spike_p99_ms", "p99 during spike (ms)"),
+               Metric("spike_failed", "failed during spike"),
+               Metric("p99_growth", "p99 spike / pre-spike (x)"),
+               Metric("scale_out_s", "first new replica at (s)", "n/a", "never"),
+               Metric("peak_replicas", "replicas at peak (all)"),
+               Metric("scale_in_s", "back at floor (s after spike)", "n/a", "never"))
+    GATEWAY_MAX = 3
+    MEMBER_EXTRA = 1
+    """raymedic may add this many serving replicas to each member (``max_replicas = replicas + this``): one,
+    because on a 2-core machine the members are not what the burst overloads (a coalesced member call costs
+    ~2 ms), and every new member replica is a process importing PyTorch (a core-second or more) started just
+    when CPU is shortest (measured here with 2 each: 8 new processes and a 1.96 s p99 in a 165 req/s burst,
+    where the same fixed count had 0.26 s at 160 req/s in a separate run)."""
+    MEMBER_TARGET = 2.0
+    """Member calls in flight per serving replica Serve keeps (each call carries up to 16 coalesced requests)."""
+    GATEWAY_TARGET = 4.0
+    """Predict requests in flight per gateway replica Serve keeps: low, so the burst shows within a second."""
+    LEAD_S = 15.0
+    """Base load before the spike: the pre-spike p50/p99 come from these seconds."""
+    SCALE_IN_WAIT_S = 90.0
+    """How long after the load the watch waits for raymedic's scale-in (its downscale delay is 10 s)."""
+
+    def rps(self, s: InfraSettings) -> float:
+        return s.spike_rps
+
+    def lead_s(self, s: InfraSettings) -> float:
+        return max(s.warmup_s, self.LEAD_S)
+
+    def spike_s(self, s: InfraSettings) -> float:
+        return s.fault_s / 2
+
+    def configure(self, config: RaymedicConfig, s: InfraSettings) -> RaymedicConfig:
+        members = [m.model_copy(update={"max_replicas": m.replicas + self.MEMBER_EXTRA,
+                                        "target_ongoing_requests": self.MEMBER_TARGET}) for m in config.members]
+        gateway = config.gateway.model_copy(update={
+            "replicas": 1, "max_replicas": self.GATEWAY_MAX,
+            "target_ongoing_requests": min(self.GATEWAY_TARGET, config.gateway.max_inflight - 1)})
+        scaling = config.scaling.model_copy(update={"upscale_delay_s": 1.0, "downscale_delay_s": 10.0,
+                                                    "look_back_period_s": 3.0, "metrics_interval_s": 0.5})
+        return config.model_copy(update={"members": members, "gateway": gateway, "scaling": scaling})
+
+    def note(self, config: RaymedicConfig, s: InfraSettings) -> str:
+        mem = ", ".join(f"{m.name} {m.min_serve_replicas}..{m.max_serve_replicas}" for m in config.members)
+        return (f"spike: {s.spike_rps:g} req/s open loop, then {s.spike_factor:g}x ({s.spike_factor * s.spike_rps:g} "
+                f"req/s) for {self.spike_s(s):.0f} s, then {s.spike_rps:g} req/s again. plain Serve (the baseline): "
+                f"the same fixed replica count, no autoscaling (1 ingress replica, "
+                f"{', '.join(f'{m.name} {m.min_serve_replicas}' for m in config.members)}); raymedic: Serve's "
+                f"autoscaler on max_replicas/target_ongoing_requests (gateway 1..{config.gateway.max_replicas}, "
+                f"{mem}, upscale {config.scaling.upscale_delay_s:g} s, downscale {config.scaling.downscale_delay_s:g} "
+                "s). Pre-spike figures from the base load before it; replicas counted in Serve's view every 0.25 s.")
+
+    def extra_load(self, run: Run, url: str, inputs: list[dict[str, Any]]) -> Any:
+        s = run.settings
+        return open_loop(url, inputs, rps=(s.spike_factor - 1) * s.spike_rps, duration_s=self.spike_s(s),
+                         deadline_s=s.deadline_s)
+
+    def inject(self, run: Run) -> None:
+        run.at = time.time()
+        run.seen.update(floor=self._sizes(run), peak={}, scale_out_s=None, scale_in_s=None)
+        run.seen["peak"] = dict(run.seen["floor"])
+
+    def _sizes(self, run: Run) -> dict[str, int]:
+        return {label: len(running_replicas(run.system.app, dep))
+                for label, dep in _deployments(run.system, run.config).items()}
+
+    def watch(self, run: Run, until: float) -> None:
+        seen, floor = run.seen, run.seen["floor"]
+        spike_end = run.at + self.spike_s(run.settings)
+        # past the load: raymedic scales in only after its downscale delay; plain Serve never moves
+        limit = until + (self.SCALE_IN_WAIT_S if not run.plain else 0.0)
+        while time.time() < limit:
+            try:
+                now_sizes = self._sizes(run)
+            except Exception:  # noqa: BLE001  (Serve's view can fail to read under load: next poll)
+                time.sleep(0.25)
+                continue
+            now = time.time()
+            for k, v in now_sizes.items():
+                seen["peak"][k] = max(seen["peak"].get(k, 0), v)
+            grown = any(v > floor.get(k, v) for k, v in now_sizes.items())
+            if grown and seen["scale_out_s"] is None:
+                seen["scale_out_s"] = round(now - run.at, 2)
+            if (now > spike_end and seen["scale_out_s"] is not None and seen["scale_in_s"] is None
+                    and all(v <= floor.get(k, v) for k, v in now_sizes.items())):
+                seen["scale_in_s"] = round(now - spike_end, 2)
+            if seen["scale_in_s"] is not None or (now >= until and seen["scale_out_s"] is None):
+                break
+            time.sleep(0.25)
+
+    def outcome(self, run: Run) -> dict[str, Any]:
+        s, seen = run.settings, run.seen
+        samples: list[Sample] = run.seen.get("samples", [])
+        pre = summarize([x for x in samples if x.sent_at < run.at])
+        end = run.at + self.spike_s(s)
+        during = summarize([x for x in samples if run.at <= x.sent_at < end])
+        growth = (round(during["p99_ms"] / pre["p99_ms"], 2)
+                  if during["p99_ms"] is not None and pre["p99_ms"] else None)
+        out = {"base_rps": s.spike_rps, "spike_rps": s.spike_factor * s.spike_rps, "spike_s": self.spike_s(s),
+               "pre_p50_ms": pre["p50_ms"], "pre_p99_ms": pre["p99_ms"], "spike_p50_ms": during["p50_ms"],
+               "spike_p99_ms": during["p99_ms"], "spike_failed": during["failed"], "p99_growth": growth,
+               "scale_out_s": seen["scale_out_s"], "scale_in_s": seen["scale_in_s"],
+               "peak_replicas": sum(seen["peak"].values()), "peak_by_deployment": dict(seen["peak"]),
+               "floor_replicas": dict(seen["floor"])}
+        out["detect_s"] = out["heal_s"] = None
+        if not run.plain:  # Serve's autoscaler noticed when it started a replica; healed once back at the floor
+            out["detect_s"] = seen["scale_out_s"]
+            out["heal_s"] = None if seen["scale_in_s"] is None else round(seen["scale_in_s"] + self.spike_s(s), 2)
+        return out
+
+    def clear(self, run: Run) -> None:
+        """Nothing was injected into the service: the load simply stopped."""
+
+
+INFRA_FAULTS: dict[str, Callable[[], InfraFault]] = {"leak": LeakFault, "disk-fill": DiskFillFault,
+                                                     "spike": SpikeFault}
+"""The fault table: name → the fault's class. ``starved-node`` goes here next."""
 
 
 def _scenario(fault: InfraFault, system: System, config: RaymedicConfig, s: InfraSettings,
               inputs: list[dict[str, Any]], progress: Progress) -> dict[str, Any]:
-    """One fault on one system: load, inject after the warm-up, measure from the injection on, clean up."""
+    """One fault on one system: load, inject after the lead, measure from the injection on, clean up."""
     run = Run(system=system, config=config, settings=s, member=fault.member(config))
     wait_until(system.ready, 180, f"{system.name} to be at full strength before {fault.name}")
+    lead = fault.lead_s(s)
 
     async def drive() -> list[Sample]:
-        load = asyncio.ensure_future(open_loop(system.predict_url, inputs, rps=s.rps,
-                                               duration_s=s.warmup_s + s.fault_s, deadline_s=s.deadline_s))
-        await asyncio.sleep(s.warmup_s)
+        load = asyncio.ensure_future(open_loop(system.predict_url, inputs, rps=fault.rps(s),
+                                               duration_s=lead + s.fault_s, deadline_s=s.deadline_s))
+        await asyncio.sleep(lead)
         await asyncio.to_thread(fault.inject, run)
+        more = fault.extra_load(run, system.predict_url, inputs)
+        extra = asyncio.ensure_future(more) if more is not None else None
         watcher = asyncio.ensure_future(asyncio.to_thread(fault.watch, run, run.at + s.fault_s))
         out = await load
+        if extra is not None:
+            out = sorted(out + await extra, key=lambda x: x.sent_at)
         await watcher
         return out
 
     samples = asyncio.run(drive())
+    run.seen["samples"] = samples
     result = summarize(samples, since=run.at)
     result.pop("wrong"), result.pop("last_wrong_after_s")  # infra faults do not change answers
     result["before_p99_ms"] = summarize([x for x in samples if x.sent_at < run.at])["p99_ms"]
     result.update(fault.outcome(run))
+    run.seen.pop("samples", None)
     result.update({"system": system.name, "fault": fault.name, "member": run.member,
                    "replica": run.injected.get("replica")})
     progress(f"  {system.name:<12} {fault.name:<9} failed {result['failed']:>4}/{result['requests']:<5} "
@@ -385,6 +559,21 @@ def _scenario(fault: InfraFault, system: System, config: RaymedicConfig, s: Infr
     except TimeoutError:
         progress(f"  ({system.name} did not reach full strength within 180 s)")
     return result
+
+
+def _groups(base: RaymedicConfig, faults: list[InfraFault], s: InfraSettings
+            ) -> list[tuple[RaymedicConfig, list[InfraFault]]]:
+    """The deployments a run needs: one for every fault that shares the config (each changes it in turn),
+    and one per fault that needs its own (:attr:`InfraFault.own_deployment`)."""
+    shared = [f for f in faults if not f.own_deployment]
+    groups: list[tuple[RaymedicConfig, list[InfraFault]]] = []
+    if shared:
+        cfg = base
+        for fault in shared:
+            cfg = fault.configure(cfg, s)
+        groups.append((cfg, shared))
+    groups += [(f.configure(base, s), [f]) for f in faults if f.own_deployment]
+    return groups
 
 
 def run_infra_faults(*, config_path: str | None, port: int, settings: InfraSettings, progress: Progress,
@@ -408,24 +597,24 @@ def run_infra_faults(*, config_path: str | None, port: int, settings: InfraSetti
     faults = [INFRA_FAULTS[f]() for f in settings.faults]
     results: list[dict[str, Any]] = []
     with bench_cluster(config_path, progress, chaos=True, data=data) as base:
-        cfg = base
-        for fault in faults:
-            cfg = fault.configure(cfg, settings)
-        notes = {f.name: f.note(cfg, settings) for f in faults}
+        groups = _groups(base, faults, settings)
+        notes = {f.name: f.note(cfg, settings) for cfg, group in groups for f in group}
         for line in notes.values():
             progress(line)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        inputs = bench_inputs(cfg, data=data)
-        for system in systems(cfg, url, inputs):
-            system.deploy(progress)
-            wait_until(system.ready, 180, f"{system.name} to be whole")
-            asyncio.run(open_loop(system.predict_url, inputs, rps=settings.rps, duration_s=10,
-                                  deadline_s=settings.deadline_s))  # warm-up, not measured
-            progress(f"{system.name}: {len(faults)} infra faults, {settings.rps:.0f} req/s open loop, client deadline "
-                     f"{settings.deadline_s:.1f} s, {settings.fault_s:.0f} s after each fault")
-            for fault in faults:
-                results.append(_scenario(fault, system, cfg, settings, inputs, progress))
-            system.remove()
+        for cfg, group in groups:
+            inputs = bench_inputs(cfg, data=data)
+            for system in systems(cfg, url, inputs):
+                system.deploy(progress)
+                wait_until(system.ready, 180, f"{system.name} to be whole")
+                asyncio.run(open_loop(system.predict_url, inputs, rps=settings.rps, duration_s=10,
+                                      deadline_s=settings.deadline_s))  # warm-up, not measured
+                progress(f"{system.name}: {', '.join(f.name for f in group)}, {group[0].rps(settings):.0f} req/s "
+                         f"open loop, client deadline {settings.deadline_s:.1f} s, {settings.fault_s:.0f} s after "
+                         "each fault")
+                for fault in group:
+                    results.append(_scenario(fault, system, cfg, settings, inputs, progress))
+                system.remove()
     return {"settings": settings.__dict__, "notes": notes, "results": results}
 
 

@@ -4,7 +4,7 @@ They exist only when the config enables chaos (else they answer 404 like any
 unknown route) and need the admin token. A fault goes to one running replica of a
 member: the one named, or by default one serving traffic (not a standby, so the
 fault is felt). ``kill`` is a real SIGKILL of the replica's process; ``hang``,
-``slow``, ``wrong``, ``error`` and ``leak`` are set inside the replica (:mod:`serve_apps.chaos`);
+``slow``, ``wrong``, ``error``, ``leak`` and ``gpu-fault`` (``"kind"``: oom, device-lost, ecc) are set inside the replica (:mod:`serve_apps.chaos`);
 ``disk-fill`` (no member) writes a bounded file under ``storage_path``. Each
 injection is recorded in the controller's audit log, so a heal can be read
 against the fault that caused it.
@@ -26,6 +26,7 @@ from serve_apps.gateway.admin import check_admin
 from serve_apps.gateway.api import json_body
 from serve_apps.gateway.lane import ModelLane, pick_lane
 from serve_apps.gateway.status import AppViewCache
+from serve_apps.gpu import check_kind
 from serve_apps.serve_state import ReplicaView
 
 __all__ = ["ChaosRoutes", "leak_settings", "parse_chaos", "pick_target"]
@@ -44,7 +45,8 @@ def parse_chaos(body: Any, order: Sequence[str]) -> tuple[str, str, float | None
     """
     if not isinstance(body, dict):
         raise InvalidRequest(f'send {{"fault": "{"|".join(FAULTS)}", "member": NAME, '
-                             '"replica": ID (optional), "delay_ms": N (slow), "mb_per_s": N (leak, optional)}')
+                             '"replica": ID (optional), "delay_ms": N (slow), "mb_per_s": N (leak, optional), '
+                             '"kind": "oom|device-lost|ecc" (gpu-fault, optional)}')
     fault, member = body.get("fault"), body.get("member")
     if fault not in FAULTS:
         raise InvalidRequest(f"fault must be one of {list(FAULTS)}, got {fault!r}")
@@ -151,6 +153,10 @@ class ChaosRoutes:
             out = await asyncio.wait_for(
                 lane.members[member].chaos.remote(fault, None, target=target.id, mb_per_s=rate, cap_mb=cap),
                 timeout=10.0)
+        elif fault == "gpu-fault":
+            kind = check_kind(body.get("kind"))
+            out = await asyncio.wait_for(
+                lane.members[member].chaos.remote(fault, None, target=target.id, gpu_kind=kind), timeout=10.0)
         else:
             out = await asyncio.wait_for(
                 lane.members[member].chaos.remote(fault, delay_ms, target=target.id), timeout=10.0)

@@ -26,7 +26,7 @@ from raymedic.app.cli.operate import (cmd_approve, cmd_chaos, cmd_mode, cmd_paus
 from raymedic.app.cli.status import cmd_status
 from raymedic.app.cli.up import cmd_down, cmd_up
 from raymedic.errors import RaymedicError
-from raymedic.keys import CHAOS_FAULTS, INFRA_BENCH_FAULTS, REPLICA_BENCH_FAULTS, STORAGE_FAULTS
+from raymedic.keys import CHAOS_FAULTS, GPU_FAULT_KINDS, INFRA_BENCH_FAULTS, REPLICA_BENCH_FAULTS, STORAGE_FAULTS
 from raymedic.logs import configure
 from train_jobs.search import add_arguments as search_arguments
 from train_jobs.train_flags import add_arguments as train_arguments
@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("fault", choices=[*CHAOS_FAULTS, *STORAGE_FAULTS, "load", "clear"],
                     help="kill: SIGKILL; hang: block inference; slow: add latency; wrong: wrong answers; "
                          "error: every call raises; leak: allocate and hold memory (--mb-per-s); "
+                         "gpu-fault: a GPU fault double, inference raises what torch raises (--kind); "
                          "disk-fill: write --mb MB under storage_path/chaos/disk-fill (no --member); "
                          "load: open-loop traffic at --rps for --for seconds, one line per second (no token); "
                          "clear: remove all injected faults (free a leak's memory, delete disk-fill files)")
@@ -120,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--rps", type=float, help="Rate for load, requests per second (at most 1000).")
     ch.add_argument("--for", dest="for_s", type=float, metavar="SECONDS",
                     help="How long load runs, seconds (at most 600).")
+    ch.add_argument("--kind", choices=list(GPU_FAULT_KINDS),
+                    help="gpu-fault: oom (torch.cuda.OutOfMemoryError, default), device-lost or ecc (RuntimeError "
+                         "'CUDA error: ...'; the replica's GPU health reading reports it as NVML would).")
     ch.add_argument("--mb-per-s", type=float, help="Leak rate for leak, MB per second (default 5: a limit "
                     "300 MB above the replica's memory is reached in a minute; a leak holds at most "
                     "1.5 × the member's memory_limit_mb, and never more than 2 GB).")
@@ -163,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
                          "(default 900: a few hundred MB above a replica's usual memory).")
     be.add_argument("--disk-fill-mb", type=float, default=None,
                     help="infra-faults: how much disk-fill writes under storage_path (default 1024).")
+    be.add_argument("--spike-rps", type=float, default=None,
+                    help="infra-faults: the spike's base rate; the spike sends 3x it for half the window "
+                         "(default 55: 165 req/s overloads the fixed baseline on a 2-core machine).")
     be.add_argument("--port", type=int, default=8011, help="HTTP port for the benchmark's service.")
     be.add_argument("--data", help="replica-faults, saturation: your table (Parquet or CSV) to train the config's "
                                    "model on in the bench's own registry and replay rows of (default: the "

@@ -193,13 +193,17 @@ def _replica_faults(args: argparse.Namespace) -> int:
 def _infra_faults(args: argparse.Namespace) -> int:
     faults = _fault_list(args, INFRA_BENCH_FAULTS)
     for flag, value in (("--fault-seconds", args.fault_seconds), ("--memory-limit-mb", args.memory_limit_mb),
-                        ("--disk-fill-mb", args.disk_fill_mb)):
+                        ("--disk-fill-mb", args.disk_fill_mb), ("--spike-rps", args.spike_rps)):
         if value is not None and not value > 0:
             raise RaymedicError(f"{flag} {value:g}: give a positive number, e.g. {flag} 60")
     if args.fault_seconds is not None and "leak" in faults and args.fault_seconds < 30:
         raise RaymedicError(f"--fault-seconds {args.fault_seconds:g} is too short for the leak: raymedic needs "
                             "20 s of memory readings for a slope and the leak reaches its limit 2/3 of the way "
                             "in; give at least 30 (default 60), or --faults disk-fill")
+    if args.fault_seconds is not None and "spike" in faults and args.fault_seconds < 30:
+        raise RaymedicError(f"--fault-seconds {args.fault_seconds:g} is too short for the spike: it lasts half "
+                            "the window and a new replica takes 10-15 s to start here; give at least 30 "
+                            "(default 60)")
     # lazy: imports Ray and psutil; keeps `raymedic --help` fast
     from raymedic.bench import infra
 
@@ -207,7 +211,8 @@ def _infra_faults(args: argparse.Namespace) -> int:
     settings = infra.InfraSettings(rps=args.rps or d.rps, deadline_s=args.deadline,
                                    fault_s=args.fault_seconds or d.fault_s,
                                    memory_limit_mb=args.memory_limit_mb or d.memory_limit_mb,
-                                   disk_fill_mb=args.disk_fill_mb or d.disk_fill_mb, faults=faults)
+                                   disk_fill_mb=args.disk_fill_mb or d.disk_fill_mb,
+                                   spike_rps=args.spike_rps or d.spike_rps, faults=faults)
 
     def run(report_progress: Any) -> dict[str, Any]:
         return infra.run_infra_faults(config_path=args.config, port=args.port, settings=settings,

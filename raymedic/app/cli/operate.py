@@ -95,7 +95,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    """Inject a replica fault (kill, hang, slow, wrong, error, leak), fill the disk, send a load spike
+    """Inject a replica fault (kill, hang, slow, wrong, error, leak, gpu-fault), fill the disk, send a load spike
     (``load``: :mod:`raymedic.app.cli.load`), or clear every injected fault.
 
     To watch the healing loop work on demand; the gateway offers these routes only
@@ -120,6 +120,8 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         body = {"fault": args.fault, "member": args.member, "replica": args.replica, "delay_ms": args.delay_ms}
         if getattr(args, "mb_per_s", None) is not None:
             body["mb_per_s"] = args.mb_per_s
+        if args.fault == "gpu-fault":
+            body["kind"] = getattr(args, "kind", None) or "oom"
         out = admin(args, "chaos", body)
     if args.json:
         print(json.dumps(out))
@@ -130,5 +132,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         print(f"wrote {out['mb']:g} MB to {out['path']} ({out['free_mb_after']:.0f} MB free now); "
               "watch the disk with `raymedic status`")
     else:
-        print(f"injected {out['fault']} into {out['member']}/{out['replica']}; watch it heal with `raymedic status`")
+        kind = f" ({out['kind']})" if out.get("kind") else ""
+        print(f"injected {out['fault']}{kind} into {out['member']}/{out['replica']}; watch it heal with "
+              "`raymedic status`")
     return 0

@@ -11,7 +11,7 @@ from raymedic.app.cli._common import service_url, unreachable
 from raymedic.app.http import request_json
 from raymedic.errors import RaymedicError
 
-__all__ = ["cmd_status", "disk_line", "performance_line", "replica_cell", "scaling_line"]
+__all__ = ["cmd_status", "disk_line", "gpu_line", "performance_line", "replica_cell", "scaling_line"]
 
 
 def replica_cell(r: dict[str, Any]) -> str:
@@ -70,6 +70,39 @@ def scaling_line(st: dict[str, Any]) -> str | None:
     if not parts and tail is None:
         return None
     return "scaling: " + ("; ".join(parts + ([tail] if tail else [])))
+
+
+def gpu_line(gpu: dict[str, Any]) -> str:
+    """The GPUs at a glance: each node's device health (as NVML reports it, through its GPU replicas) and
+    the faults counted against it, then each GPU replica's memory, utilisation and health.
+
+    >>> gpu_line({"gpu": "none"})
+    'gpu: no GPU'
+    >>> gpu_line({"nodes": {"a1b2c3d4e5": {"state": "fault", "faults_in_window": 2, "nvml_error": "GPU is lost"}},
+    ...           "replicas": {"r1": {"member": "mlp", "memory_allocated_bytes": 1.2e9, "memory_total_bytes": 16e9,
+    ...                               "utilization_pct": 40, "health": "ok"},
+    ...                        "r2": {"member": "mlp", "health": "fault", "fault": "oom"}}})
+    'gpu: node a1b2c3d4 FAULT (2 faults in window; GPU is lost); mlp/r1 1.2 GB/16.0 GB 40% ok; mlp/r2 FAULT oom'
+    """
+    if not gpu.get("nodes") and not gpu.get("replicas"):
+        return "gpu: no GPU"
+    parts = []
+    for node, n in (gpu.get("nodes") or {}).items():
+        why = [f"{n['faults_in_window']} faults in window"] if n.get("faults_in_window") else []
+        why += [n["nvml_error"]] if n.get("nvml_error") else []
+        parts.append(f"node {node[:8]} {'ok' if n.get('state') == 'ok' else 'FAULT'}"
+                     + (f" ({'; '.join(why)})" if why else ""))
+    for rid, r in (gpu.get("replicas") or {}).items():
+        cell = f"{r.get('member', '?')}/{rid}"
+        if r.get("memory_allocated_bytes") is not None:
+            cell += f" {_gb(r['memory_allocated_bytes'])}"
+            if r.get("memory_total_bytes"):
+                cell += f"/{_gb(r['memory_total_bytes'])}"
+        if r.get("utilization_pct") is not None:
+            cell += f" {r['utilization_pct']:.0f}%"
+        cell += " ok" if r.get("health") == "ok" else f" FAULT {r.get('fault') or (r.get('nvml') or {}).get('state', '')}"
+        parts.append(cell.rstrip())
+    return "gpu: " + "; ".join(parts)
 
 
 def disk_line(disk: dict[str, Any], prediction_log: dict[str, Any] | None = None) -> str:
@@ -209,6 +242,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     line = disk_line(ctl.get("disk") or {}, st.get("prediction_log"))
     if line:
         print(line)
+    if "gpu" in ctl:  # a controller from before GPU signals sends none
+        print(gpu_line(ctl["gpu"]))
     line = performance_line(st.get("performance") or {})
     if line:
         print(line)
