@@ -191,6 +191,12 @@ class InfraFault:
         run.system.clear()
 
 
+
+def _seconds(value: float | None) -> str:
+    """A progress line's time: ``n/a`` where the system has no such event (plain Serve never detects a
+    leak or a full disk), not ``None s``."""
+    return "n/a" if value is None else f"{value} s"
+
 def _first_non_fallback(config: RaymedicConfig, preferred: str) -> str:
     names = [m.name for m in config.members]
     return preferred if preferred in names else next((n for n in names if n != config.fallback_member), names[0])
@@ -551,8 +557,8 @@ def _scenario(fault: InfraFault, system: System, config: RaymedicConfig, s: Infr
     result.update({"system": system.name, "fault": fault.name, "member": run.member,
                    "replica": run.injected.get("replica")})
     progress(f"  {system.name:<12} {fault.name:<9} failed {result['failed']:>4}/{result['requests']:<5} "
-             f"p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  detect {result['detect_s']} s  "
-             f"heal {result['heal_s']} s")
+             f"p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  "
+             f"detect {_seconds(result.get('detect_s'))}  heal {_seconds(result.get('heal_s'))}")
     fault.clear(run)
     try:  # the next fault starts from a whole service
         wait_until(system.ready, 180, f"{system.name} to be whole again")
