@@ -9,6 +9,8 @@ laptop and on a multi-node cluster. Paths given to :class:`Storage` are relative
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import uuid
@@ -101,28 +103,42 @@ class Storage:
     def write_bytes(self, key: str, data: bytes, *, durable: bool = True) -> None:
         """Write ``data`` at ``key`` atomically: a reader sees the old file or the new one, never half
         of one; ``durable`` also fsyncs the file and its directory before returning (an acknowledged
-        label or an action's intent must survive a crash right after)."""
+        label or an action's intent must survive a crash right after), and every directory this write
+        created along with the parent it was created in (a new ``hour=`` folder is itself an entry that
+        a crash could lose).
+
+        Raises:
+            OSError: the bytes could not all be written (a full disk: ``ENOSPC``); nothing is left at
+                ``key`` or in a temporary file.
+        """
         parent = key.rsplit("/", 1)[0] if "/" in key else ""
-        if parent:
-            self.makedirs(parent)
         if self._local:
             final = self.path(key)
+            created = _missing_dirs(os.path.dirname(final)) if durable else []
+            if parent:
+                self.makedirs(parent)
             tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.write(fd, data)
-                if durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            if durable:
-                dfd = os.open(os.path.dirname(final), os.O_RDONLY)
                 try:
-                    os.fsync(dfd)
+                    _write_all(fd, data)
+                    if durable:
+                        os.fsync(fd)
                 finally:
-                    os.close(dfd)
+                    os.close(fd)
+                os.replace(tmp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            if durable:
+                # The file's own directory, then each directory created for it, deepest first: its entry
+                # lives in its parent.
+                for directory in [os.path.dirname(final)] + [os.path.dirname(d) for d in created]:
+                    _fsync_dir(directory)
             return
+        if parent:
+            self.makedirs(parent)
         with self._fs.open_output_stream(self.path(key)) as f:
             f.write(data)
 
@@ -153,3 +169,34 @@ class Storage:
             self._fs.delete_dir(self.path(key))
         elif info.type == pafs.FileType.File:
             self._fs.delete_file(self.path(key))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written: one call may write fewer (a signal, a nearly full disk),
+    and a short write fsynced and renamed into place would be a torn file that looks whole."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "no byte could be written (is the disk full?)")
+        view = view[n:]
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """The directories of ``path`` that do not exist yet, deepest first."""
+    out = []
+    while path and not os.path.isdir(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out
+
+
+def _fsync_dir(path: str) -> None:
+    dfd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
