@@ -17,9 +17,12 @@ from typing import Any
 
 from raymedic.enums import plain
 from raymedic.keys import audit_prefix
+from raymedic.logs import get_logger
 from raymedic.storage import Storage
 
 __all__ = ["AuditLog", "read_audit"]
+
+log = get_logger(__name__)
 
 
 class AuditLog:
@@ -76,10 +79,29 @@ def read_audit(storage: Storage, model: str, *, since: float | None = None) -> l
     """Every flushed record of ``model`` in time order (optionally those at or after ``since``)."""
     out: list[dict[str, Any]] = []
     for f in storage.list_files(audit_prefix(model), suffix=".jsonl"):
-        for line in storage.read_text(f).splitlines():
-            if line.strip():
+        try:
+            text = storage.read_bytes(f).decode("utf-8", errors="replace")
+        except OSError as exc:  # gone between the listing and the read (a compaction), or unreadable
+            log.warning("audit file %s could not be read (%s); skipping it", f, exc)
+            continue
+        torn = 0
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
                 rec = json.loads(line)
-                if since is None or rec.get("ts", 0) >= since:
-                    out.append(rec)
+            except ValueError:
+                rec = None
+            if not isinstance(rec, dict):  # a torn or foreign line: one bad line must not stop a restart
+                torn += 1
+                continue
+            ts = rec.get("ts", 0)
+            if not isinstance(ts, (int, float)):
+                torn += 1
+                continue
+            if since is None or ts >= since:
+                out.append(rec)
+        if torn:
+            log.warning("audit file %s holds %d line(s) that are not records; skipped them", f, torn)
     out.sort(key=lambda r: r.get("ts", 0))
     return out

@@ -243,3 +243,21 @@ def test_forged_feedback_ids_cost_no_wait_and_old_hours_are_listed_once(tmp_path
         out = asyncio.run(intake.accept({"inference_ids": old, "labels": [0] * len(old)}))
         assert out == {"accepted": 0, "unknown_ids": old}
     assert len(storage.listed) == len(old) == len(set(storage.listed)), storage.listed
+
+
+def test_a_torn_audit_line_is_skipped_not_a_crash_loop(tmp_path, caplog):
+    """The controller re-reads its audit at start: a torn line (a foreign write, a store without atomic
+    puts) or a line that is not a record is skipped with a warning, and every good record is read."""
+    from raymedic.keys import audit_prefix
+
+    storage = Storage(str(tmp_path))
+    audit = AuditLog(storage, "m", writer="w")
+    audit.record("restart", "mlp/r1", evidence={}, action="restart", outcome="ok", ts=10.0)
+    audit.flush()
+    good = '{"ts": 20.0, "kind": "recovered", "target": "mlp/r1"}'
+    storage.write_bytes(f"{audit_prefix('m')}/00000000000000000020-x-000001.jsonl",
+                        (good + '\n{"ts": 21.0, "kind": "resta\n[1, 2]\n{"ts": "late"}\n\xff\xfe\n').encode("latin-1"))
+    with caplog.at_level("WARNING"):
+        records = read_audit(storage, "m")
+    assert [(r["ts"], r["kind"]) for r in records] == [(10.0, "restart"), (20.0, "recovered")]
+    assert any("not records" in m for m in caplog.messages), caplog.messages
