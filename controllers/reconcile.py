@@ -444,11 +444,16 @@ class Reconciler:
 
     async def _act(self, decision: Decision, done: list[ActionDone]) -> None:
         result = decision.result
-        if result.events or result.actions or self._checkpoint.dirty:
+        # A restart decided in an earlier step whose checkpoint could not be written never ran (the save
+        # raised, so the phase stopped before it): it runs now, once its intent is durable — it must not
+        # wait for a controller restart, nor hold its member's one restart in flight forever.
+        decided = {a.incident_id for a in result.actions}
+        actions = list(result.actions) + [a for a in self._policy.pending_actions() if a.incident_id not in decided]
+        if result.events or actions or self._checkpoint.dirty:
             await asyncio.to_thread(self._checkpoint.save)  # intent is durable before any action runs
-        for act in result.actions:
+        for act in actions:
             done.append(await self._execute(act))
-        if result.actions:
+        if actions:
             await asyncio.to_thread(self._checkpoint.save)
         drains, self._gpu_drains = self._gpu_drains, []
         for drain in drains:

@@ -307,6 +307,35 @@ def test_a_controller_killed_mid_restart_finishes_it_once_on_resume(tmp_path, re
     assert again.policy.incidents[0].action_outcome == "ok: already gone"
 
 
+def test_a_restart_whose_intent_could_not_be_checkpointed_runs_once_the_checkpoint_is_written(tmp_path, recorded):
+    """The checkpoint before an action raising (a full disk) stops the step before the restart: it must
+    not run with its intent undurable, and it must not be dropped either — it runs in the first step
+    whose checkpoint is written, once, and is audited."""
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    real_save = h.checkpoint.save
+    failures = iter([OSError(28, "No space left on device")] * 2)
+
+    def save() -> None:
+        exc = next(failures, None)
+        if exc is not None:
+            raise exc
+        real_save()
+
+    h.checkpoint.save = save
+    h.observer.dead = {"SERVE_REPLICA::raymedic#mlp#a"}
+    assert h.run(2) == [False, False]
+    assert h.actuators.restarts == []  # never acted on an intent that was not durable
+    assert h.run() == [True]
+    assert [r[:2] for r in h.actuators.restarts] == [("mlp", "a")]
+    inc = h.policy.incidents[0]
+    assert inc.action_outcome == "ok" and load_checkpoint(h.storage, MODEL)["policy"]["incidents"][inc.id][
+        "action_outcome"] == "ok"
+    assert [r["outcome"] for r in h.records("restart")] == ["ok"]
+    h.run(2)
+    assert len(h.actuators.restarts) == 1
+
+
 def test_consecutive_probe_timeouts_mean_hung_and_a_restart(tmp_path, recorded):
     h = Harness(tmp_path)
     healthy_fleet(h)
