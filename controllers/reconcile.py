@@ -258,6 +258,9 @@ class Reconciler:
                 if state.view is not None:
                     await self._find_vanished(now, state.view)
                     self._watch_scaling(now, state.view)
+                    # Call evidence of replicas Serve no longer lists goes once it is a minute old (bounded
+                    # memory over months of replicas coming and going).
+                    self._calls.retain(self._call_keys(state.view), now=now, idle_s=max(60.0, 12 * cfg.window_s))
             except Exception:
                 log.exception("could not read Serve state for model %s; keeping the last view", self.model)
             self._view_at = now
@@ -318,6 +321,10 @@ class Reconciler:
         for pending in self._vanish.due(now=now, present=present, handled=self._handled):
             cause = await asyncio.to_thread(self._observer.vanish_cause, pending.actor_id)
             self._vanish.settle(pending.replica, cause, now=now)
+
+    def _call_keys(self, view: AppView) -> list[str]:
+        """``"member/replica"`` of every replica in ``view`` (the keys the gateways report calls under)."""
+        return [f"{name}/{r.id}" for name, d in view.deployments.items() for r in d.replicas]
 
     def _observation(self, now: float, view: AppView) -> Observation:
         dep = self._deployment()

@@ -199,3 +199,22 @@ def test_an_open_decay_takes_the_change_date_found_after_it_opened_and_keeps_the
     alerts.apply({key: ("act", {"accuracy": 0.68, "change_at": 9.0})}, 14.0, kinds=kinds)
     (alert,) = alerts.open()
     assert alert.evidence == {"accuracy": 0.7, "change_at": 5.0}  # opening evidence kept, first date kept
+
+
+def test_closed_data_alerts_kept_in_memory_are_bounded():
+    """A controller that runs for months opens and clears alerts all along: every open one is kept, the
+    closed ones only up to CLOSED_ALERTS_KEPT (the audit holds the history)."""
+    from controllers.monitors.data import CLOSED_ALERTS_KEPT, MODEL_KINDS, DataAlerts
+    from raymedic.config import DataConfig
+
+    alerts = DataAlerts(DataConfig())
+    kind = sorted(MODEL_KINDS)[0]
+    for i in range(CLOSED_ALERTS_KEPT + 50):
+        alerts.apply({(kind, f"f{i}"): ("warn", {})}, float(i), kinds=MODEL_KINDS)
+        alerts.supersede(MODEL_KINDS, float(i) + 0.5, "test")
+    alerts.apply({(kind, "still-open"): ("warn", {})}, 1e6, kinds=MODEL_KINDS)
+    alerts.apply({(kind, "next"): ("warn", {})}, 1e6 + 1, kinds=MODEL_KINDS)
+    kept = alerts.alerts
+    assert len([a for a in kept if a.status != "open"]) == CLOSED_ALERTS_KEPT
+    assert {a.feature for a in alerts.open()} == {"still-open", "next"}
+    assert kept[-1].feature == "next" and f"f{CLOSED_ALERTS_KEPT + 49}" in {a.feature for a in kept}

@@ -127,6 +127,8 @@ PREDICTION_KINDS = frozenset({AlertKind.PREDICTION_DRIFT.value})
 """Alerts on the ensemble's outputs alone: recorded and warned, never a retrain on their own (outputs move when
 inputs move, and with no labels there is nothing to retrain towards)."""
 
+CLOSED_ALERTS_KEPT = 200
+"""Closed data alerts kept in memory (and in the checkpoint, which keeps the newest 200 already)."""
 MIN_CUSUM_REFERENCE = 100
 """Training values a feature needs before its CUSUM can be standardized and calibrated."""
 TENSOR_ACT_SCORE = 2.0
@@ -439,6 +441,14 @@ class DataAlerts:
             names = DataAlert.__dataclass_fields__.keys()
             self._alerts = [DataAlert(**{k: v for k, v in a.items() if k in names}) for a in data.get("alerts", ())]
 
+    def _trim(self) -> None:
+        """Keep every open alert and the newest closed ones (:data:`CLOSED_ALERTS_KEPT`): closed alerts
+        are history, which the audit keeps; in memory they only grow."""
+        closed = [a for a in self._alerts if a.status != AlertStatus.OPEN]
+        if len(closed) > CLOSED_ALERTS_KEPT:
+            drop = {id(a) for a in closed[:len(closed) - CLOSED_ALERTS_KEPT]}
+            self._alerts = [a for a in self._alerts if id(a) not in drop]
+
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint: the alert counter and the latest 200 alerts (older ones are in the audit log)."""
         return {"seq": self._seq, "alerts": [asdict(a) for a in self._alerts[-200:]]}
@@ -485,6 +495,7 @@ class DataAlerts:
                 alert = DataAlert(id=f"d{self._seq:04d}", kind=kind, feature=target, detected_at=at,
                                   evidence=evidence, severity=sev)
                 self._alerts.append(alert)
+                self._trim()
                 events.append((AlertEvent.OPENED.value, alert))
             else:
                 alert.clean_checks = 0

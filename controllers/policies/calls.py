@@ -86,6 +86,20 @@ class CallLog:
                 inflight[key] = int(s["inflight"])
         self._inflight[gateway] = inflight
 
+    def retain(self, keys: Iterable[str], *, now: float, idle_s: float) -> None:
+        """Forget every replica (``"member/replica"``) not in ``keys`` whose newest report is older than
+        ``idle_s``: Serve dropped it, and a controller that lives for months sees thousands of replica ids
+        come and go. A replica gateways report before Serve's view lists it keeps its evidence.
+
+        >>> log = CallLog()
+        >>> log.ingest("g", now=0.0, replicas={"mlp/a": {"ok": 1}, "mlp/b": {"ok": 1}})
+        >>> log.retain(["mlp/a"], now=100.0, idle_s=60.0); sorted(log._events)
+        ['mlp/a']
+        """
+        keep = set(keys)
+        for key in [k for k, ev in self._events.items() if k not in keep and (not ev or ev[-1].ts < now - idle_s)]:
+            del self._events[key]
+
     def stats(self, key: str, *, now: float, window_s: float) -> CallStats:
         """``key``'s (``"member/replica"``) evidence over the window, in-flight calls summed over gateways."""
         return call_stats(self._events.get(key, ()), now=now, window_s=window_s,
