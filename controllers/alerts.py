@@ -13,12 +13,13 @@ import asyncio
 import json
 import urllib.request
 from collections import deque
+from urllib.parse import urlsplit
 from typing import Any
 
 from controllers.outcome import Backoff
 from raymedic.logs import get_logger
 
-__all__ = ["WebhookNotifier"]
+__all__ = ["WebhookNotifier", "redact_url"]
 
 log = get_logger(__name__)
 
@@ -76,5 +77,21 @@ class WebhookNotifier:
 
     def stats(self) -> dict[str, Any]:
         """Delivery counts for the controller's status (an operator sees a webhook that fails)."""
-        return {"url": self.url, "sent": self.sent, "failed": self.failed, "dropped": self.dropped,
+        return {"url": redact_url(self.url), "sent": self.sent, "failed": self.failed, "dropped": self.dropped,
                 "queued": len(self._queue)}
+
+
+def redact_url(url: str) -> str:
+    """``url`` as ``/v1/status`` may show it: scheme and host only. ``/v1/status`` needs no token, and a
+    Slack-style webhook's path *is* its secret (anyone holding it can post to the channel).
+
+    >>> redact_url("https://hooks.slack.com/services/T000/B000/XXXXSECRET")
+    'https://hooks.slack.com/…'
+    >>> redact_url("http://user:pw@alerts.internal:9000/hook?token=abc")
+    'http://alerts.internal:9000/…'
+    """
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.hostname:
+        return "…"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}/…"
