@@ -25,6 +25,10 @@ from raymedic.errors import ConfigError
 __all__ = ["Storage"]
 
 
+PRIVATE_FILE_MODE = 0o600
+"""Files under a local ``storage_path``: only the service's user reads the logged features, labels, audit."""
+PRIVATE_DIR_MODE = 0o700
+
 class Storage:
     """A root on a ``pyarrow.fs`` filesystem with atomic, durable writes where possible.
 
@@ -39,7 +43,9 @@ class Storage:
             raise ConfigError("storage_path is empty: give a directory or a URI such as s3://bucket/raymedic")
         if "://" not in uri:
             uri = str(Path(uri).expanduser().resolve())
-            Path(uri).mkdir(parents=True, exist_ok=True)
+            for d in reversed(_missing_dirs(uri)):  # an existing directory keeps the mode its owner gave it
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(d, PRIVATE_DIR_MODE)
         try:
             self._fs, self._root = pafs.FileSystem.from_uri(uri)
         except (pa.ArrowInvalid, ValueError, OSError) as exc:
@@ -88,7 +94,14 @@ class Storage:
         )
 
     def makedirs(self, key: str) -> None:
-        """Create ``key`` and its parents; object stores have no directories and ignore it."""
+        """Create ``key`` and its parents; object stores have no directories and ignore it. Local
+        directories raymedic creates are private to the service's user (``0o700``), like its files
+        (``0o600``): they hold every request's features, the labels and the audit trail."""
+        if self._local:
+            for d in reversed(_missing_dirs(self.path(key))):
+                with contextlib.suppress(FileExistsError):  # another process made it first
+                    os.mkdir(d, PRIVATE_DIR_MODE)
+            return
         self._fs.create_dir(self.path(key), recursive=True)
 
     def read_bytes(self, key: str) -> bytes:
@@ -118,7 +131,7 @@ class Storage:
             if parent:
                 self.makedirs(parent)
             tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
             try:
                 try:
                     _write_all(fd, data)

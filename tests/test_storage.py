@@ -63,3 +63,15 @@ def test_the_directories_a_durable_write_creates_are_fsynced_into_their_parents(
     synced.clear()
     st.write_bytes("feedback/m/hour=2026120701/part-3.parquet", b"rows", durable=False)
     assert synced == []
+
+
+def test_files_and_directories_under_storage_are_private_to_the_service_user(tmp_path):
+    st = Storage(str(tmp_path / "store"))
+    st.write_bytes("feedback/m/hour=2026120700/part-1.parquet", b"labels")
+    st.write_text("controller/checkpoint.json", "{}", durable=False)
+    st.makedirs("predictions/m")
+    store = tmp_path / "store"
+    for d in (store, store / "feedback", store / "feedback" / "m", store / "predictions" / "m"):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    for f in (store / "feedback/m/hour=2026120700/part-1.parquet", store / "controller/checkpoint.json"):
+        assert f.stat().st_mode & 0o777 == 0o600, f
