@@ -155,6 +155,35 @@ class Storage:
         with self._fs.open_output_stream(self.path(key)) as f:
             f.write(data)
 
+    def claim(self, key: str, data: bytes = b"") -> bool:
+        """Create ``key`` only if nothing is there yet: True when this call created it, False when another
+        writer had (an exclusive create: two processes allocating the same next id learn which one won).
+        Durable like :meth:`write_bytes`. Object stores have no create-if-absent in ``pyarrow.fs``: there
+        a check-then-put narrows the race but cannot close it.
+        """
+        parent = key.rsplit("/", 1)[0] if "/" in key else ""
+        if not self._local:
+            if self.exists(key):
+                return False
+            self.write_bytes(key, data)
+            return True
+        final = self.path(key)
+        created = _missing_dirs(os.path.dirname(final))
+        if parent:
+            self.makedirs(parent)
+        try:
+            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        except FileExistsError:
+            return False
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for directory in [os.path.dirname(final)] + [os.path.dirname(d) for d in created]:
+            _fsync_dir(directory)
+        return True
+
     def write_text(self, key: str, text: str, *, durable: bool = True) -> None:
         """:meth:`write_bytes` of UTF-8 ``text``."""
         self.write_bytes(key, text.encode("utf-8"), durable=durable)

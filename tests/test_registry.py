@@ -226,3 +226,16 @@ def test_file_uri_storage_works_the_same(tmp_path: Path) -> None:
     assert [v.version for v in reg.versions("synthetic", "mlp")] == ["v0001", "v0002"]
     assert (tmp_path / "remote" / "registry" / "synthetic" / "mlp" / "v0002" / "MANIFEST.json").exists()
     assert reg.models() == ["synthetic"]
+
+
+def test_two_writers_that_pick_the_same_next_version_get_different_ones(storage: Storage):
+    """A ``raymedic train`` and a retrain job both list v0001 as the newest and take v0002: the exclusive
+    claim gives it to one, the other registers v0003; neither overwrites the other's files."""
+    a, b = ModelRegistry(storage), ModelRegistry(storage)
+    a.register("churn", "mlp", files={"weights.bin": b"first"}, metadata={})
+    b._next_version = lambda model, member: "v0002"  # b decided before a's next version appeared
+    va = a.register("churn", "mlp", files={"weights.bin": b"a"}, metadata={})
+    vb = b.register("churn", "mlp", files={"weights.bin": b"b"}, metadata={})
+    assert (va.version, vb.version) == ("v0002", "v0003")
+    assert a.load("churn", "mlp", "v0002").files["weights.bin"] == b"a"
+    assert a.load("churn", "mlp", "v0003").files["weights.bin"] == b"b"

@@ -75,3 +75,10 @@ def test_files_and_directories_under_storage_are_private_to_the_service_user(tmp
         assert d.stat().st_mode & 0o777 == 0o700, d
     for f in (store / "feedback/m/hour=2026120700/part-1.parquet", store / "controller/checkpoint.json"):
         assert f.stat().st_mode & 0o777 == 0o600, f
+
+
+def test_claim_is_an_exclusive_create(tmp_path):
+    st = Storage(str(tmp_path))
+    assert st.claim("registry/m/a/v0002/.claim") is True
+    assert st.claim("registry/m/a/v0002/.claim") is False  # the second writer learns it lost
+    assert (tmp_path / "registry/m/a/v0002/.claim").stat().st_mode & 0o777 == 0o600

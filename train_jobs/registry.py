@@ -42,6 +42,9 @@ LATEST = "latest"
 
 METADATA = "metadata.json"
 MANIFEST = "MANIFEST.json"
+CLAIM = ".claim"
+"""Created exclusively first in a new version's directory: the writer that creates it owns the id."""
+CLAIM_TRIES = 50
 _ALIASES = "aliases.json"
 _HISTORY = "alias_history.jsonl"
 _ROOT = "registry"
@@ -155,7 +158,7 @@ class ModelRegistry:
                 )
             self._require_complete(model, member, parent_version, ref=parent_version)
 
-        version = self._next_version(model, member)
+        version = self._claim_next_version(model, member)
         base = self._version_key(model, member, version)
         manifest: dict[str, str] = {}
         for name, data in blobs.items():
@@ -218,6 +221,17 @@ class ModelRegistry:
                 "list/dict (numpy scalars with .item(), arrays with .tolist())"
             ) from exc
         return dict(metadata)
+
+    def _claim_next_version(self, model: str, member: str) -> str:
+        """The next version id, claimed with an exclusive create: a ``raymedic train`` and a retrain job
+        registering the same member at once would otherwise both take max+1 and write one version twice."""
+        version = self._next_version(model, member)
+        for _ in range(CLAIM_TRIES):
+            if self._storage.claim(f"{self._version_key(model, member, version)}/{CLAIM}"):
+                return version
+            version = f"v{int(version[1:]) + 1:04d}"  # another writer took it: the one after
+        raise RegistryError(f"could not allocate a version of {model}/{member} in {CLAIM_TRIES} tries: are many "
+                            "writers registering it at once? Retry")
 
     def _next_version(self, model: str, member: str) -> str:
         # Incomplete directories count too: a crashed writer's id is never reused,
