@@ -145,7 +145,8 @@ class ModelController:
                                    # its retrain jobs get the same, so they import the members' own modules
                                    jobs=RayJobs(model=model, storage_path=cfg.storage_path, storage=storage,
                                                 runtime_env=current_runtime_env()),
-                                   canaries=ServeCanaries(cfg=lambda: self.cfg), swapper=swapper, registry=registry)
+                                   canaries=ServeCanaries(cfg=lambda: self.cfg), swapper=swapper, registry=registry,
+                                   save_intent=self._checkpoint.save)
         memory = MemorySeries()
         self._vitals = VitalsBoard()
         self._prober = GoldenProber(deployment=self._current,

@@ -9,6 +9,7 @@ rollbacks, trial starts) are awaited with :meth:`ModelHealer.settled`.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, Callable, Sequence
 
 import pytest
@@ -160,7 +161,7 @@ def gated(**passed: bool) -> dict[str, Any]:
 class Rig:
     """A healer over fakes, and what it recorded."""
 
-    def __init__(self, *, rollout: str = "canary", **retraining: Any) -> None:
+    def __init__(self, *, rollout: str = "canary", memory: dict[str, Any] | None = None, **retraining: Any) -> None:
         self.cfg = RaymedicConfig(
             model="m", members=[{"name": "mlp", "kind": "mlp"}, {"name": "lr", "kind": "logistic", "fallback": True}],
             retraining={"min_labeled_rows": 100, "cooldown_s": 60, "backoff_s": 10, "max_backoff_s": 40,
@@ -171,10 +172,13 @@ class Rig:
         self.swapper, self.registry = FakeSwapper(), FakeRegistry()
         self.records: list[tuple[str, str, dict[str, Any]]] = []
         self.adopted: list[dict[str, str]] = []
-        self.playbook = Playbook(self.cfg.retraining)
+        self.playbook = Playbook(self.cfg.retraining, memory)
+        self.saved: list[dict[str, Any]] = []  # the checkpointed playbook, as a controller's checkpoint holds it
         self.healer = ModelHealer(self.cfg, self.playbook, self.record, on_new_versions=self.adopted.append,
                                   jobs=self.jobs, canaries=self.canaries, swapper=self.swapper,
-                                  registry=self.registry, clock=self.clock)
+                                  registry=self.registry, clock=self.clock,
+                                  save_intent=lambda: self.saved.append(json.loads(json.dumps(
+                                      self.playbook.to_dict()))))
 
     def record(self, kind: str, target: str, **fields: Any) -> None:
         self.records.append((kind, target, fields))
@@ -365,3 +369,69 @@ def test_a_rollback_moves_the_champion_back_and_swaps_every_replica():
     assert out == {"rolled_back": {"mlp": "v0000"}, "errors": {}}
     assert r.swapper.swaps == [{"mlp": "v0000"}] and r.adopted == [{"mlp": "v0000"}]
     assert r.last("rollback")["outcome"] == "ok"
+
+
+def test_a_retrain_intent_is_checkpointed_before_its_submit_and_resubmitted_under_the_same_id():
+    """The job's intent (its record, hence its job id) is durable before the submit; a controller killed
+    between the submit and the checkpoint of the job id submits it again under the same id (the Jobs API
+    adopts an id it already has), never a second job under a new id."""
+    async def first(r: Rig) -> None:
+        assert await r.step(triggers=[DECAY]) is True
+
+    r = Rig()
+    run(first(r))
+    (sub,) = r.jobs.submitted
+    intent = r.saved[0]
+    assert intent["job"]["record"] == sub.record and intent["job"]["job_id"] is None  # saved before the submit
+
+    async def after_crash(again: Rig) -> None:
+        assert await again.step(triggers=[DECAY]) is True
+        assert await again.step(triggers=[DECAY]) is False  # now followed, not submitted again
+
+    again = Rig(memory=intent)  # restarted from the checkpoint written before the submit
+    run(after_crash(again))
+    assert [s.record for s in again.jobs.submitted] == [sub.record]
+    assert again.playbook.job["job_id"] == f"raymedic-retrain-m-{sub.record}"
+
+
+def test_a_retrain_whose_intent_cannot_be_checkpointed_is_not_submitted():
+    async def go(r: Rig) -> None:
+        assert await r.step(triggers=[DECAY]) is False
+        assert r.jobs.submitted == []
+        r.healer._save_intent = lambda: None
+        assert await r.step(triggers=[DECAY]) is True
+        assert len(r.jobs.submitted) == 1
+
+    r = Rig()
+
+    def full() -> None:
+        raise OSError(28, "No space left on device")
+
+    r.healer._save_intent = full
+    run(go(r))
+
+
+def test_ray_jobs_submit_adopts_a_job_already_submitted_under_the_records_id(tmp_path):
+    from controllers.models.jobs import RayJobs, retrain_job_id
+    from raymedic.storage import Storage
+
+    class Client:  # the Jobs SDK's answers: a 404 for an id it does not know
+        def __init__(self) -> None:
+            self.jobs: dict[str, str] = {}
+
+        def get_job_info(self, job_id: str) -> Any:
+            if job_id not in self.jobs:
+                raise RuntimeError(f"Request failed with status code 404: Job {job_id} does not exist.")
+            return self.jobs[job_id]
+
+        def submit_job(self, *, submission_id: str, **_: Any) -> str:
+            assert submission_id not in self.jobs, "a second job under one id"
+            self.jobs[submission_id] = "RUNNING"
+            return submission_id
+
+    client = Client()
+    jobs = RayJobs(model="m", storage_path=str(tmp_path), storage=Storage(str(tmp_path)))
+    jobs._jobs = lambda: client
+    sub = SubmitRetrain("r0001-100", "drift", ())
+    assert jobs.submit(sub) == jobs.submit(sub) == retrain_job_id("m", "r0001-100")
+    assert list(client.jobs) == [retrain_job_id("m", "r0001-100")]

@@ -29,7 +29,7 @@ from typing import Any, Callable, Coroutine, Protocol, Sequence
 from controllers.models.canaries import Canaries
 from controllers.models.jobs import PROJECT_ROOT, Jobs
 from controllers.models.swap import Swapper
-from controllers.policies.playbook import Playbook, Promote, RolloutDone, Trigger
+from controllers.policies.playbook import Playbook, Promote, RolloutDone, SubmitRetrain, Trigger
 from raymedic.config import RaymedicConfig
 from raymedic.logs import get_logger
 from train_jobs.registry import LoadedVersion, VersionInfo
@@ -93,8 +93,10 @@ class ModelHealer:
 
     def __init__(self, cfg: RaymedicConfig, playbook: Playbook, record: Record, *,
                  on_new_versions: Callable[[dict[str, str]], None], jobs: Jobs, canaries: Canaries,
-                 swapper: Swapper, registry: Registry, clock: Callable[[], float] = time.time) -> None:
+                 swapper: Swapper, registry: Registry, clock: Callable[[], float] = time.time,
+                 save_intent: Callable[[], None] | None = None) -> None:
         self.cfg, self.playbook, self._record = cfg, playbook, record
+        self._save_intent = save_intent  # blocking: the controller's checkpoint, written before a submit
         self._on_new_versions = on_new_versions
         self.jobs, self.canaries, self.swapper, self.registry = jobs, canaries, swapper, registry
         self._clock = clock
@@ -134,8 +136,10 @@ class ModelHealer:
         job = pb.job
         if job is not None and job.get("job_id"):
             return await self._follow_job(now, job)
-        if job is not None:
-            return False
+        if job is not None:  # an intent checkpointed before a crash, maybe submitted: submit is idempotent
+            return await self._submit(now, SubmitRetrain(job["record"], job.get("reason", ""),
+                                                         tuple(job.get("alerts") or ()), bool(job.get("search")),
+                                                         job.get("since")), labels)
         if pb.rollout is not None:
             return self._judge_trial(now)
         manual, self._manual = self._manual, None
@@ -145,6 +149,19 @@ class ModelHealer:
             if rb is not None:
                 self.spawn(self.rollback(list(rb.members), rb.reason))
                 return True
+            return False
+        return await self._submit(now, sub, labels)
+
+    async def _submit(self, now: float, sub: SubmitRetrain, labels: int) -> bool:
+        """Checkpoint the job's intent, then submit it under its record's id. A controller killed between
+        the two finds the intent on restart and submits again: the id is the record's, so a job that did
+        go out is adopted, never started twice."""
+        pb = self.playbook
+        try:
+            if self._save_intent is not None:
+                await asyncio.to_thread(self._save_intent)
+        except Exception as exc:  # the intent is not durable: do not submit (the next step tries again)
+            log.warning("could not checkpoint the retrain intent %s (%r); submitting it later", sub.record, exc)
             return False
         try:
             job_id = await asyncio.to_thread(self.jobs.submit, sub)

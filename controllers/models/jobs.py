@@ -118,10 +118,21 @@ class RayJobs:
         return self._client
 
     def submit(self, sub: SubmitRetrain) -> str:
-        """Submit ``train_jobs.retrain`` with a recognisable id and metadata; its job id."""
-        return self._jobs().submit_job(
+        """Submit ``train_jobs.retrain`` with a recognisable id and metadata; its job id. Idempotent: the
+        id is the record's, and a job already submitted under it (by a controller killed before it could
+        checkpoint the id) is adopted, not submitted twice."""
+        client = self._jobs()
+        job_id = retrain_job_id(self.model, sub.record)
+        try:
+            client.get_job_info(job_id)
+            log.info("retrain job %s was already submitted (before a controller restart): following it", job_id)
+            return job_id
+        except RuntimeError as exc:  # the Jobs API answers 404 for an id it does not know
+            if "404" not in str(exc) and "does not exist" not in str(exc):
+                raise
+        return client.submit_job(
             entrypoint=entrypoint(self.model, self.storage_path, sub),
-            submission_id=retrain_job_id(self.model, sub.record),
+            submission_id=job_id,
             metadata={"app": "raymedic", "kind": "retrain+search" if sub.search else "retrain", "model": self.model,
                       "reason": sub.reason[:200],
                       "alerts": ",".join(sub.alerts)[:200]},
