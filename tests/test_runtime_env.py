@@ -137,10 +137,13 @@ def test_a_retrain_job_gets_the_applications_runtime_env_merged_with_raymedics_p
 
 
 class _FakeJobsClient:
-    """The Jobs API's submit, recorded."""
+    """The Jobs API's submit, recorded (it knows no job yet: a 404, as the SDK raises it)."""
 
     def __init__(self) -> None:
         self.submitted: list[dict] = []
+
+    def get_job_info(self, job_id: str) -> dict:
+        raise RuntimeError(f"Request failed with status code 404: Job {job_id} does not exist.")
 
     def submit_job(self, **kwargs) -> str:
         self.submitted.append(kwargs)
