@@ -27,7 +27,8 @@ ACTION_KINDS = (
     "restart", "drained", "standby-serves", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
     "rejected", "mode", "retrain-submitted", "retrain-submit-failed", "retrain-finished", "promote",
     "rollback", "trial-started", "trial-promote", "trial-reject", "trial-finished", "trial-abandoned",
-    "trial-requested", "compact", "compact-started", "disk-proposal-withdrawn")
+    "trial-requested", "compact", "compact-started", "disk-proposal-withdrawn", "evict", "drain-node",
+    "node-drained", "node-drain-failed", "node-pressure-no-room", "node-pressure-no-move")
 """Audit kinds listed under ``actions``: what the controller (or an operator) did, not what it saw."""
 KEPT = 50
 """Incidents, data alerts and actions shown (the newest)."""
@@ -42,13 +43,16 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
                     data_report: DataReport | None, performance_report: PerformanceReport | None,
                     process: Mapping[str, Any], disk: Mapping[str, Any] | None = None,
                     disk_proposals: Sequence[Mapping[str, Any]] = (),
-                    slo_breached: Sequence[str] = ()) -> dict[str, Any]:
+                    nodes: Mapping[str, Any] | None = None, slo_breached: Sequence[str] = ()) -> dict[str, Any]:
     """The status document.
 
     Args:
         process: ``pid``, ``started_at`` and ``resumed_from_checkpoint`` of this controller process.
         disk: The disk keeper's report (filesystems, the logs' size, verdict, last compaction).
-        disk_proposals: Compactions waiting for an operator (approval mode), listed with the restarts.
+        disk_proposals: Compactions and node drains waiting for an operator (approval mode), listed with the
+            restarts.
+        nodes: The node keeper's report (each node's memory and CPU readings, verdict and phase; None: this
+            model's controller does not run it).
         slo_breached: Gateways whose p99 is above ``gateway.latency_slo_ms`` now.
         step_ms: Recent durations of the decide phase (the policy step and the weights), in ms:
             ``step_ms_p50`` is their median, the figure ``raymedic bench controller-step`` measures.
@@ -80,6 +84,7 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
         "healthy": {k: list(v) for k, v in (last.healthy if last else {}).items()},
         "memory": policy.memory_report(),
         "disk": dict(disk) if disk is not None else {"verdict": "unknown"},
+        "nodes": dict(nodes) if nodes is not None else None,
         "scaling": {"slo_breached": list(slo_breached), "slo_ms": deployment.cfg.gateway.latency_slo_ms,
                     "recent": scaling},
         "gateways": sorted(gateways),
