@@ -119,8 +119,15 @@ class NodeAgent:
                 "processes": len(tree)}
 
 
+_gcs_client: Any = None
+
+
 def _gcs() -> Any:
-    return ray._private.worker.global_worker.gcs_client  # the worker's own GCS client (what Serve's cache uses)
+    """A GCS client of this cluster (Serve's node cache uses the same calls: drain_node, get_draining_nodes)."""
+    global _gcs_client
+    if _gcs_client is None:
+        _gcs_client = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)
+    return _gcs_client
 
 
 def drain_node(node_id: str, message: str) -> Outcome:
@@ -176,8 +183,7 @@ class NodeObserver:
             self._agents.pop(nid)
         refs = {n["NodeID"]: self._agent(n["NodeID"]).read.remote() for n in nodes if n["NodeID"] not in draining
                 or n["NodeID"] in self._agents}
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=READ_TIMEOUT_S)
-        done = set(ready)
+        done = set(ray.wait(list(refs.values()), num_returns=len(refs), timeout=READ_TIMEOUT_S)[0]) if refs else set()
         out = []
         sc = self.system_config()
         for n in nodes:

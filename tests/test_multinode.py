@@ -161,7 +161,7 @@ def test_a_cpu_hog_on_a_node_moves_its_replicas_off_it(svc):
         assert kind in kinds, kinds
     assert next(r for r in audit if r["kind"] == "drain-node")["outcome"] == "ok"
     assert kinds.index("detected-node-pressure") < kinds.index("evict") < kinds.index("drain-node")
-    incident = [i for i in st["incidents"] if i.get("kind") == "node_pressure" and i.get("feature") == victim.name]
+    incident = [i for i in st["incidents"] if i.get("kind") == "node_pressure" and i.get("target") == victim.name]
     assert incident, st["incidents"]
     assert [name for name, row in rows.items() if row["draining"]] == [victim.name]  # only the hogged node
 

@@ -478,8 +478,8 @@ class NodeWatch:
                 continue
             if st.phase == NodePhase.DRAINED:
                 continue
-            if not here:
-                continue  # pressure, but no member replica to move (status shows it)
+            if not here or n.draining:
+                continue  # pressure, but nothing to move (status shows it), or Ray drains it already
             target = n.name
             if n.is_head:
                 if not st.no_room_said:
