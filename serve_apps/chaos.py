@@ -47,8 +47,9 @@ from raymedic.errors import InjectedFault, InvalidRequest
 from raymedic.keys import CHAOS_FAULTS
 from raymedic.storage import Storage
 
-__all__ = ["CPU_HOG_MAX_S", "CpuHog", "clear_cpu_hogs", "cpu_hog", "resolve_node", "DISK_FILL_DIR", "DISK_FILL_MAX_MB", "FAULTS", "clear_disk_fill", "disk_fill", "disk_fill_limit_mb",
-           "LEAK_CAP_MB", "LEAK_DEFAULT_MB_PER_S", "LEAK_NODE_FLOOR", "ReplicaFault", "sigkill_replica"]
+__all__ = ["CPU_HOG_MAX_S", "DISK_FILL_DIR", "DISK_FILL_MAX_MB", "FAULTS", "LEAK_CAP_MB", "LEAK_DEFAULT_MB_PER_S",
+           "LEAK_NODE_FLOOR", "CpuHog", "ReplicaFault", "clear_cpu_hogs", "clear_disk_fill", "cpu_hog", "disk_fill",
+           "disk_fill_limit_mb", "resolve_node", "sigkill_replica"]
 
 FAULTS = CHAOS_FAULTS
 IN_REPLICA = tuple(f for f in FAULTS if f != "kill")  # kill is a signal, not a state of the replica
@@ -256,7 +257,7 @@ class CpuHog:
     of a worker its raylet forked), each exiting by itself after ``for_s`` whatever happens to the actor."""
 
     def __init__(self, procs: int, for_s: float) -> None:
-        import subprocess  # lazy: only a hog starts processes
+        import subprocess  # lazy: only a hog starts processes (stdlib)
         import sys
 
         self.until = time.time() + for_s
