@@ -7,6 +7,7 @@ off with no failed request) is in tests/test_multinode.py, sharing that module's
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -251,3 +252,25 @@ def test_resolve_node_names_what_to_send():
     assert resolve_node("ab3", nodes)["NodeID"] == "ab34"
     with pytest.raises(InvalidRequest, match="matches 2 alive nodes"):
         resolve_node("ab", nodes)
+
+
+# ---- the readings' parts that need no Ray: a process tree's CPU, the hog's processes --------------------------
+
+def test_a_busy_child_shows_in_its_parents_process_tree_and_a_hog_stops_on_clear():
+    import psutil
+    import ray  # noqa: F401  (psutil ships inside Ray: this import puts it on sys.path)
+
+    from controllers.nodes import read_process_tree
+    from serve_apps.chaos import CpuHog
+
+    hog = CpuHog(1, 30.0)  # one busy process under this one, as under a hog actor on a node
+    try:
+        (pid,) = hog.info()["pids"]
+        first = read_process_tree(psutil.Process())[pid][1]
+        deadline = time.monotonic() + 10
+        while read_process_tree(psutil.Process())[pid][1] <= first + 0.05:
+            assert time.monotonic() < deadline, "the busy child used no CPU in 10 s"
+        assert hog.info()["running"] == 1
+    finally:
+        assert hog.stop() == 1
+    assert hog.info()["running"] == 0 and pid not in read_process_tree(psutil.Process())
