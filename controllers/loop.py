@@ -43,12 +43,7 @@ from controllers.alerts import WebhookNotifier
 from controllers.audit import AuditLog
 from controllers.checkpoint import Checkpoint, load_checkpoint
 from controllers.checks import RETRAIN_KINDS, ModelChecks
-from controllers.deployment import (
-    Deployment,
-    load_deployment,
-    load_golden,
-    record_versions,
-)
+from controllers.deployment import Deployment, load_deployment, load_golden, record_versions
 from controllers.disk import DiskKeeper
 from controllers.gateway_sync import GatewaySync
 from controllers.models.canaries import ServeCanaries
