@@ -55,7 +55,17 @@ class HealingController:
         self._storage_path = storage_path
         self._models: dict[str, ModelController] = {}
         for name in served_models(self._storage, model):
-            self._models[name] = ModelController(storage_path, name)
+            self._models[name] = self._new(name)
+
+    def _new(self, name: str) -> ModelController:
+        """The first model's controller runs the node keeper (nodes are shared); the others avoid what it evicts."""
+        if not self._models:
+            return ModelController(self._storage_path, name)
+        return ModelController(self._storage_path, name, evicting=self._evicting)
+
+    def _evicting(self) -> frozenset[str]:
+        keeper = next((c.node_keeper for c in self._models.values() if c.node_keeper is not None), None)
+        return keeper.evicting() if keeper is not None else frozenset()
 
     # ---- which model ------------------------------------------------------------------------
 
@@ -133,7 +143,7 @@ class HealingController:
         reloaded: dict[str, Any] = {}
         for name in wanted:
             if name not in self._models:
-                self._models[name] = ModelController(self._storage_path, name)
+                self._models[name] = self._new(name)
             reloaded[name] = (await self._models[name].reload())["versions"]
         self._models = {name: self._models[name] for name in wanted}  # the service's order
         first = reloaded[self._first]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ray import serve
 
@@ -53,6 +53,7 @@ from controllers.models.swap import VersionSwapper
 from controllers.monitors.data import MODEL_KINDS, PREDICTION_KINDS, DataAlerts
 from controllers.monitors.performance import PerformanceMonitor
 from controllers.monitors.vitals import VitalsBoard
+from controllers.nodes import NodeKeeper
 from controllers.observe import RayObserver
 from controllers.operator import Operator
 from controllers.outcome import Outcome
@@ -99,9 +100,11 @@ class ModelController:
     Args:
         storage_path: The service's storage (config, registry, checkpoint, audit).
         model: The model it heals.
+        evicting: The replicas the node keeper moves off a node (every model's policy avoids them). None: this
+            model's controller runs the node keeper (the service's first model: nodes are shared).
     """
 
-    def __init__(self, storage_path: str, model: str) -> None:
+    def __init__(self, storage_path: str, model: str, evicting: Callable[[], frozenset[str]] | None = None) -> None:
         self._storage = storage = Storage(storage_path)
         self._model = model
         self._started_at = time.time()
@@ -128,10 +131,17 @@ class ModelController:
         self._checkpoint = Checkpoint(storage, model, policy=self._policy.to_dict, weights=self._hedge.to_dict,
                                       epoch=lambda: self._control.epoch, data_alerts=self._data_alerts.to_dict,
                                       performance=self._perf.to_dict, playbook=self._playbook.to_dict,
-                                      disk=lambda: self._disk.to_dict())
+                                      disk=lambda: self._disk.to_dict(),
+                                      nodes=None if evicting is not None else lambda: self.node_keeper.to_dict())
         self._disk = DiskKeeper(storage=storage, model=model, cfg=lambda: self.cfg, policy=self._policy,
                                 data_alerts=self._data_alerts, recorder=self._recorder, audit=self._audit,
                                 checkpoint=self._checkpoint, memory=state.get("disk"))
+        self.node_keeper: NodeKeeper | None = None
+        if evicting is None:
+            self.node_keeper = NodeKeeper(model=model, cfg=lambda: self.cfg, policy=self._policy,
+                                          data_alerts=self._data_alerts, recorder=self._recorder, audit=self._audit,
+                                          checkpoint=self._checkpoint, memory=state.get("nodes"))
+            evicting = self.node_keeper.evicting
         self._actuators = RayActuators(record=self._audit.record, deployment_of=self._deployment_of)
         swapper = VersionSwapper(replicas=self._running_replicas, restart=self._restart,
                                  timeout_s=lambda: self.cfg.controller.swap_timeout_s,
@@ -163,7 +173,8 @@ class ModelController:
                                 control=self._control, calls=calls, trial_view=self._healer.trial_view,
                                 checks=self._checks, memory=memory,
                                 latency=lambda: (self._sync.latency, self._live_gateways()),
-                                watch_gateway=not cfg.serve_prefix)  # the first model's loop: one gateway
+                                watch_gateway=not cfg.serve_prefix,  # the first model's loop: one gateway
+                                evicting=evicting)
         self._sync = GatewaySync(deployment=self._current, calls=calls, playbook=self._playbook,
                                  performance=self._perf, hedge=self._hedge, control=self._control,
                                  checkpoint=self._checkpoint, document=self.control_state)
@@ -243,12 +254,16 @@ class ModelController:
             return  # not inside the actor's event loop yet: the next call starts it
         self._task = loop.create_task(self._run())
         self._disk.ensure_running()  # its own period: a listing or a compaction never delays a step
+        if self.node_keeper is not None:
+            self.node_keeper.ensure_running()
 
     def stop(self) -> None:
         """Stop healing this model (it is no longer served); what it recorded stays in storage."""
         if self._task is not None:
             self._task.cancel()
         self._disk.stop()
+        if self.node_keeper is not None:
+            self.node_keeper.stop()
         self._audit.flush()
 
     async def _run(self) -> None:
@@ -288,7 +303,10 @@ class ModelController:
                                performance_report=self._checks.performance_report,
                                process={"pid": os.getpid(), "started_at": self._started_at,
                                         "resumed_from_checkpoint": self._resumed},
-                               disk=self._disk.report(), disk_proposals=self._disk.proposals(),
+                               disk=self._disk.report(),
+                               disk_proposals=self._disk.proposals() + (self.node_keeper.proposals()
+                                                                        if self.node_keeper else []),
+                               nodes=self.node_keeper.report() if self.node_keeper else None,
                                slo_breached=self._step.slo_breached, vitals=self._vitals.report(),
                                gpu=self._step.gpu_report(time.time()))
 
@@ -302,6 +320,8 @@ class ModelController:
         self._ensure_running()
         if self._disk.owns(incident_id):
             return await self._disk.decide(incident_id, approve, who)
+        if self.node_keeper is not None and self.node_keeper.owns(incident_id):
+            return await self.node_keeper.decide(incident_id, approve, who)
         return await self._operator.decide(incident_id, approve, who)
 
     async def set_mode(self, mode: str, who: str = "operator") -> dict[str, Any]:

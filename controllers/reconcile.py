@@ -148,6 +148,7 @@ class Reconciler:
             audit).
         watch_gateway: Whether this model's controller also audits the gateway's scaling (the first model's:
             the gateway is shared).
+        evicting: Replica ids on nodes the node keeper moves work off (:mod:`controllers.nodes`): avoided.
         clock: Wall-clock time (``now`` of every observation).
         timer: A monotonic timer for durations.
     """
@@ -158,7 +159,7 @@ class Reconciler:
                  trial_view: Callable[[], dict[str, Any] | None], checks: ModelChecks | None = None,
                  memory: MemorySeries | None = None, memory_threshold: float | None = None,
                  latency: Callable[[], tuple[Mapping[str, Mapping[str, Any]], Sequence[str]]] | None = None,
-                 watch_gateway: bool = False, clock: Callable[[], float] = time.time, timer: Callable[[], float] = time.perf_counter) -> None:
+                 watch_gateway: bool = False, evicting: Callable[[], frozenset[str]] | None = None, clock: Callable[[], float] = time.time, timer: Callable[[], float] = time.perf_counter) -> None:
         self.model = model
         self._deployment = deployment
         self._policy = policy
@@ -184,6 +185,7 @@ class Reconciler:
         self._scale = ScaleWatch()
         self._latency = latency
         self._watch_gateway = watch_gateway
+        self._evicting = evicting
         self._scale_events: list[tuple[float, AuditEvent]] = []  # observed, recorded by the next record phase
         ccfg = deployment().cfg.controller
         self._gpu_nodes = GpuNodeWatch(faults=ccfg.gpu_node_faults, window_s=ccfg.gpu_node_window_s,
@@ -356,7 +358,8 @@ class Reconciler:
                                          seen_dead_at=v.seen_at, probes=self._prober.history(v.replica)))
         return Observation(now=now, replicas=tuple(snaps), targets=targets,
                            standby={m.name: m.standby for m in dep.cfg.members if m.standby},
-                           memory_threshold=self._memory_threshold)
+                           memory_threshold=self._memory_threshold,
+                           evicting=self._evicting() if self._evicting is not None else frozenset())
 
     # ---- decide -----------------------------------------------------------------------------
 

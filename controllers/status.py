@@ -27,7 +27,8 @@ ACTION_KINDS = (
     "restart", "drained", "standby-serves", "quarantine", "unquarantine", "suppressed", "pause", "resume", "proposed", "approved",
     "rejected", "mode", "retrain-submitted", "retrain-submit-failed", "retrain-finished", "promote",
     "rollback", "trial-started", "trial-promote", "trial-reject", "trial-finished", "trial-abandoned",
-    "trial-requested", "compact", "compact-started", "disk-proposal-withdrawn", "gpu-node-drain")
+    "trial-requested", "compact", "compact-started", "disk-proposal-withdrawn", "gpu-node-drain", "evict",
+    "drain-node", "node-drained", "node-drain-failed", "node-pressure-no-room", "node-pressure-no-move")
 """Audit kinds listed under ``actions``: what the controller (or an operator) did, not what it saw."""
 KEPT = 50
 """Incidents, data alerts and actions shown (the newest)."""
@@ -43,13 +44,17 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
                     process: Mapping[str, Any], disk: Mapping[str, Any] | None = None,
                     disk_proposals: Sequence[Mapping[str, Any]] = (),
                     slo_breached: Sequence[str] = (), gpu: Mapping[str, Any] | None = None,
-                    vitals: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                    vitals: Mapping[str, Mapping[str, Any]] | None = None,
+                    nodes: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The status document.
 
     Args:
         process: ``pid``, ``started_at`` and ``resumed_from_checkpoint`` of this controller process.
         disk: The disk keeper's report (filesystems, the logs' size, verdict, last compaction).
-        disk_proposals: Compactions waiting for an operator (approval mode), listed with the restarts.
+        disk_proposals: Compactions and node drains waiting for an operator (approval mode), listed with the
+            restarts.
+        nodes: The node keeper's report (each node's memory and CPU readings, verdict and phase; None: this
+            model's controller does not run it).
         slo_breached: Gateways whose p99 is above ``gateway.latency_slo_ms`` now.
         vitals: Each replica's latest process vitals (:class:`controllers.monitors.vitals.VitalsBoard`).
         gpu: The GPU signals (:meth:`controllers.reconcile.Reconciler.gpu_report`): per GPU replica its
@@ -86,6 +91,7 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
         "vitals": {rid: dict(v) for rid, v in (vitals or {}).items()},
         "disk": dict(disk) if disk is not None else {"verdict": "unknown"},
         "gpu": dict(gpu) if gpu is not None else {"gpu": "none"},
+        "nodes": dict(nodes) if nodes is not None else None,
         "scaling": {"slo_breached": list(slo_breached), "slo_ms": deployment.cfg.gateway.latency_slo_ms,
                     "recent": scaling},
         "gateways": sorted(gateways),

@@ -538,6 +538,35 @@ class ControllerConfig(_Strict):
     disk_compact_cooldown_s: float = Field(
         300.0, ge=0, le=86400, description="Minimum gap between two compactions (each rewrites the current "
         "hour's parts).")
+    node_period_s: float = Field(
+        2.0, gt=0, le=600, description="Nodes: how often each node's agent (a tiny actor on every node) reads its "
+        "node's memory and the CPU its own processes used (:mod:`controllers.nodes`).")
+    node_window_s: float = Field(
+        20.0, gt=0, le=3600, description="A node is under pressure only when every reading of this many recent "
+        "seconds is over the high mark (and stays so until every one is under the low mark): one busy second, "
+        "a model load, is not pressure.")
+    node_min_samples: int = Field(5, ge=2, le=1000, description="Readings that window needs for a verdict ...")
+    node_min_span_s: float = Field(8.0, gt=0, le=3600, description="... spanning at least this many seconds.")
+    node_cpu_high: float = Field(
+        0.9, gt=0, le=100, description="CPU pressure: the node's own processes (its raylet and everything under "
+        "it) use this share of the cores the node may use (its host's, or its fair share of them when raylets "
+        "share a host; above 1 when they take more than their share).")
+    node_cpu_low: float = Field(0.6, gt=0, le=100, description="... and the pressure ends under this share.")
+    node_memory_margin: float = Field(
+        0.05, ge=0, lt=1, description="Memory pressure: the node's used memory share is within this of the "
+        "memory-monitor threshold its raylet runs with (RAY_memory_usage_threshold, default 0.95); it ends "
+        "under the threshold less twice this.")
+    node_drain_settle_s: float = Field(
+        1.0, ge=0, le=60, description="A node's replicas are avoided at once (the gateways route to their peers "
+        "and standbys elsewhere); the node is drained through Ray this long after.")
+    node_drain_cooldown_s: float = Field(
+        300.0, ge=0, le=86400, description="Minimum gap between two node drains (a drain moves every replica "
+        "of the node; Ray cannot undo it).")
+    node_max_drains: int = Field(2, ge=1, le=100, description="Node drains allowed per node_drain_window_s.")
+    node_drain_window_s: float = Field(3600.0, gt=0, le=7 * 86400)
+    node_drain_timeout_s: float = Field(
+        180.0, gt=0, le=3600, description="A drained node that still holds member replicas after this long is "
+        "audited as node-drain-failed.")
     weight_eta: float = Field(0.5, gt=0, description="Hedge learning rate on feedback losses.")
     weight_decay: float = Field(0.99, gt=0, le=1, description="Per-sample forgetting of old losses.")
     min_weight: float = Field(0.05, ge=0, lt=0.5, description="Floor for each healthy member.")
@@ -558,6 +587,12 @@ class ControllerConfig(_Strict):
             raise ValueError(f"controller.disk_alert_free_fraction ({self.disk_alert_free_fraction}) must be <= "
                              f"controller.disk_compact_free_fraction ({self.disk_compact_free_fraction}): compaction "
                              "should start before the alert floor; lower the first or raise the second")
+        if self.node_cpu_low > self.node_cpu_high:
+            raise ValueError(f"controller.node_cpu_low ({self.node_cpu_low}) must be <= controller.node_cpu_high "
+                             f"({self.node_cpu_high}): pressure ends under the low mark; lower node_cpu_low")
+        if self.node_min_span_s > self.node_window_s:
+            raise ValueError(f"controller.node_min_span_s ({self.node_min_span_s}) must be <= "
+                             f"controller.node_window_s ({self.node_window_s})")
         if self.leak_drain_settle_s > self.leak_drain_timeout_s:
             raise ValueError(f"controller.leak_drain_settle_s ({self.leak_drain_settle_s}) must be <= "
                              f"controller.leak_drain_timeout_s ({self.leak_drain_timeout_s})")

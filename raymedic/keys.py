@@ -32,6 +32,7 @@ __all__ = [
     "audit_prefix",
     "predictions_prefix",
     "STORAGE_FAULTS",
+    "NODE_FAULTS",
     "feedback_prefix",
     "retrain_job_id",
     "CHAOS_FAULTS",
@@ -154,6 +155,8 @@ REPLICA_BENCH_FAULTS = tuple(f for f in CHAOS_FAULTS if f not in ("leak", "gpu-f
 """The faults ``bench replica-faults`` runs (and its ``--faults`` accepts)."""
 STORAGE_FAULTS = ("disk-fill",)
 """Faults of the service's storage rather than a replica (``raymedic chaos disk-fill --mb N``): no member."""
+NODE_FAULTS = ("cpu-hog",)
+"""Faults of a node rather than a replica (``raymedic chaos cpu-hog --node NODE``): no member."""
 INFRA_BENCH_FAULTS = ("leak", "disk-fill", "spike")
 """The faults ``bench infra-faults`` runs by default and its ``--faults`` accepts (its fault table,
 :data:`raymedic.bench.infra.INFRA_FAULTS`, has one entry per name; ``starved-node`` comes next)."""

@@ -101,6 +101,14 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                       ("model", "log"), None),
     "raymedic_prediction_log_files": ("gauge", "Parquet parts of the prediction and feedback logs.",
                                       ("model", "log"), None),
+    "raymedic_node_cpu_share": ("gauge", "CPU its own processes (its raylet and everything under it) used, as a "
+                                "share of the cores the node may use (above 1: more than its share of a shared "
+                                "host).", ("model", "node"), None),
+    "raymedic_node_memory_used_ratio": ("gauge", "Used share (0-1) of the node's memory.", ("model", "node"), None),
+    "raymedic_node_memory_threshold": ("gauge", "The memory-monitor threshold the node's raylet runs with "
+                                       "(RAY_memory_usage_threshold): past it Ray kills workers.", ("model", "node"), None),
+    "raymedic_node_pressure": ("gauge", "1 while the node is under sustained memory or CPU pressure, else 0.",
+                               ("model", "node"), None),
     "raymedic_prediction_log_writable": ("gauge", "1 while a gateway replica's last prediction-log flush "
                                          "succeeded, 0 while writes fail (a full disk); requests are answered "
                                          "either way.", ("model", "replica"), None),

@@ -25,6 +25,10 @@ Faults look like the real ones from the outside:
   :data:`LEAK_CAP_MB`), or its node's free memory falls under
   :data:`LEAK_NODE_FLOOR`: a drill must never eat the machine.
 
+- ``cpu-hog`` (a node's fault, not a replica's): ``procs`` busy processes on one node, under
+  an actor pinned there (so they are that node's own processes, as a noisy neighbour's job
+  would be), each exiting by itself after ``for_s`` seconds; ``chaos clear`` stops them at once.
+
 A fault lives in the replica's memory only: a replacement replica starts clean,
 which is exactly what a restart is supposed to buy.
 """
@@ -49,8 +53,9 @@ from raymedic.keys import CHAOS_FAULTS
 from raymedic.storage import Storage
 from serve_apps.gpu import check_kind, raise_gpu_fault
 
-__all__ = ["DISK_FILL_DIR", "DISK_FILL_MAX_MB", "FAULTS", "clear_disk_fill", "disk_fill", "disk_fill_limit_mb",
-           "LEAK_CAP_MB", "LEAK_DEFAULT_MB_PER_S", "LEAK_NODE_FLOOR", "ReplicaFault", "sigkill_replica"]
+__all__ = ["CPU_HOG_MAX_S", "DISK_FILL_DIR", "DISK_FILL_MAX_MB", "FAULTS", "LEAK_CAP_MB", "LEAK_DEFAULT_MB_PER_S",
+           "LEAK_NODE_FLOOR", "CpuHog", "ReplicaFault", "clear_cpu_hogs", "clear_disk_fill", "cpu_hog", "disk_fill",
+           "disk_fill_limit_mb", "resolve_node", "sigkill_replica"]
 
 FAULTS = CHAOS_FAULTS
 IN_REPLICA = tuple(f for f in FAULTS if f != "kill")  # kill is a signal, not a state of the replica
@@ -247,3 +252,128 @@ def clear_disk_fill(storage: Storage) -> list[str]:
         removed.append(str(p))
     shutil.rmtree(folder, ignore_errors=True)
     return removed
+
+
+# ---- cpu-hog: busy processes on one node ----------------------------------------------------------------
+
+CPU_HOG_NAMESPACE = "raymedic"
+CPU_HOG_PREFIX = "raymedic-cpu-hog-"
+CPU_HOG_DEFAULT_S = 120.0
+"""How long a hog burns by default; every busy process also exits on its own at its bound."""
+CPU_HOG_MAX_S = 600.0
+CPU_HOG_MAX_PROCS = 16
+NODE_LABEL = "raymedic.dev/node"  # cluster.plan.NODE_LABEL: the name `raymedic up --nodes` gives a node
+
+_BUSY = "import time\nend = time.time() + {s}\nx = 0\nwhile time.time() < end:\n    x = (x + 1) % 1000003\n"
+
+
+class CpuHog:
+    """``procs`` busy processes under one actor pinned to a node (so they are that node's processes: children
+    of a worker its raylet forked), each exiting by itself after ``for_s`` whatever happens to the actor."""
+
+    def __init__(self, procs: int, for_s: float) -> None:
+        import subprocess  # lazy: only a hog starts processes (stdlib)
+        import sys
+
+        self.until = time.time() + for_s
+        self._procs = [subprocess.Popen([sys.executable, "-c", _BUSY.format(s=float(for_s))],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL) for _ in range(procs)]
+
+    def info(self) -> dict[str, Any]:
+        return {"pids": [p.pid for p in self._procs], "running": sum(p.poll() is None for p in self._procs),
+                "until": self.until}
+
+    def stop(self) -> int:
+        """Kill the busy processes now; how many were still running."""
+        alive = [p for p in self._procs if p.poll() is None]
+        for p in alive:
+            p.kill()
+        for p in alive:
+            p.wait(timeout=5)
+        return len(alive)
+
+
+def resolve_node(query: str, nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The alive node ``query`` names: its ``raymedic.dev/node`` label (``worker-1``), or a unique prefix of
+    its id (``ray.nodes()`` entries).
+
+    >>> ns = [{"NodeID": "ab12", "Alive": True, "Labels": {NODE_LABEL: "head"}},
+    ...       {"NodeID": "cd34", "Alive": True, "Labels": {NODE_LABEL: "worker-1"}}]
+    >>> resolve_node("worker-1", ns)["NodeID"], resolve_node("ab", ns)["NodeID"]
+    ('cd34', 'ab12')
+
+    Raises:
+        InvalidRequest: (404) no alive node, or several, match.
+    """
+    alive = [n for n in nodes if n.get("Alive")]
+    named = [n for n in alive if (n.get("Labels") or {}).get(NODE_LABEL) == query]
+    hits = named or [n for n in alive if query and str(n.get("NodeID", "")).startswith(query)]
+    if len(hits) != 1:
+        known = [(n.get("Labels") or {}).get(NODE_LABEL) or str(n.get("NodeID", ""))[:8] for n in alive]
+        raise InvalidRequest(f"node {query!r} matches {len(hits)} alive nodes; name one of {known} "
+                             "(a name or a node id prefix, as `raymedic status` shows them)", status=404)
+    return hits[0]
+
+
+def cpu_hog(node: str, procs: Any = None, for_s: Any = None) -> dict[str, Any]:
+    """Start ``procs`` busy processes on ``node`` for ``for_s`` seconds (blocking; see :class:`CpuHog`).
+
+    The default ``procs`` is the node's logical CPUs (what it may use, taken whole), at most
+    :data:`CPU_HOG_MAX_PROCS`; a hog already on that node is replaced.
+
+    Raises:
+        InvalidRequest: A bad node, count or duration (422/404, naming what to send).
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # lazy: as sigkill_replica's
+
+    if not isinstance(node, str) or not node:
+        raise InvalidRequest('cpu-hog needs "node": a node name or id prefix (see `raymedic status`)')
+    n = resolve_node(node, ray.nodes())
+    if procs is None:
+        procs = int(max(1, min(CPU_HOG_MAX_PROCS, (n.get("Resources") or {}).get("CPU", 1))))
+    if isinstance(procs, bool) or not isinstance(procs, int) or not 1 <= procs <= CPU_HOG_MAX_PROCS:
+        raise InvalidRequest(f"procs must be a whole number from 1 to {CPU_HOG_MAX_PROCS}, got {procs!r}")
+    for_s = CPU_HOG_DEFAULT_S if for_s is None else for_s
+    if isinstance(for_s, bool) or not isinstance(for_s, (int, float)) or not 0 < for_s <= CPU_HOG_MAX_S:
+        raise InvalidRequest(f"for_s must be a number of seconds in (0, {CPU_HOG_MAX_S:g}], got {for_s!r}")
+    nid = str(n["NodeID"])
+    name = f"{CPU_HOG_PREFIX}{nid[:16]}"
+    _stop_hog(name)
+    hog = ray.remote(CpuHog).options(
+        num_cpus=0, name=name, namespace=CPU_HOG_NAMESPACE, lifetime="detached", max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote(procs, float(for_s))
+    info = ray.get(hog.info.remote(), timeout=30)
+    label = (n.get("Labels") or {}).get(NODE_LABEL) or nid[:8]
+    return {"node": label, "node_id": nid, "procs": procs, "for_s": float(for_s), **info}
+
+
+def _stop_hog(name: str) -> int:
+    try:
+        hog = ray.get_actor(name, namespace=CPU_HOG_NAMESPACE)
+    except ValueError:
+        return 0
+    try:
+        stopped = int(ray.get(hog.stop.remote(), timeout=10))
+    except Exception:
+        stopped = 0  # its processes exit at their bound anyway
+    ray.kill(hog)
+    return stopped
+
+
+def clear_cpu_hogs() -> list[str]:
+    """Stop every CPU hog (blocking); the names of those stopped."""
+    from ray.util.state import list_actors  # lazy: the state API only for clearing
+
+    try:
+        hogs = list_actors(address=ray.get_runtime_context().gcs_address,
+                           filters=[("state", "=", "ALIVE"), ("class_name", "=", "CpuHog")],
+                           raise_on_missing_output=False, timeout=10)
+    except Exception:
+        return []
+    out = []
+    for a in hogs:
+        if a.name and a.name.startswith(CPU_HOG_PREFIX):
+            _stop_hog(a.name)
+            out.append(a.name)
+    return out

@@ -34,8 +34,8 @@ FLAGS = {
     "retrain": ["--config", "--json", "--model", "--reason", "--url"],
     "rollback": ["--config", "--json", "--member", "--model", "--url"],
     "trial": ["--config", "--json", "--member", "--mode", "--model", "--url", "--version"],
-    "chaos": ["--config", "--delay-ms", "--for", "--json", "--kind", "--mb", "--mb-per-s", "--member", "--model", "--replica",
-              "--rps", "--url"],
+    "chaos": ["--config", "--delay-ms", "--for", "--json", "--kind", "--mb", "--mb-per-s", "--member", "--model",
+              "--node", "--procs", "--replica", "--rps", "--url"],
     "openapi": ["--config", "--out"],
     "audit": ["--config", "--json", "--limit", "--model", "--since"],
     "train": ["--config", "--data", "--json", "--members", "--model", "--no-promote", "--storage-path", "--synthetic",
@@ -259,6 +259,11 @@ def test_status_shows_what_the_gateway_answered_on_an_error(gateway, capsys):
      {"fault": "gpu-fault", "member": "mlp", "replica": "b1", "kind": "ecc"},
      "injected gpu-fault (ecc) into mlp/b1; watch it heal with `raymedic status`"),
     (["chaos", "clear"], "chaos/clear", {}, {"cleared": ["b1", "b2"]}, "cleared faults on 2 replica(s)"),
+    (["chaos", "cpu-hog", "--node", "worker-1", "--procs", "2", "--for", "30"], "chaos",
+     {"fault": "cpu-hog", "node": "worker-1", "procs": 2, "for_s": 30.0},
+     {"fault": "cpu-hog", "node": "worker-1", "procs": 2, "for_s": 30.0},
+     "started 2 busy process(es) on node worker-1 for 30 s; watch the node with `raymedic status` "
+     "(`raymedic chaos clear` stops them)"),
 ])
 def test_operator_commands_call_their_admin_route_with_the_token(gateway, token, capsys, argv, route, body, reply,
                                                                  printed):
@@ -292,6 +297,7 @@ def test_the_admin_token_comes_from_the_file_up_wrote_when_the_variable_is_unset
 @pytest.mark.parametrize("argv, error", [
     (["chaos", "kill"], "--member is required: which ensemble member to hurt (see `raymedic status`)"),
     (["chaos", "slow", "--member", "mlp"], "slow needs --delay-ms N (e.g. --delay-ms 500)"),
+    (["chaos", "cpu-hog"], "cpu-hog needs --node NODE: a node name or node id prefix (see `raymedic status`)"),
 ])
 def test_chaos_refuses_an_incomplete_fault_before_calling_the_service(gateway, token, capsys, argv, error):
     assert cli.main([*argv, "--url", gateway.url]) == 2

@@ -74,6 +74,7 @@ class AlertKind(StrEnum):
     CONCEPT_DRIFT = "concept_drift"
     PREDICTION_DRIFT = "prediction_drift"
     DISK_SPACE = "disk_space"  # a filesystem the service writes to is (forecast to be) nearly full: controllers.disk
+    NODE_PRESSURE = "node_pressure"  # a node under sustained memory or CPU pressure: controllers.nodes
 
 
 class AlertStatus(StrEnum):

@@ -182,6 +182,7 @@ class Observation:
     targets: Mapping[str, int]  # member → replicas that serve user traffic
     standby: Mapping[str, int] = field(default_factory=dict)  # member → hot standby replicas beyond that
     memory_threshold: float = DEFAULT_RAY_MEMORY_THRESHOLD  # Ray's memory-monitor threshold (node share)
+    evicting: frozenset[str] = frozenset()  # replicas on a node the node keeper moves work off (avoided)
 
 
 @dataclass(frozen=True)
@@ -404,6 +405,22 @@ def _failing(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Contr
     if calls.ok_after_error == 0 and peer_ok and (calls.errors >= cfg.error_calls or (tail and calls.errors >= 1)):
         return evidence, first
     return None
+
+
+def _avoid_evicting(avoid: dict[str, tuple[str, ...]], by_member: Mapping[str, Sequence[ReplicaSnapshot]],
+                    evicting: frozenset[str]) -> dict[str, tuple[str, ...]]:
+    """The avoid lists plus the replicas on a node being evicted (:mod:`controllers.policies.node`), for
+    each member that keeps a serving replica elsewhere: a member whose every replica is there keeps
+    serving from them until Serve's replacements run (Serve stops the old ones only then)."""
+    out = dict(avoid)
+    for mem, snaps in by_member.items():
+        there = [s.replica for s in snaps if s.replica in evicting and s.replica not in out.get(mem, ())]
+        if not there:
+            continue
+        elsewhere = [s for s in snaps if _serving(s) and s.replica not in evicting and s.replica not in out.get(mem, ())]
+        if elsewhere:
+            out[mem] = tuple(sorted(set(out.get(mem, ())) | set(there)))
+    return out
 
 
 def _healthy(snap: ReplicaSnapshot) -> bool:
@@ -691,6 +708,8 @@ class HealingPolicy:
         avoid = {mem: tuple(sorted(i.replica for i in m.incidents.values()
                                    if i.member == mem and i.status == IncidentStatus.OPEN))
                  for mem in by_member}
+        if obs.evicting:
+            avoid = _avoid_evicting(avoid, by_member, obs.evicting)
         healthy = {mem: tuple(sorted(s.replica for s in snaps if _serving(s) and not self.open_incident(s.replica)
                                      and s.replica not in retired)) for mem, snaps in by_member.items()}
         standby: dict[str, tuple[str, ...]] = {}

@@ -5,7 +5,8 @@ unknown route) and need the admin token. A fault goes to one running replica of 
 member: the one named, or by default one serving traffic (not a standby, so the
 fault is felt). ``kill`` is a real SIGKILL of the replica's process; ``hang``,
 ``slow``, ``wrong``, ``error``, ``leak`` and ``gpu-fault`` (``"kind"``: oom, device-lost, ecc) are set inside the replica (:mod:`serve_apps.chaos`);
-``disk-fill`` (no member) writes a bounded file under ``storage_path``. Each
+``disk-fill`` (no member) writes a bounded file under ``storage_path``; ``cpu-hog`` (no member,
+a ``node``) starts bounded busy processes on one node. Each
 injection is recorded in the controller's audit log, so a heal can be read
 against the fault that caused it.
 """
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raymedic.errors import InvalidRequest, ServiceUnavailable
 from raymedic.storage import Storage
-from serve_apps.chaos import FAULTS, clear_disk_fill, disk_fill, sigkill_replica
+from serve_apps.chaos import FAULTS, clear_cpu_hogs, clear_disk_fill, cpu_hog, disk_fill, sigkill_replica
 from serve_apps.gateway.admin import check_admin
 from serve_apps.gateway.api import json_body
 from serve_apps.gateway.lane import ModelLane, pick_lane
@@ -140,6 +141,11 @@ class ChaosRoutes:
             result = {"fault": "disk-fill", "at": time.time(), **out}
             await lane.link.note("chaos-injected", f"{lane.model}/storage", result)
             return result
+        if isinstance(body, dict) and body.get("fault") == "cpu-hog":  # a node's fault, not a replica's
+            out = await asyncio.to_thread(cpu_hog, body.get("node"), body.get("procs"), body.get("for_s"))
+            result = {"fault": "cpu-hog", "at": time.time(), **out}
+            await lane.link.note("chaos-injected", f"node/{out['node']}", result)
+            return result
         fault, member, delay_ms = parse_chaos(body, lane.order)
         replicas = await self._running_replicas(lane, member)
         target = pick_target(replicas, member=member, wanted=body.get("replica"),
@@ -169,11 +175,12 @@ class ChaosRoutes:
         """
         \f
         Clear every injected fault on every running replica of every model (a hung or dying one is
-        skipped); a leak's memory is freed, disk-fill's files are deleted.
+        skipped); a leak's memory is freed, disk-fill's files are deleted, cpu hogs are stopped.
         """
         self._chaos_enabled(request)
         storage = Storage(next(iter(self._lanes.values())).cfg.storage_path)  # every model's, one service's
         files = await asyncio.to_thread(clear_disk_fill, storage)  # first: needs no replica
+        hogs = await asyncio.to_thread(clear_cpu_hogs)
         cleared = []
         for lane in self._lanes.values():
             mine = []
@@ -184,9 +191,10 @@ class ChaosRoutes:
                         mine.append(f"{member}/{r.id}")
                     except Exception:
                         pass  # a hung or dying replica: the controller replaces it anyway
-            await lane.link.note("chaos-cleared", lane.model, {"replicas": mine, "disk_fill_files": files})
+            await lane.link.note("chaos-cleared", lane.model, {"replicas": mine, "disk_fill_files": files,
+                                                               "cpu_hogs": hogs})
             cleared += mine if len(self._lanes) == 1 else [f"{lane.model}/{c}" for c in mine]
-        return {"cleared": cleared, "disk_fill_files": files}
+        return {"cleared": cleared, "disk_fill_files": files, "cpu_hogs": hogs}
 
 
 def _model_named(body: Any) -> str | None:

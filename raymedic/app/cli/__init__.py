@@ -26,7 +26,8 @@ from raymedic.app.cli.operate import (cmd_approve, cmd_chaos, cmd_mode, cmd_paus
 from raymedic.app.cli.status import cmd_status
 from raymedic.app.cli.up import cmd_down, cmd_up
 from raymedic.errors import RaymedicError
-from raymedic.keys import CHAOS_FAULTS, GPU_FAULT_KINDS, INFRA_BENCH_FAULTS, REPLICA_BENCH_FAULTS, STORAGE_FAULTS
+from raymedic.keys import (CHAOS_FAULTS, GPU_FAULT_KINDS, INFRA_BENCH_FAULTS, NODE_FAULTS, REPLICA_BENCH_FAULTS,
+                           STORAGE_FAULTS)
 from raymedic.logs import configure
 from train_jobs.search import add_arguments as search_arguments
 from train_jobs.train_flags import add_arguments as train_arguments
@@ -106,11 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--mode", choices=["canary", "shadow"], help="canary: its answers are served on the "
                     "trial share; shadow: mirrored, never served (default: rollout.mode in the config).")
     ch = admin(add("chaos", cmd_chaos, "Inject a replica fault (needs chaos enabled and the admin token)."))
-    ch.add_argument("fault", choices=[*CHAOS_FAULTS, *STORAGE_FAULTS, "load", "clear"],
+    ch.add_argument("fault", choices=[*CHAOS_FAULTS, *STORAGE_FAULTS, *NODE_FAULTS, "load", "clear"],
                     help="kill: SIGKILL; hang: block inference; slow: add latency; wrong: wrong answers; "
                          "error: every call raises; leak: allocate and hold memory (--mb-per-s); "
                          "gpu-fault: a GPU fault double, inference raises what torch raises (--kind); "
                          "disk-fill: write --mb MB under storage_path/chaos/disk-fill (no --member); "
+                         "cpu-hog: busy processes on --node for --for seconds (no --member); "
                          "load: open-loop traffic at --rps for --for seconds, one line per second (no token); "
                          "clear: remove all injected faults (free a leak's memory, delete disk-fill files)")
     ch.add_argument("--member", help="Ensemble member to hurt.")
@@ -120,10 +122,14 @@ def _parser() -> argparse.ArgumentParser:
                     "space less 512 MB / 2%% of the disk).")
     ch.add_argument("--rps", type=float, help="Rate for load, requests per second (at most 1000).")
     ch.add_argument("--for", dest="for_s", type=float, metavar="SECONDS",
-                    help="How long load runs, seconds (at most 600).")
+                    help="How long load (at most 600) or cpu-hog (default 120, at most 600) runs, seconds.")
     ch.add_argument("--kind", choices=list(GPU_FAULT_KINDS),
                     help="gpu-fault: oom (torch.cuda.OutOfMemoryError, default), device-lost or ecc (RuntimeError "
                          "'CUDA error: ...'; the replica's GPU health reading reports it as NVML would).")
+    ch.add_argument("--node", help="Node for cpu-hog: its name or a node id prefix, as `raymedic status` "
+                    "shows them.")
+    ch.add_argument("--procs", type=int, help="Busy processes for cpu-hog (default: the node's logical CPUs; "
+                    "at most 16).")
     ch.add_argument("--mb-per-s", type=float, help="Leak rate for leak, MB per second (default 5: a limit "
                     "300 MB above the replica's memory is reached in a minute; a leak holds at most "
                     "1.5 × the member's memory_limit_mb, and never more than 2 GB).")

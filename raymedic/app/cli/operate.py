@@ -95,7 +95,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    """Inject a replica fault (kill, hang, slow, wrong, error, leak, gpu-fault), fill the disk, send a load spike
+    """Inject a replica fault (kill, hang, slow, wrong, error, leak, gpu-fault), fill the disk, hog a node's CPU, send a load spike
     (``load``: :mod:`raymedic.app.cli.load`), or clear every injected fault.
 
     To watch the healing loop work on demand; the gateway offers these routes only
@@ -112,6 +112,15 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         if getattr(args, "mb", None) is None:
             raise RaymedicError("disk-fill needs --mb N (e.g. --mb 500): how many MB to write under storage_path")
         out = admin(args, "chaos", {"fault": "disk-fill", "mb": args.mb})
+    elif args.fault == "cpu-hog":
+        if not getattr(args, "node", None):
+            raise RaymedicError("cpu-hog needs --node NODE: a node name or node id prefix (see `raymedic status`)")
+        body = {"fault": "cpu-hog", "node": args.node}
+        if getattr(args, "procs", None) is not None:
+            body["procs"] = args.procs
+        if getattr(args, "for_s", None) is not None:
+            body["for_s"] = args.for_s
+        out = admin(args, "chaos", body)
     else:
         if args.member is None:
             raise RaymedicError("--member is required: which ensemble member to hurt (see `raymedic status`)")
@@ -127,7 +136,11 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         print(json.dumps(out))
     elif args.fault == "clear":
         print(f"cleared faults on {len(out['cleared'])} replica(s)"
-              + (f", removed {len(out['disk_fill_files'])} disk-fill file(s)" if out.get("disk_fill_files") else ""))
+              + (f", removed {len(out['disk_fill_files'])} disk-fill file(s)" if out.get("disk_fill_files") else "")
+              + (f", stopped {len(out['cpu_hogs'])} cpu hog(s)" if out.get("cpu_hogs") else ""))
+    elif args.fault == "cpu-hog":
+        print(f"started {out['procs']} busy process(es) on node {out['node']} for {out['for_s']:g} s; watch the "
+              "node with `raymedic status` (`raymedic chaos clear` stops them)")
     elif args.fault == "disk-fill":
         print(f"wrote {out['mb']:g} MB to {out['path']} ({out['free_mb_after']:.0f} MB free now); "
               "watch the disk with `raymedic status`")

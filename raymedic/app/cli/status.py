@@ -11,7 +11,7 @@ from raymedic.app.cli._common import service_url, unreachable
 from raymedic.app.http import request_json
 from raymedic.errors import RaymedicError
 
-__all__ = ["cmd_status", "disk_line", "gpu_line", "performance_line", "replica_cell", "scaling_line"]
+__all__ = ["cmd_status", "disk_line", "gpu_line", "node_lines", "performance_line", "replica_cell", "scaling_line"]
 
 
 def replica_cell(r: dict[str, Any]) -> str:
@@ -137,6 +137,35 @@ def disk_line(disk: dict[str, Any], prediction_log: dict[str, Any] | None = None
     return "disk: " + "; ".join(parts) if parts else ""
 
 
+def node_lines(nodes: dict[str, Any] | None) -> list[str]:
+    """One line per node: its CPU share and memory against Ray's threshold, and what is being done about it.
+
+    >>> node_lines({"nodes": [{"name": "worker-1", "node_id": "ab12cd34ef", "head": False, "draining": True,
+    ...             "cpu_share": 2.4, "own_cores": 1.2, "memory_used": 0.42, "memory_threshold": 0.95,
+    ...             "phase": "draining", "pressure": "cpu", "moving": ["mlp/x1"]}], "cpu_high": 0.9})
+    ['node worker-1 (ab12cd34): cpu 2.40 of its share (1.20 cores), memory 42% of 95% threshold; pressure cpu, draining: moving mlp/x1 [DRAINING in Ray]']
+    """
+    out = []
+    for n in (nodes or {}).get("nodes") or []:
+        cpu = ("cpu ?" if n.get("cpu_share") is None else
+               f"cpu {n['cpu_share']:.2f} of its share ({n.get('own_cores') or 0:.2f} cores)")
+        mem = ("memory ?" if n.get("memory_used") is None else
+               f"memory {n['memory_used']:.0%} of {n['memory_threshold']:.0%} threshold")
+        line = f"node {n['name']} ({str(n['node_id'])[:8]}){' head' if n.get('head') else ''}: {cpu}, {mem}"
+        if n.get("pressure") not in (None, "none", "too-few-samples") or n.get("phase") not in (None, "ok"):
+            line += f"; pressure {n.get('pressure')}, {n.get('phase')}"
+            if n.get("phase") == "no-room":
+                line += " (nowhere to move: the gateways shed past their admission limit)"
+            if n.get("moving"):
+                line += ": moving " + ", ".join(n["moving"])
+            if n.get("proposal"):
+                line += f" (raymedic approve {n['proposal']})"
+        if n.get("draining"):
+            line += " [DRAINING in Ray]"
+        out.append(line)
+    return out
+
+
 def performance_line(perf: dict[str, Any]) -> str:
     """Live accuracy, the label-free estimate and prediction drift, on one line ('' before any check).
 
@@ -244,6 +273,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(line)
     if "gpu" in ctl:  # a controller from before GPU signals sends none
         print(gpu_line(ctl["gpu"]))
+    for line in node_lines(ctl.get("nodes")):
+        print(line)
     line = performance_line(st.get("performance") or {})
     if line:
         print(line)
