@@ -54,13 +54,14 @@ class Checkpoint:
         model: Whose controller it is.
         policy, weights, epoch, data_alerts, performance, playbook, disk: Each part's state (``disk``: the
             disk keeper's cooldown and proposal, optional; ``nodes``: the node keeper's phases, drains and
-            proposals, in the first model's checkpoint only).
+            proposals, in the first model's checkpoint only; ``sync``: the last batch taken from each gateway).
         clock: Wall-clock time for ``saved_at``.
     """
 
     def __init__(self, storage: Storage, model: str, *, policy: Part, weights: Part, epoch: Part,
                  data_alerts: Part, performance: Part, playbook: Part, disk: Part | None = None,
-                 nodes: Part | None = None, clock: Callable[[], float] = time.time) -> None:
+                 nodes: Part | None = None, sync: Part | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._storage = storage
         self._key = controller_state_key(model)
         self._parts = {"policy": policy, "weights": weights, "epoch": epoch, "data_alerts": data_alerts,
@@ -69,6 +70,8 @@ class Checkpoint:
             self._parts["disk"] = disk
         if nodes is not None:
             self._parts["nodes"] = nodes
+        if sync is not None:
+            self._parts["sync"] = sync
         self._clock = clock
         self.dirty = True
         self.saves = 0

@@ -25,7 +25,10 @@ from controllers.policies.weights import HedgeWeights
 from controllers.publish import ControlState
 from raymedic.keys import CHALLENGER_SUFFIX, challenger_source
 
-__all__ = ["GatewaySync", "serving_losses"]
+__all__ = ["GatewaySync", "MAX_GATEWAYS_KEPT", "serving_losses"]
+
+MAX_GATEWAYS_KEPT = 256
+"""Gateway replicas whose last batch is remembered (the newest; a replica id is never reused)."""
 
 
 def serving_losses(losses: Mapping[str, list[float]], versions: Mapping[str, str]) -> dict[str, list[float]]:
@@ -70,7 +73,7 @@ class GatewaySync:
     def __init__(self, *, deployment: Callable[[], Deployment], calls: CallLog, playbook: Playbook,
                  performance: PerformanceMonitor, hedge: HedgeWeights, control: ControlState,
                  checkpoint: Checkpoint, document: Callable[[], dict[str, Any]],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, state: Mapping[str, Any] | None = None) -> None:
         self._deployment = deployment
         self._calls = calls
         self._playbook = playbook
@@ -83,12 +86,28 @@ class GatewaySync:
         self.gateways: dict[str, float] = {}
         self.latency: dict[str, dict[str, Any]] = {}  # gateway → its latest predict latencies (LatencyWindow)
         self.trial_losses: dict[str, list[float]] = {}
+        # gateway → the seq of the last batch taken: Ray replays a call whose actor died mid-call on the
+        # restarted actor (max_task_retries=-1), and a batch taken before the crash and checkpointed would
+        # be counted twice (losses into the weights, labels into the accuracy windows).
+        self._last_seq: dict[str, int] = {str(k): int(v) for k, v in ((state or {}).get("last_seq") or {}).items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint's ``sync`` part: the last batch taken per gateway."""
+        return {"last_seq": dict(self._last_seq)}
 
     def sync(self, gateway: str, batch: Mapping[str, Any], epoch: int) -> dict[str, Any] | None:
         """Take ``gateway``'s batch; the published state if the gateway's ``epoch`` is not the current one."""
         now = self._clock()
         dep = self._deployment()
         self.gateways[gateway] = now
+        seq = batch.get("seq")
+        if isinstance(seq, int):
+            if seq <= self._last_seq.get(gateway, 0):  # a replay of a batch already taken
+                return None if epoch == self._control.epoch or not self._control.published else self._document()
+            self._last_seq[gateway] = seq
+            if len(self._last_seq) > MAX_GATEWAYS_KEPT:  # gateway replicas come and go: keep the newest
+                for old in sorted(self._last_seq, key=lambda g: self.gateways.get(g, 0.0))[:-MAX_GATEWAYS_KEPT]:
+                    del self._last_seq[old]
         if batch.get("latency"):
             self.latency[gateway] = dict(batch["latency"])
         self._calls.ingest(gateway, now=now, replicas=batch.get("replicas") or {})

@@ -132,7 +132,8 @@ class ModelController:
                                       epoch=lambda: self._control.epoch, data_alerts=self._data_alerts.to_dict,
                                       performance=self._perf.to_dict, playbook=self._playbook.to_dict,
                                       disk=lambda: self._disk.to_dict(),
-                                      nodes=None if evicting is not None else lambda: self.node_keeper.to_dict())
+                                      nodes=None if evicting is not None else lambda: self.node_keeper.to_dict(),
+                                      sync=lambda: self._sync.to_dict())
         self._disk = DiskKeeper(storage=storage, model=model, cfg=lambda: self.cfg, policy=self._policy,
                                 data_alerts=self._data_alerts, recorder=self._recorder, audit=self._audit,
                                 checkpoint=self._checkpoint, memory=state.get("disk"))
@@ -177,7 +178,8 @@ class ModelController:
                                 evicting=evicting)
         self._sync = GatewaySync(deployment=self._current, calls=calls, playbook=self._playbook,
                                  performance=self._perf, hedge=self._hedge, control=self._control,
-                                 checkpoint=self._checkpoint, document=self.control_state)
+                                 checkpoint=self._checkpoint, document=self.control_state,
+                                 state=state.get("sync"))
         self._operator = Operator(model=model, policy=self._policy, playbook=self._playbook, healer=self._healer,
                                   checks=self._checks, recorder=self._recorder, audit=self._audit,
                                   checkpoint=self._checkpoint, registry=registry,

@@ -551,6 +551,36 @@ def test_a_gateway_takes_the_published_state_once_per_epoch_and_its_calls_are_ev
     assert sync.sync("gw1", {}, doc["epoch"])["avoid"]["lr"] == ["c"]  # the new epoch reaches the gateway
 
 
+def test_a_replayed_gateway_batch_is_taken_once_even_after_a_controller_restart(tmp_path, recorded):
+    """Ray replays a sync call whose actor died mid-call on the restarted actor: a batch the old controller
+    took (and checkpointed) must not move the weights again."""
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+
+    def gateway_sync(harness: Harness, state=None) -> GatewaySync:
+        return GatewaySync(deployment=lambda: harness.deployment, calls=harness.calls,
+                           playbook=Playbook(harness.cfg.retraining),
+                           performance=PerformanceMonitor(2, harness.cfg.performance), hedge=harness.hedge,
+                           control=harness.control, checkpoint=harness.checkpoint, clock=harness.clock,
+                           document=lambda: {}, state=state)
+
+    sync = gateway_sync(h)
+    batch = {"losses": {"mlp@v0001": [1.0] * 3, "lr@v0001": [0.0] * 3}, "seq": 1}
+    before = dict(h.hedge.weights(["mlp", "lr"]))
+    sync.sync("gw1", batch, 0)
+    once = dict(h.hedge.weights(["mlp", "lr"]))
+    assert once["mlp"] < before["mlp"] and 2 * once["mlp"] > before["mlp"]  # moved, and not to a bound
+    sync.sync("gw1", batch, 0)  # the same call again
+    assert h.hedge.weights(["mlp", "lr"]) == once
+    saved = json.loads(json.dumps({"weights": h.hedge.to_dict(), "sync": sync.to_dict()}))
+    again = Harness(tmp_path, state=saved)  # Ray restarted the controller from that checkpoint
+    replayed = gateway_sync(again, state=saved["sync"])
+    replayed.sync("gw1", batch, 0)
+    assert again.hedge.weights(["mlp", "lr"]) == once
+    replayed.sync("gw1", {"losses": {"mlp@v0001": [0.0] * 50, "lr@v0001": [1.0] * 50}, "seq": 2}, 0)
+    assert again.hedge.weights(["mlp", "lr"])["mlp"] > once["mlp"]  # the gateway's next batch counts
+
+
 # ---- scaling (Serve's autoscaler decides; the step audits it) -------------------------------------------
 
 

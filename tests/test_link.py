@@ -84,7 +84,9 @@ def test_a_reply_replaces_the_state_for_the_served_members():
     assert s.weights == {"a": 0.75, "b": 0.25} and s.avoid == {"a": ["r1"]} and s.standby == {"b": ["r9"]}
     assert s.paused and s.trial["share"] == 0.5 and s.epoch == 7 and s.seen_at is not None
     assert s.versions == {"a": "v2", "b": "v1"} and s.model_version(ORDER) == "a:v2,b:v1"
-    assert ctl.sync.args == [("gw1", {"replicas": {}}, -1)]  # the epoch it had, so the controller can tell
+    assert ctl.sync.args == [("gw1", {"replicas": {}, "seq": 1}, -1)]  # the epoch it had, so the controller can tell
+    run(lk.sync_once({"replicas": {}}))
+    assert ctl.sync.args[1][1]["seq"] == 2  # each batch numbered: the controller takes a replayed call once
 
 
 def test_every_call_of_a_models_link_names_that_model():

@@ -123,6 +123,7 @@ class ControllerLink:
         self.enabled = enabled
         self._lookup = lookup
         self._controller: Any = None
+        self._seq = 0  # numbers this gateway's batches: the controller takes each once (a replayed call is not)
 
     async def sync_forever(self, telemetry: Callable[[], dict[str, Any]]) -> None:
         """Every period: ``telemetry()`` out, the controller's state in (kept as it was if it is away)."""
@@ -133,6 +134,8 @@ class ControllerLink:
     async def sync_once(self, batch: dict[str, Any]) -> None:
         """One sync call with ``batch``; on any failure the last state stays and the handle is looked up
         again next time (the controller may have restarted under a new actor)."""
+        self._seq += 1
+        batch = {**batch, "seq": self._seq}
         try:
             if self._controller is None:
                 self._controller = await asyncio.to_thread(self._lookup)
