@@ -136,6 +136,12 @@ class Operator:
         return out
 
     async def note(self, kind: str, target: str, evidence: dict[str, Any]) -> None:
-        """Record something done to the service from outside (e.g. an injected fault)."""
+        """Record something done to the service from outside (e.g. an injected fault), once: a note that
+        carries a ``note_id`` already in the audit (Ray replaying the call on a restarted controller, which
+        reloads its audit tail) is not recorded again."""
+        note_id = evidence.get("note_id")
+        if note_id is not None and any(isinstance(ev := r.get("evidence"), dict) and ev.get("note_id") == note_id
+                                       for r in self._audit.tail(200)):
+            return
         self._audit.record(kind, target, evidence=evidence, action="external", outcome="ok")
         await asyncio.to_thread(self._audit.flush)

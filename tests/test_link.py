@@ -151,4 +151,6 @@ def test_a_note_never_raises():
     run(link(Lookup(None)).note("chaos-injected", "a/r1", {}))
     ctl = FakeController()
     run(link(Lookup(ctl)).note("chaos-injected", "a/r1", {"fault": "kill"}))
-    assert ctl.note.args == [("chaos-injected", "a/r1", {"fault": "kill"})]
+    ((kind, target, evidence),) = ctl.note.args
+    assert (kind, target, evidence["fault"]) == ("chaos-injected", "a/r1", "kill")
+    assert len(evidence["note_id"]) == 32  # an id, so a replayed call is recorded once

@@ -261,3 +261,27 @@ def test_a_torn_audit_line_is_skipped_not_a_crash_loop(tmp_path, caplog):
         records = read_audit(storage, "m")
     assert [(r["ts"], r["kind"]) for r in records] == [(10.0, "restart"), (20.0, "recovered")]
     assert any("not records" in m for m in caplog.messages), caplog.messages
+
+
+def test_a_replayed_note_is_recorded_once_also_by_a_restarted_controller(tmp_path):
+    """A gateway's note (a chaos injection) carries an id: the same call replayed by Ray on a restarted
+    controller, which reloads its audit tail, is not recorded twice."""
+    import asyncio
+
+    from controllers.operator import Operator
+
+    storage = Storage(str(tmp_path))
+
+    def operator() -> Operator:
+        # note() uses the audit only; the other parts are never touched by it
+        return Operator(model="m", policy=None, playbook=None, healer=None, checks=None, recorder=None,
+                        audit=AuditLog(storage, "m", writer="w"), checkpoint=None, registry=None,
+                        members=list, clock=time.time)
+
+    evidence = {"fault": "hang", "note_id": "n-1"}
+    first = operator()
+    asyncio.run(first.note("chaos-injected", "mlp/r1", evidence))
+    asyncio.run(first.note("chaos-injected", "mlp/r1", evidence))
+    asyncio.run(operator().note("chaos-injected", "mlp/r1", evidence))  # after a restart
+    asyncio.run(operator().note("chaos-injected", "mlp/r1", {**evidence, "note_id": "n-2"}))  # a new note
+    assert [r["evidence"]["note_id"] for r in read_audit(storage, "m")] == ["n-1", "n-2"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -179,6 +180,7 @@ class ControllerLink:
     async def note(self, kind: str, target: str, evidence: dict[str, Any]) -> None:
         """Record an event (a chaos injection) in the controller's audit log; never raises, since the
         event already happened and the caller's answer must not depend on the audit log."""
+        evidence = {**evidence, "note_id": uuid.uuid4().hex}  # the controller records a replayed call once
         try:
             ctl = await self._actor()
             await asyncio.wait_for(ctl.note.remote(kind, target, evidence, model=self._model), timeout=2.0)
