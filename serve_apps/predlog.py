@@ -130,14 +130,21 @@ class PredictionLog:
         """Records buffered and not yet written."""
         return len(self._rows)
 
+    def holds(self, inference_ids: Iterable[str]) -> bool:
+        """Whether a record of one of ``inference_ids`` is still buffered (not yet written)."""
+        wanted = set(inference_ids)
+        with self._lock:
+            return any(r.get("inference_id") in wanted for r in self._rows)
+
     def health(self) -> dict[str, Any]:
         """Whether the last flush could write, rows lost to a full buffer, and the last error."""
         return {"writable": self.writable, "pending_rows": len(self._rows), "dropped_rows": self.dropped_rows,
                 "failed_flushes": self.failed_flushes, "last_error": self.last_error,
                 "last_error_at": self.last_error_at}
 
-    def flush(self) -> int:
-        """Write buffered records; returns how many. Records stay buffered (bounded) if the write fails."""
+    def flush(self, *, durable: bool = False) -> int:
+        """Write buffered records; returns how many. Records stay buffered (bounded) if the write fails.
+        ``durable``: fsync them (a label about to be acknowledged must find its answer after a crash)."""
         with self._lock:
             rows, self._rows = self._rows, []
         if not rows:
@@ -150,7 +157,7 @@ class PredictionLog:
             for hour, part in by_hour.items():
                 table = pa.Table.from_pylist(part, schema=PREDICTION_SCHEMA)
                 self._storage.write_parquet(f"{self._prefix}/hour={hour}/{_part_name(self._tag)}", table,
-                                            durable=False)
+                                            durable=durable)
                 written += len(part)
         except Exception as exc:
             self.failed_flushes += 1

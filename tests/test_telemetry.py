@@ -285,3 +285,32 @@ def test_a_replayed_note_is_recorded_once_also_by_a_restarted_controller(tmp_pat
     asyncio.run(operator().note("chaos-injected", "mlp/r1", evidence))  # after a restart
     asyncio.run(operator().note("chaos-injected", "mlp/r1", {**evidence, "note_id": "n-2"}))  # a new note
     assert [r["evidence"]["note_id"] for r in read_audit(storage, "m")] == ["n-1", "n-2"]
+
+
+def test_a_label_for_an_answer_still_in_the_buffer_writes_the_answer_first(tmp_path):
+    """An id is accepted while its answer sits in this replica's 0.5 s buffer: the answer is written
+    (fsynced) before the label, so a SIGKILL of the replica after the 2xx leaves no label without its
+    answer; a label for an answer already written costs no flush."""
+    import asyncio
+
+    from raymedic.config import GatewayConfig
+    from serve_apps.gateway.feedback import FeedbackIntake
+    from serve_apps.predlog import FeedbackLog, KnownIds, PredictionLog, new_inference_id
+    from train_jobs.schema import ModelSchema
+
+    storage = Storage(str(tmp_path))
+    predlog = PredictionLog(storage, "m", tag="g")
+    known = KnownIds(storage, "m")
+    intake = FeedbackIntake(schema=ModelSchema.numeric(["f0"], target="y", classes=(0, 1), mins=[0], maxs=[1]),
+                            settings=GatewayConfig(), feedback=FeedbackLog(storage, "m", tag="g"), known=known,
+                            recent=RecentOutputs(), calls=CallRecorder(), predictions=predlog)
+    iid = new_inference_id()
+    predlog.append([{"inference_id": iid, "ts": time.time(), "model": "m", "model_version": "lr:v1",
+                     "features": "[0.5]", "member_outputs": "{}", "prediction": "1", "probabilities": [0.2, 0.8],
+                     "degraded": False}])
+    known.add([iid])
+    assert predlog.holds([iid])
+    assert asyncio.run(intake.accept({"inference_ids": [iid], "labels": [1]})) == {"accepted": 1, "unknown_ids": []}
+    assert not predlog.holds([iid]) and predlog.pending() == 0  # written before the label was acknowledged
+    fresh = KnownIds(storage, "m")  # what another replica (or a restarted one) finds on storage
+    assert fresh.unknown([iid]) == []

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from raymedic.config import GatewayConfig
-from serve_apps.predlog import MAX_CLOCK_SKEW_S, FeedbackLog, KnownIds, inference_time
+from serve_apps.predlog import MAX_CLOCK_SKEW_S, FeedbackLog, KnownIds, PredictionLog, inference_time
 from serve_apps.telemetry import CallRecorder, RecentOutputs
 from serve_apps.validation import parse_feedback
 from train_jobs.schema import ModelSchema
@@ -35,13 +35,14 @@ class FeedbackIntake:
     """
 
     def __init__(self, *, schema: ModelSchema, settings: GatewayConfig, feedback: FeedbackLog, known: KnownIds,
-                 recent: RecentOutputs, calls: CallRecorder) -> None:
+                 recent: RecentOutputs, calls: CallRecorder, predictions: PredictionLog | None = None) -> None:
         self._schema = schema
         self._settings = settings
         self._feedback = feedback
         self._known = known
         self._recent = recent
         self._calls = calls
+        self._predictions = predictions
 
     async def accept(self, body: Any) -> dict[str, Any]:
         """Write the labels for known ids and join them to their answers: ``{"accepted", "unknown_ids"}``.
@@ -69,9 +70,14 @@ class FeedbackIntake:
         unknown = [i for i in fb.inference_ids if i in unknown_set]
         keep = [(i, lab) for i, lab in zip(fb.inference_ids, fb.labels) if i not in unknown_set]
         if keep:
-            await asyncio.to_thread(self._feedback.write, [i for i, _ in keep], [lab for _, lab in keep])
+            kept = [i for i, _ in keep]
+            if self._predictions is not None and self._predictions.holds(kept):
+                # Their answers still sit in this replica's buffer: write them (fsynced) before the labels,
+                # or a SIGKILL of this replica after the 2xx would leave labels no answer ever joins.
+                await asyncio.to_thread(self._predictions.flush, durable=True)
+            await asyncio.to_thread(self._feedback.write, kept, [lab for _, lab in keep])
             classes = [self._schema.class_index(lab) for _, lab in keep]
-            kept_ids = [i for i, _ in keep]
+            kept_ids = kept
             for i in kept_ids:  # answered by another replica: its logged answer joins the label here
                 if i not in self._recent and (logged := self._known.answer(i)) is not None:
                     self._recent.add_logged(i, *logged)

@@ -79,7 +79,7 @@ class ModelLane:
                                    recent=recent, calls=self.calls, tally=self.tally)
         self.feedback_intake = FeedbackIntake(schema=schema, settings=gw,
                                               feedback=FeedbackLog(storage, cfg.model, tag=tag),
-                                              known=known, recent=recent, calls=self.calls)
+                                              known=known, recent=recent, calls=self.calls, predictions=self.predlog)
 
     def view(self, view: AppView | None) -> AppView | None:
         """Serve's view as this model's code reads it: its members by name, the gateway."""
