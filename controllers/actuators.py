@@ -19,6 +19,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RaySystemError
 
 from controllers.models.swap import Swapper
+from controllers.nodes import drain_node
 from controllers.outcome import Outcome, error_text
 from raymedic.errors import PermanentError, TemporaryError
 from raymedic.keys import APP_NAME, SERVE_NAMESPACE, replica_actor_name
@@ -46,6 +47,12 @@ class Actuators(Protocol):
     async def drain_gpu_node(self, node_id: str, replicas: list[tuple[str, str]]) -> Outcome:
         """Move the GPU members' ``replicas`` (member, replica) off ``node_id``, whose device keeps failing."""
         ...
+
+
+def _is_head_node(node_id: str) -> bool:
+    """Whether ``node_id`` is the cluster's head (blocking: reads Ray's node table)."""
+    return any(n.get("NodeID") == node_id and "node:__internal_head__" in (n.get("Resources") or {})
+               for n in ray.nodes())
 
 
 def _kill(actor_name: str) -> Outcome:
@@ -101,19 +108,30 @@ class RayActuators:
         return await self._kill(actor_name or replica_actor_name(self._app, self._deployment_of(member), replica))
 
     async def drain_gpu_node(self, node_id: str, replicas: list[tuple[str, str]]) -> Outcome:
-        """The seam for draining a node of its GPU members: not carried out yet, only proposed.
+        """Move GPU members off ``node_id``, whose device keeps failing, by draining the node through Ray.
 
-        Restarting the replicas would not help: Serve would place the replacements on the same node,
-        on the same failing device, since a deployment cannot exclude one node without a redeploy
-        (which restarts every replica). Moving work off a node is the node-drain mechanism (Ray's
-        node drain API or node labels, built for node pressure); until it lands here, the decision is
-        audited as a proposal with the replicas it would move, for an operator to act on
-        (``ray drain-node``, or cordoning the host), and each faulty replica is still restarted by
-        the error path.
+        Restarting the replicas would not help: Serve would place the replacements on the same node, on
+        the same failing device, since a deployment cannot exclude one node without a redeploy (which
+        restarts every replica). Ray drains nodes, not devices, so the whole node is drained — the
+        node-pressure mechanism (:func:`controllers.nodes.drain_node`): Serve starts each replica's
+        replacement on another node before it stops the old one. The head node is never drained (it
+        holds the GCS, Serve's controller and this one): there the decision stays a proposal.
         """
-        return Outcome.done(f"proposed: {len(replicas)} GPU replica(s) to move off node {node_id} "
-                            f"({', '.join(f'{m}/{r}' for m, r in replicas) or 'none running now'}); the node "
-                            "drain mechanism is not wired in yet")
+        moved = ", ".join(f"{m}/{r}" for m, r in replicas) or "none running now"
+        try:
+            head = await asyncio.to_thread(_is_head_node, node_id)
+        except Exception as exc:  # the edge: an outcome, never an exception
+            return Outcome.from_error(exc)
+        if head:
+            return Outcome.done(f"proposed: node {node_id} is the head node, which is never drained; move its GPU "
+                                f"replicas ({moved}) by hand, e.g. cordon the device")
+        if not replicas:
+            return Outcome.done(f"ok: no GPU replica on node {node_id} now; nothing to move")
+        out = await asyncio.to_thread(drain_node, node_id, f"raymedic: its GPU keeps failing ({moved})")
+        if out.text != "ok":
+            return out
+        return Outcome.done(f"ok: node {node_id} draining; Serve moves {moved} (and the node's other replicas) "
+                            "to other nodes, replacement first")
 
     def swap_stale(self, member: str, replica: str, *, served: str, champion: str) -> None:
         """A replica serves another version than the champion outside a promotion (e.g. it read the

@@ -49,7 +49,7 @@ from controllers.outcome import Outcome
 from controllers.policies.calls import CallLog
 from controllers.policies.gpu import DrainGpuNode, GpuFault, GpuNodeWatch, reading_fault
 from controllers.policies.leak import MemorySeries, ray_memory_threshold
-from controllers.policies.replica import (AuditEvent, HealingPolicy, Incident, Observation, ReplicaSnapshot,
+from controllers.policies.replica import (AuditEvent, ControlMode, HealingPolicy, Incident, Observation, ReplicaSnapshot,
                                           RestartReplica, StepResult)
 from controllers.policies.scaling import ScaleWatch, Size
 from controllers.policies.vanish import VanishWatch
@@ -469,6 +469,10 @@ class Reconciler:
         for drain in drains:
             if self._policy.paused:  # decided and audited, never carried out while an operator holds the wheel
                 self._gpu_done.append((drain, "suppressed: paused"))
+                continue
+            if self._policy.mode == ControlMode.APPROVE:  # a node drain moves every replica on it: an operator's call
+                self._gpu_done.append((drain, f"proposed: approval mode; drain it with `ray drain-node` or move "
+                                              f"the GPU members off {drain.node_id} by hand"))
                 continue
             try:
                 outcome = await self._actuators.drain_gpu_node(drain.node_id, self._gpu_replicas_on(drain.node_id))

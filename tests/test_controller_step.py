@@ -647,6 +647,18 @@ def test_a_paused_controller_audits_the_drain_decision_and_carries_out_nothing(t
     assert drain["outcome"] == "suppressed: paused" and h.actuators.drains == [] and h.actuators.restarts == []
 
 
+def test_in_approval_mode_the_drain_is_proposed_not_carried_out(tmp_path, recorded):
+    h = Harness(tmp_path, controller={"gpu_node_faults": 1, "mode": "approve"})
+    h.observer.view = view(mlp=[on("a", "mlp", "n1"), on("b", "mlp", "n2")],
+                           lr=[on("c", "lr", "n1"), on("d", "lr", "n2")])
+    for rid in "bcd":
+        h.prober.answer(rid, "ok", "ok", "ok")
+    gpu_errors(h, "a", "RuntimeError: CUDA error: unspecified launch failure")
+    h.run()
+    (drain,) = h.records("gpu-node-drain")
+    assert drain["outcome"].startswith("proposed: approval mode") and h.actuators.drains == []
+
+
 def test_a_fleet_without_gpus_reports_none(tmp_path, recorded):
     h = Harness(tmp_path)
     healthy_fleet(h)

@@ -135,3 +135,27 @@ def test_a_node_is_decided_on_after_n_faulty_replicas_in_the_window_once_per_coo
 def test_the_node_rule_refuses_impossible_settings():
     with pytest.raises(ValueError, match="faults >= 1"):
         GpuNodeWatch(faults=0, window_s=60.0, cooldown_s=0.0)
+
+
+def test_the_gpu_node_drain_drains_a_worker_through_ray_and_only_proposes_on_the_head(monkeypatch):
+    """Ray drains nodes, not devices: a worker whose GPU keeps failing is drained (Serve moves its
+    replicas, replacement first); the head node never is (the decision stays a proposal); a failed drain
+    is the outcome, never an exception."""
+    import asyncio
+
+    from controllers import actuators
+    from controllers.outcome import Outcome
+
+    drained: list[tuple[str, str]] = []
+    monkeypatch.setattr(actuators, "_is_head_node", lambda node_id: node_id == "head")
+    monkeypatch.setattr(actuators, "drain_node", lambda node_id, msg: (drained.append((node_id, msg)),
+                                                                       Outcome.done("ok"))[1])
+    act = actuators.RayActuators()
+    out = asyncio.run(act.drain_gpu_node("w1", [("cnn", "r1"), ("cnn", "r2")]))
+    assert out.text.startswith("ok: node w1 draining") and drained == [("w1", drained[0][1])]
+    assert "cnn/r1, cnn/r2" in drained[0][1]
+    out = asyncio.run(act.drain_gpu_node("head", [("cnn", "r3")]))
+    assert out.text.startswith("proposed: node head is the head node") and len(drained) == 1
+    assert asyncio.run(act.drain_gpu_node("w2", [])).text.startswith("ok: no GPU replica") and len(drained) == 1
+    monkeypatch.setattr(actuators, "drain_node", lambda node_id, msg: Outcome.done("refused: not alive"))
+    assert asyncio.run(act.drain_gpu_node("w3", [("cnn", "r4")])).text == "refused: not alive"
