@@ -10,6 +10,7 @@ a few seconds makes compaction also drop the unlabelled rows, which is where a l
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 
 import pytest
@@ -102,15 +103,19 @@ def test_the_controller_compacts_the_logs_under_traffic_and_every_acknowledged_l
     for k in range(first_wave):  # at least one compaction's worth of small parts
         send(k)
     first_unlabelled = list(unlabelled)
-    # Traffic goes on until a compaction has run past the retention of the first wave's unlabelled rows.
+    # Traffic goes on until a compaction that *started* once every first-wave row was past its retention
+    # has dropped expired rows (an earlier one may have found only the wave's oldest rows expired).
+    all_expired_at = time.time() + RETENTION_H * 3600
     k = first_wave
 
     def dropped_expired() -> dict | None:
         nonlocal k
         send(k)
         k += 1
-        return next((r for r in _compactions(storage, cfg.model)
-                     if r["kind"] == "compact" and r["evidence"].get("rows_dropped_expired", 0) > 0), None)
+        records = _compactions(storage, cfg.model)
+        started = {r["action_id"]: r["ts"] for r in records if r["kind"] == "compact-started"}
+        return next((r for r in records if r["kind"] == "compact" and r["evidence"].get("rows_dropped_expired", 0) > 0
+                     and started.get(r["action_id"], 0.0) >= all_expired_at), None)
 
     done = wait_for(dropped_expired, timeout_s=90, interval_s=0.3,
                     what="the controller to compact the logs and drop the expired unlabelled rows")
