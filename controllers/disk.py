@@ -32,6 +32,7 @@ import ray
 from controllers.audit import AuditLog
 from controllers.checkpoint import Checkpoint
 from controllers.monitors.data import AlertKind, DataAlerts
+from controllers.periodic import Periodic
 from controllers.policies.disk import (DiskAssessment, DiskObservation, DiskSample, DiskSeries, DiskSettings,
                                        DiskWatch, assess_disk)
 from controllers.policies.replica import ControlMode, HealingPolicy
@@ -145,7 +146,8 @@ class DiskKeeper:
         self._clock = clock
         self.watch = DiskWatch(DiskSettings.from_config(cfg().controller), memory)
         self._series = DiskSeries()
-        self._task: asyncio.Task | None = None
+        self._periodic = Periodic(self.check, lambda: self._cfg().controller.disk_period_s,
+                                  what=f"disk check for model {model}")
         self.last_obs: DiskObservation | None = None
         self.last: DiskAssessment | None = None
         self.last_compaction: dict[str, Any] | None = None
@@ -158,26 +160,11 @@ class DiskKeeper:
 
     def ensure_running(self) -> None:
         """Start the period's task on the running event loop (no-op outside one, or when it runs)."""
-        if self._task is not None and not self._task.done():
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._task = loop.create_task(self._run())
+        self._periodic.ensure_running()
 
     def stop(self) -> None:
         """Stop watching (the model is no longer served)."""
-        if self._task is not None:
-            self._task.cancel()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.check()
-            except Exception:
-                log.exception("disk check failed for model %s; trying again next period", self._model)
-            await asyncio.sleep(self._cfg().controller.disk_period_s)
+        self._periodic.stop()
 
     async def check(self) -> DiskAssessment:
         """One period: observe, decide, act, record."""

@@ -44,6 +44,7 @@ from controllers.audit import AuditLog
 from controllers.checkpoint import Checkpoint
 from controllers.monitors.data import AlertKind, DataAlerts
 from controllers.outcome import Outcome, error_text
+from controllers.periodic import Periodic
 from controllers.policies.node import (DrainNode, NodeInfo, NodeReading, NodeSeries, NodeSettings, NodeWatch,
                                        ReplicaPlacement, cpu_shares, effective_memory_threshold)
 from controllers.policies.replica import ControlMode, HealingPolicy
@@ -261,7 +262,7 @@ class NodeKeeper:
         self._clock = clock
         self.watch = NodeWatch(NodeSettings.from_config(cfg().controller), memory)
         self._series = NodeSeries()
-        self._task: asyncio.Task | None = None
+        self._periodic = Periodic(self.check, lambda: self._cfg().controller.node_period_s, what="node check")
         self.nodes: list[NodeInfo] = []
         self.shares: dict[str, float | None] = {}
         self.checked_at: float | None = None
@@ -274,25 +275,12 @@ class NodeKeeper:
         return self.watch.evicting()
 
     def ensure_running(self) -> None:
-        if self._task is not None and not self._task.done():
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._task = loop.create_task(self._run())
+        """Start the period's task on the running event loop (no-op outside one, or when it runs)."""
+        self._periodic.ensure_running()
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.check()
-            except Exception:
-                log.exception("node check failed; trying again next period")
-            await asyncio.sleep(self._cfg().controller.node_period_s)
+        """Stop watching (the model is no longer served)."""
+        self._periodic.stop()
 
     async def check(self) -> None:
         """One period: observe, decide, act, record."""
