@@ -171,13 +171,23 @@ def test_cli_prints_only_the_json_report_on_stdout_with_json(monkeypatch, capsys
     (["bench", "saturation", "--data", "t.parquet"], "--data and --target go together"),
     (["bench", "replica-faults", "--target", "label"], "--data and --target go together"),
     (["bench", "controller-step", "--data", "t.parquet", "--target", "y"], "bench controller-step does not take"),
+    (["bench", "infra-faults", "--faults", "leak,kill"],
+     "unknown fault(s) ['kill']: --faults takes a comma list of leak,disk-fill"),
+    (["bench", "infra-faults", "--fault-seconds", "10"], "too short for the leak"),
+    (["bench", "infra-faults", "--disk-fill-mb", "-5"], "--disk-fill-mb -5: give a positive number"),
+    (["bench", "infra-faults", "--faults", "spike", "--fault-seconds", "20"], "too short for the spike"),
+    (["bench", "infra-faults", "--spike-rps", "0"], "--spike-rps 0: give a positive number"),
+    (["bench", "replica-faults", "--faults", "leak"], "unknown fault(s) ['leak']"),
 ])
 def test_bench_refuses_bad_flags_with_the_fix_before_anything_runs(argv, fragment, monkeypatch):
+    from raymedic.bench import infra
+
     def must_not_run(**_):
         raise AssertionError("ran despite a bad flag")
 
     monkeypatch.setattr(faults, "run_replica_faults", must_not_run)
     monkeypatch.setattr(saturation, "run_saturation", must_not_run)
+    monkeypatch.setattr(infra, "run_infra_faults", must_not_run)
     args = cli._parser().parse_args(argv)
     with pytest.raises(RaymedicError) as err:
         args.fn(args)
@@ -503,24 +513,3 @@ def test_cli_runs_infra_faults_with_the_flags(monkeypatch, capsys):
     assert seen["settings"] == infra.InfraSettings(spike_rps=30.0, faults=("spike",))
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["bench", "infra-faults", "--faults", "leak,kill"],
-     "unknown fault(s) ['kill']: --faults takes a comma list of leak,disk-fill"),
-    (["bench", "infra-faults", "--fault-seconds", "10"], "too short for the leak"),
-    (["bench", "infra-faults", "--disk-fill-mb", "-5"], "--disk-fill-mb -5: give a positive number"),
-    (["bench", "infra-faults", "--faults", "spike", "--fault-seconds", "20"], "too short for the spike"),
-    (["bench", "infra-faults", "--spike-rps", "0"], "--spike-rps 0: give a positive number"),
-    (["bench", "replica-faults", "--faults", "leak"], "unknown fault(s) ['leak']"),
-])
-def test_infra_faults_refuses_bad_flags_before_anything_runs(argv, fragment, monkeypatch):
-    from raymedic.bench import infra
-
-    def must_not_run(**_):
-        raise AssertionError("ran despite a bad flag")
-
-    monkeypatch.setattr(infra, "run_infra_faults", must_not_run)
-    monkeypatch.setattr(faults, "run_replica_faults", must_not_run)
-    args = cli._parser().parse_args(argv)
-    with pytest.raises(RaymedicError) as err:
-        args.fn(args)
-    assert fragment in str(err.value)
