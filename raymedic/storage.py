@@ -43,9 +43,7 @@ class Storage:
             raise ConfigError("storage_path is empty: give a directory or a URI such as s3://bucket/raymedic")
         if "://" not in uri:
             uri = str(Path(uri).expanduser().resolve())
-            for d in reversed(_missing_dirs(uri)):  # an existing directory keeps the mode its owner gave it
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(d, PRIVATE_DIR_MODE)
+            _make_private_dirs(uri)  # an existing directory keeps the mode its owner gave it
         try:
             self._fs, self._root = pafs.FileSystem.from_uri(uri)
         except (pa.ArrowInvalid, ValueError, OSError) as exc:
@@ -98,9 +96,7 @@ class Storage:
         directories raymedic creates are private to the service's user (``0o700``), like its files
         (``0o600``): they hold every request's features, the labels and the audit trail."""
         if self._local:
-            for d in reversed(_missing_dirs(self.path(key))):
-                with contextlib.suppress(FileExistsError):  # another process made it first
-                    os.mkdir(d, PRIVATE_DIR_MODE)
+            _make_private_dirs(self.path(key))
             return
         self._fs.create_dir(self.path(key), recursive=True)
 
@@ -124,12 +120,9 @@ class Storage:
             OSError: the bytes could not all be written (a full disk: ``ENOSPC``); nothing is left at
                 ``key`` or in a temporary file.
         """
-        parent = key.rsplit("/", 1)[0] if "/" in key else ""
         if self._local:
             final = self.path(key)
-            created = _missing_dirs(os.path.dirname(final)) if durable else []
-            if parent:
-                self.makedirs(parent)
+            created = _make_private_dirs(os.path.dirname(final))
             tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
             try:
@@ -145,13 +138,10 @@ class Storage:
                     os.unlink(tmp)
                 raise
             if durable:
-                # The file's own directory, then each directory created for it, deepest first: its entry
-                # lives in its parent.
-                for directory in [os.path.dirname(final)] + [os.path.dirname(d) for d in created]:
-                    _fsync_dir(directory)
+                _fsync_entries(final, created)
             return
-        if parent:
-            self.makedirs(parent)
+        if "/" in key:
+            self.makedirs(key.rsplit("/", 1)[0])
         with self._fs.open_output_stream(self.path(key)) as f:
             f.write(data)
 
@@ -161,16 +151,13 @@ class Storage:
         Durable like :meth:`write_bytes`. Object stores have no create-if-absent in ``pyarrow.fs``: there
         a check-then-put narrows the race but cannot close it.
         """
-        parent = key.rsplit("/", 1)[0] if "/" in key else ""
         if not self._local:
             if self.exists(key):
                 return False
             self.write_bytes(key, data)
             return True
         final = self.path(key)
-        created = _missing_dirs(os.path.dirname(final))
-        if parent:
-            self.makedirs(parent)
+        created = _make_private_dirs(os.path.dirname(final))
         try:
             fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
         except FileExistsError:
@@ -180,8 +167,7 @@ class Storage:
             os.fsync(fd)
         finally:
             os.close(fd)
-        for directory in [os.path.dirname(final)] + [os.path.dirname(d) for d in created]:
-            _fsync_dir(directory)
+        _fsync_entries(final, created)
         return True
 
     def write_text(self, key: str, text: str, *, durable: bool = True) -> None:
@@ -224,16 +210,27 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _missing_dirs(path: str) -> list[str]:
-    """The directories of ``path`` that do not exist yet, deepest first."""
-    out = []
+def _make_private_dirs(path: str) -> list[str]:
+    """Create ``path`` and its missing parents (``0o700``); the directories this call created, deepest
+    first (another process creating one at the same moment is fine)."""
+    missing = []
     while path and not os.path.isdir(path):
-        out.append(path)
+        missing.append(path)
         parent = os.path.dirname(path)
         if parent == path:
             break
         path = parent
-    return out
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, PRIVATE_DIR_MODE)
+    return missing
+
+
+def _fsync_entries(final: str, created: list[str]) -> None:
+    """Make a new file's entry durable: its directory, then each directory created for it (deepest
+    first), since a directory's own entry lives in its parent."""
+    for directory in [os.path.dirname(final)] + [os.path.dirname(d) for d in created]:
+        _fsync_dir(directory)
 
 
 def _fsync_dir(path: str) -> None:
