@@ -13,17 +13,22 @@ from typing import Any
 
 import psutil
 
-__all__ = ["memory_reading"]
+__all__ = ["memory_reading", "own_process"]
 
 _process: psutil.Process | None = None
 _pid: int | None = None
 
 
-def memory_reading() -> dict[str, Any]:
-    """``{"rss_bytes", "node_total_bytes", "node_available_bytes"}`` read now (about 30 µs)."""
+def own_process() -> psutil.Process:
+    """This process's ``psutil`` handle, made again after a fork (a forked child must read itself)."""
     global _process, _pid
     if _process is None or _pid != os.getpid():
         _process, _pid = psutil.Process(), os.getpid()
+    return _process
+
+
+def memory_reading() -> dict[str, Any]:
+    """``{"rss_bytes", "node_total_bytes", "node_available_bytes"}`` read now (about 30 µs)."""
     vm = psutil.virtual_memory()
-    return {"rss_bytes": int(_process.memory_info().rss), "node_total_bytes": int(vm.total),
+    return {"rss_bytes": int(own_process().memory_info().rss), "node_total_bytes": int(vm.total),
             "node_available_bytes": int(vm.available)}

@@ -30,6 +30,8 @@ from typing import Any
 
 import psutil
 
+from serve_apps.memory import own_process
+
 __all__ = ["LAG_INTERVAL_S", "ProcessVitals"]
 
 LAG_INTERVAL_S = 0.25
@@ -46,8 +48,7 @@ class ProcessVitals:
 
     def __init__(self, *, lag_interval_s: float = LAG_INTERVAL_S) -> None:
         self._interval = lag_interval_s
-        self._process: psutil.Process | None = None
-        self._pid: int | None = None
+        self._pid: int | None = None  # the process the previous reading was of (a fork starts over)
         self._last: tuple[float, float] | None = None  # (wall time, cpu seconds) of the previous reading
         self._worst_lag_s: float | None = None  # None until the watch has woken up once
         self._watch: asyncio.Task | None = None
@@ -66,9 +67,9 @@ class ProcessVitals:
 
     def reading(self) -> dict[str, Any]:
         """``{"cpu_share", "open_fds", "loop_lag_ms"}`` now; ``loop_lag_ms`` is None until the watch ran."""
-        if self._process is None or self._pid != os.getpid():
-            self._process, self._pid, self._last = psutil.Process(), os.getpid(), None
-        proc = self._process
+        proc = own_process()
+        if self._pid != os.getpid():
+            self._pid, self._last = os.getpid(), None
         times = proc.cpu_times()
         cpu, now = float(times.user + times.system), time.time()
         since, cpu_before = self._last if self._last is not None else (proc.create_time(), 0.0)

@@ -81,10 +81,12 @@ def test_a_forked_process_reads_its_own_vitals():
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: the reading must be of the child, whose CPU time starts at zero
-        os.close(r)
-        share = v.reading()["cpu_share"]
-        os.write(w, repr(share).encode())
-        os._exit(0)
+        try:  # whatever happens, the child never returns into the test session
+            os.close(r)
+            share = v.reading()["cpu_share"]
+            os.write(w, repr(share).encode())
+        finally:
+            os._exit(0)
     os.close(w)
     os.waitpid(pid, 0)
     got = os.read(r, 64).decode()
