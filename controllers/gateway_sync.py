@@ -103,7 +103,7 @@ class GatewaySync:
         seq = batch.get("seq")
         if isinstance(seq, int):
             if seq <= self._last_seq.get(gateway, 0):  # a replay of a batch already taken
-                return None if epoch == self._control.epoch or not self._control.published else self._document()
+                return self._reply(epoch)
             self._last_seq[gateway] = seq
             if len(self._last_seq) > MAX_GATEWAYS_KEPT:  # gateway replicas come and go: keep the newest
                 for old in sorted(self._last_seq, key=lambda g: self.gateways.get(g, 0.0))[:-MAX_GATEWAYS_KEPT]:
@@ -132,6 +132,11 @@ class GatewaySync:
                 values = losses.get(challenger_source(member)) or ()
                 tally[0] += float(sum(values))
                 tally[1] += len(values)
+        return self._reply(epoch)
+
+    def _reply(self, epoch: int) -> dict[str, Any] | None:
+        """The published state for a gateway at ``epoch``: None when it has the current one (or nothing
+        is published yet)."""
         if epoch == self._control.epoch or not self._control.published:
             return None
         return self._document()
