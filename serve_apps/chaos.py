@@ -362,9 +362,12 @@ def _stop_hog(name: str) -> int:
 
 
 def clear_cpu_hogs() -> list[str]:
-    """Stop every CPU hog (blocking); the names of those stopped."""
+    """Stop every CPU hog (blocking); the names of those stopped. A process not connected to a cluster
+    has none to stop (and must not start a local Ray instance by asking: ``get_runtime_context`` would)."""
     from ray.util.state import list_actors  # lazy: the state API only for clearing
 
+    if not ray.is_initialized():
+        return []
     try:
         hogs = list_actors(address=ray.get_runtime_context().gcs_address,
                            filters=[("state", "=", "ALIVE"), ("class_name", "=", "CpuHog")],
