@@ -12,7 +12,8 @@ already holds this epoch.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from controllers.policies.weights import HedgeWeights
 from controllers.publish import ControlState
 from raymedic.keys import CHALLENGER_SUFFIX, challenger_source
 
-__all__ = ["GatewaySync", "MAX_GATEWAYS_KEPT", "serving_losses"]
+__all__ = ["CountedLabels", "GatewaySync", "MAX_GATEWAYS_KEPT", "serving_losses", "split_labels"]
 
 MAX_GATEWAYS_KEPT = 256
 """Gateway replicas whose last batch is remembered (the newest; a replica id is never reused)."""
@@ -47,6 +48,52 @@ def serving_losses(losses: Mapping[str, list[float]], versions: Mapping[str, str
         if not version or version == versions.get(member):
             out.setdefault(member, []).extend(values)
     return out
+
+
+class CountedLabels:
+    """The answers whose label was counted (bounded; the newest are kept).
+
+    Each gateway replica refuses a label it knows was given (``serve_apps.labels``),
+    but two replicas reached by one answer's label within the same moment both take
+    it. Counted here, once, whatever the gateways did: replaying a label to every
+    replica cannot steer the weights. Not checkpointed: the gateways' books, read
+    from the durable feedback log, already stop any repeat that is not such a race.
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._ids: "OrderedDict[str, None]" = OrderedDict()
+        self._capacity = capacity
+
+    def first(self, ids: Iterable[str]) -> set[str]:
+        """The ids among ``ids`` not counted before; from now on they are."""
+        fresh = set()
+        for i in ids:
+            if i not in self._ids:
+                self._ids[i] = None
+                fresh.add(i)
+        while len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+        return fresh
+
+
+def split_labels(records: Sequence[Mapping[str, Any]], counted: set[str]
+                 ) -> tuple[dict[str, list[float]], list[dict[str, Any]]]:
+    """The losses per ``member@version`` and the labelled answers of the records in ``counted``.
+
+    >>> split_labels([{"id": "a", "losses": {"mlp@v1": 0.2}, "labelled": {"y": 1}},
+    ...               {"id": "b", "losses": {"mlp@v1": 0.9}, "labelled": {"y": 0}}], {"a"})
+    ({'mlp@v1': [0.2]}, [{'y': 1}])
+    """
+    losses: dict[str, list[float]] = {}
+    labelled = []
+    for r in records:
+        if r.get("id") not in counted:
+            continue
+        for key, value in (r.get("losses") or {}).items():
+            losses.setdefault(key, []).append(float(value))
+        if r.get("labelled"):
+            labelled.append(r["labelled"])
+    return losses, labelled
 
 
 class GatewaySync:
@@ -90,6 +137,7 @@ class GatewaySync:
         # restarted actor (max_task_retries=-1), and a batch taken before the crash and checkpointed would
         # be counted twice (losses into the weights, labels into the accuracy windows).
         self._last_seq: dict[str, int] = {str(k): int(v) for k, v in ((state or {}).get("last_seq") or {}).items()}
+        self._counted = CountedLabels()
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint's ``sync`` part: the last batch taken per gateway."""
@@ -118,13 +166,14 @@ class GatewaySync:
             if member in trial:
                 self._playbook.observe_rollout(member, calls_ok=int(calls.get("ok", 0)),
                                                calls_failed=int(calls.get("failed", 0)))
-        if batch.get("labelled") and dep.n_classes:
-            labelled = self._trial_pairs(batch["labelled"], trial)
+        records = batch.get("labels") or []
+        losses, labelled = split_labels(records, self._counted.first(r.get("id") for r in records))
+        if labelled and dep.n_classes:
+            labelled = self._trial_pairs(labelled, trial)
             if self._perf.add_labelled(labelled, now):
                 self._checkpoint.mark_dirty()  # the error-stream test fired: its state goes into the next checkpoint
         if batch.get("confidence"):
             self._perf.add_confidence(batch["confidence"], batch.get("predicted"))
-        losses = batch.get("losses") or {}
         if losses:
             self._hedge.update(serving_losses(losses, dep.versions))
             for member, version in trial.items():

@@ -338,6 +338,12 @@ class GatewayConfig(_Strict):
     log_flush_s: float = Field(
         0.5, gt=0, le=30, description="Prediction log flush period; feedback is written before its 2xx."
     )
+    label_horizon_s: float = Field(
+        86_400.0, ge=60, description="A label is final: for answers younger than this, the same label sent again "
+        "is a no-op (listed in repeated_ids), a different one is refused with 409, and only the first counts in "
+        "the weights, accuracy windows, drift detectors and trials. Labels for older answers are still written "
+        "(retraining joins the first one) but not counted live. Each gateway replica remembers at most 200,000 "
+        "labels; past that the oldest answers are treated as older than the horizon.")
     log_max_pending_rows: int = Field(
         100_000, ge=100, description="Prediction rows a gateway replica buffers while the log cannot be written "
         "(a full disk): past it the oldest are dropped and counted (status prediction_log.dropped_rows, "

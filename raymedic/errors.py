@@ -15,6 +15,7 @@ __all__ = [
     "SchemaError",
     "InvalidRequest",
     "PayloadTooLarge",
+    "LabelConflict",
     "UnknownModel",
     "RegistryError",
     "VersionNotFound",
@@ -70,6 +71,13 @@ class PayloadTooLarge(InvalidRequest):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status=413)
+
+
+class LabelConflict(InvalidRequest):
+    """Feedback gives an answer a label other than the one it already has (409): a label is final."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=409)
 
 
 class AdminDenied(InvalidRequest):

@@ -29,7 +29,7 @@ from raymedic.logs import get_logger
 from raymedic.storage import Storage
 
 __all__ = ["CLOSED_AFTER_S", "MAX_CLOCK_SKEW_S", "new_inference_id", "inference_time", "PredictionLog", "FeedbackLog",
-           "KnownIds"]
+           "HourParts", "KnownIds", "hours_since"]
 
 log = get_logger(__name__)
 
@@ -62,6 +62,15 @@ def inference_time(inference_id: str) -> float | None:
 
 def _hour(ts: float) -> str:
     return time.strftime("%Y%m%d%H", time.gmtime(ts))
+
+
+def hours_since(since: float, now: float) -> list[str]:
+    """The ``YYYYMMDDHH`` name of every hour from the one holding ``since`` to the one holding ``now``.
+
+    >>> hours_since(7200.0, 10799.0), len(hours_since(0.0, 86400.0))
+    (['1970010102'], 25)
+    """
+    return [_hour(t) for t in range(int(since // 3600) * 3600, int(now) + 1, 3600)]
 
 
 def _part_name(tag: str) -> str:
@@ -202,6 +211,51 @@ class FeedbackLog:
                                     durable=True)
 
 
+class HourParts:
+    """The part files of a log's ``hour=`` folders that were not read yet, each read once.
+
+    Every gateway replica learns what the others wrote (answers, labels) from the
+    durable logs alone. An hour folder no replica can still write into (its hour
+    ended :data:`CLOSED_AFTER_S` ago) is listed at most once, so ids naming many old
+    hours (forged, or a day of labels) cost one listing per hour per replica, not one
+    per request, and the names of its parts need not be kept (bounded memory).
+    A part that cannot be read (torn, or not Parquet) is skipped with a warning.
+    """
+
+    def __init__(self, storage: Storage, prefix: str, columns: Sequence[str]) -> None:
+        self._storage = storage
+        self._prefix = prefix
+        self._columns = list(columns)
+        self._read: set[str] = set()
+        self._closed: set[str] = set()
+        self._lock = threading.Lock()  # scans run in worker threads: one at a time
+
+    def read_new(self, hours: Iterable[str]) -> list[pa.Table]:
+        """The tables of the parts of ``hours`` (``YYYYMMDDHH``) not read before."""
+        with self._lock:
+            closed_before = _hour(time.time() - 3600 - CLOSED_AFTER_S)
+            tables = []
+            for hour in sorted(set(hours) - self._closed):
+                closed = hour <= closed_before
+                if closed:
+                    self._closed.add(hour)
+                folder = f"{self._prefix}/hour={hour}"
+                if closed:
+                    self._read = {k for k in self._read if not k.startswith(folder + "/")}
+                for key in self._storage.list_files(folder, suffix=".parquet"):
+                    if key in self._read:
+                        continue
+                    try:
+                        table = self._storage.read_parquet(key, columns=self._columns)
+                    except Exception:
+                        log.warning("could not read log part %s; skipping it", key)
+                        continue
+                    if not closed:
+                        self._read.add(key)
+                    tables.append(table)
+            return tables
+
+
 class KnownIds:
     """Which inference ids exist, across every gateway replica, and what the others answered.
 
@@ -221,8 +275,7 @@ class KnownIds:
         self._capacity = capacity
         self._answers: "OrderedDict[str, tuple[float, str, list[float]]]" = OrderedDict()
         self._answers_capacity = answers_capacity
-        self._read_parts: set[str] = set()
-        self._closed_hours: set[str] = set()  # scanned after no replica could still flush into them
+        self._parts = HourParts(storage, self._prefix, ["inference_id", "ts", "member_outputs", "probabilities"])
         self._lock = threading.Lock()
 
     def answer(self, inference_id: str) -> tuple[float, dict[str, Any], list[float]] | None:
@@ -257,30 +310,9 @@ class KnownIds:
             return [i for i in ids if i not in self._ids]
 
     def _scan(self, hours: set[str]) -> None:
-        # An hour folder no replica can still flush into (its hour ended CLOSED_AFTER_S ago) is listed at
-        # most once: ids naming many old hours (forged, or a day of labels) cost one listing per hour per
-        # replica, not one per request.
-        closed_before = _hour(time.time() - 3600 - CLOSED_AFTER_S)
-        for hour in sorted(hours - self._closed_hours):
-            closed = hour <= closed_before
-            if closed:
-                self._closed_hours.add(hour)
-            folder = f"{self._prefix}/hour={hour}"
-            if closed:  # never listed again: the names of its parts need not be kept (bounded memory)
-                self._read_parts = {k for k in self._read_parts if not k.startswith(folder + "/")}
-            for key in self._storage.list_files(folder, suffix=".parquet"):
-                if key in self._read_parts:
-                    continue
-                try:
-                    table = self._storage.read_parquet(
-                        key, columns=["inference_id", "ts", "member_outputs", "probabilities"])
-                except Exception:
-                    log.warning("could not read prediction log part %s; skipping it", key)
-                    continue
-                if not closed:
-                    self._read_parts.add(key)
-                self._remember_answers(table)
-                self.add(table.column("inference_id").to_pylist())
+        for table in self._parts.read_new(hours):
+            self._remember_answers(table)
+            self.add(table.column("inference_id").to_pylist())
 
     def unknown(self, ids: Sequence[str]) -> list[str]:
         """The ids among ``ids`` that were never issued (as far as the durable log shows)."""

@@ -29,9 +29,10 @@ OUTCOMES = tuple(o.value for o in CallOutcome)
 """The outcome counters of each replica's slot, as plain strings (they cross a Ray call)."""
 MAX_LATENCIES = 256
 """Per replica per batch: enough for percentiles, bounded under any load."""
-MAX_LABELLED = 2000
+MAX_LABELS = 10_000
+"""Labels counted live per batch (more in one sync period are still written, for retraining)."""
 MAX_CONFIDENCE = 512
-"""Labelled answers and answer confidences per batch: the controller's windows need no more."""
+"""Answer confidences per batch: the controller's windows need no more."""
 LATENCY_WINDOW_S = 10.0
 """The answered predictions a gateway replica's p50/p99 are read over: recent enough to show a spike while
 it happens, long enough for a p99 of a few hundred requests at tens of requests per second."""
@@ -46,8 +47,7 @@ class CallRecorder:
     def __init__(self) -> None:
         self._stats: dict[tuple[str, str], dict[str, Any]] = {}
         self._inflight: dict[tuple[str, str], int] = defaultdict(int)
-        self._losses: dict[str, list[float]] = defaultdict(list)
-        self._labelled: list[dict[str, Any]] = []
+        self._labels: list[dict[str, Any]] = []
         self._confidence: list[float] = []
         self._predicted: list[int] = []
         self._challenger: dict[str, dict[str, int]] = {}
@@ -57,10 +57,13 @@ class CallRecorder:
         slot = self._challenger.setdefault(member, {"ok": 0, "failed": 0})
         slot["ok" if ok else "failed"] += 1
 
-    def add_labelled(self, pairs: Sequence[dict[str, Any]]) -> None:
-        """Labelled answers for the controller's accuracy windows (bounded per batch)."""
-        room = MAX_LABELLED - len(self._labelled)
-        self._labelled.extend(pairs[:max(room, 0)])
+    def add_labels(self, records: Sequence[dict[str, Any]]) -> None:
+        """Labels to count, one record per answer (:meth:`RecentOutputs.label_records`), bounded per batch.
+
+        Each keeps its inference id: the controller counts an answer once, whichever gateway replicas its
+        label reached."""
+        room = MAX_LABELS - len(self._labels)
+        self._labels.extend(records[:max(room, 0)])
 
     def add_confidence(self, values: Sequence[float], predicted: Sequence[int] | None = None) -> None:
         """Each answer's top-class confidence and, aligned with it, its predicted class."""
@@ -94,24 +97,18 @@ class CallRecorder:
         if outcome == "ok" and len(slot["latencies"]) < MAX_LATENCIES:
             slot["latencies"].append(round(latency_s, 5))
 
-    def add_losses(self, losses: Mapping[str, Sequence[float]]) -> None:
-        """Per-member feedback losses, for the ensemble weights."""
-        for member, values in losses.items():
-            self._losses[member].extend(values)
-
     def drain(self) -> dict[str, Any]:
         """The batch for the controller; resets counts (in-flight counts carry on)."""
         replicas = {f"{m}/{r}": {**s, "inflight": self._inflight.get((m, r), 0)} for (m, r), s in self._stats.items()}
         for (m, r), n in self._inflight.items():
             if n and f"{m}/{r}" not in replicas:
                 replicas[f"{m}/{r}"] = {**{o: 0 for o in OUTCOMES}, "latencies": [], "inflight": n}
-        batch = {"replicas": replicas, "losses": dict(self._losses), "labelled": self._labelled,
+        batch = {"replicas": replicas, "labels": self._labels,
                  "confidence": self._confidence, "predicted": self._predicted,
                  "challenger_calls": self._challenger}
         self._challenger = {}
         self._stats = {}
-        self._losses = defaultdict(list)
-        self._labelled, self._confidence, self._predicted = [], [], []
+        self._labels, self._confidence, self._predicted = [], [], []
         self._inflight = defaultdict(int, {k: v for k, v in self._inflight.items() if v > 0})
         return batch
 
@@ -231,6 +228,17 @@ class RecentOutputs:
                 key = f"{m}@{versions[m]}" if m in versions else m
                 out[key].append(min(1.0, float(brier)))
         return dict(out)
+
+    def label_records(self, ids: Sequence[str], class_indices: Sequence[int]) -> list[dict[str, Any]]:
+        """One record per known answer for the controller: ``{"id", "losses": {key: loss} (as
+        :meth:`losses`), "labelled": one entry of :meth:`labelled`}``."""
+        out = []
+        for i, k in zip(ids, class_indices):
+            labelled = self.labelled([i], [k])
+            if labelled:
+                out.append({"id": i, "losses": {key: v[0] for key, v in self.losses([i], [k]).items()},
+                            "labelled": labelled[0]})
+        return out
 
     def labelled(self, ids: Sequence[str], class_indices: Sequence[int]) -> list[dict[str, Any]]:
         """Each known answer with its label: {"y": k, "p": {member or "ensemble": probabilities},

@@ -70,6 +70,14 @@ class TickingTimer:
         return self.t
 
 
+def label_batch(prefix: str, losses: dict[str, list[float]], **extra: Any) -> dict[str, Any]:
+    """A gateway batch of labels: answer ``{prefix}{j}`` lost ``losses[key][j]`` for each ``member@version``."""
+    n = max(len(v) for v in losses.values())
+    records = [{"id": f"{prefix}{j}", "losses": {k: v[j] for k, v in losses.items() if j < len(v)},
+                "labelled": None} for j in range(n)]
+    return {"labels": records, **extra}
+
+
 def replica(rid: str, member: str, state: str = "RUNNING") -> ReplicaView:
     return ReplicaView(id=rid, state=state, actor_name=f"SERVE_REPLICA::raymedic#{member}#{rid}", actor_id=f"id-{rid}")
 
@@ -538,10 +546,16 @@ def test_a_gateway_takes_the_published_state_once_per_epoch_and_its_calls_are_ev
     assert sync.sync("gw1", {}, doc["epoch"]) is None and sync.gateways == {"gw1": h.clock.now}
     # Losses of a version that no longer serves do not move the weights; the serving version's do.
     before = dict(h.hedge.weights(["mlp", "lr"]))
-    sync.sync("gw1", {"losses": {"mlp@v0000": [1.0] * 50}}, doc["epoch"])
+    sync.sync("gw1", label_batch("a", {"mlp@v0000": [1.0] * 50}), doc["epoch"])
     assert h.hedge.weights(["mlp", "lr"]) == before
-    sync.sync("gw1", {"losses": {"mlp@v0001": [1.0] * 50, "lr@v0001": [0.0] * 50}}, doc["epoch"])
-    assert h.hedge.weights(["mlp", "lr"])["mlp"] < before["mlp"]
+    batch = label_batch("b", {"mlp@v0001": [1.0] * 50, "lr@v0001": [0.0] * 50})
+    sync.sync("gw1", batch, doc["epoch"])
+    moved = h.hedge.weights(["mlp", "lr"])
+    assert moved["mlp"] < before["mlp"]
+    # The same answers' labels through another gateway replica (a race both took, or a replay to every
+    # replica) are counted once: they cannot steer the weights further.
+    sync.sync("gw2", batch, doc["epoch"])
+    assert h.hedge.weights(["mlp", "lr"]) == moved
     # A gateway's calls that died under replica c are evidence on the next step.
     h.prober.histories["c"] = []
     sync.sync("gw1", {"replicas": {"lr/c": {"dead": 3, "inflight": 1}}}, doc["epoch"])
@@ -565,7 +579,7 @@ def test_a_replayed_gateway_batch_is_taken_once_even_after_a_controller_restart(
                            document=lambda: {}, state=state)
 
     sync = gateway_sync(h)
-    batch = {"losses": {"mlp@v0001": [1.0] * 3, "lr@v0001": [0.0] * 3}, "seq": 1}
+    batch = label_batch("a", {"mlp@v0001": [1.0] * 3, "lr@v0001": [0.0] * 3}, seq=1)
     before = dict(h.hedge.weights(["mlp", "lr"]))
     sync.sync("gw1", batch, 0)
     once = dict(h.hedge.weights(["mlp", "lr"]))
@@ -577,7 +591,7 @@ def test_a_replayed_gateway_batch_is_taken_once_even_after_a_controller_restart(
     replayed = gateway_sync(again, state=saved["sync"])
     replayed.sync("gw1", batch, 0)
     assert again.hedge.weights(["mlp", "lr"]) == once
-    replayed.sync("gw1", {"losses": {"mlp@v0001": [0.0] * 50, "lr@v0001": [1.0] * 50}, "seq": 2}, 0)
+    replayed.sync("gw1", label_batch("b", {"mlp@v0001": [0.0] * 50, "lr@v0001": [1.0] * 50}, seq=2), 0)
     assert again.hedge.weights(["mlp", "lr"])["mlp"] > once["mlp"]  # the gateway's next batch counts
 
 

@@ -193,11 +193,14 @@ def test_gateway_joins_labels_to_every_member_and_the_ensemble():
     recent.add_source(["a"], "mlp@challenger", np.array([[0.6, 0.4]]))
     # A challenger on trial is scored too: a promoted version starts from that record.
     assert recent.losses(["a"], [0])["mlp@challenger"] == [pytest.approx(0.16)]  # Brier: (0.4² + 0.4²) / 2
-    calls.add_labelled(pairs)
+    records = recent.label_records(["a", "unknown", "b"], [0, 0, 0])  # one per known answer, with its id
+    assert [(r["id"], r["labelled"]) for r in records] == list(zip("ab", recent.labelled(["a", "b"], [0, 0])))
+    assert records[0]["losses"] == {"mlp": pytest.approx(0.01), "mlp@challenger": pytest.approx(0.16)}
+    calls.add_labels(records)
     calls.add_confidence([0.7, 0.6])
     batch = calls.drain()
-    assert batch["labelled"] == pairs and batch["confidence"] == [0.7, 0.6]
-    assert calls.drain()["labelled"] == []
+    assert batch["labels"] == records and batch["confidence"] == [0.7, 0.6]
+    assert calls.drain()["labels"] == []
 
 
 def test_prediction_drift_compares_the_latest_outputs_with_the_first_ones_and_only_warns():

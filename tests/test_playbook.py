@@ -217,10 +217,10 @@ def test_recent_labeled_joins_logs_and_reads_only_recent_hours(tmp_path):
     preds.flush()
     feedback = FeedbackLog(storage, "m", tag="t")
     feedback.write(ids[:3], [1, 0, 1])
-    feedback.write([ids[2], ids[3], ids[4]], ["0", 1, 7])  # a corrected label as text; 7 is no class
+    feedback.write([ids[2], ids[3], ids[4]], ["0", 1, 7])  # id 2 again (a race of two gateways); 7 is no class
     rows = recent_labeled(storage, "m", schema, since=now - 60)
     assert list(rows.columns) == ["a", "b", "y", TS_COLUMN]
-    assert rows["y"].tolist() == [0, 0, 1]  # oldest first; id 2 corrected to 0; the unknown class dropped
+    assert rows["y"].tolist() == [0, 1, 1]  # oldest first; id 2's first label stands; the unknown class dropped
     assert rows[TS_COLUMN].tolist() == [now - 30, now - 20, now - 10]
     assert rows["b"].isna().tolist() == [False, False, True] and rows["a"].dtype.kind == "f"
     assert len(recent_labeled(storage, "m", schema)) == 4  # no bound: the old hour too

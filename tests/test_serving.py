@@ -96,12 +96,19 @@ def test_feedback_is_durable_and_reports_unknown_ids(svc):
     bogus = "f" * 32
     r = request_json("POST", svc["feedback"], {"inference_ids": ids + [bogus], "labels": labels + [1]})
     assert r.status == 200, r.body
-    assert r.body == {"accepted": 4, "unknown_ids": [bogus]}
+    assert r.body == {"accepted": 4, "unknown_ids": [bogus], "repeated_ids": []}
     storage = Storage(svc["cfg"].storage_path)
     table = storage.read_parquet(f"logs/{svc['cfg'].model}/feedback")  # written before the 2xx
     stored = dict(zip(table.column("inference_id").to_pylist(), table.column("label").to_pylist()))
     assert all(json.loads(stored[i]) == lab for i, lab in zip(ids, labels))
     assert bogus not in stored
+    # A label is final: the same request again (a retry) is a no-op, another label a 409 writing nothing.
+    again = request_json("POST", svc["feedback"], {"inference_ids": ids, "labels": labels})
+    assert again.status == 200 and again.body == {"accepted": 0, "unknown_ids": [], "repeated_ids": ids}
+    flipped = request_json("POST", svc["feedback"], {"inference_ids": ids[:1], "labels": [1 - labels[0]]})
+    assert flipped.status == 409 and ids[0] in flipped.body["error"], flipped.body
+    table = storage.read_parquet(f"logs/{svc['cfg'].model}/feedback")
+    assert table.column("inference_id").to_pylist().count(ids[0]) == 1
 
 
 def test_every_prediction_is_logged_with_member_outputs(svc):

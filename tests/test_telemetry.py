@@ -20,13 +20,14 @@ def test_call_recorder_batches_per_replica_and_resets():
     rec.finished("mlp", "a", "timeout", 1.0, was_started=False)
     rec.finished("mlp", "b", "dead", 0.0, was_started=False)
     rec.started("lr", "c")  # still in flight at drain time
-    rec.add_losses({"mlp": [0.1, 0.2]})
+    labels = [{"id": "i1", "losses": {"mlp": 0.1}, "labelled": {"y": 0}}]
+    rec.add_labels(labels)
     batch = rec.drain()
     assert batch["replicas"]["mlp/a"]["ok"] == 1 and batch["replicas"]["mlp/a"]["timeout"] == 1
     assert batch["replicas"]["mlp/a"]["latencies"] == [0.01] and batch["replicas"]["mlp/b"]["dead"] == 1
-    assert batch["replicas"]["lr/c"]["inflight"] == 1 and batch["losses"] == {"mlp": [0.1, 0.2]}
+    assert batch["replicas"]["lr/c"]["inflight"] == 1 and batch["labels"] == labels
     again = rec.drain()
-    assert again["losses"] == {} and set(again["replicas"]) == {"lr/c"}  # only the call still in flight
+    assert again["labels"] == [] and set(again["replicas"]) == {"lr/c"}  # only the call still in flight
     with pytest.raises(ValueError):
         rec.finished("mlp", "a", "exploded", 0.0)
     json.dumps(batch)  # it crosses a Ray call: plain data only
@@ -232,7 +233,7 @@ def test_forged_feedback_ids_cost_no_wait_and_old_hours_are_listed_once(tmp_path
     monkeypatch.setattr(asyncio, "sleep", sleep)
     future = new_inference_id(time.time() + 3600)
     out = asyncio.run(intake.accept({"inference_ids": [future, "not-an-id"], "labels": [0, 1]}))
-    assert out == {"accepted": 0, "unknown_ids": [future, "not-an-id"]}
+    assert out == {"accepted": 0, "unknown_ids": [future, "not-an-id"], "repeated_ids": []}
     assert storage.listed == [] and slept == []  # no log read, no wait for another replica's flush
     recent = new_inference_id(time.time())  # unknown but fresh: worth one wait for another replica's flush
     assert asyncio.run(intake.accept({"inference_ids": [recent], "labels": [1]}))["unknown_ids"] == [recent]
@@ -241,7 +242,7 @@ def test_forged_feedback_ids_cost_no_wait_and_old_hours_are_listed_once(tmp_path
     old = [new_inference_id(time.time() - 3600 * h) for h in range(2, 30)]  # 28 hours, all closed
     for _ in range(3):
         out = asyncio.run(intake.accept({"inference_ids": old, "labels": [0] * len(old)}))
-        assert out == {"accepted": 0, "unknown_ids": old}
+        assert out == {"accepted": 0, "unknown_ids": old, "repeated_ids": []}
     assert len(storage.listed) == len(old) == len(set(storage.listed)), storage.listed
 
 
@@ -310,7 +311,81 @@ def test_a_label_for_an_answer_still_in_the_buffer_writes_the_answer_first(tmp_p
                      "degraded": False}])
     known.add([iid])
     assert predlog.holds([iid])
-    assert asyncio.run(intake.accept({"inference_ids": [iid], "labels": [1]})) == {"accepted": 1, "unknown_ids": []}
+    assert asyncio.run(intake.accept({"inference_ids": [iid], "labels": [1]})) == {"accepted": 1, "unknown_ids": [],
+                                                                                  "repeated_ids": []}
     assert not predlog.holds([iid]) and predlog.pending() == 0  # written before the label was acknowledged
     fresh = KnownIds(storage, "m")  # what another replica (or a restarted one) finds on storage
     assert fresh.unknown([iid]) == []
+
+
+def test_a_label_is_final_a_retry_is_a_no_op_and_another_label_a_409_on_every_replica(tmp_path):
+    """Feedback for an answer already labelled was written and counted again (weights, accuracy windows,
+    drift): anyone could steer the ensemble by replaying one request. The same label again is a no-op, a
+    different one a 409 that writes nothing, and a replica the first label never reached knows it too."""
+    import asyncio
+
+    import pyarrow.parquet as pq
+
+    from raymedic.config import GatewayConfig
+    from raymedic.errors import LabelConflict
+    from serve_apps.gateway.feedback import FeedbackIntake
+    from serve_apps.labels import LabelBook
+    from serve_apps.predlog import FeedbackLog, KnownIds, new_inference_id
+    from train_jobs.schema import ModelSchema
+
+    storage = Storage(str(tmp_path))
+    schema = ModelSchema.numeric(["f0"], target="y", classes=("no", "yes"), mins=[0], maxs=[1])
+    ids = [new_inference_id() for _ in range(3)]
+
+    def replica(tag: str) -> tuple[FeedbackIntake, RecentOutputs, CallRecorder]:
+        known, recent, calls = KnownIds(storage, "m"), RecentOutputs(), CallRecorder()
+        known.add(ids)
+        recent.add(ids, {"lr": np.array([[0.3, 0.7]] * 3)}, ensemble=np.array([[0.3, 0.7]] * 3), at=time.time())
+        return FeedbackIntake(schema=schema, settings=GatewayConfig(), feedback=FeedbackLog(storage, "m", tag=tag),
+                              known=known, recent=recent, calls=calls,
+                              labels=LabelBook(storage, "m", refresh_s=0.0)), recent, calls
+
+    def logged() -> list[tuple[str, str]]:
+        rows = [r for f in sorted(tmp_path.rglob("*.parquet")) if "/feedback/" in str(f)
+                for r in pq.read_table(f).to_pylist()]
+        return sorted((r["inference_id"], r["label"]) for r in rows)
+
+    a, _, calls_a = replica("a")
+    assert asyncio.run(a.accept({"inference_ids": ids[:2], "labels": ["yes", "no"]}))["accepted"] == 2
+    assert len(calls_a.drain()["labels"]) == 2
+    # A client retrying after a lost response: nothing written twice, nothing counted twice.
+    again = asyncio.run(a.accept({"inference_ids": ids[:2], "labels": ["yes", "no"]}))
+    assert again == {"accepted": 0, "unknown_ids": [], "repeated_ids": ids[:2]}
+    assert calls_a.drain()["labels"] == [] and len(logged()) == 2
+    # Another label for one of them: refused, and the valid new label beside it is not written either.
+    with pytest.raises(LabelConflict) as err:
+        asyncio.run(a.accept({"inference_ids": [ids[2], ids[0]], "labels": ["no", "no"]}))
+    assert err.value.http_status == 409 and ids[0] in str(err.value) and "'yes'" in str(err.value)
+    assert len(logged()) == 2
+    # A replica the first labels never reached (or one restarted since) reads them from the durable log.
+    b, _, calls_b = replica("b")
+    out = asyncio.run(b.accept({"inference_ids": [ids[1], ids[2]], "labels": ["no", "yes"]}))
+    assert out == {"accepted": 1, "unknown_ids": [], "repeated_ids": [ids[1]]}
+    assert [r["id"] for r in calls_b.drain()["labels"]] == [ids[2]]
+    with pytest.raises(LabelConflict):
+        asyncio.run(b.accept({"inference_ids": [ids[0]], "labels": ["no"]}))
+    assert logged() == sorted([(ids[0], '"yes"'), (ids[1], '"no"'), (ids[2], '"yes"')])
+
+
+def test_the_label_book_judges_only_answers_within_its_horizon_and_memory():
+    """Bounded two ways: answers older than the horizon are not judged (written, not counted live), and past
+    its capacity the oldest entries go and the floor rises: never a wrong "already labelled"."""
+    from serve_apps.labels import LabelBook
+    from serve_apps.predlog import new_inference_id
+
+    now = [1_000_000.0]
+    book = LabelBook(None, "m", horizon_s=3600, capacity=2, clock=lambda: now[0])
+    old, a, b, c = (new_inference_id(now[0] - s) for s in (7200, 30, 20, 10))
+    found = book.sort([old, a], [1, 0])
+    assert found.new == [0, 1] and found.counted == [1]  # the old answer's label is kept, not counted live
+    book.reserve([old, a], [1, 0])
+    assert book.sort([old], [0]).conflicts == [] and book.sort([a], [1]).conflicts == [(a, 0, 1)]
+    book.reserve([b, c], [1, 1])  # past capacity: a goes, and answers as old as it are no longer judged
+    assert len(book) == 2 and book.sort([a], [1]).counted == [] and book.sort([b], [1]).repeated == [b]
+    book.release([b])
+    assert book.sort([b], [0]).new == [0]  # its write failed: a retry may give it

@@ -43,7 +43,8 @@ def recent_labeled(storage: Storage, model: str, schema: ModelSchema, *, since: 
     Columns: the schema's features (raw, as served; a tensor as a float32 array of its shape,
     as :func:`train_jobs.tables.load_table` gives it), the target column in the
     user's own label form, and :data:`TS_COLUMN`. When an id got several labels the
-    latest wins (a client correcting itself). Labels that are not one of the
+    first stands, as it does everywhere (a label is final: ``serve_apps.labels``; a
+    second can only be a race between gateway replicas or a label too old to judge). Labels that are not one of the
     schema's classes are dropped: a model cannot learn a class it does not have.
     """
     # Labels arrive after their predictions, so the same hours bound both logs.
@@ -53,7 +54,7 @@ def recent_labeled(storage: Storage, model: str, schema: ModelSchema, *, since: 
         preds = preds[preds["ts"] >= since]
     if not len(preds) or not len(labels):
         return pd.DataFrame(columns=[*schema.feature_names, schema.target, TS_COLUMN])
-    labels = labels.sort_values("received_at").drop_duplicates("inference_id", keep="last")
+    labels = labels.sort_values("received_at").drop_duplicates("inference_id", keep="first")
     joined = preds.drop_duplicates("inference_id").merge(labels, on="inference_id", how="inner")
     joined = joined.sort_values("ts").tail(max_rows)
     rows: list[list[Any]] = [json.loads(f) for f in joined["features"]]

@@ -5,6 +5,10 @@ lost. It may name an answer another gateway replica gave less than one log flush
 ago, so an id unknown here is looked for again once that replica's log had time to
 reach storage. Each known label turns into per-member losses (the ensemble
 weights) and labelled answers (the controller's accuracy and drift windows).
+
+A label is final (:mod:`serve_apps.labels`): the same label again is a no-op
+(``repeated_ids``), a different one a 409 before anything of the request is
+written, and only an answer's first label is counted.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import time
 from typing import Any
 
 from raymedic.config import GatewayConfig
+from raymedic.errors import LabelConflict
+from serve_apps.labels import LabelBook
 from serve_apps.predlog import MAX_CLOCK_SKEW_S, FeedbackLog, KnownIds, PredictionLog, inference_time
 from serve_apps.telemetry import CallRecorder, RecentOutputs
 from serve_apps.validation import parse_feedback
@@ -32,10 +38,13 @@ class FeedbackIntake:
         known: the inference ids answered (here or by another gateway replica).
         recent: recent answers, for the losses.
         calls: telemetry for the controller (losses, labelled answers).
+        predictions: this replica's prediction log (answers still buffered are written before their labels).
+        labels: the labels already given (None: this replica's own only).
     """
 
     def __init__(self, *, schema: ModelSchema, settings: GatewayConfig, feedback: FeedbackLog, known: KnownIds,
-                 recent: RecentOutputs, calls: CallRecorder, predictions: PredictionLog | None = None) -> None:
+                 recent: RecentOutputs, calls: CallRecorder, predictions: PredictionLog | None = None,
+                 labels: LabelBook | None = None) -> None:
         self._schema = schema
         self._settings = settings
         self._feedback = feedback
@@ -43,12 +52,15 @@ class FeedbackIntake:
         self._recent = recent
         self._calls = calls
         self._predictions = predictions
+        self._labels = labels if labels is not None else LabelBook(None, "", horizon_s=settings.label_horizon_s)
 
     async def accept(self, body: Any) -> dict[str, Any]:
-        """Write the labels for known ids and join them to their answers: ``{"accepted", "unknown_ids"}``.
+        """Write the labels for known ids and join them to their answers:
+        ``{"accepted", "unknown_ids", "repeated_ids"}``.
 
         Raises:
             InvalidRequest: the body is not valid feedback (4xx that says what to fix).
+            LabelConflict: (409) an id already has another label; nothing of the request was written.
         """
         flush_s = self._settings.log_flush_s
         fb = parse_feedback(body, self._schema, max_batch=self._settings.max_batch_size)
@@ -69,18 +81,35 @@ class FeedbackIntake:
         unknown_set = never_set | set(unknown)
         unknown = [i for i in fb.inference_ids if i in unknown_set]
         keep = [(i, lab) for i, lab in zip(fb.inference_ids, fb.labels) if i not in unknown_set]
+        repeated: list[str] = []
         if keep:
-            kept = [i for i, _ in keep]
-            if self._predictions is not None and self._predictions.holds(kept):
-                # Their answers still sit in this replica's buffer: write them (fsynced) before the labels,
-                # or a SIGKILL of this replica after the 2xx would leave labels no answer ever joins.
-                await asyncio.to_thread(self._predictions.flush, durable=True)
-            await asyncio.to_thread(self._feedback.write, kept, [lab for _, lab in keep])
-            classes = [self._schema.class_index(lab) for _, lab in keep]
-            kept_ids = kept
-            for i in kept_ids:  # answered by another replica: its logged answer joins the label here
+            await asyncio.to_thread(self._labels.refresh)  # what other replicas labelled meanwhile
+            ids, labs = [i for i, _ in keep], [lab for _, lab in keep]
+            found = self._labels.sort(ids, labs)
+            if found.conflicts:
+                shown = ", ".join(f"{i} has {had!r} (you sent {sent!r})" for i, had, sent in found.conflicts[:5])
+                raise LabelConflict(
+                    f"{len(found.conflicts)} inference id(s) already have another label: {shown}. A label is "
+                    "final: nothing of this request was written; send the others again without these ids")
+            repeated = found.repeated
+            counted = set(found.counted)
+            keep = [keep[k] for k in found.new]
+            counted_ids = [ids[k] for k in found.new if k in counted]
+            counted_classes = [self._schema.class_index(labs[k]) for k in found.new if k in counted]
+        if keep:
+            kept, kept_labels = [i for i, _ in keep], [lab for _, lab in keep]
+            self._labels.reserve(kept, kept_labels)  # before the write: a concurrent request sees them
+            try:
+                if self._predictions is not None and self._predictions.holds(kept):
+                    # Their answers still sit in this replica's buffer: write them (fsynced) before the labels,
+                    # or a SIGKILL of this replica after the 2xx would leave labels no answer ever joins.
+                    await asyncio.to_thread(self._predictions.flush, durable=True)
+                await asyncio.to_thread(self._feedback.write, kept, kept_labels)
+            except BaseException:
+                self._labels.release(kept)  # never acknowledged: a retry must be able to give them
+                raise
+            for i in counted_ids:  # answered by another replica: its logged answer joins the label here
                 if i not in self._recent and (logged := self._known.answer(i)) is not None:
                     self._recent.add_logged(i, *logged)
-            self._calls.add_losses(self._recent.losses(kept_ids, classes))
-            self._calls.add_labelled(self._recent.labelled(kept_ids, classes))
-        return {"accepted": len(keep), "unknown_ids": unknown}
+            self._calls.add_labels(self._recent.label_records(counted_ids, counted_classes))
+        return {"accepted": len(keep), "unknown_ids": unknown, "repeated_ids": repeated}

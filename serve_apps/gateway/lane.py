@@ -24,6 +24,7 @@ from serve_apps.gateway.feedback import FeedbackIntake
 from serve_apps.gateway.link import ControllerLink, LinkState, export_call_metrics
 from serve_apps.gateway.predict import Predictor
 from serve_apps.gateway.trial import Trials, challenger_handle
+from serve_apps.labels import LabelBook
 from serve_apps.predlog import FeedbackLog, KnownIds, PredictionLog
 from serve_apps.quality import InputTally
 from serve_apps.serve_state import AppView
@@ -79,7 +80,9 @@ class ModelLane:
                                    recent=recent, calls=self.calls, tally=self.tally)
         self.feedback_intake = FeedbackIntake(schema=schema, settings=gw,
                                               feedback=FeedbackLog(storage, cfg.model, tag=tag),
-                                              known=known, recent=recent, calls=self.calls, predictions=self.predlog)
+                                              known=known, recent=recent, calls=self.calls, predictions=self.predlog,
+                                              labels=LabelBook(storage, cfg.model, horizon_s=gw.label_horizon_s,
+                                                               refresh_s=gw.log_flush_s))
 
     def view(self, view: AppView | None) -> AppView | None:
         """Serve's view as this model's code reads it: its members by name, the gateway."""
