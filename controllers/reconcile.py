@@ -59,6 +59,7 @@ from controllers.publish import ControlState
 from controllers.recorder import Recorder
 from raymedic import metrics
 from raymedic.enums import StrEnum
+from raymedic.failpoints import Point, failpoint
 from raymedic.keys import APP_NAME, GATEWAY_DEPLOYMENT, replica_actor_name
 from raymedic.logs import get_logger
 from serve_apps.serve_state import AppView
@@ -461,6 +462,8 @@ class Reconciler:
         actions = list(result.actions) + [a for a in self._policy.pending_actions() if a.incident_id not in decided]
         if result.events or actions or self._checkpoint.dirty:
             await asyncio.to_thread(self._checkpoint.save)  # intent is durable before any action runs
+        if actions:
+            failpoint(Point.AFTER_DETECT)  # kill tests: decided and durable, not yet done
         for act in actions:
             done.append(await self._execute(act))
         if actions:

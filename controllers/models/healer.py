@@ -31,6 +31,7 @@ from controllers.models.jobs import PROJECT_ROOT, Jobs
 from controllers.models.swap import Swapper
 from controllers.policies.playbook import Playbook, Promote, RolloutDone, SubmitRetrain, Trigger
 from raymedic.config import RaymedicConfig
+from raymedic.failpoints import Point, failpoint
 from raymedic.logs import get_logger
 from train_jobs.registry import LoadedVersion, VersionInfo
 
@@ -165,6 +166,7 @@ class ModelHealer:
             return False
         try:
             job_id = await asyncio.to_thread(self.jobs.submit, sub)
+            failpoint(Point.AFTER_SUBMIT)  # kill tests: the job went out, its id is not checkpointed
         except Exception as exc:
             pb.finished(now, "SUBMIT_FAILED", {"status": "failed", "error": f"submit failed: {exc!r}"})
             self._record("retrain-submit-failed", self.cfg.model, evidence={"error": repr(exc)[:500]},
@@ -353,6 +355,7 @@ class ModelHealer:
         try:
             for member, version in promote.versions.items():
                 await asyncio.to_thread(self.registry.promote, self.cfg.model, member, version)
+            failpoint(Point.MID_PROMOTION)  # kill tests: champions moved, not swapped in nor audited
             self._on_new_versions(dict(promote.versions))
             replicas = await self.swap(dict(promote.versions))
         except Exception as exc:
