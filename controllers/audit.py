@@ -70,6 +70,15 @@ class AuditLog:
             raise
         return len(batch)
 
+    def has(self, kind: str, incident: str) -> bool:
+        """Whether a record of ``kind`` for ``incident`` is in the tail (flushed, buffered, or read back at
+        start): an action a restarted controller replays records its outcome only if it is not there yet."""
+        return any(r.get("kind") == kind and r.get("incident") == incident for r in self._tail)
+
+    def reaches(self, ts: float) -> bool:
+        """Whether the tail holds every record since ``ts`` (so :meth:`has` can tell a record is missing)."""
+        return len(self._tail) < (self._tail.maxlen or 0) or (bool(self._tail) and self._tail[0]["ts"] <= ts)
+
     def tail(self, n: int = 50) -> list[dict[str, Any]]:
         """The last ``n`` records (flushed or not), oldest first."""
         return list(self._tail)[-n:]

@@ -157,7 +157,8 @@ class ModelController:
                                    jobs=RayJobs(model=model, storage_path=cfg.storage_path, storage=storage,
                                                 runtime_env=current_runtime_env()),
                                    canaries=ServeCanaries(cfg=lambda: self.cfg), swapper=swapper, registry=registry,
-                                   save_intent=self._checkpoint.save)
+                                   save_intent=self._durable,
+                                   recorded=self._audit.has)
         memory = MemorySeries()
         self._vitals = VitalsBoard()
         self._prober = GoldenProber(deployment=self._current,
@@ -224,6 +225,12 @@ class ModelController:
 
     def _on_stale(self, member: str, replica: str, served: str) -> None:
         self._actuators.swap_stale(member, replica, served=served, champion=self._deployment.versions[member])
+
+    def _durable(self) -> None:
+        """The audit, then the checkpoint, written now (blocking): a model action's records and memory are
+        durable before and after it runs."""
+        self._audit.flush()
+        self._checkpoint.save()
 
     def _reload_deployment(self) -> None:
         self._deployment = load_deployment(self._storage, self._model)

@@ -49,8 +49,8 @@ from controllers.outcome import Outcome
 from controllers.policies.calls import CallLog
 from controllers.policies.gpu import DrainGpuNode, GpuFault, GpuNodeWatch, reading_fault
 from controllers.policies.leak import MemorySeries, ray_memory_threshold
-from controllers.policies.replica import (AuditEvent, ControlMode, HealingPolicy, Incident, Observation, ReplicaSnapshot,
-                                          RestartReplica, StepResult)
+from controllers.policies.replica import (AuditEvent, ControlMode, HealingPolicy, Incident, IncidentStatus, Observation,
+                                          ReplicaSnapshot, RestartReplica, StepResult)
 from controllers.policies.scaling import ScaleWatch, Size
 from controllers.policies.vanish import VanishWatch
 from controllers.policies.weights import HedgeWeights
@@ -59,6 +59,7 @@ from controllers.publish import ControlState
 from controllers.recorder import Recorder
 from raymedic import metrics
 from raymedic.enums import StrEnum
+from raymedic.failpoints import Point, failpoint
 from raymedic.keys import APP_NAME, GATEWAY_DEPLOYMENT, replica_actor_name
 from raymedic.logs import get_logger
 from serve_apps.serve_state import AppView
@@ -193,6 +194,7 @@ class Reconciler:
         self._gpu_drains: list[DrainGpuNode] = []  # decided, carried out by the next act phase
         self._gpu_done: list[tuple[DrainGpuNode, str]] = []  # carried out, recorded by the record phase
         self._dead_since: dict[str, float] = {}
+        self._decided: Decision | None = None  # the last decision whose events were recorded
         self.last: StepResult | None = None
         self.step_ms: deque[float] = deque(maxlen=STEP_TIMES_KEPT)
         self.last_success: float | None = None
@@ -243,11 +245,32 @@ class Reconciler:
 
     async def resume(self) -> None:
         """Restarts requested before a crash and never confirmed: finish them (idempotently: one
-        already gone is ``ok: already gone``). Run once, before the first step."""
+        already gone is ``ok: already gone``). Run once, before the first step.
+
+        First the records a kill lost: an open incident the checkpoint holds whose detection (or whose
+        done restart) the audit does not — the controller died between its checkpoint and its audit
+        flush — is audited now, as it was decided, so every action has its detection and outcome."""
+        for ev, ts in self._unaudited():
+            self._recorder.event(ev, ts=ts, restored=True)
         for act in self._policy.pending_actions():
             done = await self._execute(act)
             if done.event is not None:
                 self._recorder.event(done.event, duration_s=done.duration_s, action_id=act.action_id)
+
+    def _unaudited(self) -> list[tuple[AuditEvent, float]]:
+        """Records of open incidents the checkpoint holds and the audit (as far as its tail reaches) lacks."""
+        out: list[tuple[AuditEvent, float]] = []
+        for inc in self._policy.incidents:
+            if inc.status != IncidentStatus.OPEN or not self._audit.reaches(inc.detected_at):
+                continue
+            target = f"{inc.member}/{inc.replica}"
+            if not self._audit.has(f"detected-{inc.kind}", inc.id):
+                out.append((AuditEvent(f"detected-{inc.kind}", target, inc.evidence, "avoid", "ok", inc.id),
+                            inc.detected_at))
+            if inc.action and inc.action_outcome is not None and not self._audit.has(inc.action, inc.id):
+                out.append((AuditEvent(inc.action, target, {"incident": inc.kind}, inc.action, inc.action_outcome,
+                                       inc.id), inc.action_at or inc.detected_at))
+        return out
 
     # ---- observe ----------------------------------------------------------------------------
 
@@ -461,6 +484,12 @@ class Reconciler:
         actions = list(result.actions) + [a for a in self._policy.pending_actions() if a.incident_id not in decided]
         if result.events or actions or self._checkpoint.dirty:
             await asyncio.to_thread(self._checkpoint.save)  # intent is durable before any action runs
+        if actions:
+            # What the restarts act on (the detections, the decisions) is audited before they run: a
+            # controller killed from here on finishes them on restart (resume) and its audit says why.
+            self._record_decided(decision)
+            await asyncio.to_thread(self._audit.flush)
+            failpoint(Point.AFTER_DETECT)  # kill tests: decided, checkpointed and audited, not yet done
         for act in actions:
             done.append(await self._execute(act))
         if actions:
@@ -504,13 +533,21 @@ class Reconciler:
 
     # ---- record -----------------------------------------------------------------------------
 
-    async def _record(self, decision: Decision, done: Sequence[ActionDone]) -> None:
-        ts = decision.decided_at
+    def _record_decided(self, decision: Decision) -> None:
+        """The scaling seen and the events decided, recorded once per decision (before its restarts when
+        it has any, else in the record phase)."""
+        if self._decided is decision:
+            return
+        self._decided = decision
         scaled, self._scale_events = self._scale_events, []
         for seen_at, ev in scaled:
             self._recorder.event(ev, ts=seen_at)
         for ev in decision.result.events:
-            self._recorder.event(ev, ts=ts)
+            self._recorder.event(ev, ts=decision.decided_at)
+
+    async def _record(self, decision: Decision, done: Sequence[ActionDone]) -> None:
+        ts = decision.decided_at
+        self._record_decided(decision)
         gpu_done, self._gpu_done = self._gpu_done, []
         for drain, text in gpu_done:
             self._recorder.event(AuditEvent("gpu-node-drain", drain.target, drain.evidence, drain.action, text), ts=ts)

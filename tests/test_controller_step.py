@@ -710,3 +710,52 @@ def test_serve_scaling_a_member_out_and_in_is_audited_and_the_scale_in_opens_no_
     assert len(h.records("scaled")) == 2 and h.records("scaled")[0]["evidence"]["replicas"] == 3
     assert h.policy.incidents == []  # a replica stopped by the autoscaler is not a fault
     assert len(h.step.last.standby["mlp"]) == 1 and len(h.step.last.healthy["mlp"]) == 2
+
+
+def test_a_restart_runs_only_once_its_detection_is_in_the_audit_and_a_resume_audits_it_once(tmp_path, recorded):
+    """The detection behind a restart is flushed to the audit before the restart runs: a controller killed
+    right after deciding (``controller.after-detect``) finishes the restart on resume and its audit already
+    says why, once. On the old code the audit was written after the restarts, and the kill lost it."""
+    h = Harness(tmp_path)
+    healthy_fleet(h)
+    audited: list[list[str]] = []
+
+    class Killed(BaseException):
+        """The controller's process dies as the restart starts (a SIGKILL: nothing after it runs)."""
+
+    async def killed_restarting(member: str, replica: str, *, actor_name: str | None = None) -> Outcome:
+        audited.append(h.kinds())
+        raise Killed
+
+    h.actuators.restart_replica = killed_restarting
+    h.observer.dead = {"SERVE_REPLICA::raymedic#mlp#a"}
+    with pytest.raises(Killed):
+        h.run()
+    assert len(audited) == 1 and "detected-dead" in audited[0], audited
+    again = Harness(tmp_path, state=load_checkpoint(h.storage, MODEL))
+    healthy_fleet(again)
+    asyncio.run(again.step.resume())
+    again.run()
+    assert [r[:2] for r in again.actuators.restarts] == [("mlp", "a")]
+    kinds = [r["kind"] for r in read_audit(again.storage, MODEL) if r.get("incident") == "inc-000001"]
+    assert kinds.count("detected-dead") == 1 and kinds.count("restart") == 1, kinds
+
+
+def test_records_a_kill_lost_between_the_checkpoint_and_the_audit_are_written_on_resume(tmp_path, recorded):
+    """A controller killed after its checkpoint and before its audit flush: the restarted one audits the
+    open incidents' detections and done restarts the checkpoint holds and the audit lacks, once."""
+    h = Harness(tmp_path / "before")
+    healthy_fleet(h)
+    h.observer.dead = {"SERVE_REPLICA::raymedic#mlp#a"}
+    h.run()
+    done = load_checkpoint(h.storage, MODEL)  # the restart done and checkpointed; say its audit never landed
+    again = Harness(tmp_path / "after", state=json.loads(json.dumps(done)))
+    healthy_fleet(again)
+    asyncio.run(again.step.resume())
+    again.run()
+    asyncio.run(again.step.resume())  # a second restart of the controller adds nothing
+    again.run()
+    records = [r for r in read_audit(again.storage, MODEL) if r.get("incident") == "inc-000001"]
+    assert [r["kind"] for r in records][:2] == ["detected-dead", "restart"], records
+    assert sum(r["kind"] == "detected-dead" for r in records) == 1 and sum(r["kind"] == "restart" for r in records) == 1
+    assert records[0]["ts"] == h.policy.incidents[0].detected_at and again.actuators.restarts == []

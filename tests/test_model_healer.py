@@ -16,7 +16,7 @@ import pytest
 
 from controllers.models.canaries import STARTED_COLD, SWAPPED_WARM
 from controllers.models.healer import ModelHealer
-from controllers.policies.playbook import Playbook, SubmitRetrain, Trigger
+from controllers.policies.playbook import Playbook, Promote, SubmitRetrain, Trigger
 from raymedic.config import RaymedicConfig
 from raymedic.errors import VersionNotFound
 from train_jobs.registry import VersionInfo
@@ -125,6 +125,8 @@ class FakeRegistry:
 
     def promote(self, model: str, member: str, version: str) -> dict[str, str]:
         a = self.aliases_[member]
+        if a["champion"] == version:  # idempotent, as the registry's
+            return dict(a)
         a["previous"], a["champion"] = a["champion"], version
         self.promoted.append((member, version))
         return dict(a)
@@ -161,7 +163,9 @@ def gated(**passed: bool) -> dict[str, Any]:
 class Rig:
     """A healer over fakes, and what it recorded."""
 
-    def __init__(self, *, rollout: str = "canary", memory: dict[str, Any] | None = None, **retraining: Any) -> None:
+    def __init__(self, *, rollout: str = "canary", memory: dict[str, Any] | None = None,
+                 registry: FakeRegistry | None = None, audit: list[tuple[str, str, dict[str, Any]]] | None = None,
+                 **retraining: Any) -> None:
         self.cfg = RaymedicConfig(
             model="m", members=[{"name": "mlp", "kind": "mlp"}, {"name": "lr", "kind": "logistic", "fallback": True}],
             retraining={"min_labeled_rows": 100, "cooldown_s": 60, "backoff_s": 10, "max_backoff_s": 40,
@@ -169,8 +173,8 @@ class Rig:
             rollout={"mode": rollout, "min_labels": 20})
         self.clock = Clock()
         self.jobs, self.canaries = FakeJobs(), FakeCanaries()
-        self.swapper, self.registry = FakeSwapper(), FakeRegistry()
-        self.records: list[tuple[str, str, dict[str, Any]]] = []
+        self.swapper, self.registry = FakeSwapper(), registry or FakeRegistry()
+        self.records: list[tuple[str, str, dict[str, Any]]] = [] if audit is None else audit  # the audit trail
         self.adopted: list[dict[str, str]] = []
         self.playbook = Playbook(self.cfg.retraining, memory)
         self.saved: list[dict[str, Any]] = []  # the checkpointed playbook, as a controller's checkpoint holds it
@@ -178,7 +182,9 @@ class Rig:
                                   jobs=self.jobs, canaries=self.canaries, swapper=self.swapper,
                                   registry=self.registry, clock=self.clock,
                                   save_intent=lambda: self.saved.append(json.loads(json.dumps(
-                                      self.playbook.to_dict()))))
+                                      self.playbook.to_dict()))),
+                                  recorded=lambda kind, record: any(
+                                      k == kind and f.get("incident") == record for k, _, f in self.records))
 
     def record(self, kind: str, target: str, **fields: Any) -> None:
         self.records.append((kind, target, fields))
@@ -435,3 +441,74 @@ def test_ray_jobs_submit_adopts_a_job_already_submitted_under_the_records_id(tmp
     sub = SubmitRetrain("r0001-100", "drift", ())
     assert jobs.submit(sub) == jobs.submit(sub) == retrain_job_id("m", "r0001-100")
     assert list(client.jobs) == [retrain_job_id("m", "r0001-100")]
+
+
+class Killed(BaseException):
+    """The controller's process dies here (a SIGKILL: no ``except Exception`` runs, nothing after it)."""
+
+
+class KilledAfterPromote(FakeRegistry):
+    """A registry whose first promotion moves the champion and then kills the controller."""
+
+    armed = True
+
+    def promote(self, model: str, member: str, version: str) -> dict[str, str]:
+        out = super().promote(model, member, version)
+        if self.armed:
+            self.armed = False
+            raise Killed
+        return out
+
+
+@pytest.mark.parametrize("rollout", ["off", "canary"])
+def test_a_controller_killed_mid_promotion_finishes_it_once_on_restart(rollout):
+    """The promotion's intent is checkpointed before the registry moves; a controller killed after the
+    move finds it on restart and finishes the promotion (swap, versions adopted, one ``promote`` record)
+    without moving the registry again. On the old code the restarted controller forgot it: champion
+    moved, replicas never swapped, no ``promote`` record."""
+    registry = KilledAfterPromote()
+
+    async def until_killed(r: Rig) -> None:
+        await r.gated_job(mlp=True, lr=False)
+        if rollout == "canary":
+            for _ in range(30):
+                r.playbook.observe_rollout("mlp", champion_correct=True, challenger_correct=True)
+            assert await r.step() is True  # the trial's start is checkpointed
+            await r.step()  # judged: promote
+
+    r = Rig(rollout=rollout, registry=registry)
+    run(until_killed(r))
+    assert isinstance(r.healer._bg.exception(), Killed)  # the background promotion died with the process
+    assert registry.promoted == [("mlp", "v0002")] and r.swapper.swaps == [] and "promote" not in r.kinds()
+    checkpoint = r.saved[-1]
+    assert checkpoint["promoting"]["versions"] == {"mlp": "v0002"}  # durable before the registry moved
+
+    async def restarted(again: Rig) -> None:
+        await again.step()
+        await again.step()
+
+    again = Rig(rollout=rollout, memory=checkpoint, registry=registry, audit=r.records)
+    run(restarted(again))
+    assert registry.promoted == [("mlp", "v0002")]  # the registry moved once
+    assert again.swapper.swaps == [{"mlp": "v0002"}] and again.adopted == [{"mlp": "v0002"}]
+    assert again.kinds().count("promote") == 1 and again.last("promote")["outcome"] == "ok"
+    assert again.playbook.promoting is None and again.saved[-1]["promoting"] is None
+    assert (again.playbook.probation is not None) == (rollout == "off")
+    if rollout == "canary":
+        assert again.kinds().count("trial-finished") == 1
+
+
+def test_a_replayed_submit_and_promotion_are_recorded_once():
+    """A controller killed after it audited an action but before its checkpoint forgot it did it: on
+    restart it does it again (idempotently) and records nothing twice."""
+    r = Rig(rollout="off")
+    run(r.gated_job(mlp=True, lr=False))
+    before = r.kinds()
+    assert before == ["retrain-submitted", "retrain-finished", "promote"]
+    replayed = Rig(rollout="off", memory=r.saved[0], registry=r.registry, audit=r.records)  # intent only
+    run(replayed.step(triggers=[DECAY]))  # submits again: adopted under the same id
+    assert replayed.kinds() == before
+    promote = next(f for k, _, f in r.records if k == "promote")
+    replayed.playbook.intend_promotion(Promote(promote["incident"], {"mlp": "v0002"}, {"mlp": 0.9}), probation=True)
+    run(replayed.step())
+    assert replayed.kinds() == before and replayed.playbook.promoting is None

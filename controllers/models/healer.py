@@ -31,6 +31,7 @@ from controllers.models.jobs import PROJECT_ROOT, Jobs
 from controllers.models.swap import Swapper
 from controllers.policies.playbook import Playbook, Promote, RolloutDone, SubmitRetrain, Trigger
 from raymedic.config import RaymedicConfig
+from raymedic.failpoints import Point, failpoint
 from raymedic.logs import get_logger
 from train_jobs.registry import LoadedVersion, VersionInfo
 
@@ -89,14 +90,21 @@ class ModelHealer:
         swapper: Swaps versions in place on running replicas.
         registry: The model registry.
         clock: Wall-clock time (trial record ids and the playbook's times).
+        save_intent: Flushes the audit and writes the controller's checkpoint (blocking).
+        recorded: Whether the audit holds a record of a kind for a record id (a replayed action's outcome is
+            recorded once).
     """
 
     def __init__(self, cfg: RaymedicConfig, playbook: Playbook, record: Record, *,
                  on_new_versions: Callable[[dict[str, str]], None], jobs: Jobs, canaries: Canaries,
                  swapper: Swapper, registry: Registry, clock: Callable[[], float] = time.time,
-                 save_intent: Callable[[], None] | None = None) -> None:
+                 save_intent: Callable[[], None] | None = None,
+                 recorded: Callable[[str, str], bool] = lambda kind, record: False) -> None:
         self.cfg, self.playbook, self._record = cfg, playbook, record
-        self._save_intent = save_intent  # blocking: the controller's checkpoint, written before a submit
+        # Blocking: the audit flushed and the controller's checkpoint written, before and after an action
+        # (a submit, a promotion), so a kill in between neither loses its record nor repeats it.
+        self._save_intent = save_intent
+        self._recorded = recorded  # whether the audit holds a record (kind, record id): a replay records once
         self._on_new_versions = on_new_versions
         self.jobs, self.canaries, self.swapper, self.registry = jobs, canaries, swapper, registry
         self._clock = clock
@@ -133,6 +141,10 @@ class ModelHealer:
         if self._changed:
             self._changed = False
             return True
+        pending = pb.promoting
+        if pending is not None:  # decided before a controller restart (or its intent could not be written)
+            self.spawn(self.promote(now, pending[0], probation=pending[1]))
+            return False
         job = pb.job
         if job is not None and job.get("job_id"):
             return await self._follow_job(now, job)
@@ -165,6 +177,7 @@ class ModelHealer:
             return False
         try:
             job_id = await asyncio.to_thread(self.jobs.submit, sub)
+            failpoint(Point.AFTER_SUBMIT)  # kill tests: the job went out, its id is not checkpointed
         except Exception as exc:
             pb.finished(now, "SUBMIT_FAILED", {"status": "failed", "error": f"submit failed: {exc!r}"})
             self._record("retrain-submit-failed", self.cfg.model, evidence={"error": repr(exc)[:500]},
@@ -173,10 +186,23 @@ class ModelHealer:
         pb.submitted(job_id)
         if self.cfg.rollout.mode != "off":
             self.canaries.warm_in_background(self._champions)
-        self._record("retrain-submitted", self.cfg.model, evidence={
-            "job_id": job_id, "reason": sub.reason, "alerts": list(sub.alerts), "labels": labels},
-            action="retrain", outcome="submitted", incident=sub.record)
+        if not self._recorded("retrain-submitted", sub.record):  # a replayed submit adopted the job: once
+            self._record("retrain-submitted", self.cfg.model, evidence={
+                "job_id": job_id, "reason": sub.reason, "alerts": list(sub.alerts), "labels": labels},
+                action="retrain", outcome="submitted", incident=sub.record)
+        await self._durable(f"the submission of retrain {sub.record}")
         return True
+
+    async def _durable(self, what: str) -> bool:
+        """Flush the audit and write the checkpoint now; False (logged) if that failed."""
+        if self._save_intent is None:
+            return True
+        try:
+            await asyncio.to_thread(self._save_intent)
+            return True
+        except Exception as exc:
+            log.warning("could not make %s durable (%r); the next step's checkpoint tries again", what, exc)
+            return False
 
     def _champions(self) -> dict[str, str]:
         """Every member's champion version (blocking: registry reads)."""
@@ -207,6 +233,7 @@ class ModelHealer:
             await asyncio.to_thread(self.canaries.cool, ())
         if promote is not None:
             if self.cfg.rollout.mode == "off":
+                pb.intend_promotion(promote, probation=True)  # checkpointed with this step's
                 self.spawn(self.promote(now, promote))
             else:
                 self.spawn(self.start_trial(now, promote, source="retrain"))
@@ -262,6 +289,8 @@ class ModelHealer:
                 "reason": why, "live": (self.playbook.rollout or {}).get("tally", {}).get(m)},
                 action="trial", outcome=verdict, incident=(self.playbook.rollout or {}).get("record"))
         if done is not None:
+            if done.promote is not None:  # the trial is over in the playbook: its promotion must not be lost
+                self.playbook.intend_promotion(done.promote, probation=False)
             self.spawn(self._finish_trial(now, done))
         return bool(new) or done is not None
 
@@ -278,9 +307,10 @@ class ModelHealer:
 
     async def _finish_trial(self, now: float, done: RolloutDone) -> None:
         members = sorted(set(done.rejected) | set(done.promote.versions if done.promote else ()))
-        self._record("trial-finished", self.cfg.model, evidence={
-            "promote": done.promote.versions if done.promote else {}, "rejected": done.rejected},
-            action="trial", outcome="promote" if done.promote else "rejected", incident=done.record)
+        if not self._recorded("trial-finished", done.record):  # a trial judged again after a restart: once
+            self._record("trial-finished", self.cfg.model, evidence={
+                "promote": done.promote.versions if done.promote else {}, "rejected": done.rejected},
+                action="trial", outcome="promote" if done.promote else "rejected", incident=done.record)
         if done.promote is not None:
             await self.promote(now, done.promote, probation=False)
         await asyncio.to_thread(self.canaries.delete, members)
@@ -348,24 +378,40 @@ class ModelHealer:
         return await self.swapper.swap(versions, only=only)
 
     async def promote(self, now: float, promote: Promote, *, probation: bool = True) -> None:
-        """Move the champions, swap them in, and (after a retrain without a live trial) start probation."""
+        """Move the champions, swap them in, and (after a retrain without a live trial) start probation.
+
+        Exactly once across a controller kill: the intent (:meth:`Playbook.intend_promotion`) and the records
+        before it are durable before the registry moves; a restarted controller that finds the intent does
+        it all again — the registry's promote is idempotent, a swap to the serving version is a no-op — and
+        records ``promote`` only if the audit does not hold it yet."""
         t0 = time.monotonic()
+        pb = self.playbook
+        if pb.promoting is None:
+            pb.intend_promotion(promote, probation=probation)
+        if not await self._durable(f"the promotion intent {promote.record}"):
+            return  # the registry is untouched; the next step finds the intent and tries again
         try:
             for member, version in promote.versions.items():
                 await asyncio.to_thread(self.registry.promote, self.cfg.model, member, version)
+            failpoint(Point.MID_PROMOTION)  # kill tests: champions moved, not swapped in nor audited
             self._on_new_versions(dict(promote.versions))
             replicas = await self.swap(dict(promote.versions))
         except Exception as exc:
+            pb.promotion_done()
+            self._changed = True
             self._record("promote", self.cfg.model, evidence={"versions": promote.versions, "error": repr(exc)[:500]},
                          action="promote", outcome=f"failed: {exc}", incident=promote.record)
             return
         if probation:  # a live trial already compared it with the champion on the same requests
-            self.playbook.promoted(now, promote)
+            pb.promoted(now, promote)
+        pb.promotion_done()
         self._changed = True
-        self._record("promote", self.cfg.model, evidence={"versions": promote.versions, "replicas": replicas,
-                                                            "holdout_accuracy": promote.holdout_accuracy},
-                     action="promote", outcome="ok", incident=promote.record,
-                     duration_s=round(time.monotonic() - t0, 3))
+        if not self._recorded("promote", promote.record):
+            self._record("promote", self.cfg.model, evidence={"versions": promote.versions, "replicas": replicas,
+                                                                "holdout_accuracy": promote.holdout_accuracy},
+                         action="promote", outcome="ok", incident=promote.record,
+                         duration_s=round(time.monotonic() - t0, 3))
+        await self._durable(f"the promotion {promote.record}")
 
     async def rollback(self, members: Sequence[str] | None, reason: str) -> dict[str, Any]:
         """Champion back to ``previous`` (all members, or ``members``) and swapped in; during a trial,

@@ -96,6 +96,7 @@ class _State:
     probation: dict[str, Any] | None = None  # {"record", "since", "versions", "holdout_accuracy"}
     rollout: dict[str, Any] | None = None  # a live trial: the Promote's fields + mode, share, tally, verdicts
     search_due: float | None = None  # when the next scheduled search is due (None: not started)
+    promoting: dict[str, Any] | None = None  # a promotion decided and not yet done: the Promote's fields + probation
 
 
 class Playbook:
@@ -232,6 +233,24 @@ class Playbook:
                              "holdout_accuracy": dict(promote.holdout_accuracy),
                              "champion_accuracy": dict(promote.champion_accuracy),
                              "holdout_labels": promote.holdout_labels}
+
+    def intend_promotion(self, promote: Promote, *, probation: bool) -> None:
+        """A promotion is decided (a gate without a trial, or a trial's verdict): remembered until
+        :meth:`promotion_done`, so a controller killed on the way finishes it on restart."""
+        self._s.promoting = {**asdict(promote), "probation": probation}
+
+    @property
+    def promoting(self) -> tuple[Promote, bool] | None:
+        """The promotion decided and not yet done, and whether it starts a probation (None: none)."""
+        p = self._s.promoting
+        if p is None:
+            return None
+        fields = {k: v for k, v in p.items() if k in Promote.__dataclass_fields__}
+        return Promote(**fields), bool(p.get("probation"))
+
+    def promotion_done(self) -> None:
+        """The promotion was carried out (or failed, recorded): nothing left to finish."""
+        self._s.promoting = None
 
     # ---- probation -------------------------------------------------------------------
 
