@@ -19,7 +19,8 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -28,8 +29,15 @@ from raymedic.keys import feedback_prefix, predictions_prefix
 from raymedic.logs import get_logger
 from raymedic.storage import Storage
 
-__all__ = ["CLOSED_AFTER_S", "MAX_CLOCK_SKEW_S", "new_inference_id", "inference_time", "PredictionLog", "FeedbackLog",
-           "KnownIds"]
+__all__ = [
+    "CLOSED_AFTER_S",
+    "MAX_CLOCK_SKEW_S",
+    "FeedbackLog",
+    "KnownIds",
+    "PredictionLog",
+    "inference_time",
+    "new_inference_id",
+]
 
 log = get_logger(__name__)
 
@@ -217,9 +225,9 @@ class KnownIds:
                  answers_capacity: int = 50_000) -> None:
         self._storage = storage
         self._prefix = predictions_prefix(model)
-        self._ids: "OrderedDict[str, None]" = OrderedDict()
+        self._ids: OrderedDict[str, None] = OrderedDict()
         self._capacity = capacity
-        self._answers: "OrderedDict[str, tuple[float, str, list[float]]]" = OrderedDict()
+        self._answers: OrderedDict[str, tuple[float, str, list[float]]] = OrderedDict()
         self._answers_capacity = answers_capacity
         self._read_parts: set[str] = set()
         self._closed_hours: set[str] = set()  # scanned after no replica could still flush into them
@@ -268,17 +276,13 @@ class KnownIds:
             folder = f"{self._prefix}/hour={hour}"
             if closed:  # never listed again: the names of its parts need not be kept (bounded memory)
                 self._read_parts = {k for k in self._read_parts if not k.startswith(folder + "/")}
-            for key in self._storage.list_files(folder, suffix=".parquet"):
-                if key in self._read_parts:
-                    continue
-                try:
-                    table = self._storage.read_parquet(
-                        key, columns=["inference_id", "ts", "member_outputs", "probabilities"])
-                except Exception:
-                    log.warning("could not read prediction log part %s; skipping it", key)
-                    continue
-                if not closed:
-                    self._read_parts.add(key)
+            new = [k for k in self._storage.list_files(folder, suffix=".parquet") if k not in self._read_parts]
+            if not closed:
+                # An unreadable part counts as read too: writes are whole or absent, so a visible part that
+                # does not read never will, and reading it again would warn on every lookup.
+                self._read_parts.update(new)
+            for _, table in self._storage.read_parquet_parts(
+                    new, columns=["inference_id", "ts", "member_outputs", "probabilities"]):
                 self._remember_answers(table)
                 self.add(table.column("inference_id").to_pylist())
 
