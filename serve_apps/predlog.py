@@ -37,6 +37,7 @@ __all__ = [
     "PredictionLog",
     "inference_time",
     "new_inference_id",
+    "part_writer",
 ]
 
 log = get_logger(__name__)
@@ -74,6 +75,23 @@ def _hour(ts: float) -> str:
 
 def _part_name(tag: str) -> str:
     return f"part-{int(time.time() * 1000):013d}-{tag}-{secrets.token_hex(4)}.parquet"
+
+
+def part_writer(key: str) -> str | None:
+    """The tag (a gateway replica's id) of the writer of a log part, from its name; None for a name
+    that is not a gateway's part (a compaction's merged file is tagged ``compact``).
+
+    >>> part_writer("logs/m/feedback/hour=2026010100/part-1767225600000-x1ab2cd3-0f0f0f0f.parquet")
+    'x1ab2cd3'
+    >>> part_writer("logs/m/feedback/hour=2026010100/junk.parquet") is None
+    True
+    """
+    name = key.rsplit("/", 1)[-1]
+    head, suffix = "part-", ".parquet"
+    if not (name.startswith(head) and name.endswith(suffix)):
+        return None
+    fields = name[len(head):-len(suffix)].split("-")
+    return "-".join(fields[1:-1]) if len(fields) >= 3 else None
 
 
 PREDICTION_SCHEMA = pa.schema([
