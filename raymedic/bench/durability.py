@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import statistics
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -363,11 +364,12 @@ def format_durability_table(report: dict[str, Any]) -> str:
     g = report["gateway_kills"]
     lines = [(f"durability: {g['kills']} gateway kills, {report['gateways']} gateway replicas, "
               f"{report['settings']['load_threads']} load clients, {report['seconds']} s"),
-             f"  {'figure':<26}{'raymedic':>10}   what it counts"]
-    lines += [f"  {key:<26}{_cell(g.get(key)):>10}   {what}" for key, what in GATEWAY_ROWS]
+             f"  {'figure':<30}{'raymedic':>10}   what it counts"]
+    lines += [f"  {key:<30}{_cell(g.get(key)):>10}   {what}" for key, what in GATEWAY_ROWS]
     if g.get("failures"):
         lines.append("  failures: " + ", ".join(f"{k} x{v}" for k, v in sorted(g["failures"].items())))
-    lines.append(f"  plain Serve: {report['plain_serve_why_not']}")
+    lines += textwrap.wrap(f"plain Serve: {report['plain_serve_why_not']}", 100, initial_indent="  ",
+                           subsequent_indent="    ")
     lines += format_controller_rows(report.get("controller_kills") or [])
     return "\n".join(lines)
 
