@@ -139,7 +139,9 @@ def test_gateways_sigkilled_right_after_a_2xx_feedback_under_load_lose_no_acknow
           f"{[(k['ms_after_ack'], k['replaced_s']) for k in log.kills]}")
     assert len(log.kills) == KILLS and len({k["replica"] for k in log.kills}) == KILLS  # each a different process
     assert counts["acknowledged"] > KILLS, counts  # the load's labels too, not only the killer's
+    # The hole this guards: a label for an answer still in the acknowledging replica's buffer, that replica
+    # killed before its next flush. The load's own pairs (a label sent the moment its answer came) hit it at
+    # every kill: with the answer not written before the label, 5 kills left 28 of 1531 labels unjoined here.
+    # `same` (the killer's own pair answered by the replica it killed: 2-5 of 5 here) is printed, not asserted:
+    # Serve's router picks the replicas, so it may be 0 by chance.
     assert counts["acknowledged"] == counts["persisted"] == counts["joined"], counts
-    # The hole this guards: a label for an answer still in the acknowledging replica's buffer, that
-    # replica killed before its next flush. At least one kill must have been on such a replica.
-    assert same >= 1, log.kills
