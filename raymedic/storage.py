@@ -14,6 +14,7 @@ import errno
 import io
 import os
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,8 +22,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raymedic.errors import ConfigError
+from raymedic.logs import get_logger
 
 __all__ = ["Storage"]
+
+log = get_logger(__name__)
 
 
 PRIVATE_FILE_MODE = 0o600
@@ -86,7 +90,7 @@ class Storage:
         sel = pafs.FileSelector(self.path(key), allow_not_found=True, recursive=True)
         root = self._root.rstrip("/") + "/"
         return sorted(
-            info.path[len(root):] if info.path.startswith(root) else info.path
+            info.path.removeprefix(root)
             for info in self._fs.get_file_info(sel)
             if info.type == pafs.FileType.File and info.path.endswith(suffix)
         )
@@ -189,6 +193,25 @@ class Storage:
             tables = [pq.read_table(p, filesystem=self._fs, columns=columns) for p in files]
             return pa.concat_tables(tables, promote_options="default")
         return pq.read_table(self.path(key), filesystem=self._fs, columns=columns)
+
+    def read_parquet_parts(self, keys: Iterable[str], *, columns: list[str] | None = None
+                           ) -> Iterator[tuple[str, pa.Table]]:
+        """Each of ``keys`` that reads as Parquet, with its key; one that does not (torn, garbage, empty,
+        missing a column asked for, gone) is skipped with a warning that names it, and left in place.
+
+        Why skip: every write of raymedic's is whole or absent, so a part that is visible and unreadable
+        came from outside it (a bad copy, a disk fault) and stays so; one such file must not stop a
+        gateway's lookup of known ids, a retrain's join or a compaction, which read every part of a log.
+        """
+        for key in keys:
+            try:
+                table = pq.read_table(self.path(key), filesystem=self._fs, columns=columns)
+            except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
+                log.warning("skipping unreadable Parquet part %s (%s: %s); it is left where it is: move it "
+                            "out of storage_path to inspect it, or delete it", key, type(exc).__name__,
+                            str(exc)[:200])
+                continue
+            yield key, table
 
     def delete(self, key: str) -> None:
         """Remove the file or directory at ``key``; a missing key is not an error (deleting is idempotent)."""

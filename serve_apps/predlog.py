@@ -19,7 +19,8 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -28,8 +29,18 @@ from raymedic.keys import feedback_prefix, predictions_prefix
 from raymedic.logs import get_logger
 from raymedic.storage import Storage
 
-__all__ = ["CLOSED_AFTER_S", "MAX_CLOCK_SKEW_S", "new_inference_id", "inference_time", "PredictionLog", "FeedbackLog",
-           "HourParts", "KnownIds", "hours_since"]
+__all__ = [
+    "CLOSED_AFTER_S",
+    "MAX_CLOCK_SKEW_S",
+    "FeedbackLog",
+    "HourParts",
+    "KnownIds",
+    "PredictionLog",
+    "hours_since",
+    "inference_time",
+    "new_inference_id",
+    "part_writer",
+]
 
 log = get_logger(__name__)
 
@@ -75,6 +86,23 @@ def hours_since(since: float, now: float) -> list[str]:
 
 def _part_name(tag: str) -> str:
     return f"part-{int(time.time() * 1000):013d}-{tag}-{secrets.token_hex(4)}.parquet"
+
+
+def part_writer(key: str) -> str | None:
+    """The tag (a gateway replica's id) of the writer of a log part, from its name; None for a name
+    that is not a gateway's part (a compaction's merged file is tagged ``compact``).
+
+    >>> part_writer("logs/m/feedback/hour=2026010100/part-1767225600000-x1ab2cd3-0f0f0f0f.parquet")
+    'x1ab2cd3'
+    >>> part_writer("logs/m/feedback/hour=2026010100/junk.parquet") is None
+    True
+    """
+    name = key.rsplit("/", 1)[-1]
+    head, suffix = "part-", ".parquet"
+    if not (name.startswith(head) and name.endswith(suffix)):
+        return None
+    fields = name[len(head):-len(suffix)].split("-")
+    return "-".join(fields[1:-1]) if len(fields) >= 3 else None
 
 
 PREDICTION_SCHEMA = pa.schema([
@@ -242,17 +270,12 @@ class HourParts:
                 folder = f"{self._prefix}/hour={hour}"
                 if closed:
                     self._read = {k for k in self._read if not k.startswith(folder + "/")}
-                for key in self._storage.list_files(folder, suffix=".parquet"):
-                    if key in self._read:
-                        continue
-                    try:
-                        table = self._storage.read_parquet(key, columns=self._columns)
-                    except Exception:
-                        log.warning("could not read log part %s; skipping it", key)
-                        continue
-                    if not closed:
-                        self._read.add(key)
-                    tables.append(table)
+                new = [k for k in self._storage.list_files(folder, suffix=".parquet") if k not in self._read]
+                if not closed:
+                    # An unreadable part counts as read too: writes are whole or absent, so a visible part
+                    # that does not read never will, and reading it again would warn on every lookup.
+                    self._read.update(new)
+                tables.extend(table for _, table in self._storage.read_parquet_parts(new, columns=self._columns))
             return tables
 
 
@@ -271,9 +294,9 @@ class KnownIds:
                  answers_capacity: int = 50_000) -> None:
         self._storage = storage
         self._prefix = predictions_prefix(model)
-        self._ids: "OrderedDict[str, None]" = OrderedDict()
+        self._ids: OrderedDict[str, None] = OrderedDict()
         self._capacity = capacity
-        self._answers: "OrderedDict[str, tuple[float, str, list[float]]]" = OrderedDict()
+        self._answers: OrderedDict[str, tuple[float, str, list[float]]] = OrderedDict()
         self._answers_capacity = answers_capacity
         self._parts = HourParts(storage, self._prefix, ["inference_id", "ts", "member_outputs", "probabilities"])
         self._lock = threading.Lock()

@@ -100,6 +100,15 @@ def write_config(path: Path, *, storage: Path, port: int, runtime_env: dict[str,
     return path
 
 
+ONE_REPLICA_MEMBERS = [
+    {"name": "logistic", "kind": "logistic", "fallback": True, "replicas": 1, "num_cpus": 0.2},
+    {"name": "mlp", "kind": "mlp", "replicas": 1, "num_cpus": 0.2},
+    {"name": "tabresnet", "kind": "tabresnet", "replicas": 1, "num_cpus": 0.2},
+]
+"""The tests' ensemble (trained as everywhere else, so a trained registry is reused) with one replica each:
+for a module that heals no member replica."""
+
+
 _TRAINED: dict[str, Path] = {}
 """Registries trained in this test session, by (model, members, training) config: training the
 built-in ensemble with Ray Train costs about a minute per module, and its result is the same."""

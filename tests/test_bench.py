@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from raymedic.app import cli
-from raymedic.bench import controller_step, drift, faults, report, saturation
+from raymedic.bench import controller_step, drift, durability, faults, report, saturation
 from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC, SYSTEMS, dumps, ratio
 from raymedic.errors import RaymedicError
 from tests.conftest import REPO, copy_trained, free_port, remember_trained, write_config
@@ -178,6 +178,9 @@ def test_cli_prints_only_the_json_report_on_stdout_with_json(monkeypatch, capsys
     (["bench", "infra-faults", "--faults", "spike", "--fault-seconds", "20"], "too short for the spike"),
     (["bench", "infra-faults", "--spike-rps", "0"], "--spike-rps 0: give a positive number"),
     (["bench", "replica-faults", "--faults", "leak"], "unknown fault(s) ['leak']"),
+    (["bench", "durability", "--kills", "0"], "--kills 0: give a number of gateway kills from 1 to 100"),
+    (["bench", "durability", "--kills", "500"], "--kills 500: give a number of gateway kills from 1 to 100"),
+    (["bench", "durability", "--data", "t.parquet", "--target", "y"], "bench durability does not take --data"),
 ])
 def test_bench_refuses_bad_flags_with_the_fix_before_anything_runs(argv, fragment, monkeypatch):
     from raymedic.bench import infra
@@ -188,6 +191,7 @@ def test_bench_refuses_bad_flags_with_the_fix_before_anything_runs(argv, fragmen
     monkeypatch.setattr(faults, "run_replica_faults", must_not_run)
     monkeypatch.setattr(saturation, "run_saturation", must_not_run)
     monkeypatch.setattr(infra, "run_infra_faults", must_not_run)
+    monkeypatch.setattr(durability, "run_durability", must_not_run)
     args = cli._parser().parse_args(argv)
     with pytest.raises(RaymedicError) as err:
         args.fn(args)
@@ -513,3 +517,54 @@ def test_cli_runs_infra_faults_with_the_flags(monkeypatch, capsys):
     assert seen["settings"] == infra.InfraSettings(spike_rps=30.0, faults=("spike",))
 
 
+
+
+# ---- durability ----------------------------------------------------------------------------------------------
+
+
+def _durability_report(controller: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A durability report as run_durability returns it, with made-up figures."""
+    log = durability.KillLog()
+    log.acked = {f"id{i}": i % 2 for i in range(40)}
+    log.requests, log.failed, log.unknown = 90, 3, 1
+    log.failures.update({"RemoteDisconnected": 2, "HTTP 500": 1})
+    log.kills = [{"replica": f"r{i}", "inference_id": f"id{i}", "ms_after_ack": 4.0 + i, "replaced_s": 9.0 + i}
+                 for i in range(3)]
+    counts = {"acknowledged": 40, "persisted": 40, "joined": 39, "lost": 0, "unjoined": 1,
+              "kills_answered_by_the_killed": 2}
+    return durability.durability_report(log, counts, settings=durability.DurabilitySettings(kills=3), gateways=2,
+                                        seconds=41.0, controller=controller)
+
+
+def test_durability_table_has_every_gateway_figure_says_why_there_is_no_baseline_and_leaves_controller_rows():
+    rep = _durability_report()
+    g = rep["gateway_kills"]
+    assert (g["kills"], g["lost"], g["unjoined"], g["failed_requests"]) == (3, 0, 1, 3)
+    assert (g["kill_ms_after_ack_median"], g["kill_ms_after_ack_max"], g["replaced_s_median"]) == (5.0, 6.0, 10.0)
+    assert rep["plain_serve"] is None and "page cache" in rep["plain_serve_why_not"]
+    table = durability.format_durability_table(rep)
+    for key, _ in durability.GATEWAY_ROWS:
+        line = next(ln for ln in table.splitlines() if ln.split()[:1] == [key])
+        assert line.split()[1] == str(g[key]), line
+    assert "plain Serve: no baseline" in table and "RemoteDisconnected x2" in table
+    assert table.splitlines()[-1] == "controller kills: duplicate actions — not measured by this run"
+    rows = [{"kill point": "after-detect", "kills": 3, "actions": 3, "duplicate actions": 0, "missing records": 0}]
+    table = durability.format_controller_rows(rows)
+    assert table[0] == "controller kills: duplicate actions" and table[2].split() == ["after-detect", "3", "3", "0", "0"]
+    assert durability.format_durability_table(_durability_report(rows)).endswith("\n".join(table))
+
+
+def test_cli_runs_durability_with_the_flags(monkeypatch, capsys):
+    seen = {}
+
+    def fake_run(*, config_path, port, settings, progress):
+        seen.update(settings=settings, port=port)
+        return _durability_report()
+
+    monkeypatch.setattr(durability, "run_durability", fake_run)
+    assert cli.main(["bench", "durability", "--kills", "7", "--port", "8125", "--json"]) == 0
+    assert seen == {"settings": durability.DurabilitySettings(kills=7), "port": 8125}
+    assert json.loads(capsys.readouterr().out) == json.loads(dumps(_durability_report()))
+    assert cli.main(["bench", "durability"]) == 0
+    assert seen["settings"] == durability.DurabilitySettings()
+    assert capsys.readouterr().out.startswith("\n" + durability.format_durability_table(_durability_report()))

@@ -18,7 +18,7 @@ import pytest
 from raymedic.app.http import request_json
 from raymedic.keys import ADMIN_TOKEN_ENV, predictions_prefix
 from raymedic.storage import Storage
-from tests.conftest import local_service, wait_for
+from tests.conftest import ONE_REPLICA_MEMBERS, local_service, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -29,13 +29,8 @@ SMALL_FILES = 12
 """Compact once the logs hold this many small parts (the shipped default is 500)."""
 RETENTION_H = 0.002
 """Unlabelled prediction rows older than this (7.2 s) go at the next compaction; labelled ones never."""
-MEMBERS = [
-    {"name": "logistic", "kind": "logistic", "fallback": True, "replicas": 1, "num_cpus": 0.2},
-    {"name": "mlp", "kind": "mlp", "replicas": 1, "num_cpus": 0.2},
-    {"name": "tabresnet", "kind": "tabresnet", "replicas": 1, "num_cpus": 0.2},
-]
-"""The tests' ensemble (trained as everywhere else, so a trained registry is reused), one replica each:
-this module heals no replica."""
+MEMBERS = ONE_REPLICA_MEMBERS
+"""This module heals no replica: one each."""
 CONTROLLER = {"disk_period_s": 1.0, "disk_compact_small_files": SMALL_FILES, "disk_compact_cooldown_s": 2.0}
 
 

@@ -141,9 +141,9 @@ def labelled_ids(storage: Storage, model: str) -> set[str]:
     """Every inference id that has an acknowledged label (the whole feedback log's id column)."""
     out: set[str] = set()
     prefix = feedback_prefix(model)
-    for h in _hour_folders(storage, prefix):
-        for key in _file_sizes(storage, f"{prefix}/{h}"):
-            out.update(storage.read_parquet(key, columns=["inference_id"]).column("inference_id").to_pylist())
+    keys = [key for h in _hour_folders(storage, prefix) for key in _file_sizes(storage, f"{prefix}/{h}")]
+    for _, table in storage.read_parquet_parts(keys, columns=["inference_id"]):  # an unreadable part: warned
+        out.update(table.column("inference_id").to_pylist())
     return out
 
 
@@ -186,8 +186,12 @@ def _compact_folder(storage: Storage, key: str, *, cutoff: float | None, labelle
     may_expire = cutoff is not None and end is not None and end - 3600.0 < cutoff
     if len(sizes) < max(min_files, 2) and not may_expire:
         return None
-    parts = sorted(sizes)
-    table = pa.concat_tables([storage.read_parquet(p) for p in parts], promote_options="default")
+    # A part that cannot be read is skipped with a warning and left where it is (never merged away).
+    read = list(storage.read_parquet_parts(sorted(sizes)))
+    if not read:
+        return None
+    parts = [key for key, _ in read]
+    table = pa.concat_tables([t for _, t in read], promote_options="default")
     rows_before = table.num_rows
     predictions = "ts" in table.column_names
     # A prediction id is unique; a label row is the same only when id, label and time all are (a client's

@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
 
     be = add("bench", cmd_bench, "Recovery and speed figures, raymedic against plain Ray Serve in the same run.")
     be.add_argument("scenario", choices=["replica-faults", "infra-faults", "saturation", "controller-step", "drift",
-                                         "tensor-drift"])
+                                         "tensor-drift", "durability"])
     be.add_argument("--rps", type=float, default=None,
                     help="replica-faults: open-loop request rate (default 50, the rate the targets are set for; "
                          "`bench saturation` shows where each system stops keeping up on this machine). "
@@ -176,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--spike-rps", type=float, default=None,
                     help="infra-faults: the spike's base rate; the spike sends 3x it for half the window "
                          "(default 55: 165 req/s overloads the fixed baseline on a 2-core machine).")
+    be.add_argument("--kills", type=int, default=None,
+                    help="durability: gateway replicas SIGKILLed right after a 2xx feedback, one after another "
+                         "(default 5; each waits for Serve's replacement, 10-20 s on 2 cores).")
     be.add_argument("--port", type=int, default=8011, help="HTTP port for the benchmark's service.")
     be.add_argument("--data", help="replica-faults, saturation: your table (Parquet or CSV) to train the config's "
                                    "model on in the bench's own registry and replay rows of (default: the "

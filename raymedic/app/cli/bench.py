@@ -12,7 +12,7 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from raymedic.app.cli._common import progress
 from raymedic.bench.report import dumps
@@ -47,7 +47,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     ``replica-faults`` and ``saturation`` measure raymedic against plain Ray Serve in
     the same run on an embedded cluster; ``controller-step``, ``drift`` and
-    ``tensor-drift`` are pure code; ``drift --live`` streams through a deployed service. Flags are checked
+    ``tensor-drift`` are pure code; ``drift --live`` streams through a deployed service; ``durability``
+    SIGKILLs gateway replicas right after a 2xx feedback and counts what the logs kept. Flags are checked
     before anything starts.
 
     Returns:
@@ -71,6 +72,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _controller_step(args)
     if args.scenario == "infra-faults":
         return _infra_faults(args)
+    if args.scenario == "durability":
+        return _durability(args)
     return _replica_faults(args)
 
 
@@ -175,19 +178,12 @@ def _replica_faults(args: argparse.Namespace) -> int:
     settings = bench.BenchSettings(rps=args.rps or bench.BenchSettings.rps, deadline_s=args.deadline,
                                    fault_s=args.fault_seconds or bench.BenchSettings.fault_s, slow_ms=args.slow_ms,
                                    faults=faults)
-    if args.json:
-        with _stdout_to_stderr():
-            report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
-                                              progress=_to_stderr, data=_bench_table(args))
-        print(dumps(report))
-        return 0
-    report = bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
-                                      progress=progress, data=_bench_table(args))
-    print()
-    print(bench.format_table(report))
-    print()
-    print(dumps(report))
-    return 0
+
+    def run(report_progress: Any) -> dict[str, Any]:
+        return bench.run_replica_faults(config_path=args.config, port=args.port, settings=settings,
+                                        progress=report_progress, data=_bench_table(args))
+
+    return _run_and_print(args, run, bench.format_table)
 
 
 def _infra_faults(args: argparse.Namespace) -> int:
@@ -218,6 +214,29 @@ def _infra_faults(args: argparse.Namespace) -> int:
         return infra.run_infra_faults(config_path=args.config, port=args.port, settings=settings,
                                       progress=report_progress, data=_bench_table(args))
 
+    return _run_and_print(args, run, infra.format_infra_table)
+
+
+def _durability(args: argparse.Namespace) -> int:
+    if args.kills is not None and not 1 <= args.kills <= 100:
+        raise RaymedicError(f"--kills {args.kills}: give a number of gateway kills from 1 to 100, e.g. --kills 5")
+    # lazy: imports Ray; keeps `raymedic --help` fast
+    from raymedic.bench import durability
+
+    d = durability.DurabilitySettings()
+    settings = durability.DurabilitySettings(kills=args.kills or d.kills)
+
+    def run(report_progress: Any) -> dict[str, Any]:
+        return durability.run_durability(config_path=args.config, port=args.port, settings=settings,
+                                         progress=report_progress)
+
+    return _run_and_print(args, run, durability.format_durability_table)
+
+
+def _run_and_print(args: argparse.Namespace, run: Callable[[Any], dict[str, Any]],
+                   table: Callable[[dict[str, Any]], str]) -> int:
+    """Run a bench (``run`` takes the progress callback) and print its report: the JSON alone on stdout with
+    ``--json`` (progress on stderr), else the table, then the JSON for the record."""
     if args.json:
         with _stdout_to_stderr():
             report = run(_to_stderr)
@@ -225,7 +244,7 @@ def _infra_faults(args: argparse.Namespace) -> int:
         return 0
     report = run(progress)
     print()
-    print(infra.format_infra_table(report))
+    print(table(report))
     print()
     print(dumps(report))
     return 0
