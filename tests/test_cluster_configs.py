@@ -177,3 +177,21 @@ def test_serve_fast_path_needs_haproxy_and_yields_to_the_operator(monkeypatch):
     monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # the operator opted out: left alone
     assert use_serve_fast_path() is False and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
+
+
+def test_the_head_is_not_a_single_point_of_failure_gcs_tables_live_in_the_shipped_redis():
+    """GCS fault tolerance: the RayService points its GCS at the Redis of cluster/kuberay/redis.yaml (same
+    service name and port, the same password Secret), which keeps its data on a volume and admits Ray pods only."""
+    ft = _manifest()["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    docs = {d["kind"]: d for d in yaml.safe_load_all((REPO / "cluster" / "kuberay" / "redis.yaml").read_text())}
+    service, redis = docs["Service"], docs["Deployment"]
+    assert ft["redisAddress"] == f"redis://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    secret = ft["redisPassword"]["valueFrom"]["secretKeyRef"]
+    (container,) = redis["spec"]["template"]["spec"]["containers"]
+    assert {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": secret}} in container["env"]
+    assert "--requirepass" in container["command"][-1] and "--appendonly yes" in container["command"][-1]
+    assert redis["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == \
+        docs["PersistentVolumeClaim"]["metadata"]["name"]
+    policy = docs["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == service["spec"]["selector"] == redis["spec"]["selector"]["matchLabels"]
+    assert policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {"ray.io/is-ray-node": "yes"}
