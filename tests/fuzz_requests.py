@@ -92,10 +92,19 @@ class Model:
         return all(f["type"] in ("float", "int") for f in self.features)
 
 
-def _dump(value: Any) -> bytes:
-    # Python's json writes NaN/Infinity for non-finite floats, which the gateway's parser reads back:
-    # exactly the tokens a hostile client sends.
-    return json.dumps(value).encode()
+def _dump(value: Any, encoding: str = "ascii") -> bytes:
+    """``value`` as JSON bytes: escaped ASCII, or raw text in UTF-8 (BOM or not), UTF-16 or UTF-32, a lone
+    surrogate written as its bytes (``surrogatepass``), which no escape check sees.
+
+    Python's json writes NaN/Infinity for non-finite floats, which the gateway's parser reads back:
+    exactly the tokens a hostile client sends.
+    """
+    if encoding == "ascii":
+        return json.dumps(value).encode()
+    return json.dumps(value, ensure_ascii=False).encode(encoding, "surrogatepass")
+
+
+ENCODINGS = st.sampled_from(["ascii"] * 6 + ["utf-8", "utf-8", "utf-8-sig", "utf-16", "utf-32"])
 
 
 # ---- values ------------------------------------------------------------------------------------------
@@ -128,9 +137,12 @@ def valid_value(f: dict[str, Any]) -> st.SearchStrategy[Any]:
 
 
 _HUGE_INT = st.one_of(st.integers(10 ** 309, 10 ** 330), st.integers(-(10 ** 330), -(10 ** 309)))
-_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12))
+_TEXT = st.one_of(st.text(max_size=12), st.text(st.one_of(st.characters(categories=["Cs"]), st.characters()),
+                                                  min_size=1, max_size=6))
+"""Text, often holding lone surrogates (Hypothesis leaves them out of ``text()`` by default)."""
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), _TEXT)
 RANDOM_JSON = st.recursive(_SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+    st.lists(inner, max_size=4), st.dictionaries(_TEXT, inner, max_size=4)), max_leaves=12)
 """Structurally random JSON (NaN and infinities included)."""
 
 
@@ -235,7 +247,7 @@ def near_instances(draw: st.DrawFn, m: Model) -> Any:
         else:
             del inst[j]
     elif what == "extra":
-        key = draw(st.one_of(st.text(max_size=10), _long_text(100, 2000)).filter(lambda k: k not in names))
+        key = draw(st.one_of(_TEXT, _long_text(100, 2000)).filter(lambda k: k not in names))
         if isinstance(inst, dict):
             inst[key] = draw(_SCALARS)
         else:
@@ -325,8 +337,8 @@ def near_v2(draw: st.DrawFn, m: Model) -> Any:
     elif what == "drop":
         del t[draw(st.sampled_from(["name", "shape", "datatype", "data"]))]
     elif what == "extra":
-        t[draw(st.text(max_size=8))] = draw(_SCALARS)
-        body[draw(st.text(max_size=8))] = draw(_SCALARS)
+        t[draw(_TEXT)] = draw(_SCALARS)
+        body[draw(_TEXT)] = draw(_SCALARS)
     elif what == "dup":
         inputs.append(dict(t))
     elif what == "id":
@@ -359,7 +371,7 @@ def forged_id(draw: st.DrawFn) -> Any:
         st.integers(-(10 ** 12), -10_000).map(lambda off: _hex_id(max(0, now(off)), tail)),
         st.integers(10 ** 6, 10 ** 13).map(lambda off: _hex_id(now(off), tail)),
         st.sampled_from(["-" + "f" * 31, "0x" + "f" * 30, "f_" * 16, " " + "a" * 31, "١" * 32, "\x00" * 32]),
-        st.text(max_size=40), _long_text(33, 3000)))
+        _TEXT, st.text(max_size=40), _long_text(33, 3000)))
 
 
 @st.composite
@@ -404,6 +416,38 @@ def feedback(draw: st.DrawFn, m: Model) -> tuple[str, Any, int, bool]:
     return "feedback/near", body, placeholders, False
 
 
+# ---- lone surrogates --------------------------------------------------------------------------------
+
+_SURROGATE_TEXT = st.tuples(st.text(max_size=4), st.characters(categories=["Cs"]), st.text(max_size=4)).map(
+    "".join)
+
+
+@st.composite
+def unicode_body(draw: st.DrawFn, m: Model) -> tuple[str, Any]:
+    """(route, body): a valid body with a lone surrogate in one string the service echoes or logs — a
+    feedback id, a V2 request id or input name, a feature key or value."""
+    bad = draw(_SURROGATE_TEXT)
+    where = draw(st.sampled_from(["feedback", "v2-id", "v2-name", "key", "value"]))
+    if where == "feedback":
+        return "feedback", {"inference_ids": [bad], "labels": [m.classes[0]]}
+    if where.startswith("v2"):
+        body = draw(valid_v2(m))
+        if where == "v2-id":
+            body["id"] = bad
+        else:
+            body["inputs"][0]["name"] = bad
+        return "infer", body
+    body = draw(valid_instances(m))
+    inst = body["instances"][0]
+    if isinstance(inst, dict) and where == "key":
+        inst[bad] = 1.0
+    elif isinstance(inst, dict):
+        inst[m.names[0]] = bad
+    else:
+        inst[0] = bad
+    return "predict", body
+
+
 # ---- raw bytes -------------------------------------------------------------------------------------
 
 _RAW_CASES = (
@@ -429,7 +473,7 @@ def raw_body(draw: st.DrawFn) -> tuple[bytes, tuple[tuple[str, str], ...]]:
     value = draw(RANDOM_JSON)
     body = draw(st.one_of(
         st.sampled_from(_RAW_CASES), st.binary(max_size=64),
-        st.text(max_size=40).map(lambda s: s.encode("utf-8", "surrogatepass")),
+        _TEXT.map(lambda s: s.encode("utf-8", "surrogatepass")),
         st.sampled_from(["utf-16", "utf-16-le", "utf-32", "utf-8-sig"]).map(
             lambda enc: json.dumps(value, ensure_ascii=False).encode(enc, "surrogatepass")),
         st.just(json.dumps(value).encode()[:-1] if json.dumps(value) else b"{")))
@@ -446,24 +490,30 @@ def requests(draw: st.DrawFn, m: Model) -> FuzzRequest:
     fb = f"/v1/models/{m.name}:feedback"
     kind = draw(st.sampled_from(["predict/valid", "predict/valid", "predict/near", "predict/near", "predict/near",
                                  "v2/valid", "v2/near", "v2/near", "v2/near", "feedback", "feedback", "feedback",
-                                 "random", "raw", "raw", "route"]))
+                                 "random", "raw", "raw", "route", "unicode"]))
     if kind == "predict/valid":
         body = draw(valid_instances(m))
         return FuzzRequest(kind, "POST", predict, _dump(body), rows=len(body["instances"]))
     if kind == "predict/near":
-        return FuzzRequest(kind, "POST", predict, _dump(draw(near_instances(m))))
+        return FuzzRequest(kind, "POST", predict, _dump(draw(near_instances(m)), draw(ENCODINGS)))
     if kind == "v2/valid":
         body = draw(valid_v2(m))
         return FuzzRequest(kind, "POST", infer, _dump(body), rows=body["inputs"][0]["shape"][0])
     if kind == "v2/near":
-        return FuzzRequest(kind, "POST", infer, _dump(draw(near_v2(m))))
+        return FuzzRequest(kind, "POST", infer, _dump(draw(near_v2(m)), draw(ENCODINGS)))
     if kind == "feedback":
         sub, body, real, ok = draw(feedback(m))
-        return FuzzRequest(sub, "POST", fb, _dump(body), rows=len(body["inference_ids"]) if ok else None,
+        encoding = draw(ENCODINGS) if sub == "feedback/near" else "ascii"
+        return FuzzRequest(sub, "POST", fb, _dump(body, encoding), rows=len(body["inference_ids"]) if ok else None,
                            real_ids=real)
+    if kind == "unicode":  # escaped (json's default) or raw in the text's bytes, which no escape check sees
+        route, body = draw(unicode_body(m))
+        encoding = draw(st.sampled_from(["ascii", "utf-8", "utf-8", "utf-16", "utf-32", "utf-8-sig"]))
+        return FuzzRequest(kind, "POST", {"feedback": fb, "infer": infer, "predict": predict}[route],
+                           _dump(body, encoding))
     path = draw(st.sampled_from([predict, infer, fb]))
     if kind == "random":
-        return FuzzRequest(kind, "POST", path, _dump(draw(RANDOM_JSON)))
+        return FuzzRequest(kind, "POST", path, _dump(draw(RANDOM_JSON), draw(ENCODINGS)))
     if kind == "raw":
         body, headers = draw(raw_body())
         return FuzzRequest(kind, "POST", path, body, headers=headers)

@@ -78,6 +78,8 @@ class Sender:
         self.sent = 0
         self.codes: Counter[int] = Counter()
         self.kinds: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()  # time answering, by kind
+        self.blocked_s = 0.0  # the generator waiting for room in the queue (the service is the bottleneck)
         self.failures: list[str] = []
         self.versions: Counter[str] = Counter()
         self.degraded = 0
@@ -97,6 +99,7 @@ class Sender:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         while (req := self.todo.get()) is not None:
             body, real = self._resolve(req)
+            t0 = time.perf_counter()
             try:
                 status, raw = self._send(conn, req, body)
             except (OSError, http.client.HTTPException) as exc:
@@ -108,6 +111,7 @@ class Sender:
                 self.sent += 1
                 self.codes[status] += 1
                 self.kinds[req.kind] += 1
+                self.seconds[req.kind] += time.perf_counter() - t0
             problem = self._check(req, status, raw, real)
             if problem:
                 self._fail(req, f"HTTP {status} {problem}; answer {raw[:400]!r}", body)
@@ -260,7 +264,9 @@ def test_ten_thousand_generated_requests_get_4xx_or_contract_answers_and_harm_no
     @given(st.lists(requests(model), min_size=BATCH, max_size=BATCH, unique_by=lambda r: (r.path, r.body)))
     def generate(batch: list[FuzzRequest]) -> None:
         for req in batch:
+            t0 = time.perf_counter()
             sender.todo.put(req)
+            sender.blocked_s += time.perf_counter() - t0
 
     try:
         generate()
@@ -269,7 +275,8 @@ def test_ten_thousand_generated_requests_get_4xx_or_contract_answers_and_harm_no
     took = time.monotonic() - started
     print(f"fuzz: {sender.sent} requests in {took:.1f} s ({sender.sent / took:.0f}/s); "
           f"codes {dict(sorted(sender.codes.items()))}; kinds {dict(sorted(sender.kinds.items()))}; "
-          f"{len(sender.failures)} failure(s)")
+          f"{len(sender.failures)} failure(s); generator waited {sender.blocked_s:.1f} s for the service; "
+          f"ms per answer by kind {({k: round(1000 * v / sender.kinds[k]) for k, v in sorted(sender.seconds.items())})}")
     assert not sender.failures, f"{len(sender.failures)} bad answer(s); the first ones:\n" + \
         "\n".join(sender.failures[:15])
     assert sender.sent >= MIN_REQUESTS
