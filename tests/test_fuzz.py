@@ -53,6 +53,9 @@ MEMBERS = [
 """The tests' ensemble (trained as everywhere else, so an earlier module's registry is reused), one replica
 each: the cheapest service."""
 REPLICA_FAULTS = {"dead", "hung", "error", "wrong", "slow", "leak", "gpu"}
+HEALING_ACTIONS = {"restart", "drained", "standby-serves", "quarantine", "suppressed", "proposed", "rollback",
+                   "evict"}
+"""What the controller does to a replica or member it suspects (compacting the fuzz's log parts is fine)."""
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +87,7 @@ class Sender:
         self.versions: Counter[str] = Counter()
         self.degraded = 0
         self._ids: list[str] = []
+        self._stand_ins = 0
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
         for t in self._threads:
@@ -137,8 +141,10 @@ class Sender:
         for _ in range(req.real_ids):
             with self._lock:
                 iid = self._ids.pop() if self._ids else None
+                self._stand_ins += 1
+                stand_in = f"{0:012x}{self._stand_ins:020x}"  # dated 1970: unknown at once, and distinct
             if iid is None:
-                iid = "00000000000" + "1" * 21  # dated 1970: unknown at once
+                iid = stand_in
             else:
                 real.append(iid)
             body = body.replace(REAL_ID.encode(), iid.encode(), 1)
@@ -232,7 +238,11 @@ def _status(url: str) -> dict[str, Any]:
 
 
 def _replicas(status: dict[str, Any]) -> dict[str, set[str]]:
-    return {m["name"]: {r["id"] for r in m["replicas"]} for m in status["members"]}
+    """Every replica id by deployment (gateway included) and the controller's process: a restart changes one."""
+    out = {m["name"]: {r["id"] for r in m["replicas"]} for m in status["members"]}
+    out["gateway"] = {r["id"] for r in status["gateway"]["replicas"]}
+    out["controller"] = {str(status["controller"].get("pid"))}
+    return out
 
 
 def _answer(url: str, cfg: Any, row: dict[str, Any]) -> dict[str, Any]:
@@ -257,7 +267,7 @@ def test_ten_thousand_generated_requests_get_4xx_or_contract_answers_and_harm_no
 
     host, port = url.removeprefix("http://").split(":")
     sender = Sender(host, int(port), model, threads=CONNECTIONS)
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
 
     @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
@@ -292,4 +302,6 @@ def test_ten_thousand_generated_requests_get_4xx_or_contract_answers_and_harm_no
     assert _replicas(status1) == replicas0, (replicas0, _replicas(status1))
     new = [i for i in status1["incidents"] if i["id"] not in incidents0]
     assert not [i for i in new if i.get("kind") in REPLICA_FAULTS], new
+    assert not [a for a in status1["actions"] if a.get("ts", 0) >= started_at and a.get("kind") in HEALING_ACTIONS], \
+        status1["actions"]
     assert all(r["state"] == "RUNNING" for m in status1["members"] for r in m["replicas"]), status1["members"]
