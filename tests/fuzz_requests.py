@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from hypothesis import strategies as st
 
@@ -518,7 +519,10 @@ def requests(draw: st.DrawFn, m: Model) -> FuzzRequest:
         body, headers = draw(raw_body())
         return FuzzRequest(kind, "POST", path, body, headers=headers)
     # wrong routes and methods: 404 / 405 with the same error shape
+    other = quote(draw(_TEXT).encode("utf-8", "surrogatepass"), safe="")  # a model name: any bytes, escaped
     wrong = draw(st.sampled_from([f"/v1/models/{m.name}x:predict", "/v2/models/nope/infer",
-                                  f"/v1/models/{m.name}:explain", f"/v1/models/{m.name}/predict"]))
+                                  f"/v1/models/{m.name}:explain", f"/v1/models/{m.name}/predict",
+                                  f"/v1/models/{other}:predict", f"/v2/models/{other}/infer",
+                                  f"/v1/models/{other}:feedback", f"/v1/models/{m.name}:predict?model={other}"]))
     method, where = draw(st.sampled_from([("POST", wrong), ("PUT", path), ("DELETE", path), ("GET", path)]))
     return FuzzRequest("route", method, where, _dump(draw(valid_instances(m))))
