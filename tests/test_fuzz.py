@@ -116,7 +116,10 @@ class Sender:
                 self.codes[status] += 1
                 self.kinds[req.kind] += 1
                 self.seconds[req.kind] += time.perf_counter() - t0
-            problem = self._check(req, status, raw, real)
+            try:
+                problem = self._check(req, status, raw, real)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a malformed answer
+                problem = f"does not have the contract's shape ({type(exc).__name__}: {exc})"
             if problem:
                 self._fail(req, f"HTTP {status} {problem}; answer {raw[:400]!r}", body)
         conn.close()
