@@ -12,8 +12,8 @@ import asyncio
 import hashlib
 import importlib
 import inspect
-import threading
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -193,6 +193,11 @@ def test_unknown_routes_methods_and_models_are_json_errors(gateway):
     (b'{"instances": [[' + b"9" * 5001 + b', 0.5]]}', 400, "a number too long to read"),
     (b'{"instances": [["\\ud800", 0.5]]}', 400, "lone UTF-16 surrogate"),
     (b'{"instances": [[0.1, 0.2]], "\\udc00": 1}', 400, "lone UTF-16 surrogate"),
+    # Found by the fuzz (tests/test_fuzz.py): a surrogate as raw bytes, which json.loads(bytes) decodes with
+    # surrogatepass, reached the answer's encoder (a 500 for feedback echoing it in unknown_ids)
+    (b'{"instances": [["\xed\xa0\x80", 0.5]]}', 400, "not valid text"),
+    ('{"instances": [["\ud800", 0.5]]}'.encode("utf-16-le", "surrogatepass"), 400, "not valid text"),
+    ('{"instances": [["\\ud800", 0.5]]}'.encode("utf-16"), 400, "lone UTF-16 surrogate"),
 ])
 def test_bad_bodies_are_refused_before_prediction(gateway, body, status, fragment):
     got, _, answer = call("POST", PREDICT, body)
@@ -329,3 +334,8 @@ def test_chaos_disk_fill_writes_a_bounded_file_under_storage_and_clear_removes_i
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_json_in_utf16_or_with_a_byte_order_mark_is_still_read(gateway):
+    for raw in ('{"instances": [[0.1, 0.2]]}'.encode("utf-16"), b'\xef\xbb\xbf{"instances": [[0.1, 0.2]]}'):
+        assert call("POST", PREDICT, raw)[0] == 200

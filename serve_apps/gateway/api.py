@@ -31,8 +31,15 @@ from raymedic import metrics
 from raymedic.errors import InvalidRequest, RaymedicError, ServiceUnavailable
 from raymedic.logs import get_logger
 
-__all__ = ["api", "MAX_BODY_BYTES", "PARSE_OFF_LOOP_BYTES", "count_answer", "error_response", "json_body",
-           "parse_json"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "PARSE_OFF_LOOP_BYTES",
+    "api",
+    "count_answer",
+    "error_response",
+    "json_body",
+    "parse_json",
+]
 
 log = get_logger(__name__)
 
@@ -41,7 +48,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 PARSE_OFF_LOOP_BYTES = 256 * 1024
 """Bodies larger than this are parsed in a worker thread: a few ms of parsing on the event loop is the most
 one body may hold up the replica's other requests (a 16 MiB body takes seconds)."""
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 api = FastAPI(
     title="raymedic gateway",
@@ -147,15 +154,23 @@ def parse_json(raw: bytes) -> Any:
 
     Refused: what is not JSON, a body nested deeper than Python's parser goes (``RecursionError``), an
     integer literal past Python's 4300-digit conversion limit (``ValueError``), and a string holding a
-    lone UTF-16 surrogate (``"\ud800"``), which parses but can never be encoded again: echoed in an
-    answer or written to a log it would fail *after* the request's work was done.
+    lone UTF-16 surrogate, which can never be encoded again: echoed in an answer or written to a log it
+    would fail *after* the request's work was done. Such a surrogate comes as an escape (``"\ud800"``,
+    which parses) or as raw bytes (``ED A0 80``, or a lone code unit of a UTF-16 body), which
+    ``json.loads`` of bytes would let through (it decodes with ``surrogatepass``): the bytes are decoded
+    here, strictly, in the encoding JSON's rules detect (UTF-8, or UTF-16/32 by their zero bytes).
 
     >>> parse_json(b'{"a": [1, 2.5, "x"]}')
     {'a': [1, 2.5, 'x']}
     """
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = raw.decode(json.detect_encoding(raw))
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"the body is not valid text ({exc.reason} at byte {exc.start}); send JSON in "
+                             "UTF-8", status=400) from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON ({exc}); send a JSON object", status=400) from None
     except RecursionError:
         raise InvalidRequest("the body is nested too deeply to parse; send a flatter JSON object",
@@ -163,7 +178,7 @@ def parse_json(raw: bytes) -> Any:
     except ValueError as exc:  # an integer literal past Python's int conversion limit
         raise InvalidRequest(f"the body holds a number too long to read ({str(exc)[:60]}...); send numbers a "
                              "model can take", status=400) from None
-    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(body):
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(body):
         raise InvalidRequest("the body holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape not in a pair); "
                              "send valid Unicode text", status=400)
     return body
