@@ -88,6 +88,7 @@ class Sender:
         self.degraded = 0
         self._ids: list[str] = []
         self._stand_ins = 0
+        self._relabels = 0
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
         for t in self._threads:
@@ -122,7 +123,46 @@ class Sender:
                 problem = f"does not have the contract's shape ({type(exc).__name__}: {exc})"
             if problem:
                 self._fail(req, f"HTTP {status} {problem}; answer {raw[:400]!r}", body)
+            elif real and req.rows is not None and status == 200:
+                self._relabel(conn, req, body, real)
         conn.close()
+
+    def _relabel(self, conn: http.client.HTTPConnection, req: FuzzRequest, body: bytes, real: list[str]) -> None:
+        """A label is final: the same body again (a client's retry) is a 200 that takes nothing, another label
+        for one of its ids a 409 that names it."""
+        with self._lock:
+            self._relabels += 1
+            n = self._relabels
+        sent = json.loads(body)
+        if n % 2:
+            again, expect = body, "repeat"
+        else:
+            k = sent["inference_ids"].index(real[0])
+            other = next(c for c in self.model.classes if str(c) != str(sent["labels"][k]))
+            again, expect = json.dumps({"inference_ids": [real[0]], "labels": [other]}).encode(), "conflict"
+        kind = f"feedback/{expect}"
+        t0 = time.perf_counter()
+        try:
+            status, raw = self._send(conn, req, again)
+        except (OSError, http.client.HTTPException) as exc:
+            self._fail(req, f"{kind}: no answer: {type(exc).__name__}: {exc}", again)
+            return
+        with self._lock:
+            self.sent += 1
+            self.codes[status] += 1
+            self.kinds[kind] += 1
+            self.seconds[kind] += time.perf_counter() - t0
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = None
+        if expect == "repeat":
+            ok = status == 200 and isinstance(doc, dict) and doc.get("accepted") == 0 and \
+                set(real) <= set(doc.get("repeated_ids") or ())
+        else:
+            ok = status == 409 and isinstance(doc, dict) and real[0] in str(doc.get("error"))
+        if not ok:
+            self._fail(req, f"{kind}: HTTP {status}; answer {raw[:400]!r}", again)
 
     def _send(self, conn: http.client.HTTPConnection, req: FuzzRequest, body: bytes) -> tuple[int, bytes]:
         for attempt in (0, 1):
