@@ -177,3 +177,64 @@ def test_serve_fast_path_needs_haproxy_and_yields_to_the_operator(monkeypatch):
     monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # the operator opted out: left alone
     assert use_serve_fast_path() is False and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
+
+
+SERVE_HAPROXY_CFG = """global
+    stats socket /tmp/haproxy-serve/n1/admin.sock mode 666 level admin expose-fd listeners
+frontend prometheus
+    bind :9101
+    mode http
+frontend http_frontend
+    bind 127.0.0.1:8000
+listen stats
+  bind *:8404
+  stats enable
+"""
+"""The binds of a config Serve 2.60 renders for ``http_options.host: 127.0.0.1`` (its template)."""
+
+
+def test_serves_haproxy_listeners_follow_the_http_host(tmp_path):
+    """The wrapper Serve runs as HAProxy rewrites the config it was given, then execs the real binary
+    with the same arguments (a fake here that records them)."""
+    import os
+    import subprocess
+    import sys
+
+    from cluster import haproxy_bind
+
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(SERVE_HAPROXY_CFG)
+    fake = tmp_path / "haproxy"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/args\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, **{haproxy_bind.REAL_BINARY_ENV: str(fake)})
+    subprocess.run([haproxy_bind.__file__, "-db", "-f", str(cfg), "-sf", "123"], env=env, check=True, timeout=30)
+    assert (tmp_path / "args").read_text().split() == ["-db", "-f", str(cfg), "-sf", "123"]
+    text = cfg.read_text()
+    assert "bind 127.0.0.1:9101" in text and "bind 127.0.0.1:8404" in text and "bind *:" not in text
+    assert "admin.sock mode 600 level admin" in text
+    # On every interface (a pod's proxy) the listeners stay as reachable as the service itself.
+    assert "bind *:8404" in haproxy_bind.lock_down(SERVE_HAPROXY_CFG.replace("127.0.0.1:8000", "*:8000"))
+    # Without the real binary's path it says what to set, and never execs itself.
+    env[haproxy_bind.REAL_BINARY_ENV] = haproxy_bind.__file__
+    p = subprocess.run([sys.executable, haproxy_bind.__file__, "-v"], env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 127 and haproxy_bind.REAL_BINARY_ENV in p.stderr
+
+
+def test_serve_fast_path_runs_haproxy_through_the_bind_wrapper(monkeypatch):
+    import os
+
+    from cluster import haproxy_bind
+    from cluster.connect import SERVE_FAST_PATH, use_serve_fast_path
+
+    for key in (*SERVE_FAST_PATH, "RAY_SERVE_HAPROXY_BINARY_PATH", haproxy_bind.REAL_BINARY_ENV,
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"):
+        monkeypatch.setenv(key, "")  # recorded, so whatever the test sets is undone after it
+        monkeypatch.delenv(key)
+    if not use_serve_fast_path():
+        pytest.skip("no HAProxy binary on this platform")
+    assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == os.path.realpath(haproxy_bind.__file__)
+    real = os.environ[haproxy_bind.REAL_BINARY_ENV]
+    assert os.access(real, os.X_OK) and not real.endswith("haproxy_bind.py")
+    assert use_serve_fast_path() and os.environ[haproxy_bind.REAL_BINARY_ENV] == real  # twice: the same
