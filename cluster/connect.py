@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import sys
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from raymedic.config import RuntimeEnv
 from raymedic.logs import get_logger
 
 __all__ = ["LOCAL_INGRESS_DRAIN_S", "LOCAL_LOGICAL_CPUS", "SERVE_FAST_PATH", "bind_haproxy_like_http", "connect_or_start",
-           "join", "start_embedded", "use_serve_fast_path", "use_token_auth", "user_code_importable"]
+           "ensure_auth_token", "join", "start_embedded", "use_serve_fast_path", "use_token_auth", "user_code_importable"]
 
 log = get_logger(__name__)
 
@@ -140,6 +141,34 @@ def use_token_auth() -> None:
     An operator's own ``RAY_AUTH_MODE`` is respected.
     """
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def ensure_auth_token() -> Path | None:
+    """Create the cluster token Ray's token auth needs where none exists; returns the file it wrote.
+
+    ``ray start`` with ``RAY_AUTH_MODE=token`` refuses to start without a token (only an embedded
+    ``ray.init`` creates one), so on a machine that never ran Ray the first ``raymedic up`` would fail.
+    Ray looks in ``RAY_AUTH_TOKEN``, then the file ``RAY_AUTH_TOKEN_PATH`` names, then
+    ``~/.ray/auth_token``; the token written there is what Ray's own ``ray get-auth-token --generate``
+    writes (256 random bits, hex), but private to the user (0600): anyone who reads it can run code on
+    the cluster.
+    """
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    if path.is_file() and path.stat().st_size > 0:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # an empty file, or another `up` just wrote it
+        if path.stat().st_size > 0:
+            return None
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    log.info("generated the Ray cluster token in %s (token auth)", path)
+    return path
 
 
 def join(address: str, *, ours: bool, log_to_driver: bool = False, runtime_env: RuntimeEnv | None = None) -> None:

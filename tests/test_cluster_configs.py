@@ -222,19 +222,65 @@ def test_serves_haproxy_listeners_follow_the_http_host(tmp_path):
     assert p.returncode == 127 and haproxy_bind.REAL_BINARY_ENV in p.stderr
 
 
-def test_serve_fast_path_runs_haproxy_through_the_bind_wrapper(monkeypatch):
+@pytest.fixture
+def ray_start_env(monkeypatch):
+    """None of the variables raymedic sets for a Ray start (token auth, Serve's fast path and its HAProxy
+    wrapper) in the environment, and whatever the test sets undone after it."""
+    from cluster import haproxy_bind
+    from cluster.connect import SERVE_FAST_PATH
+
+    for key in (*SERVE_FAST_PATH, "RAY_SERVE_HAPROXY_BINARY_PATH", haproxy_bind.REAL_BINARY_ENV,
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
+                "RAY_AUTH_MODE"):
+        monkeypatch.setenv(key, "")  # recorded (a variable that was absent is removed again after the test)
+        monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def test_serve_fast_path_runs_haproxy_through_the_bind_wrapper(ray_start_env):
     import os
 
     from cluster import haproxy_bind
-    from cluster.connect import SERVE_FAST_PATH, use_serve_fast_path
+    from cluster.connect import use_serve_fast_path
 
-    for key in (*SERVE_FAST_PATH, "RAY_SERVE_HAPROXY_BINARY_PATH", haproxy_bind.REAL_BINARY_ENV,
-                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"):
-        monkeypatch.setenv(key, "")  # recorded, so whatever the test sets is undone after it
-        monkeypatch.delenv(key)
     if not use_serve_fast_path():
         pytest.skip("no HAProxy binary on this platform")
     assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == os.path.realpath(haproxy_bind.__file__)
     real = os.environ[haproxy_bind.REAL_BINARY_ENV]
     assert os.access(real, os.X_OK) and not real.endswith("haproxy_bind.py")
     assert use_serve_fast_path() and os.environ[haproxy_bind.REAL_BINARY_ENV] == real  # twice: the same
+
+
+def test_every_cluster_config_starts_ray_with_token_auth():
+    """The Jobs API is remote code execution and Serve's replicas take direct gRPC calls: every cluster
+    raymedic ships refuses a caller without the cluster token, and the launcher's dashboard is not open."""
+    spec = _manifest()["spec"]["rayClusterConfig"]
+    assert spec["authOptions"] == {"mode": "token"}  # KubeRay: the Secret and RAY_AUTH_MODE in every pod
+    doc = yaml.safe_load((REPO / "ray-cluster.yaml").read_text())
+    for cmd in (doc["head_start_ray_commands"][-1], doc["worker_start_ray_commands"][-1]):
+        assert "RAY_AUTH_MODE=token " in cmd and "ray start" in cmd, cmd
+    assert "--dashboard-host=0.0.0.0" not in doc["head_start_ray_commands"][-1]  # `ray dashboard` tunnels over SSH
+    assert doc["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # one token, every node and the client
+    assert any("chmod 600 ~/.ray/auth_token" in c for c in doc["setup_commands"])
+
+
+def test_clusters_raymedic_starts_get_a_private_token(tmp_path, ray_start_env):
+    """`ray start` in token mode refuses to start without a token: the first `raymedic up` on a machine
+    that never ran Ray writes one (private), and an existing one is kept."""
+    import stat
+
+    from cluster.sessions import start_env
+
+    monkeypatch = ray_start_env
+    monkeypatch.setenv("HOME", str(tmp_path))
+    env = start_env()
+    token = tmp_path / ".ray" / "auth_token"
+    assert env["RAY_AUTH_MODE"] == "token" and len(token.read_text()) == 64
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    first = token.read_text()
+    start_env()
+    assert token.read_text() == first
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the operator opted out: no token written
+    monkeypatch.setenv("HOME", str(tmp_path / "other"))
+    start_env()
+    assert not (tmp_path / "other" / ".ray").exists()
