@@ -277,6 +277,41 @@ def test_status_without_a_controller_says_so_and_shows_what_this_gateway_knows(g
     assert [m["replicas"][0]["state"] for m in doc["members"]] == ["RUNNING", "AVOIDED", "STANDBY"]
 
 
+def test_status_without_the_admin_token_leaves_out_processes_nodes_paths_and_the_webhook(gateway):
+    """/v1/status needs no token (a health dashboard polls it): without one it aims no attack (no pid to
+    kill, no node id, host or path, no webhook); with the token, the full view `raymedic status` prints."""
+    order = gateway[0]._order
+    view = AppView("raymedic", "RUNNING", deployments={
+        m: DeploymentView(m, "HEALTHY", "", 1, (ReplicaView("r1", "RUNNING", pid=4242, node_id="ab" * 28),))
+        for m in order})
+    gateway[0] = Stand(view=view)
+
+    async def controller_status() -> dict[str, Any]:
+        return {"state": "running", "mode": "auto", "pid": 77, "webhook": {"url": "https://hooks.example/…"},
+                "disk": {"verdict": "ok", "storage": {"path": "/srv/raymedic", "free_fraction": 0.5}},
+                "nodes": {"nodes": [{"name": "worker-1", "node_id": "cd" * 28, "host": "10.0.0.7", "phase": "ok"}]},
+                "incidents": [{"id": "inc-000001", "kind": "crash", "evidence": {"pid": 4242}}]}
+
+    gateway[0]._lanes["synthetic"].link.status = controller_status
+    status, _, anon = call("GET", "/v1/status")
+    assert status == 200 and anon["view"] == "redacted" and "Bearer" in anon["note"]
+    text = json.dumps(anon)
+    for secret in ("4242", "ab" * 28, "cd" * 28, "10.0.0.7", "/srv/raymedic", "hooks.example", '"pid"'):
+        assert secret not in text, secret
+    # What an anonymous health dashboard reads is all there.
+    assert [(m["name"], m["state"], m["replicas"]) for m in anon["members"]] == [
+        (m, "HEALTHY", [{"id": "r1", "state": "RUNNING"}]) for m in order]
+    assert anon["controller"]["state"] == "running" and anon["controller"]["disk"]["storage"]["free_fraction"] == 0.5
+    assert anon["controller"]["nodes"]["nodes"] == [{"name": "worker-1", "phase": "ok"}]
+    assert anon["incidents"] == [{"id": "inc-000001", "kind": "crash", "evidence": {}}]
+    status, _, full = call("GET", "/v1/status", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and full["view"] == "full" and full["members"][0]["replicas"][0]["pid"] == 4242
+    assert full["controller"]["pid"] == 77 and full["controller"]["webhook"]["url"] == "https://hooks.example/…"
+    assert full["controller"]["nodes"]["nodes"][0]["node_id"] == "cd" * 28
+    status, _, body = call("GET", "/v1/status", headers={"Authorization": "Bearer wrong"})
+    assert status == 401 and "wrong admin token" in body["error"]
+
+
 def test_two_models_get_their_own_routes_lanes_and_status():
     """One gateway, two lanes: each route reaches its model's parts only; no model is the first's."""
     dependency = inspect.signature(V1Routes.healthz).parameters["self"].default.dependency
