@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from serve_apps.access import ClientAccess
 from serve_apps.gateway.admin import check_admin
 from serve_apps.gateway.api import count_answer, error_response, json_body
 from serve_apps.gateway.lane import ModelLane, pick_lane
@@ -33,6 +34,7 @@ class V1Routes:
     _tag: str
     _views: AppViewCache
     _admission: Admission
+    _access: ClientAccess
     _admin_sha: str | None
 
     def _lane(self, model: str | None) -> ModelLane:
@@ -83,6 +85,7 @@ class V1Routes:
         Predict: ``{"instances": [...]}`` in, labels, probabilities and inference ids out.
         """
         started = time.perf_counter()
+        self._access.client(request.headers)  # 401 without a client key where client_auth is on
         lane = self._lane(model)
         with self._admission.enter():
             out = await lane.predictor.answer(await json_body(request))
@@ -93,8 +96,11 @@ class V1Routes:
     async def feedback(self, model: str, request: Request) -> dict[str, Any]:
         """
         \f
-        Feedback: labels for earlier inference ids (written before the 2xx).
+        Feedback: labels for earlier inference ids (written before the 2xx). Paced per client (its name with
+        client keys, else its address) where ``gateway.feedback_rate_per_s`` is set: 429 with Retry-After.
         """
+        who = self._access.client(request.headers) or (request.client.host if request.client else "unknown")
+        self._access.admit_feedback(who)
         out = await self._lane(model).feedback_intake.accept(await json_body(request))
         count_answer(model, "feedback")
         return out
