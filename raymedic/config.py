@@ -734,6 +734,21 @@ class DataConfig(_Strict):
         720.0, gt=0, le=24 * 365 * 100, description="Prediction log rows older than this many hours are dropped "
         "when the controller compacts the log — except rows with an acknowledged label, which are kept forever "
         "(the retrain job joins them). 30 days by default: far more than any window the monitors read.")
+    labelled_retention_days: float | None = Field(
+        None, gt=0, le=365 * 100, description="Prediction log rows older than this many days are dropped at "
+        "compaction even when labelled: their raw features (every request's input) go, the label rows stay. "
+        "Unset (the default): labelled rows are kept forever, because retraining trains on them; set it where "
+        "a data-retention policy limits how long request data may be kept (it must be at least "
+        "prediction_log_retention_h). Retraining then sees only the labelled rows within it.")
+
+    @model_validator(mode="after")
+    def _labelled_outlive_unlabelled(self) -> "DataConfig":
+        days = self.labelled_retention_days
+        if days is not None and days * 24 < self.prediction_log_retention_h:
+            raise ValueError(f"data.labelled_retention_days ({days:g} d) must be at least "
+                             f"data.prediction_log_retention_h ({self.prediction_log_retention_h:g} h): a label "
+                             "should never shorten how long a row is kept; raise it or lower the other")
+        return self
 
     def policy(self, feature: str) -> FeaturePolicy:
         """The override for ``feature`` (empty if none)."""
