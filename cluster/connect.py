@@ -20,9 +20,11 @@ from typing import Any
 
 from cluster import haproxy_bind
 from raymedic.config import RuntimeEnv
+from raymedic.errors import ConfigError
 from raymedic.logs import get_logger
 
-__all__ = ["LOCAL_INGRESS_DRAIN_S", "LOCAL_LOGICAL_CPUS", "SERVE_FAST_PATH", "bind_haproxy_like_http", "connect_or_start",
+__all__ = ["LOCAL_INGRESS_DRAIN_S", "LOCAL_LOGICAL_CPUS", "SERVE_FAST_PATH", "bind_haproxy_like_http", "check_tls_served",
+           "connect_or_start",
            "ensure_auth_token", "join", "start_embedded", "use_serve_fast_path", "use_token_auth", "user_code_importable"]
 
 log = get_logger(__name__)
@@ -68,6 +70,25 @@ def use_serve_fast_path() -> bool:
     # reloads within a second (30 s made every `down` and redeploy half a minute longer).
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", str(LOCAL_INGRESS_DRAIN_S))
     return True
+
+
+def check_tls_served(tls: dict[str, str]) -> None:
+    """Refuse HTTPS settings the cluster would silently ignore.
+
+    Serve 2.60 serves ``http_options.ssl_certfile``/``ssl_keyfile`` from its Python proxy (uvicorn) only:
+    its HAProxy ingress (:data:`SERVE_FAST_PATH`, on in clusters raymedic starts) renders no TLS bind, so
+    the port would answer plain HTTP to a client that was promised HTTPS.
+
+    Raises:
+        ConfigError: TLS is asked for while this process runs (or starts) Serve in HAProxy mode.
+    """
+    if tls and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        raise ConfigError(
+            "http_options.ssl_certfile/ssl_keyfile are ignored by Ray Serve's HAProxy ingress "
+            "(RAY_SERVE_ENABLE_HA_PROXY=1): the port would serve plain HTTP. Start the cluster with "
+            "RAY_SERVE_ENABLE_HA_PROXY=0 (Serve's Python proxy serves HTTPS, at a throughput cost; `raymedic up` "
+            "does this for a cluster it starts), or drop ssl_* and terminate TLS in a proxy in front "
+            "(README: Security and durability)")
 
 
 def _haproxy_binary() -> str | None:

@@ -1165,6 +1165,31 @@ class ServeFile(BaseModel):
         """The port Serve's HTTP proxy binds (``http_options.port``; Serve's default 8000)."""
         return int(self.serve.get("http_options", {}).get("port", 8000))
 
+    @property
+    def http_tls(self) -> dict[str, str]:
+        """Serve's own HTTPS settings, ``http_options.ssl_certfile`` and ``ssl_keyfile`` (uvicorn's), made
+        absolute against the config file's directory; empty without TLS.
+
+        Raises:
+            ConfigError: only one of the two is given, or a file does not exist.
+        """
+        opts = self.serve.get("http_options") or {}
+        given = {k: opts[k] for k in ("ssl_certfile", "ssl_keyfile") if opts.get(k)}
+        if not given:
+            return {}
+        if len(given) == 1:
+            missing = ({"ssl_certfile", "ssl_keyfile"} - set(given)).pop()
+            raise ConfigError(f"http_options has {next(iter(given))} but no {missing}: HTTPS needs both the "
+                              "certificate and its private key (PEM files)")
+        out = {}
+        for key, value in given.items():
+            p = Path(str(value)).expanduser()
+            p = p if p.is_absolute() else self.path.parent / p
+            if not p.is_file():
+                raise ConfigError(f"http_options.{key} {str(p)!r} does not exist: point it at a PEM file")
+            out[key] = str(p)
+        return out
+
     def serve_document(self, config: RaymedicConfig | None = None) -> dict[str, Any]:
         """The Serve config with raymedic's args replaced by ``config`` (resolved paths, flags)."""
         doc = {k: v for k, v in self.serve.items()}
