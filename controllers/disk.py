@@ -207,7 +207,10 @@ class DiskKeeper:
         await asyncio.to_thread(self._audit.flush)
         t0 = time.monotonic()
         try:
-            report = await asyncio.to_thread(compact_log, self._storage, self._model, retention_s=retention_s)
+            labelled_days = cfg.data.labelled_retention_days
+            report = await asyncio.to_thread(compact_log, self._storage, self._model, retention_s=retention_s,
+                                             labelled_retention_s=None if labelled_days is None
+                                             else labelled_days * 86400.0)
             evidence = {"reasons": reasons, **report.to_dict()}
             outcome = "ok" if not report.failed else f"partial: {len(report.failed)} folder(s) failed"
         except Exception as exc:

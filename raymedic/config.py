@@ -11,6 +11,7 @@ Defaults are declared once, below, each with the reason for its value.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "MemberConfig",
     "SearchDomain",
     "TRAINING_KNOBS",
+    "ClientKey",
     "GatewayConfig",
     "ScalingConfig",
     "TrainingConfig",
@@ -292,8 +294,59 @@ def _default_members() -> list[MemberConfig]:
     ]
 
 
+class ClientKey(_Strict):
+    """One client that may call predict and feedback when ``gateway.client_auth`` is on.
+
+    The key itself never enters the config or reaches the gateway: the config names where the deployer
+    finds it (an environment variable or a file, read when the application is built) or holds its sha256,
+    and only the sha256 is shipped to the gateway replicas.
+    """
+
+    name: str = Field(pattern=_NAME, description="The client's name: what its feedback rate limit is kept by "
+                      "and what the gateway's logs say.")
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="The key's sha256 in hex "
+                                   "(`printf %s \"$KEY\" | sha256sum`): the config then holds no secret at all.")
+    key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="An environment variable "
+                                "of the deploying process (`raymedic up`, Serve's controller for `serve deploy`) "
+                                "holding the key.")
+    key_file: str | None = Field(None, min_length=1, description="A file holding the key (its first line), read "
+                                 "by the deploying process; keep it private (0600).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ClientKey":
+        given = [k for k in ("key_sha256", "key_env", "key_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"gateway.clients {self.name!r} needs exactly one of key_sha256, key_env, key_file "
+                             f"(got {given or 'none'})")
+        return self
+
+    def sha256(self) -> str:
+        """The key's sha256 (hex), read from where the config says.
+
+        Raises:
+            ConfigError: the variable is unset or empty, or the file cannot be read or is empty.
+        """
+        if self.key_sha256 is not None:
+            return self.key_sha256
+        if self.key_env is not None:
+            key = os.environ.get(self.key_env, "").strip()
+            if not key:
+                raise ConfigError(f"gateway.clients {self.name!r}: ${self.key_env} is not set in the deploying "
+                                  f"process: export it (or give key_file / key_sha256)")
+        else:
+            path = Path(str(self.key_file)).expanduser()
+            try:
+                key = (path.read_text().splitlines() or [""])[0].strip()
+            except OSError as exc:
+                raise ConfigError(f"gateway.clients {self.name!r}: cannot read key_file {path} ({exc.strerror}); "
+                                  "fix the path or its permissions") from None
+            if not key:
+                raise ConfigError(f"gateway.clients {self.name!r}: key_file {path} is empty; write the key in it")
+        return hashlib.sha256(key.encode()).hexdigest()
+
+
 class GatewayConfig(_Strict):
-    """The HTTP ingress: validation, fan-out, combination, logging."""
+    """The HTTP ingress: validation, fan-out, combination, logging, client access."""
 
     replicas: int = Field(2, ge=1, le=64, description="Two, so the ingress survives a replica loss.")
     max_replicas: int | None = Field(
@@ -377,7 +430,35 @@ class GatewayConfig(_Strict):
         "node:__internal_head__). Where the HTTP proxy runs on the head only (`raymedic up --nodes N` turns "
         "this on), a worker node's loss then never drops a request in flight through a gateway; off where "
         "proxies run on every node and gateways should spread with them.")
+    client_auth: bool = Field(
+        False, description="Predict (V1 and V2) and feedback need a client key, `Authorization: Bearer KEY` "
+        "(or `X-API-Key: KEY`), one of `clients`; without one the answer is a 401 saying what to send. Off by "
+        "default: a service on 127.0.0.1 is reached only from its machine. Turn it on wherever the HTTP port "
+        "is reachable from a network.")
+    clients: list[ClientKey] = Field(
+        default_factory=list, description="The clients `client_auth` lets in (name and where the key is).")
+    feedback_rate_per_s: float | None = Field(
+        None, gt=0, le=100_000, description="Feedback requests per second one client may send to one gateway "
+        "replica (a token bucket of `feedback_burst`); past it a 429 with Retry-After. Kept per client name "
+        "with `client_auth`, else per remote address. Off by default: without client keys the gateway cannot "
+        "tell clients apart behind Serve's HAProxy (every request reaches it from the proxy's address), so a "
+        "per-address limit would cap every client's labels together; labels are idempotent per answer, so a "
+        "repeat cannot steer the ensemble twice. Set it with `client_auth`, e.g. 20.")
+    feedback_burst: int = Field(
+        40, ge=1, le=1_000_000, description="Feedback requests a client may send at once before "
+        "`feedback_rate_per_s` paces it (the token bucket's size).")
 
+
+    @model_validator(mode="after")
+    def _clients_known(self) -> "GatewayConfig":
+        if self.client_auth and not self.clients:
+            raise ValueError("gateway.client_auth is on but gateway.clients is empty: no client could call "
+                             "predict or feedback; add clients ({name, key_env | key_file | key_sha256}) or turn "
+                             "client_auth off")
+        names = [c.name for c in self.clients]
+        if len(set(names)) != len(names):
+            raise ValueError(f"gateway.clients names must be unique: {sorted(n for n in set(names) if names.count(n) > 1)}")
+        return self
 
     @model_validator(mode="after")
     def _shed_before_queueing(self) -> "GatewayConfig":
@@ -659,6 +740,21 @@ class DataConfig(_Strict):
         720.0, gt=0, le=24 * 365 * 100, description="Prediction log rows older than this many hours are dropped "
         "when the controller compacts the log — except rows with an acknowledged label, which are kept forever "
         "(the retrain job joins them). 30 days by default: far more than any window the monitors read.")
+    labelled_retention_days: float | None = Field(
+        None, gt=0, le=365 * 100, description="Prediction log rows older than this many days are dropped at "
+        "compaction even when labelled: their raw features (every request's input) go, the label rows stay. "
+        "Unset (the default): labelled rows are kept forever, because retraining trains on them; set it where "
+        "a data-retention policy limits how long request data may be kept (it must be at least "
+        "prediction_log_retention_h). Retraining then sees only the labelled rows within it.")
+
+    @model_validator(mode="after")
+    def _labelled_outlive_unlabelled(self) -> "DataConfig":
+        days = self.labelled_retention_days
+        if days is not None and days * 24 < self.prediction_log_retention_h:
+            raise ValueError(f"data.labelled_retention_days ({days:g} d) must be at least "
+                             f"data.prediction_log_retention_h ({self.prediction_log_retention_h:g} h): a label "
+                             "should never shorten how long a row is kept; raise it or lower the other")
+        return self
 
     def policy(self, feature: str) -> FeaturePolicy:
         """The override for ``feature`` (empty if none)."""
@@ -1074,6 +1170,31 @@ class ServeFile(BaseModel):
     def http_port(self) -> int:
         """The port Serve's HTTP proxy binds (``http_options.port``; Serve's default 8000)."""
         return int(self.serve.get("http_options", {}).get("port", 8000))
+
+    @property
+    def http_tls(self) -> dict[str, str]:
+        """Serve's own HTTPS settings, ``http_options.ssl_certfile`` and ``ssl_keyfile`` (uvicorn's), made
+        absolute against the config file's directory; empty without TLS.
+
+        Raises:
+            ConfigError: only one of the two is given, or a file does not exist.
+        """
+        opts = self.serve.get("http_options") or {}
+        given = {k: opts[k] for k in ("ssl_certfile", "ssl_keyfile") if opts.get(k)}
+        if not given:
+            return {}
+        if len(given) == 1:
+            missing = ({"ssl_certfile", "ssl_keyfile"} - set(given)).pop()
+            raise ConfigError(f"http_options has {next(iter(given))} but no {missing}: HTTPS needs both the "
+                              "certificate and its private key (PEM files)")
+        out = {}
+        for key, value in given.items():
+            p = Path(str(value)).expanduser()
+            p = p if p.is_absolute() else self.path.parent / p
+            if not p.is_file():
+                raise ConfigError(f"http_options.{key} {str(p)!r} does not exist: point it at a PEM file")
+            out[key] = str(p)
+        return out
 
     def serve_document(self, config: RaymedicConfig | None = None) -> dict[str, Any]:
         """The Serve config with raymedic's args replaced by ``config`` (resolved paths, flags)."""

@@ -22,6 +22,8 @@ __all__ = [
     "IntegrityError",
     "ServiceUnavailable",
     "AdminDenied",
+    "ClientDenied",
+    "TooManyRequests",
     "TrainingFailed",
     "SearchFailed",
     "NotEnoughLabels",
@@ -85,6 +87,21 @@ class AdminDenied(InvalidRequest):
 
     def __init__(self, message: str, *, status: int = 401) -> None:
         super().__init__(message, status=status)
+
+
+class ClientDenied(InvalidRequest):
+    """A predict or feedback request without a valid client key where client authentication is on (401)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=401)
+
+
+class TooManyRequests(InvalidRequest):
+    """A client past its rate limit (429); ``retry_after_s`` says when its next request fits."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, status=429)
+        self.retry_after_s = retry_after_s
 
 
 class UnknownModel(RaymedicError):

@@ -24,6 +24,7 @@ from raymedic.config import GatewayConfig, MemberConfig, RaymedicConfig, Scaling
 from raymedic.keys import ADMIN_TOKEN_ENV, ADMIN_TOKEN_SHA_ENV, HEAD_NODE_RESOURCE
 from raymedic.errors import ConfigError, RaymedicError
 from raymedic.storage import Storage
+from serve_apps.access import client_key_table
 from serve_apps.autoscale import POLICY_PATH
 from serve_apps.gateway import Gateway
 from serve_apps.member import Member
@@ -152,7 +153,7 @@ def build_application(models: Sequence[ServedModel]) -> Application:
         ray_actor_options={"num_cpus": first.gateway.num_cpus,
                            **({"resources": {HEAD_NODE_RESOURCE: 0.001}} if first.gateway.on_head else {})},
         logging_config=logging_config,
-    ).bind(bindings, admin_token_sha256())
+    ).bind(bindings, admin_token_sha256(), client_key_table(first.gateway))
 
 
 def build_canary_app(args: dict[str, Any], member: str, version: str) -> Application:

@@ -64,6 +64,57 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+RAY_RPC_PROBES = ("/ray.rpc.NodeInfoGcsService/GetClusterId", "/ray.rpc.NodeManagerService/GetSystemConfig",
+                  "/ray.rpc.CoreWorkerService/NumPendingTasks", "/ray.serve.ASGIService/HandleRequest")
+"""One harmless call per kind of Ray gRPC server a Serve or raymedic process runs (GCS, raylet, a worker's
+core RPC, Serve's inter-replica server): with token auth each refuses a caller without the cluster token."""
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # Ray's own per-node agents, not Serve's or ours
+
+
+def listeners(session_id: int) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket of one ``ray start`` session."""
+    import psutil
+
+    from cluster.sessions import session_pids
+
+    pids = set(session_pids(session_id))
+    found = set()
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            try:
+                found.add((psutil.Process(conn.pid).name(), conn.laddr.ip, conn.laddr.port))
+            except psutil.Error:  # gone meanwhile
+                continue
+    return sorted(found)
+
+
+def refuses_without_token(port: int) -> bool:
+    """Whether the gRPC server on ``port`` answers one of :data:`RAY_RPC_PROBES` with UNAUTHENTICATED."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        for method in RAY_RPC_PROBES:
+            try:
+                channel.unary_unary(method)(b"", timeout=5)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    return True
+    return False
+
+
+def assert_bound_like_the_config(session_id: int, host: str) -> None:
+    """Nothing of Serve, HAProxy or raymedic listens beyond ``host`` (the config's HTTP host) except Ray's
+    own RPC servers, which refuse a caller without the cluster token (Serve 2.60's HAProxy put its stats
+    page and exporter on every interface)."""
+    ours = [(name, ip, port) for name, ip, port in listeners(session_id)
+            if name == "haproxy" or (name.startswith("ray::") and name not in RAY_AGENTS)]
+    print("listening (Serve, HAProxy, raymedic):", *ours, sep="\n  ")
+    assert any(name == "haproxy" for name, _, _ in ours), ours  # Serve's HAProxy mode is on
+    open_ = [(name, ip, port) for name, ip, port in ours
+             if ip not in (host, f"::ffff:{host}") and not refuses_without_token(port)]
+    assert not open_, f"listening beyond {host} with no token: {open_}"
+
+
 def records(df: pd.DataFrame) -> list[dict]:
     """JSON-ready instances: numpy scalars → Python, NaN → null."""
     out = df.drop(columns="label").astype(object).to_dict(orient="records")
@@ -135,6 +186,8 @@ def test_train_up_status_predict_feedback_down(env):
                     "--dashboard-port", str(env["dash_port"])], env=e)
     url = f"http://127.0.0.1:{env['port']}"
     phase("up")
+    state = json.loads((env["tmp"] / "home" / "run.json").read_text())
+    assert_bound_like_the_config(state["head_session"], "127.0.0.1")
     st = json.loads(run(RAYMEDIC + ["status", "--json"], env=e).stdout)
     assert st["model"] == "churn"
     assert {m["name"]: m["version"] for m in st["members"]} == {"logistic": "v0001", "mlp": "v0001",

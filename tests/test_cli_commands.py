@@ -216,6 +216,26 @@ def test_status_json_is_the_gateways_answer(gateway, capsys):
     assert json.loads(capsys.readouterr().out) == STATUS
 
 
+def test_status_sends_the_admin_token_and_prints_a_redacted_view_without_one(gateway, capsys, monkeypatch):
+    """The gateway shows process and node ids only to the token's holder: `raymedic status` sends it when
+    it has one, and prints the redacted view (no pid, no node ids) when it has none."""
+    from serve_apps.gateway.status import redact
+
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "s3cret")
+    gateway.routes[("GET", "/v1/status")] = (200, STATUS)
+    assert cli.main(["status", "--url", gateway.url]) == 0
+    assert gateway.requests[-1][2]["Authorization"] == "Bearer s3cret" and "(pid 4242" in capsys.readouterr().out
+    monkeypatch.delenv(ADMIN_TOKEN_ENV)  # and no token file under this test's RAYMEDIC_HOME
+    nodes = {"nodes": [{"name": "worker-1", "node_id": "ab12cd34ef", "head": False, "cpu_share": 0.5,
+                        "memory_used": 0.5, "memory_threshold": 0.95, "phase": "ok", "pressure": "ok"}]}
+    anon = {**redact({**STATUS, "controller": {**STATUS["controller"], "nodes": nodes}}), "view": "redacted"}
+    gateway.routes[("GET", "/v1/status")] = (200, anon)
+    assert cli.main(["status", "--url", gateway.url]) == 0
+    out = capsys.readouterr().out
+    assert "Authorization" not in gateway.requests[-1][2] and "pid" not in out
+    assert "node worker-1:" in out and "ab12cd34" not in out
+
+
 def test_status_says_how_to_start_a_service_when_none_answers(capsys):
     assert cli.main(["status", "--url", "http://127.0.0.1:9", "--timeout", "2"]) == 2
     err = capsys.readouterr().err

@@ -195,3 +195,168 @@ def test_the_head_is_not_a_single_point_of_failure_gcs_tables_live_in_the_shippe
     policy = docs["NetworkPolicy"]["spec"]
     assert policy["podSelector"]["matchLabels"] == service["spec"]["selector"] == redis["spec"]["selector"]["matchLabels"]
     assert policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {"ray.io/is-ray-node": "yes"}
+
+
+SERVE_HAPROXY_CFG = """global
+    stats socket /tmp/haproxy-serve/n1/admin.sock mode 666 level admin expose-fd listeners
+frontend prometheus
+    bind :9101
+    mode http
+frontend http_frontend
+    bind 127.0.0.1:8000
+listen stats
+  bind *:8404
+  stats enable
+"""
+"""The binds of a config Serve 2.60 renders for ``http_options.host: 127.0.0.1`` (its template)."""
+
+
+def test_serves_haproxy_listeners_follow_the_http_host(tmp_path):
+    """The wrapper Serve runs as HAProxy rewrites the config it was given, then execs the real binary
+    with the same arguments (a fake here that records them)."""
+    import os
+    import subprocess
+    import sys
+
+    from cluster import haproxy_bind
+
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(SERVE_HAPROXY_CFG)
+    fake = tmp_path / "haproxy"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/args\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, **{haproxy_bind.REAL_BINARY_ENV: str(fake)})
+    subprocess.run([haproxy_bind.__file__, "-db", "-f", str(cfg), "-sf", "123"], env=env, check=True, timeout=30)
+    assert (tmp_path / "args").read_text().split() == ["-db", "-f", str(cfg), "-sf", "123"]
+    text = cfg.read_text()
+    assert "bind 127.0.0.1:9101" in text and "bind 127.0.0.1:8404" in text and "bind *:" not in text
+    assert "admin.sock mode 600 level admin" in text
+    # On every interface (a pod's proxy) the listeners stay as reachable as the service itself.
+    assert "bind *:8404" in haproxy_bind.lock_down(SERVE_HAPROXY_CFG.replace("127.0.0.1:8000", "*:8000"))
+    # Without the real binary's path it says what to set, and never execs itself.
+    env[haproxy_bind.REAL_BINARY_ENV] = haproxy_bind.__file__
+    p = subprocess.run([sys.executable, haproxy_bind.__file__, "-v"], env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 127 and haproxy_bind.REAL_BINARY_ENV in p.stderr
+
+
+@pytest.fixture
+def ray_start_env(monkeypatch):
+    """None of the variables raymedic sets for a Ray start (token auth, Serve's fast path and its HAProxy
+    wrapper) in the environment, and whatever the test sets undone after it."""
+    from cluster import haproxy_bind
+    from cluster.connect import SERVE_FAST_PATH
+
+    for key in (*SERVE_FAST_PATH, "RAY_SERVE_HAPROXY_BINARY_PATH", haproxy_bind.REAL_BINARY_ENV,
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
+                "RAY_AUTH_MODE"):
+        monkeypatch.setenv(key, "")  # recorded (a variable that was absent is removed again after the test)
+        monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def test_serve_fast_path_runs_haproxy_through_the_bind_wrapper(ray_start_env):
+    import os
+
+    from cluster import haproxy_bind
+    from cluster.connect import use_serve_fast_path
+
+    if not use_serve_fast_path():
+        pytest.skip("no HAProxy binary on this platform")
+    assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == os.path.realpath(haproxy_bind.__file__)
+    real = os.environ[haproxy_bind.REAL_BINARY_ENV]
+    assert os.access(real, os.X_OK) and not real.endswith("haproxy_bind.py")
+    assert use_serve_fast_path() and os.environ[haproxy_bind.REAL_BINARY_ENV] == real  # twice: the same
+
+
+def test_every_cluster_config_starts_ray_with_token_auth():
+    """The Jobs API is remote code execution and Serve's replicas take direct gRPC calls: every cluster
+    raymedic ships refuses a caller without the cluster token, and the launcher's dashboard is not open."""
+    spec = _manifest()["spec"]["rayClusterConfig"]
+    assert spec["authOptions"] == {"mode": "token"}  # KubeRay: the Secret and RAY_AUTH_MODE in every pod
+    doc = yaml.safe_load((REPO / "ray-cluster.yaml").read_text())
+    for cmd in (doc["head_start_ray_commands"][-1], doc["worker_start_ray_commands"][-1]):
+        assert "RAY_AUTH_MODE=token " in cmd and "ray start" in cmd, cmd
+    assert "--dashboard-host=0.0.0.0" not in doc["head_start_ray_commands"][-1]  # `ray dashboard` tunnels over SSH
+    assert doc["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # one token, every node and the client
+    assert any("chmod 600 ~/.ray/auth_token" in c for c in doc["setup_commands"])
+
+
+def test_clusters_raymedic_starts_get_a_private_token(tmp_path, ray_start_env):
+    """`ray start` in token mode refuses to start without a token: the first `raymedic up` on a machine
+    that never ran Ray writes one (private), and an existing one is kept."""
+    import stat
+
+    from cluster.sessions import start_env
+
+    monkeypatch = ray_start_env
+    monkeypatch.setenv("HOME", str(tmp_path))
+    env = start_env()
+    token = tmp_path / ".ray" / "auth_token"
+    assert env["RAY_AUTH_MODE"] == "token" and len(token.read_text()) == 64
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    first = token.read_text()
+    start_env()
+    assert token.read_text() == first
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the operator opted out: no token written
+    monkeypatch.setenv("HOME", str(tmp_path / "other"))
+    start_env()
+    assert not (tmp_path / "other" / ".ray").exists()
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, PEM files generated here (no download)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "raymedic-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "tls" / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return "tls/cert.pem", "tls/key.pem"
+
+
+def test_https_settings_are_read_from_the_serve_file_and_refused_where_haproxy_would_ignore_them(
+        tmp_path, ray_start_env):
+    """Serve's http_options.ssl_certfile/ssl_keyfile (uvicorn) work only with its Python proxy: raymedic
+    passes them on, relative to the config file, and refuses them where Serve's HAProxy ingress would
+    serve the port as plain HTTP."""
+    from cluster.connect import check_tls_served
+    from tests.conftest import write_config
+
+    cert, key = _self_signed(tmp_path)
+    path = write_config(tmp_path / "raymedic.yaml", storage=tmp_path / "s", port=8443)
+    doc = yaml.safe_load(path.read_text())
+    doc["http_options"].update(ssl_certfile=cert, ssl_keyfile=key)
+    path.write_text(yaml.safe_dump(doc))
+    tls = load_config(path).http_tls
+    assert tls == {"ssl_certfile": str(tmp_path / cert), "ssl_keyfile": str(tmp_path / key)}
+    ray_start_env.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    with pytest.raises(ConfigError, match="ignored by Ray Serve's HAProxy ingress.*RAY_SERVE_ENABLE_HA_PROXY=0"):
+        check_tls_served(tls)
+    check_tls_served({})  # plain HTTP: nothing to refuse
+    ray_start_env.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    check_tls_served(tls)  # Serve's Python proxy serves it
+    doc["http_options"].pop("ssl_keyfile")
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="has ssl_certfile but no ssl_keyfile"):
+        load_config(path).http_tls
+    doc["http_options"].update(ssl_keyfile="tls/nope.pem")
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="ssl_keyfile .*nope.pem' does not exist"):
+        load_config(path).http_tls
+    assert load_config(REPO / "cluster" / "raymedic.yaml").http_tls == {}

@@ -60,8 +60,8 @@ class Svc:
     def __init__(self, url: str, cfg, points) -> None:
         self.url, self.cfg, self.points = url, cfg, points
 
-    def status(self) -> dict:
-        r = request_json("GET", f"{self.url}/v1/status", timeout_s=10)
+    def status(self) -> dict:  # with the token: the full view (the controller's pid)
+        r = request_json("GET", f"{self.url}/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout_s=10)
         assert r.status == 200, r.body
         return r.body
 

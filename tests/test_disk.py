@@ -16,8 +16,8 @@ from controllers.policies.disk import (DiskAssessment, DiskObservation, DiskSamp
                                        DiskWatch, assess_disk, time_to_floor)
 from controllers.policies.replica import HealingPolicy
 from controllers.recorder import Recorder
-from raymedic.config import ControllerConfig, RaymedicConfig
-from raymedic.errors import InvalidRequest
+from raymedic.config import ControllerConfig, RaymedicConfig, parse_config
+from raymedic.errors import ConfigError, InvalidRequest
 from raymedic.keys import predictions_prefix
 from raymedic.storage import Storage
 from serve_apps.chaos import DISK_FILL_DIR, clear_disk_fill, disk_fill, disk_fill_limit_mb
@@ -188,6 +188,25 @@ def test_compaction_merges_small_files_drops_expired_unlabelled_rows_and_keeps_e
     after = recent_labeled(storage, "m", SCHEMA)  # the retrain job's own reader: every label still joined
     assert after.reset_index(drop=True).equals(before.reset_index(drop=True))
     assert len(_parts(storage, "logs/m/feedback")) == 1
+
+
+def test_labelled_rows_past_their_retention_lose_their_raw_features_too(tmp_path):
+    """data.labelled_retention_days: a label keeps a row past prediction_log_retention_h only until then
+    (a data-retention policy), and a label arriving for a row past it does not write the row back."""
+    storage = Storage(str(tmp_path))
+    now = 1_800_000_000.0
+    ids = _write_log(storage, now)
+    cfg = parse_config({"data": {"prediction_log_retention_h": 24, "labelled_retention_days": 1.5}})
+    report = compact_log(storage, "m", retention_s=cfg.data.prediction_log_retention_h * HOUR, now=now,
+                         labelled_retention_s=cfg.data.labelled_retention_days * 24 * HOUR).to_dict()
+    rows = storage.read_parquet(predictions_prefix("m"), columns=["inference_id"]).column("inference_id").to_pylist()
+    assert sorted(rows) == sorted(ids["new"])  # the 40 h old rows are gone, labelled or not
+    assert report["rows_dropped_expired"] == 30 and report["rows_kept_labelled"] == 0
+    assert len(recent_labeled(storage, "m", SCHEMA)) == 5  # the recent labels still join
+    assert len(storage.read_parquet("logs/m/feedback")) == 10  # label rows stay (no raw features in them)
+    with pytest.raises(ConfigError, match=r"labelled_retention_days \(0.5 d\) must be at least"):
+        parse_config({"data": {"prediction_log_retention_h": 24, "labelled_retention_days": 0.5}})
+    assert parse_config({}).data.labelled_retention_days is None  # labelled rows kept forever by default
 
 
 def test_compaction_is_idempotent(tmp_path):

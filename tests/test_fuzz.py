@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import local_service, wait_for
+from tests.conftest import admin_token_env, local_service, wait_for
 
 hypothesis = pytest.importorskip("hypothesis")  # the dev extra
+TOKEN = "test-admin-token"
 ray = pytest.importorskip("ray")
 
 from hypothesis import HealthCheck, Phase, given, settings
@@ -64,7 +65,7 @@ def svc(tmp_path_factory):
     # requests (a few hundred labels among them) must be the one before. No retrain on the fuzz's labels.
     # Generous member deadline and probe timeout: the fuzz loads two cores, and a member left out of an
     # answer or a replica restarted must mean a poisoned request, not a slow machine.
-    with local_service(tmp_path_factory.mktemp("fuzz"), members=MEMBERS,
+    with admin_token_env(TOKEN), local_service(tmp_path_factory.mktemp("fuzz"), members=MEMBERS,
                        gateway={"replicas": 1, "num_cpus": 0.2, "member_timeout_s": 10.0, "hedge_after_s": 5.0},
                        controller={"weight_eta": 1e-9, "probe_timeout_s": 5.0},
                        retraining={"enabled": False}) as (url, cfg):
@@ -274,8 +275,8 @@ class Sender:
         return None
 
 
-def _status(url: str) -> dict[str, Any]:
-    r = request_json("GET", f"{url}/v1/status", timeout_s=30)
+def _status(url: str) -> dict[str, Any]:  # with the token: the full view (the controller's pid)
+    r = request_json("GET", f"{url}/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout_s=30)
     assert r.status == 200, r.body
     return r.body
 

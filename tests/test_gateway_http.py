@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from raymedic.config import parse_config
 from raymedic.errors import InvalidRequest, ServiceUnavailable
 from raymedic.storage import Storage
+from serve_apps.access import ClientAccess, client_key_table
 from serve_apps.combine import equal_weights
 from serve_apps.gateway import api
 from serve_apps.gateway.admin import AdminRoutes
@@ -57,6 +59,17 @@ class ScriptedPredictor:
                 "model_version": "logistic:v1,mlp:v1,tabresnet:v1", "degraded": False}
 
 
+class ScriptedFeedback:
+    """Accepts every label it is given (the intake's real work is test_serving's)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[Any] = []
+
+    async def accept(self, body: Any) -> dict[str, Any]:
+        self.bodies.append(body)
+        return {"accepted": len(body.get("labels", [])), "unknown_ids": []}
+
+
 def _no_controller() -> Any:
     raise ValueError("no controller in this test")
 
@@ -74,6 +87,7 @@ class StandLane:
         self.link = ControllerLink(self.state, tag="gw-test", order=self.order, period_s=0.5,
                                    enabled=cfg.controller.enabled, lookup=_no_controller, model=cfg.model)
         self.predictor = ScriptedPredictor()
+        self.feedback_intake = ScriptedFeedback()
         self.predlog = PredictionLog(Storage(cfg.storage_path), cfg.model, tag="gw-test")
         self.latency = LatencyWindow()
         self.members: dict[str, Any] = {}
@@ -86,8 +100,10 @@ class Stand(*MIXINS):
     """The attributes the route mixins need, as the deployment sets them (one model's lane)."""
 
     def __init__(self, *, view: AppView | None, chaos: bool = False, token: str | None = TOKEN,
-                 also: tuple[str, ...] = (), storage: Any = None) -> None:
+                 also: tuple[str, ...] = (), storage: Any = None, gateway: dict[str, Any] | None = None,
+                 clock: Any = time.monotonic) -> None:
         self._cfg = parse_config({"chaos": {"enabled": chaos}, "models": {m: {} for m in also},
+                                  **({"gateway": gateway} if gateway else {}),
                                   **({"storage_path": str(storage)} if storage is not None else {})})
         self._lanes = {name: StandLane(self._cfg.for_model(name)) for name in self._cfg.model_names}
         lane = self._lanes[self._cfg.model]
@@ -97,6 +113,9 @@ class Stand(*MIXINS):
         self._views = AppViewCache(lambda: view)
         self._admission = Admission(4)
         self._admin_sha = hashlib.sha256(token.encode()).hexdigest() if token else None
+        gw = self._cfg.gateway
+        self._access = ClientAccess(client_key_table(gw), feedback_rate_per_s=gw.feedback_rate_per_s,
+                                    feedback_burst=gw.feedback_burst, clock=clock)
 
 
 def running_view(order: list[str]) -> AppView:
@@ -280,6 +299,84 @@ def test_status_without_a_controller_says_so_and_shows_what_this_gateway_knows(g
     assert doc["gateway"]["answered_by"]["id"] == "gw-test" and doc["model_version"] == \
         "logistic:v1,mlp:v1,tabresnet:v1"
     assert [m["replicas"][0]["state"] for m in doc["members"]] == ["RUNNING", "AVOIDED", "STANDBY"]
+
+
+def test_status_without_the_admin_token_leaves_out_processes_nodes_paths_and_the_webhook(gateway):
+    """/v1/status needs no token (a health dashboard polls it): without one it aims no attack (no pid to
+    kill, no node id, host or path, no webhook); with the token, the full view `raymedic status` prints."""
+    order = gateway[0]._order
+    view = AppView("raymedic", "RUNNING", deployments={
+        m: DeploymentView(m, "HEALTHY", "", 1, (ReplicaView("r1", "RUNNING", pid=4242, node_id="ab" * 28),))
+        for m in order})
+    gateway[0] = Stand(view=view)
+
+    async def controller_status() -> dict[str, Any]:
+        return {"state": "running", "mode": "auto", "pid": 77, "webhook": {"url": "https://hooks.example/…"},
+                "disk": {"verdict": "ok", "storage": {"path": "/srv/raymedic", "free_fraction": 0.5}},
+                "nodes": {"nodes": [{"name": "worker-1", "node_id": "cd" * 28, "host": "10.0.0.7", "phase": "ok"}]},
+                "incidents": [{"id": "inc-000001", "kind": "crash", "evidence": {"pid": 4242}}]}
+
+    gateway[0]._lanes["synthetic"].link.status = controller_status
+    status, _, anon = call("GET", "/v1/status")
+    assert status == 200 and anon["view"] == "redacted" and "Bearer" in anon["note"]
+    text = json.dumps(anon)
+    for secret in ("4242", "ab" * 28, "cd" * 28, "10.0.0.7", "/srv/raymedic", "hooks.example", '"pid"'):
+        assert secret not in text, secret
+    # What an anonymous health dashboard reads is all there.
+    assert [(m["name"], m["state"], m["replicas"]) for m in anon["members"]] == [
+        (m, "HEALTHY", [{"id": "r1", "state": "RUNNING"}]) for m in order]
+    assert anon["controller"]["state"] == "running" and anon["controller"]["disk"]["storage"]["free_fraction"] == 0.5
+    assert anon["controller"]["nodes"]["nodes"] == [{"name": "worker-1", "phase": "ok"}]
+    assert anon["incidents"] == [{"id": "inc-000001", "kind": "crash", "evidence": {}}]
+    status, _, full = call("GET", "/v1/status", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and full["view"] == "full" and full["members"][0]["replicas"][0]["pid"] == 4242
+    assert full["controller"]["pid"] == 77 and full["controller"]["webhook"]["url"] == "https://hooks.example/…"
+    assert full["controller"]["nodes"]["nodes"][0]["node_id"] == "cd" * 28
+    status, _, body = call("GET", "/v1/status", headers={"Authorization": "Bearer wrong"})
+    assert status == 401 and "wrong admin token" in body["error"]
+
+
+def test_predict_and_feedback_need_a_client_key_where_client_auth_is_on(gateway, monkeypatch):
+    """Each client's key comes from the deployer's environment, a file or its sha256; the gateway holds
+    hashes only and answers a call without a known key with a 401 naming what to send."""
+    monkeypatch.setenv("SHOP_KEY", "shop-key-1")
+    clients = [{"name": "shop", "key_env": "SHOP_KEY"},
+               {"name": "batch", "key_sha256": hashlib.sha256(b"batch-key-2").hexdigest()}]
+    gateway[0] = Stand(view=None, gateway={"client_auth": True, "clients": clients})
+    body = b'{"instances": [[0.1, 0.2]]}'
+    for path, payload in ((PREDICT, body), ("/v1/models/synthetic:feedback", b'{"inference_ids": [], "labels": []}'),
+                          ("/v2/models/synthetic/infer", b'{"inputs": []}')):
+        status, _, err = call("POST", path, payload)
+        assert status == 401 and "Authorization: Bearer <your client key>" in err["error"], (path, err)
+        status, _, err = call("POST", path, payload, headers={"Authorization": "Bearer guess"})
+        assert status == 401 and "unknown client key" in err["error"], (path, err)
+    assert gateway[0]._predictor.bodies == []  # refused before any work
+    assert call("POST", PREDICT, body, headers={"Authorization": "Bearer shop-key-1"})[0] == 200
+    assert call("POST", PREDICT, body, headers={"X-API-Key": "batch-key-2"})[0] == 200
+    assert "shop-key-1" not in json.dumps(gateway[0]._cfg.model_dump(mode="json"))  # what replicas are sent
+    # Off by default: no key asked for.
+    gateway[0] = Stand(view=None)
+    assert call("POST", PREDICT, body)[0] == 200
+
+
+def test_feedback_is_paced_per_client_with_429_and_retry_after(gateway):
+    now = [100.0]
+    clients = [{"name": "shop", "key_sha256": hashlib.sha256(b"k-shop").hexdigest()},
+               {"name": "lab", "key_sha256": hashlib.sha256(b"k-lab").hexdigest()}]
+    gateway[0] = Stand(view=None, clock=lambda: now[0], gateway={
+        "client_auth": True, "clients": clients, "feedback_rate_per_s": 0.5, "feedback_burst": 2})
+    path, body = "/v1/models/synthetic:feedback", b'{"inference_ids": ["x"], "labels": [1]}'
+    shop, lab = {"Authorization": "Bearer k-shop"}, {"Authorization": "Bearer k-lab"}
+    assert [call("POST", path, body, headers=shop)[0] for _ in range(2)] == [200, 200]  # the burst
+    status, headers, err = call("POST", path, body, headers=shop)
+    assert status == 429 and headers["retry-after"] == "2" and "'shop'" in err["error"] and "0.5/s" in err["error"]
+    assert call("POST", path, body, headers=lab)[0] == 200  # another client has its own bucket
+    now[0] += 2.0  # one token back
+    assert call("POST", path, body, headers=shop)[0] == 200
+    assert len(gateway[0]._lanes["synthetic"].feedback_intake.bodies) == 4  # the refused one did no work
+    # Without client keys the bucket is the caller's address.
+    gateway[0] = Stand(view=None, clock=lambda: now[0], gateway={"feedback_rate_per_s": 1.0, "feedback_burst": 1})
+    assert [call("POST", path, body)[0] for _ in range(2)] == [200, 429]
 
 
 def test_two_models_get_their_own_routes_lanes_and_status():

@@ -105,8 +105,8 @@ class Service:
         self.url, self.cfg = url, cfg
         self.predict_url = f"{url}/v1/models/{cfg.model}:predict"
 
-    def status(self) -> dict:
-        r = request_json("GET", f"{self.url}/v1/status", timeout_s=10)
+    def status(self) -> dict:  # with the token: the full view (pids, the webhook)
+        r = request_json("GET", f"{self.url}/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout_s=10)
         assert r.status == 200, r.body
         return r.body
 

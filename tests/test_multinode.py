@@ -95,8 +95,8 @@ def svc(tmp_path_factory):
             pytest.fail(f"`raymedic down` left processes of the cluster running:\n{down.stdout}\n{down.stderr}")
 
 
-def _status(url: str) -> dict:
-    r = request_json("GET", f"{url}/v1/status", timeout_s=10)
+def _status(url: str) -> dict:  # with the token: the full view (replicas' node ids and pids)
+    r = request_json("GET", f"{url}/v1/status", headers={"Authorization": "Bearer test-admin-token"}, timeout_s=10)
     assert r.status == 200, r.body
     return r.body
 

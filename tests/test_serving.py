@@ -15,11 +15,12 @@ import pytest
 
 from raymedic.app.http import request_json
 from raymedic.storage import Storage
-from tests.conftest import local_service, wait_for
+from tests.conftest import admin_token_env, local_service, wait_for
 from train_jobs.registry import ModelRegistry
 from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
 
 pytestmark = pytest.mark.ray
+TOKEN = "test-admin-token"  # /v1/status shows replicas' pids only to the admin token's holder
 
 ray = pytest.importorskip("ray")
 
@@ -27,8 +28,8 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
     # Prediction drift compares the last 100 answers with the first 100 here (1,000/500 by default).
-    with local_service(tmp_path_factory.mktemp("serving"),
-                       performance={"prediction_reference": 100, "prediction_window": 100}) as (url, cfg):
+    with admin_token_env(TOKEN), local_service(tmp_path_factory.mktemp("serving"), performance={
+            "prediction_reference": 100, "prediction_window": 100}) as (url, cfg):
         yield {"url": url, "cfg": cfg, "predict": f"{url}/v1/models/{cfg.model}:predict",
                "feedback": f"{url}/v1/models/{cfg.model}:feedback"}
 
@@ -188,7 +189,7 @@ def test_a_killed_member_replica_costs_no_failed_request(svc):
     """SIGKILL one replica of a member mid-traffic: calls routed to it are retried on the other."""
     from concurrent.futures import ThreadPoolExecutor
 
-    st = request_json("GET", f"{svc['url']}/v1/status").body
+    st = request_json("GET", f"{svc['url']}/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}).body
     victim = next(m for m in st["members"] if m["name"] == "mlp")["replicas"][0]
     rows, _ = _labelled(8, seed=3)
 

@@ -90,8 +90,11 @@ class Svc:
         assert r.status == 200, (path, r.status, r.body)
         return r.body
 
-    def status(self, model: str) -> dict:
-        return self.get(f"/v1/status?model={model}")
+    def status(self, model: str) -> dict:  # with the token: the full view (replicas' pids)
+        r = request_json("GET", f"{self.url}/v1/status?model={model}", headers={"Authorization": f"Bearer {TOKEN}"},
+                         timeout_s=10)
+        assert r.status == 200, (model, r.status, r.body)
+        return r.body
 
     def predict(self, model: str, instances: list) -> dict:
         r = request_json("POST", f"{self.url}/v1/models/{model}:predict", {"instances": instances}, timeout_s=30)

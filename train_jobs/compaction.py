@@ -176,9 +176,10 @@ def _dedupe(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
 
 
 def _compact_folder(storage: Storage, key: str, *, cutoff: float | None, labelled: set[str],
-                    relabel: Any, min_files: int) -> FolderResult | None:
-    """Merge one hour folder (and drop its expired, unlabelled rows when ``cutoff`` is given); None when
-    there is nothing to do (already one file with nothing expired in it)."""
+                    relabel: Any, min_files: int, labelled_cutoff: float | None = None) -> FolderResult | None:
+    """Merge one hour folder (and drop its expired, unlabelled rows when ``cutoff`` is given, and every row
+    before ``labelled_cutoff``, labelled or not); None when there is nothing to do (already one file with
+    nothing expired in it)."""
     sizes = _file_sizes(storage, key)
     if not sizes:
         return None
@@ -201,6 +202,8 @@ def _compact_folder(storage: Storage, key: str, *, cutoff: float | None, labelle
     if predictions and cutoff is not None and table.num_rows:
         old = pc.less(table.column("ts"), cutoff)
         is_labelled = pc.is_in(table.column("inference_id"), value_set=pa.array(sorted(labelled), pa.string()))
+        if labelled_cutoff is not None:  # past it a label no longer keeps the row's raw features
+            is_labelled = pc.and_(is_labelled, pc.greater_equal(table.column("ts"), labelled_cutoff))
         keep = pc.or_(pc.invert(old), is_labelled)
         kept_labelled = int(pc.sum(pc.and_(old, is_labelled)).as_py() or 0)
         dropped_table = table.filter(pc.invert(keep))
@@ -220,6 +223,8 @@ def _compact_folder(storage: Storage, key: str, *, cutoff: float | None, labelle
         late = relabel()
         back = dropped_table.filter(pc.is_in(dropped_table.column("inference_id"),
                                              value_set=pa.array(sorted(late), pa.string())))
+        if labelled_cutoff is not None:
+            back = back.filter(pc.greater_equal(back.column("ts"), labelled_cutoff))
         if back.num_rows:
             storage.write_parquet(_merged_name(key), back, durable=True)
             dropped -= back.num_rows
@@ -237,9 +242,9 @@ def _compact_folder(storage: Storage, key: str, *, cutoff: float | None, labelle
 
 
 def compact_log(storage: Storage, model: str, *, retention_s: float | None, now: float | None = None,
-                min_files: int = 2) -> CompactionReport:
+                min_files: int = 2, labelled_retention_s: float | None = None) -> CompactionReport:
     """Merge ``model``'s log parts into one file per hour folder and drop prediction rows older than
-    ``retention_s`` that have no acknowledged label.
+    ``retention_s`` that have no acknowledged label (and older than ``labelled_retention_s``, any row).
 
     Args:
         storage: The service's storage.
@@ -248,6 +253,8 @@ def compact_log(storage: Storage, model: str, *, retention_s: float | None, now:
             None keeps every row (merge only).
         now: The time the retention counts back from (default: now).
         min_files: A folder with fewer parts than this (and nothing expired) is left alone.
+        labelled_retention_s: Prediction rows older than this are dropped even with a label (their raw
+            features go; the label rows stay); None keeps labelled rows forever. Only with ``retention_s``.
 
     Returns:
         What was done; a folder that failed is named in ``failed`` and left as it was (or, if the
@@ -256,6 +263,7 @@ def compact_log(storage: Storage, model: str, *, retention_s: float | None, now:
     t0 = time.monotonic()
     now = time.time() if now is None else now
     cutoff = None if retention_s is None else now - retention_s
+    labelled_cutoff = None if labelled_retention_s is None or cutoff is None else now - labelled_retention_s
     report = CompactionReport()
     labelled = labelled_ids(storage, model) if cutoff is not None else set()
     for prefix, cut in ((feedback_prefix(model), None), (predictions_prefix(model), cutoff)):
@@ -263,7 +271,8 @@ def compact_log(storage: Storage, model: str, *, retention_s: float | None, now:
             key = f"{prefix}/{h}"
             try:
                 res = _compact_folder(storage, key, cutoff=cut, labelled=labelled, min_files=min_files,
-                                      relabel=lambda: labelled_ids(storage, model) - labelled)
+                                      relabel=lambda: labelled_ids(storage, model) - labelled,
+                                      labelled_cutoff=labelled_cutoff if cut is not None else None)
             except Exception as exc:
                 log.exception("could not compact %s; it stays as it is until the next run", key)
                 report.failed.append(f"{key}: {exc}")

@@ -100,17 +100,18 @@ def ensure_trained(config: RaymedicConfig, progress: Progress) -> None:
 
 
 def deploy(config: RaymedicConfig, *, host: str, port: int, progress: Progress,
-           proxy_location: str | None = None) -> None:
+           proxy_location: str | None = None, tls: dict[str, str] | None = None) -> None:
     """Deploy (or update) the Serve application on the connected cluster.
 
     ``proxy_location="HeadOnly"`` where several nodes share one machine (``up --nodes``):
     every node's proxy would bind the same host and port there. None keeps Serve's default.
+    ``tls`` (:attr:`raymedic.config.ServeFile.http_tls`) makes Serve's proxy serve HTTPS.
     """
     from ray import serve  # lazy: imports Ray (see the module's docstring)
 
     from serve_apps.app import build_app  # lazy: imports Ray (see the module's docstring)
 
-    serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
+    serve.start(http_options={"host": host, "port": port, **(tls or {})}, proxy_location=proxy_location)
     if config.models:
         progress(f"deploying Serve application {APP_NAME!r}: one gateway for models {config.model_names}, "
                  + "; ".join(f"{n}: members {[m.name for m in config.members_of(n)]}" for n in config.model_names))

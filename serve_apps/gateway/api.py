@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raymedic import metrics
-from raymedic.errors import InvalidRequest, RaymedicError, ServiceUnavailable
+from raymedic.errors import InvalidRequest, RaymedicError
 from raymedic.logs import get_logger
 
 __all__ = [
@@ -96,7 +96,8 @@ def _count(request: Request, code: int) -> None:
 
 @api.exception_handler(RaymedicError)
 async def _raymedic_error(request: Request, exc: RaymedicError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ServiceUnavailable) else None
+    retry = getattr(exc, "retry_after_s", None)  # a 503 (ServiceUnavailable) or a 429 (TooManyRequests)
+    headers = {"Retry-After": str(retry)} if retry is not None else None
     _count(request, exc.http_status)
     return error_response(exc.http_status, str(exc), headers)
 

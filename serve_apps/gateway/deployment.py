@@ -19,6 +19,7 @@ from ray import serve
 from raymedic.config import RaymedicConfig
 from raymedic.logs import get_logger, use_serve_handlers
 from raymedic.storage import Storage
+from serve_apps.access import ClientAccess
 from serve_apps.gateway.admin import AdminRoutes
 from serve_apps.gateway.api import api
 from serve_apps.gateway.chaos_routes import ChaosRoutes
@@ -47,9 +48,12 @@ class Gateway(V1Routes, V2Routes, AdminRoutes, ChaosRoutes):
         models: one binding per model served, the first the default of routes without a model
             (:data:`~serve_apps.gateway.lane.LaneBinding`: its config alone, member handles, versions, schema).
         admin_token_sha256: the admin token's sha256, or None to disable admin routes.
+        client_keys: the client keys' sha256 → client name (:func:`serve_apps.access.client_key_table`), or
+            None with ``gateway.client_auth`` off.
     """
 
-    def __init__(self, models: list[LaneBinding], admin_token_sha256: str | None = None) -> None:
+    def __init__(self, models: list[LaneBinding], admin_token_sha256: str | None = None,
+                 client_keys: dict[str, str] | None = None) -> None:
         use_serve_handlers()
         configs = [RaymedicConfig.model_validate(b["config"]) for b in models]
         self._cfg = gw_cfg = configs[0]  # the settings every model shares (gateway, chaos, storage)
@@ -65,6 +69,7 @@ class Gateway(V1Routes, V2Routes, AdminRoutes, ChaosRoutes):
         self._admin_sha = admin_token_sha256
         self._chaos = gw_cfg.chaos.enabled
         self._admission = Admission(gw_cfg.gateway.max_inflight)
+        self._access = ClientAccess.from_config(gw_cfg.gateway, client_keys)
         self._views = AppViewCache()
         loop = asyncio.get_event_loop()
         self._flusher = loop.create_task(self._flush_forever())

@@ -1,12 +1,14 @@
 """What the gateway says about the service: readiness, model info and the ``/v1/status`` document.
 
-``/v1/status`` is one document an operator (or ``raymedic status``) reads to see
-the whole service: Serve's view of the application, each member's replicas as
+``/v1/status`` is one document an operator (or ``raymedic status``, which sends the
+admin token) reads to see the whole service: Serve's view of the application, each member's replicas as
 the controller steers them (avoided, standby), the weights, drift, performance,
 incidents and the controller itself. The controller's part comes from its status
 call; when the controller is away the gateway still answers with what it knows
 (its own last weights and lists) and says the controller is unreachable. Serve's
-state is read through a short cache because these routes are polled.
+state is read through a short cache because these routes are polled. A caller
+without the admin token gets a redacted view (:func:`redact`): the route needs no token, so
+a health dashboard can poll it, and nothing in it aims an attack.
 """
 
 from __future__ import annotations
@@ -23,12 +25,38 @@ from serve_apps.serve_state import AppView, read_app_view, scaling_report
 from serve_apps.validation import InputPolicy
 from train_jobs.schema import ModelSchema
 
-__all__ = ["STATUS_CACHE_S", "AppViewCache", "is_ready", "model_info_document", "status_document"]
+__all__ = ["REDACTED_KEYS", "REDACTED_NOTE", "STATUS_CACHE_S", "AppViewCache", "is_ready", "model_info_document", "redact",
+           "status_document"]
 
 log = get_logger(__name__)
 
 STATUS_CACHE_S = 1.0
 """How long a Serve state read is reused by /v1/status and /readyz (they are polled)."""
+
+REDACTED_KEYS = frozenset({"pid", "pids", "node_id", "host", "path", "address", "node_ip", "webhook"})
+"""What ``/v1/status`` leaves out, at any depth, for a caller without the admin token: process and node
+ids (what a kill or a Ray call aims at), host names and addresses, paths (storage_path, Ray's session
+directory) and the alert webhook. What an anonymous health dashboard reads stays: models, versions,
+weights, member and replica states (replica ids included), scaling, latency, drift, performance,
+incidents and the controller's state."""
+
+REDACTED_NOTE = ("process ids, node ids, hosts, paths and the webhook left out: send "
+                 "Authorization: Bearer $RAYMEDIC_ADMIN_TOKEN for the full view")
+
+
+def redact(doc: Any) -> Any:
+    """``doc`` without the :data:`REDACTED_KEYS`, at any depth (a new document; ``doc`` is unchanged).
+
+    >>> redact({"members": [{"name": "mlp", "replicas": [{"id": "r1", "pid": 42, "node_id": "ab"}]}],
+    ...         "controller": {"state": "running", "pid": 7, "webhook": {"url": "https://h/…"}}})
+    {'members': [{'name': 'mlp', 'replicas': [{'id': 'r1'}]}], 'controller': {'state': 'running'}}
+    """
+    if isinstance(doc, dict):
+        return {k: redact(v) for k, v in doc.items() if k not in REDACTED_KEYS}
+    if isinstance(doc, list):
+        return [redact(v) for v in doc]
+    return doc
+
 
 _CONTROLLER_DETAIL = ("incidents", "actions", "weights", "data", "performance", "memory", "vitals")
 """Keys of the controller's status that the document shows in sections of their own."""

@@ -13,9 +13,12 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from serve_apps.access import ClientAccess
+from serve_apps.gateway.admin import check_admin
 from serve_apps.gateway.api import count_answer, error_response, json_body
 from serve_apps.gateway.lane import ModelLane, pick_lane
-from serve_apps.gateway.status import AppViewCache, is_ready, model_info_document, status_document
+from serve_apps.gateway.status import (REDACTED_NOTE, AppViewCache, is_ready, model_info_document, redact,
+                                      status_document)
 from serve_apps.telemetry import Admission
 
 __all__ = ["V1Routes"]
@@ -31,6 +34,8 @@ class V1Routes:
     _tag: str
     _views: AppViewCache
     _admission: Admission
+    _access: ClientAccess
+    _admin_sha: str | None
 
     def _lane(self, model: str | None) -> ModelLane:
         return pick_lane(self._lanes, model)
@@ -80,6 +85,7 @@ class V1Routes:
         Predict: ``{"instances": [...]}`` in, labels, probabilities and inference ids out.
         """
         started = time.perf_counter()
+        self._access.client(request.headers)  # 401 without a client key where client_auth is on
         lane = self._lane(model)
         with self._admission.enter():
             out = await lane.predictor.answer(await json_body(request))
@@ -90,8 +96,11 @@ class V1Routes:
     async def feedback(self, model: str, request: Request) -> dict[str, Any]:
         """
         \f
-        Feedback: labels for earlier inference ids (written before the 2xx).
+        Feedback: labels for earlier inference ids (written before the 2xx). Paced per client (its name with
+        client keys, else its address) where ``gateway.feedback_rate_per_s`` is set: 429 with Retry-After.
         """
+        who = self._access.client(request.headers) or (request.client.host if request.client else "unknown")
+        self._access.admit_feedback(who)
         out = await self._lane(model).feedback_intake.accept(await json_body(request))
         count_answer(model, "feedback")
         return out
@@ -100,8 +109,13 @@ class V1Routes:
         """
         \f
         The service as Serve, the controller and this gateway replica see it (``raymedic status``), for
-        one model: ``?model=NAME``, by default the first of ``GET /v1/models``.
+        one model: ``?model=NAME``, by default the first of ``GET /v1/models``. Without
+        ``Authorization: Bearer $RAYMEDIC_ADMIN_TOKEN`` process ids, node ids, hosts, paths and the
+        webhook are left out (``"view": "redacted"``); a wrong token is a 401.
         """
+        full = "authorization" in request.headers
+        if full:
+            check_admin(request, self._admin_sha)
         lane = self._lane(request.query_params.get("model"))
         view = lane.view(await self._views.get())
         controller = await lane.link.status()
@@ -109,4 +123,5 @@ class V1Routes:
                               view=view, controller=controller, now=time.time(),
                               prediction_log=lane.predlog.health(),
                               latency=lane.latency.report(now=time.monotonic()))
-        return {**doc, "models": list(self._lanes)}
+        doc = {**doc, "models": list(self._lanes)}
+        return {**doc, "view": "full"} if full else {**redact(doc), "view": "redacted", "note": REDACTED_NOTE}

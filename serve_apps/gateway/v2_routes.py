@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from serve_apps.access import ClientAccess
 from serve_apps.gateway.api import count_answer, json_body
 from serve_apps.gateway.lane import ModelLane, pick_lane
 from serve_apps.gateway.status import AppViewCache, is_ready
@@ -31,6 +32,7 @@ class V2Routes:
     _lanes: dict[str, ModelLane]
     _views: AppViewCache
     _admission: Admission
+    _access: ClientAccess
 
     async def _ready(self, lanes: list[ModelLane]) -> bool:
         view = await self._views.get()
@@ -73,6 +75,7 @@ class V2Routes:
         The request's ``id`` (a string) comes back in the answer, as V2 asks.
         """
         started = time.perf_counter()
+        self._access.client(request.headers)  # 401 without a client key where client_auth is on
         lane = pick_lane(self._lanes, model)
         with self._admission.enter():
             body = await json_body(request)

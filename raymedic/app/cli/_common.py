@@ -21,7 +21,7 @@ from raymedic.errors import RaymedicError
 from raymedic.keys import ADMIN_TOKEN_ENV
 
 __all__ = ["progress", "config_from", "service_url", "unreachable", "token_file", "ensure_admin_token",
-           "admin_token", "admin"]
+           "admin_token", "admin_headers", "admin"]
 
 
 def progress(msg: str) -> None:
@@ -118,6 +118,18 @@ def admin_token() -> str:
             raise RaymedicError(f"cannot read the admin token in {path} ({exc.strerror}); fix its permissions or "
                                 f"set {ADMIN_TOKEN_ENV} to the token the service was deployed with") from None
     raise RaymedicError(f"no admin token: set {ADMIN_TOKEN_ENV} to the token the service was deployed with")
+
+
+def admin_headers() -> dict[str, str]:
+    """The admin token as a request header where this user has one, else none.
+
+    For reads that work without it but show more with it (``GET /v1/status`` leaves out process ids,
+    node ids, paths and the webhook for a caller without the token).
+    """
+    try:
+        return {"Authorization": f"Bearer {admin_token()}"}
+    except RaymedicError:
+        return {}
 
 
 def admin(args: argparse.Namespace, route: str, body: Any = None) -> Any:

@@ -7,7 +7,7 @@ import json
 import urllib.parse
 from typing import Any
 
-from raymedic.app.cli._common import service_url, unreachable
+from raymedic.app.cli._common import admin_headers, service_url, unreachable
 from raymedic.app.http import request_json
 from raymedic.errors import RaymedicError
 
@@ -151,7 +151,8 @@ def node_lines(nodes: dict[str, Any] | None) -> list[str]:
                f"cpu {n['cpu_share']:.2f} of its share ({n.get('own_cores') or 0:.2f} cores)")
         mem = ("memory ?" if n.get("memory_used") is None else
                f"memory {n['memory_used']:.0%} of {n['memory_threshold']:.0%} threshold")
-        line = f"node {n['name']} ({str(n['node_id'])[:8]}){' head' if n.get('head') else ''}: {cpu}, {mem}"
+        ident = f" ({str(n['node_id'])[:8]})" if n.get("node_id") else ""  # not in a view without the token
+        line = f"node {n['name']}{ident}{' head' if n.get('head') else ''}: {cpu}, {mem}"
         if n.get("pressure") not in (None, "none", "too-few-samples") or n.get("phase") not in (None, "ok"):
             line += f"; pressure {n.get('pressure')}, {n.get('phase')}"
             if n.get("phase") == "no-room":
@@ -201,7 +202,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print the service's members, versions, weights, replica states, healing and incidents.
 
     Reads only ``GET /v1/status`` (no Ray connection), so it works from any machine
-    that reaches the gateway; ``--json`` prints that answer as it is.
+    that reaches the gateway; ``--json`` prints that answer as it is. It sends the admin
+    token where this user has one (the full view); without, the gateway's redacted view.
 
     Returns:
         0 when the gateway answered.
@@ -213,7 +215,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     model = getattr(args, "model", None)
     query = f"?model={urllib.parse.quote(model, safe='')}" if model else ""
     try:
-        reply = request_json("GET", f"{url}/v1/status{query}", timeout_s=args.timeout)
+        reply = request_json("GET", f"{url}/v1/status{query}", timeout_s=args.timeout, headers=admin_headers())
     except OSError as exc:
         raise unreachable(url, exc) from None
     if reply.status != 200:

@@ -15,7 +15,7 @@ import argparse
 import os
 from typing import Any
 
-from cluster.connect import join, user_code_importable
+from cluster.connect import check_tls_served, join, user_code_importable
 from cluster.head import ray_alive, start_head, stop_head
 from cluster.nodes import LocalCluster, describe, start_cluster, stop_cluster, wait_for_nodes
 from cluster.plan import check_shape, plan_cluster, spread_over_nodes
@@ -28,10 +28,10 @@ from raymedic.keys import APP_NAME
 __all__ = ["cmd_up", "cmd_down"]
 
 
-def _local_url(host: str, port: int) -> str:
+def _local_url(host: str, port: int, *, tls: bool = False) -> str:
     """The URL a client on this machine uses for a service bound to ``host``: a wildcard bind
     (``0.0.0.0``, ``::``) is reached through the loopback address."""
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    return f"http{'s' if tls else ''}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -57,6 +57,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     sf, cfg = config_from(args)
     port = args.port or sf.http_port
     host = sf.http_host
+    tls = sf.http_tls
+    if tls and not os.environ.get("RAY_ADDRESS"):
+        # Serve 2.60's HAProxy ingress does not terminate TLS: a cluster started here for an HTTPS config
+        # runs Serve's Python proxy (uvicorn serves the certificate); an operator's own choice is kept.
+        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    check_tls_served(tls)
     previous = read_run_state()
     started = False
     head_session = previous.head_session if previous and previous.started_cluster else None
@@ -75,7 +81,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         address, started, local = previous.ray_address, True, previous.cluster
         progress(f"reusing the local Ray cluster raymedic started at {address}")
     elif args.nodes is not None:
-        local = _start_nodes(args, previous, sf, cfg, url=_local_url(host, port))
+        local = _start_nodes(args, previous, sf, cfg, url=_local_url(host, port, tls=bool(tls)))
         address, started = local["address"], True
     else:
         ray_port, dashboard_port = args.ray_port or 6379, args.dashboard_port or 8265
@@ -84,7 +90,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         (address, head_session), started = start_head(port=ray_port, dashboard_port=dashboard_port), True
         # Recorded at once, as `up --nodes` does: should the deploy fail, `raymedic down` still stops this head.
         write_run_state(RunState(ray_address=address, dashboard_url=f"http://127.0.0.1:{dashboard_port}",
-                                 http_url=_local_url(host, port), started_cluster=True, config_path=str(sf.path),
+                                 http_url=_local_url(host, port, tls=bool(tls)), started_cluster=True, config_path=str(sf.path),
                                  model=cfg.model, storage_path=cfg.storage_path, head_session=head_session))
     token_note = ensure_admin_token()
     # The application's runtime_env is this driver job's: serve.run gives it to every deployment it
@@ -106,8 +112,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         cfg = service.choose_models(cfg, args.model, progress)
         with user_code_importable(sf.runtime_env):  # the contract check and registration import it here
             service.ensure_trained(cfg, progress)
-        service.deploy(cfg, host=host, port=port, progress=progress, proxy_location=proxy_location)
-        url = _local_url(host, port)
+        service.deploy(cfg, host=host, port=port, progress=progress, proxy_location=proxy_location, tls=tls)
+        url = _local_url(host, port, tls=bool(tls))
         waited = service.wait_all_ready(url, cfg, timeout_s=args.timeout, progress=progress)
         dashboard = _dashboard_url()
     finally:
