@@ -19,14 +19,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from raymedic.app.http import request_json
-from tests.conftest import REPO, free_port, wait_for, write_config
+from tests.conftest import REPO, Traffic, free_port, wait_for, write_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -304,25 +303,13 @@ def survive_a_gcs_restart(env, url: str, instances: list[dict], phase) -> None:
     (gcs,) = [p for p in psutil.process_iter(["name", "cmdline"])
               if p.info["name"] == "gcs_server" and port_flag in (p.info["cmdline"] or [])]
     cmdline, environ = gcs.cmdline(), gcs.environ()
-    answered, failed, stop = [0], [], threading.Event()
-
-    def traffic() -> None:
-        while not stop.is_set():
-            r = request_json("POST", f"{url}/v1/models/churn:predict", {"instances": instances[:4]}, timeout_s=30)
-            if r.status == 200:
-                answered[0] += 1
-            else:
-                failed.append((r.status, r.body))
-
-    sender = threading.Thread(target=traffic, daemon=True)
-    sender.start()
-    try:
-        wait_for(lambda: answered[0] >= 5, timeout_s=60, what="traffic before the GCS is killed")
+    with Traffic(f"{url}/v1/models/churn:predict", {"instances": instances[:4]}) as sent:
+        wait_for(lambda: sent.answered >= 5, timeout_s=60, what="traffic before the GCS is killed")
         gcs.send_signal(signal.SIGKILL)
         gcs.wait(timeout=30)
         phase("GCS killed")
-        at_kill = answered[0]
-        wait_for(lambda: answered[0] >= at_kill + 20, timeout_s=120, what="answers while the GCS is down")
+        at_kill = sent.answered
+        wait_for(lambda: sent.answered >= at_kill + 20, timeout_s=120, what="answers while the GCS is down")
         assert not _listening(env["ray_port"]), "the GCS came back by itself: nothing was down"
         env["strays"].append(subprocess.Popen(cmdline, env=environ, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL, start_new_session=True))
@@ -345,8 +332,5 @@ def survive_a_gcs_restart(env, url: str, instances: list[dict], phase) -> None:
         wait_for(lambda: (ids := mlp_replicas(status())) and not ids & old, timeout_s=180,
                  what="Serve to replace the killed replica once the GCS is back")
         phase("a replica killed after the restart was replaced")
-    finally:
-        stop.set()
-        sender.join(timeout=60)
     # The killed replica's calls fail over to the other members: not one request failed, GCS down or not.
-    assert failed == [] and answered[0] > at_kill, failed[:3]
+    assert sent.failed == [] and sent.answered > at_kill, sent.failed[:3]
