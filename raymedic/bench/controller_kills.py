@@ -18,8 +18,13 @@ The points driven (each is a few tens of seconds on a 2-core machine):
   before any label is sent, so the job finds too few labels and ends at once (skipped): what is measured is
   that there is one job and one record of it, not a training.
 
-``mid-promotion`` (a live trial that promotes) is left to the kill test: it needs a challenger registered in
-the bench's kept registry and a trial's worth of labels, minutes more per kill here.
+- ``mid-promotion``: the champion of the config's first member registered again as a new version (the
+  same weights: it ties live, and a tie is promoted) and put on live trial by the admin route, with labelled
+  traffic until the trial decides; the controller is killed after the registry names it champion and before
+  the replicas swap and the promotion is audited; done when the member serves it and the promotion is in the
+  audit. Its service runs trials on every request with a small verdict (:data:`TRIAL_ROLLOUT`), and each kill
+  adds one version per kill to the bench's kept registry (the champion's own weights, so later runs measure
+  the same model).
 
 A deadline that passes is a row's ``timed out`` figure (what was waited for is in the kill's ``each``
 entry), never a crash: the point's remaining kills are skipped (they would only wait out the same
@@ -47,15 +52,23 @@ from raymedic.errors import RaymedicError
 from raymedic.failpoints import Point, arm, disarm, fired
 from raymedic.keys import ADMIN_TOKEN_ENV
 from raymedic.storage import Storage
+from train_jobs.registry import ModelRegistry
+from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
 
-__all__ = ["ACTION_KINDS", "KILL_POINTS", "ControllerKillSettings", "controller_rows", "kill_outcome",
+__all__ = ["ACTION_KINDS", "KILL_POINTS", "TRIAL_ROLLOUT", "ControllerKillSettings", "controller_rows", "kill_outcome",
            "point_label", "run_controller_kills"]
 
 ACTION_KINDS = (*INCIDENT_ACTIONS, "retrain-submitted", "promote")
 """Audit record kinds that are actions the controller took (a restart, a job submitted, a promotion)."""
 
-KILL_POINTS: tuple[Point, ...] = (Point.AFTER_DETECT, Point.AFTER_SUBMIT)
-"""The points this bench drives, in the order it drives them."""
+KILL_POINTS: tuple[Point, ...] = (Point.AFTER_DETECT, Point.AFTER_SUBMIT, Point.MID_PROMOTION)
+"""The points this bench drives, in the order it drives them (the retrains before any label is sent)."""
+
+TRIAL_ROLLOUT = {"mode": "canary", "share": 1.0, "min_labels": 20, "max_labels": 200}
+"""The rollout settings of the bench's service: a trial sees every request and decides on 20 labels, so a
+mid-promotion kill is seconds of traffic, not minutes (the config's own rollout is kept otherwise)."""
+TRIAL_BATCH_ROWS = 10
+"""Rows per labelled request while a trial waits for its verdict."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,10 @@ class ControllerKillSettings:
     """Controller SIGKILLs per kill point (0: none)."""
     timeout_s: float = 180.0
     """Deadline of one kill: the point firing, Ray's restart and the action's end, each."""
+    settle_s: float = 10.0
+    """After the action's end, how long the audit may take to hold the kill's last records before one
+    counts missing: the status shows an incident recovered a moment before its ``recovered`` record is
+    buffered for the audit (the record is written; the bench must not read before it is)."""
 
 
 def point_label(point: Point) -> str:
@@ -134,6 +151,7 @@ class _Killer:
         self.storage = Storage(self.cfg.storage_path)
         self._pid: int | None = None
         self._restart_s: float | None = None
+        self._since = time.time()
 
     def _status(self) -> dict[str, Any]:
         r = request_json("GET", f"{self.system.url}/v1/status", timeout_s=10)
@@ -168,6 +186,18 @@ class _Killer:
             self._wait(lambda: any(i["replica"] == replica and i["status"] != "open"
                                    for i in self._status()["incidents"]),
                        f"the wrong replica {member}/{replica} to be replaced after the kill")
+        elif point == Point.MID_PROMOTION:
+            member, challenger = self._challenger()
+            record = self._admin("trial", {"member": member, "version": challenger})["trial"]
+            seeds = iter(range(1000 * (k + 1), 1000 * (k + 2)))
+            self._wait(lambda: self._labelled(next(seeds)) and fired(self.points, point),
+                       "the live trial to promote the challenger (and the failpoint to fire)")
+            self._restart_s = self._killed_and_back(point, self._pid)
+            self._wait(lambda: {m["name"]: m["version"] for m in self._status()["members"]}[member] == challenger,
+                       f"{member} to serve {challenger} after the kill")
+            self._wait(lambda: any(r["kind"] == "promote" and r.get("incident") == record
+                                   for r in self._audit(self._since)),
+                       "the promotion to be audited")
         else:
             tag = f"bench controller kill {k}"
             self._admin("retrain", {"reason": tag})
@@ -177,20 +207,44 @@ class _Killer:
                                    .get("history", [])),
                        "the retrain job submitted before the kill to be followed to its end")
 
+    def _challenger(self) -> tuple[str, str]:
+        """The first member's champion registered again as a new version: (member, its version)."""
+        member = self.cfg.members[0].name
+        registry = ModelRegistry(self.storage)
+        champion = registry.load(self.cfg.model, member)
+        meta = {k: v for k, v in champion.info.metadata.items()
+                if k not in ("version", "model", "member", "created_at", "parent_version", "files")}
+        files = {k: v for k, v in champion.files.items() if k != "metadata.json"}
+        info = registry.register(self.cfg.model, member, files=files, metadata=meta,
+                                 parent_version=champion.info.version)
+        return member, info.version
+
+    def _labelled(self, seed: int) -> bool:
+        """One labelled request of :data:`TRIAL_BATCH_ROWS` synthetic rows (a trial's verdict needs labels)."""
+        rows = SyntheticGenerator(SyntheticSpec(seed=self.cfg.training.seed)).sample(TRIAL_BATCH_ROWS, seed=seed)
+        features = [c for c in rows.columns if c != "label"]
+        base = f"{self.system.url}/v1/models/{self.cfg.model}"
+        r = request_json("POST", f"{base}:predict", {"instances": rows[features].to_dict("records")}, timeout_s=30)
+        if r.status != 200:
+            return False
+        f = request_json("POST", f"{base}:feedback", {"inference_ids": r.body["inference_ids"],
+                                                       "labels": rows["label"].tolist()}, timeout_s=30)
+        return f.status == 200
+
     def _settled(self, point: Point) -> None:
-        """Before a kill: the service whole (no avoided replica) and, for a retrain, no job running."""
+        """Before a kill: the service whole (no avoided replica); no retrain job, trial or deployment running."""
         self._wait(self.system.ready, "the service to be whole before the kill")
-        if point == Point.AFTER_SUBMIT:
-            self._wait(lambda: not (self._status()["controller"].get("retraining") or {}).get("job"),
-                       "the previous retrain job to end")
+        self._wait(lambda: not any((r := self._status()["controller"].get("retraining") or {}).get(k)
+                                   for k in ("job", "trial", "deploying")),
+                   "the previous retrain job, trial or deployment to end")
 
     def one(self, point: Point, k: int) -> dict[str, Any]:
         """Kill the controller once at ``point``; the kill's figures (a missed deadline is one of them)."""
         timed_out, self._restart_s = None, None
-        since = time.time()
+        self._since = time.time()
         try:
             self._settled(point)
-            since = time.time()
+            self._since = time.time()
             self._pid = self._status()["controller"]["pid"]
             arm(self.points, point)
             t0 = time.monotonic()
@@ -200,7 +254,11 @@ class _Killer:
             timed_out, done_s = str(exc), None
         has_fired = fired(self.points, point)
         disarm(self.points, point)  # an unfired point must not kill a later step of the run
-        records = self._audit(since)
+        records = self._audit(self._since)
+        settle = time.monotonic() + (0.0 if timed_out else self.s.settle_s)
+        while exactly_once(records).missing and time.monotonic() < settle:
+            time.sleep(0.5)
+            records = self._audit(self._since)
         out = kill_outcome(point, records, fired=has_fired, timed_out=timed_out)
         out.update(restart_s=None if self._restart_s is None else round(self._restart_s, 1), done_s=done_s)
         return out

@@ -21,9 +21,10 @@ is raymedic's own: zero lost and zero unjoined over the kills.
 
 The controller's kill points have their own rows in the same table (:func:`format_controller_rows`),
 measured by :mod:`raymedic.bench.controller_kills` on the same service *before* the gateway kills: the
-controller SIGKILLed right after deciding a restart and right after submitting a retrain, ``controller_kills``
-times each, actions, duplicate actions and missing records counted from the audit. Before, because the
-gateway load leaves hundreds of labels, and a retrain submitted then would train for minutes.
+controller SIGKILLed right after deciding a restart, right after submitting a retrain and in the middle of a
+promotion, ``controller_kills`` times each, actions, duplicate actions and missing records counted from the
+audit. Before, because the gateway load leaves hundreds of labels, and a retrain submitted then would train
+for minutes.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from raymedic.bench.cluster import (
 )
 from raymedic.bench.controller_kills import (
     KILL_POINTS,
+    TRIAL_ROLLOUT,
     ControllerKillSettings,
     point_label,
     run_controller_kills,
@@ -314,7 +316,10 @@ def run_durability(*, config_path: str | None, port: int, settings: DurabilitySe
     with _failpoints(settings.controller_kills > 0) as points, \
             bench_cluster(config_path, progress, chaos=points is not None) as cfg:
         gw = cfg.gateway.model_copy(update={"replicas": max(MIN_GATEWAYS, cfg.gateway.replicas)})
-        cfg = cfg.model_copy(update={"gateway": gw})
+        update: dict[str, Any] = {"gateway": gw}
+        if points is not None:  # a mid-promotion kill needs a trial that decides in seconds
+            update["rollout"] = cfg.rollout.model_copy(update=TRIAL_ROLLOUT)
+        cfg = cfg.model_copy(update=update)
         inputs = bench_inputs(cfg)
         url = f"http://127.0.0.1:{port}"
         system = RaymedicSystem(cfg, url, inputs[0])

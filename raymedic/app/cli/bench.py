@@ -52,7 +52,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     ``replica-faults`` and ``saturation`` measure raymedic against plain Ray Serve in
     the same run on an embedded cluster; ``controller-step``, ``drift`` and
     ``tensor-drift`` are pure code; ``drift --live`` streams through a deployed service; ``durability``
-    SIGKILLs the controller at its kill points (counting duplicate actions and missing audit records) and
+    SIGKILLs the controller at its three kill points (counting duplicate actions and missing audit records) and
     gateway replicas right after a 2xx feedback (counting what the logs kept). Flags are checked
     before anything starts.
 
