@@ -39,7 +39,7 @@ from pathlib import Path
 from raymedic.enums import StrEnum
 from raymedic.logs import get_logger
 
-__all__ = ["FAILPOINTS_ENV", "Point", "arm", "failpoint", "fired"]
+__all__ = ["FAILPOINTS_ENV", "Point", "arm", "disarm", "failpoint", "fired"]
 
 log = get_logger(__name__)
 
@@ -90,6 +90,12 @@ def arm(directory: str | os.PathLike[str], name: str) -> Path:
     path = d / f"{name}.armed"
     path.write_text("")
     return path
+
+
+def disarm(directory: str | os.PathLike[str], name: str) -> None:
+    """Take back an armed ``name`` that has not fired (a bench whose situation never reached the point must
+    not leave it to kill a later, unrelated step); its ``.fired`` mark, if any, stays."""
+    (Path(directory) / f"{name}.armed").unlink(missing_ok=True)
 
 
 def fired(directory: str | os.PathLike[str], name: str) -> bool:

@@ -181,6 +181,9 @@ def test_cli_prints_only_the_json_report_on_stdout_with_json(monkeypatch, capsys
     (["bench", "durability", "--kills", "0"], "--kills 0: give a number of gateway kills from 1 to 100"),
     (["bench", "durability", "--kills", "500"], "--kills 500: give a number of gateway kills from 1 to 100"),
     (["bench", "durability", "--data", "t.parquet", "--target", "y"], "bench durability does not take --data"),
+    (["bench", "durability", "--controller-kills", "-1"],
+     "--controller-kills -1: give a number of controller kills per kill point from 0 (none) to 10"),
+    (["bench", "durability", "--controller-kills", "11"], "--controller-kills 11: give a number of controller kills"),
 ])
 def test_bench_refuses_bad_flags_with_the_fix_before_anything_runs(argv, fragment, monkeypatch):
     from raymedic.bench import infra
@@ -548,10 +551,52 @@ def test_durability_table_has_every_gateway_figure_says_why_there_is_no_baseline
         assert line.split()[1] == str(g[key]), line
     assert "plain Serve: no baseline" in table and "RemoteDisconnected x2" in table
     assert table.splitlines()[-1] == "controller kills: duplicate actions — not measured by this run"
-    rows = [{"kill point": "after-detect", "kills": 3, "actions": 3, "duplicate actions": 0, "missing records": 0}]
+    rows = [{"kill point": "after-detect", "kills": 3, "actions": 3, "duplicate actions": 0, "missing records": 0,
+             "timed out": 0}]
     table = durability.format_controller_rows(rows)
-    assert table[0] == "controller kills: duplicate actions" and table[2].split() == ["after-detect", "3", "3", "0", "0"]
+    assert table[0] == "controller kills: duplicate actions"
+    assert table[2].split() == ["after-detect", "3", "3", "0", "0", "0"]
     assert durability.format_durability_table(_durability_report(rows)).endswith("\n".join(table))
+
+
+def _window(incident: str, *, restarts: int = 1, recovered: bool = True) -> list[dict[str, Any]]:
+    """The audit records of one after-detect kill's window, as read_audit returns them."""
+    recs = [{"ts": 1.0, "kind": "detected-wrong", "incident": incident, "target": "mlp/r1"}]
+    recs += [{"ts": 2.0, "kind": "restart", "incident": incident, "outcome": "ok"}] * restarts
+    if recovered:
+        recs.append({"ts": 3.0, "kind": "recovered", "incident": incident, "action": "restart"})
+    return recs
+
+
+def test_a_kill_window_of_audit_records_becomes_its_figures_and_kills_sum_into_one_row_per_point():
+    from raymedic.bench import controller_kills as ck
+    from raymedic.failpoints import Point
+
+    clean = ck.kill_outcome(Point.AFTER_DETECT, _window("inc-1"), fired=True)
+    assert (clean["kill point"], clean["actions"], clean["duplicate actions"], clean["missing records"]) == \
+        ("after-detect", 1, 0, 0)
+    twice = ck.kill_outcome(Point.AFTER_DETECT, _window("inc-2", restarts=2), fired=True)
+    assert (twice["actions"], twice["duplicate actions"], twice["duplicates"]) == (2, 1, ["restart inc-2 x2"])
+    lost = ck.kill_outcome(Point.AFTER_DETECT, _window("inc-3")[1:], fired=True)  # no detected- record
+    assert lost["missing records"] == 1 and lost["missing"] == ["detection of inc-3 (restart seen)"]
+    retrain = [{"ts": 1.0, "kind": "retrain-submitted", "incident": "r0001-5", "evidence": {"job_id": "j1"}},
+               {"ts": 2.0, "kind": "retrain-finished", "incident": "r0001-5"},
+               {"ts": 3.0, "kind": "promote", "incident": "t1", "outcome": "failed: no"}]
+    submit = ck.kill_outcome(Point.AFTER_SUBMIT, retrain, fired=True)
+    assert (submit["kill point"], submit["actions"], submit["duplicate actions"]) == ("after-submit", 1, 0)
+    never = ck.kill_outcome(Point.AFTER_SUBMIT, [], fired=False, timed_out="timed out after 5 s waiting for x")
+    rows = ck.controller_rows([clean, twice, lost, submit, never])
+    assert [{c: r[c] for c in durability.CONTROLLER_COLUMNS} for r in rows] == [
+        {"kill point": "after-detect", "kills": 3, "actions": 4, "duplicate actions": 1, "missing records": 1,
+         "timed out": 0},
+        {"kill point": "after-submit", "kills": 1, "actions": 1, "duplicate actions": 0, "missing records": 0,
+         "timed out": 1}]
+    assert [len(r["each"]) for r in rows] == [3, 2]
+    lines = durability.format_controller_rows(rows)
+    assert "    after-detect kill 2: duplicate restart inc-2 x2" in lines
+    assert "    after-detect kill 3: missing detection of inc-3 (restart seen)" in lines
+    assert "    after-submit kill 2: timed out: timed out after 5 s waiting for x" in lines
+    assert not any("kill 1:" in ln for ln in lines)  # a clean kill adds no line
 
 
 def test_cli_runs_durability_with_the_flags(monkeypatch, capsys):
@@ -565,6 +610,9 @@ def test_cli_runs_durability_with_the_flags(monkeypatch, capsys):
     assert cli.main(["bench", "durability", "--kills", "7", "--port", "8125", "--json"]) == 0
     assert seen == {"settings": durability.DurabilitySettings(kills=7), "port": 8125}
     assert json.loads(capsys.readouterr().out) == json.loads(dumps(_durability_report()))
+    assert cli.main(["bench", "durability", "--controller-kills", "0", "--json"]) == 0
+    assert seen["settings"] == durability.DurabilitySettings(controller_kills=0)
+    capsys.readouterr()
     assert cli.main(["bench", "durability"]) == 0
-    assert seen["settings"] == durability.DurabilitySettings()
+    assert seen["settings"] == durability.DurabilitySettings() and seen["settings"].controller_kills == 3
     assert capsys.readouterr().out.startswith("\n" + durability.format_durability_table(_durability_report()))

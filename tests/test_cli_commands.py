@@ -42,8 +42,8 @@ FLAGS = {
               "--target"],
     "search": ["--config", "--data", "--json", "--max-epochs", "--member", "--model", "--storage-path", "--synthetic",
                "--target", "--trials"],
-    "bench": ["--config", "--control-rows", "--data", "--deadline", "--disk-fill-mb", "--fault-seconds", "--faults",
-              "--json", "--kills", "--live", "--live-scenarios", "--members", "--memory-limit-mb", "--port", "--rates", "--replicas", "--rows-per-s", "--rps", "--seconds",
+    "bench": ["--config", "--control-rows", "--controller-kills", "--data", "--deadline", "--disk-fill-mb",
+              "--fault-seconds", "--faults", "--json", "--kills", "--live", "--live-scenarios", "--members", "--memory-limit-mb", "--port", "--rates", "--replicas", "--rows-per-s", "--rps", "--seconds",
               "--seed", "--seeds", "--slow-ms", "--spike-rps", "--target"],
     "demo": ["--config", "--port", "--requests"],
 }

@@ -19,20 +19,28 @@ to a kill with or without an fsync (the fsync is for a host crash, which no kill
 that buffered labels would lose up to a flush period per kill by construction. The figure that matters
 is raymedic's own: zero lost and zero unjoined over the kills.
 
-The controller's kill points (duplicate actions counted from the audit) have their own rows in the
-same table: :func:`format_controller_rows` takes them as a list; this module does not measure them.
+The controller's kill points have their own rows in the same table (:func:`format_controller_rows`),
+measured by :mod:`raymedic.bench.controller_kills` on the same service *before* the gateway kills: the
+controller SIGKILLed right after deciding a restart, right after submitting a retrain and in the middle of a
+promotion, ``controller_kills`` times each, actions, duplicate actions and missing records counted from the
+audit. Before, because the gateway load leaves hundreds of labels, and a retrain submitted then would train
+for minutes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
+import tempfile
 import textwrap
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +55,14 @@ from raymedic.bench.cluster import (
     running_replicas,
     wait_until,
 )
+from raymedic.bench.controller_kills import (
+    KILL_POINTS,
+    TRIAL_ROLLOUT,
+    ControllerKillSettings,
+    point_label,
+    run_controller_kills,
+)
+from raymedic.failpoints import FAILPOINTS_ENV
 from raymedic.keys import APP_NAME, feedback_prefix, predictions_prefix
 from raymedic.storage import Storage
 from serve_apps.chaos import sigkill_replica
@@ -77,6 +93,10 @@ class DurabilitySettings:
     """Client deadline of one request (a request past it counts as failed)."""
     replace_timeout_s: float = 120.0
     """How long Serve may take to run a replacement replica before the bench gives up."""
+    controller_kills: int = 3
+    """Controller SIGKILLs at each kill point the bench drives (0: no controller rows)."""
+    controller_timeout_s: float = 180.0
+    """Deadline of each wait of one controller kill (the point firing, Ray's restart, the action's end)."""
 
 
 @dataclass
@@ -266,18 +286,54 @@ def answered_by_the_killed(storage: Storage, model: str, kills: list[dict[str, A
     return hits
 
 
+@contextlib.contextmanager
+def _failpoints(enabled: bool) -> Iterator[str | None]:
+    """A fresh failpoints directory named by ``RAYMEDIC_FAILPOINTS`` while the bench's cluster runs (set
+    before Ray starts: its processes, the controller's too, inherit it), removed after; None when
+    ``enabled`` is false (the variable is then left alone and no point can fire)."""
+    if not enabled:
+        yield None
+        return
+    saved = os.environ.get(FAILPOINTS_ENV)
+    points = tempfile.mkdtemp(prefix="raymedic-bench-failpoints-")
+    os.environ[FAILPOINTS_ENV] = points
+    try:
+        yield points
+    finally:
+        if saved is None:
+            os.environ.pop(FAILPOINTS_ENV, None)
+        else:
+            os.environ[FAILPOINTS_ENV] = saved
+        shutil.rmtree(points, ignore_errors=True)
+
+
 def run_durability(*, config_path: str | None, port: int, settings: DurabilitySettings,
                    progress: Progress) -> dict[str, Any]:
-    """Start an embedded cluster, deploy raymedic (at least :data:`MIN_GATEWAYS` gateway replicas), run
-    the kills under load, count; the JSON report (``format_durability_table`` prints it)."""
-    with bench_cluster(config_path, progress) as cfg:
+    """Start an embedded cluster, deploy raymedic (at least :data:`MIN_GATEWAYS` gateway replicas, the
+    chaos routes on when the controller is killed too), kill the controller at its points, then the
+    gateways under load, count; the JSON report (``format_durability_table`` prints it)."""
+    controller: list[dict[str, Any]] = []
+    with _failpoints(settings.controller_kills > 0) as points, \
+            bench_cluster(config_path, progress, chaos=points is not None) as cfg:
         gw = cfg.gateway.model_copy(update={"replicas": max(MIN_GATEWAYS, cfg.gateway.replicas)})
-        cfg = cfg.model_copy(update={"gateway": gw})
+        update: dict[str, Any] = {"gateway": gw}
+        if points is not None:  # a mid-promotion kill needs a trial that decides in seconds
+            update["rollout"] = cfg.rollout.model_copy(update=TRIAL_ROLLOUT)
+        cfg = cfg.model_copy(update=update)
         inputs = bench_inputs(cfg)
         url = f"http://127.0.0.1:{port}"
         system = RaymedicSystem(cfg, url, inputs[0])
         system.deploy(progress)
         try:
+            if points is not None:
+                progress(f"{settings.controller_kills} controller kills at each of "
+                         f"{', '.join(point_label(p) for p in KILL_POINTS)}")
+                t0 = time.monotonic()
+                controller = run_controller_kills(
+                    system, points_dir=points, progress=progress,
+                    settings=ControllerKillSettings(kills=settings.controller_kills,
+                                                    timeout_s=settings.controller_timeout_s))
+                progress(f"controller kills done in {time.monotonic() - t0:.0f} s")
             schema = request_json("GET", f"{url}/v1/models/{cfg.model}", timeout_s=30).body["schema"]
             storage = Storage(cfg.storage_path)
             progress(f"{settings.kills} gateway kills under {settings.load_threads} clients' predict + feedback "
@@ -290,13 +346,14 @@ def run_durability(*, config_path: str | None, port: int, settings: DurabilitySe
             counts["kills_answered_by_the_killed"] = answered_by_the_killed(storage, cfg.model, log.kills)
         finally:
             system.remove()
-    return durability_report(log, counts, settings=settings, gateways=gw.replicas, seconds=seconds)
+    return durability_report(log, counts, settings=settings, gateways=gw.replicas, seconds=seconds,
+                             controller=controller)
 
 
 def durability_report(log: KillLog, counts: dict[str, int], *, settings: DurabilitySettings, gateways: int,
                       seconds: float, controller: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The report of one run: the counts, the load's figures, each kill, and the controller kill rows
-    (``controller``: given by whoever measures them; empty here)."""
+    (``controller``: :func:`raymedic.bench.controller_kills.controller_rows`; empty when not measured)."""
     after = [k["ms_after_ack"] for k in log.kills]
     return {"settings": asdict(settings), "gateways": gateways, "seconds": round(seconds, 1),
             "gateway_kills": {"kills": len(log.kills), **counts, "requests": log.requests,
@@ -314,9 +371,9 @@ def durability_report(log: KillLog, counts: dict[str, int], *, settings: Durabil
             "controller_kills": list(controller or ())}
 
 
-CONTROLLER_COLUMNS = ("kill point", "kills", "actions", "duplicate actions", "missing records")
+CONTROLLER_COLUMNS = ("kill point", "kills", "actions", "duplicate actions", "missing records", "timed out")
 """The controller rows' columns: where the controller was killed, how often, the actions it took, how many
-of them were done twice and how many audit records are missing."""
+times one was done again, how many audit records are missing, and how many kills missed a deadline."""
 
 
 def format_controller_rows(rows: list[dict[str, Any]]) -> list[str]:
@@ -326,7 +383,7 @@ def format_controller_rows(rows: list[dict[str, Any]]) -> list[str]:
     >>> format_controller_rows([])
     ['controller kills: duplicate actions — not measured by this run']
     >>> format_controller_rows([{"kill point": "after-detect", "kills": 3, "actions": 3, "duplicate actions": 0}])[2]
-    '  after-detect                    3        3                  0                -'
+    '  after-detect                    3        3                  0                -          -'
     """
     if not rows:
         return ["controller kills: duplicate actions — not measured by this run"]
@@ -335,6 +392,13 @@ def format_controller_rows(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         cells = "".join(f"{_cell(r.get(c)):>{max(9, len(c) + 2)}}" for c in CONTROLLER_COLUMNS[1:])
         out.append(f"  {_cell(r.get(CONTROLLER_COLUMNS[0])):<24}{cells}")
+    for r in rows:  # what went wrong, kill by kill (nothing when every kill was clean)
+        for k, each in enumerate(r.get("each") or (), 1):
+            notes = [f"timed out: {each['timed_out']}"] if each.get("timed_out") else []
+            notes += [f"duplicate {d}" for d in each.get("duplicates") or ()]
+            notes += [f"missing {m}" for m in each.get("missing") or ()]
+            out += textwrap.wrap(f"{r['kill point']} kill {k}: " + "; ".join(notes), 100, initial_indent="    ",
+                                 subsequent_indent="      ") if notes else []
     return out
 
 

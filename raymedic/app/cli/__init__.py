@@ -179,6 +179,11 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--kills", type=int, default=None,
                     help="durability: gateway replicas SIGKILLed right after a 2xx feedback, one after another "
                          "(default 5; each waits for Serve's replacement, 10-20 s on 2 cores).")
+    be.add_argument("--controller-kills", type=int, default=None,
+                    help="durability: controller SIGKILLs (through its failpoints) right after it decides a "
+                         "restart, right after it submits a retrain and in the middle of a promotion, this "
+                         "many each, before the gateway kills; duplicate actions and missing records counted "
+                         "from the audit (default 3; 0 skips; 10-60 s each on 2 cores).")
     be.add_argument("--port", type=int, default=8011, help="HTTP port for the benchmark's service.")
     be.add_argument("--data", help="replica-faults, saturation: your table (Parquet or CSV) to train the config's "
                                    "model on in the bench's own registry and replay rows of (default: the "

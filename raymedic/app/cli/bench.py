@@ -21,6 +21,10 @@ from raymedic.keys import INFRA_BENCH_FAULTS, REPLICA_BENCH_FAULTS
 
 __all__ = ["cmd_bench"]
 
+MAX_CONTROLLER_KILLS = 10
+"""Most controller kills per point: each after-detect kill is a replica restart, and the controller allows
+``controller.max_restarts`` (10) per ``restart_window_s``; more would measure the cap, not the kill."""
+
 
 @contextlib.contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
@@ -48,7 +52,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     ``replica-faults`` and ``saturation`` measure raymedic against plain Ray Serve in
     the same run on an embedded cluster; ``controller-step``, ``drift`` and
     ``tensor-drift`` are pure code; ``drift --live`` streams through a deployed service; ``durability``
-    SIGKILLs gateway replicas right after a 2xx feedback and counts what the logs kept. Flags are checked
+    SIGKILLs the controller at its three kill points (counting duplicate actions and missing audit records) and
+    gateway replicas right after a 2xx feedback (counting what the logs kept). Flags are checked
     before anything starts.
 
     Returns:
@@ -220,11 +225,16 @@ def _infra_faults(args: argparse.Namespace) -> int:
 def _durability(args: argparse.Namespace) -> int:
     if args.kills is not None and not 1 <= args.kills <= 100:
         raise RaymedicError(f"--kills {args.kills}: give a number of gateway kills from 1 to 100, e.g. --kills 5")
+    if args.controller_kills is not None and not 0 <= args.controller_kills <= MAX_CONTROLLER_KILLS:
+        raise RaymedicError(f"--controller-kills {args.controller_kills}: give a number of controller kills per "
+                            f"kill point from 0 (none) to {MAX_CONTROLLER_KILLS}, e.g. --controller-kills 3")
     # lazy: imports Ray; keeps `raymedic --help` fast
     from raymedic.bench import durability
 
     d = durability.DurabilitySettings()
-    settings = durability.DurabilitySettings(kills=args.kills or d.kills)
+    settings = durability.DurabilitySettings(
+        kills=args.kills or d.kills,
+        controller_kills=d.controller_kills if args.controller_kills is None else args.controller_kills)
 
     def run(report_progress: Any) -> dict[str, Any]:
         return durability.run_durability(config_path=args.config, port=args.port, settings=settings,
