@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 import psutil
 import ray
 
-from controllers.audit import AuditLog
+from controllers.audit import AuditLog, compact_audit
 from controllers.checkpoint import Checkpoint
 from controllers.monitors.data import AlertKind, DataAlerts
 from controllers.periodic import Periodic
@@ -113,6 +113,10 @@ def _volume(sample: DiskSample | None, path: str | None, ttf: float | None) -> d
             "time_to_floor_s": None if ttf is None else round(ttf, 1)}
 
 
+AUDIT_MERGE_EVERY_S = 3600.0
+"""How often the audit's files older than an hour are merged (if there are enough of them)."""
+
+
 class DiskKeeper:
     """One model's disk watch, on its own period (see the module).
 
@@ -151,6 +155,7 @@ class DiskKeeper:
         self.last_obs: DiskObservation | None = None
         self.last: DiskAssessment | None = None
         self.last_compaction: dict[str, Any] | None = None
+        self._audit_merged_at = float("-inf")
 
     def to_dict(self) -> dict[str, Any]:
         """The watch's memory, for the checkpoint."""
@@ -190,9 +195,28 @@ class DiskKeeper:
         if step.compact is not None:
             await self._compact(step.compact.action_id, list(step.compact.reasons), cfg)
             recorded = True
+        if not self._policy.paused and now - self._audit_merged_at >= AUDIT_MERGE_EVERY_S:
+            self._audit_merged_at = now
+            recorded |= await self._merge_audit(now)
         if recorded:
             await asyncio.to_thread(self._audit.flush)
         return a
+
+    async def _merge_audit(self, now: float) -> bool:
+        """Merge the audit's old files (one per step that recorded something) so they stay few; whether it
+        recorded that it did."""
+        try:
+            done = await asyncio.to_thread(compact_audit, self._storage, self._model, now=now)
+        except Exception as exc:  # the audit stays readable as it is; the next hour tries again
+            log.warning("could not merge the audit files of model %s: %s", self._model, exc)
+            return False
+        if not done.merged_files:
+            return False
+        # Audited, not alerted: housekeeping that changes no record, once an hour at most.
+        self._audit.record("audit-compacted", f"{self._model}/audit", evidence={
+            "merged_files": done.merged_files, "records": done.records, "into": done.into},
+            action="compact", outcome="ok")
+        return True
 
     @property
     def _target(self) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controllers.audit import AuditLog
+from controllers.audit import AuditLog, read_audit
 from controllers.disk import DiskKeeper
 from controllers.monitors.data import DataAlerts
 from controllers.policies.disk import (DiskAssessment, DiskObservation, DiskSample, DiskSettings, DiskVerdict,
@@ -391,3 +391,24 @@ def test_keeper_proposes_in_approval_mode_and_compacts_nothing_while_paused(tmp_
     asyncio.run(paused_keeper.check())
     assert len(_parts(storage2, predictions_prefix("m"))) == 30
     assert [r["kind"] for r in audit2.tail(10)] == ["suppressed"]
+
+
+def test_the_keeper_merges_old_audit_files_once_an_hour_and_audits_it(tmp_path):
+    """The audit's one-file-per-step growth is the disk keeper's too: once an hour (not while paused) old
+    files are merged, and the merge is itself a record."""
+    storage, keeper, audit, _, policy, clock = _keeper(tmp_path, free=500 * GB)
+    for i in range(120):
+        audit.record("restart", f"mlp/r{i}", evidence={}, action="restart", outcome="ok", ts=clock["now"] - 7200 + i)
+        audit.flush()
+    policy.paused = True
+    asyncio.run(keeper.check())
+    assert len(storage.list_files("audit/m", suffix=".jsonl")) == 120  # paused: nothing done
+    policy.paused = False
+    asyncio.run(keeper.check())
+    merged = [r for r in audit.tail(200) if r["kind"] == "audit-compacted"]
+    assert len(merged) == 1 and merged[0]["evidence"]["merged_files"] == 120
+    assert len(storage.list_files("audit/m", suffix=".jsonl")) == 2  # the merged file and the record of it
+    assert len([r for r in read_audit(storage, "m") if r["kind"] == "restart"]) == 120
+    clock["now"] += 60
+    asyncio.run(keeper.check())  # within the hour: not again
+    assert len([r for r in audit.tail(200) if r["kind"] == "audit-compacted"]) == 1

@@ -389,3 +389,37 @@ def test_the_label_book_judges_only_answers_within_its_horizon_and_memory():
     assert len(book) == 2 and book.sort([a], [1]).counted == [] and book.sort([b], [1]).repeated == [b]
     book.release([b])
     assert book.sort([b], [0]).new == [0]  # its write failed: a retry may give it
+
+
+def test_old_audit_files_are_merged_and_every_record_is_read_once_even_mid_merge(tmp_path, monkeypatch):
+    """One audit file per step that recorded something grew without bound, and a restarted controller reads
+    them all. Old ones are merged into one file naming its sources; a reader skips the sources, so a listing
+    taken after the merged file is written and before the sources are deleted reads each record once."""
+    from controllers.audit import compact_audit
+    from raymedic.keys import audit_prefix
+
+    storage = Storage(str(tmp_path))
+    now = 1_000_000.0
+    audit = AuditLog(storage, "m", writer="w")
+    for i in range(150):  # 150 steps two hours ago, one file each
+        audit.record("restart", f"mlp/r{i}", evidence={}, action="restart", outcome="ok", ts=now - 7200 + i)
+        audit.flush()
+    audit.record("recovered", "mlp/r0", ts=now - 10)  # recent: left alone
+    audit.flush()
+    storage.write_bytes(f"{audit_prefix('m')}/{int((now - 7000) * 1e6):020d}-x-000001.jsonl", b'{"ts": 1.5, "ki\n')
+    before = read_audit(storage, "m")
+    assert compact_audit(storage, "m", now=now, min_files=200).merged_files == 0  # too few to be worth it
+    # Mid-merge: the merged file is written, the sources not yet deleted.
+    deleted: list[str] = []
+    monkeypatch.setattr(Storage, "delete", lambda self, key: deleted.append(key))
+    done = compact_audit(storage, "m", now=now)
+    assert done.merged_files == 151 and done.records == 150 and len(deleted) == 151
+    assert read_audit(storage, "m") == before  # nothing read twice
+    monkeypatch.undo()
+    for key in deleted:
+        storage.delete(key)
+    files = storage.list_files(audit_prefix("m"), suffix=".jsonl")
+    assert len(files) == 2 and read_audit(storage, "m") == before
+    # A merge merges earlier merges too (once enough old files gathered again).
+    assert compact_audit(storage, "m", now=now + 7200, min_files=2).merged_files == 2
+    assert len(storage.list_files(audit_prefix("m"), suffix=".jsonl")) == 1 and read_audit(storage, "m") == before
