@@ -142,6 +142,11 @@ class PredictionLog:
         self._max_pending = max_pending
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        # One flush at a time, and the ids a flush took but has not written yet: a label for an answer that a
+        # periodic flush is still writing must wait for that write, or a SIGKILL right after the label's 2xx
+        # leaves a label no answer ever joins (the answer was neither buffered nor on storage).
+        self._flush_lock = threading.Lock()
+        self._writing: set[str] = set()
         self.writable = True
         self.dropped_rows = 0
         self.failed_flushes = 0
@@ -168,10 +173,11 @@ class PredictionLog:
         return len(self._rows)
 
     def holds(self, inference_ids: Iterable[str]) -> bool:
-        """Whether a record of one of ``inference_ids`` is still buffered (not yet written)."""
+        """Whether a record of one of ``inference_ids`` is not written yet (buffered, or in a flush still
+        writing it): :meth:`flush` then writes or waits for it."""
         wanted = set(inference_ids)
         with self._lock:
-            return any(r.get("inference_id") in wanted for r in self._rows)
+            return not wanted.isdisjoint(self._writing) or any(r.get("inference_id") in wanted for r in self._rows)
 
     def health(self) -> dict[str, Any]:
         """Whether the last flush could write, rows lost to a full buffer, and the last error."""
@@ -181,9 +187,19 @@ class PredictionLog:
 
     def flush(self, *, durable: bool = False) -> int:
         """Write buffered records; returns how many. Records stay buffered (bounded) if the write fails.
-        ``durable``: fsync them (a label about to be acknowledged must find its answer after a crash)."""
-        with self._lock:
-            rows, self._rows = self._rows, []
+        ``durable``: fsync them (a label about to be acknowledged must find its answer after a crash).
+        A flush in progress (another thread's) is waited for first: its rows are written when this returns."""
+        with self._flush_lock:
+            with self._lock:
+                rows, self._rows = self._rows, []
+                self._writing = {r.get("inference_id") for r in rows}
+            try:
+                return self._write(rows, durable=durable)
+            finally:
+                with self._lock:
+                    self._writing = set()
+
+    def _write(self, rows: list[dict[str, Any]], *, durable: bool) -> int:
         if not rows:
             return 0
         by_hour: dict[str, list[dict[str, Any]]] = {}

@@ -423,3 +423,40 @@ def test_old_audit_files_are_merged_and_every_record_is_read_once_even_mid_merge
     # A merge merges earlier merges too (once enough old files gathered again).
     assert compact_audit(storage, "m", now=now + 7200, min_files=2).merged_files == 2
     assert len(storage.list_files(audit_prefix("m"), suffix=".jsonl")) == 1 and read_audit(storage, "m") == before
+
+
+def test_a_label_for_an_answer_a_periodic_flush_is_still_writing_waits_for_that_write(tmp_path):
+    """The periodic flush (a worker thread) takes the buffered answers, then writes them: an answer it holds
+    is neither buffered nor on storage. A label for it was written and acknowledged at once, and a SIGKILL
+    then left a label no answer joins (CI: 3 of 1,581). Now the answer counts as held and the label's flush
+    waits for the write in progress."""
+    import threading
+
+    from serve_apps.predlog import KnownIds, PredictionLog, new_inference_id
+
+    release, writing = threading.Event(), threading.Event()
+
+    class SlowStorage(Storage):
+        def write_parquet(self, key, table, *, durable=True):
+            writing.set()
+            assert release.wait(30)
+            super().write_parquet(key, table, durable=durable)
+
+    predlog = PredictionLog(SlowStorage(str(tmp_path)), "m", tag="g")
+    iid = new_inference_id()
+    predlog.append([{"inference_id": iid, "ts": time.time(), "model": "m", "model_version": "lr:v1",
+                     "features": "[0.5]", "member_outputs": "{}", "prediction": "1", "probabilities": [0.2, 0.8],
+                     "degraded": False}])
+    periodic = threading.Thread(target=predlog.flush)
+    periodic.start()
+    assert writing.wait(30) and predlog.pending() == 0
+    assert predlog.holds([iid])  # taken by the flush, not written yet
+    label_flush = threading.Thread(target=predlog.flush, kwargs={"durable": True})
+    label_flush.start()
+    label_flush.join(timeout=0.5)
+    assert label_flush.is_alive()  # it waits for the write in progress
+    release.set()
+    periodic.join(timeout=30)
+    label_flush.join(timeout=30)
+    assert not label_flush.is_alive() and not predlog.holds([iid])
+    assert KnownIds(Storage(str(tmp_path)), "m").unknown([iid]) == []  # on storage before the label's turn
