@@ -51,37 +51,6 @@ def forget_package(name: str) -> None:
         del sys.modules[mod]
 
 
-class Traffic:
-    """POSTs ``body`` to ``url`` in a loop from a thread while the ``with`` block runs: ``answered`` counts
-    the 200s, ``failed`` keeps (status, body) of the others — what "no failed request" is checked on."""
-
-    def __init__(self, url: str, body: Any, *, timeout_s: float = 30.0) -> None:
-        import threading
-
-        from raymedic.app.http import request_json
-
-        self.answered, self.failed = 0, []
-        self._stop = threading.Event()
-
-        def send() -> None:
-            while not self._stop.is_set():
-                r = request_json("POST", url, body, timeout_s=timeout_s)
-                if r.status == 200:
-                    self.answered += 1
-                else:
-                    self.failed.append((r.status, r.body))
-
-        self._thread = threading.Thread(target=send, daemon=True)
-
-    def __enter__(self) -> "Traffic":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-
 def free_port() -> int:
     """A port that is free now and unlikely to be taken before the test binds it.
 

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 
 from raymedic.app.http import request_json
-from tests.conftest import REPO, Traffic, free_port, wait_for, write_config
+from tests.conftest import REPO, PredictLoad, free_port, wait_for, write_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -303,13 +303,13 @@ def survive_a_gcs_restart(env, url: str, instances: list[dict], phase) -> None:
     (gcs,) = [p for p in psutil.process_iter(["name", "cmdline"])
               if p.info["name"] == "gcs_server" and port_flag in (p.info["cmdline"] or [])]
     cmdline, environ = gcs.cmdline(), gcs.environ()
-    with Traffic(f"{url}/v1/models/churn:predict", {"instances": instances[:4]}) as sent:
-        wait_for(lambda: sent.answered >= 5, timeout_s=60, what="traffic before the GCS is killed")
+    with PredictLoad(f"{url}/v1/models/churn:predict", instances[:4], threads=1, deadline_s=30.0) as sent:
+        wait_for(lambda: sent.ok >= 5, timeout_s=60, what="traffic before the GCS is killed")
         gcs.send_signal(signal.SIGKILL)
         gcs.wait(timeout=30)
         phase("GCS killed")
-        at_kill = sent.answered
-        wait_for(lambda: sent.answered >= at_kill + 20, timeout_s=120, what="answers while the GCS is down")
+        at_kill = sent.ok
+        wait_for(lambda: sent.ok >= at_kill + 20, timeout_s=120, what="answers while the GCS is down")
         assert not _listening(env["ray_port"]), "the GCS came back by itself: nothing was down"
         env["strays"].append(subprocess.Popen(cmdline, env=environ, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL, start_new_session=True))
@@ -333,4 +333,4 @@ def survive_a_gcs_restart(env, url: str, instances: list[dict], phase) -> None:
                  what="Serve to replace the killed replica once the GCS is back")
         phase("a replica killed after the restart was replaced")
     # The killed replica's calls fail over to the other members: not one request failed, GCS down or not.
-    assert sent.failed == [] and sent.answered > at_kill, sent.failed[:3]
+    assert sent.failures == [] and sent.ok > at_kill, sent.failures[:3]

@@ -30,7 +30,7 @@ from controllers.policies.playbook import SubmitRetrain
 from raymedic.config import RuntimeEnv, load_config
 from raymedic.errors import ConfigError
 from raymedic.keys import ADMIN_TOKEN_ENV, APP_NAME
-from tests.conftest import Traffic, local_service, wait_for
+from tests.conftest import PredictLoad, local_service, wait_for
 from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
 
 PACKAGE = "rtnets"
@@ -242,7 +242,7 @@ def test_a_module_shipped_only_by_runtime_env_trains_serves_and_heals(tmp_path, 
                         and set(st["controller"].get("healthy", {}).get("rtnet", ())) == ids and st)
 
             wait_for(probed_healthy, timeout_s=60, what="the controller to probe both rtnet replicas healthy")
-            with Traffic(predict, {"instances": rows}, timeout_s=10) as sent:
+            with PredictLoad(predict, rows, threads=1, deadline_s=10.0) as sent:
                 victim, pid = min(serving.items())
                 os.kill(pid, signal.SIGKILL)
                 inc = wait_for(lambda: next((i for i in status()["incidents"] if i.get("replica") == victim
@@ -250,7 +250,7 @@ def test_a_module_shipped_only_by_runtime_env_trains_serves_and_heals(tmp_path, 
                                timeout_s=120, what="the killed rtnet replica's incident to recover")
                 now = wait_for(lambda: (r := _replicas("rtnet")) and len(r) == 2 and victim not in r and r,
                                timeout_s=60, what="Serve to replace the killed rtnet replica")
-            assert inc["kind"] == "dead" and sent.failed == [] and sent.answered > 0, sent.failed[:3]
+            assert inc["kind"] == "dead" and sent.failures == [] and sent.ok > 0, sent.failures[:3]
             replacement = set(now.values()) - set(serving.values())
             assert replacement and replacement <= set(_importers(log))  # the new replica got Ray's copy too
 
