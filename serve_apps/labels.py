@@ -10,7 +10,8 @@ first is counted live. Retraining joins the first label too
 
 Labels reach whichever gateway replica the load balancer picks, so the book also
 learns the others' labels from the durable feedback log (new parts only, at most
-once per ``refresh_s``). Two replicas labelling one answer within that moment may
+once per ``refresh_s``; the read runs in a worker thread, the book is changed on the
+event loop only). Two replicas labelling one answer within that moment may
 both write; the controller counts an answer once whatever the gateways do
 (:class:`controllers.gateway_sync.GatewaySync`).
 
@@ -28,6 +29,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+
+import pyarrow as pa
 
 from raymedic.keys import feedback_prefix
 from raymedic.storage import Storage
@@ -80,19 +83,38 @@ class LabelBook:
         t = inference_time(inference_id)
         return t is not None and t > max(self._floor, now - self._horizon_s)
 
-    def refresh(self) -> None:
-        """Learn the labels other replicas wrote since the last read (worker thread; cheap when recent)."""
+    def due(self) -> bool:
+        """Whether the log is to be read for other replicas' labels now (event loop; claims the read, so
+        requests arriving meanwhile do not read it again; no thread hop when it is not due)."""
         now = self._clock()
         if self._parts is None or now - self._refreshed_at < self._refresh_s:
-            return
+            return False
         self._refreshed_at = now
+        return True
+
+    def fetch(self) -> list[pa.Table]:
+        """Read the labels other replicas wrote since the last read (worker thread: storage I/O only; the
+        book itself is changed by :meth:`learn`, on the event loop, never from a thread)."""
+        if self._parts is None:
+            return []
+        now = self._clock()
         # A label is received after its answer, so the hours of the horizon hold every label it judges.
-        for table in self._parts.read_new(hours_since(now - self._horizon_s, now)):
+        return self._parts.read_new(hours_since(now - self._horizon_s, now))
+
+    def learn(self, tables: Sequence[pa.Table]) -> None:
+        """Take the labels :meth:`fetch` read (event loop): an answer's first label stands."""
+        now = self._clock()
+        for table in tables:
             ids, labels = table.column("inference_id").to_pylist(), table.column("label").to_pylist()
             for i, lab in zip(ids, labels):
                 if i is not None and lab is not None and self._judged(i, now):
                     self._labels.setdefault(i, lab)  # the first label stands
-            self._bound()
+        self._bound()
+
+    def refresh(self) -> None:
+        """:meth:`fetch` and :meth:`learn` in one call, if :meth:`due` (for callers without an event loop)."""
+        if self.due():
+            self.learn(self.fetch())
 
     def _bound(self) -> None:
         while len(self._labels) > self._capacity:

@@ -344,7 +344,9 @@ class KnownIds:
             while len(self._ids) > self._capacity:
                 self._ids.popitem(last=False)
 
-    def _missing(self, ids: Iterable[str]) -> list[str]:
+    def missing(self, ids: Iterable[str]) -> list[str]:
+        """The ids among ``ids`` this replica does not know yet (memory only: cheap on the event loop);
+        :meth:`unknown` then looks for them in the log."""
         with self._lock:
             return [i for i in ids if i not in self._ids]
 
@@ -355,10 +357,10 @@ class KnownIds:
 
     def unknown(self, ids: Sequence[str]) -> list[str]:
         """The ids among ``ids`` that were never issued (as far as the durable log shows)."""
-        missing = self._missing(ids)
+        missing = self.missing(ids)
         if not missing:
             return []
         hours = {_hour(t) for t in (inference_time(i) for i in missing) if t is not None}
         if hours:
             self._scan(hours)
-        return self._missing(missing)
+        return self.missing(missing)

@@ -318,6 +318,102 @@ def test_a_label_for_an_answer_still_in_the_buffer_writes_the_answer_first(tmp_p
     assert fresh.unknown([iid]) == []
 
 
+def test_a_label_for_an_answer_a_shadow_trial_holds_back_waits_for_that_answer_to_be_logged(tmp_path):
+    """In a shadow trial the answer is logged only once the challenger answered, but the client has its id
+    at once: a label acknowledged before that (the answer not even buffered yet) named, after a SIGKILL of
+    the replica, an answer no log holds. The label now waits for the shadowed answer (bounded by the
+    challenger's deadline), which is then written before the label, its challenger's answer included."""
+    import asyncio
+
+    from raymedic.config import GatewayConfig
+    from serve_apps.gateway.feedback import FeedbackIntake
+    from serve_apps.gateway.trial import Trials
+    from serve_apps.predlog import FeedbackLog, KnownIds, PredictionLog, new_inference_id
+    from train_jobs.schema import ModelSchema
+
+    storage = Storage(str(tmp_path))
+    seen_at_write: list[list[str]] = []
+
+    class CheckedFeedback(FeedbackLog):
+        def write(self, inference_ids, labels):  # what another replica (or a restarted one) finds right then
+            seen_at_write.append(KnownIds(storage, "m").unknown(list(inference_ids)))
+            super().write(inference_ids, labels)
+
+    async def scenario() -> dict:
+        gate = asyncio.Event()
+
+        class Challenger:
+            class predict:
+                @staticmethod
+                async def remote(rows):
+                    await gate.wait()
+                    return {"version": "v2", "probabilities": [[0.3, 0.7]] * len(rows)}
+
+        calls, recent = CallRecorder(), RecentOutputs()
+        trials = Trials(calls=calls, recent=recent, member_timeout_s=30.0, handle_for=lambda m: Challenger)
+        predlog, known = PredictionLog(storage, "m", tag="g"), KnownIds(storage, "m")
+        intake = FeedbackIntake(schema=ModelSchema.numeric(["f0"], target="y", classes=(0, 1), mins=[0], maxs=[1]),
+                                settings=GatewayConfig(), feedback=CheckedFeedback(storage, "m", tag="g"),
+                                known=known, recent=recent, calls=calls, predictions=predlog, shadowed=trials.settle)
+        iid = new_inference_id()
+        known.add([iid])
+        recent.add([iid], {"lr": np.array([[0.4, 0.6]])}, ensemble=np.array([[0.4, 0.6]]), versions={"lr": "v1"})
+        records = [{"inference_id": iid, "ts": time.time(), "model": "m", "model_version": "lr:v1",
+                    "features": "[0.5]", "member_outputs": {"lr": {"probabilities": [0.4, 0.6]}},
+                    "prediction": "1", "probabilities": [0.4, 0.6], "degraded": False}]
+        challengers = {"lr": asyncio.ensure_future(trials.call("lr", [[0.5]], "v2"))}
+        trials.shadow(records, challengers, {"lr": "v2"},
+                      log_records=lambda rs: predlog.append([{**r, "member_outputs": json.dumps(r["member_outputs"])}
+                                                             for r in rs]))
+        label = asyncio.ensure_future(intake.accept({"inference_ids": [iid], "labels": [1]}))
+        for _ in range(20):  # the label gets as far as it can while the challenger has not answered
+            await asyncio.sleep(0)
+        assert not label.done() and seen_at_write == []
+        gate.set()
+        out = await label
+        assert seen_at_write == [[]]  # the answer was on storage before the label was written
+        logged = KnownIds(storage, "m")
+        assert logged.unknown([iid]) == [] and logged.answer(iid)[1]["lr"]["challenger"]["version"] == "v2"
+        return out
+
+    assert asyncio.run(scenario()) == {"accepted": 1, "unknown_ids": [], "repeated_ids": []}
+
+
+def test_a_label_for_an_own_answer_costs_one_thread_hop_the_write(tmp_path, monkeypatch):
+    """The event loop hopped to a worker thread three times per feedback request (the known-ids lookup, the
+    label book's refresh, the write), even for this replica's own answers and a refresh not due: only the
+    durable write hops now, and the book is changed on the loop, never from a thread."""
+    import asyncio
+
+    from raymedic.config import GatewayConfig
+    from serve_apps.gateway.feedback import FeedbackIntake
+    from serve_apps.labels import LabelBook
+    from serve_apps.predlog import FeedbackLog, KnownIds, new_inference_id
+    from train_jobs.schema import ModelSchema
+
+    storage = Storage(str(tmp_path))
+    hops: list[str] = []
+    real_to_thread = asyncio.to_thread
+
+    async def to_thread(fn, *args, **kwargs):
+        hops.append(getattr(fn, "__qualname__", repr(fn)))
+        return await real_to_thread(fn, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", to_thread)
+    known = KnownIds(storage, "m")
+    book = LabelBook(storage, "m", refresh_s=3600.0)
+    intake = FeedbackIntake(schema=ModelSchema.numeric(["f0"], target="y", classes=(0, 1), mins=[0], maxs=[1]),
+                            settings=GatewayConfig(), feedback=FeedbackLog(storage, "m", tag="g"), known=known,
+                            recent=RecentOutputs(), calls=CallRecorder(), labels=book)
+    ids = [new_inference_id() for _ in range(3)]
+    known.add(ids)
+    assert asyncio.run(intake.accept({"inference_ids": ids[:1], "labels": [1]}))["accepted"] == 1
+    assert hops == ["LabelBook.fetch", "FeedbackLog.write"]  # the first request reads the log once
+    hops.clear()
+    assert asyncio.run(intake.accept({"inference_ids": ids[1:], "labels": [0, 1]}))["accepted"] == 2
+    assert hops == ["FeedbackLog.write"]
+
+
 def test_a_label_is_final_a_retry_is_a_no_op_and_another_label_a_409_on_every_replica(tmp_path):
     """Feedback for an answer already labelled was written and counted again (weights, accuracy windows,
     drift): anyone could steer the ensemble by replaying one request. The same label again is a no-op, a

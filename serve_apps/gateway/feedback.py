@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable, Iterable
 
 from raymedic.config import GatewayConfig
 from raymedic.errors import LabelConflict
@@ -40,11 +40,13 @@ class FeedbackIntake:
         calls: telemetry for the controller (losses, labelled answers).
         predictions: this replica's prediction log (answers still buffered are written before their labels).
         labels: the labels already given (None: this replica's own only).
+        shadowed: waits until answers a shadow trial still holds back are logged (None: no trials here).
     """
 
     def __init__(self, *, schema: ModelSchema, settings: GatewayConfig, feedback: FeedbackLog, known: KnownIds,
                  recent: RecentOutputs, calls: CallRecorder, predictions: PredictionLog | None = None,
-                 labels: LabelBook | None = None) -> None:
+                 labels: LabelBook | None = None,
+                 shadowed: Callable[[Iterable[str]], Awaitable[None]] | None = None) -> None:
         self._schema = schema
         self._settings = settings
         self._feedback = feedback
@@ -53,6 +55,7 @@ class FeedbackIntake:
         self._calls = calls
         self._predictions = predictions
         self._labels = labels if labels is not None else LabelBook(None, "", horizon_s=settings.label_horizon_s)
+        self._shadowed = shadowed
 
     async def accept(self, body: Any) -> dict[str, Any]:
         """Write the labels for known ids and join them to their answers:
@@ -70,7 +73,9 @@ class FeedbackIntake:
         never = [i for i, t in times.items() if t is None or t > now + MAX_CLOCK_SKEW_S]
         never_set = set(never)
         maybe = [i for i in fb.inference_ids if i not in never_set]
-        unknown = await asyncio.to_thread(self._known.unknown, maybe) if maybe else []
+        # Ids this replica issued are known from memory: the log is read (in a thread) only for the others.
+        missing = self._known.missing(maybe)
+        unknown = await asyncio.to_thread(self._known.unknown, missing) if missing else []
         # An id issued by another gateway replica reaches the durable log within one flush period: wait
         # for it only when such an id is that recent.
         newest = max((times[i] for i in unknown), default=0.0)
@@ -83,7 +88,8 @@ class FeedbackIntake:
         keep = [(i, lab) for i, lab in zip(fb.inference_ids, fb.labels) if i not in unknown_set]
         repeated: list[str] = []
         if keep:
-            await asyncio.to_thread(self._labels.refresh)  # what other replicas labelled meanwhile
+            if self._labels.due():  # what other replicas labelled meanwhile (read in a thread, learnt here)
+                self._labels.learn(await asyncio.to_thread(self._labels.fetch))
             ids, labs = [i for i, _ in keep], [lab for _, lab in keep]
             found = self._labels.sort(ids, labs)
             if found.conflicts:
@@ -100,6 +106,8 @@ class FeedbackIntake:
             kept, kept_labels = [i for i, _ in keep], [lab for _, lab in keep]
             self._labels.reserve(kept, kept_labels)  # before the write: a concurrent request sees them
             try:
+                if self._shadowed is not None:
+                    await self._shadowed(kept)  # a shadowed answer reaches the log buffer first
                 if self._predictions is not None and self._predictions.holds(kept):
                     # Their answers still sit in this replica's buffer: write them (fsynced) before the labels,
                     # or a SIGKILL of this replica after the 2xx would leave labels no answer ever joins.

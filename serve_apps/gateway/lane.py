@@ -82,7 +82,8 @@ class ModelLane:
                                               feedback=FeedbackLog(storage, cfg.model, tag=tag),
                                               known=known, recent=recent, calls=self.calls, predictions=self.predlog,
                                               labels=LabelBook(storage, cfg.model, horizon_s=gw.label_horizon_s,
-                                                               refresh_s=gw.log_flush_s))
+                                                               refresh_s=gw.log_flush_s),
+                                              shadowed=self.trials.settle)
 
     def view(self, view: AppView | None) -> AppView | None:
         """Serve's view as this model's code reads it: its members by name, the gateway."""

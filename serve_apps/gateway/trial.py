@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from ray import serve
@@ -68,6 +68,7 @@ class Trials:
         self._handle_for = handle_for
         self._handles: dict[str, Any] = {}
         self._shadow: dict[asyncio.Task, Callable[[], None]] = {}  # waiting → how to log it
+        self._shadow_ids: dict[asyncio.Task, frozenset[str]] = {}  # waiting → the answers it will log
 
     async def call(self, name: str, rows: list[list[Any]], version: str) -> np.ndarray | None:
         """A challenger's answer within the member deadline, or None (a failure is counted as a failed
@@ -101,7 +102,24 @@ class Trials:
 
         logged = asyncio.ensure_future(self._log_after(challengers, log_once))
         self._shadow[logged] = log_once
-        logged.add_done_callback(lambda task: self._shadow.pop(task, None))
+        self._shadow_ids[logged] = frozenset(r["inference_id"] for r in records)
+        logged.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self._shadow.pop(task, None)
+        self._shadow_ids.pop(task, None)
+
+    async def settle(self, inference_ids: Iterable[str]) -> None:
+        """Wait until the answers among ``inference_ids`` that a shadow trial still holds are logged.
+
+        A client has its answer (and its id) before the challengers answered; a label for it acknowledged
+        before the answer reached the prediction log would, after a SIGKILL of this replica, name an
+        answer no log holds. The wait is bounded by the challenger deadline; usually nothing is waiting.
+        """
+        wanted = set(inference_ids)
+        waiting = [t for t, ids in self._shadow_ids.items() if not ids.isdisjoint(wanted)]
+        if waiting:
+            await asyncio.wait(waiting)  # never cancels them: each logs in its own finally
 
     async def _log_after(self, challengers: dict[str, asyncio.Future], log_once: Callable[[], None]) -> None:
         """Log a shadowed request once its challengers answered (or gave up): the log is where another
