@@ -205,14 +205,46 @@ def admin_token_env(token: str) -> Iterator[None]:
             os.environ[ADMIN_TOKEN_ENV] = old
 
 
+def self_signed(folder: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, PEM files generated under ``folder/tls`` (no download);
+    returns their paths relative to ``folder`` (as a config next to them names them)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "raymedic-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (folder / "tls").mkdir(exist_ok=True)
+    (folder / "tls" / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "tls" / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return "tls/cert.pem", "tls/key.pem"
+
+
 @contextlib.contextmanager
-def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
+def local_service(tmp: Path, *, tls: bool = False, **overrides: Any) -> Iterator[tuple[str, Any]]:
     """An embedded Ray cluster with the service trained, deployed and answering: (url, config).
 
     One per test module: starting Ray, training and deploying dominate a test's cost.
     Everything started here is shut down on exit. A ``runtime_env`` override is the application's, and
-    becomes the embedded cluster's job runtime_env as ``raymedic up`` makes it.
+    becomes the embedded cluster's job runtime_env as ``raymedic up`` makes it. ``tls``: served over HTTPS
+    with a certificate made here (``tmp/tls/cert.pem``, its own CA), by Serve's Python proxy as
+    ``raymedic up`` runs it for an HTTPS config; the URL is then ``https://``.
     """
+    import os
+
     import ray
     from ray import serve
 
@@ -221,7 +253,16 @@ def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
     from raymedic.config import load_config
 
     port = free_port()
-    sf = load_config(write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port, **overrides))
+    path = write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port, **overrides)
+    saved = {k: os.environ.get(k) for k in ("RAY_SERVE_ENABLE_HA_PROXY", "SSL_CERT_FILE")}
+    if tls:
+        cert, key = self_signed(tmp)
+        doc = yaml.safe_load(path.read_text())
+        doc["http_options"].update(ssl_certfile=cert, ssl_keyfile=key)
+        path.write_text(yaml.safe_dump(doc))
+        # what `raymedic up` does for an HTTPS config; the clients here (urllib) trust the test's own CA
+        os.environ.update(RAY_SERVE_ENABLE_HA_PROXY="0", SSL_CERT_FILE=str(tmp / cert))
+    sf = load_config(path)
     cfg = sf.config.resolved()
     copy_trained(cfg, tmp / "storage")  # the same members trained the same way earlier: a copy, not a retrain
     start_embedded(log_to_driver=False, runtime_env=sf.runtime_env)
@@ -229,13 +270,18 @@ def local_service(tmp: Path, **overrides: Any) -> Iterator[tuple[str, Any]]:
         with user_code_importable(sf.runtime_env):
             service.ensure_trained(cfg, print)
         remember_trained(cfg, tmp / "storage", tmp / "trained")
-        service.deploy(cfg, host="127.0.0.1", port=port, progress=print)
-        url = f"http://127.0.0.1:{port}"
+        service.deploy(cfg, host="127.0.0.1", port=port, progress=print, tls=sf.http_tls)
+        url = f"http{'s' if tls else ''}://127.0.0.1:{port}"
         service.wait_ready(url, cfg.model, timeout_s=240, progress=print, example=service.golden_example(cfg))
         yield url, cfg
     finally:
         serve.shutdown()
         ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from cluster.nodes import LocalCluster, StartedNode
 from cluster.plan import NODE_LABEL, NODE_TYPE_LABEL, check_shape, plan_cluster, spread_over_nodes, start_command
 from raymedic.config import load_config, parse_config
 from raymedic.errors import ConfigError
-from tests.conftest import REPO
+from tests.conftest import REPO, self_signed
 
 LOCAL_ONLY = {"storage_path"}  # pods share no local disk: the manifest points at s3:// or a PVC
 
@@ -304,32 +304,6 @@ def test_clusters_raymedic_starts_get_a_private_token(tmp_path, ray_start_env):
     assert not (tmp_path / "other" / ".ray").exists()
 
 
-def _self_signed(tmp_path) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 and its key, PEM files generated here (no download)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "raymedic-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    (tmp_path / "tls").mkdir()
-    (tmp_path / "tls" / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "tls" / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return "tls/cert.pem", "tls/key.pem"
-
-
 def test_https_settings_are_read_from_the_serve_file_and_refused_where_haproxy_would_ignore_them(
         tmp_path, ray_start_env):
     """Serve's http_options.ssl_certfile/ssl_keyfile (uvicorn) work only with its Python proxy: raymedic
@@ -338,7 +312,7 @@ def test_https_settings_are_read_from_the_serve_file_and_refused_where_haproxy_w
     from cluster.connect import check_tls_served
     from tests.conftest import write_config
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     path = write_config(tmp_path / "raymedic.yaml", storage=tmp_path / "s", port=8443)
     doc = yaml.safe_load(path.read_text())
     doc["http_options"].update(ssl_certfile=cert, ssl_keyfile=key)
