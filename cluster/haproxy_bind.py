@@ -31,6 +31,10 @@ WILDCARD_HOSTS = frozenset({"", "*", "0.0.0.0", "::", "[::]"})
 
 _HTTP_BIND = re.compile(r"^frontend http_frontend[ \t]*\n[ \t]+bind (?P<host>\S*):(?P<port>\d+)", re.MULTILINE)
 _WILDCARD_BIND = re.compile(r"^(?P<indent>[ \t]+)bind (?P<host>\*?):(?P<port>\d+)(?P<rest>.*)$", re.MULTILINE)
+_FORWARD_FOR = "option forwardfor"
+_NO_RETRY_BUT_ANSWERS = ("http-request disable-l7-retry if !{ path_reg ^/v1/models/[^/]+:(predict|feedback)$ } "
+                         "!{ path_reg ^/v2/models/[^/]+/infer$ }")
+_DEFAULT_RETRY_ON = re.compile(r"^(?P<indent>[ \t]+)retry-on conn-failure[ \t]*$", re.MULTILINE)
 _SOCKET_MODE = re.compile(r"^(?P<head>[ \t]+stats socket \S+ mode )666\b", re.MULTILINE)
 
 
@@ -39,28 +43,65 @@ def lock_down(config: str) -> str:
     interfaces bound to the HTTP frontend's host, and the admin socket private to its user (0600).
 
     An HTTP frontend on every interface (a pod's proxy) leaves the listeners as Serve wrote them: they
-    are then as reachable as the service itself. Rewriting a config twice changes nothing.
+    are then as reachable as the service itself. The HTTP frontend also gets ``option forwardfor`` (the
+    gateway tells clients apart by it) and answer routes are retried on another replica when one answered
+    nothing (:func:`_frontend_rules`). Rewriting a config twice changes nothing.
 
-    >>> cfg = ("global\\n    stats socket /tmp/a.sock mode 666 level admin\\nfrontend prometheus\\n"
+    >>> cfg = ("global\\n    stats socket /tmp/a.sock mode 666 level admin\\ndefaults\\n    retry-on conn-failure\\n"
+    ...        "frontend prometheus\\n"
     ...        "    bind :9101\\nfrontend http_frontend\\n    bind 127.0.0.1:8000\\nlisten stats\\n  bind *:8404\\n")
     >>> print(lock_down(cfg))  # doctest: +NORMALIZE_WHITESPACE
     global
         stats socket /tmp/a.sock mode 600 level admin
+    defaults
+        retry-on conn-failure empty-response
     frontend prometheus
         bind 127.0.0.1:9101
     frontend http_frontend
         bind 127.0.0.1:8000
+        option forwardfor
+        http-request disable-l7-retry if !{ path_reg ^/v1/models/[^/]+:(predict|feedback)$ } !{ path_reg ^/v2/models/[^/]+/infer$ }
     listen stats
       bind 127.0.0.1:8404
     >>> lock_down(cfg.replace("127.0.0.1:8000", "*:8000")).count("bind *:8404")
     1
+    >>> lock_down(lock_down(cfg)) == lock_down(cfg)
+    True
     """
     config = _SOCKET_MODE.sub(r"\g<head>600", config)
+    config = _retry_empty_responses(_frontend_rules(config))
     http = _HTTP_BIND.search(config)
     if http is None or http.group("host") in WILDCARD_HOSTS:
         return config
     host = http.group("host")
     return _WILDCARD_BIND.sub(lambda m: f"{m.group('indent')}bind {host}:{m.group('port')}{m.group('rest')}", config)
+
+
+def _frontend_rules(config: str) -> str:
+    """Two rules in the HTTP frontend, right after its ``bind``:
+
+    - ``option forwardfor``: HAProxy appends its caller's address to X-Forwarded-For, the only way a
+      gateway (reached from the proxy's address) tells clients apart.
+    - L7 retries for the answer routes only: a gateway replica lost mid-request (SIGKILLed, out of memory,
+      its node gone) answered nothing, and Serve's default (``retry-on conn-failure``) failed that request
+      although another replica could answer it. Predict, infer and feedback are safe to send again (an
+      answer is a pure function of its input; a label is final, so the same label again is a no-op);
+      admin routes (a rollback) are not, so :func:`_retry_empty_responses` is disabled for everything else.
+    """
+    http = _HTTP_BIND.search(config)
+    if http is None:
+        return config
+    end = config.find("\n", http.end())
+    end = len(config) if end < 0 else end
+    if config[end:].lstrip("\n").lstrip(" \t").startswith(_FORWARD_FOR):
+        return config
+    return f"{config[:end]}\n    {_FORWARD_FOR}\n    {_NO_RETRY_BUT_ANSWERS}{config[end:]}"
+
+
+def _retry_empty_responses(config: str) -> str:
+    """Serve's default ``retry-on conn-failure`` with ``empty-response`` added (an operator's own
+    ``RAY_SERVE_HAPROXY_RETRY_ON`` is left as it is)."""
+    return _DEFAULT_RETRY_ON.sub(r"\g<indent>retry-on conn-failure empty-response", config)
 
 
 def config_path(args: list[str]) -> str | None:

@@ -12,6 +12,7 @@ Defaults are declared once, below, each with the reason for its value.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -440,14 +441,34 @@ class GatewayConfig(_Strict):
     feedback_rate_per_s: float | None = Field(
         None, gt=0, le=100_000, description="Feedback requests per second one client may send to one gateway "
         "replica (a token bucket of `feedback_burst`); past it a 429 with Retry-After. Kept per client name "
-        "with `client_auth`, else per remote address. Off by default: without client keys the gateway cannot "
-        "tell clients apart behind Serve's HAProxy (every request reaches it from the proxy's address), so a "
-        "per-address limit would cap every client's labels together; labels are idempotent per answer, so a "
-        "repeat cannot steer the ensemble twice. Set it with `client_auth`, e.g. 20.")
+        "with `client_auth`, else per client address (the address a `trusted_proxies` proxy forwarded in "
+        "X-Forwarded-For, else the caller's). Off by default; labels are idempotent per answer, so a repeat "
+        "cannot steer the ensemble twice. E.g. 20.")
     feedback_burst: int = Field(
         40, ge=1, le=1_000_000, description="Feedback requests a client may send at once before "
         "`feedback_rate_per_s` paces it (the token bucket's size).")
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128", "host"], description="Callers whose "
+        "X-Forwarded-For is believed when telling clients apart (per-address feedback pacing): networks "
+        "(`10.0.0.0/8`, `fd00::/8`, one address) or `host` (every address of the machine the gateway replica "
+        "runs on). Serve's HAProxy reaches the gateway from its node's address and raymedic makes it add "
+        "X-Forwarded-For, so on one machine the default finds each client; on a multi-node cluster add the "
+        "nodes' network (e.g. the pod CIDR), or addresses are those of the nodes' proxies. The rightmost "
+        "forwarded address not itself trusted is the client: a client cannot forge its way past a trusted hop.")
 
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "host":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"gateway.trusted_proxies entry {entry!r} is not a network or an address: "
+                                 "write e.g. 10.0.0.0/8, 192.168.1.5 or fd00::/8, or `host`") from None
+        return value
 
     @model_validator(mode="after")
     def _clients_known(self) -> "GatewayConfig":

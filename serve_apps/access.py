@@ -1,30 +1,89 @@
 """Who may call predict and feedback, and how fast feedback may come: the gateway's client access.
 
-Two pure decisions, kept apart from HTTP so they test in microseconds: :class:`ClientKeys` tells a
-client from its key (only the keys' sha256 is held, compared in constant time), and
-:class:`RateLimiter` paces feedback per client with one :class:`TokenBucket` each. The routes call
-:class:`ClientAccess`, which holds both as the config says (``gateway.client_auth``,
-``gateway.clients``, ``gateway.feedback_rate_per_s``, ``gateway.feedback_burst``).
+Pure decisions, kept apart from HTTP so they test in microseconds: :class:`ClientKeys` tells a
+client from its key (only the keys' sha256 is held, compared in constant time),
+:class:`TrustedProxies` tells a client from its address behind proxies (Serve's HAProxy calls every
+gateway from its node's address), and :class:`RateLimiter` paces feedback per client with one
+:class:`TokenBucket` each. The routes call :class:`ClientAccess`, which holds them as the config says
+(``gateway.client_auth``, ``gateway.clients``, ``gateway.feedback_rate_per_s``, ``gateway.feedback_burst``,
+``gateway.trusted_proxies``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import psutil
 
 from raymedic.config import GatewayConfig
 from raymedic.errors import ClientDenied, ConfigError, TooManyRequests
 
-__all__ = ["MAX_TRACKED_CLIENTS", "ClientAccess", "ClientKeys", "RateLimiter", "TokenBucket", "client_key_table",
-           "presented_key"]
+__all__ = ["MAX_TRACKED_CLIENTS", "ClientAccess", "ClientKeys", "RateLimiter", "TokenBucket", "TrustedProxies",
+           "client_key_table", "forwarded_for", "host_addresses", "presented_key"]
 
 MAX_TRACKED_CLIENTS = 10_000
 """Buckets one gateway replica keeps (least recently used first out): clients keyed by address are
 unbounded, and a bucket evicted after a quiet spell would have been full again anyway."""
+
+
+def host_addresses() -> list[str]:
+    """Every IP address of this machine's interfaces (what ``trusted_proxies: [host]`` trusts)."""
+    return sorted({a.address.split("%", 1)[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+                   if a.family in (2, 10)})  # AF_INET, AF_INET6
+
+
+def forwarded_for(values: Iterable[str]) -> list[str]:
+    """The addresses of X-Forwarded-For header values, in order (a proxy appends its caller's)."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+class TrustedProxies:
+    """Which callers' X-Forwarded-For to believe, and so who the client is.
+
+    >>> t = TrustedProxies(["127.0.0.0/8", "10.0.0.0/8"], host=[])
+    >>> t.client("10.1.2.3", ["203.0.113.7", "127.0.0.1"])  # a front proxy on loopback, then HAProxy
+    '203.0.113.7'
+    >>> t.client("10.1.2.3", ["198.51.100.1", "203.0.113.7"])  # the first hop a client reached: forged left
+    '203.0.113.7'
+    >>> t.client("198.51.100.9", ["203.0.113.7"])  # not a proxy: its header says nothing
+    '198.51.100.9'
+    >>> t.client("10.1.2.3", ["not an address"])  # garbage past a trusted hop: the hop is the client
+    '10.1.2.3'
+    """
+
+    def __init__(self, entries: Sequence[str], *, host: Sequence[str] | None = None) -> None:
+        nets = [ipaddress.ip_network(e, strict=False) for e in entries if e != "host"]
+        if "host" in entries:
+            nets += [ipaddress.ip_network(a) for a in (host_addresses() if host is None else host)]
+        self._nets = nets
+
+    def trusts(self, address: str) -> bool:
+        """Whether ``address`` is a proxy whose forwarding header is believed (False for non-addresses)."""
+        try:
+            ip = ipaddress.ip_address(address.removeprefix("::ffff:"))
+        except ValueError:
+            return False
+        return any(ip.version == n.version and ip in n for n in self._nets)
+
+    def client(self, peer: str, forwarded: Sequence[str]) -> str:
+        """The client behind ``peer`` (the caller's address): walking X-Forwarded-For right to left past
+        trusted hops, the first address that is not one; the leftmost if every hop is trusted."""
+        who = peer
+        for hop in reversed(forwarded):
+            if not self.trusts(who):
+                break
+            try:
+                ipaddress.ip_address(hop.removeprefix("::ffff:"))
+            except ValueError:
+                break  # a hop that is no address ends what can be believed
+            who = hop
+        return who
 
 
 def client_key_table(gw: GatewayConfig) -> dict[str, str] | None:
@@ -131,12 +190,15 @@ class ClientAccess:
         keys: sha256 → client name (:func:`client_key_table`), or None when client authentication is off.
         feedback_rate_per_s: feedback requests per second per client, or None for no limit.
         feedback_burst: the bucket's size.
+        proxies: whose X-Forwarded-For tells a client's address (None: the caller's address only).
         clock: a monotonic clock.
     """
 
     def __init__(self, keys: Mapping[str, str] | None, *, feedback_rate_per_s: float | None = None,
-                 feedback_burst: int = 40, clock: Callable[[], float] = time.monotonic) -> None:
+                 feedback_burst: int = 40, proxies: TrustedProxies | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._keys = ClientKeys(keys) if keys is not None else None
+        self._proxies = proxies
         self._limiter = (RateLimiter(rate_per_s=feedback_rate_per_s, burst=feedback_burst)
                          if feedback_rate_per_s else None)
         self._clock = clock
@@ -145,7 +207,13 @@ class ClientAccess:
     def from_config(cls, gw: GatewayConfig, keys: Mapping[str, str] | None) -> ClientAccess:
         """The access the gateway config asks for, with the key table the app builder shipped."""
         return cls(keys if gw.client_auth else None, feedback_rate_per_s=gw.feedback_rate_per_s,
-                   feedback_burst=gw.feedback_burst)
+                   feedback_burst=gw.feedback_burst, proxies=TrustedProxies(gw.trusted_proxies))
+
+    def address(self, peer: str | None, forwarded: Sequence[str]) -> str:
+        """The client's address: the caller's, or what trusted proxies forwarded (X-Forwarded-For values)."""
+        if peer is None:
+            return "unknown"
+        return self._proxies.client(peer, forwarded_for(forwarded)) if self._proxies else peer
 
     def client(self, headers: Mapping[str, str]) -> str | None:
         """The calling client's name (None with authentication off).

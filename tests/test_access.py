@@ -94,3 +94,35 @@ def test_two_clients_with_one_key_are_refused(monkeypatch):
         {"name": "a", "key_env": "K"}, {"name": "b", "key_sha256": _sha("same")}]}}).gateway
     with pytest.raises(ConfigError, match="'a' and 'b' have the same key"):
         client_key_table(gw)
+
+
+def test_clients_behind_trusted_proxies_are_told_apart_by_the_forwarded_address():
+    """Behind Serve's HAProxy every feedback request reached the gateway from the proxy's address, so a
+    per-address limit paced every client together: the client is now the rightmost X-Forwarded-For
+    address past trusted hops, and a header from an untrusted caller (or past a forged hop) is ignored."""
+    from serve_apps.access import TrustedProxies, forwarded_for
+
+    now = [0.0]
+    access = ClientAccess(None, feedback_rate_per_s=1.0, feedback_burst=1, clock=lambda: now[0],
+                          proxies=TrustedProxies(["127.0.0.0/8", "host"], host=["192.0.2.2", "fd00::2"]))
+    haproxy = "192.0.2.2"  # the node's own address: where Serve's HAProxy calls the gateway from
+    a = access.address(haproxy, ["203.0.113.7"])
+    b = access.address(haproxy, ["203.0.113.8, 127.0.0.1"])  # a front proxy on loopback, then HAProxy
+    assert (a, b) == ("203.0.113.7", "203.0.113.8")
+    access.admit_feedback(a)
+    access.admit_feedback(b)  # its own bucket
+    with pytest.raises(TooManyRequests, match="'203.0.113.7'"):
+        access.admit_feedback(access.address(haproxy, ["203.0.113.7"]))
+    # A caller that is no proxy cannot pick its bucket; nor can a client forge hops to the left.
+    assert access.address("198.51.100.9", ["203.0.113.8"]) == "198.51.100.9"
+    assert access.address(haproxy, ["127.0.0.1", "198.51.100.9"]) == "198.51.100.9"
+    assert access.address("::ffff:192.0.2.2", ["203.0.113.9"]) == "203.0.113.9"
+    assert access.address(None, []) == "unknown"
+    assert forwarded_for(["a, b", " c "]) == ["a", "b", "c"]
+    assert ClientAccess(None).address("192.0.2.2", ["203.0.113.7"]) == "192.0.2.2"  # no proxies trusted
+
+
+def test_trusted_proxies_that_are_not_networks_are_refused_with_the_fix():
+    assert parse_config({"gateway": {"trusted_proxies": ["10.0.0.0/8", "fd00::/8", "192.0.2.9", "host"]}})
+    with pytest.raises(ConfigError, match="'10.0.0/33' is not a network or an address: write e.g. 10.0.0.0/8"):
+        parse_config({"gateway": {"trusted_proxies": ["10.0.0/33"]}})

@@ -28,8 +28,11 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
     # Prediction drift compares the last 100 answers with the first 100 here (1,000/500 by default).
+    # Feedback is paced per client address (a burst far above what the other tests send from here).
     with admin_token_env(TOKEN), local_service(tmp_path_factory.mktemp("serving"), performance={
-            "prediction_reference": 100, "prediction_window": 100}) as (url, cfg):
+            "prediction_reference": 100, "prediction_window": 100},
+            gateway={"replicas": 1, "num_cpus": 0.2, "max_batch_size": 64, "feedback_rate_per_s": 5.0,
+                     "feedback_burst": 40}) as (url, cfg):
         yield {"url": url, "cfg": cfg, "predict": f"{url}/v1/models/{cfg.model}:predict",
                "feedback": f"{url}/v1/models/{cfg.model}:feedback"}
 
@@ -110,6 +113,27 @@ def test_feedback_is_durable_and_reports_unknown_ids(svc):
     assert flipped.status == 409 and ids[0] in flipped.body["error"], flipped.body
     table = storage.read_parquet(f"logs/{svc['cfg'].model}/feedback")
     assert table.column("inference_id").to_pylist().count(ids[0]) == 1
+
+
+def test_feedback_is_paced_per_client_address_behind_serves_haproxy(svc):
+    """Serve's HAProxy calls the gateway from its node's address, so pacing by the caller's address paced
+    every client together: a client past its rate got a 429 naming the proxy, and so did every other. The
+    client is now the address HAProxy forwards (X-Forwarded-For; here a front proxy's, on loopback)."""
+    body = {"inference_ids": ["not-an-id"], "labels": [1]}
+
+    def from_(address: str):
+        return request_json("POST", svc["feedback"], body, headers={"X-Forwarded-For": address})
+
+    def paced() -> object:  # the burst spent, the bucket refills at 5/s: a 429 comes soon
+        r = from_("203.0.113.7")
+        return r if r.status == 429 else None
+
+    refused = wait_for(paced, timeout_s=60, interval_s=0, what="a 429 for the client past its rate")
+    retry_after = {k.lower(): v for k, v in refused.headers.items()}["retry-after"]
+    assert "'203.0.113.7'" in refused.body["error"] and int(retry_after) >= 1, refused.body
+    other = from_("203.0.113.8")  # another client: its own bucket
+    assert other.status == 200 and other.body["unknown_ids"] == ["not-an-id"], other.body
+    assert request_json("POST", svc["feedback"], body).status == 200  # and this machine's own
 
 
 def test_every_prediction_is_logged_with_member_outputs(svc):

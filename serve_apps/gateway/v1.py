@@ -97,9 +97,10 @@ class V1Routes:
         """
         \f
         Feedback: labels for earlier inference ids (written before the 2xx). Paced per client (its name with
-        client keys, else its address) where ``gateway.feedback_rate_per_s`` is set: 429 with Retry-After.
+        client keys, else its address, through trusted proxies) where ``gateway.feedback_rate_per_s`` is set: 429 with Retry-After.
         """
-        who = self._access.client(request.headers) or (request.client.host if request.client else "unknown")
+        who = self._access.client(request.headers) or self._access.address(
+            request.client.host if request.client else None, request.headers.getlist("x-forwarded-for"))
         self._access.admit_feedback(who)
         out = await self._lane(model).feedback_intake.accept(await json_body(request))
         count_answer(model, "feedback")
