@@ -616,3 +616,22 @@ def test_cli_runs_durability_with_the_flags(monkeypatch, capsys):
     assert cli.main(["bench", "durability"]) == 0
     assert seen["settings"] == durability.DurabilitySettings() and seen["settings"].controller_kills == 3
     assert capsys.readouterr().out.startswith("\n" + durability.format_durability_table(_durability_report()))
+
+
+def test_the_demos_concept_drill_prints_the_loop_healed_or_not(capsys):
+    """The demo's model-healing figures print whether the loop healed within the drill or not (a slow
+    machine must get the figures it has, not a KeyError at the end of a 7-minute demo)."""
+    from raymedic.app.demo import CONCEPT_STREAM, _print_concept
+
+    healed = {"detected_s": 9.6, "detect_labels": 180, "detected_by": ["concept_drift"], "job_submitted_s": 10.1,
+              "retraining": [{"result": "promoted", "gate": {"mlp": {"passed": True, "champion_accuracy": 0.61,
+                                                                     "challenger_accuracy": 0.93}}}],
+              "promoted_s": 48.0, "promoted_versions": {"mlp": "v0002"}, "recovered_s": 52.5, "block_rows": 200,
+              "accuracy": {"live": [0.6, 0.9], "fixed": [0.6, 0.61], "oracle": [0.94, 0.95]},
+              "failed": 0, "requests": 640}
+    _print_concept(healed, CONCEPT_STREAM)
+    out = capsys.readouterr().out
+    assert "9.6 s" in out and "mlp 0.610→0.930" in out and "52.5 s" in out and "0.900 |  0.610 |  0.950" in out
+    _print_concept({"block_rows": 200, "failed": 1, "requests": 12}, CONCEPT_STREAM)
+    out = capsys.readouterr().out
+    assert out.count("not within the drill") == 4 and "1 of 12 requests failed" in out

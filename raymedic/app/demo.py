@@ -5,8 +5,12 @@ controller, drives real HTTP traffic with labelled synthetic data, sends the
 labels back as feedback, then breaks replicas on purpose — a SIGKILL, a hang, a
 wrong-answering replica — under live load and shows the controller detect and
 heal each one while clients keep getting answers; then shifts one feature of
-the live inputs and shows the drift being detected. It ends with an incident
-report table. Every figure printed is measured in this run.
+the live inputs and shows the drift being detected; then changes the concept
+itself (the labels' rule turns, the inputs do not) and shows the whole model-healing
+loop — detected on the error stream, a Ray Train retrain job submitted (the Jobs view
+of the dashboard shows it), gated against the champion, canaried and promoted — with
+the live accuracy beside a never-healed copy of the ensemble. It ends with an
+incident report table. Every figure printed is measured in this run.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from cluster.runstate import raymedic_home
 from controllers.audit import read_audit
 from raymedic.app import service
 from raymedic.app.http import request_json
+from raymedic.bench.drift import xy
+from raymedic.bench.live import LiveDriftSettings, LiveScenario, LiveStream, concept_scenario, open_drift
 from raymedic.bench.loadgen import open_loop, summarize
 from raymedic.config import load_config
 from raymedic.keys import ADMIN_TOKEN_ENV
@@ -103,6 +109,49 @@ def _drift_drill(url: str, model: str, gen: Any, features: list[str], *, seed: i
     return out
 
 
+CONCEPT = LiveScenario("concept 60 deg", rotation_deg=60.0)
+"""The demo's concept change: the labels' decision rule turns 60°, the inputs stay as they were."""
+CONCEPT_STREAM = LiveDriftSettings(rows_per_s=50.0, batch_rows=10, label_delay=200, heal_budget_s=240.0,
+                                   block_rows=200, settle_rows=2000, scenarios=(CONCEPT.name,))
+"""Labelled rows at 50/s (5 requests/s), labels 200 rows late, up to 4 minutes for the loop to heal."""
+
+
+def _concept_drill(url: str, cfg: Any, gen: Any, *, seed: int, progress: Callable[[str], None]) -> dict:
+    """The model-healing loop under a concept change, as ``bench drift --live`` measures it (one seed)."""
+    settings = LiveDriftSettings(**{**CONCEPT_STREAM.__dict__, "seed": seed})
+    stream = LiveStream(url, cfg.model, settings)
+    # Unchanged rows until the drift drill's alert has cleared: the loop starts from a quiet service.
+    x, y = xy(gen.sample(settings.settle_rows, seed=seed))
+    stream.send(x, y, labels=False, until=lambda st: not open_drift(st))
+    out = concept_scenario(stream, cfg, CONCEPT, gen, settings, lambda _line: None)
+    out["failed"], out["requests"] = stream.failed, len(stream.sent) + stream.failed
+    return out
+
+
+def _print_concept(c: dict, settings: LiveDriftSettings) -> None:
+    """The concept drill's figures: the loop's steps in time, the gate, and accuracy beside a never-healed copy."""
+    def at(key: str) -> str:
+        return f"{c[key]:.1f} s" if c.get(key) is not None else "not within the drill"
+
+    print("model healing (concept change: the labels' rule turned 60°, inputs unchanged):")
+    print(f"  detected on the error stream   {at('detected_s')}  ({c.get('detect_labels')} labels after the change, "
+          f"by {', '.join(c.get('detected_by', [])) or '-'})")
+    print(f"  retrain job submitted (Ray)    {at('job_submitted_s')}")
+    for h in c.get("retraining", []):
+        gate = ", ".join(f"{m} {g.get('champion_accuracy', 0):.3f}→{g.get('challenger_accuracy', 0):.3f}"
+                         f"{'' if g.get('passed') else ' (kept the champion)'}"
+                         for m, g in h.get("gate", {}).items() if g.get("challenger_accuracy") is not None)
+        print(f"  job {h.get('result')}: gate (champion→challenger accuracy) {gate or '-'}")
+    print(f"  canary passed, promoted        {at('promoted_s')}  {c.get('promoted_versions', {})}")
+    print(f"  within {settings.within:.0%} of an oracle from   {at('recovered_s')}")
+    acc = c.get("accuracy", {})
+    if acc.get("live"):
+        print(f"  accuracy per {c['block_rows']} rows after the change (live service | never healed | oracle):")
+        for k, (lv, fx, orc) in enumerate(zip(acc["live"], acc["fixed"], acc["oracle"])):
+            print(f"    rows {k * c['block_rows']:>5}-{(k + 1) * c['block_rows']:<5} {lv:6.3f} | {fx:6.3f} | {orc:6.3f}")
+    print(f"  clients: {c['failed']} of {c['requests']} requests failed during the drill")
+
+
 def run_demo(*, config_path: str | None, port: int, requests: int, progress: Callable[[str], None]) -> int:
     """Run the whole demo on an embedded cluster and print what it measured; shut everything down after.
 
@@ -116,7 +165,8 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
         progress: Where progress lines go.
 
     Returns:
-        0 when no request of the first phase failed and every drill healed, else 1.
+        0 when no request of the first phase failed, every drill healed and the concept change was healed,
+        else 1.
     """
     sf = load_config(config_path)
     storage = tempfile.mkdtemp(prefix="demo-", dir=raymedic_home())
@@ -201,7 +251,16 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
                      f"{drift['evidence']}")
         else:
             progress(f"  drift on f0 not reported within {drift['budget_s']:.0f} s")
+        progress("concept change: the labels' rule turns 60° in the live stream (labels 200 rows late); "
+                 "watch the retrain job in the dashboard's Jobs view")
+        concept = _concept_drill(url, cfg, gen, seed=cfg.training.seed + 4, progress=progress)
+        concept_healed = concept.get("recovered_s") is not None
+        progress(f"  detected after {concept.get('detected_s')} s, job {concept.get('job_submitted_s')} s, promoted "
+                 f"{concept.get('promoted_s')} s, back within {CONCEPT_STREAM.within:.0%} of the oracle after "
+                 f"{concept.get('recovered_s')} s")
         status = request_json("GET", f"{url}/v1/status").body
+        print()
+        _print_concept(concept, CONCEPT_STREAM)
         print()
         print("incident report (measured in this run):")
         print(f"  {'fault':<20}{'detected after':>15}{'recovered after':>17}{'requests failed':>17}  action taken")
@@ -216,9 +275,14 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
         det = f"{drift['detected_s']:.1f} s" if drift.get("incident") else "not seen"
         print(f"  {'drift f0 +' + format(DRIFT_SD, 'g') + ' sd':<20}{det:>15}{'-':>17}"
               f"{drift['failed']:>10} / {drift['requests']:<5}  recorded + warned (retraining: not yet)")
+        det = f"{concept['detected_s']:.1f} s" if concept.get("detected_s") is not None else "not seen"
+        rec = f"{concept['recovered_s']:.1f} s" if concept_healed else "-"
+        print(f"  {'concept 60 deg':<20}{det:>15}{rec:>17}{concept['failed']:>10} / {concept['requests']:<5}"
+              "  retrain job → gate → canary → promotion")
         print()
         print(f"healing: {healed}/{len(drills)} injected faults healed automatically, "
-              f"{drill_failures} client requests failed during them")
+              f"{drill_failures} client requests failed during them; the concept change "
+              + (f"healed in {concept['recovered_s']:.0f} s" if concept_healed else "not healed within the drill"))
         print("audit trail (newest last):")
         for rec in [r for r in read_audit(Storage(storage), cfg.model) if r["kind"] != "weights"][-12:]:
             print(f"  {time.strftime('%H:%M:%S', time.localtime(rec['ts']))}  {rec['kind']:<16} "
@@ -235,7 +299,7 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
         print(f"audit log (JSONL, append-only): {storage}/audit/{cfg.model}")
         print("next: `raymedic up` keeps the service running; `raymedic status` shows it, `raymedic chaos` "
               "breaks it on purpose, `raymedic audit` shows what the controller did.")
-        return 0 if failures == 0 and healed == len(drills) else 1
+        return 0 if failures == 0 and healed == len(drills) and concept_healed else 1
     finally:
         # lazy: Ray Serve reads the fast-path settings start_embedded sets when it is imported
         from ray import serve

@@ -43,7 +43,8 @@ from train_jobs.artifacts import unpack
 from train_jobs.registry import ModelRegistry
 from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec
 
-__all__ = ["LiveDriftSettings", "run_live_drift", "format_live_table"]
+__all__ = ["LIVE_SCENARIOS", "LiveDriftSettings", "LiveScenario", "LiveStream", "concept_scenario", "format_live_table",
+           "open_drift", "run_live_drift"]
 
 Progress = Callable[[str], None]
 FEATURE = "f0"
@@ -111,7 +112,7 @@ class _Sent:
 
 
 @dataclass
-class _Stream:
+class LiveStream:
     """Paced sending with delayed feedback; keeps what was sent and answered."""
 
     url: str
@@ -188,7 +189,8 @@ def _incidents(status: dict[str, Any], kinds: tuple[str, ...], since: float,
             and (feature is None or i.get("feature") == feature)]
 
 
-def _open_drift(status: dict[str, Any]) -> bool:
+def open_drift(status: dict[str, Any]) -> bool:
+    """Whether a drift incident is open (a scenario starts once earlier ones have cleared)."""
     return any(i.get("kind") == "drift" and i.get("status") == "open" for i in status.get("incidents", []))
 
 
@@ -204,7 +206,7 @@ def _blocks(correct: np.ndarray, size: int) -> list[float]:
     return [float(correct[i:i + size].mean()) for i in range(0, len(correct) - size + 1, size)]
 
 
-def _concept(stream: _Stream, cfg: RaymedicConfig, sc: LiveScenario, gen: Any, s: LiveDriftSettings,
+def concept_scenario(stream: LiveStream, cfg: RaymedicConfig, sc: LiveScenario, gen: Any, s: LiveDriftSettings,
              progress: Progress) -> dict[str, Any]:
     """The concept scenario: rotated labels until the healing loop has promoted new versions (or the budget ends)."""
     drift = Drift(concept_rotation_deg=sc.rotation_deg)
@@ -321,7 +323,7 @@ def run_live_drift(*, config_path: str | None, port: int, settings: LiveDriftSet
         service.deploy(cfg, host="127.0.0.1", port=port, progress=progress)
         service.wait_ready(url, cfg.model, timeout_s=300, progress=progress)
         gen = SyntheticGenerator(SyntheticSpec(seed=cfg.training.seed))
-        stream = _Stream(url, cfg.model, settings)
+        stream = LiveStream(url, cfg.model, settings)
         s = settings
         progress(f"control: {s.control_rows} unchanged labelled rows at {s.rows_per_s:g} rows/s "
                  f"(labels {s.label_delay} rows late)")
@@ -347,10 +349,10 @@ def run_live_drift(*, config_path: str | None, port: int, settings: LiveDriftSet
                 request_json("POST", f"{url}/v1/admin/pause", {}, headers=admin, timeout_s=30)
             # Start from a quiet service: unchanged rows until no drift alert is open.
             x, y = xy(gen.sample(s.settle_rows, seed=s.seed + 10 + k))
-            stream.send(x, y, labels=False, until=lambda st: not _open_drift(st))
+            stream.send(x, y, labels=False, until=lambda st: not open_drift(st))
             if sc.rotation_deg:
                 request_json("POST", f"{url}/v1/admin/resume", {}, headers=admin, timeout_s=30)
-                results.append(_concept(stream, cfg, sc, gen, s, progress))
+                results.append(concept_scenario(stream, cfg, sc, gen, s, progress))
                 continue
             drift = Drift(mean_shift={FEATURE: sc.shift_sd} if sc.shift_sd else {},
                           scale={FEATURE: sc.scale} if sc.scale != 1.0 else {})
