@@ -37,7 +37,7 @@ FLAGS = {
     "chaos": ["--config", "--delay-ms", "--for", "--json", "--kind", "--mb", "--mb-per-s", "--member", "--model",
               "--node", "--procs", "--replica", "--rps", "--url"],
     "openapi": ["--config", "--out"],
-    "audit": ["--config", "--json", "--limit", "--model", "--since"],
+    "audit": ["--config", "--incident", "--json", "--kind", "--limit", "--model", "--since", "--target"],
     "train": ["--config", "--data", "--json", "--members", "--model", "--no-promote", "--storage-path", "--synthetic",
               "--target"],
     "search": ["--config", "--data", "--json", "--max-epochs", "--member", "--model", "--storage-path", "--synthetic",
@@ -375,6 +375,49 @@ def test_audit_reads_the_trail_from_storage_without_a_service(tmp_path, capsys):
                                                                                        "done")
     assert cli.main(["audit", "--config", _config(tmp_path), "--model", "other"]) == 0
     assert capsys.readouterr().out == "no audit records yet\n"
+
+
+def test_audit_filters_by_kind_target_incident_and_time(tmp_path, capsys):
+    import time
+
+    from controllers.audit import AuditLog
+    from raymedic.storage import Storage
+
+    log = AuditLog(Storage(str(tmp_path)), "churn", writer="test")
+    now = time.time()
+    log.record("detected-hang", "mlp/b1", incident="i1", ts=now - 7200)
+    log.record("restart", "mlp/b1", action="restart", outcome="done", incident="i1", ts=now - 7100)
+    for i in range(5):
+        log.record("weights", "churn", action="publish", outcome="ok", ts=now - 600 + i)
+    log.record("restart-failed", "lr/c2", incident="i2", ts=now - 60)
+    log.flush()
+    cfg = _config(tmp_path)
+
+    def kinds(*flags: str) -> list[str]:
+        assert cli.main(["audit", "--json", "--config", cfg, *flags]) == 0
+        return [json.loads(line)["kind"] for line in capsys.readouterr().out.splitlines()]
+
+    assert kinds("--kind", "restart") == ["restart", "restart-failed"]
+    assert kinds("--kind", "detected", "--kind", "weights", "--limit", "2") == ["weights", "weights"]
+    assert kinds("--target", "mlp") == ["detected-hang", "restart"]
+    assert kinds("--incident", "i2") == ["restart-failed"]
+    assert kinds("--since", "1h") == ["weights"] * 5 + ["restart-failed"]
+    assert kinds("--since", "900") == ["weights"] * 5 + ["restart-failed"]  # seconds back, as before
+    assert cli.main(["audit", "--config", cfg, "--kind", "promote"]) == 0
+    assert capsys.readouterr().out == ("no audit records match (8 in the trail; kinds there: detected-hang, restart, "
+                                       "restart-failed, weights)\n")
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--since", "last tuesday"], "error: --since 'last tuesday' is not a time: give a number of seconds (3600), "
+                                  "a duration (90s, 30m, 2h, 1d, 1w) or an ISO time"),
+    (["--limit", "0"], "error: --limit 0 shows nothing: give 1 or more (default 200)\n"),
+    (["--kind", "restart,,promote"], "error: --kind 'restart,,promote' has an empty item"),
+])
+def test_audit_refuses_bad_filters_with_the_fix(tmp_path, capsys, flags, says):
+    assert cli.main(["audit", "--config", _config(tmp_path), *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(says) and "Traceback" not in captured.err and captured.out == ""
 
 
 def _config(tmp_path) -> str:

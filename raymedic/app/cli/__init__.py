@@ -139,8 +139,15 @@ def _parser() -> argparse.ArgumentParser:
     au = add("audit", cmd_audit, "The controller's audit trail (what it saw, decided and did).")
     au.add_argument("--json", action="store_true", help="One JSON object per line.")
     au.add_argument("--model", help="Model (default: the running service's).")
-    au.add_argument("--since", type=float, help="Only records from the last N seconds.")
-    au.add_argument("--limit", type=int, default=200, help="At most this many (newest).")
+    au.add_argument("--kind", action="append", metavar="KIND", help="Only records of this kind or kinds starting "
+                    "with it (repeatable or a comma list: --kind restart,promote; --kind detected: every detection).")
+    au.add_argument("--target", action="append", metavar="TARGET", help="Only records about this target: a member, "
+                    "a replica, a model, or a path of them (mlp, mlp/REPLICA; repeatable or a comma list).")
+    au.add_argument("--incident", metavar="ID", help="Only records of this incident (or retrain, trial record id).")
+    au.add_argument("--since", metavar="WHEN", help="Only records since then: seconds back (3600), a duration "
+                    "(30m, 2h, 1d) or an ISO time (2026-11-22T08:00, local time without a zone).")
+    au.add_argument("--limit", type=int, default=200, help="At most this many of those that match, the newest "
+                    "(default 200).")
 
     train_arguments(add("train", cmd_train, "Train every member on a table with Ray Train and register champions."))
     search_arguments(add("search", cmd_search, "Search one member's hyperparameters with Ray Tune (Optuna + "
