@@ -350,6 +350,11 @@ class ModelController:
         self._ensure_running()
         return self._operator.rollback(members, who)
 
+    async def promote(self, member: str, version: str, reason: str = "", who: str = "operator") -> dict[str, Any]:
+        """Make a registered version the champion of ``member``, swapped in on every replica."""
+        self._ensure_running()
+        return self._operator.promote(member, version, reason, who)
+
     async def trial(self, member: str, version: str = "challenger", who: str = "operator",
                     mode: str | None = None) -> dict[str, Any]:
         """Put a registered version of a member on live trial (canary/shadow) next to its champion."""

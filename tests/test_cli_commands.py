@@ -22,8 +22,8 @@ from raymedic.app.cli import _common
 from raymedic.keys import ADMIN_TOKEN_ENV
 from tests.conftest import REPO
 
-COMMANDS = ("up", "down", "status", "pause", "resume", "approve", "reject", "mode", "retrain", "rollback", "trial",
-            "chaos", "openapi", "audit", "train", "search", "bench", "demo")
+COMMANDS = ("up", "down", "status", "pause", "resume", "approve", "reject", "mode", "retrain", "rollback", "promote",
+            "trial", "chaos", "openapi", "audit", "train", "search", "bench", "demo")
 
 FLAGS = {
     "up": ["--chaos", "--config", "--cpus-per-node", "--dashboard-port", "--gpu-nodes", "--gpus-per-node", "--model",
@@ -33,6 +33,7 @@ FLAGS = {
     **{c: ["--config", "--json", "--model", "--url"] for c in ("pause", "resume", "approve", "reject", "mode")},
     "retrain": ["--config", "--json", "--model", "--reason", "--url"],
     "rollback": ["--config", "--json", "--member", "--model", "--url"],
+    "promote": ["--config", "--json", "--member", "--model", "--reason", "--url", "--version"],
     "trial": ["--config", "--json", "--member", "--mode", "--model", "--url", "--version"],
     "chaos": ["--config", "--delay-ms", "--for", "--json", "--kind", "--mb", "--mb-per-s", "--member", "--model",
               "--node", "--procs", "--replica", "--rps", "--url"],
@@ -295,6 +296,32 @@ def test_operator_commands_call_their_admin_route_with_the_token(gateway, token,
     assert headers["Authorization"] == f"Bearer {token}"
     assert cli.main([*argv, "--url", gateway.url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == reply
+
+
+def test_promote_sends_the_member_version_reason_and_who_asked(gateway, token, capsys):
+    gateway.routes[("POST", "/v1/admin/promote")] = (200, {"promote": "started", "record": "op1-mlp", "member": "mlp",
+                                                           "version": "v0002", "previous": "v0004"})
+    assert cli.main(["promote", "--member", "mlp", "--version", "v0002", "--reason", "v0004 is worse on Mondays",
+                     "--url", gateway.url]) == 0
+    assert capsys.readouterr().out == ("promoting mlp: v0004 → v0002 (every replica swaps in place; `raymedic status` "
+                                       "shows the versions, `raymedic rollback --member mlp` goes back)\n")
+    ((method, path, headers, sent),) = gateway.requests
+    assert (method, path, headers["Authorization"]) == ("POST", "/v1/admin/promote", f"Bearer {token}")
+    by = sent.pop("by")
+    assert sent == {"member": "mlp", "version": "v0002", "reason": "v0004 is worse on Mondays"} and "@" in by
+    gateway.routes[("POST", "/v1/admin/promote")] = (404, {"error": "model 'm' member 'mlp' version v0009 does not "
+                                                                   "exist; aliases: champion→v0004; versions: v0001"})
+    assert cli.main(["promote", "--member", "mlp", "--version", "v0009", "--url", gateway.url]) == 2
+    assert capsys.readouterr().err == ("error: model 'm' member 'mlp' version v0009 does not exist; aliases: "
+                                       "champion→v0004; versions: v0001\n")
+
+
+@pytest.mark.parametrize("argv", [["promote", "--member", "mlp"], ["promote", "--version", "v0002"]])
+def test_promote_needs_a_member_and_a_version(gateway, token, capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--url", gateway.url])
+    assert exit_.value.code == 2 and "the following arguments are required" in capsys.readouterr().err
+    assert gateway.requests == []
 
 
 def test_the_admin_token_comes_from_the_file_up_wrote_when_the_variable_is_unset(gateway, monkeypatch, capsys):

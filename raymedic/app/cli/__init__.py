@@ -7,7 +7,7 @@ the fix and exits 2, never a traceback.
 This module holds the parser and :func:`main`; the commands live by group:
 :mod:`~raymedic.app.cli.up` (up, down), :mod:`~raymedic.app.cli.status`,
 :mod:`~raymedic.app.cli.operate` (pause, resume, approve, reject, mode, retrain,
-rollback, trial, chaos), :mod:`~raymedic.app.cli.data` (train, search, audit,
+rollback, promote, trial, chaos), :mod:`~raymedic.app.cli.data` (train, search, audit,
 openapi), :mod:`~raymedic.app.cli.bench` and :mod:`~raymedic.app.cli.demo`; what they
 share is in :mod:`~raymedic.app.cli._common`.
 """
@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 from raymedic.app.cli.bench import cmd_bench
 from raymedic.app.cli.data import cmd_audit, cmd_openapi, cmd_search, cmd_train
 from raymedic.app.cli.demo import cmd_demo
-from raymedic.app.cli.operate import (cmd_approve, cmd_chaos, cmd_mode, cmd_pause, cmd_reject, cmd_resume,
-                                      cmd_retrain, cmd_rollback, cmd_trial)
+from raymedic.app.cli.operate import (cmd_approve, cmd_chaos, cmd_mode, cmd_pause, cmd_promote, cmd_reject,
+                                      cmd_resume, cmd_retrain, cmd_rollback, cmd_trial)
 from raymedic.app.cli.status import cmd_status
 from raymedic.app.cli.up import cmd_down, cmd_up
 from raymedic.errors import RaymedicError
@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     rt.add_argument("--reason", help="Why (recorded in the audit log and the versions' metadata).")
     rb = admin(add("rollback", cmd_rollback, "Serve the previous version again (every member, or --member)."))
     rb.add_argument("--member", action="append", help="Only this member (repeatable).")
+    pr = admin(add("promote", cmd_promote, "Make any registered version of a member its champion (swapped in "
+                   "place on every replica, audited)."))
+    pr.add_argument("--member", required=True, help="Ensemble member.")
+    pr.add_argument("--version", required=True, help="Version id (v0003) or alias (previous, challenger); the "
+                    "error for an unknown one lists those there are.")
+    pr.add_argument("--reason", help="Why (recorded in the audit log).")
     tr = admin(add("trial", cmd_trial, "Put a registered version (default: the member's 'challenger', e.g. "
                    "from `raymedic search`) on live trial next to its champion; promoted only if it holds up."))
     tr.add_argument("--member", required=True, help="Ensemble member.")
