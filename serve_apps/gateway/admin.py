@@ -137,8 +137,9 @@ class AdminRoutes:
         return controller_reply(await link.call("rollback", members, "admin route"))
 
     async def admin_promote(self, request: Request) -> dict[str, Any]:
-        """Make a registered version a member's champion, swapped in on every replica.
+        """
         \f
+        Make a registered version a member's champion, swapped in on every replica:
         ``{"member": "<name>", "version": "<version id or alias>", "reason": "<why, optional>"}``; the
         controller refuses an unknown member or version (404, naming those there are) and a promotion
         during a live trial or another deployment (409).
