@@ -122,6 +122,11 @@ class HealingController:
         """``model``'s champions back to their previous versions (all members, or ``members``)."""
         return await self._ask(model, lambda ctl: ctl.rollback(members, who))
 
+    async def promote(self, member: str, version: str, reason: str = "", who: str = "operator",
+                      model: str | None = None) -> dict[str, Any]:
+        """Make a registered version of one of ``model``'s members its champion (an operator's promotion)."""
+        return await self._ask(model, lambda ctl: ctl.promote(member, version, reason, who))
+
     async def trial(self, member: str, version: str = "challenger", who: str = "operator",
                     mode: str | None = None, model: str | None = None) -> dict[str, Any]:
         """Put a registered version of one of ``model``'s members on live trial."""

@@ -62,6 +62,7 @@ from controllers.policies.leak import MemorySeries
 from controllers.policies.playbook import Playbook
 from controllers.policies.replica import HealingPolicy, Incident, IncidentStatus
 from controllers.policies.weights import HedgeWeights, WeightingConfig
+from controllers.policies.weights_audit import WeightsAudit, WeightsAuditConfig
 from controllers.probes import GoldenProber
 from controllers.publish import ControlState
 from controllers.reconcile import Reconciler
@@ -121,7 +122,8 @@ class ModelController:
         self._audit = AuditLog(storage, model, writer=f"ctl{os.getpid()}")
         url = cfg.controller.webhook_url
         self._recorder = Recorder(self._audit, model, incident_of=self._incident,
-                                  webhook=WebhookNotifier(url) if url else None)
+                                  webhook=WebhookNotifier(url) if url else None,
+                                  weights_audit=WeightsAudit(WeightsAuditConfig.from_settings(cfg.controller)))
         dep = self._deployment
         self._perf = PerformanceMonitor(dep.n_classes or 2, cfg.performance,
                                         reference_accuracy=dep.reference_accuracy, state=state.get("performance"))
@@ -348,6 +350,11 @@ class ModelController:
         self._ensure_running()
         return self._operator.rollback(members, who)
 
+    async def promote(self, member: str, version: str, reason: str = "", who: str = "operator") -> dict[str, Any]:
+        """Make a registered version the champion of ``member``, swapped in on every replica."""
+        self._ensure_running()
+        return self._operator.promote(member, version, reason, who)
+
     async def trial(self, member: str, version: str = "challenger", who: str = "operator",
                     mode: str | None = None) -> dict[str, Any]:
         """Put a registered version of a member on live trial (canary/shadow) next to its champion."""
@@ -366,6 +373,7 @@ class ModelController:
         url = self.cfg.controller.webhook_url
         if (self._recorder.webhook.url if self._recorder.webhook else None) != url:
             self._recorder.webhook = WebhookNotifier(url) if url else None
+        self._recorder.weights_audit.cfg = WeightsAuditConfig.from_settings(self.cfg.controller)
         self._ensure_running()
         return {"model": self._model, "versions": dict(self._deployment.versions)}
 

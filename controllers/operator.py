@@ -1,5 +1,5 @@
 """The operator's API: pause and resume, approval mode, approve or reject a restart, retrain, trial,
-roll back, and notes of what was done from outside.
+roll back, promote, and notes of what was done from outside.
 
 The gateway's admin routes and the CLI reach these through the controller actor;
 an answer is a plain dict, and a request that cannot be carried out comes back as
@@ -125,6 +125,13 @@ class Operator:
                              "shows it done", "status": 409}
         return {"rollback": "started", "members": names,
                 "champion_now": {m: self._registry.aliases(self.model, m)["previous"] for m in names}}
+
+    def promote(self, member: str, version: str, reason: str = "", who: str = "operator") -> dict[str, Any]:
+        """Make a registered version (an id or an alias) the champion of ``member``, swapped in on every
+        replica like the controller's own promotions; refused (404) for an unknown member or version, naming
+        what exists, and (409) during a live trial or another deployment. Not refused while paused, like
+        :meth:`rollback`: an operator's own action is what a pause leaves to the operator."""
+        return self._healer.request_promote(member, version, reason=reason, who=who)
 
     def trial(self, member: str, version: str = "challenger", who: str = "operator",
               mode: str | None = None) -> dict[str, Any]:

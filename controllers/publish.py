@@ -41,7 +41,8 @@ class ControlState:
         """Publish this state if it differs from the last: ``(changed, announce)``.
 
         ``announce`` is True for every change but the first after a start, which only restates
-        the checkpoint (the audit records a ``weights`` publication for the others).
+        the checkpoint (the audit may record a ``weights`` publication for the others, if material:
+        :mod:`controllers.policies.weights_audit`).
         """
         key = (tuple(sorted((k, round(v, 4)) for k, v in weights.items())),
                tuple(sorted(avoid.items())), paused,

@@ -100,7 +100,8 @@ class Decision:
         weights: The ensemble weights published (the previous ones while paused).
         avoid: member → replicas gateways route around.
         published: Whether the published state changed (a new epoch).
-        announce: Whether that change is audited (every change but the first after a start).
+        announce: Whether that change may be audited (every change but the first after a start; the weights
+            audit records the material ones).
         decided_at: Wall-clock time of the decision: the audit time of its events.
     """
 
@@ -554,6 +555,8 @@ class Reconciler:
         if decision.published:
             self._recorder.published(decision.weights, decision.avoid, epoch=self._control.epoch,
                                      announce=decision.announce, ts=ts)
+        else:
+            self._recorder.weights_due(ts)
         for d in done:
             if d.event is not None:
                 self._recorder.event(d.event, duration_s=d.duration_s, action_id=d.action.action_id)

@@ -18,7 +18,9 @@ from controllers.audit import AuditLog
 from controllers.monitors.data import DataReport
 from controllers.monitors.performance import PerformanceReport
 from controllers.policies.replica import AuditEvent, Incident
+from controllers.policies.weights_audit import WeightsAudit, WeightsAuditConfig, WeightsRecord
 from raymedic import metrics
+from raymedic.config import ControllerConfig
 from raymedic.logs import get_logger
 
 __all__ = ["Recorder", "ALERTED"]
@@ -38,15 +40,20 @@ class Recorder:
         incident_of: The policy's incident with a given id (None if unknown), for incident fields.
         clock: Wall-clock time for the alerts' timestamps.
 
+        weights_audit: Which weights publications are recorded (default: the shipped thresholds).
+
     Attributes:
         webhook: The operator's webhook (None: no alerts); replaced when a reload changes its URL.
+        weights_audit: Its ``cfg`` is replaced when a reload changes the thresholds.
     """
 
     def __init__(self, audit: AuditLog, model: str, *, incident_of: Callable[[str], Incident | None],
-                 webhook: WebhookNotifier | None = None, clock: Callable[[], float] = time.time) -> None:
+                 webhook: WebhookNotifier | None = None, clock: Callable[[], float] = time.time,
+                 weights_audit: WeightsAudit | None = None) -> None:
         self.audit = audit
         self.model = model
         self.webhook = webhook
+        self.weights_audit = weights_audit or WeightsAudit(WeightsAuditConfig.from_settings(ControllerConfig()))
         self._incident_of = incident_of
         self._clock = clock
 
@@ -111,13 +118,28 @@ class Recorder:
 
     def published(self, weights: dict[str, float], avoid: dict[str, tuple[str, ...]], *, epoch: int,
                   announce: bool, ts: float | None = None) -> None:
-        """New weights and routing went out: weight gauges, and (but for the first after a start) a
-        ``weights`` audit record."""
+        """New weights and routing went out: weight gauges for every publication, and a ``weights`` audit
+        record when :class:`~controllers.policies.weights_audit.WeightsAudit` finds the move material (never
+        for the first after a start, which restates the checkpoint)."""
         for member, w in weights.items():
             metrics.set_gauge("raymedic_member_weight", w, model=self.model, member=member)
-        if announce:
-            self.audit.record("weights", self.model, evidence={"avoid": avoid}, action="publish", outcome="ok",
-                              ts=ts, weights=weights, epoch=epoch)
+        now = self._clock() if ts is None else ts
+        self._weights_record(self.weights_audit.offer(weights, avoid, epoch=epoch, now=now, announce=announce),
+                             now)
+
+    def weights_due(self, ts: float | None = None) -> None:
+        """Record the latest weights if a material move was held back by the interval and it has passed
+        (each record step: the trail ends at the weights that serve even when no publication follows)."""
+        now = self._clock() if ts is None else ts
+        self._weights_record(self.weights_audit.due(now), now)
+
+    def _weights_record(self, rec: WeightsRecord | None, ts: float) -> None:
+        if rec is None:
+            return
+        self.audit.record("weights", self.model,
+                          evidence={"avoid": rec.avoid, "reason": rec.reason, "max_change": round(rec.max_change, 4),
+                                    "publications": rec.publications},
+                          action="publish", outcome="ok", ts=ts, weights=rec.weights, epoch=rec.epoch)
 
     def checks(self, data: DataReport | None, performance: PerformanceReport | None, *, open_incidents: int) -> None:
         """Gauges for dashboards: drift and quality per feature, accuracy per source, open incidents."""

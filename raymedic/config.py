@@ -679,6 +679,18 @@ class ControllerConfig(_Strict):
     weight_decay: float = Field(0.99, gt=0, le=1, description="Per-sample forgetting of old losses.")
     min_weight: float = Field(0.05, ge=0, lt=0.5, description="Floor for each healthy member.")
     max_weight: float = Field(0.7, gt=0, le=1, description="Cap while another member is healthy.")
+    weights_audit_min_change: float = Field(
+        0.05, ge=0, le=1, description="A publication of new weights is an audit record (kind `weights`) when some "
+        "member's weight moved at least this much (absolute) since the last recorded weights, at most once per "
+        "weights_audit_interval_s. Hedge republishes on every labelled batch; the gateways get every publication "
+        "and raymedic_member_weight shows every value, only the audit is thinned. A member joining or leaving, "
+        "a weight crossing zero or min_weight, or a change in the replicas routed around is always recorded.")
+    weights_audit_large_change: float = Field(
+        0.2, gt=0, le=1, description="... a move at least this large is recorded at once, whatever the interval.")
+    weights_audit_interval_s: float = Field(
+        30.0, ge=0, le=86400, description="... and smaller material moves at most once per this many seconds "
+        "(one held back is recorded when the interval has passed). 0 records every move of "
+        "weights_audit_min_change.")
 
     @model_validator(mode="after")
     def _weight_bounds(self) -> "ControllerConfig":
@@ -687,6 +699,10 @@ class ControllerConfig(_Strict):
         if self.min_weight > self.max_weight:
             raise ValueError(f"controller.min_weight ({self.min_weight}) must be <= controller.max_weight "
                              f"({self.max_weight}): lower min_weight or raise max_weight")
+        if self.weights_audit_min_change > self.weights_audit_large_change:
+            raise ValueError(f"controller.weights_audit_min_change ({self.weights_audit_min_change}) must be <= "
+                             f"controller.weights_audit_large_change ({self.weights_audit_large_change}): a large "
+                             "move is a material one; lower the first or raise the second")
         if self.leak_min_span_s > self.leak_window_s:
             raise ValueError(f"controller.leak_min_span_s ({self.leak_min_span_s}) must be <= "
                              f"controller.leak_window_s ({self.leak_window_s}): the samples a slope needs must fit "

@@ -22,8 +22,8 @@ from raymedic.app.cli import _common
 from raymedic.keys import ADMIN_TOKEN_ENV
 from tests.conftest import REPO
 
-COMMANDS = ("up", "down", "status", "pause", "resume", "approve", "reject", "mode", "retrain", "rollback", "trial",
-            "chaos", "openapi", "audit", "train", "search", "bench", "demo")
+COMMANDS = ("up", "down", "status", "pause", "resume", "approve", "reject", "mode", "retrain", "rollback", "promote",
+            "trial", "chaos", "openapi", "audit", "train", "search", "bench", "demo")
 
 FLAGS = {
     "up": ["--chaos", "--config", "--cpus-per-node", "--dashboard-port", "--gpu-nodes", "--gpus-per-node", "--model",
@@ -33,11 +33,12 @@ FLAGS = {
     **{c: ["--config", "--json", "--model", "--url"] for c in ("pause", "resume", "approve", "reject", "mode")},
     "retrain": ["--config", "--json", "--model", "--reason", "--url"],
     "rollback": ["--config", "--json", "--member", "--model", "--url"],
+    "promote": ["--config", "--json", "--member", "--model", "--reason", "--url", "--version"],
     "trial": ["--config", "--json", "--member", "--mode", "--model", "--url", "--version"],
     "chaos": ["--config", "--delay-ms", "--for", "--json", "--kind", "--mb", "--mb-per-s", "--member", "--model",
               "--node", "--procs", "--replica", "--rps", "--url"],
     "openapi": ["--config", "--out"],
-    "audit": ["--config", "--json", "--limit", "--model", "--since"],
+    "audit": ["--config", "--incident", "--json", "--kind", "--limit", "--model", "--since", "--target"],
     "train": ["--config", "--data", "--json", "--members", "--model", "--no-promote", "--storage-path", "--synthetic",
               "--target"],
     "search": ["--config", "--data", "--json", "--max-epochs", "--member", "--model", "--storage-path", "--synthetic",
@@ -297,6 +298,32 @@ def test_operator_commands_call_their_admin_route_with_the_token(gateway, token,
     assert json.loads(capsys.readouterr().out) == reply
 
 
+def test_promote_sends_the_member_version_reason_and_who_asked(gateway, token, capsys):
+    gateway.routes[("POST", "/v1/admin/promote")] = (200, {"promote": "started", "record": "op1-mlp", "member": "mlp",
+                                                           "version": "v0002", "previous": "v0004"})
+    assert cli.main(["promote", "--member", "mlp", "--version", "v0002", "--reason", "v0004 is worse on Mondays",
+                     "--url", gateway.url]) == 0
+    assert capsys.readouterr().out == ("promoting mlp: v0004 → v0002 (every replica swaps in place; `raymedic status` "
+                                       "shows the versions, `raymedic rollback --member mlp` goes back)\n")
+    ((method, path, headers, sent),) = gateway.requests
+    assert (method, path, headers["Authorization"]) == ("POST", "/v1/admin/promote", f"Bearer {token}")
+    by = sent.pop("by")
+    assert sent == {"member": "mlp", "version": "v0002", "reason": "v0004 is worse on Mondays"} and "@" in by
+    gateway.routes[("POST", "/v1/admin/promote")] = (404, {"error": "model 'm' member 'mlp' version v0009 does not "
+                                                                   "exist; aliases: champion→v0004; versions: v0001"})
+    assert cli.main(["promote", "--member", "mlp", "--version", "v0009", "--url", gateway.url]) == 2
+    assert capsys.readouterr().err == ("error: model 'm' member 'mlp' version v0009 does not exist; aliases: "
+                                       "champion→v0004; versions: v0001\n")
+
+
+@pytest.mark.parametrize("argv", [["promote", "--member", "mlp"], ["promote", "--version", "v0002"]])
+def test_promote_needs_a_member_and_a_version(gateway, token, capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--url", gateway.url])
+    assert exit_.value.code == 2 and "the following arguments are required" in capsys.readouterr().err
+    assert gateway.requests == []
+
+
 def test_the_admin_token_comes_from_the_file_up_wrote_when_the_variable_is_unset(gateway, monkeypatch, capsys):
     monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
     assert cli.main(["pause", "--url", gateway.url]) == 2
@@ -375,6 +402,49 @@ def test_audit_reads_the_trail_from_storage_without_a_service(tmp_path, capsys):
                                                                                        "done")
     assert cli.main(["audit", "--config", _config(tmp_path), "--model", "other"]) == 0
     assert capsys.readouterr().out == "no audit records yet\n"
+
+
+def test_audit_filters_by_kind_target_incident_and_time(tmp_path, capsys):
+    import time
+
+    from controllers.audit import AuditLog
+    from raymedic.storage import Storage
+
+    log = AuditLog(Storage(str(tmp_path)), "churn", writer="test")
+    now = time.time()
+    log.record("detected-hang", "mlp/b1", incident="i1", ts=now - 7200)
+    log.record("restart", "mlp/b1", action="restart", outcome="done", incident="i1", ts=now - 7100)
+    for i in range(5):
+        log.record("weights", "churn", action="publish", outcome="ok", ts=now - 600 + i)
+    log.record("restart-failed", "lr/c2", incident="i2", ts=now - 60)
+    log.flush()
+    cfg = _config(tmp_path)
+
+    def kinds(*flags: str) -> list[str]:
+        assert cli.main(["audit", "--json", "--config", cfg, *flags]) == 0
+        return [json.loads(line)["kind"] for line in capsys.readouterr().out.splitlines()]
+
+    assert kinds("--kind", "restart") == ["restart", "restart-failed"]
+    assert kinds("--kind", "detected", "--kind", "weights", "--limit", "2") == ["weights", "weights"]
+    assert kinds("--target", "mlp") == ["detected-hang", "restart"]
+    assert kinds("--incident", "i2") == ["restart-failed"]
+    assert kinds("--since", "1h") == ["weights"] * 5 + ["restart-failed"]
+    assert kinds("--since", "900") == ["weights"] * 5 + ["restart-failed"]  # seconds back, as before
+    assert cli.main(["audit", "--config", cfg, "--kind", "promote"]) == 0
+    assert capsys.readouterr().out == ("no audit records match (8 in the trail; kinds there: detected-hang, restart, "
+                                       "restart-failed, weights)\n")
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--since", "last tuesday"], "error: --since 'last tuesday' is not a time: give a number of seconds (3600), "
+                                  "a duration (90s, 30m, 2h, 1d, 1w) or an ISO time"),
+    (["--limit", "0"], "error: --limit 0 shows nothing: give 1 or more (default 200)\n"),
+    (["--kind", "restart,,promote"], "error: --kind 'restart,,promote' has an empty item"),
+])
+def test_audit_refuses_bad_filters_with_the_fix(tmp_path, capsys, flags, says):
+    assert cli.main(["audit", "--config", _config(tmp_path), *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(says) and "Traceback" not in captured.err and captured.out == ""
 
 
 def _config(tmp_path) -> str:

@@ -279,6 +279,10 @@ def test_admin_routes_need_the_deployed_token(gateway):
     status, headers, body = call("POST", "/v1/admin/pause", headers=auth)  # the controller is away
     assert status == 503 and headers["retry-after"] == "2" and "not reachable" in body["error"]
     assert call("POST", "/v1/admin/mode", b'{"mode": "sideways"}', headers=auth)[0] == 400
+    for bad in (b'{"member": "mlp"}', b'{"member": "mlp", "version": 3}', b'{"version": "v0001"}', b'[]',
+                b'{"member": "mlp", "version": "v0001", "reason": 1}'):
+        status, _, body = call("POST", "/v1/admin/promote", bad, headers=auth)
+        assert status == 400 and body["error"].startswith('send {"member": "<name>", "version": "<version id'), bad
 
 
 def test_chaos_routes_do_not_exist_without_chaos(gateway):

@@ -512,3 +512,64 @@ def test_a_replayed_submit_and_promotion_are_recorded_once():
     replayed.playbook.intend_promotion(Promote(promote["incident"], {"mlp": "v0002"}, {"mlp": 0.9}), probation=True)
     run(replayed.step())
     assert replayed.kinds() == before and replayed.playbook.promoting is None
+
+
+# ---- an operator's promotion (`raymedic promote`) --------------------------------------------------
+
+
+def test_an_operator_promotes_any_registered_version_through_the_same_swap_and_audit():
+    async def go(r: Rig) -> dict[str, Any]:
+        out = r.healer.request_promote("mlp", "v0000", reason="v0001 is worse on Mondays", who="ops@host")
+        await r.healer.settled()
+        return out
+
+    r = Rig()
+    out = run(go(r))
+    assert out == {"promote": "started", "record": "op10000000-mlp", "member": "mlp", "version": "v0000",
+                   "previous": "v0001"}
+    assert r.registry.promoted == [("mlp", "v0000")] and r.swapper.swaps == [{"mlp": "v0000"}]
+    assert r.adopted == [{"mlp": "v0000"}] and r.registry.aliases("m", "mlp")["previous"] == "v0001"
+    ((_, target, fields),) = [rec for rec in r.records if rec[0] == "promote"]
+    assert (target, fields["outcome"], fields["incident"]) == ("m/mlp", "ok", "op10000000-mlp")
+    ev = fields["evidence"]
+    assert (ev["by"], ev["reason"], ev["versions"], ev["previous"]) == ("ops@host", "v0001 is worse on Mondays",
+                                                                       {"mlp": "v0000"}, {"mlp": "v0001"})
+    assert r.saved[0]["promoting"]["by"] == "ops@host"  # the intent, with who asked, is durable before the move
+    assert r.playbook.promoting is None and r.playbook.probation is None  # no probation: the operator chose it
+
+
+@pytest.mark.parametrize(("member", "ref", "status", "says"), [
+    ("nope", "v0000", 404, "no member 'nope'; members: ['mlp', 'lr']"),
+    ("mlp", "v0042", 404, "no version 'v0042' of 'mlp'"),
+    ("mlp", "champion", 409, "'champion' is the champion of 'mlp' already (v0001): nothing to promote"),
+])
+def test_an_operator_promotion_of_an_unknown_or_serving_version_is_refused(member, ref, status, says):
+    r = Rig()
+    out = r.healer.request_promote(member, ref, who="ops")
+    assert out == {"error": says, "status": status} and r.registry.promoted == [] and r.records == []
+
+
+def test_an_operator_promotion_is_refused_during_a_trial_and_for_another_schema():
+    async def go(r: Rig) -> dict[str, Any]:
+        r.healer.request_trial("mlp", "challenger")
+        await r.healer.settled()
+        return r.healer.request_promote("lr", "v0000", who="ops")
+
+    r = Rig()
+    during = run(go(r))
+    assert during["status"] == 409 and "trial t10000-mlp is running" in during["error"]
+    r = Rig()
+    r.registry.schema["v0000"] = "s2"
+    other = r.healer.request_promote("mlp", "v0000", who="ops")
+    assert other["status"] == 409 and "another schema" in other["error"]
+
+
+def test_an_operator_promotion_releases_its_member_from_probation():
+    async def go(r: Rig) -> None:
+        await r.gated_job(mlp=True, lr=True)  # rollout off: both promoted to v0002, on probation
+        assert r.healer.request_promote("mlp", "v0000", who="ops")["promote"] == "started"
+        await r.healer.settled()
+
+    r = Rig(rollout="off")
+    run(go(r))
+    assert r.playbook.probation["versions"] == {"lr": "v0002"}  # mlp is the operator's now

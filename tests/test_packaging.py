@@ -44,6 +44,8 @@ def test_config_mistakes_are_refused_with_the_fix():
     for args, fragment in [
         ({"gateway": {"max_inflight": 100, "max_ongoing_requests": 64}}, "must be <= max_ongoing_requests"),
         ({"controller": {"min_weight": 0.4, "max_weight": 0.3}}, "controller.min_weight (0.4) must be <="),
+        ({"controller": {"weights_audit_min_change": 0.3}}, "controller.weights_audit_min_change (0.3) must be <= "
+                                                            "controller.weights_audit_large_change (0.2)"),
         ({"members": [{"name": "ensemble", "kind": "mlp"}], "gateway": {"min_members": 1}}, "'ensemble' names"),
         ({"data": {"missing": "drop"}}, "data.missing"),
         ({"data": {"window": 10}}, "data.window"),

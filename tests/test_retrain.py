@@ -326,3 +326,31 @@ def test_operator_rollback_serves_the_previous_versions(svc):
              what=f"every replica of {member} to answer with {previous}")
     wait_for(lambda: "rollback" in svc.audit_kinds(), timeout_s=60, what="the rollback to be audited")
     assert svc.admin("rollback", {"members": "mlp"}).status == 400
+
+
+def test_an_operator_promotes_any_registered_version(svc):
+    """`raymedic promote`'s route: the version the rollback above replaced is promoted back by id, through
+    the same swap, and audited with who asked and what it replaced; an unknown version names those there are."""
+    from controllers.audit import read_audit
+    from train_jobs.registry import ModelRegistry
+
+    svc.operator_mode()
+    member = svc.best
+    champion = svc.versions()[member]
+    wanted = ModelRegistry(Storage(svc.cfg.storage_path)).aliases(svc.cfg.model, member)["previous"]
+    assert wanted != champion
+    bad = svc.admin("promote", {"member": member, "version": "v9999"})
+    assert bad.status == 404 and "v9999 does not exist" in bad.body["error"] and champion in bad.body["error"], bad.body
+    assert svc.admin("promote", {"member": "nope", "version": wanted}).status == 404
+    r = svc.admin("promote", {"member": member, "version": wanted, "reason": "test: the retrained one again",
+                              "by": "tester"})
+    assert r.status == 200 and (r.body["version"], r.body["previous"]) == (wanted, champion), r.body
+    wait_for(lambda: svc.versions()[member] == wanted, timeout_s=60, what=f"{member} to serve {wanted}")
+    wait_for(lambda: svc.served()[member] == {wanted}, timeout_s=60,
+             what=f"every replica of {member} to answer with {wanted}")
+    rec = wait_for(lambda: next((x for x in read_audit(Storage(svc.cfg.storage_path), svc.cfg.model)
+                                 if x["kind"] == "promote" and x.get("incident") == r.body["record"]), None),
+                   timeout_s=30, what="the operator's promotion to be audited")
+    assert rec["outcome"] == "ok" and rec["target"] == f"{svc.cfg.model}/{member}", rec
+    assert (rec["evidence"]["by"], rec["evidence"]["reason"], rec["evidence"]["previous"]) == (
+        "admin route: tester", "test: the retrained one again", {member: champion}), rec

@@ -352,6 +352,42 @@ class ModelHealer:
         return {"trial": record, "member": member, "version": info.version, "mode": mode,
                 "share": self.cfg.rollout.share}
 
+    def request_promote(self, member: str, ref: str, *, reason: str = "", who: str = "operator") -> dict[str, Any]:
+        """An operator makes a registered version (an id or an alias) the champion of ``member``: the same
+        promotion as the controller's own (intent checkpointed, registry moved, every replica swapped in
+        place, audited ``promote`` with who, why and the version replaced), with no probation — the
+        operator chose it — and the member released from any probation running."""
+        members = [m.name for m in self.cfg.members]
+        if member not in members:
+            return {"error": f"no member {member!r}; members: {members}", "status": 404}
+        # What is wrong with the request itself comes first (404/409): waiting would not fix it.
+        try:
+            info = self.registry.info(self.cfg.model, member, ref)
+            champion = self.registry.info(self.cfg.model, member, "champion")
+        except Exception as exc:  # the registry's message names the aliases and versions there are
+            return {"error": f"{exc}", "status": 404}
+        if info.version == champion.version:
+            return {"error": f"{ref!r} is the champion of {member!r} already ({info.version}): nothing to promote",
+                    "status": 409}
+        if info.metadata.get("schema") != champion.metadata.get("schema"):
+            return {"error": f"version {info.version} of {member!r} was trained on another schema than the "
+                             "champion and cannot serve this model's requests; retrain it on the served table",
+                    "status": 409}
+        pb = self.playbook
+        if pb.rollout is not None:
+            return {"error": f"trial {pb.rollout['record']} is running: wait for its verdict or end it with "
+                             "`raymedic rollback`, then promote", "status": 409}
+        record = f"op{int(self._clock() * 1000)}-{member}"
+        metrics = info.metadata.get("metrics") or {}
+        acc = float(metrics.get("val_accuracy") or metrics.get("accuracy") or 0.0)
+        promote = Promote(record, {member: info.version}, {member: acc}, by=who, reason=reason,
+                          previous={member: champion.version})
+        if pb.promoting is not None or not self.spawn(self.promote(self._clock(), promote, probation=False)):
+            return {"error": "a promotion or rollback is already being deployed; retry when `raymedic status` "
+                             "shows it done", "status": 409}
+        return {"promote": "started", "record": record, "member": member, "version": info.version,
+                "previous": champion.version}
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> bool:
         """Run a promotion/rollback in the background; False if one is already running."""
         if self.deploying:
@@ -390,6 +426,9 @@ class ModelHealer:
             pb.intend_promotion(promote, probation=probation)
         if not await self._durable(f"the promotion intent {promote.record}"):
             return  # the registry is untouched; the next step finds the intent and tries again
+        # An operator's promotion (`raymedic promote`, one member) says who asked, why and what it replaced.
+        target = f"{self.cfg.model}/{next(iter(promote.versions))}" if promote.by else self.cfg.model
+        asked = {"by": promote.by, "reason": promote.reason, "previous": promote.previous} if promote.by else {}
         try:
             for member, version in promote.versions.items():
                 await asyncio.to_thread(self.registry.promote, self.cfg.model, member, version)
@@ -399,16 +438,19 @@ class ModelHealer:
         except Exception as exc:
             pb.promotion_done()
             self._changed = True
-            self._record("promote", self.cfg.model, evidence={"versions": promote.versions, "error": repr(exc)[:500]},
+            self._record("promote", target, evidence={"versions": promote.versions, **asked,
+                                                      "error": repr(exc)[:500]},
                          action="promote", outcome=f"failed: {exc}", incident=promote.record)
             return
         if probation:  # a live trial already compared it with the champion on the same requests
             pb.promoted(now, promote)
+        elif promote.by:  # the operator chose these versions: a probation must not roll them back
+            pb.release(list(promote.versions))
         pb.promotion_done()
         self._changed = True
         if not self._recorded("promote", promote.record):
-            self._record("promote", self.cfg.model, evidence={"versions": promote.versions, "replicas": replicas,
-                                                                "holdout_accuracy": promote.holdout_accuracy},
+            self._record("promote", target, evidence={"versions": promote.versions, **asked, "replicas": replicas,
+                                                      "holdout_accuracy": promote.holdout_accuracy},
                          action="promote", outcome="ok", incident=promote.record,
                          duration_s=round(time.monotonic() - t0, 3))
         await self._durable(f"the promotion {promote.record}")

@@ -24,7 +24,7 @@ Pure decisions over what the controller observed; the controller performs them
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from controllers.detectors.intervals import wilson_lower, wilson_upper
 from controllers.outcome import Backoff
@@ -67,6 +67,9 @@ class Promote:
     holdout_accuracy: dict[str, float]
     champion_accuracy: dict[str, float] = field(default_factory=dict)  # the replaced versions, same holdout
     holdout_labels: int = 0
+    by: str = ""  # an operator's promotion (`raymedic promote`): who asked; empty for the controller's own
+    reason: str = ""  # ... and why
+    previous: dict[str, str] = field(default_factory=dict)  # ... and the champions it replaces
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,15 @@ class Playbook:
     def rolled_back(self) -> None:
         """A rollback ended whatever probation was running."""
         self._s.probation = None
+
+    def release(self, members: Collection[str]) -> None:
+        """An operator promoted another version of ``members``: the probation no longer judges them (its
+        rollback would undo the operator's choice); it ends when no member is left on it."""
+        p = self._s.probation
+        if p is None:
+            return
+        left = {m: v for m, v in p["versions"].items() if m not in members}
+        self._s.probation = {**p, "versions": left} if left else None
 
     # ---- live trial (canary / shadow) --------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Admin routes (``/v1/admin/...``): the operator's levers on the healing controller.
 
 Pause and resume healing, approve or reject a proposed action, switch the control
-mode, ask for a retrain, roll members back, start a trial. Each needs
+mode, ask for a retrain, roll members back, promote a version, start a trial. Each needs
 ``Authorization: Bearer $RAYMEDIC_ADMIN_TOKEN``; the gateway holds only the
 token's sha256 and compares in constant time. Without a deployed token the routes
 refuse everything (403): there is no default token to guess. The gateway checks
@@ -135,6 +135,24 @@ class AdminRoutes:
                 isinstance(members, list) and all(isinstance(m, str) for m in members))):
             raise InvalidRequest('send {} to roll back every member, or {"members": ["<name>", ...]}', status=400)
         return controller_reply(await link.call("rollback", members, "admin route"))
+
+    async def admin_promote(self, request: Request) -> dict[str, Any]:
+        """
+        \f
+        Make a registered version a member's champion, swapped in on every replica:
+        ``{"member": "<name>", "version": "<version id or alias>", "reason": "<why, optional>"}``; the
+        controller refuses an unknown member or version (404, naming those there are) and a promotion
+        during a live trial or another deployment (409).
+        """
+        link = self._admin_link(request)
+        body = await json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("member"), str) or not isinstance(
+                body.get("version"), str) or not isinstance(body.get("reason", ""), str):
+            raise InvalidRequest('send {"member": "<name>", "version": "<version id or alias>", '
+                                 '"reason": "<why (optional)>"}', status=400)
+        who = f"admin route: {body['by']}" if isinstance(body.get("by"), str) and body["by"] else "admin route"
+        return controller_reply(await link.call("promote", body["member"], body["version"],
+                                                body.get("reason", ""), who))
 
     async def admin_trial(self, request: Request) -> dict[str, Any]:
         """Put a registered version on live trial next to its champion (canary or shadow, per config).

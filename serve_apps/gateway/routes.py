@@ -49,6 +49,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/admin/mode", AdminRoutes.admin_mode),
     Route("POST", "/v1/admin/retrain", AdminRoutes.admin_retrain),
     Route("POST", "/v1/admin/rollback", AdminRoutes.admin_rollback),
+    Route("POST", "/v1/admin/promote", AdminRoutes.admin_promote),
     Route("POST", "/v1/admin/trial", AdminRoutes.admin_trial),
     Route("POST", "/v1/admin/resume", AdminRoutes.admin_resume),
     Route("POST", "/v1/admin/chaos", ChaosRoutes.admin_chaos),

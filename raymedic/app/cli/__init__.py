@@ -7,7 +7,7 @@ the fix and exits 2, never a traceback.
 This module holds the parser and :func:`main`; the commands live by group:
 :mod:`~raymedic.app.cli.up` (up, down), :mod:`~raymedic.app.cli.status`,
 :mod:`~raymedic.app.cli.operate` (pause, resume, approve, reject, mode, retrain,
-rollback, trial, chaos), :mod:`~raymedic.app.cli.data` (train, search, audit,
+rollback, promote, trial, chaos), :mod:`~raymedic.app.cli.data` (train, search, audit,
 openapi), :mod:`~raymedic.app.cli.bench` and :mod:`~raymedic.app.cli.demo`; what they
 share is in :mod:`~raymedic.app.cli._common`.
 """
@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 from raymedic.app.cli.bench import cmd_bench
 from raymedic.app.cli.data import cmd_audit, cmd_openapi, cmd_search, cmd_train
 from raymedic.app.cli.demo import cmd_demo
-from raymedic.app.cli.operate import (cmd_approve, cmd_chaos, cmd_mode, cmd_pause, cmd_reject, cmd_resume,
-                                      cmd_retrain, cmd_rollback, cmd_trial)
+from raymedic.app.cli.operate import (cmd_approve, cmd_chaos, cmd_mode, cmd_pause, cmd_promote, cmd_reject,
+                                      cmd_resume, cmd_retrain, cmd_rollback, cmd_trial)
 from raymedic.app.cli.status import cmd_status
 from raymedic.app.cli.up import cmd_down, cmd_up
 from raymedic.errors import RaymedicError
@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     rt.add_argument("--reason", help="Why (recorded in the audit log and the versions' metadata).")
     rb = admin(add("rollback", cmd_rollback, "Serve the previous version again (every member, or --member)."))
     rb.add_argument("--member", action="append", help="Only this member (repeatable).")
+    pr = admin(add("promote", cmd_promote, "Make any registered version of a member its champion (swapped in "
+                   "place on every replica, audited)."))
+    pr.add_argument("--member", required=True, help="Ensemble member.")
+    pr.add_argument("--version", required=True, help="Version id (v0003) or alias (previous, challenger); the "
+                    "error for an unknown one lists those there are.")
+    pr.add_argument("--reason", help="Why (recorded in the audit log).")
     tr = admin(add("trial", cmd_trial, "Put a registered version (default: the member's 'challenger', e.g. "
                    "from `raymedic search`) on live trial next to its champion; promoted only if it holds up."))
     tr.add_argument("--member", required=True, help="Ensemble member.")
@@ -139,8 +145,15 @@ def _parser() -> argparse.ArgumentParser:
     au = add("audit", cmd_audit, "The controller's audit trail (what it saw, decided and did).")
     au.add_argument("--json", action="store_true", help="One JSON object per line.")
     au.add_argument("--model", help="Model (default: the running service's).")
-    au.add_argument("--since", type=float, help="Only records from the last N seconds.")
-    au.add_argument("--limit", type=int, default=200, help="At most this many (newest).")
+    au.add_argument("--kind", action="append", metavar="KIND", help="Only records of this kind or kinds starting "
+                    "with it (repeatable or a comma list: --kind restart,promote; --kind detected: every detection).")
+    au.add_argument("--target", action="append", metavar="TARGET", help="Only records about this target: a member, "
+                    "a replica, a model, or a path of them (mlp, mlp/REPLICA; repeatable or a comma list).")
+    au.add_argument("--incident", metavar="ID", help="Only records of this incident (or retrain, trial record id).")
+    au.add_argument("--since", metavar="WHEN", help="Only records since then: seconds back (3600), a duration "
+                    "(30m, 2h, 1d) or an ISO time (2026-11-22T08:00, local time without a zone).")
+    au.add_argument("--limit", type=int, default=200, help="At most this many of those that match, the newest "
+                    "(default 200).")
 
     train_arguments(add("train", cmd_train, "Train every member on a table with Ray Train and register champions."))
     search_arguments(add("search", cmd_search, "Search one member's hyperparameters with Ray Tune (Optuna + "

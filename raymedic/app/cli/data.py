@@ -19,6 +19,7 @@ from pathlib import Path
 from cluster.connect import connect_or_start, use_token_auth
 from cluster.head import ray_alive
 from cluster.runstate import read_run_state
+from controllers.audit_query import kinds_in, parse_query, select
 from raymedic.app.cli._common import config_from, progress
 from raymedic.config import load_config
 from raymedic.errors import RaymedicError
@@ -116,16 +117,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
     Read from storage, not from the service, so the trail of a service that is down
     (or was never up on this machine) can still be read.
 
+    ``--kind``, ``--target``, ``--incident``, ``--since`` and ``--limit`` narrow it
+    (:mod:`controllers.audit_query`); a bad value is an error naming the forms it takes.
+
     Returns:
-        0, also when there are no records yet.
+        0, also when there are no records yet or none match.
+
+    Raises:
+        RaymedicError: A filter's value is unusable.
     """
     # lazy: both import pyarrow (storage); keeps `raymedic --help` fast
     from controllers.audit import read_audit
     from raymedic.storage import Storage
 
+    query = parse_query(kinds=args.kind, targets=args.target, incident=args.incident, since=args.since,
+                        limit=args.limit, now=time.time())  # a bad flag fails before storage is read
     state = _run_state_or_config(args)
-    since = time.time() - args.since if args.since else None
-    records = read_audit(Storage(state["storage_path"]), state["model"], since=since)[-args.limit:]
+    trail = read_audit(Storage(state["storage_path"]), state["model"], since=query.since)
+    records = select(trail, query)
     for r in records:
         if args.json:
             print(json.dumps(r, default=str))
@@ -135,7 +144,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"{when}  {r['kind']:<18} {r['target']:<28} {r.get('action', ''):<10} "
                   f"{r.get('outcome', '')}  {ev[:120]}")
     if not records and not args.json:
-        print("no audit records yet")
+        if query.filtered and trail:
+            print(f"no audit records match ({len(trail)} in the trail; kinds there: {', '.join(kinds_in(trail))})")
+        else:
+            print("no audit records yet")
     return 0
 
 
@@ -143,6 +155,6 @@ def _run_state_or_config(args: argparse.Namespace) -> dict[str, str]:
     """Storage and model of the running service, unless ``--config`` names another."""
     state = read_run_state()
     if state and not args.config:
-        return {"storage_path": state.storage_path, "model": state.model}
+        return {"storage_path": state.storage_path, "model": args.model or state.model}
     _, cfg = config_from(args)
     return {"storage_path": cfg.storage_path, "model": args.model or cfg.model}

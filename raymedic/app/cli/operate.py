@@ -1,4 +1,4 @@
-"""The operator's controls: pause/resume, approval mode, retrain, rollback, trial and chaos.
+"""The operator's controls: pause/resume, approval mode, retrain, rollback, promote, trial and chaos.
 
 Each is one authenticated call to the gateway's ``/v1/admin/...`` routes
 (:func:`raymedic.app.cli._common.admin`), printed as JSON with ``--json`` or as one
@@ -8,14 +8,17 @@ line that says what happens next.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
+import socket
 
 from raymedic.app.cli._common import admin
 from raymedic.app.cli.load import cmd_load
 from raymedic.errors import RaymedicError
 
 __all__ = ["cmd_pause", "cmd_resume", "cmd_approve", "cmd_reject", "cmd_mode", "cmd_retrain", "cmd_rollback",
-           "cmd_trial", "cmd_chaos"]
+           "cmd_promote", "cmd_trial", "cmd_chaos"]
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
@@ -70,6 +73,31 @@ def cmd_rollback(args: argparse.Namespace) -> int:
           "rolling back: " + ", ".join(f"{m} → {v}" for m, v in out["champion_now"].items())
           + " (every replica swaps in place; `raymedic status` shows the versions)")
     return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Make any registered version of a member its champion, swapped in place on every replica.
+
+    The operator's counterpart of the controller's own promotions (no live trial, no
+    probation: the operator chose it) and of ``raymedic rollback`` (which can only go
+    one step back); audited as ``promote`` with who asked, why and the version replaced.
+    """
+    out = admin(args, "promote", {"member": args.member, "version": args.version, "reason": args.reason or "",
+                                  "by": _who()})
+    print(json.dumps(out) if args.json else
+          f"promoting {out['member']}: {out['previous']} → {out['version']} (every replica swaps in place; "
+          "`raymedic status` shows the versions, `raymedic rollback --member "
+          f"{out['member']}` goes back)")
+    return 0
+
+
+def _who() -> str:
+    """The operator as the audit names them: this user at this host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
