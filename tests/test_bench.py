@@ -632,6 +632,11 @@ def test_the_demos_concept_drill_prints_the_loop_healed_or_not(capsys):
     _print_concept(healed, CONCEPT_STREAM)
     out = capsys.readouterr().out
     assert "9.6 s" in out and "mlp 0.610→0.930" in out and "52.5 s" in out and "0.900 |  0.610 |  0.950" in out
+    long_run = {**healed, "accuracy": {k: [0.5] * 18 + [0.9] for k in ("live", "fixed", "oracle")}}
+    _print_concept(long_run, CONCEPT_STREAM)
+    blocks = [line for line in capsys.readouterr().out.splitlines() if line.startswith("    rows ")]
+    assert len(blocks) == 10 and blocks[0].startswith("    rows     0-400")
+    assert blocks[-1].startswith("    rows  3600-3800") and "0.900 |  0.900" in blocks[-1]
     _print_concept({"block_rows": 200, "failed": 1, "requests": 12}, CONCEPT_STREAM)
     out = capsys.readouterr().out
     assert out.count("not within the drill") == 4 and "1 of 12 requests failed" in out

@@ -141,14 +141,23 @@ def _print_concept(c: dict, settings: LiveDriftSettings) -> None:
         gate = ", ".join(f"{m} {g.get('champion_accuracy', 0):.3f}→{g.get('challenger_accuracy', 0):.3f}"
                          f"{'' if g.get('passed') else ' (kept the champion)'}"
                          for m, g in h.get("gate", {}).items() if g.get("challenger_accuracy") is not None)
-        print(f"  job {h.get('result')}: gate (champion→challenger accuracy) {gate or '-'}")
+        if gate:
+            print(f"  job {h.get('result')}: gate (champion→challenger accuracy) {gate}")
+        else:  # the canary trial's own entry
+            print(f"  canary trial: {h.get('result')}")
     print(f"  canary passed, promoted        {at('promoted_s')}  {c.get('promoted_versions', {})}")
-    print(f"  within {settings.within:.0%} of an oracle from   {at('recovered_s')}")
+    print(f"  within {settings.within:.0%} of an oracle from   {at('recovered_s')}  (the canary serves the "
+          "challengers' answers to its share of requests before the promotion)")
     acc = c.get("accuracy", {})
     if acc.get("live"):
-        print(f"  accuracy per {c['block_rows']} rows after the change (live service | never healed | oracle):")
-        for k, (lv, fx, orc) in enumerate(zip(acc["live"], acc["fixed"], acc["oracle"])):
-            print(f"    rows {k * c['block_rows']:>5}-{(k + 1) * c['block_rows']:<5} {lv:6.3f} | {fx:6.3f} | {orc:6.3f}")
+        # At most a dozen lines: neighbouring blocks merged where the drill ran long.
+        merge = max(1, -(-len(acc["live"]) // 12))
+        rows = merge * c["block_rows"]
+        print(f"  accuracy per {rows} rows after the change (live service | never healed | oracle):")
+        for k in range(0, len(acc["live"]), merge):
+            lv, fx, orc = (float(np.mean(acc[key][k:k + merge])) for key in ("live", "fixed", "oracle"))
+            end = min(k + merge, len(acc["live"])) * c["block_rows"]
+            print(f"    rows {k * c['block_rows']:>5}-{end:<5} {lv:6.3f} | {fx:6.3f} | {orc:6.3f}")
     print(f"  clients: {c['failed']} of {c['requests']} requests failed during the drill")
 
 
