@@ -587,6 +587,10 @@ class ControllerConfig(_Strict):
     slow_factor: float = Field(3.0, gt=1, description="Slow: median latency above this × its peers' ...")
     slow_min_excess_s: float = Field(0.2, ge=0, description="... and at least this much above them.")
     slow_probes: int = Field(4, ge=1, description="Recent ok probes (all but one slow) that decide slowness.")
+    slow_calls: int = Field(
+        6, ge=0, le=1000, description="Latest answered user calls of a replica (all but one slow against its "
+        "running peers' latest calls, by `slow_factor` and `slow_min_excess_s`) that decide slowness under "
+        "traffic, before `slow_probes` probes can; 0 judges by probes only.")
     wrong_tolerance: float = Field(0.02, gt=0, le=1, description="Max |Δ probability| on golden inputs.")
     window_s: float = Field(5.0, gt=0, description="Window of gateway-reported call statistics.")
     member_cooldown_s: float = Field(3.0, ge=0, description="Minimum gap between restarts in one member.")

@@ -155,6 +155,43 @@ def test_small_absolute_differences_are_not_slow():
     assert assess(s, [s, fast_peer], CFG) is None  # 4× but only 3 ms: below slow_min_excess_s
 
 
+def test_slowness_in_user_calls_is_seen_before_the_probes_can_show_it():
+    """Under traffic a replica answers dozens of calls per probe: its latest calls all slow against its
+    peers' calls is slowness within a second, while the probes (one per second) still look fine."""
+    def calls(*latencies: float) -> CallStats:
+        return CallStats(ok=len(latencies), latencies_s=latencies)
+
+    fast = (0.01, 0.012, 0.011, 0.009, 0.01, 0.013)
+    a = snap("a", probes("ok", "ok"), calls=calls(*fast, 0.51, 0.52, 0.5, 0.49, 0.55, 0.53))  # newest last
+    b = snap("b", probes("ok", "ok"), calls=calls(*fast, *fast))
+    f = assess(a, [a, b], CFG)
+    assert f.kind == "slow" and f.evidence["calls"] == 6 and f.evidence["peer_call_latency_s"] < 0.02
+    # Older slow calls followed by fast ones (it recovered), one slow call among fast ones, or too few calls:
+    assert assess(snap("a", calls=calls(0.5, 0.5, 0.5, *fast)), [b], CFG) is None
+    assert assess(snap("a", calls=calls(*fast[:5], 0.5)), [b], CFG) is None
+    assert assess(snap("a", calls=calls(0.5, 0.5, 0.5)), [b], CFG) is None
+    # No peer answering calls to compare with (the probe rule covers a lone replica), or all equally slow:
+    assert assess(a, [a, snap("b", probes("ok"))], CFG) is None
+    slow_b = snap("b", probes("ok"), calls=calls(0.5, 0.52, 0.49, 0.5, 0.51, 0.5))
+    assert assess(a, [a, slow_b], CFG) is None
+    assert assess(a, [a, b], ControllerConfig(slow_calls=0)) is None  # off: probes only
+
+
+def test_a_slow_probe_with_user_calls_lost_to_hedges_is_slow_at_once():
+    """A gateway hedges a slow replica's calls and then avoids it, so its calls stop showing latencies;
+    calls lost to hedges plus one slow probe (not a timeout) are enough, without three more probes."""
+    b, c = healthy("b"), healthy("c")
+    a = snap("a", probes("ok", "ok") + probes("ok", latency=0.5, t0=101.0), calls=CallStats(timeouts=2, ok=30))
+    f = assess(a, [a, b, c], CFG)
+    assert f.kind == "slow" and f.evidence["lost_calls"] == 2 and f.evidence["probe_latency_s"] == 0.5
+    # One lost call, a fast probe, or a probe that timed out (the hang rules' case) is not this rule's:
+    assert assess(snap("a", probes("ok", latency=0.5), calls=CallStats(timeouts=1)), [b, c], CFG) is None
+    assert assess(snap("a", probes("ok"), calls=CallStats(timeouts=5)), [b, c], CFG) is None
+    assert assess(snap("a", probes("ok", "timeout"), calls=CallStats(timeouts=2, ok=30)), [b, c], CFG) is None
+    # Nobody to compare with: not judged here.
+    assert assess(snap("a", probes("ok", latency=0.5), calls=CallStats(timeouts=3)), [], CFG) is None
+
+
 # ---- step: incidents, actions, limits ------------------------------------------------------
 
 

@@ -284,6 +284,63 @@ class StepResult:
     standby: dict[str, tuple[str, ...]] = field(default_factory=dict)  # member → healthy, held out of traffic
 
 
+def _recent_call_latencies(snap: ReplicaSnapshot, n: int) -> list[float]:
+    """The latest ``n`` answered user calls' latencies (a report's calls beyond its cap carry none)."""
+    return [x for x in snap.calls.latencies_s if x > 0][-n:]
+
+
+def _slow_calls(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: ControllerConfig) -> dict | None:
+    """Slowness seen in user traffic, before probes can show it: the replica's latest ``slow_calls``
+    answered calls all (but one) above the slow limit of its running peers' latest calls.
+
+    Under traffic a replica answers dozens of calls per second against one probe, so its calls show a
+    gray failure within a second; probes alone need ``slow_probes`` periods. Only against peers
+    answering calls too (one replica has nothing to compare with: the probe rule covers it), and the
+    limit is the probe rule's (``slow_factor`` × and ``slow_min_excess_s`` above the peers' median).
+    """
+    n = cfg.slow_calls
+    if n <= 0:
+        return None
+    mine = _recent_call_latencies(snap, n)
+    if len(mine) < n:
+        return None
+    theirs = [x for r in peers if r.replica != snap.replica and r.state == "RUNNING"
+              for x in _recent_call_latencies(r, n)]
+    if len(theirs) < n:
+        return None
+    ref = statistics.median(theirs)
+    limit = max(ref * cfg.slow_factor, ref + cfg.slow_min_excess_s)
+    slow = [x for x in mine if x > limit]
+    if len(slow) < max(1, len(mine) - 1):
+        return None
+    return {"call_latency_s": round(statistics.median(mine), 4), "peer_call_latency_s": round(ref, 4),
+            "limit_s": round(limit, 4), "calls": len(mine)}
+
+
+def _slow_probe_and_lost_calls(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot],
+                               cfg: ControllerConfig) -> dict | None:
+    """Slowness the gateways already routed around: user calls to the replica lost to a hedge on a peer
+    (or timed out) at least twice in the window, and its latest probe answered, but slower than the
+    slow limit of its peers' probes.
+
+    A gateway hedges a call still unanswered after ``hedge_after_s`` and then avoids the replica for
+    ``eject_s``, so a slow replica soon gets no user calls whose latencies could show it; the lost calls
+    say the users saw it, the probe says how slow it is (and that it is not hung). One probe with that
+    corroboration instead of ``slow_probes`` alone: a second sooner per probe period.
+    """
+    probes = snap.probes
+    if snap.calls.timeouts < 2 or not probes or probes[-1].outcome != _OK:
+        return None
+    ref = _peer_latency(snap, peers, cfg)
+    if ref is None:
+        return None
+    limit = max(ref * cfg.slow_factor, ref + cfg.slow_min_excess_s)
+    if probes[-1].latency_s <= limit:
+        return None
+    return {"probe_latency_s": round(probes[-1].latency_s, 4), "peer_latency_s": round(ref, 4),
+            "limit_s": round(limit, 4), "lost_calls": snap.calls.timeouts}
+
+
 def _median(xs: Iterable[float]) -> float | None:
     xs = list(xs)
     return statistics.median(xs) if xs else None
@@ -350,6 +407,13 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
     if leak is not None and leak.fires:
         return Finding(FaultKind.LEAK, snap.member, snap.replica, leak.evidence(cfg.leak_horizon_s),
                        leak.recent_since if leak.recent_since is not None else leak.last_ts)
+
+    slow_calls = _slow_calls(snap, peers, cfg)
+    if slow_calls is not None:
+        return found(FaultKind.SLOW, slow_calls)
+    lost = _slow_probe_and_lost_calls(snap, peers, cfg)
+    if lost is not None:
+        return found(FaultKind.SLOW, lost, probes[-1:])
 
     ok = [p for p in probes if p.outcome == _OK][-cfg.slow_probes:]
     if len(ok) >= cfg.slow_probes:
