@@ -170,7 +170,7 @@ class Rig:
             model="m", members=[{"name": "mlp", "kind": "mlp"}, {"name": "lr", "kind": "logistic", "fallback": True}],
             retraining={"min_labeled_rows": 100, "cooldown_s": 60, "backoff_s": 10, "max_backoff_s": 40,
                         **retraining},
-            rollout={"mode": rollout, "min_labels": 20})
+            rollout={"mode": rollout, "min_labels": 20, "share": 0.5})
         self.clock = Clock()
         self.jobs, self.canaries = FakeJobs(), FakeCanaries()
         self.swapper, self.registry = FakeSwapper(), registry or FakeRegistry()
@@ -268,7 +268,8 @@ def test_a_trial_verdict_promotes_the_challenger_and_swaps_it_in():
     assert r.last("trial-promote")["outcome"] == "promote"
     assert r.registry.promoted == [("mlp", "v0002")] and r.swapper.swaps == [{"mlp": "v0002"}]
     assert r.canaries.running == {} and r.playbook.rollout is None
-    assert r.playbook.probation is None  # the live trial already compared it: no probation
+    # The trial saw a small share of traffic: the promoted version is on probation too (issue 20)
+    assert r.playbook.probation["versions"] == {"mlp": "v0002"}
     assert r.playbook.history[-1]["result"] == "trial: promoted"
 
 
@@ -493,7 +494,7 @@ def test_a_controller_killed_mid_promotion_finishes_it_once_on_restart(rollout):
     assert again.swapper.swaps == [{"mlp": "v0002"}] and again.adopted == [{"mlp": "v0002"}]
     assert again.kinds().count("promote") == 1 and again.last("promote")["outcome"] == "ok"
     assert again.playbook.promoting is None and again.saved[-1]["promoting"] is None
-    assert (again.playbook.probation is not None) == (rollout == "off")
+    assert again.playbook.probation is not None  # after a trial too: it saw a small share only
     if rollout == "canary":
         assert again.kinds().count("trial-finished") == 1
 
