@@ -31,6 +31,10 @@ RETRAIN_KINDS = MODEL_KINDS | {"drift"}
 """Alert kinds that may trigger a retrain (drift only at severity ``act``: the playbook decides)."""
 
 
+LABEL_RATE_WINDOW_S = 300.0
+"""The window the label rate is read over: minutes, so a trial's length does not jump with every burst."""
+
+
 class ModelChecks:
     """Runs the data and model checks on their period and hands the open alerts to the model healer.
 
@@ -106,4 +110,6 @@ class ModelChecks:
         # After a dated change, only the labels since then count towards a retrain worth running.
         since = max((t.since for t in triggers if t.since is not None), default=None)
         labels = self._perf.labels() if since is None else self._perf.labels_since(since)
-        return await self._healer.step(now, triggers, labels, live)
+        # Labels per second of late (a trial's length follows it): answers of the window that got their label.
+        label_rate = self._perf.labels_since(now - LABEL_RATE_WINDOW_S) / LABEL_RATE_WINDOW_S
+        return await self._healer.step(now, triggers, labels, live, label_rate=label_rate or None)

@@ -22,6 +22,7 @@ from controllers.deployment import Deployment
 from controllers.monitors.performance import PerformanceMonitor
 from controllers.policies.calls import CallLog
 from controllers.policies.playbook import Playbook
+from controllers.policies.probation import CallSample, ChampionWindow
 from controllers.policies.weights import HedgeWeights
 from controllers.publish import ControlState
 from raymedic.keys import CHALLENGER_SUFFIX, challenger_source
@@ -109,6 +110,8 @@ class GatewaySync:
         checkpoint: Marked dirty when a detector fires on the labels.
         document: The published state as gateways get it.
         clock: Wall-clock time.
+        champion_calls: Each member's recent calls of its serving version (a promotion's probation baseline);
+            None: none kept.
 
     Attributes:
         gateways: gateway tag → when it last synced (status shows who is connected).
@@ -120,7 +123,8 @@ class GatewaySync:
     def __init__(self, *, deployment: Callable[[], Deployment], calls: CallLog, playbook: Playbook,
                  performance: PerformanceMonitor, hedge: HedgeWeights, control: ControlState,
                  checkpoint: Checkpoint, document: Callable[[], dict[str, Any]],
-                 clock: Callable[[], float] = time.time, state: Mapping[str, Any] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, state: Mapping[str, Any] | None = None,
+                 champion_calls: ChampionWindow | None = None) -> None:
         self._deployment = deployment
         self._calls = calls
         self._playbook = playbook
@@ -130,6 +134,7 @@ class GatewaySync:
         self._checkpoint = checkpoint
         self._document = document
         self._clock = clock
+        self._champion_calls = champion_calls
         self.gateways: dict[str, float] = {}
         self.latency: dict[str, dict[str, Any]] = {}  # gateway → its latest predict latencies (LatencyWindow)
         self.trial_losses: dict[str, list[float]] = {}
@@ -162,10 +167,12 @@ class GatewaySync:
         if batch.get("data") and dep.monitor is not None:
             dep.monitor.add(batch["data"])
         trial = self._playbook.trial_members()
+        self._member_calls(batch.get("replicas") or {}, dep.versions, trial, now)
         for member, calls in (batch.get("challenger_calls") or {}).items():
             if member in trial:
-                self._playbook.observe_rollout(member, calls_ok=int(calls.get("ok", 0)),
-                                               calls_failed=int(calls.get("failed", 0)))
+                self._playbook.observe_rollout(member, challenger=CallSample(
+                    int(calls.get("ok", 0)), int(calls.get("failed", 0)),
+                    [float(x) for x in calls.get("latencies") or ()]))
         records = batch.get("labels") or []
         losses, labelled = split_labels(records, self._counted.first(r.get("id") for r in records))
         if labelled and dep.n_classes:
@@ -182,6 +189,26 @@ class GatewaySync:
                 tally[0] += float(sum(values))
                 tally[1] += len(values)
         return self._reply(epoch)
+
+    def _member_calls(self, replicas: Mapping[str, Mapping[str, Any]], versions: Mapping[str, str],
+                      trial: Mapping[str, str], now: float) -> None:
+        """Each member's calls of this batch (its replicas summed), for the live signals: the serving
+        champion's window (a promotion's baseline), the version on probation, the champion's side of a trial."""
+        per: dict[str, CallSample] = {}
+        for key, report in replicas.items():
+            member = key.split("/", 1)[0]
+            one = CallSample.of_report(report)
+            if one.calls:
+                per.setdefault(member, CallSample()).add(ok=one.ok, failed=one.failed, latencies=one.latencies)
+        for member, sample in per.items():
+            version = versions.get(member)
+            if version is None:
+                continue
+            if self._champion_calls is not None:
+                self._champion_calls.add(member, version, sample, now=now)
+            self._playbook.observe_probation(member, version, sample)
+            if member in trial:
+                self._playbook.observe_rollout(member, champion=sample)
 
     def _reply(self, epoch: int) -> dict[str, Any] | None:
         """The published state for a gateway at ``epoch``: None when it has the current one (or nothing

@@ -60,7 +60,8 @@ from controllers.outcome import Outcome
 from controllers.policies.calls import CallLog
 from controllers.policies.leak import MemorySeries
 from controllers.policies.playbook import Playbook
-from controllers.policies.replica import HealingPolicy, Incident, IncidentStatus
+from controllers.policies.probation import ChampionWindow
+from controllers.policies.replica import ControlMode, HealingPolicy, Incident, IncidentStatus
 from controllers.policies.weights import HedgeWeights, WeightingConfig
 from controllers.policies.weights_audit import WeightsAudit, WeightsAuditConfig
 from controllers.probes import GoldenProber
@@ -152,6 +153,8 @@ class ModelController:
                                                                                       app_name=APP_NAME))
         self._actuators.swapper = swapper
         registry = ModelRegistry(storage)
+        # Each member's recent calls of its serving version: a promotion's probation baseline (not checkpointed)
+        champion_calls = ChampionWindow(window_s=cfg.retraining.probation.baseline_window_s)
         self._healer = ModelHealer(cfg, self._playbook, self._recorder.model_action,
                                    on_new_versions=self._adopt_versions,
                                    # The controller runs in the application's runtime_env (ensure_controller);
@@ -160,7 +163,10 @@ class ModelController:
                                                 runtime_env=current_runtime_env()),
                                    canaries=ServeCanaries(cfg=lambda: self.cfg), swapper=swapper, registry=registry,
                                    save_intent=self._durable,
-                                   recorded=self._audit.has)
+                                   recorded=self._audit.has,
+                                   approval=lambda: self._policy.mode == ControlMode.APPROVE,
+                                   baseline=lambda members: {m: champion_calls.baseline(m, now=time.time())
+                                                             for m in members})
         memory = MemorySeries()
         self._vitals = VitalsBoard()
         self._prober = GoldenProber(deployment=self._current,
@@ -182,7 +188,7 @@ class ModelController:
         self._sync = GatewaySync(deployment=self._current, calls=calls, playbook=self._playbook,
                                  performance=self._perf, hedge=self._hedge, control=self._control,
                                  checkpoint=self._checkpoint, document=self.control_state,
-                                 state=state.get("sync"))
+                                 state=state.get("sync"), champion_calls=champion_calls)
         self._operator = Operator(model=model, policy=self._policy, playbook=self._playbook, healer=self._healer,
                                   checks=self._checks, recorder=self._recorder, audit=self._audit,
                                   checkpoint=self._checkpoint, registry=registry,
@@ -316,7 +322,8 @@ class ModelController:
                                         "resumed_from_checkpoint": self._resumed},
                                disk=self._disk.report(),
                                disk_proposals=self._disk.proposals() + (self.node_keeper.proposals()
-                                                                        if self.node_keeper else []),
+                                                                        if self.node_keeper else [])
+                               + self._healer.proposals(),
                                nodes=self.node_keeper.report() if self.node_keeper else None,
                                slo_breached=self._step.slo_breached, vitals=self._vitals.report(),
                                gpu=self._step.gpu_report(time.time()))
@@ -331,6 +338,8 @@ class ModelController:
         self._ensure_running()
         if self._disk.owns(incident_id):
             return await self._disk.decide(incident_id, approve, who)
+        if self._healer.owns(incident_id):
+            return await self._operator.decide_model(incident_id, approve, who)
         if self.node_keeper is not None and self.node_keeper.owns(incident_id):
             return await self.node_keeper.decide(incident_id, approve, who)
         return await self._operator.decide(incident_id, approve, who)

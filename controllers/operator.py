@@ -83,8 +83,19 @@ class Operator:
         await self._persist()
         return {"incident": incident_id, "approval": str(Approval.APPROVED if approve else Approval.REJECTED)}
 
+    async def decide_model(self, proposal_id: str, approve: bool, who: str = "operator") -> dict[str, Any]:
+        """Approve or reject a proposed model action (retrain, search, promote, rollback; ``model-NNNNNN``):
+        audited with who answered, checkpointed at once; an approved one runs on the next step."""
+        out = self._healer.decide(proposal_id, approve, who)
+        if "error" not in out:
+            await self._persist()
+            if approve:
+                self._checks.soon()  # the next step runs the playbook, which carries it out
+        return out
+
     async def set_mode(self, mode: str, who: str = "operator") -> dict[str, Any]:
-        """auto: heal on its own; approve: propose restarts and wait for an operator."""
+        """auto: heal on its own; approve: propose restarts, compactions, drains and every model action
+        (retrain, search, promote, rollback) and wait for an operator."""
         try:
             wanted = ControlMode(mode)
         except ValueError:

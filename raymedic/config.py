@@ -38,6 +38,7 @@ __all__ = [
     "DataConfig",
     "RolloutConfig",
     "RetrainingConfig",
+    "ProbationConfig",
     "FeaturePolicy",
     "PerformanceSettings",
     "error_design_problem",
@@ -872,6 +873,34 @@ class PerformanceSettings(_Strict):
         return self
 
 
+class ProbationConfig(_Strict):
+    """What a promoted version must keep live against the champion it replaced, before it is confirmed.
+
+    The replaced champion's own live figures (its member calls' failures and latencies over the last
+    ``baseline_window_s`` before the swap) are the baseline; a significant regression on any signal
+    rolls the new version back to the best recent healthy version (see
+    :mod:`controllers.policies.probation`). Live accuracy is judged as before (``probation_labels``,
+    ``performance.accuracy_drop``).
+    """
+
+    baseline_window_s: float = Field(600.0, gt=0, description="The champion's calls this recent are its "
+                                     "baseline, taken at the moment it is replaced.")
+    min_calls: int = Field(200, ge=20, description="Member calls of the new version (and of the baseline) "
+                           "needed before its error rate or p99 latency is judged: a p99 of fewer is noise.")
+    error_alpha: float = Field(0.01, gt=0, lt=0.5, description="One-sided significance of 'the new version "
+                               "fails more often than the champion did' (exact binomial test of its failed "
+                               "calls against the champion's failure rate).")
+    error_rate_margin: float = Field(0.02, ge=0, lt=1, description="...and its failure rate must exceed the "
+                                     "champion's by at least this much: a significant rise from 0.1 % to "
+                                     "0.3 % is not worth a rollback.")
+    max_latency_ratio: float = Field(1.5, gt=1, description="Rolled back when its p99 call latency is above "
+                                     "the champion's p99 times this.")
+    latency_min_increase_ms: float = Field(10.0, ge=0, description="...and at least this many ms above it "
+                                           "(a 2 ms model at 4 ms doubles and harms no one).")
+    history: int = Field(5, ge=1, le=50, description="A rollback picks among this many recent champions of "
+                         "the member (never one that failed its own probation).")
+
+
 class RetrainingConfig(_Strict):
     """Model-level healing: retrain on recent labels after material drift or decay, gated."""
 
@@ -908,6 +937,8 @@ class RetrainingConfig(_Strict):
     probation_labels: int = Field(100, ge=10, description="After a promotion, labels on the new version's "
                                   "answers before it is confirmed; a drop below the gate's holdout accuracy "
                                   "by more than accuracy_drop rolls it back.")
+    probation: ProbationConfig = Field(default_factory=ProbationConfig, description="The live error-rate and "
+                                       "latency checks of a promoted version against the replaced champion.")
 
 
 class RolloutConfig(_Strict):
@@ -921,13 +952,22 @@ class RolloutConfig(_Strict):
     """
 
     mode: Literal["shadow", "canary", "off"] = Field("canary", description="shadow, canary or off.")
-    share: float = Field(0.5, gt=0, le=1, description="Share of requests the challenger sees.")
+    share: float = Field(0.05, gt=0, le=1, description="Share of requests the challenger sees (small: a bad "
+                         "challenger in canary mode answers only this share; the trial's length follows from it "
+                         "and the label rate, see length_factor).")
     min_labels: int = Field(100, ge=10, description="Paired labelled answers needed before a verdict.")
     max_labels: int = Field(600, ge=10, description="Still no clear win after this many: the champion stays.")
     alpha: float = Field(0.05, gt=0, lt=0.5, description="One-sided significance for 'the challenger is worse' "
                          "(exact binomial test on the answers where exactly one of the two was right).")
-    timeout_s: float = Field(1800.0, gt=0, description="A rollout without a verdict by then is abandoned; the "
-                             "champion stays.")
+    timeout_s: float = Field(1800.0, gt=0, description="The cap on a trial's length: a rollout without a verdict "
+                             "by then is abandoned; the champion stays.")
+    length_factor: float = Field(3.0, ge=1, description="A trial lasts this many times the time its min_labels "
+                                 "paired labels take to arrive (min_labels / (share × labels per second)), "
+                                 "within [min_length_s, timeout_s]; shown in status as the trial's length_s.")
+    min_length_s: float = Field(120.0, gt=0, description="The shortest trial, whatever the traffic.")
+    max_latency_ratio: float = Field(1.5, gt=1, description="Rejected when the challenger's p99 call latency is "
+                                     "above the champion's on the same period times this (both over "
+                                     "retraining.probation.min_calls calls).")
     max_error_rate: float = Field(0.2, ge=0, le=1, description="Share of failed challenger calls that ends "
                                   "the rollout at once.")
 

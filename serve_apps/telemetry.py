@@ -52,10 +52,13 @@ class CallRecorder:
         self._predicted: list[int] = []
         self._challenger: dict[str, dict[str, int]] = {}
 
-    def challenger_call(self, member: str, ok: bool) -> None:
-        """One call to a member's challenger on trial (its failures can end the trial)."""
-        slot = self._challenger.setdefault(member, {"ok": 0, "failed": 0})
+    def challenger_call(self, member: str, ok: bool, latency_s: float | None = None) -> None:
+        """One call to a member's challenger on trial (its failures, and the latencies of its good calls
+        against the champion's, can end the trial)."""
+        slot = self._challenger.setdefault(member, {"ok": 0, "failed": 0, "latencies": []})
         slot["ok" if ok else "failed"] += 1
+        if ok and latency_s is not None and len(slot["latencies"]) < MAX_LATENCIES:
+            slot["latencies"].append(round(latency_s, 5))
 
     def add_labels(self, records: Sequence[dict[str, Any]]) -> None:
         """Labels to count, one record per answer (:meth:`RecentOutputs.label_records`), bounded per batch.

@@ -187,7 +187,7 @@ controller: running (pid 4242, step p50 1.5 ms)
 approval mode: 1 proposal(s) waiting
   inc-3  restart mlp/b2 (hang)  → raymedic approve|reject inc-3
 retraining: deploying new versions
-probation: {'logistic': 'v0002'} (rolled back automatically if live accuracy drops)
+probation: {'logistic': 'v0002'} (rolled back automatically on a live accuracy, error-rate or p99 regression)
 trial t1 (canary, 10% of requests):
   mlp v0003: challenger 0.900 vs champion 0.850 on 50 paired labels
   logistic v0003: no paired labels yet → reject: no paired labels in time

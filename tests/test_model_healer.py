@@ -16,7 +16,8 @@ import pytest
 
 from controllers.models.canaries import STARTED_COLD, SWAPPED_WARM
 from controllers.models.healer import ModelHealer
-from controllers.policies.playbook import Playbook, Promote, SubmitRetrain, Trigger
+from controllers.policies.playbook import Playbook, Promote, Rollback, SubmitRetrain, Trigger
+from controllers.policies.probation import CallSample
 from raymedic.config import RaymedicConfig
 from raymedic.errors import VersionNotFound
 from train_jobs.registry import VersionInfo
@@ -139,6 +140,24 @@ class FakeRegistry:
     def aliases(self, model: str, member: str) -> dict[str, str]:
         return dict(self.aliases_[member])
 
+    moves: list[dict[str, Any]] = []  # alias history (champion moves), oldest first; set by a test
+    scores = {"v0000": 0.75, "v0001": 0.7, "v0002": 0.9}
+
+    def versions(self, model: str, member: str) -> list[VersionInfo]:
+        return [VersionInfo(model, member, v, float(i), None, {"schema": self.schema.get(v, "s1"),
+                                                               "metrics": {"accuracy": self.scores[v]}})
+                for i, v in enumerate(("v0000", "v0001", "v0002"))]
+
+    def alias_history(self, model: str, member: str) -> list[dict[str, Any]]:
+        return list(self.moves)
+
+    def demote(self, model: str, member: str, to_version: str) -> dict[str, str]:
+        a = self.aliases_[member]
+        a["previous"], a["champion"] = a["champion"], to_version
+        self.moves = [*self.moves, {"at": 99.0, "action": "probation-failed", "alias": "champion",
+                                    "from_version": a["previous"], "to_version": to_version}]
+        return dict(a)
+
     def load(self, model: str, member: str, ref: str = "champion") -> Any:
         raise NotImplementedError
 
@@ -165,12 +184,13 @@ class Rig:
 
     def __init__(self, *, rollout: str = "canary", memory: dict[str, Any] | None = None,
                  registry: FakeRegistry | None = None, audit: list[tuple[str, str, dict[str, Any]]] | None = None,
-                 **retraining: Any) -> None:
+                 approval: bool = False, baseline: dict[str, Any] | None = None, **retraining: Any) -> None:
+        self.approval = approval
         self.cfg = RaymedicConfig(
             model="m", members=[{"name": "mlp", "kind": "mlp"}, {"name": "lr", "kind": "logistic", "fallback": True}],
             retraining={"min_labeled_rows": 100, "cooldown_s": 60, "backoff_s": 10, "max_backoff_s": 40,
                         **retraining},
-            rollout={"mode": rollout, "min_labels": 20})
+            rollout={"mode": rollout, "min_labels": 20, "share": 0.5})
         self.clock = Clock()
         self.jobs, self.canaries = FakeJobs(), FakeCanaries()
         self.swapper, self.registry = FakeSwapper(), registry or FakeRegistry()
@@ -184,7 +204,10 @@ class Rig:
                                   save_intent=lambda: self.saved.append(json.loads(json.dumps(
                                       self.playbook.to_dict()))),
                                   recorded=lambda kind, record: any(
-                                      k == kind and f.get("incident") == record for k, _, f in self.records))
+                                      k == kind and f.get("incident") == record for k, _, f in self.records),
+                                  approval=lambda: self.approval,
+                                  baseline=lambda members: {m: v for m, v in (baseline or {}).items()
+                                                            if m in members})
 
     def record(self, kind: str, target: str, **fields: Any) -> None:
         self.records.append((kind, target, fields))
@@ -268,7 +291,8 @@ def test_a_trial_verdict_promotes_the_challenger_and_swaps_it_in():
     assert r.last("trial-promote")["outcome"] == "promote"
     assert r.registry.promoted == [("mlp", "v0002")] and r.swapper.swaps == [{"mlp": "v0002"}]
     assert r.canaries.running == {} and r.playbook.rollout is None
-    assert r.playbook.probation is None  # the live trial already compared it: no probation
+    # The trial saw a small share of traffic: the promoted version is on probation too (issue 20)
+    assert r.playbook.probation["versions"] == {"mlp": "v0002"}
     assert r.playbook.history[-1]["result"] == "trial: promoted"
 
 
@@ -493,7 +517,7 @@ def test_a_controller_killed_mid_promotion_finishes_it_once_on_restart(rollout):
     assert again.swapper.swaps == [{"mlp": "v0002"}] and again.adopted == [{"mlp": "v0002"}]
     assert again.kinds().count("promote") == 1 and again.last("promote")["outcome"] == "ok"
     assert again.playbook.promoting is None and again.saved[-1]["promoting"] is None
-    assert (again.playbook.probation is not None) == (rollout == "off")
+    assert again.playbook.probation is not None  # after a trial too: it saw a small share only
     if rollout == "canary":
         assert again.kinds().count("trial-finished") == 1
 
@@ -573,3 +597,105 @@ def test_an_operator_promotion_releases_its_member_from_probation():
     r = Rig(rollout="off")
     run(go(r))
     assert r.playbook.probation["versions"] == {"lr": "v0002"}  # mlp is the operator's now
+
+
+# ---- probation on every live signal, and approval of every model action (issue 20) -------------------
+
+def champion_moves() -> list[dict[str, Any]]:
+    """v0000 then v0001 were champions; v0000 failed a probation once (so it is never a rollback target)."""
+    return [{"at": 1.0, "action": "promote", "alias": "champion", "from_version": None, "to_version": "v0000"},
+            {"at": 2.0, "action": "promote", "alias": "champion", "from_version": "v0000", "to_version": "v0001"}]
+
+
+def test_a_promotion_takes_the_champions_call_baseline_and_failing_calls_roll_it_back_to_a_healthy_version():
+    """On the old code only accuracy was judged and the rollback went to ``previous`` whatever it was."""
+    registry = FakeRegistry()
+    registry.moves = champion_moves() + [{"at": 3.0, "action": "probation-failed", "alias": "champion",
+                                          "from_version": "v0000", "to_version": "v0001"}]
+    baseline = {"mlp": CallSample(ok=1990, failed=10, latencies=[0.01] * 1990)}
+
+    async def go(r: Rig) -> None:
+        await r.gated_job(mlp=True, lr=False)
+        r.playbook.observe_probation("mlp", "v0002", CallSample(ok=240, failed=60, latencies=[0.01] * 240))
+        assert await r.step() is True  # the promotion's end is checkpointed first
+        assert await r.step() is True  # then judged: rolled back in the background
+
+    r = Rig(rollout="off", registry=registry, baseline=baseline)
+    run(go(r))
+    assert r.last("promote")["evidence"]["baseline"]["mlp"]["calls"] == 2000
+    rb = r.last("rollback")
+    assert rb["outcome"] == "ok" and rb["evidence"]["champion_now"] == {"mlp": "v0001"}
+    assert rb["evidence"]["signals"]["mlp"][0]["signal"] == "error_rate"
+    assert "v0000 failed probation" in rb["evidence"]["choice"]["mlp"]
+    assert registry.aliases("m", "mlp") == {"champion": "v0001", "previous": "v0002", "challenger": "v0002"}
+    assert r.swapper.swaps[-1] == {"mlp": "v0001"} and r.playbook.probation is None
+
+
+def test_with_no_healthy_version_the_failing_one_keeps_serving_and_the_record_says_why():
+    registry = FakeRegistry()
+    registry.aliases_["mlp"]["champion"] = "v0002"
+    # Only v0000 was ever champion before v0002, and it failed its own probation: nowhere healthy to go.
+    registry.moves = champion_moves()[:1] + [{"at": 3.0, "action": "probation-failed", "alias": "champion",
+                                              "from_version": "v0000", "to_version": "v0002"}]
+    r = Rig(registry=registry)
+    out = run(r.healer.rollback_probation(Rollback(("mlp",), "probation failed", {"mlp": "v0002"})))
+    assert out["rolled_back"] == {} and "kept v0002" in out["errors"]["mlp"]
+    assert "v0000 failed probation" in r.last("rollback")["evidence"]["choice"]["mlp"]
+    assert registry.aliases("m", "mlp")["champion"] == "v0002" and r.swapper.swaps == []
+
+
+def test_approval_mode_proposes_retrain_promotion_and_rollback_and_runs_each_once_approved():
+    async def settle(r: Rig) -> None:
+        while await r.step():  # a change is checkpointed on one step, acted on in the next
+            pass
+
+    async def go(r: Rig) -> None:
+        assert await r.step(triggers=[DECAY]) is True  # proposed, not submitted
+        assert r.jobs.submitted == [] and r.kinds() == ["proposed"]
+        (p,) = r.healer.proposals()
+        assert p["action"] == "retrain" and p["incident"] == "model-000001"
+        assert await r.step(triggers=[DECAY]) is False  # waiting for the operator
+        assert r.healer.decide("model-000001", True, "ops")["approval"] == "approved"
+        await settle(r)
+        assert len(r.jobs.submitted) == 1  # approved: submitted
+        r.jobs.status = "SUCCEEDED"
+        r.jobs.outcomes[r.jobs.submitted[-1].record] = gated(mlp=True, lr=False)
+        await settle(r)
+        assert r.registry.promoted == [] and r.healer.proposals()[0]["action"] == "promote"
+        r.healer.decide("model-000002", True, "ops")
+        await settle(r)
+        assert r.registry.promoted == [("mlp", "v0002")] and r.playbook.probation is not None
+        r.playbook.observe_probation("mlp", "v0002", CallSample(ok=240, failed=60, latencies=[0.01] * 240))
+        await settle(r)
+        assert r.healer.proposals()[0]["action"] == "rollback" and r.swapper.swaps == [{"mlp": "v0002"}]
+        r.healer.decide("model-000003", True, "ops")
+        await settle(r)
+
+    registry = FakeRegistry()
+    registry.moves = champion_moves()
+    r = Rig(rollout="off", approval=True, registry=registry,
+            baseline={"mlp": CallSample(ok=1990, failed=10, latencies=[0.01] * 1990)})
+    run(go(r))
+    # The best score of the healthy recent champions (v0000 0.75 over v0001 0.7), not blindly `previous`
+    assert r.swapper.swaps[-1] == {"mlp": "v0000"}
+    assert r.kinds().count("proposed") == 3 and r.kinds().count("approved") == 3
+    assert r.last("approved")["evidence"]["by"] == "ops" and r.last("rollback")["outcome"] == "ok"
+
+
+def test_a_rejected_promotion_keeps_the_champion():
+    async def go(r: Rig) -> None:
+        assert await r.step(triggers=[DECAY])  # submitted in auto mode
+        r.approval = True  # then the operator switches to approval mode
+        r.jobs.status = "SUCCEEDED"
+        r.jobs.outcomes[r.jobs.submitted[-1].record] = gated(mlp=True, lr=False)
+        assert await r.step()
+        (p,) = r.healer.proposals()
+        assert p["action"] == "promote" and p["target"] == "m"
+        assert r.healer.decide(p["incident"], False, "ops")["approval"] == "rejected"
+        await r.step()
+
+    r = Rig(rollout="off")
+    run(go(r))
+    assert r.registry.promoted == [] and r.swapper.swaps == [] and r.healer.proposals() == []
+    assert r.last("rejected")["evidence"]["by"] == "ops" and r.playbook.probation is None
+    assert r.playbook.history[-1]["result"] == "promote rejected by an operator"

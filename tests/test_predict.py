@@ -128,7 +128,8 @@ def test_a_canary_answers_in_its_champions_place_and_the_champion_is_kept(tmp_pa
     assert out["model_version"] == "logistic:v1,mlp:v9,tabresnet:v1"
     mlp = json.loads(svc.logged()[0]["member_outputs"])["mlp"]
     assert mlp["replica"] == "challenger" and mlp["version"] == "v9" and mlp["champion"]["version"] == "v1"
-    assert svc.calls.drain()["challenger_calls"] == {"mlp": {"ok": 1, "failed": 0}}
+    calls = svc.calls.drain()["challenger_calls"]["mlp"]
+    assert (calls["ok"], calls["failed"], len(calls["latencies"])) == (1, 0, 1)  # its latency, against the champion's
 
 
 def shadow_service(tmp_path, *, challenger_after_s: float = 0.01) -> Service:

@@ -421,6 +421,21 @@ class ModelRegistry:
         moves: dict[str, str | None] = {CHAMPION: previous, PREVIOUS: aliases.get(CHAMPION)}
         return self._move(model, member, aliases, moves, action="rollback")
 
+    def demote(self, model: str, member: str, to_version: str, *, action: str = "probation-failed"
+               ) -> dict[str, str]:
+        """Make ``to_version`` the champion because the champion failed: the failed one becomes ``previous``
+        (``raymedic rollback`` can still bring it back) and the move is recorded under ``action``, so the
+        alias history says for good which version failed (a later rollback never picks it).
+
+        Idempotent: when ``to_version`` is the champion already, nothing moves."""
+        target = self.resolve(model, member, to_version)
+        aliases = self.aliases(model, member)
+        current = aliases.get(CHAMPION)
+        if current == target:
+            return aliases
+        moves: dict[str, str | None] = {CHAMPION: target, PREVIOUS: current}
+        return self._move(model, member, aliases, moves, action=action)
+
     def alias_history(self, model: str, member: str) -> list[AliasMove]:
         """Every recorded alias move, oldest first."""
         _check_name("model", model)

@@ -14,7 +14,14 @@ three collaborators it is given, so it unit-tests with fakes and a fake clock:
 - a promotion moves the ``champion`` alias of the members that passed and has
   every running replica of those members swap to the new version in place
   (:mod:`controllers.models.swap`); a rollback moves ``champion`` back to
-  ``previous`` and swaps the same way.
+  ``previous`` and swaps the same way;
+- a promoted version (after a trial too) is on probation against the champion it
+  replaced (its live calls' baseline is taken just before the swap); one that
+  regresses on any live signal is rolled back to the member's best recent healthy
+  version (:func:`controllers.policies.probation.best_healthy_version` over the
+  registry's versions and alias history), recorded there as ``probation-failed``;
+- in approval mode each of these automatic actions (retrain, search, promote,
+  rollback) is proposed first and runs once an operator approves it.
 
 Blocking calls run in worker threads and a promotion or rollback runs as a
 background task, so the controller's loop keeps healing replicas meanwhile.
@@ -24,16 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 from typing import Any, Callable, Coroutine, Protocol, Sequence
 
 from controllers.models.canaries import Canaries
 from controllers.models.jobs import PROJECT_ROOT, Jobs
 from controllers.models.swap import Swapper
-from controllers.policies.playbook import Playbook, Promote, RolloutDone, SubmitRetrain, Trigger
+from controllers.policies.playbook import (PROPOSAL_PREFIX, ModelAction, Playbook, Promote, Proposal, Rollback,
+                                           RolloutDone, SubmitRetrain, Trigger)
+from controllers.policies.probation import CallSample, best_healthy_version, version_records
 from raymedic.config import RaymedicConfig
 from raymedic.failpoints import Point, failpoint
 from raymedic.logs import get_logger
-from train_jobs.registry import LoadedVersion, VersionInfo
+from train_jobs.registry import AliasMove, LoadedVersion, VersionInfo
 
 __all__ = ["ModelHealer", "Registry", "PROJECT_ROOT"]
 
@@ -68,6 +78,18 @@ class Registry(Protocol):
         """``{alias: version}``."""
         ...
 
+    def versions(self, model: str, member: str) -> list[VersionInfo]:
+        """Every complete version, oldest first."""
+        ...
+
+    def alias_history(self, model: str, member: str) -> list[AliasMove]:
+        """Every alias move, oldest first."""
+        ...
+
+    def demote(self, model: str, member: str, to_version: str) -> dict[str, str]:
+        """Champion back to ``to_version`` because the champion failed (recorded as ``probation-failed``)."""
+        ...
+
     def load(self, model: str, member: str, ref: str = "champion") -> LoadedVersion:
         """A version's files (for golden sets)."""
         ...
@@ -93,13 +115,18 @@ class ModelHealer:
         save_intent: Flushes the audit and writes the controller's checkpoint (blocking).
         recorded: Whether the audit holds a record of a kind for a record id (a replayed action's outcome is
             recorded once).
+        approval: Whether approval mode is on (the replica policy's mode: one switch for every action).
+        baseline: The members' serving champions' recent calls (``members → {member: CallSample}``), taken
+            just before a promotion swaps them out: the probation's baseline.
     """
 
     def __init__(self, cfg: RaymedicConfig, playbook: Playbook, record: Record, *,
                  on_new_versions: Callable[[dict[str, str]], None], jobs: Jobs, canaries: Canaries,
                  swapper: Swapper, registry: Registry, clock: Callable[[], float] = time.time,
                  save_intent: Callable[[], None] | None = None,
-                 recorded: Callable[[str, str], bool] = lambda kind, record: False) -> None:
+                 recorded: Callable[[str, str], bool] = lambda kind, record: False,
+                 approval: Callable[[], bool] = lambda: False,
+                 baseline: Callable[[Sequence[str]], dict[str, CallSample]] = lambda members: {}) -> None:
         self.cfg, self.playbook, self._record = cfg, playbook, record
         # Blocking: the audit flushed and the controller's checkpoint written, before and after an action
         # (a submit, a promotion), so a kill in between neither loses its record nor repeats it.
@@ -108,6 +135,9 @@ class ModelHealer:
         self._on_new_versions = on_new_versions
         self.jobs, self.canaries, self.swapper, self.registry = jobs, canaries, swapper, registry
         self._clock = clock
+        self._approval = approval
+        self._baseline = baseline
+        self._label_rate: float | None = None
         self._manual: str | None = None
         self._bg: asyncio.Task | None = None  # a promotion, rollback or trial start in progress
         self._changed = False
@@ -128,10 +158,14 @@ class ModelHealer:
         return {"retrain": "requested", "reason": self._manual}
 
     async def step(self, now: float, triggers: Sequence[Trigger], labels: int,
-                   live: dict[str, tuple[float, int]]) -> bool:
+                   live: dict[str, tuple[float, int]], *, label_rate: float | None = None) -> bool:
         """Advance the playbook; True if anything changed (checkpoint it). Never blocks on a promotion
-        or rollback: that runs as a background task so replica healing goes on meanwhile."""
+        or rollback: that runs as a background task so replica healing goes on meanwhile.
+
+        ``label_rate``: labels per second on the whole traffic (a trial's length follows it)."""
         pb = self.playbook
+        if label_rate is not None:
+            self._label_rate = label_rate
         if self.deploying:
             return False
         if not self._started:
@@ -154,15 +188,83 @@ class ModelHealer:
                                                          job.get("since")), labels)
         if pb.rollout is not None:
             return self._judge_trial(now)
+        approved = pb.approved(approval=self._approval())
+        if approved is not None:
+            return await self._run_approved(now, approved, labels)
         manual, self._manual = self._manual, None
-        sub = pb.step(now, triggers, labels, manual=manual)
+        sub = pb.step(now, triggers, labels, manual=manual, approval=self._approval())
+        if isinstance(sub, Proposal):
+            self._proposed(sub)
+            return True
         if sub is None:
-            rb = pb.check_probation(live, self.cfg.performance.accuracy_drop)
+            if pb.proposal is not None:
+                return False
+            rb = pb.check_probation(live, self.cfg.performance.accuracy_drop, self.cfg.retraining.probation)
             if rb is not None:
-                self.spawn(self.rollback(list(rb.members), rb.reason))
+                if self._approval():
+                    self._proposed(pb.propose(ModelAction.ROLLBACK, f"{self.cfg.model}/{','.join(rb.members)}",
+                                              rb.reason, {"members": list(rb.members), "reason": rb.reason,
+                                                          "versions": rb.versions, "evidence": rb.evidence,
+                                                          "record": rb.record}, now))
+                else:
+                    self.spawn(self.rollback_probation(rb))
                 return True
             return False
         return await self._submit(now, sub, labels)
+
+    # ---- approval mode -----------------------------------------------------------------
+
+    def _proposed(self, p: Proposal) -> None:
+        """Audit (and alert on) a proposal: what would run, why, and how to answer it."""
+        self._record("proposed", p.target if "/" in p.target else self.cfg.model, evidence={
+            "proposal": p.id, "reason": p.reason, **{k: v for k, v in p.payload.items() if k != "reason"}},
+            action=str(p.action), outcome="awaiting approval", incident=p.id)
+
+    async def _run_approved(self, now: float, p: Proposal, labels: int) -> bool:
+        """Carry out an approved proposal (or a pending one once approval mode was switched off)."""
+        d = p.payload
+        if p.action in (ModelAction.RETRAIN, ModelAction.SEARCH):
+            sub = self.playbook.start_job(now, d.get("reason", p.reason), d.get("alerts") or (),
+                                          search=bool(d.get("search")), since=d.get("since"))
+            return await self._submit(now, sub, labels)
+        if p.action == ModelAction.PROMOTE:
+            promote = Promote(**{k: v for k, v in d["promote"].items() if k in Promote.__dataclass_fields__})
+            self.playbook.intend_promotion(promote, probation=bool(d.get("probation", True)))
+            self.spawn(self.promote(now, promote, probation=bool(d.get("probation", True))))
+            return True
+        rb = Rollback(tuple(d.get("members") or ()), str(d.get("reason", p.reason)), dict(d.get("versions") or {}),
+                      dict(d.get("evidence") or {}), str(d.get("record", "")))
+        self.spawn(self.rollback_probation(rb))
+        return True
+
+    def owns(self, proposal_id: str) -> bool:
+        """Whether ``proposal_id`` names one of this healer's proposals (``model-NNNNNN``)."""
+        return proposal_id.startswith(PROPOSAL_PREFIX)
+
+    def decide(self, proposal_id: str, approve: bool, who: str = "operator") -> dict[str, Any]:
+        """An operator's answer to a proposed model action (``{"error", "status"}`` when there is none)."""
+        try:
+            p = self.playbook.decide(proposal_id, approve, self._clock())
+        except KeyError:
+            pending = self.playbook.proposal
+            return {"error": f"no model proposal {proposal_id!r}; pending: {[pending.id] if pending else []}",
+                    "status": 404}
+        except ValueError as exc:
+            return {"error": f"{exc}; `raymedic status` lists the pending proposals", "status": 409}
+        verdict = "approved" if approve else "rejected"
+        self._record(verdict, p.target if "/" in p.target else self.cfg.model,
+                     evidence={"proposal": p.id, "by": who, "reason": p.reason}, action=str(p.action),
+                     outcome=verdict, incident=p.id)
+        self._changed = True
+        return {"incident": proposal_id, "approval": verdict, "action": str(p.action)}
+
+    def proposals(self) -> list[dict[str, Any]]:
+        """The pending model proposal, in the status's ``proposals`` form."""
+        p = self.playbook.proposal
+        if p is None or str(p.approval) != "pending":
+            return []
+        return [{"incident": p.id, "target": p.target, "fault": p.reason[:200], "action": str(p.action),
+                 "detected_at": p.proposed_at}]
 
     async def _submit(self, now: float, sub: SubmitRetrain, labels: int) -> bool:
         """Checkpoint the job's intent, then submit it under its record's id. A controller killed between
@@ -232,7 +334,10 @@ class ModelHealer:
         if promote is None or self.cfg.rollout.mode == "off":
             await asyncio.to_thread(self.canaries.cool, ())
         if promote is not None:
-            if self.cfg.rollout.mode == "off":
+            if self.cfg.rollout.mode == "off" and self._approval():
+                self._proposed(pb.propose(ModelAction.PROMOTE, self.cfg.model, f"gate passed: {promote.versions}",
+                                          {"promote": asdict(promote), "probation": True}, now))
+            elif self.cfg.rollout.mode == "off":
                 pb.intend_promotion(promote, probation=True)  # checkpointed with this step's
                 self.spawn(self.promote(now, promote))
             else:
@@ -283,15 +388,21 @@ class ModelHealer:
         if not self._trial_ready:  # deployed by a controller before a restart: deploy again (idempotent)
             self.spawn(self._redeploy_trial(dict(r["versions"])))
             return False
-        new, done = self.playbook.check_rollout(now, self.cfg.rollout)
+        new, done = self.playbook.check_rollout(now, self.cfg.rollout, label_rate=self._label_rate,
+                                                calls_cfg=self.cfg.retraining.probation)
         for m, (verdict, why) in new.items():
             self._record(f"trial-{verdict}", f"{self.cfg.model}/{m}", evidence={
                 "reason": why, "live": (self.playbook.rollout or {}).get("tally", {}).get(m)},
                 action="trial", outcome=verdict, incident=(self.playbook.rollout or {}).get("record"))
         if done is not None:
-            if done.promote is not None:  # the trial is over in the playbook: its promotion must not be lost
-                self.playbook.intend_promotion(done.promote, probation=False)
-            self.spawn(self._finish_trial(now, done))
+            promote_now = done.promote is not None and not self._approval()
+            if done.promote is not None and not promote_now:
+                self._proposed(self.playbook.propose(
+                    ModelAction.PROMOTE, self.cfg.model, f"trial {done.record} passed: {done.promote.versions}",
+                    {"promote": asdict(done.promote), "probation": True}, now))
+            if promote_now:  # the trial is over in the playbook: its promotion must not be lost
+                self.playbook.intend_promotion(done.promote, probation=True)
+            self.spawn(self._finish_trial(now, done, promote_now=promote_now))
         return bool(new) or done is not None
 
     async def _redeploy_trial(self, versions: dict[str, str]) -> None:
@@ -305,14 +416,14 @@ class ModelHealer:
             self._record("trial-abandoned", self.cfg.model, evidence={"error": repr(exc)[:500]},
                          action="trial", outcome="failed", incident=(r or {}).get("record"))
 
-    async def _finish_trial(self, now: float, done: RolloutDone) -> None:
+    async def _finish_trial(self, now: float, done: RolloutDone, *, promote_now: bool = True) -> None:
         members = sorted(set(done.rejected) | set(done.promote.versions if done.promote else ()))
         if not self._recorded("trial-finished", done.record):  # a trial judged again after a restart: once
             self._record("trial-finished", self.cfg.model, evidence={
                 "promote": done.promote.versions if done.promote else {}, "rejected": done.rejected},
                 action="trial", outcome="promote" if done.promote else "rejected", incident=done.record)
-        if done.promote is not None:
-            await self.promote(now, done.promote, probation=False)
+        if done.promote is not None and promote_now:  # on probation too: the trial saw a small share only
+            await self.promote(now, done.promote, probation=True)
         await asyncio.to_thread(self.canaries.delete, members)
         self._changed = True
 
@@ -429,6 +540,7 @@ class ModelHealer:
         # An operator's promotion (`raymedic promote`, one member) says who asked, why and what it replaced.
         target = f"{self.cfg.model}/{next(iter(promote.versions))}" if promote.by else self.cfg.model
         asked = {"by": promote.by, "reason": promote.reason, "previous": promote.previous} if promote.by else {}
+        baseline = self._baseline(list(promote.versions)) if probation else {}  # the champions' calls, pre-swap
         try:
             for member, version in promote.versions.items():
                 await asyncio.to_thread(self.registry.promote, self.cfg.model, member, version)
@@ -442,15 +554,17 @@ class ModelHealer:
                                                       "error": repr(exc)[:500]},
                          action="promote", outcome=f"failed: {exc}", incident=promote.record)
             return
-        if probation:  # a live trial already compared it with the champion on the same requests
-            pb.promoted(now, promote)
+        if probation:
+            pb.promoted(now, promote, baseline)
         elif promote.by:  # the operator chose these versions: a probation must not roll them back
             pb.release(list(promote.versions))
         pb.promotion_done()
         self._changed = True
         if not self._recorded("promote", promote.record):
             self._record("promote", target, evidence={"versions": promote.versions, **asked, "replicas": replicas,
-                                                      "holdout_accuracy": promote.holdout_accuracy},
+                                                      "holdout_accuracy": promote.holdout_accuracy,
+                                                      "probation": probation,
+                                                      "baseline": {m: b.summary() for m, b in baseline.items()}},
                          action="promote", outcome="ok", incident=promote.record,
                          duration_s=round(time.monotonic() - t0, 3))
         await self._durable(f"the promotion {promote.record}")
@@ -475,13 +589,8 @@ class ModelHealer:
                 moved[m] = aliases.get("champion", "?")
             except Exception as exc:
                 errors[m] = str(exc)
-        replicas: dict[str, Any] = {}
+        replicas = await self._swap_in(moved, errors)
         if moved:
-            try:
-                self._on_new_versions(dict(moved))
-                replicas = await self.swap(dict(moved))
-            except Exception as exc:
-                errors["swap"] = str(exc)
             self.playbook.rolled_back()
             self._changed = True
         self._record("rollback", self.cfg.model, evidence={"reason": reason, "champion_now": moved,
@@ -489,10 +598,73 @@ class ModelHealer:
                      action="rollback", outcome="ok" if moved and not errors else f"errors: {errors}")
         return {"rolled_back": moved, "errors": errors}
 
+    async def _swap_in(self, moved: dict[str, str], errors: dict[str, str]) -> dict[str, Any]:
+        """The versions the registry now names serve (adopted, swapped in on every replica); what each
+        replica did. A failure lands in ``errors["swap"]`` (Serve's replacements load the champion anyway)."""
+        if not moved:
+            return {}
+        try:
+            self._on_new_versions(dict(moved))
+            return await self.swap(dict(moved))
+        except Exception as exc:
+            errors["swap"] = str(exc)
+            return {}
+
+    def _rollback_target(self, member: str, failing: str) -> tuple[str | None, str]:
+        """Where ``member``'s failing version goes back to, and why (blocking: registry reads)."""
+        versions = self.registry.versions(self.cfg.model, member)
+        moves = self.registry.alias_history(self.cfg.model, member)
+        schema = next((v.metadata.get("schema") for v in versions if v.version == failing), None)
+        records = version_records([{"version": v.version, "created_at": v.created_at, "metadata": v.metadata}
+                                   for v in versions],
+                                  [m if isinstance(m, dict) else asdict(m) for m in moves])
+        best, why = best_healthy_version(records, failing=failing, history=self.cfg.retraining.probation.history,
+                                         schema=schema)
+        return (best.version if best is not None else None), why
+
+    async def rollback_probation(self, rb: Rollback) -> dict[str, Any]:
+        """A probation failed: each member back to its best recent healthy version (not blindly ``previous``),
+        recorded in the registry as ``probation-failed`` so no later rollback picks the failed version, swapped
+        in on every replica, and audited with the evidence (which signal, values, thresholds) and the choice.
+
+        A member whose failing version is no longer its champion (an operator moved it meanwhile) is left
+        alone; one with no healthy version to go to keeps serving and the record says so."""
+        t0 = time.monotonic()
+        moved: dict[str, str] = {}
+        chosen: dict[str, str] = {}
+        errors: dict[str, str] = {}
+        for m in rb.members:
+            failing = rb.versions.get(m)
+            try:
+                champion = await asyncio.to_thread(self.registry.resolve, self.cfg.model, m, "champion")
+                if failing is not None and champion != failing:
+                    chosen[m] = f"{failing} no longer serves (champion {champion}): nothing to roll back"
+                    continue
+                target, why = await asyncio.to_thread(self._rollback_target, m, champion)
+                chosen[m] = why
+                if target is None:
+                    errors[m] = f"kept {champion}: {why}"
+                    continue
+                await asyncio.to_thread(self.registry.demote, self.cfg.model, m, target)
+                moved[m] = target
+            except Exception as exc:
+                errors[m] = str(exc)
+        replicas = await self._swap_in(moved, errors)
+        self.playbook.rolled_back()
+        self._changed = True
+        self._record("rollback", self.cfg.model, evidence={
+            "reason": rb.reason, "signals": rb.evidence, "failed": rb.versions, "champion_now": moved,
+            "choice": chosen, "replicas": replicas, "errors": errors},
+            action="rollback", outcome="ok" if moved and not errors else f"errors: {errors}",
+            incident=rb.record or None, duration_s=round(time.monotonic() - t0, 3))
+        await self._durable("the probation rollback")
+        return {"rolled_back": moved, "errors": errors}
+
     def status(self) -> dict[str, Any]:
         """The retraining part of the controller's status: job, probation, trial, history, backoff."""
         pb = self.playbook
-        return {"enabled": self.cfg.retraining.enabled, "job": pb.job, "probation": pb.probation,
-                "trial": pb.rollout,
+        p = pb.proposal
+        return {"enabled": self.cfg.retraining.enabled, "job": pb.job, "probation": pb.probation_view(),
+                "trial": pb.rollout, "proposal": p.to_dict() if p is not None else None,
                 "deploying": self.deploying,
                 "history": pb.history[-5:], **pb.waiting()}

@@ -13,7 +13,12 @@ Per member the verdict is:
 
 - ``reject`` as soon as the challenger is significantly worse (one-sided exact
   binomial test on the discordant pairs at ``alpha``), or its calls fail too
-  often, or the trial times out;
+  often (over ``max_error_rate``, or significantly more often than the
+  champion's calls of the same period), or its p99 call latency is over
+  ``max_latency_ratio`` times the champion's (both over
+  ``retraining.probation.min_calls`` calls; see
+  :mod:`controllers.policies.probation`), or the trial times out (its length
+  follows from its share and the label rate: ``length_s``);
 - ``promote`` once ``min_labels`` paired labels are in and the challenger was
   right at least as often as the champion (it already beat it on the holdout;
   the live trial's job is to catch a challenger that does not hold up);
@@ -29,12 +34,13 @@ Per member the verdict is:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from scipy import stats
 
-from raymedic.config import RolloutConfig
+from controllers.policies.probation import LATENCIES_KEPT, CallSample, call_regressions
+from raymedic.config import ProbationConfig, RolloutConfig
 
 __all__ = ["PairTally", "judge_member"]
 
@@ -51,6 +57,26 @@ class PairTally:
     neither: int = 0
     calls_ok: int = 0
     calls_failed: int = 0
+    champion_ok: int = 0  # the champion's member calls over the trial (the baseline of the call signals)
+    champion_failed: int = 0
+    challenger_latencies: list[float] = field(default_factory=list)  # the newest LATENCIES_KEPT of each
+    champion_latencies: list[float] = field(default_factory=list)
+
+    def add_calls(self, *, challenger: CallSample | None = None, champion: CallSample | None = None) -> None:
+        """Member calls of the challenger and/or of the champion on the same period."""
+        if challenger is not None:
+            self.calls_ok += challenger.ok
+            self.calls_failed += challenger.failed
+            self.challenger_latencies = (self.challenger_latencies + challenger.latencies)[-LATENCIES_KEPT:]
+        if champion is not None:
+            self.champion_ok += champion.ok
+            self.champion_failed += champion.failed
+            self.champion_latencies = (self.champion_latencies + champion.latencies)[-LATENCIES_KEPT:]
+
+    def samples(self) -> tuple[CallSample, CallSample]:
+        """The challenger's and the champion's calls as samples."""
+        return (CallSample(self.calls_ok, self.calls_failed, list(self.challenger_latencies)),
+                CallSample(self.champion_ok, self.champion_failed, list(self.champion_latencies)))
 
     def add(self, *, champion_correct: bool, challenger_correct: bool) -> None:
         """One labelled request both answered."""
@@ -86,21 +112,34 @@ class PairTally:
         return float(stats.binomtest(self.challenger_only, n, 0.5, alternative="less").pvalue)
 
     def to_dict(self) -> dict[str, Any]:
-        """The counts and accuracies, for the checkpoint and the status."""
+        """The counts and accuracies, for the checkpoint and the status (``calls``: both sides' summaries)."""
+        chal, champ = self.samples()
         return {**asdict(self), "labels": self.labels, "challenger_accuracy": self.challenger_accuracy,
-                "champion_accuracy": self.champion_accuracy}
+                "champion_accuracy": self.champion_accuracy,
+                "calls": {"challenger": chal.summary(), "champion": champ.summary()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PairTally":
-        """Read the counts back (derived keys are ignored)."""
-        return cls(**{k: int(d.get(k, 0)) for k in cls.__dataclass_fields__})
+        """Read the counts back (derived keys are ignored; a tally checkpointed before latencies has none)."""
+        lists = ("challenger_latencies", "champion_latencies")
+        return cls(**{k: int(d.get(k, 0)) for k in cls.__dataclass_fields__ if k not in lists},
+                   **{k: [float(x) for x in d.get(k) or ()] for k in lists})
 
 
-def judge_member(t: PairTally, cfg: RolloutConfig, *, elapsed_s: float) -> tuple[str, str] | None:
-    """``("promote" | "reject", why)`` for one member's trial, or None to keep collecting."""
+def judge_member(t: PairTally, cfg: RolloutConfig, *, elapsed_s: float, length_s: float | None = None,
+                 calls_cfg: ProbationConfig | None = None) -> tuple[str, str] | None:
+    """``("promote" | "reject", why)`` for one member's trial, or None to keep collecting.
+
+    ``length_s``: the trial's length (default ``cfg.timeout_s``); ``calls_cfg``: the call signals' minimum
+    counts and margins (default :class:`ProbationConfig`'s)."""
     calls = t.calls_ok + t.calls_failed
     if calls >= MIN_CALLS_FOR_ERROR_RATE and t.calls_failed / calls > cfg.max_error_rate:
         return "reject", f"challenger calls failing: {t.calls_failed}/{calls}"
+    chal, champ = t.samples()
+    worse = call_regressions(chal, champ, calls_cfg or ProbationConfig(), alpha=cfg.alpha,
+                             max_ratio=cfg.max_latency_ratio)
+    if worse:
+        return "reject", "worse than the champion live: " + "; ".join(f"{r.signal}: {r.detail}" for r in worse)
     n = t.labels
     right = f"challenger right on {t.both + t.challenger_only}/{n} paired labels vs champion " \
             f"{t.both + t.champion_only}/{n}"
@@ -111,6 +150,8 @@ def judge_member(t: PairTally, cfg: RolloutConfig, *, elapsed_s: float) -> tuple
         return "promote", right
     if n >= cfg.max_labels:
         return "reject", f"no live win after {n} paired labels: {right}"
-    if elapsed_s > cfg.timeout_s:
-        return "reject", f"trial timed out after {elapsed_s:.0f} s with {n} paired labels (need {cfg.min_labels})"
+    limit = cfg.timeout_s if length_s is None else length_s
+    if elapsed_s > limit:
+        return "reject", (f"trial timed out after {elapsed_s:.0f} s (length {limit:.0f} s) with {n} paired labels "
+                          f"(need {cfg.min_labels})")
     return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -73,6 +74,7 @@ class Trials:
     async def call(self, name: str, rows: list[list[Any]], version: str) -> np.ndarray | None:
         """A challenger's answer within the member deadline, or None (a failure is counted as a failed
         call; an answer of another version, from an older trial's replica, is ignored)."""
+        t0 = time.perf_counter()  # measured as the members' calls are: the trial compares their p99
         try:
             if name not in self._handles:
                 self._handles[name] = self._handle_for(name)
@@ -83,7 +85,7 @@ class Trials:
             return None
         if out.get("version") != version:  # an older trial's replica still answering: not this challenger
             return None
-        self._calls.challenger_call(name, ok=True)
+        self._calls.challenger_call(name, ok=True, latency_s=time.perf_counter() - t0)
         return np.asarray(out["probabilities"], dtype=float)
 
     def shadow(self, records: Records, challengers: dict[str, asyncio.Future], on_trial: Mapping[str, str], *,

@@ -255,10 +255,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif rt.get("deploying"):
         print("retraining: deploying new versions")
     if rt.get("probation"):
-        print(f"probation: {rt['probation']['versions']} (rolled back automatically if live accuracy drops)")
+        sig = rt["probation"].get("signals") or {}
+        print(f"probation: {rt['probation']['versions']} (rolled back automatically on a live accuracy, error-rate "
+              "or p99 regression)" + "".join(
+                  f"\n  {m}: {s['calls']['calls']} calls, errors {s['calls']['error_rate']}, p99 "
+                  f"{s['calls']['p99_ms']} ms vs champion {s['baseline']['error_rate']}, {s['baseline']['p99_ms']} ms"
+                  for m, s in sig.items()))
     tr = rt.get("trial")
     if tr:
-        print(f"trial {tr['record']} ({tr['mode']}, {tr['share']:.0%} of requests):" + "".join(
+        print(f"trial {tr['record']} ({tr['mode']}, {tr['share']:.0%} of requests"
+              + (f", length {tr['length_s']:.0f} s" if tr.get("length_s") else "") + "):" + "".join(
             f"\n  {m} {v}: " + (f"challenger {t['challenger_accuracy']:.3f} vs champion {t['champion_accuracy']:.3f}"
                                f" on {t['labels']} paired labels" if t.get("labels") else "no paired labels yet")
             + (f" → {tr['verdicts'][m][0]}: {tr['verdicts'][m][1]}" if m in tr.get("verdicts", {}) else "")
