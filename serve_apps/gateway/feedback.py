@@ -21,6 +21,7 @@ from raymedic.config import GatewayConfig
 from raymedic.errors import LabelConflict
 from serve_apps.labels import LabelBook
 from serve_apps.predlog import MAX_CLOCK_SKEW_S, FeedbackLog, KnownIds, PredictionLog, inference_time
+from serve_apps.review import ReviewBook
 from serve_apps.telemetry import CallRecorder, RecentOutputs
 from serve_apps.validation import parse_feedback
 from train_jobs.schema import ModelSchema
@@ -40,11 +41,12 @@ class FeedbackIntake:
         calls: telemetry for the controller (losses, labelled answers).
         predictions: this replica's prediction log (answers still buffered are written before their labels).
         labels: the labels already given (None: this replica's own only).
+        review: the review queue, whose items a label clears (None: none).
     """
 
     def __init__(self, *, schema: ModelSchema, settings: GatewayConfig, feedback: FeedbackLog, known: KnownIds,
                  recent: RecentOutputs, calls: CallRecorder, predictions: PredictionLog | None = None,
-                 labels: LabelBook | None = None) -> None:
+                 labels: LabelBook | None = None, review: ReviewBook | None = None) -> None:
         self._schema = schema
         self._settings = settings
         self._feedback = feedback
@@ -52,6 +54,7 @@ class FeedbackIntake:
         self._recent = recent
         self._calls = calls
         self._predictions = predictions
+        self._review = review if review is not None and review.enabled else None
         self._labels = labels if labels is not None else LabelBook(None, "", horizon_s=settings.label_horizon_s)
 
     async def accept(self, body: Any) -> dict[str, Any]:
@@ -112,4 +115,6 @@ class FeedbackIntake:
                 if i not in self._recent and (logged := self._known.answer(i)) is not None:
                     self._recent.add_logged(i, *logged)
             self._calls.add_labels(self._recent.label_records(counted_ids, counted_classes))
+            if self._review is not None:  # a reviewer's label (or any label) clears its item once written
+                self._review.clear(kept)
         return {"accepted": len(keep), "unknown_ids": unknown, "repeated_ids": repeated}
