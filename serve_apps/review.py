@@ -326,7 +326,7 @@ class ReviewBook:
             added, dropped = self._queue.offer(items)
             self._rows.extend(item.row(now=now) for item in added)
             self._note_dropped(dropped, now)
-        self.queued += len(added)
+            self.queued += len(added)
         metrics.inc("raymedic_review_queued_total", len(added), model=self._model)
         self._export(now)
 
@@ -349,7 +349,7 @@ class ReviewBook:
             if cleared:  # a queued row not written yet need never be
                 gone = set(cleared)
                 self._rows = [r for r in self._rows if r["inference_id"] not in gone]
-        self.cleared += len(cleared)
+            self.cleared += len(cleared)
         metrics.inc("raymedic_review_cleared_total", len(cleared), model=self._model)
         return len(cleared)
 
