@@ -206,3 +206,22 @@ def test_compaction_keeps_only_what_still_waits_and_loses_nothing(tmp_path):
     for who in (b, book(storage, "gwc", clock=lambda: now)):  # b read the old parts before; a fresh replica none
         who.refresh(force=True)
         assert ids(who) == waiting
+
+
+def test_a_review_log_that_cannot_be_written_keeps_its_rows_for_the_next_flush(tmp_path, monkeypatch):
+    storage = Storage(str(tmp_path))
+    a = book(storage, "gwa")
+    it = item(time.time())
+    write = storage.write_parquet
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage, "write_parquet", full)
+    a.queue([it])  # answered and queued all the same
+    assert a.flush() == 0 and ids(a) == [it.inference_id]
+    monkeypatch.setattr(storage, "write_parquet", write)
+    assert a.flush() == 1
+    fresh = book(storage, "gwb")
+    fresh.refresh(force=True)
+    assert ids(fresh) == [it.inference_id]
