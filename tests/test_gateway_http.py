@@ -420,7 +420,9 @@ def test_status_shows_the_prediction_log_health(gateway):
 
 def test_the_review_route_pages_the_queue_and_says_what_to_fix(gateway, tmp_path):
     stand = gateway[0] = Stand(view=None, storage=tmp_path)
-    off = call("GET", "/v1/models/synthetic/review")
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    assert call("GET", "/v1/models/synthetic/review")[0] == 401  # every client's inputs: the admin token only
+    off = call("GET", "/v1/models/synthetic/review", headers=admin)
     assert off[0] == 404 and "review.threshold" in off[2]["error"]
     lane = stand._lanes["synthetic"]
     lane.review = ReviewBook(Storage(str(tmp_path)), "synthetic", settings=ReviewConfig(threshold=0.7),
@@ -428,14 +430,14 @@ def test_the_review_route_pages_the_queue_and_says_what_to_fix(gateway, tmp_path
     now = time.time()
     items = [ReviewItem(new_inference_id(now - 3 + k), now - 3 + k, "v1", "1", (0.4, 0.6), "{}") for k in range(3)]
     lane.review.queue(items)
-    status, _, page = call("GET", "/v1/models/synthetic/review?limit=2")
+    status, _, page = call("GET", "/v1/models/synthetic/review?limit=2", headers=admin)
     assert status == 200 and [i["inference_id"] for i in page["items"]] == [i.inference_id for i in items[:2]]
-    rest = call("GET", f"/v1/models/synthetic/review?after={page['next_after']}")[2]
+    rest = call("GET", f"/v1/models/synthetic/review?after={page['next_after']}", headers=admin)[2]
     assert [i["inference_id"] for i in rest["items"]] == [items[2].inference_id] and rest["next_after"] is None
     assert page["size"] == 3 and call("GET", "/v1/status")[2]["review"]["size"] == 3
-    bad = call("GET", "/v1/models/synthetic/review?limit=5000")
+    bad = call("GET", "/v1/models/synthetic/review?limit=5000", headers=admin)
     assert bad[0] == 422 and "from 1 to 1000" in bad[2]["error"]
-    assert call("GET", "/v1/models/nope/review")[0] == 404
+    assert call("GET", "/v1/models/nope/review", headers=admin)[0] == 404
 
 
 def test_chaos_disk_fill_writes_a_bounded_file_under_storage_and_clear_removes_it(gateway, tmp_path):

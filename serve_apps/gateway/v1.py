@@ -114,9 +114,10 @@ class V1Routes:
         The answers waiting for review (top-class probability under ``review.threshold``), oldest first,
         paged with ``?limit=N&after=<next_after>``; a label sent through ``:feedback`` clears an item. The
         queue is every gateway replica's, merged from storage (read here first, with this replica's own
-        buffered answers written, so each item's inputs are found in the prediction log).
+        buffered answers written, so each item's inputs are found in the prediction log). Needs
+        ``Authorization: Bearer $RAYMEDIC_ADMIN_TOKEN``: the queue shows every client's inputs and answers.
         """
-        self._access.client(request.headers)  # 401 without a client key where client_auth is on
+        check_admin(request, self._admin_sha)
         lane = self._lane(model)
         after, limit = page_query(dict(request.query_params))
         if not lane.review.enabled:
