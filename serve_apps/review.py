@@ -309,6 +309,7 @@ class ReviewBook:
         self._refreshed_at = float("-inf")
         self._compacted_at = float("-inf")
         self._writable = True
+        self._exported_at = float("-inf")
         self.queued = self.cleared = self.dropped = 0  # this replica's, since it started
 
     # ---- the event loop's side ------------------------------------------------------------
@@ -328,7 +329,8 @@ class ReviewBook:
             self._note_dropped(dropped, now)
             self.queued += len(added)
         metrics.inc("raymedic_review_queued_total", len(added), model=self._model)
-        self._export(now)
+        if now - self._exported_at >= 1.0:  # the gauges, at most once a second from the request path
+            self._export(now)
 
     def _note_dropped(self, dropped: list[ReviewItem], now: float) -> None:
         """Record drops this replica decided (``_lock`` held): a queued row not written yet is just not written."""
@@ -354,6 +356,7 @@ class ReviewBook:
         return len(cleared)
 
     def _export(self, now: float) -> None:
+        self._exported_at = now
         with self._lock:
             size, oldest = len(self._queue), self._queue.oldest()
         metrics.set_gauge("raymedic_review_queue_size", size, model=self._model, replica=self._tag)

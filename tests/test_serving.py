@@ -382,6 +382,13 @@ def test_the_review_queue_lists_unsure_answers_oldest_first_a_label_clears_one_a
 
     assert wait_for(rebuilt, timeout_s=90, what="a new gateway replica answering the review route") == left
 
+    def exported():  # Ray's exporter has them by now (about 10 s after the first answers were queued)
+        got = _scrape()
+        return {"ray_raymedic_review_queued_total", "ray_raymedic_review_queue_size"} <= set(got) and got
+
+    got = wait_for(exported, timeout_s=30, what="the review metrics on Ray's metrics endpoint")
+    assert sum(v for s, v in got["ray_raymedic_review_queued_total"] if s.get("model") == model) >= len(flagged)
+
 
 def test_labels_give_live_accuracy_and_a_flipped_concept_raises_decay_and_drift(svc):
     """Delayed labels → per-member and ensemble accuracy; labels that stop matching → incidents.
