@@ -31,6 +31,7 @@ __all__ = [
     "TRAINING_KNOBS",
     "ClientKey",
     "GatewayConfig",
+    "ReviewConfig",
     "ScalingConfig",
     "TrainingConfig",
     "ControllerConfig",
@@ -501,6 +502,27 @@ class GatewayConfig(_Strict):
     def autoscaled(self) -> bool:
         """Whether Serve's autoscaler sizes the gateway (``max_replicas`` is set)."""
         return self.max_replicas is not None
+
+
+class ReviewConfig(_Strict):
+    """A queue of the answers the ensemble is unsure of, for a person to label (``GET
+    /v1/models/<model>/review``). Off by default: without a threshold no answer is flagged and the answers
+    are as before. A reviewer's label goes through the ordinary ``:feedback`` route, which clears the item
+    and counts like any label (weights, accuracy, drift, retraining)."""
+
+    threshold: float | None = Field(
+        None, gt=0, le=1, description="An answer whose top-class probability is below this is still "
+        "answered, flagged `review: true` and queued for review. None (the default): no review queue. With "
+        "K classes the top probability is at least 1/K, so a threshold at or below 1/K flags nothing.")
+    max_items: int = Field(
+        10_000, ge=1, le=1_000_000, description="Most answers waiting for review. When full, the oldest "
+        "waiting item is dropped to make room (counted in raymedic_review_dropped_total): newer answers say "
+        "more about the model as it is now, and queueing never fails or slows an answer. A dropped item's "
+        "answer stays in the prediction log and can still be labelled through :feedback.")
+    refresh_s: float = Field(
+        2.0, gt=0, le=300, description="How often each gateway replica reads the items other replicas queued "
+        "and the labels they received (the queue's metrics are that fresh); GET .../review reads them "
+        "first anyway.")
 
 
 class ScalingConfig(_Strict):
@@ -1025,6 +1047,7 @@ class RaymedicConfig(_Strict):
     retraining: RetrainingConfig = Field(default_factory=RetrainingConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig, description="The review queue for unsure answers (off until `threshold` is set).")
     access_log: bool = Field(
         False, description="Serve's per-request access log lines; off by default: raymedic logs every "
         "prediction to Parquet already, and a log line per hop costs real CPU on small machines.")

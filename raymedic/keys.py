@@ -34,6 +34,7 @@ __all__ = [
     "STORAGE_FAULTS",
     "NODE_FAULTS",
     "feedback_prefix",
+    "review_prefix",
     "retrain_job_id",
     "CHAOS_FAULTS",
     "GPU_FAULT_KINDS",
@@ -135,6 +136,12 @@ def predictions_prefix(model: str) -> str:
 def feedback_prefix(model: str) -> str:
     """The gateway's feedback (label) log; retrain jobs join it to the predictions."""
     return f"logs/{model}/feedback"
+
+
+def review_prefix(model: str) -> str:
+    """The gateway's review queue log (hour partitions of Parquet: answers queued for review, and the
+    ones dropped when it was full); every gateway replica reads the others' from it."""
+    return f"logs/{model}/review"
 
 
 def retrain_job_id(model: str, record: str) -> str:

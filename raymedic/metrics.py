@@ -112,6 +112,19 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "raymedic_prediction_log_writable": ("gauge", "1 while a gateway replica's last prediction-log flush "
                                          "succeeded, 0 while writes fail (a full disk); requests are answered "
                                          "either way.", ("model", "replica"), None),
+    "raymedic_review_queued_total": ("counter", "Answers queued for review (top-class probability below "
+                                     "review.threshold), counted by the gateway replica that gave them: its rate is "
+                                     "the review rate.", ("model",), None),
+    "raymedic_review_cleared_total": ("counter", "Review items cleared by a label sent through :feedback, counted "
+                                      "by the gateway replica that took the label.", ("model",), None),
+    "raymedic_review_dropped_total": ("counter", "Review items dropped because the queue was full "
+                                      "(review.max_items; the oldest goes). Two replicas may both count one drop "
+                                      "decided within one refresh.", ("model",), None),
+    "raymedic_review_queue_size": ("gauge", "Answers waiting for review, as a gateway replica sees the queue (every "
+                                   "replica's items merged from storage: take the max over replicas).",
+                                   ("model", "replica"), None),
+    "raymedic_review_oldest_age_seconds": ("gauge", "Age of the oldest answer waiting for review (0 when none), as a "
+                                           "gateway replica sees the queue.", ("model", "replica"), None),
     "raymedic_prediction_log_dropped_rows_total": ("counter", "Prediction rows a gateway replica dropped because "
                                                    "the log could not be written and its buffer was full.",
                                                    ("model", "replica"), None),

@@ -36,10 +36,13 @@ __all__ = [
     "HourParts",
     "KnownIds",
     "PredictionLog",
+    "hour_of",
     "hours_since",
     "inference_time",
     "new_inference_id",
+    "part_name",
     "part_writer",
+    "rows_by_hour",
 ]
 
 log = get_logger(__name__)
@@ -71,7 +74,8 @@ def inference_time(inference_id: str) -> float | None:
         return None
 
 
-def _hour(ts: float) -> str:
+def hour_of(ts: float) -> str:
+    """The ``YYYYMMDDHH`` (UTC) name of the hour folder that holds time ``ts``."""
     return time.strftime("%Y%m%d%H", time.gmtime(ts))
 
 
@@ -81,10 +85,24 @@ def hours_since(since: float, now: float) -> list[str]:
     >>> hours_since(7200.0, 10799.0), len(hours_since(0.0, 86400.0))
     (['1970010102'], 25)
     """
-    return [_hour(t) for t in range(int(since // 3600) * 3600, int(now) + 1, 3600)]
+    return [hour_of(t) for t in range(int(since // 3600) * 3600, int(now) + 1, 3600)]
 
 
-def _part_name(tag: str) -> str:
+def rows_by_hour(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Log rows grouped by the hour folder of their ``ts`` (each hour's rows are one part), in order.
+
+    >>> {h: len(r) for h, r in rows_by_hour([{"ts": 0.0}, {"ts": 3600.0}, {"ts": 1.0}]).items()}
+    {'1970010100': 2, '1970010101': 1}
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(hour_of(r["ts"]), []).append(r)
+    return out
+
+
+def part_name(tag: str) -> str:
+    """A new part's file name: its write time, its writer's tag (:func:`part_writer` reads it back), a random
+    suffix so two writes never collide."""
     return f"part-{int(time.time() * 1000):013d}-{tag}-{secrets.token_hex(4)}.parquet"
 
 
@@ -202,14 +220,12 @@ class PredictionLog:
     def _write(self, rows: list[dict[str, Any]], *, durable: bool) -> int:
         if not rows:
             return 0
-        by_hour: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            by_hour.setdefault(_hour(r["ts"]), []).append(r)
+        by_hour = rows_by_hour(rows)
         written = 0
         try:
             for hour, part in by_hour.items():
                 table = pa.Table.from_pylist(part, schema=PREDICTION_SCHEMA)
-                self._storage.write_parquet(f"{self._prefix}/hour={hour}/{_part_name(self._tag)}", table,
+                self._storage.write_parquet(f"{self._prefix}/hour={hour}/{part_name(self._tag)}", table,
                                             durable=durable)
                 written += len(part)
         except Exception as exc:
@@ -251,7 +267,7 @@ class FeedbackLog:
              for i, label in zip(inference_ids, labels)],
             schema=FEEDBACK_SCHEMA,
         )
-        self._storage.write_parquet(f"{self._prefix}/hour={_hour(now)}/{_part_name(self._tag)}", table,
+        self._storage.write_parquet(f"{self._prefix}/hour={hour_of(now)}/{part_name(self._tag)}", table,
                                     durable=True)
 
 
@@ -277,7 +293,7 @@ class HourParts:
     def read_new(self, hours: Iterable[str]) -> list[pa.Table]:
         """The tables of the parts of ``hours`` (``YYYYMMDDHH``) not read before."""
         with self._lock:
-            closed_before = _hour(time.time() - 3600 - CLOSED_AFTER_S)
+            closed_before = hour_of(time.time() - 3600 - CLOSED_AFTER_S)
             tables = []
             for hour in sorted(set(hours) - self._closed):
                 closed = hour <= closed_before
@@ -360,7 +376,7 @@ class KnownIds:
         missing = self.missing(ids)
         if not missing:
             return []
-        hours = {_hour(t) for t in (inference_time(i) for i in missing) if t is not None}
+        hours = {hour_of(t) for t in (inference_time(i) for i in missing) if t is not None}
         if hours:
             self._scan(hours)
         return self.missing(missing)

@@ -224,7 +224,9 @@ def answer_to_v2(answer: dict[str, Any], schema: ModelSchema, model: str, reques
             {"name": "inference_ids", "shape": [n], "datatype": "BYTES", "data": answer["inference_ids"]},
         ],
         "parameters": {"degraded": answer["degraded"], "classes": [str(c) for c in schema.classes],
-                       **({"warnings": answer["warnings"]} if answer.get("warnings") else {})},
+                       **({"warnings": answer["warnings"]} if answer.get("warnings") else {}),
+                       # per answer, with review.threshold set (answers queued for a person's label)
+                       **({"review": answer["review"]} if "review" in answer else {})},
     }
     if request_id is not None:
         out["id"] = request_id

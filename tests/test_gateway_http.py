@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from raymedic.config import parse_config
+from raymedic.config import ReviewConfig, parse_config
 from raymedic.errors import InvalidRequest, ServiceUnavailable
 from raymedic.storage import Storage
 from serve_apps.access import ClientAccess, client_key_table
@@ -33,7 +33,8 @@ from serve_apps.gateway.routes import ROUTES
 from serve_apps.gateway.status import AppViewCache
 from serve_apps.gateway.v1 import V1Routes
 from serve_apps.gateway.v2_routes import V2Routes
-from serve_apps.predlog import PredictionLog
+from serve_apps.predlog import PredictionLog, new_inference_id
+from serve_apps.review import ReviewBook, ReviewItem
 from serve_apps.serve_state import AppView, DeploymentView, ReplicaView
 from serve_apps.telemetry import Admission, LatencyWindow
 from serve_apps.validation import input_policies
@@ -89,6 +90,8 @@ class StandLane:
         self.predictor = ScriptedPredictor()
         self.feedback_intake = ScriptedFeedback()
         self.predlog = PredictionLog(Storage(cfg.storage_path), cfg.model, tag="gw-test")
+        self.review = ReviewBook(Storage(cfg.storage_path), cfg.model, settings=cfg.review, tag="gw-test",
+                                 feature_names=[f.name for f in SCHEMA.features])
         self.latency = LatencyWindow()
         self.members: dict[str, Any] = {}
 
@@ -417,6 +420,28 @@ def test_status_shows_the_prediction_log_health(gateway):
     gateway[0] = Stand(view=running_view(gateway[0]._order))
     doc = call("GET", "/v1/status")[2]
     assert doc["prediction_log"]["writable"] is True and doc["prediction_log"]["dropped_rows"] == 0
+
+
+def test_the_review_route_pages_the_queue_and_says_what_to_fix(gateway, tmp_path):
+    stand = gateway[0] = Stand(view=None, storage=tmp_path)
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    assert call("GET", "/v1/models/synthetic/review")[0] == 401  # every client's inputs: the admin token only
+    off = call("GET", "/v1/models/synthetic/review", headers=admin)
+    assert off[0] == 404 and "review.threshold" in off[2]["error"]
+    lane = stand._lanes["synthetic"]
+    lane.review = ReviewBook(Storage(str(tmp_path)), "synthetic", settings=ReviewConfig(threshold=0.7),
+                             tag="gw-test", feature_names=["f0", "f1"])
+    now = time.time()
+    items = [ReviewItem(new_inference_id(now - 3 + k), now - 3 + k, "v1", "1", (0.4, 0.6), "{}") for k in range(3)]
+    lane.review.queue(items)
+    status, _, page = call("GET", "/v1/models/synthetic/review?limit=2", headers=admin)
+    assert status == 200 and [i["inference_id"] for i in page["items"]] == [i.inference_id for i in items[:2]]
+    rest = call("GET", f"/v1/models/synthetic/review?after={page['next_after']}", headers=admin)[2]
+    assert [i["inference_id"] for i in rest["items"]] == [items[2].inference_id] and rest["next_after"] is None
+    assert page["size"] == 3 and call("GET", "/v1/status")[2]["review"]["size"] == 3
+    bad = call("GET", "/v1/models/synthetic/review?limit=5000", headers=admin)
+    assert bad[0] == 422 and "from 1 to 1000" in bad[2]["error"]
+    assert call("GET", "/v1/models/nope/review", headers=admin)[0] == 404
 
 
 def test_chaos_disk_fill_writes_a_bounded_file_under_storage_and_clear_removes_it(gateway, tmp_path):

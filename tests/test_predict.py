@@ -19,6 +19,7 @@ from serve_apps.gateway.predict import Predictor
 from serve_apps.gateway.trial import Trials
 from serve_apps.predlog import KnownIds
 from serve_apps.quality import InputTally
+from serve_apps.review import ReviewBook
 from serve_apps.telemetry import CallRecorder, HedgeBudget, LocalEjector, RecentOutputs
 from serve_apps.validation import input_policies
 from tests.fake_members import FakeMember, answers, hangs
@@ -57,8 +58,8 @@ class Service:
     """A Predictor wired as the gateway wires it, over fake members and a temporary storage."""
 
     def __init__(self, tmp_path, members: dict[str, FakeMember], *, trial: dict[str, Any] | None = None,
-                 challengers: dict[str, Challenger] | None = None) -> None:
-        self.cfg = parse_config({"storage_path": str(tmp_path)})
+                 challengers: dict[str, Challenger] | None = None, review: dict[str, Any] | None = None) -> None:
+        self.cfg = parse_config({"storage_path": str(tmp_path), **({"review": review} if review else {})})
         gw = self.cfg.gateway
         order = [m.name for m in self.cfg.members]
         self.state = LinkState(weights=equal_weights(order), versions={m: "v1" for m in order}, trial=trial)
@@ -70,9 +71,12 @@ class Service:
                         hedges=HedgeBudget(gw.hedge_budget), steering=self.state)
         self.trials = Trials(calls=self.calls, recent=recent, member_timeout_s=gw.member_timeout_s,
                              handle_for=(challengers or {}).__getitem__)
+        self.review = ReviewBook(storage, self.cfg.model, settings=self.cfg.review, tag="gw",
+                                 feature_names=[f.name for f in SCHEMA.features])
         self.predictor = Predictor(config=self.cfg, schema=SCHEMA, policies=input_policies(SCHEMA, self.cfg.data),
                                    fanout=fanout, trials=self.trials, state=self.state, predlog=self.predlog,
-                                   known=self.known, recent=recent, calls=self.calls, tally=InputTally(SCHEMA))
+                                   known=self.known, recent=recent, calls=self.calls, tally=InputTally(SCHEMA),
+                                   review=self.review)
 
     def logged(self) -> list[dict[str, Any]]:
         return list(self.predlog.rows)
@@ -93,6 +97,22 @@ def test_every_member_answers_a_combined_logged_answer(tmp_path):
     assert set(json.loads(records[0]["member_outputs"])) == {"logistic", "mlp", "tabresnet"}
     assert svc.known.unknown(out["inference_ids"]) == []  # feedback for them is accepted
     assert len(svc.calls.drain()["confidence"]) == 2
+
+
+def test_an_unsure_answer_is_still_answered_flagged_for_review_and_queued(tmp_path):
+    svc = Service(tmp_path, members(logistic=answers(), mlp=answers(), tabresnet=answers()),
+                  review={"threshold": 0.85})
+    out = run(svc.predictor.answer(BODY))  # top-class probabilities 0.8 and 0.9
+    assert out["predictions"] == [0, 1] and out["review"] == [True, False]
+    page = svc.review.page(after=None, limit=10)
+    assert [i["inference_id"] for i in page["items"]] == out["inference_ids"][:1]
+    queued = page["items"][0]
+    assert queued["probabilities"] == [0.8, 0.2] and queued["prediction"] == 0
+    assert set(queued["members"]) == {"logistic", "mlp", "tabresnet"}
+    assert svc.review.health()["queued"] == 1
+    # without review.threshold (the default) the answer has no such field: existing clients see no change
+    plain = Service(tmp_path, members(logistic=answers(), mlp=answers(), tabresnet=answers()))
+    assert "review" not in run(plain.predictor.answer(BODY))
 
 
 def test_one_member_late_still_answers_whole_but_two_late_is_degraded_to_the_fallback(tmp_path):

@@ -20,7 +20,8 @@ from train_jobs.registry import ModelRegistry
 from train_jobs.synthetic import SyntheticGenerator, SyntheticSpec
 
 pytestmark = pytest.mark.ray
-TOKEN = "test-admin-token"  # /v1/status shows replicas' pids only to the admin token's holder
+TOKEN = "test-admin-token"
+REVIEW_THRESHOLD = 0.85  # /v1/status shows replicas' pids only to the admin token's holder
 
 ray = pytest.importorskip("ray")
 
@@ -29,10 +30,12 @@ ray = pytest.importorskip("ray")
 def svc(tmp_path_factory):
     # Prediction drift compares the last 100 answers with the first 100 here (1,000/500 by default).
     # Feedback is paced per client address (a burst far above what the other tests send from here).
+    # review.threshold: answers less sure than 0.85 are flagged and queued (test_the_review_queue_...).
     with admin_token_env(TOKEN), local_service(tmp_path_factory.mktemp("serving"), performance={
             "prediction_reference": 100, "prediction_window": 100},
             gateway={"replicas": 1, "num_cpus": 0.2, "max_batch_size": 64, "feedback_rate_per_s": 5.0,
-                     "feedback_burst": 40}) as (url, cfg):
+                     "feedback_burst": 40},
+            review={"threshold": REVIEW_THRESHOLD, "max_items": 5000}) as (url, cfg):
         yield {"url": url, "cfg": cfg, "predict": f"{url}/v1/models/{cfg.model}:predict",
                "feedback": f"{url}/v1/models/{cfg.model}:feedback"}
 
@@ -336,6 +339,79 @@ def test_answers_that_shift_raise_a_prediction_drift_warning_without_labels(svc)
     classes = pd["outputs"]["predicted_class"]
     assert classes["shares"][1] > classes["reference_shares"][1] + 0.1, classes
     assert not (st.get("controller", {}).get("retraining") or {}).get("job")  # a warning, not a retrain
+
+
+def test_the_review_queue_lists_unsure_answers_oldest_first_a_label_clears_one_and_it_survives_a_restart(svc):
+    """Flagged answers are answered and queued; GET .../review pages them oldest first; :feedback clears one;
+    the gateway replica killed and replaced by Serve rebuilds the same queue from storage."""
+    from ray.util.state import list_actors
+
+    url, model = svc["url"], svc["cfg"].model
+    review = f"{url}/v1/models/{model}/review"
+    admin = {"Authorization": f"Bearer {TOKEN}"}  # the queue shows every client's inputs
+    rows, _ = _labelled(64, seed=77)
+    flagged = []
+    for _ in range(2):  # two requests: the queue holds the first's answers before the second's
+        r = request_json("POST", svc["predict"], {"instances": rows})
+        assert r.status == 200, r.body
+        tops = [max(p) for p in r.body["probabilities"]]
+        assert r.body["review"] == [t < REVIEW_THRESHOLD for t in tops]  # to 6 digits, as answered
+        flagged += [i for i, f in zip(r.body["inference_ids"], r.body["review"]) if f]
+    assert 2 <= len(flagged) < 128, "the threshold should flag some answers, not all"
+
+    def listing() -> list[str]:
+        got, after = [], None
+        while True:
+            page = request_json("GET", review + (f"?limit=500&after={after}" if after else "?limit=500"),
+                                headers=admin)
+            assert page.status == 200, page.body
+            got += [i["inference_id"] for i in page.body["items"]]
+            if (after := page.body["next_after"]) is None:
+                return got
+
+    before = listing()
+    assert before == sorted(before) and before[-len(flagged):] == sorted(flagged)  # oldest first; ours newest
+    assert request_json("GET", f"{review}?limit=1").status == 401
+    first = request_json("GET", f"{review}?limit=1", headers=admin).body["items"][0]
+    assert first["instance"] is not None and set(first["members"]) == {"logistic", "mlp", "tabresnet"}
+    assert request_json("GET", f"{review}?limit=0", headers=admin).status == 422
+
+    fb = request_json("POST", svc["feedback"], {"inference_ids": [flagged[0]], "labels": [1]})
+    assert fb.status == 200 and fb.body["accepted"] == 1, fb.body
+    left = [i for i in before if i != flagged[0]]
+    assert listing() == left
+    st = request_json("GET", f"{url}/v1/status", headers=admin).body["review"]
+    assert st["size"] == len(left) and st["cleared"] >= 1 and st["oldest_age_s"] > 0
+
+    storage = Storage(svc["cfg"].storage_path)
+
+    def on_storage():
+        table = storage.read_parquet(f"logs/{model}/review", columns=["inference_id"])
+        return set(flagged) <= set(table.column("inference_id").to_pylist())
+
+    wait_for(on_storage, timeout_s=10, what="the queued answers written to the review log")
+    def gateways() -> set[str]:
+        return {a.name for a in list_actors(filters=[("class_name", "=", "ServeReplica:raymedic:gateway"),
+                                                    ("state", "=", "ALIVE")])}
+
+    old = gateways()
+    assert old
+    for name in old:
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    wait_for(lambda: (now := gateways()) and not now & old, timeout_s=90, what="Serve to replace the gateway")
+
+    def rebuilt():
+        page = request_json("GET", f"{review}?limit=1", headers=admin)
+        return page.status == 200 and listing()
+
+    assert wait_for(rebuilt, timeout_s=90, what="a new gateway replica answering the review route") == left
+
+    def exported():  # Ray's exporter has them by now (about 10 s after the first answers were queued)
+        got = _scrape()
+        return {"ray_raymedic_review_queued_total", "ray_raymedic_review_queue_size"} <= set(got) and got
+
+    got = wait_for(exported, timeout_s=30, what="the review metrics on Ray's metrics endpoint")
+    assert sum(v for s, v in got["ray_raymedic_review_queued_total"] if s.get("model") == model) >= len(flagged)
 
 
 def test_labels_give_live_accuracy_and_a_flipped_concept_raises_decay_and_drift(svc):

@@ -63,6 +63,9 @@ def test_answer_and_metadata_are_typed_tensors():
     preds, probs, ids = out["outputs"]
     assert preds == {"name": "predictions", "shape": [2], "datatype": "BYTES", "data": ["stay", "churn"]}
     assert probs["shape"] == [2, 2] and probs["data"] == [0.2, 0.8, 0.9, 0.1] and ids["data"] == ["a", "b"]
+    assert "review" not in out["parameters"]  # review.threshold off: the answer is as it always was
+    flagged = answer_to_v2({**answer, "review": [True, False]}, MIXED, "churn", None)
+    assert flagged["parameters"]["review"] == [True, False] and "id" not in flagged
     meta = model_metadata(MIXED, "churn", "v")
     assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [
         ("amount", "FP64"), ("visits", "INT64"), ("channel", "BYTES"), ("member", "BOOL")]

@@ -75,6 +75,8 @@ class Gateway(V1Routes, V2Routes, AdminRoutes, ChaosRoutes):
         self._flusher = loop.create_task(self._flush_forever())
         self._syncers = [loop.create_task(lane.link.sync_forever(lane.telemetry))
                          for lane in self._lanes.values() if lane.link.enabled]
+        self._reviewers = [loop.create_task(self._review_forever(lane)) for lane in self._lanes.values()
+                           if lane.review.enabled]
 
     async def _flush_forever(self) -> None:
         while True:
@@ -84,11 +86,26 @@ class Gateway(V1Routes, V2Routes, AdminRoutes, ChaosRoutes):
                     await asyncio.to_thread(lane.predlog.flush)
                 except Exception:
                     log.exception("prediction log flush of %s failed; retrying next period", lane.model)
+                if lane.review.enabled:  # after the predictions: a queued item on storage finds its answer
+                    try:
+                        await asyncio.to_thread(lane.review.flush)
+                    except Exception:
+                        log.exception("review log flush of %s failed; retrying next period", lane.model)
+
+    async def _review_forever(self, lane: ModelLane) -> None:
+        """Merge the other replicas' review items and the labels that clear them, every ``review.refresh_s``
+        (its own task: a first read of a long queue never delays the prediction log's flush)."""
+        while True:
+            await asyncio.sleep(lane.cfg.review.refresh_s)
+            try:
+                await asyncio.to_thread(lane.review.refresh)
+            except Exception:
+                log.exception("review queue refresh of %s failed; retrying next period", lane.model)
 
     async def __del__(self) -> None:
         # Graceful shutdown: write what is buffered so no accepted prediction goes unlogged.
         self._flusher.cancel()
-        for syncer in self._syncers:
-            syncer.cancel()
+        for task in self._syncers + self._reviewers:
+            task.cancel()
         for lane in self._lanes.values():
             await lane.close()

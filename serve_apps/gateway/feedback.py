@@ -21,6 +21,7 @@ from raymedic.config import GatewayConfig
 from raymedic.errors import LabelConflict
 from serve_apps.labels import LabelBook
 from serve_apps.predlog import MAX_CLOCK_SKEW_S, FeedbackLog, KnownIds, PredictionLog, inference_time
+from serve_apps.review import ReviewBook
 from serve_apps.telemetry import CallRecorder, RecentOutputs
 from serve_apps.validation import parse_feedback
 from train_jobs.schema import ModelSchema
@@ -41,11 +42,12 @@ class FeedbackIntake:
         predictions: this replica's prediction log (answers still buffered are written before their labels).
         labels: the labels already given (None: this replica's own only).
         shadowed: waits until answers a shadow trial still holds back are logged (None: no trials here).
+        review: the review queue, whose items a label clears (None: none).
     """
 
     def __init__(self, *, schema: ModelSchema, settings: GatewayConfig, feedback: FeedbackLog, known: KnownIds,
                  recent: RecentOutputs, calls: CallRecorder, predictions: PredictionLog | None = None,
-                 labels: LabelBook | None = None,
+                 labels: LabelBook | None = None, review: ReviewBook | None = None,
                  shadowed: Callable[[Iterable[str]], Awaitable[None]] | None = None) -> None:
         self._schema = schema
         self._settings = settings
@@ -54,6 +56,7 @@ class FeedbackIntake:
         self._recent = recent
         self._calls = calls
         self._predictions = predictions
+        self._review = review if review is not None and review.enabled else None
         self._labels = labels if labels is not None else LabelBook(None, "", horizon_s=settings.label_horizon_s)
         self._shadowed = shadowed
 
@@ -120,4 +123,6 @@ class FeedbackIntake:
                 if i not in self._recent and (logged := self._known.answer(i)) is not None:
                     self._recent.add_logged(i, *logged)
             self._calls.add_labels(self._recent.label_records(counted_ids, counted_classes))
+            if self._review is not None:  # a reviewer's label (or any label) clears its item once written
+                self._review.clear(kept)
         return {"accepted": len(keep), "unknown_ids": unknown, "repeated_ids": repeated}

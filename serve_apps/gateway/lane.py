@@ -27,6 +27,7 @@ from serve_apps.gateway.trial import Trials, challenger_handle
 from serve_apps.labels import LabelBook
 from serve_apps.predlog import FeedbackLog, KnownIds, PredictionLog
 from serve_apps.quality import InputTally
+from serve_apps.review import ReviewBook
 from serve_apps.serve_state import AppView
 from serve_apps.telemetry import CallRecorder, HedgeBudget, LatencyWindow, LocalEjector, RecentOutputs
 from serve_apps.validation import input_policies
@@ -73,17 +74,20 @@ class ModelLane:
         fanout = FanOut({m: ServeMemberClient(self.members[m]) for m in self.order}, order=self.order, settings=gw,
                         calls=self.calls, ejector=LocalEjector(gw.eject_s), hedges=HedgeBudget(gw.hedge_budget),
                         steering=self.state, coalesce=serve_coalescer(gw))
+        self.review = ReviewBook(storage, cfg.model, settings=cfg.review, tag=tag,
+                                 feature_names=[f.name for f in schema.features])
         self.trials = Trials(calls=self.calls, recent=recent, member_timeout_s=gw.member_timeout_s,
                              handle_for=lambda m: challenger_handle(m, cfg.deployment_of(m)))
         self.predictor = Predictor(config=cfg, schema=schema, policies=self.policies, fanout=fanout,
                                    trials=self.trials, state=self.state, predlog=self.predlog, known=known,
-                                   recent=recent, calls=self.calls, tally=self.tally)
+                                   recent=recent, calls=self.calls, tally=self.tally,
+                                   review=self.review)
         self.feedback_intake = FeedbackIntake(schema=schema, settings=gw,
                                               feedback=FeedbackLog(storage, cfg.model, tag=tag),
                                               known=known, recent=recent, calls=self.calls, predictions=self.predlog,
                                               labels=LabelBook(storage, cfg.model, horizon_s=gw.label_horizon_s,
                                                                refresh_s=gw.log_flush_s),
-                                              shadowed=self.trials.settle)
+                                              review=self.review, shadowed=self.trials.settle)
 
     def view(self, view: AppView | None) -> AppView | None:
         """Serve's view as this model's code reads it: its members by name, the gateway."""
@@ -103,6 +107,7 @@ class ModelLane:
         and what is buffered is written, so no accepted prediction goes unlogged."""
         await self.trials.close()
         self.predlog.flush()
+        self.review.flush()  # after the predictions: a queued item on storage finds its answer there
 
 
 def pick_lane(lanes: Mapping[str, ModelLane], model: str | None) -> ModelLane:

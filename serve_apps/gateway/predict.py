@@ -25,6 +25,7 @@ from serve_apps.gateway.link import LinkState
 from serve_apps.gateway.trial import Trials, members_on_trial
 from serve_apps.predlog import KnownIds, PredictionLog, new_inference_id
 from serve_apps.quality import InputTally
+from serve_apps.review import ReviewBook, ReviewItem
 from serve_apps.telemetry import CallRecorder, RecentOutputs
 from serve_apps.validation import InputPolicy, parse_instances
 from train_jobs.schema import ModelSchema
@@ -47,11 +48,13 @@ class Predictor:
         recent: recent answers, for feedback losses.
         calls: telemetry for the controller (answer confidences).
         tally: input statistics for drift detection.
+        review: the review queue (answers under ``review.threshold`` are flagged and queued); None: none.
     """
 
     def __init__(self, *, config: RaymedicConfig, schema: ModelSchema, policies: Sequence[InputPolicy],
                  fanout: FanOut, trials: Trials, state: LinkState, predlog: PredictionLog, known: KnownIds,
-                 recent: RecentOutputs, calls: CallRecorder, tally: InputTally) -> None:
+                 recent: RecentOutputs, calls: CallRecorder, tally: InputTally,
+                 review: ReviewBook | None = None) -> None:
         self._cfg = config
         self._schema = schema
         self._policies = tuple(policies)
@@ -63,6 +66,7 @@ class Predictor:
         self._recent = recent
         self._calls = calls
         self._tally = tally
+        self._review = review if review is not None and review.enabled else None
 
     def log(self, records: list[dict[str, Any]]) -> None:
         """Buffer answered rows for the prediction log (member outputs as JSON text, the log's column type)."""
@@ -130,6 +134,13 @@ class Predictor:
         self._tally.add(rows)
         out = {"predictions": labels, "probabilities": probs.round(6).tolist(), "inference_ids": ids,
                "model_version": version, "degraded": combo.degraded}
+        if self._review is not None:  # only with review.threshold set: other answers are as they always were
+            flags = out["review"] = self._review.flags(probs)
+            self._review.queue([ReviewItem(inference_id=ids[i], ts=now, model_version=version,
+                                           prediction=records[i]["prediction"],
+                                           probabilities=tuple(probs[i].round(6).tolist()),
+                                           member_outputs=json.dumps(outputs[i]))
+                                for i in range(len(rows)) if flags[i]])
         if parsed.warnings:
             out["warnings"] = parsed.warnings
         return out

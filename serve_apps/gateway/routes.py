@@ -39,6 +39,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v2/models/{model}/ready", V2Routes.v2_model_ready),
     Route("GET", "/v1/models", V1Routes.list_models),
     Route("GET", "/v1/models/{model}", V1Routes.model_info),
+    Route("GET", "/v1/models/{model}/review", V1Routes.review_queue),
     Route("POST", "/v1/models/{model}:predict", V1Routes.predict),
     Route("POST", "/v2/models/{model}/infer", V2Routes.infer_v2),
     Route("POST", "/v1/models/{model}:feedback", V1Routes.feedback),

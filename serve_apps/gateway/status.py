@@ -148,7 +148,8 @@ def _latency(config: RaymedicConfig, latency: dict[str, Any] | None) -> dict[str
 def status_document(*, config: RaymedicConfig, order: Sequence[str], state: LinkState, tag: str,
                     view: AppView | None, controller: dict[str, Any] | None, now: float,
                     prediction_log: dict[str, Any] | None = None,
-                    latency: dict[str, Any] | None = None) -> dict[str, Any]:
+                    latency: dict[str, Any] | None = None,
+                    review: dict[str, Any] | None = None) -> dict[str, Any]:
     """``GET /v1/status``: the service as Serve, the controller and this gateway replica see it.
 
     Args:
@@ -161,6 +162,8 @@ def status_document(*, config: RaymedicConfig, order: Sequence[str], state: Link
         now: the current time (Unix s), for the age of the last sync.
         prediction_log: this gateway replica's prediction log health (``writable``, ``dropped_rows``, ...).
         latency: this gateway replica's recent predictions of the model (:class:`serve_apps.telemetry.LatencyWindow`).
+        review: the review queue as this gateway replica sees it (:meth:`serve_apps.review.ReviewBook.health`),
+            or None when it is off.
     """
     ctl = controller
     weights = (ctl or {}).get("weights") or state.weights
@@ -212,4 +215,5 @@ def status_document(*, config: RaymedicConfig, order: Sequence[str], state: Link
         "actions": (ctl or {}).get("actions", []),
         "controller": controller_part,
         **({"prediction_log": {"replica": tag, **prediction_log}} if prediction_log is not None else {}),
+        **({"review": review} if review is not None else {}),
     }

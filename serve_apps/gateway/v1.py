@@ -7,18 +7,21 @@ shedding), and hand the body to a component (:class:`~serve_apps.gateway.predict
 
 # No `from __future__ import annotations`: FastAPI must see real types on route methods.
 
+import asyncio
 import time
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from raymedic.errors import InvalidRequest
 from serve_apps.access import ClientAccess
 from serve_apps.gateway.admin import check_admin
 from serve_apps.gateway.api import count_answer, error_response, json_body
 from serve_apps.gateway.lane import ModelLane, pick_lane
 from serve_apps.gateway.status import (REDACTED_NOTE, AppViewCache, is_ready, model_info_document, redact,
                                       status_document)
+from serve_apps.review import page_query
 from serve_apps.telemetry import Admission
 
 __all__ = ["V1Routes"]
@@ -106,6 +109,28 @@ class V1Routes:
         count_answer(model, "feedback")
         return out
 
+    async def review_queue(self, model: str, request: Request) -> dict[str, Any]:
+        """
+        \f
+        The answers waiting for review (top-class probability under ``review.threshold``), oldest first,
+        paged with ``?limit=N&after=<next_after>``; a label sent through ``:feedback`` clears an item. The
+        queue is every gateway replica's, merged from storage (read here first, with this replica's own
+        buffered answers written, so each item's inputs are found in the prediction log). Needs
+        ``Authorization: Bearer $RAYMEDIC_ADMIN_TOKEN``: the queue shows every client's inputs and answers.
+        """
+        check_admin(request, self._admin_sha)
+        lane = self._lane(model)
+        after, limit = page_query(dict(request.query_params))
+        if not lane.review.enabled:
+            raise InvalidRequest(f"model {model!r} has no review queue: set review.threshold in the config "
+                                 "(e.g. 0.6: answers less sure than that are queued)", status=404)
+        await asyncio.to_thread(lane.predlog.flush)
+        await asyncio.to_thread(lane.review.flush)
+        await asyncio.to_thread(lane.review.refresh, force=True)
+        out = await asyncio.to_thread(lane.review.page, after=after, limit=limit)
+        count_answer(model, "review")
+        return out
+
     async def status(self, request: Request) -> dict[str, Any]:
         """
         \f
@@ -123,6 +148,7 @@ class V1Routes:
         doc = status_document(config=lane.cfg, order=lane.order, state=lane.state, tag=self._tag,
                               view=view, controller=controller, now=time.time(),
                               prediction_log=lane.predlog.health(),
-                              latency=lane.latency.report(now=time.monotonic()))
+                              latency=lane.latency.report(now=time.monotonic()),
+                              review=lane.review.health() if lane.review.enabled else None)
         doc = {**doc, "models": list(self._lanes)}
         return {**doc, "view": "full"} if full else {**redact(doc), "view": "redacted", "note": REDACTED_NOTE}

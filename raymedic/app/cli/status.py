@@ -11,7 +11,8 @@ from raymedic.app.cli._common import admin_headers, service_url, unreachable
 from raymedic.app.http import request_json
 from raymedic.errors import RaymedicError
 
-__all__ = ["cmd_status", "disk_line", "gpu_line", "node_lines", "performance_line", "replica_cell", "scaling_line"]
+__all__ = ["cmd_status", "disk_line", "gpu_line", "node_lines", "performance_line", "replica_cell", "review_line",
+           "scaling_line"]
 
 
 def replica_cell(r: dict[str, Any]) -> str:
@@ -135,6 +136,25 @@ def disk_line(disk: dict[str, Any], prediction_log: dict[str, Any] | None = None
     if disk.get("verdict", "unknown") != "unknown":
         parts.append(str(disk["verdict"]) + (f" ({'; '.join(disk['reasons'])})" if disk.get("reasons") else ""))
     return "disk: " + "; ".join(parts) if parts else ""
+
+
+def review_line(review: dict[str, Any] | None) -> str:
+    """The review queue at a glance ('' when ``review.threshold`` is off).
+
+    >>> review_line({"threshold": 0.7, "size": 37, "max_items": 10000, "oldest_age_s": 812.4, "queued": 40,
+    ...              "cleared": 3, "dropped": 0})
+    'review: 37 waiting (oldest 812 s), threshold 0.7, at most 10000; this gateway replica queued 40, cleared 3'
+    >>> review_line({"threshold": 0.6, "size": 0, "max_items": 5, "oldest_age_s": None, "queued": 9, "cleared": 2,
+    ...              "dropped": 7})
+    'review: 0 waiting, threshold 0.6, at most 5; this gateway replica queued 9, cleared 2, dropped 7 (full)'
+    """
+    if not review:
+        return ""
+    age = review.get("oldest_age_s")
+    line = (f"review: {review['size']} waiting" + (f" (oldest {age:.0f} s)" if age is not None else "")
+            + f", threshold {review['threshold']}, at most {review['max_items']}; this gateway replica queued "
+            f"{review['queued']}, cleared {review['cleared']}")
+    return line + (f", dropped {review['dropped']} (full)" if review.get("dropped") else "")
 
 
 def node_lines(nodes: dict[str, Any] | None) -> list[str]:
@@ -277,6 +297,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f" — {'; '.join(g['reasons'])}" if g.get("reasons") else "")
             for m, g in (h.get("gate") or {}).items()))
     line = disk_line(ctl.get("disk") or {}, st.get("prediction_log"))
+    if line:
+        print(line)
+    line = review_line(st.get("review"))
     if line:
         print(line)
     if "gpu" in ctl:  # a controller from before GPU signals sends none
