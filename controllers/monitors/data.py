@@ -50,6 +50,7 @@ from scipy import stats
 from controllers.detectors.cusum import Alarm, FeatureCusum, FeatureCusumConfig
 from controllers.detectors.tensor_drift import TensorDriftMonitor, TensorFinding, tensor_monitors
 from controllers.detectors.two_sample import categorical_drift, numeric_drift
+from controllers.policies.diagnosis import onset_of
 from raymedic.config import DataConfig
 from raymedic.enums import StrEnum, plain
 from raymedic.errors import DataError
@@ -398,14 +399,27 @@ class DataAlert:
     def _clear(self, at: float) -> None:
         self.status, self.recovered_at = AlertStatus.CLEARED.value, at
 
+    @property
+    def time_to_detect_s(self) -> float | None:
+        """From the onset its evidence dates (:func:`controllers.policies.diagnosis.onset_of`: a CUSUM's change,
+        a node's first pressured reading) to the detection; None where nothing dates the onset."""
+        onset = onset_of(self.kind, self.evidence)
+        return None if onset is None else max(0.0, self.detected_at - onset)
+
+    @property
+    def time_to_recover_s(self) -> float | None:
+        """From the detection to the clearing (None while open)."""
+        return None if self.recovered_at is None else self.recovered_at - self.detected_at
+
     def to_dict(self) -> dict[str, Any]:
         """The alert as an incident of the status page (the replica incidents' fields, ``action`` warn)."""
         d = asdict(self)
         d.pop("clean_checks")
         if self.kind not in DATA_KINDS:
             d["feature"] = None
-        d.update(member=None, replica=None, target=self.feature, action="warn",
-                 time_to_detect_s=None,
+        onset = onset_of(self.kind, self.evidence)
+        d.update(member=None, replica=None, target=self.feature, action="warn", first_evidence_at=onset,
+                 time_to_detect_s=None if onset is None else round(max(0.0, self.detected_at - onset), 3),
                  time_to_recover_s=None if self.recovered_at is None else round(self.recovered_at - self.detected_at, 3))
         return d
 
