@@ -173,7 +173,7 @@ def onset_of(kind: str, evidence: Mapping[str, Any] | None) -> float | None:
     True
     """
     ev = evidence or {}
-    for key in ("change_at", "since", "onset_at"):
+    for key in ("change_at", "moved_at", "since", "onset_at"):
         value = ev.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
