@@ -103,9 +103,12 @@ class ModelController:
         model: The model it heals.
         evicting: The replicas the node keeper moves off a node (every model's policy avoids them). None: this
             model's controller runs the node keeper (the service's first model: nodes are shared).
+        nodes: The service's node keeper when another model's controller runs it (its nodes' health and the
+            lost nodes diagnose this model's incidents too).
     """
 
-    def __init__(self, storage_path: str, model: str, evicting: Callable[[], frozenset[str]] | None = None) -> None:
+    def __init__(self, storage_path: str, model: str, evicting: Callable[[], frozenset[str]] | None = None,
+                 nodes: Callable[[], NodeKeeper | None] | None = None) -> None:
         self._storage = storage = Storage(storage_path)
         self._model = model
         self._started_at = time.time()
@@ -185,7 +188,7 @@ class ModelController:
         self._diagnostician = Diagnostician(policy=self._policy, data_alerts=self._data_alerts, audit=self._audit,
                                             cfg=lambda: self.cfg.controller,
                                             performance=lambda: self._checks.performance_report,
-                                            nodes=lambda: self.node_keeper)
+                                            nodes=lambda: self.node_keeper or (nodes() if nodes else None))
         self._recorder.diagnosis = self._diagnostician.fields
         self._operator = Operator(model=model, policy=self._policy, playbook=self._playbook, healer=self._healer,
                                   checks=self._checks, recorder=self._recorder, audit=self._audit,

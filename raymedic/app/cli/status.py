@@ -308,8 +308,14 @@ def _seconds(what: str, value: float | None) -> str:
 
 
 def cause_cell(inc: dict[str, Any]) -> str:
-    """An incident's diagnosis at the end of its line: ``  cause infrastructure/node worker-1 (0.88) in grp-...``
-    (empty for a controller from before the diagnosis)."""
+    """An incident's diagnosis at the end of its line (empty for a controller from before the diagnosis).
+
+    >>> cause_cell({"cause_class": "data", "cause": "data-drift", "cause_feature": "f3", "confidence": 0.875,
+    ...             "group": "grp-d0001"})
+    '  cause data/data-drift f3 (0.88) in grp-d0001'
+    >>> cause_cell({"id": "inc-000001"})
+    ''
+    """
     if not inc.get("cause_class"):
         return ""
     named = inc.get("cause_node") or inc.get("cause_feature")
