@@ -72,6 +72,12 @@ def test_a_grouped_incident_recovers_when_its_last_effect_does():
     assert d["cause_class"] == "infrastructure" and d["effects"] == ["a", "b"]
 
 
+def test_a_wrong_answer_on_a_pressured_node_is_not_the_node_s():
+    signals = Signals(nodes={**NODES, "n1": NodeSignal("n1", "worker-1", NodeState.PRESSURE, since=999.0)})
+    out = diagnose([rep("a", "wrong", 1000.0), rep("b", "slow", 1001.0, member="lr")], signals)
+    assert out.of("a").cause == Cause.WRONG and out.of("b").cause == Cause.NODE and out.groups == ()
+
+
 def test_replicas_on_a_lost_node_far_apart_in_time_are_not_one_incident():
     signals = Signals(nodes={**NODES, "n1": NodeSignal("n1", "worker-1", NodeState.LOST, since=1000.0)})
     incs = [rep("a", "dead", 1001.0), rep("b", "dead", 1900.0)]

@@ -139,6 +139,9 @@ OWN_CAUSE: Mapping[str, Cause] = {
 """What an incident of each kind is caused by when nothing else explains it."""
 
 REPLICA_KINDS = frozenset({"dead", "hung", "error", "slow", "wrong", "leak", "gpu"})
+NODE_BOUND = REPLICA_KINDS - {"wrong"}
+"""Replica faults a bad node can cause (a lost node: dead or hung; a starved one: slow, hung; out of memory: dead,
+leaking); a wrong answer is the replica's own or its version's, wherever it runs."""
 MODEL_KINDS = frozenset({"accuracy_decay", "concept_drift", "prediction_drift"})
 _LOADED = frozenset({"slow", "hung"})  # what a load spike looks like on a replica
 _VERSIONED = frozenset({"wrong", "error", "accuracy_decay", "concept_drift"})  # what a bad version looks like
@@ -399,7 +402,7 @@ def _span(incs: Iterable[IncidentView]) -> tuple[float, float | None, float | No
 def _node_groups(incidents: Sequence[IncidentView], signals: Signals, window_s: float) -> list[IncidentGroup]:
     by_node: dict[str, list[IncidentView]] = {}
     for inc in incidents:
-        if inc.kind in REPLICA_KINDS and inc.node_id:
+        if inc.kind in NODE_BOUND and inc.node_id:
             by_node.setdefault(inc.node_id, []).append(inc)
     pressure = {}
     for inc in incidents:
@@ -499,7 +502,8 @@ def _alone(inc: IncidentView, incidents: Sequence[IncidentView], signals: Signal
     if inc.kind in REPLICA_KINDS:
         node = signals.nodes.get(inc.node_id) if inc.node_id else None
         name = node.name if node is not None else None
-        if _node_bad_near(node, inc.began, inc.detected_at, window_s) or _died_with_node(inc):
+        if inc.kind in NODE_BOUND and (_node_bad_near(node, inc.began, inc.detected_at, window_s)
+                                       or _died_with_node(inc)):
             ev = [mine]
             if node is not None and node.state != NodeState.HEALTHY:
                 ev.append({"signal": f"node-{node.state}", "node": node.name, "since": node.since})
