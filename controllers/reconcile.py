@@ -321,7 +321,8 @@ class Reconciler:
         events = self._scale.observe(now=now, sizes=sizes)
         if self._latency is not None:
             reports, live = self._latency()
-            events += self._scale.latency(reports=reports, slo_ms=cfg.gateway.latency_slo_ms, gateways=live)
+            events += self._scale.latency(reports=reports, slo_ms=cfg.gateway.latency_slo_ms, gateways=live,
+                                          now=now)
         self._scale_events.extend((now, ev) for ev in events)
 
     @property

@@ -89,6 +89,10 @@ class Recorder:
         if ev.action:
             metrics.inc("raymedic_healing_actions_total", model=self.model, action=ev.kind,
                         outcome=metrics.outcome_label(ev.outcome))
+        if ev.kind == "slo-restored" and ev.evidence.get("breached_s") is not None:
+            # A load episode is audited, not an incident (it opens none): its time to recover is the breach's length.
+            metrics.observe("raymedic_incident_recover_seconds", ev.evidence["breached_s"], model=self.model,
+                            kind="slo-breach", cause="overload")
         if ev.incident:
             inc = self._incident_of(ev.incident)
             if inc is not None:
