@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable
 
 from controllers.loop import ModelController
 from controllers.models.jobs import current_runtime_env
+from controllers.nodes import NodeKeeper
 from raymedic.errors import RaymedicError
 from raymedic.keys import CONTROLLER_MODELS_KEY
 from raymedic.logs import get_logger
@@ -61,10 +62,14 @@ class HealingController:
         """The first model's controller runs the node keeper (nodes are shared); the others avoid what it evicts."""
         if not self._models:
             return ModelController(self._storage_path, name)
-        return ModelController(self._storage_path, name, evicting=self._evicting)
+        return ModelController(self._storage_path, name, evicting=self._evicting, nodes=self._keeper)
+
+    def _keeper(self) -> NodeKeeper | None:
+        """The service's node keeper (the first model's controller runs it)."""
+        return next((c.node_keeper for c in self._models.values() if c.node_keeper is not None), None)
 
     def _evicting(self) -> frozenset[str]:
-        keeper = next((c.node_keeper for c in self._models.values() if c.node_keeper is not None), None)
+        keeper = self._keeper()
         return keeper.evicting() if keeper is not None else frozenset()
 
     # ---- which model ------------------------------------------------------------------------

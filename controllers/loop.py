@@ -44,6 +44,7 @@ from controllers.audit import AuditLog
 from controllers.checkpoint import Checkpoint, load_checkpoint
 from controllers.checks import RETRAIN_KINDS, ModelChecks
 from controllers.deployment import Deployment, load_deployment, load_golden, record_versions
+from controllers.diagnostician import Diagnostician
 from controllers.disk import DiskKeeper
 from controllers.gateway_sync import GatewaySync
 from controllers.models.canaries import ServeCanaries
@@ -104,9 +105,12 @@ class ModelController:
         model: The model it heals.
         evicting: The replicas the node keeper moves off a node (every model's policy avoids them). None: this
             model's controller runs the node keeper (the service's first model: nodes are shared).
+        nodes: The service's node keeper when another model's controller runs it (its nodes' health and the
+            lost nodes diagnose this model's incidents too).
     """
 
-    def __init__(self, storage_path: str, model: str, evicting: Callable[[], frozenset[str]] | None = None) -> None:
+    def __init__(self, storage_path: str, model: str, evicting: Callable[[], frozenset[str]] | None = None,
+                 nodes: Callable[[], NodeKeeper | None] | None = None) -> None:
         self._storage = storage = Storage(storage_path)
         self._model = model
         self._started_at = time.time()
@@ -189,6 +193,11 @@ class ModelController:
                                  performance=self._perf, hedge=self._hedge, control=self._control,
                                  checkpoint=self._checkpoint, document=self.control_state,
                                  state=state.get("sync"), champion_calls=champion_calls)
+        self._diagnostician = Diagnostician(policy=self._policy, data_alerts=self._data_alerts, audit=self._audit,
+                                            cfg=lambda: self.cfg.controller,
+                                            performance=lambda: self._checks.performance_report,
+                                            nodes=lambda: self.node_keeper or (nodes() if nodes else None))
+        self._recorder.diagnosis = self._diagnostician.fields
         self._operator = Operator(model=model, policy=self._policy, playbook=self._playbook, healer=self._healer,
                                   checks=self._checks, recorder=self._recorder, audit=self._audit,
                                   checkpoint=self._checkpoint, registry=registry,
@@ -326,7 +335,7 @@ class ModelController:
                                + self._healer.proposals(),
                                nodes=self.node_keeper.report() if self.node_keeper else None,
                                slo_breached=self._step.slo_breached, vitals=self._vitals.report(),
-                               gpu=self._step.gpu_report(time.time()))
+                               gpu=self._step.gpu_report(time.time()), diagnostician=self._diagnostician)
 
     async def set_paused(self, paused: bool, who: str = "operator") -> dict[str, Any]:
         """Pause or resume healing (an operator holds the wheel)."""

@@ -61,6 +61,8 @@ log = get_logger(__name__)
 
 NODE_KINDS = frozenset({AlertKind.NODE_PRESSURE.value})
 """The alert kinds the node keeper opens and clears."""
+LOST_KEPT = 20
+"""Lost nodes remembered (for the diagnosis of their replicas' incidents)."""
 AGENT_PREFIX = "raymedic-node-agent-"
 AGENT_NAMESPACE = "raymedic"
 READ_TIMEOUT_S = 5.0
@@ -264,6 +266,9 @@ class NodeKeeper:
         self._series = NodeSeries()
         self._periodic = Periodic(self.check, lambda: self._cfg().controller.node_period_s, what="node check")
         self.nodes: list[NodeInfo] = []
+        self.lost: dict[str, tuple[str, float]] = {}
+        """node id → (its name, when it was last read alive) for nodes that left Ray's alive list (newest
+        :data:`LOST_KEPT`): the diagnosis names a lost node as the cause of its replicas' incidents."""
         self.shares: dict[str, float | None] = {}
         self.checked_at: float | None = None
 
@@ -289,6 +294,12 @@ class NodeKeeper:
         now = self._clock()
         nodes = await asyncio.to_thread(self._observer.read, now)
         placements = await asyncio.to_thread(self._placements, cfg)
+        alive = {n.node_id for n in nodes}
+        for gone in self.nodes:
+            if gone.node_id not in alive:
+                self.lost[gone.node_id] = (gone.name, self.checked_at or now)
+        for nid in [nid for nid in self.lost if nid in alive] + list(self.lost)[:-LOST_KEPT]:
+            self.lost.pop(nid, None)
         self.nodes, self.checked_at = nodes, now
         self.shares = cpu_shares(nodes)
         for n in nodes:
@@ -331,7 +342,8 @@ class NodeKeeper:
             a = self.watch.assessments.get(n.node_id)
             if a is not None and a.pressured:
                 current[(AlertKind.NODE_PRESSURE.value, n.name)] = (
-                    "act", {**a.evidence(self.watch.settings), "phase": str(self.watch.phase(n.node_id))})
+                    "act", {**a.evidence(self.watch.settings), "phase": str(self.watch.phase(n.node_id)),
+                            "since": a.since})  # the sustained window's first reading: the pressure's onset
         events = self._alerts.apply(current, now, kinds=NODE_KINDS)
         if events:
             self._recorder.data_alerts(events)

@@ -71,6 +71,10 @@ log = get_logger(__name__)
 STEP_TIMES_KEPT = 200
 """Decide-phase durations kept for the status's ``step_ms_p50``."""
 
+REPLICA_NODES_KEPT_S = 300.0
+"""How long a replica's node is remembered after it was last seen in Serve's view: longer than a vanished
+replica takes to settle (:data:`controllers.policies.vanish.VANISH_SETTLE_S`)."""
+
 T = TypeVar("T")
 
 
@@ -195,6 +199,7 @@ class Reconciler:
         self._gpu_drains: list[DrainGpuNode] = []  # decided, carried out by the next act phase
         self._gpu_done: list[tuple[DrainGpuNode, str]] = []  # carried out, recorded by the record phase
         self._dead_since: dict[str, float] = {}
+        self._replica_nodes: dict[str, tuple[str, float]] = {}  # replica → (its node, last seen there)
         self._decided: Decision | None = None  # the last decision whose events were recorded
         self.last: StepResult | None = None
         self.step_ms: deque[float] = deque(maxlen=STEP_TIMES_KEPT)
@@ -317,7 +322,8 @@ class Reconciler:
         events = self._scale.observe(now=now, sizes=sizes)
         if self._latency is not None:
             reports, live = self._latency()
-            events += self._scale.latency(reports=reports, slo_ms=cfg.gateway.latency_slo_ms, gateways=live)
+            events += self._scale.latency(reports=reports, slo_ms=cfg.gateway.latency_slo_ms, gateways=live,
+                                          now=now)
         self._scale_events.extend((now, ev) for ev in events)
 
     @property
@@ -366,6 +372,8 @@ class Reconciler:
             # Serve's target counts the hot standbys too; the policy's target is what serves traffic.
             targets[m.name] = max(1, int(d.target_replicas or m.replicas + m.standby) - m.standby)
             for r in d.replicas:
+                if r.node_id:  # remembered past the replica's end: a vanished replica's incident names its node
+                    self._replica_nodes[r.id] = (r.node_id, now)
                 alive = None
                 if self._alive is not None and r.actor_name and r.state == "RUNNING":
                     alive = r.actor_name in self._alive
@@ -376,10 +384,13 @@ class Reconciler:
                     seen_dead_at=self._dead_since.get(r.id), probes=self._prober.history(r.id),
                     calls=self._calls.stats(f"{m.name}/{r.id}", now=now, window_s=window),
                     memory=memory.window(r.id, now=now, window_s=leak_window) if memory is not None else (),
-                    memory_limit_mb=m.memory_limit_mb))
+                    memory_limit_mb=m.memory_limit_mb, node_id=r.node_id or None))
         for v in self._vanish.take():  # one observation is enough to open the incident
             snaps.append(ReplicaSnapshot(member=v.member, replica=v.replica, state="GONE", alive=False,
+                                         node_id=(self._replica_nodes.get(v.replica) or (None,))[0], death=v.reason,
                                          seen_dead_at=v.seen_at, probes=self._prober.history(v.replica)))
+        for rid in [rid for rid, (_, seen) in self._replica_nodes.items() if now - seen > REPLICA_NODES_KEPT_S]:
+            del self._replica_nodes[rid]
         return Observation(now=now, replicas=tuple(snaps), targets=targets,
                            standby={m.name: m.standby for m in dep.cfg.members if m.standby},
                            memory_threshold=self._memory_threshold,

@@ -29,6 +29,9 @@ log = get_logger(__name__)
 
 ALERTED = ("proposed", "approved", "rejected", "recovered", "recovery-failed")
 """Incident events sent to the webhook besides every ``detected-*``: what an operator acts on."""
+DIAGNOSED = ("recovered", "recovery-failed")
+"""Incident events whose audit record carries the incident's diagnosis besides every ``detected-*``
+(:mod:`controllers.diagnostician`): the detection's cause as known then, the recovery's with its group."""
 
 
 class Recorder:
@@ -45,6 +48,9 @@ class Recorder:
     Attributes:
         webhook: The operator's webhook (None: no alerts); replaced when a reload changes its URL.
         weights_audit: Its ``cfg`` is replaced when a reload changes the thresholds.
+        diagnosis: An incident id's diagnosis fields (``cause``, ``cause_class``, ``confidence``, ``group``,
+            ``effects``, ...; :meth:`controllers.diagnostician.Diagnostician.fields`), added to its detection
+            and recovery records and the ``cause`` label of their metrics (None: no diagnosis).
     """
 
     def __init__(self, audit: AuditLog, model: str, *, incident_of: Callable[[str], Incident | None],
@@ -56,6 +62,16 @@ class Recorder:
         self.weights_audit = weights_audit or WeightsAudit(WeightsAuditConfig.from_settings(ControllerConfig()))
         self._incident_of = incident_of
         self._clock = clock
+        self.diagnosis: Callable[[str], dict[str, Any]] | None = None
+
+    def _diagnosis(self, incident: str | None) -> dict[str, Any]:
+        if incident is None or self.diagnosis is None:
+            return {}
+        try:
+            return self.diagnosis(incident)
+        except Exception:  # a diagnosis is an extra: the record is written without it
+            log.exception("could not diagnose incident %s", incident)
+            return {}
 
     def alert(self, event: str, target: str, incident: str | None, evidence: Any, *, ts: float | None = None,
               **extra: Any) -> None:
@@ -80,18 +96,27 @@ class Recorder:
         if ev.action:
             metrics.inc("raymedic_healing_actions_total", model=self.model, action=ev.kind,
                         outcome=metrics.outcome_label(ev.outcome))
+        if ev.kind == "slo-restored" and ev.evidence.get("breached_s") is not None:
+            # A load episode is audited, not an incident (it opens none): its time to recover is the breach's length.
+            metrics.observe("raymedic_incident_recover_seconds", ev.evidence["breached_s"], model=self.model,
+                            kind="slo-breach", cause="overload")
         if ev.incident:
             inc = self._incident_of(ev.incident)
             if inc is not None:
-                if ev.kind.startswith("detected-"):
+                detected = ev.kind.startswith("detected-")
+                diagnosis = self._diagnosis(inc.id) if detected or ev.kind in DIAGNOSED else {}
+                cause = diagnosis.get("cause", "unknown")
+                if detected:
                     metrics.inc("raymedic_incidents_total", model=self.model, kind=inc.kind)
                     metrics.observe("raymedic_incident_detect_seconds", inc.time_to_detect_s, model=self.model,
-                                    kind=inc.kind)
+                                    kind=inc.kind, cause=cause)
                 elif ev.kind == "recovered" and inc.time_to_recover_s is not None:
                     metrics.observe("raymedic_incident_recover_seconds", inc.time_to_recover_s,
-                                    model=self.model, kind=inc.kind)
+                                    model=self.model, kind=inc.kind, cause=cause)
                 fields.update(detected_at=inc.detected_at, recovered_at=inc.recovered_at,
-                              first_evidence_at=inc.first_evidence_at, fault=inc.kind)
+                              first_evidence_at=inc.first_evidence_at, fault=inc.kind, **diagnosis)
+                if inc.node_id:
+                    fields["node_id"] = inc.node_id
         self.audit.record(ev.kind, ev.target, evidence=ev.evidence, action=ev.action, outcome=ev.outcome, ts=ts,
                           **fields)
 
@@ -110,11 +135,23 @@ class Recorder:
         for what, alert in events:
             self.alert(f"data-{alert.kind}-{what}", alert.feature, alert.id, alert.evidence,
                        severity=alert.severity)
+            diagnosis = self._diagnosis(alert.id) if what in ("opened", "cleared") else {}
+            cause = diagnosis.get("cause", "unknown")
+            ttd, ttr = alert.time_to_detect_s, alert.time_to_recover_s
             if what == "opened":
                 metrics.inc("raymedic_incidents_total", model=self.model, kind=alert.kind)
+                if ttd is not None:
+                    metrics.observe("raymedic_incident_detect_seconds", ttd, model=self.model, kind=alert.kind,
+                                    cause=cause)
+            elif what == "cleared" and ttr is not None:
+                metrics.observe("raymedic_incident_recover_seconds", ttr, model=self.model, kind=alert.kind,
+                                cause=cause)
             self.audit.record(f"data-{alert.kind}", alert.feature, evidence=alert.evidence, action="warn",
                               outcome=what, incident=alert.id, severity=alert.severity,
-                              detected_at=alert.detected_at, recovered_at=alert.recovered_at)
+                              detected_at=alert.detected_at, recovered_at=alert.recovered_at,
+                              first_evidence_at=alert.to_dict()["first_evidence_at"],
+                              time_to_detect_s=None if ttd is None else round(ttd, 3),
+                              time_to_recover_s=None if ttr is None else round(ttr, 3), **diagnosis)
 
     def published(self, weights: dict[str, float], avoid: dict[str, tuple[str, ...]], *, epoch: int,
                   announce: bool, ts: float | None = None) -> None:

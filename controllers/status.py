@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from controllers.alerts import WebhookNotifier
 from controllers.audit import AuditLog
 from controllers.deployment import Deployment
+from controllers.diagnostician import Diagnostician
 from controllers.models.healer import ModelHealer
 from controllers.monitors.data import DataAlerts, DataReport
 from controllers.monitors.performance import PerformanceReport
@@ -45,7 +46,8 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
                     disk_proposals: Sequence[Mapping[str, Any]] = (),
                     slo_breached: Sequence[str] = (), gpu: Mapping[str, Any] | None = None,
                     vitals: Mapping[str, Mapping[str, Any]] | None = None,
-                    nodes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    nodes: Mapping[str, Any] | None = None,
+                    diagnostician: Diagnostician | None = None) -> dict[str, Any]:
     """The status document.
 
     Args:
@@ -61,10 +63,24 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
             latest reading, per node its health and the faults counted; ``{"gpu": "none"}`` without GPUs.
         step_ms: Recent durations of the decide phase (the policy step and the weights), in ms:
             ``step_ms_p50`` is their median, the figure ``raymedic bench controller-step`` measures.
+        diagnostician: Each incident's cause (``cause``, ``cause_class``, ``confidence``, ``cause_evidence``,
+            ``group``, ``effects`` and the node, feature or members named, added to its entry) and the
+            ``incident_groups`` (incidents that share a cause). None: no diagnosis fields.
         Others: the controller's parts, read as they are now.
     """
     incidents = sorted([i.to_dict() for i in policy.incidents][-KEPT:]
                        + [a.to_dict() for a in data_alerts.alerts][-KEPT:], key=lambda d: d["detected_at"])
+    groups: list[dict[str, Any]] = []
+    if diagnostician is not None:
+        diagnoses = diagnostician.run()  # over every incident kept: a group may reach past the ones shown
+        for d in incidents:
+            diag = diagnoses.of(d["id"])
+            if diag is not None:
+                d.update(diag.fields())
+                group = diagnoses.group_of(d["id"])
+                if group is not None:
+                    d["effects"] = list(group.effects)
+        groups = [g.to_dict() for g in sorted(diagnoses.groups, key=lambda g: g.detected_at)][-KEPT:]
     tail = audit.tail(200)
     actions = [r for r in tail if r.get("kind") in ACTION_KINDS][-KEPT:]
     scaling = [r for r in tail if r.get("kind") in SCALING_KINDS][-SCALING_KEPT:]
@@ -97,6 +113,7 @@ def status_document(*, policy: HealingPolicy, healer: ModelHealer, data_alerts: 
         "gateways": sorted(gateways),
         "step_ms_p50": round(steps[len(steps) // 2], 3) if steps else None,
         "incidents": incidents,
+        "incident_groups": groups,
         "actions": actions,
         "data": {**(data_report.to_dict() if data_report else
                     {"window_rows": monitor.rows if monitor else 0,

@@ -702,6 +702,13 @@ class ControllerConfig(_Strict):
     node_drain_timeout_s: float = Field(
         180.0, gt=0, le=3600, description="A drained node that still holds member replicas after this long is "
         "audited as node-drain-failed.")
+    diagnosis_window_s: float = Field(
+        30.0, gt=0, le=3600, description="Diagnosis: replica incidents on one node detected within this many "
+        "seconds of each other, or of that node's loss or pressure, share the node as their cause (one grouped "
+        "incident, the replicas its effects); the same span links a slow or hung replica to a load spike.")
+    diagnosis_horizon_s: float = Field(
+        900.0, gt=0, le=86_400, description="Diagnosis: how long before an accuracy decay or concept drift a "
+        "feature's drift or a promotion may be named as its cause.")
     weight_eta: float = Field(0.5, gt=0, description="Hedge learning rate on feedback losses.")
     weight_decay: float = Field(0.99, gt=0, le=1, description="Per-sample forgetting of old losses.")
     min_weight: float = Field(0.05, ge=0, lt=0.5, description="Floor for each healthy member.")

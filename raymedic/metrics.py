@@ -65,10 +65,13 @@ SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
                                        ("model", "action", "outcome"), None),
     "raymedic_incidents_total": ("counter", "Incidents opened, by kind.", ("model", "kind"), None),
     "raymedic_open_incidents": ("gauge", "Incidents open now.", ("model",), None),
-    "raymedic_incident_detect_seconds": ("histogram", "Time from first evidence to detection.", ("model", "kind"),
-                                         RECOVERY_BUCKETS),
-    "raymedic_incident_recover_seconds": ("histogram", "Time from detection to confirmed recovery.",
-                                          ("model", "kind"), RECOVERY_BUCKETS),
+    "raymedic_incident_detect_seconds": ("histogram", ("Time from first evidence (the onset, where something "
+                                         "dates it) to detection, every incident kind; cause: its diagnosed cause "
+                                         "then."),
+                                         ("model", "kind", "cause"), RECOVERY_BUCKETS),
+    "raymedic_incident_recover_seconds": ("histogram", ("Time from detection to confirmed recovery (a data or "
+                                          "model incident: to its clearing); cause: its diagnosed cause."),
+                                          ("model", "kind", "cause"), RECOVERY_BUCKETS),
     "raymedic_controller_step_seconds": ("histogram", "One whole observe-decide-act-record step of the controller "
                                          "(the model checks included when they are due).",
                                          ("model",), STEP_BUCKETS),

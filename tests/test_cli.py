@@ -240,6 +240,10 @@ def test_train_up_status_predict_feedback_down(env):
     phase("predictions and policies checked")
     st = wait_for(data_incidents, timeout_s=60, what="data-quality and drift incidents in status")
     phase("data incidents seen")
+    causes = {(i["kind"], i["feature"]): (i["cause_class"], i["cause"], i["cause_feature"]) for i in st["incidents"]
+              if i.get("feature")}
+    assert causes[("missing_values", "amount")] == ("data", "data-quality", "amount"), causes
+    assert causes[("drift", "channel")] == ("data", "data-drift", "channel"), causes
     channel = st["drift"]["features"]["channel"]
     assert channel["test"] == "chi2" and channel["drift"] in ("warn", "act") and channel["p_adjusted"] < 0.01
     # The window may hold only rows with no amount by now: then there is nothing to test, only the gap.

@@ -44,13 +44,15 @@ def rows(df: pd.DataFrame) -> list[list]:
     return [[None if is_missing(v) else v for v in r] for r in out]
 
 
-def monitor_with(df: pd.DataFrame, batch: int = 50, **cfg) -> DataMonitor:
+def monitor_with(df: pd.DataFrame, batch: int = 50, *, start: float | None = None, **cfg) -> DataMonitor:
+    """A monitor fed ``df`` in tallies of ``batch`` rows (with ``start``: one tally a second from then)."""
     mon = DataMonitor(SCHEMA, REF, CFG.model_copy(update=cfg))
     tally = InputTally(SCHEMA, sample_per_batch=64, seed=1)
     r = rows(df)
     for i in range(0, len(r), batch):
         tally.add(r[i:i + batch])
-        mon.add(json.loads(json.dumps(tally.drain())))  # through JSON, as over the wire
+        mon.add(json.loads(json.dumps(tally.drain())),  # through JSON, as over the wire
+                now=None if start is None else start + i // batch)
     return mon
 
 
@@ -187,6 +189,20 @@ def test_sequential_cusum_flags_a_half_sd_shift_and_stays_quiet_on_the_control()
     off = monitor_with(pd.concat([table(400, seed=7), table(400, seed=8, shift=0.5)], ignore_index=True),
                        sequential=False)
     assert off.sequential_hits() == {} and off.check().features[0].sequential is None
+
+
+def test_a_drift_the_cusum_finds_is_dated_when_its_rows_arrived_so_it_has_a_time_to_detect():
+    # 8 calm tallies (t = 1000..1007), then 8 shifted ones from t = 1008: the change's rows arrived at 1008.
+    shifted = monitor_with(pd.concat([table(400, seed=7), table(400, seed=8, shift=0.5)], ignore_index=True),
+                           start=1000.0)
+    moved_at = shifted.sequential_hits()["amount"]["moved_at"]
+    # The CUSUM's own estimate (the start of the excursion that crossed: a little late for a small shift), dated
+    # by the tally its row came in; never in the calm stretch's first half.
+    assert 1004.0 <= moved_at <= 1015.0, moved_at
+    alerts = DataAlerts(CFG)
+    (opened,) = [a for what, a in alerts.update(shifted.check(now=1020.0)) if a.kind == "drift"]
+    assert opened.evidence["moved_at"] == moved_at
+    assert opened.to_dict()["time_to_detect_s"] == round(1020.0 - moved_at, 3)
 
 
 def test_an_open_decay_takes_the_change_date_found_after_it_opened_and_keeps_the_first():

@@ -294,7 +294,14 @@ def test_slow_replica_is_replaced(svc):
 
 
 def test_sigkilled_replica_is_replaced_with_no_failed_request(svc):
-    heal_and_check(svc, "kill", "mlp")
+    inc = heal_and_check(svc, "kill", "mlp")
+    # Diagnosed: a lone crash is the replica's own software (its node would be named had it been under pressure),
+    # in status and in its detection and recovery records.
+    assert inc["cause"] == "crash" or inc["cause_class"] == "infrastructure", inc
+    assert inc["cause_class"] in ("replica-software", "infrastructure") and 0 < inc["confidence"] <= 1, inc
+    records = {r["kind"]: r for r in svc.audit() if r.get("incident") == inc["id"]}
+    for kind in ("detected-dead", "recovered"):
+        assert records[kind]["cause_class"] == inc["cause_class"] and "group" in records[kind], records[kind]
 
 
 def _resident_mb(svc: Service, member: str) -> dict[str, float]:

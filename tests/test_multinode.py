@@ -233,6 +233,15 @@ def test_members_spread_and_survive_a_worker_node_loss(svc):
         # Until Ray declares the node dead, calls to its actors wait rather than fail, so the
         # controller's probes may see a lost replica as hung before its actor shows as dead.
         assert inc["member"] == lost[replica] and inc["kind"] in ("dead", "hung"), inc
+    # Diagnosed as one incident: the lost node is the cause, its replicas' incidents the effects.
+    groups = wait_for(lambda: [g for g in _status(url)["incident_groups"]
+                               if {i["id"] for i in incidents.values()} <= set(g["effects"])],
+                      timeout_s=30, what=f"one incident group for the replicas lost with {victim.name}")
+    group = groups[0]
+    print(f"grouped: {group['id']} {group['cause_class']}/{group['cause']} node {group['node']} confidence "
+          f"{group['confidence']} effects {group['effects']} evidence {json.dumps(group['cause_evidence'])}")
+    assert (group["cause_class"], group["cause"], group["node"]) == ("infrastructure", "node", victim.name), group
+    assert all(i["group"] == group["id"] for i in _status(url)["incidents"] if i["id"] in group["effects"])
 
     from controllers.audit import read_audit
 

@@ -159,3 +159,11 @@ def test_the_latency_window_forgets_old_requests_and_counts_only_what_it_holds()
     w.add(0.5, now=3.0)
     assert w.report(now=3.0)["p99_ms"] == 500.0
     assert w.report(now=100.0) == {"requests": 0, "p50_ms": None, "p99_ms": None, "window_s": 5.0}
+
+
+def test_a_restored_slo_says_how_long_the_breach_lasted():
+    w = ScaleWatch()
+    slow, ok = {"gw1": {"p99_ms": 400.0, "requests": 200}}, {"gw1": {"p99_ms": 120.0, "requests": 200}}
+    w.latency(reports=slow, slo_ms=250, now=100.0)
+    (restored,) = w.latency(reports=ok, slo_ms=250, now=130.5)
+    assert restored.kind == "slo-restored" and restored.evidence["breached_s"] == 30.5

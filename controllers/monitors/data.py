@@ -50,6 +50,7 @@ from scipy import stats
 from controllers.detectors.cusum import Alarm, FeatureCusum, FeatureCusumConfig
 from controllers.detectors.tensor_drift import TensorDriftMonitor, TensorFinding, tensor_monitors
 from controllers.detectors.two_sample import categorical_drift, numeric_drift
+from controllers.policies.diagnosis import onset_of
 from raymedic.config import DataConfig
 from raymedic.enums import StrEnum, plain
 from raymedic.errors import DataError
@@ -132,6 +133,9 @@ CLOSED_ALERTS_KEPT = 200
 """Closed data alerts kept in memory (and in the checkpoint, which keeps the newest 200 already)."""
 MIN_CUSUM_REFERENCE = 100
 """Training values a feature needs before its CUSUM can be standardized and calibrated."""
+FED_KEPT = 512
+"""Tallies remembered per CUSUM feature (first row index, arrival time): what dates a CUSUM's change estimate
+(``moved_at``); a change older than that is dated at the oldest one kept (later than the truth, never earlier)."""
 TENSOR_ACT_SCORE = 2.0
 """A tensor finding whose statistic is this many times its threshold acts (may retrain); weaker ones warn."""
 
@@ -160,6 +164,7 @@ class FeatureCheck:
     sequential: str | None = None  # the CUSUM statistic that alarmed (mean_up, var_up, ...), if one did
     threshold: float | None = None  # tensor: what the statistic crossed
     component: str | None = None  # tensor: the projected coordinate whose CUSUM crossed (pc3, residual)
+    moved_at: float | None = None  # when the rows the CUSUM dates its change to arrived (the drift's onset)
     breaches: list[AlertKind] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,12 +208,13 @@ class DataMonitor:
         self._batches: deque[dict[str, Any]] = deque()
         self._rows = 0
         self._cusums: dict[str, FeatureCusum] = {}
-        self._hits: dict[str, tuple[Alarm, int]] = {}  # feature → (latest CUSUM alarm, rows seen then)
+        self._hits: dict[str, tuple[Alarm, int, float | None]] = {}  # feature → (latest alarm, rows seen, moved_at)
         numeric = [f for f in (reference.features if reference else ()) if f.numeric and f.sample is not None
                    and len(f.sample) >= MIN_CUSUM_REFERENCE]
         if cfg.sequential and numeric:
             seq = FeatureCusumConfig(false_alarms_per_10k=cfg.sequential_false_alarms_per_10k / len(numeric))
             self._cusums = {f.name: FeatureCusum(np.asarray(f.sample, dtype=float)[:, None], seq) for f in numeric}
+        self._fed: dict[str, deque[tuple[int, float]]] = {name: deque(maxlen=FED_KEPT) for name in self._cusums}
         # The reference document's "tensors" section (absent for tabular models: no monitor, nothing runs).
         self._tensors: dict[str, TensorDriftMonitor] = tensor_monitors(tensors, cusum=cfg.sequential)
         self._tensor_hits: dict[str, TensorFinding] = {}
@@ -218,18 +224,24 @@ class DataMonitor:
         """Rows in the window now (at most ``window_rows`` plus one tally)."""
         return self._rows
 
-    def add(self, tally: Mapping[str, Any]) -> None:
-        """Take one gateway tally; forget the oldest ones beyond ``window_rows``."""
+    def add(self, tally: Mapping[str, Any], now: float | None = None) -> None:
+        """Take one gateway tally (arrived at ``now``, default the wall clock); forget the oldest ones beyond
+        ``window_rows``."""
         n = int(tally.get("rows") or 0)
         if n <= 0:
             return
+        at = time.time() if now is None else now
         self._batches.append(dict(tally))
         self._rows += n
         for name, cusum in self._cusums.items():
             values = np.asarray((tally.get("features", {}).get(name) or {}).get("values") or (), dtype=float)
             values = values[np.isfinite(values)]
-            if len(values) and cusum.update(values[:, None]).alarm:
-                self._hits[name] = (cusum.alarms[-1], cusum.rows_seen)
+            if not len(values):
+                continue
+            self._fed[name].append((cusum.rows_seen, at))
+            if cusum.update(values[:, None]).alarm:
+                alarm = cusum.alarms[-1]
+                self._hits[name] = (alarm, cusum.rows_seen, self._arrived(name, alarm.change_index))
         for name, rows in (tally.get("tensors") or {}).items():
             self.add_tensor_rows(name, rows)
         while self._batches and self._rows - int(self._batches[0]["rows"]) >= self.cfg.window_rows:
@@ -251,6 +263,14 @@ class DataMonitor:
             self._tensor_hits[feature] = monitor.findings[-1]
         return finding
 
+    def _arrived(self, feature: str, row: int) -> float | None:
+        """When the tally holding the CUSUM's row ``row`` of ``feature`` arrived (the oldest kept, if older)."""
+        fed = self._fed[feature]
+        for first, at in reversed(fed):
+            if first <= row:
+                return at
+        return fed[0][1] if fed else None
+
     @property
     def tensor_monitors(self) -> dict[str, TensorDriftMonitor]:
         """The tensor features' monitors (empty for a tabular model), by feature."""
@@ -263,12 +283,12 @@ class DataMonitor:
     def sequential_hits(self) -> dict[str, dict[str, Any]]:
         """Features whose CUSUM alarmed within the last ``window_rows`` sampled rows (a copy)."""
         out = {}
-        for name, (alarm, seen) in list(self._hits.items()):
+        for name, (alarm, seen, moved_at) in list(self._hits.items()):
             if self._cusums[name].rows_seen - seen > self.cfg.window_rows:
                 del self._hits[name]
                 continue
             out[name] = {"cusum": alarm.statistic, "rows_after_change": seen - alarm.change_index,
-                         "rows_seen": seen}
+                         "rows_seen": seen, "moved_at": moved_at}
         for name, finding in list(self._tensor_hits.items()):
             if self._tensors[name].rows_seen - finding.row > self.cfg.window_rows:
                 del self._tensor_hits[name]
@@ -342,6 +362,7 @@ class DataMonitor:
             if hit is None or hit.get("tensor"):
                 continue
             fc.sequential = str(hit["cusum"])
+            fc.moved_at = hit.get("moved_at")
             if fc.drift == DriftLevel.NONE:
                 fc.drift = DriftLevel.ACT if (fc.psi or 0.0) >= c.psi_act else DriftLevel.WARN
                 fc.breaches.append(AlertKind.DRIFT)
@@ -398,14 +419,27 @@ class DataAlert:
     def _clear(self, at: float) -> None:
         self.status, self.recovered_at = AlertStatus.CLEARED.value, at
 
+    @property
+    def time_to_detect_s(self) -> float | None:
+        """From the onset its evidence dates (:func:`controllers.policies.diagnosis.onset_of`: a CUSUM's change,
+        a node's first pressured reading) to the detection; None where nothing dates the onset."""
+        onset = onset_of(self.kind, self.evidence)
+        return None if onset is None else max(0.0, self.detected_at - onset)
+
+    @property
+    def time_to_recover_s(self) -> float | None:
+        """From the detection to the clearing (None while open)."""
+        return None if self.recovered_at is None else self.recovered_at - self.detected_at
+
     def to_dict(self) -> dict[str, Any]:
         """The alert as an incident of the status page (the replica incidents' fields, ``action`` warn)."""
         d = asdict(self)
         d.pop("clean_checks")
         if self.kind not in DATA_KINDS:
             d["feature"] = None
-        d.update(member=None, replica=None, target=self.feature, action="warn",
-                 time_to_detect_s=None,
+        onset = onset_of(self.kind, self.evidence)
+        d.update(member=None, replica=None, target=self.feature, action="warn", first_evidence_at=onset,
+                 time_to_detect_s=None if onset is None else round(max(0.0, self.detected_at - onset), 3),
                  time_to_recover_s=None if self.recovered_at is None else round(self.recovered_at - self.detected_at, 3))
         return d
 
@@ -421,7 +455,7 @@ def _evidence(fc: FeatureCheck, kind: AlertKind, cfg: DataConfig) -> dict[str, A
         return {**base, "unseen": round(fc.unseen or 0.0, 4), "limit": cfg.unseen_max}
     return {**base, **{k: v for k, v in fc.to_dict().items()
                        if k in ("test", "statistic", "p_value", "p_adjusted", "psi", "wasserstein_sd", "js", "drift",
-                                "sequential", "threshold", "component")}}
+                                "sequential", "threshold", "component", "moved_at")}}
 
 
 class DataAlerts:

@@ -58,6 +58,8 @@ __all__ = [
     "AuditEvent", "StepResult", "assess", "systemic_timeouts", "choose_standby", "HealingPolicy",
 ]
 
+OPTIONAL_FIELDS = frozenset({"node_id", "death"})
+"""Incident fields written only when set (see :meth:`Incident.to_record`)."""
 KEEP_CLOSED = 200
 """Closed incidents remembered (and checkpointed); the audit log keeps them all."""
 
@@ -171,6 +173,8 @@ class ReplicaSnapshot:
     seen_dead_at: float | None = None
     memory: tuple[MemorySample, ...] = ()  # resident-memory samples of the leak window, oldest first
     memory_limit_mb: float | None = None  # the member's configured limit (None: the node's headroom)
+    node_id: str | None = None  # the node it runs (ran) on: the diagnosis groups a node's incidents by it
+    death: str = ""  # a vanished replica's death record ("NODE_DIED: ...", "WORKER_DIED: ..."), when read
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,8 @@ class Incident:
     recovered_at: float | None = None
     suppressed: bool = False  # seen while paused
     approval: Approval | None = None  # approval mode: pending → approved | rejected
+    node_id: str | None = None  # the node the replica ran on (None: unknown; older checkpoints)
+    death: str = ""  # a vanished replica's death record (NODE_DIED: its node was lost), when Ray gave one
 
     def __post_init__(self) -> None:
         # Checkpoints hold plain strings: the same words, validated into their Enums on the way in.
@@ -232,8 +238,9 @@ class Incident:
         return None if self.recovered_at is None else self.recovered_at - self.detected_at
 
     def to_record(self) -> dict[str, Any]:
-        """The checkpoint form: every field as plain data (the JSON the controller has always written)."""
-        return {k: plain(v) for k, v in asdict(self).items()}
+        """The checkpoint form: every field as plain data (the JSON the controller has always written; the
+        fields added since, :data:`OPTIONAL_FIELDS`, only when set, so an older checkpoint reads back as written)."""
+        return {k: plain(v) for k, v in asdict(self).items() if k not in OPTIONAL_FIELDS or v not in (None, "")}
 
     def to_dict(self) -> dict[str, Any]:
         """The status form: the checkpoint fields plus the two durations, rounded for people."""
@@ -690,11 +697,14 @@ class HealingPolicy:
         slow_members = {f.member for f in findings if f.kind == FaultKind.SLOW}
         if len(slow_members) > 1 or settling:
             findings = [f for f in findings if f.kind != FaultKind.SLOW]  # shared slowness: contention, not a replica
+        nodes = {s.replica: s.node_id for s in obs.replicas if s.node_id}
+        deaths = {s.replica: s.death for s in obs.replicas if s.death}
         for finding in findings:
             m.seq += 1
             inc = Incident(id=f"inc-{m.seq:06d}", kind=finding.kind, member=finding.member,
                            replica=finding.replica, detected_at=now,
-                           first_evidence_at=min(finding.first_evidence_at, now), evidence=finding.evidence)
+                           first_evidence_at=min(finding.first_evidence_at, now), evidence=finding.evidence,
+                           node_id=nodes.get(finding.replica), death=deaths.get(finding.replica, ""))
             m.incidents[inc.id] = inc
             events.append(AuditEvent(f"detected-{finding.kind}", f"{finding.member}/{finding.replica}",
                                      finding.evidence, "avoid", "ok", inc.id))

@@ -71,6 +71,7 @@ class ScaleWatch:
     _moved_at: dict[str, float] = field(default_factory=dict)  # deployment → when its target last moved
     _at_max: set[str] = field(default_factory=set)
     _breached: set[str] = field(default_factory=set)  # gateways whose p99 is over the SLO
+    _breached_at: dict[str, float] = field(default_factory=dict)  # gateway → when its breach was seen
 
     def observe(self, *, now: float, sizes: Mapping[str, Size]) -> list[AuditEvent]:
         """The events of one Serve view: ``sizes`` maps a deployment (member name, or ``gateway``) to its
@@ -103,10 +104,12 @@ class ScaleWatch:
         return events
 
     def latency(self, *, reports: Mapping[str, Mapping[str, Any]], slo_ms: float,
-                gateways: Sequence[str] | None = None) -> list[AuditEvent]:
+                gateways: Sequence[str] | None = None, now: float | None = None) -> list[AuditEvent]:
         """``slo-breach`` / ``slo-restored`` events from the gateways' latest latency ``reports`` (gateway →
         :meth:`serve_apps.telemetry.LatencyWindow.report`); ``gateways``: those still connected (default:
-        every reporter). A window with fewer than :data:`SLO_MIN_REQUESTS` keeps the gateway's state."""
+        every reporter). A window with fewer than :data:`SLO_MIN_REQUESTS` keeps the gateway's state. With
+        ``now``, a restore's evidence says how long the breach lasted (``breached_s``: a load episode's time to
+        recover)."""
         events: list[AuditEvent] = []
         live = set(reports) if gateways is None else set(gateways)
         for gw, rep in sorted(reports.items()):
@@ -118,11 +121,17 @@ class ScaleWatch:
             evidence = {"p99_ms": p99, "p50_ms": rep.get("p50_ms"), "requests": n, "slo_ms": slo_ms}
             if p99 > slo_ms and gw not in self._breached:
                 self._breached.add(gw)
+                if now is not None:
+                    self._breached_at[gw] = now
                 events.append(AuditEvent("slo-breach", f"gateway/{gw}", evidence, OBSERVED, "p99 above the SLO"))
             elif p99 <= slo_ms and gw in self._breached:
                 self._breached.discard(gw)
+                since = self._breached_at.pop(gw, None)
+                if now is not None and since is not None:
+                    evidence["breached_s"] = round(now - since, 3)
                 events.append(AuditEvent("slo-restored", f"gateway/{gw}", evidence, OBSERVED, "ok"))
         self._breached &= live
+        self._breached_at = {gw: t for gw, t in self._breached_at.items() if gw in self._breached}
         return events
 
     @property

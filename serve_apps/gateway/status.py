@@ -58,7 +58,7 @@ def redact(doc: Any) -> Any:
     return doc
 
 
-_CONTROLLER_DETAIL = ("incidents", "actions", "weights", "data", "performance", "memory", "vitals")
+_CONTROLLER_DETAIL = ("incidents", "incident_groups", "actions", "weights", "data", "performance", "memory", "vitals")
 """Keys of the controller's status that the document shows in sections of their own."""
 
 
@@ -212,6 +212,7 @@ def status_document(*, config: RaymedicConfig, order: Sequence[str], state: Link
         "drift": (ctl or {}).get("data", {}),
         "performance": (ctl or {}).get("performance", {}),
         "incidents": (ctl or {}).get("incidents", []),
+        "incident_groups": (ctl or {}).get("incident_groups", []),
         "actions": (ctl or {}).get("actions", []),
         "controller": controller_part,
         **({"prediction_log": {"replica": tag, **prediction_log}} if prediction_log is not None else {}),

@@ -309,17 +309,63 @@ def cmd_status(args: argparse.Namespace) -> int:
     line = performance_line(st.get("performance") or {})
     if line:
         print(line)
+    groups = st.get("incident_groups") or []  # a controller from before the diagnosis sends none
+    if groups:
+        print(f"incident groups: {len(groups)} (incidents that share a cause; latest first)")
+        for g in list(reversed(groups))[: args.incidents]:
+            print("  " + group_line(g))
     incidents = st["incidents"]
     print(f"incidents: {len(incidents)}" + (" (latest first)" if incidents else ""))
     for inc in list(reversed(incidents))[: args.incidents]:
         ttr = inc.get("time_to_recover_s")
+        cause = cause_cell(inc)
         if inc.get("replica") is None:  # a data or model incident: a feature or the ensemble, not a replica
             ev = {k: v for k, v in inc.get("evidence", {}).items() if k != "window_rows"}
             what = f"feature {inc['feature']!r}" if inc.get("feature") else inc.get("target", "")
             print(f"  {inc['id']}  {inc['kind']:<14} {what}  {inc['status']:<9} "
-                  f"{inc.get('severity', '')}  {json.dumps(ev)}")
+                  f"{inc.get('severity', '')}  {_seconds('detect', inc.get('time_to_detect_s'))}"
+                  f"{_seconds('recover', ttr)}{json.dumps(ev)}{cause}")
             continue
         print(f"  {inc['id']}  {inc['kind']:<6} {inc['member']}/{inc['replica']}  {inc['status']:<9} "
               f"detect {inc['time_to_detect_s']:.2f} s  recover {'-' if ttr is None else f'{ttr:.1f} s'}  "
-              f"action {inc.get('action') or '-'}: {inc.get('action_outcome') or '-'}")
+              f"action {inc.get('action') or '-'}: {inc.get('action_outcome') or '-'}{cause}")
     return 0
+
+
+def _seconds(what: str, value: float | None) -> str:
+    return f"{what} {value:.1f} s  " if value is not None else ""
+
+
+def cause_cell(inc: dict[str, Any]) -> str:
+    """An incident's diagnosis at the end of its line (empty for a controller from before the diagnosis).
+
+    >>> cause_cell({"cause_class": "data", "cause": "data-drift", "cause_feature": "f3", "confidence": 0.875,
+    ...             "group": "grp-d0001"})
+    '  cause data/data-drift f3 (0.88) in grp-d0001'
+    >>> cause_cell({"id": "inc-000001"})
+    ''
+    """
+    if not inc.get("cause_class"):
+        return ""
+    named = inc.get("cause_node") or inc.get("cause_feature")
+    where = f" {named}" if named else ""
+    group = f" in {inc['group']}" if inc.get("group") else ""
+    return f"  cause {inc['cause_class']}/{inc['cause']}{where} ({inc.get('confidence', 0):.2f}){group}"
+
+
+def group_line(g: dict[str, Any]) -> str:
+    """One incident group: its cause and what it names, how sure, its effects, time to detect and recover.
+
+    >>> group_line({"id": "grp-inc-000003", "cause_class": "infrastructure", "cause": "node", "node": "worker-1",
+    ...             "confidence": 0.875, "effects": ["inc-000003", "inc-000004"], "status": "recovered",
+    ...             "time_to_detect_s": 2.25, "time_to_recover_s": 11.0})
+    'grp-inc-000003  infrastructure/node node worker-1  recovered  confidence 0.88  effects inc-000003, inc-000004  detect 2.2 s  recover 11.0 s'
+    """
+    named = (f" node {g['node']}" if g.get("node") else "") + (
+        f" feature {g['feature']!r}" if g.get("feature") else "")
+    members = f"  members {', '.join(g['members'])}" if g.get("members") else ""
+    cause_inc = f"  cause incident {g['cause_incident']}" if g.get("cause_incident") else ""
+    return (f"{g['id']}  {g['cause_class']}/{g['cause']}{named}  {g.get('status', '')}  confidence "
+            f"{g.get('confidence', 0):.2f}  effects {', '.join(g.get('effects') or [])}{cause_inc}{members}  "
+            f"{_seconds('detect', g.get('time_to_detect_s'))}{_seconds('recover', g.get('time_to_recover_s'))}"
+            ).rstrip()
