@@ -248,7 +248,9 @@ class RaymedicSystem(System):
         if inc is None:
             return {"detect_s": None, "recover_s": None}
         return {"detect_s": round(inc["detected_at"] - injected_at, 2),
-                "recover_s": None if inc["recovered_at"] is None else round(inc["recovered_at"] - injected_at, 2)}
+                "recover_s": None if inc["recovered_at"] is None else round(inc["recovered_at"] - injected_at, 2),
+                # which evidence decided it (e.g. probes, user calls, calls lost to hedges): the JSON report's
+                "detected_by": {"kind": inc.get("kind"), "evidence": inc.get("evidence")}}
 
     def clear(self) -> None:
         """Remove every injected fault."""
