@@ -430,6 +430,11 @@ class GatewayConfig(_Strict):
         "node:__internal_head__). Where the HTTP proxy runs on the head only (`raymedic up --nodes N` turns "
         "this on), a worker node's loss then never drops a request in flight through a gateway; off where "
         "proxies run on every node and gateways should spread with them.")
+    profile: bool = Field(
+        False, description="Time each stage of every V1 predict request in the gateway (parse, validate, "
+        "fan-out, combine, log, telemetry, encode; serve_apps/stages.py) and send the figures back in the "
+        "answer's Server-Timing header, for `raymedic bench saturation --profile`. Off by default: off, no clock "
+        "is read and no header added; on, answers are unchanged.")
     client_auth: bool = Field(
         False, description="Predict (V1 and V2) and feedback need a client key, `Authorization: Bearer KEY` "
         "(or `X-API-Key: KEY`), one of `clients`; without one the answer is a 401 saying what to send. Off by "

@@ -281,15 +281,15 @@ def test_saturation_table_has_every_rate_for_both_systems_and_consistent_ratios(
 def test_cli_runs_saturation_at_the_rates_given(monkeypatch, capsys):
     seen = {}
 
-    def fake_run(*, config_path, port, rates, duration_s, deadline_s, progress, data):
-        seen.update(rates=rates, duration_s=duration_s, deadline_s=deadline_s)
+    def fake_run(*, config_path, port, rates, duration_s, deadline_s, progress, data, profile):
+        seen.update(rates=rates, duration_s=duration_s, deadline_s=deadline_s, profile=profile)
         rows = [r for r in _saturation_rows() if r["rps"] in rates]
         return {"settings": {"rates": sorted(rates), "duration_s": duration_s, "deadline_s": deadline_s},
                 "results": rows, "max_rps_without_failure": saturation.max_rps_without_failure(rows)}
 
     monkeypatch.setattr(saturation, "run_saturation", fake_run)
     assert cli.main(["bench", "saturation", "--rates", "35, 20", "--seconds", "5", "--json"]) == 0
-    assert seen == {"rates": [35.0, 20.0], "duration_s": 5.0, "deadline_s": 2.0}
+    assert seen == {"rates": [35.0, 20.0], "duration_s": 5.0, "deadline_s": 2.0, "profile": False}
     out = json.loads(capsys.readouterr().out)
     assert {r["system"] for r in out["results"]} == set(SYSTEMS)
     assert out["max_rps_without_failure"] == {PLAIN_SERVE: 35.0, RAYMEDIC: 20.0}

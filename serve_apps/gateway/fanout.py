@@ -70,11 +70,15 @@ class ServeMemberClient:
     never answered.
     """
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, *, timed: bool = False) -> None:
         self._handle = handle
+        self._timed = timed
 
     def predict(self, rows: Rows, *, call_id: str, avoid: list[str], standby: list[str] | None) -> MemberCall:
-        """Send ``rows`` through the member handle (a Serve ``DeploymentResponse``: awaitable, cancellable)."""
+        """Send ``rows`` through the member handle (a Serve ``DeploymentResponse``: awaitable, cancellable);
+        ``timed`` (``gateway.profile``) asks the replica for its inference time too."""
+        if self._timed:
+            return self._handle.predict.remote(rows, call_id=call_id, avoid=avoid, standby=standby, timed=True)
         return self._handle.predict.remote(rows, call_id=call_id, avoid=avoid, standby=standby)
 
     def routed_replica(self, call_id: str) -> str | None:
@@ -102,6 +106,7 @@ class MemberAnswer:
             promotion swaps replicas one by one).
         latency_s: how long the winning call took.
         attempts: calls made for it (1, or 2 after a retry or hedge).
+        infer_s: the replica's own inference time, when it was asked for it (``gateway.profile``).
     """
 
     probabilities: np.ndarray
@@ -109,11 +114,12 @@ class MemberAnswer:
     version: str
     latency_s: float
     attempts: int
+    infer_s: float | None = None
 
     def rows(self, start: int, stop: int) -> "MemberAnswer":
         """This answer for rows ``start:stop`` of a coalesced call (each request gets its own rows)."""
         return MemberAnswer(self.probabilities[start:stop], self.replica, self.version, self.latency_s,
-                            self.attempts)
+                            self.attempts, self.infer_s)
 
 
 GroupCall = Callable[[list[Rows]], Awaitable[list[dict[str, MemberAnswer]]]]
@@ -257,7 +263,7 @@ class FanOut:
                                                  was_started=False)
                             self._ejector.eject(name, slow, self._clock())
                     return MemberAnswer(np.asarray(out["probabilities"]), out["replica"], out["version"],
-                                        latency, len(attempts))
+                                        latency, len(attempts), out.get("infer_s"))
                 failed = True
                 replica = replica_of(fut)
                 outcome = CallOutcome.DEAD if actor_died(exc) else CallOutcome.ERROR
