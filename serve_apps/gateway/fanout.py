@@ -107,6 +107,8 @@ class MemberAnswer:
         latency_s: how long the winning call took.
         attempts: calls made for it (1, or 2 after a retry or hedge).
         infer_s: the replica's own inference time, when it was asked for it (``gateway.profile``).
+        call_s: the winning call's round trip on ``time.perf_counter`` (``gateway.profile``: the event
+            loop's clock, which ``latency_s`` reads, ticks in whole milliseconds under uvloop).
     """
 
     probabilities: np.ndarray
@@ -115,11 +117,12 @@ class MemberAnswer:
     latency_s: float
     attempts: int
     infer_s: float | None = None
+    call_s: float | None = None
 
     def rows(self, start: int, stop: int) -> "MemberAnswer":
         """This answer for rows ``start:stop`` of a coalesced call (each request gets its own rows)."""
         return MemberAnswer(self.probabilities[start:stop], self.replica, self.version, self.latency_s,
-                            self.attempts, self.infer_s)
+                            self.attempts, self.infer_s, self.call_s)
 
 
 GroupCall = Callable[[list[Rows]], Awaitable[list[dict[str, MemberAnswer]]]]
@@ -224,12 +227,15 @@ class FanOut:
         # Standbys: the router uses them only when nothing else is left.
         standby = list(self._steering.standby.get(name) or ()) or None
         attempts: dict[asyncio.Future, tuple[str, float, MemberCall]] = {}
+        sent: dict[asyncio.Future, float] = {}  # perf_counter at each send, for gateway.profile only
 
         def launch(extra: list[str]) -> None:
             call_id = uuid.uuid4().hex
             call = client.predict(rows, call_id=call_id, avoid=sorted(set(avoid) | set(extra)), standby=standby)
             fut = asyncio.ensure_future(_await(call))
             attempts[fut] = (call_id, loop.time(), call)
+            if gw.profile:
+                sent[fut] = time.perf_counter()
 
         def replica_of(fut: asyncio.Future) -> str | None:
             return client.routed_replica(attempts[fut][0])
@@ -263,7 +269,8 @@ class FanOut:
                                                  was_started=False)
                             self._ejector.eject(name, slow, self._clock())
                     return MemberAnswer(np.asarray(out["probabilities"]), out["replica"], out["version"],
-                                        latency, len(attempts), out.get("infer_s"))
+                                        latency, len(attempts), out.get("infer_s"),
+                                        time.perf_counter() - sent[fut] if fut in sent else None)
                 failed = True
                 replica = replica_of(fut)
                 outcome = CallOutcome.DEAD if actor_died(exc) else CallOutcome.ERROR

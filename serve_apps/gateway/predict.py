@@ -96,8 +96,8 @@ class Predictor:
             served.update(canary)
         timer.mark("fanout")
         if timer.enabled and answers:
-            slowest = max(answers.values(), key=lambda a: a.latency_s)
-            timer.note("member_call", slowest.latency_s)
+            slowest = max(answers.values(), key=lambda a: a.latency_s if a.call_s is None else a.call_s)
+            timer.note("member_call", slowest.latency_s if slowest.call_s is None else slowest.call_s)
             if slowest.infer_s is not None:
                 timer.note("member_infer", slowest.infer_s)
         combo = combine(served, self._state.weights, fallback=self._cfg.fallback_member, min_members=gw.min_members)
