@@ -29,6 +29,7 @@ from ray import serve
 from raymedic.config import GatewayConfig
 from raymedic.logs import get_logger
 from raymedic.protocol import CallOutcome, actor_died
+from serve_apps.gateway.coalesce import EagerCoalescer
 from serve_apps.routing import routed_replica
 from serve_apps.telemetry import CallRecorder, HedgeBudget, LocalEjector
 
@@ -133,11 +134,16 @@ Coalescer = Callable[[GroupCall], Callable[[Rows], Awaitable[dict[str, MemberAns
 
 
 def serve_coalescer(settings: GatewayConfig) -> Coalescer:
-    """Serve's ``@serve.batch`` with the gateway's ``coalesce_*`` settings, as a :data:`Coalescer`.
+    """The gateway's :data:`Coalescer` for its ``coalesce_*`` settings: with ``coalesce_wait_s`` 0 (the
+    default) an :class:`~serve_apps.gateway.coalesce.EagerCoalescer` (no request waits while a call slot is
+    free), else Serve's ``@serve.batch``, which holds each group that long for company.
 
     Args:
         settings: the gateway config (``coalesce_requests``, ``coalesce_wait_s``, ``coalesce_concurrency``).
     """
+    if settings.coalesce_wait_s == 0:
+        return EagerCoalescer(max_requests=settings.coalesce_requests,
+                              max_concurrent=settings.coalesce_concurrency)
     return serve.batch(max_batch_size=settings.coalesce_requests, batch_wait_timeout_s=settings.coalesce_wait_s,
                        max_concurrent_batches=settings.coalesce_concurrency)
 
