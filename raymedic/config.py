@@ -424,7 +424,11 @@ class GatewayConfig(_Strict):
         32, ge=1, description="Only requests of at most this many rows are coalesced; larger ones are batches "
         "already and go out alone.")
     coalesce_wait_s: float = Field(
-        0.002, ge=0, le=0.1, description="How long a coalesced call waits for company before it leaves.")
+        0.0, ge=0, le=0.1, description="0 (the default): a request leaves at once while fewer than "
+        "`coalesce_concurrency` coalesced calls are in flight, and those arriving while all are busy leave "
+        "together in the next, so an idle gateway adds no wait (serve_apps/gateway/coalesce.py). Above 0: "
+        "Serve's @serve.batch, which holds each group this long for company (at 20 req/s a 2 ms wait was 2 ms "
+        "on nearly every answer: `raymedic bench saturation --profile`).")
     coalesce_concurrency: int = Field(
         2, ge=1, le=64, description="Coalesced calls in flight at once per gateway replica; requests arriving "
         "meanwhile wait and leave together in the next one.")
@@ -433,6 +437,11 @@ class GatewayConfig(_Strict):
         "node:__internal_head__). Where the HTTP proxy runs on the head only (`raymedic up --nodes N` turns "
         "this on), a worker node's loss then never drops a request in flight through a gateway; off where "
         "proxies run on every node and gateways should spread with them.")
+    profile: bool = Field(
+        False, description="Time each stage of every V1 predict request in the gateway (parse, validate, "
+        "fan-out, combine, log, telemetry, encode; serve_apps/stages.py) and send the figures back in the "
+        "answer's Server-Timing header, for `raymedic bench saturation --profile`. Off by default: off, no clock "
+        "is read and no header added; on, answers are unchanged.")
     client_auth: bool = Field(
         False, description="Predict (V1 and V2) and feedback need a client key, `Authorization: Bearer KEY` "
         "(or `X-API-Key: KEY`), one of `clients`; without one the answer is a 401 saying what to send. Off by "

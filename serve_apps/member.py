@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any, Sequence
 
 from ray import serve
@@ -64,17 +65,22 @@ class Member:
 
     async def predict(self, rows: Sequence[Sequence[Any]], call_id: str | None = None,
                       avoid: Sequence[str] | None = None, target: str | None = None,
-                      standby: Sequence[str] | None = None) -> dict[str, Any]:
+                      standby: Sequence[str] | None = None, timed: bool = False) -> dict[str, Any]:
         """Class probabilities for ``rows``, naming the replica and the version that produced them (the
-        gateway charges each answer to its replica and version).
+        gateway charges each answer to its replica and version); ``timed`` (a profiling gateway) adds how
+        long this replica's inference took (``infer_s``).
         """
         # call_id, avoid, standby and target are read by serve_apps.routing.AvoidingRouter in the caller.
         if self._fault.mode:
             await self._fault.before_inference()
+        t0 = time.perf_counter() if timed else 0.0
         probs = self._model.predict_proba(rows)
+        infer_s = time.perf_counter() - t0 if timed else None
         if self._fault.mode:
             probs = self._fault.after_inference(probs)
         out = {"probabilities": probs, "replica": self._replica, "version": self._version, "member": self._member}
+        if infer_s is not None:
+            out["infer_s"] = infer_s
         if target is not None:  # a golden probe (only the controller targets a replica): the leak rule's sample
             out["memory"] = memory_reading()
             self._vitals.watch_loop()

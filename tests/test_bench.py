@@ -21,8 +21,11 @@ import pytest
 
 from raymedic.app import cli
 from raymedic.bench import controller_step, drift, durability, faults, report, saturation
+from raymedic.bench.loadgen import Sample
+from raymedic.bench.profile import E2E, OUTSIDE, ROWS, format_profile, latency_stats, stage_profile
 from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC, SYSTEMS, dumps, ratio
 from raymedic.errors import RaymedicError
+from serve_apps.stages import STAGES, TOTAL, StageTimer
 from tests.conftest import REPO, copy_trained, free_port, remember_trained, write_config
 
 FAULT_METRICS = ("before_p99_ms", "failed", "wrong", "last_wrong_after_s", "p50_ms", "p99_ms", "detect_s",
@@ -281,15 +284,15 @@ def test_saturation_table_has_every_rate_for_both_systems_and_consistent_ratios(
 def test_cli_runs_saturation_at_the_rates_given(monkeypatch, capsys):
     seen = {}
 
-    def fake_run(*, config_path, port, rates, duration_s, deadline_s, progress, data):
-        seen.update(rates=rates, duration_s=duration_s, deadline_s=deadline_s)
+    def fake_run(*, config_path, port, rates, duration_s, deadline_s, progress, data, profile):
+        seen.update(rates=rates, duration_s=duration_s, deadline_s=deadline_s, profile=profile)
         rows = [r for r in _saturation_rows() if r["rps"] in rates]
         return {"settings": {"rates": sorted(rates), "duration_s": duration_s, "deadline_s": deadline_s},
                 "results": rows, "max_rps_without_failure": saturation.max_rps_without_failure(rows)}
 
     monkeypatch.setattr(saturation, "run_saturation", fake_run)
     assert cli.main(["bench", "saturation", "--rates", "35, 20", "--seconds", "5", "--json"]) == 0
-    assert seen == {"rates": [35.0, 20.0], "duration_s": 5.0, "deadline_s": 2.0}
+    assert seen == {"rates": [35.0, 20.0], "duration_s": 5.0, "deadline_s": 2.0, "profile": False}
     out = json.loads(capsys.readouterr().out)
     assert {r["system"] for r in out["results"]} == set(SYSTEMS)
     assert out["max_rps_without_failure"] == {PLAIN_SERVE: 35.0, RAYMEDIC: 20.0}
@@ -640,3 +643,26 @@ def test_the_demos_concept_drill_prints_the_loop_healed_or_not(capsys):
     _print_concept({"block_rows": 200, "failed": 1, "requests": 12}, CONCEPT_STREAM)
     out = capsys.readouterr().out
     assert out.count("not within the drill") == 4 and "1 of 12 requests failed" in out
+
+
+def test_the_profile_table_has_every_stage_and_its_parts_add_up_to_at_most_the_whole():
+    samples = []
+    for k in range(1, 21):
+        ns = iter(range(0, 10**9, 1000 * k))  # every stage k µs on this fake clock
+        timer = StageTimer(clock=lambda ns=ns: next(ns))
+        for stage in STAGES:
+            timer.mark(stage)
+        timer.note("member_call", 0.5e-6 * k)
+        timer.note("member_infer", 0.2e-6 * k)
+        samples.append(Sample(0.0, 0.001, True, None, 0, 0, timer.header()))
+    samples.append(Sample(0.0, 0.5, False, "HTTP 503", None, 0, None))  # a failure has no profile: left out
+    prof = stage_profile(samples)
+    st = prof["stages"]
+    assert prof["requests"] == 20 and set(st) == {key for key, _, _ in ROWS}
+    assert sum(st[s]["mean_us"] for s in STAGES) <= st[TOTAL]["mean_us"] <= st[E2E]["mean_us"] == 1000.0
+    assert st[OUTSIDE]["mean_us"] == pytest.approx(st[E2E]["mean_us"] - st[TOTAL]["mean_us"], abs=0.2)
+    assert st["member_transport"]["mean_us"] == pytest.approx(3 * st["member_infer"]["mean_us"] / 2, abs=0.2)
+    table = format_profile(20.0, prof, latency_stats([800.0] * 10))
+    for _, label, _ in ROWS:
+        assert label in table
+    assert "raymedic / plain Serve: p50 1.25×, p99 1.25×" in table

@@ -19,7 +19,8 @@ from ray.exceptions import ActorDiedError
 
 from raymedic.config import GatewayConfig
 from raymedic.protocol import CallOutcome
-from serve_apps.gateway.fanout import FanOut, MemberAnswer
+from serve_apps.gateway.coalesce import EagerCoalescer
+from serve_apps.gateway.fanout import FanOut, MemberAnswer, serve_coalescer
 from serve_apps.telemetry import CallRecorder, HedgeBudget, LocalEjector
 from tests.fake_members import FakeMember, Steering, answers, fails, hangs
 from tests.virtual_time import run
@@ -215,3 +216,63 @@ def test_without_coalescing_every_request_goes_out_alone(settings):
 
     run(main())
     assert coalescer.groups == [] and len(member.sent) == 3
+
+
+# ---- the eager coalescer (gateway.coalesce_wait_s 0, the default) ----------------------------------
+
+
+class SlowGroups:
+    """A group call that answers each request with its own rows after ``delay_s`` (virtual), recording
+    when each group left and how many requests it carried."""
+
+    def __init__(self, delay_s: float = 0.01, fail: bool = False) -> None:
+        self.delay_s, self.fail = delay_s, fail
+        self.sent: list[tuple[float, int]] = []
+
+    async def __call__(self, groups):
+        self.sent.append((asyncio.get_running_loop().time(), len(groups)))
+        await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("member group failed")
+        return list(groups)
+
+
+def test_an_eager_coalescer_sends_a_lone_request_at_once_and_groups_what_waits_for_a_busy_slot():
+    group = SlowGroups(delay_s=0.01)
+    one = EagerCoalescer(max_requests=3, max_concurrent=1)(group)
+
+    async def main():
+        first = asyncio.ensure_future(one([[1]]))
+        await asyncio.sleep(0.001)  # the first is in flight: the next five wait for its slot
+        rest = [asyncio.ensure_future(one([[k]])) for k in range(2, 7)]
+        return await asyncio.gather(first, *rest)
+
+    out = run(main())
+    assert out == [[[k]] for k in range(1, 7)]  # every request gets its own rows back, in order
+    assert group.sent[0] == (0.0, 1)  # no wait for company while a slot is free
+    assert [n for _, n in group.sent] == [1, 3, 2]  # the waiting ones left together, at most 3 a call
+    assert group.sent[1][0] == pytest.approx(0.01)  # ... the moment the slot freed
+
+
+def test_an_eager_coalescer_fails_every_request_of_a_failed_group_and_drops_cancelled_ones():
+    group = SlowGroups(fail=True)
+    one = EagerCoalescer(max_requests=8, max_concurrent=1)(group)
+
+    async def main():
+        first = asyncio.ensure_future(one([[1]]))
+        await asyncio.sleep(0.001)
+        gone, kept = asyncio.ensure_future(one([[2]])), asyncio.ensure_future(one([[3]]))
+        await asyncio.sleep(0)
+        gone.cancel()  # its client went away while it waited
+        return await asyncio.gather(first, kept, return_exceptions=True)
+
+    out = run(main())
+    assert all(isinstance(x, RuntimeError) for x in out)  # each request hears of the failure
+    assert [n for _, n in group.sent] == [1, 1]  # the cancelled one was not sent
+
+
+def test_the_default_coalescer_is_the_eager_one_and_a_wait_keeps_serves_batch():
+    assert isinstance(serve_coalescer(GatewayConfig()), EagerCoalescer)
+    assert not isinstance(serve_coalescer(GatewayConfig(coalesce_wait_s=0.002)), EagerCoalescer)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        EagerCoalescer(max_requests=0, max_concurrent=1)

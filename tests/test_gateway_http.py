@@ -52,7 +52,7 @@ class ScriptedPredictor:
         self.raises: BaseException | None = None
         self.bodies: list[Any] = []
 
-    async def answer(self, body: Any) -> dict[str, Any]:
+    async def answer(self, body: Any, *, timer: Any = None) -> dict[str, Any]:
         self.bodies.append(body)
         if self.raises is not None:
             raise self.raises

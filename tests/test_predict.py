@@ -13,6 +13,7 @@ from raymedic.config import parse_config
 from raymedic.errors import InvalidRequest, ServiceUnavailable
 from raymedic.storage import Storage
 from serve_apps.combine import equal_weights
+from serve_apps.gateway.api import profiled_response
 from serve_apps.gateway.fanout import FanOut
 from serve_apps.gateway.link import LinkState
 from serve_apps.gateway.predict import Predictor
@@ -20,6 +21,7 @@ from serve_apps.gateway.trial import Trials
 from serve_apps.predlog import KnownIds
 from serve_apps.quality import InputTally
 from serve_apps.review import ReviewBook
+from serve_apps.stages import HEADER, STAGES, TOTAL, StageTimer, parse_server_timing
 from serve_apps.telemetry import CallRecorder, HedgeBudget, LocalEjector, RecentOutputs
 from serve_apps.validation import input_policies
 from tests.fake_members import FakeMember, answers, hangs
@@ -204,3 +206,17 @@ def test_a_challenger_of_another_version_is_ignored(tmp_path):
     svc = Service(tmp_path, members(logistic=answers(), mlp=answers(), tabresnet=answers()), trial=trial,
                   challengers={"mlp": Challenger("v8", p1=1.0)})  # an older trial's replica still answering
     assert run(svc.predictor.answer(BODY))["model_version"] == "logistic:v1,mlp:v1,tabresnet:v1"
+
+
+def test_a_profiled_answer_is_the_same_answer_with_every_stage_timed(tmp_path):
+    svc = Service(tmp_path, members(logistic=answers(), mlp=answers(), tabresnet=answers()))
+    unprofiled = run(svc.predictor.answer(BODY))
+    timer = StageTimer()
+    timer.mark("parse")  # the route's own stage, before the predictor's
+    out = run(svc.predictor.answer(BODY, timer=timer))
+    response = profiled_response(out, timer)
+    same = ("predictions", "probabilities", "model_version", "degraded")
+    assert json.loads(response.body) == out and {k: out[k] for k in same} == {k: unprofiled[k] for k in same}
+    spans = parse_server_timing(response.headers[HEADER])
+    assert set(STAGES) | {"member_call", TOTAL} <= set(spans)
+    assert sum(spans[s] for s in STAGES) <= spans[TOTAL] + 0.001  # the stages share the total (µs rounding)

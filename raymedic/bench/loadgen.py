@@ -51,6 +51,7 @@ class Sample:
     error: str | None
     prediction: Any
     input_index: int
+    server_timing: str | None = None  # the answer's Server-Timing header (a profiling gateway's stages)
 
 
 async def open_loop(url: str, inputs: Sequence[dict[str, Any]], *, rps: float, duration_s: float,
@@ -68,7 +69,8 @@ async def open_loop(url: str, inputs: Sequence[dict[str, Any]], *, rps: float, d
                 body = await resp.json(content_type=None)
                 ok = resp.status == 200
                 samples.append(Sample(sent, time.monotonic() - t0, ok, None if ok else f"HTTP {resp.status}",
-                                      body.get("predictions", [None])[0] if ok else None, idx))
+                                      body.get("predictions", [None])[0] if ok else None, idx,
+                                      resp.headers.get("Server-Timing")))
         except asyncio.TimeoutError:
             samples.append(Sample(sent, time.monotonic() - t0, False, "past the client deadline", None, idx))
         except Exception as exc:  # connection errors are client-visible failures too

@@ -22,13 +22,15 @@ from raymedic.bench.cluster import (
     wait_until,
 )
 from raymedic.bench.loadgen import open_loop, summarize
+from raymedic.bench.profile import format_profile, latency_stats, stage_profile
 from raymedic.bench.report import PLAIN_SERVE, RAYMEDIC, SYSTEMS, VERSUS_HEADER, versus
 
 __all__ = ["Progress", "run_saturation", "max_rps_without_failure", "format_saturation"]
 
 
 def run_saturation(*, config_path: str | None, port: int, rates: Sequence[float], duration_s: float = 15.0,
-                   deadline_s: float = 2.0, progress: Progress, data: BenchTable | None = None) -> dict[str, Any]:
+                   deadline_s: float = 2.0, progress: Progress, data: BenchTable | None = None,
+                   profile: bool = False) -> dict[str, Any]:
     """Both systems at each rate (no fault), one embedded cluster; returns the figures.
 
     A system that fails most requests at a rate is not run at higher ones (they
@@ -42,6 +44,9 @@ def run_saturation(*, config_path: str | None, port: int, rates: Sequence[float]
         deadline_s: Client deadline of every request.
         progress: Where progress lines go.
         data: The user's table to train on and replay rows of (default: the synthetic table).
+        profile: Deploy raymedic with ``gateway.profile`` on: each raymedic row gets ``profile``, its
+            per-stage figures (:func:`raymedic.bench.profile.stage_profile`), and every row ``latency_us``
+            (mean, p50, p99 in µs).
 
     Returns:
         ``settings``, one ``results`` row per system and rate, and ``max_rps_without_failure``.
@@ -54,6 +59,8 @@ def run_saturation(*, config_path: str | None, port: int, rates: Sequence[float]
     with bench_cluster(config_path, progress, data=data) as cfg:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         inputs = bench_inputs(cfg, data=data)
+        if profile:
+            cfg = cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update={"profile": True})})
         for system in systems(cfg, url, inputs):
             system.deploy(progress)
             wait_until(system.ready, 180, f"{system.name} to be whole")
@@ -63,6 +70,10 @@ def run_saturation(*, config_path: str | None, port: int, rates: Sequence[float]
                 samples = asyncio.run(open_loop(system.predict_url, inputs, rps=rps, duration_s=duration_s,
                                                 deadline_s=deadline_s))
                 row = {"system": system.name, "rps": rps, **summarize(samples)}
+                if profile:
+                    row["latency_us"] = latency_stats([x.latency_s * 1e6 for x in samples if x.ok])
+                    if system.name == RAYMEDIC:
+                        row["profile"] = stage_profile(samples)
                 results.append(row)
                 progress(f"  {system.name:<12} {rps:>5.0f} req/s: failed {row['failed']:>4}/{row['requests']:<5} "
                          f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms")
@@ -74,7 +85,8 @@ def run_saturation(*, config_path: str | None, port: int, rates: Sequence[float]
                 except TimeoutError:
                     pass
             system.remove()  # serve.delete returns once its replicas are stopped: the next gets the whole machine
-    return {"settings": {"rates": sorted(rates), "duration_s": duration_s, "deadline_s": deadline_s},
+    return {"settings": {"rates": sorted(rates), "duration_s": duration_s, "deadline_s": deadline_s,
+                         "profile": profile},
             "results": results, "max_rps_without_failure": max_rps_without_failure(results)}
 
 
@@ -103,4 +115,8 @@ def format_saturation(report: dict[str, Any]) -> str:
             lines.append(f"{rps:>6.0f} {label:<16} {versus(b.get(key), r.get(key))}")
     best = report["max_rps_without_failure"]
     lines.append(f"highest rate without a failure: plain Serve {best[PLAIN_SERVE]}, raymedic {best[RAYMEDIC]} req/s")
+    for rps in st["rates"]:  # --profile: where raymedic's time goes at each rate
+        r = by.get((RAYMEDIC, rps), {})
+        if r.get("profile"):
+            lines += ["", format_profile(rps, r["profile"], by.get((PLAIN_SERVE, rps), {}).get("latency_us"))]
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from ray import serve
 from raymedic.config import GatewayConfig
 from raymedic.logs import get_logger
 from raymedic.protocol import CallOutcome, actor_died
+from serve_apps.gateway.coalesce import EagerCoalescer
 from serve_apps.routing import routed_replica
 from serve_apps.telemetry import CallRecorder, HedgeBudget, LocalEjector
 
@@ -70,11 +71,15 @@ class ServeMemberClient:
     never answered.
     """
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, *, timed: bool = False) -> None:
         self._handle = handle
+        self._timed = timed
 
     def predict(self, rows: Rows, *, call_id: str, avoid: list[str], standby: list[str] | None) -> MemberCall:
-        """Send ``rows`` through the member handle (a Serve ``DeploymentResponse``: awaitable, cancellable)."""
+        """Send ``rows`` through the member handle (a Serve ``DeploymentResponse``: awaitable, cancellable);
+        ``timed`` (``gateway.profile``) asks the replica for its inference time too."""
+        if self._timed:
+            return self._handle.predict.remote(rows, call_id=call_id, avoid=avoid, standby=standby, timed=True)
         return self._handle.predict.remote(rows, call_id=call_id, avoid=avoid, standby=standby)
 
     def routed_replica(self, call_id: str) -> str | None:
@@ -102,6 +107,9 @@ class MemberAnswer:
             promotion swaps replicas one by one).
         latency_s: how long the winning call took.
         attempts: calls made for it (1, or 2 after a retry or hedge).
+        infer_s: the replica's own inference time, when it was asked for it (``gateway.profile``).
+        call_s: the winning call's round trip on ``time.perf_counter`` (``gateway.profile``: the event
+            loop's clock, which ``latency_s`` reads, ticks in whole milliseconds under uvloop).
     """
 
     probabilities: np.ndarray
@@ -109,11 +117,13 @@ class MemberAnswer:
     version: str
     latency_s: float
     attempts: int
+    infer_s: float | None = None
+    call_s: float | None = None
 
     def rows(self, start: int, stop: int) -> "MemberAnswer":
         """This answer for rows ``start:stop`` of a coalesced call (each request gets its own rows)."""
         return MemberAnswer(self.probabilities[start:stop], self.replica, self.version, self.latency_s,
-                            self.attempts)
+                            self.attempts, self.infer_s, self.call_s)
 
 
 GroupCall = Callable[[list[Rows]], Awaitable[list[dict[str, MemberAnswer]]]]
@@ -124,11 +134,16 @@ Coalescer = Callable[[GroupCall], Callable[[Rows], Awaitable[dict[str, MemberAns
 
 
 def serve_coalescer(settings: GatewayConfig) -> Coalescer:
-    """Serve's ``@serve.batch`` with the gateway's ``coalesce_*`` settings, as a :data:`Coalescer`.
+    """The gateway's :data:`Coalescer` for its ``coalesce_*`` settings: with ``coalesce_wait_s`` 0 (the
+    default) an :class:`~serve_apps.gateway.coalesce.EagerCoalescer` (no request waits while a call slot is
+    free), else Serve's ``@serve.batch``, which holds each group that long for company.
 
     Args:
         settings: the gateway config (``coalesce_requests``, ``coalesce_wait_s``, ``coalesce_concurrency``).
     """
+    if settings.coalesce_wait_s == 0:
+        return EagerCoalescer(max_requests=settings.coalesce_requests,
+                              max_concurrent=settings.coalesce_concurrency)
     return serve.batch(max_batch_size=settings.coalesce_requests, batch_wait_timeout_s=settings.coalesce_wait_s,
                        max_concurrent_batches=settings.coalesce_concurrency)
 
@@ -218,12 +233,15 @@ class FanOut:
         # Standbys: the router uses them only when nothing else is left.
         standby = list(self._steering.standby.get(name) or ()) or None
         attempts: dict[asyncio.Future, tuple[str, float, MemberCall]] = {}
+        sent: dict[asyncio.Future, float] = {}  # perf_counter at each send, for gateway.profile only
 
         def launch(extra: list[str]) -> None:
             call_id = uuid.uuid4().hex
             call = client.predict(rows, call_id=call_id, avoid=sorted(set(avoid) | set(extra)), standby=standby)
             fut = asyncio.ensure_future(_await(call))
             attempts[fut] = (call_id, loop.time(), call)
+            if gw.profile:
+                sent[fut] = time.perf_counter()
 
         def replica_of(fut: asyncio.Future) -> str | None:
             return client.routed_replica(attempts[fut][0])
@@ -257,7 +275,8 @@ class FanOut:
                                                  was_started=False)
                             self._ejector.eject(name, slow, self._clock())
                     return MemberAnswer(np.asarray(out["probabilities"]), out["replica"], out["version"],
-                                        latency, len(attempts))
+                                        latency, len(attempts), out.get("infer_s"),
+                                        time.perf_counter() - sent[fut] if fut in sent else None)
                 failed = True
                 replica = replica_of(fut)
                 outcome = CallOutcome.DEAD if actor_died(exc) else CallOutcome.ERROR

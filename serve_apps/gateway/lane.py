@@ -71,7 +71,7 @@ class ModelLane:
         recent = RecentOutputs()
         self.link = ControllerLink(self.state, tag=tag, order=self.order, period_s=gw.sync_period_s,
                                    enabled=cfg.controller.enabled, model=cfg.model)
-        fanout = FanOut({m: ServeMemberClient(self.members[m]) for m in self.order}, order=self.order, settings=gw,
+        fanout = FanOut({m: ServeMemberClient(self.members[m], timed=gw.profile) for m in self.order}, order=self.order, settings=gw,
                         calls=self.calls, ejector=LocalEjector(gw.eject_s), hedges=HedgeBudget(gw.hedge_budget),
                         steering=self.state, coalesce=serve_coalescer(gw))
         self.review = ReviewBook(storage, cfg.model, settings=cfg.review, tag=tag,

@@ -26,6 +26,7 @@ from serve_apps.gateway.trial import Trials, members_on_trial
 from serve_apps.predlog import KnownIds, PredictionLog, new_inference_id
 from serve_apps.quality import InputTally
 from serve_apps.review import ReviewBook, ReviewItem
+from serve_apps.stages import NULL_TIMER, NullTimer, StageTimer
 from serve_apps.telemetry import CallRecorder, RecentOutputs
 from serve_apps.validation import InputPolicy, parse_instances
 from train_jobs.schema import ModelSchema
@@ -72,8 +73,10 @@ class Predictor:
         """Buffer answered rows for the prediction log (member outputs as JSON text, the log's column type)."""
         self._predlog.append({**r, "member_outputs": json.dumps(r["member_outputs"])} for r in records)
 
-    async def answer(self, body: Any) -> dict[str, Any]:
+    async def answer(self, body: Any, *, timer: StageTimer | NullTimer = NULL_TIMER) -> dict[str, Any]:
         """Validate, fan out, combine, log: the answer to a V1 predict body.
+
+        ``timer`` gets each stage's time (``gateway.profile``; :mod:`serve_apps.stages`).
 
         Raises:
             InvalidRequest: the body is not valid for the schema (4xx that says what to fix).
@@ -84,6 +87,7 @@ class Predictor:
                                  reject_out_of_range=gw.reject_out_of_range, policies=self._policies,
                                  max_tensor_elements=gw.max_tensor_elements)
         rows = parsed.rows
+        timer.mark("validate")
         trial = self._state.trial
         on_trial = members_on_trial(trial)
         challengers = {m: asyncio.ensure_future(self._trials.call(m, rows, v)) for m, v in on_trial.items()}
@@ -94,6 +98,12 @@ class Predictor:
             got = await asyncio.gather(*challengers.values())
             canary = {m: p for m, p in zip(challengers, got) if p is not None and m in answers}
             served.update(canary)
+        timer.mark("fanout")
+        if timer.enabled and answers:
+            slowest = max(answers.values(), key=lambda a: a.latency_s if a.call_s is None else a.call_s)
+            timer.note("member_call", slowest.latency_s if slowest.call_s is None else slowest.call_s)
+            if slowest.infer_s is not None:
+                timer.note("member_infer", slowest.infer_s)
         combo = combine(served, self._state.weights, fallback=self._cfg.fallback_member, min_members=gw.min_members)
         if combo is None:
             raise ServiceUnavailable(
@@ -102,6 +112,7 @@ class Predictor:
         classes = self._schema.classes
         probs = combo.probabilities
         labels = [classes[int(k)] for k in probs.argmax(axis=1)]
+        timer.mark("combine")
         now = time.time()
         ids = [new_inference_id(now) for _ in rows]
         # The versions that answered (a promotion swaps replicas one by one: each answer names its own).
@@ -130,8 +141,10 @@ class Predictor:
             self._trials.shadow(records, challengers, on_trial, log_records=self.log)
         else:
             self.log(records)
+        timer.mark("log")
         self._calls.add_confidence(probs.max(axis=1).tolist(), probs.argmax(axis=1).tolist())
         self._tally.add(rows)
+        timer.mark("telemetry")
         out = {"predictions": labels, "probabilities": probs.round(6).tolist(), "inference_ids": ids,
                "model_version": version, "degraded": combo.degraded}
         if self._review is not None:  # only with review.threshold set: other answers are as they always were

@@ -17,11 +17,23 @@ from fastapi.responses import JSONResponse
 from raymedic.errors import InvalidRequest
 from serve_apps.access import ClientAccess
 from serve_apps.gateway.admin import check_admin
-from serve_apps.gateway.api import count_answer, error_response, json_body
+from serve_apps.gateway.api import (
+    count_answer,
+    error_response,
+    json_body,
+    profiled_response,
+)
 from serve_apps.gateway.lane import ModelLane, pick_lane
-from serve_apps.gateway.status import (REDACTED_NOTE, AppViewCache, is_ready, model_info_document, redact,
-                                      status_document)
+from serve_apps.gateway.status import (
+    REDACTED_NOTE,
+    AppViewCache,
+    is_ready,
+    model_info_document,
+    redact,
+    status_document,
+)
 from serve_apps.review import page_query
+from serve_apps.stages import NULL_TIMER, StageTimer
 from serve_apps.telemetry import Admission
 
 __all__ = ["V1Routes"]
@@ -90,10 +102,16 @@ class V1Routes:
         started = time.perf_counter()
         self._access.client(request.headers)  # 401 without a client key where client_auth is on
         lane = self._lane(model)
+        timer = StageTimer() if lane.cfg.gateway.profile else NULL_TIMER
         with self._admission.enter():
-            out = await lane.predictor.answer(await json_body(request))
+            body = await json_body(request)
+            timer.mark("parse")
+            out = await lane.predictor.answer(body, timer=timer)
         lane.latency.add(time.perf_counter() - started, now=time.monotonic())
         count_answer(model, "predict", started=started)
+        timer.mark("telemetry")
+        if timer.enabled:
+            return profiled_response(out, timer)
         return out
 
     async def feedback(self, model: str, request: Request) -> dict[str, Any]:

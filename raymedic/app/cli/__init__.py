@@ -169,6 +169,11 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--rates", default="20,35,50,70",
                     help="saturation: comma list of request rates to step through (default 20,35,50,70).")
     be.add_argument("--seconds", type=float, default=15.0, help="saturation: load per rate (default 15 s).")
+    be.add_argument("--profile", action="store_true",
+                    help="saturation: also time each stage of raymedic's requests in its gateway (parse, "
+                         "validate, fan-out, combine, log, telemetry, encode; gateway.profile) and print a "
+                         "table per rate: µs mean/p50/p99 and share of the end-to-end latency, beside plain "
+                         "Serve's latency in the same run.")
     be.add_argument("--seeds", type=int, default=None,
                     help="drift: seeds, each its own reference, no-drift control and stream per scenario "
                          "(default 30, ~1 min on 2 cores). tensor-drift: the same on 8x8 digits (default 5, "

@@ -65,6 +65,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.rps is not None and not args.rps > 0:
         raise RaymedicError(f"--rps {args.rps:g}: give a positive rate, e.g. 50")
     _bench_table(args)  # a --data/--target mistake is refused before anything starts
+    if getattr(args, "profile", False) and args.scenario != "saturation":
+        raise RaymedicError(f"--profile times raymedic's request stages under bench saturation's load; bench "
+                            f"{args.scenario} does not take it: raymedic bench saturation --profile")
     if args.scenario == "drift" and args.live:  # the same kind of streams through a deployed service
         return _live_drift(args)
     if args.scenario == "drift":  # pure NumPy/SciPy: no cluster, no Serve
@@ -138,7 +141,8 @@ def _saturation(args: argparse.Namespace) -> int:
     def run(report_progress: saturation.Progress) -> dict:
         return saturation.run_saturation(config_path=args.config, port=args.port, rates=rates,
                                          duration_s=args.seconds, deadline_s=args.deadline,
-                                         progress=report_progress, data=_bench_table(args))
+                                         progress=report_progress, data=_bench_table(args),
+                                         profile=args.profile)
 
     if args.json:
         with _stdout_to_stderr():
