@@ -17,21 +17,10 @@ from fastapi.responses import JSONResponse
 from raymedic.errors import InvalidRequest
 from serve_apps.access import ClientAccess
 from serve_apps.gateway.admin import check_admin
-from serve_apps.gateway.api import (
-    count_answer,
-    error_response,
-    json_body,
-    profiled_response,
-)
+from serve_apps.gateway.api import count_answer, error_response, json_body, profiled_response
 from serve_apps.gateway.lane import ModelLane, pick_lane
-from serve_apps.gateway.status import (
-    REDACTED_NOTE,
-    AppViewCache,
-    is_ready,
-    model_info_document,
-    redact,
-    status_document,
-)
+from serve_apps.gateway.status import (REDACTED_NOTE, AppViewCache, is_ready, model_info_document, redact,
+                                      status_document)
 from serve_apps.review import page_query
 from serve_apps.stages import NULL_TIMER, StageTimer
 from serve_apps.telemetry import Admission
