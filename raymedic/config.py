@@ -877,7 +877,7 @@ class PerformanceSettings(_Strict):
         "cusum", description="The concept-drift test on the ensemble's error stream. 'cusum': Bernoulli CUSUMs "
         "against the error rate of the first error_baseline_labels labels of the serving versions, thresholds "
         "simulated for error_false_alarms_per_10k (`raymedic bench drift`: a 60° concept rotation caught after "
-        "~50 labels where Page-Hinkley needs ~160, at the same false-alarm rate). 'page-hinkley': ph_* above.")
+        "~43 labels where Page-Hinkley needs ~160, at the same false-alarm rate). 'page-hinkley': ph_* above.")
     error_baseline_labels: int = Field(200, ge=100, description="Labels of newly serving versions that set the "
                                        "CUSUM's baseline error rate (it waits for at least one error and one "
                                        "success); the CUSUM watches every label after them.")
@@ -896,9 +896,12 @@ class PerformanceSettings(_Strict):
                                        "quantile bins of the ensemble's confidence, each with its own baseline "
                                        "error rate: an error where the ensemble used to be confident weighs more "
                                        "(1: one error rate for all answers).")
-    error_flip_shares: tuple[float, ...] = Field((0.05, 0.2), description="CUSUM designs: shares of labels "
-                                                 "turned over by a concept change, wherever it acts (0.05: slow "
-                                                 "drift; 0.2: about a 60° rotation of the rule).")
+    error_flip_shares: tuple[float, ...] = Field((0.04, 0.3), description="CUSUM designs: shares of labels "
+                                                 "turned over by a concept change, wherever it acts (0.04: slow "
+                                                 "drift such as a 20° rotation of the rule, which turns over 3-10 % "
+                                                 "of labels, fewest where the model is confident; 0.3: a 60° "
+                                                 "rotation, 22-35 %). Chosen on `raymedic bench drift` over "
+                                                 "(0.05, 0.2), (0.04, 0.25), (0.07, 0.3) and 8 bins.")
     error_odds_ratios: tuple[float, ...] = Field((), description="More CUSUM designs: rises in the odds of an "
                                                  "error in every bin (e.g. 1.3; a uniform rise, which a biased "
                                                  "baseline mimics: more false alarms at the same budget).")

@@ -20,10 +20,11 @@ from controllers.detectors.page_hinkley import page_hinkley_alarms
 from raymedic.app import cli
 from raymedic.bench import drift as benchdrift
 from raymedic.bench.drift import DriftBenchSettings, SCENARIOS
-from raymedic.config import PerformanceSettings
+from raymedic.config import PerformanceSettings, TrainingConfig
 from raymedic.errors import RaymedicError
 
-SMALL = DriftBenchSettings(seeds=3, control_rows=30_000, false_alarms_per_10k=2.0, calibration_paths=150)
+SMALL = DriftBenchSettings(seeds=3, control_rows=30_000, false_alarms_per_10k=2.0, calibration_paths=150,
+                           feature_calibration_paths=150)
 """2 false alarms per 10k so that 90,000 control rows hold ~18: enough to see the rate, in a few seconds."""
 
 
@@ -56,6 +57,13 @@ def test_the_bench_runs_the_shipped_error_detector_by_default() -> None:
     assert benchdrift.page_hinkley_alarms is page_hinkley_alarms  # the controller's test, not a copy
 
 
+def test_the_bench_reference_is_the_shipped_synthetic_models_training_split() -> None:
+    """The data monitor's feature CUSUM stands on every training value (train_jobs.reference keeps their
+    moments): the bench's reference is as large as what the shipped synthetic model trains on."""
+    training = TrainingConfig()
+    assert DriftBenchSettings().reference_rows == round(training.synthetic_rows * (1 - training.val_fraction))
+
+
 def test_report_has_every_scenario_and_is_json(report: dict) -> None:
     assert json.loads(benchdrift.dumps(report))["bench"] == "drift"
     names = [s.name for s in SCENARIOS]
@@ -68,6 +76,9 @@ def test_report_has_every_scenario_and_is_json(report: dict) -> None:
         assert set(a["models"]) == {"fixed", "healed_cusum", "healed_baseline", "oracle"}
     table = benchdrift.format_table(report)
     assert all(n in table for n in names) and "false alarms on the no-drift control" in table
+    goals = {r["scenario"]: r["goal"] for r in report["detection"] if r["goal"] is not None}
+    assert goals == {"mean +0.25 sd": 347, "concept 20 deg": 1390, "concept 60 deg": 46}  # issue 21's
+    assert "CUSUM/goal" in table
 
 
 def test_larger_shifts_are_caught_sooner_and_sooner_than_the_window_test(report: dict) -> None:
@@ -124,6 +135,11 @@ def test_cli_dispatches_bench_drift_to_the_drift_bench(monkeypatch: pytest.Monke
     assert args.fn(args) == 0
     assert json.loads(capsys.readouterr().out) == {"bench": "drift", "seeds": 4}
     assert seen["settings"].rows_per_s == 25 and not math.isnan(seen["settings"].within)
+    assert seen["settings"].reference_rows == DriftBenchSettings().reference_rows
+    args = cli._parser().parse_args(["bench", "drift", "--reference-rows", "2000", "--json"])
+    assert args.fn(args) == 0 and seen["settings"].reference_rows == 2000
+    with pytest.raises(RaymedicError, match="reference_rows"):
+        DriftBenchSettings(reference_rows=100)
 
 
 @pytest.mark.parametrize("scenario", ["drift", "replica-faults"])

@@ -164,6 +164,19 @@ def test_new_versions_supersede_model_and_drift_alerts_but_not_data_quality():
     assert {a.kind for a in alerts.open()} == {"missing_values"}
 
 
+def test_the_cusum_stands_on_every_training_value_not_the_sample():
+    amount = REF.features[0]
+    assert amount.moments is not None and amount.moments[2] == 3000 > len(amount.sample)
+    assert amount.moments[0] == pytest.approx(TRAIN["amount"].mean())
+    assert amount.moments[1] == pytest.approx(TRAIN["amount"].std(ddof=1))
+    cusum = DataMonitor(SCHEMA, REF, CFG)._cusums["amount"]
+    assert cusum.n_reference == 3000  # the discount and threshold of a 3,000-row reference
+    old = json.loads(json.dumps(REF.to_dict()))
+    for f in old["features"]:
+        f.pop("moments", None)  # a version stored before the moments were kept: its sample, as before
+    assert DataMonitor(SCHEMA, Reference.from_dict(old), CFG)._cusums["amount"].n_reference == 2000
+
+
 def test_drift_statistics_on_known_inputs():
     rng = np.random.default_rng(0)
     ref = np.sort(rng.normal(0, 1, 2000))

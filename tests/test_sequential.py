@@ -312,3 +312,38 @@ def test_detectors_reject_unusable_data() -> None:
         ErrorCusum(np.zeros(500), FAST_ERRORS)
     with pytest.raises(DataError, match=">= 100"):
         ErrorCusum(np.array([0.0, 1.0] * 20), FAST_ERRORS)
+
+
+def test_a_reference_given_by_its_moments_is_the_same_detector() -> None:
+    """Only the reference's mean, sd and size enter the detector: a training split known by its moments
+    (train_jobs.reference keeps them) runs exactly what its rows would."""
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((1_500, 3)) * [1.0, 2.0, 0.5] + [0.0, 1.0, -2.0]
+    stream = rng.standard_normal((1_200, 3)) * [1.0, 2.0, 0.5] + [0.0, 1.0, -2.0]
+    stream[400:, 2] += 0.5
+    rows = FeatureCusum(ref, FAST).update(stream)
+    moments = FeatureCusum.from_moments(ref.mean(axis=0), ref.std(axis=0, ddof=1), len(ref), FAST).update(stream)
+    assert moments.n_reference == rows.n_reference == 1_500 and rows.alarms
+    assert moments.alarms == rows.alarms
+    with pytest.raises(ConfigError, match="calibration='gaussian'"):
+        FeatureCusum.from_moments(np.zeros(3), np.ones(3), 1_500, FeatureCusumConfig(calibration="bootstrap"))
+    with pytest.raises(DataError, match=">= 50 rows"):
+        FeatureCusum.from_moments(np.zeros(3), np.ones(3), 20, FAST)
+    with pytest.raises(DataError, match="one finite mean and sd"):
+        FeatureCusum.from_moments(np.zeros(3), np.ones(2), 1_500, FAST)
+    with pytest.raises(DataError, match=r"features \[1\] are constant"):
+        FeatureCusum.from_moments(np.zeros(3), np.array([1.0, 0.0, 1.0]), 1_500, FAST)
+
+
+def test_a_larger_reference_catches_a_small_shift_sooner() -> None:
+    """The reference-size discount and the threshold shrink with the rows the reference was measured on:
+    the reason the data monitor standardizes by the whole training split, not its 2,000-row sample."""
+    rng = np.random.default_rng(5)
+    delays = {2_000: [], 20_000: []}
+    for _ in range(6):
+        stream = rng.standard_normal((3_000, 2))
+        stream[:, 0] += 0.25
+        for n, found in delays.items():
+            det = FeatureCusum.from_moments(np.zeros(2), np.ones(2), n, STRICT).update(stream)
+            found.append(det.alarms[0].index if det.alarms else 3_000)
+    assert np.median(delays[20_000]) < np.median(delays[2_000])

@@ -4,7 +4,9 @@ Drift and data-quality checks compare live inputs with what the model learnt
 from. Shipping the training table to the controller would be heavy (and leak
 data), so each version stores a compact summary, checksummed with its weights:
 per numeric feature a seeded sample of its training values (enough for a
-two-sample KS test and quantile bins), per categorical feature the training count
+two-sample KS test and quantile bins) and the mean, sd and count of *all* of
+them (the sequential CUSUM reads only those, and its delay shrinks with the
+rows they were measured on), per categorical feature the training count
 of every level plus an "other" bucket, and every feature's missing share.
 
 A tensor feature keeps only its missing share here (``tensor=True``, neither a
@@ -40,6 +42,8 @@ class FeatureReference:
         tensor: A tensor feature: neither ``sample`` nor ``counts`` (missing share only).
         sample: Sorted training values (numeric).
         counts: Training count per schema level, then one "other" count (categorical).
+        moments: ``(mean, sd, count)`` of every finite training value (numeric), not just the sample's:
+            what the sequential CUSUM standardizes by. None in documents written before they were kept.
     """
 
     name: str
@@ -48,6 +52,7 @@ class FeatureReference:
     sample: np.ndarray | None = None
     counts: np.ndarray | None = None
     tensor: bool = False
+    moments: tuple[float, float, int] | None = None
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -62,6 +67,9 @@ class FeatureReference:
             out["tensor"] = True
         elif self.numeric:
             out["sample"] = [float(x) for x in self.sample]
+            if self.moments is not None:
+                mean, sd, count = self.moments
+                out["moments"] = {"mean": float(mean), "sd": float(sd), "count": int(count)}
         else:
             out["counts"] = [int(x) for x in self.counts]
         return out
@@ -72,9 +80,11 @@ class FeatureReference:
         numeric, tensor = bool(d["numeric"]), bool(d.get("tensor", False))
         if tensor:
             return cls(name=str(d["name"]), numeric=False, missing_share=float(d["missing_share"]), tensor=True)
+        m = d.get("moments") if numeric else None
         return cls(name=str(d["name"]), numeric=numeric, missing_share=float(d["missing_share"]),
                    sample=np.asarray(d["sample"], dtype=float) if numeric else None,
-                   counts=None if numeric else np.asarray(d["counts"], dtype=float))
+                   counts=None if numeric else np.asarray(d["counts"], dtype=float),
+                   moments=None if m is None else (float(m["mean"]), float(m["sd"]), int(m["count"])))
 
 
 @dataclass(frozen=True)
@@ -100,9 +110,10 @@ class Reference:
             elif f.numeric:
                 x = pd.to_numeric(present, errors="coerce").to_numpy(dtype=float)
                 x = x[np.isfinite(x)]
+                moments = (float(x.mean()), float(x.std(ddof=1)), len(x)) if len(x) > 1 else None
                 if len(x) > sample:
                     x = rng.choice(x, sample, replace=False)
-                feats.append(FeatureReference(f.name, True, share, sample=np.sort(x)))
+                feats.append(FeatureReference(f.name, True, share, sample=np.sort(x), moments=moments))
             else:
                 counts = np.zeros(len(f.levels or ()) + 1)
                 for v in present:

@@ -55,7 +55,7 @@ from raymedic.config import DataConfig
 from raymedic.enums import StrEnum, plain
 from raymedic.errors import DataError
 from raymedic.logs import get_logger
-from train_jobs.reference import Reference
+from train_jobs.reference import FeatureReference, Reference
 from train_jobs.schema import ModelSchema
 
 __all__ = ["DataMonitor", "DataReport", "FeatureCheck", "DataAlerts", "DataAlert", "AlertKind", "AlertStatus",
@@ -139,6 +139,19 @@ FED_KEPT = 512
 TENSOR_ACT_SCORE = 2.0
 """A tensor finding whose statistic is this many times its threshold acts (may retrain); weaker ones warn."""
 
+def _feature_cusum(feature: FeatureReference, config: FeatureCusumConfig) -> FeatureCusum:
+    """The feature's CUSUM against its whole training split when the reference kept its moments.
+
+    The mean and sd of every training value (``moments``), measured on more rows than the stored sample,
+    give the CUSUM a smaller reference-size discount and threshold: a smaller shift is caught sooner at the
+    same false-alarm rate. A reference written before moments were kept falls back to its sample.
+    """
+    if feature.moments is not None and feature.moments[2] >= len(feature.sample) and feature.moments[1] > 0:
+        mean, sd, count = feature.moments
+        return FeatureCusum.from_moments(np.array([mean]), np.array([sd]), count, config)
+    return FeatureCusum(np.asarray(feature.sample, dtype=float)[:, None], config)
+
+
 @dataclass
 class FeatureCheck:
     """One feature's figures over the window: quality shares, the drift test and its verdict.
@@ -213,7 +226,7 @@ class DataMonitor:
                    and len(f.sample) >= MIN_CUSUM_REFERENCE]
         if cfg.sequential and numeric:
             seq = FeatureCusumConfig(false_alarms_per_10k=cfg.sequential_false_alarms_per_10k / len(numeric))
-            self._cusums = {f.name: FeatureCusum(np.asarray(f.sample, dtype=float)[:, None], seq) for f in numeric}
+            self._cusums = {f.name: _feature_cusum(f, seq) for f in numeric}
         self._fed: dict[str, deque[tuple[int, float]]] = {name: deque(maxlen=FED_KEPT) for name in self._cusums}
         # The reference document's "tensors" section (absent for tabular models: no monitor, nothing runs).
         self._tensors: dict[str, TensorDriftMonitor] = tensor_monitors(tensors, cusum=cfg.sequential)

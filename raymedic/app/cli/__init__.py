@@ -218,6 +218,10 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--control-rows", type=int, default=None,
                     help="drift --live: unchanged labelled rows of the no-drift control (default 3000); "
                          "tensor-drift: unchanged rows per seed (default 200000).")
+    be.add_argument("--reference-rows", type=int, default=None,
+                    help="drift: rows of each seed's reference, the fixed model's training set and the error "
+                         "CUSUM's cross-validated baseline (default 4800: the shipped synthetic model's training "
+                         "split); run a few sizes to see what the reference's own sampling noise costs.")
     be.add_argument("--live-scenarios", help="drift --live: comma list of 'mean +0.5 sd', 'mean +1 sd', 'sd x2', "
                                              "'concept 60 deg' (default: all).")
     be.add_argument("--json", action="store_true", help="Print only the JSON report.")

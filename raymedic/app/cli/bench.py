@@ -109,7 +109,9 @@ def _drift(args: argparse.Namespace) -> int:
     # lazy: imports NumPy and SciPy; keeps `raymedic --help` fast
     from raymedic.bench import drift
 
-    settings = drift.DriftBenchSettings(seeds=30 if args.seeds is None else args.seeds, rows_per_s=args.rps or 25.0)
+    sizes = {} if args.reference_rows is None else {"reference_rows": args.reference_rows}
+    settings = drift.DriftBenchSettings(seeds=30 if args.seeds is None else args.seeds, rows_per_s=args.rps or 25.0,
+                                        **sizes)
     report = drift.run_drift_bench(settings, progress=_to_stderr if args.json else progress)
     print(dumps(report) if args.json else drift.format_table(report))
     return 0
