@@ -44,7 +44,7 @@ FLAGS = {
     "search": ["--config", "--data", "--json", "--max-epochs", "--member", "--model", "--storage-path", "--synthetic",
                "--target", "--trials"],
     "bench": ["--config", "--control-rows", "--controller-kills", "--data", "--deadline", "--disk-fill-mb",
-              "--fault-seconds", "--faults", "--json", "--kills", "--live", "--live-scenarios", "--members", "--memory-limit-mb", "--port", "--profile", "--rates", "--replicas", "--rows-per-s", "--rps", "--seconds",
+              "--fault-seconds", "--faults", "--json", "--kills", "--live", "--live-scenarios", "--members", "--memory-limit-mb", "--port", "--profile", "--rates", "--reference-rows", "--replicas", "--rows-per-s", "--rps", "--seconds",
               "--seed", "--seeds", "--slow-ms", "--spike-rps", "--target"],
     "demo": ["--config", "--port", "--requests"],
 }
