@@ -92,6 +92,7 @@ class Predictor:
             served.update(canary)
         combo = combine(served, self._state.weights, fallback=self._cfg.fallback_member, min_members=gw.min_members)
         if combo is None:
+            self._calls.request_failed()
             raise ServiceUnavailable(
                 f"no ensemble member answered within {gw.member_timeout_s:.1f} s "
                 "(each tried on two replicas); retry shortly", retry_after_s=1)
@@ -127,6 +128,7 @@ class Predictor:
         else:
             self.log(records)
         self._calls.add_confidence(probs.max(axis=1).tolist(), probs.argmax(axis=1).tolist())
+        self._calls.request_answered(degraded=combo.degraded)
         self._tally.add(rows)
         out = {"predictions": labels, "probabilities": probs.round(6).tolist(), "inference_ids": ids,
                "model_version": version, "degraded": combo.degraded}
