@@ -332,7 +332,10 @@ def _html(report: Report, images: list[tuple[str, str, bytes]]) -> str:
                      f"</td><td>{e(v.outcome)}</td></tr>")
     parts.append("</table>")
     if images:
-        parts.append("<h2>Around the incident" + ("s" if len(report.incidents) > 1 else "") + "</h2>")
+        parts.append("<h2>Around the incident" + ("s" if len(report.incidents) > 1 else "") + "</h2><p class='meta'>"
+                     "Dashed lines: orange, detected; purple, an action; green, recovered. Series in buckets of "
+                     f"{e(str(report.series[0].get('bucket_s', '?')) if report.series else '?')} s, written by the "
+                     "controller under storage_path/series/.</p>")
         for name, caption, png in images:
             data = base64.b64encode(png).decode("ascii")
             parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{e(caption)}' id='{e(name)}'>"
