@@ -292,13 +292,19 @@ def _images(report: Report) -> list[tuple[str, str, bytes]]:
               if phase_of(r) == Phase.ACT][:20]
     buckets = [r for r in report.series if r.get("kind") == RowKind.BUCKET.value]
     drifts = [r for r in report.series if r.get("kind") == RowKind.DRIFT.value]
+    # The plots span the window where the series has data (a service younger than the margin starts later).
+    start, end = report.start, report.end
+    if buckets:
+        start = max(start, float(buckets[0]["ts"]) - float(buckets[0].get("bucket_s", 0)))
+        end = min(end, float(buckets[-1]["ts"]) + 2 * float(buckets[-1].get("bucket_s", 0)))
+    end = max(end, *(ts for ts, _ in marks if ts <= report.end), start + 1.0) if marks else max(end, start + 1.0)
     out = []
     for name, caption, fn in (("traffic.png", "Request rate, failed and degraded answers", report_plots.traffic),
                               ("latency.png", "Latency p50 / p99 (each gateway's last 10 s)", report_plots.latency),
                               ("weights.png", "Ensemble weights per member", report_plots.weights),
                               ("accuracy.png", "Live labelled accuracy vs the label-free estimate",
                                report_plots.accuracy)):
-        png = fn(buckets, marks=marks, start=report.start, end=report.end)
+        png = fn(buckets, marks=marks, start=start, end=end)
         if png is not None:
             out.append((name, caption, png))
     seen: set[str] = set()
