@@ -296,6 +296,7 @@ def test_slow_replica_is_replaced(svc):
 def test_sigkilled_replica_is_replaced_with_no_failed_request(svc, tmp_path):
     inc = heal_and_check(svc, "kill", "mlp")
     # The post-mortem of the incident, from storage: the controller's series holds the load around it.
+    # lazy: as the rest of this module, our Ray-side code is imported once the module's cluster is up
     from controllers.client import get_controller
     from controllers.series import read_series
     from raymedic.app.report import build_report

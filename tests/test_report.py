@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controllers.audit import AuditLog
+from controllers.audit import AuditLog, read_audit
 from controllers.series import SeriesBuckets, SeriesLog, drift_distribution
 from raymedic.app import cli
 from raymedic.app.report import build_report, gather, incidents_in
@@ -95,8 +95,6 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_incidents_are_the_audits_records_by_id_with_a_retrain_joining_the_alert_it_names(history):
-    from controllers.audit import read_audit
-
     views = incidents_in(read_audit(Storage(str(history)), MODEL))
     assert [(v.id, v.status) for v in views] == [("inc-000001", "recovered"), ("d0001", "open")]
     dead, drift = views

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
+from controllers.checks import ModelChecks
+from controllers.monitors.data import DataAlert
 from controllers.series import SeriesBuckets, SeriesLog, drift_distribution, read_series
 from raymedic.keys import series_prefix
 from raymedic.storage import Storage
 from serve_apps.telemetry import CallRecorder
+from train_jobs.reference import FeatureReference, Reference
 
 HOUR = 3600.0
 T0 = 1_800_000_000.0  # on an hour boundary (UTC)
@@ -103,3 +108,24 @@ def test_read_series_skips_torn_lines_and_foreign_rows(tmp_path):
     storage.write_text(f"{series_prefix('m')}/20270115T08-x.jsonl", f"{good}\n{{torn\n[1, 2]\n{{\"ts\": \"no\"}}\n")
     assert read_series(storage, "m") == [{"kind": "bucket", "ts": T0}]
     assert read_series(storage, "absent") == []
+
+
+def test_a_drift_alert_that_opens_records_the_features_training_and_window_distributions():
+    rows: list[dict] = []
+    checks = ModelChecks(deployment=lambda: None, policy=None, data_alerts=None, performance=None, healer=None,
+                         recorder=None, checkpoint=None, audit=None, on_drift=rows.extend)
+    ref = Reference(rows=100, features=(
+        FeatureReference("f0", True, 0.0, sample=np.linspace(-1, 1, 100)),
+        FeatureReference("plan", False, 0.0, counts=np.array([60.0, 40.0, 0.0]))))
+    monitor = SimpleNamespace(reference=ref, schema=SimpleNamespace(features=[
+        SimpleNamespace(name="f0", levels=None), SimpleNamespace(name="plan", levels=["a", "b"])]))
+    batches = [{"features": {"f0": {"values": [0.5, 0.9, 1.5]}, "plan": {"counts": [1, 3, 0]}}},
+               {"features": {"f0": {"values": [2.0]}, "plan": {"counts": [0, 4, 0]}}}]
+    alert = lambda kind, feature: DataAlert(id=f"d-{feature}", kind=kind, feature=feature, detected_at=T0,
+                                            evidence={"psi": 0.5})
+    events = [("opened", alert("drift", "f0")), ("opened", alert("drift", "plan")),
+              ("cleared", alert("drift", "f0")), ("opened", alert("missing_values", "f0"))]
+    checks._record_drift(monitor, batches, events, T0)
+    assert [(r["feature"], r["numeric"]) for r in rows] == [("f0", True), ("plan", False)]
+    assert rows[0]["window_n"] == 4 and rows[0]["evidence"] == {"alert": "d-f0", "event": "opened", "psi": 0.5}
+    assert rows[1]["window"] == [0.125, 0.875, 0.0] and rows[1]["levels"] == ["a", "b", "(unseen)"]
