@@ -256,13 +256,13 @@ class SeriesLog:
             kept.append(r)
             self._dirty.add(hour)
 
-    def pending(self) -> list[tuple[str, str]]:
-        """(key, text) of every hour file with rows not written yet; older hours are forgotten once taken
-        (rows arrive in time order, so an hour before the newest one is complete)."""
+    def pending(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """(key, rows) of every hour file with rows not written yet (a copy of the list: rows are never changed
+        once added, so a worker thread may serialise them); older hours are forgotten once taken (rows arrive
+        in time order, so an hour before the newest one is complete)."""
         out = []
         for hour in sorted(self._dirty):
-            text = "".join(json.dumps(r, default=str) + "\n" for r in self._hours[hour])
-            out.append((f"{series_prefix(self._model)}/{hour}-{self._writer}.jsonl", text))
+            out.append((f"{series_prefix(self._model)}/{hour}-{self._writer}.jsonl", list(self._hours[hour])))
         newest = max(self._hours, default=None)
         self._hours = {h: rows for h, rows in self._hours.items() if h == newest}
         self._dirty = set()
@@ -273,12 +273,12 @@ class SeriesLog:
         thread also adds rows, take :meth:`pending` there and :meth:`write` it in a worker thread."""
         return self.write(self.pending(), now=now)
 
-    def write(self, pending: Sequence[tuple[str, str]], *, now: float | None = None) -> int:
+    def write(self, pending: Sequence[tuple[str, Sequence[dict[str, Any]]]], *, now: float | None = None) -> int:
         """Write the files :meth:`pending` gave (blocking) and prune once an hour; files written. A file that
         fails to write is lost to the report only (its rows are not kept for another try)."""
         written = 0
-        for key, text in pending:
-            self._storage.write_text(key, text)
+        for key, rows in pending:
+            self._storage.write_text(key, "".join(json.dumps(r, default=str) + "\n" for r in rows))
             written += 1
         now = time.time() if now is None else now
         if now - self._pruned_at >= 3600.0:
