@@ -44,8 +44,8 @@ def _write_history(root: Path) -> Storage:
     rec = audit.record
     rec("controller-started", MODEL, action="start", outcome="ok", ts=T0)
     rec("detected-dead", "mlp/r1", evidence={"actor": "DEAD per Ray GCS"}, action="avoid", outcome="ok",
-        ts=DEAD_AT, incident="inc-000001", detected_at=DEAD_AT - 0.4, recovered_at=None, cause="replica software",
-        confidence=0.9, effects=["mlp/r1"])
+        ts=DEAD_AT, incident="inc-000001", detected_at=DEAD_AT - 0.4, recovered_at=None, cause_class="replica",
+        cause="crash", confidence=0.9)
     rec("restart", "mlp/r1", evidence={"reason": "dead"}, action="restart", outcome="ok", ts=DEAD_AT + 1,
         incident="inc-000001")
     rec("recovered", "mlp/r1", evidence={"healthy_replicas": ["r2", "r3"]}, action="await-replacement",
@@ -99,10 +99,26 @@ def test_incidents_are_the_audits_records_by_id_with_a_retrain_joining_the_alert
     assert [(v.id, v.status) for v in views] == [("inc-000001", "recovered"), ("d0001", "open")]
     dead, drift = views
     assert dead.detected_at == pytest.approx(DEAD_AT - 0.4) and dead.recovered_at == pytest.approx(DEAD_AT + 9)
-    assert dead.diagnosis == {"cause": "replica software", "confidence": 0.9, "effects": ["mlp/r1"],
-                              "time_to_detect_s": 0.4}
+    assert dead.diagnosis == {"cause_class": "replica", "cause": "crash", "confidence": 0.9, "time_to_detect_s": 0.4}
     assert [r["kind"] for r in drift.records] == ["data-drift", "retrain-submitted", "retrain-finished"]
     assert drift.outcome == "retrain-finished: retrain → promoted"
+
+
+def test_incidents_the_diagnosis_grouped_are_one_under_their_cause():
+    lost = {"cause_class": "infrastructure", "cause": "node_lost", "effects": ["inc-2", "inc-3"]}
+    recs = [{"ts": 1.0, "kind": "data-node_pressure", "target": "n1", "incident": "d0009", "outcome": "opened"},
+            {"ts": 2.0, "kind": "detected-dead", "target": "mlp/r1", "incident": "inc-2", **lost,
+             "group_cause_incident": "d0009"},
+            {"ts": 2.5, "kind": "detected-dead", "target": "lr/r4", "incident": "inc-3", **lost,
+             "group_cause_incident": "d0009"},
+            {"ts": 3.0, "kind": "detected-dead", "target": "lr/r9", "incident": "inc-4"}]
+    views = incidents_in(recs)
+    assert [(v.id, [r["incident"] for r in v.records]) for v in views] == [
+        ("d0009", ["d0009", "inc-2", "inc-3"]), ("inc-4", ["inc-4"])]
+    assert views[0].diagnosis["effects"] == ["inc-2", "inc-3"] and views[0].diagnosis["cause"] == "node_lost"
+    # Without a cause incident, the group's first incident holds the others.
+    alone = [{k: v for k, v in r.items() if k != "group_cause_incident"} for r in recs[1:3]]
+    assert [v.id for v in incidents_in(alone)] == ["inc-2"]
 
 
 def test_one_incidents_report_is_a_self_contained_page_and_markdown_with_its_plots(history, tmp_path):
@@ -118,7 +134,7 @@ def test_one_incidents_report_is_a_self_contained_page_and_markdown_with_its_plo
     assert "<script" not in page and "http://" not in page and "https://" not in page  # nothing to fetch
     for step in ("detect", "act", "recovered"):
         assert f"class='phase {step}'" in page
-    assert "replica software" in page and "9.4 s" in page  # the diagnosis and the time to recover
+    assert "crash" in page and "9.4 s" in page and "0.4 s" in page  # the diagnosis, times to recover and detect
     # The window is the incident ± the margin: the drift 400 s later is not in it.
     report = gather(Storage(str(history)), MODEL, incident="inc-000001", margin_s=120)
     assert min(r["ts"] for r in report.series) >= DEAD_AT - 0.4 - 120 - 5

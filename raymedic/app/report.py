@@ -118,19 +118,21 @@ class IncidentView:
         return f"{last.get('kind')}: {last.get('action', '')} → {last.get('outcome', '')}".strip()
 
 
-_DIAGNOSIS_FIELDS = ("cause", "cause_class", "root_cause", "confidence", "effects", "group", "time_to_detect_s",
-                     "time_to_recover_s", "suffering_members", "feature")
+_DIAGNOSIS_FIELDS = ("cause_class", "cause", "confidence", "cause_node", "cause_feature", "cause_members",
+                     "cause_evidence", "group", "group_cause_incident", "effects", "time_to_detect_s",
+                     "time_to_recover_s")
+"""What a diagnosis adds to an incident's records (h-diag's fields), shown where present, in this order."""
 
 
 def _diagnosis(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The diagnosis fields the records carry (the latest of each), at the top or in the evidence."""
-    out: dict[str, Any] = {}
+    found: dict[str, Any] = {}
     for r in records:
-        for src in (r, r.get("evidence") if isinstance(r.get("evidence"), dict) else {}):
+        for src in (r.get("evidence") if isinstance(r.get("evidence"), dict) else {}, r):
             for k in _DIAGNOSIS_FIELDS:
-                if src.get(k) not in (None, "", [], {}) and not (k == "feature" and src is r):
-                    out[k] = src[k]
-    return out
+                if src.get(k) not in (None, "", [], {}):
+                    found[k] = src[k]
+    return {k: found[k] for k in _DIAGNOSIS_FIELDS if k in found}
 
 
 def incidents_in(records: Sequence[dict[str, Any]]) -> list[IncidentView]:
@@ -156,11 +158,23 @@ def incidents_in(records: Sequence[dict[str, Any]]) -> list[IncidentView]:
             named = [a for a in alerts or () if a in by_id and a != iid]
             if named and iid not in owner:
                 owner[iid] = named[0]
+    # Incidents the diagnosis grouped (one cause, its effects) are one: under the cause's own incident when
+    # there is one (a node-pressure or drift alert), else under the group's first.
+    first_ts = {iid: min(float(r["ts"]) for r in recs) for iid, recs in by_id.items()}
     for iid, recs in by_id.items():
-        for eff in _diagnosis(recs).get("effects") or ():
-            eid = eff.get("incident") if isinstance(eff, dict) else eff
-            if isinstance(eid, str) and eid in by_id and eid != iid and eid not in owner:
-                owner[eid] = iid
+        diag = _diagnosis(recs)
+        group = {iid, *(e for e in diag.get("effects") or () if isinstance(e, str))} & set(by_id)
+        cause = diag.get("group_cause_incident")
+        lead = cause if cause in by_id else min(group, key=first_ts.__getitem__)
+        for other in group - {lead}:
+            owner.setdefault(other, lead)
+    for iid in list(owner):  # follow chains (an effect's owner owned in turn) to the top, never in a circle
+        seen = {iid}
+        while owner[iid] in owner and owner[iid] not in seen:
+            seen.add(owner[iid])
+            owner[iid] = owner[owner[iid]]
+        if owner[iid] == iid:
+            del owner[iid]
     views = []
     for iid, recs in by_id.items():
         if iid in owner:
@@ -274,13 +288,24 @@ def _timeline(view: IncidentView) -> list[tuple[str, str, str, str, str]]:
              str(r.get("target", "")), f"{r.get('action', '')} → {r.get('outcome', '')}") for r in view.records]
 
 
+def _time_to_detect(view: IncidentView) -> float | None:
+    """The diagnosis' time to detect, else the detection's lag behind its first evidence (replica incidents)."""
+    if isinstance(view.diagnosis.get("time_to_detect_s"), (int, float)):
+        return float(view.diagnosis["time_to_detect_s"])
+    first = next((r for r in view.records if r.get("first_evidence_at") and r.get("detected_at")), None)
+    return float(first["detected_at"]) - float(first["first_evidence_at"]) if first else None
+
+
 def _summary(view: IncidentView) -> list[tuple[str, str]]:
+    detect = _time_to_detect(view)
     rows = [("status", view.status), ("detected", _when(view.detected_at)),
+            ("time to detect", f"{detect:.1f} s" if detect is not None else "—"),
             ("recovered", _when(view.recovered_at) if view.recovered_at else "—"),
             ("time to recover", f"{view.recovered_at - view.detected_at:.1f} s" if view.recovered_at else "—"),
             ("outcome", view.outcome)]
     for k, v in view.diagnosis.items():
-        rows.append((k.replace("_", " "), v if isinstance(v, str) else json.dumps(v, default=str)))
+        if k not in ("time_to_detect_s", "time_to_recover_s"):
+            rows.append((k.replace("_", " "), v if isinstance(v, str) else json.dumps(v, default=str)))
     return rows
 
 
