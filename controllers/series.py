@@ -20,8 +20,8 @@ Two parts, kept apart so the aggregation unit-tests without storage or Ray:
   24 a day. Files older than ``retention_h`` are deleted.
 
 Bounded: a bucket row is a few hundred bytes; at 5 s buckets an hour file holds
-at most 720 of them (about 0.2 MB with a handful of members), so the default
-retention of 7 days keeps about 30 MB per model.
+at most 720 of them (about 0.25 MB with three members: 330 bytes a row), so the default
+retention of 7 days keeps about 40 MB per model.
 
 :func:`read_series` reads them back (no cluster needed: the report runs after
 ``raymedic down``).

@@ -699,7 +699,7 @@ class ControllerConfig(_Strict):
     series_flush_s: float = Field(30.0, gt=0, le=3600, description="... written at most this often (a crash "
                                   "loses at most this much of it).")
     series_retention_h: float = Field(168.0, gt=0, le=24 * 366, description="... and its hour files deleted "
-                                      "after this many hours (about 4 MB a day per model at 5 s buckets).")
+                                      "after this many hours (about 6 MB a day per model at 5 s buckets).")
 
     @model_validator(mode="after")
     def _weight_bounds(self) -> "ControllerConfig":
