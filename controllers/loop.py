@@ -320,8 +320,10 @@ class ModelController:
     async def sync(self, gateway: str, batch: dict[str, Any], epoch: int) -> dict[str, Any] | None:
         """A gateway's period: take its telemetry, answer with weights/avoid if they changed."""
         self._ensure_running()
-        try:
-            self._series_buckets.add_batch(gateway, batch, now=time.time())
+        seq = batch.get("seq")
+        try:  # a batch Ray replays on a restarted controller (one already taken) is not counted twice
+            if not isinstance(seq, int) or seq > int(self._sync.to_dict()["last_seq"].get(gateway, 0)):
+                self._series_buckets.add_batch(gateway, batch, now=time.time())
         except Exception:  # a batch the series cannot read must not cost the gateway its sync
             log.exception("controller: gateway %s's batch could not be added to the report's series", gateway)
         return self._sync.sync(gateway, batch, epoch)
