@@ -24,6 +24,7 @@ from controllers.monitors.performance import PerformanceMonitor, PerformanceRepo
 from controllers.policies.playbook import Trigger
 from controllers.policies.replica import HealingPolicy, IncidentStatus
 from controllers.recorder import Recorder
+from controllers.series import drift_distribution
 
 __all__ = ["ModelChecks", "RETRAIN_KINDS"]
 
@@ -47,6 +48,8 @@ class ModelChecks:
         recorder: Audit, metrics and alerts.
         checkpoint: Written when anything changed.
         audit: Flushed with the checkpoint.
+        on_drift: Takes the before/after distributions of each feature whose drift alert opened or escalated
+            (the report's pictures; :func:`controllers.series.drift_distribution` rows).
 
     Attributes:
         data_report: The latest data-quality and drift report (None before enough rows).
@@ -55,7 +58,7 @@ class ModelChecks:
 
     def __init__(self, *, deployment: Callable[[], Deployment], policy: HealingPolicy, data_alerts: DataAlerts,
                  performance: PerformanceMonitor, healer: ModelHealer, recorder: Recorder, checkpoint: Checkpoint,
-                 audit: AuditLog) -> None:
+                 audit: AuditLog, on_drift: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self._deployment = deployment
         self._policy = policy
         self._alerts = data_alerts
@@ -64,6 +67,7 @@ class ModelChecks:
         self._recorder = recorder
         self._checkpoint = checkpoint
         self._audit = audit
+        self._on_drift = on_drift
         self._last = -math.inf
         self.data_report: DataReport | None = None
         self.performance_report: PerformanceReport | None = None
@@ -88,7 +92,9 @@ class ModelChecks:
             report = await asyncio.to_thread(monitor.check_window, batches, rows, now, monitor.sequential_hits())
             if report is not None:
                 self.data_report = report
-                events += self._alerts.update(report)
+                opened = self._alerts.update(report)
+                events += opened
+                self._record_drift(monitor, batches, opened, now)
         perf = await asyncio.to_thread(self._perf.check, now)
         self.performance_report = perf
         events += self._alerts.apply(perf.breaches, now, kinds=MODEL_KINDS | PREDICTION_KINDS)
@@ -98,6 +104,37 @@ class ModelChecks:
         if await self._heal_model(now) or events:
             await asyncio.to_thread(self._checkpoint.save)
             await asyncio.to_thread(self._audit.flush)
+
+    def _record_drift(self, monitor: Any, batches: list[dict[str, Any]], events: list[tuple[str, Any]],
+                      now: float) -> None:
+        """Hand the training vs window distributions of each feature whose drift alert just opened or
+        escalated to ``on_drift`` (what the window held at detection: later windows have moved on)."""
+        if self._on_drift is None or monitor.reference is None:
+            return
+        refs = {f.name: f for f in monitor.reference.features}
+        rows = []
+        for event, alert in events:
+            ref = refs.get(alert.feature)
+            if alert.kind != "drift" or event not in ("opened", "escalated") or ref is None or ref.tensor:
+                continue
+            parts = [(b.get("features") or {}).get(alert.feature) or {} for b in batches]
+            evidence = {"alert": alert.id, "event": event, **(alert.evidence or {})}
+            if ref.numeric:
+                values = [v for p in parts for v in p.get("values", ())]
+                row = drift_distribution(feature=alert.feature, at=now, reference=ref.sample, window=values,
+                                         evidence=evidence)
+            else:
+                spec = next((f for f in monitor.schema.features if f.name == alert.feature), None)
+                counts = [p["counts"] for p in parts if p.get("counts") is not None]
+                width = len(ref.counts) if ref.counts is not None else 0
+                total = [sum(c[i] for c in counts if len(c) == width) for i in range(width)]
+                row = drift_distribution(feature=alert.feature, at=now, levels=list(spec.levels or ()) if spec else [],
+                                         reference_probabilities=ref.probabilities.tolist(), window_counts=total,
+                                         evidence=evidence)
+            if row is not None:
+                rows.append(row)
+        if rows:
+            self._on_drift(rows)
 
     async def _heal_model(self, now: float) -> bool:
         """The model-level playbook: retrain on material drift or decay, promote what passes the gate."""

@@ -69,6 +69,7 @@ from controllers.probes import GoldenProber
 from controllers.publish import ControlState
 from controllers.reconcile import Reconciler
 from controllers.recorder import Recorder
+from controllers.series import SeriesBuckets, SeriesLog
 from controllers.status import status_document
 from raymedic.config import RaymedicConfig
 from raymedic.keys import APP_NAME
@@ -125,6 +126,11 @@ class ModelController:
         self._data_alerts = DataAlerts(cfg.data, state.get("data_alerts"))
         self._playbook = Playbook(cfg.retraining, state.get("playbook"))
         self._audit = AuditLog(storage, model, writer=f"ctl{os.getpid()}")
+        # The report's pictures: what each period saw, in buckets, written apart from the audit.
+        self._series_buckets = SeriesBuckets(cfg.controller.series_bucket_s)
+        self._series = SeriesLog(storage, model, writer=f"ctl{os.getpid()}",
+                                 retention_h=cfg.controller.series_retention_h)
+        self._series_flushed = time.monotonic()
         url = cfg.controller.webhook_url
         self._recorder = Recorder(self._audit, model, incident_of=self._incident,
                                   webhook=WebhookNotifier(url) if url else None,
@@ -180,7 +186,7 @@ class ModelController:
         calls = CallLog()
         self._checks = ModelChecks(deployment=self._current, policy=self._policy, data_alerts=self._data_alerts,
                                    performance=self._perf, healer=self._healer, recorder=self._recorder,
-                                   checkpoint=self._checkpoint, audit=self._audit)
+                                   checkpoint=self._checkpoint, audit=self._audit, on_drift=self._series.add)
         self._step = Reconciler(model=model, deployment=self._current, policy=self._policy, hedge=self._hedge,
                                 observer=RayObserver(deployments=self._deployments), prober=self._prober, actuators=self._actuators,
                                 recorder=self._recorder, checkpoint=self._checkpoint, audit=self._audit,
@@ -291,6 +297,8 @@ class ModelController:
         if self.node_keeper is not None:
             self.node_keeper.stop()
         self._audit.flush()
+        self._series.add(self._series_buckets.drain(now=float("inf")))
+        self._series.flush()
 
     async def _run(self) -> None:
         try:
@@ -303,14 +311,36 @@ class ModelController:
                 await self._step.step()
             except Exception:  # the step catches its phases' failures; this is the last line
                 log.exception("controller step failed; continuing")
+            try:
+                await self._record_series()
+            except Exception:  # pictures for reports: never worth stopping the loop for
+                log.exception("controller: recording the report's time series failed; the next period tries again")
             elapsed = time.monotonic() - t0
             await asyncio.sleep(max(0.0, self.cfg.controller.tick_s - elapsed))
+
+    async def _record_series(self) -> None:
+        """Close this period's bucket figures (weights, accuracy, estimate) and write the series when due."""
+        now = time.time()
+        perf = self._checks.performance_report
+        ens = (perf.sources.get("ensemble") if perf else None) or {}
+        self._series_buckets.sample(now=now, weights=self._control.weights, window_accuracy=ens.get("accuracy"),
+                                    estimate=((perf.estimate or {}).get("accuracy") if perf else None))
+        self._series.add(self._series_buckets.drain(now=now))
+        if time.monotonic() - self._series_flushed >= self.cfg.controller.series_flush_s:
+            self._series_flushed = time.monotonic()
+            await asyncio.to_thread(self._series.write, self._series.pending(), now=now)
 
     # ---- the actor's API ------------------------------------------------------------------
 
     async def sync(self, gateway: str, batch: dict[str, Any], epoch: int) -> dict[str, Any] | None:
         """A gateway's period: take its telemetry, answer with weights/avoid if they changed."""
         self._ensure_running()
+        seq = batch.get("seq")
+        try:  # a batch Ray replays on a restarted controller (one already taken) is not counted twice
+            if not isinstance(seq, int) or seq > int(self._sync.to_dict()["last_seq"].get(gateway, 0)):
+                self._series_buckets.add_batch(gateway, batch, now=time.time())
+        except Exception:  # a batch the series cannot read must not cost the gateway its sync
+            log.exception("controller: gateway %s's batch could not be added to the report's series", gateway)
         return self._sync.sync(gateway, batch, epoch)
 
     def control_state(self) -> dict[str, Any]:
@@ -403,5 +433,7 @@ class ModelController:
                 "running": self._task is not None and not self._task.done()}
 
     async def flush(self) -> int:
-        """Write the buffered audit records now; how many."""
+        """Write the buffered audit records now (and the report's series, its closed buckets); how many records."""
+        self._series.add(self._series_buckets.drain(now=time.time()))
+        await asyncio.to_thread(self._series.write, self._series.pending())
         return await asyncio.to_thread(self._audit.flush)

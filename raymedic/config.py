@@ -734,6 +734,15 @@ class ControllerConfig(_Strict):
         30.0, ge=0, le=86400, description="... and smaller material moves at most once per this many seconds "
         "(one held back is recorded when the interval has passed). 0 records every move of "
         "weights_audit_min_change.")
+    series_bucket_s: float = Field(
+        5.0, gt=0, le=300,
+        description="The time series `raymedic report` plots (request rate, latency, failed and degraded answers, "
+        "weights, accuracy and its label-free estimate; storage_path/series/<model>/, one JSONL file per hour) "
+        "is kept in buckets of this many seconds.")
+    series_flush_s: float = Field(30.0, gt=0, le=3600, description="... written at most this often (a crash "
+                                  "loses at most this much of it).")
+    series_retention_h: float = Field(168.0, gt=0, le=24 * 366, description="... and its hour files deleted "
+                                      "after this many hours (about 6 MB a day per model at 5 s buckets).")
 
     @model_validator(mode="after")
     def _weight_bounds(self) -> "ControllerConfig":

@@ -30,6 +30,7 @@ __all__ = [
     "controller_state_key",
     "retrain_record_key",
     "audit_prefix",
+    "series_prefix",
     "predictions_prefix",
     "STORAGE_FAULTS",
     "NODE_FAULTS",
@@ -126,6 +127,11 @@ def retrain_record_key(model: str, record: str) -> str:
 def audit_prefix(model: str) -> str:
     """The directory of ``model``'s append-only audit files."""
     return f"audit/{model}"
+
+
+def series_prefix(model: str) -> str:
+    """The directory of ``model``'s time series for reports (one JSONL file per hour and controller process)."""
+    return f"series/{model}"
 
 
 def predictions_prefix(model: str) -> str:

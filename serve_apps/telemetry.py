@@ -51,6 +51,16 @@ class CallRecorder:
         self._confidence: list[float] = []
         self._predicted: list[int] = []
         self._challenger: dict[str, dict[str, int]] = {}
+        self._requests = {"answered": 0, "degraded": 0, "failed": 0}
+
+    def request_answered(self, *, degraded: bool) -> None:
+        """One predict request answered (degraded: the fallback stood in, or too few members did)."""
+        self._requests["answered"] += 1
+        self._requests["degraded"] += int(degraded)
+
+    def request_failed(self) -> None:
+        """One predict request no member answered in time (a 503): the report's error curve."""
+        self._requests["failed"] += 1
 
     def challenger_call(self, member: str, ok: bool, latency_s: float | None = None) -> None:
         """One call to a member's challenger on trial (its failures, and the latencies of its good calls
@@ -108,8 +118,9 @@ class CallRecorder:
                 replicas[f"{m}/{r}"] = {**{o: 0 for o in OUTCOMES}, "latencies": [], "inflight": n}
         batch = {"replicas": replicas, "labels": self._labels,
                  "confidence": self._confidence, "predicted": self._predicted,
-                 "challenger_calls": self._challenger}
+                 "challenger_calls": self._challenger, "requests": self._requests}
         self._challenger = {}
+        self._requests = {"answered": 0, "degraded": 0, "failed": 0}
         self._stats = {}
         self._labels, self._confidence, self._predicted = [], [], []
         self._inflight = defaultdict(int, {k: v for k, v in self._inflight.items() if v > 0})

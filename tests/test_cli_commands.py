@@ -23,7 +23,7 @@ from raymedic.keys import ADMIN_TOKEN_ENV
 from tests.conftest import REPO
 
 COMMANDS = ("up", "down", "status", "pause", "resume", "approve", "reject", "mode", "retrain", "rollback", "promote",
-            "trial", "chaos", "openapi", "audit", "train", "search", "bench", "demo")
+            "trial", "chaos", "openapi", "audit", "report", "train", "search", "bench", "demo")
 
 FLAGS = {
     "up": ["--chaos", "--config", "--cpus-per-node", "--dashboard-port", "--gpu-nodes", "--gpus-per-node", "--model",
@@ -39,6 +39,7 @@ FLAGS = {
               "--node", "--procs", "--replica", "--rps", "--url"],
     "openapi": ["--config", "--out"],
     "audit": ["--config", "--incident", "--json", "--kind", "--limit", "--model", "--since", "--target"],
+    "report": ["--config", "--margin", "--model", "--out", "--since"],
     "train": ["--config", "--data", "--json", "--members", "--model", "--no-promote", "--storage-path", "--synthetic",
               "--target"],
     "search": ["--config", "--data", "--json", "--max-epochs", "--member", "--model", "--storage-path", "--synthetic",

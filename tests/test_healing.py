@@ -293,7 +293,7 @@ def test_slow_replica_is_replaced(svc):
     assert inc["evidence"]["median_latency_s"] > inc["evidence"]["peer_latency_s"]
 
 
-def test_sigkilled_replica_is_replaced_with_no_failed_request(svc):
+def test_sigkilled_replica_is_replaced_with_no_failed_request(svc, tmp_path):
     inc = heal_and_check(svc, "kill", "mlp")
     # Diagnosed: a lone crash is the replica's own software (its node would be named had it been under pressure),
     # in status and in its detection and recovery records.
@@ -302,6 +302,20 @@ def test_sigkilled_replica_is_replaced_with_no_failed_request(svc):
     records = {r["kind"]: r for r in svc.audit() if r.get("incident") == inc["id"]}
     for kind in ("detected-dead", "recovered"):
         assert records[kind]["cause_class"] == inc["cause_class"] and "group" in records[kind], records[kind]
+    # The post-mortem of the incident, from storage: the controller's series holds the load around it.
+    # lazy: as the rest of this module, our Ray-side code is imported once the module's cluster is up
+    from controllers.client import get_controller
+    from controllers.series import read_series
+    from raymedic.app.report import build_report
+
+    ray.get(get_controller().flush.remote(), timeout=30)
+    storage = Storage(svc.cfg.storage_path)
+    rows = read_series(storage, svc.cfg.model, since=inc["detected_at"] - 60)
+    assert sum(r.get("requests", 0) for r in rows) > 0 and any(r.get("weights") for r in rows), rows[-3:]
+    files = build_report(storage, svc.cfg.model, out_dir=tmp_path, incident=inc["id"])
+    names = {p.name for p in files.images}
+    assert {"traffic.png", "latency.png", "weights.png"} <= names, names
+    assert files.html.read_text().count("src='data:image/png;base64,") == len(names)
 
 
 def _resident_mb(svc: Service, member: str) -> dict[str, float]:

@@ -29,12 +29,15 @@ import ray
 from cluster.connect import LOCAL_LOGICAL_CPUS, start_embedded
 from cluster.runstate import raymedic_home
 from controllers.audit import read_audit
+from controllers.client import get_controller
 from raymedic.app import service
 from raymedic.app.http import request_json
+from raymedic.app.report import build_report
 from raymedic.bench.drift import xy
 from raymedic.bench.live import LiveDriftSettings, LiveScenario, LiveStream, concept_scenario, open_drift
 from raymedic.bench.loadgen import open_loop, summarize
 from raymedic.config import load_config
+from raymedic.errors import RaymedicError
 from raymedic.keys import ADMIN_TOKEN_ENV
 from raymedic.storage import Storage
 from train_jobs.synthetic import Drift, SyntheticGenerator, SyntheticSpec
@@ -165,6 +168,24 @@ def _print_concept(c: dict, settings: LiveDriftSettings) -> None:
     print(f"  clients: {c['failed']} of {c['requests']} requests failed during the drill")
 
 
+def _write_report(storage: str, model: str, *, since: float, progress: Callable[[str], None]) -> None:
+    """The post-mortem of the demo's period (``raymedic report --since`` its start), its path printed; the
+    controller writes what it buffers first. A report that cannot be written is said, never fatal."""
+    handle = get_controller()
+    try:
+        if handle is not None:
+            ray.get(handle.flush.remote(), timeout=30)
+    except (ray.exceptions.RayError, TimeoutError) as exc:  # the report shows what is written; the result stands
+        progress(f"could not flush the controller's audit and series ({type(exc).__name__}); reporting what is written")
+    try:
+        files = build_report(Storage(storage), model, out_dir=os.path.join(storage, "reports"), since=since)
+    except RaymedicError as exc:
+        print(f"post-mortem report: not written ({exc})")
+        return
+    print(f"post-mortem report (open in a browser): {files.html}")
+    print(f"  and for a ticket: {files.markdown} with {len(files.images)} PNGs beside it")
+
+
 def run_demo(*, config_path: str | None, port: int, requests: int, progress: Callable[[str], None]) -> int:
     """Run the whole demo on an embedded cluster and print what it measured; shut everything down after.
 
@@ -181,6 +202,7 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
         0 when no request of the first phase failed, every drill healed and the concept change was healed,
         else 1.
     """
+    started = time.time()
     sf = load_config(config_path)
     storage = tempfile.mkdtemp(prefix="demo-", dir=raymedic_home())
     # The canary takes DEMO_CANARY_SHARE of requests (default 5 %) so that its trial reaches its labels
@@ -313,6 +335,7 @@ def run_demo(*, config_path: str | None, port: int, requests: int, progress: Cal
         if dashboard:
             print(f"Ray dashboard (while the demo runs): http://{dashboard}")
         print(f"audit log (JSONL, append-only): {storage}/audit/{cfg.model}")
+        _write_report(storage, cfg.model, since=started, progress=progress)
         print("next: `raymedic up` keeps the service running; `raymedic status` shows it, `raymedic chaos` "
               "breaks it on purpose, `raymedic audit` shows what the controller did.")
         return 0 if failures == 0 and healed == len(drills) and concept_healed else 1

@@ -106,6 +106,7 @@ class Predictor:
                 timer.note("member_infer", slowest.infer_s)
         combo = combine(served, self._state.weights, fallback=self._cfg.fallback_member, min_members=gw.min_members)
         if combo is None:
+            self._calls.request_failed()
             raise ServiceUnavailable(
                 f"no ensemble member answered within {gw.member_timeout_s:.1f} s "
                 "(each tried on two replicas); retry shortly", retry_after_s=1)
@@ -143,6 +144,7 @@ class Predictor:
             self.log(records)
         timer.mark("log")
         self._calls.add_confidence(probs.max(axis=1).tolist(), probs.argmax(axis=1).tolist())
+        self._calls.request_answered(degraded=combo.degraded)
         self._tally.add(rows)
         timer.mark("telemetry")
         out = {"predictions": labels, "probabilities": probs.round(6).tolist(), "inference_ids": ids,

@@ -8,8 +8,8 @@ This module holds the parser and :func:`main`; the commands live by group:
 :mod:`~raymedic.app.cli.up` (up, down), :mod:`~raymedic.app.cli.status`,
 :mod:`~raymedic.app.cli.operate` (pause, resume, approve, reject, mode, retrain,
 rollback, promote, trial, chaos), :mod:`~raymedic.app.cli.data` (train, search, audit,
-openapi), :mod:`~raymedic.app.cli.bench` and :mod:`~raymedic.app.cli.demo`; what they
-share is in :mod:`~raymedic.app.cli._common`.
+openapi), :mod:`~raymedic.app.cli.report`, :mod:`~raymedic.app.cli.bench` and
+:mod:`~raymedic.app.cli.demo`; what they share is in :mod:`~raymedic.app.cli._common`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from raymedic.app.cli.data import cmd_audit, cmd_openapi, cmd_search, cmd_train
 from raymedic.app.cli.demo import cmd_demo
 from raymedic.app.cli.operate import (cmd_approve, cmd_chaos, cmd_mode, cmd_pause, cmd_promote, cmd_reject,
                                       cmd_resume, cmd_retrain, cmd_rollback, cmd_trial)
+from raymedic.app.cli.report import cmd_report
 from raymedic.app.cli.status import cmd_status
 from raymedic.app.cli.up import cmd_down, cmd_up
 from raymedic.errors import RaymedicError
@@ -154,6 +155,18 @@ def _parser() -> argparse.ArgumentParser:
                     "(30m, 2h, 1d) or an ISO time (2026-11-22T08:00, local time without a zone).")
     au.add_argument("--limit", type=int, default=200, help="At most this many of those that match, the newest "
                     "(default 200).")
+
+    rp = add("report", cmd_report, "A post-mortem of one incident or of a period: an HTML page (plots embedded, "
+             "no network needed to view it) and Markdown with PNGs, read from storage (no cluster needed).")
+    rp.add_argument("incident", nargs="?", help="Incident id (from `raymedic status` or `raymedic audit`); "
+                    "without one, every incident since --since.")
+    rp.add_argument("--since", metavar="WHEN", help="The period: seconds back (3600), a duration (30m, 2h, 1d) "
+                    "or an ISO time (default 24h).")
+    rp.add_argument("--out", metavar="DIR", help="Write the report into DIR/<model>-<incident or period>/ "
+                    "(default: $RAYMEDIC_HOME/reports).")
+    rp.add_argument("--model", help="Model (default: the running service's).")
+    rp.add_argument("--margin", type=float, default=5.0, metavar="MINUTES",
+                    help="Minutes of plots before and after an incident (default 5).")
 
     train_arguments(add("train", cmd_train, "Train every member on a table with Ray Train and register champions."))
     search_arguments(add("search", cmd_search, "Search one member's hyperparameters with Ray Tune (Optuna + "

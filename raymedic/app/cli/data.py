@@ -132,7 +132,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     query = parse_query(kinds=args.kind, targets=args.target, incident=args.incident, since=args.since,
                         limit=args.limit, now=time.time())  # a bad flag fails before storage is read
-    state = _run_state_or_config(args)
+    state = run_state_or_config(args)
     trail = read_audit(Storage(state["storage_path"]), state["model"], since=query.since)
     records = select(trail, query)
     for r in records:
@@ -151,7 +151,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_state_or_config(args: argparse.Namespace) -> dict[str, str]:
+def run_state_or_config(args: argparse.Namespace) -> dict[str, str]:
     """Storage and model of the running service, unless ``--config`` names another."""
     state = read_run_state()
     if state and not args.config:
