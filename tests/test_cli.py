@@ -105,10 +105,15 @@ def assert_bound_like_the_config(session_id: int, host: str) -> None:
     """Nothing of Serve, HAProxy or raymedic listens beyond ``host`` (the config's HTTP host) except Ray's
     own RPC servers, which refuse a caller without the cluster token (Serve 2.60's HAProxy put its stats
     page and exporter on every interface)."""
-    ours = [(name, ip, port) for name, ip, port in listeners(session_id)
-            if name == "haproxy" or (name.startswith("ray::") and name not in RAY_AGENTS)]
+    def ours_listening() -> list[tuple[str, str, int]] | None:
+        found = [(name, ip, port) for name, ip, port in listeners(session_id)
+                 if name == "haproxy" or (name.startswith("ray::") and name not in RAY_AGENTS)]
+        # Serve's HAProxy mode is on; a reload replaces its process (our wrapper execs the new one), so a
+        # snapshot taken in that moment may show none: look again until one listens.
+        return found if any(name == "haproxy" for name, _, _ in found) else None
+
+    ours = wait_for(ours_listening, timeout_s=30, what="Serve's HAProxy to listen")
     print("listening (Serve, HAProxy, raymedic):", *ours, sep="\n  ")
-    assert any(name == "haproxy" for name, _, _ in ours), ours  # Serve's HAProxy mode is on
     open_ = [(name, ip, port) for name, ip, port in ours
              if ip not in (host, f"::ffff:{host}") and not refuses_without_token(port)]
     assert not open_, f"listening beyond {host} with no token: {open_}"
