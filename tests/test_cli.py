@@ -112,7 +112,11 @@ def assert_bound_like_the_config(session_id: int, host: str) -> None:
         # snapshot taken in that moment may show none: look again until one listens.
         return found if any(name == "haproxy" for name, _, _ in found) else None
 
-    ours = wait_for(ours_listening, timeout_s=30, what="Serve's HAProxy to listen")
+    try:
+        ours = wait_for(ours_listening, timeout_s=30, what="Serve's HAProxy to listen")
+    except Exception as exc:  # say what the cluster was started with: HAProxy mode comes from the environment
+        env = {k: v for k, v in os.environ.items() if k.startswith(("RAY_SERVE", "RAYMEDIC_HAPROXY"))}
+        raise AssertionError(f"{exc}; listening: {listeners(session_id)}; this process's Serve env: {env}") from None
     print("listening (Serve, HAProxy, raymedic):", *ours, sep="\n  ")
     open_ = [(name, ip, port) for name, ip, port in ours
              if ip not in (host, f"::ffff:{host}") and not refuses_without_token(port)]
