@@ -114,7 +114,7 @@ def assert_bound_like_the_config(session_id: int, host: str) -> None:
 
     try:
         ours = wait_for(ours_listening, timeout_s=30, what="Serve's HAProxy to listen")
-    except Exception as exc:  # say what the cluster was started with: HAProxy mode comes from the environment
+    except BaseException as exc:  # pytest.fail too; say what the cluster was started with: HAProxy mode comes from the environment
         env = {k: v for k, v in os.environ.items() if k.startswith(("RAY_SERVE", "RAYMEDIC_HAPROXY"))}
         raise AssertionError(f"{exc}; listening: {listeners(session_id)}; this process's Serve env: {env}") from None
     print("listening (Serve, HAProxy, raymedic):", *ours, sep="\n  ")
