@@ -111,11 +111,6 @@ class LabelBook:
                     self._labels.setdefault(i, lab)  # the first label stands
         self._bound()
 
-    def refresh(self) -> None:
-        """:meth:`fetch` and :meth:`learn` in one call, if :meth:`due` (for callers without an event loop)."""
-        if self.due():
-            self.learn(self.fetch())
-
     def _bound(self) -> None:
         while len(self._labels) > self._capacity:
             evicted, _ = self._labels.popitem(last=False)

@@ -19,7 +19,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -34,6 +34,7 @@ __all__ = [
     "MAX_CLOCK_SKEW_S",
     "FeedbackLog",
     "HourParts",
+    "HourPartsNotWritten",
     "KnownIds",
     "PredictionLog",
     "hour_of",
@@ -43,6 +44,7 @@ __all__ = [
     "part_name",
     "part_writer",
     "rows_by_hour",
+    "write_hour_parts",
 ]
 
 log = get_logger(__name__)
@@ -98,6 +100,37 @@ def rows_by_hour(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any
     for r in rows:
         out.setdefault(hour_of(r["ts"]), []).append(r)
     return out
+
+
+class HourPartsNotWritten(Exception):
+    """:func:`write_hour_parts` stopped at a failed write (the cause): ``written`` rows are on storage, ``left``
+    (the hours not written, in order) are for the caller to keep for its next flush."""
+
+    def __init__(self, written: int, left: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(left)} rows not written")
+        self.written, self.left = written, left
+
+
+def write_hour_parts(storage: Storage, prefix: str, tag: str, rows: Iterable[dict[str, Any]], schema: pa.Schema, *,
+                     durable: bool, on_part: Callable[[str, list[dict[str, Any]]], None] | None = None) -> int:
+    """Write log rows as one new part per hour folder (``prefix/hour=H/<part>``); returns the rows written.
+    ``on_part(key, rows)`` follows each part written.
+
+    Raises:
+        HourPartsNotWritten: a write failed (the storage error is its cause); hours already written stay written.
+    """
+    by_hour = rows_by_hour(rows)
+    written = 0
+    try:
+        for hour, part in by_hour.items():
+            key = f"{prefix}/hour={hour}/{part_name(tag)}"
+            storage.write_parquet(key, pa.Table.from_pylist(part, schema=schema), durable=durable)
+            written += len(part)
+            if on_part is not None:
+                on_part(key, part)
+    except Exception as exc:
+        raise HourPartsNotWritten(written, [r for part in by_hour.values() for r in part][written:]) from exc
+    return written
 
 
 def part_name(tag: str) -> str:
@@ -220,15 +253,11 @@ class PredictionLog:
     def _write(self, rows: list[dict[str, Any]], *, durable: bool) -> int:
         if not rows:
             return 0
-        by_hour = rows_by_hour(rows)
-        written = 0
         try:
-            for hour, part in by_hour.items():
-                table = pa.Table.from_pylist(part, schema=PREDICTION_SCHEMA)
-                self._storage.write_parquet(f"{self._prefix}/hour={hour}/{part_name(self._tag)}", table,
-                                            durable=durable)
-                written += len(part)
-        except Exception as exc:
+            written = write_hour_parts(self._storage, self._prefix, self._tag, rows, PREDICTION_SCHEMA,
+                                       durable=durable)
+        except HourPartsNotWritten as failed:
+            exc, left, written = failed.__cause__, failed.left, failed.written
             self.failed_flushes += 1
             self.last_error, self.last_error_at = f"{type(exc).__name__}: {exc}"[:300], time.time()
             if self.writable:  # one traceback per outage, not one per flush period
@@ -236,7 +265,6 @@ class PredictionLog:
                               "(requests are still answered)", self._max_pending)
             self.writable = False
             # Hours written before the failure are not rewritten; the rest go back in front, bounded.
-            left = [r for part in by_hour.values() for r in part][written:]
             with self._lock:
                 self._rows[:0] = left
                 self._bound()

@@ -60,11 +60,12 @@ from raymedic.storage import Storage
 from serve_apps.predlog import (
     CLOSED_AFTER_S,
     HourParts,
+    HourPartsNotWritten,
     hour_of,
     hours_since,
     inference_time,
     part_name,
-    rows_by_hour,
+    write_hour_parts,
 )
 
 __all__ = ["MAX_PAGE", "ReviewBook", "ReviewItem", "ReviewQueue", "RowKind", "flag_unsure", "page_query"]
@@ -381,25 +382,23 @@ class ReviewBook:
             rows, self._rows = self._rows, []
         if not rows:
             return 0
-        by_hour = rows_by_hour(rows)
-        written = 0
+        def stored(key: str, part: list[dict[str, Any]]) -> None:
+            with self._lock:
+                self._read.add(key)
+                self._stored.setdefault(hour_of(part[0]["ts"]), set()).update(r["inference_id"] for r in part)
+
         try:
-            for hour, part in by_hour.items():
-                key = f"{self._prefix}/hour={hour}/{part_name(self._tag)}"
-                self._storage.write_parquet(key, pa.Table.from_pylist(part, schema=REVIEW_SCHEMA), durable=False)
-                written += len(part)
-                with self._lock:
-                    self._read.add(key)
-                    self._stored.setdefault(hour, set()).update(r["inference_id"] for r in part)
-        except Exception:
+            written = write_hour_parts(self._storage, self._prefix, self._tag, rows, REVIEW_SCHEMA, durable=False,
+                                       on_part=stored)
+        except HourPartsNotWritten as failed:
+            written = failed.written
             if self._writable:  # one traceback per outage (a full disk), not one per flush period
                 log.exception("review log write of %s failed; keeping its rows for the next flush (answers are "
                               "still given and flagged)", self._model)
             self._writable = False
-            left = [r for part in by_hour.values() for r in part][written:]
             with self._lock:
                 # Bounded like the queue itself (a disk that stays full): the oldest rows go first.
-                self._rows[:0] = left
+                self._rows[:0] = failed.left
                 del self._rows[:max(0, len(self._rows) - 2 * self._settings.max_items)]
         else:
             self._writable = True
