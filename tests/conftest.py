@@ -254,7 +254,9 @@ def local_service(tmp: Path, *, tls: bool = False, **overrides: Any) -> Iterator
 
     port = free_port()
     path = write_config(tmp / "raymedic.yaml", storage=tmp / "storage", port=port, **overrides)
-    saved = {k: os.environ.get(k) for k in ("RAY_SERVE_ENABLE_HA_PROXY", "SSL_CERT_FILE")}
+    # Only what an HTTPS service changes is put back afterwards: the embedded start sets Serve's fast-path
+    # variables for the rest of the session (removing them made a later `ray start` run without HAProxy).
+    saved = {k: os.environ.get(k) for k in ("RAY_SERVE_ENABLE_HA_PROXY", "SSL_CERT_FILE")} if tls else {}
     if tls:
         cert, key = self_signed(tmp)
         doc = yaml.safe_load(path.read_text())
