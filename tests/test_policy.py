@@ -116,6 +116,7 @@ def test_slow_is_relative_to_peers_and_needs_repeated_evidence():
     peers = [slow, healthy("b"), healthy("c")]
     f = assess(slow, peers, CFG)
     assert f.kind == "slow" and f.evidence["median_latency_s"] == 0.5
+    assert f.evidence["seen_in"] == "probes" and f.evidence["peer_latency_s"] < f.evidence["limit_s"] < 0.5
     once = snap("a", probes("ok", "ok", "ok", latency=0.01) + probes("ok", latency=0.5, t0=200))
     assert assess(once, [once, healthy("b")], CFG) is None  # a single slow probe is noise
     short = snap("a", probes("ok", "ok", latency=0.5))
@@ -165,7 +166,8 @@ def test_slowness_in_user_calls_is_seen_before_the_probes_can_show_it():
     a = snap("a", probes("ok", "ok"), calls=calls(*fast, 0.51, 0.52, 0.5, 0.49, 0.55, 0.53))  # newest last
     b = snap("b", probes("ok", "ok"), calls=calls(*fast, *fast))
     f = assess(a, [a, b], CFG)
-    assert f.kind == "slow" and f.evidence["calls"] == 6 and f.evidence["peer_call_latency_s"] < 0.02
+    assert f.kind == "slow" and f.evidence["calls"] == 6 and f.evidence["peer_latency_s"] < 0.02
+    assert f.evidence["seen_in"] == "calls" and f.evidence["median_latency_s"] > f.evidence["limit_s"]
     # Older slow calls followed by fast ones (it recovered), one slow call among fast ones, or too few calls:
     assert assess(snap("a", calls=calls(0.5, 0.5, 0.5, *fast)), [b], CFG) is None
     assert assess(snap("a", calls=calls(*fast[:5], 0.5)), [b], CFG) is None
@@ -183,7 +185,8 @@ def test_a_slow_probe_with_user_calls_lost_to_hedges_is_slow_at_once():
     b, c = healthy("b"), healthy("c")
     a = snap("a", probes("ok", "ok") + probes("ok", latency=0.5, t0=101.0), calls=CallStats(timeouts=2, ok=30))
     f = assess(a, [a, b, c], CFG)
-    assert f.kind == "slow" and f.evidence["lost_calls"] == 2 and f.evidence["probe_latency_s"] == 0.5
+    assert f.kind == "slow" and f.evidence["lost_calls"] == 2 and f.evidence["median_latency_s"] == 0.5
+    assert f.evidence["seen_in"] == "probe and lost calls" and f.evidence["peer_latency_s"] < f.evidence["limit_s"]
     # One lost call, a fast probe, or a probe that timed out (the hang rules' case) is not this rule's:
     assert assess(snap("a", probes("ok", latency=0.5), calls=CallStats(timeouts=1)), [b, c], CFG) is None
     assert assess(snap("a", probes("ok"), calls=CallStats(timeouts=5)), [b, c], CFG) is None

@@ -291,6 +291,15 @@ class StepResult:
     standby: dict[str, tuple[str, ...]] = field(default_factory=dict)  # member → healthy, held out of traffic
 
 
+def _slow_evidence(seen_in: str, latency_s: float, peer_latency_s: float, limit_s: float,
+                   **counts: int) -> dict[str, Any]:
+    """One shape for every slow finding, whichever rule saw it: the replica's latency, its peers', the
+    limit between them, and what showed it (``seen_in``: user calls, a probe with calls lost to hedges,
+    or probes alone), so an operator or a test reads a slow incident the same way under any traffic."""
+    return {"median_latency_s": round(latency_s, 4), "peer_latency_s": round(peer_latency_s, 4),
+            "limit_s": round(limit_s, 4), "seen_in": seen_in, **counts}
+
+
 def _recent_call_latencies(snap: ReplicaSnapshot, n: int) -> list[float]:
     """The latest ``n`` answered user calls' latencies (a report's calls beyond its cap carry none)."""
     return [x for x in snap.calls.latencies_s if x > 0][-n:]
@@ -320,8 +329,7 @@ def _slow_calls(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Co
     slow = [x for x in mine if x > limit]
     if len(slow) < max(1, len(mine) - 1):
         return None
-    return {"call_latency_s": round(statistics.median(mine), 4), "peer_call_latency_s": round(ref, 4),
-            "limit_s": round(limit, 4), "calls": len(mine)}
+    return _slow_evidence("calls", statistics.median(mine), ref, limit, calls=len(mine))
 
 
 def _slow_probe_and_lost_calls(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot],
@@ -344,8 +352,7 @@ def _slow_probe_and_lost_calls(snap: ReplicaSnapshot, peers: Sequence[ReplicaSna
     limit = max(ref * cfg.slow_factor, ref + cfg.slow_min_excess_s)
     if probes[-1].latency_s <= limit:
         return None
-    return {"probe_latency_s": round(probes[-1].latency_s, 4), "peer_latency_s": round(ref, 4),
-            "limit_s": round(limit, 4), "lost_calls": snap.calls.timeouts}
+    return _slow_evidence("probe and lost calls", probes[-1].latency_s, ref, limit, lost_calls=snap.calls.timeouts)
 
 
 def _median(xs: Iterable[float]) -> float | None:
@@ -432,8 +439,7 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
             limit = max(ref * cfg.slow_factor, ref + cfg.slow_min_excess_s)
             slow = [p for p in ok if p.latency_s > limit]
             if mine > limit and len(slow) >= max(1, len(ok) - 1):
-                return found(FaultKind.SLOW, {"median_latency_s": round(mine, 4), "peer_latency_s": round(ref, 4),
-                                      "limit_s": round(limit, 4)}, slow)
+                return found(FaultKind.SLOW, _slow_evidence("probes", mine, ref, limit, probes=len(ok)), slow)
     return None
 
 
