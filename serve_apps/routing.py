@@ -17,37 +17,21 @@ the member call:
   can attribute a timeout to a replica even though the replica never answered.
 
 The router runs in the caller's process (the gateway replica), so the record is a
-process-local, bounded map read through :func:`routed_replica`.
+process-local, bounded map, kept in :mod:`serve_apps.route_book` (not here: Serve ships this
+module to the caller by value, see there) and read through its ``routed_replica``.
 """
 
 from __future__ import annotations
 
 import random
-import threading
-from collections import OrderedDict
 from typing import List, Optional
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 
-__all__ = ["AvoidingRouter", "routed_replica"]
+from serve_apps.route_book import record_route
 
-_MAX_TRACKED = 10_000
-_routed: "OrderedDict[str, str]" = OrderedDict()
-_lock = threading.Lock()  # Serve may run routers on their own event-loop thread.
-
-
-def routed_replica(call_id: str) -> str | None:
-    """The replica id a call with ``call_id`` was routed to, if it was routed."""
-    with _lock:
-        return _routed.get(call_id)
-
-
-def _record(call_id: str, replica: str) -> None:
-    with _lock:
-        _routed[call_id] = replica
-        while len(_routed) > _MAX_TRACKED:
-            _routed.popitem(last=False)
+__all__ = ["AvoidingRouter"]
 
 
 class AvoidingRouter(PowerOfTwoChoicesRequestRouter):
@@ -94,5 +78,5 @@ class AvoidingRouter(PowerOfTwoChoicesRequestRouter):
         """Record where a call with a ``call_id`` went, so the caller can charge a timeout to that replica."""
         call_id = pending_request.kwargs.get("call_id")
         if call_id:
-            _record(call_id, replica_id.unique_id)
+            record_route(call_id, replica_id.unique_id)
         super().on_request_routed(pending_request, replica_id, result)

@@ -61,6 +61,25 @@ def test_one_probe_timeout_plus_user_timeouts_with_nothing_completing_is_hung():
     assert assess(busy, [busy], CFG) is None  # it still completes work: a blip, not a hang
 
 
+def test_one_probe_timeout_plus_calls_lost_since_with_a_peer_answering_is_hung_a_probe_sooner():
+    """At 50 req/s a hung replica still has answered calls from before the hang in the window; calls lost
+    to hedges with none answered since, one probe timeout and a peer that answers are enough."""
+    b = healthy("b")
+    lost = CallStats(ok=20, timeouts=2, first_timeout_at=100.6, ok_after_timeout=0)
+    s = snap("a", probes("ok", "timeout", t0=100.0), calls=lost)
+    f = assess(s, [s, b], CFG)
+    assert f.kind == "hung" and f.evidence == {"probe_timeouts": 1, "call_timeouts": 2, "calls_ok_since": 0}
+    assert f.first_evidence_at == 100.5  # the probe that timed out was sent before the first lost call arrived
+    # It answered a call since the first loss (slow, not hung), or no peer answers (shared overload), or a
+    # single lost call: not this rule's.
+    again = CallStats(ok=20, timeouts=2, first_timeout_at=100.6, ok_after_timeout=1)
+    assert assess(snap("a", probes("ok", "timeout"), calls=again), [b], CFG) is None
+    stuck = snap("b", probes("ok", "timeout"))
+    assert assess(s, [s, stuck], CFG) is None
+    one = CallStats(ok=20, timeouts=1, first_timeout_at=100.6)
+    assert assess(snap("a", probes("ok", "timeout"), calls=one), [b], CFG) is None
+
+
 def test_consecutive_probe_errors_mean_the_replica_is_failing():
     one = snap("a", probes("ok", "error"))
     b = healthy("b")
@@ -190,7 +209,7 @@ def test_a_slow_probe_with_user_calls_lost_to_hedges_is_slow_at_once():
     # One lost call, a fast probe, or a probe that timed out (the hang rules' case) is not this rule's:
     assert assess(snap("a", probes("ok", latency=0.5), calls=CallStats(timeouts=1)), [b, c], CFG) is None
     assert assess(snap("a", probes("ok"), calls=CallStats(timeouts=5)), [b, c], CFG) is None
-    assert assess(snap("a", probes("ok", "timeout"), calls=CallStats(timeouts=2, ok=30)), [b, c], CFG) is None
+    assert assess(snap("a", probes("ok", "timeout"), calls=CallStats(timeouts=2, ok=30)), [b, c], CFG).kind == "hung"
     # Nobody to compare with: not judged here.
     assert assess(snap("a", probes("ok", latency=0.5), calls=CallStats(timeouts=3)), [], CFG) is None
 

@@ -11,7 +11,7 @@ die is dead, one whose calls time out with nothing completing is hung.
 >>> log.ingest("gw1", now=100.0, replicas={"mlp/a": {"ok": 2, "latencies": [0.01], "timeout": 1, "inflight": 3}})
 >>> log.ingest("gw2", now=101.0, replicas={"mlp/a": {"hedged": 1, "inflight": 1}})
 >>> log.stats("mlp/a", now=103.0, window_s=5.0)
-CallStats(ok=2, errors=0, dead=0, timeouts=2, latencies_s=(0.01, 0.0), inflight=4, first_error_at=None, ok_after_error=0)
+CallStats(ok=2, errors=0, dead=0, timeouts=2, latencies_s=(0.01, 0.0), inflight=4, first_error_at=None, ok_after_error=0, first_timeout_at=100.0, ok_after_timeout=0)
 >>> log.stats("mlp/a", now=106.0, window_s=5.0).ok  # the first report left the window
 0
 """
@@ -31,6 +31,8 @@ EVENTS_KEPT = 2000
 
 _COUNTED = (CallOutcome.ERROR, CallOutcome.DEAD, CallOutcome.TIMEOUT, CallOutcome.HEDGED)
 """Outcomes a report gives as counts only (successful calls come with their latencies)."""
+_LOST = (CallOutcome.TIMEOUT, CallOutcome.HEDGED)
+"""Calls the replica did not answer in time: past the deadline, or beaten by a hedge on a peer."""
 
 
 class CallEvent(NamedTuple):
@@ -49,16 +51,20 @@ def call_stats(events: Iterable[CallEvent], *, now: float, window_s: float, infl
     """
     recent = [e for e in events if now - e.ts <= window_s]
     first_error = min((e.ts for e in recent if e.outcome == CallOutcome.ERROR), default=None)
+    first_timeout = min((e.ts for e in recent if e.outcome in _LOST), default=None)
     return CallStats(
         ok=sum(1 for e in recent if e.outcome == CallOutcome.OK),
         errors=sum(1 for e in recent if e.outcome == CallOutcome.ERROR),
         dead=sum(1 for e in recent if e.outcome == CallOutcome.DEAD),
-        timeouts=sum(1 for e in recent if e.outcome in (CallOutcome.TIMEOUT, CallOutcome.HEDGED)),
+        timeouts=sum(1 for e in recent if e.outcome in _LOST),
         latencies_s=tuple(e.latency_s for e in recent if e.outcome == CallOutcome.OK),
         inflight=inflight,
         first_error_at=first_error,
         ok_after_error=0 if first_error is None else sum(
             1 for e in recent if e.outcome == CallOutcome.OK and e.ts > first_error),
+        first_timeout_at=first_timeout,
+        ok_after_timeout=0 if first_timeout is None else sum(
+            1 for e in recent if e.outcome == CallOutcome.OK and e.ts > first_timeout),
     )
 
 

@@ -158,6 +158,11 @@ class CallStats:
     ok_after_error: int = 0
     """Calls answered in reports received after that first error report: a replica that answers again
     after an error is not failing (calls in the same report may have come before the error)."""
+    first_timeout_at: float | None = None
+    """When the controller received the window's first report of a call timed out or lost to a hedge."""
+    ok_after_timeout: int = 0
+    """Calls answered in reports received after that first timeout report: a replica that answers again is
+    not hung (it may be slow, which the slow rules judge)."""
 
 
 @dataclass(frozen=True)
@@ -403,9 +408,15 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
     if len(tail) >= cfg.hang_probe_timeouts:
         return found(FaultKind.HUNG, {"probe_timeouts": len(tail), "probe_timeout_s": cfg.probe_timeout_s,
                               "call_timeouts": calls.timeouts}, tail)
-    if tail and calls.timeouts >= 2 and calls.ok == 0:
-        return found(FaultKind.HUNG, {"probe_timeouts": len(tail), "call_timeouts": calls.timeouts,
-                              "calls_ok": 0}, tail)
+    if tail and calls.timeouts >= 2 and calls.ok_after_timeout == 0 and (
+            calls.ok == 0 or any(_answers(r) for r in peers if r.replica != snap.replica)):
+        # One probe timeout corroborated by user calls lost to hedges (or timed out) with none answered
+        # there since: two independent witnesses, a probe period sooner than ``hang_probe_timeouts``
+        # probes alone. Answered calls from before the first loss (still in the window) say nothing
+        # about now, but then a peer must answer (shared overload is not a hang of this replica).
+        first = min([p.ts for p in tail] + ([calls.first_timeout_at] if calls.first_timeout_at is not None else []))
+        return Finding(FaultKind.HUNG, snap.member, snap.replica,
+                       {"probe_timeouts": len(tail), "call_timeouts": calls.timeouts, "calls_ok_since": 0}, first)
 
     failing = _failing(snap, peers, cfg)
     if failing is not None:

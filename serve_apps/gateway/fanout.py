@@ -30,7 +30,7 @@ from raymedic.config import GatewayConfig
 from raymedic.logs import get_logger
 from raymedic.protocol import CallOutcome, actor_died
 from serve_apps.gateway.coalesce import EagerCoalescer
-from serve_apps.routing import routed_replica
+from serve_apps.route_book import routed_replica
 from serve_apps.telemetry import CallRecorder, HedgeBudget, LocalEjector
 
 __all__ = ["MemberCall", "MemberClient", "ServeMemberClient", "ReplicaSteering", "MemberAnswer", "FanOut",
