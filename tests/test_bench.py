@@ -279,6 +279,11 @@ def test_saturation_table_has_every_rate_for_both_systems_and_consistent_ratios(
             assert cells[label] == [report.shown(plain), report.shown(ours), ratio(ours, plain)]
     assert _table_rows(table, "70") == {}  # a rate neither system reached is left out
     assert table.endswith("highest rate without a failure: plain Serve 35.0, raymedic 50.0 req/s")
+    # Any incident on these fault-free runs is a false positive, shown per rate the system ran:
+    rows[3]["incidents"], rows[4]["incidents"], rows[5]["incidents"] = [], ["slow"], []
+    table = saturation.format_saturation({**rep, "results": rows})
+    assert ("raymedic incidents with no fault (false positives): 20 req/s: none, 35 req/s: slow, 50 req/s: none"
+            in table.splitlines())
 
 
 def test_cli_runs_saturation_at_the_rates_given(monkeypatch, capsys):

@@ -196,6 +196,11 @@ class System:
         """Whether every member runs all the replicas it should (see :meth:`strength`)."""
         return all(len(running_replicas(self.app, m.name)) == self.strength(m) for m in self.config.members)
 
+    def incidents_since(self, ts: float) -> list[str]:
+        """The kinds of the replica incidents this system opened at or after ``ts`` (wall clock): on a
+        fault-free run, its false positives. Plain Serve opens none of its own."""
+        return []
+
     @staticmethod
     def strength(member: Any) -> int:
         """Replicas a whole member runs: both systems get the same processes (raymedic holds its
@@ -233,6 +238,11 @@ class RaymedicSystem(System):
             raise RaymedicError(f"the bench could not inject {fault} into {member}: the chaos route answered "
                                 f"{r.status} {r.body}")
         return r.body
+
+    def incidents_since(self, ts: float) -> list[str]:
+        """The kinds of the incidents the controller opened at or after ``ts`` (``/v1/status``)."""
+        st = request_json("GET", f"{self.url}/v1/status", timeout_s=10).body
+        return [i["kind"] for i in st["incidents"] if i.get("detected_at", 0) >= ts]
 
     def outcome(self, replica: str, injected_at: float, member: str) -> dict[str, Any]:
         """Seconds from the injection to the controller's detection and recovery (its incident)."""

@@ -11,6 +11,7 @@ Figures, not assertions: they depend on the machine.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Sequence
 
 from raymedic.bench.cluster import (
@@ -67,9 +68,12 @@ def run_saturation(*, config_path: str | None, port: int, rates: Sequence[float]
             asyncio.run(open_loop(system.predict_url, inputs, rps=min(rates), duration_s=10,
                                   deadline_s=deadline_s))  # warm-up, not measured
             for rps in sorted(rates):
+                began = time.time()
                 samples = asyncio.run(open_loop(system.predict_url, inputs, rps=rps, duration_s=duration_s,
                                                 deadline_s=deadline_s))
                 row = {"system": system.name, "rps": rps, **summarize(samples)}
+                # No fault runs here: any incident the system opened meanwhile is a false positive.
+                row["incidents"] = system.incidents_since(began)
                 if profile:
                     row["latency_us"] = latency_stats([x.latency_s * 1e6 for x in samples if x.ok])
                     if system.name == RAYMEDIC:
@@ -113,6 +117,10 @@ def format_saturation(report: dict[str, Any]) -> str:
             continue
         for key, label in (("failed", "failed requests"), ("p50_ms", "p50 (ms)"), ("p99_ms", "p99 (ms)")):
             lines.append(f"{rps:>6.0f} {label:<16} {versus(b.get(key), r.get(key))}")
+    false = {rps: by[(RAYMEDIC, rps)].get("incidents") for rps in st["rates"] if (RAYMEDIC, rps) in by}
+    if false:  # with no fault, every incident is a false positive: the target is none at any rate
+        lines.append("raymedic incidents with no fault (false positives): " + ", ".join(
+            f"{rps:.0f} req/s: {'-' if v is None else (' '.join(v) if v else 'none')}" for rps, v in false.items()))
     best = report["max_rps_without_failure"]
     lines.append(f"highest rate without a failure: plain Serve {best[PLAIN_SERVE]}, raymedic {best[RAYMEDIC]} req/s")
     for rps in st["rates"]:  # --profile: where raymedic's time goes at each rate
