@@ -68,7 +68,8 @@ def test_a_grouped_incident_recovers_when_its_last_effect_does():
             rep("b", "dead", 1002.0, status="recovered", recovered_at=1014.0)]
     (g,) = diagnose(incs, signals).groups
     d = g.to_dict()
-    assert (d["status"], d["time_to_recover_s"], d["time_to_detect_s"]) == ("recovered", 13.0, 1.0)
+    # Recovered from the onset (1000.0, a second before the first detection) to the last effect's recovery.
+    assert (d["status"], d["time_to_recover_s"], d["time_to_detect_s"]) == ("recovered", 14.0, 1.0)
     assert d["cause_class"] == "infrastructure" and d["effects"] == ["a", "b"]
 
 
@@ -191,7 +192,7 @@ def test_data_and_model_incidents_have_a_time_to_detect_where_their_evidence_dat
     node = DataAlert("d2", "node_pressure", "worker-1", 1010.0, {"since": 1000.0}, recovered_at=1070.0)
     quality = DataAlert("d3", "missing_values", "f1", 1000.0, {"missing_rate": 0.4})
     assert decay.to_dict()["time_to_detect_s"] == 15.0 and decay.to_dict()["first_evidence_at"] == 1030.0
-    assert (node.to_dict()["time_to_detect_s"], node.to_dict()["time_to_recover_s"]) == (10.0, 60.0)
+    assert (node.to_dict()["time_to_detect_s"], node.to_dict()["time_to_recover_s"]) == (10.0, 70.0)  # from onset
     assert quality.to_dict()["time_to_detect_s"] is None  # nothing dates a window test's onset: unknown, not 0
 
 
