@@ -15,7 +15,9 @@ How each filter matches (all of them must):
   leading run of its parts (``mlp`` matches ``mlp/r1`` and ``synthetic/mlp``;
   ``synthetic/mlp`` matches ``synthetic/mlp/r1``);
 - ``incident``: the record's ``incident`` (a replica incident, a data alert, a
-  retrain or trial record id);
+  retrain or trial record id), or an incident an ``incident-group`` record names
+  among its ``incidents``, or a ``group`` id (``--incident grp-inc-000004``: the group's
+  records and those of its incidents that carry it);
 - ``since``: records at or after that time;
 - ``limit``: the newest that many of those that match, oldest first.
 """
@@ -129,7 +131,14 @@ def _matches(rec: dict[str, Any], q: AuditQuery) -> bool:
         return False
     if q.targets and not any(_target_matches(str(rec.get("target", "")), t) for t in q.targets):
         return False
-    return q.incident is None or (rec.get("incident") is not None and str(rec["incident"]) == q.incident)
+    if q.incident is None:
+        return True
+    if rec.get("incident") is not None and str(rec["incident"]) == q.incident:
+        return True
+    if rec.get("group") is not None and str(rec["group"]) == q.incident:  # a group's id: its records, its members'
+        return True
+    grouped = rec.get("incidents")  # an incident-group record: every incident it says are one
+    return isinstance(grouped, list) and q.incident in (str(i) for i in grouped)
 
 
 def select(records: Iterable[dict[str, Any]], query: AuditQuery) -> list[dict[str, Any]]:
@@ -141,6 +150,12 @@ def select(records: Iterable[dict[str, Any]], query: AuditQuery) -> list[dict[st
     [1, 3]
     >>> [r["ts"] for r in select(recs, AuditQuery(targets=("m",), incident="i2"))]
     [3]
+    >>> grouped = recs + [{"ts": 4, "kind": "incident-group", "target": "w1", "group": "grp-i2",
+    ...                    "incidents": ["i2", "i3"]}]
+    >>> [r["ts"] for r in select(grouped, AuditQuery(incident="i3"))]  # the group's record names i3
+    [4]
+    >>> [r["ts"] for r in select(grouped, AuditQuery(incident="grp-i2"))]
+    [4]
     """
     out = sorted((r for r in records if _matches(r, query)), key=lambda r: float(r.get("ts", 0)))
     return out[-query.limit:]

@@ -54,13 +54,14 @@ class Checkpoint:
         model: Whose controller it is.
         policy, weights, epoch, data_alerts, performance, playbook, disk: Each part's state (``disk``: the
             disk keeper's cooldown and proposal, optional; ``nodes``: the node keeper's phases, drains and
-            proposals, in the first model's checkpoint only; ``sync``: the last batch taken from each gateway).
+            proposals, in the first model's checkpoint only; ``sync``: the last batch taken from each gateway;
+            ``groups``: the incident groups already audited, optional).
         clock: Wall-clock time for ``saved_at``.
     """
 
     def __init__(self, storage: Storage, model: str, *, policy: Part, weights: Part, epoch: Part,
                  data_alerts: Part, performance: Part, playbook: Part, disk: Part | None = None,
-                 nodes: Part | None = None, sync: Part | None = None,
+                 nodes: Part | None = None, sync: Part | None = None, groups: Part | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._storage = storage
         self._key = controller_state_key(model)
@@ -72,6 +73,8 @@ class Checkpoint:
             self._parts["nodes"] = nodes
         if sync is not None:
             self._parts["sync"] = sync
+        if groups is not None:
+            self._parts["groups"] = groups
         self._clock = clock
         self.dirty = True
         self.saves = 0

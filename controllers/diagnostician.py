@@ -22,6 +22,7 @@ from controllers.monitors.performance import PerformanceReport
 from controllers.nodes import NodeKeeper
 from controllers.policies.diagnosis import (
     Diagnoses,
+    IncidentGroup,
     IncidentView,
     diagnose,
     signals_from,
@@ -78,6 +79,15 @@ class Diagnostician:
         cfg = self._cfg()
         return diagnose([IncidentView.from_status(d) for d in incidents], signals,
                         window_s=cfg.diagnosis_window_s, horizon_s=cfg.diagnosis_horizon_s)
+
+    def recent_groups(self, now: float) -> tuple[IncidentGroup, ...]:
+        """The groups among the incidents detected within the diagnosis horizon and window before ``now``: what
+        a group record can be due for (:class:`~controllers.policies.group_audit.GroupAudit`). Older incidents
+        can no longer join a group or gain a cause, so they are not diagnosed again each time."""
+        cfg = self._cfg()
+        since = now - cfg.diagnosis_horizon_s - cfg.diagnosis_window_s
+        recent = [d for d in self.incidents() if d["detected_at"] >= since]
+        return self.run(recent).groups if recent else ()
 
     def fields(self, incident_id: str) -> dict[str, Any]:
         """What an incident's audit records carry: its cause, class, confidence, evidence, and its group and

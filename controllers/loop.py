@@ -32,6 +32,7 @@ Gateways keep serving with the last weights they received if the actor is down.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from typing import Any, Callable
@@ -60,6 +61,7 @@ from controllers.operator import Operator
 from controllers.outcome import Outcome
 from controllers.policies.calls import CallLog
 from controllers.policies.leak import MemorySeries
+from controllers.policies.group_audit import GroupAudit
 from controllers.policies.playbook import Playbook
 from controllers.policies.probation import ChampionWindow
 from controllers.policies.replica import ControlMode, HealingPolicy, Incident, IncidentStatus
@@ -80,6 +82,10 @@ from train_jobs.registry import ModelRegistry
 __all__ = ["ModelController", "new_hedge"]
 
 log = get_logger(__name__)
+
+GROUPS_CHECK_S = 1.0
+"""Between two looks for incident groups that formed or grew: a group record within a second of the
+detection or signal that made it, and one diagnosis per second at most (not one per 0.25 s step)."""
 
 
 def new_hedge(cfg: RaymedicConfig, data: dict[str, Any] | None) -> HedgeWeights:
@@ -126,6 +132,8 @@ class ModelController:
         self._data_alerts = DataAlerts(cfg.data, state.get("data_alerts"))
         self._playbook = Playbook(cfg.retraining, state.get("playbook"))
         self._audit = AuditLog(storage, model, writer=f"ctl{os.getpid()}")
+        self._group_audit = GroupAudit(state.get("groups"))
+        self._groups_at = -math.inf  # when the groups were last checked for a record (monotonic)
         # The report's pictures: what each period saw, in buckets, written apart from the audit.
         self._series_buckets = SeriesBuckets(cfg.controller.series_bucket_s)
         self._series = SeriesLog(storage, model, writer=f"ctl{os.getpid()}",
@@ -146,7 +154,7 @@ class ModelController:
                                       performance=self._perf.to_dict, playbook=self._playbook.to_dict,
                                       disk=lambda: self._disk.to_dict(),
                                       nodes=None if evicting is not None else lambda: self.node_keeper.to_dict(),
-                                      sync=lambda: self._sync.to_dict())
+                                      sync=lambda: self._sync.to_dict(), groups=self._group_audit.to_dict)
         self._disk = DiskKeeper(storage=storage, model=model, cfg=lambda: self.cfg, policy=self._policy,
                                 data_alerts=self._data_alerts, recorder=self._recorder, audit=self._audit,
                                 checkpoint=self._checkpoint, memory=state.get("disk"))
@@ -312,11 +320,29 @@ class ModelController:
             except Exception:  # the step catches its phases' failures; this is the last line
                 log.exception("controller step failed; continuing")
             try:
+                self._record_groups()
+            except Exception:  # an audit extra: the incidents' own records carry their group anyway
+                log.exception("controller: recording the incident groups failed; the next period tries again")
+            try:
                 await self._record_series()
             except Exception:  # pictures for reports: never worth stopping the loop for
                 log.exception("controller: recording the report's time series failed; the next period tries again")
             elapsed = time.monotonic() - t0
             await asyncio.sleep(max(0.0, self.cfg.controller.tick_s - elapsed))
+
+    def _record_groups(self) -> None:
+        """An ``incident-group`` record for each group of incidents that formed or grew since the last check
+        (every :data:`GROUPS_CHECK_S`: a group forms from detections and from signals, such as a node declared
+        lost, that arrive between steps); written with the next step's audit flush."""
+        if time.monotonic() - self._groups_at < GROUPS_CHECK_S:
+            return
+        self._groups_at = time.monotonic()
+        now = time.time()
+        records = self._group_audit.offer(self._diagnostician.recent_groups(now))
+        for rec in records:
+            self._recorder.group(rec, ts=now)
+        if records:
+            self._checkpoint.mark_dirty()
 
     async def _record_series(self) -> None:
         """Close this period's bucket figures (weights, accuracy, estimate) and write the series when due."""

@@ -3,7 +3,10 @@
 Serve's own view of replicas lags a SIGKILL by several seconds (see RAY_NOTES §2),
 so the controller reads both Serve's per-replica state (from
 :mod:`serve_apps.serve_state`) and each actor's liveness per Ray's GCS, and gets
-them back as frozen snapshots of plain data that pure code can reason about. The
+them back as frozen snapshots of plain data that pure code can reason about. A
+replica Serve still lists RUNNING whose actor that read shows dead has its death
+time read once (:func:`death_time`: the incident's onset), so a step pays for it only
+when a replica has just died, never as a second poll. The
 controller's step talks to the :class:`Observer` interface only, so a unit test
 hands it a fake with a scripted cluster.
 
@@ -14,11 +17,12 @@ actor's own event loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol
 
 import ray
-from ray.util.state import get_actor, list_actors, list_nodes
+from ray.util.state import get_actor, list_actors, list_nodes, list_workers
 
 from controllers.policies.vanish import VanishCause, VanishVerdict
 from raymedic.keys import APP_NAME, SERVE_NAMESPACE
@@ -26,12 +30,18 @@ from raymedic.logs import get_logger
 from serve_apps.serve_state import AppView, read_app_view
 
 __all__ = ["ClusterState", "Observer", "RayObserver", "alive_replica_actors", "VanishCause", "vanish_cause",
-           "INTENDED_EXITS"]
+           "death_time", "INTENDED_EXITS"]
 
 log = get_logger(__name__)
 
 INTENDED_EXITS = ("RAY_KILL", "INTENDED_USER_EXIT", "INTENDED_SYSTEM_EXIT")
 """Death reasons of an actor stopped on purpose (by Serve, by raymedic, by its own exit)."""
+DEATHS_KEPT = 256
+"""Death times remembered per observer (actor id → time): each dead actor's record is read once, and a
+controller that runs for months sees thousands of replicas die."""
+DEATH_READ_TIMEOUT_S = 2
+"""A death record's read, at most: the observation waits for it (the crash is detected meanwhile by the
+liveness read either way), and the onset falls back to when the death was seen if the GCS is slow."""
 
 _warned = False
 
@@ -44,10 +54,13 @@ class ClusterState:
         view: Serve's view of the main application (None when it is not deployed).
         alive: Names of the ALIVE Serve replica actors (None when the state API is unavailable:
             liveness then comes from probes only).
+        died_at: Actor name → when Ray's GCS says it died (Unix seconds), for the replicas Serve lists
+            RUNNING that are not alive, where their death record was read.
     """
 
     view: AppView | None
     alive: frozenset[str] | None
+    died_at: Mapping[str, float] = field(default_factory=dict)
 
 
 class Observer(Protocol):
@@ -68,6 +81,7 @@ class RayObserver:
     def __init__(self, app: str = APP_NAME, *, deployments: Callable[[], Mapping[str, str]] | None = None) -> None:
         self.app = app
         self._deployments = deployments
+        self._died: OrderedDict[str, float | None] = OrderedDict()  # actor id → its GCS death time (None: unread)
 
     def read(self) -> ClusterState:
         """Serve's view first: a RUNNING replica in it is then in the live set unless it is dead.
@@ -79,7 +93,26 @@ class RayObserver:
         if view is not None and self._deployments is not None:
             view = view.of_model(self._deployments())
         alive = alive_replica_actors()
-        return ClusterState(view, None if alive is None else frozenset(alive))
+        if alive is None:
+            return ClusterState(view, None)
+        return ClusterState(view, frozenset(alive), self._death_times(view, alive))
+
+    def _death_times(self, view: AppView | None, alive: set[str]) -> dict[str, float]:
+        """Actor name → GCS death time of the replicas ``view`` lists RUNNING that are not in ``alive``;
+        each actor's record is read once (a failed read is not retried: the onset is then when it was seen)."""
+        out: dict[str, float] = {}
+        for d in (view.deployments.values() if view is not None else ()):
+            for r in d.replicas:
+                if r.state != "RUNNING" or not r.actor_name or not r.actor_id or r.actor_name in alive:
+                    continue
+                if r.actor_id not in self._died:
+                    self._died[r.actor_id] = death_time(r.actor_id)
+                    while len(self._died) > DEATHS_KEPT:
+                        self._died.popitem(last=False)
+                at = self._died[r.actor_id]
+                if at is not None:
+                    out[r.actor_name] = at
+        return out
 
     def vanish_cause(self, actor_id: str) -> VanishCause:
         """See :func:`vanish_cause`."""
@@ -123,6 +156,59 @@ def _node_dead(node_id: str | None) -> bool:
     return any(n.state == "DEAD" for n in nodes)
 
 
+def _actor_end(actor_id: str) -> float | None:
+    """When the GCS marked the actor dead (its actor table's ``end_time``, Unix seconds), or None.
+
+    Ray 2.x's public state API gives an actor no death time (``ActorState`` has no ``end_time_ms``), but the
+    GCS's actor table holds it, set the moment the GCS declares the actor DEAD — the moment it leaves the
+    ALIVE set :func:`alive_replica_actors` reads, so it is never later than the controller's detection.
+    ``ray._private.state.actors`` reads it in one GCS call (a DeveloperAPI-level module: if a Ray upgrade moves
+    it, this returns None and :func:`_worker_end` dates the crash instead)."""
+    try:
+        from ray._private import state as ray_state  # lazy: private, and only on a death
+
+        info = ray_state.actors(actor_id=actor_id)
+    except Exception:
+        return None
+    end = info.get("EndTime") if isinstance(info, dict) and info.get("State") == "DEAD" else None
+    return end / 1000.0 if isinstance(end, (int, float)) and end > 0 else None
+
+
+def _worker_end(actor: object) -> float | None:
+    """When the worker process of a dead actor exited, per Ray's GCS (Unix seconds), or None.
+
+    The public fallback for :func:`_actor_end`: ``list_workers(detail=True)`` reports each dead worker's
+    ``end_time_ms``, written when its raylet reported the process gone (a SIGKILL: tens of milliseconds
+    after the GCS marked the actor dead, so it can be later than a fast detection; the caller caps it at
+    ``now``). The actor's pid and node find its worker; the newest dead one with that pid is it (a pid
+    reused later on the node belongs to a live worker, or a later death)."""
+    pid, node_id = getattr(actor, "pid", None), getattr(actor, "node_id", None)
+    if not pid:
+        return None
+    filters = [("pid", "=", pid)] + ([("node_id", "=", node_id)] if node_id else [])
+    try:
+        workers = list_workers(address=_state_address(), filters=filters, detail=True,
+                               timeout=DEATH_READ_TIMEOUT_S, raise_on_missing_output=False)
+    except Exception:
+        return None
+    ends = [w.end_time_ms for w in workers
+            if not w.is_alive and isinstance(w.end_time_ms, (int, float)) and w.end_time_ms > 0]
+    return max(ends) / 1000.0 if ends else None
+
+
+def death_time(actor_id: str) -> float | None:
+    """When Ray's GCS says the actor died (Unix seconds: :func:`_actor_end`, else its worker's exit,
+    :func:`_worker_end`), or None: not dead (yet), or not readable."""
+    at = _actor_end(actor_id)
+    if at is not None:
+        return at
+    try:
+        actor = get_actor(id=actor_id, address=_state_address(), timeout=DEATH_READ_TIMEOUT_S)
+    except Exception:
+        return None
+    return _worker_end(actor) if actor is not None and actor.state == "DEAD" else None
+
+
 def vanish_cause(actor_id: str) -> VanishCause:
     """Tell a crashed replica from one stopped on purpose, from its actor's death cause.
 
@@ -142,8 +228,10 @@ def vanish_cause(actor_id: str) -> VanishCause:
     ctx = (actor.death_cause or {}).get("actor_died_error_context") or {}
     reason = str(ctx.get("reason", "UNKNOWN"))
     detail = f"{reason}: {str(ctx.get('error_message', ''))[:160]}"
+    died_at = _actor_end(actor_id) or _worker_end(actor)
     if reason in INTENDED_EXITS:
         if _node_dead(getattr(actor, "node_id", None)):
-            return VanishCause(VanishVerdict.CRASH, f"NODE_DIED (stopped by Serve as unreachable): {detail[:120]}")
-        return VanishCause(VanishVerdict.INTENDED, detail)
-    return VanishCause(VanishVerdict.CRASH, detail)
+            return VanishCause(VanishVerdict.CRASH, f"NODE_DIED (stopped by Serve as unreachable): {detail[:120]}",
+                               died_at)
+        return VanishCause(VanishVerdict.INTENDED, detail, died_at)
+    return VanishCause(VanishVerdict.CRASH, detail, died_at)

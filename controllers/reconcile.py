@@ -186,6 +186,7 @@ class Reconciler:
         self._timer = timer
         self.view: AppView | None = None
         self._alive: frozenset[str] | None = None
+        self._died_at: Mapping[str, float] = {}  # actor name → GCS death time, of the last read's dead replicas
         self._view_at = -math.inf
         self._vanish = VanishWatch()
         self._scale = ScaleWatch()
@@ -285,7 +286,7 @@ class Reconciler:
         if now - self._view_at >= cfg.view_period_s:
             try:
                 state = await asyncio.to_thread(self._observer.read)
-                self.view, self._alive = state.view, state.alive
+                self.view, self._alive, self._died_at = state.view, state.alive, state.died_at
                 if state.view is not None:
                     await self._find_vanished(now, state.view)
                     self._watch_scaling(now, state.view)
@@ -381,14 +382,18 @@ class Reconciler:
                         self._dead_since.setdefault(r.id, now)
                 snaps.append(ReplicaSnapshot(
                     member=m.name, replica=r.id, state=r.state, alive=alive,
-                    seen_dead_at=self._dead_since.get(r.id), probes=self._prober.history(r.id),
+                    seen_dead_at=self._dead_since.get(r.id),
+                    died_at=self._died_at.get(r.actor_name) if alive is False and r.actor_name else None,
+                    probes=self._prober.history(r.id),
                     calls=self._calls.stats(f"{m.name}/{r.id}", now=now, window_s=window),
                     memory=memory.window(r.id, now=now, window_s=leak_window) if memory is not None else (),
                     memory_limit_mb=m.memory_limit_mb, node_id=r.node_id or None))
         for v in self._vanish.take():  # one observation is enough to open the incident
             snaps.append(ReplicaSnapshot(member=v.member, replica=v.replica, state="GONE", alive=False,
                                          node_id=(self._replica_nodes.get(v.replica) or (None,))[0], death=v.reason,
-                                         seen_dead_at=v.seen_at, probes=self._prober.history(v.replica)))
+                                         seen_dead_at=v.seen_at if v.missed_at is None else min(v.seen_at, v.missed_at),
+                                         died_at=v.died_at,
+                                         probes=self._prober.history(v.replica)))
         for rid in [rid for rid, (_, seen) in self._replica_nodes.items() if now - seen > REPLICA_NODES_KEPT_S]:
             del self._replica_nodes[rid]
         return Observation(now=now, replicas=tuple(snaps), targets=targets,

@@ -17,6 +17,7 @@ from controllers.alerts import WebhookNotifier
 from controllers.audit import AuditLog
 from controllers.monitors.data import DataReport
 from controllers.monitors.performance import PerformanceReport
+from controllers.policies.group_audit import GROUP_RECORD_KIND, GroupRecord
 from controllers.policies.replica import AuditEvent, Incident
 from controllers.policies.weights_audit import WeightsAudit, WeightsAuditConfig, WeightsRecord
 from raymedic import metrics
@@ -119,6 +120,14 @@ class Recorder:
                     fields["node_id"] = inc.node_id
         self.audit.record(ev.kind, ev.target, evidence=ev.evidence, action=ev.action, outcome=ev.outcome, ts=ts,
                           **fields)
+
+    def group(self, rec: GroupRecord, *, ts: float | None = None) -> None:
+        """A group of incidents formed or grew (:class:`~controllers.policies.group_audit.GroupAudit` decides
+        which): one ``incident-group`` record naming the shared cause and every incident it explains, and an
+        alert, so the operator hears "these are one fault" once rather than reading it off each incident."""
+        self.audit.record(GROUP_RECORD_KIND, rec.target, evidence=rec.evidence, action="group",
+                          outcome=str(rec.change), ts=ts, **rec.fields())
+        self.alert(GROUP_RECORD_KIND, rec.target, rec.group.id, rec.evidence, ts=ts, outcome=str(rec.change))
 
     def model_action(self, kind: str, target: str, *, evidence: Any, action: str, outcome: str,
                      incident: str | None = None, **extra: Any) -> None:

@@ -46,6 +46,20 @@ def test_incident_since_and_limit_combine() -> None:
     assert kinds(AuditQuery(kinds=("restart",), targets=("lr",), incident="i2")) == ["restart-failed"]
 
 
+def test_a_group_record_is_found_by_its_kind_any_of_its_incidents_and_its_id() -> None:
+    grouped = RECORDS + [
+        {"ts": NOW - 7000, "kind": "incident-group", "target": "worker-1", "group": "grp-i1",
+         "incidents": ["i1", "i2"], "outcome": "formed"},
+        {"ts": NOW - 6990, "kind": "detected-hung", "target": "lr/r7", "incident": "i3", "group": "grp-i1"},
+    ]
+    assert [r["ts"] for r in select(grouped, parse_query(kinds=["incident-group"], now=NOW))] == [NOW - 7000]
+    # From an effect it names: the group's record beside the incident's own.
+    assert [r["kind"] for r in select(grouped, AuditQuery(incident="i2"))] == ["incident-group", "restart-failed"]
+    # By the group's id: its record and the records of its incidents that carry the group.
+    assert [r["kind"] for r in select(grouped, AuditQuery(incident="grp-i1"))] == ["incident-group", "detected-hung"]
+    assert select(grouped, AuditQuery(incident="i9")) == []
+
+
 def test_since_takes_seconds_as_before_durations_and_iso_times() -> None:
     assert parse_since("3600", now=NOW) == NOW - 3600
     assert parse_since(3600.0, now=NOW) == NOW - 3600

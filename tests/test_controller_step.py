@@ -93,6 +93,7 @@ class FakeObserver:
     def __init__(self) -> None:
         self.view: AppView | None = None
         self.dead: set[str] = set()  # actor names Ray reports dead
+        self.died_at: dict[str, float] = {}  # actor name → its death record's time (read for the dead only)
         self.causes: dict[str, VanishCause] = {}
         self.asked: list[str] = []
 
@@ -100,7 +101,8 @@ class FakeObserver:
         if self.view is None:
             return ClusterState(None, frozenset())
         names = {r.actor_name for d in self.view.deployments.values() for r in d.replicas}
-        return ClusterState(self.view, frozenset(names - self.dead))
+        return ClusterState(self.view, frozenset(names - self.dead),
+                            {n: t for n, t in self.died_at.items() if n in self.dead})
 
     def vanish_cause(self, actor_id: str) -> VanishCause:
         self.asked.append(actor_id)
@@ -264,8 +266,12 @@ def test_a_dead_replica_is_restarted_once_with_its_intent_checkpointed_first(tmp
     h = Harness(tmp_path)
     healthy_fleet(h)
     h.observer.dead = {"SERVE_REPLICA::raymedic#mlp#a"}  # Ray's GCS: the actor is gone; Serve still lists it
+    h.observer.died_at = {"SERVE_REPLICA::raymedic#mlp#a": h.clock.now + 0.2}  # it died 0.8 s before the step
     assert h.run() == [True]
     assert h.actuators.restarts == [("mlp", "a", "SERVE_REPLICA::raymedic#mlp#a")]
+    (dead,) = h.policy.incidents
+    assert dead.first_evidence_at == h.clock.now - 0.8 and dead.time_to_detect_s == pytest.approx(0.8)
+    assert h.records("detected-dead")[0]["first_evidence_at"] == dead.first_evidence_at
     # The intent was durable before the kill: the checkpoint the actuator saw holds the requested restart.
     seen = h.actuators.checkpoints[0]["policy"]["incidents"]
     (inc,) = seen.values()
@@ -367,7 +373,9 @@ def test_calls_that_die_at_the_gateways_mean_dead(tmp_path, recorded):
     h.calls.ingest("gw1", now=h.clock.now, replicas={"lr/c": {"dead": 2}})
     h.run()
     (inc,) = h.policy.incidents
-    assert (inc.kind, inc.replica, inc.evidence) == ("dead", "c", {"failed_calls": 2})
+    assert (inc.kind, inc.replica, inc.evidence) == ("dead", "c", {"failed_calls": 2,
+                                                                  "first_dead_call_at": h.clock.now - 1.0})
+    assert inc.first_evidence_at == h.clock.now - 1.0 < inc.detected_at  # dated by the gateways' report
     assert [r[:2] for r in h.actuators.restarts] == [("lr", "c")]
 
 
@@ -473,14 +481,17 @@ def test_a_vanished_replica_whose_actor_crashed_opens_an_incident(tmp_path, reco
     h.run()
     # Serve dropped b from its view before any poll saw it die; its death record says why.
     h.observer.view = view(mlp=[replica("a", "mlp")], lr=[replica("c", "lr"), replica("d", "lr")])
-    h.observer.causes["id-b"] = VanishCause(VanishVerdict.CRASH, "WORKER_DIED: SIGKILL")
+    died_at = h.clock.now - 0.4  # what the death record's end_time_ms says
+    h.observer.causes["id-b"] = VanishCause(VanishVerdict.CRASH, "WORKER_DIED: SIGKILL", died_at=died_at)
     h.run()
     (inc,) = h.policy.incidents
     assert (inc.kind, inc.replica, inc.action) == ("dead", "b", "await-replacement")  # Serve replaces it
     assert h.observer.asked == ["id-b"] and h.actuators.restarts == []
     kinds = [r["kind"] for r in read_audit(h.storage, MODEL) if r.get("incident") == inc.id]
     assert kinds == ["detected-dead", "await-replacement"]
-    assert h.records("detected-dead")[0]["evidence"] == {"actor": "DEAD per Ray GCS"}
+    assert h.records("detected-dead")[0]["evidence"] == {"actor": "DEAD per Ray GCS", "died_at": round(died_at, 3)}
+    # Its onset is the GCS's death time, not the step that read the record: the time to detect is honest.
+    assert inc.first_evidence_at == died_at and inc.time_to_detect_s == pytest.approx(h.clock.now - died_at)
 
 
 def test_a_replica_stopped_on_purpose_opens_nothing(tmp_path, recorded):
@@ -561,7 +572,7 @@ def test_a_gateway_takes_the_published_state_once_per_epoch_and_its_calls_are_ev
     sync.sync("gw1", {"replicas": {"lr/c": {"dead": 3, "inflight": 1}}}, doc["epoch"])
     h.run()
     (inc,) = h.policy.incidents
-    assert (inc.kind, inc.replica, inc.evidence) == ("dead", "c", {"failed_calls": 3})
+    assert (inc.kind, inc.replica, inc.evidence["failed_calls"]) == ("dead", "c", 3)
     assert sync.sync("gw1", {}, doc["epoch"])["avoid"]["lr"] == ["c"]  # the new epoch reaches the gateway
 
 

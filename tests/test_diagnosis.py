@@ -3,6 +3,8 @@ then the same through the controller's step and recorder on fakes (no Ray)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from controllers.diagnostician import Diagnostician
@@ -11,6 +13,7 @@ from controllers.policies.diagnosis import (
     Cause,
     CauseClass,
     FeatureDrift,
+    IncidentGroup,
     IncidentView,
     NodeSignal,
     NodeState,
@@ -19,9 +22,10 @@ from controllers.policies.diagnosis import (
     diagnose,
     signals_from,
 )
+from controllers.policies.group_audit import GroupAudit, GroupChange
 from serve_apps.serve_state import ReplicaView
 from tests import test_controller_step
-from tests.test_controller_step import Harness, healthy_fleet, replica, view
+from tests.test_controller_step import MODEL, Harness, healthy_fleet, replica, view
 
 recorded = test_controller_step.recorded  # the fixture that records metrics instead of Ray's exporter
 
@@ -68,7 +72,8 @@ def test_a_grouped_incident_recovers_when_its_last_effect_does():
             rep("b", "dead", 1002.0, status="recovered", recovered_at=1014.0)]
     (g,) = diagnose(incs, signals).groups
     d = g.to_dict()
-    assert (d["status"], d["time_to_recover_s"], d["time_to_detect_s"]) == ("recovered", 13.0, 1.0)
+    # Recovered from the onset (1000.0, a second before the first detection) to the last effect's recovery.
+    assert (d["status"], d["time_to_recover_s"], d["time_to_detect_s"]) == ("recovered", 14.0, 1.0)
     assert d["cause_class"] == "infrastructure" and d["effects"] == ["a", "b"]
 
 
@@ -191,7 +196,7 @@ def test_data_and_model_incidents_have_a_time_to_detect_where_their_evidence_dat
     node = DataAlert("d2", "node_pressure", "worker-1", 1010.0, {"since": 1000.0}, recovered_at=1070.0)
     quality = DataAlert("d3", "missing_values", "f1", 1000.0, {"missing_rate": 0.4})
     assert decay.to_dict()["time_to_detect_s"] == 15.0 and decay.to_dict()["first_evidence_at"] == 1030.0
-    assert (node.to_dict()["time_to_detect_s"], node.to_dict()["time_to_recover_s"]) == (10.0, 60.0)
+    assert (node.to_dict()["time_to_detect_s"], node.to_dict()["time_to_recover_s"]) == (10.0, 70.0)  # from onset
     assert quality.to_dict()["time_to_detect_s"] is None  # nothing dates a window test's onset: unknown, not 0
 
 
@@ -258,3 +263,94 @@ def test_a_lone_kill_is_audited_as_replica_software(tmp_path, recorded):
     h.run()
     (rec,) = h.records("detected-dead")
     assert (rec["cause_class"], rec["cause"], rec["group"]) == ("replica-software", "crash", None)
+
+
+# ---- a group's own audit records ----------------------------------------------------------------------------
+
+
+def lost_node_group(*effects: str, cause_incident: str | None = None, confidence_: float = 0.75) -> IncidentGroup:
+    return IncidentGroup(id="grp-inc-1", cause=Cause.NODE, confidence=confidence_, evidence=({"signal": "node-lost"},),
+                         effects=effects, detected_at=1001.0, onset_at=1000.0, recovered_at=None, status="open",
+                         cause_incident=cause_incident, node="worker-1", node_id="n1")
+
+
+def test_a_group_is_recorded_when_it_forms_and_once_per_incident_it_gains_never_per_step():
+    audit = GroupAudit()
+    (formed,) = audit.offer([lost_node_group("inc-1", "inc-2")])
+    assert (formed.change, formed.added, formed.target) == (GroupChange.FORMED, ("inc-1", "inc-2"), "worker-1")
+    assert formed.evidence["incidents"] == ["inc-1", "inc-2"] and formed.evidence["cause_class"] == "infrastructure"
+    for _ in range(20):  # the diagnosis recomputed every check: the same group is no news
+        assert audit.offer([lost_node_group("inc-1", "inc-2", confidence_=0.875)]) == []
+    (grew,) = audit.offer([lost_node_group("inc-1", "inc-2", "inc-3")])
+    assert (grew.change, grew.added) == (GroupChange.GREW, ("inc-3",))
+    # The node's pressure alert found as the cause later: it joins the group, one record.
+    (cause,) = audit.offer([lost_node_group("inc-1", "inc-2", "inc-3", cause_incident="d0004")])
+    assert cause.added == ("d0004",) and cause.fields()["group_cause_incident"] == "d0004"
+    # Flickering between diagnoses (an incident dropped, then back) records nothing more.
+    assert audit.offer([lost_node_group("inc-1", "inc-3")]) == []
+    assert audit.offer([lost_node_group("inc-1", "inc-2", "inc-3", cause_incident="d0004")]) == []
+
+
+def test_a_restarted_controller_does_not_record_its_groups_again_and_the_memory_is_bounded():
+    audit = GroupAudit()
+    audit.offer([lost_node_group("inc-1", "inc-2")])
+    restored = GroupAudit(json.loads(json.dumps(audit.to_dict())))  # through the checkpoint
+    assert restored.offer([lost_node_group("inc-1", "inc-2")]) == []
+    assert [r.added for r in restored.offer([lost_node_group("inc-1", "inc-2", "inc-5")])] == [("inc-5",)]
+    small = GroupAudit(kept=2)
+    for i in range(5):
+        small.offer([IncidentGroup(id=f"grp-{i}", cause=Cause.NODE, confidence=0.5, evidence=(), effects=(f"i{i}",),
+                                   detected_at=float(i), onset_at=None, recovered_at=None, status="open")])
+    assert list(small.to_dict()) == ["grp-3", "grp-4"]
+    with pytest.raises(ValueError, match="kept"):
+        GroupAudit(kept=0)
+
+
+def test_a_lost_node_s_group_gets_one_audit_record_that_audit_and_report_find(tmp_path, recorded):
+    """Through the step, the diagnostician and the recorder, as the controller's loop wires them."""
+    from controllers.audit import read_audit
+    from controllers.audit_query import parse_query, select
+    from controllers.policies.vanish import VanishCause, VanishVerdict
+    from raymedic.app.report import incidents_in, view_of
+
+    h = Harness(tmp_path)
+    h.observer.view = view(mlp=[ReplicaView("a", "RUNNING", node_id="n1", actor_name="A", actor_id="id-a"),
+                                ReplicaView("b", "RUNNING", node_id="n2", actor_name="B", actor_id="id-b")],
+                           lr=[ReplicaView("c", "RUNNING", node_id="n1", actor_name="C", actor_id="id-c"),
+                               ReplicaView("d", "RUNNING", node_id="n2", actor_name="D", actor_id="id-d")])
+    for rid in "abcd":
+        h.prober.answer(rid, "ok", "ok", "ok")
+    diag = diagnosed(h)
+    groups = GroupAudit()
+
+    def check() -> int:  # ModelController._record_groups, on the harness's clock
+        due = groups.offer(diag.recent_groups(h.clock.now))
+        for rec in due:
+            h.recorder.group(rec, ts=h.clock.now)
+        h.audit.flush()
+        return len(due)
+
+    h.run()
+    assert check() == 0
+    h.observer.view = view(mlp=[replica("b", "mlp")], lr=[replica("d", "lr")])
+    for rid in "ac":
+        h.observer.causes[f"id-{rid}"] = VanishCause(VanishVerdict.CRASH, "NODE_DIED: raylet gone")
+    h.run()
+    assert check() == 1
+    for _ in range(3):
+        h.run()
+        assert check() == 0  # recomputed every check, recorded once
+    trail = read_audit(h.storage, MODEL)
+    (rec,) = select(trail, parse_query(kinds=["incident-group"], now=h.clock.now))
+    ids = sorted(i.id for i in h.policy.incidents)
+    assert (rec["target"], rec["action"], rec["outcome"], rec["node_id"]) == ("n1"[:8], "group", "formed", "n1")
+    assert sorted(rec["incidents"]) == ids and rec["evidence"]["cause"] == "node" and rec["group"] == f"grp-{ids[0]}"
+    # `raymedic audit --incident` finds it from any incident of the group, and by the group's id.
+    assert rec in select(trail, parse_query(incident=ids[1], now=h.clock.now))
+    assert rec in select(trail, parse_query(incident=rec["group"], now=h.clock.now))
+    # `raymedic report` of the group's second incident shows the whole group, its record in the timeline.
+    shown = view_of(incidents_in(trail), ids[1])
+    assert shown is not None and shown.id == ids[0] and shown.diagnosis["group"] == rec["group"]
+    assert "incident-group" in [r["kind"] for r in shown.records]
+    assert {r.get("incident") for r in shown.records} >= set(ids)
+    assert [a["event"] for a in h.webhook.alerts].count("incident-group") == 1

@@ -295,6 +295,14 @@ def test_slow_replica_is_replaced(svc):
 
 def test_sigkilled_replica_is_replaced_with_no_failed_request(svc, tmp_path):
     inc = heal_and_check(svc, "kill", "mlp")
+    # Timed from the crash, not from the step that read it: the onset is Ray's GCS death time (or a gateway's
+    # first call that died with it, when that came first), and recovery runs until a replica serves in its place.
+    dated = inc["evidence"].get("died_at", inc["evidence"].get("first_dead_call_at"))
+    assert dated is not None, inc
+    assert inc["time_to_detect_s"] > 0 or abs(inc["first_evidence_at"] - dated) < 1e-3, inc
+    assert inc["first_evidence_at"] <= inc["detected_at"] and inc["time_to_recover_s"] > 0, inc
+    print(f"\nSIGKILL incident: detect {inc['time_to_detect_s']} s, recover {inc['time_to_recover_s']} s, "
+          f"evidence {inc['evidence']}")
     # Diagnosed: a lone crash is the replica's own software (its node would be named had it been under pressure),
     # in status and in its detection and recovery records.
     assert inc["cause"] == "crash" or inc["cause_class"] == "infrastructure", inc

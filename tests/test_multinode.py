@@ -249,6 +249,23 @@ def test_members_spread_and_survive_a_worker_node_loss(svc):
     for inc in incidents.values():
         kinds = [r["kind"] for r in audit if r.get("incident") == inc["id"]]
         assert kinds[:1] == [f"detected-{inc['kind']}"] and "recovered" in kinds, kinds
+    # The group has records of its own: formed (then grew, once per incident that joined later), naming the node
+    # and every incident it explains, and `raymedic audit --kind incident-group` lists them.
+    def group_records() -> list[dict] | None:
+        printed = _raymedic(["audit", "--kind", "incident-group", "--json"], env=svc["env"], timeout=60).stdout
+        out = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
+        mine = [r for r in out if r.get("group") == group["id"]]
+        return mine if set(group["effects"]) <= {i for r in mine for i in r["incidents"]} else None
+
+    recs = wait_for(group_records, timeout_s=60, what=f"the audit's incident-group records of {group['id']}")
+    assert all(r["kind"] == "incident-group" for r in recs), recs
+    assert [r["outcome"] for r in recs][:1] == ["formed"] and set(r["outcome"] for r in recs) <= {"formed", "grew"}
+    assert len(recs) <= len(group["effects"]) + 1, recs  # one per change, not one per step
+    for r in recs:
+        assert (r["node_id"], r["cause_class"], r["cause"]) == (group["node_id"], "infrastructure", "node"), r
+        assert r["evidence"]["cause"] == "node" and 0 < r["evidence"]["confidence"] <= 1, r
+    # Named as the operator knows the node (a record written before the node keeper named it may give its id).
+    assert recs[-1]["target"] == victim.name, recs[-1]
 
 
 def test_down_stops_exactly_the_cluster_it_started(svc):

@@ -248,7 +248,8 @@ def test_recovery_needs_the_replica_gone_and_the_member_back_at_strength():
     r = pol.step(obs(105.0, healthy("b"), healthy("c")))
     assert inc.status == "recovered" and inc.recovered_at == 105.0
     assert [e.kind for e in r.events] == ["recovered"] and r.avoid["mlp"] == ()
-    assert inc.to_dict()["time_to_recover_s"] == pytest.approx(4.0)
+    # From the onset (the probe that died at 100.5), not the detection: detection is part of what it cost.
+    assert inc.to_dict()["time_to_recover_s"] == pytest.approx(4.5)
 
 
 def test_a_standby_takes_over_at_once_and_the_replacement_becomes_the_next_standby():
@@ -411,6 +412,69 @@ def test_a_replica_ray_reports_dead_is_dead_before_serve_notices():
     assert [a.replica for a in r.actions] == ["a"] and pol.incidents[0].time_to_detect_s == pytest.approx(0.3)
 
 
+class FakeClock:
+    """The step's ``now``, moved by the test alone."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+def test_a_sigkilled_replica_is_dated_by_its_death_record_and_recovers_after_it_even_on_a_standby():
+    """A crash's onset is Ray's GCS death time, not the step that read it: a standby taking the dead one's
+    traffic in the detecting step still leaves time to detect and to recover above 0."""
+    clock = FakeClock(100.0)
+    spare = {"mlp": 1}
+    pol = HealingPolicy(CFG)
+    pol.step(obs(clock.now, healthy("a"), healthy("b"), healthy("c"), standby=spare))
+    died_at = clock.now + 0.1  # SIGKILL; the GCS records it
+    clock.advance(0.7)  # the next liveness read shows it, a view period later
+    dead = ReplicaSnapshot(member="mlp", replica="b", state="RUNNING", probes=probes("ok", "ok", "ok"), alive=False,
+                           seen_dead_at=clock.now, died_at=died_at)
+    r = pol.step(obs(clock.now, healthy("a"), dead, healthy("c"), standby=spare))
+    (inc,) = pol.incidents
+    assert inc.kind == "dead" and inc.first_evidence_at == died_at and inc.evidence["died_at"] == round(died_at, 3)
+    assert inc.time_to_detect_s == pytest.approx(0.6)
+    # The standby serves in b's place from this step: recovered at once, but after the death, not at 0 s.
+    assert "standby-serves" in [e.kind for e in r.events] and inc.status == "recovered"
+    assert inc.recovered_at == inc.detected_at and inc.time_to_recover_s == pytest.approx(0.6)
+    assert inc.to_dict()["time_to_detect_s"] > 0 and inc.to_dict()["time_to_recover_s"] > 0
+
+
+def test_a_crash_without_a_standby_recovers_when_its_replacement_serves_and_the_gateways_date_it_first():
+    clock = FakeClock(200.0)
+    pol = HealingPolicy(CFG)
+    # The gateways reported calls that died with b before Ray's liveness read showed it (no death record read).
+    calls = CallStats(ok=5, dead=2, first_dead_at=clock.now - 0.3)
+    dead = ReplicaSnapshot(member="mlp", replica="b", state="RUNNING", probes=probes("ok", "ok"), alive=False,
+                           seen_dead_at=clock.now, calls=calls)
+    pol.step(obs(clock.now, healthy("a"), dead))
+    (inc,) = pol.incidents
+    assert inc.first_evidence_at == clock.now - 0.3 and inc.time_to_detect_s == pytest.approx(0.3)
+    assert inc.evidence["first_dead_call_at"] == round(clock.now - 0.3, 3)
+    pol.action_done(inc.id, "ok: already gone")
+    pol.step(obs(clock.advance(2.0), healthy("a"), snap("c", state="STARTING")))
+    assert inc.status == "open"  # a alone is not the member's strength: nothing serves in b's place yet
+    pol.step(obs(clock.advance(8.0), healthy("a"), healthy("c")))  # c, the replacement, passes its probes
+    assert inc.status == "recovered" and inc.time_to_recover_s == pytest.approx(10.3)
+
+
+def test_a_gcs_clock_ahead_of_the_controller_never_makes_a_negative_time_to_detect():
+    dead = ReplicaSnapshot(member="mlp", replica="a", state="RUNNING", probes=probes("ok"), alive=False,
+                           seen_dead_at=300.0, died_at=300.4)  # the head node's clock runs ahead
+    pol = HealingPolicy(CFG)
+    pol.step(obs(300.0, dead, healthy("b")))
+    assert pol.incidents[0].time_to_detect_s == 0.0 and pol.incidents[0].first_evidence_at == 300.0
+    # Nothing dates a crash at all (no probe, no record, no call): detected now, not 56 years late.
+    assert assess(ReplicaSnapshot(member="mlp", replica="x", state="RUNNING", alive=False), [], CFG
+                  ).first_evidence_at == float("inf")
+    pol.step(obs(301.0, ReplicaSnapshot(member="mlp", replica="x", state="RUNNING", alive=False), healthy("b")))
+    assert pol.incidents[-1].time_to_detect_s == 0.0
+
+
 def test_a_crashed_replica_serve_already_dropped_is_recorded_and_its_replacement_confirmed():
     gone = ReplicaSnapshot(member="mlp", replica="a", state="GONE", alive=False, seen_dead_at=100.2)
     pol = HealingPolicy(CFG)
@@ -421,7 +485,7 @@ def test_a_crashed_replica_serve_already_dropped_is_recorded_and_its_replacement
     pol.step(obs(101.0, healthy("b"), snap("c", state="STARTING")))
     assert inc.status == "open"
     pol.step(obs(106.0, healthy("b"), healthy("c")))
-    assert inc.status == "recovered" and inc.time_to_recover_s == pytest.approx(5.5)
+    assert inc.status == "recovered" and inc.time_to_recover_s == pytest.approx(5.8)  # from when it was seen gone
 
 
 # ---- approval mode (human in the loop) ----------------------------------------------------------

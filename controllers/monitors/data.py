@@ -441,8 +441,12 @@ class DataAlert:
 
     @property
     def time_to_recover_s(self) -> float | None:
-        """From the detection to the clearing (None while open)."""
-        return None if self.recovered_at is None else self.recovered_at - self.detected_at
+        """From the onset its evidence dates (the detection where nothing does) to the clearing (None while
+        open): the replica incidents' rule, so every incident's time to recover includes its detection."""
+        if self.recovered_at is None:
+            return None
+        onset = onset_of(self.kind, self.evidence)
+        return self.recovered_at - (self.detected_at if onset is None else min(onset, self.detected_at))
 
     def to_dict(self) -> dict[str, Any]:
         """The alert as an incident of the status page (the replica incidents' fields, ``action`` warn)."""
@@ -453,7 +457,7 @@ class DataAlert:
         onset = onset_of(self.kind, self.evidence)
         d.update(member=None, replica=None, target=self.feature, action="warn", first_evidence_at=onset,
                  time_to_detect_s=None if onset is None else round(max(0.0, self.detected_at - onset), 3),
-                 time_to_recover_s=None if self.recovered_at is None else round(self.recovered_at - self.detected_at, 3))
+                 time_to_recover_s=None if self.time_to_recover_s is None else round(self.time_to_recover_s, 3))
         return d
 
 

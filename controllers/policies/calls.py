@@ -10,8 +10,12 @@ die is dead, one whose calls time out with nothing completing is hung.
 >>> log = CallLog()
 >>> log.ingest("gw1", now=100.0, replicas={"mlp/a": {"ok": 2, "latencies": [0.01], "timeout": 1, "inflight": 3}})
 >>> log.ingest("gw2", now=101.0, replicas={"mlp/a": {"hedged": 1, "inflight": 1}})
->>> log.stats("mlp/a", now=103.0, window_s=5.0)
-CallStats(ok=2, errors=0, dead=0, timeouts=2, latencies_s=(0.01, 0.0), inflight=4, first_error_at=None, ok_after_error=0, first_timeout_at=100.0, ok_after_timeout=0)
+>>> s = log.stats("mlp/a", now=103.0, window_s=5.0)
+>>> s.ok, s.errors, s.dead, s.timeouts, s.latencies_s, s.inflight, s.first_error_at, s.first_dead_at, s.first_timeout_at
+(2, 0, 0, 2, (0.01, 0.0), 4, None, None, 100.0)
+>>> log.ingest("gw1", now=102.0, replicas={"mlp/a": {"dead": 1}})
+>>> log.stats("mlp/a", now=103.0, window_s=5.0).first_dead_at  # when the first call that died was reported
+102.0
 >>> log.stats("mlp/a", now=106.0, window_s=5.0).ok  # the first report left the window
 0
 """
@@ -65,6 +69,7 @@ def call_stats(events: Iterable[CallEvent], *, now: float, window_s: float, infl
         first_timeout_at=first_timeout,
         ok_after_timeout=0 if first_timeout is None else sum(
             1 for e in recent if e.outcome == CallOutcome.OK and e.ts > first_timeout),
+        first_dead_at=min((e.ts for e in recent if e.outcome == CallOutcome.DEAD), default=None),
     )
 
 

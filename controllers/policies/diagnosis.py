@@ -43,7 +43,9 @@ accuracy decay or a concept drift, from the change the error stream's CUSUM date
 (``change_at``) to detection; for a feature's drift, from the change its CUSUM
 dates; for node pressure, from the first reading of the sustained window; for a
 lost node, from the node keeper's last reading of it. Where nothing dates an onset
-(a window test on data quality, a disk forecast) it is unknown (None), not zero.
+(a window test on data quality, a disk forecast) it is unknown (None), not zero. Time to
+recover runs from the same onset (the detection where none is known) to the recovery:
+detection is part of what the fault cost.
 
 >>> sig = Signals(nodes={"n1": NodeSignal("n1", "worker-1", NodeState.LOST, since=100.0)})
 >>> reps = [IncidentView(f"inc-{i}", "dead", 101.0 + i, member="mlp", replica=f"r{i}", node_id="n1")
@@ -344,7 +346,12 @@ class IncidentGroup:
                 "recovered_at": self.recovered_at,
                 "time_to_detect_s": None if self.onset_at is None else round(self.detected_at - self.onset_at, 3),
                 "time_to_recover_s": None if self.recovered_at is None
-                else round(self.recovered_at - self.detected_at, 3)}
+                else round(self.recovered_at - self.began, 3)}
+
+    @property
+    def began(self) -> float:
+        """The onset when known, else the detection: where its time to recover starts (as its effects')."""
+        return self.detected_at if self.onset_at is None else min(self.onset_at, self.detected_at)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ not move between healthy replicas from step to step.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -55,7 +56,7 @@ from raymedic.enums import StrEnum, plain
 __all__ = [
     "ProbeOutcome", "FaultKind", "IncidentStatus", "Approval", "ControlMode",
     "Probe", "CallStats", "ReplicaSnapshot", "Observation", "Finding", "Incident", "RestartReplica",
-    "AuditEvent", "StepResult", "assess", "systemic_timeouts", "choose_standby", "HealingPolicy",
+    "AuditEvent", "StepResult", "assess", "crash_onset", "systemic_timeouts", "choose_standby", "HealingPolicy",
 ]
 
 OPTIONAL_FIELDS = frozenset({"node_id", "death"})
@@ -163,6 +164,9 @@ class CallStats:
     ok_after_timeout: int = 0
     """Calls answered in reports received after that first timeout report: a replica that answers again is
     not hung (it may be slow, which the slow rules judge)."""
+    first_dead_at: float | None = None
+    """When the controller received the window's first report of a call that died with the replica: the
+    gateways' evidence of a crash, often before Ray's liveness read shows it (within a sync period)."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,10 @@ class ReplicaSnapshot:
     probes: tuple[Probe, ...] = ()  # oldest first
     calls: CallStats = CallStats()
     alive: bool | None = None  # the actor's liveness per Ray's GCS; None when unknown
-    seen_dead_at: float | None = None
+    seen_dead_at: float | None = None  # when the controller first read it dead (or gone from Serve's view)
+    died_at: float | None = None
+    """When Ray's GCS says the actor died (its worker's exit, :func:`controllers.observe.death_time`), when read:
+    a crash's onset, earlier than ``seen_dead_at`` by up to a view period and the lag of Serve's view."""
     memory: tuple[MemorySample, ...] = ()  # resident-memory samples of the leak window, oldest first
     memory_limit_mb: float | None = None  # the member's configured limit (None: the node's headroom)
     node_id: str | None = None  # the node it runs (ran) on: the diagnosis groups a node's incidents by it
@@ -234,13 +241,17 @@ class Incident:
 
     @property
     def time_to_detect_s(self) -> float:
-        """From the first evidence to the detection: how long the fault went unnoticed."""
+        """From the fault's onset (its first evidence: a crash's death time per Ray's GCS, the first failed
+        call or probe) to the detection: how long the fault went unnoticed."""
         return self.detected_at - self.first_evidence_at
 
     @property
     def time_to_recover_s(self) -> float | None:
-        """From detection to confirmed recovery (None while not recovered)."""
-        return None if self.recovered_at is None else self.recovered_at - self.detected_at
+        """From the fault's onset to confirmed recovery (None while not recovered): how long the member was
+        short of the replica, detection included. Measured from the onset, not the detection, because a
+        standby can take a crashed replica's place in the step that detects the crash: from the detection
+        that would read 0 s while users went without the replica for the whole detection time."""
+        return None if self.recovered_at is None else self.recovered_at - self.first_evidence_at
 
     def to_record(self) -> dict[str, Any]:
         """The checkpoint form: every field as plain data (the JSON the controller has always written; the
@@ -373,6 +384,34 @@ def _peer_latency(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: 
     return _median(lat)
 
 
+def crash_onset(snap: ReplicaSnapshot, seen_at: float | None) -> float:
+    """When a crashed replica died: the earliest of what dates it — Ray's GCS death time (``died_at``), the
+    first call a gateway saw die with it (``calls.first_dead_at``) and ``seen_at`` (when the rule that fired
+    saw it: the liveness read, the probe that died). Each is a bound from above on the real death, so the
+    earliest is the closest. Nothing at all dates it: ``inf``, which the step caps at its ``now`` (a time to
+    detect of 0, never one counted from the epoch); so is a GCS clock ahead of the controller's.
+
+    >>> s = ReplicaSnapshot("mlp", "a", "RUNNING", alive=False, seen_dead_at=10.0, died_at=9.2,
+    ...                     calls=CallStats(dead=2, first_dead_at=9.6))
+    >>> crash_onset(s, 10.0)
+    9.2
+    >>> crash_onset(ReplicaSnapshot("mlp", "a", "RUNNING", calls=CallStats(dead=1, first_dead_at=9.6)), 10.0)
+    9.6
+    """
+    return min((t for t in (snap.died_at, snap.calls.first_dead_at, seen_at) if t is not None), default=math.inf)
+
+
+def _dead_evidence(snap: ReplicaSnapshot, evidence: dict[str, Any]) -> dict[str, Any]:
+    """A dead finding's evidence, with what dated the crash where the controller knows it (so an operator
+    reading the incident sees where its time to detect starts)."""
+    out = dict(evidence)
+    if snap.died_at is not None:
+        out["died_at"] = round(snap.died_at, 3)  # the GCS's death record
+    if snap.calls.first_dead_at is not None:
+        out["first_dead_call_at"] = round(snap.calls.first_dead_at, 3)
+    return out
+
+
 def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: ControllerConfig, *,
            baseline_latency_s: float | None = None, leak: LeakAssessment | None = None) -> Finding | None:
     """The worst fault the evidence shows for one replica, or None if it looks healthy.
@@ -393,12 +432,15 @@ def assess(snap: ReplicaSnapshot, peers: Sequence[ReplicaSnapshot], cfg: Control
         return Finding(kind, snap.member, snap.replica, evidence, first)
 
     if snap.alive is False:  # Ray already knows the process is gone; Serve's view lags seconds
-        return Finding(FaultKind.DEAD, snap.member, snap.replica, {"actor": "DEAD per Ray GCS"},
-                       snap.seen_dead_at if snap.seen_dead_at is not None else (probes[-1].ts if probes else 0.0))
+        return Finding(FaultKind.DEAD, snap.member, snap.replica, _dead_evidence(snap, {"actor": "DEAD per Ray GCS"}),
+                       crash_onset(snap, snap.seen_dead_at if snap.seen_dead_at is not None
+                                   else (probes[-1].ts if probes else None)))
     if probes and probes[-1].outcome == ProbeOutcome.DEAD:
-        return found(FaultKind.DEAD, {"probe": probes[-1].detail}, probes[-1:])
+        return Finding(FaultKind.DEAD, snap.member, snap.replica, _dead_evidence(snap, {"probe": probes[-1].detail}),
+                       crash_onset(snap, probes[-1].ts))
     if calls.dead and not (probes and probes[-1].outcome == _OK):
-        return found(FaultKind.DEAD, {"failed_calls": calls.dead})
+        return Finding(FaultKind.DEAD, snap.member, snap.replica, _dead_evidence(snap, {"failed_calls": calls.dead}),
+                       crash_onset(snap, probes[-1].ts if probes else None))
 
     tail: list[Probe] = []
     for p in reversed(probes):

@@ -20,8 +20,8 @@ True
 []
 >>> [p.replica for p in watch.due(now=14.0, present=set(), handled=lambda rid: False)]
 ['r1']
->>> watch.settle("r1", VanishCause(VanishVerdict.CRASH, "WORKER_DIED: SIGKILL"), now=14.0)
-Vanished(replica='r1', member='mlp', seen_at=14.0, reason='WORKER_DIED: SIGKILL')
+>>> watch.settle("r1", VanishCause(VanishVerdict.CRASH, "WORKER_DIED: SIGKILL", died_at=10.6), now=14.0)
+Vanished(replica='r1', member='mlp', seen_at=14.0, reason='WORKER_DIED: SIGKILL', missed_at=11.0, died_at=10.6)
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class VanishCause:
 
     verdict: VanishVerdict
     reason: str = ""
+    died_at: float | None = None
+    """When the GCS says the actor died (its worker's exit time, :func:`controllers.observe.death_time`), if read."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "verdict", VanishVerdict(self.verdict))
@@ -88,6 +90,11 @@ class Vanished:
     member: str
     seen_at: float
     reason: str
+    missed_at: float | None = None
+    """When it was first missed from Serve's view (``seen_at`` is when its cause settled, up to ``settle_s``
+    later): the controller's own first evidence of the crash."""
+    died_at: float | None = None
+    """When the GCS says it died (its worker's exit time), when that was read."""
 
 
 @dataclass
@@ -156,7 +163,7 @@ class VanishWatch:
             self._drop(replica)  # stopped on purpose (scale-down, redeploy, our restart)
             return None
         self._drop(replica)
-        found = Vanished(replica, p.member, now, reason)
+        found = Vanished(replica, p.member, now, reason, missed_at=p.since, died_at=cause.died_at)
         self._vanished[replica] = found
         return found
 

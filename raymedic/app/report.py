@@ -43,12 +43,15 @@ from raymedic.errors import RaymedicError
 from raymedic.storage import Storage
 
 __all__ = ["IncidentView", "Phase", "Report", "ReportFiles", "build_report", "gather", "incidents_in", "phase_of",
-           "write_report"]
+           "view_of", "write_report"]
 
 DEFAULT_MARGIN_S = 300.0
 """Minutes of series on each side of an incident: the calm before, the recovery after."""
 _NOT_PHASED = frozenset({"weights", "controller-started"})
 """Kinds that are context, never a step of an incident's timeline (they carry no incident id anyway)."""
+GROUP_KIND = "incident-group"
+"""A group's own record (:mod:`controllers.policies.group_audit`): it names every incident of the group
+(``incidents``) rather than one, and joins the timeline of the group's lead incident."""
 
 
 class Phase(StrEnum):
@@ -66,11 +69,11 @@ def phase_of(rec: dict[str, Any]) -> Phase:
 
     >>> [phase_of(r).value for r in ({"kind": "detected-dead"}, {"kind": "data-drift", "outcome": "opened"},
     ...  {"kind": "proposed"}, {"kind": "restart"}, {"kind": "recovered"}, {"kind": "restart-failed"},
-    ...  {"kind": "data-drift", "outcome": "cleared"})]
-    ['detect', 'detect', 'decide', 'act', 'recovered', 'failed', 'recovered']
+    ...  {"kind": "data-drift", "outcome": "cleared"}, {"kind": "incident-group", "outcome": "formed"})]
+    ['detect', 'detect', 'decide', 'act', 'recovered', 'failed', 'recovered', 'detect']
     """
     kind, outcome = str(rec.get("kind", "")), str(rec.get("outcome", ""))
-    if kind.startswith("detected") or outcome in ("opened", "escalated"):
+    if kind.startswith("detected") or kind == GROUP_KIND or outcome in ("opened", "escalated"):
         return Phase.DETECT
     if kind in ("recovered", "slo-restored") or outcome == "cleared":
         return Phase.RECOVERED
@@ -150,6 +153,13 @@ def incidents_in(records: Sequence[dict[str, Any]]) -> list[IncidentView]:
     for r in records:
         if r.get("incident") and r.get("kind") not in _NOT_PHASED:
             by_id.setdefault(str(r["incident"]), []).append(r)
+    # A group's own record goes with the first incident it names that has records (its cause's, else its first
+    # effect's): its effects then group them below like the effects an incident's own records carry.
+    for r in records:
+        named = r.get("incidents") if r.get("kind") == GROUP_KIND and not r.get("incident") else None
+        home = next((str(i) for i in named or () if str(i) in by_id), None)
+        if home is not None:
+            by_id[home].append(r)
     # A retrain (or trial) that names alerts belongs to the first of them, not on its own.
     owner: dict[str, str] = {}
     for iid, recs in by_id.items():
@@ -165,7 +175,7 @@ def incidents_in(records: Sequence[dict[str, Any]]) -> list[IncidentView]:
         diag = _diagnosis(recs)
         group = {iid, *(e for e in diag.get("effects") or () if isinstance(e, str))} & set(by_id)
         cause = diag.get("group_cause_incident")
-        lead = cause if cause in by_id else min(group, key=first_ts.__getitem__)
+        lead = cause if cause in by_id else min(group, key=lambda i: (first_ts[i], i))  # ties: the lower id
         for other in group - {lead}:
             owner.setdefault(other, lead)
     for iid in list(owner):  # follow chains (an effect's owner owned in turn) to the top, never in a circle
@@ -189,6 +199,27 @@ def incidents_in(records: Sequence[dict[str, Any]]) -> list[IncidentView]:
                                   diagnosis=_diagnosis(members)))
     views.sort(key=lambda v: v.detected_at)
     return views
+
+
+def view_of(views: Sequence[IncidentView], incident: str) -> IncidentView | None:
+    """The view that shows ``incident``: its own, else the one it is grouped under (an effect of a group is
+    shown with the group's lead), else the one holding the group of that id (``grp-...``).
+
+    >>> recs = [{"ts": 1.0, "kind": "detected-dead", "target": "mlp/r1", "incident": "inc-1", "detected_at": 1.0},
+    ...         {"ts": 2.0, "kind": "detected-dead", "target": "lr/r2", "incident": "inc-2", "detected_at": 2.0},
+    ...         {"ts": 3.0, "kind": "incident-group", "target": "worker-1", "group": "grp-inc-1",
+    ...          "incidents": ["inc-1", "inc-2"], "effects": ["inc-1", "inc-2"], "outcome": "formed"}]
+    >>> views = incidents_in(recs)
+    >>> [v.id for v in views], view_of(views, "inc-2").id, view_of(views, "grp-inc-1").id
+    (['inc-1'], 'inc-1', 'inc-1')
+    >>> views[0].diagnosis["group"], [r["kind"] for r in views[0].records]
+    ('grp-inc-1', ['detected-dead', 'detected-dead', 'incident-group'])
+    """
+    own = next((v for v in views if v.id == incident), None)
+    if own is not None:
+        return own
+    return next((v for v in views if any(str(r.get("incident")) == incident or r.get("group") == incident
+                                         for r in v.records)), None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,14 +265,16 @@ def gather(storage: Storage, model: str, *, incident: str | None = None, since: 
                             "with this storage_path? (--config or --model pick another)")
     every = incidents_in(trail)
     if incident is not None:
-        found = next((v for v in every if v.id == incident), None)
+        found = view_of(every, incident)
         if found is None:
             ids = [v.id for v in every]
             shown = ", ".join(ids[-15:]) + (f" (and {len(ids) - 15} older)" if len(ids) > 15 else "")
             raise RaymedicError(f"no incident {incident!r} in the audit of {model!r}; "
                                 + (f"incidents there: {shown}" if ids else "it records no incident yet"))
         start, end = found.start - margin_s, min(found.end + margin_s, now)
-        chosen, title, slug = [found], f"Incident {found.id} ({found.kind} on {found.target})", f"{model}-{found.id}"
+        grouped = f", grouped under {found.id}" if found.id != incident else ""
+        chosen, title = [found], f"Incident {incident} ({found.kind} on {found.target}{grouped})"
+        slug = f"{model}-{incident}"
     else:
         since = now - 86400.0 if since is None else since
         chosen = [v for v in every if v.end >= since and v.start <= now]
