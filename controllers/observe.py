@@ -228,10 +228,9 @@ def vanish_cause(actor_id: str) -> VanishCause:
     ctx = (actor.death_cause or {}).get("actor_died_error_context") or {}
     reason = str(ctx.get("reason", "UNKNOWN"))
     detail = f"{reason}: {str(ctx.get('error_message', ''))[:160]}"
-    died_at = _actor_end(actor_id) or _worker_end(actor)
     if reason in INTENDED_EXITS:
-        if _node_dead(getattr(actor, "node_id", None)):
-            return VanishCause(VanishVerdict.CRASH, f"NODE_DIED (stopped by Serve as unreachable): {detail[:120]}",
-                               died_at)
-        return VanishCause(VanishVerdict.INTENDED, detail, died_at)
-    return VanishCause(VanishVerdict.CRASH, detail, died_at)
+        if not _node_dead(getattr(actor, "node_id", None)):
+            return VanishCause(VanishVerdict.INTENDED, detail)  # stopped on purpose: no incident to date
+        detail = f"NODE_DIED (stopped by Serve as unreachable): {detail[:120]}"
+    # A crash: its death time dates the incident (read only now, not for every replica stopped on purpose).
+    return VanishCause(VanishVerdict.CRASH, detail, _actor_end(actor_id) or _worker_end(actor))

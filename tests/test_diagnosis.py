@@ -23,6 +23,7 @@ from controllers.policies.diagnosis import (
     signals_from,
 )
 from controllers.policies.group_audit import GroupAudit, GroupChange
+from controllers.policies.vanish import VanishCause, VanishVerdict
 from serve_apps.serve_state import ReplicaView
 from tests import test_controller_step
 from tests.test_controller_step import MODEL, Harness, healthy_fleet, replica, view
@@ -223,22 +224,29 @@ def diagnosed(h: Harness) -> Diagnostician:
     return diag
 
 
-def test_replicas_lost_with_their_node_are_audited_with_the_node_as_cause(tmp_path, recorded):
-    from controllers.policies.vanish import VanishCause, VanishVerdict
-
-    h = Harness(tmp_path)
+def two_nodes(h: Harness) -> None:
+    """mlp and lr, one replica of each on node n1 and one on n2, every probe passing."""
     h.observer.view = view(mlp=[ReplicaView("a", "RUNNING", node_id="n1", actor_name="A", actor_id="id-a"),
                                 ReplicaView("b", "RUNNING", node_id="n2", actor_name="B", actor_id="id-b")],
                            lr=[ReplicaView("c", "RUNNING", node_id="n1", actor_name="C", actor_id="id-c"),
                                ReplicaView("d", "RUNNING", node_id="n2", actor_name="D", actor_id="id-d")])
     for rid in "abcd":
         h.prober.answer(rid, "ok", "ok", "ok")
-    diag = diagnosed(h)
-    h.run()
-    # Node n1 dies: Serve drops both of its replicas; their death records say the node died.
+
+
+def lose_n1(h: Harness) -> None:
+    """Node n1 dies: Serve drops both of its replicas; their death records say the node died."""
     h.observer.view = view(mlp=[replica("b", "mlp")], lr=[replica("d", "lr")])
     for rid in "ac":
         h.observer.causes[f"id-{rid}"] = VanishCause(VanishVerdict.CRASH, "NODE_DIED: raylet gone")
+
+
+def test_replicas_lost_with_their_node_are_audited_with_the_node_as_cause(tmp_path, recorded):
+    h = Harness(tmp_path)
+    two_nodes(h)
+    diag = diagnosed(h)
+    h.run()
+    lose_n1(h)
     h.run()
     incidents = {i.replica: i for i in h.policy.incidents}
     assert set(incidents) == {"a", "c"} and {i.node_id for i in incidents.values()} == {"n1"}
@@ -310,16 +318,10 @@ def test_a_lost_node_s_group_gets_one_audit_record_that_audit_and_report_find(tm
     """Through the step, the diagnostician and the recorder, as the controller's loop wires them."""
     from controllers.audit import read_audit
     from controllers.audit_query import parse_query, select
-    from controllers.policies.vanish import VanishCause, VanishVerdict
     from raymedic.app.report import incidents_in, view_of
 
     h = Harness(tmp_path)
-    h.observer.view = view(mlp=[ReplicaView("a", "RUNNING", node_id="n1", actor_name="A", actor_id="id-a"),
-                                ReplicaView("b", "RUNNING", node_id="n2", actor_name="B", actor_id="id-b")],
-                           lr=[ReplicaView("c", "RUNNING", node_id="n1", actor_name="C", actor_id="id-c"),
-                               ReplicaView("d", "RUNNING", node_id="n2", actor_name="D", actor_id="id-d")])
-    for rid in "abcd":
-        h.prober.answer(rid, "ok", "ok", "ok")
+    two_nodes(h)
     diag = diagnosed(h)
     groups = GroupAudit()
 
@@ -332,9 +334,7 @@ def test_a_lost_node_s_group_gets_one_audit_record_that_audit_and_report_find(tm
 
     h.run()
     assert check() == 0
-    h.observer.view = view(mlp=[replica("b", "mlp")], lr=[replica("d", "lr")])
-    for rid in "ac":
-        h.observer.causes[f"id-{rid}"] = VanishCause(VanishVerdict.CRASH, "NODE_DIED: raylet gone")
+    lose_n1(h)
     h.run()
     assert check() == 1
     for _ in range(3):

@@ -67,7 +67,8 @@ from raymedic.enums import StrEnum
 
 __all__ = [
     "CO_FAILING", "OWN_CAUSE", "Cause", "CauseClass", "Diagnoses", "Diagnosis", "FeatureDrift", "IncidentGroup",
-    "IncidentView", "NodeSignal", "NodeState", "Signals", "confidence", "diagnose", "onset_of", "signals_from",
+    "IncidentView", "NodeSignal", "NodeState", "Signals", "cause_fields", "confidence", "diagnose", "onset_of",
+    "signals_from",
 ]
 
 CO_FAILING = 3
@@ -295,16 +296,24 @@ class Diagnosis:
 
     def fields(self) -> dict[str, Any]:
         """The plain fields an incident's status entry and audit records carry."""
-        d: dict[str, Any] = {"cause_class": self.cause_class.value, "cause": self.cause.value,
-                             "confidence": self.confidence, "cause_evidence": [dict(e) for e in self.evidence],
-                             "group": self.group}
-        if self.node is not None:
-            d["cause_node"] = self.node
-        if self.feature is not None:
-            d["cause_feature"] = self.feature
-        if self.members:
-            d["cause_members"] = list(self.members)
-        return d
+        return {**cause_fields(self.cause, self.confidence, self.evidence, node=self.node, feature=self.feature,
+                               members=self.members), "group": self.group}
+
+
+def cause_fields(cause: Cause, confidence: float, evidence: Sequence[Mapping[str, Any]], *, node: str | None = None,
+                 feature: str | None = None, members: Sequence[str] = ()) -> dict[str, Any]:
+    """A diagnosis as plain record fields (``cause_class``, ``cause``, ``confidence``, ``cause_evidence`` and,
+    where known, ``cause_node`` / ``cause_feature`` / ``cause_members``): one shape for an incident's records,
+    its group's status entry and the group's own record, so every reader reads them alike."""
+    d: dict[str, Any] = {"cause_class": cause.cause_class.value, "cause": cause.value, "confidence": confidence,
+                         "cause_evidence": [dict(e) for e in evidence]}
+    if node is not None:
+        d["cause_node"] = node
+    if feature is not None:
+        d["cause_feature"] = feature
+    if members:
+        d["cause_members"] = list(members)
+    return d
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from controllers.policies.diagnosis import IncidentGroup
+from controllers.policies.diagnosis import IncidentGroup, cause_fields
 from raymedic.enums import StrEnum
 
 __all__ = ["GROUP_RECORD_KIND", "GROUPS_KEPT", "GroupAudit", "GroupChange", "GroupRecord"]
@@ -76,8 +76,7 @@ class GroupRecord:
     def evidence(self) -> dict[str, Any]:
         """What an operator reads: the cause, how sure, why, and which incidents are one."""
         g = self.group
-        return {"cause_class": g.cause.cause_class.value, "cause": g.cause.value, "confidence": g.confidence,
-                "cause_evidence": [dict(e) for e in g.evidence], "incidents": list(g.incidents),
+        return {**cause_fields(g.cause, g.confidence, g.evidence), "incidents": list(g.incidents),
                 "effects": list(g.effects), "cause_incident": g.cause_incident, "added": list(self.added)}
 
     def fields(self) -> dict[str, Any]:
@@ -85,17 +84,12 @@ class GroupRecord:
         carry (``group``, ``effects``, ``group_cause_incident``...), so readers of those read these alike."""
         g = self.group
         out: dict[str, Any] = {"group": g.id, "incidents": list(g.incidents), "effects": list(g.effects),
-                               "group_cause_incident": g.cause_incident, "cause_class": g.cause.cause_class.value,
-                               "cause": g.cause.value, "confidence": g.confidence, "detected_at": g.detected_at,
-                               "first_evidence_at": g.onset_at}
+                               "group_cause_incident": g.cause_incident, "detected_at": g.detected_at,
+                               "first_evidence_at": g.onset_at,
+                               **cause_fields(g.cause, g.confidence, g.evidence, node=g.node, feature=g.feature,
+                                              members=g.members)}
         if g.node_id is not None:
             out["node_id"] = g.node_id
-        if g.node is not None:
-            out["cause_node"] = g.node
-        if g.feature is not None:
-            out["cause_feature"] = g.feature
-        if g.members:
-            out["cause_members"] = list(g.members)
         return out
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from controllers.audit import read_audit
+from controllers.policies.group_audit import GROUP_RECORD_KIND
 from controllers.series import RowKind, read_series
 from raymedic.app import report_plots
 from raymedic.enums import StrEnum
@@ -49,9 +50,6 @@ DEFAULT_MARGIN_S = 300.0
 """Minutes of series on each side of an incident: the calm before, the recovery after."""
 _NOT_PHASED = frozenset({"weights", "controller-started"})
 """Kinds that are context, never a step of an incident's timeline (they carry no incident id anyway)."""
-GROUP_KIND = "incident-group"
-"""A group's own record (:mod:`controllers.policies.group_audit`): it names every incident of the group
-(``incidents``) rather than one, and joins the timeline of the group's lead incident."""
 
 
 class Phase(StrEnum):
@@ -73,7 +71,7 @@ def phase_of(rec: dict[str, Any]) -> Phase:
     ['detect', 'detect', 'decide', 'act', 'recovered', 'failed', 'recovered', 'detect']
     """
     kind, outcome = str(rec.get("kind", "")), str(rec.get("outcome", ""))
-    if kind.startswith("detected") or kind == GROUP_KIND or outcome in ("opened", "escalated"):
+    if kind.startswith("detected") or kind == GROUP_RECORD_KIND or outcome in ("opened", "escalated"):
         return Phase.DETECT
     if kind in ("recovered", "slo-restored") or outcome == "cleared":
         return Phase.RECOVERED
@@ -156,7 +154,7 @@ def incidents_in(records: Sequence[dict[str, Any]]) -> list[IncidentView]:
     # A group's own record goes with the first incident it names that has records (its cause's, else its first
     # effect's): its effects then group them below like the effects an incident's own records carry.
     for r in records:
-        named = r.get("incidents") if r.get("kind") == GROUP_KIND and not r.get("incident") else None
+        named = r.get("incidents") if r.get("kind") == GROUP_RECORD_KIND and not r.get("incident") else None
         home = next((str(i) for i in named or () if str(i) in by_id), None)
         if home is not None:
             by_id[home].append(r)
